@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL models and queries, migrations, and the per-call Redis keys and scripts."""

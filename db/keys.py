@@ -1,0 +1,38 @@
+"""Redis key names. Every key of one call shares the hash tag {call:ID} (Redis Cluster ready)."""
+
+from dataclasses import dataclass
+
+# Global indexes (sorted sets of call ids). They cross slots, so in Redis Cluster they would have
+# to be sharded; a single Redis (with AOF) is what we ship.
+IDLE_INDEX = "callstream:idle"  # IN_PROGRESS calls, scored by their last packet's arrival time
+UNFLUSHED_INDEX = "callstream:unflushed"  # calls not yet in PostgreSQL, scored by creation time
+PENDING_INDEX = "callstream:pending"  # completed calls not yet ARCHIVED/FAILED, by completion time
+
+# Sequences below this are deduplicated in a bitmap (1 MiB at most); larger ones in a set.
+BITMAP_SEQUENCE_LIMIT = 1 << 23
+
+
+@dataclass(frozen=True, slots=True)
+class CallKeys:
+    packets: str  # stream of unique packets, in arrival order
+    meta: str  # hash: counters, sequence bounds, state, timestamps
+    seen: str  # bitmap of sequences already stored
+    seen_high: str  # set of stored sequences >= BITMAP_SEQUENCE_LIMIT
+    done: str  # completion marker, SET NX decides who completes the call
+    lease: str  # the worker holding the call's job renews this; gone = that worker died
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.packets, self.meta, self.seen, self.seen_high, self.done, self.lease)
+
+
+def call_keys(call_id: str) -> CallKeys:
+    tag = f"{{call:{call_id}}}"
+    return CallKeys(
+        packets=f"{tag}:packets",
+        meta=f"{tag}:meta",
+        seen=f"{tag}:seen",
+        seen_high=f"{tag}:seen_high",
+        done=f"{tag}:done",
+        lease=f"{tag}:lease",
+    )

@@ -1,0 +1,23 @@
+-- Complete a call exactly once. SET NX on the done key decides; the winner moves the call from
+-- the idle index to the pending index in the same atomic step, so no completion is ever lost
+-- between Redis and the queue (the reaper re-enqueues whatever stays pending).
+-- KEYS: meta, done, idle index, pending index
+-- ARGV: call_id, now, reason, idle cutoff ('' for an explicit completion)
+-- Returns {outcome, state}: outcome is completed | already | unknown | active
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'unknown', ''}
+end
+if ARGV[4] ~= '' then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'last_packet_at') or '0')
+  if last > tonumber(ARGV[4]) then
+    return {'active', 'IN_PROGRESS'}
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX') then
+  redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'completed_at', ARGV[2],
+    'completion_reason', ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  return {'completed', 'COMPLETED'}
+end
+return {'already', redis.call('HGET', KEYS[1], 'state') or 'COMPLETED'}

@@ -1,0 +1,100 @@
+"""PostgreSQL tables: calls, their packets, every AI attempt and every state transition."""
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base
+
+__all__ = ["AiAttempt", "Base", "Call", "Packet", "StateTransition"]
+from db.states import CallState
+
+_STATES = ", ".join(f"'{s.value}'" for s in CallState)
+
+
+class Call(Base):
+    __tablename__ = "call"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_STATES})", name="state_known"),
+        # Keyset pagination for the supervisor's list, newest first, with or without a state.
+        Index("ix_call_created", text("created_at DESC"), text("call_id DESC")),
+        Index("ix_call_state_created", "state", text("created_at DESC"), text("call_id DESC")),
+    )
+
+    call_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    packets_received: Mapped[int] = mapped_column(Integer, default=0)
+    first_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    last_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    missing_sequences: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), default=list)
+    missing_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicate_packets: Mapped[int] = mapped_column(Integer, default=0)
+    out_of_order_packets: Mapped[int] = mapped_column(Integer, default=0)
+    completion_reason: Mapped[str | None] = mapped_column(Text)
+    transcript: Mapped[str | None] = mapped_column(Text)
+    sentiment_label: Mapped[str | None] = mapped_column(Text)
+    sentiment_score: Mapped[float | None] = mapped_column(Float)
+    ai_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Fencing token: bumped by every worker that takes the call; every write checks it.
+    lease_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by each dead-letter replay; AI attempt budgets count within one generation.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Packet(Base):
+    __tablename__ = "packet"
+
+    call_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("call.call_id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AiAttempt(Base):
+    __tablename__ = "ai_attempt"
+    __table_args__ = (Index("ix_ai_attempt_call", "call_id", "step", "generation"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(Text, ForeignKey("call.call_id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(Text)
+    generation: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+
+class StateTransition(Base):
+    __tablename__ = "state_transition"
+    __table_args__ = (Index("ix_state_transition_call", "call_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(Text, ForeignKey("call.call_id", ondelete="CASCADE"))
+    from_state: Mapped[str | None] = mapped_column(Text)
+    to_state: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text)

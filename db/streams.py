@@ -1,0 +1,305 @@
+"""Per-call Redis access: the one-round-trip ingest script, completion, reads for flush/status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from db.keys import (
+    BITMAP_SEQUENCE_LIMIT,
+    IDLE_INDEX,
+    PENDING_INDEX,
+    UNFLUSHED_INDEX,
+    call_keys,
+)
+
+
+def _load_lua(name: str) -> str:
+    return resources.files("db").joinpath("lua", name).read_text()
+
+
+INGEST_LUA = _load_lua("ingest.lua")
+COMPLETE_LUA = _load_lua("complete.lua")
+# Extend the lease only for its holder: a worker that lost it must not keep it alive.
+RENEW_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Outcome(IntEnum):
+    IN_ORDER = 0
+    DUPLICATE = 1
+    OUT_OF_ORDER = 2
+    AFTER_GAP = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NewPacket:
+    sequence: int
+    timestamp: float
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class PacketResult:
+    sequence: int
+    outcome: Outcome
+    gap_from: int  # first missing sequence when outcome is AFTER_GAP
+
+    @property
+    def duplicate(self) -> bool:
+        return self.outcome is Outcome.DUPLICATE
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPacket:
+    sequence: int
+    timestamp: float
+    data: str
+    received_at: float  # epoch seconds, from the stream entry id
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCall:
+    """What Redis knows of a call that PostgreSQL may not have yet."""
+
+    call_id: str
+    state: str
+    packets_received: int
+    duplicate_packets: int
+    out_of_order_packets: int
+    first_sequence: int | None
+    last_sequence: int | None
+    created_at: float
+    last_packet_at: float
+    completed_at: float | None
+    completion_reason: str | None
+
+    @property
+    def missing_count(self) -> int:
+        if self.first_sequence is None or self.last_sequence is None:
+            return 0
+        return self.last_sequence - self.first_sequence + 1 - self.packets_received
+
+
+class CallCompleted(Exception):
+    """The call was completed before this packet arrived; nothing was stored."""
+
+
+class CallStreams:
+    """The call keys of one Redis, with the scripts registered once and called by their hash."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._ingest = redis.register_script(INGEST_LUA)
+        self._complete = redis.register_script(COMPLETE_LUA)
+        self._renew_lease = redis.register_script(RENEW_LEASE_LUA)
+
+    async def append(self, call_id: str, packets: Sequence[NewPacket]) -> list[PacketResult]:
+        """Store packets in one round trip. Raises CallCompleted if the call is already done."""
+        keys = call_keys(call_id)
+        args: list[Any] = [call_id, repr(time.time()), BITMAP_SEQUENCE_LIMIT]
+        for p in packets:
+            args += (p.sequence, repr(p.timestamp), p.data)
+        raw = await self._ingest(
+            keys=[
+                keys.packets,
+                keys.meta,
+                keys.seen,
+                keys.seen_high,
+                keys.done,
+                IDLE_INDEX,
+                UNFLUSHED_INDEX,
+            ],
+            args=args,
+        )
+        if raw and raw[0] == -1:
+            raise CallCompleted(call_id)
+        return [
+            PacketResult(p.sequence, Outcome(int(raw[2 * i])), int(raw[2 * i + 1]))
+            for i, p in enumerate(packets)
+        ]
+
+    async def complete(self, call_id: str, reason: str, idle_cutoff: float | None = None) -> str:
+        """Complete a call once; returns completed | already | unknown | active (still talking)."""
+        keys = call_keys(call_id)
+        outcome, _state = await self._complete(
+            keys=[keys.meta, keys.done, IDLE_INDEX, PENDING_INDEX],
+            args=[call_id, repr(time.time()), reason, "" if idle_cutoff is None else idle_cutoff],
+        )
+        return _text(outcome)
+
+    async def idle_calls(self, cutoff: float, limit: int = 1000) -> list[str]:
+        ids = await self.redis.zrangebyscore(IDLE_INDEX, "-inf", cutoff, start=0, num=limit)
+        return [_text(i) for i in ids]
+
+    async def pending_calls(self, completed_before: float, limit: int = 1000) -> list[str]:
+        ids = await self.redis.zrangebyscore(
+            PENDING_INDEX, "-inf", completed_before, start=0, num=limit
+        )
+        return [_text(i) for i in ids]
+
+    async def live_call(self, call_id: str) -> LiveCall | None:
+        # redis-py types asyncio commands as `Awaitable | value`; it is always awaitable here.
+        meta: dict[bytes, bytes] = await self.redis.hgetall(call_keys(call_id).meta)  # type: ignore[misc]
+        return _live_call(call_id, meta) if meta else None
+
+    async def live_calls(self, call_ids: Sequence[str]) -> list[LiveCall]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.hgetall(call_keys(call_id).meta)
+            metas = await pipe.execute()
+        return [_live_call(c, m) for c, m in zip(call_ids, metas, strict=True) if m]
+
+    async def unflushed_page(
+        self, before: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, float]]:
+        """Calls not yet in PostgreSQL, newest first, strictly after the keyset `before`."""
+        max_score: float | str = "+inf" if before is None else before[0]
+        raw = await self.redis.zrevrangebyscore(
+            UNFLUSHED_INDEX, max_score, "-inf", start=0, num=limit + 64, withscores=True
+        )
+        page = [(_text(member), float(score)) for member, score in raw]
+        if before is not None:
+            page = [(c, s) for c, s in page if (s, c) < (before[0], before[1])]
+        return page[:limit]
+
+    async def missing_sequences(self, call: LiveCall, cap: int) -> list[int]:
+        if call.first_sequence is None or call.last_sequence is None or call.missing_count <= 0:
+            return []
+        keys = call_keys(call.call_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.seen)
+            pipe.smembers(keys.seen_high)
+            bitmap, high = await pipe.execute()
+        present = _bits_set(bitmap or b"", call.first_sequence, call.last_sequence)
+        present += sorted(int(s) for s in high)
+        return missing_between(present, call.first_sequence, call.last_sequence, cap)
+
+    async def packets(self, call_id: str, page_size: int = 1000) -> AsyncIterator[StoredPacket]:
+        """Every stored packet of the call, in arrival order, page by page."""
+        stream = call_keys(call_id).packets
+        start = "-"
+        while True:
+            entries = await self.redis.xrange(stream, min=start, max="+", count=page_size)
+            for entry_id, fields in entries:
+                yield _stored_packet(entry_id, fields)
+            if len(entries) < page_size:
+                return
+            start = "(" + _text(entries[-1][0])
+
+    async def release(self, call_id: str, retention_s: int, marker_retention_s: int) -> None:
+        """After PostgreSQL committed the final state: let the call's keys expire, drop indexes."""
+        keys = call_keys(call_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key in (keys.packets, keys.meta, keys.seen, keys.seen_high):
+                pipe.expire(key, retention_s)
+            # The done marker outlives the data so late packets still get 409, not a new call.
+            pipe.expire(keys.done, marker_retention_s)
+            pipe.delete(keys.lease)
+            pipe.zrem(PENDING_INDEX, call_id)
+            pipe.zrem(UNFLUSHED_INDEX, call_id)
+            pipe.zrem(IDLE_INDEX, call_id)
+            await pipe.execute()
+
+    async def take_lease(self, call_id: str, holder: str, ttl_s: float) -> None:
+        """The newest runner of a call's job takes the lease outright; older ones are fenced."""
+        await self.redis.set(call_keys(call_id).lease, holder, px=int(ttl_s * 1000))
+
+    async def renew_lease(self, call_id: str, holder: str, ttl_s: float) -> bool:
+        renewed = await self._renew_lease(
+            keys=[call_keys(call_id).lease], args=[holder, int(ttl_s * 1000)]
+        )
+        return bool(renewed)
+
+    async def lease_alive(self, call_id: str) -> bool:
+        return bool(await self.redis.exists(call_keys(call_id).lease))
+
+    async def forget_unflushed(self, call_id: str) -> None:
+        await self.redis.zrem(UNFLUSHED_INDEX, call_id)
+
+    async def mark_pending(self, call_id: str) -> None:
+        """Put a call (back) under the reaper's watch, e.g. after a dead-letter replay."""
+        await self.redis.zadd(PENDING_INDEX, {call_id: time.time()})
+
+
+def missing_between(present: Sequence[int], first: int, last: int, cap: int) -> list[int]:
+    """The sequences in [first, last] absent from the sorted `present`, at most `cap` of them."""
+    missing: list[int] = []
+    expected = first
+    for seq in present:
+        if seq < expected:
+            continue
+        while expected < seq and len(missing) < cap:
+            missing.append(expected)
+            expected += 1
+        if len(missing) >= cap:
+            return missing
+        expected = seq + 1
+    while expected <= last and len(missing) < cap:
+        missing.append(expected)
+        expected += 1
+    return missing
+
+
+def _bits_set(bitmap: bytes, first: int, last: int) -> list[int]:
+    last = min(last, len(bitmap) * 8 - 1)
+    present: list[int] = []
+    for byte_index in range(first // 8, last // 8 + 1):
+        byte = bitmap[byte_index]
+        if not byte:
+            continue
+        base = byte_index * 8
+        # Redis numbers bits from the most significant bit of each byte.
+        present.extend(base + bit for bit in range(8) if byte & (0x80 >> bit))
+    return [s for s in present if first <= s <= last]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _optional_int(meta: dict[bytes, bytes], field: bytes) -> int | None:
+    value = meta.get(field)
+    return int(value) if value is not None else None
+
+
+def _optional_float(meta: dict[bytes, bytes], field: bytes) -> float | None:
+    value = meta.get(field)
+    return float(value) if value is not None else None
+
+
+def _live_call(call_id: str, meta: dict[bytes, bytes]) -> LiveCall:
+    reason = meta.get(b"completion_reason")
+    return LiveCall(
+        call_id=call_id,
+        state=_text(meta.get(b"state", b"IN_PROGRESS")),
+        packets_received=int(meta.get(b"received", 0)),
+        duplicate_packets=int(meta.get(b"duplicates", 0)),
+        out_of_order_packets=int(meta.get(b"out_of_order", 0)),
+        first_sequence=_optional_int(meta, b"min_seq"),
+        last_sequence=_optional_int(meta, b"max_seq"),
+        created_at=float(meta.get(b"created_at", 0)),
+        last_packet_at=float(meta.get(b"last_packet_at", 0)),
+        completed_at=_optional_float(meta, b"completed_at"),
+        completion_reason=_text(reason) if reason is not None else None,
+    )
+
+
+def _stored_packet(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StoredPacket:
+    millis = int(_text(entry_id).split("-", 1)[0])
+    return StoredPacket(
+        sequence=int(fields[b"s"]),
+        timestamp=float(fields[b"t"]),
+        data=fields[b"d"].decode(),
+        received_at=millis / 1000.0,
+    )

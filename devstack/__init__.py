@@ -1,0 +1,1 @@
+"""Embedded PostgreSQL and Redis for `make run` and the test suite: nothing but Python needed."""

@@ -1,0 +1,1 @@
+"""The arq worker: flush calls to PostgreSQL, run the AI steps with retries, move the states."""

@@ -1,0 +1,105 @@
+"""The external AI behind a small interface, its error classes, and the shipped flaky mock.
+
+AIError                   base of everything the provider can do wrong
+├── TransientAIError      worth retrying: 5xx, timeouts, 429 (with retry_after)
+└── PermanentAIError      never retried: bad input, 4xx other than 429
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class AIError(Exception):
+    pass
+
+
+class TransientAIError(AIError):
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentAIError(AIError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Sentiment:
+    label: str  # positive | neutral | negative
+    score: float  # polarity in [-1, 1]
+
+
+class AIClient(Protocol):
+    async def transcribe(self, call_id: str, chunks: Sequence[str]) -> str: ...
+
+    async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment: ...
+
+
+_POSITIVE = frozenset(
+    {"good", "great", "happy", "thanks", "thank", "excellent", "love", "perfect", "resolved"}
+)
+_NEGATIVE = frozenset(
+    {"bad", "terrible", "angry", "problem", "broken", "hate", "awful", "refund", "worst", "unhappy"}
+)
+
+
+def transcript_of(chunks: Sequence[str]) -> str:
+    """The mock's transcript: the packets' data in sequence order, one space between."""
+    return " ".join(chunk.strip() for chunk in chunks if chunk.strip())
+
+
+def sentiment_of(transcript: str) -> Sentiment:
+    """The mock's sentiment: positive minus negative keywords, over the keywords found."""
+    words = re.findall(r"[a-z']+", transcript.lower())
+    pos = sum(w in _POSITIVE for w in words)
+    neg = sum(w in _NEGATIVE for w in words)
+    if pos == neg:
+        return Sentiment("neutral", 0.0)
+    score = round((pos - neg) / (pos + neg), 3)
+    return Sentiment("positive" if score > 0 else "negative", score)
+
+
+class MockAI:
+    """A flaky provider: each request fails with probability `failure_rate` after a latency drawn
+    uniformly from [latency_min_s, latency_max_s]. With a seed, each call's run is repeatable
+    whatever else the worker does concurrently (the draws are keyed by call, step and request)."""
+
+    def __init__(
+        self,
+        failure_rate: float = 0.25,
+        latency_min_s: float = 1.0,
+        latency_max_s: float = 3.0,
+        seed: int | None = None,
+    ) -> None:
+        self.failure_rate = failure_rate
+        self.latency = (latency_min_s, latency_max_s)
+        self.seed = seed
+        self._requests: dict[tuple[str, str], int] = {}
+        self._fallback = random.Random()
+
+    def _rng(self, call_id: str, step: str) -> random.Random:
+        n = self._requests.get((call_id, step), 0)
+        self._requests[(call_id, step)] = n + 1
+        if self.seed is None:
+            return self._fallback
+        return random.Random(f"{self.seed}:{call_id}:{step}:{n}")
+
+    async def _request(self, call_id: str, step: str) -> None:
+        rng = self._rng(call_id, step)
+        await asyncio.sleep(rng.uniform(*self.latency))
+        if rng.random() < self.failure_rate:
+            raise TransientAIError(f"mock AI: {step} failed (simulated 503 Service Unavailable)")
+
+    async def transcribe(self, call_id: str, chunks: Sequence[str]) -> str:
+        await self._request(call_id, "transcription")
+        return transcript_of(chunks)
+
+    async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
+        await self._request(call_id, "sentiment")
+        return sentiment_of(transcript)

@@ -1,0 +1,197 @@
+"""process_call: flush a completed call to PostgreSQL, run transcription then sentiment, and end
+in ARCHIVED or FAILED. Idempotent: delivery is at least once, so every step checks where the call
+is, writes with upserts, and fences its writes with the epoch it claimed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from db import calls
+from db.models import AiAttempt
+from db.states import TERMINAL_STATES, CallState
+from db.streams import missing_between
+from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
+from jobs.resources import WorkerResources
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def process_call(res: WorkerResources, call_id: str) -> str:
+    """Bring one completed call to a terminal state; returns the state it ends in."""
+    holder = f"{WORKER_ID}:{uuid.uuid4().hex[:8]}"
+    ttl = res.settings.lease_ttl_s
+    await res.streams.take_lease(call_id, holder, ttl)
+    async with _heartbeat(res, call_id, holder):
+        await flush_call(res, call_id)
+        async with res.sessions() as session, session.begin():
+            claim = await calls.claim(session, call_id)
+        if claim is None:
+            return await _already_settled(res, call_id)
+        try:
+            state = await _run_ai(res, claim)
+        except LeaseLost:
+            log.warning("%s: lost the call to another worker; leaving it to them", call_id)
+            return "LEASE_LOST"
+    await res.streams.release(
+        call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
+    )
+    return state
+
+
+async def flush_call(res: WorkerResources, call_id: str) -> None:
+    """Copy the call and its packets from Redis to PostgreSQL in one transaction, once."""
+    async with res.sessions() as session:
+        if await calls.get_call(session, call_id) is not None:
+            return  # flushed by an earlier run: the row and its packets commit together
+    live = await res.streams.live_call(call_id)
+    if live is None:
+        raise LookupError(f"{call_id}: neither Redis nor PostgreSQL knows this call")
+    packets = sorted([p async for p in res.streams.packets(call_id)], key=lambda p: p.sequence)
+    missing: list[int] = []
+    if live.first_sequence is not None and live.last_sequence is not None:
+        missing = missing_between(
+            [p.sequence for p in packets],
+            live.first_sequence,
+            live.last_sequence,
+            res.settings.missing_list_cap,
+        )
+    async with res.sessions() as session, session.begin():
+        if await calls.insert_flushed_call(session, live, missing):
+            page = 2000
+            for start in range(0, len(packets), page):
+                await calls.insert_packets(session, call_id, packets[start : start + page])
+    await res.streams.forget_unflushed(call_id)
+
+
+async def _already_settled(res: WorkerResources, call_id: str) -> str:
+    async with res.sessions() as session:
+        call = await calls.get_call(session, call_id)
+    state = call.state if call else "UNKNOWN"
+    if call is not None and CallState(call.state) in TERMINAL_STATES:
+        await res.streams.release(
+            call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
+        )
+    return state
+
+
+async def _run_ai(res: WorkerResources, claim: calls.Claim) -> str:
+    call_id, epoch = claim.call_id, claim.epoch
+    if claim.state is CallState.COMPLETED:
+        await _fenced_move(res, claim, CallState.PROCESSING_AI, "worker picked the call up")
+    policy = _policy(res)
+    try:
+        transcript = claim.transcript
+        if transcript is None:
+            async with res.sessions() as session:
+                chunks = await calls.packet_data_in_order(session, call_id)
+            transcript = await _step(
+                res, claim, "transcription", policy, lambda: res.ai.transcribe(call_id, chunks)
+            )
+            async with res.sessions() as session, session.begin():
+                if not await calls.store_transcript(session, call_id, epoch, transcript):
+                    raise LeaseLost(call_id)
+        text = transcript
+        sentiment = await _step(
+            res, claim, "sentiment", policy, lambda: res.ai.analyse_sentiment(call_id, text)
+        )
+    except StepExhausted as exc:
+        await _fenced_move(
+            res, claim, CallState.FAILED, str(exc), last_error=str(exc), finished_at=_now()
+        )
+        return CallState.FAILED.value
+    await _fenced_move(
+        res,
+        claim,
+        CallState.ARCHIVED,
+        "transcription and sentiment stored",
+        sentiment_label=sentiment.label,
+        sentiment_score=sentiment.score,
+        finished_at=_now(),
+    )
+    return CallState.ARCHIVED.value
+
+
+async def _step(
+    res: WorkerResources,
+    claim: calls.Claim,
+    step: str,
+    policy: RetryPolicy,
+    request: Callable[[], Awaitable[T]],
+) -> T:
+    async with res.sessions() as session:
+        failed = await calls.failed_attempts(session, claim.call_id, step, claim.generation)
+
+    async def record(attempt: AttemptRecord) -> bool:
+        row = AiAttempt(
+            call_id=claim.call_id,
+            step=attempt.step,
+            generation=claim.generation,
+            attempt=attempt.attempt,
+            outcome=attempt.outcome,
+            error=attempt.error,
+            started_at=attempt.started_at,
+            duration_ms=attempt.duration_ms,
+        )
+        async with res.sessions() as session, session.begin():
+            return await calls.record_attempt(session, row, claim.epoch)
+
+    return await run_step(step, request, policy, record, attempts_already_failed=failed)
+
+
+async def _fenced_move(
+    res: WorkerResources, claim: calls.Claim, target: CallState, reason: str, **values: object
+) -> None:
+    async with res.sessions() as session, session.begin():
+        if not await calls.transition(
+            session, claim.call_id, target, reason, epoch=claim.epoch, **values
+        ):
+            raise LeaseLost(claim.call_id)
+
+
+def _policy(res: WorkerResources) -> RetryPolicy:
+    s = res.settings
+    return RetryPolicy(
+        max_attempts=s.ai_max_attempts,
+        attempt_timeout_s=s.ai_attempt_timeout_s,
+        backoff_base_s=s.ai_backoff_base_s,
+        backoff_max_s=s.ai_backoff_max_s,
+        budget_s=s.ai_call_budget_s,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(res: WorkerResources, call_id: str, holder: str) -> AsyncIterator[None]:
+    """Renew the call's lease while the job runs, so the reaper knows this worker is alive."""
+    ttl = res.settings.lease_ttl_s
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await res.streams.renew_lease(call_id, holder, ttl):
+                    log.warning("%s: lease taken over by another worker", call_id)
+                    return
+            except Exception as exc:  # Redis blips must not kill the job; the fence protects us
+                log.warning("%s: lease renewal failed: %r", call_id, exc)
+
+    task = asyncio.create_task(beat(), name=f"lease:{call_id}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

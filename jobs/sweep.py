@@ -1,0 +1,69 @@
+"""Periodic duties: complete calls that went quiet, and recover calls whose worker died."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+
+from db import calls
+from db.states import TERMINAL_STATES, CallState
+from jobs.queue import enqueue_process_call
+from jobs.resources import WorkerResources
+
+log = logging.getLogger(__name__)
+
+
+async def complete_idle_calls(res: WorkerResources) -> list[str]:
+    """Complete every call with no packet for CALL_IDLE_TIMEOUT_S, through the exactly-once path."""
+    cutoff = time.time() - res.settings.call_idle_timeout_s
+    completed = []
+    for call_id in await res.streams.idle_calls(cutoff):
+        if await res.streams.complete(call_id, "idle", idle_cutoff=cutoff) == "completed":
+            await enqueue_process_call(res.redis, call_id)
+            completed.append(call_id)
+    if completed:
+        log.info("idle sweep completed %d calls", len(completed))
+    return completed
+
+
+async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
+    """Re-run every completed call that no live worker holds: its worker died, its job was lost
+    between the completion and the enqueue, or it ran out of arq tries during an outage."""
+    grace = res.settings.lease_ttl_s
+    recovered = []
+    for call_id in await res.streams.pending_calls(completed_before=time.time() - grace):
+        if await res.streams.lease_alive(call_id):
+            continue
+        if await _settled(res, call_id):
+            continue
+        await _rerun(res, call_id)
+        recovered.append(call_id)
+    if recovered:
+        log.warning("reaper re-ran %d orphaned calls: %s", len(recovered), recovered[:10])
+    return recovered
+
+
+async def _settled(res: WorkerResources, call_id: str) -> bool:
+    """A call that reached a terminal state but whose worker died before releasing Redis."""
+    async with res.sessions() as session:
+        call = await calls.get_call(session, call_id)
+    if call is None or CallState(call.state) not in TERMINAL_STATES:
+        return False
+    await res.streams.release(
+        call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
+    )
+    return True
+
+
+async def _rerun(res: WorkerResources, call_id: str) -> None:
+    # A job whose worker died keeps arq's in-progress marker until arq's own timeout; removing
+    # it lets any worker pick the still-queued job up on its next poll.
+    if await res.redis.exists(job_key_prefix + call_id):
+        await res.redis.delete(in_progress_key_prefix + call_id)
+        queued = await res.redis.zscore(res.redis.default_queue_name, call_id)
+        if queued is not None:
+            return
+        await res.redis.delete(job_key_prefix + call_id)
+    await enqueue_process_call(res.redis, call_id)

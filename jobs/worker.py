@@ -1,0 +1,118 @@
+"""arq's entry point: `arq jobs.worker.WorkerSettings`. The composition root of the worker."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, ClassVar
+
+import asyncpg
+from arq import Retry, cron
+from arq.connections import RedisSettings
+from arq.cron import CronJob
+from arq.worker import Function, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from jobs.process import process_call
+from jobs.queue import PROCESS_CALL
+from jobs.resources import make_resources, resources
+from jobs.sweep import complete_idle_calls, recover_orphaned_calls
+from settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# A dependency that is down or unreachable: wait and retry the job, never fail the call for it.
+OUTAGE_ERRORS = (
+    OSError,
+    OperationalError,
+    PoolTimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def outage_backoff_s(job_try: int, cap_s: float) -> float:
+    return float(min(cap_s, 0.5 * 2 ** min(job_try, 10)) * random.uniform(0.5, 1.0))
+
+
+async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
+    res = resources(ctx)
+    try:
+        return await process_call(res, call_id)
+    except OUTAGE_ERRORS as exc:
+        raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+        raise
+
+
+def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception) -> Retry:
+    defer = outage_backoff_s(int(ctx.get("job_try", 1)), cap_s)
+    log.warning("%s: dependency unavailable (%r); retrying in %.1fs", call_id, exc, defer)
+    return Retry(defer=defer)
+
+
+async def sweep_idle_calls(ctx: dict[str, Any]) -> int:
+    return len(await complete_idle_calls(resources(ctx)))
+
+
+async def reap_orphaned_calls(ctx: dict[str, Any]) -> int:
+    return len(await recover_orphaned_calls(resources(ctx)))
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ctx["resources"] = make_resources(get_settings())
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    res = ctx.get("resources")
+    if res is not None:
+        await resources(ctx).close()
+
+
+def _every(seconds: int) -> set[int]:
+    return set(range(0, 60, seconds))
+
+
+def make_functions(job_timeout_s: int) -> list[Function]:
+    # max_tries is generous: outages end in Retry, and the reaper covers what arq gives up on.
+    return [func(process_call_job, name=PROCESS_CALL, timeout=job_timeout_s, max_tries=1000)]
+
+
+def make_cron_jobs(sweep_interval_s: int, reaper_interval_s: int) -> list[CronJob]:
+    return [
+        cron(sweep_idle_calls, second=_every(sweep_interval_s), run_at_startup=True, timeout=60),
+        cron(
+            reap_orphaned_calls, second=_every(reaper_interval_s), run_at_startup=True, timeout=60
+        ),
+    ]
+
+
+_settings = get_settings()
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Function]] = make_functions(_settings.job_timeout_s)
+    cron_jobs: ClassVar[list[CronJob]] = make_cron_jobs(
+        _settings.sweep_interval_s, _settings.reaper_interval_s
+    )
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(_settings.redis_url)
+    max_jobs = _settings.worker_max_jobs
+    job_timeout = _settings.job_timeout_s
+    # PostgreSQL is the record; arq results would only pin job ids and block replays.
+    keep_result = 0
+    # On SIGTERM stop taking jobs and let running ones finish for this long before cancelling.
+    job_completion_wait = _settings.shutdown_grace_s
+    poll_delay = 0.2
+    health_check_interval = 10

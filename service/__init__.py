@@ -1,0 +1,1 @@
+"""The HTTP API: packet ingestion, call completion, and the supervisor's status endpoints."""

@@ -1,0 +1,49 @@
+"""The API's composition root: `uvicorn service.app:app` (or `--factory service.app:create_app`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.resources import ApiResources, open_resources
+from service.routes import calls, health, ingest
+from settings import Settings, get_settings
+
+DESCRIPTION = """
+Turns live PBX calls into stored, AI-analysed records.
+
+Packets go to Redis in one round trip and are answered at once; a call completes exactly once
+(explicitly or after CALL_IDLE_TIMEOUT_S of silence); an arq worker flushes it to PostgreSQL and
+runs transcription then sentiment with bounded retries. States:
+IN_PROGRESS → COMPLETED → PROCESSING_AI → ARCHIVED, or FAILED (replayable).
+"""
+
+
+class State(TypedDict):
+    resources: ApiResources
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        res = open_resources(settings or get_settings())
+        try:
+            yield {"resources": res}
+        finally:
+            await res.close()
+
+    app = FastAPI(title="Callstream", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(ingest.router)
+    app.include_router(calls.router)
+    app.include_router(health.router)
+    return app
+
+
+logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # no per-packet access log lines
+app = create_app()

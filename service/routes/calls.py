@@ -1,0 +1,67 @@
+"""The supervisor's view: one call's status, the list of calls, and dead-letter replay."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from db import calls
+from db.states import CallState
+from jobs.queue import enqueue_process_call
+from service.deps import CallId, ResourcesDep, SessionDep
+from service.errors import CallNotFailed, CallNotFound
+from service.schemas import CallPage, CallStatus, CompleteResponse, ErrorBody
+from service.views import call_status, list_calls
+
+router = APIRouter(prefix="/v1/calls", tags=["calls"])
+
+
+@router.get(
+    "/{call_id}",
+    response_model=CallStatus,
+    responses={404: {"model": ErrorBody, "description": "Unknown call."}},
+    summary="Status of one call",
+)
+async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CallStatus:
+    found = await call_status(session, res.streams, call_id, res.settings.missing_list_cap)
+    if found is None:
+        raise CallNotFound(f"call {call_id} is unknown")
+    return found
+
+
+@router.get("", response_model=CallPage, summary="Calls, newest first (keyset-paginated)")
+async def get_calls(
+    res: ResourcesDep,
+    session: SessionDep,
+    state: Annotated[CallState | None, Query(description="Only calls in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> CallPage:
+    return await list_calls(
+        session, res.streams, state, cursor, limit, res.settings.missing_list_cap
+    )
+
+
+@router.post(
+    "/{call_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=CompleteResponse,
+    responses={
+        404: {"model": ErrorBody, "description": "Unknown call."},
+        409: {"model": ErrorBody, "description": "The call is not FAILED."},
+    },
+    summary="Replay a FAILED call (dead letter)",
+)
+async def retry_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CompleteResponse:
+    """FAILED -> COMPLETED with a fresh attempt budget, then re-enqueued; exactly once."""
+    async with session.begin():
+        replayed = await calls.replay_failed(session, call_id)
+        current = None if replayed else await calls.get_call(session, call_id)
+    if not replayed:
+        if current is None:
+            raise CallNotFound(f"call {call_id} is unknown")
+        raise CallNotFailed(f"call {call_id} is {current.state}; only FAILED calls can be retried")
+    await res.streams.mark_pending(call_id)
+    await enqueue_process_call(res.redis, call_id)
+    return CompleteResponse(call_id=call_id, state=CallState.COMPLETED.value)

@@ -1,0 +1,106 @@
+"""Request and response models: the wire contract, documented field by field in /docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
+CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+Sequence = Annotated[
+    int,
+    Field(strict=True, ge=0, le=MAX_SEQUENCE, description="Packet number within the call, >= 0."),
+]
+
+
+class PacketIn(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sequence: Sequence
+    data: Annotated[
+        str,
+        Field(strict=True, description="Audio metadata (or payload) of the packet, as text."),
+    ]
+    timestamp: Annotated[
+        float,
+        Field(strict=True, allow_inf_nan=False, description="Sender's timestamp (finite)."),
+    ]
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    packets: Annotated[list[PacketIn], Field(min_length=1, description="Packets of one call.")]
+
+
+class PacketWarning(BaseModel):
+    type: Literal["out_of_order", "gap", "duplicate"] = Field(
+        description="What was detected about this packet."
+    )
+    message: str
+    missing_from: int | None = Field(None, description="First missing sequence of a gap.")
+    missing_to: int | None = Field(None, description="Last missing sequence of a gap.")
+
+
+class PacketAccepted(BaseModel):
+    call_id: str
+    sequence: int
+    duplicate: bool = Field(description="True if this sequence was already stored (stored once).")
+    warnings: list[PacketWarning]
+
+
+class BatchAccepted(BaseModel):
+    call_id: str
+    accepted: int = Field(description="New packets stored.")
+    duplicates: int
+    results: list[PacketAccepted]
+
+
+class CompleteResponse(BaseModel):
+    call_id: str
+    state: str
+
+
+class SentimentOut(BaseModel):
+    label: str = Field(description="positive | neutral | negative")
+    score: float = Field(description="Polarity in [-1, 1].")
+
+
+class CallStatus(BaseModel):
+    call_id: str
+    state: str = Field(description="IN_PROGRESS, COMPLETED, PROCESSING_AI, ARCHIVED or FAILED.")
+    packets_received: int = Field(description="Unique packets stored.")
+    first_sequence: int | None
+    last_sequence: int | None = Field(description="Highest sequence received.")
+    missing_sequences: list[int] = Field(
+        description="Sequences absent between the first and the last (capped by MISSING_LIST_CAP)."
+    )
+    missing_count: int
+    duplicate_packets: int
+    out_of_order_packets: int
+    ai_attempts: int = Field(description="AI requests made for this call, failed ones included.")
+    last_error: str | None = Field(description="Last AI error; the failure reason when FAILED.")
+    transcript: str | None
+    sentiment: SentimentOut | None
+    completion_reason: str | None = Field(description="explicit or idle.")
+    created_at: datetime
+    completed_at: datetime | None
+    finished_at: datetime | None
+
+
+class CallPage(BaseModel):
+    items: list[CallStatus]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,65 @@
+"""Callstream's configuration: every knob is an environment variable with a laptop default."""
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Embedded defaults used by `make run`; `make run` exports the real URLs of the servers it starts.
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/callstream"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """Read once per process by a composition root (the API lifespan, the worker startup)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+
+    # Ingestion
+    max_packet_data_bytes: int = Field(64 * 1024, gt=0)
+    max_batch_packets: int = Field(500, gt=0)
+    redis_pool_size: int = Field(64, gt=0)
+    redis_timeout_s: float = Field(1.0, gt=0)
+
+    # Completion
+    call_idle_timeout_s: float = Field(30.0, gt=0)
+    sweep_interval_s: int = Field(5, ge=1, le=60)
+    key_retention_s: int = Field(3600, ge=1)
+    completed_marker_retention_s: int = Field(7 * 24 * 3600, ge=1)
+    missing_list_cap: int = Field(1000, ge=0)
+
+    # The AI provider (the shipped mock by default)
+    ai_provider: str = "mock"
+    ai_failure_rate: float = Field(0.25, ge=0.0, le=1.0)
+    ai_latency_min_s: float = Field(1.0, ge=0.0)
+    ai_latency_max_s: float = Field(3.0, ge=0.0)
+    ai_seed: int | None = None
+    ai_max_attempts: int = Field(5, ge=1)
+    ai_attempt_timeout_s: float = Field(10.0, gt=0)
+    ai_backoff_base_s: float = Field(0.5, ge=0.0)
+    ai_backoff_max_s: float = Field(10.0, ge=0.0)
+    ai_call_budget_s: float = Field(300.0, gt=0)
+    ai_breaker_threshold: int = Field(10, ge=1)
+    ai_breaker_cooldown_s: float = Field(10.0, gt=0)
+
+    # The worker
+    worker_max_jobs: int = Field(32, ge=1)
+    job_timeout_s: int = Field(600, ge=1)
+    lease_ttl_s: float = Field(10.0, gt=0)
+    reaper_interval_s: int = Field(2, ge=1, le=60)
+    shutdown_grace_s: int = Field(20, ge=0)
+    db_retry_max_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _latency_range_is_ordered(self) -> "Settings":
+        if self.ai_latency_min_s > self.ai_latency_max_s:
+            raise ValueError("AI_LATENCY_MIN_S must not exceed AI_LATENCY_MAX_S")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,156 @@
+"""Real PostgreSQL and Redis for the whole suite, started by the suite itself on free ports
+(or TEST_DATABASE_URL / TEST_REDIS_URL); every test starts from empty stores."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from arq.connections import ArqRedis
+from arq.worker import Worker
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from devstack.servers import EmbeddedPostgres, EmbeddedRedis
+from jobs.resources import WorkerResources, make_resources
+from jobs.worker import make_functions
+from service.app import create_app
+from settings import Settings
+from tests.fakes import ScriptedAI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    db_url, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    with tempfile.TemporaryDirectory(prefix="callstream-test-") as tmp:
+        os.chmod(tmp, 0o755)
+        if not db_url:
+            pg = EmbeddedPostgres(Path(tmp) / "pg", fast_and_unsafe=True).start()
+            started.append(pg)
+            db_url = pg.url
+        if not redis_url:
+            redis = EmbeddedRedis(Path(tmp) / "redis").start()
+            started.append(redis)
+            redis_url = redis.url
+        migrate(db_url)
+        try:
+            yield db_url, redis_url
+        finally:
+            for server in reversed(started):
+                server.stop()
+
+
+def migrate(db_url: str, revision: str = "head") -> None:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "db" / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", db_url)
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, revision)
+
+
+def make_settings(db_url: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "redis_url": redis_url,
+        "ai_failure_rate": 0.0,
+        "ai_latency_min_s": 0.0,
+        "ai_latency_max_s": 0.0,
+        "ai_seed": 7,
+        "ai_backoff_base_s": 0.01,
+        "ai_backoff_max_s": 0.02,
+        "lease_ttl_s": 3.0,
+        "call_idle_timeout_s": 30.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def settings(server_urls: tuple[str, str]) -> Settings:
+    return make_settings(*server_urls)
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(settings.database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+async def clean_stores(redis: Redis, engine: AsyncEngine) -> None:
+    """Every test starts from empty stores (tests/unit overrides this: it needs no servers)."""
+    await redis.flushdb()
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE call, packet, ai_attempt, state_transition CASCADE"))
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def ai() -> ScriptedAI:
+    return ScriptedAI()
+
+
+@pytest.fixture
+async def worker_resources(settings: Settings, ai: ScriptedAI) -> AsyncIterator[WorkerResources]:
+    res = make_resources(settings, ai=ai)
+    yield res
+    await res.close()
+
+
+async def drain_queue(res: WorkerResources, **overrides: Any) -> Worker:
+    """Run a real arq worker until the queue is empty, as arq's own tests do."""
+    settings = res.settings
+    worker = Worker(
+        functions=make_functions(settings.job_timeout_s),
+        redis_pool=ArqRedis.from_url(settings.redis_url),
+        burst=True,
+        poll_delay=0,
+        handle_signals=False,
+        keep_result=0,
+        max_jobs=settings.worker_max_jobs,
+        ctx={"resources": res},
+        **overrides,
+    )
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker
+
+
+@pytest.fixture
+def run_worker(worker_resources: WorkerResources) -> Any:
+    async def run(res: WorkerResources | None = None, **overrides: Any) -> Worker:
+        return await drain_queue(res or worker_resources, **overrides)
+
+    return run
+

@@ -1,0 +1,168 @@
+"""Packet ingestion against a real Redis: status codes, dedup, ordering, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from httpx import AsyncClient
+from redis.asyncio import Redis
+
+from db.keys import call_keys
+from tests.factories import packet, send, send_all
+
+
+async def stream_len(redis: Redis, call_id: str) -> int:
+    return int(await redis.xlen(call_keys(call_id).packets))
+
+
+async def test_new_packet_is_accepted_with_202_and_stored(client: AsyncClient, redis: Redis):
+    response = await send(client, "call-1", 0)
+
+    assert response.status_code == 202
+    assert response.json() == {
+        "call_id": "call-1",
+        "sequence": 0,
+        "duplicate": False,
+        "warnings": [],
+    }
+    assert await stream_len(redis, "call-1") == 1
+
+
+async def test_duplicate_packet_answers_200_and_is_stored_once(client: AsyncClient, redis: Redis):
+    await send(client, "call-1", 0)
+    again = await send(client, "call-1", 0)
+
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    assert await stream_len(redis, "call-1") == 1
+    status = (await client.get("/v1/calls/call-1")).json()
+    assert status["packets_received"] == 1
+    assert status["duplicate_packets"] == 1
+
+
+async def test_gap_is_reported_with_the_missing_range(client: AsyncClient):
+    await send_all(client, "call-1", [1, 2])
+    response = await send(client, "call-1", 6)
+
+    assert response.status_code == 202
+    (warning,) = response.json()["warnings"]
+    assert warning["type"] == "gap"
+    assert (warning["missing_from"], warning["missing_to"]) == (3, 5)
+
+
+async def test_out_of_order_packet_is_accepted_and_flagged(client: AsyncClient):
+    await send_all(client, "call-1", [1, 2, 4])
+    response = await send(client, "call-1", 3)
+
+    assert response.status_code == 202
+    assert [w["type"] for w in response.json()["warnings"]] == ["out_of_order"]
+
+
+async def test_status_of_a_live_call_lists_missing_and_reordered_packets(client: AsyncClient):
+    await send_all(client, "call-1", [1, 2, 5, 4, 9, 9])
+
+    status = (await client.get("/v1/calls/call-1")).json()
+
+    assert status["state"] == "IN_PROGRESS"
+    assert status["packets_received"] == 5
+    assert status["last_sequence"] == 9
+    assert status["missing_sequences"] == [3, 6, 7, 8]
+    assert status["missing_count"] == 4
+    assert status["out_of_order_packets"] == 1
+    assert status["duplicate_packets"] == 1
+    assert status["transcript"] is None and status["sentiment"] is None
+
+
+async def test_200_concurrent_packets_of_one_call_are_all_stored(client: AsyncClient, redis: Redis):
+    sequences = list(range(200))
+    responses = await asyncio.gather(*(send(client, "busy", s) for s in sequences))
+
+    assert all(r.status_code == 202 for r in responses)
+    assert await stream_len(redis, "busy") == 200
+    status = (await client.get("/v1/calls/busy")).json()
+    assert status["packets_received"] == 200
+    assert status["duplicate_packets"] == 0
+    assert status["missing_sequences"] == []
+    assert status["last_sequence"] == 199
+
+
+async def test_concurrent_copies_of_one_packet_store_it_once(client: AsyncClient, redis: Redis):
+    responses = await asyncio.gather(*(send(client, "call-1", 7) for _ in range(50)))
+
+    assert sorted(r.status_code for r in responses) == [200] * 49 + [202]
+    assert await stream_len(redis, "call-1") == 1
+
+
+async def test_packet_after_completion_is_refused_with_409(client: AsyncClient, redis: Redis):
+    await send(client, "call-1", 0)
+    await client.post("/v1/call/complete/call-1")
+
+    late = await send(client, "call-1", 1)
+
+    assert late.status_code == 409
+    assert "already completed" in late.json()["detail"]
+    assert await stream_len(redis, "call-1") == 1
+
+
+@pytest.mark.parametrize(
+    ("call_id", "body", "fragment"),
+    [
+        ("bad id!", packet(0), "call_id"),
+        ("x" * 129, packet(0), "call_id"),
+        ("call-1", {**packet(0), "sequence": -1}, "sequence"),
+        ("call-1", {**packet(0), "sequence": "3"}, "sequence"),
+        ("call-1", {**packet(0), "sequence": 1.5}, "sequence"),
+        ("call-1", {**packet(0), "sequence": 2**60}, "sequence"),
+        ("call-1", {"sequence": 0, "timestamp": 1.0}, "data"),
+        ("call-1", {**packet(0), "data": 12}, "data"),
+        ("call-1", {**packet(0), "timestamp": "soon"}, "timestamp"),
+        ("call-1", {**packet(0), "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_input_is_refused_with_422_and_nothing_stored(
+    client: AsyncClient, redis: Redis, call_id: str, body: dict[str, object], fragment: str
+):
+    response = await client.post(f"/v1/call/stream/{call_id}", json=body)
+
+    assert response.status_code == 422
+    assert fragment in str(response.json()["detail"])
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_timestamp_is_refused_with_422(client: AsyncClient, redis: Redis, raw: str):
+    body = '{"sequence": 0, "data": "x", "timestamp": %s}' % raw
+    response = await client.post(
+        "/v1/call/stream/call-1", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert await redis.dbsize() == 0
+
+
+async def test_malformed_json_is_refused_with_422(client: AsyncClient, redis: Redis):
+    response = await client.post(
+        "/v1/call/stream/call-1", content=b"{not json", headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert await redis.dbsize() == 0
+
+
+async def test_oversized_data_is_refused_with_413_and_nothing_stored(
+    client: AsyncClient, redis: Redis
+):
+    too_big = "é" * (32 * 1024 + 1)  # 64 KiB + 2 bytes in UTF-8
+
+    response = await client.post("/v1/call/stream/call-1", json=packet(0, too_big))
+
+    assert response.status_code == 413
+    assert "MAX_PACKET_DATA_BYTES" in response.json()["detail"]
+    assert await redis.dbsize() == 0
+
+
+async def test_data_of_exactly_the_limit_is_accepted(client: AsyncClient):
+    response = await client.post("/v1/call/stream/call-1", json=packet(0, "a" * 64 * 1024))
+
+    assert response.status_code == 202
