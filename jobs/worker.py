@@ -70,6 +70,7 @@ async def reap_orphaned_calls(ctx: dict[str, Any]) -> int:
 
 async def startup(ctx: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
     ctx["resources"] = make_resources(get_settings())
 
 

@@ -153,4 +153,3 @@ def run_worker(worker_resources: WorkerResources) -> Any:
         return await drain_queue(res or worker_resources, **overrides)
 
     return run
-

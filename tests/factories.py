@@ -9,7 +9,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 
-def packet(sequence: int, data: str | None = None, timestamp: float | None = None) -> dict[str, Any]:
+def packet(
+    sequence: int, data: str | None = None, timestamp: float | None = None
+) -> dict[str, Any]:
     return {
         "sequence": sequence,
         "data": f"chunk-{sequence}" if data is None else data,
@@ -17,7 +19,9 @@ def packet(sequence: int, data: str | None = None, timestamp: float | None = Non
     }
 
 
-async def send(client: AsyncClient, call_id: str, sequence: int, data: str | None = None) -> Response:
+async def send(
+    client: AsyncClient, call_id: str, sequence: int, data: str | None = None
+) -> Response:
     return await client.post(f"/v1/call/stream/{call_id}", json=packet(sequence, data))
 
 

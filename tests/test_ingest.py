@@ -131,7 +131,9 @@ async def test_bad_input_is_refused_with_422_and_nothing_stored(
 
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
-async def test_non_finite_timestamp_is_refused_with_422(client: AsyncClient, redis: Redis, raw: str):
+async def test_non_finite_timestamp_is_refused_with_422(
+    client: AsyncClient, redis: Redis, raw: str
+):
     body = '{"sequence": 0, "data": "x", "timestamp": %s}' % raw
     response = await client.post(
         "/v1/call/stream/call-1", content=body, headers={"content-type": "application/json"}
