@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AiAttempt, Call, StateTransition
-from db.states import CallState, can_transition
+from db.states import WORKER_STATES, CallState, can_transition
 from db.streams import LiveCall, StoredPacket
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
             update(Call)
             .where(
                 Call.call_id == call_id,
-                Call.state.in_([CallState.COMPLETED.value, CallState.PROCESSING_AI.value]),
+                Call.state.in_([s.value for s in WORKER_STATES]),
             )
             .values(lease_epoch=Call.lease_epoch + 1)
             .returning(Call.lease_epoch, Call.state, Call.generation, Call.transcript)

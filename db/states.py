@@ -21,7 +21,7 @@ ALLOWED_TRANSITIONS: dict[CallState, frozenset[CallState]] = {
 }
 
 TERMINAL_STATES = frozenset({CallState.ARCHIVED, CallState.FAILED})
-# States in which a call is owned by the worker and must eventually move on.
+# States in which the worker owns a call: the claim takes calls only from these.
 WORKER_STATES = frozenset({CallState.COMPLETED, CallState.PROCESSING_AI})
 
 
@@ -29,8 +29,3 @@ def can_transition(source: CallState | None, target: CallState) -> bool:
     if source is None:
         return target is CallState.IN_PROGRESS
     return target in ALLOWED_TRANSITIONS[source]
-
-
-def sources_of(target: CallState) -> frozenset[CallState]:
-    """Every state a call may be in to move to `target`: the guard of an `UPDATE ... WHERE`."""
-    return frozenset(s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets)

@@ -74,7 +74,7 @@ def make_settings(db_url: str, redis_url: str, **overrides: Any) -> Settings:
         "call_idle_timeout_s": 30.0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from typing import Any
 
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +22,7 @@ async def complete(client: AsyncClient, call_id: str) -> None:
     assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
 
 
-async def status(client: AsyncClient, call_id: str) -> dict[str, object]:
+async def status(client: AsyncClient, call_id: str) -> dict[str, Any]:
     response = await client.get(f"/v1/calls/{call_id}")
     assert response.status_code == 200
     return dict(response.json())
@@ -32,7 +34,6 @@ async def test_a_call_goes_from_packets_to_archived_with_a_real_worker(
     words = ["thanks", "the", "problem", "is", "resolved", "great"]
     for seq, word in [(0, words[0]), (2, words[2]), (1, words[1]), (2, words[2])]:
         await send(client, "call-1", seq, word)
-    await send_all(client, "call-1", [])
     for seq in range(3, 6):
         await send(client, "call-1", seq, words[seq])
     await complete(client, "call-1")
@@ -74,7 +75,7 @@ async def test_missing_sequences_are_kept_when_the_call_is_flushed(client: Async
     call = await status(client, "gappy")
     assert call["state"] == "ARCHIVED"
     assert call["missing_sequences"] == [12, 15, 16, 17]
-    assert call["first_sequence"] == 10 and call["last_sequence"] == 18
+    assert (call["first_sequence"], call["last_sequence"]) == (10, 18)
 
 
 async def test_transient_ai_failures_are_retried_and_every_attempt_recorded(
@@ -143,11 +144,8 @@ async def test_transcription_is_not_redone_when_sentiment_failed_in_an_earlier_r
     client: AsyncClient, run_worker, ai: ScriptedAI, settings, worker_resources
 ):
     # The first run exhausts sentiment's budget of 2; the replay finds the transcript stored.
-    tight = WorkerResources(
-        **{
-            **worker_resources.__dict__,
-            "settings": settings.model_copy(update={"ai_max_attempts": 2}),
-        }
+    tight = dataclasses.replace(
+        worker_resources, settings=settings.model_copy(update={"ai_max_attempts": 2})
     )
     ai.fail("sentiment", TransientAIError("x"), TransientAIError("y"))
     await send_all(client, "half", [0])

@@ -1,0 +1,75 @@
+"""Liveness, readiness, and clear 503s when Redis is unreachable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+
+from devstack.servers import free_port
+from service.app import create_app
+from settings import Settings
+from tests.factories import packet
+
+
+@pytest.fixture
+async def client_without_redis(settings: Settings) -> AsyncIterator[AsyncClient]:
+    broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_app(broken)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+    ):
+        yield client
+
+
+async def test_healthz_answers_while_the_process_lives(client: AsyncClient):
+    assert (await client.get("/healthz")).json() == {"status": "ok", "checks": {}}
+
+
+async def test_readyz_is_ok_when_redis_and_postgres_answer(client: AsyncClient):
+    response = await client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+
+
+async def test_ingest_answers_503_with_retry_after_quickly_when_redis_is_down(
+    client_without_redis: AsyncClient,
+):
+    started = time.monotonic()
+    response = await client_without_redis.post("/v1/call/stream/call-1", json=packet(0))
+
+    assert time.monotonic() - started < 1.5
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["code"] == "redis_unavailable"
+
+
+async def test_readyz_is_503_and_names_redis_when_redis_is_down(client_without_redis: AsyncClient):
+    response = await client_without_redis.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"].startswith("unavailable")
+    assert response.json()["checks"]["postgres"] == "ok"
+
+
+async def test_openapi_documents_every_endpoint(client: AsyncClient):
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    expected = {
+        "/v1/call/stream/{call_id}",
+        "/v1/call/stream/{call_id}/batch",
+        "/v1/call/complete/{call_id}",
+        "/v1/calls",
+        "/v1/calls/{call_id}",
+        "/v1/calls/{call_id}/retry",
+        "/healthz",
+        "/readyz",
+    }
+    assert expected <= set(paths)
+    ingest = paths["/v1/call/stream/{call_id}"]["post"]["responses"]
+    assert {"202", "200", "409", "413", "422", "503"} <= set(ingest)
