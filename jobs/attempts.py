@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -21,6 +21,7 @@ from tenacity import (
 )
 
 from jobs.ai import AIError, PermanentAIError, TransientAIError
+from jobs.breaker import BreakerOpen, CircuitBreaker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class RetryPolicy:
     attempt_timeout_s: float
     backoff_base_s: float
     backoff_max_s: float
-    budget_s: float  # total time the step may take, waits included
+    budget_s: float  # total time a call's AI work may take in one run, waits included
 
 
 class StepExhausted(Exception):
@@ -74,55 +75,94 @@ async def run_step(
     policy: RetryPolicy,
     record: Recorder,
     attempts_already_failed: int = 0,
+    *,
+    deadline: float | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> T:
     """Call `request` until it succeeds or a budget runs out. Every attempt is recorded through
-    `record` before the next one starts; `record` returning False means the lease was lost."""
+    `record` before the next one starts; `record` returning False means the lease was lost.
+    `deadline` is a time.monotonic() instant shared by the call's steps (default: the budget)."""
     remaining = policy.max_attempts - attempts_already_failed
     if remaining <= 0:
         raise StepExhausted(f"{step}: no attempts left ({policy.max_attempts} already failed)")
+    if deadline is None:
+        deadline = time.monotonic() + policy.budget_s
+    attempt = _Attempt(step, request, policy, record, deadline, breaker)
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(remaining) | stop_before_delay(policy.budget_s),
+        stop=stop_after_attempt(remaining)
+        | stop_before_delay(max(deadline - time.monotonic(), 0.0)),
         wait=_WaitHonouringRetryAfter(multiplier=policy.backoff_base_s, max=policy.backoff_max_s),
         retry=retry_if_exception_type(TransientAIError),
         reraise=True,
     )
+    number = attempts_already_failed
     try:
-        async for attempt in retrying:
-            with attempt:
-                number = attempts_already_failed + attempt.retry_state.attempt_number
-                return await _one_attempt(step, number, request, policy, record)
+        async for try_ in retrying:
+            with try_:
+                number = attempts_already_failed + try_.retry_state.attempt_number
+                return await attempt.run(number)
     except TransientAIError as exc:
         raise StepExhausted(f"{step} failed after {number} attempts: {exc}") from exc
     except PermanentAIError as exc:
         raise StepExhausted(f"{step} failed permanently: {exc}") from exc
+    except BreakerOpen as exc:
+        raise StepExhausted(f"{step} gave up after {number} attempts: {exc}") from exc
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
 
-async def _one_attempt(
-    step: str,
-    number: int,
-    request: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    record: Recorder,
-) -> T:
-    started_at = datetime.now(UTC)
-    t0 = time.perf_counter()
+class _Attempt(Generic[T]):
+    """One request to the provider: through the breaker, under a timeout, and recorded."""
 
-    async def keep(outcome: str, error: str | None) -> None:
-        ms = (time.perf_counter() - t0) * 1000
-        if not await record(AttemptRecord(step, number, outcome, error, started_at, ms)):
-            raise LeaseLost(step)
+    def __init__(
+        self,
+        step: str,
+        request: Callable[[], Awaitable[T]],
+        policy: RetryPolicy,
+        record: Recorder,
+        deadline: float,
+        breaker: CircuitBreaker | None,
+    ) -> None:
+        self.step, self.request, self.policy = step, request, policy
+        self.record, self.deadline, self.breaker = record, deadline, breaker
 
-    try:
-        result = await asyncio.wait_for(request(), policy.attempt_timeout_s)
-    except TimeoutError:
-        message = f"{step} attempt {number} timed out after {policy.attempt_timeout_s}s"
-        await keep("timeout", message)
-        raise TransientAIError(message) from None
-    except AIError as exc:
-        outcome = "rejected" if isinstance(exc, PermanentAIError) else "error"
-        log.info("%s attempt %d failed: %s", step, number, exc)
-        await keep(outcome, str(exc))
-        raise
-    await keep("ok", None)
-    return result
+    async def run(self, number: int) -> T:
+        if self.breaker is not None:
+            await self.breaker.wait_until_callable(self.deadline)
+        timeout = max(min(self.policy.attempt_timeout_s, self.deadline - time.monotonic()), 0.001)
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+
+        async def keep(outcome: str, error: str | None) -> None:
+            ms = (time.perf_counter() - t0) * 1000
+            if not await self.record(
+                AttemptRecord(self.step, number, outcome, error, started_at, ms)
+            ):
+                raise LeaseLost(self.step)
+
+        try:
+            result = await asyncio.wait_for(self.request(), timeout)
+        except TimeoutError:
+            message = f"{self.step} attempt {number} timed out after {timeout:.1f}s"
+            await self._provider_failed()
+            await keep("timeout", message)
+            raise TransientAIError(message) from None
+        except AIError as exc:
+            permanent = isinstance(exc, PermanentAIError)
+            log.info("%s attempt %d failed: %s", self.step, number, exc)
+            if permanent:
+                await self._provider_answered()
+            else:
+                await self._provider_failed()
+            await keep("rejected" if permanent else "error", str(exc))
+            raise
+        await self._provider_answered()
+        await keep("ok", None)
+        return result
+
+    async def _provider_failed(self) -> None:
+        if self.breaker is not None:
+            await self.breaker.record_failure()
+
+    async def _provider_answered(self) -> None:
+        if self.breaker is not None:
+            await self.breaker.record_success()

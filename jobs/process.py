@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from db.models import AiAttempt
 from db.states import TERMINAL_STATES, CallState
 from db.streams import missing_between
 from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
+from jobs.breaker import CircuitBreaker
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -89,20 +91,36 @@ async def _run_ai(res: WorkerResources, claim: calls.Claim) -> str:
     if claim.state is CallState.COMPLETED:
         await _fenced_move(res, claim, CallState.PROCESSING_AI, "worker picked the call up")
     policy = _policy(res)
+    deadline = time.monotonic() + policy.budget_s  # one budget for the call's AI work in this run
+    breaker = CircuitBreaker(
+        res.redis, res.settings.ai_breaker_threshold, res.settings.ai_breaker_cooldown_s
+    )
     try:
         transcript = claim.transcript
         if transcript is None:
             async with res.sessions() as session:
                 chunks = await calls.packet_data_in_order(session, call_id)
             transcript = await _step(
-                res, claim, "transcription", policy, lambda: res.ai.transcribe(call_id, chunks)
+                res,
+                claim,
+                "transcription",
+                lambda: res.ai.transcribe(call_id, chunks),
+                policy=policy,
+                deadline=deadline,
+                breaker=breaker,
             )
             async with res.sessions() as session, session.begin():
                 if not await calls.store_transcript(session, call_id, epoch, transcript):
                     raise LeaseLost(call_id)
         text = transcript
         sentiment = await _step(
-            res, claim, "sentiment", policy, lambda: res.ai.analyse_sentiment(call_id, text)
+            res,
+            claim,
+            "sentiment",
+            lambda: res.ai.analyse_sentiment(call_id, text),
+            policy=policy,
+            deadline=deadline,
+            breaker=breaker,
         )
     except StepExhausted as exc:
         await _fenced_move(
@@ -125,8 +143,11 @@ async def _step(
     res: WorkerResources,
     claim: calls.Claim,
     step: str,
-    policy: RetryPolicy,
     request: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    deadline: float,
+    breaker: CircuitBreaker,
 ) -> T:
     async with res.sessions() as session:
         failed = await calls.failed_attempts(session, claim.call_id, step, claim.generation)
@@ -145,7 +166,7 @@ async def _step(
         async with res.sessions() as session, session.begin():
             return await calls.record_attempt(session, row, claim.epoch)
 
-    return await run_step(step, request, policy, record, attempts_already_failed=failed)
+    return await run_step(step, request, policy, record, failed, deadline=deadline, breaker=breaker)
 
 
 async def _fenced_move(
