@@ -26,10 +26,16 @@ def _load_lua(name: str) -> str:
 
 INGEST_LUA = _load_lua("ingest.lua")
 COMPLETE_LUA = _load_lua("complete.lua")
-# Extend the lease only for its holder: a worker that lost it must not keep it alive.
+# Extend or drop the lease only for its holder: a worker that lost it must not touch it.
 RENEW_LEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+DROP_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -103,6 +109,7 @@ class CallStreams:
         self._ingest = redis.register_script(INGEST_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
         self._renew_lease = redis.register_script(RENEW_LEASE_LUA)
+        self._drop_lease = redis.register_script(DROP_LEASE_LUA)
 
     async def append(self, call_id: str, packets: Sequence[NewPacket]) -> list[PacketResult]:
         """Store packets in one round trip. Raises CallCompleted if the call is already done."""
@@ -220,6 +227,10 @@ class CallStreams:
             keys=[call_keys(call_id).lease], args=[holder, int(ttl_s * 1000)]
         )
         return bool(renewed)
+
+    async def drop_lease(self, call_id: str, holder: str) -> None:
+        """Hand the call back at once (graceful stop) instead of waiting for the lease to lapse."""
+        await self._drop_lease(keys=[call_keys(call_id).lease], args=[holder])
 
     async def lease_alive(self, call_id: str) -> bool:
         return bool(await self.redis.exists(call_keys(call_id).lease))

@@ -61,7 +61,8 @@ def main() -> int:
             stoppers.insert(0, pg.stop)
             env["DATABASE_URL"] = pg.url
         if not env.get("REDIS_URL"):
-            redis = EmbeddedRedis(DATA / "redis", port=_port(63790)).start()
+            fsync = env.get("REDIS_APPENDFSYNC", "everysec")
+            redis = EmbeddedRedis(DATA / "redis", port=_port(63790), appendfsync=fsync).start()
             stoppers.insert(0, redis.stop)
             env["REDIS_URL"] = redis.url
         subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=ROOT,

@@ -33,17 +33,21 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     holder = f"{WORKER_ID}:{uuid.uuid4().hex[:8]}"
     ttl = res.settings.lease_ttl_s
     await res.streams.take_lease(call_id, holder, ttl)
-    async with _heartbeat(res, call_id, holder):
-        await flush_call(res, call_id)
-        async with res.sessions() as session, session.begin():
-            claim = await calls.claim(session, call_id)
-        if claim is None:
-            return await _already_settled(res, call_id)
-        try:
+    try:
+        async with _heartbeat(res, call_id, holder):
+            await flush_call(res, call_id)
+            async with res.sessions() as session, session.begin():
+                claim = await calls.claim(session, call_id)
+            if claim is None:
+                return await _already_settled(res, call_id)
             state = await _run_ai(res, claim)
-        except LeaseLost:
-            log.warning("%s: lost the call to another worker; leaving it to them", call_id)
-            return "LEASE_LOST"
+    except LeaseLost:
+        log.warning("%s: lost the call to another worker; leaving it to them", call_id)
+        return "LEASE_LOST"
+    except asyncio.CancelledError:
+        # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start now.
+        await asyncio.shield(res.streams.drop_lease(call_id, holder))
+        raise
     await res.streams.release(
         call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
     )

@@ -21,6 +21,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = logging.getLogger(__name__)
 
+# What PostgreSQL being down or unreachable looks like from SQLAlchemy and asyncpg.
+POSTGRES_OUTAGE = (OperationalError, PoolTimeoutError, DBAPIError, OSError)
+
 
 class CallstreamError(Exception):
     status_code = 400
@@ -94,6 +97,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     for redis_error in (RedisConnectionError, RedisTimeoutError):
         app.add_exception_handler(redis_error, _redis_down)
-    for pg_error in (OperationalError, PoolTimeoutError, DBAPIError, OSError):
+    for pg_error in POSTGRES_OUTAGE:
         app.add_exception_handler(pg_error, _postgres_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -14,8 +15,10 @@ from db import calls
 from db.models import Call
 from db.states import CallState
 from db.streams import CallStreams, LiveCall
-from service.errors import CallstreamError
+from service.errors import POSTGRES_OUTAGE, CallstreamError
 from service.schemas import CallPage, CallStatus, SentimentOut
+
+log = logging.getLogger(__name__)
 
 # States a call can have while it exists only in Redis (PostgreSQL rows start at COMPLETED).
 LIVE_STATES = frozenset({CallState.IN_PROGRESS, CallState.COMPLETED})
@@ -76,10 +79,20 @@ def from_live(live: LiveCall, missing: list[int]) -> CallStatus:
 async def call_status(
     session: AsyncSession, streams: CallStreams, call_id: str, missing_cap: int
 ) -> CallStatus | None:
-    row = await calls.get_call(session, call_id)
-    if row is not None:
-        return from_row(row)
-    live = await streams.live_call(call_id)
+    """PostgreSQL's record if the call was flushed, else Redis' live view. While PostgreSQL is
+    down, calls that Redis still holds stay visible; only the others get a 503."""
+    try:
+        row = await calls.get_call(session, call_id)
+    except POSTGRES_OUTAGE as exc:
+        live = await streams.live_call(call_id)
+        if live is None:
+            raise
+        log.warning("PostgreSQL unavailable (%r); answering %s from Redis", exc, call_id)
+        row = None
+    else:
+        if row is not None:
+            return from_row(row)
+        live = await streams.live_call(call_id)
     if live is None:
         return None
     return from_live(live, await streams.missing_sequences(live, missing_cap))

@@ -1,0 +1,184 @@
+"""Recovery without a chaos run: the reaper, the fence, and PostgreSQL being away."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from arq.constants import in_progress_key_prefix
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db import calls
+from db.keys import PENDING_INDEX, call_keys
+from db.states import CallState
+from devstack.servers import free_port
+from jobs.process import flush_call, process_call
+from jobs.resources import WorkerResources
+from jobs.sweep import recover_orphaned_calls
+from service.app import create_app
+from settings import Settings
+from tests.factories import scalar, send, send_all
+
+
+async def complete(client: AsyncClient, call_id: str) -> None:
+    assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
+
+
+def quick_lease(res: WorkerResources) -> WorkerResources:
+    return dataclasses.replace(res, settings=res.settings.model_copy(update={"lease_ttl_s": 0.2}))
+
+
+async def test_reaper_reruns_a_job_whose_worker_died(
+    client: AsyncClient, run_worker, worker_resources: WorkerResources
+):
+    res = quick_lease(worker_resources)
+    await send_all(client, "orphan", [0, 1])
+    await complete(client, "orphan")
+    # A worker picked the job up and died: arq's in-progress marker stays, nobody renews a lease.
+    await res.redis.set(in_progress_key_prefix + "orphan", b"1", px=600_000)
+
+    await asyncio.sleep(0.25)
+    assert await recover_orphaned_calls(res) == ["orphan"]
+    await run_worker(res)
+
+    assert (await client.get("/v1/calls/orphan")).json()["state"] == "ARCHIVED"
+
+
+async def test_reaper_reenqueues_a_completion_whose_job_was_lost(
+    client: AsyncClient, run_worker, worker_resources: WorkerResources
+):
+    res = quick_lease(worker_resources)
+    await send(client, "lost", 0)
+    await complete(client, "lost")
+    await res.redis.delete("arq:queue", "arq:job:lost")  # crash between SET NX and enqueue
+
+    await asyncio.sleep(0.25)
+    assert await recover_orphaned_calls(res) == ["lost"]
+    await run_worker(res)
+
+    assert (await client.get("/v1/calls/lost")).json()["state"] == "ARCHIVED"
+
+
+async def test_reaper_leaves_calls_with_a_live_lease_alone(
+    client: AsyncClient, worker_resources: WorkerResources
+):
+    res = quick_lease(worker_resources)
+    await send(client, "busy", 0)
+    await complete(client, "busy")
+    await res.streams.take_lease("busy", "someone", ttl_s=30)
+    await asyncio.sleep(0.25)
+
+    assert await recover_orphaned_calls(res) == []
+
+
+async def test_reaper_releases_a_call_that_finished_but_kept_its_keys(
+    client: AsyncClient, worker_resources: WorkerResources
+):
+    res = quick_lease(worker_resources)
+    await send(client, "done", 0)
+    await complete(client, "done")
+    await process_call(res, "done")
+    await res.redis.zadd(PENDING_INDEX, {"done": time.time() - 10})  # the release never happened
+
+    assert await recover_orphaned_calls(res) == []
+    assert await res.redis.zscore(PENDING_INDEX, "done") is None
+
+
+async def test_a_worker_with_a_stale_epoch_cannot_write(
+    client: AsyncClient, worker_resources: WorkerResources, engine: AsyncEngine
+):
+    await send(client, "fenced", 0)
+    await complete(client, "fenced")
+    await flush_call(worker_resources, "fenced")
+    async with worker_resources.sessions() as session, session.begin():
+        old = await calls.claim(session, "fenced")
+        new = await calls.claim(session, "fenced")
+    assert old is not None and new is not None  # noqa: PT018
+    assert new.epoch == old.epoch + 1
+
+    async with worker_resources.sessions() as session, session.begin():
+        moved = await calls.transition(
+            session, "fenced", CallState.PROCESSING_AI, "stale", epoch=old.epoch
+        )
+    assert moved is False
+    assert await scalar(engine, "SELECT state FROM call WHERE call_id='fenced'") == "COMPLETED"
+
+    async with worker_resources.sessions() as session, session.begin():
+        assert await calls.transition(
+            session, "fenced", CallState.PROCESSING_AI, "current", epoch=new.epoch
+        )
+
+
+async def test_a_transition_outside_the_state_machine_is_refused(
+    client: AsyncClient, worker_resources: WorkerResources, engine: AsyncEngine
+):
+    await send(client, "strict", 0)
+    await complete(client, "strict")
+    await flush_call(worker_resources, "strict")
+
+    async with worker_resources.sessions() as session, session.begin():
+        assert not await calls.transition(session, "strict", CallState.ARCHIVED, "skip ahead")
+    assert await scalar(engine, "SELECT state FROM call WHERE call_id='strict'") == "COMPLETED"
+
+
+async def test_the_flush_is_idempotent(
+    client: AsyncClient, worker_resources: WorkerResources, engine: AsyncEngine
+):
+    await send_all(client, "again", [0, 1, 2])
+    await complete(client, "again")
+
+    await asyncio.gather(*(flush_call(worker_resources, "again") for _ in range(3)))
+
+    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='again'") == 3
+    assert await scalar(engine, "SELECT count(*) FROM call WHERE call_id='again'") == 1
+
+
+@pytest.fixture
+async def client_without_postgres(settings: Settings) -> AsyncIterator[AsyncClient]:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/callstream"
+    app = create_app(settings.model_copy(update={"database_url": url}))
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+    ):
+        yield client
+
+
+async def test_live_calls_stay_visible_while_postgres_is_down(client_without_postgres):
+    assert (await send(client_without_postgres, "live", 0)).status_code == 202
+
+    live = await client_without_postgres.get("/v1/calls/live")
+    unknown = await client_without_postgres.get("/v1/calls/unknown")
+    ready = await client_without_postgres.get("/readyz")
+
+    assert live.status_code == 200
+    assert live.json()["state"] == "IN_PROGRESS"
+    assert unknown.status_code == 503
+    assert unknown.json()["code"] == "postgres_unavailable"
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["postgres"].startswith("unavailable")
+
+
+async def test_the_job_retries_later_while_postgres_is_down(
+    client: AsyncClient, worker_resources: WorkerResources, settings: Settings, ai
+):
+    from arq import Retry
+
+    from jobs.resources import make_resources
+    from jobs.worker import process_call_job
+
+    await send(client, "waiting", 0)
+    await complete(client, "waiting")
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/callstream"
+    down = make_resources(settings.model_copy(update={"database_url": url}), ai=ai)
+    try:
+        with pytest.raises(Retry):
+            await process_call_job({"resources": down, "job_try": 1}, "waiting")
+    finally:
+        await down.close()
+    assert await worker_resources.redis.exists(call_keys("waiting").packets)
