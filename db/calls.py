@@ -126,6 +126,20 @@ async def insert_packets(
     )
 
 
+async def history(
+    session: AsyncSession, call_id: str
+) -> tuple[Sequence[StateTransition], Sequence[AiAttempt]]:
+    transitions = await session.scalars(
+        select(StateTransition)
+        .where(StateTransition.call_id == call_id)
+        .order_by(StateTransition.id)
+    )
+    attempts = await session.scalars(
+        select(AiAttempt).where(AiAttempt.call_id == call_id).order_by(AiAttempt.id)
+    )
+    return transitions.all(), attempts.all()
+
+
 async def packet_data_in_order(session: AsyncSession, call_id: str) -> list[str]:
     query = text("SELECT data FROM packet WHERE call_id = :call_id ORDER BY sequence")
     return list((await session.scalars(query, {"call_id": call_id})).all())

@@ -96,6 +96,33 @@ class CallPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
 
 
+class TransitionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    from_state: str | None
+    to_state: str
+    at: datetime
+    reason: str
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: str = Field(description="transcription or sentiment")
+    generation: int = Field(description="0 for the first run, +1 for each dead-letter replay.")
+    attempt: int
+    outcome: str = Field(description="ok, error (transient), timeout or rejected (permanent).")
+    error: str | None
+    started_at: datetime
+    duration_ms: float
+
+
+class CallHistory(BaseModel):
+    call_id: str
+    transitions: list[TransitionOut]
+    attempts: list[AttemptOut]
+
+
 class ErrorBody(BaseModel):
     detail: str
     code: str

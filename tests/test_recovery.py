@@ -98,7 +98,8 @@ async def test_a_worker_with_a_stale_epoch_cannot_write(
     async with worker_resources.sessions() as session, session.begin():
         old = await calls.claim(session, "fenced")
         new = await calls.claim(session, "fenced")
-    assert old is not None and new is not None  # noqa: PT018
+    assert old is not None
+    assert new is not None
     assert new.epoch == old.epoch + 1
 
     async with worker_resources.sessions() as session, session.begin():

@@ -91,16 +91,21 @@ async def test_transient_ai_failures_are_retried_and_every_attempt_recorded(
     call = await status(client, "flaky")
     assert call["state"] == "ARCHIVED"
     assert call["ai_attempts"] == 5
-    attempts = await rows(
-        engine,
-        "SELECT step, attempt, outcome FROM ai_attempt WHERE call_id='flaky' ORDER BY id",
-    )
-    assert [(a.step, a.attempt, a.outcome) for a in attempts] == [
+    history = (await client.get("/v1/calls/flaky/history")).json()
+    attempts = history["attempts"]
+    assert [(a["step"], a["attempt"], a["outcome"]) for a in attempts] == [
         ("transcription", 1, "error"),
         ("transcription", 2, "error"),
         ("transcription", 3, "ok"),
         ("sentiment", 1, "error"),
         ("sentiment", 2, "ok"),
+    ]
+    assert attempts[0]["error"] == "503"
+    assert [t["to_state"] for t in history["transitions"]] == [
+        "IN_PROGRESS",
+        "COMPLETED",
+        "PROCESSING_AI",
+        "ARCHIVED",
     ]
 
 

@@ -11,7 +11,15 @@ from db.states import CallState
 from jobs.queue import enqueue_process_call
 from service.deps import CallId, ResourcesDep, SessionDep
 from service.errors import CallNotFailed, CallNotFound
-from service.schemas import CallPage, CallStatus, CompleteResponse, ErrorBody
+from service.schemas import (
+    AttemptOut,
+    CallHistory,
+    CallPage,
+    CallStatus,
+    CompleteResponse,
+    ErrorBody,
+    TransitionOut,
+)
 from service.views import call_status, list_calls
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
@@ -28,6 +36,23 @@ async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> C
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
     return found
+
+
+@router.get(
+    "/{call_id}/history",
+    response_model=CallHistory,
+    responses={404: {"model": ErrorBody, "description": "Not (yet) in PostgreSQL."}},
+    summary="Every state transition and AI attempt of a flushed call",
+)
+async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
+    transitions, attempts = await calls.history(session, call_id)
+    if not transitions:
+        raise CallNotFound(f"call {call_id} has no history in PostgreSQL (unknown or still live)")
+    return CallHistory(
+        call_id=call_id,
+        transitions=[TransitionOut.model_validate(t) for t in transitions],
+        attempts=[AttemptOut.model_validate(a) for a in attempts],
+    )
 
 
 @router.get("", response_model=CallPage, summary="Calls, newest first (keyset-paginated)")
