@@ -200,12 +200,18 @@ def _now() -> datetime:
 
 @contextlib.asynccontextmanager
 async def _heartbeat(res: WorkerResources, call_id: str, holder: str) -> AsyncIterator[None]:
-    """Renew the call's lease while the job runs, so the reaper knows this worker is alive."""
+    """Renew the call's lease while the job runs, so the reaper knows this worker is alive.
+
+    The beat is stopped by an event, never cancelled: cancelling a redis-py command midway can
+    leave its connection broken for the next user of the pool."""
     ttl = res.settings.lease_ttl_s
+    stop = asyncio.Event()
 
     async def beat() -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ttl / 3)
+                return
             try:
                 if not await res.streams.renew_lease(call_id, holder, ttl):
                     log.warning("%s: lease taken over by another worker", call_id)
@@ -217,6 +223,5 @@ async def _heartbeat(res: WorkerResources, call_id: str, holder: str) -> AsyncIt
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await asyncio.shield(task)

@@ -39,7 +39,7 @@ async def readyz(res: ResourcesDep) -> JSONResponse:
             return await conn.execute(text("SELECT 1"))
 
     redis_ok, pg_ok = await asyncio.gather(
-        _check(asyncio.ensure_future(res.redis.ping()), 1.0),
+        _check(asyncio.ensure_future(res.redis.ping()), 3.0),  # the socket timeout comes first
         _check(asyncio.ensure_future(ping_postgres()), 2.0),
     )
     checks = {"redis": redis_ok, "postgres": pg_ok}
