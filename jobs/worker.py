@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from jobs import resilience
 from jobs.process import process_call
 from jobs.queue import PROCESS_CALL
 from jobs.resources import make_resources, resources
@@ -98,6 +99,7 @@ def make_cron_jobs(sweep_interval_s: int, reaper_interval_s: int) -> list[CronJo
     ]
 
 
+resilience.install()
 _settings = get_settings()
 
 

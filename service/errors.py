@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -75,10 +76,21 @@ async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": problems, "code": "invalid_request"}, status_code=422)
 
 
+# Not "nothing was stored": a timeout can hide a write that happened. Retrying is safe because
+# a packet already stored is answered as a duplicate.
+REDIS_DOWN = (
+    "Redis is unavailable. Retry after Retry-After seconds; a packet that did get stored "
+    "is answered as a duplicate, so retrying is safe."
+)
+
+
+def redis_unavailable_body() -> bytes:
+    return orjson.dumps({"detail": REDIS_DOWN, "code": "redis_unavailable"})
+
+
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis unavailable during %s %s: %r", request.method, request.url.path, exc)
-    detail = "Redis is unavailable; nothing was stored. Retry shortly."
-    return _error(503, "redis_unavailable", detail, {"Retry-After": "1"})
+    return _error(503, "redis_unavailable", REDIS_DOWN, {"Retry-After": "1"})
 
 
 async def _postgres_down(request: Request, exc: Exception) -> JSONResponse:

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
-from httpx import AsyncClient
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
 
 from db.keys import call_keys
+from service.app import create_app
+from settings import Settings
 from tests.factories import packet, send, send_all
+
+
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
+async def client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[AsyncClient]:
+    """Every ingestion test runs against both the ASGI fast path and the FastAPI route: they
+    must answer the same."""
+    app = create_app(settings.model_copy(update={"ingest_fast_path": request.param}))
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+    ):
+        yield client
 
 
 async def stream_len(redis: Redis, call_id: str) -> int:

@@ -23,7 +23,8 @@ from service.schemas import (
 )
 from service.views import call_status
 
-router = APIRouter(prefix="/v1/call", tags=["ingestion"])
+PREFIX = "/v1/call"
+router = APIRouter(prefix=PREFIX, tags=["ingestion"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "The call is already completed; nothing stored."},
@@ -62,7 +63,7 @@ def _warnings(result: PacketResult) -> list[PacketWarning]:
     return []
 
 
-def _accepted(call_id: str, result: PacketResult) -> PacketAccepted:
+def accepted(call_id: str, result: PacketResult) -> PacketAccepted:
     return PacketAccepted(
         call_id=call_id,
         sequence=result.sequence,
@@ -71,7 +72,7 @@ def _accepted(call_id: str, result: PacketResult) -> PacketAccepted:
     )
 
 
-async def _append(
+async def append_packets(
     res: ResourcesDep, call_id: str, packets: Sequence[PacketIn]
 ) -> list[PacketResult]:
     _check_size(packets, res.settings.max_packet_data_bytes)
@@ -99,10 +100,10 @@ async def ingest_packet(
     call_id: CallId, packet: PacketIn, res: ResourcesDep, response: Response
 ) -> PacketAccepted:
     """202 for a new packet once Redis has it; 200 with `duplicate: true` for a repeat."""
-    (result,) = await _append(res, call_id, [packet])
+    (result,) = await append_packets(res, call_id, [packet])
     if result.duplicate:
         response.status_code = status.HTTP_200_OK
-    return _accepted(call_id, result)
+    return accepted(call_id, result)
 
 
 @router.post(
@@ -117,13 +118,13 @@ async def ingest_batch(call_id: CallId, batch: BatchIn, res: ResourcesDep) -> Ba
     limit = res.settings.max_batch_packets
     if len(batch.packets) > limit:
         raise PayloadTooLarge(f"a batch holds at most {limit} packets (MAX_BATCH_PACKETS)")
-    results = await _append(res, call_id, batch.packets)
+    results = await append_packets(res, call_id, batch.packets)
     duplicates = sum(r.duplicate for r in results)
     return BatchAccepted(
         call_id=call_id,
         accepted=len(results) - duplicates,
         duplicates=duplicates,
-        results=[_accepted(call_id, r) for r in results],
+        results=[accepted(call_id, r) for r in results],
     )
 
 
