@@ -151,3 +151,36 @@ async def test_worker_survives_a_redis_restart() -> None:
             assert worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}"
         finally:
             await engine.dispose()
+
+
+async def test_sigterm_mid_job_hands_the_call_back_and_exits_zero() -> None:
+    config = StackConfig(
+        ai_failure_rate=0.0,
+        ai_latency_min_s=4.0,
+        ai_latency_max_s=4.0,
+        extra_env={"SHUTDOWN_GRACE_S": "1"},
+    )
+    with running_stack(config, workers=1) as stack:
+        (stopping,) = stack.workers.values()
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
+            assert (await client.post("/v1/call/stream/c-term", json=_packet(0))).status_code == 202
+            assert (await client.post("/v1/call/complete/c-term")).status_code == 202
+
+            async def held() -> bool:
+                holder = (await lease_holders(stack)).get("c-term")
+                return holder is not None and holder_pid(holder) == stopping.pid
+
+            await poll_until(held, 15, "the worker never took the call")
+            successor = stack.start_worker(AI_LATENCY_MIN_S="0.05", AI_LATENCY_MAX_S="0.1")
+            await asyncio.to_thread(stack.wait_worker_ready, successor)
+            stopping.proc.send_signal(signal.SIGTERM)
+            stopped_at = time.monotonic()
+            code = await asyncio.to_thread(stopping.proc.wait, 15)
+            assert code == 0, stack.worker_logs()[-3000:]
+
+            async def archived() -> bool:
+                return (await client.get("/v1/calls/c-term")).json()["state"] == "ARCHIVED"
+
+            await poll_until(archived, 15, "the handed-back call was never finished")
+            # Handed back at once, not after the 10 s lease lapsed and the reaper noticed.
+            assert time.monotonic() - stopped_at < 8
