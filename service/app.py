@@ -10,8 +10,9 @@ from typing import TypedDict
 from fastapi import FastAPI
 
 from service.errors import install_error_handlers
+from service.fastpath import IngestFastPath
 from service.resources import ApiResources, open_resources
-from service.routes import calls, health, ingest
+from service.routes import calls, health, ingest, media_ws
 from settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -39,9 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Callstream", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
+    if (settings or get_settings()).ingest_fast_path:
+        app.add_middleware(IngestFastPath)
     app.include_router(ingest.router)
     app.include_router(calls.router)
     app.include_router(health.router)
+    app.include_router(media_ws.router)
     return app
 
 

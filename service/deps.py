@@ -10,7 +10,7 @@ from service.resources import ApiResources
 from service.schemas import CALL_ID_PATTERN
 
 
-def get_resources(request: Request) -> ApiResources:
+async def get_resources(request: Request) -> ApiResources:
     res = request.state.resources
     assert isinstance(res, ApiResources)
     return res

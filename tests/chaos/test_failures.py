@@ -179,7 +179,7 @@ async def test_sigterm_mid_job_hands_the_call_back_and_exits_zero() -> None:
             assert code == 0, stack.worker_logs()[-3000:]
 
             async def archived() -> bool:
-                return (await client.get("/v1/calls/c-term")).json()["state"] == "ARCHIVED"
+                return bool((await client.get("/v1/calls/c-term")).json()["state"] == "ARCHIVED")
 
             await poll_until(archived, 15, "the handed-back call was never finished")
             # Handed back at once, not after the 10 s lease lapsed and the reaper noticed.

@@ -1,0 +1,1 @@
+"""`make bench`: ingestion, WebSocket, drain and Redis-memory benchmarks; see BENCHMARKS.md."""

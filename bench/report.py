@@ -1,0 +1,225 @@
+"""BENCHMARKS.md: the machine, the command, the figures (medians over runs), the targets."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "BENCHMARKS.md"
+
+
+def med(results: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for r in results:
+        v: Any = r
+        for p in path:
+            v = v[p]
+        values.append(float(v))
+    return statistics.median(values)
+
+
+def _target(name: str, value: float, goal: float, higher_is_better: bool, fmt: str) -> str:
+    met = value >= goal if higher_is_better else value <= goal
+    if met:
+        verdict = "**met**"
+    else:
+        miss = (goal - value) / goal if higher_is_better else (value - goal) / goal
+        verdict = f"**missed** by {miss:.0%}"
+    sign = ">=" if higher_is_better else "<="
+    return f"| {name} | {value:{fmt}} | {sign} {goal:{fmt}} | {verdict} |"
+
+
+def targets(results: list[dict[str, Any]]) -> list[str]:
+    single = med(results, "closed", "rate")
+    bare = med(results, "bare_closed", "rate")
+    rows = [
+        "| Target | Measured | Goal | Verdict |",
+        "|---|---:|---:|---|",
+        _target("single-packet ingestion / bare ceiling", single / bare, 0.5, True, ".2f"),
+        _target("p99 at half the max rate (ms)", med(results, "open", "p99"), 10.0, False, ".2f"),
+        _target(
+            "batch packets/s / single-packet packets/s",
+            med(results, "batch", "rate") / single,
+            10.0,
+            True,
+            ".1f",
+        ),
+        _target(
+            "WebSocket packets/s / single-packet packets/s",
+            med(results, "ws", "rate") / single,
+            10.0,
+            True,
+            ".1f",
+        ),
+        _target("drain time / ideal", med(results, "drain", "ratio"), 1.5, False, ".2f"),
+    ]
+    keys = max(int(d["keys_left"]) for d in _drains(results))
+    rows.append(
+        f"| keys of archived calls left after retention (worst run) | {keys} | 0 | "
+        f"{'**met**' if keys == 0 else '**missed**'} |"
+    )
+    return rows
+
+
+def _drains(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for r in results for d in [r["drain"], *r["drain_more"]]]
+
+
+def _latency_row(name: str, results: list[dict[str, Any]], key: str) -> str:
+    cells = [f"{med(results, key, m):.2f}" for m in ("p50", "p95", "p99", "max")]
+    return f"| {name} | {med(results, key, 'rate'):,.0f} | " + " | ".join(cells) + " |"
+
+
+def write_report(
+    results: list[dict[str, Any]],
+    plan: Any,
+    machine: dict[str, str],
+    quick: bool,
+    runs: int,
+) -> Path:
+    last = results[-1]
+    drain = last["drain"]
+    open_rate = med(results, "open", "target_rate")
+    bare_open_rate = med(results, "bare_open", "target_rate")
+    single = med(results, "closed", "rate")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Command: `make bench` (= `.venv/bin/python -m bench.run`, one run, ~1.5 min on 2 cores;"
+        " `--runs N` repeats and reports medians, `--quick` is a smoke run that leaves this file"
+        " alone, `--profile` samples the API with py-spy). This file was written by"
+        " `.venv/bin/python -m bench.run"
+        + (" --quick" if quick else "")
+        + (f" --runs {runs}" if runs > 1 else "")
+        + "`: "
+        + (f"figures are medians over {runs} runs." if runs > 1 else "one run."),
+        "Everything runs on loopback: embedded Redis (AOF everysec) and PostgreSQL (fsync off),",
+        "the API as `uvicorn service.app:app --loop uvloop --http httptools --no-access-log`",
+        "(one process), the ceiling `bench/bare_app.py` (a raw ASGI callable: read the body,",
+        "answer 202 with a small JSON body) under the same flags, and the load generator",
+        "(`bench/load.py`: raw HTTP/1.1 keep-alive over asyncio streams, uvloop) in the bench",
+        "process. Load generator, server, Redis and PostgreSQL share the same cores.",
+        "",
+        "## Machine",
+        "",
+        f"- nproc: {machine['nproc']}",
+        f"- CPU: {machine['cpu']}",
+        f"- Python: {machine['python']}",
+        f"- Platform: {machine['platform']}",
+        f"- Load average (1/5/15 min) before the bench: {machine['loadavg_start']}, after:"
+        f" {machine['loadavg_end']}. Anything above ~0 before means other processes shared the"
+        " two cores during the run, and the figures are noisier and lower for it.",
+        "",
+        "## Workload",
+        "",
+        f"- Single packet: {plan.calls} concurrent calls x {plan.packets} packets (216-char base64"
+        " payload, ~2% duplicates, ~2% adjacent reorders), interleaved across calls, then one"
+        " POST complete per call.",
+        f"- Closed loop: {plan.connections} keep-alive connections back to back, at most"
+        f" {plan.closed_s:g} s. Open loop: {plan.connections} connections, request i due at"
+        f" t0 + i/rate for {plan.open_s:g} s, latency measured from the due time.",
+        f"- Batch: {plan.batch_calls} calls x {plan.batches} requests of {plan.batch_size}"
+        f" packets, {plan.batch_connections} connections, at most {plan.closed_s:g} s.",
+        f"- WebSocket: {plan.ws_streams} concurrent Twilio Media Streams (`websockets` client, no"
+        f" compression) x {plan.ws_packets} media frames, start..stop; the clock stops when the"
+        " server closed every stream after its stop (so every packet is in Redis).",
+        f"- Drain: {' and '.join(map(str, plan.drain_calls))} calls x {plan.drain_packets}"
+        " packets completed at once,"
+        f" {plan.workers} arq worker(s) with WORKER_MAX_JOBS={plan.worker_max_jobs}, env"
+        f" {' '.join(f'{k}={v}' for k, v in drain['env'].items())}.",
+        f"- Redis memory: {plan.mem_calls} live calls x {plan.mem_packets} packets,"
+        " INFO used_memory after - before, divided by the number of calls.",
+        "",
+        "## Ingestion",
+        "",
+        "| Phase | packets/s | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+        _latency_row("Callstream single packet, closed loop", results, "closed"),
+        _latency_row("bare ASGI ceiling, closed loop", results, "bare_closed"),
+        _latency_row(f"Callstream single packet, open loop @ {open_rate:,.0f}/s", results, "open"),
+        _latency_row(f"bare ceiling, open loop @ {bare_open_rate:,.0f}/s", results, "bare_open"),
+        _latency_row("Callstream batch of 50, closed loop", results, "batch"),
+        f"| Callstream WebSocket media streams | {med(results, 'ws', 'rate'):,.0f} | | | | |",
+        "",
+        f"- Callstream / ceiling: {single / med(results, 'bare_closed', 'rate'):.2f}",
+        f"- Batch / single: {med(results, 'batch', 'rate') / single:.1f}x;"
+        f" WebSocket / single: {med(results, 'ws', 'rate') / single:.1f}x",
+        f"- POST complete (closed loop): {med(results, 'closed_completes_per_s'):,.0f}/s",
+        f"- Status codes of the last single-packet run: {last['closed']['statuses']}"
+        " (202 new, 200 duplicate); WebSocket streams not closed with 1000:"
+        f" {last['ws']['bad_closes']}",
+        "",
+        "## Drain (completion to ARCHIVED/FAILED)",
+        "",
+        "Ideal = calls x E[AI time per call] / concurrency, with E[AI time per call] ="
+        " 2 steps x (mean latency x sum_{k<max_attempts} p^k + sum_{k=1}^{max_attempts-1}"
+        " p^k x min(backoff_max, backoff_base x 2^(k-1)) / 2) (tenacity's random exponential"
+        f" wait is uniform(0, cap)) = {drain['per_call_s']:.3f} s per call.",
+        "",
+        "| calls | concurrency | measured s | ideal s | ratio | ideal from recorded AI time s"
+        " | attempts | final states |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {drain['calls']} | {drain['concurrency']} | {med(results, 'drain', 'seconds'):.2f} |"
+        f" {drain['ideal_s']:.2f} | {med(results, 'drain', 'ratio'):.2f} |"
+        f" {med(results, 'drain', 'measured_ideal_s'):.2f} | {drain['attempts']} |"
+        f" {drain['states']} |",
+        *(
+            f"| {d['calls']} | {d['concurrency']} | {d['seconds']:.2f} | {d['ideal_s']:.2f} |"
+            f" {d['ratio']:.2f} | {d['measured_ideal_s']:.2f} | {d['attempts']} | {d['states']} |"
+            for d in last["drain_more"]
+        ),
+        "",
+        "First row: measured s, ratio and recorded-AI ideal are medians over the runs, attempts"
+        " and states are the last run's; further rows are the last run's. The target is held"
+        " against the first row. The ideal is a lower bound that ignores the"
+        " makespan tail: the last calls to start still take a whole call's AI time (up to"
+        " several retries) while the other slots are idle, and arq polls its queue every 0.2 s;"
+        " with more calls that fixed tail weighs less (second row, last run).",
+        "",
+        "Why calls of the last run FAILED (first three): "
+        + (
+            "; ".join(f"`{e}`" for d in [drain, *last["drain_more"]] for e in d["failed_errors"])
+            or "none failed"
+        ),
+        "",
+        "The recorded-AI-time ideal divides the sum of `ai_attempt.duration_ms` by the concurrency"
+        " (it leaves out backoff waits).",
+        "",
+        "## Redis",
+        "",
+        f"- Memory per live call: {med(results, 'memory', 'bytes_per_call'):,.0f} bytes"
+        f" ({med(results, 'memory', 'bytes_per_packet'):,.0f} bytes per packet of 216 chars,"
+        f" {last['memory']['packets_per_call']:.0f} packets per call).",
+        f"- Keys of drained calls still present {drain['retention_wait_s']:.0f} s after the"
+        " drain with KEY_RETENTION_S=2 and COMPLETED_MARKER_RETENTION_S=2 (SCAN `{call:...`):"
+        f" {', '.join(str(d['keys_left']) for d in _drains(results))} (per drain, per run).",
+        "",
+        "## Targets",
+        "",
+        *targets(results),
+        "",
+        "## Raw figures",
+        "",
+        "```",
+        *(str(_compact(r)) for r in results),
+        "```",
+        "",
+        f"Plan: `{asdict(plan)}`",
+        "",
+    ]
+    OUTPUT.write_text("\n".join(lines))
+    return OUTPUT
+
+
+def _compact(r: dict[str, Any]) -> dict[str, Any]:
+    def short(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 2)
+        if isinstance(v, dict):
+            return {k: short(x) for k, x in v.items() if k != "env"}
+        return v
+
+    return {k: short(v) for k, v in r.items()}

@@ -1,0 +1,261 @@
+"""Packet ingestion over a WebSocket that speaks the Twilio Media Streams format.
+
+`start` opens the call (its id is `start.callSid`), each `media` frame is one packet
+(sequence = sequenceNumber, timestamp = media.timestamp / 1000, data = the base64 payload as sent),
+`stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
+buffered and stored with one CallStreams.append (one Redis round trip) when 50 are waiting or no
+further frame is waiting, so the dedup, ordering and completed-call rules are the HTTP ones.
+
+A bad frame gets `{"event": "error", "code", "message"}` and the socket is closed: 1003 for data
+that cannot be understood, 1008 for a policy violation (completed call, oversized payload, media
+before start), 1011 when Redis is unavailable. Packets that were valid before a bad frame are
+stored; nothing of the bad frame is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import logging
+import math
+import re
+from base64 import b64decode
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from db.streams import CallCompleted, NewPacket
+from jobs.queue import enqueue_process_call
+from service.resources import ApiResources
+from service.schemas import CALL_ID_PATTERN, MAX_SEQUENCE
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["ingestion"])
+
+FLUSH_AT = 50  # packets buffered before one append, at most
+READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
+
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+
+_CALL_ID = re.compile(CALL_ID_PATTERN)
+_IGNORED_EVENTS = frozenset({"connected", "mark", "dtmf"})
+_CLOSED = object()  # the reader's sentinel: the client went away
+
+
+class Reject(Exception):
+    """A frame the stream cannot accept: answered with an error frame, then the socket closes."""
+
+    def __init__(self, code: str, message: str, close_code: int = CLOSE_UNSUPPORTED) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+def get_ws_resources(websocket: WebSocket) -> ApiResources:
+    """The WebSocket twin of service.deps.get_resources: the lifespan state of the connection."""
+    res = websocket.state.resources
+    assert isinstance(res, ApiResources)
+    return res
+
+
+def parse_frame(raw: str | bytes | None) -> dict[str, Any]:
+    if not isinstance(raw, str):
+        raise Reject("unsupported_frame", "only JSON text frames are accepted")
+    try:
+        frame = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Reject("invalid_json", "the frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise Reject("invalid_frame", "the frame is not a JSON object")
+    return frame
+
+
+def call_id_of(frame: dict[str, Any]) -> str:
+    start = frame.get("start")
+    call_id = start.get("callSid") if isinstance(start, dict) else None
+    if not isinstance(call_id, str) or not _CALL_ID.match(call_id):
+        raise Reject(
+            "invalid_call_id",
+            "start.callSid must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+            CLOSE_POLICY,
+        )
+    return call_id
+
+
+def _sequence(value: Any) -> int:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        sequence = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        sequence = value
+    else:
+        raise Reject("invalid_sequence", "sequenceNumber must be a non-negative integer")
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise Reject("invalid_sequence", f"sequenceNumber must be in 0..{MAX_SEQUENCE}")
+    return sequence
+
+
+def _timestamp(value: Any) -> float:
+    try:
+        millis = float(value) if isinstance(value, str | int | float) else math.nan
+    except ValueError:
+        millis = math.nan
+    if isinstance(value, bool) or not math.isfinite(millis):
+        raise Reject("invalid_timestamp", "media.timestamp must be a finite number of ms")
+    return millis / 1000.0
+
+
+def _payload(value: Any, limit: int) -> str:
+    if not isinstance(value, str):
+        raise Reject("invalid_payload", "media.payload must be a base64 string")
+    if len(value) > limit:  # base64 is ASCII: characters are bytes
+        raise Reject(
+            "payload_too_large",
+            f"media.payload is larger than {limit} bytes (MAX_PACKET_DATA_BYTES)",
+            CLOSE_POLICY,
+        )
+    try:
+        b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Reject("invalid_payload", "media.payload is not valid base64") from None
+    return value
+
+
+def media_packet(frame: dict[str, Any], limit: int) -> NewPacket:
+    media = frame.get("media")
+    if not isinstance(media, dict):
+        raise Reject("invalid_media", "a media frame needs a media object")
+    return NewPacket(
+        sequence=_sequence(frame.get("sequenceNumber")),
+        timestamp=_timestamp(media.get("timestamp")),
+        data=_payload(media.get("payload"), limit),
+    )
+
+
+class MediaStream:
+    """One socket's state: the call it carries and the packets not yet stored."""
+
+    def __init__(self, websocket: WebSocket, res: ApiResources) -> None:
+        self.websocket = websocket
+        self.res = res
+        self.limit = res.settings.max_packet_data_bytes
+        self.call_id: str | None = None
+        self.buffer: list[NewPacket] = []
+
+    async def flush(self) -> None:
+        if not self.buffer or self.call_id is None:
+            return
+        packets, self.buffer = self.buffer, []
+        try:
+            await self.res.streams.append(self.call_id, packets)
+        except CallCompleted:
+            raise Reject(
+                "call_completed",
+                f"call {self.call_id} is already completed; packets are no longer accepted",
+                CLOSE_POLICY,
+            ) from None
+
+    async def handle(self, frame: dict[str, Any]) -> bool:
+        """Take one frame; True when the stream is over (stop)."""
+        event = frame.get("event")
+        if event == "media":
+            if self.call_id is None:
+                raise Reject("not_started", "media before start", CLOSE_POLICY)
+            self.buffer.append(media_packet(frame, self.limit))
+            return False
+        if event == "start":
+            if self.call_id is not None:
+                raise Reject("already_started", "the stream was already started", CLOSE_POLICY)
+            self.call_id = call_id_of(frame)
+            return False
+        if event == "stop":
+            await self.stop()
+            return True
+        if isinstance(event, str) and event in _IGNORED_EVENTS:
+            return False
+        raise Reject("unknown_event", f"unknown event {str(event)[:64]!r}")
+
+    async def stop(self) -> None:
+        """Flush, then the same path as POST /v1/call/complete."""
+        if self.call_id is None:
+            raise Reject("not_started", "stop before start", CLOSE_POLICY)
+        await self.flush()
+        outcome = await self.res.streams.complete(self.call_id, "explicit")
+        if outcome == "completed":
+            await enqueue_process_call(self.res.redis, self.call_id)
+        elif outcome == "unknown":
+            raise Reject(
+                "call_not_found", f"call {self.call_id} has never sent a packet", CLOSE_POLICY
+            )
+
+    async def run(self, frames: asyncio.Queue[object]) -> None:
+        while True:
+            raw = await frames.get()
+            if raw is _CLOSED:
+                await self.flush()
+                return
+            assert raw is None or isinstance(raw, str | bytes)
+            if await self.handle(parse_frame(raw)):
+                await self.close(CLOSE_NORMAL)
+                return
+            # Store when enough is waiting or when nothing more is: the next frames queue up
+            # while this round trip is in flight and go together in the next one.
+            if self.buffer and (len(self.buffer) >= FLUSH_AT or frames.empty()):
+                await self.flush()
+
+    async def reject(self, code: str, message: str, close_code: int) -> None:
+        with contextlib.suppress(Exception):
+            frame = {"event": "error", "code": code, "message": message}
+            await self.websocket.send_text(orjson.dumps(frame).decode())
+        await self.close(close_code)
+
+    async def close(self, code: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code)
+
+
+async def _read(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
+    """Read frames ahead into a bounded queue, so they pile up while a flush is in flight."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            await frames.put(message.get("text", message.get("bytes")))
+    await frames.put(_CLOSED)
+
+
+@router.websocket("/v1/call/media")
+async def media_stream(websocket: WebSocket) -> None:
+    """Twilio Media Streams: connected, start, media..., stop."""
+    await websocket.accept()
+    stream = MediaStream(websocket, get_ws_resources(websocket))
+    frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
+    reader = asyncio.create_task(_read(websocket, frames))
+    try:
+        try:
+            await stream.run(frames)
+        except Reject as rejected:
+            # Packets valid before the bad frame are kept; a failing flush reports its own error.
+            error = rejected
+            try:
+                await stream.flush()
+            except Reject as flush_failed:
+                error = flush_failed
+            await stream.reject(error.code, error.message, error.close_code)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("Redis unavailable during media stream %s: %r", stream.call_id, exc)
+        message = "Redis is unavailable; the packets of the last frames were not stored"
+        await stream.reject("redis_unavailable", message, CLOSE_INTERNAL)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader

@@ -1,0 +1,226 @@
+"""WebSocket ingestion in the Twilio Media Streams format, against a real uvicorn, Redis and PG."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from db.keys import call_keys
+from devstack.servers import free_port
+from service.app import create_app
+from settings import Settings
+from tests.conftest import make_settings
+
+
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, lifespan="on", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def base(settings: Settings) -> AsyncIterator[str]:
+    async for address in serve(settings):
+        yield address
+
+
+def start(call_id: str) -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": "MZ1",
+            "start": {
+                "callSid": call_id,
+                "streamSid": "MZ1",
+                "tracks": ["inbound"],
+                "customParameters": {"campaign": "test"},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+def media(sequence: int | str, payload: str | None = None, timestamp: str | None = None) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(sequence),
+            "streamSid": "MZ1",
+            "media": {
+                "track": "inbound",
+                "chunk": str(sequence),
+                "timestamp": str(int(sequence) * 20) if timestamp is None else timestamp,
+                "payload": base64.b64encode(f"audio-{sequence}".encode()).decode()
+                if payload is None
+                else payload,
+            },
+        }
+    )
+
+
+STOP = json.dumps({"event": "stop", "sequenceNumber": "99", "streamSid": "MZ1", "stop": {}})
+CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+async def closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:
+    """Every frame the server sends until it closes, and the close code."""
+    frames: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                frames.append(json.loads(await ws.recv()))
+    except ConnectionClosed as exc:
+        return frames, exc.rcvd.code if exc.rcvd else None
+
+
+async def stream(base: str, frames: list[str]) -> tuple[list[dict[str, Any]], int | None]:
+    async with connect(f"ws://{base}/v1/call/media") as ws:
+        for frame in frames:
+            await ws.send(frame)
+        return await closed(ws)
+
+
+async def call_status(base: str, call_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=f"http://{base}") as http:
+        response = await http.get(f"/v1/calls/{call_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def stored(redis: Redis, call_id: str) -> list[tuple[int, float, str]]:
+    entries = await redis.xrange(call_keys(call_id).packets)
+    return [(int(f[b"s"]), float(f[b"t"]), f[b"d"].decode()) for _, f in entries]
+
+
+async def test_full_stream_stores_packets_and_completes_the_call(base: str, redis: Redis):
+    frames, code = await stream(
+        base, [CONNECTED, start("CA1"), *(media(s) for s in range(2, 122)), STOP]
+    )
+
+    assert (frames, code) == ([], 1000)
+    packets = await stored(redis, "CA1")
+    assert [p[0] for p in packets] == list(range(2, 122))
+    assert packets[0] == (2, 0.04, base64.b64encode(b"audio-2").decode())
+    status = await call_status(base, "CA1")
+    assert status["state"] == "COMPLETED"
+    assert status["completion_reason"] == "explicit"
+    assert status["packets_received"] == 120
+    assert await redis.zcard("arq:queue") == 1
+
+
+async def test_duplicates_and_reordering_are_counted(base: str, redis: Redis):
+    sequences = [2, 3, 4, 4, 6, 5, 7, 3]
+    frames, code = await stream(base, [start("CA2"), *(media(s) for s in sequences), STOP])
+
+    assert (frames, code) == ([], 1000)
+    assert [p[0] for p in await stored(redis, "CA2")] == [2, 3, 4, 6, 5, 7]
+    status = await call_status(base, "CA2")
+    assert status["packets_received"] == 6
+    assert status["duplicate_packets"] == 2
+    assert status["out_of_order_packets"] == 1
+    assert status["missing_count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "close_code"),
+    [
+        ("{not json", "invalid_json", 1003),
+        (json.dumps({"event": "dance"}), "unknown_event", 1003),
+        (json.dumps(["media"]), "invalid_frame", 1003),
+        (media("x7", timestamp="100"), "invalid_sequence", 1003),
+        (media(-1), "invalid_sequence", 1003),
+        (media(5, timestamp="soon"), "invalid_timestamp", 1003),
+        (media(5, payload="not base64!"), "invalid_payload", 1003),
+        (media(5, payload="A" * (64 * 1024 + 4)), "payload_too_large", 1008),
+        (json.dumps({"event": "media", "sequenceNumber": "5"}), "invalid_media", 1003),
+        (start("CA9"), "already_started", 1008),
+    ],
+)
+async def test_bad_frame_gets_an_error_and_a_close_and_nothing_of_it_is_stored(
+    base: str, redis: Redis, bad: str, code: str, close_code: int
+):
+    frames, got_code = await stream(
+        base, [start("CA3"), media(2), media(3), media(4), bad, media(6), STOP]
+    )
+
+    assert got_code == close_code
+    assert len(frames) == 1
+    assert frames[0]["event"] == "error"
+    assert frames[0]["code"] == code
+    assert frames[0]["message"]
+    # The valid packets before the bad frame are kept; the bad one and everything after are not.
+    assert [p[0] for p in await stored(redis, "CA3")] == [2, 3, 4]
+    assert (await call_status(base, "CA3"))["state"] == "IN_PROGRESS"
+
+
+async def test_media_before_start_is_a_policy_violation(base: str, redis: Redis):
+    frames, code = await stream(base, [CONNECTED, media(2)])
+
+    assert code == 1008
+    assert [f["code"] for f in frames] == ["not_started"]
+    assert await redis.dbsize() == 0
+
+
+async def test_invalid_call_id_is_refused(base: str, redis: Redis):
+    frames, code = await stream(base, [start("bad id/with slash"), media(2)])
+
+    assert code == 1008
+    assert [f["code"] for f in frames] == ["invalid_call_id"]
+    assert await redis.dbsize() == 0
+
+
+async def test_media_for_a_completed_call_gets_call_completed(base: str, redis: Redis):
+    assert (await stream(base, [start("CA4"), media(2), STOP]))[1] == 1000
+
+    frames, code = await stream(base, [start("CA4"), media(3), media(4)])
+
+    assert code == 1008
+    assert [f["code"] for f in frames] == ["call_completed"]
+    assert [p[0] for p in await stored(redis, "CA4")] == [2]
+
+
+async def test_disconnect_flushes_what_was_received(base: str, redis: Redis):
+    async with connect(f"ws://{base}/v1/call/media") as ws:
+        await ws.send(start("CA5"))
+        for s in range(2, 12):
+            await ws.send(media(s))
+    for _ in range(200):
+        if await redis.xlen(call_keys("CA5").packets) == 10:
+            break
+        await asyncio.sleep(0.01)
+    assert [p[0] for p in await stored(redis, "CA5")] == list(range(2, 12))
+    assert (await call_status(base, "CA5"))["state"] == "IN_PROGRESS"
+
+
+async def test_redis_unavailable_closes_with_1011(server_urls: tuple[str, str]):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    async for base in serve(make_settings(server_urls[0], dead_redis, redis_timeout_s=0.2)):
+        frames, code = await stream(base, [start("CA6"), media(2)])
+
+        assert code == 1011
+        assert [f["code"] for f in frames] == ["redis_unavailable"]
