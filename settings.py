@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     redis_pool_size: int = Field(64, gt=0)
     redis_timeout_s: float = Field(1.0, gt=0)
     ingest_fast_path: bool = True
+    redis_pipelining: bool = True
 
     # Completion
     call_idle_timeout_s: float = Field(30.0, gt=0)

@@ -18,6 +18,7 @@ from db.keys import (
     UNFLUSHED_INDEX,
     call_keys,
 )
+from db.pipelining import ScriptPipeline
 
 
 def _load_lua(name: str) -> str:
@@ -104,8 +105,10 @@ class CallCompleted(Exception):
 class CallStreams:
     """The call keys of one Redis, with the scripts registered once and called by their hash."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, pipelined: bool = False) -> None:
+        """`pipelined`: share Redis round trips between concurrent ingestion requests (the API)."""
         self.redis = redis
+        self._pipeline = ScriptPipeline(redis) if pipelined else None
         self._ingest = redis.register_script(INGEST_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
         self._renew_lease = redis.register_script(RENEW_LEASE_LUA)
@@ -117,18 +120,19 @@ class CallStreams:
         args: list[Any] = [call_id, repr(time.time()), BITMAP_SEQUENCE_LIMIT]
         for p in packets:
             args += (p.sequence, repr(p.timestamp), p.data)
-        raw = await self._ingest(
-            keys=[
-                keys.packets,
-                keys.meta,
-                keys.seen,
-                keys.seen_high,
-                keys.done,
-                IDLE_INDEX,
-                UNFLUSHED_INDEX,
-            ],
-            args=args,
-        )
+        script_keys = [
+            keys.packets,
+            keys.meta,
+            keys.seen,
+            keys.seen_high,
+            keys.done,
+            IDLE_INDEX,
+            UNFLUSHED_INDEX,
+        ]
+        if self._pipeline is not None:
+            raw = await self._pipeline.run(self._ingest, script_keys, args)
+        else:
+            raw = await self._ingest(keys=script_keys, args=args)
         if raw and raw[0] == -1:
             raise CallCompleted(call_id)
         return [

@@ -99,9 +99,12 @@ async def _postgres_down(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, "postgres_unavailable", detail, {"Retry-After": "2"})
 
 
+INTERNAL_ERROR = "Internal error; it has been logged."
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(500, "internal_error", "Internal error; it has been logged.")
+    return _error(500, "internal_error", INTERNAL_ERROR)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,4 @@
-"""The ingestion hot path as a bare ASGI layer in front of FastAPI.
+"""The ingestion hot path as a bare ASGI layer in front of the whole FastAPI app.
 
 A PBX sends a packet per call every 20-60 ms, so `POST /v1/call/stream/{call_id}` is most of the
 traffic. FastAPI's per-request machinery (request objects, dependency resolution, a JSON pass and
@@ -14,6 +14,7 @@ answers and /docs have one source: service/routes/ingest.py.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -23,11 +24,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import CallstreamError, redis_unavailable_body
+from service.errors import INTERNAL_ERROR, CallstreamError, redis_unavailable_body
 from service.resources import ApiResources
 from service.routes.ingest import PREFIX, accepted, append_packets
 from service.schemas import CALL_ID_PATTERN, PacketIn
 
+log = logging.getLogger(__name__)
 _CALL_ID = re.compile(CALL_ID_PATTERN)
 _STREAM_PREFIX = f"{PREFIX}/stream/"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -56,8 +58,14 @@ class IngestFastPath:
         except CallstreamError as exc:
             await _answer(send, exc.status_code, _error_json(exc.code, exc.detail))
             return
-        except (RedisConnectionError, RedisTimeoutError):
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("Redis unavailable during ingestion of %s: %r", call_id, exc)
             await _answer(send, 503, redis_unavailable_body(), retry_after=b"1")
+            return
+        except Exception:
+            # Outside FastAPI's error middleware: answer as its handler would, never a traceback.
+            log.exception("unhandled error ingesting a packet of %s", call_id)
+            await _answer(send, 500, _error_json("internal_error", INTERNAL_ERROR))
             return
         status = 200 if result.duplicate else 202
         await _answer(send, status, accepted(call_id, result).model_dump_json().encode())

@@ -40,7 +40,7 @@ def open_resources(settings: Settings) -> ApiResources:
     return ApiResources(
         settings=settings,
         redis=redis,
-        streams=CallStreams(redis),
+        streams=CallStreams(redis, pipelined=settings.redis_pipelining),
         engine=engine,
         sessions=make_sessionmaker(engine),
     )

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 from jobs.resources import WorkerResources, make_resources
 from jobs.worker import make_functions
-from service.app import create_app
+from service.app import create_asgi
 from settings import Settings
 from tests.fakes import ScriptedAI
 
@@ -106,7 +106,7 @@ async def clean_stores(redis: Redis, engine: AsyncEngine) -> None:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
-    app = create_app(settings)
+    app = create_asgi(settings)
     async with (
         LifespanManager(app) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,

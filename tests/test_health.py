@@ -10,7 +10,7 @@ from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 
 from devstack.servers import free_port
-from service.app import create_app
+from service.app import create_asgi
 from settings import Settings
 from tests.factories import packet
 
@@ -18,7 +18,7 @@ from tests.factories import packet
 @pytest.fixture
 async def client_without_redis(settings: Settings) -> AsyncIterator[AsyncClient]:
     broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    app = create_app(broken)
+    app = create_asgi(broken)
     async with (
         LifespanManager(app) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,

@@ -11,7 +11,7 @@ from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
 
 from db.keys import call_keys
-from service.app import create_app
+from service.app import create_asgi
 from settings import Settings
 from tests.factories import packet, send, send_all
 
@@ -20,7 +20,7 @@ from tests.factories import packet, send, send_all
 async def client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[AsyncClient]:
     """Every ingestion test runs against both the ASGI fast path and the FastAPI route: they
     must answer the same."""
-    app = create_app(settings.model_copy(update={"ingest_fast_path": request.param}))
+    app = create_asgi(settings.model_copy(update={"ingest_fast_path": request.param}))
     async with (
         LifespanManager(app) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
@@ -185,3 +185,36 @@ async def test_data_of_exactly_the_limit_is_accepted(client: AsyncClient):
     response = await client.post("/v1/call/stream/call-1", json=packet(0, "a" * 64 * 1024))
 
     assert response.status_code == 202
+
+
+async def test_an_unexpected_error_on_the_fast_path_is_a_json_500_without_traceback(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("service.fastpath.append_packets", broken)
+    app = create_asgi(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+    ):
+        response = await client.post("/v1/call/stream/call-1", json=packet(0))
+
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "Internal error; it has been logged.",
+        "code": "internal_error",
+    }
+    assert "Traceback" not in response.text
+
+
+async def test_ingestion_recovers_when_redis_forgets_its_scripts(client: AsyncClient, redis: Redis):
+    # A Redis restart empties the script cache: the next calls must reload it, not fail.
+    await send(client, "call-1", 0)
+    await redis.script_flush()
+
+    responses = await asyncio.gather(*(send(client, "call-1", s) for s in range(1, 21)))
+
+    assert [r.status_code for r in responses] == [202] * 20
+    assert await stream_len(redis, "call-1") == 21

@@ -20,7 +20,7 @@ from devstack.servers import free_port
 from jobs.process import flush_call, process_call
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
-from service.app import create_app
+from service.app import create_asgi
 from settings import Settings
 from tests.factories import scalar, send, send_all
 
@@ -142,7 +142,7 @@ async def test_the_flush_is_idempotent(
 @pytest.fixture
 async def client_without_postgres(settings: Settings) -> AsyncIterator[AsyncClient]:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/callstream"
-    app = create_app(settings.model_copy(update={"database_url": url}))
+    app = create_asgi(settings.model_copy(update={"database_url": url}))
     async with (
         LifespanManager(app) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
