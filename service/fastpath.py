@@ -1,10 +1,10 @@
 """The ingestion hot path as a bare ASGI layer in front of the whole FastAPI app.
 
 A PBX sends a packet per call every 20-60 ms, so `POST /v1/call/stream/{call_id}` is most of the
-traffic. FastAPI's per-request machinery (request objects, dependency resolution, a JSON pass and
-then a validation pass, response validation) costs several times the Redis round trip itself.
-This layer answers the common cases directly: the body is validated from bytes in one pass
-(pydantic-core), the packet goes to Redis in one script call, and the answer is serialised once.
+traffic. FastAPI's per-request machinery (its middleware stack, request objects, dependency
+resolution, a JSON pass then a validation pass) costs more than the Redis round trip itself.
+This layer answers single packets and batches directly: the body is validated from bytes in one
+pass (pydantic-core), the packets go to Redis in one script call, the answer is serialised once.
 
 It answers exactly as the FastAPI route does (same models, same helpers, same status codes; the
 tests run both). Anything unusual (a body that fails validation, an unknown content type, a path
@@ -26,12 +26,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import INTERNAL_ERROR, CallstreamError, redis_unavailable_body
 from service.resources import ApiResources
-from service.routes.ingest import PREFIX, accepted, append_packets
-from service.schemas import CALL_ID_PATTERN, PacketIn
+from service.routes.ingest import PREFIX, accepted, append_batch, append_packets
+from service.schemas import CALL_ID_PATTERN, BatchIn, PacketIn
 
 log = logging.getLogger(__name__)
 _CALL_ID = re.compile(CALL_ID_PATTERN)
 _STREAM_PREFIX = f"{PREFIX}/stream/"
+_BATCH_SUFFIX = "/batch"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -40,49 +41,65 @@ class IngestFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call_id = _single_packet_call_id(scope)
-        if call_id is None:
+        target = _ingest_target(scope)
+        if target is None:
             await self.app(scope, receive, send)
             return
+        call_id, is_batch = target
         body = await _read_body(receive)
         if body is None:  # the client went away mid-body
             return
         try:
-            packet = PacketIn.model_validate_json(body)
+            request = (
+                BatchIn.model_validate_json(body)
+                if is_batch
+                else PacketIn.model_validate_json(body)
+            )
         except ValidationError:
             await self.app(scope, _replay(body, receive), send)
             return
         res: ApiResources = scope["state"]["resources"]
         try:
-            (result,) = await append_packets(res, call_id, [packet])
+            status, answer = await _ingest(res, call_id, request)
         except CallstreamError as exc:
             await _answer(send, exc.status_code, _error_json(exc.code, exc.detail))
-            return
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("Redis unavailable during ingestion of %s: %r", call_id, exc)
             await _answer(send, 503, redis_unavailable_body(), retry_after=b"1")
-            return
         except Exception:
             # Outside FastAPI's error middleware: answer as its handler would, never a traceback.
-            log.exception("unhandled error ingesting a packet of %s", call_id)
+            log.exception("unhandled error ingesting packets of %s", call_id)
             await _answer(send, 500, _error_json("internal_error", INTERNAL_ERROR))
-            return
-        status = 200 if result.duplicate else 202
-        await _answer(send, status, accepted(call_id, result).model_dump_json().encode())
+        else:
+            await _answer(send, status, answer)
 
 
-def _single_packet_call_id(scope: Scope) -> str | None:
-    if scope["type"] != "http" or scope["method"] != "POST":
+async def _ingest(
+    res: ApiResources, call_id: str, request: PacketIn | BatchIn
+) -> tuple[int, bytes]:
+    if isinstance(request, BatchIn):
+        return 202, (await append_batch(res, call_id, request)).model_dump_json().encode()
+    (result,) = await append_packets(res, call_id, [request])
+    return (200 if result.duplicate else 202), accepted(call_id, result).model_dump_json().encode()
+
+
+def _ingest_target(scope: Scope) -> tuple[str, bool] | None:
+    """(call id, is a batch) for the requests this layer serves; None for everything else."""
+    if scope["type"] != "http" or scope["method"] != "POST" or "state" not in scope:
         return None
     path: str = scope["path"]
     if not path.startswith(_STREAM_PREFIX):
         return None
     call_id = path[len(_STREAM_PREFIX) :]
-    if not _CALL_ID.match(call_id) or "state" not in scope:
+    is_batch = call_id.endswith(_BATCH_SUFFIX)
+    if is_batch:
+        call_id = call_id[: -len(_BATCH_SUFFIX)]
+    if not _CALL_ID.match(call_id):
         return None
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return call_id if value.split(b";")[0].strip() == b"application/json" else None
+            is_json = value.split(b";")[0].strip() == b"application/json"
+            return (call_id, is_batch) if is_json else None
     return None
 
 

@@ -218,3 +218,80 @@ async def test_ingestion_recovers_when_redis_forgets_its_scripts(client: AsyncCl
 
     assert [r.status_code for r in responses] == [202] * 20
     assert await stream_len(redis, "call-1") == 21
+
+
+async def post_batch(client: AsyncClient, call_id: str, packets: list[dict[str, object]]):
+    return await client.post(f"/v1/call/stream/{call_id}/batch", json={"packets": packets})
+
+
+async def test_batch_stores_every_packet_with_its_own_outcome(client: AsyncClient, redis: Redis):
+    await send(client, "call-1", 0)
+
+    response = await post_batch(client, "call-1", [packet(s) for s in (1, 2, 2, 5, 4, 0)])
+
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["accepted"], body["duplicates"]) == (4, 2)
+    outcomes = [
+        (r["sequence"], r["duplicate"], [w["type"] for w in r["warnings"]]) for r in body["results"]
+    ]
+    assert outcomes == [
+        (1, False, []),
+        (2, False, []),
+        (2, True, ["duplicate"]),
+        (5, False, ["gap"]),
+        (4, False, ["out_of_order"]),
+        (0, True, ["duplicate"]),
+    ]
+    assert await stream_len(redis, "call-1") == 5
+    status = (await client.get("/v1/calls/call-1")).json()
+    assert (status["packets_received"], status["duplicate_packets"]) == (5, 2)
+    assert status["missing_sequences"] == [3]
+
+
+async def test_batch_for_a_completed_call_is_409_and_stores_nothing(
+    client: AsyncClient, redis: Redis
+):
+    await send(client, "call-1", 0)
+    await client.post("/v1/call/complete/call-1")
+
+    response = await post_batch(client, "call-1", [packet(1), packet(2)])
+
+    assert response.status_code == 409
+    assert await stream_len(redis, "call-1") == 1
+
+
+async def test_batch_with_one_bad_packet_is_422_and_stores_nothing(
+    client: AsyncClient, redis: Redis
+):
+    response = await post_batch(client, "call-1", [packet(0), {**packet(1), "sequence": -1}])
+
+    assert response.status_code == 422
+    assert "packets" in str(response.json()["detail"])
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize("packets", [[], None])
+async def test_empty_or_missing_batch_is_422(client: AsyncClient, packets, redis: Redis):
+    body = {} if packets is None else {"packets": packets}
+    response = await client.post("/v1/call/stream/call-1/batch", json=body)
+
+    assert response.status_code == 422
+    assert await redis.dbsize() == 0
+
+
+async def test_batch_over_the_limit_is_413_and_stores_nothing(client: AsyncClient, redis: Redis):
+    response = await post_batch(client, "call-1", [packet(s) for s in range(501)])
+
+    assert response.status_code == 413
+    assert "MAX_BATCH_PACKETS" in response.json()["detail"]
+    assert await redis.dbsize() == 0
+
+
+async def test_batch_with_oversized_data_is_413_and_stores_nothing(
+    client: AsyncClient, redis: Redis
+):
+    response = await post_batch(client, "call-1", [packet(0), packet(1, "x" * 70_000)])
+
+    assert response.status_code == 413
+    assert await redis.dbsize() == 0

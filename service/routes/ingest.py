@@ -12,6 +12,7 @@ from db.streams import CallCompleted, NewPacket, Outcome, PacketResult
 from jobs.queue import enqueue_process_call
 from service.deps import CallId, ResourcesDep, SessionDep
 from service.errors import CallAlreadyCompleted, CallNotFound, PayloadTooLarge
+from service.resources import ApiResources
 from service.schemas import (
     BatchAccepted,
     BatchIn,
@@ -73,7 +74,7 @@ def accepted(call_id: str, result: PacketResult) -> PacketAccepted:
 
 
 async def append_packets(
-    res: ResourcesDep, call_id: str, packets: Sequence[PacketIn]
+    res: ApiResources, call_id: str, packets: Sequence[PacketIn]
 ) -> list[PacketResult]:
     _check_size(packets, res.settings.max_packet_data_bytes)
     try:
@@ -115,6 +116,10 @@ async def ingest_packet(
 )
 async def ingest_batch(call_id: CallId, batch: BatchIn, res: ResourcesDep) -> BatchAccepted:
     """Same rules per packet as the single endpoint, one Redis round trip for the whole batch."""
+    return await append_batch(res, call_id, batch)
+
+
+async def append_batch(res: ApiResources, call_id: str, batch: BatchIn) -> BatchAccepted:
     limit = res.settings.max_batch_packets
     if len(batch.packets) > limit:
         raise PayloadTooLarge(f"a batch holds at most {limit} packets (MAX_BATCH_PACKETS)")
