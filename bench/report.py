@@ -176,8 +176,8 @@ def write_report(
         " and states are the last run's; further rows are the last run's. The target is held"
         " against the first row. The ideal is a lower bound that ignores the"
         " makespan tail: the last calls to start still take a whole call's AI time (up to"
-        " several retries) while the other slots are idle, and arq polls its queue every 0.2 s;"
-        " with more calls that fixed tail weighs less (second row, last run).",
+        " several retries) while the other slots are idle, and each call also waits up to one"
+        " 50 ms queue poll; with more calls that fixed tail weighs less (second row, last run).",
         "",
         "Why calls of the last run FAILED (first three): "
         + (
@@ -196,6 +196,13 @@ def write_report(
         f"- Keys of drained calls still present {drain['retention_wait_s']:.0f} s after the"
         " drain with KEY_RETENTION_S=2 and COMPLETED_MARKER_RETENTION_S=2 (SCAN `{call:...`):"
         f" {', '.join(str(d['keys_left']) for d in _drains(results))} (per drain, per run).",
+        "- Durability setting, single-packet ingestion (closed loop, the two measured alternately"
+        " in each run): `appendfsync everysec` (shipped)"
+        f" {med(results, 'durability', 'everysec'):,.0f} packets/s, `appendfsync always`"
+        f" {med(results, 'durability', 'always'):,.0f} packets/s:"
+        f" always costs {100 * (1 - med(results, 'durability', 'ratio')):.0f}% of the throughput"
+        f" (ratio {med(results, 'durability', 'ratio'):.2f}). Redis fsyncs once per event-loop"
+        " cycle with `always`, so concurrent packets share an fsync; the cost depends on the disk.",
         "",
         "## Targets",
         "",

@@ -236,6 +236,19 @@ async def drain(
     }
 
 
+async def durability(plan: Plan, api: int, api_always: int, run: int) -> dict[str, Any]:
+    """Single-packet ingestion with Redis at appendfsync everysec (shipped) vs always, measured
+    alternately in the same run so the machine's noise hits both."""
+    rates: dict[str, list[float]] = {"everysec": [], "always": []}
+    for rep in range(2):
+        for name, port in (("everysec", api), ("always", api_always)):
+            work = single_packet_workload(f"r{run}-fsync-{name}-{rep}", plan.calls, plan.packets)
+            res = await closed_loop(port, work.requests, plan.connections, plan.closed_s / 2)
+            rates[name].append(res.rate)
+    everysec, always = (sum(v) / len(v) for v in (rates["everysec"], rates["always"]))
+    return {"everysec": everysec, "always": always, "ratio": always / everysec}
+
+
 async def memory(plan: Plan, stack: Stack, api: int, redis: Redis, run: int) -> dict[str, Any]:
     await reset_stores(redis, stack.pg_dsn)
     await asyncio.sleep(0.2)
@@ -254,12 +267,18 @@ async def memory(plan: Plan, stack: Stack, api: int, redis: Redis, run: int) -> 
 
 
 async def one_run(
-    plan: Plan, stack: Stack, api: int, bare: int, run: int, spy_pid: int | None
+    plan: Plan,
+    stack: Stack,
+    ports: tuple[int, int, int],
+    run: int,
+    spy_pid: int | None,
 ) -> dict[str, Any]:
+    api, bare, api_always = ports
     redis = Redis.from_url(stack.redis_url)
     try:
         await redis.flushdb()
         figures = await ingestion(plan, api, bare, run, spy_pid)
+        figures["durability"] = await durability(plan, api, api_always, run)
         drains = [await drain(plan, stack, api, redis, run, n) for n in plan.drain_calls]
         figures["drain"] = drains[0]
         figures["drain_more"] = drains[1:]
@@ -287,6 +306,11 @@ def print_run(run: int, f: dict[str, Any]) -> None:
         )
     w = f["ws"]
     print(f"{'websocket media streams':32} {w['rate']:10.0f}")
+    fs = f["durability"]
+    print(
+        f"redis appendfsync: everysec {fs['everysec']:.0f}/s, always {fs['always']:.0f}/s "
+        f"(always/everysec {fs['ratio']:.2f})"
+    )
     m = f["memory"]
     for d in [f["drain"], *f["drain_more"]]:
         print(
@@ -311,9 +335,12 @@ async def main_async(plan: Plan, runs: int, quick: bool, spy: bool) -> int:
         stack.start_stores()
         api, api_proc = stack.start_uvicorn("service.app:app")
         bare, _ = stack.start_uvicorn("bench.bare_app:app")
+        always = stack.start_redis("always")
+        api_always, _ = stack.start_uvicorn("service.app:app", {"REDIS_URL": always.url})
         results = []
         for run in range(runs):
-            figures = await one_run(plan, stack, api, bare, run, api_proc.pid if spy else None)
+            ports = (api, bare, api_always)
+            figures = await one_run(plan, stack, ports, run, api_proc.pid if spy else None)
             print_run(run, figures)
             results.append(figures)
         machine = machine_info() | {"loadavg_start": load_start, "loadavg_end": loadavg()}

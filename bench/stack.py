@@ -66,13 +66,22 @@ class Stack:
         self.stoppers.insert(0, lambda: stop_process(proc, sig, timeout_s=20))
         return proc
 
-    def start_uvicorn(self, target: str) -> tuple[int, subprocess.Popen[bytes]]:
+    def start_uvicorn(
+        self, target: str, extra_env: dict[str, str] | None = None
+    ) -> tuple[int, subprocess.Popen[bytes]]:
         port = free_port()
         args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1"]
         args += ["--port", str(port), *UVICORN_FLAGS, "--log-level", "warning"]
-        proc = self.spawn(args)
+        proc = self.spawn(args, extra_env)
         wait_for_port(port, 30, proc)
         return port, proc
+
+    def start_redis(self, appendfsync: str) -> EmbeddedRedis:
+        """Another Redis beside the main one, e.g. with `appendfsync always`."""
+        redis = EmbeddedRedis(Path(self.tmp.name) / f"redis-{appendfsync}", appendfsync=appendfsync)
+        redis.start()
+        self.stoppers.insert(0, redis.stop)
+        return redis
 
     def start_worker(self, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
         return self.spawn([sys.executable, "-m", "arq", "jobs.worker.WorkerSettings"], extra_env)

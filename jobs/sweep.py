@@ -38,8 +38,8 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
             continue
         if await _settled(res, call_id):
             continue
-        await _rerun(res, call_id)
-        recovered.append(call_id)
+        if await _rerun(res, call_id):
+            recovered.append(call_id)
     if recovered:
         log.warning("reaper re-ran %d orphaned calls: %s", len(recovered), recovered[:10])
     return recovered
@@ -57,13 +57,14 @@ async def _settled(res: WorkerResources, call_id: str) -> bool:
     return True
 
 
-async def _rerun(res: WorkerResources, call_id: str) -> None:
-    # A job whose worker died keeps arq's in-progress marker until arq's own timeout; removing
-    # it lets any worker pick the still-queued job up on its next poll.
+async def _rerun(res: WorkerResources, call_id: str) -> bool:
+    """True if the call was orphaned and is now runnable again; False if its job was merely
+    waiting in the queue (a backlog, or a retry deferred during an outage)."""
     if await res.redis.exists(job_key_prefix + call_id):
-        await res.redis.delete(in_progress_key_prefix + call_id)
-        queued = await res.redis.zscore(res.redis.default_queue_name, call_id)
-        if queued is not None:
-            return
-        await res.redis.delete(job_key_prefix + call_id)
-    await enqueue_process_call(res.redis, call_id)
+        # A job whose worker died keeps arq's in-progress marker until arq's own timeout;
+        # removing it lets any worker pick the still-queued job up on its next poll.
+        released = await res.redis.delete(in_progress_key_prefix + call_id)
+        if await res.redis.zscore(res.redis.default_queue_name, call_id) is not None:
+            return bool(released)
+        await res.redis.delete(job_key_prefix + call_id)  # arq gave up on it: start afresh
+    return await enqueue_process_call(res.redis, call_id)
