@@ -24,9 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.answers import packet_answer
 from service.errors import INTERNAL_ERROR, CallstreamError, redis_unavailable_body
 from service.resources import ApiResources
-from service.routes.ingest import PREFIX, accepted, append_batch, append_packets
+from service.routes.ingest import PREFIX, append_batch, append_packets
 from service.schemas import CALL_ID_PATTERN, BatchIn, PacketIn
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,9 @@ async def _ingest(
     res: ApiResources, call_id: str, request: PacketIn | BatchIn
 ) -> tuple[int, bytes]:
     if isinstance(request, BatchIn):
-        return 202, (await append_batch(res, call_id, request)).model_dump_json().encode()
+        return 202, orjson.dumps(await append_batch(res, call_id, request))
     (result,) = await append_packets(res, call_id, [request])
-    return (200 if result.duplicate else 202), accepted(call_id, result).model_dump_json().encode()
+    return (200 if result.duplicate else 202), orjson.dumps(packet_answer(call_id, result))
 
 
 def _ingest_target(scope: Scope) -> tuple[str, bool] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
@@ -295,3 +296,24 @@ async def test_batch_with_oversized_data_is_413_and_stores_nothing(
 
     assert response.status_code == 413
     assert await redis.dbsize() == 0
+
+
+async def test_fast_path_and_fastapi_route_answer_byte_for_byte_alike(settings: Settings):
+    bodies: dict[bool, list[tuple[int, object]]] = {}
+    for fast in (True, False):
+        app = create_asgi(settings.model_copy(update={"ingest_fast_path": fast}))
+        async with (
+            LifespanManager(app) as manager,
+            AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        ):
+            call = f"same-{fast}"
+            answers = [await send(client, call, s) for s in (1, 3, 2, 2)]
+            answers.append(await post_batch(client, call, [packet(s) for s in (4, 4, 9, 5)]))
+            answers.append(await client.post(f"/v1/call/complete/{call}"))
+            answers.append(await send(client, call, 10))
+        bodies[fast] = [
+            (a.status_code, orjson.loads(a.content.replace(call.encode(), b"CALL")))
+            for a in answers
+        ]
+
+    assert bodies[True] == bodies[False]

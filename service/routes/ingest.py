@@ -8,8 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from db.states import CallState
-from db.streams import CallCompleted, NewPacket, Outcome, PacketResult
+from db.streams import CallCompleted, NewPacket, PacketResult
 from jobs.queue import enqueue_process_call
+from service.answers import batch_answer, packet_answer
 from service.deps import CallId, ResourcesDep, SessionDep
 from service.errors import CallAlreadyCompleted, CallNotFound, PayloadTooLarge
 from service.resources import ApiResources
@@ -20,7 +21,6 @@ from service.schemas import (
     ErrorBody,
     PacketAccepted,
     PacketIn,
-    PacketWarning,
 )
 from service.views import call_status
 
@@ -42,35 +42,6 @@ def _check_size(packets: Sequence[PacketIn], limit: int) -> None:
             raise PayloadTooLarge(
                 f"packet {p.sequence}: data is larger than {limit} bytes (MAX_PACKET_DATA_BYTES)"
             )
-
-
-def _warnings(result: PacketResult) -> list[PacketWarning]:
-    seq = result.sequence
-    if result.outcome is Outcome.DUPLICATE:
-        return [PacketWarning(type="duplicate", message=f"sequence {seq} was already received")]
-    if result.outcome is Outcome.OUT_OF_ORDER:
-        message = f"sequence {seq} arrived after a higher sequence"
-        return [PacketWarning(type="out_of_order", message=message)]
-    if result.outcome is Outcome.AFTER_GAP:
-        first, last = result.gap_from, seq - 1
-        return [
-            PacketWarning(
-                type="gap",
-                message=f"sequences {first}..{last} are missing so far",
-                missing_from=first,
-                missing_to=last,
-            )
-        ]
-    return []
-
-
-def accepted(call_id: str, result: PacketResult) -> PacketAccepted:
-    return PacketAccepted(
-        call_id=call_id,
-        sequence=result.sequence,
-        duplicate=result.duplicate,
-        warnings=_warnings(result),
-    )
 
 
 async def append_packets(
@@ -104,7 +75,7 @@ async def ingest_packet(
     (result,) = await append_packets(res, call_id, [packet])
     if result.duplicate:
         response.status_code = status.HTTP_200_OK
-    return accepted(call_id, result)
+    return PacketAccepted.model_validate(packet_answer(call_id, result))
 
 
 @router.post(
@@ -116,21 +87,14 @@ async def ingest_packet(
 )
 async def ingest_batch(call_id: CallId, batch: BatchIn, res: ResourcesDep) -> BatchAccepted:
     """Same rules per packet as the single endpoint, one Redis round trip for the whole batch."""
-    return await append_batch(res, call_id, batch)
+    return BatchAccepted.model_validate(await append_batch(res, call_id, batch))
 
 
-async def append_batch(res: ApiResources, call_id: str, batch: BatchIn) -> BatchAccepted:
+async def append_batch(res: ApiResources, call_id: str, batch: BatchIn) -> dict[str, Any]:
     limit = res.settings.max_batch_packets
     if len(batch.packets) > limit:
         raise PayloadTooLarge(f"a batch holds at most {limit} packets (MAX_BATCH_PACKETS)")
-    results = await append_packets(res, call_id, batch.packets)
-    duplicates = sum(r.duplicate for r in results)
-    return BatchAccepted(
-        call_id=call_id,
-        accepted=len(results) - duplicates,
-        duplicates=duplicates,
-        results=[accepted(call_id, r) for r in results],
-    )
+    return batch_answer(call_id, await append_packets(res, call_id, batch.packets))
 
 
 @router.post(
