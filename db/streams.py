@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from redis.asyncio import Redis
 
 from db.keys import (
@@ -47,6 +48,17 @@ class Outcome(IntEnum):
     DUPLICATE = 1
     OUT_OF_ORDER = 2
     AFTER_GAP = 3
+
+
+class PacketFields(Protocol):
+    """What append() reads of a packet: the API's validated models pass as they are."""
+
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def timestamp(self) -> float: ...
+    @property
+    def data(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +126,12 @@ class CallStreams:
         self._renew_lease = redis.register_script(RENEW_LEASE_LUA)
         self._drop_lease = redis.register_script(DROP_LEASE_LUA)
 
-    async def append(self, call_id: str, packets: Sequence[NewPacket]) -> list[PacketResult]:
+    async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
         """Store packets in one round trip. Raises CallCompleted if the call is already done."""
         keys = call_keys(call_id)
-        args: list[Any] = [call_id, repr(time.time()), BITMAP_SEQUENCE_LIMIT]
-        for p in packets:
-            args += (p.sequence, repr(p.timestamp), p.data)
+        # Timestamps travel as text: Lua numbers would keep only 14 significant digits.
+        encoded = orjson.dumps([(p.sequence, repr(p.timestamp), p.data) for p in packets])
+        args: list[Any] = [call_id, repr(time.time()), BITMAP_SEQUENCE_LIMIT, encoded]
         script_keys = [
             keys.packets,
             keys.meta,

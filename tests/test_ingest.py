@@ -317,3 +317,22 @@ async def test_fast_path_and_fastapi_route_answer_byte_for_byte_alike(settings: 
         ]
 
     assert bodies[True] == bodies[False]
+
+
+async def test_extreme_sequences_and_any_text_are_stored_exactly(client: AsyncClient, redis: Redis):
+    tricky = 'héllo "quoted" \\ back\nslash\t☎️ \x00 end'
+    top = 2**53 - 1
+    assert (await send(client, "edge", 0, tricky)).status_code == 202
+    assert (await send(client, "edge", top, "last")).status_code == 202
+    assert (await send(client, "edge", top, "again")).status_code == 200
+
+    entries = await redis.xrange(call_keys("edge").packets)
+
+    assert [(f[b"s"], f[b"d"].decode()) for _, f in entries] == [
+        (b"0", tricky),
+        (str(top).encode(), "last"),
+    ]
+    assert float(entries[0][1][b"t"]) == packet(0)["timestamp"]
+    status = (await client.get("/v1/calls/edge")).json()
+    assert (status["last_sequence"], status["missing_count"]) == (top, top - 1)
+    assert len(status["missing_sequences"]) == 1000

@@ -1,7 +1,8 @@
 -- Store a batch of packets of one call atomically: refuse a completed call, drop duplicates,
 -- append new packets to the stream, detect reordering and gaps, update the counters.
 -- KEYS: packets, meta, seen, seen_high, done, idle index, unflushed index
--- ARGV: call_id, now, bitmap limit, then (sequence, timestamp, data) for each packet
+-- ARGV: call_id, now, bitmap limit, packets as one JSON array of [sequence, "timestamp", "data"]
+--   (one argument instead of three per packet: packing arguments is the client's main cost)
 -- Returns {-1} for a completed call, else two numbers per packet: outcome, gap start
 --   outcome 0 = new and in order, 1 = duplicate, 2 = out of order, 3 = new after a gap
 if redis.call('EXISTS', KEYS[5]) == 1 then
@@ -11,11 +12,13 @@ local call_id, now = ARGV[1], ARGV[2]
 local bitmap_limit = tonumber(ARGV[3])
 local max_seq = tonumber(redis.call('HGET', KEYS[2], 'max_seq') or '-1')
 local min_seq = tonumber(redis.call('HGET', KEYS[2], 'min_seq') or '-1')
+local packets = cjson.decode(ARGV[4])
 local out = {}
 local received, duplicates, reordered = 0, 0, 0
-for i = 4, #ARGV, 3 do
-  local seq_s = ARGV[i]
-  local seq = tonumber(seq_s)
+for i = 1, #packets do
+  local packet = packets[i]
+  local seq = packet[1]
+  local seq_s = string.format('%d', seq)
   local fresh
   if seq < bitmap_limit then
     fresh = redis.call('SETBIT', KEYS[3], seq, 1) == 0
@@ -27,7 +30,7 @@ for i = 4, #ARGV, 3 do
     duplicates = duplicates + 1
     outcome = 1
   else
-    redis.call('XADD', KEYS[1], '*', 's', seq_s, 't', ARGV[i + 1], 'd', ARGV[i + 2])
+    redis.call('XADD', KEYS[1], '*', 's', seq_s, 't', packet[2], 'd', packet[3])
     received = received + 1
     if max_seq < 0 then
       max_seq, min_seq = seq, seq

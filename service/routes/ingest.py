@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from db.states import CallState
-from db.streams import CallCompleted, NewPacket, PacketResult
+from db.streams import CallCompleted, PacketResult
 from jobs.queue import enqueue_process_call
 from service.answers import batch_answer, packet_answer
 from service.deps import CallId, ResourcesDep, SessionDep
@@ -49,9 +49,7 @@ async def append_packets(
 ) -> list[PacketResult]:
     _check_size(packets, res.settings.max_packet_data_bytes)
     try:
-        return await res.streams.append(
-            call_id, [NewPacket(p.sequence, p.timestamp, p.data) for p in packets]
-        )
+        return await res.streams.append(call_id, packets)
     except CallCompleted:
         raise CallAlreadyCompleted(
             f"call {call_id} is already completed; packets are no longer accepted"
