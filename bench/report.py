@@ -73,6 +73,36 @@ def _latency_row(name: str, results: list[dict[str, Any]], key: str) -> str:
     return f"| {name} | {med(results, key, 'rate'):,.0f} | " + " | ".join(cells) + " |"
 
 
+# Written by hand from py-spy profiles (`python -m bench.run --profile`, and the same sampling
+# during the batch and WebSocket phases); re-read it when the figures move.
+ANALYSIS = [
+    "## What bounds the missed targets (profiled 2026-11-22)",
+    "",
+    "- Single packet vs the bare ceiling (0.25): the ceiling answers from the event loop"
+    " without any I/O; a packet adds a Redis script call (Lua run + redis-py packing, sending,"
+    " parsing) and pydantic validation, and the generator, Redis and PostgreSQL share the two"
+    " cores with the server. Steps taken: the fast path in front of FastAPI (FastAPI's own"
+    " middleware stack, dependency resolution and two-pass body parsing were about half of a"
+    " packet's CPU: 5.0k -> 7.4k packets/s without it, 10.5k once in front of the middleware),"
+    " and one Redis pipeline per event-loop tick for concurrent requests (+36%). What remains"
+    " per request: uvicorn's httptools response path (~15% of samples, also paid by the"
+    " ceiling), redis-py's connection and parsing (~25%), pydantic (~10%). Reaching 0.5 would"
+    " take a second API process per core, which the ceiling would get too.",
+    "- Batch and WebSocket vs single (8.4x, 5.0x): the single-packet path became 2x faster,"
+    " which lowers these ratios; in absolute terms batch went 36k -> 95k packets/s (one JSON"
+    " argument for the script instead of three per packet, no per-packet objects) and the"
+    " WebSocket 54k -> 56k. Batch is now bound by pydantic parsing of the body (~20%) and"
+    " uvicorn's response path; the WebSocket by frame parsing in the `websockets` protocol"
+    " (~30% of samples: Frame.parse, handle_events) and one JSON decode per frame, all in one"
+    " Python process. Every ratio is measured against the client in the same process too.",
+    "- Drain of 100 calls (1.6-2.1x; 400 calls: 1.26-1.37x, within the target): the ideal"
+    " divides total AI time by the concurrency, but the makespan also contains the slowest"
+    " call (a few retries with backoff: 2-3 s against a mean of 0.85 s), which 100 calls over"
+    " 32 slots cannot hide. Worker overhead per call (flush, claim, transitions, attempt"
+    " records: about ten PostgreSQL transactions) is ~15 ms, under 2% of a call.",
+]
+
+
 def write_report(
     results: list[dict[str, Any]],
     plan: Any,
@@ -207,6 +237,8 @@ def write_report(
         "## Targets",
         "",
         *targets(results),
+        "",
+        *ANALYSIS,
         "",
         "## Raw figures",
         "",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from devstack.commands import api_command, migrate_command, worker_command
 from devstack.servers import (
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -25,7 +25,6 @@ from devstack.servers import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 
 
 class Stack:
@@ -46,7 +45,7 @@ class Stack:
         self.env["DATABASE_URL"] = self.pg.url
         self.env["REDIS_URL"] = self.redis.url
         subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            migrate_command(),
             env=self.env,
             cwd=ROOT,
             check=True,
@@ -70,9 +69,7 @@ class Stack:
         self, target: str, extra_env: dict[str, str] | None = None
     ) -> tuple[int, subprocess.Popen[bytes]]:
         port = free_port()
-        args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1"]
-        args += ["--port", str(port), *UVICORN_FLAGS, "--log-level", "warning"]
-        proc = self.spawn(args, extra_env)
+        proc = self.spawn([*api_command(port, target=target), "--log-level", "warning"], extra_env)
         wait_for_port(port, 30, proc)
         return port, proc
 
@@ -84,7 +81,7 @@ class Stack:
         return redis
 
     def start_worker(self, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return self.spawn([sys.executable, "-m", "arq", "jobs.worker.WorkerSettings"], extra_env)
+        return self.spawn(worker_command(), extra_env)
 
     @property
     def pg_dsn(self) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from devstack.commands import api_command, migrate_command, worker_command
 from devstack.servers import (
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -65,15 +66,10 @@ def main() -> int:
             redis = EmbeddedRedis(DATA / "redis", port=_port(63790), appendfsync=fsync).start()
             stoppers.insert(0, redis.stop)
             env["REDIS_URL"] = redis.url
-        subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=ROOT,
-                       check=True)  # fmt: skip
-        web = _spawn(
-            [sys.executable, "-m", "uvicorn", "service.app:app", "--host", host, "--port",
-             str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-            env,
-        )  # fmt: skip
+        subprocess.run(migrate_command(), env=env, cwd=ROOT, check=True)
+        web = _spawn(api_command(port, host), env)
         stoppers.insert(0, lambda: stop_process(web, signal.SIGTERM))
-        worker = _spawn([sys.executable, "-m", "arq", "jobs.worker.WorkerSettings"], env)
+        worker = _spawn(worker_command(), env)
         stoppers.insert(1, lambda: stop_process(worker, signal.SIGTERM, timeout_s=30))
         wait_for_port(port, 30, web)
         print(

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from devstack.commands import api_command, migrate_command, worker_command
 from devstack.servers import (
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -135,7 +135,7 @@ class Stack:
 
     def migrate(self) -> None:
         subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            migrate_command(),
             env=self.base_env(),
             cwd=ROOT,
             check=True,
@@ -143,8 +143,7 @@ class Stack:
         )
 
     def start_api(self, timeout_s: float = 30) -> None:
-        args = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
-        args += ["--port", str(self.api_port), "--no-access-log"]
+        args = api_command(self.api_port)
         self.api = self._spawn(args, self.base_env(), self.root / "api.log")
         wait_for_port(self.api_port, timeout_s, self.api)
 
@@ -153,9 +152,7 @@ class Stack:
         name = f"worker{self._serial}"
         log = self.root / f"{name}.log"
         full_env = {**self.base_env(), **self.config.worker_env(), **env}
-        proc = self._spawn(
-            [sys.executable, "-m", "arq", self.config.worker_settings], full_env, log
-        )
+        proc = self._spawn(worker_command(self.config.worker_settings), full_env, log)
         worker = Worker(name, proc, log)
         self.workers[name] = worker
         return worker

@@ -1,0 +1,24 @@
+"""The command lines of Callstream's processes, one definition for `make run`, the benchmark and
+the chaos suite, so that what is measured and broken is what runs in production (Procfile)."""
+
+from __future__ import annotations
+
+import sys
+
+API_TARGET = "service.app:app"
+WORKER_SETTINGS = "jobs.worker.WorkerSettings"
+# uvloop and httptools: the fast event loop and HTTP parser; no access log line per packet.
+UVICORN_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
+
+
+def migrate_command() -> list[str]:
+    return [sys.executable, "-m", "alembic", "upgrade", "head"]
+
+
+def api_command(port: int, host: str = "127.0.0.1", target: str = API_TARGET) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", target, "--host", host, "--port", str(port),
+            *UVICORN_FLAGS]  # fmt: skip
+
+
+def worker_command(settings: str = WORKER_SETTINGS) -> list[str]:
+    return [sys.executable, "-m", "arq", settings]
