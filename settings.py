@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     ai_latency_min_s: float = Field(1.0, ge=0.0)
     ai_latency_max_s: float = Field(3.0, ge=0.0)
     ai_seed: int | None = None
+    # Mock outage bursts (chaos testing): down for the first DURATION s of every PERIOD s.
+    ai_outage_period_s: float | None = Field(None, gt=0)
+    ai_outage_duration_s: float = Field(0.0, ge=0)
     ai_max_attempts: int = Field(5, ge=1)
     ai_attempt_timeout_s: float = Field(10.0, gt=0)
     ai_backoff_base_s: float = Field(0.5, ge=0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,7 +69,11 @@ def sentiment_of(transcript: str) -> Sentiment:
 class MockAI:
     """A flaky provider: each request fails with probability `failure_rate` after a latency drawn
     uniformly from [latency_min_s, latency_max_s]. With a seed, each call's run is repeatable
-    whatever else the worker does concurrently (the draws are keyed by call, step and request)."""
+    whatever else the worker does concurrently (the draws are keyed by call, step and request).
+
+    Outage bursts: with `outage_period_s`, the provider is down for the first
+    `outage_duration_s` of every period of wall-clock time (so every worker sees the same
+    outage), and every request then fails fast with a 503, as a real provider in trouble does."""
 
     def __init__(
         self,
@@ -76,21 +81,33 @@ class MockAI:
         latency_min_s: float = 1.0,
         latency_max_s: float = 3.0,
         seed: int | None = None,
+        outage_period_s: float | None = None,
+        outage_duration_s: float = 0.0,
     ) -> None:
         self.failure_rate = failure_rate
         self.latency = (latency_min_s, latency_max_s)
         self.seed = seed
+        self.outage = (outage_period_s, outage_duration_s)
         self._requests: dict[tuple[str, str], int] = {}
         self._fallback = random.Random()
 
     def _rng(self, call_id: str, step: str) -> random.Random:
+        if len(self._requests) > 100_000:  # a long-lived worker must not grow without bound
+            self._requests.clear()
         n = self._requests.get((call_id, step), 0)
         self._requests[(call_id, step)] = n + 1
         if self.seed is None:
             return self._fallback
         return random.Random(f"{self.seed}:{call_id}:{step}:{n}")
 
+    def in_outage(self, now: float) -> bool:
+        period, duration = self.outage
+        return period is not None and now % period < duration
+
     async def _request(self, call_id: str, step: str) -> None:
+        if self.in_outage(time.time()):
+            await asyncio.sleep(0.01)
+            raise TransientAIError(f"mock AI: {step} failed (simulated outage burst, 503)")
         rng = self._rng(call_id, step)
         await asyncio.sleep(rng.uniform(*self.latency))
         if rng.random() < self.failure_rate:

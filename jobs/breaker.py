@@ -9,9 +9,12 @@ Waiting on an open breaker does not spend a call's attempts, only its deadline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
 
 BREAKER_KEY = "callstream:ai_breaker"
 PROBE_KEY = "callstream:ai_breaker:probe"
@@ -62,7 +65,15 @@ class CircuitBreaker:
         await self.redis.delete(BREAKER_KEY, PROBE_KEY)
 
     async def record_failure(self) -> int:
-        failures = await self._record_failure(
-            keys=[BREAKER_KEY, PROBE_KEY], args=[time.time(), self.threshold, self.cooldown_s]
+        failures = int(
+            await self._record_failure(
+                keys=[BREAKER_KEY, PROBE_KEY], args=[time.time(), self.threshold, self.cooldown_s]
+            )
         )
-        return int(failures)
+        if failures >= self.threshold:
+            log.warning(
+                "AI circuit breaker open for %.1fs after %d consecutive failures",
+                self.cooldown_s,
+                failures,
+            )
+        return failures

@@ -48,6 +48,8 @@ def make_ai_client(settings: Settings) -> AIClient:
         latency_min_s=settings.ai_latency_min_s,
         latency_max_s=settings.ai_latency_max_s,
         seed=settings.ai_seed,
+        outage_period_s=settings.ai_outage_period_s,
+        outage_duration_s=settings.ai_outage_duration_s,
     )
 
 

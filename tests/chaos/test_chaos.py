@@ -360,6 +360,8 @@ def report(
         f"PostgreSQL down                {figures.postgres_down_s:.1f}s",
         f"calls re-run by the reaper     {reaped}",
         f"workers crashed (restarted)    {len(stack.crashed)} {stack.crashed}",
+        f"AI breaker openings            {stack.worker_logs().count('circuit breaker open')}"
+        " (AI down 3 s of every 12 s)",
         f"job retries on outages         {outages}",
         f"final states                   {dict(states)}",
         f"FAILED                         {states.get('FAILED', 0)}",
@@ -370,7 +372,17 @@ def report(
 
 
 async def chaos_run(calls: int, spacing_s: float, seed: int) -> None:
-    config = StackConfig(ai_failure_rate=0.3, lease_ttl_s=5.0, call_idle_timeout_s=4.0)
+    # The AI fails 30% of requests, and in bursts it is down altogether: the first 3 s of every
+    # 12 s, which the shared circuit breaker must ride out without failing calls for it.
+    bursts = {
+        "AI_OUTAGE_PERIOD_S": "12",
+        "AI_OUTAGE_DURATION_S": "3",
+        "AI_BREAKER_THRESHOLD": "5",
+        "AI_BREAKER_COOLDOWN_S": "1",
+    }
+    config = StackConfig(
+        ai_failure_rate=0.3, lease_ttl_s=5.0, call_idle_timeout_s=4.0, extra_env=bursts
+    )
     FIGURES_DIR.mkdir(exist_ok=True)
     started = time.monotonic()
     with running_stack(config, keep_logs=FIGURES_DIR / f"logs-{seed}") as stack:

@@ -106,3 +106,15 @@ def test_mock_results_are_derived_from_the_packets():
     assert sentiment_of(transcript).label == "negative"
     assert sentiment_of("thanks, great").score == 1.0
     assert sentiment_of("hello").label == "neutral"
+
+
+async def test_mock_outage_bursts_fail_every_request_inside_the_window():
+    from jobs.ai import MockAI
+
+    ai = MockAI(
+        failure_rate=0.0, latency_min_s=0, latency_max_s=0, outage_period_s=10, outage_duration_s=2
+    )
+
+    assert ai.in_outage(1000.5)
+    assert not ai.in_outage(1003.0)
+    assert ai.in_outage(1011.9)
