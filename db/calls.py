@@ -80,6 +80,7 @@ async def insert_flushed_call(session: AsyncSession, live: LiveCall, missing: li
             duplicate_packets=live.duplicate_packets,
             out_of_order_packets=live.out_of_order_packets,
             completion_reason=live.completion_reason,
+            start_metadata=live.metadata,
             created_at=created_at,
             completed_at=completed_at,
         )

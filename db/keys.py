@@ -20,10 +20,19 @@ class CallKeys:
     seen_high: str  # set of stored sequences >= BITMAP_SEQUENCE_LIMIT
     done: str  # completion marker, SET NX decides who completes the call
     lease: str  # the worker holding the call's job renews this; gone = that worker died
+    metadata: str  # JSON the call was opened with (a media stream's start message), if any
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (self.packets, self.meta, self.seen, self.seen_high, self.done, self.lease)
+        return (
+            self.packets,
+            self.meta,
+            self.seen,
+            self.seen_high,
+            self.done,
+            self.lease,
+            self.metadata,
+        )
 
 
 def call_keys(call_id: str) -> CallKeys:
@@ -35,4 +44,5 @@ def call_keys(call_id: str) -> CallKeys:
         seen_high=f"{tag}:seen_high",
         done=f"{tag}:done",
         lease=f"{tag}:lease",
+        metadata=f"{tag}:metadata",
     )

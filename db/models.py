@@ -1,6 +1,7 @@
 """PostgreSQL tables: calls, their packets, every AI attempt and every state transition."""
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -14,7 +15,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base
@@ -44,6 +45,8 @@ class Call(Base):
     duplicate_packets: Mapped[int] = mapped_column(Integer, default=0)
     out_of_order_packets: Mapped[int] = mapped_column(Integer, default=0)
     completion_reason: Mapped[str | None] = mapped_column(Text)
+    # What the call was opened with (a media stream's start message); null for HTTP calls.
+    start_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     transcript: Mapped[str | None] = mapped_column(Text)
     sentiment_label: Mapped[str | None] = mapped_column(Text)
     sentiment_score: Mapped[float | None] = mapped_column(Float)

@@ -102,6 +102,7 @@ class LiveCall:
     last_packet_at: float
     completed_at: float | None
     completion_reason: str | None
+    metadata: dict[str, Any] | None = None
 
     @property
     def missing_count(self) -> int:
@@ -172,16 +173,30 @@ class CallStreams:
         return [_text(i) for i in ids]
 
     async def live_call(self, call_id: str) -> LiveCall | None:
-        # redis-py types asyncio commands as `Awaitable | value`; it is always awaitable here.
-        meta: dict[bytes, bytes] = await self.redis.hgetall(call_keys(call_id).meta)  # type: ignore[misc]
-        return _live_call(call_id, meta) if meta else None
+        (found,) = await self.live_calls([call_id])
+        return found
 
-    async def live_calls(self, call_ids: Sequence[str]) -> list[LiveCall]:
+    async def live_calls(self, call_ids: Sequence[str]) -> list[LiveCall | None]:
+        """What Redis holds of each call, in order; None for a call it does not know."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for call_id in call_ids:
-                pipe.hgetall(call_keys(call_id).meta)
-            metas = await pipe.execute()
-        return [_live_call(c, m) for c, m in zip(call_ids, metas, strict=True) if m]
+                keys = call_keys(call_id)
+                pipe.hgetall(keys.meta)
+                pipe.get(keys.metadata)
+            raw = await pipe.execute()
+        return [
+            _live_call(call_id, meta, metadata) if meta else None
+            for call_id, meta, metadata in zip(call_ids, raw[::2], raw[1::2], strict=True)
+        ]
+
+    async def open_call(self, call_id: str, metadata: dict[str, Any], ttl_s: int) -> bool:
+        """Keep what a call was opened with (a media stream's start); the first opening wins.
+        The expiry only bounds a call that never sends a packet; release() shortens it."""
+        return bool(
+            await self.redis.set(
+                call_keys(call_id).metadata, orjson.dumps(metadata), nx=True, ex=ttl_s
+            )
+        )
 
     async def unflushed_page(
         self, before: tuple[float, str] | None, limit: int
@@ -224,7 +239,7 @@ class CallStreams:
         """After PostgreSQL committed the final state: let the call's keys expire, drop indexes."""
         keys = call_keys(call_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key in (keys.packets, keys.meta, keys.seen, keys.seen_high):
+            for key in (keys.packets, keys.meta, keys.seen, keys.seen_high, keys.metadata):
                 pipe.expire(key, retention_s)
             # The done marker outlives the data so late packets still get 409, not a new call.
             pipe.expire(keys.done, marker_retention_s)
@@ -305,10 +320,11 @@ def _optional_float(meta: dict[bytes, bytes], field: bytes) -> float | None:
     return float(value) if value is not None else None
 
 
-def _live_call(call_id: str, meta: dict[bytes, bytes]) -> LiveCall:
+def _live_call(call_id: str, meta: dict[bytes, bytes], metadata: bytes | None) -> LiveCall:
     reason = meta.get(b"completion_reason")
     return LiveCall(
         call_id=call_id,
+        metadata=orjson.loads(metadata) if metadata else None,
         state=_text(meta.get(b"state", b"IN_PROGRESS")),
         packets_received=int(meta.get(b"received", 0)),
         duplicate_packets=int(meta.get(b"duplicates", 0)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,6 +86,9 @@ class CallStatus(BaseModel):
     transcript: str | None
     sentiment: SentimentOut | None
     completion_reason: str | None = Field(description="explicit or idle.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="What a media stream's `start` message said of the call, else null."
+    )
     created_at: datetime
     completed_at: datetime | None
     finished_at: datetime | None

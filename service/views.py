@@ -48,6 +48,7 @@ def from_row(call: Call) -> CallStatus:
         transcript=call.transcript,
         sentiment=sentiment,
         completion_reason=call.completion_reason,
+        metadata=call.start_metadata,
         created_at=call.created_at,
         completed_at=call.completed_at,
         finished_at=call.finished_at,
@@ -70,6 +71,7 @@ def from_live(live: LiveCall, missing: list[int]) -> CallStatus:
         transcript=None,
         sentiment=None,
         completion_reason=live.completion_reason,
+        metadata=live.metadata,
         created_at=calls.epoch_to_datetime(live.created_at),
         completed_at=calls.epoch_to_datetime(live.completed_at) if live.completed_at else None,
         finished_at=None,
@@ -156,7 +158,7 @@ async def _live_items(
         if not page:
             break
         keyset = (page[-1][1], page[-1][0])
-        lives = await streams.live_calls([call_id for call_id, _ in page])
+        lives = [c for c in await streams.live_calls([call_id for call_id, _ in page]) if c]
         flushed = set(
             await session.scalars(
                 select(Call.call_id).where(Call.call_id.in_([live.call_id for live in lives]))

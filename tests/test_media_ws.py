@@ -12,11 +12,15 @@ import httpx
 import pytest
 import uvicorn
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from db.keys import call_keys
 from devstack.servers import free_port
+from jobs.process import process_call
+from jobs.resources import WorkerResources
 from service.app import create_app
 from settings import Settings
 from tests.conftest import make_settings
@@ -130,7 +134,37 @@ async def test_full_stream_stores_packets_and_completes_the_call(base: str, redi
     assert status["state"] == "COMPLETED"
     assert status["completion_reason"] == "explicit"
     assert status["packets_received"] == 120
+    assert status["metadata"]["customParameters"] == {"campaign": "test"}
+    assert status["metadata"]["mediaFormat"]["sampleRate"] == 8000
     assert await redis.zcard("arq:queue") == 1
+
+
+async def test_start_metadata_is_kept_in_postgresql_after_the_flush(
+    base: str, worker_resources: WorkerResources, engine: AsyncEngine
+):
+    await stream(base, [start("CA-META"), media(1), STOP])
+
+    await process_call(worker_resources, "CA-META")
+
+    status = await call_status(base, "CA-META")
+    assert status["state"] == "ARCHIVED"
+    assert status["metadata"]["streamSid"] == "MZ1"
+    async with engine.connect() as conn:
+        stored_meta = await conn.scalar(
+            text("SELECT start_metadata->>'callSid' FROM call WHERE call_id = 'CA-META'")
+        )
+    assert stored_meta == "CA-META"
+
+
+async def test_an_oversized_start_message_is_refused(base: str, redis: Redis):
+    big = json.loads(start("CA-BIG"))
+    big["start"]["customParameters"] = {"blob": "x" * 20_000}
+
+    frames, code = await stream(base, [json.dumps(big), media(1)])
+
+    assert frames[0]["code"] == "metadata_too_large"
+    assert code == 1008
+    assert await redis.dbsize() == 0
 
 
 async def test_duplicates_and_reordering_are_counted(base: str, redis: Redis):

@@ -1,6 +1,7 @@
 """Packet ingestion over a WebSocket that speaks the Twilio Media Streams format.
 
-`start` opens the call (its id is `start.callSid`), each `media` frame is one packet
+`start` opens the call (its id is `start.callSid`; the start object is kept as the call's
+metadata), each `media` frame is one packet
 (sequence = sequenceNumber, timestamp = media.timestamp / 1000, data = the base64 payload as sent),
 `stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
 buffered and stored with one CallStreams.append (one Redis round trip) when 50 are waiting or no
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ingestion"])
 
+MAX_METADATA_BYTES = 16 * 1024
 FLUSH_AT = 50  # packets buffered before one append, at most
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
@@ -89,6 +91,19 @@ def call_id_of(frame: dict[str, Any]) -> str:
             CLOSE_POLICY,
         )
     return call_id
+
+
+def start_metadata(frame: dict[str, Any]) -> dict[str, Any]:
+    """What the call is opened with: Twilio's start object (accountSid, streamSid, tracks,
+    mediaFormat, customParameters...), kept with the call and shown in its status."""
+    metadata = {"streamSid": frame.get("streamSid"), **frame["start"]}
+    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise Reject(
+            "metadata_too_large",
+            f"the start message exceeds {MAX_METADATA_BYTES} bytes",
+            CLOSE_POLICY,
+        )
+    return metadata
 
 
 def _sequence(value: Any) -> int:
@@ -174,7 +189,10 @@ class MediaStream:
         if event == "start":
             if self.call_id is not None:
                 raise Reject("already_started", "the stream was already started", CLOSE_POLICY)
-            self.call_id = call_id_of(frame)
+            call_id, metadata = call_id_of(frame), start_metadata(frame)
+            ttl = self.res.settings.completed_marker_retention_s
+            await self.res.streams.open_call(call_id, metadata, ttl)
+            self.call_id = call_id
             return False
         if event == "stop":
             await self.stop()
