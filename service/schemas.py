@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
 CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -16,6 +16,15 @@ Sequence = Annotated[
 ]
 
 
+def _storable_text(value: str) -> str:
+    # JSON may escape a lone surrogate ("\ud800"); it is not text and cannot be stored.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("data must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
 class PacketIn(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -23,6 +32,7 @@ class PacketIn(BaseModel):
     data: Annotated[
         str,
         Field(strict=True, description="Audio metadata (or payload) of the packet, as text."),
+        AfterValidator(_storable_text),
     ]
     timestamp: Annotated[
         float,

@@ -110,7 +110,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         micros, call_id = json.loads(raw)
         return datetime.fromtimestamp(int(micros) / 1e6, tz=UTC), str(call_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
+    except (binascii.Error, ValueError, TypeError, OverflowError, OSError) as exc:
         raise BadCursor("cursor is not one this API returned") from exc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 from httpx import AsyncClient
 
@@ -61,6 +62,9 @@ async def test_list_refuses_a_bad_state_limit_or_cursor(client: AsyncClient):
     assert (await client.get("/v1/calls", params={"state": "NAPPING"})).status_code == 422
     assert (await client.get("/v1/calls", params={"limit": 0})).status_code == 422
     assert (await client.get("/v1/calls", params={"cursor": "garbage"})).status_code == 422
+    for odd in (b'[1e400, "x"]', b'[99999999999999999999, "x"]', b"{}", b"[1]"):
+        cursor = base64.urlsafe_b64encode(odd).decode()
+        assert (await client.get("/v1/calls", params={"cursor": cursor})).status_code == 422
 
 
 async def test_retry_replays_a_failed_call_exactly_once_under_concurrency(

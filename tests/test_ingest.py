@@ -148,6 +148,17 @@ async def test_bad_input_is_refused_with_422_and_nothing_stored(
     assert await redis.dbsize() == 0
 
 
+async def test_data_with_a_lone_surrogate_is_refused_with_422(client: AsyncClient, redis: Redis):
+    body = b'{"sequence": 0, "data": "a\\ud800b", "timestamp": 1.0}'
+    response = await client.post(
+        "/v1/call/stream/call-1", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert "data" in str(response.json()["detail"])
+    assert await redis.dbsize() == 0
+
+
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
 async def test_non_finite_timestamp_is_refused_with_422(
     client: AsyncClient, redis: Redis, raw: str
