@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,16 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, exc.code, exc.detail)
 
 
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method, an unreadable body) in our format."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
+
+
 async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, minus the offending input: it may be huge, or not JSON at all (NaN)."""
     assert isinstance(exc, RequestValidationError)
@@ -110,6 +121,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CallstreamError, _domain)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     for redis_error in (RedisConnectionError, RedisTimeoutError):
         app.add_exception_handler(redis_error, _redis_down)
     for pg_error in POSTGRES_OUTAGE:

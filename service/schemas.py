@@ -5,14 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
 CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
+
+def _integral(value: object) -> object:
+    """JSON Schema counts 7.0 as an integer, so do we; 7.5, "7" and true stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 Sequence = Annotated[
     int,
     Field(strict=True, ge=0, le=MAX_SEQUENCE, description="Packet number within the call, >= 0."),
+    BeforeValidator(_integral),
 ]
 
 
@@ -134,6 +143,24 @@ class CallHistory(BaseModel):
     call_id: str
     transitions: list[TransitionOut]
     attempts: list[AttemptOut]
+
+
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Where: path, query or body, then the field.")
+    msg: str
+    type: str
+
+
+class InvalidRequestBody(BaseModel):
+    detail: list[Problem]
+    code: str = Field(description="invalid_request")
+
+
+# Every route documents its 422 with the body our handler really sends (FastAPI's default lacks
+# `code`).
+INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
+    422: {"model": InvalidRequestBody, "description": "Malformed request; nothing stored."}
+}
 
 
 class ErrorBody(BaseModel):

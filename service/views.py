@@ -8,6 +8,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,18 +16,13 @@ from db import calls
 from db.models import Call
 from db.states import CallState
 from db.streams import CallStreams, LiveCall
-from service.errors import POSTGRES_OUTAGE, CallstreamError
+from service.errors import POSTGRES_OUTAGE
 from service.schemas import CallPage, CallStatus, SentimentOut
 
 log = logging.getLogger(__name__)
 
 # States a call can have while it exists only in Redis (PostgreSQL rows start at COMPLETED).
 LIVE_STATES = frozenset({CallState.IN_PROGRESS, CallState.COMPLETED})
-
-
-class BadCursor(CallstreamError):
-    status_code = 422
-    code = "bad_cursor"
 
 
 def from_row(call: Call) -> CallStatus:
@@ -111,7 +107,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         micros, call_id = json.loads(raw)
         return datetime.fromtimestamp(int(micros) / 1e6, tz=UTC), str(call_id)
     except (binascii.Error, ValueError, TypeError, OverflowError, OSError) as exc:
-        raise BadCursor("cursor is not one this API returned") from exc
+        problem = {
+            "loc": ("query", "cursor"),
+            "msg": "cursor is not one this API returned",
+            "type": "value_error",
+        }
+        raise RequestValidationError([problem]) from exc
 
 
 def _micros(moment: datetime) -> int:

@@ -172,6 +172,23 @@ async def test_non_finite_timestamp_is_refused_with_422(
     assert await redis.dbsize() == 0
 
 
+async def test_a_body_that_is_not_text_is_refused_with_400(client: AsyncClient, redis: Redis):
+    response = await client.post(
+        "/v1/call/stream/call-1", content=b"y\xff\x11", headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_request"
+    assert await redis.dbsize() == 0
+
+
+async def test_unknown_routes_answer_in_the_same_error_format(client: AsyncClient):
+    response = await client.get("/v1/nowhere")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found", "code": "not_found"}
+
+
 async def test_malformed_json_is_refused_with_422(client: AsyncClient, redis: Redis):
     response = await client.post(
         "/v1/call/stream/call-1", content=b"{not json", headers={"content-type": "application/json"}
@@ -191,6 +208,13 @@ async def test_oversized_data_is_refused_with_413_and_nothing_stored(
     assert response.status_code == 413
     assert "MAX_PACKET_DATA_BYTES" in response.json()["detail"]
     assert await redis.dbsize() == 0
+
+
+async def test_a_sequence_written_as_an_integral_float_is_accepted(client: AsyncClient):
+    response = await client.post("/v1/call/stream/call-1", json={**packet(0), "sequence": 7.0})
+
+    assert response.status_code == 202
+    assert response.json()["sequence"] == 7
 
 
 async def test_data_of_exactly_the_limit_is_accepted(client: AsyncClient):

@@ -12,6 +12,7 @@ from jobs.queue import enqueue_process_call
 from service.deps import CallId, ResourcesDep, SessionDep
 from service.errors import CallNotFailed, CallNotFound
 from service.schemas import (
+    INVALID_REQUEST,
     AttemptOut,
     CallHistory,
     CallPage,
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
 @router.get(
     "/{call_id}",
     response_model=CallStatus,
-    responses={404: {"model": ErrorBody, "description": "Unknown call."}},
+    responses={404: {"model": ErrorBody, "description": "Unknown call."}, **INVALID_REQUEST},
     summary="Status of one call",
 )
 async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CallStatus:
@@ -41,7 +42,10 @@ async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> C
 @router.get(
     "/{call_id}/history",
     response_model=CallHistory,
-    responses={404: {"model": ErrorBody, "description": "Not (yet) in PostgreSQL."}},
+    responses={
+        404: {"model": ErrorBody, "description": "Not (yet) in PostgreSQL."},
+        **INVALID_REQUEST,
+    },
     summary="Every state transition and AI attempt of a flushed call",
 )
 async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
@@ -55,13 +59,21 @@ async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
     )
 
 
-@router.get("", response_model=CallPage, summary="Calls, newest first (keyset-paginated)")
+@router.get(
+    "",
+    response_model=CallPage,
+    responses=INVALID_REQUEST,
+    summary="Calls, newest first (keyset-paginated)",
+)
 async def get_calls(
     res: ResourcesDep,
     session: SessionDep,
     state: Annotated[CallState | None, Query(description="Only calls in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=r"^[A-Za-z0-9_-]+$", description="`next_cursor` of the previous page."),
+    ] = None,
 ) -> CallPage:
     return await list_calls(
         session, res.streams, state, cursor, limit, res.settings.missing_list_cap
@@ -75,6 +87,7 @@ async def get_calls(
     responses={
         404: {"model": ErrorBody, "description": "Unknown call."},
         409: {"model": ErrorBody, "description": "The call is not FAILED."},
+        **INVALID_REQUEST,
     },
     summary="Replay a FAILED call (dead letter)",
 )

@@ -15,6 +15,7 @@ from service.deps import CallId, ResourcesDep, SessionDep
 from service.errors import CallAlreadyCompleted, CallNotFound, PayloadTooLarge
 from service.resources import ApiResources
 from service.schemas import (
+    INVALID_REQUEST,
     BatchAccepted,
     BatchIn,
     CompleteResponse,
@@ -28,9 +29,10 @@ PREFIX = "/v1/call"
 router = APIRouter(prefix=PREFIX, tags=["ingestion"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is not readable text; nothing stored."},
     409: {"model": ErrorBody, "description": "The call is already completed; nothing stored."},
     413: {"model": ErrorBody, "description": "A packet's data exceeds MAX_PACKET_DATA_BYTES."},
-    422: {"description": "Malformed call id or packet; nothing stored."},
+    **INVALID_REQUEST,
     503: {"model": ErrorBody, "description": "Redis unavailable; retry after Retry-After."},
 }
 
@@ -103,6 +105,7 @@ async def append_batch(res: ApiResources, call_id: str, batch: BatchIn) -> dict[
         200: {"model": CompleteResponse, "description": "Already completed: the current state."},
         404: {"model": ErrorBody, "description": "No packet was ever received for this call."},
         503: {"model": ErrorBody, "description": "Redis unavailable; retry after Retry-After."},
+        **INVALID_REQUEST,
     },
     summary="Signal the end of a call",
 )
