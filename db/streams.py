@@ -20,6 +20,7 @@ from db.keys import (
     call_keys,
 )
 from db.pipelining import ScriptPipeline
+from db.sequences import bits_set, missing_between
 
 
 def _load_lua(name: str) -> str:
@@ -28,19 +29,6 @@ def _load_lua(name: str) -> str:
 
 INGEST_LUA = _load_lua("ingest.lua")
 COMPLETE_LUA = _load_lua("complete.lua")
-# Extend or drop the lease only for its holder: a worker that lost it must not touch it.
-RENEW_LEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-DROP_LEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class Outcome(IntEnum):
@@ -124,8 +112,6 @@ class CallStreams:
         self._pipeline = ScriptPipeline(redis) if pipelined else None
         self._ingest = redis.register_script(INGEST_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
-        self._renew_lease = redis.register_script(RENEW_LEASE_LUA)
-        self._drop_lease = redis.register_script(DROP_LEASE_LUA)
 
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
         """Store packets in one round trip. Raises CallCompleted if the call is already done."""
@@ -219,7 +205,7 @@ class CallStreams:
             pipe.get(keys.seen)
             pipe.smembers(keys.seen_high)
             bitmap, high = await pipe.execute()
-        present = _bits_set(bitmap or b"", call.first_sequence, call.last_sequence)
+        present = bits_set(bitmap or b"", call.first_sequence, call.last_sequence)
         present += sorted(int(s) for s in high)
         return missing_between(present, call.first_sequence, call.last_sequence, cap)
 
@@ -249,61 +235,12 @@ class CallStreams:
             pipe.zrem(IDLE_INDEX, call_id)
             await pipe.execute()
 
-    async def take_lease(self, call_id: str, holder: str, ttl_s: float) -> None:
-        """The newest runner of a call's job takes the lease outright; older ones are fenced."""
-        await self.redis.set(call_keys(call_id).lease, holder, px=int(ttl_s * 1000))
-
-    async def renew_lease(self, call_id: str, holder: str, ttl_s: float) -> bool:
-        renewed = await self._renew_lease(
-            keys=[call_keys(call_id).lease], args=[holder, int(ttl_s * 1000)]
-        )
-        return bool(renewed)
-
-    async def drop_lease(self, call_id: str, holder: str) -> None:
-        """Hand the call back at once (graceful stop) instead of waiting for the lease to lapse."""
-        await self._drop_lease(keys=[call_keys(call_id).lease], args=[holder])
-
-    async def lease_alive(self, call_id: str) -> bool:
-        return bool(await self.redis.exists(call_keys(call_id).lease))
-
     async def forget_unflushed(self, call_id: str) -> None:
         await self.redis.zrem(UNFLUSHED_INDEX, call_id)
 
     async def mark_pending(self, call_id: str) -> None:
         """Put a call (back) under the reaper's watch, e.g. after a dead-letter replay."""
         await self.redis.zadd(PENDING_INDEX, {call_id: time.time()})
-
-
-def missing_between(present: Sequence[int], first: int, last: int, cap: int) -> list[int]:
-    """The sequences in [first, last] absent from the sorted `present`, at most `cap` of them."""
-    missing: list[int] = []
-    expected = first
-    for seq in present:
-        if seq < expected:
-            continue
-        while expected < seq and len(missing) < cap:
-            missing.append(expected)
-            expected += 1
-        if len(missing) >= cap:
-            return missing
-        expected = seq + 1
-    while expected <= last and len(missing) < cap:
-        missing.append(expected)
-        expected += 1
-    return missing
-
-
-def _bits_set(bitmap: bytes, first: int, last: int) -> list[int]:
-    last = min(last, len(bitmap) * 8 - 1)
-    present: list[int] = []
-    for byte_index in range(first // 8, last // 8 + 1):
-        byte = bitmap[byte_index]
-        if not byte:
-            continue
-        base = byte_index * 8
-        # Redis numbers bits from the most significant bit of each byte.
-        present.extend(base + bit for bit in range(8) if byte & (0x80 >> bit))
-    return [s for s in present if first <= s <= last]
 
 
 def _text(value: bytes | str) -> str:

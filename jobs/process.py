@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from db import calls
 from db.models import AiAttempt
+from db.sequences import missing_between
 from db.states import TERMINAL_STATES, CallState
-from db.streams import missing_between
 from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
 from jobs.breaker import CircuitBreaker
 from jobs.resources import WorkerResources
@@ -32,7 +32,7 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     """Bring one completed call to a terminal state; returns the state it ends in."""
     holder = f"{WORKER_ID}:{uuid.uuid4().hex[:8]}"
     ttl = res.settings.lease_ttl_s
-    await res.streams.take_lease(call_id, holder, ttl)
+    await res.leases.take(call_id, holder, ttl)
     try:
         async with _heartbeat(res, call_id, holder):
             await flush_call(res, call_id)
@@ -46,7 +46,7 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
         return "LEASE_LOST"
     except asyncio.CancelledError:
         # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start now.
-        await asyncio.shield(res.streams.drop_lease(call_id, holder))
+        await asyncio.shield(res.leases.drop(call_id, holder))
         raise
     await res.streams.release(
         call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
@@ -213,7 +213,7 @@ async def _heartbeat(res: WorkerResources, call_id: str, holder: str) -> AsyncIt
                 await asyncio.wait_for(stop.wait(), ttl / 3)
                 return
             try:
-                if not await res.streams.renew_lease(call_id, holder, ttl):
+                if not await res.leases.renew(call_id, holder, ttl):
                     log.warning("%s: lease taken over by another worker", call_id)
                     return
             except Exception as exc:  # Redis blips must not kill the job; the fence protects us

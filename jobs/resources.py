@@ -10,6 +10,7 @@ from redis.asyncio import ConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.engine import make_engine, make_sessionmaker
+from db.leases import Leases
 from db.streams import CallStreams
 from jobs.ai import AIClient, MockAI
 from settings import Settings
@@ -20,6 +21,7 @@ class WorkerResources:
     settings: Settings
     redis: ArqRedis
     streams: CallStreams
+    leases: Leases
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
@@ -60,6 +62,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         settings=settings,
         redis=redis,
         streams=CallStreams(redis),
+        leases=Leases(redis),
         engine=engine,
         sessions=make_sessionmaker(engine),
         ai=ai or make_ai_client(settings),

@@ -34,7 +34,7 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     grace = res.settings.lease_ttl_s
     recovered = []
     for call_id in await res.streams.pending_calls(completed_before=time.time() - grace):
-        if await res.streams.lease_alive(call_id):
+        if await res.leases.alive(call_id):
             continue
         if await _settled(res, call_id):
             continue

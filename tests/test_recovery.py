@@ -70,7 +70,7 @@ async def test_reaper_leaves_calls_with_a_live_lease_alone(
     res = quick_lease(worker_resources)
     await send(client, "busy", 0)
     await complete(client, "busy")
-    await res.streams.take_lease("busy", "someone", ttl_s=30)
+    await res.leases.take("busy", "someone", ttl_s=30)
     await asyncio.sleep(0.25)
 
     assert await recover_orphaned_calls(res) == []

@@ -1,6 +1,6 @@
 """Gap arithmetic, without Redis."""
 
-from db.streams import _bits_set, missing_between
+from db.sequences import bits_set, missing_between
 
 
 def test_missing_between_lists_the_holes_in_order():
@@ -18,6 +18,6 @@ def test_missing_between_counts_trailing_holes_and_ignores_duplicates():
 def test_bits_set_reads_redis_bit_order():
     bitmap = bytes([0b1010_0000, 0b0000_0001])  # bits 0, 2 and 15 set (MSB first)
 
-    assert _bits_set(bitmap, 0, 15) == [0, 2, 15]
-    assert _bits_set(bitmap, 1, 14) == [2]
-    assert _bits_set(bitmap, 0, 100) == [0, 2, 15]
+    assert bits_set(bitmap, 0, 15) == [0, 2, 15]
+    assert bits_set(bitmap, 1, 14) == [2]
+    assert bits_set(bitmap, 0, 100) == [0, 2, 15]

@@ -1,0 +1,46 @@
+"""The per-call lease: the worker running a call's job holds it and renews it; a lease that lapses
+tells the reaper the worker died. Only the holder may renew or drop it."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from db.keys import call_keys
+
+# Extend or drop the lease only for its holder: a worker that lost it must not touch it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Leases:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._renew = redis.register_script(_RENEW)
+        self._drop = redis.register_script(_DROP)
+
+    async def take(self, call_id: str, holder: str, ttl_s: float) -> None:
+        """The newest runner of a call's job takes the lease outright; older ones are fenced."""
+        await self.redis.set(call_keys(call_id).lease, holder, px=int(ttl_s * 1000))
+
+    async def renew(self, call_id: str, holder: str, ttl_s: float) -> bool:
+        renewed = await self._renew(
+            keys=[call_keys(call_id).lease], args=[holder, int(ttl_s * 1000)]
+        )
+        return bool(renewed)
+
+    async def drop(self, call_id: str, holder: str) -> None:
+        """Hand the call back at once (graceful stop) instead of waiting for the lease to lapse."""
+        await self._drop(keys=[call_keys(call_id).lease], args=[holder])
+
+    async def alive(self, call_id: str) -> bool:
+        return bool(await self.redis.exists(call_keys(call_id).lease))
