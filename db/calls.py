@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_, update
@@ -252,6 +252,21 @@ async def failed_attempts(session: AsyncSession, call_id: str, step: str, genera
         AiAttempt.outcome != "ok",
     )
     return int(await session.scalar(query) or 0)
+
+
+async def stalled_calls(session: AsyncSession, idle_for_s: float, limit: int = 500) -> list[str]:
+    """Calls in a worker state whose row has not changed for `idle_for_s`: candidates for the
+    reaper, which still checks the lease before it touches one."""
+    query = (
+        select(Call.call_id)
+        .where(
+            Call.state.in_([s.value for s in WORKER_STATES]),
+            Call.updated_at < func.now() - timedelta(seconds=idle_for_s),
+        )
+        .order_by(Call.updated_at)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
 
 
 async def replay_failed(session: AsyncSession, call_id: str) -> bool:

@@ -28,6 +28,10 @@ T = TypeVar("T")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
+class UnknownCall(LookupError):
+    """Neither Redis nor PostgreSQL knows the call (its data expired, or it never existed)."""
+
+
 async def process_call(res: WorkerResources, call_id: str) -> str:
     """Bring one completed call to a terminal state; returns the state it ends in."""
     holder = f"{WORKER_ID}:{uuid.uuid4().hex[:8]}"
@@ -44,6 +48,11 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     except LeaseLost:
         log.warning("%s: lost the call to another worker; leaving it to them", call_id)
         return "LEASE_LOST"
+    except UnknownCall:
+        # Nothing to process and nothing to lose: stop the reaper from trying again and again.
+        log.error("%s: neither Redis nor PostgreSQL knows this call; dropping its job", call_id)
+        await res.streams.release(call_id, 1, 1)
+        return "UNKNOWN"
     except asyncio.CancelledError:
         # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start now.
         await asyncio.shield(res.leases.drop(call_id, holder))
@@ -61,7 +70,7 @@ async def flush_call(res: WorkerResources, call_id: str) -> None:
             return  # flushed by an earlier run: the row and its packets commit together
     live = await res.streams.live_call(call_id)
     if live is None:
-        raise LookupError(f"{call_id}: neither Redis nor PostgreSQL knows this call")
+        raise UnknownCall(call_id)
     packets = sorted([p async for p in res.streams.packets(call_id)], key=lambda p: p.sequence)
     missing: list[int] = []
     if live.first_sequence is not None and live.last_sequence is not None:

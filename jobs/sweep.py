@@ -30,10 +30,15 @@ async def complete_idle_calls(res: WorkerResources) -> list[str]:
 
 async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     """Re-run every completed call that no live worker holds: its worker died, its job was lost
-    between the completion and the enqueue, or it ran out of arq tries during an outage."""
+    between the completion and the enqueue, or it ran out of arq tries during an outage.
+    Candidates come from Redis (completed, not yet final) and from PostgreSQL (flushed calls in
+    a worker state), so a call is found even if Redis lost its index entry."""
     grace = res.settings.lease_ttl_s
+    pending = await res.streams.pending_calls(completed_before=time.time() - grace)
+    async with res.sessions() as session:
+        stalled = await calls.stalled_calls(session, idle_for_s=grace)
     recovered = []
-    for call_id in await res.streams.pending_calls(completed_before=time.time() - grace):
+    for call_id in dict.fromkeys([*pending, *stalled]):
         if await res.leases.alive(call_id):
             continue
         if await _settled(res, call_id):

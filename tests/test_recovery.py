@@ -17,6 +17,7 @@ from db import calls
 from db.keys import PENDING_INDEX, call_keys
 from db.states import CallState
 from devstack.servers import free_port
+from jobs.ai import TransientAIError
 from jobs.process import flush_call, process_call
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
@@ -183,3 +184,32 @@ async def test_the_job_retries_later_while_postgres_is_down(
     finally:
         await down.close()
     assert await worker_resources.redis.exists(call_keys("waiting").packets)
+
+
+async def test_reaper_finds_a_flushed_call_that_redis_forgot(
+    client: AsyncClient, run_worker, worker_resources: WorkerResources, ai
+):
+    res = quick_lease(worker_resources)
+    ai.fail("transcription", *[TransientAIError("down")] * 5)
+    await send(client, "forgotten", 0)
+    await complete(client, "forgotten")
+    await run_worker(res)
+    assert (await client.post("/v1/calls/forgotten/retry")).status_code == 202
+    # Redis loses the replay's queue entry and its pending mark (say, a crash before fsync).
+    await res.redis.delete("arq:queue", "arq:job:forgotten")
+    await res.redis.zrem(PENDING_INDEX, "forgotten")
+
+    await asyncio.sleep(0.3)  # past the grace (the lease TTL): the row looks stalled
+    assert await recover_orphaned_calls(res) == ["forgotten"]
+    await run_worker(res)
+
+    assert (await client.get("/v1/calls/forgotten")).json()["state"] == "ARCHIVED"
+
+
+async def test_a_job_for_a_call_nobody_knows_is_dropped_not_retried_forever(
+    worker_resources: WorkerResources,
+):
+    await worker_resources.redis.zadd(PENDING_INDEX, {"ghost": time.time() - 60})
+
+    assert await process_call(worker_resources, "ghost") == "UNKNOWN"
+    assert await worker_resources.redis.zscore(PENDING_INDEX, "ghost") is None
