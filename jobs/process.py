@@ -43,7 +43,8 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
             async with res.sessions() as session, session.begin():
                 claim = await calls.claim(session, call_id)
             if claim is None:
-                return await _already_settled(res, call_id)
+                settled = await release_if_settled(res, call_id)
+                return settled.value if settled else "UNKNOWN"
             state = await _run_ai(res, claim)
     except LeaseLost:
         log.warning("%s: lost the call to another worker; leaving it to them", call_id)
@@ -88,11 +89,15 @@ async def flush_call(res: WorkerResources, call_id: str) -> None:
     await res.streams.forget_unflushed(call_id)
 
 
-async def _already_settled(res: WorkerResources, call_id: str) -> str:
+async def release_if_settled(res: WorkerResources, call_id: str) -> CallState | None:
+    """The call's state in PostgreSQL (None if it has no row). A call that reached a terminal
+    state gets its Redis keys released, in case its worker died between commit and release."""
     async with res.sessions() as session:
         call = await calls.get_call(session, call_id)
-    state = call.state if call else "UNKNOWN"
-    if call is not None and CallState(call.state) in TERMINAL_STATES:
+    if call is None:
+        return None
+    state = CallState(call.state)
+    if state in TERMINAL_STATES:
         await res.streams.release(
             call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
         )

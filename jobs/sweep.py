@@ -8,7 +8,8 @@ import time
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from db import calls
-from db.states import TERMINAL_STATES, CallState
+from db.states import TERMINAL_STATES
+from jobs.process import release_if_settled
 from jobs.queue import enqueue_process_call
 from jobs.resources import WorkerResources
 
@@ -41,25 +42,13 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     for call_id in dict.fromkeys([*pending, *stalled]):
         if await res.leases.alive(call_id):
             continue
-        if await _settled(res, call_id):
+        if await release_if_settled(res, call_id) in TERMINAL_STATES:
             continue
         if await _rerun(res, call_id):
             recovered.append(call_id)
     if recovered:
         log.warning("reaper re-ran %d orphaned calls: %s", len(recovered), recovered[:10])
     return recovered
-
-
-async def _settled(res: WorkerResources, call_id: str) -> bool:
-    """A call that reached a terminal state but whose worker died before releasing Redis."""
-    async with res.sessions() as session:
-        call = await calls.get_call(session, call_id)
-    if call is None or CallState(call.state) not in TERMINAL_STATES:
-        return False
-    await res.streams.release(
-        call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
-    )
-    return True
 
 
 async def _rerun(res: WorkerResources, call_id: str) -> bool:
