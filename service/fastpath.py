@@ -41,6 +41,11 @@ class IngestFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
+    def __getattr__(self, name: str) -> Any:
+        # Whoever holds `service.app:app` still sees the FastAPI app behind it (openapi(),
+        # routes, dependency_overrides, state...).
+        return getattr(self.app, name)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = _ingest_target(scope)
         if target is None:

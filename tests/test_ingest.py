@@ -371,3 +371,10 @@ async def test_extreme_sequences_and_any_text_are_stored_exactly(client: AsyncCl
     status = (await client.get("/v1/calls/edge")).json()
     assert (status["last_sequence"], status["missing_count"]) == (top, top - 1)
     assert len(status["missing_sequences"]) == 1000
+
+
+def test_the_served_app_still_shows_the_fastapi_app_behind_the_fast_path():
+    from service.app import app
+
+    assert "/v1/call/stream/{call_id}" in app.openapi()["paths"]
+    assert app.dependency_overrides == {}
