@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
 
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
@@ -48,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def create_asgi(settings: Settings | None = None) -> ASGIApp:
+def create_asgi(settings: Settings | None = None) -> FastAPI | IngestFastPath:
     """What uvicorn serves: the FastAPI app behind the ingestion fast path (INGEST_FAST_PATH).
     The fast path sits outside FastAPI's middleware stack on purpose: that stack alone costs
     about a third of a packet's time (BENCHMARKS.md)."""
