@@ -254,6 +254,11 @@ async def failed_attempts(session: AsyncSession, call_id: str, step: str, genera
     return int(await session.scalar(query) or 0)
 
 
+async def count_by_state(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(Call.state, func.count()).group_by(Call.state))
+    return {str(state): int(n) for state, n in rows}
+
+
 async def stalled_calls(session: AsyncSession, idle_for_s: float, limit: int = 500) -> list[str]:
     """Calls in a worker state whose row has not changed for `idle_for_s`: candidates for the
     reaper, which still checks the lease before it touches one."""

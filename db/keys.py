@@ -8,6 +8,10 @@ IDLE_INDEX = "callstream:idle"  # IN_PROGRESS calls, scored by their last packet
 UNFLUSHED_INDEX = "callstream:unflushed"  # calls not yet in PostgreSQL, scored by creation time
 PENDING_INDEX = "callstream:pending"  # completed calls not yet ARCHIVED/FAILED, by completion time
 
+# The AI circuit breaker shared by all workers: a hash (failures, open_until) and its probe lock.
+AI_BREAKER = "callstream:ai_breaker"
+AI_BREAKER_PROBE = "callstream:ai_breaker:probe"
+
 # Sequences below this are deduplicated in a bitmap (1 MiB at most); larger ones in a set.
 BITMAP_SEQUENCE_LIMIT = 1 << 23
 

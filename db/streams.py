@@ -13,6 +13,7 @@ import orjson
 from redis.asyncio import Redis
 
 from db.keys import (
+    AI_BREAKER,
     BITMAP_SEQUENCE_LIMIT,
     IDLE_INDEX,
     PENDING_INDEX,
@@ -234,6 +235,27 @@ class CallStreams:
             pipe.zrem(UNFLUSHED_INDEX, call_id)
             pipe.zrem(IDLE_INDEX, call_id)
             await pipe.execute()
+
+    async def overview(self, queue_name: str) -> dict[str, Any]:
+        """Counts for the system status, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(IDLE_INDEX)
+            pipe.zcard(UNFLUSHED_INDEX)
+            pipe.zcard(PENDING_INDEX)
+            pipe.zcard(queue_name)
+            pipe.zrange(PENDING_INDEX, 0, 0, withscores=True)
+            pipe.hgetall(AI_BREAKER)
+            live, unflushed, pending, queued, oldest, breaker = await pipe.execute()
+        open_until = breaker.get(b"open_until")
+        return {
+            "live": live,
+            "unflushed": unflushed,
+            "pending": pending,
+            "queued_jobs": queued,
+            "oldest_pending_at": oldest[0][1] if oldest else None,
+            "ai_breaker_failures": int(breaker.get(b"failures", 0)),
+            "ai_breaker_open_until": float(open_until) if open_until else None,
+        }
 
     async def forget_unflushed(self, call_id: str) -> None:
         await self.redis.zrem(UNFLUSHED_INDEX, call_id)

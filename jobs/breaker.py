@@ -14,10 +14,11 @@ import time
 
 from redis.asyncio import Redis
 
+from db.keys import AI_BREAKER, AI_BREAKER_PROBE
+
 log = logging.getLogger(__name__)
 
-BREAKER_KEY = "callstream:ai_breaker"
-PROBE_KEY = "callstream:ai_breaker:probe"
+BREAKER_KEY, PROBE_KEY = AI_BREAKER, AI_BREAKER_PROBE
 
 # KEYS: breaker hash, probe lock. ARGV: now, threshold, cool-down. Returns the failure count.
 _RECORD_FAILURE = """

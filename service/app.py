@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
 from service.resources import ApiResources, open_resources
-from service.routes import calls, health, ingest, media_ws
+from service.routes import calls, health, ingest, media_ws, system
 from settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(calls.router)
     app.include_router(health.router)
     app.include_router(media_ws.router)
+    app.include_router(system.router)
     return app
 
 

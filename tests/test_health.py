@@ -69,6 +69,8 @@ async def test_openapi_documents_every_endpoint(client: AsyncClient):
         "/v1/calls/{call_id}/retry",
         "/healthz",
         "/readyz",
+        "/v1/system",
+        "/v1/calls/{call_id}/history",
     }
     assert expected <= set(paths)
     ingest = paths["/v1/call/stream/{call_id}"]["post"]["responses"]
