@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -28,6 +28,12 @@ class Result:
     elapsed_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+
+    def record(self, status: int, latency_s: float, items: int) -> None:
+        self.latencies_s.append(latency_s)
+        self.statuses[status] += 1
+        self.requests += 1
+        self.items += items
 
     @property
     def rate(self) -> float:
@@ -202,21 +208,11 @@ async def closed_loop(
             sent = perf()
             status, _ = await conn.request(raw)
             done = perf()
-            result.latencies_s.append(done - sent)
-            result.statuses[status] += 1
-            result.requests += 1
-            result.items += items
+            result.record(status, done - sent, items)
             if done > deadline:
                 return
 
-    t0 = perf()
-    try:
-        await asyncio.gather(*(drive(c) for c in conns))
-    finally:
-        result.elapsed_s = perf() - t0
-        for c in conns:
-            c.close()
-    return result
+    return await _drive_all(conns, drive, result, perf())
 
 
 async def open_loop(
@@ -240,15 +236,22 @@ async def open_loop(
                 await asyncio.sleep(wait)
             raw, items = requests[i]
             status, _ = await conn.request(raw)
-            result.latencies_s.append(perf() - due)
-            result.statuses[status] += 1
-            result.requests += 1
-            result.items += items
+            result.record(status, perf() - due, items)
 
+    return await _drive_all(conns, drive, result, t0)
+
+
+async def _drive_all(
+    conns: list[Connection],
+    drive: Callable[[Connection], Awaitable[None]],
+    result: Result,
+    t0: float,
+) -> Result:
+    """Run `drive` on every connection at once; the clock stops when the last one is done."""
     try:
         await asyncio.gather(*(drive(c) for c in conns))
     finally:
-        result.elapsed_s = perf() - t0
+        result.elapsed_s = time.perf_counter() - t0
         for c in conns:
             c.close()
     return result
