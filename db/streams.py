@@ -210,17 +210,25 @@ class CallStreams:
         present += sorted(int(s) for s in high)
         return missing_between(present, call.first_sequence, call.last_sequence, cap)
 
-    async def packets(self, call_id: str, page_size: int = 1000) -> AsyncIterator[StoredPacket]:
-        """Every stored packet of the call, in arrival order, page by page."""
+    async def packet_pages(
+        self, call_id: str, page_size: int = 1000
+    ) -> AsyncIterator[list[StoredPacket]]:
+        """Every stored packet of the call, in arrival order, a page at a time: memory stays
+        bounded however long the call was."""
         stream = call_keys(call_id).packets
         start = "-"
         while True:
             entries = await self.redis.xrange(stream, min=start, max="+", count=page_size)
-            for entry_id, fields in entries:
-                yield _stored_packet(entry_id, fields)
+            if entries:
+                yield [_stored_packet(entry_id, fields) for entry_id, fields in entries]
             if len(entries) < page_size:
                 return
             start = "(" + _text(entries[-1][0])
+
+    async def packets(self, call_id: str, page_size: int = 1000) -> AsyncIterator[StoredPacket]:
+        async for page in self.packet_pages(call_id, page_size):
+            for packet in page:
+                yield packet
 
     async def release(self, call_id: str, retention_s: int, marker_retention_s: int) -> None:
         """After PostgreSQL committed the final state: let the call's keys expire, drop indexes."""

@@ -17,7 +17,6 @@ from typing import TypeVar
 
 from db import calls
 from db.models import AiAttempt
-from db.sequences import missing_between
 from db.states import TERMINAL_STATES, CallState
 from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
 from jobs.breaker import CircuitBreaker
@@ -26,6 +25,7 @@ from jobs.resources import WorkerResources
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+FLUSH_PAGE = 2000  # packets read from Redis and inserted in one statement
 
 
 class UnknownCall(LookupError):
@@ -72,20 +72,13 @@ async def flush_call(res: WorkerResources, call_id: str) -> None:
     live = await res.streams.live_call(call_id)
     if live is None:
         raise UnknownCall(call_id)
-    packets = sorted([p async for p in res.streams.packets(call_id)], key=lambda p: p.sequence)
-    missing: list[int] = []
-    if live.first_sequence is not None and live.last_sequence is not None:
-        missing = missing_between(
-            [p.sequence for p in packets],
-            live.first_sequence,
-            live.last_sequence,
-            res.settings.missing_list_cap,
-        )
+    # The gaps come from the dedup bitmap, so the packets can stream through page by page.
+    missing = await res.streams.missing_sequences(live, res.settings.missing_list_cap)
     async with res.sessions() as session, session.begin():
         if await calls.insert_flushed_call(session, live, missing):
-            page = 2000
-            for start in range(0, len(packets), page):
-                await calls.insert_packets(session, call_id, packets[start : start + page])
+            async for page in res.streams.packet_pages(call_id, FLUSH_PAGE):
+                page.sort(key=lambda p: p.sequence)
+                await calls.insert_packets(session, call_id, page)
     await res.streams.forget_unflushed(call_id)
 
 

@@ -14,7 +14,7 @@ from db.keys import IDLE_INDEX, PENDING_INDEX, call_keys
 from jobs.ai import PermanentAIError, TransientAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources
-from tests.factories import rows, scalar, send, send_all
+from tests.factories import packet, rows, scalar, send, send_all
 from tests.fakes import ScriptedAI
 
 
@@ -231,3 +231,21 @@ async def test_the_status_of_a_call_stays_visible_while_it_is_processed(
     assert call["state"] == "ARCHIVED"
     assert call["created_at"] <= call["completed_at"] <= call["finished_at"]
     assert time.time() - started < 30
+
+
+async def test_a_long_call_is_flushed_page_by_page_with_every_packet_and_gap(
+    client: AsyncClient, run_worker, engine: AsyncEngine
+):
+    sequences = [s for s in range(4600) if s not in (1234, 4001)]
+    for start in range(0, len(sequences), 500):
+        chunk = [packet(s) for s in sequences[start : start + 500]]
+        response = await client.post("/v1/call/stream/long/batch", json={"packets": chunk})
+        assert response.status_code == 202
+    await complete(client, "long")
+
+    await run_worker()
+
+    call = await status(client, "long")
+    assert call["state"] == "ARCHIVED"
+    assert call["missing_sequences"] == [1234, 4001]
+    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='long'") == 4598
