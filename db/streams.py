@@ -199,16 +199,17 @@ class CallStreams:
         return page[:limit]
 
     async def missing_sequences(self, call: LiveCall, cap: int) -> list[int]:
-        if call.first_sequence is None or call.last_sequence is None or call.missing_count <= 0:
+        first, last = call.first_sequence, call.last_sequence
+        if cap <= 0 or call.missing_count <= 0 or first is None or last is None:
             return []
         keys = call_keys(call.call_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.seen)
             pipe.smembers(keys.seen_high)
             bitmap, high = await pipe.execute()
-        present = bits_set(bitmap or b"", call.first_sequence, call.last_sequence)
+        present = bits_set(bitmap or b"", first, last)
         present += sorted(int(s) for s in high)
-        return missing_between(present, call.first_sequence, call.last_sequence, cap)
+        return missing_between(present, first, last, cap)
 
     async def packet_pages(
         self, call_id: str, page_size: int = 1000
@@ -224,11 +225,6 @@ class CallStreams:
             if len(entries) < page_size:
                 return
             start = "(" + _text(entries[-1][0])
-
-    async def packets(self, call_id: str, page_size: int = 1000) -> AsyncIterator[StoredPacket]:
-        async for page in self.packet_pages(call_id, page_size):
-            for packet in page:
-                yield packet
 
     async def release(self, call_id: str, retention_s: int, marker_retention_s: int) -> None:
         """After PostgreSQL committed the final state: let the call's keys expire, drop indexes."""

@@ -18,7 +18,6 @@ from db.keys import AI_BREAKER, AI_BREAKER_PROBE
 
 log = logging.getLogger(__name__)
 
-BREAKER_KEY, PROBE_KEY = AI_BREAKER, AI_BREAKER_PROBE
 
 # KEYS: breaker hash, probe lock. ARGV: now, threshold, cool-down. Returns the failure count.
 _RECORD_FAILURE = """
@@ -43,7 +42,7 @@ class CircuitBreaker:
         self._record_failure = redis.register_script(_RECORD_FAILURE)
 
     async def open_until(self) -> float | None:
-        value = await self.redis.hget(BREAKER_KEY, "open_until")  # type: ignore[misc]
+        value = await self.redis.hget(AI_BREAKER, "open_until")  # type: ignore[misc]
         return float(value) if value is not None else None
 
     async def wait_until_callable(self, deadline: float) -> None:
@@ -55,7 +54,7 @@ class CircuitBreaker:
                 return
             if now >= open_until:
                 probe_ms = max(1, int(self.cooldown_s * 1000))
-                if await self.redis.set(PROBE_KEY, "1", nx=True, px=probe_ms):
+                if await self.redis.set(AI_BREAKER_PROBE, "1", nx=True, px=probe_ms):
                     return
             wait = max(open_until - now, 0.05)
             if time.monotonic() + wait > deadline:
@@ -63,12 +62,13 @@ class CircuitBreaker:
             await asyncio.sleep(min(wait, 1.0))
 
     async def record_success(self) -> None:
-        await self.redis.delete(BREAKER_KEY, PROBE_KEY)
+        await self.redis.delete(AI_BREAKER, AI_BREAKER_PROBE)
 
     async def record_failure(self) -> int:
         failures = int(
             await self._record_failure(
-                keys=[BREAKER_KEY, PROBE_KEY], args=[time.time(), self.threshold, self.cooldown_s]
+                keys=[AI_BREAKER, AI_BREAKER_PROBE],
+                args=[time.time(), self.threshold, self.cooldown_s],
             )
         )
         if failures >= self.threshold:

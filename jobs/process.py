@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -19,7 +20,6 @@ from db import calls
 from db.models import AiAttempt
 from db.states import TERMINAL_STATES, CallState
 from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
-from jobs.breaker import CircuitBreaker
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -102,37 +102,19 @@ async def _run_ai(res: WorkerResources, claim: calls.Claim) -> str:
     if claim.state is CallState.COMPLETED:
         await _fenced_move(res, claim, CallState.PROCESSING_AI, "worker picked the call up")
     policy = _policy(res)
-    deadline = time.monotonic() + policy.budget_s  # one budget for the call's AI work in this run
-    breaker = CircuitBreaker(
-        res.redis, res.settings.ai_breaker_threshold, res.settings.ai_breaker_cooldown_s
-    )
+    # One budget for the call's AI work in this run, shared by both steps.
+    step = functools.partial(_step, res, claim, policy, time.monotonic() + policy.budget_s)
     try:
         transcript = claim.transcript
         if transcript is None:
             async with res.sessions() as session:
                 chunks = await calls.packet_data_in_order(session, call_id)
-            transcript = await _step(
-                res,
-                claim,
-                "transcription",
-                lambda: res.ai.transcribe(call_id, chunks),
-                policy=policy,
-                deadline=deadline,
-                breaker=breaker,
-            )
+            transcript = await step("transcription", lambda: res.ai.transcribe(call_id, chunks))
             async with res.sessions() as session, session.begin():
                 if not await calls.store_transcript(session, call_id, epoch, transcript):
                     raise LeaseLost(call_id)
         text = transcript
-        sentiment = await _step(
-            res,
-            claim,
-            "sentiment",
-            lambda: res.ai.analyse_sentiment(call_id, text),
-            policy=policy,
-            deadline=deadline,
-            breaker=breaker,
-        )
+        sentiment = await step("sentiment", lambda: res.ai.analyse_sentiment(call_id, text))
     except StepExhausted as exc:
         await _fenced_move(
             res, claim, CallState.FAILED, str(exc), last_error=str(exc), finished_at=_now()
@@ -153,12 +135,10 @@ async def _run_ai(res: WorkerResources, claim: calls.Claim) -> str:
 async def _step(
     res: WorkerResources,
     claim: calls.Claim,
-    step: str,
-    request: Callable[[], Awaitable[T]],
-    *,
     policy: RetryPolicy,
     deadline: float,
-    breaker: CircuitBreaker,
+    step: str,
+    request: Callable[[], Awaitable[T]],
 ) -> T:
     async with res.sessions() as session:
         failed = await calls.failed_attempts(session, claim.call_id, step, claim.generation)
@@ -177,7 +157,9 @@ async def _step(
         async with res.sessions() as session, session.begin():
             return await calls.record_attempt(session, row, claim.epoch)
 
-    return await run_step(step, request, policy, record, failed, deadline=deadline, breaker=breaker)
+    return await run_step(
+        step, request, policy, record, failed, deadline=deadline, breaker=res.breaker
+    )
 
 
 async def _fenced_move(

@@ -13,6 +13,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.leases import Leases
 from db.streams import CallStreams
 from jobs.ai import AIClient, MockAI
+from jobs.breaker import CircuitBreaker
 from settings import Settings
 
 
@@ -22,6 +23,7 @@ class WorkerResources:
     redis: ArqRedis
     streams: CallStreams
     leases: Leases
+    breaker: CircuitBreaker
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
@@ -63,6 +65,9 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         redis=redis,
         streams=CallStreams(redis),
         leases=Leases(redis),
+        breaker=CircuitBreaker(
+            redis, settings.ai_breaker_threshold, settings.ai_breaker_cooldown_s
+        ),
         engine=engine,
         sessions=make_sessionmaker(engine),
         ai=ai or make_ai_client(settings),

@@ -57,9 +57,8 @@ async def test_an_open_breaker_delays_calls_without_spending_their_attempts(
 ):
     res = dataclasses.replace(
         worker_resources,
-        settings=settings.model_copy(
-            update={"ai_breaker_threshold": 2, "ai_breaker_cooldown_s": 0.4, "ai_max_attempts": 3}
-        ),
+        settings=settings.model_copy(update={"ai_max_attempts": 3}),
+        breaker=CircuitBreaker(worker_resources.redis, threshold=2, cooldown_s=0.4),
     )
     ai.fail("transcription", TransientAIError("503"), TransientAIError("503"))
     await send(client, "patient", 0)

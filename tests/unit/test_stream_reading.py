@@ -14,8 +14,10 @@ async def test_packets_are_read_page_by_page_in_arrival_order_without_gaps_or_re
     for seq in range(2500):
         await redis.xadd(stream, {"s": str(seq), "t": f"{seq / 50}", "d": f"data-{seq}"})
 
-    packets = [p async for p in CallStreams(redis).packets("c", page_size=1000)]
+    pages = [page async for page in CallStreams(redis).packet_pages("c", page_size=1000)]
+    packets = [p for page in pages for p in page]
 
+    assert [len(page) for page in pages] == [1000, 1000, 500]
     assert [p.sequence for p in packets] == list(range(2500))
     assert packets[42].data == "data-42"
     assert packets[42].timestamp == 42 / 50
@@ -26,5 +28,5 @@ async def test_packets_are_read_page_by_page_in_arrival_order_without_gaps_or_re
 async def test_an_empty_stream_yields_nothing():
     redis = fakeredis.FakeAsyncRedis()
 
-    assert [p async for p in CallStreams(redis).packets("nobody")] == []
+    assert [page async for page in CallStreams(redis).packet_pages("nobody")] == []
     await redis.aclose()
