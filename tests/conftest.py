@@ -97,8 +97,13 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture(autouse=True)
-async def clean_stores(redis: Redis, engine: AsyncEngine) -> None:
-    """Every test starts from empty stores (tests/unit overrides this: it needs no servers)."""
+async def clean_stores(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the shared servers starts from empty stores. Tests of pure logic
+    (and the chaos suite, which starts its own) ask for no server fixture, so none is started."""
+    if "server_urls" not in request.fixturenames:
+        return
+    redis: Redis = request.getfixturevalue("redis")
+    engine: AsyncEngine = request.getfixturevalue("engine")
     await redis.flushdb()
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE call, packet, ai_attempt, state_transition CASCADE"))
