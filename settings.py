@@ -17,6 +17,8 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
+    # INFO: warnings and one line per finished call; DEBUG adds every job, cron run and retry.
+    log_level: str = "INFO"
 
     # Ingestion
     max_packet_data_bytes: int = Field(64 * 1024, gt=0)

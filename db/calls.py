@@ -13,8 +13,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AiAttempt, Call, StateTransition
+from db.packets import StoredPacket
+from db.record import CallRecord, flushed_columns
 from db.states import WORKER_STATES, CallState, can_transition
-from db.streams import LiveCall, StoredPacket
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ _INSERT_PACKETS = text(
     ON CONFLICT (call_id, sequence) DO NOTHING
     """
 )
-
-
-def epoch_to_datetime(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,27 +60,14 @@ async def list_calls(
     return (await session.scalars(query)).all()
 
 
-async def insert_flushed_call(session: AsyncSession, live: LiveCall, missing: list[int]) -> bool:
+async def insert_flushed_call(session: AsyncSession, live: CallRecord) -> bool:
     """Create the call's row from what Redis knew; False if a previous run already did."""
-    completed_at = epoch_to_datetime(live.completed_at or live.last_packet_at)
-    created_at = epoch_to_datetime(live.created_at)
+    completed_at = live.completed_at or datetime.now(UTC)
+    values = {**flushed_columns(live), "state": CallState.COMPLETED.value}
+    values["completed_at"] = completed_at
     row = (
         insert(Call)
-        .values(
-            call_id=live.call_id,
-            state=CallState.COMPLETED.value,
-            packets_received=live.packets_received,
-            first_sequence=live.first_sequence,
-            last_sequence=live.last_sequence,
-            missing_sequences=missing,
-            missing_count=live.missing_count,
-            duplicate_packets=live.duplicate_packets,
-            out_of_order_packets=live.out_of_order_packets,
-            completion_reason=live.completion_reason,
-            start_metadata=live.metadata,
-            created_at=created_at,
-            completed_at=completed_at,
-        )
+        .values(**values)
         .on_conflict_do_nothing(index_elements=[Call.call_id])
         .returning(Call.call_id)
     )
@@ -95,7 +79,7 @@ async def insert_flushed_call(session: AsyncSession, live: LiveCall, missing: li
                 call_id=live.call_id,
                 from_state=None,
                 to_state=CallState.IN_PROGRESS.value,
-                at=created_at,
+                at=live.created_at,
                 reason="first packet",
             ),
             StateTransition(

@@ -6,27 +6,14 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from db.keys import call_keys
-
-# Extend or drop the lease only for its holder: a worker that lost it must not touch it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_DROP = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+from db.scripts import Script, register
 
 
 class Leases:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._renew = redis.register_script(_RENEW)
-        self._drop = redis.register_script(_DROP)
+        self._renew = register(redis, Script.LEASE_RENEW)
+        self._drop = register(redis, Script.LEASE_DROP)
 
     async def take(self, call_id: str, holder: str, ttl_s: float) -> None:
         """The newest runner of a call's job takes the lease outright; older ones are fenced."""

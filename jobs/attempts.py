@@ -148,7 +148,7 @@ class _Attempt(Generic[T]):
             raise TransientAIError(message) from None
         except AIError as exc:
             permanent = isinstance(exc, PermanentAIError)
-            log.info("%s attempt %d failed: %s", self.step, number, exc)
+            log.debug("%s attempt %d failed: %s", self.step, number, exc)
             if permanent:
                 await self._provider_answered()
             else:

@@ -52,15 +52,13 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     except UnknownCall:
         # Nothing to process and nothing to lose: stop the reaper from trying again and again.
         log.error("%s: neither Redis nor PostgreSQL knows this call; dropping its job", call_id)
-        await res.streams.release(call_id, 1, 1)
+        await res.flush.release(call_id, 1, 1)
         return "UNKNOWN"
     except asyncio.CancelledError:
         # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start now.
         await asyncio.shield(res.leases.drop(call_id, holder))
         raise
-    await res.streams.release(
-        call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
-    )
+    await _release(res, call_id)
     return state
 
 
@@ -69,17 +67,16 @@ async def flush_call(res: WorkerResources, call_id: str) -> None:
     async with res.sessions() as session:
         if await calls.get_call(session, call_id) is not None:
             return  # flushed by an earlier run: the row and its packets commit together
-    live = await res.streams.live_call(call_id)
+    # The gaps come from the dedup bitmap, so the packets can stream through page by page.
+    live = await res.live.get(call_id, res.settings.missing_list_cap)
     if live is None:
         raise UnknownCall(call_id)
-    # The gaps come from the dedup bitmap, so the packets can stream through page by page.
-    missing = await res.streams.missing_sequences(live, res.settings.missing_list_cap)
     async with res.sessions() as session, session.begin():
-        if await calls.insert_flushed_call(session, live, missing):
-            async for page in res.streams.packet_pages(call_id, FLUSH_PAGE):
+        if await calls.insert_flushed_call(session, live):
+            async for page in res.flush.packet_pages(call_id, FLUSH_PAGE):
                 page.sort(key=lambda p: p.sequence)
                 await calls.insert_packets(session, call_id, page)
-    await res.streams.forget_unflushed(call_id)
+    await res.flush.forget_unflushed(call_id)
 
 
 async def release_if_settled(res: WorkerResources, call_id: str) -> CallState | None:
@@ -91,10 +88,13 @@ async def release_if_settled(res: WorkerResources, call_id: str) -> CallState | 
         return None
     state = CallState(call.state)
     if state in TERMINAL_STATES:
-        await res.streams.release(
-            call_id, res.settings.key_retention_s, res.settings.completed_marker_retention_s
-        )
+        await _release(res, call_id)
     return state
+
+
+async def _release(res: WorkerResources, call_id: str) -> None:
+    s = res.settings
+    await res.flush.release(call_id, s.key_retention_s, s.completed_marker_retention_s)
 
 
 async def _run_ai(res: WorkerResources, claim: calls.Claim) -> str:

@@ -1,11 +1,53 @@
-"""The one door from the API to the worker: enqueue a call's processing, at most once at a time."""
+"""Every fact about arq that the rest of the code needs: the queue client, enqueueing a call's
+job, the queue's depth and the workers' heartbeat, and putting an orphaned job back in reach.
+The API reaches the worker only through this module, and nothing else reads arq's keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 from arq.connections import ArqRedis
+from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_key_prefix
+from redis.asyncio import ConnectionPool
 
 PROCESS_CALL = "process_call"
+
+
+def queue_client(pool: ConnectionPool) -> ArqRedis:
+    """arq's client over a pool the caller owns (and closes)."""
+    return ArqRedis(connection_pool=pool)
 
 
 async def enqueue_process_call(queue: ArqRedis, call_id: str) -> bool:
     """Queue the call's job; the job id is the call id, so a second enqueue is a no-op.
     Returns False when the job was already queued or running."""
     return await queue.enqueue_job(PROCESS_CALL, call_id, _job_id=call_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    queued_jobs: int  # waiting in the queue, deferred retries included
+    worker_heartbeat: str | None  # the last health line a worker wrote; None if none runs
+
+
+async def queue_status(queue: ArqRedis) -> QueueStatus:
+    name = queue.default_queue_name
+    async with queue.pipeline(transaction=False) as pipe:
+        pipe.zcard(name)
+        pipe.get(name + health_check_key_suffix)
+        queued, heartbeat = await pipe.execute()
+    return QueueStatus(int(queued), heartbeat.decode() if heartbeat else None)
+
+
+async def requeue_orphan(queue: ArqRedis, call_id: str) -> bool:
+    """Make a call whose worker died runnable again. True if it was orphaned and now is
+    runnable; False if its job was merely waiting in the queue (a backlog, or a retry deferred
+    during an outage)."""
+    if await queue.exists(job_key_prefix + call_id):
+        # A job whose worker died keeps arq's in-progress marker until arq's own timeout;
+        # removing it lets any worker pick the still-queued job up on its next poll.
+        released = await queue.delete(in_progress_key_prefix + call_id)
+        if await queue.zscore(queue.default_queue_name, call_id) is not None:
+            return bool(released)
+        await queue.delete(job_key_prefix + call_id)  # arq gave up on it: start afresh
+    return await enqueue_process_call(queue, call_id)

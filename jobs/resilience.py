@@ -15,13 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from arq.worker import Worker
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from db.outages import REDIS_OUTAGE
 
 log = logging.getLogger(__name__)
 
-REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 POLL_RETRY_S = 0.5
+# A raw socket error escaping arq's poll is an outage here too.
+_POLL_OUTAGE: tuple[type[Exception], ...] = (*REDIS_OUTAGE, OSError)
 
 _Poll = Callable[[Worker], Awaitable[None]]
 
@@ -30,7 +31,7 @@ def survive_redis_outages(poll: _Poll) -> _Poll:
     async def poll_through_outages(worker: Worker) -> None:
         try:
             await poll(worker)
-        except REDIS_OUTAGE as exc:
+        except _POLL_OUTAGE as exc:
             log.warning("Redis unavailable while polling (%r); polling again shortly", exc)
             await asyncio.sleep(POLL_RETRY_S)
 

@@ -6,22 +6,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
-from redis.asyncio import ConnectionPool
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core.ingestion import Ingestion, make_ingestion
 from db.engine import make_engine, make_sessionmaker
+from db.flush import FlushSource
 from db.leases import Leases
-from db.streams import CallStreams
+from db.live import LiveCalls
+from db.redis_client import make_redis_pool
 from jobs.ai import AIClient, MockAI
 from jobs.breaker import CircuitBreaker
+from jobs.queue import queue_client
 from settings import Settings
 
 
 @dataclass(frozen=True)
 class WorkerResources:
     settings: Settings
-    redis: ArqRedis
-    streams: CallStreams
+    redis: Redis  # the call keys
+    queue: ArqRedis  # arq's queue (the same pool today)
+    ingestion: Ingestion  # completes idle calls, as the API completes the others
+    live: LiveCalls
+    flush: FlushSource
     leases: Leases
     breaker: CircuitBreaker
     engine: AsyncEngine
@@ -30,18 +37,7 @@ class WorkerResources:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        await self.redis.aclose()
-
-
-def make_redis(settings: Settings, max_connections: int) -> ArqRedis:
-    pool = ConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        socket_timeout=settings.redis_timeout_s * 5,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
-    )
-    return ArqRedis(pool)
+        await self.redis.connection_pool.aclose()
 
 
 def make_ai_client(settings: Settings) -> AIClient:
@@ -59,11 +55,22 @@ def make_ai_client(settings: Settings) -> AIClient:
 
 def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerResources:
     engine = make_engine(settings.database_url, pool_size=min(settings.worker_max_jobs, 20))
-    redis = make_redis(settings, max_connections=settings.worker_max_jobs * 2 + 10)
+    # Longer reads than the API's: a worker may wait, a PBX's request may not.
+    pool = make_redis_pool(
+        settings.redis_url,
+        max_connections=settings.worker_max_jobs * 2 + 10,
+        connect_timeout_s=settings.redis_timeout_s,
+        read_timeout_s=settings.redis_timeout_s * 5,
+    )
+    redis = Redis(connection_pool=pool)
+    queue = queue_client(pool)
     return WorkerResources(
         settings=settings,
         redis=redis,
-        streams=CallStreams(redis),
+        queue=queue,
+        ingestion=make_ingestion(redis, queue, settings, pipelined=False),
+        live=LiveCalls(redis),
+        flush=FlushSource(redis),
         leases=Leases(redis),
         breaker=CircuitBreaker(
             redis, settings.ai_breaker_threshold, settings.ai_breaker_cooldown_s

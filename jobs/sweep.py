@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
-
 from db import calls
+from db.intake import Completion
 from db.states import TERMINAL_STATES
 from jobs.process import release_if_settled
-from jobs.queue import enqueue_process_call
+from jobs.queue import requeue_orphan
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -20,9 +19,8 @@ async def complete_idle_calls(res: WorkerResources) -> list[str]:
     """Complete every call with no packet for CALL_IDLE_TIMEOUT_S, through the exactly-once path."""
     cutoff = time.time() - res.settings.call_idle_timeout_s
     completed = []
-    for call_id in await res.streams.idle_calls(cutoff):
-        if await res.streams.complete(call_id, "idle", idle_cutoff=cutoff) == "completed":
-            await enqueue_process_call(res.redis, call_id)
+    for call_id in await res.live.idle(cutoff):
+        if await res.ingestion.complete(call_id, "idle", cutoff) is Completion.COMPLETED:
             completed.append(call_id)
     if completed:
         log.info("idle sweep completed %d calls", len(completed))
@@ -35,7 +33,7 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     Candidates come from Redis (completed, not yet final) and from PostgreSQL (flushed calls in
     a worker state), so a call is found even if Redis lost its index entry."""
     grace = res.settings.lease_ttl_s
-    pending = await res.streams.pending_calls(completed_before=time.time() - grace)
+    pending = await res.live.pending(completed_before=time.time() - grace)
     async with res.sessions() as session:
         stalled = await calls.stalled_calls(session, idle_for_s=grace)
     recovered = []
@@ -44,21 +42,8 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
             continue
         if await release_if_settled(res, call_id) in TERMINAL_STATES:
             continue
-        if await _rerun(res, call_id):
+        if await requeue_orphan(res.queue, call_id):
             recovered.append(call_id)
     if recovered:
         log.warning("reaper re-ran %d orphaned calls: %s", len(recovered), recovered[:10])
     return recovered
-
-
-async def _rerun(res: WorkerResources, call_id: str) -> bool:
-    """True if the call was orphaned and is now runnable again; False if its job was merely
-    waiting in the queue (a backlog, or a retry deferred during an outage)."""
-    if await res.redis.exists(job_key_prefix + call_id):
-        # A job whose worker died keeps arq's in-progress marker until arq's own timeout;
-        # removing it lets any worker pick the still-queued job up on its next poll.
-        released = await res.redis.delete(in_progress_key_prefix + call_id)
-        if await res.redis.zscore(res.redis.default_queue_name, call_id) is not None:
-            return bool(released)
-        await res.redis.delete(job_key_prefix + call_id)  # arq gave up on it: start afresh
-    return await enqueue_process_call(res.redis, call_id)

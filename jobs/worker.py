@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any, ClassVar
 
-import asyncpg
 from arq import Retry, cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from core.logs import configure_logging
+from db.outages import is_outage
 from jobs import resilience
 from jobs.process import process_call
 from jobs.queue import PROCESS_CALL
@@ -25,19 +23,6 @@ from settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# A dependency that is down or unreachable: wait and retry the job, never fail the call for it.
-OUTAGE_ERRORS = (
-    OSError,
-    OperationalError,
-    PoolTimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CannotConnectNowError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
-
 
 def outage_backoff_s(job_try: int, cap_s: float) -> float:
     return float(min(cap_s, 0.5 * 2 ** min(job_try, 10)) * random.uniform(0.5, 1.0))
@@ -45,14 +30,16 @@ def outage_backoff_s(job_try: int, cap_s: float) -> float:
 
 async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
     res = resources(ctx)
+    started = time.monotonic()
     try:
-        return await process_call(res, call_id)
-    except OUTAGE_ERRORS as exc:
-        raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
+        state = await process_call(res, call_id)
+    except Exception as exc:
+        # A dependency that is down: wait and retry the job, never fail the call for it.
+        if is_outage(exc):
             raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
         raise
+    log.info("call %s: %s after %.1fs", call_id, state, time.monotonic() - started)
+    return state
 
 
 def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception) -> Retry:
@@ -70,9 +57,10 @@ async def reap_orphaned_calls(ctx: dict[str, Any]) -> int:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    configure_logging(settings.log_level)
     logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
-    ctx["resources"] = make_resources(get_settings())
+    ctx["resources"] = make_resources(settings)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -3,11 +3,11 @@
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.ingestion import CALL_ID_PATTERN, CALL_ID_RULE, Ingestion, require_json
 from service.resources import ApiResources
-from service.schemas import CALL_ID_PATTERN
 
 
 async def get_resources(request: Request) -> ApiResources:
@@ -19,6 +19,13 @@ async def get_resources(request: Request) -> ApiResources:
 ResourcesDep = Annotated[ApiResources, Depends(get_resources)]
 
 
+async def get_ingestion(res: ResourcesDep) -> Ingestion:
+    return res.ingestion
+
+
+IngestionDep = Annotated[Ingestion, Depends(get_ingestion)]
+
+
 async def get_session(res: ResourcesDep) -> AsyncIterator[AsyncSession]:
     async with res.sessions() as session:
         yield session
@@ -26,11 +33,15 @@ async def get_session(res: ResourcesDep) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
+
+async def json_body(
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """Refuse a body declared as something other than JSON (415) before reading it."""
+    require_json(content_type)
+
+
 CallId = Annotated[
     str,
-    Path(
-        pattern=CALL_ID_PATTERN,
-        description="1-128 characters of A-Z a-z 0-9 . _ : -",
-        examples=["call-42"],
-    ),
+    Path(pattern=CALL_ID_PATTERN, description=CALL_ID_RULE, examples=["call-42"]),
 ]

@@ -4,36 +4,30 @@ A PBX sends a packet per call every 20-60 ms, so `POST /v1/call/stream/{call_id}
 traffic. FastAPI's per-request machinery (its middleware stack, request objects, dependency
 resolution, a JSON pass then a validation pass) costs more than the Redis round trip itself.
 This layer answers single packets and batches directly: the body is validated from bytes in one
-pass (pydantic-core), the packets go to Redis in one script call, the answer is serialised once.
+pass (pydantic-core) and handed to core/ingestion.py, exactly as the FastAPI route does.
 
-It answers exactly as the FastAPI route does (same models, same helpers, same status codes; the
-tests run both). Anything unusual (a body that fails validation, an unknown content type, a path
-that is not a single packet) is handed to FastAPI untouched, with the body replayed, so error
-answers and /docs have one source: service/routes/ingest.py.
+Anything unusual (a body that fails validation, a body that is not declared as JSON, a path that
+is not a packet or a batch of a valid call id) is handed to FastAPI untouched, with the body
+replayed, so error answers and /docs have one source: service/routes/ingest.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.answers import packet_answer
-from service.errors import INTERNAL_ERROR, CallstreamError, redis_unavailable_body
+from core.errors import INTERNAL_ERROR, REDIS_DOWN, CallstreamError, error_body
+from core.ingestion import Ingestion, is_call_id, is_json
+from db.outages import REDIS_OUTAGE
 from service.resources import ApiResources
-from service.routes.ingest import PREFIX, append_batch, append_packets
-from service.schemas import CALL_ID_PATTERN, BatchIn, PacketIn
+from service.routes.ingest import BATCH_SUFFIX, STREAM_PATH
+from service.schemas import BatchIn, PacketIn
 
 log = logging.getLogger(__name__)
-_CALL_ID = re.compile(CALL_ID_PATTERN)
-_STREAM_PREFIX = f"{PREFIX}/stream/"
-_BATCH_SUFFIX = "/batch"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -66,27 +60,26 @@ class IngestFastPath:
             return
         res: ApiResources = scope["state"]["resources"]
         try:
-            status, answer = await _ingest(res, call_id, request)
+            status, answer = await _ingest(res.ingestion, call_id, request)
         except CallstreamError as exc:
-            await _answer(send, exc.status_code, _error_json(exc.code, exc.detail))
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+            await _answer(send, exc.status_code, error_body(exc.code, exc.detail))
+        except REDIS_OUTAGE as exc:
             log.warning("Redis unavailable during ingestion of %s: %r", call_id, exc)
-            await _answer(send, 503, redis_unavailable_body(), retry_after=b"1")
+            await _answer(send, 503, error_body("redis_unavailable", REDIS_DOWN), b"1")
         except Exception:
             # Outside FastAPI's error middleware: answer as its handler would, never a traceback.
             log.exception("unhandled error ingesting packets of %s", call_id)
-            await _answer(send, 500, _error_json("internal_error", INTERNAL_ERROR))
+            await _answer(send, 500, error_body("internal_error", INTERNAL_ERROR))
         else:
-            await _answer(send, status, answer)
+            await _answer(send, status, orjson.dumps(answer))
 
 
 async def _ingest(
-    res: ApiResources, call_id: str, request: PacketIn | BatchIn
-) -> tuple[int, bytes]:
+    ingestion: Ingestion, call_id: str, request: PacketIn | BatchIn
+) -> tuple[int, dict[str, Any]]:
     if isinstance(request, BatchIn):
-        return 202, orjson.dumps(await append_batch(res, call_id, request))
-    (result,) = await append_packets(res, call_id, [request])
-    return (200 if result.duplicate else 202), orjson.dumps(packet_answer(call_id, result))
+        return 202, await ingestion.batch(call_id, request.packets)
+    return await ingestion.packet(call_id, request)
 
 
 def _ingest_target(scope: Scope) -> tuple[str, bool] | None:
@@ -94,19 +87,18 @@ def _ingest_target(scope: Scope) -> tuple[str, bool] | None:
     if scope["type"] != "http" or scope["method"] != "POST" or "state" not in scope:
         return None
     path: str = scope["path"]
-    if not path.startswith(_STREAM_PREFIX):
+    if not path.startswith(STREAM_PATH):
         return None
-    call_id = path[len(_STREAM_PREFIX) :]
-    is_batch = call_id.endswith(_BATCH_SUFFIX)
+    call_id = path[len(STREAM_PATH) :]
+    is_batch = call_id.endswith(BATCH_SUFFIX)
     if is_batch:
-        call_id = call_id[: -len(_BATCH_SUFFIX)]
-    if not _CALL_ID.match(call_id):
+        call_id = call_id[: -len(BATCH_SUFFIX)]
+    if not is_call_id(call_id):
         return None
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            is_json = value.split(b";")[0].strip() == b"application/json"
-            return (call_id, is_batch) if is_json else None
-    return None
+    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+    if content_type is None or content_type == b"application/json":  # the common cases, first
+        return call_id, is_batch
+    return (call_id, is_batch) if is_json(content_type.decode("latin-1")) else None
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -131,10 +123,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-def _error_json(code: str, detail: str) -> bytes:
-    return orjson.dumps({"detail": detail, "code": code})
 
 
 async def _answer(send: Send, status: int, body: bytes, retry_after: bytes | None = None) -> None:

@@ -5,42 +5,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
-from redis.asyncio import ConnectionPool
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core.ingestion import Ingestion, make_ingestion
+from db.breaker_state import BreakerState
 from db.engine import make_engine, make_sessionmaker
-from db.streams import CallStreams
+from db.live import LiveCalls
+from db.redis_client import make_redis_pool
+from jobs.queue import queue_client
 from settings import Settings
 
 
 @dataclass(frozen=True)
 class ApiResources:
     settings: Settings
-    redis: ArqRedis  # one pool serves both the call keys and the arq queue
-    streams: CallStreams
+    redis: Redis  # the call keys
+    queue: ArqRedis  # arq's queue (the same pool today)
+    ingestion: Ingestion
+    live: LiveCalls
+    breaker: BreakerState
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
 
     async def close(self) -> None:
         await self.engine.dispose()
-        await self.redis.aclose()
+        await self.redis.connection_pool.aclose()
 
 
 def open_resources(settings: Settings) -> ApiResources:
-    # Short timeouts: when Redis is gone, ingestion must answer 503 within a second, never hang.
-    pool = ConnectionPool.from_url(
+    # The timeout bounds a 503 answer when Redis is gone: a second, never a hang.
+    pool = make_redis_pool(
         settings.redis_url,
         max_connections=settings.redis_pool_size,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
+        connect_timeout_s=settings.redis_timeout_s,
+        read_timeout_s=settings.redis_timeout_s,
     )
-    redis = ArqRedis(pool)
+    redis = Redis(connection_pool=pool)
+    queue = queue_client(pool)
     engine = make_engine(settings.database_url, pool_size=10, connect_timeout_s=2.0)
     return ApiResources(
         settings=settings,
         redis=redis,
-        streams=CallStreams(redis, pipelined=settings.redis_pipelining),
+        queue=queue,
+        ingestion=make_ingestion(redis, queue, settings, pipelined=settings.redis_pipelining),
+        live=LiveCalls(redis),
+        breaker=BreakerState(redis),
         engine=engine,
         sessions=make_sessionmaker(engine),
     )

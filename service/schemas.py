@@ -7,8 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
-CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+from core.ingestion import MAX_SEQUENCE
+from db.record import CallRecord, Sentiment
+
+# The call record is defined once (db/record.py); the API answers it as it is.
+CallStatus = CallRecord
+SentimentOut = Sentiment
 
 
 def _integral(value: object) -> object:
@@ -81,36 +85,6 @@ class BatchAccepted(BaseModel):
 class CompleteResponse(BaseModel):
     call_id: str
     state: str
-
-
-class SentimentOut(BaseModel):
-    label: str = Field(description="positive | neutral | negative")
-    score: float = Field(description="Polarity in [-1, 1].")
-
-
-class CallStatus(BaseModel):
-    call_id: str
-    state: str = Field(description="IN_PROGRESS, COMPLETED, PROCESSING_AI, ARCHIVED or FAILED.")
-    packets_received: int = Field(description="Unique packets stored.")
-    first_sequence: int | None
-    last_sequence: int | None = Field(description="Highest sequence received.")
-    missing_sequences: list[int] = Field(
-        description="Sequences absent between the first and the last (capped by MISSING_LIST_CAP)."
-    )
-    missing_count: int
-    duplicate_packets: int
-    out_of_order_packets: int
-    ai_attempts: int = Field(description="AI requests made for this call, failed ones included.")
-    last_error: str | None = Field(description="Last AI error; the failure reason when FAILED.")
-    transcript: str | None
-    sentiment: SentimentOut | None
-    completion_reason: str | None = Field(description="explicit or idle.")
-    metadata: dict[str, Any] | None = Field(
-        None, description="What a media stream's `start` message said of the call, else null."
-    )
-    created_at: datetime
-    completed_at: datetime | None
-    finished_at: datetime | None
 
 
 class CallPage(BaseModel):

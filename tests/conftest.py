@@ -96,17 +96,20 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture(autouse=True)
-async def clean_stores(request: pytest.FixtureRequest) -> None:
-    """Every test that uses the shared servers starts from empty stores. Tests of pure logic
-    (and the chaos suite, which starts its own) ask for no server fixture, so none is started."""
-    if "server_urls" not in request.fixturenames:
-        return
-    redis: Redis = request.getfixturevalue("redis")
-    engine: AsyncEngine = request.getfixturevalue("engine")
+@pytest.fixture
+async def empty_stores(redis: Redis, engine: AsyncEngine) -> None:
     await redis.flushdb()
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE call, packet, ai_attempt, state_transition CASCADE"))
+
+
+@pytest.fixture(autouse=True)
+def clean_stores(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the shared servers starts from empty stores. Tests of pure logic
+    (and the chaos suite, which starts its own) ask for no server fixture, so none is started.
+    Sync on purpose: an async fixture cannot resolve other async fixtures by name."""
+    if "server_urls" in request.fixturenames:
+        request.getfixturevalue("empty_stores")
 
 
 @pytest.fixture

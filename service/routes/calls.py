@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from core.errors import CallNotFailed, CallNotFound
 from db import calls
 from db.states import CallState
-from jobs.queue import enqueue_process_call
 from service.deps import CallId, ResourcesDep, SessionDep
-from service.errors import CallNotFailed, CallNotFound
 from service.schemas import (
     INVALID_REQUEST,
     AttemptOut,
@@ -33,7 +32,7 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
     summary="Status of one call",
 )
 async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CallStatus:
-    found = await call_status(session, res.streams, call_id, res.settings.missing_list_cap)
+    found = await call_status(session, res.live, call_id, res.settings.missing_list_cap)
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
     return found
@@ -75,9 +74,7 @@ async def get_calls(
         Query(pattern=r"^[A-Za-z0-9_-]+$", description="`next_cursor` of the previous page."),
     ] = None,
 ) -> CallPage:
-    return await list_calls(
-        session, res.streams, state, cursor, limit, res.settings.missing_list_cap
-    )
+    return await list_calls(session, res.live, state, cursor, limit, res.settings.missing_list_cap)
 
 
 @router.post(
@@ -100,6 +97,5 @@ async def retry_call(call_id: CallId, res: ResourcesDep, session: SessionDep) ->
         if current is None:
             raise CallNotFound(f"call {call_id} is unknown")
         raise CallNotFailed(f"call {call_id} is {current.state}; only FAILED calls can be retried")
-    await res.streams.mark_pending(call_id)
-    await enqueue_process_call(res.redis, call_id)
+    await res.ingestion.requeue(call_id)
     return CompleteResponse(call_id=call_id, state=CallState.COMPLETED.value)

@@ -4,8 +4,9 @@
 metadata), each `media` frame is one packet
 (sequence = sequenceNumber, timestamp = media.timestamp / 1000, data = the base64 payload as sent),
 `stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
-buffered and stored with one CallStreams.append (one Redis round trip) when 50 are waiting or no
-further frame is waiting, so the dedup, ordering and completed-call rules are the HTTP ones.
+buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or no
+further frame is waiting. Every rule (call id, sizes, dedup, ordering, completed calls, complete
+then enqueue) is core/ingestion.py's, the same as over HTTP.
 
 A bad frame gets `{"event": "error", "code", "message"}` and the socket is closed: 1003 for data
 that cannot be understood, 1008 for a policy violation (completed call, oversized payload, media
@@ -20,25 +21,23 @@ import binascii
 import contextlib
 import logging
 import math
-import re
 from base64 import b64decode
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from db.streams import CallCompleted, NewPacket
-from jobs.queue import enqueue_process_call
+from core.errors import CallNotFound, CallstreamError
+from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
+from db.intake import Completion
+from db.outages import REDIS_OUTAGE
+from db.packets import NewPacket
 from service.resources import ApiResources
-from service.schemas import CALL_ID_PATTERN, MAX_SEQUENCE
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ingestion"])
 
-MAX_METADATA_BYTES = 16 * 1024
 FLUSH_AT = 50  # packets buffered before one append, at most
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
@@ -47,7 +46,6 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 
-_CALL_ID = re.compile(CALL_ID_PATTERN)
 _IGNORED_EVENTS = frozenset({"connected", "mark", "dtmf"})
 _CLOSED = object()  # the reader's sentinel: the client went away
 
@@ -60,6 +58,11 @@ class Reject(Exception):
         self.code = code
         self.message = message
         self.close_code = close_code
+
+    @classmethod
+    def breaking(cls, error: CallstreamError) -> Reject:
+        """A rule of core/ingestion.py that the frame broke: a policy violation."""
+        return cls(error.code, error.detail, CLOSE_POLICY)
 
 
 def get_ws_resources(websocket: WebSocket) -> ApiResources:
@@ -84,26 +87,16 @@ def parse_frame(raw: str | bytes | None) -> dict[str, Any]:
 def call_id_of(frame: dict[str, Any]) -> str:
     start = frame.get("start")
     call_id = start.get("callSid") if isinstance(start, dict) else None
-    if not isinstance(call_id, str) or not _CALL_ID.match(call_id):
-        raise Reject(
-            "invalid_call_id",
-            "start.callSid must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-            CLOSE_POLICY,
-        )
+    if not is_call_id(call_id):
+        raise Reject("invalid_call_id", f"start.callSid must be {CALL_ID_RULE}", CLOSE_POLICY)
+    assert isinstance(call_id, str)
     return call_id
 
 
 def start_metadata(frame: dict[str, Any]) -> dict[str, Any]:
     """What the call is opened with: Twilio's start object (accountSid, streamSid, tracks,
     mediaFormat, customParameters...), kept with the call and shown in its status."""
-    metadata = {"streamSid": frame.get("streamSid"), **frame["start"]}
-    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise Reject(
-            "metadata_too_large",
-            f"the start message exceeds {MAX_METADATA_BYTES} bytes",
-            CLOSE_POLICY,
-        )
-    return metadata
+    return {"streamSid": frame.get("streamSid"), **frame["start"]}
 
 
 def _sequence(value: Any) -> int:
@@ -128,40 +121,38 @@ def _timestamp(value: Any) -> float:
     return millis / 1000.0
 
 
-def _payload(value: Any, limit: int) -> str:
-    if not isinstance(value, str):
-        raise Reject("invalid_payload", "media.payload must be a base64 string")
-    if len(value) > limit:  # base64 is ASCII: characters are bytes
-        raise Reject(
-            "payload_too_large",
-            f"media.payload is larger than {limit} bytes (MAX_PACKET_DATA_BYTES)",
-            CLOSE_POLICY,
-        )
+def _check_base64(payload: str) -> None:
     try:
-        b64decode(value, validate=True)
+        b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise Reject("invalid_payload", "media.payload is not valid base64") from None
-    return value
 
 
 def media_packet(frame: dict[str, Any], limit: int) -> NewPacket:
     media = frame.get("media")
     if not isinstance(media, dict):
         raise Reject("invalid_media", "a media frame needs a media object")
-    return NewPacket(
-        sequence=_sequence(frame.get("sequenceNumber")),
-        timestamp=_timestamp(media.get("timestamp")),
-        data=_payload(media.get("payload"), limit),
-    )
+    sequence = _sequence(frame.get("sequenceNumber"))
+    timestamp = _timestamp(media.get("timestamp"))
+    payload = media.get("payload")
+    if not isinstance(payload, str):
+        raise Reject("invalid_payload", "media.payload must be a base64 string")
+    packet = NewPacket(sequence, timestamp, payload)
+    try:
+        check_data_size(packet, limit)  # before decoding: an oversized payload is not worth it
+    except CallstreamError as error:
+        raise Reject.breaking(error) from None
+    _check_base64(payload)
+    return packet
 
 
 class MediaStream:
     """One socket's state: the call it carries and the packets not yet stored."""
 
-    def __init__(self, websocket: WebSocket, res: ApiResources) -> None:
+    def __init__(self, websocket: WebSocket, ingestion: Ingestion) -> None:
         self.websocket = websocket
-        self.res = res
-        self.limit = res.settings.max_packet_data_bytes
+        self.ingestion = ingestion
+        self.limit = ingestion.limits.max_packet_data_bytes
         self.call_id: str | None = None
         self.buffer: list[NewPacket] = []
 
@@ -170,13 +161,9 @@ class MediaStream:
             return
         packets, self.buffer = self.buffer, []
         try:
-            await self.res.streams.append(self.call_id, packets)
-        except CallCompleted:
-            raise Reject(
-                "call_completed",
-                f"call {self.call_id} is already completed; packets are no longer accepted",
-                CLOSE_POLICY,
-            ) from None
+            await self.ingestion.append(self.call_id, packets)
+        except CallstreamError as error:
+            raise Reject.breaking(error) from None
 
     async def handle(self, frame: dict[str, Any]) -> bool:
         """Take one frame; True when the stream is over (stop)."""
@@ -187,12 +174,7 @@ class MediaStream:
             self.buffer.append(media_packet(frame, self.limit))
             return False
         if event == "start":
-            if self.call_id is not None:
-                raise Reject("already_started", "the stream was already started", CLOSE_POLICY)
-            call_id, metadata = call_id_of(frame), start_metadata(frame)
-            ttl = self.res.settings.completed_marker_retention_s
-            await self.res.streams.open_call(call_id, metadata, ttl)
-            self.call_id = call_id
+            await self.start(frame)
             return False
         if event == "stop":
             await self.stop()
@@ -201,18 +183,24 @@ class MediaStream:
             return False
         raise Reject("unknown_event", f"unknown event {str(event)[:64]!r}")
 
+    async def start(self, frame: dict[str, Any]) -> None:
+        if self.call_id is not None:
+            raise Reject("already_started", "the stream was already started", CLOSE_POLICY)
+        call_id = call_id_of(frame)
+        try:
+            await self.ingestion.open_call(call_id, start_metadata(frame))
+        except CallstreamError as error:
+            raise Reject.breaking(error) from None
+        self.call_id = call_id
+
     async def stop(self) -> None:
         """Flush, then the same path as POST /v1/call/complete."""
         if self.call_id is None:
             raise Reject("not_started", "stop before start", CLOSE_POLICY)
         await self.flush()
-        outcome = await self.res.streams.complete(self.call_id, "explicit")
-        if outcome == "completed":
-            await enqueue_process_call(self.res.redis, self.call_id)
-        elif outcome == "unknown":
-            raise Reject(
-                "call_not_found", f"call {self.call_id} has never sent a packet", CLOSE_POLICY
-            )
+        if await self.ingestion.complete(self.call_id) is Completion.UNKNOWN:
+            error = CallNotFound(f"call {self.call_id} has never sent a packet")
+            raise Reject.breaking(error)
 
     async def run(self, frames: asyncio.Queue[object]) -> None:
         while True:
@@ -255,7 +243,7 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
 async def media_stream(websocket: WebSocket) -> None:
     """Twilio Media Streams: connected, start, media..., stop."""
     await websocket.accept()
-    stream = MediaStream(websocket, get_ws_resources(websocket))
+    stream = MediaStream(websocket, get_ws_resources(websocket).ingestion)
     frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
     reader = asyncio.create_task(_read(websocket, frames))
     try:
@@ -269,7 +257,7 @@ async def media_stream(websocket: WebSocket) -> None:
             except Reject as flush_failed:
                 error = flush_failed
             await stream.reject(error.code, error.message, error.close_code)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except REDIS_OUTAGE as exc:
         log.warning("Redis unavailable during media stream %s: %r", stream.call_id, exc)
         message = "Redis is unavailable; the packets of the last frames were not stored"
         await stream.reject("redis_unavailable", message, CLOSE_INTERNAL)

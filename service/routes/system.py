@@ -7,14 +7,14 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from arq.constants import health_check_key_suffix
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from db import calls
+from db.outages import POSTGRES_OUTAGE
 from db.states import CallState
+from jobs.queue import queue_status
 from service.deps import ResourcesDep, SessionDep
-from service.errors import POSTGRES_OUTAGE
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["calls"])
@@ -46,9 +46,9 @@ class SystemStatus(BaseModel):
 
 @router.get("/v1/system", response_model=SystemStatus, summary="The whole system at a glance")
 async def system_status(res: ResourcesDep, session: SessionDep) -> SystemStatus:
-    queue = res.redis.default_queue_name
-    overview = await res.streams.overview(queue)
-    heartbeat = await res.redis.get(queue + health_check_key_suffix)
+    indexes = await res.live.counts()
+    queue = await queue_status(res.queue)
+    breaker = await res.breaker.read()
     now = time.time()
     try:
         by_state = await calls.count_by_state(session)
@@ -56,25 +56,24 @@ async def system_status(res: ResourcesDep, session: SessionDep) -> SystemStatus:
     except POSTGRES_OUTAGE as exc:
         log.warning("system status without PostgreSQL: %r", exc)
         by_state, postgres_available = {}, False
-    completed_unflushed = max(overview["unflushed"] - overview["live"], 0)
+    completed_unflushed = max(indexes.unflushed - indexes.live, 0)
     counts = {state.value: by_state.get(state.value, 0) for state in CallState}
-    counts[CallState.IN_PROGRESS.value] = overview["live"]
+    counts[CallState.IN_PROGRESS.value] = indexes.live
     counts[CallState.COMPLETED.value] += completed_unflushed
-    open_until = overview["ai_breaker_open_until"]
-    oldest = overview["oldest_pending_at"]
+    open_until, oldest = breaker.open_until, indexes.oldest_pending_at
     return SystemStatus(
         calls_by_state=counts,
-        live_calls=overview["live"],
+        live_calls=indexes.live,
         awaiting_flush=completed_unflushed,
-        awaiting_worker=overview["pending"],
-        queued_jobs=overview["queued_jobs"],
+        awaiting_worker=indexes.pending,
+        queued_jobs=queue.queued_jobs,
         oldest_waiting_s=round(now - oldest, 3) if oldest else None,
         ai_breaker=BreakerStatus(
             state=_breaker_state(open_until, now),
-            consecutive_failures=overview["ai_breaker_failures"],
+            consecutive_failures=breaker.consecutive_failures,
             open_until=datetime.fromtimestamp(open_until, tz=UTC) if open_until else None,
         ),
-        worker_heartbeat=heartbeat.decode() if heartbeat else None,
+        worker_heartbeat=queue.worker_heartbeat,
         postgres_available=postgres_available,
     )
 

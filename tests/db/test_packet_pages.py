@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fakeredis
 
+from db.flush import FlushSource
 from db.keys import call_keys
-from db.streams import CallStreams
 
 
 async def test_packets_are_read_page_by_page_in_arrival_order_without_gaps_or_repeats():
@@ -14,7 +14,7 @@ async def test_packets_are_read_page_by_page_in_arrival_order_without_gaps_or_re
     for seq in range(2500):
         await redis.xadd(stream, {"s": str(seq), "t": f"{seq / 50}", "d": f"data-{seq}"})
 
-    pages = [page async for page in CallStreams(redis).packet_pages("c", page_size=1000)]
+    pages = [page async for page in FlushSource(redis).packet_pages("c", page_size=1000)]
     packets = [p for page in pages for p in page]
 
     assert [len(page) for page in pages] == [1000, 1000, 500]
@@ -28,5 +28,5 @@ async def test_packets_are_read_page_by_page_in_arrival_order_without_gaps_or_re
 async def test_an_empty_stream_yields_nothing():
     redis = fakeredis.FakeAsyncRedis()
 
-    assert [page async for page in CallStreams(redis).packet_pages("nobody")] == []
+    assert [page async for page in FlushSource(redis).packet_pages("nobody")] == []
     await redis.aclose()

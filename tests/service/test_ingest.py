@@ -229,7 +229,7 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_json_500_without_traceb
     async def broken(*_: object, **__: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("service.fastpath.append_packets", broken)
+    monkeypatch.setattr("db.intake.CallIntake.append", broken)
     app = create_asgi(settings)
     async with (
         LifespanManager(app) as manager,

@@ -1,0 +1,179 @@
+"""Ingestion, in one place: the rules a packet must meet, storing packets, the answers, and
+completing a call (then queueing its job). Every transport is a thin adapter over this module:
+the bare-ASGI fast path and the FastAPI routes (service/), the media WebSocket, and the worker's
+idle sweep; so every rule here holds for all of them, and a new transport is a new thin file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from core.errors import (
+    CallAlreadyCompleted,
+    MetadataTooLarge,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from db.intake import CallCompleted, CallIntake, Completion
+from db.packets import Outcome, PacketFields, PacketResult
+from jobs.queue import enqueue_process_call
+from settings import Settings
+
+MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
+CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
+MAX_METADATA_BYTES = 16 * 1024  # what a call may be opened with (a media stream's start)
+
+_CALL_ID = re.compile(CALL_ID_PATTERN.strip("^$"))
+_JSON_SUBTYPE = re.compile(r"(?:json|[^;/\s]+\+json)", re.IGNORECASE)
+
+
+def is_call_id(value: object) -> bool:
+    # fullmatch: with re.match, "$" would also match before a trailing newline.
+    return isinstance(value, str) and _CALL_ID.fullmatch(value) is not None
+
+
+def is_json(content_type: str | None) -> bool:
+    """A body is JSON when undeclared, `application/json` or `application/<anything>+json`."""
+    if content_type is None or not content_type.strip():
+        return True
+    media_type = content_type.split(";", 1)[0].strip()
+    main, _, sub = media_type.partition("/")
+    return main.lower() == "application" and _JSON_SUBTYPE.fullmatch(sub) is not None
+
+
+def require_json(content_type: str | None) -> None:
+    if not is_json(content_type):
+        raise UnsupportedMediaType(
+            f"the body must be JSON: send Content-Type: application/json (got {content_type!r})"
+        )
+
+
+def check_data_size(packet: PacketFields, limit: int) -> None:
+    """A packet's data is limited in UTF-8 bytes, whatever transport carried it."""
+    data = packet.data
+    # len(str) <= bytes <= 4 * len(str): encode only when the answer is not already known.
+    if len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit):
+        raise PayloadTooLarge(
+            f"packet {packet.sequence}: data is larger than {limit} bytes (MAX_PACKET_DATA_BYTES)"
+        )
+
+
+def check_batch_size(count: int, limit: int) -> None:
+    if count > limit:
+        raise PayloadTooLarge(f"a batch holds at most {limit} packets (MAX_BATCH_PACKETS)")
+
+
+def check_metadata_size(metadata: dict[str, Any]) -> None:
+    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise MetadataTooLarge(f"the start message exceeds {MAX_METADATA_BYTES} bytes")
+
+
+def _warning(kind: str, message: str, first: int | None = None, last: int | None = None) -> Any:
+    return {"type": kind, "message": message, "missing_from": first, "missing_to": last}
+
+
+def warnings_of(result: PacketResult) -> list[dict[str, Any]]:
+    seq = result.sequence
+    if result.outcome is Outcome.IN_ORDER:
+        return []
+    if result.outcome is Outcome.DUPLICATE:
+        return [_warning("duplicate", f"sequence {seq} was already received")]
+    if result.outcome is Outcome.OUT_OF_ORDER:
+        return [_warning("out_of_order", f"sequence {seq} arrived after a higher sequence")]
+    first, last = result.gap_from, seq - 1
+    return [_warning("gap", f"sequences {first}..{last} are missing so far", first, last)]
+
+
+def packet_answer(call_id: str, result: PacketResult) -> dict[str, Any]:
+    """The answer to one packet as a JSON-ready dict: the FastAPI route returns it through its
+    response model, the fast path serialises it directly; one builder, so both answer alike."""
+    return {
+        "call_id": call_id,
+        "sequence": result.sequence,
+        "duplicate": result.duplicate,
+        "warnings": warnings_of(result),
+    }
+
+
+def batch_answer(call_id: str, results: Sequence[PacketResult]) -> dict[str, Any]:
+    duplicates = sum(r.duplicate for r in results)
+    return {
+        "call_id": call_id,
+        "accepted": len(results) - duplicates,
+        "duplicates": duplicates,
+        "results": [packet_answer(call_id, r) for r in results],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_packet_data_bytes: int
+    max_batch_packets: int
+    metadata_ttl_s: int  # bounds the metadata of a call that never sends a packet
+
+
+@dataclass(frozen=True, slots=True)
+class Ingestion:
+    intake: CallIntake
+    queue: ArqRedis
+    limits: Limits
+
+    async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
+        """Store packets of one call in one Redis round trip, or refuse them all."""
+        for packet in packets:
+            check_data_size(packet, self.limits.max_packet_data_bytes)
+        try:
+            return await self.intake.append(call_id, packets)
+        except CallCompleted:
+            raise CallAlreadyCompleted(
+                f"call {call_id} is already completed; packets are no longer accepted"
+            ) from None
+
+    async def packet(self, call_id: str, packet: PacketFields) -> tuple[int, dict[str, Any]]:
+        """One packet: 202 when new, 200 for a duplicate, and the answer."""
+        (result,) = await self.append(call_id, [packet])
+        return (200 if result.duplicate else 202), packet_answer(call_id, result)
+
+    async def batch(self, call_id: str, packets: Sequence[PacketFields]) -> dict[str, Any]:
+        check_batch_size(len(packets), self.limits.max_batch_packets)
+        return batch_answer(call_id, await self.append(call_id, packets))
+
+    async def open_call(self, call_id: str, metadata: dict[str, Any]) -> None:
+        check_metadata_size(metadata)
+        await self.intake.open_call(call_id, metadata, self.limits.metadata_ttl_s)
+
+    async def complete(
+        self, call_id: str, reason: str = "explicit", idle_cutoff: float | None = None
+    ) -> Completion:
+        """Complete the call exactly once and queue its job; a completion whose enqueue fails
+        stays in the pending index, where the reaper finds it and enqueues it."""
+        outcome = await self.intake.complete(call_id, reason, idle_cutoff)
+        if outcome is Completion.COMPLETED:
+            await enqueue_process_call(self.queue, call_id)
+        return outcome
+
+    async def requeue(self, call_id: str) -> None:
+        """Queue a call's job again (a replayed dead letter), under the reaper's watch first so
+        that a failed enqueue is retried."""
+        await self.intake.mark_pending(call_id)
+        await enqueue_process_call(self.queue, call_id)
+
+
+def make_ingestion(
+    redis: Redis, queue: ArqRedis, settings: Settings, *, pipelined: bool
+) -> Ingestion:
+    """`pipelined`: let concurrent requests share Redis round trips (the API, not the sweep)."""
+    limits = Limits(
+        max_packet_data_bytes=settings.max_packet_data_bytes,
+        max_batch_packets=settings.max_batch_packets,
+        metadata_ttl_s=settings.completed_marker_retention_s,
+    )
+    return Ingestion(CallIntake(redis, pipelined=pipelined), queue, limits)

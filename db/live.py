@@ -1,0 +1,101 @@
+"""Reads of what Redis knows: a live call's record, its gaps, and the indexes that the status,
+the listing, the idle sweep and the reaper walk."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, call_keys
+from db.record import CallRecord, from_redis
+from db.sequences import bits_set, missing_between
+
+
+@dataclass(frozen=True, slots=True)
+class IndexCounts:
+    live: int  # IN_PROGRESS calls
+    unflushed: int  # calls not yet in PostgreSQL, live ones included
+    pending: int  # completed calls not yet ARCHIVED or FAILED
+    oldest_pending_at: float | None  # epoch seconds of the longest-waiting completion
+
+
+class LiveCalls:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def get(self, call_id: str, missing_cap: int) -> CallRecord | None:
+        (found,) = await self.get_many([call_id], missing_cap)
+        return found
+
+    async def get_many(self, call_ids: Sequence[str], missing_cap: int) -> list[CallRecord | None]:
+        """What Redis holds of each call, in order; None for a call it does not know."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                keys = call_keys(call_id)
+                pipe.hgetall(keys.meta)
+                pipe.get(keys.metadata)
+            raw = await pipe.execute()
+        found: list[CallRecord | None] = []
+        for call_id, meta, metadata in zip(call_ids, raw[::2], raw[1::2], strict=True):
+            if not meta:
+                found.append(None)
+                continue
+            record = from_redis(call_id, meta, metadata, [])
+            missing = await self.missing_sequences(record, missing_cap)
+            found.append(record.model_copy(update={"missing_sequences": missing}))
+        return found
+
+    async def missing_sequences(self, call: CallRecord, cap: int) -> list[int]:
+        """The gaps, read from the dedup bitmap (the stream itself need not be read)."""
+        first, last = call.first_sequence, call.last_sequence
+        if cap <= 0 or call.missing_count <= 0 or first is None or last is None:
+            return []
+        keys = call_keys(call.call_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.seen)
+            pipe.smembers(keys.seen_high)
+            bitmap, high = await pipe.execute()
+        present = bits_set(bitmap or b"", first, last)
+        present += sorted(int(s) for s in high)
+        return missing_between(present, first, last, cap)
+
+    async def idle(self, cutoff: float, limit: int = 1000) -> list[str]:
+        """IN_PROGRESS calls whose last packet came before `cutoff`."""
+        return _texts(await self.redis.zrangebyscore(IDLE_INDEX, "-inf", cutoff, 0, limit))
+
+    async def pending(self, completed_before: float, limit: int = 1000) -> list[str]:
+        """Completed calls not yet ARCHIVED/FAILED, completed before the given time."""
+        ids = await self.redis.zrangebyscore(PENDING_INDEX, "-inf", completed_before, 0, limit)
+        return _texts(ids)
+
+    async def unflushed_page(
+        self, before: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, float]]:
+        """Calls not yet in PostgreSQL, newest first, strictly after the keyset `before`."""
+        max_score: float | str = "+inf" if before is None else before[0]
+        raw = await self.redis.zrevrangebyscore(
+            UNFLUSHED_INDEX, max_score, "-inf", start=0, num=limit + 64, withscores=True
+        )
+        page = [(_text(member), float(score)) for member, score in raw]
+        if before is not None:
+            page = [(c, s) for c, s in page if (s, c) < (before[0], before[1])]
+        return page[:limit]
+
+    async def counts(self) -> IndexCounts:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(IDLE_INDEX)
+            pipe.zcard(UNFLUSHED_INDEX)
+            pipe.zcard(PENDING_INDEX)
+            pipe.zrange(PENDING_INDEX, 0, 0, withscores=True)
+            live, unflushed, pending, oldest = await pipe.execute()
+        return IndexCounts(live, unflushed, pending, oldest[0][1] if oldest else None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _texts(values: Sequence[bytes | str]) -> list[str]:
+    return [_text(v) for v in values]

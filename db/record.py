@@ -1,0 +1,148 @@
+"""The call record, defined once.
+
+`CallRecord` is what the system knows of a call, live or flushed, and what the API answers for it.
+Each field says where it is stored (`Stored`): its name in the call's Redis hash while the call is
+live, and its column in the `call` table once flushed. Reading from Redis, writing the flushed row,
+reading the row back and the API's fields all follow from this one list; tests hold the Lua
+scripts and the table to it, so a field added here and forgotten there fails the suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, Field
+
+from db.states import CallState
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    redis: str | None = None  # field of {call:ID}:meta written by the ingest/complete scripts
+    column: str | None = None  # column of the `call` table
+
+
+class Sentiment(BaseModel):
+    label: str = Field(description="positive | neutral | negative")
+    score: float = Field(description="Polarity in [-1, 1].")
+
+
+class CallRecord(BaseModel):
+    call_id: Annotated[str, Stored(column="call_id")]
+    state: Annotated[
+        CallState,
+        Field(description="IN_PROGRESS, COMPLETED, PROCESSING_AI, ARCHIVED or FAILED."),
+        Stored(redis="state", column="state"),
+    ]
+    packets_received: Annotated[
+        int, Field(description="Unique packets stored."), Stored("received", "packets_received")
+    ]
+    first_sequence: Annotated[int | None, Stored("min_seq", "first_sequence")]
+    last_sequence: Annotated[
+        int | None,
+        Field(description="Highest sequence received."),
+        Stored("max_seq", "last_sequence"),
+    ]
+    missing_sequences: Annotated[
+        list[int],
+        Field(
+            description="Sequences absent between the first and the last "
+            "(capped by MISSING_LIST_CAP)."
+        ),
+        Stored(column="missing_sequences"),
+    ]
+    missing_count: Annotated[int, Stored(column="missing_count")]
+    duplicate_packets: Annotated[int, Stored("duplicates", "duplicate_packets")]
+    out_of_order_packets: Annotated[int, Stored("out_of_order", "out_of_order_packets")]
+    ai_attempts: Annotated[
+        int,
+        Field(description="AI requests made for this call, failed ones included."),
+        Stored(column="ai_attempts"),
+    ] = 0
+    last_error: Annotated[
+        str | None,
+        Field(description="Last AI error; the failure reason when FAILED."),
+        Stored(column="last_error"),
+    ] = None
+    transcript: Annotated[str | None, Stored(column="transcript")] = None
+    # Two columns (sentiment_label, sentiment_score): see from_row / SENTIMENT_COLUMNS.
+    sentiment: Sentiment | None = None
+    completion_reason: Annotated[
+        str | None,
+        Field(description="explicit or idle."),
+        Stored("completion_reason", "completion_reason"),
+    ]
+    metadata: Annotated[
+        dict[str, Any] | None,
+        Field(description="What a media stream's `start` message said of the call, else null."),
+        Stored(column="start_metadata"),  # live: its own key, {call:ID}:metadata (JSON)
+    ] = None
+    created_at: Annotated[datetime, Stored("created_at", "created_at")]
+    completed_at: Annotated[datetime | None, Stored("completed_at", "completed_at")]
+    finished_at: Annotated[datetime | None, Stored(column="finished_at")] = None
+
+
+SENTIMENT_COLUMNS = ("sentiment_label", "sentiment_score")
+# Filled in by the worker after the flush; a live call has none of them.
+WORKER_FIELDS = frozenset({"ai_attempts", "last_error", "transcript", "sentiment", "finished_at"})
+# Hash fields the scripts keep for their own bookkeeping, not part of the record.
+INTERNAL_HASH_FIELDS = frozenset({"last_packet_at"})
+
+
+def _stored(name: str) -> Stored:
+    found = [m for m in CallRecord.model_fields[name].metadata if isinstance(m, Stored)]
+    return found[0] if found else Stored()
+
+
+STORAGE: dict[str, Stored] = {name: _stored(name) for name in CallRecord.model_fields}
+HASH_FIELDS: dict[str, str] = {n: s.redis for n, s in STORAGE.items() if s.redis is not None}
+COLUMNS: dict[str, str] = {n: s.column for n, s in STORAGE.items() if s.column is not None}
+
+# What a live call's hash lacks until the event that writes the field has happened.
+_LIVE_DEFAULTS: dict[str, Any] = {
+    "state": CallState.IN_PROGRESS,
+    "packets_received": 0,
+    "duplicate_packets": 0,
+    "out_of_order_packets": 0,
+    "first_sequence": None,
+    "last_sequence": None,
+    "completion_reason": None,
+    "created_at": 0,
+    "completed_at": None,
+}
+
+
+def from_redis(
+    call_id: str, meta: dict[bytes, bytes], metadata: bytes | None, missing: list[int]
+) -> CallRecord:
+    """A live call from its Redis hash (and its metadata key); `missing` comes from the bitmap."""
+    values: dict[str, Any] = {**_LIVE_DEFAULTS, "call_id": call_id}
+    for name, field in HASH_FIELDS.items():
+        raw = meta.get(field.encode())
+        if raw is not None:
+            values[name] = raw.decode()
+    first, last = values["first_sequence"], values["last_sequence"]
+    span = int(last) - int(first) + 1 if first is not None and last is not None else 0
+    values["missing_count"] = max(span - int(values["packets_received"]), 0)
+    values["missing_sequences"] = missing
+    values["metadata"] = orjson.loads(metadata) if metadata else None
+    return CallRecord.model_validate(values)
+
+
+def from_row(row: Any) -> CallRecord:
+    """A flushed call from its `call` row (any object with the columns as attributes)."""
+    values = {name: getattr(row, column) for name, column in COLUMNS.items()}
+    label, score = (getattr(row, column) for column in SENTIMENT_COLUMNS)
+    if label is not None and score is not None:
+        values["sentiment"] = Sentiment(label=label, score=score)
+    return CallRecord.model_validate(values)
+
+
+def flushed_columns(live: CallRecord) -> dict[str, Any]:
+    """The columns of the row a flush creates: everything Redis knew of the call."""
+    return {
+        column: getattr(live, name) for name, column in COLUMNS.items() if name not in WORKER_FIELDS
+    }
