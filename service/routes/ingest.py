@@ -26,7 +26,9 @@ from service.views import call_status
 PREFIX = "/v1/call"
 STREAM_PATH = f"{PREFIX}/stream/"
 BATCH_SUFFIX = "/batch"
-router = APIRouter(prefix=PREFIX, tags=["ingestion"])
+# An undeclared body is read as JSON, as on the fast path (core.ingestion.is_json); a body
+# declared as anything else is refused with 415 by `json_body`.
+router = APIRouter(prefix=PREFIX, tags=["ingestion"], strict_content_type=False)
 
 _REDIS_DOWN: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Redis unavailable; retry after Retry-After."}

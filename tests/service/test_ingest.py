@@ -128,6 +128,7 @@ async def test_packet_after_completion_is_refused_with_409(client: AsyncClient, 
     [
         ("bad id!", packet(0), "call_id"),
         ("x" * 129, packet(0), "call_id"),
+        ("call-1%0A", packet(0), "call_id"),  # a trailing newline: refused on every path
         ("call-1", {**packet(0), "sequence": -1}, "sequence"),
         ("call-1", {**packet(0), "sequence": "3"}, "sequence"),
         ("call-1", {**packet(0), "sequence": 1.5}, "sequence"),
@@ -146,6 +147,34 @@ async def test_bad_input_is_refused_with_422_and_nothing_stored(
     assert response.status_code == 422
     assert fragment in str(response.json()["detail"])
     assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/call/stream/call-1", "/v1/call/stream/call-1/batch"])
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+async def test_a_body_declared_as_something_other_than_json_is_refused_with_415(
+    client: AsyncClient, redis: Redis, path: str, content_type: str
+):
+    body = orjson.dumps({"packets": [packet(0)]} if path.endswith("batch") else packet(0))
+    response = await client.post(path, content=body, headers={"content-type": content_type})
+
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+    assert "application/json" in response.json()["detail"]
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json; charset=utf-8", "application/vnd.pbx+json"]
+)
+async def test_a_json_body_is_accepted_when_undeclared_or_declared_as_any_json_type(
+    client: AsyncClient, content_type: str | None
+):
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = await client.post(
+        "/v1/call/stream/call-1", content=orjson.dumps(packet(0)), headers=headers
+    )
+
+    assert response.status_code == 202
 
 
 async def test_data_with_a_lone_surrogate_is_refused_with_422(client: AsyncClient, redis: Redis):

@@ -220,8 +220,9 @@ async def test_media_before_start_is_a_policy_violation(base: str, redis: Redis)
     assert await redis.dbsize() == 0
 
 
-async def test_invalid_call_id_is_refused(base: str, redis: Redis):
-    frames, code = await stream(base, [start("bad id/with slash"), media(2)])
+@pytest.mark.parametrize("call_id", ["bad id/with slash", "CA1\n"])
+async def test_invalid_call_id_is_refused(base: str, redis: Redis, call_id: str):
+    frames, code = await stream(base, [start(call_id), media(2)])
 
     assert code == 1008
     assert [f["code"] for f in frames] == ["invalid_call_id"]
