@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
 
+from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
 from service.resources import ApiResources, open_resources
@@ -32,7 +32,9 @@ class State(TypedDict):
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        res = open_resources(settings or get_settings())
+        configured = settings or get_settings()
+        configure_logging(configured.log_level)
+        res = open_resources(configured)
         try:
             yield {"resources": res}
         finally:
@@ -56,5 +58,4 @@ def create_asgi(settings: Settings | None = None) -> FastAPI | IngestFastPath:
     return IngestFastPath(api) if (settings or get_settings()).ingest_fast_path else api
 
 
-logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # no per-packet access log lines
 app = create_asgi()
