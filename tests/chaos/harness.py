@@ -1,22 +1,20 @@
-"""Real processes for the chaos suite: PostgreSQL, Redis (AOF), the API and arq workers, each in
-a temp dir of its own, with what it takes to break them (kill, restart, stop) and to watch them.
+"""Real processes for the chaos suite: PostgreSQL, Redis (AOF), the API and arq workers in a temp
+dir, with what it takes to break them (kill, restart, stop) and to watch them.
 
-Every process is a child of the test process (dies with it) and `Stack.close()` stops them all.
+devstack's Stack starts them, as it does for `make run`: every process is a child of the test
+process (dies with it), and `running_stack()` stops them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from devstack.commands import api_command, migrate_command, worker_command
-from devstack.servers import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    die_with_parent,
-    free_port,
-    stop_process,
-    wait_for_port,
-)
-
-ROOT = Path(__file__).resolve().parents[2]
+import devstack.stack
+from devstack.processes import stop_process
+from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 
 
 @dataclass
@@ -53,6 +43,16 @@ class StackConfig:
         )
     )
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def base_env(self) -> dict[str, str]:
+        """Ours, less any AI_ / LEASE_ setting of the shell, plus what the API needs too."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_", "LEASE_"))}
+        env.update(
+            PYTHONUNBUFFERED="1",
+            CALL_IDLE_TIMEOUT_S=str(self.call_idle_timeout_s),
+            KEY_RETENTION_S=str(self.key_retention_s),
+        )
+        return env
 
     def worker_env(self) -> dict[str, str]:
         return {
@@ -84,18 +84,25 @@ class Worker:
 
 @dataclass
 class Stack:
-    """One Callstream deployment made of real processes. Use `running_stack()`."""
+    """One Callstream deployment made of real processes, run by devstack's Stack, with what it
+    takes to break them (kill, restart, stop) and to watch them. Use `running_stack()`."""
 
-    root: Path
+    processes: devstack.stack.Stack
     config: StackConfig
-    pg: EmbeddedPostgres
-    redis: EmbeddedRedis
-    api_port: int = field(default_factory=free_port)
-    api: subprocess.Popen[bytes] | None = None
+    api_port: int = 0
     workers: dict[str, Worker] = field(default_factory=dict)
     retired: list[Worker] = field(default_factory=list)
     crashed: list[tuple[str, int | None]] = field(default_factory=list)  # (name, exit code)
-    _serial: int = 0
+
+    @property
+    def pg(self) -> EmbeddedPostgres:
+        assert self.processes.pg is not None
+        return self.processes.pg
+
+    @property
+    def redis(self) -> EmbeddedRedis:
+        assert self.processes.redis is not None
+        return self.processes.redis
 
     @property
     def api_url(self) -> str:
@@ -109,52 +116,20 @@ class Stack:
     def redis_url(self) -> str:
         return self.redis.url
 
-    def base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_", "LEASE_"))}
-        env.update(
-            DATABASE_URL=self.pg.url,
-            REDIS_URL=self.redis.url,
-            PYTHONUNBUFFERED="1",
-            CALL_IDLE_TIMEOUT_S=str(self.config.call_idle_timeout_s),
-            KEY_RETENTION_S=str(self.config.key_retention_s),
-        )
-        return env
-
-    def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                args,
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-
     # --- start -----------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        subprocess.run(
-            migrate_command(),
-            env=self.base_env(),
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-
-    def start_api(self, timeout_s: float = 30) -> None:
-        args = api_command(self.api_port)
-        self.api = self._spawn(args, self.base_env(), self.root / "api.log")
-        wait_for_port(self.api_port, timeout_s, self.api)
+    def start_api(self) -> None:
+        api = self.processes.start_api()
+        assert api.port is not None
+        self.api_port = api.port
 
     def start_worker(self, **env: str) -> Worker:
-        self._serial += 1
-        name = f"worker{self._serial}"
-        log = self.root / f"{name}.log"
-        full_env = {**self.base_env(), **self.config.worker_env(), **env}
-        proc = self._spawn(worker_command(self.config.worker_settings), full_env, log)
-        worker = Worker(name, proc, log)
-        self.workers[name] = worker
+        started = self.processes.start_worker(
+            {**self.config.worker_env(), **env}, settings=self.config.worker_settings
+        )
+        assert started.log is not None  # the chaos stack logs to files
+        worker = Worker(started.name, started.proc, started.log)
+        self.workers[worker.name] = worker
         return worker
 
     def wait_worker_ready(self, worker: Worker, timeout_s: float = 30) -> None:
@@ -169,8 +144,7 @@ class Stack:
     # --- break -----------------------------------------------------------------------------
 
     def kill_worker(self, worker: Worker) -> None:
-        worker.proc.send_signal(signal.SIGKILL)
-        worker.proc.wait(10)
+        stop_process(worker.proc, signal.SIGKILL)
         self.retired.append(self.workers.pop(worker.name))
 
     def restart_redis(self, down_s: float = 0.0) -> None:
@@ -178,19 +152,18 @@ class Stack:
         self.redis.stop()
         if down_s:
             time.sleep(down_s)
-        self.redis = EmbeddedRedis(self.redis.data_dir, port=self.redis.port).start()
+        self.redis.start()
 
     def stop_redis(self) -> None:
         self.redis.stop()
 
     def start_redis(self) -> None:
-        self.redis = EmbeddedRedis(self.redis.data_dir, port=self.redis.port).start()
+        self.redis.start()
 
     def stop_postgres(self) -> None:
         self.pg.stop()
 
     def start_postgres(self) -> None:
-        self.pg = EmbeddedPostgres(self.pg.data_dir, port=self.pg.port, fast_and_unsafe=True)
         self.pg.start()
 
     def replace_crashed_workers(self) -> list[Worker]:
@@ -210,20 +183,6 @@ class Stack:
     def worker_logs(self) -> str:
         everything = [*self.retired, *self.workers.values()]
         return "\n".join(w.log.read_text(errors="replace") for w in everything if w.log.exists())
-
-    def close(self) -> None:
-        stoppers: list[Callable[[], None]] = []
-        if self.api is not None:
-            api = self.api
-            stoppers.append(lambda: stop_process(api, signal.SIGTERM, timeout_s=10))
-        for worker in list(self.workers.values()):
-            stoppers.append(partial(stop_process, worker.proc, signal.SIGTERM, timeout_s=10))
-        stoppers += [self.redis.stop, self.pg.stop]
-        for stop in stoppers:
-            try:
-                stop()
-            except Exception as exc:  # stop the rest whatever happens
-                print(f"chaos harness: error while stopping: {exc!r}")  # noqa: T201
 
 
 def _alive(proc: subprocess.Popen[bytes], name: str) -> None:
@@ -253,32 +212,26 @@ def wait_until(
 def running_stack(
     config: StackConfig, workers: int | None = None, keep_logs: Path | None = None
 ) -> Iterator[Stack]:
-    """PostgreSQL, Redis, migrations, the API and `workers` workers; everything stopped after.
-    With `keep_logs`, the processes' logs are copied there before the temp dir goes."""
-    with tempfile.TemporaryDirectory(prefix="callstream-chaos-") as tmp:
-        root = Path(tmp)
-        os.chmod(root, 0o755)  # PostgreSQL runs as another user when we are root
-        pg = EmbeddedPostgres(root / "pg", fast_and_unsafe=True)
-        redis = EmbeddedRedis(root / "redis")
-        stack = Stack(root=root, config=config, pg=pg, redis=redis)
-        try:
-            pg.start()
-            redis.start()
-            stack.migrate()
-            stack.start_api()
-            started = [
-                stack.start_worker() for _ in range(config.workers if workers is None else workers)
-            ]
-            for worker in started:
-                stack.wait_worker_ready(worker)
-            yield stack
-        finally:
-            stack.close()
-            if keep_logs is not None:
-                keep_logs.mkdir(parents=True, exist_ok=True)
-                for log in [*root.glob("*.log"), root / "redis" / "redis.log"]:
-                    if log.exists():
-                        shutil.copy(log, keep_logs / log.name)
+    """PostgreSQL, Redis, migrations, `workers` workers and the API in a temp dir; everything
+    stopped after. With `keep_logs`, the processes' logs are copied there before the temp dir
+    goes."""
+    processes = devstack.stack.Stack(
+        env=config.base_env(), fast_and_unsafe=True, temp_prefix="callstream-chaos-"
+    )
+    stack = Stack(processes, config)
+    try:
+        processes.start_postgres()
+        processes.start_redis()
+        processes.migrate()
+        started = [
+            stack.start_worker() for _ in range(config.workers if workers is None else workers)
+        ]
+        stack.start_api()
+        for worker in started:
+            stack.wait_worker_ready(worker)
+        yield stack
+    finally:
+        processes.close(keep_logs)
 
 
 async def poll_until(

@@ -28,7 +28,6 @@ def clean_stores() -> None:
 def start_stack(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"CALLSTREAM_DATA_DIR": str(tmp_path / "data"), "PORT": str(port)}
-    os.chmod(tmp_path, 0o755)
     return subprocess.Popen(
         [sys.executable, "-m", "devstack.run"],
         cwd=ROOT,
