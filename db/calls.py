@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AiAttempt, Call, StateTransition
-from db.packets import StoredPacket
-from db.record import CallRecord, flushed_columns
 from db.states import WORKER_STATES, CallState, can_transition
+from db.worker_writes import Claim
+
+# The AI steps, in order; attempt budgets are counted per step.
+AI_STEPS = ("transcription", "sentiment")
 
 log = logging.getLogger(__name__)
-
-# One statement per page of packets: arrays in, rows out, duplicates ignored (idempotent re-flush).
-_INSERT_PACKETS = text(
-    """
-    INSERT INTO packet (call_id, sequence, timestamp, data, received_at)
-    SELECT :call_id, s, t, d, to_timestamp(r)
-    FROM unnest(CAST(:seqs AS bigint[]), CAST(:stamps AS float8[]), CAST(:datas AS text[]),
-                CAST(:received AS float8[])) AS p(s, t, d, r)
-    ON CONFLICT (call_id, sequence) DO NOTHING
-    """
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A worker's hold on a call: every write it makes is fenced by `epoch`."""
-
-    call_id: str
-    epoch: int
-    state: CallState
-    generation: int
-    transcript: str | None
 
 
 async def get_call(session: AsyncSession, call_id: str) -> Call | None:
@@ -58,57 +36,6 @@ async def list_calls(
     if before is not None:
         query = query.where(tuple_(Call.created_at, Call.call_id) < tuple_(*before))
     return (await session.scalars(query)).all()
-
-
-async def insert_flushed_call(session: AsyncSession, live: CallRecord) -> bool:
-    """Create the call's row from what Redis knew; False if a previous run already did."""
-    completed_at = live.completed_at or datetime.now(UTC)
-    values = {**flushed_columns(live), "state": CallState.COMPLETED.value}
-    values["completed_at"] = completed_at
-    row = (
-        insert(Call)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[Call.call_id])
-        .returning(Call.call_id)
-    )
-    if (await session.execute(row)).scalar_one_or_none() is None:
-        return False
-    session.add_all(
-        [
-            StateTransition(
-                call_id=live.call_id,
-                from_state=None,
-                to_state=CallState.IN_PROGRESS.value,
-                at=live.created_at,
-                reason="first packet",
-            ),
-            StateTransition(
-                call_id=live.call_id,
-                from_state=CallState.IN_PROGRESS.value,
-                to_state=CallState.COMPLETED.value,
-                at=completed_at,
-                reason=f"completed ({live.completion_reason or 'explicit'})",
-            ),
-        ]
-    )
-    return True
-
-
-async def insert_packets(
-    session: AsyncSession, call_id: str, packets: Sequence[StoredPacket]
-) -> None:
-    if not packets:
-        return
-    await session.execute(
-        _INSERT_PACKETS,
-        {
-            "call_id": call_id,
-            "seqs": [p.sequence for p in packets],
-            "stamps": [p.timestamp for p in packets],
-            "datas": [p.data for p in packets],
-            "received": [p.received_at for p in packets],
-        },
-    )
 
 
 async def history(
@@ -174,8 +101,23 @@ async def transition(
     return True
 
 
+def _failed_attempts(step: str) -> Any:
+    return (
+        select(func.count())
+        .where(
+            AiAttempt.call_id == Call.call_id,
+            AiAttempt.step == step,
+            AiAttempt.generation == Call.generation,
+            AiAttempt.outcome != "ok",
+        )
+        .scalar_subquery()
+    )
+
+
 async def claim(session: AsyncSession, call_id: str) -> Claim | None:
-    """Take the call for this worker: bump the fencing epoch every later write must match."""
+    """Take a flushed call for this worker: bump the fencing epoch every later write must match.
+    Also returns what the run needs to resume: the transcript, and the failed attempts per step
+    in this generation (their budget is spent)."""
     row = (
         await session.execute(
             update(Call)
@@ -184,58 +126,21 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
                 Call.state.in_([s.value for s in WORKER_STATES]),
             )
             .values(lease_epoch=Call.lease_epoch + 1)
-            .returning(Call.lease_epoch, Call.state, Call.generation, Call.transcript)
+            .returning(
+                Call.lease_epoch,
+                Call.state,
+                Call.generation,
+                Call.transcript,
+                *(_failed_attempts(step).label(step) for step in AI_STEPS),
+            )
             .execution_options(synchronize_session=False)
         )
     ).one_or_none()
     if row is None:
         return None
-    return Claim(call_id, row.lease_epoch, CallState(row.state), row.generation, row.transcript)
-
-
-async def store_transcript(
-    session: AsyncSession, call_id: str, epoch: int, transcript: str
-) -> bool:
-    stored = await session.execute(
-        update(Call)
-        .where(
-            Call.call_id == call_id,
-            Call.lease_epoch == epoch,
-            Call.state == CallState.PROCESSING_AI.value,
-        )
-        .values(transcript=transcript)
-        .returning(Call.call_id)
-        .execution_options(synchronize_session=False)
-    )
-    return stored.scalar_one_or_none() is not None
-
-
-async def record_attempt(session: AsyncSession, attempt: AiAttempt, epoch: int) -> bool:
-    """Keep the attempt and bump the call's counter, unless another worker took the call."""
-    counted = await session.execute(
-        update(Call)
-        .where(Call.call_id == attempt.call_id, Call.lease_epoch == epoch)
-        .values(
-            ai_attempts=Call.ai_attempts + 1,
-            last_error=attempt.error if attempt.error else Call.last_error,
-        )
-        .returning(Call.call_id)
-        .execution_options(synchronize_session=False)
-    )
-    if counted.scalar_one_or_none() is None:
-        return False
-    session.add(attempt)
-    return True
-
-
-async def failed_attempts(session: AsyncSession, call_id: str, step: str, generation: int) -> int:
-    query = select(func.count()).where(
-        AiAttempt.call_id == call_id,
-        AiAttempt.step == step,
-        AiAttempt.generation == generation,
-        AiAttempt.outcome != "ok",
-    )
-    return int(await session.scalar(query) or 0)
+    failed = {step: int(getattr(row, step)) for step in AI_STEPS}
+    state = CallState(row.state)
+    return Claim(call_id, row.lease_epoch, state, row.generation, row.transcript, failed)
 
 
 async def count_by_state(session: AsyncSession) -> dict[str, int]:

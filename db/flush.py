@@ -3,7 +3,7 @@ has committed the call's final state, let its keys expire and take it off every 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from redis.asyncio import Redis
 
@@ -17,7 +17,7 @@ class FlushSource:
 
     async def packet_pages(
         self, call_id: str, page_size: int = 1000
-    ) -> AsyncIterator[list[StoredPacket]]:
+    ) -> AsyncGenerator[list[StoredPacket], None]:
         """Every stored packet of the call, in arrival order, a page at a time: memory stays
         bounded however long the call was."""
         stream = call_keys(call_id).packets

@@ -25,6 +25,18 @@ class Leases:
         )
         return bool(renewed)
 
+    async def renew_many(self, held: dict[str, str], ttl_s: float) -> dict[str, bool]:
+        """Renew every lease in `held` (holder -> call id) in one round trip; holder -> renewed."""
+        if not held:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for holder, call_id in held.items():
+                await self._renew(
+                    keys=[call_keys(call_id).lease], args=[holder, int(ttl_s * 1000)], client=pipe
+                )
+            results = await pipe.execute()
+        return {holder: bool(r) for holder, r in zip(held, results, strict=True)}
+
     async def drop(self, call_id: str, holder: str) -> None:
         """Hand the call back at once (graceful stop) instead of waiting for the lease to lapse."""
         await self._drop(keys=[call_keys(call_id).lease], args=[holder])

@@ -100,6 +100,8 @@ def _stored(name: str) -> Stored:
 STORAGE: dict[str, Stored] = {name: _stored(name) for name in CallRecord.model_fields}
 HASH_FIELDS: dict[str, str] = {n: s.redis for n, s in STORAGE.items() if s.redis is not None}
 COLUMNS: dict[str, str] = {n: s.column for n, s in STORAGE.items() if s.column is not None}
+# The columns a flush fills: everything Redis knows of a call.
+FLUSHED: dict[str, str] = {n: c for n, c in COLUMNS.items() if n not in WORKER_FIELDS}
 
 # What a live call's hash lacks until the event that writes the field has happened.
 _LIVE_DEFAULTS: dict[str, Any] = {

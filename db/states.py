@@ -29,3 +29,8 @@ def can_transition(source: CallState | None, target: CallState) -> bool:
     if source is None:
         return target is CallState.IN_PROGRESS
     return target in ALLOWED_TRANSITIONS[source]
+
+
+def sources_of(target: CallState) -> frozenset[CallState]:
+    """The states a call may move to `target` from: what a guarded UPDATE's WHERE allows."""
+    return frozenset(s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets)

@@ -1,51 +1,67 @@
 """process_call: flush a completed call to PostgreSQL, run transcription then sentiment, and end
 in ARCHIVED or FAILED. Idempotent: delivery is at least once, so every step checks where the call
-is, writes with upserts, and fences its writes with the epoch it claimed."""
+is, writes with upserts, and fences its writes with the epoch it claimed.
+
+A call whose AI answers first time costs two PostgreSQL statements: the flush (which also claims
+the call), and the final write (results, attempts, transition). Failed attempts are written as
+they happen, so a budget spent is spent even if the worker dies.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-from db import calls
-from db.models import AiAttempt
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import calls, worker_writes
+from db.packets import StoredPacket
+from db.record import CallRecord
 from db.states import TERMINAL_STATES, CallState
+from db.worker_writes import AttemptRow, Claim
 from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 FLUSH_PAGE = 2000  # packets read from Redis and inserted in one statement
+# The transcription takes the packets' data from the flush itself when a call is this small;
+# a longer call's data is read back from PostgreSQL, so a worker's memory stays bounded.
+KEEP_DATA_BYTES = 4 * 1024 * 1024
 
 
 class UnknownCall(LookupError):
     """Neither Redis nor PostgreSQL knows the call (its data expired, or it never existed)."""
 
 
+@dataclass
+class Held:
+    """A call this worker has flushed (or found flushed) and claimed."""
+
+    claim: Claim
+    chunks: list[str] | None = None  # the packets' data in sequence order, when kept
+
+
 async def process_call(res: WorkerResources, call_id: str) -> str:
     """Bring one completed call to a terminal state; returns the state it ends in."""
-    holder = f"{WORKER_ID}:{uuid.uuid4().hex[:8]}"
-    ttl = res.settings.lease_ttl_s
-    await res.leases.take(call_id, holder, ttl)
     try:
-        async with _heartbeat(res, call_id, holder):
-            await flush_call(res, call_id)
-            async with res.sessions() as session, session.begin():
-                claim = await calls.claim(session, call_id)
-            if claim is None:
-                settled = await release_if_settled(res, call_id)
-                return settled.value if settled else "UNKNOWN"
-            state = await _run_ai(res, claim)
+        async with res.lease_keeper.hold(call_id) as holder:
+            try:
+                held = await flush_call(res, call_id)
+                if held is None:
+                    settled = await release_if_settled(res, call_id)
+                    if settled is None:
+                        raise UnknownCall(call_id)
+                    return settled.value
+                state = await _run_ai(res, held)
+            except asyncio.CancelledError:
+                # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start.
+                await asyncio.shield(res.leases.drop(call_id, holder))
+                raise
     except LeaseLost:
         log.warning("%s: lost the call to another worker; leaving it to them", call_id)
         return "LEASE_LOST"
@@ -54,29 +70,62 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
         log.error("%s: neither Redis nor PostgreSQL knows this call; dropping its job", call_id)
         await res.flush.release(call_id, 1, 1)
         return "UNKNOWN"
-    except asyncio.CancelledError:
-        # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start now.
-        await asyncio.shield(res.leases.drop(call_id, holder))
-        raise
     await _release(res, call_id)
     return state
 
 
-async def flush_call(res: WorkerResources, call_id: str) -> None:
-    """Copy the call and its packets from Redis to PostgreSQL in one transaction, once."""
-    async with res.sessions() as session:
-        if await calls.get_call(session, call_id) is not None:
-            return  # flushed by an earlier run: the row and its packets commit together
-    # The gaps come from the dedup bitmap, so the packets can stream through page by page.
+async def flush_call(res: WorkerResources, call_id: str) -> Held | None:
+    """Copy the call and its packets from Redis to PostgreSQL and claim it, in one transaction;
+    or, if an earlier run flushed it, claim it there. None if it is not the worker's to take
+    (already ARCHIVED or FAILED, or unknown)."""
     live = await res.live.get(call_id, res.settings.missing_list_cap)
-    if live is None:
-        raise UnknownCall(call_id)
     async with res.sessions() as session, session.begin():
-        if await calls.insert_flushed_call(session, live):
-            async for page in res.flush.packet_pages(call_id, FLUSH_PAGE):
-                page.sort(key=lambda p: p.sequence)
-                await calls.insert_packets(session, call_id, page)
-    await res.flush.forget_unflushed(call_id)
+        held = await _flush_new(res, session, live) if live is not None else None
+        if held is None:
+            claim = await calls.claim(session, call_id)
+            if claim is None:
+                return None
+            if claim.state is CallState.COMPLETED:  # a replayed dead letter
+                moved = await calls.transition(
+                    session, call_id, CallState.PROCESSING_AI, "worker picked the call up",
+                    epoch=claim.epoch,
+                )  # fmt: skip
+                if not moved:
+                    raise LeaseLost(call_id)
+            held = Held(claim)
+    if live is not None:
+        await res.flush.forget_unflushed(call_id)
+    return held
+
+
+async def _flush_new(res: WorkerResources, session: AsyncSession, live: CallRecord) -> Held | None:
+    """The first flush of a call: its row (claimed), its packets page by page, its transitions.
+    None if the row exists already."""
+    pages = res.flush.packet_pages(live.call_id, FLUSH_PAGE)
+    first = sorted(await anext(pages, []), key=_by_sequence)
+    claim = await worker_writes.flush_new_call(session, live, first)
+    if claim is None:
+        await pages.aclose()
+        return None
+    kept: list[StoredPacket] | None = first
+    size = _data_size(first)
+    async for page in pages:
+        page.sort(key=_by_sequence)
+        await worker_writes.insert_more_packets(session, live.call_id, page)
+        size += _data_size(page)
+        kept = kept + page if kept is not None else None
+    if kept is None or size > KEEP_DATA_BYTES:
+        return Held(claim)
+    kept.sort(key=_by_sequence)
+    return Held(claim, [p.data for p in kept])
+
+
+def _data_size(packets: list[StoredPacket]) -> int:
+    return sum(len(p.data) for p in packets)
+
+
+def _by_sequence(packet: StoredPacket) -> int:
+    return packet.sequence
 
 
 async def release_if_settled(res: WorkerResources, call_id: str) -> CallState | None:
@@ -97,79 +146,84 @@ async def _release(res: WorkerResources, call_id: str) -> None:
     await res.flush.release(call_id, s.key_retention_s, s.completed_marker_retention_s)
 
 
-async def _run_ai(res: WorkerResources, claim: calls.Claim) -> str:
-    call_id, epoch = claim.call_id, claim.epoch
-    if claim.state is CallState.COMPLETED:
-        await _fenced_move(res, claim, CallState.PROCESSING_AI, "worker picked the call up")
+@dataclass
+class _Journal:
+    """What the run has to write: successful attempts wait for the next write; a failed one is
+    written at once (with the transcript, once known), so its budget stays spent."""
+
+    res: WorkerResources
+    claim: Claim
+    attempts: list[AttemptRow] = field(default_factory=list)
+    transcript: str | None = None  # known but not yet stored
+
+    async def record(self, attempt: AttemptRecord) -> bool:
+        self.attempts.append(
+            AttemptRow(
+                attempt.step,
+                attempt.attempt,
+                attempt.outcome,
+                attempt.error,
+                attempt.started_at,
+                attempt.duration_ms,
+            )
+        )
+        if attempt.outcome == "ok":
+            return True
+        async with self.res.sessions() as session, session.begin():
+            kept = await worker_writes.write_progress(
+                session, self.claim, self.attempts, self.transcript
+            )
+        self.attempts, self.transcript = [], None
+        return kept
+
+    async def finish(self, target: CallState, reason: str, **results: object) -> None:
+        async with self.res.sessions() as session, session.begin():
+            finished = await worker_writes.finish(
+                session,
+                self.claim,
+                target,
+                reason,
+                self.attempts,
+                transcript=self.transcript,
+                **results,  # type: ignore[arg-type]
+            )
+        if not finished:
+            raise LeaseLost(self.claim.call_id)
+
+
+async def _run_ai(res: WorkerResources, held: Held) -> str:
+    claim, call_id = held.claim, held.claim.call_id
     policy = _policy(res)
     # One budget for the call's AI work in this run, shared by both steps.
-    step = functools.partial(_step, res, claim, policy, time.monotonic() + policy.budget_s)
+    deadline = time.monotonic() + policy.budget_s
+    journal = _Journal(res, claim)
+
+    async def step(name: str, request: Callable[[], Awaitable[T]]) -> T:
+        failed = claim.failed.get(name, 0)
+        return await run_step(
+            name, request, policy, journal.record, failed, deadline=deadline, breaker=res.breaker
+        )
+
     try:
         transcript = claim.transcript
         if transcript is None:
-            async with res.sessions() as session:
-                chunks = await calls.packet_data_in_order(session, call_id)
+            chunks = held.chunks
+            if chunks is None:
+                async with res.sessions() as session:
+                    chunks = await calls.packet_data_in_order(session, call_id)
             transcript = await step("transcription", lambda: res.ai.transcribe(call_id, chunks))
-            async with res.sessions() as session, session.begin():
-                if not await calls.store_transcript(session, call_id, epoch, transcript):
-                    raise LeaseLost(call_id)
+            journal.transcript = transcript
         text = transcript
         sentiment = await step("sentiment", lambda: res.ai.analyse_sentiment(call_id, text))
     except StepExhausted as exc:
-        await _fenced_move(
-            res, claim, CallState.FAILED, str(exc), last_error=str(exc), finished_at=_now()
-        )
+        await journal.finish(CallState.FAILED, str(exc), last_error=str(exc))
         return CallState.FAILED.value
-    await _fenced_move(
-        res,
-        claim,
+    await journal.finish(
         CallState.ARCHIVED,
         "transcription and sentiment stored",
-        sentiment_label=sentiment.label,
-        sentiment_score=sentiment.score,
-        finished_at=_now(),
+        sentiment=(sentiment.label, sentiment.score),
     )
     return CallState.ARCHIVED.value
-
-
-async def _step(
-    res: WorkerResources,
-    claim: calls.Claim,
-    policy: RetryPolicy,
-    deadline: float,
-    step: str,
-    request: Callable[[], Awaitable[T]],
-) -> T:
-    async with res.sessions() as session:
-        failed = await calls.failed_attempts(session, claim.call_id, step, claim.generation)
-
-    async def record(attempt: AttemptRecord) -> bool:
-        row = AiAttempt(
-            call_id=claim.call_id,
-            step=attempt.step,
-            generation=claim.generation,
-            attempt=attempt.attempt,
-            outcome=attempt.outcome,
-            error=attempt.error,
-            started_at=attempt.started_at,
-            duration_ms=attempt.duration_ms,
-        )
-        async with res.sessions() as session, session.begin():
-            return await calls.record_attempt(session, row, claim.epoch)
-
-    return await run_step(
-        step, request, policy, record, failed, deadline=deadline, breaker=res.breaker
-    )
-
-
-async def _fenced_move(
-    res: WorkerResources, claim: calls.Claim, target: CallState, reason: str, **values: object
-) -> None:
-    async with res.sessions() as session, session.begin():
-        if not await calls.transition(
-            session, claim.call_id, target, reason, epoch=claim.epoch, **values
-        ):
-            raise LeaseLost(claim.call_id)
 
 
 def _policy(res: WorkerResources) -> RetryPolicy:
@@ -181,36 +235,3 @@ def _policy(res: WorkerResources) -> RetryPolicy:
         backoff_max_s=s.ai_backoff_max_s,
         budget_s=s.ai_call_budget_s,
     )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@contextlib.asynccontextmanager
-async def _heartbeat(res: WorkerResources, call_id: str, holder: str) -> AsyncIterator[None]:
-    """Renew the call's lease while the job runs, so the reaper knows this worker is alive.
-
-    The beat is stopped by an event, never cancelled: cancelling a redis-py command midway can
-    leave its connection broken for the next user of the pool."""
-    ttl = res.settings.lease_ttl_s
-    stop = asyncio.Event()
-
-    async def beat() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), ttl / 3)
-                return
-            try:
-                if not await res.leases.renew(call_id, holder, ttl):
-                    log.warning("%s: lease taken over by another worker", call_id)
-                    return
-            except Exception as exc:  # Redis blips must not kill the job; the fence protects us
-                log.warning("%s: lease renewal failed: %r", call_id, exc)
-
-    task = asyncio.create_task(beat(), name=f"lease:{call_id}")
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.shield(task)

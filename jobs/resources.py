@@ -17,6 +17,7 @@ from db.live import LiveCalls
 from db.redis_client import make_redis_pool
 from jobs.ai import AIClient, MockAI
 from jobs.breaker import CircuitBreaker
+from jobs.heartbeat import LeaseKeeper
 from jobs.queue import queue_client
 from settings import Settings
 
@@ -30,12 +31,14 @@ class WorkerResources:
     live: LiveCalls
     flush: FlushSource
     leases: Leases
+    lease_keeper: LeaseKeeper  # renews the leases of every call this worker runs
     breaker: CircuitBreaker
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
 
     async def close(self) -> None:
+        await self.lease_keeper.close()
         await self.engine.dispose()
         await self.redis.connection_pool.aclose()
 
@@ -64,6 +67,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
     )
     redis = Redis(connection_pool=pool)
     queue = queue_client(pool)
+    leases = Leases(redis)
     return WorkerResources(
         settings=settings,
         redis=redis,
@@ -71,7 +75,8 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         ingestion=make_ingestion(redis, queue, settings, pipelined=False),
         live=LiveCalls(redis),
         flush=FlushSource(redis),
-        leases=Leases(redis),
+        leases=leases,
+        lease_keeper=LeaseKeeper(leases, settings.lease_ttl_s),
         breaker=CircuitBreaker(
             redis, settings.ai_breaker_threshold, settings.ai_breaker_cooldown_s
         ),

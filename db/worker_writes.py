@@ -1,0 +1,224 @@
+"""The worker's writes to PostgreSQL, each one statement (one round trip, atomic on its own):
+
+- `flush_new_call`: the call row (already claimed, in PROCESSING_AI), its first page of packets
+  and its first three transitions;
+- `write_progress`: AI attempts (and the transcript, once known) of a call the worker holds;
+- `finish`: the final state, the results, the attempts and the transition.
+
+Plain SQL with CTEs rather than ORM sessions, on purpose: a call whose AI answers first time
+costs the worker two statements instead of about twenty (BENCHMARKS.md). Every write after the
+flush is fenced by the claim's epoch and guarded by the state machine (db/states.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import Call
+from db.packets import StoredPacket
+from db.record import FLUSHED, CallRecord, flushed_columns
+from db.states import CallState, can_transition, sources_of
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A worker's hold on a call: every write it makes is fenced by `epoch`."""
+
+    call_id: str
+    epoch: int
+    state: CallState
+    generation: int
+    transcript: str | None
+    failed: dict[str, int]  # failed AI attempts per step in this generation
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    step: str
+    attempt: int
+    outcome: str  # ok | error | timeout | rejected
+    error: str | None
+    started_at: datetime
+    duration_ms: float
+
+
+# The path a call has taken by the time the worker holds it, recorded by the flush.
+FLUSH_PATH = (
+    (None, CallState.IN_PROGRESS, "first packet"),
+    (CallState.IN_PROGRESS, CallState.COMPLETED, "completed"),
+    (CallState.COMPLETED, CallState.PROCESSING_AI, "worker picked the call up"),
+)
+assert all(can_transition(source, target) for source, target, _ in FLUSH_PATH)
+
+# The worker's bookkeeping starts at: claimed once, no AI attempt, first generation.
+_NEW_CALL_BOOKKEEPING = {"lease_epoch": 1, "ai_attempts": 0, "generation": 0}
+_NEW_CALL_COLUMNS = (*FLUSHED.values(), *_NEW_CALL_BOOKKEEPING)
+_PACKETS = """
+    unnest(CAST(:seqs AS bigint[]), CAST(:stamps AS float8[]), CAST(:datas AS text[]),
+           CAST(:received AS float8[])) AS p(s, t, d, r)"""
+_ATTEMPTS = """
+    attempts AS (
+        INSERT INTO ai_attempt
+            (call_id, step, generation, attempt, outcome, error, started_at, duration_ms)
+        SELECT held.call_id, a.step, held.generation, a.n, a.outcome, a.error, a.started, a.ms
+        FROM held, unnest(CAST(:a_step AS text[]), CAST(:a_n AS int[]),
+                          CAST(:a_outcome AS text[]), CAST(:a_error AS text[]),
+                          CAST(:a_started AS timestamptz[]), CAST(:a_ms AS float8[]))
+                   AS a(step, n, outcome, error, started, ms)
+    )"""
+
+_FLUSH_NEW_CALL = text(
+    f"""
+    WITH held AS (
+        INSERT INTO call ({", ".join(_NEW_CALL_COLUMNS)})
+        VALUES ({", ".join(f":{c}" for c in _NEW_CALL_COLUMNS)})
+        ON CONFLICT (call_id) DO NOTHING
+        RETURNING call_id
+    ), packets AS (
+        INSERT INTO packet (call_id, sequence, timestamp, data, received_at)
+        SELECT held.call_id, s, t, d, to_timestamp(r) FROM held, {_PACKETS}
+    ), moves AS (
+        INSERT INTO state_transition (call_id, from_state, to_state, at, reason)
+        SELECT held.call_id, m.f, m.t, m.a, m.r
+        FROM held, unnest(CAST(:m_from AS text[]), CAST(:m_to AS text[]),
+                          CAST(:m_at AS timestamptz[]), CAST(:m_reason AS text[]))
+                   AS m(f, t, a, r)
+    )
+    SELECT count(*) FROM held
+    """
+).bindparams(*(bindparam(c, type_=Call.__table__.c[c].type) for c in _NEW_CALL_COLUMNS))
+
+_MORE_PACKETS = text(
+    f"""
+    INSERT INTO packet (call_id, sequence, timestamp, data, received_at)
+    SELECT :call_id, s, t, d, to_timestamp(r) FROM {_PACKETS}
+    ON CONFLICT (call_id, sequence) DO NOTHING
+    """
+)
+
+_WRITE_PROGRESS = text(
+    f"""
+    WITH held AS (
+        UPDATE call SET ai_attempts = ai_attempts + :a_count,
+                        last_error = COALESCE(:last_error, last_error),
+                        transcript = COALESCE(:transcript, transcript), updated_at = now()
+        WHERE call_id = :call_id AND lease_epoch = :epoch AND state = 'PROCESSING_AI'
+        RETURNING call_id, generation
+    ), {_ATTEMPTS}
+    SELECT count(*) FROM held
+    """
+)
+
+_FINISH = text(
+    f"""
+    WITH held AS (
+        UPDATE call SET state = :target, ai_attempts = ai_attempts + :a_count,
+                        last_error = COALESCE(:last_error, last_error),
+                        transcript = COALESCE(:transcript, transcript),
+                        sentiment_label = :label, sentiment_score = :score,
+                        finished_at = now(), updated_at = now()
+        WHERE call_id = :call_id AND lease_epoch = :epoch AND state = :source
+        RETURNING call_id, generation
+    ), {_ATTEMPTS}, moves AS (
+        INSERT INTO state_transition (call_id, from_state, to_state, at, reason)
+        SELECT call_id, :source, :target, now(), :reason FROM held
+    )
+    SELECT count(*) FROM held
+    """
+)
+
+
+def _packet_arrays(packets: Sequence[StoredPacket]) -> dict[str, Any]:
+    return {
+        "seqs": [p.sequence for p in packets],
+        "stamps": [p.timestamp for p in packets],
+        "datas": [p.data for p in packets],
+        "received": [p.received_at for p in packets],
+    }
+
+
+def _attempt_arrays(attempts: Sequence[AttemptRow]) -> dict[str, Any]:
+    return {
+        "a_count": len(attempts),
+        "a_step": [a.step for a in attempts],
+        "a_n": [a.attempt for a in attempts],
+        "a_outcome": [a.outcome for a in attempts],
+        "a_error": [a.error for a in attempts],
+        "a_started": [a.started_at for a in attempts],
+        "a_ms": [a.duration_ms for a in attempts],
+        "last_error": next((a.error for a in reversed(attempts) if a.error), None),
+    }
+
+
+async def flush_new_call(
+    session: AsyncSession, live: CallRecord, first_page: Sequence[StoredPacket]
+) -> Claim | None:
+    """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
+    first packets and transitions. None if the row exists: a previous run flushed it."""
+    completed_at = live.completed_at or datetime.now(UTC)
+    values = {**flushed_columns(live), **_NEW_CALL_BOOKKEEPING, "completed_at": completed_at}
+    values["state"] = CallState.PROCESSING_AI.value
+    reason = f"completed ({live.completion_reason or 'explicit'})"
+    moments = (live.created_at, completed_at, datetime.now(UTC))
+    moves = {
+        "m_from": [s.value if s else None for s, _, _ in FLUSH_PATH],
+        "m_to": [t.value for _, t, _ in FLUSH_PATH],
+        "m_at": list(moments),
+        "m_reason": [reason if t is CallState.COMPLETED else r for _, t, r in FLUSH_PATH],
+    }
+    params = {**values, **_packet_arrays(first_page), **moves}
+    if not await session.scalar(_FLUSH_NEW_CALL, params):
+        return None
+    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
+
+
+async def insert_more_packets(
+    session: AsyncSession, call_id: str, packets: Sequence[StoredPacket]
+) -> None:
+    if packets:
+        await session.execute(_MORE_PACKETS, {"call_id": call_id, **_packet_arrays(packets)})
+
+
+async def write_progress(
+    session: AsyncSession, claim: Claim, attempts: Sequence[AttemptRow], transcript: str | None
+) -> bool:
+    """Keep attempts (and the transcript) unless another worker took the call since."""
+    params = {"call_id": claim.call_id, "epoch": claim.epoch, "transcript": transcript}
+    return bool(await session.scalar(_WRITE_PROGRESS, {**params, **_attempt_arrays(attempts)}))
+
+
+async def finish(
+    session: AsyncSession,
+    claim: Claim,
+    target: CallState,
+    reason: str,
+    attempts: Sequence[AttemptRow],
+    *,
+    transcript: str | None = None,
+    sentiment: tuple[str, float] | None = None,
+    last_error: str | None = None,
+) -> bool:
+    """Move the call to its final state with its results and attempts, fenced by the epoch.
+    `last_error` (the failure reason) overrides the last attempt's error."""
+    (source,) = sources_of(target)  # ARCHIVED and FAILED are reached from PROCESSING_AI only
+    label, score = sentiment if sentiment is not None else (None, None)
+    params = {
+        "call_id": claim.call_id,
+        "epoch": claim.epoch,
+        "source": source.value,
+        "target": target.value,
+        "reason": reason,
+        "transcript": transcript,
+        "label": label,
+        "score": score,
+    }
+    arrays = _attempt_arrays(attempts)
+    if last_error is not None:
+        arrays["last_error"] = last_error
+    return bool(await session.scalar(_FINISH, {**params, **arrays}))
