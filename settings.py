@@ -51,9 +51,14 @@ class Settings(BaseSettings):
     ai_call_budget_s: float = Field(300.0, gt=0)
     ai_breaker_threshold: int = Field(10, ge=1)
     ai_breaker_cooldown_s: float = Field(10.0, gt=0)
+    # Requests to the provider at once, across every worker: set it to the provider's limit.
+    # The mock has no limit of its own, so the default lets a large burst run at once.
+    ai_max_concurrency: int = Field(1000, ge=1)
 
     # The worker
-    worker_max_jobs: int = Field(32, ge=1)
+    # Calls in flight per worker: jobs wait on I/O (the AI, the stores), so hundreds are cheap;
+    # what bounds the AI work is AI_MAX_CONCURRENCY.
+    worker_max_jobs: int = Field(1000, ge=1)
     job_timeout_s: int = Field(600, ge=1)
     lease_ttl_s: float = Field(10.0, gt=0)
     reaper_interval_s: int = Field(2, ge=1, le=60)

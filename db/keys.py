@@ -11,6 +11,10 @@ PENDING_INDEX = "callstream:pending"  # completed calls not yet ARCHIVED/FAILED,
 # The AI circuit breaker shared by all workers: a hash (failures, open_until) and its probe lock.
 AI_BREAKER = "callstream:ai_breaker"
 AI_BREAKER_PROBE = "callstream:ai_breaker:probe"
+# The AI concurrency limit shared by all workers: a sorted set of slot holders by expiry, and the
+# time until which nobody may call the provider (after a 429).
+AI_SLOTS = "callstream:ai_slots"
+AI_SLOTS_PAUSE = "callstream:ai_slots:pause"
 
 # Sequences below this are deduplicated in a bitmap (1 MiB at most); larger ones in a set.
 BITMAP_SEQUENCE_LIMIT = 1 << 23

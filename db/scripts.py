@@ -17,6 +17,8 @@ class Script(StrEnum):
     LEASE_RENEW = "lease_renew"
     LEASE_DROP = "lease_drop"
     BREAKER_FAILURE = "breaker_failure"
+    AI_SLOTS_ACQUIRE = "ai_slots_acquire"  # the shared AI concurrency limit
+    AI_SLOTS_PAUSE = "ai_slots_pause"
 
 
 @cache

@@ -4,6 +4,7 @@ attempt, an attempt budget and a deadline; a Retry-After is honoured; permanent 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from tenacity import (
 )
 
 from jobs.ai import AIError, PermanentAIError, TransientAIError
+from jobs.ai_limit import AiLimiter, NoSlotInTime
 from jobs.breaker import BreakerOpen, CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ async def run_step(
     *,
     deadline: float | None = None,
     breaker: CircuitBreaker | None = None,
+    limiter: AiLimiter | None = None,
 ) -> T:
     """Call `request` until it succeeds or a budget runs out. Every attempt is recorded through
     `record` before the next one starts; `record` returning False means the lease was lost.
@@ -87,7 +90,7 @@ async def run_step(
         raise StepExhausted(f"{step}: no attempts left ({policy.max_attempts} already failed)")
     if deadline is None:
         deadline = time.monotonic() + policy.budget_s
-    attempt = _Attempt(step, request, policy, record, deadline, breaker)
+    attempt = _Attempt(step, request, policy, record, deadline, breaker, limiter)
     retrying = AsyncRetrying(
         stop=stop_after_attempt(remaining)
         | stop_before_delay(max(deadline - time.monotonic(), 0.0)),
@@ -105,7 +108,7 @@ async def run_step(
         raise StepExhausted(f"{step} failed after {number} attempts: {exc}") from exc
     except PermanentAIError as exc:
         raise StepExhausted(f"{step} failed permanently: {exc}") from exc
-    except BreakerOpen as exc:
+    except (BreakerOpen, NoSlotInTime) as exc:
         raise StepExhausted(f"{step} gave up after {number} attempts: {exc}") from exc
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
@@ -121,43 +124,65 @@ class _Attempt(Generic[T]):
         record: Recorder,
         deadline: float,
         breaker: CircuitBreaker | None,
+        limiter: AiLimiter | None,
     ) -> None:
         self.step, self.request, self.policy = step, request, policy
-        self.record, self.deadline, self.breaker = record, deadline, breaker
+        self.record, self.deadline = record, deadline
+        self.breaker, self.limiter = breaker, limiter
 
     async def run(self, number: int) -> T:
+        """Waiting for the breaker or for a slot spends the deadline, never an attempt; the
+        slot is held for the request alone, not while the attempt is recorded."""
         if self.breaker is not None:
             await self.breaker.wait_until_callable(self.deadline)
         timeout = max(min(self.policy.attempt_timeout_s, self.deadline - time.monotonic()), 0.001)
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
-
-        async def keep(outcome: str, error: str | None) -> None:
-            ms = (time.perf_counter() - t0) * 1000
-            if not await self.record(
-                AttemptRecord(self.step, number, outcome, error, started_at, ms)
-            ):
-                raise LeaseLost(self.step)
-
-        try:
-            result = await asyncio.wait_for(self.request(), timeout)
-        except TimeoutError:
-            message = f"{self.step} attempt {number} timed out after {timeout:.1f}s"
-            await self._provider_failed()
-            await keep("timeout", message)
-            raise TransientAIError(message) from None
-        except AIError as exc:
-            permanent = isinstance(exc, PermanentAIError)
-            log.debug("%s attempt %d failed: %s", self.step, number, exc)
-            if permanent:
-                await self._provider_answered()
+        slot = self.limiter.slot(self.deadline) if self.limiter else contextlib.nullcontext()
+        async with slot:
+            started_at = datetime.now(UTC)
+            t0 = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(self.request(), timeout)
+            except (TimeoutError, AIError) as exc:
+                failure: TimeoutError | AIError | None = exc
             else:
-                await self._provider_failed()
-            await keep("rejected" if permanent else "error", str(exc))
-            raise
-        await self._provider_answered()
-        await keep("ok", None)
-        return result
+                failure = None
+        ms = (time.perf_counter() - t0) * 1000
+        if failure is None:
+            await self._provider_answered()
+            await self._keep(AttemptRecord(self.step, number, "ok", None, started_at, ms))
+            return result
+        raise await self._failed(number, failure, timeout, started_at, ms)
+
+    async def _failed(
+        self,
+        number: int,
+        failure: TimeoutError | AIError,
+        timeout_s: float,
+        started_at: datetime,
+        ms: float,
+    ) -> AIError:
+        """Record a failed attempt; returns the error to raise (retried only if transient)."""
+        if isinstance(failure, TimeoutError):
+            message = f"{self.step} attempt {number} timed out after {timeout_s:.1f}s"
+            error: AIError = TransientAIError(message)
+            outcome = "timeout"
+        else:
+            error, message = failure, str(failure)
+            outcome = "rejected" if isinstance(failure, PermanentAIError) else "error"
+        log.debug("%s attempt %d failed: %s", self.step, number, message)
+        if outcome == "rejected":
+            await self._provider_answered()
+        else:
+            await self._provider_failed()
+        retry_after = getattr(error, "retry_after_s", None)
+        if self.limiter is not None and retry_after is not None:
+            await self.limiter.pause(retry_after)  # the provider asked everyone to wait
+        await self._keep(AttemptRecord(self.step, number, outcome, message, started_at, ms))
+        return error
+
+    async def _keep(self, attempt: AttemptRecord) -> None:
+        if not await self.record(attempt):
+            raise LeaseLost(self.step)
 
     async def _provider_failed(self) -> None:
         if self.breaker is not None:

@@ -201,7 +201,14 @@ async def _run_ai(res: WorkerResources, held: Held) -> str:
     async def step(name: str, request: Callable[[], Awaitable[T]]) -> T:
         failed = claim.failed.get(name, 0)
         return await run_step(
-            name, request, policy, journal.record, failed, deadline=deadline, breaker=res.breaker
+            name,
+            request,
+            policy,
+            journal.record,
+            failed,
+            deadline=deadline,
+            breaker=res.breaker,
+            limiter=res.ai_limiter,
         )
 
     try:

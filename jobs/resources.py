@@ -10,12 +10,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.ingestion import Ingestion, make_ingestion
+from db.ai_slots import AiSlots
 from db.engine import make_engine, make_sessionmaker
 from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
 from db.redis_client import make_redis_pool
 from jobs.ai import AIClient, MockAI
+from jobs.ai_limit import AiLimiter
 from jobs.breaker import CircuitBreaker
 from jobs.heartbeat import LeaseKeeper
 from jobs.queue import queue_client
@@ -33,6 +35,7 @@ class WorkerResources:
     leases: Leases
     lease_keeper: LeaseKeeper  # renews the leases of every call this worker runs
     breaker: CircuitBreaker
+    ai_limiter: AiLimiter  # AI_MAX_CONCURRENCY, shared by every worker
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
@@ -79,6 +82,10 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         lease_keeper=LeaseKeeper(leases, settings.lease_ttl_s),
         breaker=CircuitBreaker(
             redis, settings.ai_breaker_threshold, settings.ai_breaker_cooldown_s
+        ),
+        # A slot outlives the longest request it can cover; a dead worker's slot comes back then.
+        ai_limiter=AiLimiter(
+            AiSlots(redis, settings.ai_max_concurrency, settings.ai_attempt_timeout_s * 2 + 5)
         ),
         engine=engine,
         sessions=make_sessionmaker(engine),

@@ -14,7 +14,7 @@ from arq.worker import Function, func
 
 from core.logs import configure_logging
 from db.outages import is_outage
-from jobs import resilience
+from jobs import polling, resilience
 from jobs.process import process_call
 from jobs.queue import PROCESS_CALL
 from jobs.resources import make_resources, resources
@@ -88,6 +88,7 @@ def make_cron_jobs(sweep_interval_s: int, reaper_interval_s: int) -> list[CronJo
 
 
 resilience.install()
+polling.install()
 _settings = get_settings()
 
 
