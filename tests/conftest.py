@@ -35,7 +35,6 @@ def server_urls() -> Iterator[tuple[str, str]]:
     db_url, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     with tempfile.TemporaryDirectory(prefix="callstream-test-") as tmp:
-        os.chmod(tmp, 0o755)
         if not db_url:
             pg = EmbeddedPostgres(Path(tmp) / "pg", fast_and_unsafe=True).start()
             started.append(pg)
