@@ -17,16 +17,18 @@ $(STAMP): $(LOCK) pyproject.toml
 
 install: $(STAMP)
 
-## Refresh $(LOCK) after changing the dependencies in pyproject.toml (or to take newer releases):
-## `make lock`, then `make install`, and commit both files. uv resolves from PyPI itself, for
-## every platform and Python 3.11+, and ignores this machine's pip configuration (local indexes,
-## constraints), so the lock installs anywhere.
+## Refresh $(LOCK) after changing the dependencies in pyproject.toml: `make lock` (it keeps the
+## pinned versions that still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest releases),
+## then `make install`, and commit both files. uv resolves from PyPI itself, for every platform
+## and Python 3.11+, and ignores this machine's pip configuration (local indexes, constraints),
+## so the lock installs anywhere.
+LOCK_FLAGS ?=
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv>=0.9,<1"
 	$(BIN)/uv pip compile --no-config --universal --python-version 3.11 --generate-hashes \
 		--extra embedded --extra dev --index-url https://pypi.org/simple \
-		--custom-compile-command "make lock" --quiet -o $(LOCK) pyproject.toml
+		--custom-compile-command "make lock" --quiet $(LOCK_FLAGS) -o $(LOCK) pyproject.toml
 
 ## The whole stack (embedded PostgreSQL + Redis unless DATABASE_URL / REDIS_URL are set).
 run: $(STAMP)
