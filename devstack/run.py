@@ -71,10 +71,8 @@ def main() -> int:
         print(f"\ndevstack: {why}, stopping…", flush=True)
         return 0
     except Exception as exc:
-        print(
-            f"devstack: failed to start: {type(exc).__name__}: {exc}; stopping what started",
-            flush=True,
-        )
+        print(f"devstack: failed to start: {type(exc).__name__}: {exc}", flush=True)
+        print("devstack: stopping what started", flush=True)
         return 1
     finally:
         # A second Ctrl-C must not cut the orderly stop short.

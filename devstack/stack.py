@@ -106,7 +106,6 @@ class Stack:
 
     def start_postgres(self, port: int | None = None) -> EmbeddedPostgres:
         """Embedded PostgreSQL in `<data_dir>/postgres`; DATABASE_URL then names it."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         pg = EmbeddedPostgres(
             self.data_dir / "postgres",
             port=port or free_port(),

@@ -69,6 +69,16 @@ def test_postgres_runs_from_a_private_folder_and_changes_no_permission(private_d
     assert modes(private_dir) == before
 
 
+def test_a_cluster_of_another_major_version_is_refused_plainly(tmp_path: Path):
+    """E.g. PostgreSQL 16's, left in .data/ by the former pgserver package."""
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    pg.pgdata.mkdir(parents=True)
+    (pg.pgdata / "PG_VERSION").write_text("16\n")
+    with pytest.raises(RuntimeError, match=r"holds a PostgreSQL 16 cluster, but .* PostgreSQL 18"):
+        pg.start()
+    assert pg.proc is None
+
+
 @pytest.mark.timeout(60)
 def test_redis_keeps_its_data_in_a_private_folder_and_changes_no_permission(private_dir: Path):
     before = modes(private_dir)
