@@ -87,7 +87,7 @@ class Stack:
     """One Callstream deployment made of real processes, run by devstack's Stack, with what it
     takes to break them (kill, restart, stop) and to watch them. Use `running_stack()`."""
 
-    processes: devstack.stack.Stack
+    supervisor: devstack.stack.Stack
     config: StackConfig
     api_port: int = 0
     workers: dict[str, Worker] = field(default_factory=dict)
@@ -96,13 +96,13 @@ class Stack:
 
     @property
     def pg(self) -> EmbeddedPostgres:
-        assert self.processes.pg is not None
-        return self.processes.pg
+        assert self.supervisor.pg is not None
+        return self.supervisor.pg
 
     @property
     def redis(self) -> EmbeddedRedis:
-        assert self.processes.redis is not None
-        return self.processes.redis
+        assert self.supervisor.redis is not None
+        return self.supervisor.redis
 
     @property
     def api_url(self) -> str:
@@ -119,12 +119,12 @@ class Stack:
     # --- start -----------------------------------------------------------------------------
 
     def start_api(self) -> None:
-        api = self.processes.start_api()
+        api = self.supervisor.start_api()
         assert api.port is not None
         self.api_port = api.port
 
     def start_worker(self, **env: str) -> Worker:
-        started = self.processes.start_worker(
+        started = self.supervisor.start_worker(
             {**self.config.worker_env(), **env}, settings=self.config.worker_settings
         )
         assert started.log is not None  # the chaos stack logs to files
@@ -215,14 +215,14 @@ def running_stack(
     """PostgreSQL, Redis, migrations, `workers` workers and the API in a temp dir; everything
     stopped after. With `keep_logs`, the processes' logs are copied there before the temp dir
     goes."""
-    processes = devstack.stack.Stack(
+    supervisor = devstack.stack.Stack(
         env=config.base_env(), fast_and_unsafe=True, temp_prefix="callstream-chaos-"
     )
-    stack = Stack(processes, config)
+    stack = Stack(supervisor, config)
     try:
-        processes.start_postgres()
-        processes.start_redis()
-        processes.migrate()
+        supervisor.start_postgres()
+        supervisor.start_redis()
+        supervisor.migrate()
         started = [
             stack.start_worker() for _ in range(config.workers if workers is None else workers)
         ]
@@ -231,7 +231,7 @@ def running_stack(
             stack.wait_worker_ready(worker)
         yield stack
     finally:
-        processes.close(keep_logs)
+        supervisor.close(keep_logs)
 
 
 async def poll_until(
