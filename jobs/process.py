@@ -51,7 +51,8 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     try:
         async with res.lease_keeper.hold(call_id) as holder:
             try:
-                held = await flush_call(res, call_id)
+                with res.stages.timing("flush"):
+                    held = await flush_call(res, call_id)
                 if held is None:
                     settled = await release_if_settled(res, call_id)
                     if settled is None:
@@ -70,7 +71,9 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
         log.error("%s: neither Redis nor PostgreSQL knows this call; dropping its job", call_id)
         await res.flush.release(call_id, 1, 1)
         return "UNKNOWN"
-    await _release(res, call_id)
+    with res.stages.timing("finish"):
+        await _release(res, call_id)
+    res.stages.calls += 1
     return state
 
 
@@ -177,6 +180,10 @@ class _Journal:
         return kept
 
     async def finish(self, target: CallState, reason: str, **results: object) -> None:
+        with self.res.stages.timing("finish"):
+            await self._finish(target, reason, **results)
+
+    async def _finish(self, target: CallState, reason: str, **results: object) -> None:
         async with self.res.sessions() as session, session.begin():
             finished = await worker_writes.finish(
                 session,
@@ -200,16 +207,17 @@ async def _run_ai(res: WorkerResources, held: Held) -> str:
 
     async def step(name: str, request: Callable[[], Awaitable[T]]) -> T:
         failed = claim.failed.get(name, 0)
-        return await run_step(
-            name,
-            request,
-            policy,
-            journal.record,
-            failed,
-            deadline=deadline,
-            breaker=res.breaker,
-            limiter=res.ai_limiter,
-        )
+        with res.stages.timing("ai"):
+            return await run_step(
+                name,
+                request,
+                policy,
+                journal.record,
+                failed,
+                deadline=deadline,
+                breaker=res.breaker,
+                limiter=res.ai_limiter,
+            )
 
     try:
         transcript = claim.transcript

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -21,6 +21,7 @@ from jobs.ai_limit import AiLimiter
 from jobs.breaker import CircuitBreaker
 from jobs.heartbeat import LeaseKeeper
 from jobs.queue import queue_client
+from jobs.stages import StageClock
 from settings import Settings
 
 
@@ -39,6 +40,7 @@ class WorkerResources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
+    stages: StageClock = field(default_factory=StageClock)
 
     async def close(self) -> None:
         await self.lease_keeper.close()

@@ -66,6 +66,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     res = ctx.get("resources")
     if res is not None:
+        log.info("worker stopping: %s", resources(ctx).stages.summary())
         await resources(ctx).close()
 
 
