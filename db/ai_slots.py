@@ -29,8 +29,8 @@ class AiSlots:
         )
         return int(granted), int(wait_ms) / 1000
 
-    async def release(self, holder: str) -> None:
-        await self.redis.zrem(AI_SLOTS, holder)
+    async def release(self, *holders: str) -> None:
+        await self.redis.zrem(AI_SLOTS, *holders)
 
     async def pause(self, seconds: float) -> None:
         await self._pause(keys=[AI_SLOTS_PAUSE], args=[_now_ms(), max(1, int(seconds * 1000))])

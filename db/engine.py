@@ -8,12 +8,16 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
-def make_engine(url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0, pre_ping: bool = True
+) -> AsyncEngine:
+    """`pre_ping` costs a round trip per checkout; a caller that retries on a dropped
+    connection anyway (the worker: db.outages.is_postgres_outage) does without it."""
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         # A dead PostgreSQL must fail fast so callers can answer or retry, never hang.
         pool_timeout=connect_timeout_s,
@@ -23,3 +27,8 @@ def make_engine(url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, without BEGIN and COMMIT: for statements that are atomic on their own."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -6,7 +6,7 @@
 - `finish`: the final state, the results, the attempts and the transition.
 
 Plain SQL with CTEs rather than ORM sessions, on purpose: a call whose AI answers first time
-costs the worker two statements instead of about twenty (BENCHMARKS.md). Every write after the
+costs the worker three statements instead of about twenty (BENCHMARKS.md). Every write after the
 flush is fenced by the claim's epoch and guarded by the state machine (db/states.py).
 """
 
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import Call
 from db.packets import StoredPacket
@@ -157,7 +157,7 @@ def _attempt_arrays(attempts: Sequence[AttemptRow]) -> dict[str, Any]:
 
 
 async def flush_new_call(
-    session: AsyncSession, live: CallRecord, first_page: Sequence[StoredPacket]
+    conn: AsyncConnection, live: CallRecord, first_page: Sequence[StoredPacket]
 ) -> Claim | None:
     """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
     first packets and transitions. None if the row exists: a previous run flushed it."""
@@ -173,28 +173,28 @@ async def flush_new_call(
         "m_reason": [reason if t is CallState.COMPLETED else r for _, t, r in FLUSH_PATH],
     }
     params = {**values, **_packet_arrays(first_page), **moves}
-    if not await session.scalar(_FLUSH_NEW_CALL, params):
+    if not await conn.scalar(_FLUSH_NEW_CALL, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
 
 
 async def insert_more_packets(
-    session: AsyncSession, call_id: str, packets: Sequence[StoredPacket]
+    conn: AsyncConnection, call_id: str, packets: Sequence[StoredPacket]
 ) -> None:
     if packets:
-        await session.execute(_MORE_PACKETS, {"call_id": call_id, **_packet_arrays(packets)})
+        await conn.execute(_MORE_PACKETS, {"call_id": call_id, **_packet_arrays(packets)})
 
 
 async def write_progress(
-    session: AsyncSession, claim: Claim, attempts: Sequence[AttemptRow], transcript: str | None
+    conn: AsyncConnection, claim: Claim, attempts: Sequence[AttemptRow], transcript: str | None
 ) -> bool:
     """Keep attempts (and the transcript) unless another worker took the call since."""
     params = {"call_id": claim.call_id, "epoch": claim.epoch, "transcript": transcript}
-    return bool(await session.scalar(_WRITE_PROGRESS, {**params, **_attempt_arrays(attempts)}))
+    return bool(await conn.scalar(_WRITE_PROGRESS, {**params, **_attempt_arrays(attempts)}))
 
 
 async def finish(
-    session: AsyncSession,
+    conn: AsyncConnection,
     claim: Claim,
     target: CallState,
     reason: str,
@@ -221,4 +221,4 @@ async def finish(
     arrays = _attempt_arrays(attempts)
     if last_error is not None:
         arrays["last_error"] = last_error
-    return bool(await session.scalar(_FINISH, {**params, **arrays}))
+    return bool(await conn.scalar(_FINISH, {**params, **arrays}))

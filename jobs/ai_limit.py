@@ -4,7 +4,8 @@ worker, so the number of calls in flight follows the provider's capacity, not a 
 Each worker process runs one broker for its waiting requests: it asks Redis for as many slots as
 it has waiters in one round trip, hands them out first come first served, and asks again shortly
 while some still wait; so a thousand waiting calls cost a round trip per 20 ms, not a thousand.
-A 429 pauses the limit for everyone for the provider's Retry-After.
+Slots given back in the same event-loop tick go back in one round trip. A 429 pauses the limit
+for everyone for the provider's Retry-After.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class AiLimiter:
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
         self._names = (f"{WORKER_ID}:ai:{n}" for n in itertools.count())
         self._broker: asyncio.Task[None] | None = None
+        self._releasing: list[str] = []
+        self._releaser: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self, deadline: float) -> AsyncIterator[None]:
@@ -51,7 +54,26 @@ class AiLimiter:
         try:
             yield
         finally:
-            await asyncio.shield(self.slots.release(holder))
+            self._release_soon(holder)
+
+    async def settle(self) -> None:
+        """Wait until every slot given back is back in Redis."""
+        while self._releaser is not None and not self._releaser.done():
+            await asyncio.shield(self._releaser)
+
+    def _release_soon(self, holder: str) -> None:
+        self._releasing.append(holder)
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._release(), name="ai-slot-release")
+
+    async def _release(self) -> None:
+        await asyncio.sleep(0)  # the slots given back in this tick go together
+        while self._releasing:
+            holders, self._releasing = self._releasing, []
+            try:
+                await self.slots.release(*holders)
+            except Exception as exc:  # they come back anyway when their ttl runs out
+                log.warning("could not give back %d AI slots: %r", len(holders), exc)
 
     async def pause(self, seconds: float) -> None:
         """The provider asked to slow down (429): nobody calls it for `seconds`."""

@@ -2,9 +2,9 @@
 in ARCHIVED or FAILED. Idempotent: delivery is at least once, so every step checks where the call
 is, writes with upserts, and fences its writes with the epoch it claimed.
 
-A call whose AI answers first time costs two PostgreSQL statements: the flush (which also claims
-the call), and the final write (results, attempts, transition). Failed attempts are written as
-they happen, so a budget spent is spent even if the worker dies.
+A call whose AI answers first time costs three PostgreSQL statements: the flush (which also
+claims the call), the transcript, and the final write (sentiment, attempts, transition). Failed
+attempts are written as they happen, so a budget spent is spent even if the worker dies.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import calls, worker_writes
 from db.packets import StoredPacket
@@ -78,49 +76,60 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
 
 
 async def flush_call(res: WorkerResources, call_id: str) -> Held | None:
-    """Copy the call and its packets from Redis to PostgreSQL and claim it, in one transaction;
-    or, if an earlier run flushed it, claim it there. None if it is not the worker's to take
-    (already ARCHIVED or FAILED, or unknown)."""
+    """Copy the call and its packets from Redis to PostgreSQL and claim it, atomically; or, if
+    an earlier run flushed it, claim it there. None if it is not the worker's to take (already
+    ARCHIVED or FAILED, or unknown)."""
     live = await res.live.get(call_id, res.settings.missing_list_cap)
-    async with res.sessions() as session, session.begin():
-        held = await _flush_new(res, session, live) if live is not None else None
-        if held is None:
-            claim = await calls.claim(session, call_id)
-            if claim is None:
-                return None
-            if claim.state is CallState.COMPLETED:  # a replayed dead letter
-                moved = await calls.transition(
-                    session, call_id, CallState.PROCESSING_AI, "worker picked the call up",
-                    epoch=claim.epoch,
-                )  # fmt: skip
-                if not moved:
-                    raise LeaseLost(call_id)
-            held = Held(claim)
+    held = await _flush_new(res, live) if live is not None else None
+    if held is None:
+        held = await _claim_flushed(res, call_id)
     if live is not None:
         await res.flush.forget_unflushed(call_id)
     return held
 
 
-async def _flush_new(res: WorkerResources, session: AsyncSession, live: CallRecord) -> Held | None:
-    """The first flush of a call: its row (claimed), its packets page by page, its transitions.
+async def _flush_new(res: WorkerResources, live: CallRecord) -> Held | None:
+    """The first flush of a call: its row (claimed), its packets, its transitions. One statement
+    for a call whose packets fit one page; a longer call's pages join it in one transaction.
     None if the row exists already."""
     pages = res.flush.packet_pages(live.call_id, FLUSH_PAGE)
     first = sorted(await anext(pages, []), key=_by_sequence)
-    claim = await worker_writes.flush_new_call(session, live, first)
-    if claim is None:
-        await pages.aclose()
-        return None
-    kept: list[StoredPacket] | None = first
-    size = _data_size(first)
-    async for page in pages:
-        page.sort(key=_by_sequence)
-        await worker_writes.insert_more_packets(session, live.call_id, page)
-        size += _data_size(page)
-        kept = kept + page if kept is not None else None
+    if len(first) < FLUSH_PAGE:  # the only page
+        async with res.autocommit.connect() as conn:
+            claim = await worker_writes.flush_new_call(conn, live, first)
+        return Held(claim, [p.data for p in first]) if claim else None
+    async with res.engine.begin() as conn:
+        claim = await worker_writes.flush_new_call(conn, live, first)
+        if claim is None:
+            await pages.aclose()
+            return None
+        kept: list[StoredPacket] | None = first
+        size = _data_size(first)
+        async for page in pages:
+            page.sort(key=_by_sequence)
+            await worker_writes.insert_more_packets(conn, live.call_id, page)
+            size += _data_size(page)
+            kept = kept + page if kept is not None and size <= KEEP_DATA_BYTES else None
     if kept is None or size > KEEP_DATA_BYTES:
         return Held(claim)
     kept.sort(key=_by_sequence)
     return Held(claim, [p.data for p in kept])
+
+
+async def _claim_flushed(res: WorkerResources, call_id: str) -> Held | None:
+    """A call an earlier run flushed: claim it again (a re-run, or a replayed dead letter)."""
+    async with res.sessions() as session, session.begin():
+        claim = await calls.claim(session, call_id)
+        if claim is None:
+            return None
+        if claim.state is CallState.COMPLETED:  # a replayed dead letter
+            moved = await calls.transition(
+                session, call_id, CallState.PROCESSING_AI, "worker picked the call up",
+                epoch=claim.epoch,
+            )  # fmt: skip
+            if not moved:
+                raise LeaseLost(call_id)
+    return Held(claim)
 
 
 def _data_size(packets: list[StoredPacket]) -> int:
@@ -152,7 +161,7 @@ async def _release(res: WorkerResources, call_id: str) -> None:
 @dataclass
 class _Journal:
     """What the run has to write: successful attempts wait for the next write; a failed one is
-    written at once (with the transcript, once known), so its budget stays spent."""
+    written at once, so its budget stays spent, and so is a transcript."""
 
     res: WorkerResources
     claim: Claim
@@ -170,11 +179,13 @@ class _Journal:
                 attempt.duration_ms,
             )
         )
-        if attempt.outcome == "ok":
-            return True
-        async with self.res.sessions() as session, session.begin():
+        return attempt.outcome == "ok" or await self.save()
+
+    async def save(self) -> bool:
+        """Write what waits; False if another worker took the call since."""
+        async with self.res.autocommit.connect() as conn:
             kept = await worker_writes.write_progress(
-                session, self.claim, self.attempts, self.transcript
+                conn, self.claim, self.attempts, self.transcript
             )
         self.attempts, self.transcript = [], None
         return kept
@@ -184,9 +195,9 @@ class _Journal:
             await self._finish(target, reason, **results)
 
     async def _finish(self, target: CallState, reason: str, **results: object) -> None:
-        async with self.res.sessions() as session, session.begin():
+        async with self.res.autocommit.connect() as conn:
             finished = await worker_writes.finish(
-                session,
+                conn,
                 self.claim,
                 target,
                 reason,
@@ -227,7 +238,10 @@ async def _run_ai(res: WorkerResources, held: Held) -> str:
                 async with res.sessions() as session:
                     chunks = await calls.packet_data_in_order(session, call_id)
             transcript = await step("transcription", lambda: res.ai.transcribe(call_id, chunks))
+            # Kept at once: a worker that dies during sentiment must not cost a transcription.
             journal.transcript = transcript
+            if not await journal.save():
+                raise LeaseLost(call_id)
         text = transcript
         sentiment = await step("sentiment", lambda: res.ai.analyse_sentiment(call_id, text))
     except StepExhausted as exc:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.ingestion import Ingestion, make_ingestion
 from db.ai_slots import AiSlots
-from db.engine import make_engine, make_sessionmaker
+from db.engine import autocommit, make_engine, make_sessionmaker
 from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
@@ -38,6 +38,7 @@ class WorkerResources:
     breaker: CircuitBreaker
     ai_limiter: AiLimiter  # AI_MAX_CONCURRENCY, shared by every worker
     engine: AsyncEngine
+    autocommit: AsyncEngine  # the same pool, for statements atomic on their own
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
     stages: StageClock = field(default_factory=StageClock)
@@ -62,7 +63,10 @@ def make_ai_client(settings: Settings) -> AIClient:
 
 
 def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerResources:
-    engine = make_engine(settings.database_url, pool_size=min(settings.worker_max_jobs, 20))
+    # No ping per checkout: a job that meets a dropped connection is retried (db.outages).
+    engine = make_engine(
+        settings.database_url, pool_size=min(settings.worker_max_jobs, 20), pre_ping=False
+    )
     # Longer reads than the API's: a worker may wait, a PBX's request may not.
     pool = make_redis_pool(
         settings.redis_url,
@@ -90,6 +94,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
             AiSlots(redis, settings.ai_max_concurrency, settings.ai_attempt_timeout_s * 2 + 5)
         ),
         engine=engine,
+        autocommit=autocommit(engine),
         sessions=make_sessionmaker(engine),
         ai=ai or make_ai_client(settings),
     )

@@ -1,0 +1,375 @@
+"""The back half (`python -m bench.backhalf`, also part of `make bench`): the worker against a
+baseline worker on the same machine, in one run.
+
+- drain: N calls of 10 packets completed at once, instant AI: calls/s, worker CPU per call,
+  the share of each stage, completion to ARCHIVED p50/p99; 1 and 2 workers (and API processes);
+- burst: 1,000 calls completed at once with the default mock AI (1-3 s, 25% failures): time for
+  all to end against 1.5x the slowest call's own AI time (its latencies plus its backoff waits);
+- open loop: 1,000 requests/s over 500 live calls, each completed after its last packet, against
+  the bare ASGI ceiling, the API with no worker, and the API while workers drain those calls.
+
+The baseline is the worker as it was before this work (BASELINE_REV), run from a git worktree
+against the same API, Redis and PostgreSQL. Loopback only; every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import psutil
+import uvloop
+from redis.asyncio import Redis
+
+from bench import profile
+from bench.load import Result, batch_workload, http_request, open_loop, packet_dict, send_all
+from devstack.stack import ROOT, Process, Stack
+
+BASELINE_REV = "7f4a9cd"  # main before the back-half work (issue 8)
+INSTANT_AI = {"AI_LATENCY_MIN_S": "0", "AI_LATENCY_MAX_S": "0", "AI_FAILURE_RATE": "0"}
+# The mock's defaults, written out so the figures do not move if a default does.
+DEFAULT_AI = {
+    "AI_LATENCY_MIN_S": "1",
+    "AI_LATENCY_MAX_S": "3",
+    "AI_FAILURE_RATE": "0.25",
+    "AI_BACKOFF_BASE_S": "0.5",
+    "AI_BACKOFF_MAX_S": "10",
+    "AI_MAX_ATTEMPTS": "5",
+}
+QUIET = {"LOG_LEVEL": "INFO", "KEY_RETENTION_S": "600"}
+# Boot the baseline's arq from its worktree: its packages must shadow the installed ones.
+_BASELINE_BOOT = (
+    "import os, runpy, sys; os.chdir(sys.argv[1]); sys.path.insert(0, sys.argv[1]); "
+    "sys.argv = ['arq', 'jobs.worker.WorkerSettings']; runpy.run_module('arq', run_name='__main__')"
+)
+_STAGES = re.compile(r"wall time by stage \(summed over calls\): (.*)$")
+
+
+@dataclass(frozen=True)
+class Plan:
+    drain_calls: int = 500
+    packets: int = 10
+    burst_calls: int = 1000
+    burst_cap_s: float = 90.0
+    open_calls: int = 500
+    open_packets: int = 20
+    open_rate: float = 1000.0
+
+
+QUICK = Plan(drain_calls=100, burst_calls=200, burst_cap_s=40, open_calls=100, open_packets=10)
+
+
+class Bench:
+    def __init__(self, stack: Stack, pg_dsn: str, redis: Redis, baseline: Path | None) -> None:
+        self.stack, self.pg_dsn, self.redis, self.baseline = stack, pg_dsn, redis, baseline
+
+    def start_workers(self, n: int, env: dict[str, str], baseline: bool = False) -> list[Process]:
+        if not baseline:
+            return [self.stack.start_worker({**QUIET, **env}) for _ in range(n)]
+        assert self.baseline is not None
+        args = [sys.executable, "-c", _BASELINE_BOOT, str(self.baseline)]
+        return [
+            self.stack.spawn("baseline-worker", args, {**QUIET, **env}, stop_timeout_s=30)
+            for _ in range(n)
+        ]
+
+    async def reset(self) -> None:
+        await self.redis.flushdb()
+        conn = await asyncpg.connect(self.pg_dsn)
+        try:
+            await conn.execute("TRUNCATE call, packet, ai_attempt, state_transition CASCADE")
+        finally:
+            await conn.close()
+
+    async def wait_ready(self, workers: list[Process], timeout_s: float = 20) -> None:
+        """Until every worker has polled once (arq writes its health line on each poll)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.redis.exists("arq:queue:health-check") and all(
+                w.poll() is None for w in workers
+            ):
+                await asyncio.sleep(1.0)  # every worker, not only the first, has connected
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError("workers did not start polling")
+
+    async def finished(self, conn: asyncpg.Connection, calls: int, cap_s: float) -> float:
+        """Seconds until `calls` calls are ARCHIVED or FAILED (or the cap)."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < cap_s:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')"
+            )
+            if done >= calls:
+                break
+            await asyncio.sleep(0.02)
+        return time.perf_counter() - t0
+
+
+def cpu_seconds(workers: list[Process]) -> float:
+    total = 0.0
+    for w in workers:
+        try:
+            times = psutil.Process(w.pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def stop(workers: list[Process]) -> dict[str, float]:
+    """Stop the workers; returns their summed wall time by stage (from their last log line)."""
+    stages: dict[str, float] = {}
+    for w in workers:
+        w.stop()
+        if w.log is None or not w.log.exists():
+            continue
+        for line in w.log.read_text(errors="replace").splitlines():
+            if m := _STAGES.search(line):
+                for part in m.group(1).split(", "):
+                    name, seconds = part.rsplit(" ", 1)
+                    stages[name] = stages.get(name, 0.0) + float(seconds.rstrip("s"))
+    return stages
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drain(
+    b: Bench, api: int, plan: Plan, workers: int, baseline: bool, tag: str, spy: bool = False
+) -> dict[str, Any]:
+    """`drain_calls` calls completed at once with an instant AI."""
+    await b.reset()
+    procs = b.start_workers(workers, INSTANT_AI, baseline)
+    await b.wait_ready(procs)
+    work = batch_workload(f"{tag}-drain", plan.drain_calls, 1, plan.packets, seed=5)
+    await send_all(api, [raw for raw, _ in work.requests], 32)
+    conn = await asyncpg.connect(b.pg_dsn)
+    spy_out = Path(tempfile.gettempdir()) / f"callstream-worker-profile-{os.getpid()}.txt"
+    spied = profile.start(procs[0].pid, 3, spy_out) if spy else None
+    try:
+        cpu0 = cpu_seconds(procs)
+        sent = asyncio.create_task(send_all(api, work.completes, 32))
+        seconds = await b.finished(conn, plan.drain_calls, 120)
+        cpu = cpu_seconds(procs) - cpu0
+        if spied is not None:
+            spied.wait(30)
+        completes = await sent
+        done = await conn.fetchval("SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')")
+        latency = [
+            float(r[0])
+            for r in await conn.fetch(
+                "SELECT extract(epoch FROM finished_at - completed_at) FROM call "
+                "WHERE finished_at IS NOT NULL"
+            )
+        ]
+    finally:
+        await conn.close()
+    stages = stop(procs)
+    if spied is not None and spy_out.exists():
+        print("\n".join(profile.summarize(spy_out, top=40)))
+        spy_out.unlink()
+    total_stage = sum(stages.values()) or 1.0
+    return {
+        "workers": workers,
+        "baseline": baseline,
+        "calls": plan.drain_calls,
+        "finished": int(done),
+        "seconds": seconds,
+        "calls_per_s": done / seconds,
+        "cpu_ms_per_call": 1000 * cpu / max(done, 1),
+        "completion_to_final_p50_s": pct(latency, 0.50),
+        "completion_to_final_p99_s": pct(latency, 0.99),
+        "stage_share": {k: v / total_stage for k, v in sorted(stages.items())},
+        "complete_errors": completes.errors,
+    }
+
+
+async def burst(b: Bench, api: int, plan: Plan, baseline: bool, tag: str) -> dict[str, Any]:
+    """`burst_calls` calls completed at once with the default mock AI, two workers."""
+    await b.reset()
+    procs = b.start_workers(2, DEFAULT_AI, baseline)
+    await b.wait_ready(procs)
+    work = batch_workload(f"{tag}-burst", plan.burst_calls, 1, plan.packets, seed=7)
+    await send_all(api, [raw for raw, _ in work.requests], 32)
+    conn = await asyncpg.connect(b.pg_dsn)
+    try:
+        await send_all(api, work.completes, 32)
+        seconds = await b.finished(conn, plan.burst_calls, plan.burst_cap_s)
+        done = await conn.fetchval("SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')")
+        own = [
+            float(r[0])
+            for r in await conn.fetch(
+                "SELECT extract(epoch FROM max(started_at + duration_ms * interval '1 ms')"
+                " - min(started_at)) FROM ai_attempt GROUP BY call_id"
+            )
+        ]
+        states = dict(await conn.fetch("SELECT state, count(*) FROM call GROUP BY state"))
+    finally:
+        await conn.close()
+    stop(procs)
+    slowest = max(own, default=float("nan"))
+    return {
+        "baseline": baseline,
+        "calls": plan.burst_calls,
+        "finished": int(done),
+        "seconds": seconds,
+        "capped": int(done) < plan.burst_calls,
+        "slowest_own_ai_s": slowest,
+        "ratio_to_slowest": seconds / slowest,
+        "states": {str(k): int(v) for k, v in states.items()},
+    }
+
+
+def live_calls_schedule(prefix: str, calls: int, packets: int) -> list[tuple[bytes, int]]:
+    """Every call live at once, staggered: call i's packets fall in its own window, its complete
+    right after its last packet, so completions spread over the run. The generator then sends
+    the requests at a uniform rate in this order."""
+    events: list[tuple[float, bytes, int]] = []
+    data = "A" * 216
+    for i in range(calls):
+        start = i / calls
+        cid = f"{prefix}-{i}"
+        for j in range(packets):
+            body = packet_dict(j, data)
+            raw = http_request("POST", f"/v1/call/stream/{cid}", orjson.dumps(body))
+            events.append((start + j / packets, raw, 1))
+        events.append((start + 1.0, http_request("POST", f"/v1/call/complete/{cid}"), 0))
+    events.sort(key=lambda e: e[0])
+    return [(raw, n) for _, raw, n in events]
+
+
+def summary(r: Result) -> dict[str, Any]:
+    return {
+        "rate": r.request_rate,
+        "p50_ms": r.pct_ms(0.5),
+        "p99_ms": r.pct_ms(0.99),
+        "max_ms": r.max_ms,
+        "errors": r.errors,
+    }
+
+
+async def open_loop_phase(b: Bench, api: int, bare: int, plan: Plan, tag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, port, workers in (
+        ("bare", bare, 0),
+        ("api_no_worker", api, 0),
+        ("api_draining", api, 2),
+    ):
+        await b.reset()
+        procs = b.start_workers(workers, INSTANT_AI) if workers else []
+        if procs:
+            await b.wait_ready(procs)
+        schedule = live_calls_schedule(f"{tag}-{name}", plan.open_calls, plan.open_packets)
+        res = await open_loop(port, schedule, plan.open_rate, 64)
+        out[name] = summary(res)
+        stop(procs)
+    return out
+
+
+async def main_async(
+    plan: Plan, with_baseline: bool, spy: bool = False, only_drain: bool = False
+) -> dict[str, Any]:
+    stack = Stack(env=os.environ, fast_and_unsafe=True, temp_prefix="callstream-backhalf-")
+    worktree: Path | None = None
+    try:
+        stack.start_postgres()
+        stack.start_redis()
+        stack.migrate()
+        if with_baseline:
+            worktree = Path(tempfile.mkdtemp(prefix="callstream-baseline-")) / "tree"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(worktree), BASELINE_REV],
+                cwd=ROOT, check=True, capture_output=True,
+            )  # fmt: skip
+        api = stack.start_api(extra_args=("--log-level", "warning"))
+        api2 = stack.start_api(
+            extra_args=("--log-level", "warning", "--workers", "2"), name="api-x2"
+        )
+        bare = stack.start_api(target="bench.bare_app:app", name="bare")
+        assert api.port and api2.port and bare.port
+        assert stack.pg is not None and stack.redis is not None
+        redis = Redis.from_url(stack.redis.url)
+        pg_dsn = stack.pg.url.replace("postgresql+asyncpg://", "postgresql://")
+        b = Bench(stack, pg_dsn, redis, worktree)
+        figures: dict[str, Any] = {"plan": plan.__dict__}
+        runs = [("new-1", api.port, 1, False), ("new-2", api2.port, 2, False)]
+        if with_baseline:
+            runs.append(("baseline-1", api.port, 1, True))
+        figures["drain"] = [
+            await drain(b, port, plan, n, base, tag, spy and tag == "new-1")
+            for tag, port, n, base in runs
+        ]
+        if only_drain:
+            await redis.aclose()
+            return figures
+        figures["burst"] = [await burst(b, api2.port, plan, False, "new")]
+        if with_baseline:
+            figures["burst"].append(await burst(b, api2.port, plan, True, "baseline"))
+        figures["open_loop"] = await open_loop_phase(b, api.port, bare.port, plan, "ol")
+        await redis.aclose()
+        return figures
+    finally:
+        stack.close()
+        if worktree is not None:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(worktree)],
+                cwd=ROOT, capture_output=True,
+            )  # fmt: skip
+
+
+def print_figures(f: dict[str, Any]) -> None:
+    print("\n--- back half ---")
+    for d in f["drain"]:
+        who = "baseline" if d["baseline"] else "new"
+        print(
+            f"drain {who:8} x{d['workers']} worker(s): {d['finished']}/{d['calls']} in "
+            f"{d['seconds']:.2f}s = {d['calls_per_s']:.0f} calls/s, {d['cpu_ms_per_call']:.2f} ms "
+            f"CPU/call, completion->final p50 {d['completion_to_final_p50_s']:.3f}s "
+            f"p99 {d['completion_to_final_p99_s']:.3f}s, stages "
+            + ", ".join(f"{k} {v:.0%}" for k, v in d["stage_share"].items())
+        )
+    for r in f.get("burst", []):
+        who = "baseline" if r["baseline"] else "new"
+        print(
+            f"burst {who:8}: {r['finished']}/{r['calls']} in {r['seconds']:.1f}s; slowest call's "
+            f"own AI time {r['slowest_own_ai_s']:.1f}s (ratio {r['ratio_to_slowest']:.2f}); "
+            f"{r['states']}"
+        )
+    for name, r in f.get("open_loop", {}).items():
+        print(
+            f"open loop {name:14} @{r['rate']:.0f} req/s: p50 {r['p50_ms']:.2f} ms, "
+            f"p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms, errors {r['errors']}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller figures, fast")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the baseline worker")
+    parser.add_argument("--profile", action="store_true", help="py-spy a worker's drain")
+    parser.add_argument("--only-drain", action="store_true", help="the drain phase alone")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan()
+    figures = uvloop.run(main_async(plan, not args.no_baseline, args.profile, args.only_drain))
+    print_figures(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
