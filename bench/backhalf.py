@@ -282,28 +282,41 @@ async def open_loop_phase(b: Bench, api: int, bare: int, plan: Plan, tag: str) -
     return out
 
 
+def add_baseline_worktree() -> Path:
+    """The baseline's code, checked out beside ours (git worktree); remove_worktree() undoes it."""
+    worktree = Path(tempfile.mkdtemp(prefix="callstream-baseline-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(worktree), BASELINE_REV],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    return worktree
+
+
+def remove_worktree(worktree: Path) -> None:
+    subprocess.run(
+        ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True
+    )
+
+
 async def main_async(
-    plan: Plan, with_baseline: bool, spy: bool = False, only_drain: bool = False
+    plan: Plan, worktree: Path | None, spy: bool = False, only_drain: bool = False
 ) -> dict[str, Any]:
+    with_baseline = worktree is not None
     stack = Stack(env=os.environ, fast_and_unsafe=True, temp_prefix="callstream-backhalf-")
-    worktree: Path | None = None
     try:
         stack.start_postgres()
         stack.start_redis()
         stack.migrate()
-        if with_baseline:
-            worktree = Path(tempfile.mkdtemp(prefix="callstream-baseline-")) / "tree"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(worktree), BASELINE_REV],
-                cwd=ROOT, check=True, capture_output=True,
-            )  # fmt: skip
         api = stack.start_api(extra_args=("--log-level", "warning"))
         api2 = stack.start_api(
             extra_args=("--log-level", "warning", "--workers", "2"), name="api-x2"
         )
         bare = stack.start_api(target="bench.bare_app:app", name="bare")
-        assert api.port and api2.port and bare.port
-        assert stack.pg is not None and stack.redis is not None
+        assert api.port is not None
+        assert api2.port is not None
+        assert bare.port is not None
+        assert stack.pg is not None
+        assert stack.redis is not None
         redis = Redis.from_url(stack.redis.url)
         pg_dsn = stack.pg.url.replace("postgresql+asyncpg://", "postgresql://")
         b = Bench(stack, pg_dsn, redis, worktree)
@@ -326,11 +339,6 @@ async def main_async(
         return figures
     finally:
         stack.close()
-        if worktree is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(worktree)],
-                cwd=ROOT, capture_output=True,
-            )  # fmt: skip
 
 
 def print_figures(f: dict[str, Any]) -> None:
@@ -366,7 +374,12 @@ def main() -> int:
     parser.add_argument("--only-drain", action="store_true", help="the drain phase alone")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
-    figures = uvloop.run(main_async(plan, not args.no_baseline, args.profile, args.only_drain))
+    worktree = None if args.no_baseline else add_baseline_worktree()
+    try:
+        figures = uvloop.run(main_async(plan, worktree, args.profile, args.only_drain))
+    finally:
+        if worktree is not None:
+            remove_worktree(worktree)
     print_figures(figures)
     return 0
 
