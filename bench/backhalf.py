@@ -298,8 +298,11 @@ def remove_worktree(worktree: Path) -> None:
     )
 
 
+PHASES = ("drain", "burst", "open")
+
+
 async def main_async(
-    plan: Plan, worktree: Path | None, spy: bool = False, only_drain: bool = False
+    plan: Plan, worktree: Path | None, spy: bool = False, phases: tuple[str, ...] = PHASES
 ) -> dict[str, Any]:
     with_baseline = worktree is not None
     stack = Stack(env=os.environ, fast_and_unsafe=True, temp_prefix="callstream-backhalf-")
@@ -324,17 +327,17 @@ async def main_async(
         runs = [("new-1", api.port, 1, False), ("new-2", api2.port, 2, False)]
         if with_baseline:
             runs.append(("baseline-1", api.port, 1, True))
-        figures["drain"] = [
-            await drain(b, port, plan, n, base, tag, spy and tag == "new-1")
-            for tag, port, n, base in runs
-        ]
-        if only_drain:
-            await redis.aclose()
-            return figures
-        figures["burst"] = [await burst(b, api2.port, plan, False, "new")]
-        if with_baseline:
-            figures["burst"].append(await burst(b, api2.port, plan, True, "baseline"))
-        figures["open_loop"] = await open_loop_phase(b, api.port, bare.port, plan, "ol")
+        if "drain" in phases:
+            figures["drain"] = [
+                await drain(b, port, plan, n, base, tag, spy and tag == "new-1")
+                for tag, port, n, base in runs
+            ]
+        if "burst" in phases:
+            figures["burst"] = [await burst(b, api2.port, plan, False, "new")]
+            if with_baseline:
+                figures["burst"].append(await burst(b, api2.port, plan, True, "baseline"))
+        if "open" in phases:
+            figures["open_loop"] = await open_loop_phase(b, api.port, bare.port, plan, "ol")
         await redis.aclose()
         return figures
     finally:
@@ -343,7 +346,7 @@ async def main_async(
 
 def print_figures(f: dict[str, Any]) -> None:
     print("\n--- back half ---")
-    for d in f["drain"]:
+    for d in f.get("drain", []):
         who = "baseline" if d["baseline"] else "new"
         print(
             f"drain {who:8} x{d['workers']} worker(s): {d['finished']}/{d['calls']} in "
@@ -371,12 +374,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller figures, fast")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline worker")
     parser.add_argument("--profile", action="store_true", help="py-spy a worker's drain")
-    parser.add_argument("--only-drain", action="store_true", help="the drain phase alone")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
     worktree = None if args.no_baseline else add_baseline_worktree()
     try:
-        figures = uvloop.run(main_async(plan, worktree, args.profile, args.only_drain))
+        phases = tuple(args.phases.split(","))
+        figures = uvloop.run(main_async(plan, worktree, args.profile, phases))
     finally:
         if worktree is not None:
             remove_worktree(worktree)
