@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # what bounds the AI work is AI_MAX_CONCURRENCY.
     worker_max_jobs: int = Field(1000, ge=1)
     job_timeout_s: int = Field(600, ge=1)
+    # CPU priority of the worker below the API's (os.nice increment; 0 leaves it as it is).
+    worker_nice: int = Field(10, ge=0, le=19)
     lease_ttl_s: float = Field(10.0, gt=0)
     reaper_interval_s: int = Field(2, ge=1, le=60)
     shutdown_grace_s: int = Field(20, ge=0)

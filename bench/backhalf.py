@@ -34,6 +34,8 @@ from redis.asyncio import Redis
 
 from bench import profile
 from bench.load import Result, batch_workload, http_request, open_loop, packet_dict, send_all
+from devstack.commands import UVICORN_FLAGS
+from devstack.processes import free_port, wait_for_port
 from devstack.stack import ROOT, Process, Stack
 
 BASELINE_REV = "7f4a9cd"  # main before the back-half work (issue 8)
@@ -49,9 +51,10 @@ DEFAULT_AI = {
 }
 QUIET = {"LOG_LEVEL": "INFO", "KEY_RETENTION_S": "600"}
 # Boot the baseline's arq from its worktree: its packages must shadow the installed ones.
+# Run a module of the baseline from its worktree: its packages must shadow the installed ones.
 _BASELINE_BOOT = (
     "import os, runpy, sys; os.chdir(sys.argv[1]); sys.path.insert(0, sys.argv[1]); "
-    "sys.argv = ['arq', 'jobs.worker.WorkerSettings']; runpy.run_module('arq', run_name='__main__')"
+    "sys.argv = sys.argv[2:]; runpy.run_module(sys.argv[0], run_name='__main__')"
 )
 _STAGES = re.compile(r"wall time by stage \(summed over calls\): (.*)$")
 
@@ -65,6 +68,7 @@ class Plan:
     open_calls: int = 500
     open_packets: int = 20
     open_rate: float = 1000.0
+    open_connections: int = 500  # one per live call, as PBXs connect
 
 
 QUICK = Plan(drain_calls=100, burst_calls=200, burst_cap_s=40, open_calls=100, open_packets=10)
@@ -78,11 +82,22 @@ class Bench:
         if not baseline:
             return [self.stack.start_worker({**QUIET, **env}) for _ in range(n)]
         assert self.baseline is not None
-        args = [sys.executable, "-c", _BASELINE_BOOT, str(self.baseline)]
+        args = [*self.baseline_boot(), "arq", "jobs.worker.WorkerSettings"]
         return [
             self.stack.spawn("baseline-worker", args, {**QUIET, **env}, stop_timeout_s=30)
             for _ in range(n)
         ]
+
+    def baseline_boot(self) -> list[str]:
+        assert self.baseline is not None
+        return [sys.executable, "-c", _BASELINE_BOOT, str(self.baseline)]
+
+    def start_baseline_api(self) -> int:
+        port = free_port()
+        args = [*self.baseline_boot(), "uvicorn", "service.app:app", "--port", str(port)]
+        api = self.stack.spawn("baseline-api", [*args, *UVICORN_FLAGS, "--log-level", "warning"])
+        wait_for_port(port, 30, api.proc)
+        return port
 
     async def reset(self) -> None:
         await self.redis.flushdb()
@@ -266,17 +281,16 @@ def summary(r: Result) -> dict[str, Any]:
 
 async def open_loop_phase(b: Bench, api: int, bare: int, plan: Plan, tag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, port, workers in (
-        ("bare", bare, 0),
-        ("api_no_worker", api, 0),
-        ("api_draining", api, 2),
-    ):
+    targets = [("bare", bare, 0), ("api_no_worker", api, 0), ("api_draining", api, 2)]
+    if b.baseline is not None:
+        targets.insert(1, ("baseline_api_no_worker", b.start_baseline_api(), 0))
+    for name, port, workers in targets:
         await b.reset()
         procs = b.start_workers(workers, INSTANT_AI) if workers else []
         if procs:
             await b.wait_ready(procs)
         schedule = live_calls_schedule(f"{tag}-{name}", plan.open_calls, plan.open_packets)
-        res = await open_loop(port, schedule, plan.open_rate, 64)
+        res = await open_loop(port, schedule, plan.open_rate, plan.open_connections)
         out[name] = summary(res)
         stop(procs)
     return out

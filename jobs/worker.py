@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Any, ClassVar
@@ -59,6 +60,10 @@ async def reap_orphaned_calls(ctx: dict[str, Any]) -> int:
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    if settings.worker_nice:
+        # On a machine shared with the API, ingestion's latency matters more than the drain's
+        # pace: the scheduler gives the API the CPU first (make bench: open loop, draining).
+        os.nice(settings.worker_nice)
     logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
     ctx["resources"] = make_resources(settings)
 
