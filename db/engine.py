@@ -9,14 +9,22 @@ from sqlalchemy.ext.asyncio import (
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0, pre_ping: bool = True
+    url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout_s: float = 5.0,
+    pre_ping: bool = True,
+    overflow: bool = True,
 ) -> AsyncEngine:
     """`pre_ping` costs a round trip per checkout; a caller that retries on a dropped
-    connection anyway (the worker: db.outages.is_postgres_outage) does without it."""
+    connection anyway (the worker: db.outages.is_postgres_outage) does without it.
+    `overflow` lets a burst open as many connections again, closed when given back: right for
+    rare peaks, wrong for a worker whose hundreds of jobs would open and close them all the
+    time (each new connection costs a TLS attempt and prepares its statements anew)."""
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if overflow else 0,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         # A dead PostgreSQL must fail fast so callers can answer or retry, never hang.

@@ -19,6 +19,7 @@ class Script(StrEnum):
     BREAKER_FAILURE = "breaker_failure"
     AI_SLOTS_ACQUIRE = "ai_slots_acquire"  # the shared AI concurrency limit
     AI_SLOTS_PAUSE = "ai_slots_pause"
+    CLAIM_JOBS = "claim_jobs"  # a job queue's waiting jobs, claimed in one step (jobs/polling.py)
 
 
 @cache

@@ -64,8 +64,12 @@ def make_ai_client(settings: Settings) -> AIClient:
 
 def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerResources:
     # No ping per checkout: a job that meets a dropped connection is retried (db.outages).
+    # A fixed pool: jobs queue for a connection rather than open and close extra ones.
     engine = make_engine(
-        settings.database_url, pool_size=min(settings.worker_max_jobs, 20), pre_ping=False
+        settings.database_url,
+        pool_size=min(settings.worker_max_jobs, 20),
+        pre_ping=False,
+        overflow=False,
     )
     # Longer reads than the API's: a worker may wait, a PBX's request may not.
     pool = make_redis_pool(
