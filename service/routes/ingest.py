@@ -25,6 +25,7 @@ from service.views import call_status
 
 PREFIX = "/v1/call"
 STREAM_PATH = f"{PREFIX}/stream/"
+COMPLETE_PATH = f"{PREFIX}/complete/"
 BATCH_SUFFIX = "/batch"
 # An undeclared body is read as JSON, as on the fast path (core.ingestion.is_json); a body
 # declared as anything else is refused with 415 by `json_body`.

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from arq.constants import default_queue_name, job_key_prefix
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from db.keys import PENDING_INDEX
 from tests.factories import send
+
+
+@pytest.fixture
+def client(both_paths: AsyncClient) -> AsyncClient:
+    return both_paths
 
 
 async def test_first_complete_answers_202_and_queues_one_job(client: AsyncClient, redis: Redis):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -17,16 +16,9 @@ from settings import Settings
 from tests.factories import packet, send, send_all
 
 
-@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
-async def client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[AsyncClient]:
-    """Every ingestion test runs against both the ASGI fast path and the FastAPI route: they
-    must answer the same."""
-    app = create_asgi(settings.model_copy(update={"ingest_fast_path": request.param}))
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
-    ):
-        yield client
+@pytest.fixture
+def client(both_paths: AsyncClient) -> AsyncClient:
+    return both_paths
 
 
 async def stream_len(redis: Redis, call_id: str) -> int:
