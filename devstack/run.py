@@ -35,9 +35,9 @@ def _on_signal(signum: int, _: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def _banner(stack: Stack, host: str, port: int) -> str:
+def _banner(stack: Stack, host: str, port: int, layout: str) -> str:
     return (
-        f"\nCallstream is up.\n"
+        f"\nCallstream is up ({layout}).\n"
         f"  API        http://{host}:{port}   (docs: http://{host}:{port}/docs)\n"
         f"  PostgreSQL {stack.env['DATABASE_URL']}\n"
         f"  Redis      {stack.env['REDIS_URL']}\n"
@@ -52,6 +52,11 @@ def main() -> int:
     env = dict(os.environ)
     host, port = env.get("HOST", "127.0.0.1"), int(env.get("PORT", "8000"))
     fsync = env.get("REDIS_APPENDFSYNC", "everysec")
+    # As many API processes and workers as the machine has cores. uvicorn reads
+    # WEB_CONCURRENCY itself; the processes share nothing but Redis and PostgreSQL.
+    cores = str(os.cpu_count() or 1)
+    env.setdefault("WEB_CONCURRENCY", cores)
+    workers = int(env.get("WORKER_PROCESSES", cores))
     # The processes write to our console; the stores and the migrations to files under DATA.
     stack = Stack(DATA, env=env, log_to_files=False, appendfsync=fsync)
     try:
@@ -61,9 +66,11 @@ def main() -> int:
             stack.start_redis(port=_port(63790))
         stack.migrate()
         # Started before the API so that, stopped in reverse, the API closes first.
-        stack.start_worker()
+        for _ in range(workers):
+            stack.start_worker()
         stack.start_api(port, host)
-        print(_banner(stack, host, port), flush=True)
+        layout = f"{env['WEB_CONCURRENCY']} API processes, {workers} workers"
+        print(_banner(stack, host, port, layout), flush=True)
         part, code = stack.watch()
         print(f"devstack: {part.name} exited with {code}; stopping all", flush=True)
         return 1

@@ -36,6 +36,7 @@ class StackConfig:
     call_idle_timeout_s: float = 4.0
     key_retention_s: int = 600
     workers: int = 2
+    api_processes: int = 2  # as make run starts them on this 2-core machine
     # CHAOS_WORKER_SETTINGS runs the suite against another arq settings class (e.g. a fix).
     worker_settings: str = field(
         default_factory=lambda: os.environ.get(
@@ -119,7 +120,7 @@ class Stack:
     # --- start -----------------------------------------------------------------------------
 
     def start_api(self) -> None:
-        api = self.supervisor.start_api()
+        api = self.supervisor.start_api(extra_args=("--workers", str(self.config.api_processes)))
         assert api.port is not None
         self.api_port = api.port
 
