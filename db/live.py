@@ -37,15 +37,18 @@ class LiveCalls:
                 pipe.hgetall(keys.meta)
                 pipe.get(keys.metadata)
             raw = await pipe.execute()
-        found: list[CallRecord | None] = []
-        for call_id, meta, metadata in zip(call_ids, raw[::2], raw[1::2], strict=True):
-            if not meta:
-                found.append(None)
-                continue
-            record = from_redis(call_id, meta, metadata, [])
-            missing = await self.missing_sequences(record, missing_cap)
-            found.append(record.model_copy(update={"missing_sequences": missing}))
-        return found
+        return [
+            await self.record(call_id, meta, metadata, missing_cap) if meta else None
+            for call_id, meta, metadata in zip(call_ids, raw[::2], raw[1::2], strict=True)
+        ]
+
+    async def record(
+        self, call_id: str, meta: dict[bytes, bytes], metadata: bytes | None, missing_cap: int
+    ) -> CallRecord:
+        """The record of a live call whose hash (and metadata) the caller has read already."""
+        found = from_redis(call_id, meta, metadata, [])
+        missing = await self.missing_sequences(found, missing_cap)
+        return found.model_copy(update={"missing_sequences": missing}) if missing else found
 
     async def missing_sequences(self, call: CallRecord, cap: int) -> list[int]:
         """The gaps, read from the dedup bitmap (the stream itself need not be read)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from db import calls, worker_writes
+from db.flush import FlushStart
 from db.packets import StoredPacket
 from db.record import CallRecord
 from db.states import TERMINAL_STATES, CallState
@@ -47,10 +48,10 @@ class Held:
 async def process_call(res: WorkerResources, call_id: str) -> str:
     """Bring one completed call to a terminal state; returns the state it ends in."""
     try:
-        async with res.lease_keeper.hold(call_id) as holder:
+        async with res.lease_keeper.hold(call_id, taken=True) as holder:
             try:
                 with res.stages.timing("flush"):
-                    held = await flush_call(res, call_id)
+                    held = await flush_call(res, call_id, holder)
                 if held is None:
                     settled = await release_if_settled(res, call_id)
                     if settled is None:
@@ -75,36 +76,39 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     return state
 
 
-async def flush_call(res: WorkerResources, call_id: str) -> Held | None:
-    """Copy the call and its packets from Redis to PostgreSQL and claim it, atomically; or, if
-    an earlier run flushed it, claim it there. None if it is not the worker's to take (already
-    ARCHIVED or FAILED, or unknown)."""
-    live = await res.live.get(call_id, res.settings.missing_list_cap)
-    held = await _flush_new(res, live) if live is not None else None
+async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | None:
+    """Take the call's lease, copy the call and its packets from Redis to PostgreSQL and claim
+    it, atomically; or, if an earlier run flushed it, claim it there. None if it is not the
+    worker's to take (already ARCHIVED or FAILED, or unknown)."""
+    s = res.settings
+    start = await res.flush.start(call_id, holder, s.lease_ttl_s, FLUSH_PAGE)
+    held = None
+    if start.meta:
+        live = await res.live.record(call_id, start.meta, start.metadata, s.missing_list_cap)
+        held = await _flush_new(res, live, start)
     if held is None:
         held = await _claim_flushed(res, call_id)
-    if live is not None:
+    if start.meta:
         await res.flush.forget_unflushed(call_id)
     return held
 
 
-async def _flush_new(res: WorkerResources, live: CallRecord) -> Held | None:
+async def _flush_new(res: WorkerResources, live: CallRecord, start: FlushStart) -> Held | None:
     """The first flush of a call: its row (claimed), its packets, its transitions. One statement
     for a call whose packets fit one page; a longer call's pages join it in one transaction.
     None if the row exists already."""
-    pages = res.flush.packet_pages(live.call_id, FLUSH_PAGE)
-    first = sorted(await anext(pages, []), key=_by_sequence)
-    if len(first) < FLUSH_PAGE:  # the only page
+    first = sorted(start.first_page, key=_by_sequence)
+    if not start.more:
         async with res.autocommit.connect() as conn:
             claim = await worker_writes.flush_new_call(conn, live, first)
         return Held(claim, [p.data for p in first]) if claim else None
     async with res.engine.begin() as conn:
         claim = await worker_writes.flush_new_call(conn, live, first)
         if claim is None:
-            await pages.aclose()
             return None
         kept: list[StoredPacket] | None = first
         size = _data_size(first)
+        pages = res.flush.packet_pages(live.call_id, FLUSH_PAGE, after=start.last_entry)
         async for page in pages:
             page.sort(key=_by_sequence)
             await worker_writes.insert_more_packets(conn, live.call_id, page)

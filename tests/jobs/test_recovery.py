@@ -95,7 +95,7 @@ async def test_a_worker_with_a_stale_epoch_cannot_write(
 ):
     await send(client, "fenced", 0)
     await complete(client, "fenced")
-    held = await flush_call(worker_resources, "fenced")  # the flush claims the call
+    held = await flush_call(worker_resources, "fenced", "worker-a")  # the flush claims the call
     assert held is not None
     async with worker_resources.sessions() as session, session.begin():
         new = await calls.claim(session, "fenced")
@@ -120,7 +120,7 @@ async def test_a_transition_outside_the_state_machine_is_refused(
 ):
     await send(client, "strict", 0)
     await complete(client, "strict")
-    await flush_call(worker_resources, "strict")
+    await flush_call(worker_resources, "strict", "worker-a")
 
     async with worker_resources.sessions() as session, session.begin():
         assert not await calls.transition(session, "strict", CallState.COMPLETED, "go back")
@@ -133,7 +133,7 @@ async def test_the_flush_is_idempotent(
     await send_all(client, "again", [0, 1, 2])
     await complete(client, "again")
 
-    await asyncio.gather(*(flush_call(worker_resources, "again") for _ in range(3)))
+    await asyncio.gather(*(flush_call(worker_resources, "again", f"w{n}") for n in range(3)))
 
     assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='again'") == 3
     assert await scalar(engine, "SELECT count(*) FROM call WHERE call_id='again'") == 1

@@ -249,3 +249,24 @@ async def test_a_long_call_is_flushed_page_by_page_with_every_packet_and_gap(
     assert call["state"] == "ARCHIVED"
     assert call["missing_sequences"] == [1234, 4001]
     assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='long'") == 4598
+
+
+async def test_a_call_longer_than_a_flush_page_is_flushed_whole_and_transcribed_in_order(
+    client: AsyncClient, run_worker, engine: AsyncEngine, ai: ScriptedAI
+):
+    total = 4500  # three flush pages (FLUSH_PAGE = 2000)
+    order = list(range(total))
+    order[100], order[101] = order[101], order[100]  # one reordered pair
+    for start in range(0, total, 500):
+        batch = [packet(s, f"w{s}") for s in order[start : start + 500]]
+        answer = await client.post("/v1/call/stream/long/batch", json={"packets": batch})
+        assert answer.status_code == 202
+    await complete(client, "long")
+
+    await run_worker()
+
+    call = await status(client, "long")
+    assert call["state"] == "ARCHIVED"
+    assert call["packets_received"] == total
+    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='long'") == total
+    assert call["transcript"].split() == [f"w{s}" for s in range(total)]
