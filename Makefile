@@ -55,9 +55,10 @@ check: lint types imports test
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m "chaos or chaos_long" tests/chaos
 
-## Ingestion and drain benchmarks; results go to BENCHMARKS.md.
+## Ingestion, drain and back-half benchmarks; results go to BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.backhalf --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info

@@ -32,8 +32,17 @@ import psutil
 import uvloop
 from redis.asyncio import Redis
 
-from bench import profile
-from bench.load import Result, batch_workload, http_request, open_loop, packet_dict, send_all
+from bench import backhalf_report, profile
+from bench.load import (
+    Result,
+    batch_workload,
+    closed_loop,
+    http_request,
+    open_loop,
+    packet_dict,
+    send_all,
+    single_packet_workload,
+)
 from devstack.commands import UVICORN_FLAGS
 from devstack.processes import free_port, wait_for_port
 from devstack.stack import ROOT, Process, Stack
@@ -69,9 +78,12 @@ class Plan:
     open_packets: int = 20
     open_rate: float = 1000.0
     open_connections: int = 500  # one per live call, as PBXs connect
+    scale_s: float = 5.0
 
 
-QUICK = Plan(drain_calls=100, burst_calls=200, burst_cap_s=40, open_calls=100, open_packets=10)
+QUICK = Plan(
+    drain_calls=100, burst_calls=200, burst_cap_s=40, open_calls=100, open_packets=10, scale_s=1.5
+)
 
 
 class Bench:
@@ -312,7 +324,18 @@ def remove_worktree(worktree: Path) -> None:
     )
 
 
-PHASES = ("drain", "burst", "open")
+PHASES = ("drain", "burst", "open", "scale")
+
+
+async def scale(api: int, api2: int, plan: Plan) -> dict[str, Any]:
+    """Single-packet ingestion, closed loop, against 1 and then 2 API processes."""
+    out: dict[str, Any] = {}
+    for name, port in (("api_x1", api), ("api_x2", api2)):
+        work = single_packet_workload(f"scale-{name}", 200, 150)
+        res = await closed_loop(port, work.requests, 64, plan.scale_s)
+        out[name] = {"rate": res.rate, "p99_ms": res.pct_ms(0.99), "errors": res.errors}
+    out["ratio"] = out["api_x2"]["rate"] / out["api_x1"]["rate"]
+    return out
 
 
 async def main_async(
@@ -352,6 +375,9 @@ async def main_async(
                 figures["burst"].append(await burst(b, api2.port, plan, True, "baseline"))
         if "open" in phases:
             figures["open_loop"] = await open_loop_phase(b, api.port, bare.port, plan, "ol")
+        if "scale" in phases:
+            await b.reset()
+            figures["scale"] = await scale(api.port, api2.port, plan)
         await redis.aclose()
         return figures
     finally:
@@ -381,6 +407,11 @@ def print_figures(f: dict[str, Any]) -> None:
             f"open loop {name:14} @{r['rate']:.0f} req/s: p50 {r['p50_ms']:.2f} ms, "
             f"p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms, errors {r['errors']}"
         )
+    if sc := f.get("scale"):
+        print(
+            f"ingestion, 1 -> 2 API processes: {sc['api_x1']['rate']:.0f} -> "
+            f"{sc['api_x2']['rate']:.0f} packets/s (x{sc['ratio']:.2f})"
+        )
 
 
 def main() -> int:
@@ -388,6 +419,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller figures, fast")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline worker")
     parser.add_argument("--profile", action="store_true", help="py-spy a worker's drain")
+    parser.add_argument(
+        "--write", action="store_true", help="write the back-half section of BENCHMARKS.md"
+    )
     parser.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
     )
@@ -401,6 +435,11 @@ def main() -> int:
         if worktree is not None:
             remove_worktree(worktree)
     print_figures(figures)
+    if args.write and not args.quick:
+        command = "python -m bench.backhalf --write" + (
+            "" if args.phases == ",".join(PHASES) else f" --phases {args.phases}"
+        )
+        print(f"wrote {backhalf_report.write(figures, command, BASELINE_REV)}")
     return 0
 
 

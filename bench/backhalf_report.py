@@ -1,0 +1,125 @@
+"""The back half's section of BENCHMARKS.md: targets, figures measured in one run, verdicts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+HEADING = "## The back half: worker, drain, burst, open loop while draining"
+REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _drain(figures: dict[str, Any], workers: int, baseline: bool) -> dict[str, Any] | None:
+    return next(
+        (
+            d
+            for d in figures.get("drain", [])
+            if d["workers"] == workers and d["baseline"] == baseline
+        ),
+        None,
+    )
+
+
+def section(figures: dict[str, Any], command: str, baseline_rev: str) -> list[str]:
+    new1, new2 = _drain(figures, 1, False), _drain(figures, 2, False)
+    base = _drain(figures, 1, True)
+    lines = [
+        HEADING,
+        "",
+        f"Command: `{command}` (part of `make bench`). One run; every ratio compares figures",
+        f"measured in that run on this machine ({os.cpu_count()} cores, shared by the load",
+        "generator, the API, the workers, Redis and PostgreSQL with fsync off). The baseline is",
+        f"the worker and API as they were before this work (commit `{baseline_rev}`), run from a",
+        "git worktree against the same Redis and PostgreSQL. Instant AI: latency 0, no failures.",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    if new1 and base:
+        ratio = base["cpu_ms_per_call"] / new1["cpu_ms_per_call"]
+        lines.append(
+            f"| worker CPU per call (10 packets, instant AI) <= 4 ms, >= 10x less than the "
+            f"baseline | {new1['cpu_ms_per_call']:.2f} ms; baseline "
+            f"{base['cpu_ms_per_call']:.2f} ms ({ratio:.1f}x less) | "
+            f"{_verdict(new1['cpu_ms_per_call'] <= 4)} (<= 4 ms); "
+            f"{_verdict(ratio >= 10)} (>= 10x) |"
+        )
+    if new2 and base:
+        ratio = new2["calls_per_s"] / base["calls_per_s"]
+        lines.append(
+            f"| drain with an instant AI >= 200 calls/s with make run's layout (2 API processes,"
+            f" 2 workers here), >= 10x the baseline | {new2['calls_per_s']:.0f} calls/s; baseline"
+            f" (its layout: 1 + 1) {base['calls_per_s']:.0f} calls/s ({ratio:.1f}x) | "
+            f"{_verdict(new2['calls_per_s'] >= 200)} (>= 200/s); {_verdict(ratio >= 10)} "
+            "(>= 10x) |"
+        )
+    for burst in figures.get("burst", []):
+        who = "baseline" if burst["baseline"] else "Callstream"
+        lines.append(
+            f"| {who}: {burst['calls']} calls completed at once, default mock (1-3 s, 25% "
+            f"failures), all final within 1.5x the slowest call's own AI time | "
+            f"{burst['finished']}/{burst['calls']} in {burst['seconds']:.1f} s; slowest own AI "
+            f"time {burst['slowest_own_ai_s']:.1f} s (x{burst['ratio_to_slowest']:.2f}) | "
+            f"{_verdict(not burst['capped'] and burst['ratio_to_slowest'] <= 1.5)} |"
+        )
+    ol = figures.get("open_loop", {})
+    if "api_draining" in ol:
+        d = ol["api_draining"]
+        lines.append(
+            f"| open-loop ingestion p99 < 10 ms at 1,000 requests/s, 500 live calls, workers "
+            f"draining them | p99 {d['p99_ms']:.2f} ms (p50 {d['p50_ms']:.2f}) | "
+            f"{_verdict(d['p99_ms'] < 10)} |"
+        )
+    lines += [
+        "",
+        "Every drain (completion to ARCHIVED or FAILED, and where a worker's time went):",
+        "",
+    ]
+    lines += [
+        "| run | calls/s | CPU per call | completion -> final p50 / p99 | time by stage |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for d in figures.get("drain", []):
+        who = "baseline" if d["baseline"] else "Callstream"
+        stages = ", ".join(f"{k} {v:.0%}" for k, v in d["stage_share"].items()) or "(not logged)"
+        lines.append(
+            f"| {who}, {d['workers']} worker(s) | {d['calls_per_s']:.0f} | "
+            f"{d['cpu_ms_per_call']:.2f} ms | {d['completion_to_final_p50_s']:.2f} s / "
+            f"{d['completion_to_final_p99_s']:.2f} s | {stages} |"
+        )
+    if ol:
+        lines += ["", "Open loop, 1,000 requests/s over 500 live calls (one connection each):", ""]
+        lines += ["| server | p50 | p99 | max |", "|---|---:|---:|---:|"]
+        for name, r in ol.items():
+            lines.append(
+                f"| {name.replace('_', ' ')} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+                f"{r['max_ms']:.1f} ms |"
+            )
+    if sc := figures.get("scale"):
+        lines += [
+            "",
+            f"From 1 to 2 processes: single-packet ingestion {sc['api_x1']['rate']:.0f} -> "
+            f"{sc['api_x2']['rate']:.0f} packets/s (x{sc['ratio']:.2f}); the drain "
+            + (
+                f"{new1['calls_per_s']:.0f} -> {new2['calls_per_s']:.0f} calls/s "
+                f"(x{new2['calls_per_s'] / new1['calls_per_s']:.2f})"
+                if new1 and new2
+                else "(not measured)"
+            )
+            + ". Two cores are shared by everything here, so a second process of each adds less"
+            " than a second machine would.",
+        ]
+    return [*lines, ""]
+
+
+def write(figures: dict[str, Any], command: str, baseline_rev: str) -> Path:
+    """Replace this section of BENCHMARKS.md (from its heading to the end), or append it."""
+    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
+    head = text.split(HEADING, 1)[0].rstrip("\n")
+    REPORT.write_text(head + "\n\n" + "\n".join(section(figures, command, baseline_rev)))
+    return REPORT
