@@ -39,7 +39,9 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class AttemptRow:
+class AttemptRecord:
+    """One request to the AI provider, as it is kept in ai_attempt."""
+
     step: str
     attempt: int
     outcome: str  # ok | error | timeout | rejected
@@ -143,7 +145,7 @@ def _packet_arrays(packets: Sequence[StoredPacket]) -> dict[str, Any]:
     }
 
 
-def _attempt_arrays(attempts: Sequence[AttemptRow]) -> dict[str, Any]:
+def _attempt_arrays(attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
     return {
         "a_count": len(attempts),
         "a_step": [a.step for a in attempts],
@@ -186,7 +188,7 @@ async def insert_more_packets(
 
 
 async def write_progress(
-    conn: AsyncConnection, claim: Claim, attempts: Sequence[AttemptRow], transcript: str | None
+    conn: AsyncConnection, claim: Claim, attempts: Sequence[AttemptRecord], transcript: str | None
 ) -> bool:
     """Keep attempts (and the transcript) unless another worker took the call since."""
     params = {"call_id": claim.call_id, "epoch": claim.epoch, "transcript": transcript}
@@ -198,7 +200,7 @@ async def finish(
     claim: Claim,
     target: CallState,
     reason: str,
-    attempts: Sequence[AttemptRow],
+    attempts: Sequence[AttemptRecord],
     *,
     transcript: str | None = None,
     sentiment: tuple[str, float] | None = None,

@@ -21,22 +21,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from db.worker_writes import AttemptRecord
 from jobs.ai import AIError, PermanentAIError, TransientAIError
 from jobs.ai_limit import AiLimiter, NoSlotInTime
 from jobs.breaker import BreakerOpen, CircuitBreaker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    step: str
-    attempt: int
-    outcome: str  # ok | error | timeout | rejected
-    error: str | None
-    started_at: datetime
-    duration_ms: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from db.flush import FlushStart
 from db.packets import StoredPacket
 from db.record import CallRecord
 from db.states import TERMINAL_STATES, CallState
-from db.worker_writes import AttemptRow, Claim
-from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
+from db.worker_writes import AttemptRecord, Claim
+from jobs.attempts import LeaseLost, RetryPolicy, StepExhausted, run_step
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -169,20 +169,11 @@ class _Journal:
 
     res: WorkerResources
     claim: Claim
-    attempts: list[AttemptRow] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
     transcript: str | None = None  # known but not yet stored
 
     async def record(self, attempt: AttemptRecord) -> bool:
-        self.attempts.append(
-            AttemptRow(
-                attempt.step,
-                attempt.attempt,
-                attempt.outcome,
-                attempt.error,
-                attempt.started_at,
-                attempt.duration_ms,
-            )
-        )
+        self.attempts.append(attempt)
         return attempt.outcome == "ok" or await self.save()
 
     async def save(self) -> bool:

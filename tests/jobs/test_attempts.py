@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from db.worker_writes import AttemptRecord
 from jobs.ai import PermanentAIError, TransientAIError, sentiment_of, transcript_of
-from jobs.attempts import AttemptRecord, LeaseLost, RetryPolicy, StepExhausted, run_step
+from jobs.attempts import LeaseLost, RetryPolicy, StepExhausted, run_step
 
 FAST = RetryPolicy(
     max_attempts=4, attempt_timeout_s=0.2, backoff_base_s=0.001, backoff_max_s=0.002, budget_s=5
