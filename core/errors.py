@@ -11,6 +11,7 @@ CallstreamError            carries its HTTP status and a stable code
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -54,9 +55,22 @@ class UnsupportedMediaType(CallstreamError):
     code = "unsupported_media_type"
 
 
-def error_body(code: str, detail: Any) -> bytes:
-    """Every error answer, whatever the path that sends it: {"detail": ..., "code": ...}."""
-    return orjson.dumps({"detail": detail, "code": code})
+PROBLEM_JSON = "application/problem+json"
+# The longest list of problems a 422 carries: an invalid body of thousands of items must not get
+# an answer several times its own size.
+MAX_PROBLEMS = 20
+
+
+def problem(status: int, code: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    """Every error answer, whatever the path that sends it: RFC 9457 problem details, with our
+    stable `code` beside the standard members."""
+    title = HTTPStatus(status).phrase
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail,
+            "code": code, **extensions}  # fmt: skip
+
+
+def error_body(status: int, code: str, detail: str, **extensions: Any) -> bytes:
+    return orjson.dumps(problem(status, code, detail, **extensions))
 
 
 # Not "nothing was stored": a timeout can hide a write that happened. Retrying is safe because

@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     INTERNAL_ERROR,
+    MAX_PROBLEMS,
     POSTGRES_DOWN,
+    PROBLEM_JSON,
     REDIS_DOWN,
     CallstreamError,
     error_body,
@@ -22,13 +24,16 @@ from db.outages import POSTGRES_OUTAGE, REDIS_OUTAGE, is_postgres_outage
 
 log = logging.getLogger(__name__)
 
-_JSON = "application/json"
-
 
 def error_response(
-    status: int, code: str, detail: object, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extensions: object,
 ) -> Response:
-    return Response(error_body(code, detail), status, headers, media_type=_JSON)
+    body = error_body(status, code, detail, **extensions)
+    return Response(body, status, headers, media_type=PROBLEM_JSON)
 
 
 async def _domain(_: Request, exc: Exception) -> Response:
@@ -47,13 +52,18 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 
 
 async def _invalid_request(_: Request, exc: Exception) -> Response:
-    """FastAPI's 422, minus the offending input: it may be huge, or not JSON at all (NaN)."""
+    """FastAPI's 422, minus the offending input (it may be huge, or not JSON at all: NaN), and
+    at most MAX_PROBLEMS of them: the answer must stay small whatever came in."""
     assert isinstance(exc, RequestValidationError)
+    found = exc.errors()
     problems = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        for e in found[:MAX_PROBLEMS]
     ]
-    return error_response(422, "invalid_request", problems)
+    where = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems[:3])
+    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    detail = f"{len(found)} problem(s) with the request: {where}{more}"
+    return error_response(422, "invalid_request", detail, errors=problems)
 
 
 def redis_down_response() -> Response:

@@ -26,7 +26,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import INTERNAL_ERROR, REDIS_DOWN, CallstreamError, error_body
+from core.errors import INTERNAL_ERROR, PROBLEM_JSON, REDIS_DOWN, CallstreamError, error_body
 from core.ingestion import Ingestion, is_call_id, is_json
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
@@ -37,6 +37,7 @@ from service.schemas import BatchIn, PacketIn
 
 log = logging.getLogger(__name__)
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]
 
 
 class IngestFastPath:
@@ -96,13 +97,13 @@ async def _guarded(
     try:
         outcome = await work
     except CallstreamError as exc:
-        await _answer(send, exc.status_code, error_body(exc.code, exc.detail))
+        await _problem(send, exc.status_code, error_body(exc.status_code, exc.code, exc.detail))
     except REDIS_OUTAGE as exc:
         log.warning("Redis unavailable during ingestion of %s: %r", call_id, exc)
-        await _answer(send, 503, error_body("redis_unavailable", REDIS_DOWN), b"1")
+        await _problem(send, 503, error_body(503, "redis_unavailable", REDIS_DOWN), b"1")
     except Exception:
         log.exception("unhandled error ingesting packets of %s", call_id)
-        await _answer(send, 500, error_body("internal_error", INTERNAL_ERROR))
+        await _problem(send, 500, error_body(500, "internal_error", INTERNAL_ERROR))
     else:
         if outcome is None:
             return False
@@ -171,8 +172,18 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(send: Send, status: int, body: bytes, retry_after: bytes | None = None) -> None:
-    headers: list[Any] = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+async def _problem(send: Send, status: int, body: bytes, retry_after: bytes | None = None) -> None:
+    await _answer(send, status, body, retry_after, _PROBLEM_HEADERS)
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    retry_after: bytes | None = None,
+    content_type: list[tuple[bytes, bytes]] = _JSON_HEADERS,
+) -> None:
+    headers: list[Any] = [*content_type, (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", retry_after))
     await send({"type": "http.response.start", "status": status, "headers": headers})

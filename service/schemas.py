@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from core.errors import MAX_PROBLEMS, PROBLEM_JSON
 from core.ingestion import MAX_SEQUENCE
 from db.record import CallRecord, Sentiment
 
@@ -125,21 +126,30 @@ class Problem(BaseModel):
     type: str
 
 
-class InvalidRequestBody(BaseModel):
-    detail: list[Problem]
-    code: str = Field(description="invalid_request")
-
-
-# Every route documents its 422 with the body our handler really sends (FastAPI's default lacks
-# `code`).
-INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
-    422: {"model": InvalidRequestBody, "description": "Malformed request; nothing stored."}
-}
-
-
 class ErrorBody(BaseModel):
-    detail: str
-    code: str
+    """RFC 9457 problem details (`application/problem+json`), with our stable `code`."""
+
+    type: str = Field(description="about:blank: the status and `code` say it all.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int
+    detail: str = Field(description="What was wrong, for a person.")
+    code: str = Field(description="What was wrong, for a program: stable across versions.")
+
+
+class InvalidRequestBody(ErrorBody):
+    errors: list[Problem] = Field(description=f"The first {MAX_PROBLEMS} problems found.")
+
+
+def problem_response(description: str, model: type[ErrorBody] = ErrorBody) -> dict[str, Any]:
+    """An error answer as /docs shows it: problem details under their own media type."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"model": model, "description": description, "content": {PROBLEM_JSON: {"schema": ref}}}
+
+
+# Every route documents its 422 with the body our handler really sends.
+INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
+    422: problem_response("Malformed request; nothing stored.", InvalidRequestBody)
+}
 
 
 class Health(BaseModel):

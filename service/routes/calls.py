@@ -17,8 +17,8 @@ from service.schemas import (
     CallPage,
     CallStatus,
     CompleteResponse,
-    ErrorBody,
     TransitionOut,
+    problem_response,
 )
 from service.views import call_status, list_calls
 
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
 @router.get(
     "/{call_id}",
     response_model=CallStatus,
-    responses={404: {"model": ErrorBody, "description": "Unknown call."}, **INVALID_REQUEST},
+    responses={404: problem_response("Unknown call."), **INVALID_REQUEST},
     summary="Status of one call",
 )
 async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CallStatus:
@@ -42,7 +42,7 @@ async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> C
     "/{call_id}/history",
     response_model=CallHistory,
     responses={
-        404: {"model": ErrorBody, "description": "Not (yet) in PostgreSQL."},
+        404: problem_response("Not (yet) in PostgreSQL."),
         **INVALID_REQUEST,
     },
     summary="Every state transition and AI attempt of a flushed call",
@@ -82,8 +82,8 @@ async def get_calls(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CompleteResponse,
     responses={
-        404: {"model": ErrorBody, "description": "Unknown call."},
-        409: {"model": ErrorBody, "description": "The call is not FAILED."},
+        404: problem_response("Unknown call."),
+        409: problem_response("The call is not FAILED."),
         **INVALID_REQUEST,
     },
     summary="Replay a FAILED call (dead letter)",

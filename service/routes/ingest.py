@@ -17,9 +17,9 @@ from service.schemas import (
     BatchAccepted,
     BatchIn,
     CompleteResponse,
-    ErrorBody,
     PacketAccepted,
     PacketIn,
+    problem_response,
 )
 from service.views import call_status
 
@@ -32,13 +32,13 @@ BATCH_SUFFIX = "/batch"
 router = APIRouter(prefix=PREFIX, tags=["ingestion"], strict_content_type=False)
 
 _REDIS_DOWN: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "Redis unavailable; retry after Retry-After."}
+    503: problem_response("Redis unavailable; retry after Retry-After.")
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "The body is not readable text; nothing stored."},
-    409: {"model": ErrorBody, "description": "The call is already completed; nothing stored."},
-    413: {"model": ErrorBody, "description": "A packet's data exceeds MAX_PACKET_DATA_BYTES."},
-    415: {"model": ErrorBody, "description": "The body is declared as something other than JSON."},
+    400: problem_response("The body is not readable text; nothing stored."),
+    409: problem_response("The call is already completed; nothing stored."),
+    413: problem_response("A packet's data exceeds MAX_PACKET_DATA_BYTES."),
+    415: problem_response("The body is declared as something other than JSON."),
     **INVALID_REQUEST,
     **_REDIS_DOWN,
 }
@@ -82,7 +82,7 @@ async def ingest_batch(call_id: CallId, batch: BatchIn, ingestion: IngestionDep)
     response_model=CompleteResponse,
     responses={
         200: {"model": CompleteResponse, "description": "Already completed: the current state."},
-        404: {"model": ErrorBody, "description": "No packet was ever received for this call."},
+        404: problem_response("No packet was ever received for this call."),
         **_REDIS_DOWN,
         **INVALID_REQUEST,
     },

@@ -207,7 +207,14 @@ async def test_unknown_routes_answer_in_the_same_error_format(client: AsyncClien
     response = await client.get("/v1/nowhere")
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not Found", "code": "not_found"}
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "Not Found",
+        "code": "not_found",
+    }
 
 
 async def test_malformed_json_is_refused_with_422(client: AsyncClient, redis: Redis):
@@ -260,6 +267,9 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_json_500_without_traceb
 
     assert response.status_code == 500
     assert response.json() == {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
         "detail": "Internal error; it has been logged.",
         "code": "internal_error",
     }
@@ -399,3 +409,19 @@ def test_the_served_app_still_shows_the_fastapi_app_behind_the_fast_path():
 
     assert "/v1/call/stream/{call_id}" in app.openapi()["paths"]
     assert app.dependency_overrides == {}
+
+
+async def test_an_invalid_body_with_thousands_of_problems_gets_a_small_answer(
+    client: AsyncClient, redis: Redis
+):
+    bad = [{"sequence": "x", "data": 1, "timestamp": "y"} for _ in range(500)]
+    response = await client.post("/v1/call/stream/call-1/batch", json={"packets": bad})
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "invalid_request"
+    assert len(body["errors"]) == 20
+    assert "1500 problem(s)" in body["detail"]
+    assert len(response.content) < 8_000
+    assert await redis.dbsize() == 0
