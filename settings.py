@@ -1,9 +1,11 @@
 """Callstream's configuration: every knob is an environment variable with a laptop default."""
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Embedded defaults used by `make run`; `make run` exports the real URLs of the servers it starts.
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/callstream"
@@ -17,15 +19,34 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
+
+    # Access (core/access.py): comma-separated API keys per role, or files of them (secrets).
+    # With none at all, the API is open but serves loopback clients only.
+    ingest_api_keys: SecretStr = SecretStr("")
+    supervisor_api_keys: SecretStr = SecretStr("")
+    admin_api_keys: SecretStr = SecretStr("")
+    ingest_api_keys_file: Path | None = None
+    supervisor_api_keys_file: Path | None = None
+    admin_api_keys_file: Path | None = None
     # INFO: warnings and one line per finished call; DEBUG adds every job, cron run and retry.
     log_level: str = "INFO"
 
     # Ingestion
     max_packet_data_bytes: int = Field(64 * 1024, gt=0)
     max_batch_packets: int = Field(500, gt=0)
+    # The largest request body, refused by its Content-Length before a byte is read (413).
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Requests a second per API key (0: no limit). Reads are limited; ingestion is not by
+    # default: a PBX that is throttled loses audio, and a call's size is capped anyway.
+    read_rate_limit: int = Field(50, ge=0)
+    ingest_rate_limit: int = Field(0, ge=0)
     redis_pool_size: int = Field(64, gt=0)
     redis_timeout_s: float = Field(1.0, gt=0)
     ingest_fast_path: bool = True
+    # The media WebSocket: a stream with no frame for this long is closed (its packets kept);
+    # browsers (which send an Origin) may connect only from these origins (comma-separated).
+    ws_idle_timeout_s: float = Field(60.0, gt=0)
+    ws_allowed_origins: Annotated[frozenset[str], NoDecode] = frozenset()
     redis_pipelining: bool = True
 
     # Completion
@@ -34,6 +55,13 @@ class Settings(BaseSettings):
     key_retention_s: int = Field(3600, ge=1)
     completed_marker_retention_s: int = Field(7 * 24 * 3600, ge=1)
     missing_list_cap: int = Field(1000, ge=0)
+
+    # Per-call limits (abuse resistance)
+    # What one call may hold: a request whose new packets would pass either cap is refused whole
+    # (413 call_too_large). A 4-hour call at 50 packets/s of 216-byte payloads (720,000 packets,
+    # 156 MB of data) fits. db/intake.py's CallLimits has the same defaults.
+    max_call_packets: int = Field(1_000_000, ge=1)
+    max_call_bytes: int = Field(256 * 1024 * 1024, ge=1)
 
     # The AI provider (the shipped mock by default)
     ai_provider: str = "mock"
@@ -66,6 +94,13 @@ class Settings(BaseSettings):
     reaper_interval_s: int = Field(2, ge=1, le=60)
     shutdown_grace_s: int = Field(20, ge=0)
     db_retry_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("ws_allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
 
     @model_validator(mode="after")
     def _latency_range_is_ordered(self) -> "Settings":

@@ -1,18 +1,24 @@
 """Errors a client caused, each with its HTTP status and a stable code, and the one error body.
 
 CallstreamError            carries its HTTP status and a stable code
+├── UnreadableBody         400: the body is not UTF-8 JSON text
 ├── CallNotFound           404: no packet was ever received for the call
 ├── CallAlreadyCompleted   409: the call is completed, packets are refused
 ├── CallNotFailed          409: only FAILED calls can be replayed
-├── PayloadTooLarge        413: a packet's data or a batch is too large
+├── Unauthenticated        401: no API key, or one we do not know
+├── Forbidden              403: the key's role does not allow this
+├── PayloadTooLarge        413: a body, a packet's data or a batch is too large
+│   ├── BodyTooLarge       413: a request body past MAX_BODY_BYTES
 │   └── MetadataTooLarge   413: a media stream's start message is too large
-└── UnsupportedMediaType   415: the body is declared as something other than JSON
+├── UnsupportedMediaType   415: the body is declared as something other than JSON
+├── RateLimited            429: this key sent more than its rate (with Retry-After)
+└── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -20,10 +26,27 @@ import orjson
 class CallstreamError(Exception):
     status_code = 400
     code = "bad_request"
+    default_headers: ClassVar[dict[str, str]] = {}  # sent with every answer of the class
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = {**self.default_headers, **(headers or {})}
+
+
+class UnreadableBody(CallstreamError):
+    code = "bad_request"
+
+
+class Unauthenticated(CallstreamError):
+    status_code = 401
+    code = "unauthenticated"
+    default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="callstream"'}
+
+
+class Forbidden(CallstreamError):
+    status_code = 403
+    code = "forbidden"
 
 
 class CallNotFound(CallstreamError):
@@ -46,13 +69,27 @@ class PayloadTooLarge(CallstreamError):
     code = "payload_too_large"
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """Raised while reading too, after the first bytes past the limit."""
+
+
 class MetadataTooLarge(PayloadTooLarge):
     code = "metadata_too_large"
+
+
+class RateLimited(CallstreamError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class UnsupportedMediaType(CallstreamError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class InvalidText(CallstreamError):
+    status_code = 422
+    code = "invalid_text"
 
 
 PROBLEM_JSON = "application/problem+json"

@@ -16,9 +16,12 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from core.errors import (
+    BodyTooLarge,
     CallAlreadyCompleted,
+    InvalidText,
     MetadataTooLarge,
     PayloadTooLarge,
+    UnreadableBody,
     UnsupportedMediaType,
 )
 from db.intake import CallCompleted, CallIntake, Completion
@@ -56,6 +59,19 @@ def require_json(content_type: str | None) -> None:
         )
 
 
+def check_body_encoding(body: bytes) -> None:
+    """JSON text is UTF-8 without a byte order mark (RFC 8259). Python's json module also reads
+    UTF-16, UTF-32 and a BOM; the fast path does not, so neither may the routes."""
+    if body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
+        raise UnreadableBody("the body must be UTF-8 JSON text, without a byte order mark")
+
+
+def check_body_size(declared: int | None, limit: int) -> None:
+    """Refuse a body by its Content-Length, before a byte of it is read."""
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"the body is larger than {limit} bytes (MAX_BODY_BYTES)")
+
+
 def check_data_size(packet: PacketFields, limit: int) -> None:
     """A packet's data is limited in UTF-8 bytes, whatever transport carried it."""
     data = packet.data
@@ -72,8 +88,16 @@ def check_batch_size(count: int, limit: int) -> None:
 
 
 def check_metadata_size(metadata: dict[str, Any]) -> None:
-    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+    """A start message is kept as JSON, in Redis then in PostgreSQL: bounded in size and depth,
+    and free of NUL characters, which PostgreSQL's JSON cannot hold."""
+    try:
+        encoded = orjson.dumps(metadata)
+    except orjson.JSONEncodeError:
+        raise MetadataTooLarge("the start message is nested too deeply") from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise MetadataTooLarge(f"the start message exceeds {MAX_METADATA_BYTES} bytes")
+    if b"\\u0000" in encoded:
+        raise InvalidText("the start message holds a NUL character (\\u0000)")
 
 
 def _warning(kind: str, message: str, first: int | None = None, last: int | None = None) -> Any:

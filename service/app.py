@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
+from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
 from service.routes import calls, health, ingest, media_ws, system
 from settings import Settings, get_settings
@@ -50,12 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def create_asgi(settings: Settings | None = None) -> FastAPI | IngestFastPath:
-    """What uvicorn serves: the FastAPI app behind the ingestion fast path (INGEST_FAST_PATH).
-    The fast path sits outside FastAPI's middleware stack on purpose: that stack alone costs
-    about a third of a packet's time (BENCHMARKS.md)."""
+def create_asgi(settings: Settings | None = None) -> AccessGate:
+    """What uvicorn serves: the access gate, then the ingestion fast path (INGEST_FAST_PATH),
+    then the FastAPI app. The fast path sits outside FastAPI's middleware stack on purpose: that
+    stack alone costs about a third of a packet's time (BENCHMARKS.md); the gate sits outside
+    everything, so that no path can skip it."""
     api = create_app(settings)
-    return IngestFastPath(api) if (settings or get_settings()).ingest_fast_path else api
+    inner: ASGIApp = IngestFastPath(api) if (settings or get_settings()).ingest_fast_path else api
+    return AccessGate(inner)
 
 
 app = create_asgi()

@@ -6,7 +6,13 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.ingestion import CALL_ID_PATTERN, CALL_ID_RULE, Ingestion, require_json
+from core.ingestion import (
+    CALL_ID_PATTERN,
+    CALL_ID_RULE,
+    Ingestion,
+    check_body_encoding,
+    require_json,
+)
 from service.resources import ApiResources
 
 
@@ -35,10 +41,13 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def json_body(
+    request: Request,
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
-    """Refuse a body declared as something other than JSON (415) before reading it."""
+    """The fast path's rules for a body, on the routes too: JSON (415 otherwise), and UTF-8
+    without a byte order mark (400 otherwise). FastAPI has read the body already."""
     require_json(content_type)
+    check_body_encoding(await request.body())
 
 
 CallId = Annotated[

@@ -38,7 +38,7 @@ def error_response(
 
 async def _domain(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, CallstreamError)
-    return error_response(exc.status_code, exc.code, exc.detail)
+    return error_response(exc.status_code, exc.code, exc.detail, exc.headers or None)
 
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}

@@ -8,10 +8,12 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core.access import KeyRing, key_ring
 from core.ingestion import Ingestion, make_ingestion
 from db.breaker_state import BreakerState
 from db.engine import make_engine, make_sessionmaker
 from db.live import LiveCalls
+from db.rate_limits import RateLimits
 from db.redis_client import make_redis_pool
 from jobs.queue import queue_client
 from settings import Settings
@@ -20,11 +22,13 @@ from settings import Settings
 @dataclass(frozen=True)
 class ApiResources:
     settings: Settings
+    keys: KeyRing  # who may do what (core/access.py)
     redis: Redis  # the call keys
     queue: ArqRedis  # arq's queue (the same pool today)
     ingestion: Ingestion
     live: LiveCalls
     breaker: BreakerState
+    rate_limits: RateLimits
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
 
@@ -46,11 +50,13 @@ def open_resources(settings: Settings) -> ApiResources:
     engine = make_engine(settings.database_url, pool_size=10, connect_timeout_s=2.0)
     return ApiResources(
         settings=settings,
+        keys=key_ring(settings),
         redis=redis,
         queue=queue,
         ingestion=make_ingestion(redis, queue, settings, pipelined=settings.redis_pipelining),
         live=LiveCalls(redis),
         breaker=BreakerState(redis),
+        rate_limits=RateLimits(redis),
         engine=engine,
         sessions=make_sessionmaker(engine),
     )

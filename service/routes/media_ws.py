@@ -27,11 +27,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from core.access import KeyRing, Role
 from core.errors import CallNotFound, CallstreamError
 from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.packets import NewPacket
+from service.gate import KEY_IN_START
 from service.resources import ApiResources
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,13 @@ FLUSH_AT = 50  # packets buffered before one append, at most
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+# A frame is a media packet's payload plus its envelope; anything larger is refused unread.
+FRAME_ENVELOPE_BYTES = 16 * 1024
 
 _IGNORED_EVENTS = frozenset({"connected", "mark", "dtmf"})
 _CLOSED = object()  # the reader's sentinel: the client went away
@@ -149,9 +155,12 @@ def media_packet(frame: dict[str, Any], limit: int) -> NewPacket:
 class MediaStream:
     """One socket's state: the call it carries and the packets not yet stored."""
 
-    def __init__(self, websocket: WebSocket, ingestion: Ingestion) -> None:
+    def __init__(self, websocket: WebSocket, ingestion: Ingestion, keys: KeyRing) -> None:
         self.websocket = websocket
         self.ingestion = ingestion
+        self.keys = keys
+        # Whether the key comes in start.customParameters.token (the gate saw none).
+        self.key_in_start = bool(websocket.scope.get(KEY_IN_START))
         self.limit = ingestion.limits.max_packet_data_bytes
         self.call_id: str | None = None
         self.buffer: list[NewPacket] = []
@@ -188,7 +197,11 @@ class MediaStream:
             raise Reject("already_started", "the stream was already started", CLOSE_POLICY)
         call_id = call_id_of(frame)
         try:
-            await self.ingestion.open_call(call_id, start_metadata(frame))
+            metadata = start_metadata(frame)
+            if self.key_in_start:  # nothing is stored before the stream is authenticated
+                self.keys.authorize(_start_token(metadata), Role.INGEST)
+                metadata = _without_token(metadata)
+            await self.ingestion.open_call(call_id, metadata)
         except CallstreamError as error:
             raise Reject.breaking(error) from None
         self.call_id = call_id
@@ -202,13 +215,22 @@ class MediaStream:
             error = CallNotFound(f"call {self.call_id} has never sent a packet")
             raise Reject.breaking(error)
 
-    async def run(self, frames: asyncio.Queue[object]) -> None:
+    async def run(self, frames: asyncio.Queue[object], idle_timeout_s: float) -> None:
         while True:
-            raw = await frames.get()
+            try:
+                raw = await asyncio.wait_for(frames.get(), idle_timeout_s)
+            except TimeoutError:
+                await self.flush()
+                raise Reject(
+                    "idle_timeout", f"no frame for {idle_timeout_s:g}s", CLOSE_GOING_AWAY
+                ) from None
             if raw is _CLOSED:
                 await self.flush()
                 return
             assert raw is None or isinstance(raw, str | bytes)
+            if raw is not None and len(raw) > self.limit * 2 + FRAME_ENVELOPE_BYTES:
+                raise Reject("frame_too_large", "the frame is larger than a media frame can be",
+                             CLOSE_TOO_BIG)  # fmt: skip
             if await self.handle(parse_frame(raw)):
                 await self.close(CLOSE_NORMAL)
                 return
@@ -239,16 +261,38 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
     await frames.put(_CLOSED)
 
 
+def _start_token(metadata: dict[str, Any]) -> str | None:
+    params = metadata.get("customParameters")
+    token = params.get("token") if isinstance(params, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _without_token(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The start message as kept with the call: never with the key in it."""
+    params = {k: v for k, v in metadata["customParameters"].items() if k != "token"}
+    return {**metadata, "customParameters": params}
+
+
+def _origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
+    """PBXs send no Origin; a browser does, and may connect only from an origin allowed."""
+    origin = websocket.headers.get("origin")
+    return origin is None or origin in allowed
+
+
 @router.websocket("/v1/call/media")
 async def media_stream(websocket: WebSocket) -> None:
     """Twilio Media Streams: connected, start, media..., stop."""
+    res = get_ws_resources(websocket)
+    if not _origin_allowed(websocket, res.settings.ws_allowed_origins):
+        await websocket.close(CLOSE_POLICY, "origin not allowed")
+        return
     await websocket.accept()
-    stream = MediaStream(websocket, get_ws_resources(websocket).ingestion)
+    stream = MediaStream(websocket, res.ingestion, res.keys)
     frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
     reader = asyncio.create_task(_read(websocket, frames))
     try:
         try:
-            await stream.run(frames)
+            await stream.run(frames, res.settings.ws_idle_timeout_s)
         except Reject as rejected:
             # Packets valid before the bad frame are kept; a failing flush reports its own error.
             error = rejected

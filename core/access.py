@@ -1,0 +1,167 @@
+"""Who may do what, in one place for every transport: API keys with roles, and the rule of each
+endpoint. The HTTP gate (service/gate.py) and the media WebSocket both ask here.
+
+Roles: `ingest` (packets, batches, completions, the media WebSocket), `supervisor` (every read),
+`admin` (everything, replays included). With no key configured at all, Callstream is open but
+serves loopback only. Keys are compared by their SHA-256 digests, each presented key against
+every known one with hmac.compare_digest, so the time taken says nothing about which keys exist;
+a key is never logged, only its short id (the first 8 hex digits of its digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from core.errors import Forbidden, Unauthenticated
+from settings import Settings
+
+
+class Role(StrEnum):
+    INGEST = "ingest"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+
+# What each role may do: admin everything.
+GRANTS: dict[Role, frozenset[Role]] = {
+    Role.INGEST: frozenset({Role.INGEST}),
+    Role.SUPERVISOR: frozenset({Role.SUPERVISOR}),
+    Role.ADMIN: frozenset(Role),
+}
+OPEN = None  # an endpoint anyone may call (the health checks)
+KEY_VARIABLES = "INGEST_API_KEYS, SUPERVISOR_API_KEYS and ADMIN_API_KEYS (or *_API_KEYS_FILE)"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    methods: frozenset[str]  # HTTP methods, or {"WEBSOCKET"}
+    path: re.Pattern[str]
+    role: Role | None
+
+
+def _rule(methods: str, path: str, role: Role | None) -> Rule:
+    return Rule(frozenset(methods.split()), re.compile(path), role)
+
+
+_ID = r"[^/]+"
+# Every endpoint's rule; a test holds the app's routes to this table (a new route without a
+# rule fails the suite). A path no rule matches needs a valid key of any role.
+RULES = (
+    _rule("GET HEAD", r"/healthz|/readyz", OPEN),
+    _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),
+    _rule("POST", rf"/v1/call/complete/{_ID}", Role.INGEST),
+    _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST),
+    _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history)?)?", Role.SUPERVISOR),
+    _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
+    _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
+    _rule("GET HEAD", r"/docs|/docs/oauth2-redirect|/redoc|/openapi\.json", Role.SUPERVISOR),
+)
+ANY_KEY = Role.SUPERVISOR  # what an unknown path asks for, once keys are on: some valid key
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    return next((r for r in RULES if method in r.methods and r.path.fullmatch(path)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str  # first 8 hex digits of the key's SHA-256: safe to log
+    role: Role
+
+    def may(self, needed: Role) -> bool:
+        return needed in GRANTS[self.role]
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+class KeyRing:
+    def __init__(self, keys: Mapping[Role, Iterable[str]]) -> None:
+        self._known: list[tuple[bytes, Principal]] = [
+            (hashlib.sha256(k.encode()).digest(), Principal(key_id(k), role))
+            for role, ks in keys.items()
+            for k in ks
+        ]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._known)
+
+    def identify(self, presented: str | None) -> Principal | None:
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for known, principal in self._known:  # every one, whatever matched: constant time
+            if hmac.compare_digest(known, digest):
+                found = principal
+        return found
+
+    def authorize(self, presented: str | None, needed: Role) -> Principal:
+        """The principal behind a key allowed to act as `needed`; raises 401 or 403. Both say
+        what is wrong without telling which keys exist."""
+        principal = self.identify(presented)
+        if principal is None:
+            why = "no API key was sent" if not presented else "the API key is not valid"
+            raise Unauthenticated(
+                f"{why}: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+            )
+        if not principal.may(needed):
+            raise Forbidden(f"this API key's role ({principal.role}) may not do this: {needed}")
+        return principal
+
+
+def parse_keys(listed: str, file: Path | None) -> list[str]:
+    """Comma-separated keys, plus one or more per line in `file` (for secrets mounted as files);
+    blanks and lines starting with # are ignored."""
+    keys = [k.strip() for k in listed.split(",")]
+    if file is not None:
+        for line in file.read_text().splitlines():
+            if not line.strip().startswith("#"):
+                keys += [k.strip() for k in line.split(",")]
+    return [k for k in keys if k]
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key of `Authorization: Bearer <key>`, else of `X-API-Key: <key>`."""
+    api_key = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1").strip() or None
+    return api_key
+
+
+def is_loopback(host: str | None) -> bool:
+    """A client on this machine (or a Unix socket, which has no address)."""
+    if host is None:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def key_ring(settings: Settings) -> KeyRing:
+    """The keys of every role, from the settings (values and files)."""
+    s = settings
+    return KeyRing(
+        {
+            Role.INGEST: parse_keys(s.ingest_api_keys.get_secret_value(), s.ingest_api_keys_file),
+            Role.SUPERVISOR: parse_keys(
+                s.supervisor_api_keys.get_secret_value(), s.supervisor_api_keys_file
+            ),
+            Role.ADMIN: parse_keys(s.admin_api_keys.get_secret_value(), s.admin_api_keys_file),
+        }
+    )
