@@ -1,0 +1,282 @@
+"""Access: every endpoint x {no key, unknown key, wrong role, right role}, generated from the app's
+own routes (a new endpoint without a rule fails here); keys for the media WebSocket; loopback
+only without keys; rate limits; body limits. Real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from asgi_lifespan import LifespanManager
+from fastapi.routing import APIRoute
+from httpx import ASGITransport, AsyncClient
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from starlette.routing import Route, WebSocketRoute
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from core.access import GRANTS, OPEN, Role, rule_for
+from devstack.servers import free_port
+from service.app import create_app, create_asgi
+from settings import Settings
+from tests.factories import packet
+
+KEYS = {Role.INGEST: "ingest-key-1", Role.SUPERVISOR: "supervisor-key-1", Role.ADMIN: "admin-k1"}
+WRONG = {Role.INGEST: Role.SUPERVISOR, Role.SUPERVISOR: Role.INGEST, Role.ADMIN: Role.SUPERVISOR}
+
+
+def keyed(settings: Settings, **more: object) -> Settings:
+    return settings.model_copy(
+        update={
+            "ingest_api_keys": SecretStr(KEYS[Role.INGEST]),
+            "supervisor_api_keys": SecretStr(KEYS[Role.SUPERVISOR]),
+            "admin_api_keys": SecretStr(KEYS[Role.ADMIN]),
+            **more,
+        }
+    )
+
+
+async def client_for(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterator[AsyncClient]:
+    app = create_asgi(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(
+            transport=ASGITransport(manager.app, client=(peer, 40000)), base_url="http://test"
+        ) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def guarded(settings: Settings) -> AsyncIterator[AsyncClient]:
+    async for client in client_for(keyed(settings)):
+        yield client
+
+
+def all_routes(routes: list[Any], prefix: str = "") -> Iterator[Any]:
+    """Every route, included routers' too (FastAPI keeps those behind the router they came in)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from all_routes(included.routes, prefix + route.include_context.prefix)
+        else:
+            yield prefix, route
+
+
+def endpoints(settings: Settings) -> Iterator[tuple[str, str]]:
+    """(method, concrete path) of every HTTP route the app serves."""
+    for prefix, route in all_routes(create_app(settings).routes):
+        if isinstance(route, APIRoute | Route) and route.methods:
+            path = (prefix + route.path).replace("{call_id}", "c1")
+            for method in sorted(route.methods - {"HEAD"}):
+                yield method, path
+
+
+def test_every_route_of_the_app_has_an_access_rule(settings: Settings):
+    app = create_app(settings)
+    found = list(endpoints(settings))
+    assert len(found) >= 10
+    for method, path in found:
+        assert rule_for(method, path) is not None, f"{method} {path} has no rule in RULES"
+    sockets = [p + r.path for p, r in all_routes(app.routes) if isinstance(r, WebSocketRoute)]
+    assert sockets
+    for path in sockets:
+        assert rule_for("WEBSOCKET", path) is not None, f"WS {path} has no rule in RULES"
+
+
+async def test_every_endpoint_answers_each_kind_of_caller_as_its_rule_says(
+    guarded: AsyncClient, settings: Settings
+):
+    for method, path in endpoints(settings):
+        rule = rule_for(method, path)
+        assert rule is not None
+        callers: dict[str, dict[str, str]] = {
+            "no key": {},
+            "unknown key": {"authorization": "Bearer not-a-key"},
+        }
+        if rule.role is not OPEN:
+            callers["wrong role"] = {"x-api-key": KEYS[WRONG[rule.role]]}
+            callers["right role"] = {"authorization": f"Bearer {KEYS[rule.role]}"}
+            callers["admin"] = {"authorization": f"Bearer {KEYS[Role.ADMIN]}"}
+        for who, headers in callers.items():
+            answer = await guarded.request(method, path, headers=headers)
+            status = answer.status_code
+            where = f"{method} {path} by {who}: {status} {answer.text[:200]}"
+            if rule.role is OPEN or who in ("right role", "admin"):
+                assert status not in (401, 403), where
+            elif who == "wrong role":
+                assert status == 403, where
+                assert answer.json()["code"] == "forbidden", where
+            else:
+                assert status == 401, where
+                assert answer.headers["www-authenticate"].startswith("Bearer"), where
+                assert "not-a-key" not in answer.text, where
+
+
+def test_admin_may_do_everything_and_the_others_only_their_own():
+    assert GRANTS[Role.ADMIN] == frozenset(Role)
+    assert GRANTS[Role.INGEST] == {Role.INGEST}
+    assert GRANTS[Role.SUPERVISOR] == {Role.SUPERVISOR}
+
+
+async def test_a_refused_request_stores_nothing_and_its_key_is_never_logged(
+    guarded: AsyncClient, redis: Redis, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    for headers in ({}, {"authorization": f"Bearer {KEYS[Role.SUPERVISOR]}"}):
+        answer = await guarded.post("/v1/call/stream/c1", json=packet(0), headers=headers)
+        assert answer.status_code in (401, 403)
+    assert await redis.dbsize() == 0
+    ok = await guarded.post(
+        "/v1/call/stream/c1", json=packet(0), headers={"x-api-key": KEYS[Role.INGEST]}
+    )
+    assert ok.status_code == 202
+    assert all(key not in caplog.text for key in KEYS.values())
+
+
+async def test_keys_can_come_from_files(settings: Settings, tmp_path: Path):
+    keys = tmp_path / "ingest-keys"
+    keys.write_text("# one per line\nfrom-a-file\n\nanother, and-a-third\n")
+    async for client in client_for(settings.model_copy(update={"ingest_api_keys_file": keys})):
+        for key in ("from-a-file", "and-a-third"):
+            answer = await client.post(
+                "/v1/call/stream/c1", json=packet(0), headers={"x-api-key": key}
+            )
+            assert answer.status_code in (200, 202)
+        refused = await client.post("/v1/call/stream/c1", json=packet(1))
+        assert refused.status_code == 401
+
+
+async def test_without_keys_only_this_machine_is_served(settings: Settings, redis: Redis):
+    async for client in client_for(settings, peer="10.20.30.40"):
+        answer = await client.post("/v1/call/stream/c1", json=packet(0))
+        assert answer.status_code == 403
+        assert "INGEST_API_KEYS" in answer.json()["detail"]
+        assert (await client.get("/healthz")).status_code == 200
+    assert await redis.dbsize() == 0
+    async for client in client_for(settings, peer="127.0.0.1"):
+        assert (await client.post("/v1/call/stream/c1", json=packet(0))).status_code == 202
+
+
+async def test_reads_past_the_keys_rate_get_429_with_retry_after(settings: Settings):
+    async for client in client_for(keyed(settings, read_rate_limit=3)):
+        headers = {"x-api-key": KEYS[Role.SUPERVISOR]}
+        answers = [await client.get("/v1/system", headers=headers) for _ in range(8)]
+    statuses = [a.status_code for a in answers]
+    assert 429 in statuses
+    assert statuses.count(200) <= 6  # at most two one-second windows' worth
+    limited = answers[statuses.index(429)]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["code"] == "rate_limited"
+
+
+async def test_ingestion_is_not_rate_limited_by_default(guarded: AsyncClient):
+    headers = {"x-api-key": KEYS[Role.INGEST]}
+    answers = [
+        await guarded.post("/v1/call/stream/c1", json=packet(s), headers=headers)
+        for s in range(100)
+    ]
+    assert {a.status_code for a in answers} == {202}
+
+
+async def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read(
+    settings: Settings, redis: Redis
+):
+    async for client in client_for(settings.model_copy(update={"max_body_bytes": 1000})):
+        big = json.dumps(packet(0, "x" * 5000)).encode()
+        answer = await client.post(
+            "/v1/call/stream/c1", content=big, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 413
+        assert "MAX_BODY_BYTES" in answer.json()["detail"]
+
+        async def chunks(tail: bytes = big) -> AsyncIterator[bytes]:  # no Content-Length
+            for _ in range(100):
+                yield b" " * 500
+            yield tail
+
+        chunked = await client.post(
+            "/v1/call/stream/c1", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert chunked.status_code == 413
+    assert await redis.dbsize() == 0
+
+
+@pytest.fixture
+async def keyed_server(settings: Settings) -> AsyncIterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_asgi(keyed(settings)), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"ws://127.0.0.1:{port}/v1/call/media"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def start_frame(call_id: str, token: str | None) -> str:
+    params = {"token": token} if token is not None else {}
+    start = {"callSid": call_id, "customParameters": params}
+    return json.dumps({"event": "start", "streamSid": "MZ1", "start": start})
+
+
+def media(seq: int) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "media": {"timestamp": "20", "payload": "AA=="},
+        }
+    )
+
+
+async def test_a_media_stream_may_send_its_key_in_start_and_the_key_is_not_kept(
+    keyed_server: str, redis: Redis
+):
+    async with connect(keyed_server) as ws:
+        await ws.send(start_frame("CA-key", KEYS[Role.INGEST]))
+        await ws.send(media(1))
+        await ws.send(json.dumps({"event": "stop"}))
+        await ws.wait_closed()
+    assert ws.close_code == 1000
+    kept = await redis.get("{call:CA-key}:metadata")
+    assert kept is not None
+    assert KEYS[Role.INGEST].encode() not in kept
+
+
+@pytest.mark.parametrize("token", [None, "wrong", KEYS[Role.SUPERVISOR]])
+async def test_a_media_stream_without_a_valid_ingest_key_is_closed_with_1008_storing_nothing(
+    keyed_server: str, redis: Redis, token: str | None
+):
+    async with connect(keyed_server) as ws:
+        await ws.send(start_frame("CA-nokey", token))
+        await ws.send(media(1))
+        frames = [json.loads(await ws.recv())]
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 1008
+    assert frames[0]["code"] in ("unauthenticated", "forbidden")
+    assert await redis.dbsize() == 0
+
+
+async def test_a_media_stream_with_a_bad_key_in_its_headers_is_refused_at_the_handshake(
+    keyed_server: str,
+):
+    with pytest.raises(InvalidStatus):
+        async with connect(keyed_server, additional_headers={"x-api-key": "nope"}):
+            pass
