@@ -8,7 +8,13 @@ import sys
 API_TARGET = "service.app:app"
 WORKER_SETTINGS = "jobs.worker.WorkerSettings"
 # uvloop and httptools: the fast event loop and HTTP parser; no access log line per packet.
-UVICORN_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
+# Bounds against abuse: at most 4,000 connections and tasks (503 beyond), idle keep-alive
+# connections closed after 5 s, WebSocket messages of at most 1 MiB (a media frame is far less;
+# the app refuses more than a frame can hold before parsing it).
+UVICORN_FLAGS = (
+    "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+    "--limit-concurrency", "4000", "--timeout-keep-alive", "5", "--ws-max-size", "1048576",
+)  # fmt: skip
 
 
 def migrate_command() -> list[str]:

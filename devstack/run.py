@@ -5,14 +5,17 @@ fails to start, or dies, stops the rest. Nothing is left behind."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import sys
 from pathlib import Path
 from types import FrameType
 
+from core.access import KEY_VARIABLES, is_loopback, key_ring
 from devstack.processes import free_port
 from devstack.stack import ROOT, Stack
+from settings import Settings
 
 DATA = Path(os.environ.get("CALLSTREAM_DATA_DIR", ROOT / ".data"))
 
@@ -35,11 +38,25 @@ def _on_signal(signum: int, _: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def _banner(stack: Stack, host: str, port: int, layout: str) -> str:
+def _access(keys_on: bool) -> str:
+    if keys_on:
+        return "  access     API keys required (Authorization: Bearer <key>, or X-API-Key)\n"
+    example = " ".join(
+        f"{name}={secrets.token_urlsafe(24)}"
+        for name in ("INGEST_API_KEYS", "SUPERVISOR_API_KEYS", "ADMIN_API_KEYS")
+    )
+    return (
+        "  access     open, to this machine only: no API key is set. To require keys, e.g.:\n"
+        f"             {example} make run\n"
+    )
+
+
+def _banner(stack: Stack, host: str, port: int, layout: str, keys_on: bool) -> str:
     return (
         f"\nCallstream is up ({layout}).\n"
         f"  API        http://{host}:{port}   (docs: http://{host}:{port}/docs)\n"
-        f"  PostgreSQL {stack.env['DATABASE_URL']}\n"
+        + _access(keys_on)
+        + f"  PostgreSQL {stack.env['DATABASE_URL']}\n"
         f"  Redis      {stack.env['REDIS_URL']}\n"
         f"  data       {stack.data_dir}\n"
         f"Ctrl-C stops everything.\n"
@@ -57,6 +74,14 @@ def main() -> int:
     cores = str(os.cpu_count() or 1)
     env.setdefault("WEB_CONCURRENCY", cores)
     workers = int(env.get("WORKER_PROCESSES", cores))
+    keys_on = key_ring(Settings()).enabled
+    if not keys_on and not is_loopback(host):
+        print(
+            f"devstack: refusing to serve {host} without API keys: set {KEY_VARIABLES} "
+            "(or serve 127.0.0.1)",
+            flush=True,
+        )
+        return 1
     # The processes write to our console; the stores and the migrations to files under DATA.
     stack = Stack(DATA, env=env, log_to_files=False, appendfsync=fsync)
     try:
@@ -70,7 +95,7 @@ def main() -> int:
             stack.start_worker()
         stack.start_api(port, host)
         layout = f"{env['WEB_CONCURRENCY']} API processes, {workers} workers"
-        print(_banner(stack, host, port, layout), flush=True)
+        print(_banner(stack, host, port, layout, keys_on), flush=True)
         part, code = stack.watch()
         print(f"devstack: {part.name} exited with {code}; stopping all", flush=True)
         return 1

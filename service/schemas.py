@@ -31,11 +31,14 @@ Sequence = Annotated[
 
 
 def _storable_text(value: str) -> str:
-    # JSON may escape a lone surrogate ("\ud800"); it is not text and cannot be stored.
+    # JSON may escape a lone surrogate ("\ud800") or a NUL ("\u0000"): neither can be stored
+    # as PostgreSQL text, so a call holding one could never be archived. Refused at the door.
     try:
         value.encode()
     except UnicodeEncodeError:
         raise ValueError("data must be valid Unicode text (it holds a lone surrogate)") from None
+    if "\x00" in value:
+        raise ValueError("data must not hold a NUL character (\\u0000)")
     return value
 
 

@@ -106,3 +106,20 @@ def test_make_run_stops_everything_when_a_part_fails_to_start(tmp_path: Path, oc
         for child in descendants(stack):
             child.kill()
         stack.kill()
+
+
+def test_make_run_refuses_to_serve_other_machines_without_api_keys(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEYS")}
+    env |= {"CALLSTREAM_DATA_DIR": str(tmp_path / "data"), "HOST": "0.0.0.0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "devstack.run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert "INGEST_API_KEYS" in done.stdout
+    assert not (tmp_path / "data").exists()  # refused before anything started

@@ -25,8 +25,8 @@ async def test_first_complete_answers_202_and_queues_one_job(client: AsyncClient
 
     assert response.status_code == 202
     assert response.json() == {"call_id": "call-1", "state": "COMPLETED"}
-    assert await redis.zrange(default_queue_name, 0, -1) == [b"call-1"]
-    assert await redis.exists(job_key_prefix + "call-1")
+    assert await redis.zrange(default_queue_name, 0, -1) == [b"call:call-1"]
+    assert await redis.exists(job_key_prefix + "call:call-1")
     assert await redis.zscore(PENDING_INDEX, "call-1") is not None
 
 
