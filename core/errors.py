@@ -12,7 +12,8 @@ CallstreamError            carries its HTTP status and a stable code
 │   └── MetadataTooLarge   413: a media stream's start message is too large
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
-└── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
+├── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
+└── DuplicateKey           422: a JSON object names a key twice
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ class UnsupportedMediaType(CallstreamError):
 class InvalidText(CallstreamError):
     status_code = 422
     code = "invalid_text"
+
+
+class DuplicateKey(CallstreamError):
+    status_code = 422
+    code = "duplicate_key"
 
 
 PROBLEM_JSON = "application/problem+json"

@@ -6,6 +6,7 @@ idle sweep; so every rule here holds for all of them, and a new transport is a n
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from core.errors import (
     BodyTooLarge,
     CallAlreadyCompleted,
+    DuplicateKey,
     InvalidText,
     MetadataTooLarge,
     PayloadTooLarge,
@@ -64,6 +66,34 @@ def check_body_encoding(body: bytes) -> None:
     UTF-16, UTF-32 and a BOM; the fast path does not, so neither may the routes."""
     if body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
         raise UnreadableBody("the body must be UTF-8 JSON text, without a byte order mark")
+
+
+_PACKET_KEYS = (b'"sequence"', b'"data"', b'"timestamp"')
+
+
+def check_unique_keys(body: bytes, packets: int) -> None:
+    """A JSON object naming a key twice is refused (422): parsers disagree on which one wins.
+    Cheap first: a packet key appearing no more often than there are packets cannot be doubled
+    (inside a string a quote is escaped, so `"data"` there is the whole value "data" at most);
+    only a body that fails that count is parsed again to be sure."""
+    if body.count(b'"packets"') <= 1 and all(body.count(k) <= packets for k in _PACKET_KEYS):
+        return
+    refuse_duplicate_keys(body)
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"the body names the key {key!r} twice in one object")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs_to_dict)
+    except ValueError:  # not JSON at all: the validation says so
+        return
 
 
 def check_body_size(declared: int | None, limit: int) -> None:

@@ -11,6 +11,7 @@ from core.ingestion import (
     CALL_ID_RULE,
     Ingestion,
     check_body_encoding,
+    refuse_duplicate_keys,
     require_json,
 )
 from service.resources import ApiResources
@@ -44,10 +45,12 @@ async def json_body(
     request: Request,
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
-    """The fast path's rules for a body, on the routes too: JSON (415 otherwise), and UTF-8
-    without a byte order mark (400 otherwise). FastAPI has read the body already."""
+    """The fast path's rules for a body, on the routes too: JSON (415 otherwise), UTF-8 without a
+    byte order mark (400 otherwise), no key twice in an object (422). FastAPI has read it."""
     require_json(content_type)
-    check_body_encoding(await request.body())
+    body = await request.body()
+    check_body_encoding(body)
+    refuse_duplicate_keys(body)
 
 
 CallId = Annotated[

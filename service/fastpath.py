@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import INTERNAL_ERROR, PROBLEM_JSON, REDIS_DOWN, CallstreamError, error_body
-from core.ingestion import Ingestion, is_call_id, is_json
+from core.ingestion import Ingestion, check_unique_keys, is_call_id, is_json
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.states import CallState
@@ -72,7 +72,7 @@ class IngestFastPath:
             await self.app(scope, _replay(body, receive), send)
             return
         res: ApiResources = scope["state"]["resources"]
-        await _guarded(send, call_id, _ingest(res.ingestion, call_id, request))
+        await _guarded(send, call_id, _ingest(res.ingestion, call_id, request, body))
 
     async def _complete(
         self, scope: Scope, receive: Receive, send: Send, call_id: str, body: bytes
@@ -113,10 +113,12 @@ async def _guarded(
 
 
 async def _ingest(
-    ingestion: Ingestion, call_id: str, request: PacketIn | BatchIn
+    ingestion: Ingestion, call_id: str, request: PacketIn | BatchIn, body: bytes
 ) -> tuple[int, dict[str, Any]]:
     if isinstance(request, BatchIn):
+        check_unique_keys(body, len(request.packets))
         return 202, await ingestion.batch(call_id, request.packets)
+    check_unique_keys(body, 1)
     return await ingestion.packet(call_id, request)
 
 
