@@ -16,6 +16,7 @@ import orjson
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from core.audit import audit
 from core.errors import (
     BodyTooLarge,
     CallAlreadyCompleted,
@@ -205,18 +206,25 @@ class Ingestion:
         await self.intake.open_call(call_id, metadata, self.limits.metadata_ttl_s)
 
     async def complete(
-        self, call_id: str, reason: str = "explicit", idle_cutoff: float | None = None
+        self,
+        call_id: str,
+        reason: str = "explicit",
+        idle_cutoff: float | None = None,
+        *,
+        actor: str | None = None,
     ) -> Completion:
-        """Complete the call exactly once and queue its job; a completion whose enqueue fails
-        stays in the pending index, where the reaper finds it and enqueues it."""
+        """Complete the call exactly once, audited as `actor`'s, and queue its job; a completion
+        whose enqueue fails stays in the pending index, where the reaper finds and enqueues it."""
         outcome = await self.intake.complete(call_id, reason, idle_cutoff)
         if outcome is Completion.COMPLETED:
+            audit("complete", call_id, actor)
             await enqueue_process_call(self.queue, call_id)
         return outcome
 
-    async def requeue(self, call_id: str) -> None:
-        """Queue a call's job again (a replayed dead letter), under the reaper's watch first so
-        that a failed enqueue is retried."""
+    async def requeue(self, call_id: str, *, actor: str | None = None) -> None:
+        """Queue a call's job again (a replayed dead letter, audited as `actor`'s), under the
+        reaper's watch first so that a failed enqueue is retried."""
+        audit("replay", call_id, actor)
         await self.intake.mark_pending(call_id)
         await enqueue_process_call(self.queue, call_id)
 

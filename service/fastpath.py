@@ -31,6 +31,7 @@ from core.ingestion import Ingestion, check_unique_keys, is_call_id, is_json
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.states import CallState
+from service.gate import actor_of
 from service.resources import ApiResources
 from service.routes.ingest import BATCH_SUFFIX, COMPLETE_PATH, STREAM_PATH
 from service.schemas import BatchIn, PacketIn
@@ -80,7 +81,8 @@ class IngestFastPath:
         res: ApiResources = scope["state"]["resources"]
 
         async def first_completion() -> tuple[int, dict[str, Any]] | None:
-            if await res.ingestion.complete(call_id) is not Completion.COMPLETED:
+            completion = await res.ingestion.complete(call_id, actor=actor_of(scope))
+            if completion is not Completion.COMPLETED:
                 return None
             return 202, {"call_id": call_id, "state": CallState.COMPLETED.value}
 

@@ -90,6 +90,14 @@ class AccessGate:
         return needed
 
 
+def actor_of(scope: Scope) -> str:
+    """Who the audit trail names for this request: the API key's id, never the key."""
+    principal: Principal | None = scope.get(PRINCIPAL)
+    if principal is not None:
+        return f"key:{principal.key_id}"
+    return "websocket-start-key" if scope.get(KEY_IN_START) else "local (no API keys)"
+
+
 class _Watch:
     """`send`, remembering whether the answer has begun."""
 

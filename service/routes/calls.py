@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from core.errors import CallNotFailed, CallNotFound
 from db import calls
 from db.states import CallState
 from service.deps import CallId, ResourcesDep, SessionDep
+from service.gate import actor_of
 from service.schemas import (
     INVALID_REQUEST,
     AttemptOut,
@@ -88,7 +89,9 @@ async def get_calls(
     },
     summary="Replay a FAILED call (dead letter)",
 )
-async def retry_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CompleteResponse:
+async def retry_call(
+    call_id: CallId, res: ResourcesDep, session: SessionDep, request: Request
+) -> CompleteResponse:
     """FAILED -> COMPLETED with a fresh attempt budget, then re-enqueued; exactly once."""
     async with session.begin():
         replayed = await calls.replay_failed(session, call_id)
@@ -97,5 +100,5 @@ async def retry_call(call_id: CallId, res: ResourcesDep, session: SessionDep) ->
         if current is None:
             raise CallNotFound(f"call {call_id} is unknown")
         raise CallNotFailed(f"call {call_id} is {current.state}; only FAILED calls can be retried")
-    await res.ingestion.requeue(call_id)
+    await res.ingestion.requeue(call_id, actor=actor_of(request.scope))
     return CompleteResponse(call_id=call_id, state=CallState.COMPLETED.value)

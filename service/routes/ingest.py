@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from core.errors import CallNotFound
 from db.intake import Completion
 from db.states import CallState
 from service.deps import CallId, IngestionDep, ResourcesDep, SessionDep, json_body
+from service.gate import actor_of
 from service.schemas import (
     INVALID_REQUEST,
     BatchAccepted,
@@ -89,10 +90,10 @@ async def ingest_batch(call_id: CallId, batch: BatchIn, ingestion: IngestionDep)
     summary="Signal the end of a call",
 )
 async def complete_call(
-    call_id: CallId, res: ResourcesDep, session: SessionDep, response: Response
+    call_id: CallId, res: ResourcesDep, session: SessionDep, request: Request, response: Response
 ) -> CompleteResponse:
     """The first request completes the call and queues its AI job (202); later ones get 200."""
-    if await res.ingestion.complete(call_id) is Completion.COMPLETED:
+    if await res.ingestion.complete(call_id, actor=actor_of(request.scope)) is Completion.COMPLETED:
         return CompleteResponse(call_id=call_id, state=CallState.COMPLETED.value)
     current = await call_status(session, res.live, call_id, missing_cap=0)
     if current is None:

@@ -33,7 +33,7 @@ from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_siz
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.packets import NewPacket
-from service.gate import KEY_IN_START
+from service.gate import KEY_IN_START, actor_of
 from service.resources import ApiResources
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ class MediaStream:
         if self.call_id is None:
             raise Reject("not_started", "stop before start", CLOSE_POLICY)
         await self.flush()
-        if await self.ingestion.complete(self.call_id) is Completion.UNKNOWN:
+        actor = actor_of(self.websocket.scope)
+        if await self.ingestion.complete(self.call_id, actor=actor) is Completion.UNKNOWN:
             error = CallNotFound(f"call {self.call_id} has never sent a packet")
             raise Reject.breaking(error)
 

@@ -22,7 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from core.access import GRANTS, OPEN, Role, rule_for
+from core.access import GRANTS, OPEN, Role, key_id, rule_for
 from devstack.servers import free_port
 from service.app import create_app, create_asgi
 from settings import Settings
@@ -280,3 +280,17 @@ async def test_a_media_stream_with_a_bad_key_in_its_headers_is_refused_at_the_ha
     with pytest.raises(InvalidStatus):
         async with connect(keyed_server, additional_headers={"x-api-key": "nope"}):
             pass
+
+
+async def test_completions_and_replays_are_audited_with_the_keys_id_never_the_key(
+    guarded: AsyncClient, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="callstream.audit")
+    ingest = {"x-api-key": KEYS[Role.INGEST]}
+    await guarded.post("/v1/call/stream/c9", json=packet(0, "private words"), headers=ingest)
+    assert (await guarded.post("/v1/call/complete/c9", headers=ingest)).status_code == 202
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "callstream.audit"]
+    assert lines == [f"action=complete call_id=c9 actor=key:{key_id(KEYS[Role.INGEST])}"]
+    assert "private words" not in caplog.text
+    assert KEYS[Role.INGEST] not in caplog.text
