@@ -55,10 +55,11 @@ check: lint types imports test
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m "chaos or chaos_long" tests/chaos
 
-## Ingestion, drain and back-half benchmarks; results go to BENCHMARKS.md.
+## Ingestion, back half and access-cost benchmarks; results go to BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.backhalf --write
+	$(BIN)/python -m bench.access_cost --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info
