@@ -14,6 +14,7 @@ from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
+from service.schemas import GATE_RESPONSES
 from service.routes import calls, health, ingest, media_ws, system
 from settings import Settings, get_settings
 
@@ -42,7 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await res.close()
 
-    app = FastAPI(title="Callstream", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Callstream",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=GATE_RESPONSES,
+    )
     install_error_handlers(app)
     app.include_router(ingest.router)
     app.include_router(calls.router)

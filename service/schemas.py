@@ -149,6 +149,14 @@ def problem_response(description: str, model: type[ErrorBody] = ErrorBody) -> di
     return {"model": model, "description": description, "content": {PROBLEM_JSON: {"schema": ref}}}
 
 
+# What the gate (service/gate.py) may answer on any route, before the route itself is reached.
+GATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: problem_response("No API key, or one that is not valid (keys are on)."),
+    403: problem_response("The key's role may not do this; or no keys and not on loopback."),
+    413: problem_response("The body is larger than MAX_BODY_BYTES; nothing stored."),
+    429: problem_response("The key sent more than its rate; retry after Retry-After."),
+}
+
 # Every route documents its 422 with the body our handler really sends.
 INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
     422: problem_response("Malformed request; nothing stored.", InvalidRequestBody)
