@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import func, literal, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AiAttempt, Call, StateTransition
+from db.models import AiAttempt, Call, Packet, StateTransition
 from db.states import WORKER_STATES, CallState, can_transition
 from db.worker_writes import Claim
 
@@ -116,8 +116,8 @@ def _failed_attempts(step: str) -> Any:
 
 async def claim(session: AsyncSession, call_id: str) -> Claim | None:
     """Take a flushed call for this worker: bump the fencing epoch every later write must match.
-    Also returns what the run needs to resume: the transcript, and the failed attempts per step
-    in this generation (their budget is spent)."""
+    Also returns what the run needs to resume: the transcript, the failed attempts per step in
+    this generation (their budget is spent), and whether the call's packets are stored."""
     row = (
         await session.execute(
             update(Call)
@@ -132,6 +132,10 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
                 Call.generation,
                 Call.transcript,
                 *(_failed_attempts(step).label(step) for step in AI_STEPS),
+                select(literal(1))
+                .where(Packet.call_id == Call.call_id)
+                .exists()
+                .label("packets_stored"),
             )
             .execution_options(synchronize_session=False)
         )
@@ -140,7 +144,15 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
         return None
     failed = {step: int(getattr(row, step)) for step in AI_STEPS}
     state = CallState(row.state)
-    return Claim(call_id, row.lease_epoch, state, row.generation, row.transcript, failed)
+    return Claim(
+        call_id,
+        row.lease_epoch,
+        state,
+        row.generation,
+        row.transcript,
+        failed,
+        packets_stored=bool(row.packets_stored),
+    )
 
 
 async def count_by_state(session: AsyncSession) -> dict[str, int]:

@@ -26,6 +26,8 @@ def make_engine(
         pool_size=pool_size,
         max_overflow=pool_size if overflow else 0,
         pool_pre_ping=pre_ping,
+        # Parameters are the calls' data (packets, transcripts): never in logs or error messages.
+        hide_parameters=True,
         pool_recycle=1800,
         # A dead PostgreSQL must fail fast so callers can answer or retry, never hang.
         pool_timeout=connect_timeout_s,

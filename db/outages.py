@@ -1,12 +1,17 @@
 """What "Redis is down" and "PostgreSQL is down" look like, written once for every caller: the API
-answers 503 for them, the worker retries the job later, readiness reports them."""
+answers 503 for them, the worker retries the job later, readiness reports them. And the other
+kind of database error, a refusal: PostgreSQL (or its driver) refuses the statement because of
+the data in it, and would refuse it again however often it is retried.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import asyncpg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 # redis-py wraps its socket errors in these two.
@@ -19,17 +24,105 @@ POSTGRES_OUTAGE: tuple[type[Exception], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
-    OSError,  # asyncpg lets a refused or reset socket escape as it is
+    # A prepared statement outlived a schema change; SQLAlchemy drops its cache, a retry works.
+    asyncpg.InvalidCachedStatementError,
+    asyncpg.exceptions.OutdatedSchemaCacheError,
+    OSError,  # asyncpg lets a refused or reset socket escape as it is (a timeout is one too)
 )
+
+# SQLSTATE classes that mean "not now" rather than "not this": the connection (08), a rollback
+# the server chose (40: serialization failure, deadlock), resources (53: too many connections,
+# disk full, out of memory), an operator or a restart (57: shutdown, starting up, a cancelled
+# statement), the server's system (58: I/O). SQLAlchemy wraps asyncpg's errors in a DBAPIError
+# that is none of the classes above, so the code is what tells them apart.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "25006",  # read-only transaction: connected to a standby during a failover
+        "55P03",  # lock not available
+        "55006",  # object in use
+    }
+)
+
+# What a refusal was about, by SQLSTATE (then by class): words for the call's last_error that
+# name the problem, never the value (PostgreSQL's own message may quote the value).
+_REFUSED_SQLSTATES = {
+    "22021": "text holding a character PostgreSQL cannot store, such as NUL (\\u0000)",
+    "22P05": "a character PostgreSQL cannot store, such as \\u0000 in JSON",
+    "22003": "a number out of range for its column",
+    "22001": "text longer than its column allows",
+    "22P02": "a value that is not valid for its column's type",
+}
+_REFUSED_CLASSES = {
+    "22": "a value PostgreSQL refuses",
+    "23": "a row a constraint of the table refuses",
+    "42": "a statement PostgreSQL refuses (schema or permissions)",
+    "54": "a value beyond PostgreSQL's limits",
+}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: SQLAlchemy's DBAPIError wraps the dialect's error (`orig`),
+    which wraps asyncpg's (`__cause__`). Implicit context is not followed: it may be unrelated."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL answered with, wherever it sits in the chain; None if none."""
+    for error in _chain(exc):
+        code = getattr(error, "sqlstate", None)
+        if isinstance(code, str) and code:
+            return code
+    return None
 
 
 def is_postgres_outage(exc: BaseException) -> bool:
-    """True when PostgreSQL is unreachable or went away mid-statement: worth waiting for. Any
-    other database error is about the data, and retrying it would only fail again."""
-    if isinstance(exc, POSTGRES_OUTAGE):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    """True when PostgreSQL is unreachable, went away mid-statement, or cannot serve right now
+    (restarting, read-only, out of connections, a deadlock): worth waiting for. Any other
+    database error is about the data, and retrying it would only fail again."""
+    for error in _chain(exc):
+        if isinstance(error, POSTGRES_OUTAGE):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+    code = sqlstate(exc)
+    return code is not None and (
+        code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES
+    )
 
 
 def is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, REDIS_OUTAGE) or is_postgres_outage(exc)
+    return any(isinstance(e, REDIS_OUTAGE) for e in _chain(exc)) or is_postgres_outage(exc)
+
+
+def postgres_refusal(exc: BaseException) -> str | None:
+    """What PostgreSQL or its driver refused, in words that never quote the data (for a reason
+    kept on the call: the driver's message may hold the value, and SQLAlchemy's the statement);
+    None when `exc` is no database error, or an outage."""
+    if is_postgres_outage(exc):
+        return None
+    chain = list(_chain(exc))
+    if not any(
+        isinstance(e, (StatementError, asyncpg.PostgresError, asyncpg.InterfaceError))
+        for e in chain
+    ):
+        return None
+    # The innermost error is the driver's own, the one whose class name says the most.
+    name = type(chain[-1]).__name__
+    code = sqlstate(exc)
+    if code is None:
+        if any(isinstance(e, asyncpg.InterfaceError) for e in chain):
+            # asyncpg refuses a value before sending it (e.g. an int out of int32's range).
+            return f"a value the driver cannot send as its column's type ({name})"
+        return f"a statement the database driver refused ({name})"
+    if isinstance(chain[-1], OverflowError):  # asyncpg's: a number too big for its binary type
+        what = _REFUSED_SQLSTATES["22003"]
+    else:
+        what = _REFUSED_SQLSTATES.get(code) or _REFUSED_CLASSES.get(code[:2], "an error")
+    return f"{what} ({name}, SQLSTATE {code})"

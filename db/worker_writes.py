@@ -2,6 +2,7 @@
 
 - `flush_new_call`: the call row (already claimed, in PROCESSING_AI), its first page of packets
   and its first three transitions;
+- `fail_new_call`: the row of a call whose flush PostgreSQL refused, FAILED, without packets;
 - `write_progress`: AI attempts (and the transcript, once known) of a call the worker holds;
 - `finish`: the final state, the results, the attempts and the transition.
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import Call
@@ -36,6 +37,9 @@ class Claim:
     generation: int
     transcript: str | None
     failed: dict[str, int]  # failed AI attempts per step in this generation
+    # False for a call whose flush was refused (its row was written FAILED without packets),
+    # then replayed: its packets must be stored before the AI can use them.
+    packets_stored: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,9 @@ FLUSH_PATH = (
     (CallState.COMPLETED, CallState.PROCESSING_AI, "worker picked the call up"),
 )
 assert all(can_transition(source, target) for source, target, _ in FLUSH_PATH)
+# The path of a call whose flush PostgreSQL refused: the same, then FAILED (with the reason).
+REFUSED_PATH = (*FLUSH_PATH, (CallState.PROCESSING_AI, CallState.FAILED, None))
+assert all(can_transition(source, target) for source, target, _ in REFUSED_PATH)
 
 # The worker's bookkeeping starts at: claimed once, no AI attempt, first generation.
 _NEW_CALL_BOOKKEEPING = {"lease_epoch": 1, "ai_attempts": 0, "generation": 0}
@@ -75,6 +82,20 @@ _ATTEMPTS = """
                    AS a(step, n, outcome, error, started, ms)
     )"""
 
+_MOVES = """
+    moves AS (
+        INSERT INTO state_transition (call_id, from_state, to_state, at, reason)
+        SELECT held.call_id, m.f, m.t, m.a, m.r
+        FROM held, unnest(CAST(:m_from AS text[]), CAST(:m_to AS text[]),
+                          CAST(:m_at AS timestamptz[]), CAST(:m_reason AS text[]))
+                   AS m(f, t, a, r)
+    )"""
+
+
+def _typed(columns: Sequence[str]) -> list[Any]:
+    return [bindparam(c, type_=Call.__table__.c[c].type) for c in columns]
+
+
 _FLUSH_NEW_CALL = text(
     f"""
     WITH held AS (
@@ -85,16 +106,25 @@ _FLUSH_NEW_CALL = text(
     ), packets AS (
         INSERT INTO packet (call_id, sequence, timestamp, data, received_at)
         SELECT held.call_id, s, t, d, to_timestamp(r) FROM held, {_PACKETS}
-    ), moves AS (
-        INSERT INTO state_transition (call_id, from_state, to_state, at, reason)
-        SELECT held.call_id, m.f, m.t, m.a, m.r
-        FROM held, unnest(CAST(:m_from AS text[]), CAST(:m_to AS text[]),
-                          CAST(:m_at AS timestamptz[]), CAST(:m_reason AS text[]))
-                   AS m(f, t, a, r)
-    )
+    ), {_MOVES}
     SELECT count(*) FROM held
     """
-).bindparams(*(bindparam(c, type_=Call.__table__.c[c].type) for c in _NEW_CALL_COLUMNS))
+).bindparams(*_typed(_NEW_CALL_COLUMNS))
+
+# No packets: PostgreSQL checks a parameter as it binds it, before any ON CONFLICT is reached, so
+# refused packets must not travel with the statement that records the refusal.
+_REFUSED_CALL_COLUMNS = (*_NEW_CALL_COLUMNS, "last_error")
+_FAIL_NEW_CALL = text(
+    f"""
+    WITH held AS (
+        INSERT INTO call ({", ".join(_REFUSED_CALL_COLUMNS)}, finished_at)
+        VALUES ({", ".join(f":{c}" for c in _REFUSED_CALL_COLUMNS)}, now())
+        ON CONFLICT (call_id) DO NOTHING
+        RETURNING call_id
+    ), {_MOVES}
+    SELECT count(*) FROM held
+    """
+).bindparams(*_typed(_REFUSED_CALL_COLUMNS))
 
 _MORE_PACKETS = text(
     f"""
@@ -158,26 +188,73 @@ def _attempt_arrays(attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
     }
 
 
+def _new_row(live: CallRecord, state: CallState) -> dict[str, Any]:
+    values = {**flushed_columns(live), **_NEW_CALL_BOOKKEEPING}
+    values["completed_at"] = live.completed_at or datetime.now(UTC)
+    values["state"] = state.value
+    return values
+
+
+def _moves(
+    live: CallRecord,
+    completed_at: datetime,
+    path: Sequence[tuple[CallState | None, CallState, str | None]],
+    last_reason: str = "",
+) -> dict[str, Any]:
+    """The transitions of `path`, from the call's creation on: the reason of the completion is
+    the call's own, a reason of None is `last_reason`."""
+    completed = f"completed ({live.completion_reason or 'explicit'})"
+    now = datetime.now(UTC)
+    moments = [live.created_at, completed_at, *[now] * (len(path) - 2)]
+    reasons = [
+        completed if t is CallState.COMPLETED else (last_reason if r is None else r)
+        for _, t, r in path
+    ]
+    return {
+        "m_from": [s.value if s else None for s, _, _ in path],
+        "m_to": [t.value for _, t, _ in path],
+        "m_at": moments,
+        "m_reason": reasons,
+    }
+
+
 async def flush_new_call(
     conn: AsyncConnection, live: CallRecord, first_page: Sequence[StoredPacket]
 ) -> Claim | None:
     """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
     first packets and transitions. None if the row exists: a previous run flushed it."""
-    completed_at = live.completed_at or datetime.now(UTC)
-    values = {**flushed_columns(live), **_NEW_CALL_BOOKKEEPING, "completed_at": completed_at}
-    values["state"] = CallState.PROCESSING_AI.value
-    reason = f"completed ({live.completion_reason or 'explicit'})"
-    moments = (live.created_at, completed_at, datetime.now(UTC))
-    moves = {
-        "m_from": [s.value if s else None for s, _, _ in FLUSH_PATH],
-        "m_to": [t.value for _, t, _ in FLUSH_PATH],
-        "m_at": list(moments),
-        "m_reason": [reason if t is CallState.COMPLETED else r for _, t, r in FLUSH_PATH],
-    }
+    values = _new_row(live, CallState.PROCESSING_AI)
+    moves = _moves(live, values["completed_at"], FLUSH_PATH)
     params = {**values, **_packet_arrays(first_page), **moves}
     if not await conn.scalar(_FLUSH_NEW_CALL, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
+
+
+async def fail_new_call(conn: AsyncConnection, live: CallRecord, reason: str) -> bool:
+    """The row of a call whose flush PostgreSQL refused: FAILED with `reason`, with what Redis
+    knew of the call but no packet, and the path it took (REFUSED_PATH). False if the row
+    exists: an earlier run flushed the call (or failed it so, and it was replayed)."""
+    values = {**_new_row(live, CallState.FAILED), "last_error": reason}
+    moves = _moves(live, values["completed_at"], REFUSED_PATH, reason)
+    return bool(await conn.scalar(_FAIL_NEW_CALL, {**values, **moves}))
+
+
+# The largest value of an `integer` column; Redis' counters have no such bound.
+_INT4_MAX = 2**31 - 1
+
+
+def storable(live: CallRecord) -> CallRecord:
+    """The record with what PostgreSQL could refuse in it taken out, for the row of a call whose
+    record itself was refused: its metadata (a client's JSON) dropped, and counters capped at
+    their column's largest value (the API shows them as at least that many)."""
+    columns = Call.__table__.c
+    capped = {
+        name: min(getattr(live, name), _INT4_MAX)
+        for name, column in FLUSHED.items()
+        if type(columns[column].type) is Integer and isinstance(getattr(live, name), int)
+    }
+    return live.model_copy(update={"metadata": None, **capped})
 
 
 async def insert_more_packets(

@@ -5,6 +5,11 @@ is, writes with upserts, and fences its writes with the epoch it claimed.
 A call whose AI answers first time costs three PostgreSQL statements: the flush (which also
 claims the call), the transcript, and the final write (sentiment, attempts, transition). Failed
 attempts are written as they happen, so a budget spent is spent even if the worker dies.
+
+A call whose data PostgreSQL refuses (db.outages.postgres_refusal: a NUL in text, a number out of
+its column's range) would be refused again on every re-run, so it ends FAILED at once with the
+reason, and its keys are released like any finished call's. Outages are not refusals: the job is
+retried for them (jobs/worker.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TypeVar
 
 from db import calls, worker_writes
 from db.flush import FlushStart
+from db.outages import postgres_refusal
 from db.packets import StoredPacket
 from db.record import CallRecord
 from db.states import TERMINAL_STATES, CallState
@@ -79,18 +85,111 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
 async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | None:
     """Take the call's lease, copy the call and its packets from Redis to PostgreSQL and claim
     it, atomically; or, if an earlier run flushed it, claim it there. None if it is not the
-    worker's to take (already ARCHIVED or FAILED, or unknown)."""
+    worker's to take (already ARCHIVED or FAILED, or unknown), or if PostgreSQL refused the
+    call's data: the call is FAILED then, for good."""
     s = res.settings
     start = await res.flush.start(call_id, holder, s.lease_ttl_s, FLUSH_PAGE)
-    held = None
+    live: CallRecord | None = None
+    held: Held | None = None
+    refused: str | None = None
     if start.meta:
         live = await res.live.record(call_id, start.meta, start.metadata, s.missing_list_cap)
-        held = await _flush_new(res, live, start)
+        try:
+            held = await _flush_new(res, live, start)
+        except Exception as exc:
+            refused = postgres_refusal(exc)
+            if refused is None:
+                raise  # an outage: the job is retried
     if held is None:
+        # A re-run or a replay: the row exists (even if the flush was refused: a replayed call
+        # whose own flush was refused is found here, and its packets are stored below).
         held = await _claim_flushed(res, call_id)
+    if held is None and refused is not None and live is not None:
+        await _fail_unflushed(res, live, _flush_refused(refused))
+    elif held is not None and not held.claim.packets_stored:
+        held = await _with_packets(res, held, start)
     if start.meta:
         await res.flush.forget_unflushed(call_id)
     return held
+
+
+def _flush_refused(refused: str) -> str:
+    return f"PostgreSQL refused the call's flush: {refused}; its packets are not stored"
+
+
+PACKETS_LOST = "the call's packets were never stored in PostgreSQL and Redis no longer holds them"
+
+
+async def _with_packets(res: WorkerResources, held: Held, start: FlushStart) -> Held | None:
+    """A call whose flush was refused has a row but no packet. Replayed, its packets are stored
+    now, from Redis, before the AI reads them; if Redis no longer holds them, or PostgreSQL
+    refuses them again, the call fails again (None)."""
+    try:
+        stored = await _store_packets(res, held.claim, start)
+    except Exception as exc:
+        refused = postgres_refusal(exc)
+        if refused is None:
+            raise
+        await _fail_held(res, held.claim, _flush_refused(refused))
+        return None
+    if not stored:
+        await _fail_held(res, held.claim, PACKETS_LOST)
+        return None
+    return held
+
+
+async def _store_packets(res: WorkerResources, claim: Claim, start: FlushStart) -> bool:
+    """Every packet Redis holds of the call, in one transaction; False if it holds none."""
+    if not start.meta:
+        return False
+    async with res.engine.begin() as conn:
+        await worker_writes.insert_more_packets(
+            conn, claim.call_id, sorted(start.first_page, key=_by_sequence)
+        )
+        if start.more:
+            pages = res.flush.packet_pages(claim.call_id, FLUSH_PAGE, after=start.last_entry)
+            async for page in pages:
+                await worker_writes.insert_more_packets(conn, claim.call_id, page)
+    return True
+
+
+async def _fail_unflushed(res: WorkerResources, live: CallRecord, reason: str) -> None:
+    """End a call whose flush PostgreSQL refused where everyone can see it: a FAILED row with
+    what Redis knew of it and no packet, in a statement of its own. If the row exists (an
+    earlier run flushed the call, or failed it so and it was replayed), fail that one."""
+    try:
+        written = await _write_failed_row(res, live, reason)
+    except Exception as exc:
+        refused = postgres_refusal(exc)
+        if refused is None:
+            raise
+        # The record itself holds what PostgreSQL refuses (a client's metadata, a counter past
+        # its column's range): keep the row without it rather than no row at all.
+        reason = f"{reason}; its record was refused too: kept without metadata, counters capped"
+        written = await _write_failed_row(res, worker_writes.storable(live), reason)
+    if written:
+        log.error("%s: FAILED for good: %s", live.call_id, reason)
+        return
+    held = await _claim_flushed(res, live.call_id)
+    if held is not None:
+        await _fail_held(res, held.claim, reason)
+
+
+async def _write_failed_row(res: WorkerResources, live: CallRecord, reason: str) -> bool:
+    async with res.autocommit.connect() as conn:
+        return await worker_writes.fail_new_call(conn, live, reason)
+
+
+async def _fail_held(res: WorkerResources, claim: Claim, reason: str) -> None:
+    """FAILED for good with `reason`, fenced by the claim. Nothing of the run goes with it (its
+    unsaved attempts, a transcript, a sentiment): any of them may be what was refused."""
+    async with res.autocommit.connect() as conn:
+        failed = await worker_writes.finish(
+            conn, claim, CallState.FAILED, reason, [], last_error=reason
+        )
+    if not failed:
+        raise LeaseLost(claim.call_id)
+    log.error("%s: FAILED for good: %s", claim.call_id, reason)
 
 
 async def _flush_new(res: WorkerResources, live: CallRecord, start: FlushStart) -> Held | None:
@@ -205,6 +304,18 @@ class _Journal:
 
 
 async def _run_ai(res: WorkerResources, held: Held) -> str:
+    try:
+        return await _ai_steps(res, held)
+    except Exception as exc:
+        refused = postgres_refusal(exc)
+        if refused is None:
+            raise
+    reason = f"PostgreSQL refused a write of the call's AI results: {refused}"
+    await _fail_held(res, held.claim, reason)
+    return CallState.FAILED.value
+
+
+async def _ai_steps(res: WorkerResources, held: Held) -> str:
     claim, call_id = held.claim, held.claim.call_id
     policy = _policy(res)
     # One budget for the call's AI work in this run, shared by both steps.
