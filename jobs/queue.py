@@ -11,6 +11,15 @@ from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_k
 from redis.asyncio import ConnectionPool
 
 PROCESS_CALL = "process_call"
+# A call's job has an id of its own kind: arq's job ids are one namespace, and its cron runs take
+# ids of the form `cron:<name>:<ms>`, which a call id may spell too. With the prefix, no call id
+# can name another job (a cron run's, or another call's), and none of theirs can name a call's.
+CALL_JOB_PREFIX = "call:"
+
+
+def call_job_id(call_id: str) -> str:
+    """The id of the call's one job; the job's argument stays the bare call id."""
+    return CALL_JOB_PREFIX + call_id
 
 
 def queue_client(pool: ConnectionPool) -> ArqRedis:
@@ -19,9 +28,10 @@ def queue_client(pool: ConnectionPool) -> ArqRedis:
 
 
 async def enqueue_process_call(queue: ArqRedis, call_id: str) -> bool:
-    """Queue the call's job; the job id is the call id, so a second enqueue is a no-op.
+    """Queue the call's job; its id is the call's (call_job_id), so a second enqueue is a no-op.
     Returns False when the job was already queued or running."""
-    return await queue.enqueue_job(PROCESS_CALL, call_id, _job_id=call_id) is not None
+    job = await queue.enqueue_job(PROCESS_CALL, call_id, _job_id=call_job_id(call_id))
+    return job is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +53,12 @@ async def requeue_orphan(queue: ArqRedis, call_id: str) -> bool:
     """Make a call whose worker died runnable again. True if it was orphaned and now is
     runnable; False if its job was merely waiting in the queue (a backlog, or a retry deferred
     during an outage)."""
-    if await queue.exists(job_key_prefix + call_id):
+    job_id = call_job_id(call_id)
+    if await queue.exists(job_key_prefix + job_id):
         # A job whose worker died keeps arq's in-progress marker until arq's own timeout;
         # removing it lets any worker pick the still-queued job up on its next poll.
-        released = await queue.delete(in_progress_key_prefix + call_id)
-        if await queue.zscore(queue.default_queue_name, call_id) is not None:
+        released = await queue.delete(in_progress_key_prefix + job_id)
+        if await queue.zscore(queue.default_queue_name, job_id) is not None:
             return bool(released)
-        await queue.delete(job_key_prefix + call_id)  # arq gave up on it: start afresh
+        await queue.delete(job_key_prefix + job_id)  # arq gave up on it: start afresh
     return await enqueue_process_call(queue, call_id)

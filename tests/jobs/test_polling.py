@@ -7,7 +7,7 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.asyncio import Redis
 
-from jobs.queue import enqueue_process_call
+from jobs.queue import call_job_id, enqueue_process_call
 from jobs.resources import WorkerResources
 from jobs.worker import make_functions
 
@@ -23,7 +23,8 @@ async def test_jobs_running_elsewhere_cost_no_transaction_and_the_waiting_one_st
     queue = ArqRedis(connection_pool=redis.connection_pool)
     for n in range(200):
         await enqueue_process_call(queue, f"elsewhere-{n}")
-        await redis.set(in_progress_key_prefix + f"elsewhere-{n}", b"1")  # another worker's
+        # Another worker's.
+        await redis.set(in_progress_key_prefix + call_job_id(f"elsewhere-{n}"), b"1")
     await enqueue_process_call(queue, "waiting")
     worker = Worker(
         functions=make_functions(60),
@@ -41,5 +42,5 @@ async def test_jobs_running_elsewhere_cost_no_transaction_and_the_waiting_one_st
     assert await calls_of(redis, "watch") == watches  # no per-job transaction at all
     assert worker._jobs_started() == 1  # the waiting one
     # The others were left to the worker running them: their markers are as it set them.
-    assert await redis.ttl(in_progress_key_prefix + "elsewhere-7") == -1
+    assert await redis.ttl(in_progress_key_prefix + call_job_id("elsewhere-7")) == -1
     await worker.close()

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from arq.constants import in_progress_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +19,7 @@ from db.states import CallState
 from devstack.servers import free_port
 from jobs.ai import TransientAIError
 from jobs.process import flush_call, process_call
+from jobs.queue import call_job_id
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
 from service.app import create_asgi
@@ -41,7 +42,7 @@ async def test_reaper_reruns_a_job_whose_worker_died(
     await send_all(client, "orphan", [0, 1])
     await complete(client, "orphan")
     # A worker picked the job up and died: arq's in-progress marker stays, nobody renews a lease.
-    await res.redis.set(in_progress_key_prefix + "orphan", b"1", px=600_000)
+    await res.redis.set(in_progress_key_prefix + call_job_id("orphan"), b"1", px=600_000)
 
     await asyncio.sleep(0.25)
     assert await recover_orphaned_calls(res) == ["orphan"]
@@ -56,7 +57,8 @@ async def test_reaper_reenqueues_a_completion_whose_job_was_lost(
     res = quick_lease(worker_resources)
     await send(client, "lost", 0)
     await complete(client, "lost")
-    await res.redis.delete("arq:queue", "arq:job:lost")  # crash between SET NX and enqueue
+    # A crash between SET NX and the enqueue.
+    await res.redis.delete(default_queue_name, job_key_prefix + call_job_id("lost"))
 
     await asyncio.sleep(0.25)
     assert await recover_orphaned_calls(res) == ["lost"]
@@ -195,7 +197,7 @@ async def test_reaper_finds_a_flushed_call_that_redis_forgot(
     await run_worker(res)
     assert (await client.post("/v1/calls/forgotten/retry")).status_code == 202
     # Redis loses the replay's queue entry and its pending mark (say, a crash before fsync).
-    await res.redis.delete("arq:queue", "arq:job:forgotten")
+    await res.redis.delete(default_queue_name, job_key_prefix + call_job_id("forgotten"))
     await res.redis.zrem(PENDING_INDEX, "forgotten")
 
     await asyncio.sleep(0.3)  # past the grace (the lease TTL): the row looks stalled
