@@ -13,14 +13,17 @@ from jobs.queue import requeue_orphan
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
+IDLE_SWEEP = "idle-sweep"  # who the audit trail says completed the calls that went quiet
 
 
-async def complete_idle_calls(res: WorkerResources) -> list[str]:
-    """Complete every call with no packet for CALL_IDLE_TIMEOUT_S, through the exactly-once path."""
+async def complete_idle_calls(res: WorkerResources, actor: str | None = IDLE_SWEEP) -> list[str]:
+    """Complete every call with no packet for CALL_IDLE_TIMEOUT_S, through the exactly-once path
+    (which audits each completion as the `actor`'s)."""
     cutoff = time.time() - res.settings.call_idle_timeout_s
     completed = []
     for call_id in await res.live.idle(cutoff):
-        if await res.ingestion.complete(call_id, "idle", cutoff) is Completion.COMPLETED:
+        outcome = await res.ingestion.complete(call_id, "idle", cutoff, actor=actor)
+        if outcome is Completion.COMPLETED:
             completed.append(call_id)
     if completed:
         log.info("idle sweep completed %d calls", len(completed))
