@@ -9,6 +9,7 @@ CallstreamError            carries its HTTP status and a stable code
 ├── Forbidden              403: the key's role does not allow this
 ├── PayloadTooLarge        413: a body, a packet's data or a batch is too large
 │   ├── BodyTooLarge       413: a request body past MAX_BODY_BYTES
+│   ├── CallTooLarge       413: the packets would take the call past its caps
 │   └── MetadataTooLarge   413: a media stream's start message is too large
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
@@ -72,6 +73,10 @@ class PayloadTooLarge(CallstreamError):
 
 class BodyTooLarge(PayloadTooLarge):
     """Raised while reading too, after the first bytes past the limit."""
+
+
+class CallTooLarge(PayloadTooLarge):
+    code = "call_too_large"
 
 
 class MetadataTooLarge(PayloadTooLarge):

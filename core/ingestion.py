@@ -20,6 +20,7 @@ from core.audit import audit
 from core.errors import (
     BodyTooLarge,
     CallAlreadyCompleted,
+    CallTooLarge,
     DuplicateKey,
     InvalidText,
     MetadataTooLarge,
@@ -27,7 +28,7 @@ from core.errors import (
     UnreadableBody,
     UnsupportedMediaType,
 )
-from db.intake import CallCompleted, CallIntake, Completion
+from db.intake import CallCap, CallCompleted, CallFull, CallIntake, CallLimits, Completion
 from db.packets import Outcome, PacketFields, PacketResult
 from jobs.queue import enqueue_process_call
 from settings import Settings
@@ -191,6 +192,8 @@ class Ingestion:
             raise CallAlreadyCompleted(
                 f"call {call_id} is already completed; packets are no longer accepted"
             ) from None
+        except CallFull as full:
+            raise CallTooLarge(_call_full_detail(full)) from None
 
     async def packet(self, call_id: str, packet: PacketFields) -> tuple[int, dict[str, Any]]:
         """One packet: 202 when new, 200 for a duplicate, and the answer."""
@@ -229,6 +232,18 @@ class Ingestion:
         await enqueue_process_call(self.queue, call_id)
 
 
+_CAP_SETTINGS = {CallCap.PACKETS: ("MAX_CALL_PACKETS", "packets"),
+                 CallCap.BYTES: ("MAX_CALL_BYTES", "bytes of data")}  # fmt: skip
+
+
+def _call_full_detail(full: CallFull) -> str:
+    setting, unit = _CAP_SETTINGS[full.cap]
+    return (
+        f"call {full.call_id} holds {full.stored} {unit}; these packets would add {full.adding}, "
+        f"past its cap of {full.limit} ({setting}); nothing of them was stored"
+    )
+
+
 def make_ingestion(
     redis: Redis, queue: ArqRedis, settings: Settings, *, pipelined: bool
 ) -> Ingestion:
@@ -238,4 +253,5 @@ def make_ingestion(
         max_batch_packets=settings.max_batch_packets,
         metadata_ttl_s=settings.completed_marker_retention_s,
     )
-    return Ingestion(CallIntake(redis, pipelined=pipelined), queue, limits)
+    caps = CallLimits(max_packets=settings.max_call_packets, max_bytes=settings.max_call_bytes)
+    return Ingestion(CallIntake(redis, pipelined=pipelined, limits=caps), queue, limits)
