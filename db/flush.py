@@ -70,7 +70,7 @@ class FlushSource:
         """After PostgreSQL committed the final state: let the call's keys expire, drop indexes."""
         keys = call_keys(call_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key in (keys.packets, keys.meta, keys.seen, keys.seen_high, keys.metadata):
+            for key in keys.data:
                 pipe.expire(key, retention_s)
             # The done marker outlives the data so late packets still get 409, not a new call.
             pipe.expire(keys.done, marker_retention_s)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from enum import StrEnum
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from db.keys import BITMAP_SEQUENCE_LIMIT, IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, call_keys
+from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, CallKeys, call_keys
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import ScriptPipeline
 from db.scripts import Script, register
@@ -19,6 +20,34 @@ from db.scripts import Script, register
 
 class CallCompleted(Exception):
     """The call was completed before these packets arrived; nothing was stored."""
+
+
+class CallCap(IntEnum):
+    """A per-call cap, numbered as db/lua/ingest.lua reports it."""
+
+    PACKETS = 1  # unique packets stored
+    BYTES = 2  # UTF-8 bytes of the data of those packets
+
+
+class CallFull(Exception):
+    """The packets would take the call past one of its caps; nothing of them was stored."""
+
+    def __init__(self, call_id: str, cap: CallCap, limit: int, stored: int, adding: int) -> None:
+        super().__init__(f"call {call_id}: {stored} + {adding} {cap.name.lower()} > {limit}")
+        self.call_id = call_id
+        self.cap = cap  # which cap: packets or data bytes
+        self.limit = limit  # the cap's value
+        self.stored = stored  # what the call holds already (packets, or data bytes)
+        self.adding = adding  # what the refused request's new packets would have added
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What one call may hold; the defaults are those of settings.py (a test holds them equal).
+    A 4-hour call at 50 packets/s of 216-byte payloads (720,000 packets, 156 MB) fits."""
+
+    max_packets: int = 1_000_000
+    max_bytes: int = 256 * 1024 * 1024
 
 
 class Completion(StrEnum):
@@ -33,34 +62,40 @@ class Completion(StrEnum):
 class CallIntake:
     """The call keys of one Redis, written only through the ingest and complete scripts."""
 
-    def __init__(self, redis: Redis, *, pipelined: bool = False) -> None:
+    def __init__(
+        self, redis: Redis, *, pipelined: bool = False, limits: CallLimits | None = None
+    ) -> None:
         """`pipelined`: share Redis round trips between concurrent ingestion requests (the API)."""
         self.redis = redis
+        self.limits = limits or CallLimits()
         self._pipeline = ScriptPipeline(redis) if pipelined else None
         self._ingest = register(redis, Script.INGEST)
         self._complete = register(redis, Script.COMPLETE)
 
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
-        """Store packets in one round trip. Raises CallCompleted if the call is already done."""
-        keys = call_keys(call_id)
+        """Store packets in one round trip, or none of them: raises CallCompleted if the call is
+        already done, CallFull if its new packets would take it past one of its caps."""
         # Timestamps travel as text: Lua numbers would keep only 14 significant digits.
         encoded = orjson.dumps([(p.sequence, repr(p.timestamp), p.data) for p in packets])
-        args: list[Any] = [call_id, repr(time.time()), BITMAP_SEQUENCE_LIMIT, encoded]
-        script_keys = [
-            keys.packets,
-            keys.meta,
-            keys.seen,
-            keys.seen_high,
-            keys.done,
-            IDLE_INDEX,
-            UNFLUSHED_INDEX,
+        limits = self.limits
+        args: list[Any] = [
+            call_id,
+            repr(time.time()),
+            limits.max_packets,
+            limits.max_bytes,
+            encoded,
         ]
+        script_keys = _ingest_keys(call_keys(call_id))
         if self._pipeline is not None:
             raw = await self._pipeline.run(self._ingest, script_keys, args)
         else:
             raw = await self._ingest(keys=script_keys, args=args)
         if raw and raw[0] == -1:
             raise CallCompleted(call_id)
+        if raw and raw[0] == -2:
+            cap = CallCap(int(raw[1]))
+            limit = limits.max_packets if cap is CallCap.PACKETS else limits.max_bytes
+            raise CallFull(call_id, cap, limit, int(raw[2]), int(raw[3]))
         return [
             PacketResult(p.sequence, Outcome(int(raw[2 * i])), int(raw[2 * i + 1]))
             for i, p in enumerate(packets)
@@ -86,3 +121,17 @@ class CallIntake:
     async def mark_pending(self, call_id: str) -> None:
         """Put a call (back) under the reaper's watch, e.g. after a dead-letter replay."""
         await self.redis.zadd(PENDING_INDEX, {call_id: time.time()})
+
+
+def _ingest_keys(keys: CallKeys) -> list[str]:
+    """The keys of db/lua/ingest.lua, in its order."""
+    return [
+        keys.packets,
+        keys.meta,
+        keys.runs,
+        keys.done,
+        IDLE_INDEX,
+        UNFLUSHED_INDEX,
+        keys.legacy_seen,
+        keys.legacy_seen_high,
+    ]

@@ -11,36 +11,44 @@ PENDING_INDEX = "callstream:pending"  # completed calls not yet ARCHIVED/FAILED,
 # The AI circuit breaker shared by all workers: a hash (failures, open_until) and its probe lock.
 AI_BREAKER = "callstream:ai_breaker"
 AI_BREAKER_PROBE = "callstream:ai_breaker:probe"
+# Per-key request counters of the current second (db/rate_limits.py): one key per API key and
+# second, global on purpose (every API process counts into it), gone after two seconds.
+RATE_PREFIX = "callstream:rate:"
 # The AI concurrency limit shared by all workers: a sorted set of slot holders by expiry, and the
 # time until which nobody may call the provider (after a 429).
 AI_SLOTS = "callstream:ai_slots"
 AI_SLOTS_PAUSE = "callstream:ai_slots:pause"
-
-# Sequences below this are deduplicated in a bitmap (1 MiB at most); larger ones in a set.
-BITMAP_SEQUENCE_LIMIT = 1 << 23
 
 
 @dataclass(frozen=True, slots=True)
 class CallKeys:
     packets: str  # stream of unique packets, in arrival order
     meta: str  # hash: counters, sequence bounds, state, timestamps
-    seen: str  # bitmap of sequences already stored
-    seen_high: str  # set of stored sequences >= BITMAP_SEQUENCE_LIMIT
+    runs: str  # sorted set of the runs of stored sequences (dedup, gaps): first, scored by last
     done: str  # completion marker, SET NX decides who completes the call
     lease: str  # the worker holding the call's job renews this; gone = that worker died
     metadata: str  # JSON the call was opened with (a media stream's start message), if any
+    # Dedup keys of releases before the runs (a bitmap, and a set above 2^23): no longer written,
+    # but a call that was live across the upgrade may still hold them, and its release must let
+    # them expire.
+    legacy_seen: str
+    legacy_seen_high: str
 
     @property
-    def all(self) -> tuple[str, ...]:
+    def data(self) -> tuple[str, ...]:
+        """The keys holding what the call sent: they expire together once it is flushed."""
         return (
             self.packets,
             self.meta,
-            self.seen,
-            self.seen_high,
-            self.done,
-            self.lease,
+            self.runs,
             self.metadata,
+            self.legacy_seen,
+            self.legacy_seen_high,
         )
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.data, self.done, self.lease)
 
 
 def call_keys(call_id: str) -> CallKeys:
@@ -48,9 +56,10 @@ def call_keys(call_id: str) -> CallKeys:
     return CallKeys(
         packets=f"{tag}:packets",
         meta=f"{tag}:meta",
-        seen=f"{tag}:seen",
-        seen_high=f"{tag}:seen_high",
+        runs=f"{tag}:runs",
         done=f"{tag}:done",
         lease=f"{tag}:lease",
         metadata=f"{tag}:metadata",
+        legacy_seen=f"{tag}:seen",
+        legacy_seen_high=f"{tag}:seen_high",
     )

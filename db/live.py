@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, call_keys
 from db.record import CallRecord, from_redis
-from db.sequences import bits_set, missing_between
+from db.sequences import bits_set, missing_between, missing_between_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,35 +30,66 @@ class LiveCalls:
         return found
 
     async def get_many(self, call_ids: Sequence[str], missing_cap: int) -> list[CallRecord | None]:
-        """What Redis holds of each call, in order; None for a call it does not know."""
+        """What Redis holds of each call, in order; None for a call it does not know. Two round
+        trips however many calls: their hashes, then the gaps of those that have some."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for call_id in call_ids:
                 keys = call_keys(call_id)
                 pipe.hgetall(keys.meta)
                 pipe.get(keys.metadata)
             raw = await pipe.execute()
-        return [
-            await self.record(call_id, meta, metadata, missing_cap) if meta else None
+        found = [
+            from_redis(call_id, meta, metadata, []) if meta else None
             for call_id, meta, metadata in zip(call_ids, raw[::2], raw[1::2], strict=True)
         ]
+        missing = await self._missing([c for c in found if c is not None], missing_cap)
+        return [_with_missing(c, missing) if c is not None else None for c in found]
 
     async def record(
         self, call_id: str, meta: dict[bytes, bytes], metadata: bytes | None, missing_cap: int
     ) -> CallRecord:
         """The record of a live call whose hash (and metadata) the caller has read already."""
         found = from_redis(call_id, meta, metadata, [])
-        missing = await self.missing_sequences(found, missing_cap)
-        return found.model_copy(update={"missing_sequences": missing}) if missing else found
+        return _with_missing(found, await self._missing([found], missing_cap))
 
     async def missing_sequences(self, call: CallRecord, cap: int) -> list[int]:
-        """The gaps, read from the dedup bitmap (the stream itself need not be read)."""
+        """The first `cap` gaps, read from the call's runs of sequences (not from its stream)."""
+        return (await self._missing([call], cap)).get(call.call_id, [])
+
+    async def _missing(self, calls: Sequence[CallRecord], cap: int) -> dict[str, list[int]]:
+        """The missing sequences of the calls that have some, by call id, in one round trip.
+        Each gap lies between two runs, so `cap + 1` runs answer: the cost follows the cap and
+        the gaps found, never the length of the call."""
+        gapped = [c for c in calls if cap > 0 and c.missing_count > 0]
+        if not gapped:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in gapped:
+                pipe.zrange(call_keys(call.call_id).runs, 0, cap, withscores=True)
+            found = await pipe.execute()
+        missing: dict[str, list[int]] = {}
+        for call, runs in zip(gapped, found, strict=True):
+            pairs = [(int(first), int(last)) for first, last in runs]
+            # No runs: a call from before them that has sent nothing since (its next packet
+            # converts it).
+            if pairs:
+                # Runs read after the hash may know of later packets: keep to what it said.
+                upto = call.last_sequence if call.last_sequence is not None else -1
+                missing[call.call_id] = missing_between_runs(pairs, cap, upto)
+            else:
+                missing[call.call_id] = await self._legacy_missing(call, cap)
+        return missing
+
+    async def _legacy_missing(self, call: CallRecord, cap: int) -> list[int]:
+        """The gaps from the dedup keys of releases before the runs (a bitmap of 1 MiB at most,
+        a set above it). Remove with CallKeys.legacy_seen."""
         first, last = call.first_sequence, call.last_sequence
-        if cap <= 0 or call.missing_count <= 0 or first is None or last is None:
+        if first is None or last is None:
             return []
         keys = call_keys(call.call_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.seen)
-            pipe.smembers(keys.seen_high)
+            pipe.get(keys.legacy_seen)
+            pipe.smembers(keys.legacy_seen_high)
             bitmap, high = await pipe.execute()
         present = bits_set(bitmap or b"", first, last)
         present += sorted(int(s) for s in high)
@@ -94,6 +125,11 @@ class LiveCalls:
             pipe.zrange(PENDING_INDEX, 0, 0, withscores=True)
             live, unflushed, pending, oldest = await pipe.execute()
         return IndexCounts(live, unflushed, pending, oldest[0][1] if oldest else None)
+
+
+def _with_missing(call: CallRecord, missing: dict[str, list[int]]) -> CallRecord:
+    found = missing.get(call.call_id)
+    return call.model_copy(update={"missing_sequences": found}) if found else call
 
 
 def _text(value: bytes | str) -> str:

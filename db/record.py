@@ -89,7 +89,10 @@ SENTIMENT_COLUMNS = ("sentiment_label", "sentiment_score")
 # Filled in by the worker after the flush; a live call has none of them.
 WORKER_FIELDS = frozenset({"ai_attempts", "last_error", "transcript", "sentiment", "finished_at"})
 # Hash fields the scripts keep for their own bookkeeping, not part of the record.
-INTERNAL_HASH_FIELDS = frozenset({"last_packet_at"})
+# last_packet_at: when the call last sent a new packet (the idle sweep's clock);
+# data_bytes: the data bytes of its stored packets (the MAX_CALL_BYTES cap);
+# last_run_from: the first sequence of its last run of sequences (dedup, db/lua/ingest.lua).
+INTERNAL_HASH_FIELDS = frozenset({"last_packet_at", "data_bytes", "last_run_from"})
 
 
 def _stored(name: str) -> Stored:
