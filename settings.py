@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     ws_allowed_origins: Annotated[frozenset[str], NoDecode] = frozenset()
     redis_pipelining: bool = True
 
+    # Backpressure: past this many completed calls waiting for the worker, new calls get 503
+    # (packets of live calls never do). 0: no limit.
+    backlog_limit: int = Field(20_000, ge=0)
+
     # Completion
     call_idle_timeout_s: float = Field(30.0, gt=0)
     sweep_interval_s: int = Field(5, ge=1, le=60)

@@ -13,6 +13,7 @@ CallstreamError            carries its HTTP status and a stable code
 │   └── MetadataTooLarge   413: a media stream's start message is too large
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
+├── Overloaded             503: too many completed calls wait: new calls refused for now
 ├── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
 └── DuplicateKey           422: a JSON object names a key twice
 """
@@ -86,6 +87,11 @@ class MetadataTooLarge(PayloadTooLarge):
 class RateLimited(CallstreamError):
     status_code = 429
     code = "rate_limited"
+
+
+class Overloaded(CallstreamError):
+    status_code = 503
+    code = "backlog_full"
 
 
 class UnsupportedMediaType(CallstreamError):

@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from core.audit import audit
+from core.backlog import Backlog
 from core.errors import (
     BodyTooLarge,
     CallAlreadyCompleted,
@@ -181,11 +182,13 @@ class Ingestion:
     intake: CallIntake
     queue: ArqRedis
     limits: Limits
+    backlog: Backlog
 
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
         """Store packets of one call in one Redis round trip, or refuse them all."""
         for packet in packets:
             check_data_size(packet, self.limits.max_packet_data_bytes)
+        await self.backlog.admit(call_id)
         try:
             return await self.intake.append(call_id, packets)
         except CallCompleted:
@@ -254,4 +257,5 @@ def make_ingestion(
         metadata_ttl_s=settings.completed_marker_retention_s,
     )
     caps = CallLimits(max_packets=settings.max_call_packets, max_bytes=settings.max_call_bytes)
-    return Ingestion(CallIntake(redis, pipelined=pipelined, limits=caps), queue, limits)
+    intake = CallIntake(redis, pipelined=pipelined, limits=caps)
+    return Ingestion(intake, queue, limits, Backlog(redis, settings.backlog_limit))

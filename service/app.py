@@ -14,8 +14,8 @@ from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
-from service.schemas import GATE_RESPONSES
 from service.routes import calls, health, ingest, media_ws, system
+from service.schemas import GATE_RESPONSES
 from settings import Settings, get_settings
 
 DESCRIPTION = """

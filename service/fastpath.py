@@ -99,10 +99,12 @@ async def _guarded(
     try:
         outcome = await work
     except CallstreamError as exc:
-        await _problem(send, exc.status_code, error_body(exc.status_code, exc.code, exc.detail))
+        body = error_body(exc.status_code, exc.code, exc.detail)
+        await _problem(send, exc.status_code, body, exc.headers)
     except REDIS_OUTAGE as exc:
         log.warning("Redis unavailable during ingestion of %s: %r", call_id, exc)
-        await _problem(send, 503, error_body(503, "redis_unavailable", REDIS_DOWN), b"1")
+        body = error_body(503, "redis_unavailable", REDIS_DOWN)
+        await _problem(send, 503, body, {"Retry-After": "1"})
     except Exception:
         log.exception("unhandled error ingesting packets of %s", call_id)
         await _problem(send, 500, error_body(500, "internal_error", INTERNAL_ERROR))
@@ -176,19 +178,16 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _problem(send: Send, status: int, body: bytes, retry_after: bytes | None = None) -> None:
-    await _answer(send, status, body, retry_after, _PROBLEM_HEADERS)
+async def _problem(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await _answer(send, status, body, [*_PROBLEM_HEADERS, *extra])
 
 
 async def _answer(
-    send: Send,
-    status: int,
-    body: bytes,
-    retry_after: bytes | None = None,
-    content_type: list[tuple[bytes, bytes]] = _JSON_HEADERS,
+    send: Send, status: int, body: bytes, head: list[tuple[bytes, bytes]] = _JSON_HEADERS
 ) -> None:
-    headers: list[Any] = [*content_type, (b"content-length", str(len(body)).encode())]
-    if retry_after is not None:
-        headers.append((b"retry-after", retry_after))
+    headers: list[Any] = [*head, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -51,5 +51,11 @@ async def readyz(res: ResourcesDep) -> JSONResponse:
     )
     checks = {"redis": redis_ok, "postgres": pg_ok}
     healthy = all(v == "ok" for v in checks.values())
+    # Said, not failed: a full backlog refuses new calls only, and an instance taken out of its
+    # load balancer would refuse the packets of live calls too.
+    if redis_ok == "ok" and await res.ingestion.backlog.over():
+        checks["backlog"] = f"full: {res.ingestion.backlog.waiting} waiting, new calls refused"
+    else:
+        checks["backlog"] = "ok"
     body = Health(status="ok" if healthy else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -74,3 +74,34 @@ async def test_complete_with_a_bad_call_id_is_422(client: AsyncClient):
     response = await client.post("/v1/call/complete/not%20valid")
 
     assert response.status_code == 422
+
+
+async def test_past_the_backlog_limit_new_calls_get_503_and_live_calls_go_on(
+    settings, redis: Redis
+):
+    from asgi_lifespan import LifespanManager
+    from httpx import ASGITransport
+
+    from service.app import create_asgi
+
+    app = create_asgi(settings.model_copy(update={"backlog_limit": 2}))
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+    ):
+        for call_id in ("a", "b", "c", "live"):
+            await send(client, call_id, 0)
+        for call_id in ("a", "b", "c"):
+            await client.post(f"/v1/call/complete/{call_id}")
+        await asyncio.sleep(1.1)  # the backlog is read at most once a second
+
+        new = await send(client, "new-call", 0)
+        live = await send(client, "live", 1)
+        ready = (await client.get("/readyz")).json()
+
+    assert new.status_code == 503
+    assert new.json()["code"] == "backlog_full"
+    assert int(new.headers["retry-after"]) >= 1
+    assert live.status_code == 202
+    assert ready["checks"]["backlog"].startswith("full")
+    assert not await redis.exists("{call:new-call}:meta")

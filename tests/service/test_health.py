@@ -34,7 +34,7 @@ async def test_readyz_is_ok_when_redis_and_postgres_answer(client: AsyncClient):
     response = await client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+    assert response.json()["checks"] == {"redis": "ok", "postgres": "ok", "backlog": "ok"}
 
 
 async def test_ingest_answers_503_with_retry_after_quickly_when_redis_is_down(
