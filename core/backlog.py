@@ -38,6 +38,11 @@ class Backlog:
 
     async def admit(self, call_id: str) -> None:
         """Raise Overloaded for a new call while the backlog is over its limit."""
+        if self.limit <= 0:
+            return
+        fresh = time.monotonic() - self._read_at < REFRESH_S
+        if fresh and self.waiting <= self.limit:  # the common case: no await, no round trip
+            return
         if not await self.over():
             return
         if await self.redis.exists(call_keys(call_id).meta):

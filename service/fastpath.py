@@ -26,7 +26,14 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import INTERNAL_ERROR, PROBLEM_JSON, REDIS_DOWN, CallstreamError, error_body
+from core.errors import (
+    INTERNAL_ERROR,
+    PROBLEM_JSON,
+    REDIS_DOWN,
+    BodyTooLarge,
+    CallstreamError,
+    error_body,
+)
 from core.ingestion import Ingestion, check_unique_keys, is_call_id, is_json
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
@@ -56,7 +63,11 @@ class IngestFastPath:
             await self.app(scope, receive, send)
             return
         call_id, kind = target
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except BodyTooLarge as too_large:  # the gate cut the body off past MAX_BODY_BYTES
+            await _problem(send, 413, error_body(413, too_large.code, too_large.detail))
+            return
         if body is None:  # the client went away mid-body
             return
         if kind is _Kind.COMPLETE:

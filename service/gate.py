@@ -55,18 +55,20 @@ class AccessGate:
             await self.app(scope, receive, send)
             return
         res: ApiResources = scope["state"]["resources"]
-        sent = _Watch(send)
         try:
             needed = self._admit(scope, res.keys)
             if scope["type"] == "http":
                 await _within_rate(scope, res, needed)
-                check_body_size(_content_length(scope), res.settings.max_body_bytes)
-                receive = _capped(receive, res.settings.max_body_bytes)
-            await self.app(scope, receive, sent)
+                declared = _content_length(scope)
+                check_body_size(declared, res.settings.max_body_bytes)
+                if declared is None:  # chunked: the server stops at a declared length itself
+                    receive = _capped(receive, res.settings.max_body_bytes)
         except CallstreamError as refused:
-            if sent.started:  # too late to answer: the inner app has begun its own
-                raise
             await _refuse(scope, send, refused)
+            return
+        # A body cut off later (BodyTooLarge from `receive`) is answered by whoever reads it:
+        # FastAPI's handlers, or the fast path's own.
+        await self.app(scope, receive, send)
 
     def _admit(self, scope: Scope, keys: KeyRing) -> Role | None:
         """Mark the scope with its principal, or raise the 401/403 it gets. Returns the role
@@ -96,20 +98,6 @@ def actor_of(scope: Scope) -> str:
     if principal is not None:
         return f"key:{principal.key_id}"
     return "websocket-start-key" if scope.get(KEY_IN_START) else "local (no API keys)"
-
-
-class _Watch:
-    """`send`, remembering whether the answer has begun."""
-
-    def __init__(self, send: Send) -> None:
-        self.send, self.started = send, False
-
-    async def __call__(self, message: Message) -> None:
-        self.started = self.started or message["type"] in _STARTS
-        await self.send(message)
-
-
-_STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.close"})
 
 
 async def _within_rate(scope: Scope, res: ApiResources, needed: Role | None) -> None:
