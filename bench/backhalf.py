@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -48,6 +49,7 @@ from devstack.processes import free_port, wait_for_port
 from devstack.stack import ROOT, Process, Stack
 
 BASELINE_REV = "7f4a9cd"  # main before the back-half work (issue 8)
+RESULTS = ROOT / "bench" / "results" / "backhalf.json"  # the last run's figures (git-ignored)
 INSTANT_AI = {"AI_LATENCY_MIN_S": "0", "AI_LATENCY_MAX_S": "0", "AI_FAILURE_RATE": "0"}
 # The mock's defaults, written out so the figures do not move if a default does.
 DEFAULT_AI = {
@@ -435,6 +437,8 @@ def main() -> int:
         if worktree is not None:
             remove_worktree(worktree)
     print_figures(figures)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=1))  # re-rendered by --render, if wanted
     if args.write and not args.quick:
         command = "python -m bench.backhalf --write" + (
             "" if args.phases == ",".join(PHASES) else f" --phases {args.phases}"

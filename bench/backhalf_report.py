@@ -79,7 +79,25 @@ def section(figures: dict[str, Any], command: str, baseline_rev: str) -> list[st
         )
     lines += [
         "",
-        "Every drain (completion to ARCHIVED or FAILED, and where a worker's time went):",
+        "What bounds the two 10x ratios (py-spy of one worker during the drain:",
+        "`python -m bench.backhalf --phases drain --profile`): a call now costs the worker three",
+        "PostgreSQL statements (the flush with its claim, the transcript, the final state), four",
+        "Redis round trips of ours and arq's own per job (its run and its finish; the claim is one",
+        "script per poll), and about a fifth of its samples are the event loop itself; the rest is",
+        "spread over asyncpg's execute, redis-py's command packing and parsing, and arq's run_job,",
+        "with no single piece of our code above 3%. Next steps: batch the final statements of",
+        "calls that finish together; a queue cheaper than arq's round trips per job. The baseline",
+        "here (Redis 8.2, PostgreSQL 18 with fsync off) is also faster than the figures the issue",
+        f"was filed with ({ISSUE_CPU_MS:.0f} ms of CPU per call, {ISSUE_RATE:.0f} calls/s)"
+        + (
+            f": against those, {ISSUE_CPU_MS / new1['cpu_ms_per_call']:.0f}x less CPU and "
+            f"{new2['calls_per_s'] / ISSUE_RATE:.0f}x the drain."
+            if new1 and new2
+            else "."
+        ),
+        "",
+        "Every drain (completion to ARCHIVED or FAILED; the stages are wall time summed over the",
+        "calls in flight, waiting included, so they show shares, not CPU):",
         "",
     ]
     lines += [
