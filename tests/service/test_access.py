@@ -4,7 +4,6 @@ only without keys; rate limits; body limits. Real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi.routing import APIRoute
 from httpx import ASGITransport, AsyncClient
@@ -23,10 +21,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.access import GRANTS, OPEN, Role, key_id, rule_for
-from devstack.servers import free_port
 from service.app import create_app, create_asgi
 from settings import Settings
 from tests.factories import packet
+from tests.serving import serving
 
 KEYS = {Role.INGEST: "ingest-key-1", Role.SUPERVISOR: "supervisor-key-1", Role.ADMIN: "admin-k1"}
 WRONG = {Role.INGEST: Role.SUPERVISOR, Role.SUPERVISOR: Role.INGEST, Role.ADMIN: Role.SUPERVISOR}
@@ -211,22 +209,8 @@ async def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read(
 
 @pytest.fixture
 async def keyed_server(settings: Settings) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        create_asgi(keyed(settings)), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"ws://127.0.0.1:{port}/v1/call/media"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with serving(create_asgi(keyed(settings))) as address:
+        yield f"ws://{address}/v1/call/media"
 
 
 def start_frame(call_id: str, token: str | None) -> str:

@@ -3,20 +3,18 @@ path and the FastAPI routes, and the media WebSocket), and nothing is stored. Re
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 from httpx import AsyncClient
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from devstack.servers import free_port
 from service.app import create_asgi
 from settings import Settings
+from tests.serving import serving
 
 GOOD = {"sequence": 1, "data": "AAAA", "timestamp": 1700000000.0}
 JSON = {"content-type": "application/json"}
@@ -130,21 +128,8 @@ async def test_an_odd_cursor_is_a_422_never_a_500(both_paths: AsyncClient, curso
 
 @pytest.fixture
 async def ws_url(settings: Settings) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_asgi(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started
-        yield f"ws://127.0.0.1:{port}/v1/call/media"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with serving(create_asgi(settings)) as address:
+        yield f"ws://{address}/v1/call/media"
 
 
 def start(call_id: str, **extra: object) -> str:
@@ -185,25 +170,15 @@ async def test_a_bad_websocket_frame_gets_its_error_and_close_code_and_nothing_i
 async def test_a_silent_media_stream_is_closed_after_its_idle_timeout(
     settings: Settings, redis: Redis
 ):
-    port = free_port()
     quiet = settings.model_copy(update={"ws_idle_timeout_s": 0.3})
-    server = uvicorn.Server(
-        uvicorn.Config(create_asgi(quiet), host="127.0.0.1", port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        async with connect(f"ws://127.0.0.1:{port}/v1/call/media") as ws:
-            first = json.loads(await ws.recv())
-            with pytest.raises(ConnectionClosed):
-                await ws.recv()
-        assert (first["code"], ws.close_code) == ("idle_timeout", 1001)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with (
+        serving(create_asgi(quiet)) as address,
+        connect(f"ws://{address}/v1/call/media") as ws,
+    ):
+        first = json.loads(await ws.recv())
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert (first["code"], ws.close_code) == ("idle_timeout", 1001)
 
 
 async def test_a_browser_from_an_origin_not_allowed_is_refused(ws_url: str, redis: Redis):
