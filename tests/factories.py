@@ -29,6 +29,17 @@ async def send_all(client: AsyncClient, call_id: str, sequences: list[int]) -> l
     return [await send(client, call_id, s) for s in sequences]
 
 
+async def complete(client: AsyncClient, call_id: str) -> None:
+    """Complete a call that sent packets: the first completion answers 202."""
+    assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
+
+
+async def status(client: AsyncClient, call_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/calls/{call_id}")
+    assert response.status_code == 200
+    return dict(response.json())
+
+
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as conn:
         return (await conn.execute(text(sql), params)).scalar()

@@ -27,7 +27,7 @@ from jobs.ai import Sentiment
 from jobs.process import PACKETS_LOST
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
-from tests.factories import rows, scalar, send_all
+from tests.factories import complete, rows, scalar, send_all, status
 from tests.fakes import ScriptedAI
 
 SECRET = "secret-payload"  # a packet's data: must never show in a reason
@@ -41,16 +41,6 @@ async def store_directly(res: WorkerResources, call_id: str, *data: str) -> None
     """Packets written with the ingest script itself, past the API (which refuses a NUL)."""
     packets = [NewPacket(n, 1_700_000_000.0 + n * 0.02, d) for n, d in enumerate(data)]
     await CallIntake(res.redis).append(call_id, packets)
-
-
-async def complete(client: AsyncClient, call_id: str) -> None:
-    assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
-
-
-async def status(client: AsyncClient, call_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/calls/{call_id}")
-    assert response.status_code == 200
-    return dict(response.json())
 
 
 async def moves(engine: AsyncEngine, call_id: str) -> list[Any]:

@@ -24,11 +24,7 @@ from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
 from service.app import create_asgi
 from settings import Settings
-from tests.factories import scalar, send, send_all
-
-
-async def complete(client: AsyncClient, call_id: str) -> None:
-    assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
+from tests.factories import complete, scalar, send, send_all
 
 
 def quick_lease(res: WorkerResources) -> WorkerResources:

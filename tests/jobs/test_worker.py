@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import Any
 
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,18 +13,8 @@ from db.keys import IDLE_INDEX, PENDING_INDEX, call_keys
 from jobs.ai import PermanentAIError, TransientAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources
-from tests.factories import packet, rows, scalar, send, send_all
+from tests.factories import complete, packet, rows, scalar, send, send_all, status
 from tests.fakes import ScriptedAI
-
-
-async def complete(client: AsyncClient, call_id: str) -> None:
-    assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
-
-
-async def status(client: AsyncClient, call_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/calls/{call_id}")
-    assert response.status_code == 200
-    return dict(response.json())
 
 
 async def test_a_call_goes_from_packets_to_archived_with_a_real_worker(
