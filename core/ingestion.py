@@ -16,6 +16,7 @@ import orjson
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from core import metrics
 from core.audit import audit
 from core.backlog import Backlog
 from core.errors import (
@@ -184,6 +185,7 @@ class Ingestion:
     limits: Limits
     backlog: Backlog
 
+    @metrics.measured_append
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
         """Store packets of one call in one Redis round trip, or refuse them all."""
         for packet in packets:
@@ -204,7 +206,8 @@ class Ingestion:
         return (200 if result.duplicate else 202), packet_answer(call_id, result)
 
     async def batch(self, call_id: str, packets: Sequence[PacketFields]) -> dict[str, Any]:
-        check_batch_size(len(packets), self.limits.max_batch_packets)
+        with metrics.counting_refusals(len(packets)):
+            check_batch_size(len(packets), self.limits.max_batch_packets)
         return batch_answer(call_id, await self.append(call_id, packets))
 
     async def open_call(self, call_id: str, metadata: dict[str, Any]) -> None:
@@ -223,6 +226,7 @@ class Ingestion:
         whose enqueue fails stays in the pending index, where the reaper finds and enqueues it."""
         outcome = await self.intake.complete(call_id, reason, idle_cutoff)
         if outcome is Completion.COMPLETED:
+            metrics.count_completion(reason)
             audit("complete", call_id, actor)
             await enqueue_process_call(self.queue, call_id)
         return outcome

@@ -21,6 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from core import metrics
 from db.worker_writes import AttemptRecord
 from jobs.ai import AIError, PermanentAIError, TransientAIError
 from jobs.ai_limit import AiLimiter, NoSlotInTime
@@ -94,6 +95,8 @@ async def run_step(
         async for try_ in retrying:
             with try_:
                 number = attempts_already_failed + try_.retry_state.attempt_number
+                if try_.retry_state.attempt_number > 1:
+                    metrics.AI_RETRIES.labels(step).inc()
                 return await attempt.run(number)
     except TransientAIError as exc:
         raise StepExhausted(f"{step} failed after {number} attempts: {exc}") from exc
@@ -139,6 +142,7 @@ class _Attempt(Generic[T]):
                 failure = None
         ms = (time.perf_counter() - t0) * 1000
         if failure is None:
+            metrics.count_ai_request(self.step, "ok", ms / 1000)
             await self._provider_answered()
             await self._keep(AttemptRecord(self.step, number, "ok", None, started_at, ms))
             return result
@@ -161,6 +165,7 @@ class _Attempt(Generic[T]):
             error, message = failure, str(failure)
             outcome = "rejected" if isinstance(failure, PermanentAIError) else "error"
         log.debug("%s attempt %d failed: %s", self.step, number, message)
+        metrics.count_ai_request(self.step, outcome, ms / 1000)
         if outcome == "rejected":
             await self._provider_answered()
         else:

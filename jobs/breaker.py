@@ -19,6 +19,7 @@ import time
 
 from redis.asyncio import Redis
 
+from core import metrics
 from db.breaker_state import BreakerState
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class CircuitBreaker:
         self._may_have_failures = True
         if failures >= self.threshold:
             self._closed_until = 0.0
+            metrics.BREAKER_OPENINGS.inc()
             log.warning(
                 "AI circuit breaker open for %.1fs after %d consecutive failures",
                 self.cooldown_s,

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from core import metrics
 from db import calls, worker_writes
 from db.flush import FlushStart
 from db.outages import postgres_refusal
@@ -56,7 +57,7 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
     try:
         async with res.lease_keeper.hold(call_id, taken=True) as holder:
             try:
-                with res.stages.timing("flush"):
+                with res.stages.timing("flush"), metrics.FLUSH_SECONDS.time():
                     held = await flush_call(res, call_id, holder)
                 if held is None:
                     settled = await release_if_settled(res, call_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from core import metrics
 from db import calls
 from db.intake import Completion
 from db.states import TERMINAL_STATES
@@ -47,6 +48,7 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
             continue
         if await requeue_orphan(res.queue, call_id):
             recovered.append(call_id)
+    metrics.LEASE_RECOVERIES.inc(len(recovered))
     if recovered:
         log.warning("reaper re-ran %d orphaned calls: %s", len(recovered), recovered[:10])
     return recovered

@@ -17,6 +17,7 @@ from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
+from core import metrics
 from core.logs import configure_logging
 from db.outages import is_outage
 from jobs import polling, resilience
@@ -49,6 +50,7 @@ async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
 
 def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception) -> Retry:
     defer = outage_backoff_s(int(ctx.get("job_try", 1)), cap_s)
+    metrics.JOB_RETRIES.inc()
     log.warning("%s: dependency unavailable (%r); retrying in %.1fs", call_id, exc, defer)
     return Retry(defer=defer)
 
