@@ -93,7 +93,9 @@ def main() -> int:
         # Started before the API so that, stopped in reverse, the API closes first.
         for _ in range(workers):
             stack.start_worker()
-        stack.start_api(port, host)
+        # uvicorn's own start and stop lines are detail too: shown with LOG_LEVEL=DEBUG only.
+        verbose = env.get("LOG_LEVEL", "INFO").upper() == "DEBUG"
+        stack.start_api(port, host, extra_args=() if verbose else ("--log-level", "warning"))
         layout = f"{env['WEB_CONCURRENCY']} API processes, {workers} workers"
         print(_banner(stack, host, port, layout, keys_on), flush=True)
         part, code = stack.watch()

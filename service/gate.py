@@ -97,7 +97,7 @@ def actor_of(scope: Scope) -> str:
     principal: Principal | None = scope.get(PRINCIPAL)
     if principal is not None:
         return f"key:{principal.key_id}"
-    return "websocket-start-key" if scope.get(KEY_IN_START) else "local (no API keys)"
+    return "websocket-start-key" if scope.get(KEY_IN_START) else "loopback-without-keys"
 
 
 async def _within_rate(scope: Scope, res: ApiResources, needed: Role | None) -> None:
