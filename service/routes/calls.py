@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from core.errors import CallNotFailed, CallNotFound
 from db import calls
 from db.states import CallState
+from service.conditional import (
+    CONDITIONAL_RESPONSES,
+    IfNoneMatchHeader,
+    answer,
+    parse_if_none_match,
+    render,
+)
 from service.deps import CallId, ResourcesDep, SessionDep
 from service.gate import actor_of
+from service.resources import ApiResources
 from service.schemas import (
     INVALID_REQUEST,
     AttemptOut,
@@ -29,14 +37,29 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
 @router.get(
     "/{call_id}",
     response_model=CallStatus,
-    responses={404: problem_response("Unknown call."), **INVALID_REQUEST},
-    summary="Status of one call",
+    responses={
+        **CONDITIONAL_RESPONSES,
+        404: problem_response("Unknown call."),
+        **INVALID_REQUEST,
+    },
+    summary="Status of one call (conditional)",
 )
-async def get_call(call_id: CallId, res: ResourcesDep, session: SessionDep) -> CallStatus:
-    found = await call_status(session, res.live, call_id, res.settings.missing_list_cap)
+async def get_call(
+    call_id: CallId,
+    res: ResourcesDep,
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    return answer(await _status_body(res, call_id), parse_if_none_match(if_none_match))
+
+
+async def _status_body(res: ApiResources, call_id: str) -> bytes:
+    """One read of the call, in a session of its own: a waiting request holds no PostgreSQL
+    connection between its reads."""
+    async with res.sessions() as session:
+        found = await call_status(session, res.live, call_id, res.settings.missing_list_cap)
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
-    return found
+    return render(found)
 
 
 @router.get(
@@ -62,8 +85,8 @@ async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
 @router.get(
     "",
     response_model=CallPage,
-    responses=INVALID_REQUEST,
-    summary="Calls, newest first (keyset-paginated)",
+    responses={**CONDITIONAL_RESPONSES, **INVALID_REQUEST},
+    summary="Calls, newest first (keyset-paginated; conditional)",
 )
 async def get_calls(
     res: ResourcesDep,
@@ -74,8 +97,10 @@ async def get_calls(
         str | None,
         Query(pattern=r"^[A-Za-z0-9_-]+$", description="`next_cursor` of the previous page."),
     ] = None,
-) -> CallPage:
-    return await list_calls(session, res.live, state, cursor, limit, res.settings.missing_list_cap)
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    page = await list_calls(session, res.live, state, cursor, limit, res.settings.missing_list_cap)
+    return answer(render(page), parse_if_none_match(if_none_match))
 
 
 @router.post(
