@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     admin_api_keys_file: Path | None = None
     # INFO: warnings and one line per finished call; DEBUG adds every job, cron run and retry.
     log_level: str = "INFO"
+    # text: a readable console; json: one JSON object per line (time, level, logger, message,
+    # call_id when the line is about a call) for a log collector.
+    log_format: Literal["text", "json"] = "text"
 
     # Ingestion
     max_packet_data_bytes: int = Field(64 * 1024, gt=0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from core import metrics
+from core.logs import about
 from db import calls, worker_writes
 from db.flush import FlushStart
 from db.outages import postgres_refusal
@@ -70,11 +71,17 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
                 await asyncio.shield(res.leases.drop(call_id, holder))
                 raise
     except LeaseLost:
-        log.warning("%s: lost the call to another worker; leaving it to them", call_id)
+        log.warning(
+            "%s: lost the call to another worker; leaving it to them", call_id, extra=about(call_id)
+        )
         return "LEASE_LOST"
     except UnknownCall:
         # Nothing to process and nothing to lose: stop the reaper from trying again and again.
-        log.error("%s: neither Redis nor PostgreSQL knows this call; dropping its job", call_id)
+        log.error(
+            "%s: neither Redis nor PostgreSQL knows this call; dropping its job",
+            call_id,
+            extra=about(call_id),
+        )
         await res.flush.release(call_id, 1, 1)
         return "UNKNOWN"
     with res.stages.timing("finish"):
@@ -169,7 +176,7 @@ async def _fail_unflushed(res: WorkerResources, live: CallRecord, reason: str) -
         reason = f"{reason}; its record was refused too: kept without metadata, counters capped"
         written = await _write_failed_row(res, worker_writes.storable(live), reason)
     if written:
-        log.error("%s: FAILED for good: %s", live.call_id, reason)
+        log.error("%s: FAILED for good: %s", live.call_id, reason, extra=about(live.call_id))
         return
     held = await _claim_flushed(res, live.call_id)
     if held is not None:
@@ -190,7 +197,7 @@ async def _fail_held(res: WorkerResources, claim: Claim, reason: str) -> None:
         )
     if not failed:
         raise LeaseLost(claim.call_id)
-    log.error("%s: FAILED for good: %s", claim.call_id, reason)
+    log.error("%s: FAILED for good: %s", claim.call_id, reason, extra=about(claim.call_id))
 
 
 async def _flush_new(res: WorkerResources, live: CallRecord, start: FlushStart) -> Held | None:

@@ -18,7 +18,7 @@ from arq.cron import CronJob
 from arq.worker import Function, func
 
 from core import metrics
-from core.logs import configure_logging
+from core.logs import about, configure_logging
 from db.outages import is_outage
 from jobs import polling, resilience
 from jobs.process import process_call
@@ -44,14 +44,16 @@ async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
         if is_outage(exc):
             raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
         raise
-    log.info("call %s: %s after %.1fs", call_id, state, time.monotonic() - started)
+    took = time.monotonic() - started
+    log.info("call %s: %s after %.1fs", call_id, state, took, extra=about(call_id))
     return state
 
 
 def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception) -> Retry:
     defer = outage_backoff_s(int(ctx.get("job_try", 1)), cap_s)
     metrics.JOB_RETRIES.inc()
-    log.warning("%s: dependency unavailable (%r); retrying in %.1fs", call_id, exc, defer)
+    why = "%s: dependency unavailable (%r); retrying in %.1fs"
+    log.warning(why, call_id, exc, defer, extra=about(call_id))
     return Retry(defer=defer)
 
 
@@ -65,12 +67,13 @@ async def reap_orphaned_calls(ctx: dict[str, Any]) -> int:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.worker_nice:
         # On a machine shared with the API, ingestion's latency matters more than the drain's
         # pace: the scheduler gives the API the CPU first (make bench: open loop, draining).
         os.nice(settings.worker_nice)
-    logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
+    # arq's CLI gives it a handler of its own; in JSON mode configure_logging took it over.
+    logging.getLogger("arq").propagate = settings.log_format == "json"
     ctx["resources"] = make_resources(settings)
 
 

@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         configured = settings or get_settings()
-        configure_logging(configured.log_level)
+        configure_logging(configured.log_level, configured.log_format)
         res = open_resources(configured)
         try:
             yield {"resources": res}

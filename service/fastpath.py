@@ -35,6 +35,7 @@ from core.errors import (
     error_body,
 )
 from core.ingestion import Ingestion, check_unique_keys, is_call_id, is_json
+from core.logs import about
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.states import CallState
@@ -113,11 +114,13 @@ async def _guarded(
         body = error_body(exc.status_code, exc.code, exc.detail)
         await _problem(send, exc.status_code, body, exc.headers)
     except REDIS_OUTAGE as exc:
-        log.warning("Redis unavailable during ingestion of %s: %r", call_id, exc)
+        log.warning(
+            "Redis unavailable during ingestion of %s: %r", call_id, exc, extra=about(call_id)
+        )
         body = error_body(503, "redis_unavailable", REDIS_DOWN)
         await _problem(send, 503, body, {"Retry-After": "1"})
     except Exception:
-        log.exception("unhandled error ingesting packets of %s", call_id)
+        log.exception("unhandled error ingesting packets of %s", call_id, extra=about(call_id))
         await _problem(send, 500, error_body(500, "internal_error", INTERNAL_ERROR))
     else:
         if outcome is None:
