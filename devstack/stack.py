@@ -27,6 +27,7 @@ from devstack.processes import die_with_parent, free_port, stop_all, stop_proces
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Stack:
             data_dir = Path(self._temp.name)
         self.data_dir = data_dir
         self.env = dict(env)
+        self._share_metrics()
         self.log_to_files = log_to_files
         self.fast_and_unsafe = fast_and_unsafe
         self.appendfsync = appendfsync
@@ -101,6 +103,17 @@ class Stack:
         self.processes: list[Process] = []
         self.servers: list[EmbeddedPostgres | EmbeddedRedis] = []
         self._workers_started = 0
+
+    def _share_metrics(self) -> None:
+        """The API processes and workers of one stack count their metrics into one directory,
+        so /metrics adds them all up (prometheus-client's multiprocess mode). Emptied here:
+        a previous run's counts must not be added in."""
+        if self.env.get(METRICS_DIR):
+            return
+        shared = self.data_dir / "metrics"
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir(parents=True)
+        self.env[METRICS_DIR] = str(shared)
 
     # --- the stores ------------------------------------------------------------------------
 
