@@ -11,10 +11,14 @@ from db import calls
 from db.states import CallState
 from service.conditional import (
     CONDITIONAL_RESPONSES,
+    MAX_WAIT_S,
+    IfNoneMatch,
     IfNoneMatchHeader,
     answer,
+    etag_of,
     parse_if_none_match,
     render,
+    wait_for_change,
 )
 from service.deps import CallId, ResourcesDep, SessionDep
 from service.gate import actor_of
@@ -34,6 +38,20 @@ from service.views import call_status, list_calls
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 
+Wait = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=MAX_WAIT_S,
+        allow_inf_nan=False,
+        description="Hold the request up to this many seconds while the answer would be `304` "
+        "(it names the If-None-Match ETag; without If-None-Match, it is the answer when the "
+        "request arrived): `200` with the new body as soon as the call changes, `304` if it "
+        "has not by then. `If-None-Match: *` is always `304`.",
+    ),
+]
+
+
 @router.get(
     "/{call_id}",
     response_model=CallStatus,
@@ -42,14 +60,24 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
         404: problem_response("Unknown call."),
         **INVALID_REQUEST,
     },
-    summary="Status of one call (conditional)",
+    summary="Status of one call (conditional; long polling with `wait`)",
 )
 async def get_call(
     call_id: CallId,
     res: ResourcesDep,
+    request: Request,
     if_none_match: IfNoneMatchHeader = None,
+    wait: Wait = None,
 ) -> Response:
-    return answer(await _status_body(res, call_id), parse_if_none_match(if_none_match))
+    condition = parse_if_none_match(if_none_match)
+    body = await _status_body(res, call_id)
+    if wait is not None:
+        # Without If-None-Match the client is taken to have the answer of this moment.
+        condition = condition or IfNoneMatch(any=False, tags=frozenset({etag_of(body)}))
+        body = await wait_for_change(
+            body, condition, wait, lambda: _status_body(res, call_id), request.is_disconnected
+        )
+    return answer(body, condition)
 
 
 async def _status_body(res: ApiResources, call_id: str) -> bytes:

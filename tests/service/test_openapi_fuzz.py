@@ -58,7 +58,7 @@ def test_generated_requests_get_no_5xx_and_answers_match_the_document(
         [
             str(Path(sys.executable).parent / "schemathesis"), "run", f"{api_url}/openapi.json",
             "--checks", ",".join(CHECKS), "--max-examples", "25", "--seed", "7",
-            "--header", f"Authorization: Bearer {ADMIN_KEY}", "--request-timeout", "10",
+            "--header", f"Authorization: Bearer {ADMIN_KEY}", "--request-timeout", "35",
             "--generation-database", "none", "--report-dir", str(tmp_path), "--no-color",
         ],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
