@@ -158,6 +158,16 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return api_key
 
 
+def refuse_open_non_loopback(keys: KeyRing, bind_host: str | None) -> None:
+    """With no key configured Callstream serves loopback only: asked to listen on another
+    address, it must not start. Raises RuntimeError saying which variables to set."""
+    if not keys.enabled and bind_host is not None and not is_loopback(bind_host):
+        raise RuntimeError(
+            f"Callstream has no API keys configured and will not listen on {bind_host}: "
+            f"set {KEY_VARIABLES}, or listen on 127.0.0.1"
+        )
+
+
 @functools.lru_cache(maxsize=4096)
 def is_loopback(host: str | None) -> bool:
     """A client on this machine (or a Unix socket, which has no address)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -9,6 +11,7 @@ from typing import TypedDict
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from core.access import key_ring, refuse_open_non_loopback
 from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
@@ -32,11 +35,25 @@ class State(TypedDict):
     resources: ApiResources
 
 
+def _bind_host() -> str | None:
+    """The address uvicorn was asked to listen on (`--host` or UVICORN_HOST), if it was run as
+    a command: an ASGI app is not told its address, and refusing at start beats refusing every
+    request (service/gate.py does that too, for servers this cannot see)."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg == "--host" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--host="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("UVICORN_HOST")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         configured = settings or get_settings()
         configure_logging(configured.log_level, configured.log_format)
+        refuse_open_non_loopback(key_ring(configured), _bind_host())
         res = open_resources(configured)
         try:
             yield {"resources": res}

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.access import GRANTS, OPEN, Role, key_id, rule_for
+from devstack.commands import api_command
+from devstack.processes import free_port, stop_process, wait_for_port
 from service.app import create_app, create_asgi
 from settings import Settings
 from tests.factories import packet
@@ -278,3 +283,26 @@ async def test_completions_and_replays_are_audited_with_the_keys_id_never_the_ke
     assert lines == [f"action=complete call_id=c9 actor=key:{key_id(KEYS[Role.INGEST])}"]
     assert "private words" not in caplog.text
     assert KEYS[Role.INGEST] not in caplog.text
+
+
+def test_the_api_without_keys_refuses_to_start_on_a_non_loopback_address(
+    server_urls: tuple[str, str],
+):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEYS")}
+    env |= {"DATABASE_URL": server_urls[0], "REDIS_URL": server_urls[1]}
+    command = [*api_command(free_port(), host="0.0.0.0"), "--log-level", "error"]
+
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    assert refused.returncode != 0
+    assert "INGEST_API_KEYS" in refused.stdout + refused.stderr
+
+    port = free_port()
+    keyed_env = {**env, "INGEST_API_KEYS": "k1"}
+    started = subprocess.Popen(
+        [*api_command(port, host="0.0.0.0"), "--log-level", "error"], env=keyed_env
+    )
+    try:
+        wait_for_port(port, 30, started)
+    finally:
+        stop_process(started, signal.SIGTERM)
