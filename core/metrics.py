@@ -92,6 +92,11 @@ BREAKER_OPENINGS = Counter(
 LEASE_RECOVERIES = Counter(
     "callstream_lease_recoveries", "Calls the reaper re-ran because their worker's lease lapsed."
 )
+ERROR_ANSWERS = Counter(
+    "callstream_error_answers_total",
+    "HTTP answers with an error, by their code (refused requests, outages, 500s).",
+    ["code"],
+)
 FLUSH_SECONDS = Histogram(
     "callstream_flush_duration_seconds",
     "Time to flush one call from Redis to PostgreSQL (and claim it).",
@@ -111,6 +116,10 @@ _REFUSED = PACKETS.labels("refused")
 def count_packets(results: Sequence[PacketResult]) -> None:
     for result in results:
         _BY_OUTCOME[result.outcome].inc()
+
+
+def count_error_answer(code: str) -> None:
+    ERROR_ANSWERS.labels(code).inc()
 
 
 def count_refused(code: str, packets: int) -> None:

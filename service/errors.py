@@ -20,9 +20,17 @@ from core.errors import (
     CallstreamError,
     error_body,
 )
+from core.metrics import count_error_answer
 from db.outages import POSTGRES_OUTAGE, REDIS_OUTAGE, is_postgres_outage
 
 log = logging.getLogger(__name__)
+
+
+def answer_body(status: int, code: str, detail: str, **extensions: object) -> bytes:
+    """The body of every error answer of the API, whatever path sends it (the gate, the fast
+    path, FastAPI's handlers), counted by its code in /metrics."""
+    count_error_answer(code)
+    return error_body(status, code, detail, **extensions)
 
 
 def error_response(
@@ -32,7 +40,7 @@ def error_response(
     headers: dict[str, str] | None = None,
     **extensions: object,
 ) -> Response:
-    body = error_body(status, code, detail, **extensions)
+    body = answer_body(status, code, detail, **extensions)
     return Response(body, status, headers, media_type=PROBLEM_JSON)
 
 

@@ -32,13 +32,13 @@ from core.errors import (
     REDIS_DOWN,
     BodyTooLarge,
     CallstreamError,
-    error_body,
 )
 from core.ingestion import Ingestion, check_unique_keys, is_call_id, is_json
 from core.logs import about
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.states import CallState
+from service.errors import answer_body
 from service.gate import actor_of
 from service.resources import ApiResources
 from service.routes.ingest import BATCH_SUFFIX, COMPLETE_PATH, STREAM_PATH
@@ -67,7 +67,7 @@ class IngestFastPath:
         try:
             body = await _read_body(receive)
         except BodyTooLarge as too_large:  # the gate cut the body off past MAX_BODY_BYTES
-            await _problem(send, 413, error_body(413, too_large.code, too_large.detail))
+            await _problem(send, 413, answer_body(413, too_large.code, too_large.detail))
             return
         if body is None:  # the client went away mid-body
             return
@@ -111,17 +111,17 @@ async def _guarded(
     try:
         outcome = await work
     except CallstreamError as exc:
-        body = error_body(exc.status_code, exc.code, exc.detail)
+        body = answer_body(exc.status_code, exc.code, exc.detail)
         await _problem(send, exc.status_code, body, exc.headers)
     except REDIS_OUTAGE as exc:
         log.warning(
             "Redis unavailable during ingestion of %s: %r", call_id, exc, extra=about(call_id)
         )
-        body = error_body(503, "redis_unavailable", REDIS_DOWN)
+        body = answer_body(503, "redis_unavailable", REDIS_DOWN)
         await _problem(send, 503, body, {"Retry-After": "1"})
     except Exception:
         log.exception("unhandled error ingesting packets of %s", call_id, extra=about(call_id))
-        await _problem(send, 500, error_body(500, "internal_error", INTERNAL_ERROR))
+        await _problem(send, 500, answer_body(500, "internal_error", INTERNAL_ERROR))
     else:
         if outcome is None:
             return False

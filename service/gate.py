@@ -27,9 +27,9 @@ from core.errors import (
     CallstreamError,
     Forbidden,
     RateLimited,
-    error_body,
 )
 from core.ingestion import check_body_size
+from service.errors import answer_body
 from service.resources import ApiResources
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ async def _refuse(scope: Scope, send: Send, refused: CallstreamError) -> None:
         # Closing before accepting refuses the handshake (HTTP 403 to the client).
         await send({"type": "websocket.close", "code": 1008, "reason": refused.code})
         return
-    body = error_body(refused.status_code, refused.code, refused.detail)
+    body = answer_body(refused.status_code, refused.code, refused.detail)
     headers = [
         (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),

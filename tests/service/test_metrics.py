@@ -99,3 +99,19 @@ async def test_no_label_holds_a_call_id(client: AsyncClient) -> None:
     assert (await client.post("/v1/call/stream/secret-call-77", json=packet(0))).status_code
     answer = await client.get("/metrics")
     assert "secret-call-77" not in answer.text
+
+
+async def test_error_answers_are_counted_by_code_whatever_path_sent_them(
+    both_paths: AsyncClient,
+) -> None:
+    before = await scrape(both_paths)
+    await both_paths.post(
+        "/v1/call/stream/c1", content=b"{}", headers={"content-type": "text/plain"}
+    )  # 415, from the routes
+    await both_paths.post("/v1/call/stream/c1", json={"sequence": -1})  # 422
+    await both_paths.post("/v1/call/complete/nobody")  # 404
+    after = await scrape(both_paths)
+
+    assert grew(before, after, "callstream_error_answers_total", code="unsupported_media_type") == 1
+    assert grew(before, after, "callstream_error_answers_total", code="invalid_request") == 1
+    assert grew(before, after, "callstream_error_answers_total", code="call_not_found") == 1
