@@ -24,7 +24,7 @@ from db.packets import NewPacket
 from db.record import HASH_FIELDS
 from db.states import CallState, can_transition
 from jobs.ai import Sentiment
-from jobs.process import PACKETS_LOST
+from jobs.flushing import PACKETS_LOST
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
 from tests.factories import complete, rows, scalar, send_all, status

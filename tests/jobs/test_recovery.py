@@ -18,7 +18,8 @@ from db.keys import PENDING_INDEX, call_keys
 from db.states import CallState
 from devstack.servers import free_port
 from jobs.ai import TransientAIError
-from jobs.process import flush_call, process_call
+from jobs.flushing import flush_call
+from jobs.process import process_call
 from jobs.queue import call_job_id
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
