@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from bench import backhalf_report, profile
 from bench.load import (
     Result,
+    Workload,
     batch_workload,
     closed_loop,
     http_request,
@@ -133,17 +134,33 @@ class Bench:
             await asyncio.sleep(0.1)
         raise TimeoutError("workers did not start polling")
 
+    async def live_calls(
+        self, api: int, workers: int, env: dict[str, str], baseline: bool, prefix: str,
+        calls: int, packets: int, seed: int,
+    ) -> tuple[list[Process], Workload]:  # fmt: skip
+        """Empty stores, `workers` workers polling, and `calls` calls of `packets` each sent
+        (not completed yet): where the drain and the burst start from."""
+        await self.reset()
+        procs = self.start_workers(workers, env, baseline)
+        await self.wait_ready(procs)
+        work = batch_workload(prefix, calls, 1, packets, seed=seed)
+        await send_all(api, [raw for raw, _ in work.requests], 32)
+        return procs, work
+
     async def finished(self, conn: asyncpg.Connection, calls: int, cap_s: float) -> float:
         """Seconds until `calls` calls are ARCHIVED or FAILED (or the cap)."""
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < cap_s:
-            done = await conn.fetchval(
-                "SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')"
-            )
-            if done >= calls:
+            if await final_count(conn) >= calls:
                 break
             await asyncio.sleep(0.02)
         return time.perf_counter() - t0
+
+
+async def final_count(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval("SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')")
+    )
 
 
 def cpu_seconds(workers: list[Process]) -> float:
@@ -183,11 +200,9 @@ async def drain(
     b: Bench, api: int, plan: Plan, workers: int, baseline: bool, tag: str, spy: bool = False
 ) -> dict[str, Any]:
     """`drain_calls` calls completed at once with an instant AI."""
-    await b.reset()
-    procs = b.start_workers(workers, INSTANT_AI, baseline)
-    await b.wait_ready(procs)
-    work = batch_workload(f"{tag}-drain", plan.drain_calls, 1, plan.packets, seed=5)
-    await send_all(api, [raw for raw, _ in work.requests], 32)
+    procs, work = await b.live_calls(
+        api, workers, INSTANT_AI, baseline, f"{tag}-drain", plan.drain_calls, plan.packets, 5
+    )
     conn = await asyncpg.connect(b.pg_dsn)
     spy_out = Path(tempfile.gettempdir()) / f"callstream-worker-profile-{os.getpid()}.txt"
     spied = profile.start(procs[0].pid, 3, spy_out) if spy else None
@@ -199,7 +214,7 @@ async def drain(
         if spied is not None:
             spied.wait(30)
         completes = await sent
-        done = await conn.fetchval("SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')")
+        done = await final_count(conn)
         latency = [
             float(r[0])
             for r in await conn.fetch(
@@ -231,16 +246,14 @@ async def drain(
 
 async def burst(b: Bench, api: int, plan: Plan, baseline: bool, tag: str) -> dict[str, Any]:
     """`burst_calls` calls completed at once with the default mock AI, two workers."""
-    await b.reset()
-    procs = b.start_workers(2, DEFAULT_AI, baseline)
-    await b.wait_ready(procs)
-    work = batch_workload(f"{tag}-burst", plan.burst_calls, 1, plan.packets, seed=7)
-    await send_all(api, [raw for raw, _ in work.requests], 32)
+    procs, work = await b.live_calls(
+        api, 2, DEFAULT_AI, baseline, f"{tag}-burst", plan.burst_calls, plan.packets, 7
+    )
     conn = await asyncpg.connect(b.pg_dsn)
     try:
         await send_all(api, work.completes, 32)
         seconds = await b.finished(conn, plan.burst_calls, plan.burst_cap_s)
-        done = await conn.fetchval("SELECT count(*) FROM call WHERE state IN ('ARCHIVED','FAILED')")
+        done = await final_count(conn)
         own = [
             float(r[0])
             for r in await conn.fetch(
