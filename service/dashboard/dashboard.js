@@ -314,7 +314,7 @@ const feed = {
 
 // Until the first read of the calls has landed, events wait here: applied on top of it, they
 // bring it up to date (events are absolute values, so one it already reflects does no harm).
-const snapshot = { generation: 0, loading: false, buffer: [] };
+const snapshot = { generation: 0, loading: false, loadedOnce: false, buffer: [] };
 
 async function runFeed() {
   while (feed.running) {
@@ -325,6 +325,8 @@ async function runFeed() {
       if (!feed.running) return;
       if (isAuthError(error)) return askForKey(error);
       feed.failures += 1;
+      // Without the feed the calls are still worth seeing: read them while it reconnects.
+      if (!snapshot.loadedOnce && !snapshot.loading) loadSnapshot();
     }
     if (!feed.running) return;
     const wait = Math.min(feed.retryMs * 2 ** Math.max(feed.failures - 1, 0), MAX_RETRY_MS);
@@ -400,6 +402,7 @@ async function loadSnapshot() {
     if (generation !== snapshot.generation) return; // a newer read is under way
     calls.clear();
     pages.forEach((page) => page.items.forEach(applyRecord));
+    snapshot.loadedOnce = true;
   } catch (error) {
     if (generation !== snapshot.generation) return;
     if (isAuthError(error)) askForKey(error);
@@ -452,8 +455,8 @@ function describeHeartbeat(line) {
   const fields = Object.fromEntries(line.match(/\w+=\d+/g)?.map((f) => f.split("=")) ?? []);
   const time = line.match(/\d\d:\d\d:\d\d/)?.[0];
   if (!time || fields.j_complete === undefined) return line;
-  return `${time} · ${fields.j_complete} done · ${fields.j_failed} failed · ` +
-    `${fields.j_retried} retried · ${fields.j_ongoing} running`;
+  return `${time} · ${fields.j_ongoing} running · ${fields.j_complete} done · ` +
+    `${fields.j_failed} failed`;
 }
 
 function setStrip(id, text, tone = "", title = "") {
@@ -527,7 +530,7 @@ const TABLES = {
         text: (c, now) => ageText(c.finishedAt, now), title: (c) => timeText(c.finishedAt) },
       { key: "reason", label: "Reason", value: (c) => c.failure ?? "", text: (c) => c.failure ?? "–",
         cls: () => "reason" },
-      numeric("attempts", "AI attempts", (c) => c.attempts),
+      numeric("attempts", "Attempts", (c) => c.attempts),
       { key: "replay", label: "Replay", value: (c) => c.id, replay: true },
     ],
   },
@@ -545,7 +548,8 @@ const TABLES = {
         text: (c) => (c.sentiment ? `${c.sentiment.label} ${c.sentiment.score.toFixed(2)}` : "–"),
         badge: (c) => c.sentiment?.label ?? "" },
       { key: "transcript", label: "Transcript", value: (c) => c.excerpt ?? "",
-        text: (c) => c.excerpt ?? "–", title: (c) => c.excerpt ?? "", cls: () => "text" },
+        text: (c) => c.excerpt ?? "–", title: (c) => c.excerpt ?? "", cls: () => "text",
+        clamp: true },
     ],
   },
 };
@@ -678,6 +682,7 @@ function createRow(table, call) {
     td.dataset.key = column.key;
     if (column.replay) td.append(replayButton(call.id));
     else if (column.badge) td.append(document.createElement("span"));
+    else if (column.clamp) td.append(Object.assign(document.createElement("div"), { className: "clamp" }));
     tr.append(td);
   }
   return tr;
@@ -687,7 +692,7 @@ function updateRow(tr, table, call, now) {
   table.columns.forEach((column, i) => {
     const td = tr.cells[i];
     if (column.replay) return updateReplayButton(td.firstChild, call);
-    const target = column.badge ? td.firstChild : td;
+    const target = column.badge || column.clamp ? td.firstChild : td;
     setIfChanged(target, "textContent", String(column.text(call, now)));
     const classes = [column.num ? "num" : "", column.cls?.(call, now) ?? ""];
     setIfChanged(td, "className", classes.join(" ").trim());
