@@ -1,1 +1,1 @@
-"""`callstream simulate`: replays realistic calls, with real speech, against a running Callstream."""
+"""`callstream simulate`: replays realistic calls, with real speech, against a Callstream."""

@@ -1,0 +1,106 @@
+"""`callstream simulate` against a real API (uvicorn on a socket) and a real arq worker, with the
+mock AI, over real PostgreSQL and Redis: what an operator would run, in miniature."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from arq.connections import ArqRedis
+from arq.worker import Worker
+from pydantic import SecretStr
+
+from devstack.servers import free_port
+from jobs.resources import make_resources
+from jobs.worker import make_functions
+from service.app import create_asgi
+from settings import Settings
+from simulate import cli
+from tests.serving import serving
+
+FAST = ["--pace", "fast", "--timeout-s", "60", "--seed", "11"]
+
+
+@contextlib.asynccontextmanager
+async def callstream(settings: Settings) -> AsyncIterator[str]:
+    """The API on a real loopback socket and a worker polling the queue; yields the API's URL."""
+    res = make_resources(settings)  # the AI of the settings: the mock, never failing here
+    worker = Worker(
+        functions=make_functions(settings.job_timeout_s),
+        redis_pool=ArqRedis.from_url(settings.redis_url),
+        burst=False,
+        poll_delay=0.05,
+        handle_signals=False,
+        keep_result=0,
+        ctx={"resources": res},
+    )
+    task = asyncio.create_task(worker.main())
+    try:
+        async with serving(create_asgi(settings)) as address:
+            yield f"http://{address}"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+        await res.close()
+
+
+async def simulate(*args: str) -> int:
+    # The CLI runs its own event loop (asyncio.run): in a thread, while this loop serves it.
+    return await asyncio.to_thread(cli.main, ["simulate", *args])
+
+
+async def test_calls_over_http_and_the_websocket_end_archived_and_the_summary_says_so(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+):
+    async with callstream(settings) as url:
+        code = await simulate(
+            "--url", url, "--calls", "4", "--transport", "mixed", *FAST,
+            "--loss", "0.05", "--reorder", "0.05", "--duplicate", "0.05",
+        )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "4 calls: 4 ARCHIVED" in out
+    assert "last packet → ARCHIVED: median" in out
+    # What the network did to each call is exactly what the server counted.
+    assert "server counted exactly the losses, reorders and duplicates sent: 4 of 4 calls" in out
+    assert out.count(" http ") >= 2
+    assert out.count(" ws ") >= 2
+
+
+async def test_batches_over_http_end_archived(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+):
+    async with callstream(settings) as url:
+        code = await simulate(
+            "--url", url, "--calls", "2", "--transport", "http", "--batch", "25", *FAST
+        )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 calls: 2 ARCHIVED" in out
+
+
+async def test_a_refused_key_is_said_plainly_and_nothing_is_sent(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+):
+    keyed = settings.model_copy(
+        update={"ingest_api_keys": SecretStr("ingest-1"), "admin_api_keys": SecretStr("admin-1")}
+    )
+    async with callstream(keyed) as url:
+        wrong = await simulate("--url", url, "--calls", "1", "--api-key", "nope", *FAST)
+        reader_only = await simulate("--url", url, "--calls", "1", "--api-key", "ingest-1", *FAST)
+    err = capsys.readouterr().err
+    assert (wrong, reader_only) == (1, 1)
+    assert "401 unauthenticated" in err
+    assert "403 forbidden" in err
+    assert "CALLSTREAM_API_KEY" in err  # and main returned: nothing escaped as a traceback
+
+
+async def test_a_server_that_is_down_is_said_plainly(capsys: pytest.CaptureFixture[str]):
+    code = await simulate("--url", f"http://127.0.0.1:{free_port()}", "--calls", "1", *FAST)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot reach Callstream at http://127.0.0.1:" in err
