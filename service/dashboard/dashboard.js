@@ -301,8 +301,12 @@ function sseParser({ onEvent, onRetry }) {
   };
 }
 
+// Each start() opens a session and stop() ends it: the loops and timers of an ended session stop
+// at their next step, so entering a key twice never leaves two feeds or two pollers running.
+let session = 0;
+const current = (id) => id === session;
+
 const feed = {
-  running: false,
   controller: null,
   lastEventId: null,
   retryMs: 2000, // the server's `retry:` replaces this
@@ -310,27 +314,31 @@ const feed = {
   lastHeardAt: 0,
   lastEventAt: null,
   stalled: false,
+  lastError: "",
 };
 
 // Until the first read of the calls has landed, events wait here: applied on top of it, they
 // bring it up to date (events are absolute values, so one it already reflects does no harm).
 const snapshot = { generation: 0, loading: false, loadedOnce: false, buffer: [] };
 
-async function runFeed() {
-  while (feed.running) {
+async function runFeed(id) {
+  while (current(id)) {
     try {
       await readFeed();
       feed.failures = 0; // the server ended a healthy stream (a restart, say): come right back
+      feed.lastError = "the stream ended";
     } catch (error) {
-      if (!feed.running) return;
+      if (!current(id)) return;
       if (isAuthError(error)) return askForKey(error);
       feed.failures += 1;
+      feed.lastError = feed.stalled ? "no data for a while" : error.message || String(error);
       // Without the feed the calls are still worth seeing: read them while it reconnects.
       if (!snapshot.loadedOnce && !snapshot.loading) loadSnapshot();
     }
-    if (!feed.running) return;
+    if (!current(id)) return;
     const wait = Math.min(feed.retryMs * 2 ** Math.max(feed.failures - 1, 0), MAX_RETRY_MS);
-    setFeedStatus("connecting", `Live feed lost; reconnecting in ${Math.round(wait / 1000)} s…`);
+    const seconds = Math.max(Math.round(wait / 1000), 1);
+    setFeedStatus("down", `Live feed lost (${feed.lastError}); reconnecting in ${seconds} s…`);
     await sleep(wait);
   }
 }
@@ -385,13 +393,14 @@ function onFeedEvent({ type, data, id }) {
 // 15 s, so a long silence means the link is gone and the feed reconnects.
 function watchFeed() {
   const silentS = (Date.now() - feed.lastHeardAt) / 1000;
-  if (feed.running && feed.controller && !feed.stalled && silentS > FEED_SILENCE_S) {
+  if (feed.controller && !feed.stalled && silentS > FEED_SILENCE_S) {
     feed.stalled = true;
     feed.controller.abort();
   }
 }
 
 async function loadSnapshot() {
+  const id = session;
   const generation = ++snapshot.generation;
   snapshot.loading = true;
   snapshot.buffer = [];
@@ -406,7 +415,7 @@ async function loadSnapshot() {
   } catch (error) {
     if (generation !== snapshot.generation) return;
     if (isAuthError(error)) askForKey(error);
-    else setTimeout(() => feed.running && loadSnapshot(), 5000);
+    else setTimeout(() => current(id) && loadSnapshot(), 5000);
   }
   snapshot.loading = false;
   snapshot.buffer.forEach(applyEvent);
@@ -419,17 +428,18 @@ async function loadSnapshot() {
 
 let systemTimer = null;
 
-async function pollSystem() {
-  systemTimer = null;
+async function pollSystem(id) {
   if (!document.hidden) {
     try {
-      showSystem(await api("/v1/system"));
+      const system = await api("/v1/system");
+      if (current(id)) showSystem(system);
     } catch (error) {
+      if (!current(id)) return;
       if (isAuthError(error)) return askForKey(error);
       setStrip("sys-postgres", "?", "bad", `The status could not be read: ${error.message}`);
     }
   }
-  if (feed.running) systemTimer = setTimeout(pollSystem, SYSTEM_POLL_MS);
+  if (current(id)) systemTimer = setTimeout(() => pollSystem(id), SYSTEM_POLL_MS);
 }
 
 function showSystem(system) {
@@ -821,7 +831,7 @@ function askForKey(error) {
 }
 
 function stop() {
-  feed.running = false;
+  session += 1;
   feed.controller?.abort();
   clearTimeout(systemTimer);
   systemTimer = null;
@@ -829,22 +839,25 @@ function stop() {
 
 async function start() {
   stop();
+  const id = session;
   setFeedStatus("connecting", "Connecting…");
   try {
-    showSystem(await api("/v1/system"));
+    const system = await api("/v1/system");
+    if (!current(id)) return;
+    showSystem(system);
   } catch (error) {
+    if (!current(id)) return;
     if (isAuthError(error)) return askForKey(error);
-    setFeedStatus("down", `The API did not answer (${error.message}); retrying…`);
-    setTimeout(start, 5000);
+    setFeedStatus("down", `The API did not answer (${error.message}); retrying in 5 s…`);
+    setTimeout(() => current(id) && start(), 5000);
     return;
   }
   $("key-panel").hidden = true;
   $("board").hidden = false;
   $("forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
-  feed.running = true;
   feed.lastEventId = null; // a new session reads the calls afresh
-  systemTimer = setTimeout(pollSystem, SYSTEM_POLL_MS);
-  runFeed();
+  systemTimer = setTimeout(() => pollSystem(id), SYSTEM_POLL_MS);
+  runFeed(id);
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
