@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     max_call_packets: int = Field(1_000_000, ge=1)
     max_call_bytes: int = Field(256 * 1024 * 1024, ge=1)
 
+    # The live event feed (GET /v1/events, WS /ws/supervisor): how many events Redis keeps (a
+    # reader can resume within them; about 200 bytes each), and how often a live call reports
+    # its counters (0: only state changes and AI attempts). db/events.py's FeedLimits has the
+    # same defaults.
+    events_max_len: int = Field(100_000, ge=100)
+    events_progress_interval_s: float = Field(1.0, ge=0)
+    # A quiet feed connection gets a comment this often, so that proxies keep it open.
+    events_heartbeat_s: float = Field(15.0, gt=0)
+
     # The AI provider (the shipped mock by default)
     ai_provider: str = "mock"
     ai_failure_rate: float = Field(0.25, ge=0.0, le=1.0)

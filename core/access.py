@@ -74,6 +74,8 @@ RULES = (
     _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history)?)?", Role.SUPERVISOR),
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
+    _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR),
+    _rule("WEBSOCKET", r"/ws/supervisor", Role.SUPERVISOR),
     _rule("GET HEAD", r"/metrics", Role.SUPERVISOR),
     _rule("GET HEAD", r"/docs|/docs/oauth2-redirect|/redoc|/openapi\.json", Role.SUPERVISOR),
 )

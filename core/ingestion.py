@@ -30,6 +30,7 @@ from core.errors import (
     UnreadableBody,
     UnsupportedMediaType,
 )
+from db.events import FeedLimits
 from db.intake import CallCap, CallCompleted, CallFull, CallIntake, CallLimits, Completion
 from db.packets import Outcome, PacketFields, PacketResult
 from jobs.queue import enqueue_process_call
@@ -235,7 +236,7 @@ class Ingestion:
         """Queue a call's job again (a replayed dead letter, audited as `actor`'s), under the
         reaper's watch first so that a failed enqueue is retried."""
         audit("replay", call_id, actor)
-        await self.intake.mark_pending(call_id)
+        await self.intake.mark_replayed(call_id)
         await enqueue_process_call(self.queue, call_id)
 
 
@@ -251,6 +252,10 @@ def _call_full_detail(full: CallFull) -> str:
     )
 
 
+def feed_limits(settings: Settings) -> FeedLimits:
+    return FeedLimits(settings.events_max_len, settings.events_progress_interval_s)
+
+
 def make_ingestion(
     redis: Redis, queue: ArqRedis, settings: Settings, *, pipelined: bool
 ) -> Ingestion:
@@ -261,5 +266,5 @@ def make_ingestion(
         metadata_ttl_s=settings.completed_marker_retention_s,
     )
     caps = CallLimits(max_packets=settings.max_call_packets, max_bytes=settings.max_call_bytes)
-    intake = CallIntake(redis, pipelined=pipelined, limits=caps)
+    intake = CallIntake(redis, pipelined=pipelined, limits=caps, feed=feed_limits(settings))
     return Ingestion(intake, queue, limits, Backlog(redis, settings.backlog_limit))

@@ -3,11 +3,13 @@ has committed the call's final state, let its keys expire and take it off every 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
+from db.events import EventLog
 from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, call_keys
 from db.packets import StoredPacket
 
@@ -24,8 +26,9 @@ class FlushStart:
 
 
 class FlushSource:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, events: EventLog | None = None) -> None:
         self.redis = redis
+        self.events = events or EventLog(redis)
 
     async def start(
         self, call_id: str, holder: str, lease_ttl_s: float, page_size: int
@@ -66,10 +69,19 @@ class FlushSource:
         """The call is in PostgreSQL now: the listing reads it from there."""
         await self.redis.zrem(UNFLUSHED_INDEX, call_id)
 
-    async def release(self, call_id: str, retention_s: int, marker_retention_s: int) -> None:
-        """After PostgreSQL committed the final state: let the call's keys expire, drop indexes."""
+    async def release(
+        self,
+        call_id: str,
+        retention_s: int,
+        marker_retention_s: int,
+        events: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """After PostgreSQL committed the final state: let the call's keys expire, drop indexes,
+        and publish `events` (the final state's) in the same atomic step: a call is released
+        once its final event is out, and a re-run that finds it unreleased publishes again."""
         keys = call_keys(call_id)
         async with self.redis.pipeline(transaction=True) as pipe:
+            self.events.add(pipe, events)
             for key in keys.data:
                 pipe.expire(key, retention_s)
             # The done marker outlives the data so late packets still get 409, not a new call.

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, CallKeys, call_keys
+from db.events import EventLog, FeedLimits, state_event
+from db.keys import EVENTS, IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, CallKeys, call_keys
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import ScriptPipeline
 from db.scripts import Script, register
@@ -63,11 +64,18 @@ class CallIntake:
     """The call keys of one Redis, written only through the ingest and complete scripts."""
 
     def __init__(
-        self, redis: Redis, *, pipelined: bool = False, limits: CallLimits | None = None
+        self,
+        redis: Redis,
+        *,
+        pipelined: bool = False,
+        limits: CallLimits | None = None,
+        feed: FeedLimits | None = None,
     ) -> None:
-        """`pipelined`: share Redis round trips between concurrent ingestion requests (the API)."""
+        """`pipelined`: share Redis round trips between concurrent ingestion requests (the API).
+        The scripts append the call's events to the live feed within `feed`'s limits."""
         self.redis = redis
         self.limits = limits or CallLimits()
+        self.feed = feed or FeedLimits()
         self._pipeline = ScriptPipeline(redis) if pipelined else None
         self._ingest = register(redis, Script.INGEST)
         self._complete = register(redis, Script.COMPLETE)
@@ -84,6 +92,8 @@ class CallIntake:
             limits.max_packets,
             limits.max_bytes,
             encoded,
+            self.feed.max_len,
+            self.feed.progress_interval_s,
         ]
         script_keys = _ingest_keys(call_keys(call_id))
         if self._pipeline is not None:
@@ -107,8 +117,14 @@ class CallIntake:
         """Complete a call once. With `idle_cutoff`, only if no packet came after it."""
         keys = call_keys(call_id)
         outcome, _state = await self._complete(
-            keys=[keys.meta, keys.done, IDLE_INDEX, PENDING_INDEX],
-            args=[call_id, repr(time.time()), reason, "" if idle_cutoff is None else idle_cutoff],
+            keys=[keys.meta, keys.done, IDLE_INDEX, PENDING_INDEX, EVENTS],
+            args=[
+                call_id,
+                repr(time.time()),
+                reason,
+                "" if idle_cutoff is None else idle_cutoff,
+                self.feed.max_len,
+            ],
         )
         return Completion(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
@@ -118,9 +134,13 @@ class CallIntake:
         key = call_keys(call_id).metadata
         return bool(await self.redis.set(key, orjson.dumps(metadata), nx=True, ex=ttl_s))
 
-    async def mark_pending(self, call_id: str) -> None:
-        """Put a call (back) under the reaper's watch, e.g. after a dead-letter replay."""
-        await self.redis.zadd(PENDING_INDEX, {call_id: time.time()})
+    async def mark_replayed(self, call_id: str) -> None:
+        """A dead letter was replayed (FAILED -> COMPLETED in PostgreSQL): put the call back
+        under the reaper's watch, and tell the live feed, in one atomic step."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(PENDING_INDEX, {call_id: time.time()})
+            EventLog(self.redis, self.feed).add(pipe, [state_event(call_id, "COMPLETED", "replay")])
+            await pipe.execute()
 
 
 def _ingest_keys(keys: CallKeys) -> list[str]:
@@ -134,4 +154,5 @@ def _ingest_keys(keys: CallKeys) -> list[str]:
         UNFLUSHED_INDEX,
         keys.legacy_seen,
         keys.legacy_seen_high,
+        EVENTS,
     ]

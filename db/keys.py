@@ -18,6 +18,10 @@ RATE_PREFIX = "callstream:rate:"
 # time until which nobody may call the provider (after a 429).
 AI_SLOTS = "callstream:ai_slots"
 AI_SLOTS_PAUSE = "callstream:ai_slots:pause"
+# The live event feed (db/events.py): a capped stream of every call's events. One key so that
+# readers resume from one increasing id; the scripts that change a call append to it in the same
+# step, which a Redis Cluster would refuse (another slot): there it has to be sharded.
+EVENTS = "callstream:events"
 
 
 @dataclass(frozen=True, slots=True)

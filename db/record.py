@@ -91,8 +91,9 @@ WORKER_FIELDS = frozenset({"ai_attempts", "last_error", "transcript", "sentiment
 # Hash fields the scripts keep for their own bookkeeping, not part of the record.
 # last_packet_at: when the call last sent a new packet (the idle sweep's clock);
 # data_bytes: the data bytes of its stored packets (the MAX_CALL_BYTES cap);
-# last_run_from: the first sequence of its last run of sequences (dedup, db/lua/ingest.lua).
-INTERNAL_HASH_FIELDS = frozenset({"last_packet_at", "data_bytes", "last_run_from"})
+# last_run_from: the first sequence of its last run of sequences (dedup, db/lua/ingest.lua);
+# progress_at: when it last published a progress event (db/events.py).
+INTERNAL_HASH_FIELDS = frozenset({"last_packet_at", "data_bytes", "last_run_from", "progress_at"})
 
 
 def _stored(name: str) -> Stored:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from core import metrics
 from core.logs import about
 from db import calls, worker_writes
+from db.events import ATTEMPT, archived_extras, state_event
 from db.outages import postgres_refusal
 from db.states import TERMINAL_STATES, CallState
 from db.worker_writes import AttemptRecord, Claim
@@ -51,7 +52,8 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
                     if settled is None:
                         raise UnknownCall(call_id)
                     return settled.value
-                state = await _run_ai(res, held)
+                await res.events.publish(state_event(call_id, CallState.PROCESSING_AI.value))
+                announce = await _run_ai(res, held)
             except asyncio.CancelledError:
                 # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start.
                 await asyncio.shield(res.leases.drop(call_id, holder))
@@ -71,9 +73,9 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
         await res.flush.release(call_id, 1, 1)
         return "UNKNOWN"
     with res.stages.timing("finish"):
-        await _release(res, call_id)
+        await _release(res, call_id, announce)
     res.stages.calls += 1
-    return state
+    return str(announce[-1]["state"])
 
 
 async def release_if_settled(res: WorkerResources, call_id: str) -> CallState | None:
@@ -85,13 +87,32 @@ async def release_if_settled(res: WorkerResources, call_id: str) -> CallState | 
         return None
     state = CallState(call.state)
     if state in TERMINAL_STATES:
-        await _release(res, call_id)
+        # Its final event may not be out (it goes with the release): publish it (again).
+        sentiment = None
+        if call.sentiment_label is not None and call.sentiment_score is not None:
+            sentiment = (call.sentiment_label, call.sentiment_score)
+        final = _final_event(call_id, state, call.last_error, call.transcript, sentiment)
+        await _release(res, call_id, [final])
     return state
 
 
-async def _release(res: WorkerResources, call_id: str) -> None:
+def _final_event(
+    call_id: str,
+    state: CallState,
+    reason: str | None,
+    transcript: str | None = None,
+    sentiment: tuple[str, float] | None = None,
+) -> dict[str, Any]:
+    extras = archived_extras(transcript, sentiment) if state is CallState.ARCHIVED else {}
+    return state_event(call_id, state.value, reason, **extras)
+
+
+async def _release(
+    res: WorkerResources, call_id: str, announce: Sequence[Mapping[str, Any]]
+) -> None:
+    """Let the call's keys expire, publishing its last events (the final state's) with them."""
     s = res.settings
-    await res.flush.release(call_id, s.key_retention_s, s.completed_marker_retention_s)
+    await res.flush.release(call_id, s.key_retention_s, s.completed_marker_retention_s, announce)
 
 
 @dataclass
@@ -103,18 +124,25 @@ class _Journal:
     claim: Claim
     attempts: list[AttemptRecord] = field(default_factory=list)
     transcript: str | None = None  # known but not yet stored
+    events: list[dict[str, Any]] = field(default_factory=list)  # published after the next write
+    final: dict[str, Any] | None = None  # the final state's event, published with the release
+    spoken: str | None = None  # the transcript, for the final event
 
     async def record(self, attempt: AttemptRecord) -> bool:
         self.attempts.append(attempt)
+        self.events.append(_attempt_event(self.claim.call_id, attempt))
         return attempt.outcome == "ok" or await self.save()
 
     async def save(self) -> bool:
-        """Write what waits; False if another worker took the call since."""
+        """Write what waits, then tell the feed; False if another worker took the call since."""
         async with self.res.autocommit.connect() as conn:
             kept = await worker_writes.write_progress(
                 conn, self.claim, self.attempts, self.transcript
             )
         self.attempts, self.transcript = [], None
+        if kept:
+            await self.res.events.publish(*self.events)
+        self.events = []
         return kept
 
     async def finish(self, target: CallState, reason: str, **results: object) -> None:
@@ -134,9 +162,23 @@ class _Journal:
             )
         if not finished:
             raise LeaseLost(self.claim.call_id)
+        sentiment = results.get("sentiment")
+        final = _final_event(
+            self.claim.call_id,
+            target,
+            reason if target is CallState.FAILED else None,
+            self.spoken,
+            sentiment if isinstance(sentiment, tuple) else None,
+        )
+        self.final = final
+
+    def announcements(self) -> list[dict[str, Any]]:
+        """What the release publishes: attempts not yet told, then the final state."""
+        return [*self.events, *([] if self.final is None else [self.final])]
 
 
-async def _run_ai(res: WorkerResources, held: Held) -> str:
+async def _run_ai(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
+    """The run's last events, the final state's last."""
     try:
         return await _ai_steps(res, held)
     except Exception as exc:
@@ -145,10 +187,10 @@ async def _run_ai(res: WorkerResources, held: Held) -> str:
             raise
     reason = f"PostgreSQL refused a write of the call's AI results: {refused}"
     await fail_held(res, held.claim, reason)
-    return CallState.FAILED.value
+    return [_final_event(held.claim.call_id, CallState.FAILED, reason)]
 
 
-async def _ai_steps(res: WorkerResources, held: Held) -> str:
+async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     claim, call_id = held.claim, held.claim.call_id
     policy = _policy(res)
     # One budget for the call's AI work in this run, shared by both steps.
@@ -181,17 +223,30 @@ async def _ai_steps(res: WorkerResources, held: Held) -> str:
             journal.transcript = transcript
             if not await journal.save():
                 raise LeaseLost(call_id)
-        text = transcript
+        text = journal.spoken = transcript
         sentiment = await step("sentiment", lambda: res.ai.analyse_sentiment(call_id, text))
     except StepExhausted as exc:
         await journal.finish(CallState.FAILED, str(exc), last_error=str(exc))
-        return CallState.FAILED.value
+        return journal.announcements()
     await journal.finish(
         CallState.ARCHIVED,
         "transcription and sentiment stored",
         sentiment=(sentiment.label, sentiment.score),
     )
-    return CallState.ARCHIVED.value
+    return journal.announcements()
+
+
+def _attempt_event(call_id: str, attempt: AttemptRecord) -> dict[str, Any]:
+    return {
+        "type": ATTEMPT,
+        "call_id": call_id,
+        "state": CallState.PROCESSING_AI.value,
+        "step": attempt.step,
+        "attempt": attempt.attempt,
+        "outcome": attempt.outcome,
+        "error": attempt.error,
+        "duration_ms": attempt.duration_ms,
+    }
 
 
 def _policy(res: WorkerResources) -> RetryPolicy:

@@ -9,9 +9,10 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.ingestion import Ingestion, make_ingestion
+from core.ingestion import Ingestion, feed_limits, make_ingestion
 from db.ai_slots import AiSlots
 from db.engine import autocommit, make_engine, make_sessionmaker
+from db.events import EventLog
 from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
@@ -33,6 +34,7 @@ class WorkerResources:
     ingestion: Ingestion  # completes idle calls, as the API completes the others
     live: LiveCalls
     flush: FlushSource
+    events: EventLog  # the live feed: the worker's state changes and AI attempts
     leases: Leases
     lease_keeper: LeaseKeeper  # renews the leases of every call this worker runs
     breaker: CircuitBreaker
@@ -81,13 +83,15 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
     redis = Redis(connection_pool=pool)
     queue = queue_client(pool)
     leases = Leases(redis)
+    events = EventLog(redis, feed_limits(settings))
     return WorkerResources(
         settings=settings,
         redis=redis,
         queue=queue,
         ingestion=make_ingestion(redis, queue, settings, pipelined=False),
         live=LiveCalls(redis),
-        flush=FlushSource(redis),
+        flush=FlushSource(redis, events),
+        events=events,
         leases=leases,
         lease_keeper=LeaseKeeper(leases, settings.lease_ttl_s),
         breaker=CircuitBreaker(

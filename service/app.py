@@ -17,7 +17,7 @@ from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
-from service.routes import calls, dashboard, health, ingest, media_ws, metrics, system
+from service.routes import calls, dashboard, events, health, ingest, media_ws, metrics, system
 from service.schemas import GATE_RESPONSES
 from settings import Settings, get_settings
 
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_ws.router)
     app.include_router(system.router)
     app.include_router(metrics.router)
+    app.include_router(events.router)
     app.include_router(dashboard.router)
     return app
 

@@ -3,7 +3,7 @@
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.ingestion import (
@@ -24,6 +24,20 @@ async def get_resources(request: Request) -> ApiResources:
 
 
 ResourcesDep = Annotated[ApiResources, Depends(get_resources)]
+
+
+def get_ws_resources(websocket: WebSocket) -> ApiResources:
+    """The WebSocket twin of get_resources: the lifespan state of the connection."""
+    res = websocket.state.resources
+    assert isinstance(res, ApiResources)
+    return res
+
+
+def origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
+    """PBXs and programs send no Origin; a browser does, and may connect only from an origin
+    allowed (WS_ALLOWED_ORIGINS): else any web page could open a socket to a loopback API."""
+    origin = websocket.headers.get("origin")
+    return origin is None or origin in allowed
 
 
 async def get_ingestion(res: ResourcesDep) -> Ingestion:

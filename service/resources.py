@@ -9,13 +9,15 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.access import KeyRing, key_ring
-from core.ingestion import Ingestion, make_ingestion
+from core.ingestion import Ingestion, feed_limits, make_ingestion
 from db.breaker_state import BreakerState
 from db.engine import make_engine, make_sessionmaker
+from db.events import EventLog
 from db.live import LiveCalls
 from db.rate_limits import RateLimits
 from db.redis_client import make_redis_pool
 from jobs.queue import queue_client
+from service.feed import READ_BLOCK_MS, FeedHub
 from settings import Settings
 
 
@@ -31,8 +33,12 @@ class ApiResources:
     rate_limits: RateLimits
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    feed: FeedHub  # this process's one reader of the live event feed
+    feed_reader: Redis  # its connection: blocking reads, apart from the pool
 
     async def close(self) -> None:
+        await self.feed.close()
+        await self.feed_reader.connection_pool.aclose()
         await self.engine.dispose()
         await self.redis.connection_pool.aclose()
 
@@ -48,6 +54,16 @@ def open_resources(settings: Settings) -> ApiResources:
     redis = Redis(connection_pool=pool)
     queue = queue_client(pool)
     engine = make_engine(settings.database_url, pool_size=10, connect_timeout_s=2.0)
+    # The feed's reader blocks in XREAD for READ_BLOCK_MS: its reads may take that much longer.
+    feed_reader = Redis(
+        connection_pool=make_redis_pool(
+            settings.redis_url,
+            max_connections=2,
+            connect_timeout_s=settings.redis_timeout_s,
+            read_timeout_s=READ_BLOCK_MS / 1000 + max(5.0, settings.redis_timeout_s),
+        )
+    )
+    limits = feed_limits(settings)
     return ApiResources(
         settings=settings,
         keys=key_ring(settings),
@@ -59,4 +75,6 @@ def open_resources(settings: Settings) -> ApiResources:
         rate_limits=RateLimits(redis),
         engine=engine,
         sessions=make_sessionmaker(engine),
+        feed=FeedHub(EventLog(feed_reader, limits), EventLog(redis, limits)),
+        feed_reader=feed_reader,
     )

@@ -2,10 +2,11 @@
 -- take the call past its caps; drop duplicates, append new packets to the stream, detect
 -- reordering and gaps, update the counters.
 -- KEYS: packets, meta, runs, done, idle index, unflushed index,
---   legacy dedup bitmap, legacy dedup set (read once per call, see from_legacy)
+--   legacy dedup bitmap, legacy dedup set (read once per call, see from_legacy), event feed
 -- ARGV: call_id, now, max packets per call, max data bytes per call,
 --   packets as one JSON array of [sequence, "timestamp", "data"]
---   (one argument instead of three per packet: packing arguments is the client's main cost)
+--   (one argument instead of three per packet: packing arguments is the client's main cost),
+--   the event feed's max length, seconds between a call's progress events (0: none)
 -- Returns {-1} for a completed call; {-2, cap, stored, adding} when the batch's new packets would
 --   pass a cap (cap 1 = packets, 2 = data bytes; nothing is stored); else two numbers per packet:
 --   outcome, gap start
@@ -32,7 +33,7 @@ local max_packets, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local packets = cjson.decode(ARGV[5])
 
 local meta = redis.call('HMGET', KEYS[2], 'max_seq', 'min_seq', 'received', 'data_bytes',
-  'last_run_from')
+  'last_run_from', 'duplicates', 'out_of_order', 'progress_at')
 local max_seq = tonumber(meta[1] or '-1')
 local min_seq = tonumber(meta[2] or '-1')
 local had_packets, had_bytes = tonumber(meta[3] or '0'), tonumber(meta[4] or '0')
@@ -208,4 +209,26 @@ if received > 0 then
 end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end
 if reordered > 0 then redis.call('HINCRBY', KEYS[2], 'out_of_order', reordered) end
+
+-- The live feed (db/events.py), in the same step as the change: the call's first packet, then at
+-- most one progress event per interval while packets come (a dashboard's counters), so the feed
+-- grows with calls and seconds, never with packets.
+local function publish(body)
+  body.call_id, body.at = call_id, tonumber(now)
+  redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[6], '*', 'e', cjson.encode(body))
+end
+local interval = tonumber(ARGV[7])
+if had_packets == 0 and received > 0 then
+  publish({type = 'state', state = 'IN_PROGRESS', reason = cjson.null})
+  redis.call('HSET', KEYS[2], 'progress_at', now)
+elseif interval > 0 and received + duplicates > 0
+    and tonumber(now) - tonumber(meta[8] or '0') >= interval then
+  local total = had_packets + received
+  publish({type = 'progress', state = 'IN_PROGRESS', received = total,
+    duplicates = tonumber(meta[6] or '0') + duplicates,
+    out_of_order = tonumber(meta[7] or '0') + reordered,
+    missing = max_seq - min_seq + 1 - total, data_bytes = had_bytes + received_bytes,
+    last_packet_at = tonumber(now)})
+  redis.call('HSET', KEYS[2], 'progress_at', now)
+end
 return out

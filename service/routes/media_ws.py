@@ -33,8 +33,8 @@ from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_siz
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.packets import NewPacket
+from service.deps import get_ws_resources, origin_allowed
 from service.gate import KEY_IN_START, actor_of
-from service.resources import ApiResources
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ class Reject(Exception):
     def breaking(cls, error: CallstreamError) -> Reject:
         """A rule of core/ingestion.py that the frame broke: a policy violation."""
         return cls(error.code, error.detail, CLOSE_POLICY)
-
-
-def get_ws_resources(websocket: WebSocket) -> ApiResources:
-    """The WebSocket twin of service.deps.get_resources: the lifespan state of the connection."""
-    res = websocket.state.resources
-    assert isinstance(res, ApiResources)
-    return res
 
 
 def parse_frame(raw: str | bytes | None) -> dict[str, Any]:
@@ -274,17 +267,11 @@ def _without_token(metadata: dict[str, Any]) -> dict[str, Any]:
     return {**metadata, "customParameters": params}
 
 
-def _origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
-    """PBXs send no Origin; a browser does, and may connect only from an origin allowed."""
-    origin = websocket.headers.get("origin")
-    return origin is None or origin in allowed
-
-
 @router.websocket("/v1/call/media")
 async def media_stream(websocket: WebSocket) -> None:
     """Twilio Media Streams: connected, start, media..., stop."""
     res = get_ws_resources(websocket)
-    if not _origin_allowed(websocket, res.settings.ws_allowed_origins):
+    if not origin_allowed(websocket, res.settings.ws_allowed_origins):
         await websocket.close(CLOSE_POLICY, "origin not allowed")
         return
     await websocket.accept()

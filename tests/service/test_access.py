@@ -82,6 +82,10 @@ def endpoints(settings: Settings) -> Iterator[tuple[str, str]]:
                 yield method, path
 
 
+# A stream that never ends is asked with a filter it refuses: past the gate, it answers 422.
+ENDLESS = {"/v1/events": {"state": "NOT_A_STATE"}}
+
+
 def test_every_route_of_the_app_has_an_access_rule(settings: Settings):
     app = create_app(settings)
     found = list(endpoints(settings))
@@ -109,7 +113,8 @@ async def test_every_endpoint_answers_each_kind_of_caller_as_its_rule_says(
             callers["right role"] = {"authorization": f"Bearer {KEYS[rule.role]}"}
             callers["admin"] = {"authorization": f"Bearer {KEYS[Role.ADMIN]}"}
         for who, headers in callers.items():
-            answer = await guarded.request(method, path, headers=headers)
+            params = ENDLESS.get(path, {})
+            answer = await guarded.request(method, path, headers=headers, params=params)
             status = answer.status_code
             where = f"{method} {path} by {who}: {status} {answer.text[:200]}"
             if rule.role is OPEN or who in ("right role", "admin"):

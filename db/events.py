@@ -1,0 +1,153 @@
+"""The live event feed's store: one capped Redis stream of call events (state changes, AI attempt
+outcomes, throttled ingestion progress). Its ids are the events' ids: increasing, so a reader
+resumes after the last one it saw and gets every later event once.
+
+Where a change happens in a Lua script (the first packet, a completion) the script appends the
+event itself, in the same atomic step (db/lua/ingest.lua, complete.lua). The worker's changes
+happen in PostgreSQL: it appends their events right after the commit (`EventLog.publish`); a
+worker that dies in between loses that one event, except a call's final one, which the re-run
+that releases the call publishes again (so a feed reader may see a final state twice, never
+zero times).
+
+Each entry holds one field, `e`: the event as JSON without its id (the id is the entry's)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT, FieldT
+
+from db.keys import EVENTS
+
+# What an event is about; the `event:` name of a Server-Sent Event.
+STATE, ATTEMPT, PROGRESS = "state", "attempt", "progress"
+EXCERPT_CHARS = 140  # of a transcript, in an ARCHIVED event
+_FIELD = b"e"
+_EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLimits:
+    """How much of the feed Redis keeps (entries, trimmed approximately: whole nodes at a time)
+    and how often a live call reports its progress. The defaults are settings.py's."""
+
+    max_len: int = 100_000
+    progress_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    body: dict[str, Any]  # type, call_id, state, at, and the type's own fields
+
+    @property
+    def type(self) -> str:
+        return str(self.body.get("type", ""))
+
+    @property
+    def call_id(self) -> str:
+        return str(self.body.get("call_id", ""))
+
+    @property
+    def state(self) -> str:
+        return str(self.body.get("state", ""))
+
+    def json(self) -> bytes:
+        """The event as its readers get it: the body with its id."""
+        return orjson.dumps({"id": self.id, **self.body})
+
+
+def is_event_id(value: str) -> bool:
+    return _EVENT_ID.fullmatch(value) is not None
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    """An event id as a sortable pair (a bare millisecond time counts as its first id)."""
+    millis, _, seq = event_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def state_event(call_id: str, state: str, reason: str | None = None, **more: Any) -> dict[str, Any]:
+    return {"type": STATE, "call_id": call_id, "state": state, "reason": reason, **more}
+
+
+def archived_extras(transcript: str | None, sentiment: tuple[str, float] | None) -> dict[str, Any]:
+    """What an ARCHIVED event says of the call's results: enough for a dashboard row."""
+    extras: dict[str, Any] = {}
+    if sentiment is not None:
+        extras["sentiment"] = {"label": sentiment[0], "score": sentiment[1]}
+    if transcript is not None:
+        extras["transcript_excerpt"] = transcript[:EXCERPT_CHARS]
+    return extras
+
+
+def encode(body: Mapping[str, Any], now: float) -> dict[FieldT, EncodableT]:
+    """An event's stream entry (stamped `at` now unless it says otherwise)."""
+    return {_FIELD: orjson.dumps({"at": now, **body})}
+
+
+class EventLog:
+    def __init__(self, redis: Redis, limits: FeedLimits | None = None) -> None:
+        self.redis = redis
+        self.limits = limits or FeedLimits()
+
+    async def publish(self, *bodies: Mapping[str, Any]) -> None:
+        """Append events in one round trip (each stamped `at` now unless it says otherwise)."""
+        if not bodies:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.add(pipe, bodies)
+            await pipe.execute()
+
+    def add(self, pipe: Pipeline, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """Append events as part of another pipeline (a transaction makes them atomic with it)."""
+        now = time.time()
+        for body in bodies:
+            pipe.xadd(EVENTS, encode(body, now), maxlen=self.limits.max_len, approximate=True)
+
+    async def last_id(self) -> str:
+        """The newest event's id ("0-0" for an empty feed): where a new reader starts."""
+        newest = await self.redis.xrevrange(EVENTS, count=1)
+        return _text(newest[0][0]) if newest else "0-0"
+
+    async def first_id(self) -> str | None:
+        oldest = await self.redis.xrange(EVENTS, count=1)
+        return _text(oldest[0][0]) if oldest else None
+
+    async def after(self, event_id: str, count: int, until: str = "+") -> list[Event]:
+        """Up to `count` events after `event_id` (and up to `until`, inclusive), oldest first."""
+        entries = await self.redis.xrange(EVENTS, min="(" + event_id, max=until, count=count)
+        return parse(entries)
+
+    async def read_new(self, after: str, count: int, block_ms: int) -> list[Event]:
+        """Events after `after`, waiting up to `block_ms` for the first (XREAD BLOCK)."""
+        found = await self.redis.xread({EVENTS: after}, count=count, block=block_ms)
+        return parse(found[0][1]) if found else []
+
+    async def lost_since(self, event_id: str) -> bool:
+        """True if events after `event_id` may have been trimmed away: the feed no longer holds
+        that event itself (trimming takes the oldest first). It may say so when nothing between
+        was lost; a reader then re-reads the calls once, which is harmless."""
+        first = await self.first_id()
+        return first is not None and id_key(first) > id_key(event_id)
+
+
+def parse(entries: Sequence[tuple[bytes | str, Mapping[bytes, bytes]]]) -> list[Event]:
+    events = []
+    for entry_id, fields in entries:
+        raw = fields.get(_FIELD)
+        if raw is None:
+            continue  # not ours: skipped rather than failing every reader
+        events.append(Event(_text(entry_id), orjson.loads(raw)))
+    return events
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,186 @@
+"""The live feed's fan-out: one reader per API process follows the event stream (a blocking
+XREAD on a connection of its own) and hands each event to every subscriber of this process whose
+filter it matches. Hundreds of idle subscribers cost no Redis round trip per event: only the one
+reader reads.
+
+A subscriber that resumes (Last-Event-ID) first reads what it missed from Redis, up to where the
+reader was when it subscribed, then takes the reader's events from there on: nothing between is
+lost or repeated. A subscriber too slow to keep up with its bounded queue is not a reason to block
+the others: it is marked lagging, its queue is left to drain, and it catches up from Redis the
+same way (from the last event it delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from db.events import Event, EventLog, id_key
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long for new events, then asks again
+READ_BATCH = 500  # events per read
+HISTORY_PAGE = 500  # events per read while a subscriber catches up
+QUEUE_SIZE = 2_000  # events a subscriber may have waiting before it is lagging
+RETRY_S = (0.1, 0.5, 1.0, 2.0)  # the reader's waits after Redis errors, then the last again
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Events the subscriber should have had are gone (trimmed, or lost while Redis was down):
+    it must re-read the calls it shows, then carry on with the events that follow."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    call_id: str | None = None
+    states: frozenset[str] = frozenset()
+
+    def matches(self, event: Event) -> bool:
+        if self.call_id is not None and event.call_id != self.call_id:
+            return False
+        return not self.states or event.state in self.states
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    wanted: EventFilter
+    queue: asyncio.Queue[Event | Reset] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE)
+    )
+    lagging: bool = False
+
+    def offer(self, item: Event | Reset) -> None:
+        if self.lagging:
+            return
+        if self.queue.full():
+            self.lagging = True  # it catches up from Redis once it has drained its queue
+            return
+        self.queue.put_nowait(item)
+
+
+class FeedHub:
+    def __init__(self, reader_log: EventLog, log_: EventLog) -> None:
+        """`reader_log` reads on a connection of its own (its reads block for seconds);
+        `log_` serves the subscribers' catch-up reads."""
+        self._reader_log = reader_log
+        self._log = log_
+        self._subscribers: set[_Subscriber] = set()
+        self._position = "0-0"  # the last event handed out; set when the reader starts
+        self._reader: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, wanted: EventFilter, resume_after: str | None = None
+    ) -> AsyncIterator[AsyncIterator[Event | Reset]]:
+        """Subscribed on entry: every event matching `wanted` from then on (or from after
+        `resume_after`) comes out of the iterator it gives, in order; a Reset first if some of
+        those are no longer kept. The subscription ends with the block."""
+        await self._start()
+        subscriber = _Subscriber(wanted)
+        self._subscribers.add(subscriber)
+        # From here on the reader offers it every event after this position.
+        joined_at = self._position
+        try:
+            yield self._events(subscriber, joined_at, resume_after)
+        finally:
+            self._subscribers.discard(subscriber)
+
+    async def _events(
+        self, subscriber: _Subscriber, joined_at: str, resume_after: str | None
+    ) -> AsyncIterator[Event | Reset]:
+        wanted, position = subscriber.wanted, joined_at
+        if resume_after is not None and id_key(resume_after) < id_key(joined_at):
+            if await self._log.lost_since(resume_after):
+                yield Reset("the feed no longer holds the events after the given id")
+            async for event in self._history(wanted, resume_after, joined_at):
+                yield event
+        while True:
+            if subscriber.lagging and subscriber.queue.empty():
+                # Drained what it had: read the rest from Redis, then rejoin the reader.
+                subscriber.lagging, caught_up_to = False, self._position
+                async for event in self._history(wanted, position, caught_up_to):
+                    position = event.id
+                    yield event
+                position = caught_up_to
+                continue
+            item = await subscriber.queue.get()
+            if isinstance(item, Event):
+                position = item.id
+            yield item
+
+    async def _history(self, wanted: EventFilter, after: str, until: str) -> AsyncIterator[Event]:
+        while True:
+            page = await self._log.after(after, HISTORY_PAGE, until)
+            for event in page:
+                if wanted.matches(event):
+                    yield event
+            if len(page) < HISTORY_PAGE:
+                return
+            after = page[-1].id
+
+    async def _start(self) -> None:
+        if self._reader is not None:
+            return
+        async with self._starting:
+            if self._reader is None:
+                self._position = await self._log.last_id()
+                self._reader = asyncio.create_task(self._read(), name="feed-reader")
+
+    async def _read(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    await self._after_outage()
+                events = await self._reader_log.read_new(self._position, READ_BATCH, READ_BLOCK_MS)
+                failures = 0
+            except (RedisError, OSError) as exc:
+                wait = RETRY_S[min(failures, len(RETRY_S) - 1)]
+                failures += 1
+                log.warning("event feed: Redis read failed (%s); retrying in %.1fs", exc, wait)
+                await asyncio.sleep(wait)
+                continue
+            self._hand_out(events)
+
+    async def _after_outage(self) -> None:
+        """Redis came back: if it lost or trimmed events meanwhile, every subscriber hears so."""
+        if await self._log.lost_since(self._position):
+            self._hand_out([], Reset("events were lost while the feed was disconnected"))
+        newest = await self._log.last_id()
+        if id_key(newest) < id_key(self._position):
+            # A Redis that restarted empty starts its ids again: follow it from its newest.
+            self._hand_out([], Reset("the event store restarted"))
+            self._position = newest
+
+    def _hand_out(self, events: list[Event], reset: Reset | None = None) -> None:
+        # Synchronous on purpose: a subscriber that joins between two hand-outs reads its
+        # history up to exactly self._position, and the reader offers it everything after.
+        for subscriber in list(self._subscribers):
+            if reset is not None:
+                subscriber.offer(reset)
+            for event in events:
+                if subscriber.wanted.matches(event):
+                    subscriber.offer(event)
+        if events:
+            self._position = events[-1].id
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None

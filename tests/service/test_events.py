@@ -1,0 +1,247 @@
+"""The live feed over a real socket: Server-Sent Events (ids, resume, filters, heartbeat, reset)
+and WS /ws/supervisor, fed by one reader per process, against a real uvicorn and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from db.events import EventLog
+from db.keys import EVENTS
+from service.app import create_app
+from settings import Settings
+from tests.conftest import make_settings
+from tests.factories import packet
+from tests.serving import serving
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class SseEvent:
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.data))
+
+
+class SseReader:
+    """Parses an event stream as a browser does (WHATWG HTML, server-sent events)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.aiter_lines()
+
+    async def next(self, with_data: bool = True) -> SseEvent:
+        return await asyncio.wait_for(self._next(with_data), TIMEOUT)
+
+    async def _next(self, with_data: bool) -> SseEvent:
+        current = SseEvent()
+        async for line in self.lines:
+            if line == "":
+                if current.data or not with_data:
+                    return current
+                current = SseEvent(comments=current.comments, retry=current.retry)
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "":
+                current.comments.append(value)
+            elif name == "data":
+                current.data += value
+            elif name in ("id", "event"):
+                setattr(current, name, value)
+            elif name == "retry":
+                current.retry = int(value)
+        raise AssertionError("the stream ended")
+
+
+@pytest.fixture
+def feed_settings(server_urls: tuple[str, str]) -> Settings:
+    return make_settings(*server_urls, events_heartbeat_s=0.3, events_progress_interval_s=0)
+
+
+@pytest.fixture
+async def api(feed_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        serving(create_app(feed_settings)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def feed(
+    api: httpx.AsyncClient, headers: dict[str, str] | None = None, **params: Any
+) -> AsyncIterator[SseReader]:
+    async with api.stream("GET", "/v1/events", params=params, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reader = SseReader(response)
+        hello = await reader.next(with_data=False)  # sent before any event
+        assert hello.retry is not None
+        assert "connected" in hello.comments
+        yield reader
+
+
+async def publish(redis: Redis, *call_ids: str, state: str = "COMPLETED") -> None:
+    await EventLog(redis).publish(
+        *({"type": "state", "call_id": c, "state": state} for c in call_ids)
+    )
+
+
+async def test_a_streamed_call_reaches_the_feed_with_ids_names_and_json(
+    api: httpx.AsyncClient,
+) -> None:
+    async with feed(api) as events:
+        await api.post("/v1/call/stream/c1", json=packet(1))
+        await api.post("/v1/call/complete/c1")
+        started, completed = await events.next(), await events.next()
+
+    assert (started.event, started.body["state"]) == ("state", "IN_PROGRESS")
+    assert (completed.event, completed.body["state"]) == ("state", "COMPLETED")
+    assert completed.body["reason"] == "explicit"
+    assert started.id == started.body["id"]
+    assert completed.id == completed.body["id"]
+    assert started.id is not None
+    assert completed.id is not None
+    assert completed.id > started.id
+
+
+async def test_a_reconnect_with_last_event_id_loses_and_repeats_nothing(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    async with feed(api) as events:
+        await publish(redis, "a", "b", "c")
+        seen = [await events.next() for _ in range(2)]
+    await publish(redis, "d", "e")  # while nobody listens
+
+    async with feed(api, headers={"Last-Event-ID": str(seen[-1].id)}) as events:
+        await publish(redis, "f")
+        resumed = [await events.next() for _ in range(4)]
+    assert [e.body["call_id"] for e in resumed] == ["c", "d", "e", "f"]
+
+    # The query parameter does the same, for clients that cannot set headers.
+    async with feed(api, last_event_id=resumed[1].id) as events:
+        assert [(await events.next()).body["call_id"] for _ in range(2)] == ["e", "f"]
+
+
+async def test_filters_by_call_and_by_state(api: httpx.AsyncClient, redis: Redis) -> None:
+    async with (
+        feed(api, call_id="mine") as mine,
+        feed(api, state=["FAILED", "ARCHIVED"]) as finals,
+    ):
+        await publish(redis, "other", "mine", state="COMPLETED")
+        await publish(redis, "other", state="FAILED")
+        await publish(redis, "mine", state="ARCHIVED")
+        assert [(await mine.next()).body["state"] for _ in range(2)] == ["COMPLETED", "ARCHIVED"]
+        got = [(await finals.next()).body for _ in range(2)]
+    assert [(b["call_id"], b["state"]) for b in got] == [("other", "FAILED"), ("mine", "ARCHIVED")]
+
+
+async def test_a_quiet_feed_sends_heartbeat_comments(api: httpx.AsyncClient) -> None:
+    async with feed(api) as events:
+        quiet = await events.next(with_data=False)
+    assert quiet.comments
+    assert quiet.data == ""
+
+
+async def test_a_resume_point_outside_the_window_starts_with_a_reset(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    await publish(redis, "old")
+    (old,) = await EventLog(redis).after("0-0", 10)
+    await publish(redis, "x", "y")
+    await redis.xtrim(EVENTS, maxlen=1, approximate=False)  # "old" and "x" are gone
+
+    async with feed(api, headers={"Last-Event-ID": old.id}) as events:
+        reset = await events.next()
+        after = await events.next()
+    assert reset.event == "reset"
+    assert reset.body["type"] == "reset"
+    assert after.body["call_id"] == "y"
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        ({"last_event_id": "yesterday"}, {}),
+        ({}, {"Last-Event-ID": "1-2-3"}),
+        ({"state": "DONE"}, {}),
+    ],
+)
+async def test_a_bad_resume_position_or_filter_is_a_clear_422(
+    api: httpx.AsyncClient, params: dict[str, str], headers: dict[str, str]
+) -> None:
+    response = await api.get("/v1/events", params=params, headers=headers)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"]
+
+
+async def test_many_subscribers_share_one_redis_reader(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    subscribers = 40
+    before = await _xread_calls(redis)
+    async with contextlib_stack(feed(api) for _ in range(subscribers)) as readers:
+        await publish(redis, *(f"c{n}" for n in range(20)))
+        for reader in readers:
+            assert [(await reader.next()).body["call_id"] for _ in range(20)] == [
+                f"c{n}" for n in range(20)
+            ]
+    # One reader for the process: a handful of reads, not one per subscriber and event.
+    assert await _xread_calls(redis) - before < 40
+
+
+async def _xread_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+@asynccontextmanager
+async def contextlib_stack(managers: Any) -> AsyncIterator[list[SseReader]]:
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(m) for m in managers]
+
+
+async def test_the_websocket_carries_the_same_events_with_filters_and_resume(
+    api: httpx.AsyncClient, redis: Redis
+) -> None:
+    url = str(api.base_url).replace("http", "ws") + "/ws/supervisor"
+    async with connect(url + "?call_id=mine") as ws:
+        await publish(redis, "other", "mine", "mine")
+        first = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        second = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert (first["call_id"], first["type"], first["state"]) == ("mine", "state", "COMPLETED")
+    assert second["id"] > first["id"]
+
+    async with connect(f"{url}?last_event_id={first['id']}") as ws:
+        resumed = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert resumed["id"] == second["id"]
+
+
+async def test_the_websocket_refuses_a_browser_from_another_origin(
+    api: httpx.AsyncClient,
+) -> None:
+    url = str(api.base_url).replace("http", "ws") + "/ws/supervisor"
+    with pytest.raises(InvalidStatus):
+        async with connect(url, origin="http://evil.example"):  # type: ignore[arg-type]
+            pass
