@@ -1,0 +1,518 @@
+"""The supervisor's dashboard (GET /dashboard): the route's answers over HTTP, then the page in a
+real headless Chromium (tests/browser.py) against a real API server (uvicorn) and a real arq
+worker with the scripted AI, on the suite's PostgreSQL and Redis. Every wait is Playwright's
+`expect` with a generous timeout: the page must get there, however slow the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+from arq.worker import Worker
+from httpx import AsyncClient
+from playwright.async_api import Browser, Locator, Page, Route, expect
+from pydantic import SecretStr
+
+from jobs.ai import PermanentAIError, TransientAIError, sentiment_of, transcript_of
+from jobs.resources import make_resources
+from jobs.worker import make_functions
+from service.app import create_asgi
+from service.routes.dashboard import CONTENT_SECURITY_POLICY
+from settings import Settings
+from tests.browser import chromium
+from tests.conftest import ROOT
+from tests.factories import packet
+from tests.fakes import ScriptedAI
+from tests.serving import serving
+
+ASSETS = {
+    "/dashboard": "text/html; charset=utf-8",
+    "/dashboard/dashboard.js": "text/javascript; charset=utf-8",
+    "/dashboard/dashboard.css": "text/css; charset=utf-8",
+}
+INGEST, SUPERVISOR, ADMIN = "ingest-key-dash", "supervisor-key-dash", "admin-key-dash"
+WAIT_MS = 20_000  # for the page to show what the server did: generous, for a loaded CI machine
+PROGRESS_S = 0.1  # a live call's progress events, at most this often (the default is 1 s)
+RouteHandler = Callable[[Route], Awaitable[None]]
+MARKUP = "the problem is <b>resolved</b> great"  # shown as text, never as markup
+SCREENSHOT = ROOT / "test-output" / "dashboard.png"
+
+
+def keyed(settings: Settings, **more: object) -> Settings:
+    keys = {
+        "ingest_api_keys": SecretStr(INGEST),
+        "supervisor_api_keys": SecretStr(SUPERVISOR),
+        "admin_api_keys": SecretStr(ADMIN),
+    }
+    return settings.model_copy(update={**keys, **more})
+
+
+# --- the route, over HTTP -----------------------------------------------------------------------
+
+
+async def test_the_page_and_its_assets_come_with_their_types_and_a_self_only_policy(
+    client: AsyncClient,
+):
+    for path, content_type in ASSETS.items():
+        answer = await client.get(path)
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"] == content_type
+        assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["cache-control"] == "no-cache"
+        assert answer.headers["etag"].startswith('"')
+        assert answer.content
+    policy = dict(d.strip().split(" ", 1) for d in CONTENT_SECURITY_POLICY.split(";"))
+    assert policy["default-src"] == "'none'"
+    assert {policy[d] for d in ("script-src", "style-src", "connect-src")} == {"'self'"}
+    assert policy["frame-ancestors"] == "'none'"
+
+
+async def test_a_revalidation_naming_the_etag_gets_304_without_a_body(client: AsyncClient):
+    for path in ASSETS:
+        etag = (await client.get(path)).headers["etag"]
+        again = await client.get(path, headers={"if-none-match": etag})
+        assert again.status_code == 304
+        assert again.content == b""
+        assert again.headers["etag"] == etag
+        assert again.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        changed = await client.get(path, headers={"if-none-match": '"another"'})
+        assert changed.status_code == 200
+
+
+async def test_head_answers_the_headers_alone(client: AsyncClient):
+    answer = await client.head("/dashboard")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == ASSETS["/dashboard"]
+    assert answer.content == b""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/index.html",
+        "/dashboard/app.js",
+        "/dashboard/dashboard.js.map",
+        "/dashboard/../settings.py",
+        "/dashboard/%2e%2e/settings.py",
+    ],
+)
+async def test_an_unknown_asset_is_404(client: AsyncClient, path: str):
+    answer = await client.get(path)
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "not_found"
+
+
+async def test_with_keys_on_the_page_needs_none_but_its_data_and_other_paths_do(
+    settings: Settings,
+):
+    app = create_asgi(keyed(settings))
+    async with serving(app) as address, AsyncClient(base_url=f"http://{address}") as client:
+        for path in ASSETS:
+            assert (await client.get(path)).status_code == 200, path
+        for path in ("/v1/calls", "/v1/system", "/v1/events", "/dashboard/other.js"):
+            assert (await client.get(path)).status_code == 401, path
+
+
+def test_the_page_loads_only_its_own_files_and_writes_no_server_text_as_html():
+    source = ROOT / "service" / "dashboard"
+    page = (source / "index.html").read_text()
+    script = (source / "dashboard.js").read_text()
+    # The policy refuses inline code and style: the page must not need any.
+    for inline in ("<script>", "<style", " style=", " on" + "click="):
+        assert inline not in page, inline
+    for own in ('src="/dashboard/dashboard.js"', 'href="/dashboard/dashboard.css"'):
+        assert own in page, own
+    for remote in ("http://", "https://", "//"):  # no CDN, nothing from elsewhere
+        assert remote not in page, remote
+    # What the server says is text: no HTML is ever built from it.
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+
+
+# --- the page, in a real browser ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+@contextlib.asynccontextmanager
+async def worker_running(settings: Settings, ai: ScriptedAI) -> AsyncIterator[None]:
+    """A real arq worker in this event loop, polling until the block ends (not burst: calls
+    arrive while the page watches)."""
+    res = make_resources(settings, ai=ai)
+    worker = Worker(
+        functions=make_functions(settings.job_timeout_s),
+        redis_pool=ArqRedis.from_url(settings.redis_url),
+        burst=False,
+        poll_delay=0.05,
+        handle_signals=False,
+        keep_result=0,
+        health_check_interval=1,  # the system strip shows the worker's heartbeat
+        ctx={"resources": res},
+    )
+    task = asyncio.create_task(worker.main())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+        await res.close()
+
+
+@contextlib.asynccontextmanager
+async def callstream(settings: Settings, ai: ScriptedAI) -> AsyncIterator[AsyncClient]:
+    """The API on a real socket plus a worker; yields a client of that API (base_url set)."""
+    fast = settings.model_copy(update={"events_progress_interval_s": PROGRESS_S})
+    async with (
+        serving(create_asgi(fast)) as address,
+        worker_running(fast, ai),
+        AsyncClient(base_url=f"http://{address}", headers={"x-api-key": INGEST}) as api,
+    ):
+        yield api
+
+
+@contextlib.asynccontextmanager
+async def dashboard(
+    browser: Browser, api: AsyncClient, route: tuple[str, RouteHandler] | None = None
+) -> AsyncIterator[Page]:
+    """The dashboard in a fresh tab of a laptop-sized window (requests matching `route`'s
+    pattern go to its handler); fails the test on a script error."""
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    if route is not None:
+        await page.route(*route)
+    try:
+        await page.goto(str(api.base_url.join("/dashboard")))
+        yield page
+    finally:
+        await context.close()
+    assert errors == [], errors
+
+
+async def stream(api: AsyncClient, call_id: str, *sequences: int, data: str = "") -> None:
+    for sequence in sequences:
+        answer = await api.post(
+            f"/v1/call/stream/{call_id}", json=packet(sequence, data or f"chunk-{sequence}")
+        )
+        assert answer.status_code in (200, 202), answer.text
+
+
+async def complete(api: AsyncClient, call_id: str) -> None:
+    assert (await api.post(f"/v1/call/complete/{call_id}")).status_code == 202
+
+
+def row(page: Page, table: str, call_id: str) -> Locator:
+    return page.locator(f'#{table}-table tbody tr[data-call-id="{call_id}"]')
+
+
+def cell(page: Page, table: str, call_id: str, key: str) -> Locator:
+    return row(page, table, call_id).locator(f'td[data-key="{key}"]')
+
+
+async def connected(page: Page) -> None:
+    await expect(page.locator("#board")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#feed-status")).to_have_attribute(
+        "data-state", "connected", timeout=WAIT_MS
+    )
+
+
+async def live_counters(page: Page, call_id: str, **expected: str) -> None:
+    for key, text in expected.items():
+        await expect(cell(page, "live", call_id, key)).to_have_text(text, timeout=WAIT_MS)
+
+
+async def test_a_streamed_call_appears_changes_state_and_shows_its_sentiment_without_a_reload(
+    browser: Browser, settings: Settings, ai: ScriptedAI, tmp_path: Path
+):
+    ai.fail("transcription", PermanentAIError("audio format not supported"))
+    async with callstream(settings, ai) as api, dashboard(browser, api) as page:
+        navigations: list[str] = []
+        page.on("framenavigated", lambda frame: navigations.append(frame.url))
+        await connected(page)
+        await page.evaluate("window.stillTheSamePage = true")
+
+        # The first call the worker takes fails (the scripted AI refuses its audio).
+        await stream(api, "call-refused", 0, 1, data="the line is broken")
+        await complete(api, "call-refused")
+        await expect(cell(page, "failed", "call-refused", "reason")).to_have_text(
+            "transcription failed permanently: audio format not supported", timeout=WAIT_MS
+        )
+
+        # Other calls going on, for the screenshot: their counters come with later packets.
+        await stream(api, "call-quiet", 0)
+        await stream(api, "call-patchy", 0)
+
+        # The call under test: a gap (3) and a duplicate (2), its text holding markup.
+        await stream(api, "call-happy", 1, data="hello thanks for calling")
+        await expect(cell(page, "live", "call-happy", "state")).to_have_text(
+            "IN_PROGRESS", timeout=WAIT_MS
+        )
+        await stream(api, "call-happy", 2, 4, 2, data=MARKUP)
+        await asyncio.sleep(PROGRESS_S * 1.5)  # pacing, not a check: the next packet reports
+        await stream(api, "call-happy", 5, data="perfect")
+        await live_counters(page, "call-happy", packets="4", gaps="1", duplicates="1")
+
+        await complete(api, "call-happy")
+        await expect(row(page, "live", "call-happy")).to_have_count(0, timeout=WAIT_MS)
+        spoken = ["hello thanks for calling", *[MARKUP] * 2, "perfect"]
+        expected = sentiment_of(transcript_of(spoken))
+        assert expected.label == "positive"
+        await expect(cell(page, "finished", "call-happy", "sentiment")).to_have_text(
+            f"positive {expected.score:.2f}", timeout=WAIT_MS
+        )
+        transcript = cell(page, "finished", "call-happy", "transcript")
+        await expect(transcript).to_contain_text("<b>resolved</b>", timeout=WAIT_MS)
+        await expect(page.locator("#finished-table b")).to_have_count(0)  # text, not markup
+        await expect(cell(page, "finished", "call-happy", "packets")).to_have_text(
+            "4", timeout=WAIT_MS
+        )
+
+        assert await page.evaluate("window.stillTheSamePage") is True
+        assert await page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        assert navigations == []
+        await expect(page.locator("#sys-worker")).not_to_have_text(
+            "no worker running", timeout=WAIT_MS
+        )
+        await stream(api, "call-quiet", 1, 2, 3)
+        await stream(api, "call-patchy", 3, 3, 7)
+        await asyncio.sleep(PROGRESS_S * 1.5)  # pacing, as above
+        await stream(api, "call-quiet", 4)
+        await stream(api, "call-patchy", 9)
+        await live_counters(page, "call-patchy", packets="4", gaps="6", duplicates="1")
+        await expect(page.locator("#sys-live")).to_have_text("2", timeout=WAIT_MS)
+        await screenshot(page, tmp_path)
+
+
+async def screenshot(page: Page, tmp_path: Path) -> None:
+    """Under the test's output, and at test-output/dashboard.png (git-ignored) for a person."""
+    taken = tmp_path / "dashboard.png"
+    await page.screenshot(path=str(taken), full_page=True)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(taken, SCREENSHOT)
+
+
+async def test_replay_of_a_failed_call_with_an_admin_key_moves_it_on(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    down = [TransientAIError("provider down")] * 2
+    ai.fail("transcription", *down)
+    keys_on = keyed(settings, ai_max_attempts=2)
+    async with callstream(keys_on, ai) as api, dashboard(browser, api) as page:
+        await expect(page.locator("#key-panel")).to_be_visible(timeout=WAIT_MS)
+        await page.locator("#key-input").fill(ADMIN)
+        await page.locator("#key-input").press("Enter")
+        await connected(page)
+
+        await stream(api, "call-dead", 0, 1, data="thank you so much")
+        await complete(api, "call-dead")
+        reason = cell(page, "failed", "call-dead", "reason")
+        await expect(reason).to_have_text(
+            "transcription failed after 2 attempts: provider down", timeout=WAIT_MS
+        )
+
+        await row(page, "failed", "call-dead").get_by_role("button", name="Replay").click()
+
+        await expect(row(page, "failed", "call-dead")).to_have_count(0, timeout=WAIT_MS)
+        await expect(page.locator("#replay-note")).to_have_text("Replay of call-dead accepted.")
+        await expect(cell(page, "finished", "call-dead", "sentiment")).to_have_text(
+            "positive 1.00", timeout=WAIT_MS
+        )
+        assert ai.count("transcription") == 3
+
+
+async def test_search_filters_by_call_id_and_every_column_sorts_by_click_or_keyboard(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    async with callstream(settings, ai) as api:
+        await stream(api, "alpha-1", 0, 1, 2)
+        await stream(api, "beta-2", 0)
+        await stream(api, "gamma-3", 0, 1)
+        async with dashboard(browser, api) as page:
+            await connected(page)
+            live = page.locator("#live-table tbody tr")
+            await expect(live).to_have_count(3, timeout=WAIT_MS)
+
+            search = page.locator("#search")
+            await search.fill("BETA")
+            await expect(live).to_have_count(1)
+            await expect(live.first).to_have_attribute("data-call-id", "beta-2")
+            await search.fill("nobody-here")
+            await expect(page.locator("#search-note")).to_have_text(
+                "No call matches “nobody-here”."
+            )
+            await search.fill("")
+            await expect(live).to_have_count(3)
+
+            packets = page.locator('#live-table th[data-key="packets"]')
+            await packets.get_by_role("button").click()
+            await expect(packets).to_have_attribute("aria-sort", "ascending")
+            await expect_order(live, ["beta-2", "gamma-3", "alpha-1"])
+
+            # From the keyboard: the headers are buttons, reached with Tab, pressed with Enter.
+            await search.focus()
+            for _ in range(4):  # Call, State, Duration, Packets
+                await page.keyboard.press("Tab")
+            focused = page.locator(":focus")
+            await expect(focused).to_have_text("Packets▲")
+            outline = await focused.evaluate("b => getComputedStyle(b).outlineStyle")
+            assert outline == "solid"  # the focus is visible
+            await page.keyboard.press("Enter")
+            await expect(packets).to_have_attribute("aria-sort", "descending")
+            await expect_order(live, ["alpha-1", "gamma-3", "beta-2"])
+
+            call = page.locator('#live-table th[data-key="id"]')
+            await call.get_by_role("button").click()
+            await expect(packets).not_to_have_attribute("aria-sort", "descending")
+            await expect(call).to_have_attribute("aria-sort", "ascending")
+            await expect_order(live, ["alpha-1", "beta-2", "gamma-3"])
+
+
+async def expect_order(rows: Locator, call_ids: list[str]) -> None:
+    for index, call_id in enumerate(call_ids):
+        await expect(rows.nth(index)).to_have_attribute("data-call-id", call_id, timeout=WAIT_MS)
+
+
+async def test_with_keys_on_the_page_asks_for_one_refuses_a_wrong_one_and_keeps_it_out_of_urls(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    ai.fail("transcription", PermanentAIError("unreadable"))
+    async with callstream(keyed(settings), ai) as api, dashboard(browser, api) as page:
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        panel, error = page.locator("#key-panel"), page.locator("#key-error")
+        await expect(panel).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#key-reason")).to_have_text(
+            "This Callstream needs a supervisor API key."
+        )
+        await expect(page.locator("#board")).to_be_hidden()
+
+        for key, refusal in [
+            ("not-a-key", "That key was refused: it is not a valid API key."),
+            (INGEST, "That key may not read calls: this API key's role (ingest) may not do"),
+        ]:
+            await page.locator("#key-input").fill(key)
+            await page.get_by_role("button", name="Connect").click()
+            await expect(error).to_contain_text(refusal, timeout=WAIT_MS)
+            await expect(page.locator("#board")).to_be_hidden()
+
+        await page.locator("#key-input").fill(SUPERVISOR)
+        await page.get_by_role("button", name="Connect").click()
+        await connected(page)
+        await expect(panel).to_be_hidden()
+
+        # A supervisor may look but not replay: the page says what it takes.
+        await stream(api, "call-x", 0)
+        await complete(api, "call-x")
+        await (
+            row(page, "failed", "call-x")
+            .get_by_role("button", name="Replay")
+            .click(timeout=WAIT_MS)
+        )
+        await expect(page.locator("#replay-note")).to_contain_text(
+            "Replay needs an admin key", timeout=WAIT_MS
+        )
+
+        # The key lives in this tab's sessionStorage, so a reload keeps it; never in a URL.
+        await page.reload()
+        await connected(page)
+        assert await page.evaluate("sessionStorage.getItem('callstream.apiKey')") == SUPERVISOR
+        assert urls
+        assert not [u for u in urls if any(k in u for k in (SUPERVISOR, INGEST))]
+
+
+async def test_the_feed_parser_reads_events_however_the_stream_is_cut_into_chunks(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    stream_text = (
+        ": connected\r\nretry: 1500\r\n\r\n"
+        'id: 1-0\r\nevent: state\r\ndata: {"a": 1}\r\n\r\n'
+        "id: 2-0\nevent: progress\ndata: line one\ndata:line two\n\n"
+        ": ping\n\n"
+        "event: reset\rdata: {}\r\r"
+        "data: no end yet"
+    )
+    async with callstream(settings, ai) as api, dashboard(browser, api) as page:
+        await connected(page)
+        # Every cut into two chunks, and one character at a time: the same events.
+        results = await page.evaluate(
+            """(text) => {
+                const parse = (chunks) => {
+                  const seen = [];
+                  const push = sseParser({
+                    onEvent: (event) => seen.push(event),
+                    onRetry: (ms) => seen.push({ retry: ms }),
+                  });
+                  chunks.forEach(push);
+                  return JSON.stringify(seen);
+                };
+                const cuts = [...Array(text.length + 1).keys()];
+                const all = cuts.map((at) => parse([text.slice(0, at), text.slice(at)]));
+                all.push(parse([...text]));
+                return [...new Set(all)].map((found) => JSON.parse(found));
+              }""",
+            stream_text,
+        )
+    assert results == [
+        [
+            {"retry": 1500},
+            {"type": "state", "data": '{"a": 1}', "id": "1-0"},
+            {"type": "progress", "data": "line one\nline two", "id": "2-0"},
+            {"type": "reset", "data": "{}", "id": "2-0"},  # the last id is kept, as specified
+        ]
+    ]
+
+
+async def test_the_feed_resumes_after_a_drop_with_last_event_id_and_starts_over_on_reset(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    asked: list[dict[str, str]] = []
+    stub_event = {"type": "state", "call_id": "call-from-before", "state": "IN_PROGRESS"}
+    answers = [
+        # The first connection gives one event, then drops.
+        f": connected\nretry: 100\n\nid: 5-0\nevent: state\ndata: {json.dumps(stub_event)}\n\n",
+        # The second finds its position gone: reset, then drops again.
+        'event: reset\ndata: {"type": "reset", "reason": "trimmed"}\n\n',
+    ]
+
+    stub_seen = asyncio.Event()
+
+    async def feed(route: Route) -> None:
+        asked.append(await route.request.all_headers())
+        if len(asked) == 2:
+            await stub_seen.wait()  # the reset only once the page has shown the stub's event
+        if len(asked) <= len(answers):
+            sse = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+            await route.fulfill(status=200, headers=sse, body=answers[len(asked) - 1])
+        else:  # then the real feed, from now on
+            headers = {k: v for k, v in asked[-1].items() if k != "last-event-id"}
+            await route.continue_(headers=headers)
+
+    async with callstream(settings, ai) as api:
+        await stream(api, "call-real", 0)
+        async with dashboard(browser, api, route=("**/v1/events", feed)) as page:
+            await expect(row(page, "live", "call-from-before")).to_have_count(1, timeout=WAIT_MS)
+            await expect(row(page, "live", "call-real")).to_have_count(1, timeout=WAIT_MS)
+            stub_seen.set()
+            # The reset re-read the calls: the stub's call, unknown to the API, is gone.
+            await expect(row(page, "live", "call-from-before")).to_have_count(0, timeout=WAIT_MS)
+            await connected(page)
+            await stream(api, "call-after", 0)
+            await expect(row(page, "live", "call-after")).to_have_count(1, timeout=WAIT_MS)
+    assert "last-event-id" not in asked[0]
+    assert asked[1]["last-event-id"] == "5-0"
+    assert asked[2]["last-event-id"] == "5-0"
