@@ -356,16 +356,20 @@ async function readFeed() {
   });
   if (!response.ok) throw await apiError(response);
   feed.lastHeardAt = Date.now();
-  setFeedStatus("connected", "Live feed connected");
-  // With no position to resume from, events before this moment are unknown: read the calls.
-  if (!feed.lastEventId) loadSnapshot();
 
   const push = sseParser({ onEvent: onFeedEvent, onRetry: (ms) => (feed.retryMs = ms) });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  for (;;) {
+  for (let first = true; ; first = false) {
     const { value, done } = await reader.read();
     if (done) return;
     feed.lastHeardAt = Date.now();
+    if (first) {
+      // The server writes its first bytes (": connected") once it has subscribed us. With no
+      // position to resume from, what happened before is unknown: read the calls now; events
+      // from here on wait for that read (loadSnapshot starts buffering before it awaits).
+      setFeedStatus("connected", "Live feed connected");
+      if (!feed.lastEventId) loadSnapshot();
+    }
     push(value);
   }
 }
