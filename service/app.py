@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(configured.log_level, configured.log_format)
         refuse_open_non_loopback(key_ring(configured), _bind_host())
         res = open_resources(configured)
+        res.feed.start()
         try:
             yield {"resources": res}
         finally:

@@ -5,9 +5,10 @@ holds a request for as long as its answer would be that `304`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,9 +19,10 @@ from starlette.responses import Response
 # Transcripts are personal data: no shared cache may keep them, and a private one must ask
 # again (cheaply, with If-None-Match) before it reuses an answer.
 CACHE_CONTROL = "private, no-cache"
-# How often a waiting request re-reads the call: one status read per interval, whatever the
-# number of waiting requests, so a slow-changing call costs 4 reads a second per waiter.
-POLL_INTERVAL_S = 0.25
+# A waiting request re-reads the call when the live feed tells of a change (a state, an AI
+# attempt, progress), and at least this often: a live call's counters change with every packet,
+# and its progress events may be off (EVENTS_PROGRESS_INTERVAL_S=0).
+POLL_INTERVAL_S = 1.0
 MAX_WAIT_S = 30.0
 
 # entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE (etagc excludes DQUOTE, so a comma may sit inside).
@@ -75,21 +77,47 @@ async def wait_for_change(
     wait_s: float,
     read: Callable[[], Awaitable[bytes]],
     disconnected: Callable[[], Awaitable[bool]],
+    changed: Callable[[float], Awaitable[None]],
 ) -> bytes:
-    """Re-read the answer every POLL_INTERVAL_S while it would still be a 304 for `condition`,
-    for at most `wait_s` seconds or until the client goes away; the last answer read.
-
-    Polling stands in for a push: once the live event feed of issue #11 exists, a waiter should
-    subscribe to its call's events instead of reading the stores on a timer."""
+    """Re-read the answer whenever `changed` says it may have changed (it returns then, or after
+    the time it is given), at least every POLL_INTERVAL_S, while it would still be a 304 for
+    `condition`: for at most `wait_s` seconds or until the client goes away. The last answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while condition.matches(etag_of(body)):
         remaining = deadline - loop.time()
         if remaining <= 0 or await disconnected():
             break
-        await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
+        await changed(min(POLL_INTERVAL_S, remaining))
         body = await read()
     return body
+
+
+@contextlib.asynccontextmanager
+async def woken_by(
+    events: AsyncIterator[object],
+) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+    """A `changed` for wait_for_change from a feed subscription: it returns as soon as an event
+    came since it last returned, or when its time is up."""
+    woken = asyncio.Event()
+
+    async def watch() -> None:
+        async for _ in events:
+            woken.set()
+
+    watcher = asyncio.create_task(watch())
+
+    async def changed(timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), timeout_s)
+        woken.clear()
+
+    try:
+        yield changed
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 IfNoneMatchHeader = Annotated[

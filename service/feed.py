@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from db.events import Event, EventLog, id_key
@@ -28,6 +29,7 @@ READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long for new events, then
 READ_BATCH = 500  # events per read
 HISTORY_PAGE = 500  # events per read while a subscriber catches up
 QUEUE_SIZE = 2_000  # events a subscriber may have waiting before it is lagging
+READY_TIMEOUT_S = 3.0  # a subscriber waits this long for a reader that cannot reach Redis
 RETRY_S = (0.1, 0.5, 1.0, 2.0)  # the reader's waits after Redis errors, then the last again
 
 
@@ -76,7 +78,7 @@ class FeedHub:
         self._subscribers: set[_Subscriber] = set()
         self._position = "0-0"  # the last event handed out; set when the reader starts
         self._reader: asyncio.Task[None] | None = None
-        self._starting = asyncio.Lock()
+        self._ready = asyncio.Event()  # the reader knows where the feed ends
 
     @property
     def subscribers(self) -> int:
@@ -89,7 +91,7 @@ class FeedHub:
         """Subscribed on entry: every event matching `wanted` from then on (or from after
         `resume_after`) comes out of the iterator it gives, in order; a Reset first if some of
         those are no longer kept. The subscription ends with the block."""
-        await self._start()
+        await self.ready()
         subscriber = _Subscriber(wanted)
         self._subscribers.add(subscriber)
         # From here on the reader offers it every event after this position.
@@ -132,19 +134,29 @@ class FeedHub:
                 return
             after = page[-1].id
 
-    async def _start(self) -> None:
-        if self._reader is not None:
-            return
-        async with self._starting:
-            if self._reader is None:
-                self._position = await self._log.last_id()
-                self._reader = asyncio.create_task(self._read(), name="feed-reader")
+    async def ready(self) -> None:
+        """Return once the reader knows where the feed ends; raise a Redis ConnectionError (a
+        503, like any request that finds Redis gone) if it cannot learn it soon."""
+        self.start()
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            raise RedisConnectionError("the event feed cannot reach Redis") from None
+
+    def start(self) -> None:
+        """Start the reader (the app's lifespan does: a task started inside a request would
+        live in that request's context). Subscribers wait until it knows where the feed ends."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="feed-reader")
 
     async def _read(self) -> None:
         failures = 0
         while True:
             try:
-                if failures:
+                if not self._ready.is_set():
+                    self._position = await self._log.last_id()
+                    self._ready.set()
+                elif failures:
                     await self._after_outage()
                 events = await self._reader_log.read_new(self._position, READ_BATCH, READ_BLOCK_MS)
                 failures = 0

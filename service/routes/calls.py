@@ -19,8 +19,10 @@ from service.conditional import (
     parse_if_none_match,
     render,
     wait_for_change,
+    woken_by,
 )
 from service.deps import CallId, ResourcesDep, SessionDep
+from service.feed import EventFilter
 from service.gate import actor_of
 from service.resources import ApiResources
 from service.schemas import (
@@ -74,9 +76,18 @@ async def get_call(
     if wait is not None:
         # Without If-None-Match the client is taken to have the answer of this moment.
         condition = condition or IfNoneMatch(any=False, tags=frozenset({etag_of(body)}))
-        body = await wait_for_change(
-            body, condition, wait, lambda: _status_body(res, call_id), request.is_disconnected
-        )
+        async with (
+            res.feed.subscribe(EventFilter(call_id=call_id)) as events,
+            woken_by(events) as changed,
+        ):
+            body = await wait_for_change(
+                body,
+                condition,
+                wait,
+                lambda: _status_body(res, call_id),
+                request.is_disconnected,
+                changed,
+            )
     return answer(body, condition)
 
 

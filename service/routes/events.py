@@ -92,6 +92,7 @@ async def event_stream(
     ] = None,
 ) -> EventSourceResponse:
     resume_after = last_event_id_header or last_event_id
+    await res.feed.ready()  # a 503 now rather than a stream that breaks once it started
     return EventSourceResponse(
         _server_sent(res.feed, _filter(call_id, state), resume_after),
         ping=res.settings.events_heartbeat_s,

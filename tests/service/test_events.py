@@ -16,9 +16,12 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from db.events import EventLog
+import service.feed as feed_module
+from db.events import Event, EventLog
 from db.keys import EVENTS
+from devstack.servers import free_port
 from service.app import create_app
+from service.feed import EventFilter, FeedHub
 from settings import Settings
 from tests.conftest import make_settings
 from tests.factories import packet
@@ -245,3 +248,39 @@ async def test_the_websocket_refuses_a_browser_from_another_origin(
     with pytest.raises(InvalidStatus):
         async with connect(url, origin="http://evil.example"):  # type: ignore[arg-type]
             pass
+
+
+async def test_a_feed_that_cannot_reach_redis_answers_503(server_urls: tuple[str, str]) -> None:
+    db_url, _ = server_urls
+    settings = make_settings(db_url, f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.2)
+    async with (
+        serving(create_app(settings)) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client,
+    ):
+        response = await client.get("/v1/events")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_subscriber_too_slow_for_its_queue_catches_up_from_redis_in_order(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "QUEUE_SIZE", 5)
+    log = EventLog(redis)
+    hub = FeedHub(EventLog(redis), log)
+    hub.start()
+    try:
+        async with hub.subscribe(EventFilter()) as events:
+            for n in range(40):  # far more than its queue holds, while it reads nothing
+                await log.publish({"type": "state", "call_id": f"c{n}", "state": "X"})
+            await asyncio.sleep(0.3)  # the reader has handed them all out by now
+            got = []
+            async for item in events:
+                assert isinstance(item, Event)
+                got.append(item.call_id)
+                if len(got) == 40:
+                    break
+        assert got == [f"c{n}" for n in range(40)]
+        assert hub.subscribers == 0
+    finally:
+        await hub.close()
