@@ -503,8 +503,9 @@ function callDuration(call, now) {
   return end === null ? null : Math.max(end - call.createdAt, 0);
 }
 
+// The step of the last AI attempt the feed reported (an attempt is reported once it ends).
 function aiStepText(call) {
-  if (!call.aiStep) return call.state === "COMPLETED" ? "queued" : "–";
+  if (!call.aiStep) return { COMPLETED: "queued", PROCESSING_AI: "started" }[call.state] ?? "–";
   return call.aiOutcome && call.aiOutcome !== "ok" ? `${call.aiStep} (${call.aiOutcome})`
     : call.aiStep;
 }
