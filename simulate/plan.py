@@ -68,12 +68,22 @@ class CallPlan:
     transport: Transport
     mood: Label  # the sentiment the call should get
     sentences: tuple[Sentence, ...]
-    frames: tuple[bytes, ...]
+    frame_count: int
     schedule: Schedule
 
     @property
     def audio_s(self) -> float:
-        return len(self.frames) * FRAME_S
+        return self.frame_count * FRAME_S
+
+    def frames(self) -> list[bytes]:
+        """The call's frames, built when it is sent: a thousand planned calls hold no audio."""
+        return speech.frames(call_audio(self.sentences))
+
+
+def call_audio(sentences: tuple[Sentence, ...]) -> bytes:
+    """A short silence, then the sentences with a pause between each two."""
+    spoken = (speech.synthesise(sentence.text) for sentence in sentences)
+    return speech.silence(LEAD_IN_MS) + speech.silence(PAUSE_MS).join(spoken)
 
 
 def schedule(frame_count: int, faults: Faults, rng: random.Random) -> Schedule:
@@ -139,10 +149,7 @@ def plan_calls(
     plans = []
     for index in range(count):
         mood, sentences = _script(sayable, rng)
-        audio = speech.silence(LEAD_IN_MS) + speech.silence(PAUSE_MS).join(
-            speech.synthesise(sentence.text) for sentence in sentences
-        )
-        frames = tuple(speech.frames(audio))
+        frame_count = len(speech.frames(call_audio(sentences)))
         chosen: Transport = TRANSPORTS[index % 2] if transport == "mixed" else transport
         plans.append(
             CallPlan(
@@ -150,8 +157,8 @@ def plan_calls(
                 transport=chosen,
                 mood=mood,
                 sentences=sentences,
-                frames=frames,
-                schedule=schedule(len(frames), faults, rng),
+                frame_count=frame_count,
+                schedule=schedule(frame_count, faults, rng),
             )
         )
     return plans

@@ -35,7 +35,7 @@ def counters_match(call: CallResult) -> bool | None:
     if record is None or call.sent is None or not call.sent.completed:
         return None
     expected = {
-        "packets_received": len(call.plan.frames) - len(schedule.lost),
+        "packets_received": call.plan.frame_count - len(schedule.lost),
         "missing_count": len(schedule.lost),
         "out_of_order_packets": len(schedule.reordered),
         "duplicate_packets": len(schedule.duplicated),

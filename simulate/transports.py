@@ -79,16 +79,17 @@ async def send_http(
 ) -> Sent:
     """The call's packets over HTTP (one request per `batch` deliveries), then complete."""
     sent = Sent()
+    frames = plan.frames()
     started = time.monotonic()
     deliveries = plan.schedule.deliveries
     for first in range(0, len(deliveries), batch):
         chunk = deliveries[first : first + batch]
         await pace.wait_for(started, chunk[-1].due_s)
         if batch == 1:
-            path, body = f"/v1/call/stream/{plan.call_id}", _packet(plan, chunk[0])
+            path, body = f"/v1/call/stream/{plan.call_id}", _packet(frames, chunk[0])
         else:
             path = f"/v1/call/stream/{plan.call_id}/batch"
-            body = {"packets": [_packet(plan, d) for d in chunk]}
+            body = {"packets": [_packet(frames, d) for d in chunk]}
         if not _accepted(await _post(client, path, body, sent), sent, "packet"):
             return sent
         sent.deliveries += len(chunk)
@@ -108,10 +109,10 @@ def _accepted(response: httpx.Response | None, sent: Sent, what: str) -> bool:
     return False
 
 
-def _packet(plan: CallPlan, delivery: Delivery) -> dict[str, Any]:
+def _packet(frames: Sequence[bytes], delivery: Delivery) -> dict[str, Any]:
     return {
         "sequence": delivery.sequence,
-        "data": base64.b64encode(plan.frames[delivery.sequence]).decode(),
+        "data": base64.b64encode(frames[delivery.sequence]).decode(),
         "timestamp": round(delivery.sequence * FRAME_S, 3),  # seconds from the call's start
     }
 
@@ -181,11 +182,12 @@ async def _stream(
     # Twilio numbers every message of the stream: start is 1, media from 2; chunk counts media.
     await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
     await ws.send(json.dumps(_start(plan, stream_sid)))
+    frames = plan.frames()
     started = time.monotonic()
     deliveries = plan.schedule.deliveries
     for delivery in deliveries:
         await pace.wait_for(started, delivery.due_s)
-        await ws.send(json.dumps(_media(plan, delivery, stream_sid)))
+        await ws.send(json.dumps(_media(frames, delivery, stream_sid)))
         sent.deliveries += 1
         sent.last_packet_at = time.time()
         on_sent(1)
@@ -209,7 +211,7 @@ def _start(plan: CallPlan, stream_sid: str) -> dict[str, Any]:
     }
 
 
-def _media(plan: CallPlan, delivery: Delivery, stream_sid: str) -> dict[str, Any]:
+def _media(frames: Sequence[bytes], delivery: Delivery, stream_sid: str) -> dict[str, Any]:
     return {
         "event": "media",
         "sequenceNumber": str(delivery.sequence + 2),
@@ -218,7 +220,7 @@ def _media(plan: CallPlan, delivery: Delivery, stream_sid: str) -> dict[str, Any
             "track": "inbound",
             "chunk": str(delivery.sequence + 1),
             "timestamp": str(round(delivery.sequence * FRAME_S * 1000)),
-            "payload": base64.b64encode(plan.frames[delivery.sequence]).decode(),
+            "payload": base64.b64encode(frames[delivery.sequence]).decode(),
         },
     }
 

@@ -83,20 +83,45 @@ async def test_batches_over_http_end_archived(
     assert "2 calls: 2 ARCHIVED" in out
 
 
-async def test_a_refused_key_is_said_plainly_and_nothing_is_sent(
+async def test_a_refused_key_is_said_plainly_and_stops_the_run(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ):
     keyed = settings.model_copy(
-        update={"ingest_api_keys": SecretStr("ingest-1"), "admin_api_keys": SecretStr("admin-1")}
+        update={
+            "ingest_api_keys": SecretStr("ingest-1"),
+            "supervisor_api_keys": SecretStr("reader-1"),
+            "admin_api_keys": SecretStr("admin-1"),
+        }
     )
+    reads_only = ["--api-key", "reader-1", "--calls", "2", *FAST]
     async with callstream(keyed) as url:
-        wrong = await simulate("--url", url, "--calls", "1", "--api-key", "nope", *FAST)
-        reader_only = await simulate("--url", url, "--calls", "1", "--api-key", "ingest-1", *FAST)
+        codes = [
+            await simulate("--url", url, "--calls", "1", "--api-key", "nope", *FAST),
+            await simulate("--url", url, "--calls", "1", "--api-key", "ingest-1", *FAST),
+            # Reading is allowed, sending is not: each transport stops at its first refusal.
+            await simulate("--url", url, "--transport", "http", *reads_only),
+            await simulate("--url", url, "--transport", "ws", *reads_only),
+        ]
     err = capsys.readouterr().err
-    assert (wrong, reader_only) == (1, 1)
-    assert "401 unauthenticated" in err
-    assert "403 forbidden" in err
-    assert "CALLSTREAM_API_KEY" in err  # and main returned: nothing escaped as a traceback
+    assert codes == [1, 1, 1, 1]  # and main returned: nothing escaped as a traceback
+    assert "reading calls (GET /v1/calls) was refused: 401 unauthenticated" in err
+    assert "reading calls (GET /v1/calls) was refused: 403 forbidden" in err
+    assert "POST /v1/call/stream/sim-" in err
+    assert "the media WebSocket was refused (HTTP 403)" in err
+    assert err.count("CALLSTREAM_READ_KEY") == 4  # every refusal says which keys to pass
+
+
+async def test_calls_the_server_refuses_are_reported_and_the_run_fails(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+):
+    tiny = settings.model_copy(update={"max_packet_data_bytes": 100})  # a frame is 216 in base64
+    async with callstream(tiny) as url:
+        code = await simulate("--url", url, "--calls", "2", "--transport", "mixed", *FAST)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "2 calls: 2 not final" in out
+    assert "packet refused: 413 payload_too_large" in out
+    assert "WebSocket closed with an error: payload_too_large" in out
 
 
 async def test_a_server_that_is_down_is_said_plainly(capsys: pytest.CaptureFixture[str]):

@@ -92,11 +92,12 @@ def test_a_call_says_sentences_of_one_mood_as_20_ms_frames():
     assert [p.call_id for p in plans] == [f"sim-abc-{i:04d}" for i in range(6)]
     assert [p.transport for p in plans] == ["http", "ws"] * 3
     for plan in plans:
-        assert {len(frame) for frame in plan.frames} == {160}
+        assert {len(frame) for frame in plan.frames()} == {160}
+        assert len(plan.frames()) == plan.frame_count
         assert 2 <= len(plan.sentences) <= 3
         polar = {s.label for s in plan.sentences} - {"neutral"}
         assert polar == ({plan.mood} if plan.mood != "neutral" else set())
-        assert len(plan.frames) == len(plan.schedule.lost) + len(
+        assert plan.frame_count == len(plan.schedule.lost) + len(
             {d.sequence for d in plan.schedule.deliveries}
         )
         assert all(s in speech.speakable() for s in plan.sentences)
