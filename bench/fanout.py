@@ -55,13 +55,13 @@ class Plan:
     subscribers: int = 500
     clients: int = 2  # load processes the subscribers are spread over
     latency_every: int = 5  # every 5th subscriber also records latencies
-    rates: tuple[float, ...] = (10, 20, 40, 80, 160, 320, 640)  # events/s, until one fails
+    rates: tuple[float, ...] = (2, 5, 10, 20, 40, 80, 160)  # events/s, until one fails
     refine: int = 2  # then this many bisections between the last sustained and the failed rate
     step_s: float = 4.0
     warmup_s: float = 1.0  # of each step, before the steady-state window
     grace_s: float = 8.0  # after a step, for the backlog to reach every subscriber
     idle_s: float = 3.0  # 500 subscribers connected, nothing published
-    ingest_rounds: int = 2
+    ingest_rounds: int = 3
     ingest_calls: int = 200
     ingest_packets: int = 150
     ingest_connections: int = 64
@@ -165,9 +165,34 @@ async def _line(proc: asyncio.subprocess.Process) -> bytes:
     return line
 
 
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+@dataclass(frozen=True)
+class Usage:
+    """A process's CPU seconds so far (user, system), and the seconds it was ready to run but
+    waited for a CPU (/proc/PID/schedstat): a server that falls behind while it waits is short
+    of cores (others' processes), not of speed."""
+
+    user: float
+    system: float
+    waited: float
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        times = psutil.Process(pid).cpu_times()
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                waited = int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            waited = float("nan")
+        return cls(float(times.user), float(times.system), waited)
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, before: Usage) -> Usage:
+        return Usage(
+            self.user - before.user, self.system - before.system, self.waited - before.waited
+        )
 
 
 async def reads(redis: Redis) -> dict[str, int]:
@@ -227,13 +252,13 @@ async def delivery_step(
 ) -> dict[str, Any]:
     count = max(1, round(rate * plan.step_s))
     start = await subs.snapshot()  # its latencies belong to the step before: dropped
-    reads0, cpu0 = await reads(redis), cpu_seconds(api_pid)
+    reads0, u0 = await reads(redis), Usage.of(api_pid)
     sending = asyncio.create_task(publish(log, rate, count))
     await asyncio.sleep(plan.warmup_s)
-    w0, wcpu0 = await subs.snapshot(), cpu_seconds(api_pid)
+    w0, wu0 = await subs.snapshot(), Usage.of(api_pid)
     latencies = w0.latencies
     publish_s = await sending
-    w1, wcpu1 = await subs.snapshot(), cpu_seconds(api_pid)
+    w1, window = await subs.snapshot(), Usage.of(api_pid) - wu0
     latencies += w1.latencies
     # The steady-state window: from the warmup to the last publish.
     window_s = w1.t - w0.t
@@ -248,7 +273,7 @@ async def delivery_step(
         end = await subs.snapshot()
         latencies += end.latencies
     drain_s = end.t - w1.t
-    cpu = cpu_seconds(api_pid) - cpu0
+    used = Usage.of(api_pid) - u0
     reads1 = await reads(redis)
     got = [e - s for e, s in zip(end.counts, start.counts, strict=True)]
     deliveries = sum(got)
@@ -270,8 +295,10 @@ async def delivery_step(
         "latency_p99_ms": 1000 * p99,
         "latency_max_ms": 1000 * max(latencies, default=float("nan")),
         "latency_samples": len(latencies),
-        "api_cpu_ms_per_1k": 1000 * 1000 * cpu / max(deliveries, 1),
-        "api_cpu_share": (wcpu1 - wcpu0) / window_s,  # of one core, in the window
+        "api_cpu_ms_per_1k": 1000 * 1000 * used.cpu / max(deliveries, 1),
+        "api_system_share": used.system / used.cpu if used.cpu else 0.0,  # of its CPU: kernel
+        "api_cpu_share": window.cpu / window_s,  # of one core, in the window
+        "api_wait_share": window.waited / window_s,  # ready to run, but no core free
         "client_cpu_share": client_cpu,  # of one core each, in the window
         "xread_per_event": (reads1["xread"] - reads0["xread"]) / count,
         "xrange_calls": reads1["xrange"] - reads0["xrange"],
@@ -294,18 +321,16 @@ def next_rate(steps: list[dict[str, Any]], plan: Plan) -> float | None:
     return None if rate in tried else rate
 
 
-async def delivery(
-    port: int, api_pid: int, redis: Redis, plan: Plan
-) -> dict[str, Any]:
+async def delivery(port: int, api_pid: int, redis: Redis, plan: Plan) -> dict[str, Any]:
     log = EventLog(redis)
     subs = await Subscribers.open(port, plan.subscribers, plan.clients, "", plan.latency_every)
     try:
-        cpu0, t0 = cpu_seconds(api_pid), time.perf_counter()
+        u0, t0 = Usage.of(api_pid), time.perf_counter()
         client0 = await subs.snapshot()
         await asyncio.sleep(plan.idle_s)
         client1 = await subs.snapshot()
         idle = {
-            "api_cpu_share": (cpu_seconds(api_pid) - cpu0) / (time.perf_counter() - t0),
+            "api_cpu_share": (Usage.of(api_pid) - u0).cpu / (time.perf_counter() - t0),
             "events": sum(client1.counts) - sum(client0.counts),
         }
         steps: list[dict[str, Any]] = []
@@ -332,7 +357,8 @@ def print_step(s: dict[str, Any]) -> None:
         f"{s['rate']:6.0f} ev/s: {s['delivered_per_s']:9,.0f} deliveries/s, "
         f"{'complete' if s['complete'] else 'INCOMPLETE'} (drain {s['drain_s']:.1f}s), "
         f"latency p50 {s['latency_p50_ms']:.1f} p99 {s['latency_p99_ms']:.1f} ms, "
-        f"API {s['api_cpu_ms_per_1k']:.1f} ms CPU/1k ({s['api_cpu_share']:.0%} of a core), "
+        f"API {s['api_cpu_ms_per_1k']:.1f} ms CPU/1k ({s['api_cpu_share']:.0%} of a core, "
+        f"waited {s['api_wait_share']:.0%}, kernel {s['api_system_share']:.0%}), "
         f"XREAD/event {s['xread_per_event']:.2f}, XRANGE {s['xrange_calls']}, clients "
         + "/".join(f"{c:.0%}" for c in s["client_cpu_share"])
     )
@@ -352,9 +378,9 @@ async def ingestion_round(
         work = single_packet_workload(
             f"{tag}-{config}", plan.ingest_calls, plan.ingest_packets, seed=3
         )
-        added0, cpu0 = await events_added(redis), cpu_seconds(api_pid)
+        added0, u0 = await events_added(redis), Usage.of(api_pid)
         result = await closed_loop(port, work.requests, plan.ingest_connections, plan.ingest_s)
-        loop_cpu = cpu_seconds(api_pid) - cpu0
+        in_loop = Usage.of(api_pid) - u0
         events = await events_added(redis) - added0
         wanted = 0 if config == "filtered" else events
         drain_s, delivered = 0.0, 0
@@ -366,7 +392,7 @@ async def ingestion_round(
                 await asyncio.sleep(SNAP_EVERY_S * 5)
                 snap = await subs.snapshot()
             drain_s, delivered = time.monotonic() - t0, sum(snap.counts)
-        total_cpu = cpu_seconds(api_pid) - cpu0
+        total_cpu = (Usage.of(api_pid) - u0).cpu
     finally:
         if subs is not None:
             await subs.close()
@@ -380,9 +406,11 @@ async def ingestion_round(
         "deliveries": delivered,
         "complete": delivered == wanted * (plan.subscribers if subs else 0),
         "drain_s": drain_s,
-        "cpu_us_per_packet_loop": 1e6 * loop_cpu / result.items,
+        "cpu_us_per_packet_loop": 1e6 * in_loop.cpu / result.items,
         "cpu_us_per_packet_all": 1e6 * total_cpu / result.items,
-        "api_cpu_share_loop": loop_cpu / result.elapsed_s,
+        "api_cpu_s": total_cpu,
+        "api_cpu_share_loop": in_loop.cpu / result.elapsed_s,
+        "api_wait_share_loop": in_loop.waited / result.elapsed_s,
     }
 
 
@@ -397,7 +425,8 @@ async def ingestion(port: int, api_pid: int, redis: Redis, plan: Plan) -> dict[s
             print(
                 f"ingestion, subscribers {config:8}: {r['packets_per_s']:7,.0f} packets/s, "
                 f"API {r['cpu_us_per_packet_loop']:.0f} us CPU/packet in the loop, "
-                f"{r['cpu_us_per_packet_all']:.0f} with the feed's drain ({r['drain_s']:.1f}s); "
+                f"{r['cpu_us_per_packet_all']:.0f} with the feed's drain ({r['drain_s']:.1f}s), "
+                f"{r['api_cpu_share_loop']:.0%} of a core, waited {r['api_wait_share_loop']:.0%}; "
                 f"{r['events']} events, {r['deliveries']} deliveries"
             )
             rounds.append(r)
@@ -423,6 +452,7 @@ async def measure(plan: Plan) -> dict[str, Any]:
         redis = Redis.from_url(stack.redis.url)
         try:
             figures: dict[str, Any] = {"plan": asdict(plan), "loadavg_start": loadavg()}
+            figures["latency_limit_ms"] = 1000 * LATENCY_LIMIT_S
             figures["delivery"] = await delivery(api.port, api.pid, redis, plan)
             figures["ingestion"] = await ingestion(api.port, api.pid, redis, plan)
             figures["loadavg_end"] = loadavg()
@@ -453,7 +483,9 @@ def main() -> int:
     figures = uvloop.run(measure(plan))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=1))
-    command = "python -m bench.fanout --write" + (f" --clients {args.clients}" if args.clients else "")
+    command = "python -m bench.fanout --write" + (
+        f" --clients {args.clients}" if args.clients else ""
+    )
     lines = fanout_report.section(figures, command)
     print("\n".join(lines))
     if args.write and not args.quick:

@@ -20,6 +20,7 @@ import asyncio
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import cast
 
 import orjson
@@ -64,6 +65,10 @@ class Subscriber(asyncio.Protocol):
             self.ready.set_exception(ConnectionError(f"feed closed before it opened: {exc}"))
 
 
+def _factory(subscriber: Subscriber) -> Callable[[], Subscriber]:
+    return lambda: subscriber
+
+
 def feed_request(query: str) -> bytes:
     path = "/v1/events" + (f"?{query}" if query else "")
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n\r\n".encode()
@@ -80,7 +85,7 @@ async def open_all(
     ]
     for start in range(0, subscribers, CONNECT_AT_ONCE):
         group = subs[start : start + CONNECT_AT_ONCE]
-        await asyncio.gather(*(loop.create_connection(lambda s=s: s, HOST, port) for s in group))
+        await asyncio.gather(*(loop.create_connection(_factory(s), HOST, port) for s in group))
         await asyncio.wait_for(asyncio.gather(*(s.ready for s in group)), 30)
     return subs
 
@@ -94,7 +99,7 @@ async def serve(port: int, subscribers: int, query: str, latency_every: int) -> 
     loop = asyncio.get_running_loop()
     commands = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
-    while (command := (await commands.readline()).strip()) == b"snap":
+    while (await commands.readline()).strip() == b"snap":
         snap = {
             "t": time.time(),
             "cpu": time.process_time(),
