@@ -53,6 +53,7 @@ function newCall(id) {
     aiStep: null,
     aiAttempt: null,
     aiOutcome: null,
+    aiError: null, // of the last attempt, shown on hover
     attempts: 0,
     completion: null, // explicit | idle | replay
     failure: null, // why it FAILED
@@ -117,7 +118,8 @@ function applyState(call, event) {
     call.completion = event.reason;
     if (event.reason === "replay") {
       // A replay starts the AI over: the old failure and attempt no longer describe it.
-      Object.assign(call, { failure: null, finishedAt: null, aiStep: null, aiAttempt: null });
+      Object.assign(call, { failure: null, finishedAt: null, aiStep: null, aiAttempt: null,
+        aiOutcome: null, aiError: null });
     } else {
       call.completedAt = event.at;
     }
@@ -137,9 +139,13 @@ function applyState(call, event) {
 
 function applyAttempt(call, event) {
   if (call.state === "IN_PROGRESS" || call.state === "COMPLETED") call.state = "PROCESSING_AI";
-  Object.assign(call, { aiStep: event.step, aiAttempt: event.attempt, aiOutcome: event.outcome });
+  Object.assign(call, {
+    aiStep: event.step,
+    aiAttempt: event.attempt,
+    aiOutcome: event.outcome,
+    aiError: event.error ?? null,
+  });
   call.attempts += 1;
-  if (event.outcome !== "ok" && event.error) call.failure = event.error;
 }
 
 function applyProgress(call, event) {
@@ -531,7 +537,8 @@ const TABLES = {
         text: (c, now) => ageText(c.lastPacketAt, now),
         cls: (c, now) => (c.state === "IN_PROGRESS" && ageOf(c.lastPacketAt, now) > STALE_PACKET_S
           ? "stale" : "") },
-      { key: "step", label: "AI step", value: aiStepText, text: aiStepText },
+      { key: "step", label: "AI step", value: aiStepText, text: aiStepText,
+        title: (c) => c.aiError ?? "" },
       { key: "attempt", label: "Attempt", num: true, value: (c) => c.aiAttempt,
         text: (c) => (c.aiAttempt ?? "–") },
     ],
