@@ -17,9 +17,11 @@ from arq.worker import Worker
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
+from redis.cluster import RedisCluster as SyncRedisCluster
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from devstack.cluster import EmbeddedRedisCluster
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 from jobs.resources import WorkerResources, make_resources
 from jobs.worker import make_functions
@@ -49,6 +51,34 @@ def server_urls() -> Iterator[tuple[str, str]]:
         finally:
             for server in reversed(started):
                 server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster (3 masters, a replica each), started on first use by a test that
+    asks for it, or TEST_REDIS_CLUSTER_URL; each such test starts with it empty."""
+    if url := os.environ.get("TEST_REDIS_CLUSTER_URL"):
+        yield url
+        return
+    cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start().url
+    finally:
+        cluster.stop()
+
+
+def connect_to_cluster(url: str) -> SyncRedisCluster:
+    """redis-py finds every node from the first one of a redis+cluster:// URL."""
+    scheme, nodes = url.split("://", 1)
+    first = f"{scheme.removesuffix('+cluster')}://{nodes.split(',')[0]}"
+    client: SyncRedisCluster = SyncRedisCluster.from_url(first)
+    return client
+
+
+@pytest.fixture
+def empty_cluster(redis_cluster_url: str) -> None:
+    with connect_to_cluster(redis_cluster_url) as client:
+        client.flushall(target_nodes=SyncRedisCluster.PRIMARIES)  # replicas follow
 
 
 def migrate(db_url: str, revision: str = "head") -> None:
@@ -109,6 +139,8 @@ def clean_stores(request: pytest.FixtureRequest) -> None:
     Sync on purpose: an async fixture cannot resolve other async fixtures by name."""
     if "server_urls" in request.fixturenames:
         request.getfixturevalue("empty_stores")
+    if "redis_cluster_url" in request.fixturenames:
+        request.getfixturevalue("empty_cluster")
 
 
 @pytest.fixture
