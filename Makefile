@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.backhalf --write
 	$(BIN)/python -m bench.access_cost --write
+	$(BIN)/python -m bench.fanout --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info
