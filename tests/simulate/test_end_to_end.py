@@ -58,17 +58,17 @@ async def test_calls_over_http_and_the_websocket_end_archived_and_the_summary_sa
 ):
     async with callstream(settings) as url:
         code = await simulate(
-            "--url", url, "--calls", "4", "--transport", "mixed", *FAST,
+            "--url", url, "--calls", "2", "--transport", "mixed", *FAST,
             "--loss", "0.05", "--reorder", "0.05", "--duplicate", "0.05",
         )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "4 calls: 4 ARCHIVED" in out
+    assert "2 calls: 2 ARCHIVED" in out
     assert "last packet → ARCHIVED: median" in out
     # What the network did to each call is exactly what the server counted.
-    assert "server counted exactly the losses, reorders and duplicates sent: 4 of 4 calls" in out
-    assert out.count(" http ") >= 2
-    assert out.count(" ws ") >= 2
+    assert "server counted exactly the losses, reorders and duplicates sent: 2 of 2 calls" in out
+    assert " http " in out
+    assert " ws " in out
 
 
 async def test_batches_over_http_end_archived(
