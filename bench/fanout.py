@@ -55,7 +55,7 @@ class Plan:
     subscribers: int = 500
     clients: int = 2  # load processes the subscribers are spread over
     latency_every: int = 5  # every 5th subscriber also records latencies
-    rates: tuple[float, ...] = (2, 5, 10, 20, 40, 80, 160)  # events/s, until one fails
+    rates: tuple[float, ...] = (1, 2, 5, 10, 20, 40, 80, 160)  # events/s, until one fails
     refine: int = 2  # then this many bisections between the last sustained and the failed rate
     step_s: float = 4.0
     warmup_s: float = 1.0  # of each step, before the steady-state window
