@@ -19,7 +19,7 @@ from rich.console import Console
 
 from simulate import speech
 from simulate.plan import MAX_SHARE, Faults
-from simulate.report import exit_code, summary_table, totals
+from simulate.report import exit_code, n_calls, summary_table, totals
 from simulate.run import Options, ServerProblem, simulate
 from simulate.transports import Pace
 
@@ -213,7 +213,7 @@ def _simulate(options: Options, err: Console) -> int:
     voice = "espeak-ng" if speech.speech_available() else "the shipped recordings (no espeak-ng)"
     say(
         err,
-        f"{options.calls} calls to {options.url} over {options.transport}, seed {options.seed}, "
+        f"{n_calls(options.calls)} to {options.url} over {options.transport}, seed {options.seed}, "
         f"speech from {voice}",
     )
     try:

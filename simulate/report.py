@@ -19,6 +19,10 @@ MAX_ROWS = 100  # beyond this the calls that went wrong are shown first, the res
 EXCERPT_CHARS = 48
 
 
+def n_calls(count: int) -> str:
+    return f"{count} call" if count == 1 else f"{count} calls"
+
+
 def seconds_to_final(call: CallResult) -> float | None:
     record, sent = call.seen.record, call.sent
     if not call.seen.final or record is None or sent is None or sent.last_packet_at is None:
@@ -116,7 +120,7 @@ def totals(result: RunResult) -> list[str]:
         state = call.seen.state if call.seen.final else "not final"
         states[state or "not final"] = states.get(state or "not final", 0) + 1
     ended = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-    lines = [f"{len(calls)} calls: {ended}"]
+    lines = [f"{n_calls(len(result.calls))}: {ended}"]
     archived = [call for call in calls if call.seen.state == "ARCHIVED"]
     times = sorted(t for t in map(seconds_to_final, archived) if t is not None)
     if times:
@@ -136,11 +140,11 @@ def totals(result: RunResult) -> list[str]:
     if checked:
         lines.append(
             f"server counted exactly the losses, reorders and duplicates sent: "
-            f"{sum(checked)} of {len(checked)} calls"
+            f"{sum(checked)} of {n_calls(len(checked))}"
         )
     labels = [(_label(call.seen.record), call.plan.mood) for call in archived]
     scored = [(label, mood) for label, mood in labels if label is not None]
     if scored:
         agree = sum(1 for label, mood in scored if label == mood)
-        lines.append(f"sentiment agrees with what was said: {agree} of {len(scored)} calls")
+        lines.append(f"sentiment agrees with what was said: {agree} of {n_calls(len(scored))}")
     return lines

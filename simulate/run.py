@@ -206,5 +206,16 @@ async def simulate(options: Options, console: Console) -> RunResult:
     plans = plan_calls(
         options.calls, options.transport, options.faults, random.Random(options.seed), run_id
     )
+    audio_s = sum(plan.audio_s for plan in plans)
+    if options.pace.speed is not None:
+        # Calls of similar length, `concurrency` at a time: the least sending can take.
+        least = audio_s / options.pace.speed / min(options.concurrency, len(plans))
+        console.print(
+            f"{audio_s:.0f}s of audio: sending takes {least:.0f}s or more at this pace, "
+            f"then at most {options.timeout_s:g}s of waiting for final states",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     with new_progress(console) as progress:
         return await Simulation(options, plans, progress).run()
