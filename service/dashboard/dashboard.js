@@ -836,6 +836,7 @@ function askForKey(error) {
   $("key-reason").textContent = hadKey ? "" : reason;
   $("key-error").textContent = hadKey ? reason : "";
   $("board").hidden = true;
+  $("search-box").hidden = true;
   $("forget-key").hidden = true;
   $("key-panel").hidden = false;
   setFeedStatus("down", "Not connected: an API key is needed");
@@ -866,6 +867,7 @@ async function start() {
   }
   $("key-panel").hidden = true;
   $("board").hidden = false;
+  $("search-box").hidden = false;
   $("forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
   feed.lastEventId = null; // a new session reads the calls afresh
   systemTimer = setTimeout(() => pollSystem(id), SYSTEM_POLL_MS);
