@@ -4,6 +4,7 @@ count (each lost frame a gap, each late frame out of order, each copy a duplicat
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 
@@ -101,3 +102,17 @@ def test_a_call_says_sentences_of_one_mood_as_20_ms_frames():
             {d.sequence for d in plan.schedule.deliveries}
         )
         assert all(s in speech.speakable() for s in plan.sentences)
+
+
+def test_without_espeak_calls_are_made_of_the_shipped_recordings(monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "espeak-ng" else real(name))
+    speech.synthesise.cache_clear()  # nothing synthesised before may leak in
+    try:
+        plans = plan_calls(9, "http", FAULTS, random.Random(4), run_id="rec")
+        assert {p.mood for p in plans} == {"positive", "negative", "neutral"}
+        for plan in plans:
+            assert set(plan.sentences) <= set(speech.SHIPPED)
+            assert len(plan.frames()) == plan.frame_count
+    finally:
+        speech.synthesise.cache_clear()
