@@ -135,6 +135,13 @@ def totals(result: RunResult) -> list[str]:
         f"sent {deliveries} frames ({audio_s:.1f}s of audio) in {result.sending_s:.1f}s, "
         f"then waited {result.waited_s:.1f}s" + (" (timed out)" if result.timed_out else "")
     )
+    sending = sum(call.sent.requests for call in calls if call.sent is not None)
+    retried = sum(call.sent.retries for call in calls if call.sent is not None)
+    reading = sum(call.seen.requests for call in calls)
+    lines.append(
+        f"requests: {sending} to send (WebSocket: one a call), {retried} of them repeated "
+        f"after 429/503; {reading} to follow the calls"
+    )
     matched = [counters_match(call) for call in calls]
     checked = [m for m in matched if m is not None]
     if checked:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,7 +30,6 @@ class Seen:
     final_seen_at: float | None = None  # epoch seconds
     error: str | None = None  # the last request that failed, while it is the latest news
     requests: int = 0
-    history: list[str] = field(default_factory=list)  # the states seen, in order
 
     @property
     def state(self) -> str | None:
@@ -89,8 +88,6 @@ class Watcher:
             return etag
         seen.error = None
         seen.record = response.json()
-        if not seen.history or seen.history[-1] != seen.state:
-            seen.history.append(str(seen.state))
         if seen.final and seen.final_seen_at is None:
             seen.final_seen_at = time.time()
         etag_now: str | None = response.headers.get("etag")
