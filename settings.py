@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     # A quiet feed connection gets a comment this often, so that proxies keep it open.
     events_heartbeat_s: float = Field(15.0, gt=0)
 
-    # The AI provider (the shipped mock by default)
-    ai_provider: str = "mock"
+    # The AI provider: mock (the shipped flaky mock, the default), local (pocketsphinx and
+    # vaderSentiment in a process pool, offline), openai (any OpenAI-compatible service).
+    ai_provider: Literal["mock", "local", "openai"] = "mock"
     ai_failure_rate: float = Field(0.25, ge=0.0, le=1.0)
     ai_latency_min_s: float = Field(1.0, ge=0.0)
     ai_latency_max_s: float = Field(3.0, ge=0.0)
@@ -98,6 +99,20 @@ class Settings(BaseSettings):
     # Requests to the provider at once, across every worker: set it to the provider's limit.
     # The mock has no limit of its own, so the default lets a large burst run at once.
     ai_max_concurrency: int = Field(1000, ge=1)
+    # AI_PROVIDER=openai: POST {AI_BASE_URL}/v1/audio/transcriptions with AI_TRANSCRIPTION_MODEL;
+    # sentiment by chat completions with AI_SENTIMENT_MODEL, or VADER here (AI_SENTIMENT=local).
+    ai_base_url: str | None = None
+    ai_api_key: SecretStr = SecretStr("")
+    ai_transcription_model: str | None = None
+    ai_sentiment_model: str | None = None
+    ai_sentiment: Literal["provider", "local"] = "provider"
+    # The provider's largest upload (OpenAI: 25 MB); a longer call's WAV is sent in parts.
+    ai_max_upload_bytes: int = Field(25_000_000, ge=64 * 1024)
+    # Extra seconds a transcription attempt (and the call's AI budget) gets per second of audio,
+    # within JOB_TIMEOUT_S. Unset: the provider's own (mock 0, local 1.5, openai 0.5).
+    ai_timeout_per_audio_s: float | None = Field(None, ge=0)
+    # What HTTP packets' data is (a media stream says its own, in start.mediaFormat).
+    packet_audio_encoding: str = "audio/x-mulaw;rate=8000"
 
     # The worker
     # Calls in flight per worker: jobs wait on I/O (the AI, the stores), so hundreds are cheap;
@@ -123,6 +138,31 @@ class Settings(BaseSettings):
         if self.ai_latency_min_s > self.ai_latency_max_s:
             raise ValueError("AI_LATENCY_MIN_S must not exceed AI_LATENCY_MAX_S")
         return self
+
+    @model_validator(mode="after")
+    def _ai_provider_is_complete(self) -> "Settings":
+        if self.ai_provider != "openai":
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("AI_BASE_URL (e.g. https://api.openai.com)", self.ai_base_url),
+                ("AI_TRANSCRIPTION_MODEL (e.g. whisper-1)", self.ai_transcription_model),
+            )
+            if not value
+        ]
+        if self.ai_sentiment == "provider" and not self.ai_sentiment_model:
+            missing.append(
+                "AI_SENTIMENT_MODEL (a chat model, e.g. gpt-4o-mini) or AI_SENTIMENT=local"
+            )
+        if missing:
+            raise ValueError("AI_PROVIDER=openai needs " + ", ".join(missing))
+        if not (self.ai_base_url or "").startswith(("http://", "https://")):
+            raise ValueError(
+                f"AI_BASE_URL must be an http:// or https:// URL, not {self.ai_base_url!r}"
+            )
+        return self
+
 
 
 @lru_cache

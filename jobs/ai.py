@@ -3,6 +3,12 @@
 AIError                   base of everything the provider can do wrong
 ├── TransientAIError      worth retrying: 5xx, timeouts, 429 (with retry_after)
 └── PermanentAIError      never retried: bad input, 4xx other than 429
+    └── UndecodableAudio  the call's data is not audio we can decode (jobs/audio.py)
+
+Providers: this mock (AI_PROVIDER=mock, the default), jobs/ai_local.py (local: pocketsphinx and
+vaderSentiment, offline) and jobs/ai_openai.py (openai: any OpenAI-compatible service); built by
+jobs/resources.py's make_ai_client. Each gets the call as a CallAudio (jobs/audio.py): the mock
+reads the packets' data as text, the real providers read the decoded audio.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from jobs.audio import CallAudio
 
 
 class AIError(Exception):
@@ -37,9 +46,12 @@ class Sentiment:
 
 
 class AIClient(Protocol):
-    async def transcribe(self, call_id: str, chunks: Sequence[str]) -> str: ...
+    async def transcribe(self, call_id: str, audio: CallAudio) -> str: ...
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment: ...
+
+    async def aclose(self) -> None:
+        """Let go of what the client holds (a process pool, HTTP connections)."""
 
 
 _POSITIVE = frozenset(
@@ -113,10 +125,13 @@ class MockAI:
         if rng.random() < self.failure_rate:
             raise TransientAIError(f"mock AI: {step} failed (simulated 503 Service Unavailable)")
 
-    async def transcribe(self, call_id: str, chunks: Sequence[str]) -> str:
+    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         await self._request(call_id, "transcription")
-        return transcript_of(chunks)
+        return transcript_of(await audio.texts())
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         await self._request(call_id, "sentiment")
         return sentiment_of(transcript)
+
+    async def aclose(self) -> None:
+        pass

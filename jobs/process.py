@@ -18,17 +18,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from core import metrics
 from core.logs import about
 from db import calls, worker_writes
+from db.call_audio import CallPackets
 from db.events import ATTEMPT, archived_extras, state_event
 from db.outages import postgres_refusal
 from db.states import TERMINAL_STATES, CallState
 from db.worker_writes import AttemptRecord, Claim
 from jobs.attempts import LeaseLost, RetryPolicy, StepExhausted, run_step
+from jobs.audio import CallAudio, allowance_for
 from jobs.flushing import Held, fail_held, flush_call
 from jobs.resources import WorkerResources
 
@@ -197,13 +199,13 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     deadline = time.monotonic() + policy.budget_s
     journal = _Journal(res, claim)
 
-    async def step(name: str, request: Callable[[], Awaitable[T]]) -> T:
+    async def step(name: str, request: Callable[[], Awaitable[T]], extra_s: float = 0.0) -> T:
         failed = claim.failed.get(name, 0)
         with res.stages.timing("ai"):
             return await run_step(
                 name,
                 request,
-                policy,
+                replace(policy, attempt_timeout_s=policy.attempt_timeout_s + extra_s),
                 journal.record,
                 failed,
                 deadline=deadline,
@@ -214,11 +216,14 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     try:
         transcript = claim.transcript
         if transcript is None:
-            chunks = held.chunks
-            if chunks is None:
-                async with res.sessions() as session:
-                    chunks = await calls.packet_data_in_order(session, call_id)
-            transcript = await step("transcription", lambda: res.ai.transcribe(call_id, chunks))
+            packets = CallPackets(res.sessions, call_id)
+            audio = CallAudio(call_id, packets, res.settings.packet_audio_encoding, held.chunks)
+            # A real provider's work grows with the call's audio: so do its timeout and budget.
+            extra_s = await allowance_for(res.settings, audio)
+            deadline += extra_s
+            transcript = await step(
+                "transcription", lambda: res.ai.transcribe(call_id, audio), extra_s
+            )
             # Kept at once: a worker that dies during sentiment must not cost a transcription.
             journal.transcript = transcript
             if not await journal.save():

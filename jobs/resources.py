@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core.audio import UnsupportedAudio, parse_format
 from core.ingestion import Ingestion, feed_limits, make_ingestion
 from db.ai_slots import AiSlots
 from db.engine import autocommit, make_engine, make_sessionmaker
@@ -19,6 +21,9 @@ from db.live import LiveCalls
 from db.redis_client import make_redis_pool
 from jobs.ai import AIClient, MockAI
 from jobs.ai_limit import AiLimiter
+from jobs.ai_local import LocalAI
+from jobs.ai_openai import OpenAICompatible
+from jobs.audio import timeout_per_audio_s, transcription_allowance_s
 from jobs.breaker import CircuitBreaker
 from jobs.heartbeat import LeaseKeeper
 from jobs.queue import queue_client
@@ -47,13 +52,32 @@ class WorkerResources:
 
     async def close(self) -> None:
         await self.lease_keeper.close()
+        await self.ai.aclose()
         await self.engine.dispose()
         await self.redis.connection_pool.aclose()
 
 
 def make_ai_client(settings: Settings) -> AIClient:
-    if settings.ai_provider != "mock":
-        raise ValueError(f"unknown AI_PROVIDER {settings.ai_provider!r}; this build ships 'mock'")
+    """The provider AI_PROVIDER names (settings.py checked that it has what it needs)."""
+    try:  # a wrong PACKET_AUDIO_ENCODING stops the worker at start, not every call later
+        parse_format(settings.packet_audio_encoding)
+    except UnsupportedAudio as exc:
+        raise ValueError(f"PACKET_AUDIO_ENCODING: {exc}") from None
+    if settings.ai_provider == "local":
+        return LocalAI(processes=ai_concurrency(settings))
+    if settings.ai_provider == "openai":
+        assert settings.ai_base_url
+        assert settings.ai_transcription_model
+        return OpenAICompatible(
+            settings.ai_base_url,
+            settings.ai_api_key,
+            settings.ai_transcription_model,
+            settings.ai_sentiment_model,
+            local_sentiment=settings.ai_sentiment == "local",
+            max_upload_bytes=settings.ai_max_upload_bytes,
+            request_timeout_s=settings.ai_attempt_timeout_s,
+            timeout_per_audio_s=timeout_per_audio_s(settings),
+        )
     return MockAI(
         failure_rate=settings.ai_failure_rate,
         latency_min_s=settings.ai_latency_min_s,
@@ -62,6 +86,20 @@ def make_ai_client(settings: Settings) -> AIClient:
         outage_period_s=settings.ai_outage_period_s,
         outage_duration_s=settings.ai_outage_duration_s,
     )
+
+
+def ai_concurrency(settings: Settings) -> int:
+    """AI_MAX_CONCURRENCY; the local provider's requests are CPU work on this machine, so for it
+    no more than the cores this process may use."""
+    if settings.ai_provider == "local":
+        return min(settings.ai_max_concurrency, len(os.sched_getaffinity(0)))
+    return settings.ai_max_concurrency
+
+
+def ai_slot_ttl_s(settings: Settings) -> float:
+    """A slot outlives the longest request it can cover (a dead worker's slot comes back then):
+    twice the attempt timeout, plus the most a transcription's timeout grows with its audio."""
+    return settings.ai_attempt_timeout_s * 2 + 5 + transcription_allowance_s(settings, float("inf"))
 
 
 def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerResources:
@@ -97,10 +135,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         breaker=CircuitBreaker(
             redis, settings.ai_breaker_threshold, settings.ai_breaker_cooldown_s
         ),
-        # A slot outlives the longest request it can cover; a dead worker's slot comes back then.
-        ai_limiter=AiLimiter(
-            AiSlots(redis, settings.ai_max_concurrency, settings.ai_attempt_timeout_s * 2 + 5)
-        ),
+        ai_limiter=AiLimiter(AiSlots(redis, ai_concurrency(settings), ai_slot_ttl_s(settings))),
         engine=engine,
         autocommit=autocommit(engine),
         sessions=make_sessionmaker(engine),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 
 from jobs.ai import AIError, Sentiment, sentiment_of, transcript_of
+from jobs.audio import CallAudio
 
 
 class ScriptedAI:
@@ -27,10 +27,13 @@ class ScriptedAI:
     def count(self, step: str) -> int:
         return sum(1 for _, s in self.requests if s == step)
 
-    async def transcribe(self, call_id: str, chunks: Sequence[str]) -> str:
+    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         self._next(call_id, "transcription")
-        return transcript_of(chunks)
+        return transcript_of(await audio.texts())
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         self._next(call_id, "sentiment")
         return sentiment_of(transcript)
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,289 @@
+"""AI_PROVIDER=openai: any service that speaks OpenAI's audio and chat API (OpenAI itself, a
+self-hosted faster-whisper server, vLLM).
+
+Transcription: POST {AI_BASE_URL}/v1/audio/transcriptions, multipart, the call's audio as a 16-bit
+mono WAV at the call's own rate, with AI_TRANSCRIPTION_MODEL. The audio is first spooled to a
+temporary file (memory stays bounded; the WAV header needs the exact length); a WAV larger than
+AI_MAX_UPLOAD_BYTES is sent in parts, each cut at the quietest 20 ms frame of its last seconds,
+transcribed in order and joined.
+
+Sentiment: chat completions with AI_SENTIMENT_MODEL and a JSON answer, or VADER in this process
+(AI_SENTIMENT=local).
+
+What the provider answers becomes (jobs/ai.py):
+- 429: TransientAIError with the provider's Retry-After (or retry-after-ms): run_step waits at
+  least that long and pauses every worker's slots (jobs/ai_limit.py) for it;
+- 408, 409, 5xx, a timeout, a connection refused or dropped: TransientAIError, retried;
+- any other 4xx (400, 401, 403, 404, 413...): PermanentAIError with the provider's own reason;
+  the call ends FAILED, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Any
+
+import httpx
+import numpy as np
+from pydantic import SecretStr
+
+from core.audio import WAV_HEADER_BYTES, quietest_cut, wav_header
+from jobs.ai import AIError, PermanentAIError, Sentiment, TransientAIError
+from jobs.ai_local import vader_sentiment
+from jobs.audio import CallAudio
+
+LABELS = ("positive", "neutral", "negative")
+MULTIPART_SLACK = 4096  # the form's other fields and boundaries, within the upload limit
+SEARCH_S = 10.0  # a part ends at the quietest frame of its last seconds
+COPY_BYTES = 64 * 1024
+CONNECT_TIMEOUT_S = 10.0
+# A chat model reads the end of a long call: how it ended says most about how it went.
+SENTIMENT_MAX_CHARS = 16_000
+SENTIMENT_PROMPT = (
+    "You rate the sentiment of a customer-service phone call from its transcript (automatic "
+    'speech recognition, so expect errors). Answer with JSON only: {"label": "positive" | '
+    '"neutral" | "negative", "score": a number from -1 (very negative) to 1 (very positive)}.'
+)
+
+
+class OpenAICompatible:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        transcription_model: str,
+        sentiment_model: str | None,
+        *,
+        local_sentiment: bool = False,
+        max_upload_bytes: int = 25_000_000,
+        request_timeout_s: float = 10.0,
+        timeout_per_audio_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not local_sentiment and not sentiment_model:
+            raise ValueError(
+                "sentiment needs a chat model (AI_SENTIMENT_MODEL) or AI_SENTIMENT=local"
+            )
+        self.transcription_model = transcription_model
+        self.sentiment_model = sentiment_model
+        self.local_sentiment = local_sentiment
+        self.max_upload_bytes = max_upload_bytes
+        self.request_timeout_s = request_timeout_s
+        self.timeout_per_audio_s = timeout_per_audio_s
+        key = api_key.get_secret_value()
+        self.client = httpx.AsyncClient(
+            base_url=api_root(base_url),
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=httpx.Timeout(
+                request_timeout_s, connect=min(request_timeout_s, CONNECT_TIMEOUT_S)
+            ),
+            transport=transport,
+        )
+
+    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
+        rate = (await audio.format()).rate
+        with tempfile.TemporaryFile() as spool:
+            size = 0
+            async for samples in audio.pcm():
+                size += spool.write(samples.astype("<i2").tobytes())
+            heard: list[str] = []
+            for start, end in parts(spool, size, rate, self._largest_part(rate)):
+                text = await self._transcribe_part(spool, start, end, rate)
+                if text:
+                    heard.append(text)
+        return " ".join(heard)
+
+    async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
+        if self.local_sentiment:
+            return await asyncio.to_thread(vader_sentiment, transcript)
+        if not transcript.strip():
+            return Sentiment("neutral", 0.0)  # nothing was said: nothing to ask about
+        request = {
+            "model": self.sentiment_model,
+            "messages": [
+                {"role": "system", "content": SENTIMENT_PROMPT},
+                {"role": "user", "content": transcript[-SENTIMENT_MAX_CHARS:]},
+            ],
+            "response_format": {"type": "json_object"},
+        }
+        response = await self._post("sentiment", "/v1/chat/completions", json=request)
+        return sentiment_from(_json(response, "chat completion"))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def _largest_part(self, rate: int) -> int:
+        """The most PCM bytes one upload may carry, in whole 20 ms frames."""
+        frame = rate // 50 * 2
+        room = self.max_upload_bytes - WAV_HEADER_BYTES - MULTIPART_SLACK
+        return max(room // frame, 1) * frame
+
+    async def _transcribe_part(self, spool: IO[bytes], start: int, end: int, rate: int) -> str:
+        boundary = uuid.uuid4().hex
+        fields = {"model": self.transcription_model, "response_format": "json"}
+        head, tail = _form(boundary, fields, "audio.wav", "audio/wav")
+        header = wav_header(end - start, rate)
+        body = _stream(head + header, spool, start, end, tail)
+        seconds = (end - start) / 2 / rate
+        response = await self._post(
+            "transcription",
+            "/v1/audio/transcriptions",
+            content=body,
+            headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(len(head) + len(header) + end - start + len(tail)),
+            },
+            timeout=self.request_timeout_s + self.timeout_per_audio_s * seconds,
+        )
+        answer = _json(response, "transcription")
+        text = answer.get("text") if isinstance(answer, dict) else None
+        if not isinstance(text, str):
+            raise PermanentAIError("the provider's transcription answer has no text")
+        return text.strip()
+
+    async def _post(self, what: str, path: str, **request: Any) -> httpx.Response:
+        started = time.monotonic()
+        try:
+            response = await self.client.post(path, **request)
+        except httpx.TimeoutException as exc:
+            took = time.monotonic() - started
+            raise TransientAIError(
+                f"provider: {what} timed out after {took:.1f}s ({exc!r})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise TransientAIError(f"provider: {what} connection failed: {exc!r}") from exc
+        if response.is_success:
+            return response
+        raise error_for(what, response)
+
+
+def api_root(base_url: str) -> str:
+    """AI_BASE_URL with or without its /v1 (as OpenAI's SDKs take it): the same root."""
+    root = base_url.rstrip("/")
+    return root.removesuffix("/v1")
+
+
+def error_for(what: str, response: httpx.Response) -> AIError:
+    status, reason = response.status_code, _reason(response)
+    said = f"provider refused the {what}: {status} {reason}"
+    if status == 429:
+        return TransientAIError(said, retry_after_s=retry_after_s(response.headers))
+    if status in (408, 409) or status >= 500:
+        return TransientAIError(said)
+    if status == 413:
+        said += "; AI_MAX_UPLOAD_BYTES must not exceed the provider's upload limit"
+    return PermanentAIError(said)
+
+
+def retry_after_s(headers: httpx.Headers) -> float | None:
+    """How long the provider asked us to wait: retry-after-ms (OpenAI's), else Retry-After in
+    seconds or as an HTTP date; None when it did not say."""
+    try:
+        if "retry-after-ms" in headers:
+            return max(float(headers["retry-after-ms"]) / 1000, 0.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        if value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        when = email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def sentiment_from(completion: Any) -> Sentiment:
+    """The label and score out of a chat completion whose message is the JSON asked for."""
+    try:
+        content = completion["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise PermanentAIError("the provider's answer is not a chat completion") from None
+    try:
+        answer = json.loads(content)
+        label, score = answer["label"], float(answer["score"])
+    except (ValueError, KeyError, TypeError):
+        # A model that did not follow the format this once may well follow it next time.
+        raise TransientAIError(
+            f"the sentiment model did not answer the JSON asked: {str(content)[:200]!r}"
+        ) from None
+    if label not in LABELS or not np.isfinite(score):
+        raise TransientAIError(
+            f"the sentiment model answered {label!r} {score}, not a label and a score"
+        )
+    return Sentiment(label, round(min(max(score, -1.0), 1.0), 3))
+
+
+def parts(spool: IO[bytes], size: int, rate: int, largest: int) -> Iterator[tuple[int, int]]:
+    """(start, end) byte ranges of the spooled PCM, each at most `largest` bytes, cut at the
+    quietest 20 ms frame of a part's last SEARCH_S seconds."""
+    frame = rate // 50 * 2
+    search = min(int(SEARCH_S * rate) * 2 // frame * frame, largest - frame)
+    start = 0
+    while size - start > largest:
+        window = start + largest - search
+        spool.seek(window)
+        samples = np.frombuffer(spool.read(search), dtype="<i2")
+        cut = window + quietest_cut(samples, 0, len(samples), frame // 2) * 2
+        cut = cut if cut > start else start + largest
+        yield start, cut
+        start = cut
+    if size > start:
+        yield start, size
+
+
+def _form(boundary: str, fields: dict[str, str], filename: str, mime: str) -> tuple[bytes, bytes]:
+    """The multipart form around one file: what comes before its bytes, and after."""
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    )
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
+    ).encode()
+    return head, f"\r\n--{boundary}--\r\n".encode()
+
+
+async def _stream(
+    head: bytes, spool: IO[bytes], start: int, end: int, tail: bytes
+) -> AsyncIterator[bytes]:
+    yield head
+    spool.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = spool.read(min(COPY_BYTES, left))
+        if not chunk:
+            raise PermanentAIError("the spooled audio ended early")  # never: we wrote it
+        left -= len(chunk)
+        yield chunk
+    yield tail
+
+
+def _reason(response: httpx.Response) -> str:
+    """The provider's own words: OpenAI's {"error": {"message"}}, else the body's start."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300].strip() or response.reason_phrase
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:300]
+    if isinstance(error, str):
+        return error[:300]
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])[:300]  # FastAPI-based servers (faster-whisper-server)
+    return response.text[:300]
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        start = response.text[:100]
+        raise PermanentAIError(f"the provider's {what} answer is not JSON: {start!r}") from None
