@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -114,14 +114,16 @@ class CallAudio:
         previous: tuple[int, int] | None = None  # (sequence, samples) of the last packet
         async for page in self._pages():
             parts: list[Samples] = []
-            for sequence, data in page:
-                samples = _decode_packet(sequence, data, fmt)
+            run: list[bytes] = []  # consecutive packets, decoded together
+            for sequence, raw in _raw_packets(page, fmt):
                 if previous is not None and sequence > previous[0] + 1:
                     frame = fmt.frame_samples() if facts.frame_from_format else previous[1]
                     silent = min((sequence - previous[0] - 1) * frame, gap_cap)
-                    parts.append(np.zeros(silent, dtype=np.int16))
-                parts.append(samples)
-                previous = (sequence, len(samples))
+                    parts += [decode(b"".join(run), fmt), np.zeros(silent, dtype=np.int16)]
+                    run = []
+                run.append(raw)
+                previous = (sequence, len(raw) // fmt.sample_bytes)
+            parts.append(decode(b"".join(run), fmt))
             yield np.concatenate(parts)
 
     async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
@@ -154,15 +156,16 @@ class CallAudio:
             after = page[-1][0]
 
 
-def _decode_packet(sequence: int, data: str, fmt: AudioFormat) -> Samples:
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise UndecodableAudio(f"packet {sequence}'s data is not base64") from None
-    try:
-        return decode(raw, fmt)
-    except UnsupportedAudio as exc:
-        raise UndecodableAudio(f"packet {sequence} is not {fmt}: {exc}") from None
+def _raw_packets(page: list[tuple[int, str]], fmt: AudioFormat) -> Iterator[tuple[int, bytes]]:
+    """Each packet's bytes, checked to be whole samples of the call's format."""
+    for sequence, data in page:
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise UndecodableAudio(f"packet {sequence}'s data is not base64") from None
+        if len(raw) % fmt.sample_bytes:
+            raise UndecodableAudio(f"packet {sequence} is not {fmt}: {len(raw)} bytes")
+        yield sequence, raw
 
 
 def _facts(figures: PacketFigures, default_format: str) -> AudioFacts:
