@@ -40,7 +40,7 @@ from jobs.audio import CallAudio
 
 LABELS = ("positive", "neutral", "negative")
 MULTIPART_SLACK = 4096  # the form's other fields and boundaries, within the upload limit
-SEARCH_S = 10.0  # a part ends at the quietest frame of its last seconds
+SEARCH_S = 10.0  # a part ends at the quietest frame of its last seconds (or tenth)
 COPY_BYTES = 64 * 1024
 CONNECT_TIMEOUT_S = 10.0
 # A chat model reads the end of a long call: how it ended says most about how it went.
@@ -221,9 +221,9 @@ def sentiment_from(completion: Any) -> Sentiment:
 
 def parts(spool: IO[bytes], size: int, rate: int, largest: int) -> Iterator[tuple[int, int]]:
     """(start, end) byte ranges of the spooled PCM, each at most `largest` bytes, cut at the
-    quietest 20 ms frame of a part's last SEARCH_S seconds."""
+    quietest 20 ms frame of a part's last tenth (SEARCH_S seconds at most)."""
     frame = rate // 50 * 2
-    search = min(int(SEARCH_S * rate) * 2 // frame * frame, largest - frame)
+    search = min(int(SEARCH_S * rate) * 2, largest // 10) // frame * frame
     start = 0
     while size - start > largest:
         window = start + largest - search
