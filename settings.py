@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from db.redis_client import is_cluster_url
+
 # Embedded defaults used by `make run`; `make run` exports the real URLs of the servers it starts.
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/callstream"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -18,7 +20,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     database_url: str = DEFAULT_DATABASE_URL
+    # The call keys: a single Redis (redis://, rediss://) or a Redis Cluster
+    # (redis+cluster://host:port[,host:port...], rediss+cluster:// for TLS; password as for
+    # redis://). arq's queue needs a single Redis: QUEUE_REDIS_URL, by default REDIS_URL when
+    # that is one (a cluster needs it set).
     redis_url: str = DEFAULT_REDIS_URL
+    queue_redis_url: str | None = None
 
     # Access (core/access.py): comma-separated API keys per role, or files of them (secrets).
     # With none at all, the API is open but serves loopback clients only.
@@ -133,6 +140,22 @@ class Settings(BaseSettings):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
 
+    @property
+    def queue_url(self) -> str:
+        """Where arq's queue lives (a single Redis)."""
+        return self.queue_redis_url or self.redis_url
+
+    @model_validator(mode="after")
+    def _queue_is_a_single_redis(self) -> "Settings":
+        if is_cluster_url(self.queue_url):
+            raise ValueError(
+                "REDIS_URL is a Redis Cluster: set QUEUE_REDIS_URL to a single Redis for the job "
+                "queue (arq does not support Redis Cluster)"
+                if self.queue_redis_url is None
+                else "QUEUE_REDIS_URL must be a single Redis (redis:// or rediss://)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _latency_range_is_ordered(self) -> "Settings":
         if self.ai_latency_min_s > self.ai_latency_max_s:
@@ -162,7 +185,6 @@ class Settings(BaseSettings):
                 f"AI_BASE_URL must be an http:// or https:// URL, not {self.ai_base_url!r}"
             )
         return self
-
 
 
 @lru_cache

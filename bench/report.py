@@ -224,7 +224,7 @@ def write_report(
         f" ({med(results, 'memory', 'bytes_per_packet'):,.0f} bytes per packet of 216 chars,"
         f" {last['memory']['packets_per_call']:.0f} packets per call).",
         f"- Keys of drained calls still present {drain['retention_wait_s']:.0f} s after the"
-        " drain with KEY_RETENTION_S=2 and COMPLETED_MARKER_RETENTION_S=2 (SCAN `{call:...`):"
+        " drain with KEY_RETENTION_S=2 and COMPLETED_MARKER_RETENTION_S=2 (SCAN `{s*}:call:...`):"
         f" {', '.join(str(d['keys_left']) for d in _drains(results))} (per drain, per run).",
         "- Durability setting, single-packet ingestion (closed loop, the two measured alternately"
         " in each run): `appendfsync everysec` (shipped)"

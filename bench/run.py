@@ -212,7 +212,7 @@ async def drain(
     # Key retention: every key of every finished call must be gone retention + margin later.
     wait = max(int(v) for v in RETENTION_ENV.values()) + 2.0
     await asyncio.sleep(wait)
-    left = [k async for k in redis.scan_iter(match=f"{{call:{prefix}-*", count=1000)]
+    left = [k async for k in redis.scan_iter(match=f"{{s*}}:call:{prefix}-*", count=1000)]
     for proc in procs:
         proc.terminate()
     return {

@@ -11,17 +11,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from core.errors import Overloaded
-from db.keys import PENDING_INDEX, call_keys
+from db.keys import call_keys
+from db.live import LiveCalls
+from db.redis_client import RedisClient
 
 REFRESH_S = 1.0
 
 
 @dataclass
 class Backlog:
-    redis: Redis
+    redis: RedisClient
     limit: int  # 0: no limit
     waiting: int = 0
     _read_at: float = field(default=float("-inf"))
@@ -30,7 +30,7 @@ class Backlog:
         now = time.monotonic()
         if now - self._read_at >= REFRESH_S:
             self._read_at = now
-            self.waiting = int(await self.redis.zcard(PENDING_INDEX))
+            self.waiting = (await LiveCalls(self.redis).counts()).pending
         return self.waiting
 
     async def over(self) -> bool:

@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
 
 from core import metrics
 from core.audit import audit
@@ -33,6 +32,7 @@ from core.errors import (
 from db.events import FeedLimits
 from db.intake import CallCap, CallCompleted, CallFull, CallIntake, CallLimits, Completion
 from db.packets import Outcome, PacketFields, PacketResult
+from db.redis_client import RedisClient
 from jobs.queue import enqueue_process_call
 from settings import Settings
 
@@ -257,7 +257,7 @@ def feed_limits(settings: Settings) -> FeedLimits:
 
 
 def make_ingestion(
-    redis: Redis, queue: ArqRedis, settings: Settings, *, pipelined: bool
+    redis: RedisClient, queue: ArqRedis, settings: Settings, *, pipelined: bool
 ) -> Ingestion:
     """`pipelined`: let concurrent requests share Redis round trips (the API, not the sweep)."""
     limits = Limits(

@@ -6,14 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-
 from db.keys import AI_SLOTS, AI_SLOTS_PAUSE
+from db.redis_client import RedisClient
 from db.scripts import Script, register
 
 
 class AiSlots:
-    def __init__(self, redis: Redis, limit: int, slot_ttl_s: float) -> None:
+    def __init__(self, redis: RedisClient, limit: int, slot_ttl_s: float) -> None:
         self.redis = redis
         self.limit = limit
         self.slot_ttl_ms = max(1, int(slot_ttl_s * 1000))

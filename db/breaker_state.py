@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from db.keys import AI_BREAKER, AI_BREAKER_PROBE
+from db.redis_client import RedisClient
 from db.scripts import Script, register
 
 
@@ -19,7 +18,7 @@ class BreakerSnapshot:
 
 
 class BreakerState:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._record_failure = register(redis, Script.BREAKER_FAILURE)
 

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
-from db.keys import EVENTS
+from db.keys import EVENTS, call_keys
+from db.redis_client import RedisClient, RedisPipeline, is_cluster
 
 # What an event is about; the `event:` name of a Server-Sent Event.
 STATE, ATTEMPT, PROGRESS = "state", "attempt", "progress"
@@ -88,13 +87,19 @@ def archived_extras(transcript: str | None, sentiment: tuple[str, float] | None)
     return extras
 
 
-def encode(body: Mapping[str, Any], now: float) -> dict[FieldT, EncodableT]:
-    """An event's stream entry (stamped `at` now unless it says otherwise)."""
-    return {_FIELD: orjson.dumps({"at": now, **body})}
+def payload(body: Mapping[str, Any], now: float | None = None) -> bytes:
+    """An event as stored (stamped `at` now unless it says otherwise); the scripts take it so."""
+    return orjson.dumps({"at": time.time() if now is None else now, **body})
+
+
+def feed_key(redis: RedisClient, call_id: str) -> str:
+    """Where a call's events are appended: the feed itself on a single Redis; on a cluster the
+    outbox of the call's shard (its slot), which the relay moves to the feed."""
+    return call_keys(call_id).shard.outbox if is_cluster(redis) else EVENTS
 
 
 class EventLog:
-    def __init__(self, redis: Redis, limits: FeedLimits | None = None) -> None:
+    def __init__(self, redis: RedisClient, limits: FeedLimits | None = None) -> None:
         self.redis = redis
         self.limits = limits or FeedLimits()
 
@@ -106,11 +111,13 @@ class EventLog:
             self.add(pipe, bodies)
             await pipe.execute()
 
-    def add(self, pipe: Pipeline, bodies: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, pipe: RedisPipeline, bodies: Sequence[Mapping[str, Any]]) -> None:
         """Append events as part of another pipeline (a transaction makes them atomic with it)."""
         now = time.time()
         for body in bodies:
-            pipe.xadd(EVENTS, encode(body, now), maxlen=self.limits.max_len, approximate=True)
+            entry: dict[FieldT, EncodableT] = {_FIELD: payload(body, now)}
+            key = feed_key(self.redis, str(body["call_id"]))
+            pipe.xadd(key, entry, maxlen=self.limits.max_len, approximate=True)
 
     async def last_id(self) -> str:
         """The newest event's id ("0-0" for an empty feed): where a new reader starts."""

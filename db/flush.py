@@ -7,11 +7,11 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
-from db.events import EventLog
-from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, call_keys
+from db.events import FeedLimits, feed_key, payload
+from db.keys import call_keys
 from db.packets import StoredPacket
+from db.redis_client import RedisClient
+from db.scripts import Script, register
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +26,10 @@ class FlushStart:
 
 
 class FlushSource:
-    def __init__(self, redis: Redis, events: EventLog | None = None) -> None:
+    def __init__(self, redis: RedisClient, feed: FeedLimits | None = None) -> None:
         self.redis = redis
-        self.events = events or EventLog(redis)
+        self.feed = feed or FeedLimits()
+        self._release = register(redis, Script.RELEASE)
 
     async def start(
         self, call_id: str, holder: str, lease_ttl_s: float, page_size: int
@@ -67,7 +68,7 @@ class FlushSource:
 
     async def forget_unflushed(self, call_id: str) -> None:
         """The call is in PostgreSQL now: the listing reads it from there."""
-        await self.redis.zrem(UNFLUSHED_INDEX, call_id)
+        await self.redis.zrem(call_keys(call_id).shard.unflushed, call_id)
 
     async def release(
         self,
@@ -80,17 +81,24 @@ class FlushSource:
         and publish `events` (the final state's) in the same atomic step: a call is released
         once its final event is out, and a re-run that finds it unreleased publishes again."""
         keys = call_keys(call_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self.events.add(pipe, events)
-            for key in keys.data:
-                pipe.expire(key, retention_s)
-            # The done marker outlives the data so late packets still get 409, not a new call.
-            pipe.expire(keys.done, marker_retention_s)
-            pipe.delete(keys.lease)
-            pipe.zrem(PENDING_INDEX, call_id)
-            pipe.zrem(UNFLUSHED_INDEX, call_id)
-            pipe.zrem(IDLE_INDEX, call_id)
-            await pipe.execute()
+        await self._release(
+            keys=[
+                keys.done,
+                keys.lease,
+                keys.shard.idle,
+                keys.shard.unflushed,
+                keys.shard.pending,
+                feed_key(self.redis, call_id),
+                *keys.data,
+            ],
+            args=[
+                call_id,
+                retention_s,
+                marker_retention_s,
+                self.feed.max_len,
+                *(payload(event) for event in events),
+            ],
+        )
 
 
 def _text(value: bytes | str) -> str:

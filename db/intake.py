@@ -10,12 +10,12 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
-from db.events import EventLog, FeedLimits, state_event
-from db.keys import EVENTS, IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, CallKeys, call_keys
+from db.events import FeedLimits, feed_key, payload, state_event
+from db.keys import CallKeys, call_keys
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import ScriptPipeline
+from db.redis_client import RedisClient
 from db.scripts import Script, register
 
 
@@ -65,7 +65,7 @@ class CallIntake:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         pipelined: bool = False,
         limits: CallLimits | None = None,
@@ -79,6 +79,7 @@ class CallIntake:
         self._pipeline = ScriptPipeline(redis) if pipelined else None
         self._ingest = register(redis, Script.INGEST)
         self._complete = register(redis, Script.COMPLETE)
+        self._replayed = register(redis, Script.REPLAYED)
 
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
         """Store packets in one round trip, or none of them: raises CallCompleted if the call is
@@ -95,7 +96,7 @@ class CallIntake:
             self.feed.max_len,
             self.feed.progress_interval_s,
         ]
-        script_keys = _ingest_keys(call_keys(call_id))
+        script_keys = _ingest_keys(call_keys(call_id), feed_key(self.redis, call_id))
         if self._pipeline is not None:
             raw = await self._pipeline.run(self._ingest, script_keys, args)
         else:
@@ -117,7 +118,13 @@ class CallIntake:
         """Complete a call once. With `idle_cutoff`, only if no packet came after it."""
         keys = call_keys(call_id)
         outcome, _state = await self._complete(
-            keys=[keys.meta, keys.done, IDLE_INDEX, PENDING_INDEX, EVENTS],
+            keys=[
+                keys.meta,
+                keys.done,
+                keys.shard.idle,
+                keys.shard.pending,
+                feed_key(self.redis, call_id),
+            ],
             args=[
                 call_id,
                 repr(time.time()),
@@ -137,22 +144,28 @@ class CallIntake:
     async def mark_replayed(self, call_id: str) -> None:
         """A dead letter was replayed (FAILED -> COMPLETED in PostgreSQL): put the call back
         under the reaper's watch, and tell the live feed, in one atomic step."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(PENDING_INDEX, {call_id: time.time()})
-            EventLog(self.redis, self.feed).add(pipe, [state_event(call_id, "COMPLETED", "replay")])
-            await pipe.execute()
+        now = time.time()
+        await self._replayed(
+            keys=[call_keys(call_id).shard.pending, feed_key(self.redis, call_id)],
+            args=[
+                call_id,
+                repr(now),
+                self.feed.max_len,
+                payload(state_event(call_id, "COMPLETED", "replay"), now),
+            ],
+        )
 
 
-def _ingest_keys(keys: CallKeys) -> list[str]:
-    """The keys of db/lua/ingest.lua, in its order."""
+def _ingest_keys(keys: CallKeys, events: str) -> list[str]:
+    """The keys of db/lua/ingest.lua, in its order: all in the call's slot."""
     return [
         keys.packets,
         keys.meta,
         keys.runs,
         keys.done,
-        IDLE_INDEX,
-        UNFLUSHED_INDEX,
+        keys.shard.idle,
+        keys.shard.unflushed,
         keys.legacy_seen,
         keys.legacy_seen_high,
-        EVENTS,
+        events,
     ]

@@ -1,27 +1,90 @@
-"""Redis key names. Every key of one call shares the hash tag {call:ID} (Redis Cluster ready)."""
+"""Redis key names, laid out for Redis Cluster: every script touches keys of one hash slot.
 
+Calls are spread over SHARDS shards by a stable hash of their id. A call's keys and its shard's
+indexes share the shard's hash tag, so the ingest and complete scripts (call keys + indexes) stay
+in one slot. The sweep, the reaper, the listing and the counts walk the shards.
+
+SHARDS is fixed for the life of the data: changing it renames keys (a shard's data would move).
+64 lets a cluster grow to 64 masters, each holding whole shards, which at the figures of
+BENCHMARKS.md is millions of Redis operations a second; walking 64 shards costs the sweep and
+/v1/system 64 small commands each, one round trip per node. The tags are chosen so that their
+slots are evenly spaced over the 16,384 (shard k lands in slots [k*256, (k+1)*256)): any even
+split of the slots over masters splits the shards evenly too. A single Redis has the same keys.
+"""
+
+import zlib
 from dataclasses import dataclass
+from functools import cache
 
-# Global indexes (sorted sets of call ids). They cross slots, so in Redis Cluster they would have
-# to be sharded; a single Redis (with AOF) is what we ship.
-IDLE_INDEX = "callstream:idle"  # IN_PROGRESS calls, scored by their last packet's arrival time
-UNFLUSHED_INDEX = "callstream:unflushed"  # calls not yet in PostgreSQL, scored by creation time
-PENDING_INDEX = "callstream:pending"  # completed calls not yet ARCHIVED/FAILED, by completion time
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-# The AI circuit breaker shared by all workers: a hash (failures, open_until) and its probe lock.
-AI_BREAKER = "callstream:ai_breaker"
-AI_BREAKER_PROBE = "callstream:ai_breaker:probe"
-# Per-key request counters of the current second (db/rate_limits.py): one key per API key and
-# second, global on purpose (every API process counts into it), gone after two seconds.
-RATE_PREFIX = "callstream:rate:"
+SHARDS = 64
+
+
+def _tag_for(shard: int) -> str:
+    """The first tag `{sK.N}` whose slot falls in shard K's even share of the slots."""
+    width = REDIS_CLUSTER_HASH_SLOTS // SHARDS
+    n = 0
+    while key_slot(f"s{shard}.{n}".encode()) // width != shard:
+        n += 1
+    return f"{{s{shard}.{n}}}"
+
+
+# Computed once at import (about 4,000 CRC16s): stable, since CRC16 and SHARDS are.
+SHARD_TAGS = tuple(_tag_for(k) for k in range(SHARDS))
+
+
+def shard_of(call_id: str) -> int:
+    """A call's shard: CRC32 of its id (stable across processes and versions, unlike hash())."""
+    return zlib.crc32(call_id.encode()) % SHARDS
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """One shard's indexes (sorted sets of call ids), in the shard's slot."""
+
+    idle: str  # IN_PROGRESS calls, scored by their last packet's arrival time
+    unflushed: str  # calls not yet in PostgreSQL, scored by creation time
+    pending: str  # completed calls not yet ARCHIVED/FAILED, by completion time
+    # The shard's event outbox on a cluster (db/events.py): the scripts append a call's events
+    # here, in its slot, and the relay moves them to the one feed. Unused on a single Redis.
+    outbox: str
+
+
+@cache
+def shard_keys(shard: int) -> ShardKeys:
+    tag = SHARD_TAGS[shard]
+    return ShardKeys(
+        idle=f"{tag}:idle",
+        unflushed=f"{tag}:unflushed",
+        pending=f"{tag}:pending",
+        outbox=f"{tag}:events",
+    )
+
+
+ALL_SHARDS = tuple(shard_keys(k) for k in range(SHARDS))
+
+# Deliberately single-slot keys: each is one piece of shared state that must be read and
+# changed atomically as a whole, and is touched a few times per call or per second, far below
+# what one node serves.
+# The AI circuit breaker shared by all workers: a hash (failures, open_until) and its probe lock;
+# one tag, since breaker_failure.lua changes both.
+AI_BREAKER = "{ai}:breaker"
+AI_BREAKER_PROBE = "{ai}:breaker:probe"
 # The AI concurrency limit shared by all workers: a sorted set of slot holders by expiry, and the
-# time until which nobody may call the provider (after a 429).
-AI_SLOTS = "callstream:ai_slots"
-AI_SLOTS_PAUSE = "callstream:ai_slots:pause"
-# The live event feed (db/events.py): a capped stream of every call's events. One key so that
-# readers resume from one increasing id; the scripts that change a call append to it in the same
-# step, which a Redis Cluster would refuse (another slot): there it has to be sharded.
-EVENTS = "callstream:events"
+# time until which nobody may call the provider (after a 429); one tag, one script.
+AI_SLOTS = "{ai}:slots"
+AI_SLOTS_PAUSE = "{ai}:slots:pause"
+# The live event feed (db/events.py): one capped stream, so that readers resume from one
+# increasing id. On a single Redis the scripts append to it directly; on a cluster they append
+# to their shard's outbox and the relay (jobs/feed_relay.py) moves the events here, exactly once,
+# recording how far it got per shard in FEED_CURSORS (same slot as the feed: one atomic step).
+EVENTS = "{feed}:events"
+FEED_CURSORS = "{feed}:cursors"
+FEED_RELAY_LEASE = "{feed}:relay"
+# Per-key request counters of the current second (db/rate_limits.py): one key per API key and
+# second (each its own slot: nothing reads two), gone after two seconds.
+RATE_PREFIX = "callstream:rate:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +100,7 @@ class CallKeys:
     # them expire.
     legacy_seen: str
     legacy_seen_high: str
+    shard: ShardKeys  # the indexes of the call's shard, in the same slot
 
     @property
     def data(self) -> tuple[str, ...]:
@@ -56,7 +120,8 @@ class CallKeys:
 
 
 def call_keys(call_id: str) -> CallKeys:
-    tag = f"{{call:{call_id}}}"
+    shard = shard_of(call_id)
+    tag = f"{SHARD_TAGS[shard]}:call:{call_id}"
     return CallKeys(
         packets=f"{tag}:packets",
         meta=f"{tag}:meta",
@@ -66,4 +131,5 @@ def call_keys(call_id: str) -> CallKeys:
         metadata=f"{tag}:metadata",
         legacy_seen=f"{tag}:seen",
         legacy_seen_high=f"{tag}:seen_high",
+        shard=shard_keys(shard),
     )

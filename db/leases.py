@@ -3,14 +3,14 @@ tells the reaper the worker died. Only the holder may renew or drop it."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from db.keys import call_keys
+from db.pipelining import run_scripts
+from db.redis_client import RedisClient
 from db.scripts import Script, register
 
 
 class Leases:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._renew = register(redis, Script.LEASE_RENEW)
         self._drop = register(redis, Script.LEASE_DROP)
@@ -29,12 +29,14 @@ class Leases:
         """Renew every lease in `held` (holder -> call id) in one round trip; holder -> renewed."""
         if not held:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for holder, call_id in held.items():
-                await self._renew(
-                    keys=[call_keys(call_id).lease], args=[holder, int(ttl_s * 1000)], client=pipe
-                )
-            results = await pipe.execute()
+        ttl_ms = int(ttl_s * 1000)
+        results = await run_scripts(
+            self.redis,
+            [(self._renew, [call_keys(c).lease], [holder, ttl_ms]) for holder, c in held.items()],
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
         return {holder: bool(r) for holder, r in zip(held, results, strict=True)}
 
     async def drop(self, call_id: str, holder: str) -> None:

@@ -3,13 +3,13 @@ the listing, the idle sweep and the reaper walk."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from redis.asyncio import Redis
-
-from db.keys import IDLE_INDEX, PENDING_INDEX, UNFLUSHED_INDEX, call_keys
+from db.keys import ALL_SHARDS, ShardKeys, call_keys
 from db.record import CallRecord, from_redis
+from db.redis_client import RedisClient, RedisPipeline
 from db.sequences import bits_set, missing_between, missing_between_runs
 
 
@@ -22,7 +22,7 @@ class IndexCounts:
 
 
 class LiveCalls:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
 
     async def get(self, call_id: str, missing_cap: int) -> CallRecord | None:
@@ -96,35 +96,62 @@ class LiveCalls:
         return missing_between(present, first, last, cap)
 
     async def idle(self, cutoff: float, limit: int = 1000) -> list[str]:
-        """IN_PROGRESS calls whose last packet came before `cutoff`."""
-        return _texts(await self.redis.zrangebyscore(IDLE_INDEX, "-inf", cutoff, 0, limit))
+        """IN_PROGRESS calls whose last packet came before `cutoff` (at most `limit`)."""
+        found = await self._each_shard(
+            lambda pipe, shard: pipe.zrangebyscore(shard.idle, "-inf", cutoff, 0, limit)
+        )
+        return [_text(m) for ids in found for m in ids][:limit]
 
     async def pending(self, completed_before: float, limit: int = 1000) -> list[str]:
         """Completed calls not yet ARCHIVED/FAILED, completed before the given time."""
-        ids = await self.redis.zrangebyscore(PENDING_INDEX, "-inf", completed_before, 0, limit)
-        return _texts(ids)
+        found = await self._each_shard(
+            lambda pipe, shard: pipe.zrangebyscore(
+                shard.pending, "-inf", completed_before, 0, limit
+            )
+        )
+        return [_text(m) for ids in found for m in ids][:limit]
 
     async def unflushed_page(
         self, before: tuple[float, str] | None, limit: int
     ) -> list[tuple[str, float]]:
-        """Calls not yet in PostgreSQL, newest first, strictly after the keyset `before`."""
+        """Calls not yet in PostgreSQL, newest first, strictly after the keyset `before`: the
+        newest of every shard, merged."""
         max_score: float | str = "+inf" if before is None else before[0]
-        raw = await self.redis.zrevrangebyscore(
-            UNFLUSHED_INDEX, max_score, "-inf", start=0, num=limit + 64, withscores=True
+        found = await self._each_shard(
+            lambda pipe, shard: pipe.zrevrangebyscore(
+                shard.unflushed, max_score, "-inf", start=0, num=limit + 64, withscores=True
+            )
         )
-        page = [(_text(member), float(score)) for member, score in raw]
+        page = [(_text(member), float(score)) for raw in found for member, score in raw]
         if before is not None:
             page = [(c, s) for c, s in page if (s, c) < (before[0], before[1])]
+        page.sort(key=lambda entry: (entry[1], entry[0]), reverse=True)
         return page[:limit]
 
     async def counts(self) -> IndexCounts:
+        def count(pipe: RedisPipeline, shard: ShardKeys) -> None:
+            pipe.zcard(shard.idle)
+            pipe.zcard(shard.unflushed)
+            pipe.zcard(shard.pending)
+            pipe.zrange(shard.pending, 0, 0, withscores=True)
+
+        found = await self._each_shard(count)
+        shards = [found[i : i + 4] for i in range(0, len(found), 4)]
+        oldest = [s[3][0][1] for s in shards if s[3]]
+        return IndexCounts(
+            sum(s[0] for s in shards),
+            sum(s[1] for s in shards),
+            sum(s[2] for s in shards),
+            min(oldest) if oldest else None,
+        )
+
+    async def _each_shard(self, queue: Callable[[RedisPipeline, ShardKeys], object]) -> list[Any]:
+        """The answers of `queue`'s commands for every shard, in shard order: one round trip
+        (per node, on a cluster)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(IDLE_INDEX)
-            pipe.zcard(UNFLUSHED_INDEX)
-            pipe.zcard(PENDING_INDEX)
-            pipe.zrange(PENDING_INDEX, 0, 0, withscores=True)
-            live, unflushed, pending, oldest = await pipe.execute()
-        return IndexCounts(live, unflushed, pending, oldest[0][1] if oldest else None)
+            for shard in ALL_SHARDS:
+                queue(pipe, shard)
+            return list(await pipe.execute())
 
 
 def _with_missing(call: CallRecord, missing: dict[str, list[int]]) -> CallRecord:

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from db.redis_client import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,7 @@ class _Call:
 
 
 class ScriptPipeline:
-    def __init__(self, redis: Redis, max_batch: int = 512) -> None:
+    def __init__(self, redis: RedisClient, max_batch: int = 512) -> None:
         self.redis = redis
         self.max_batch = max_batch
         self._pending: list[_Call] = []
@@ -56,21 +57,37 @@ class ScriptPipeline:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for call in batch:
-                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                results = await pipe.execute(raise_on_error=False)
+            results = await run_scripts(
+                self.redis, [(call.script, call.keys, call.args) for call in batch]
+            )
         except Exception as exc:
             for call in batch:
                 _settle(call, exc)
             return
         for call, result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError):  # Redis restarted: load it, run this one again
-                try:
-                    result = await call.script(keys=call.keys, args=call.args)
-                except Exception as exc:
-                    result = exc
             _settle(call, result)
+
+
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+
+
+async def run_scripts(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run script calls in one pipeline (one round trip per node on a cluster); each result is
+    its answer or the exception it raised. A script the node does not know (it restarted, or a
+    replica took over) is loaded and that call run again."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            # execute_command: redis-py's cluster pipeline refuses its evalsha() method (5.x),
+            # yet routes an EVALSHA by its keys like any command.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        results = list(await pipe.execute(raise_on_error=False))
+    for i, (script, keys, args) in enumerate(calls):
+        if isinstance(results[i], NoScriptError):
+            try:
+                results[i] = await script(keys=keys, args=args)
+            except Exception as exc:
+                results[i] = exc
+    return results
 
 
 def _settle(call: _Call, outcome: Any) -> None:

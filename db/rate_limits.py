@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 
-from redis.asyncio import Redis
-
 from db.keys import RATE_PREFIX
+from db.redis_client import RedisClient
 
 
 class RateLimits:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
 
     async def hit(self, subject: str, per_second: int) -> float | None:

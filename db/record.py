@@ -21,7 +21,9 @@ from db.states import CallState
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    redis: str | None = None  # field of {call:ID}:meta written by the ingest/complete scripts
+    redis: str | None = (
+        None  # field of the call's meta hash, written by the ingest/complete scripts
+    )
     column: str | None = None  # column of the `call` table
 
 
@@ -78,7 +80,7 @@ class CallRecord(BaseModel):
     metadata: Annotated[
         dict[str, Any] | None,
         Field(description="What a media stream's `start` message said of the call, else null."),
-        Stored(column="start_metadata"),  # live: its own key, {call:ID}:metadata (JSON)
+        Stored(column="start_metadata"),  # live: its own key, call_keys(id).metadata (JSON)
     ] = None
     created_at: Annotated[datetime, Stored("created_at", "created_at")]
     completed_at: Annotated[datetime | None, Stored("completed_at", "completed_at")]

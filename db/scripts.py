@@ -6,14 +6,19 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import cache
 from importlib import resources
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from db.redis_client import RedisClient
 
 
 class Script(StrEnum):
     INGEST = "ingest"  # a call's packets: dedup, append, ordering, gaps, counters
     COMPLETE = "complete"  # SET NX completion, idle and pending indexes
+    RELEASE = "release"  # a finished call's keys expire, its indexes and final events
+    REPLAYED = "replayed"  # a replayed dead letter: pending again, and its event
     LEASE_RENEW = "lease_renew"
     LEASE_DROP = "lease_drop"
     BREAKER_FAILURE = "breaker_failure"
@@ -27,5 +32,7 @@ def source(script: Script) -> str:
     return resources.files("db").joinpath("lua", f"{script.value}.lua").read_text()
 
 
-def register(redis: Redis, script: Script) -> AsyncScript:
-    return redis.register_script(source(script))
+def register(redis: RedisClient, script: Script) -> AsyncScript:
+    # AsyncScript needs only EVALSHA and SCRIPT LOAD, which a cluster client routes by the
+    # script's keys (and loads on the node that asks): its type names Redis alone.
+    return AsyncScript(cast(Redis, redis), source(script))

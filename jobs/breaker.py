@@ -17,10 +17,9 @@ import asyncio
 import logging
 import time
 
-from redis.asyncio import Redis
-
 from core import metrics
 from db.breaker_state import BreakerState
+from db.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 CLOSED_TRUST_S = 0.25
@@ -31,7 +30,7 @@ class BreakerOpen(Exception):
 
 
 class CircuitBreaker:
-    def __init__(self, redis: Redis, threshold: int, cooldown_s: float) -> None:
+    def __init__(self, redis: RedisClient, threshold: int, cooldown_s: float) -> None:
         self.state = BreakerState(redis)
         self.threshold = threshold
         self.cooldown_s = cooldown_s

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.audio import UnsupportedAudio, parse_format
@@ -18,7 +17,7 @@ from db.events import EventLog
 from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
-from db.redis_client import make_redis_pool
+from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.ai import AIClient, MockAI
 from jobs.ai_limit import AiLimiter
 from jobs.ai_local import LocalAI
@@ -34,7 +33,7 @@ from settings import Settings
 @dataclass(frozen=True)
 class WorkerResources:
     settings: Settings
-    redis: Redis  # the call keys
+    redis: RedisClient  # the call keys
     queue: ArqRedis  # arq's queue (the same pool today)
     ingestion: Ingestion  # completes idle calls, as the API completes the others
     live: LiveCalls
@@ -54,7 +53,7 @@ class WorkerResources:
         await self.lease_keeper.close()
         await self.ai.aclose()
         await self.engine.dispose()
-        await self.redis.connection_pool.aclose()
+        await close_redis(self.redis, self.queue.connection_pool)
 
 
 def make_ai_client(settings: Settings) -> AIClient:
@@ -112,14 +111,21 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         overflow=False,
     )
     # Longer reads than the API's: a worker may wait, a PBX's request may not.
-    pool = make_redis_pool(
+    redis = make_redis(
         settings.redis_url,
         max_connections=settings.worker_max_jobs * 2 + 10,
         connect_timeout_s=settings.redis_timeout_s,
         read_timeout_s=settings.redis_timeout_s * 5,
     )
-    redis = Redis(connection_pool=pool)
-    queue = queue_client(pool)
+    queue = queue_client(
+        queue_pool(
+            redis,
+            settings.queue_url,
+            settings.redis_url,
+            max_connections=64,
+            timeout_s=settings.redis_timeout_s * 5,
+        )
+    )
     leases = Leases(redis)
     events = EventLog(redis, feed_limits(settings))
     return WorkerResources(
@@ -128,7 +134,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         queue=queue,
         ingestion=make_ingestion(redis, queue, settings, pipelined=False),
         live=LiveCalls(redis),
-        flush=FlushSource(redis, events),
+        flush=FlushSource(redis, feed_limits(settings)),
         events=events,
         leases=leases,
         lease_keeper=LeaseKeeper(leases, settings.lease_ttl_s),

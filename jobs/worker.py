@@ -126,7 +126,7 @@ class WorkerSettings:
     )
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(_settings.redis_url)
+    redis_settings = RedisSettings.from_dsn(_settings.queue_url)
     max_jobs = _settings.worker_max_jobs
     job_timeout = _settings.job_timeout_s
     # PostgreSQL is the record; arq results would only pin job ids and block replays.

@@ -25,10 +25,11 @@ from db.events import Event, EventLog, id_key
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long for new events, then asks again
+READ_BLOCK_MS = 1_000  # the reader's XREAD waits this long for new events, then asks again
 READ_BATCH = 500  # events per read
 HISTORY_PAGE = 500  # events per read while a subscriber catches up
 QUEUE_SIZE = 2_000  # events a subscriber may have waiting before it is lagging
+CLOSE_WAIT_S = READ_BLOCK_MS / 1000 + 0.5  # close() waits at most this for the reader
 READY_TIMEOUT_S = 3.0  # a subscriber waits this long for a reader that cannot reach Redis
 RETRY_S = (0.1, 0.5, 1.0, 2.0)  # the reader's waits after Redis errors, then the last again
 
@@ -79,6 +80,7 @@ class FeedHub:
         self._position = "0-0"  # the last event handed out; set when the reader starts
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # the reader knows where the feed ends
+        self._closing = False
 
     @property
     def subscribers(self) -> int:
@@ -151,7 +153,7 @@ class FeedHub:
 
     async def _read(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 if not self._ready.is_set():
                     self._position = await self._log.last_id()
@@ -191,8 +193,10 @@ class FeedHub:
             self._position = events[-1].id
 
     async def close(self) -> None:
+        """Stop the reader. It also stops by itself after its current read: a cancelled XREAD
+        has been seen to finish its block first (under the test suite's lifespan runner)."""
+        self._closing = True
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
             self._reader = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.access import KeyRing, key_ring
@@ -15,7 +14,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.events import EventLog
 from db.live import LiveCalls
 from db.rate_limits import RateLimits
-from db.redis_client import make_redis_pool
+from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.queue import queue_client
 from service.feed import READ_BLOCK_MS, FeedHub
 from settings import Settings
@@ -25,7 +24,7 @@ from settings import Settings
 class ApiResources:
     settings: Settings
     keys: KeyRing  # who may do what (core/access.py)
-    redis: Redis  # the call keys
+    redis: RedisClient  # the call keys
     queue: ArqRedis  # arq's queue (the same pool today)
     ingestion: Ingestion
     live: LiveCalls
@@ -34,34 +33,39 @@ class ApiResources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     feed: FeedHub  # this process's one reader of the live event feed
-    feed_reader: Redis  # its connection: blocking reads, apart from the pool
+    feed_reader: RedisClient  # its connection: blocking reads, apart from the pool
 
     async def close(self) -> None:
         await self.feed.close()
-        await self.feed_reader.connection_pool.aclose()
+        await close_redis(self.feed_reader)
         await self.engine.dispose()
-        await self.redis.connection_pool.aclose()
+        await close_redis(self.redis, self.queue.connection_pool)
 
 
 def open_resources(settings: Settings) -> ApiResources:
     # The timeout bounds a 503 answer when Redis is gone: a second, never a hang.
-    pool = make_redis_pool(
+    redis = make_redis(
         settings.redis_url,
         max_connections=settings.redis_pool_size,
         connect_timeout_s=settings.redis_timeout_s,
         read_timeout_s=settings.redis_timeout_s,
     )
-    redis = Redis(connection_pool=pool)
-    queue = queue_client(pool)
+    queue = queue_client(
+        queue_pool(
+            redis,
+            settings.queue_url,
+            settings.redis_url,
+            max_connections=settings.redis_pool_size,
+            timeout_s=settings.redis_timeout_s,
+        )
+    )
     engine = make_engine(settings.database_url, pool_size=10, connect_timeout_s=2.0)
     # The feed's reader blocks in XREAD for READ_BLOCK_MS: its reads may take that much longer.
-    feed_reader = Redis(
-        connection_pool=make_redis_pool(
-            settings.redis_url,
-            max_connections=2,
-            connect_timeout_s=settings.redis_timeout_s,
-            read_timeout_s=READ_BLOCK_MS / 1000 + max(5.0, settings.redis_timeout_s),
-        )
+    feed_reader = make_redis(
+        settings.redis_url,
+        max_connections=2,
+        connect_timeout_s=settings.redis_timeout_s,
+        read_timeout_s=READ_BLOCK_MS / 1000 + max(5.0, settings.redis_timeout_s),
     )
     limits = feed_limits(settings)
     return ApiResources(

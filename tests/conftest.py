@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from alembic import command
@@ -21,6 +21,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from db.redis_client import close_redis, make_redis
 from devstack.cluster import EmbeddedRedisCluster
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 from jobs.resources import WorkerResources, make_resources
@@ -106,9 +107,28 @@ def make_settings(db_url: str, redis_url: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked both_topologies run twice: call keys on a single Redis, then on a real
+    Redis Cluster (the job queue stays on the single Redis, as QUEUE_REDIS_URL requires)."""
+    marked = metafunc.definition.get_closest_marker("both_topologies") is not None
+    if marked and "topology" in metafunc.fixturenames:
+        metafunc.parametrize("topology", ["single", "cluster"], indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def settings(server_urls: tuple[str, str]) -> Settings:
-    return make_settings(*server_urls)
+def topology(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="session")
+def settings(
+    server_urls: tuple[str, str], topology: str, request: pytest.FixtureRequest
+) -> Settings:
+    db_url, redis_url = server_urls
+    if topology == "cluster":
+        cluster_url = request.getfixturevalue("redis_cluster_url")
+        return make_settings(db_url, cluster_url, queue_redis_url=redis_url)
+    return make_settings(db_url, redis_url)
 
 
 @pytest.fixture(scope="session")
@@ -120,14 +140,28 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
+    """The call keys' store (a cluster client for the cluster topology: typed as Redis, since
+    tests use the commands both have)."""
+    client = make_redis(
+        settings.redis_url, max_connections=64, connect_timeout_s=2.0, read_timeout_s=10.0
+    )
+    yield cast(Redis, client)
+    await close_redis(client)
 
 
 @pytest.fixture
-async def empty_stores(redis: Redis, engine: AsyncEngine) -> None:
-    await redis.flushdb()
+async def queue(settings: Settings) -> AsyncIterator[Redis]:
+    """The job queue's Redis (QUEUE_REDIS_URL: the same as the call keys' on a single Redis)."""
+    async with Redis.from_url(settings.queue_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def empty_stores(redis: Redis, engine: AsyncEngine, settings: Settings) -> None:
+    await redis.flushdb()  # every master, on a cluster
+    if settings.queue_url != settings.redis_url:
+        async with Redis.from_url(settings.queue_url) as queue:
+            await queue.flushdb()
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE call, packet, ai_attempt, state_transition CASCADE"))
 
@@ -170,7 +204,7 @@ async def drain_queue(res: WorkerResources, **overrides: Any) -> Worker:
     settings = res.settings
     worker = Worker(
         functions=make_functions(settings.job_timeout_s),
-        redis_pool=ArqRedis.from_url(settings.redis_url),
+        redis_pool=ArqRedis.from_url(settings.queue_url),
         burst=True,
         poll_delay=0,
         handle_signals=False,

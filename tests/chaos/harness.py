@@ -263,10 +263,10 @@ async def lease_holders(stack: Stack) -> dict[str, str]:
     client = Redis.from_url(stack.redis_url)
     try:
         holders: dict[str, str] = {}
-        async for key in client.scan_iter(match="{call:*}:lease", count=1000):
+        async for key in client.scan_iter(match="{s*}:call:*:lease", count=1000):
             value = await client.get(key)
             if value is not None:
-                call_id = key.decode().removeprefix("{call:").removesuffix("}:lease")
+                call_id = key.decode().split(":call:", 1)[1].removesuffix(":lease")
                 holders[call_id] = value.decode()
         return holders
     finally:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.keys import IDLE_INDEX, PENDING_INDEX
+from db.live import LiveCalls
 from db.states import TERMINAL_STATES, CallState, can_transition
 from tests.chaos.harness import (
     Stack,
@@ -258,7 +258,8 @@ async def wait_quiescent(stack: Stack, engine: AsyncEngine, call_ids: set[str]) 
     async def settled() -> bool:
         try:
             rows = await _query(engine, "SELECT call_id, state FROM call")
-            pending = await redis.zcard(PENDING_INDEX) + await redis.zcard(IDLE_INDEX)
+            counts = await LiveCalls(redis).counts()
+            pending = counts.pending + counts.live
         except Exception:
             return False
         terminal = {str(c) for c, s in rows if CallState(str(s)) in TERMINAL_STATES}
@@ -270,7 +271,7 @@ async def wait_quiescent(stack: Stack, engine: AsyncEngine, call_ids: set[str]) 
         rows = await _query(engine, "SELECT call_id, state, lease_epoch, last_error FROM call")
         stuck = [r for r in rows if CallState(str(r[1])) not in TERMINAL_STATES]
         missing = call_ids - {str(r[0]) for r in rows}
-        pending = await redis.zrange(PENDING_INDEX, 0, -1)
+        pending = await LiveCalls(redis).pending(time.time() + 1, 10)
         raise AssertionError(
             f"not quiescent after 60s: stuck in PG {stuck[:10]}, "
             f"never flushed {sorted(missing)[:10]}, pending in Redis {pending[:10]}"

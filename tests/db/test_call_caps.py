@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from db.intake import CallCap, CallFull, CallIntake, CallLimits
-from db.keys import IDLE_INDEX, UNFLUSHED_INDEX, call_keys
+from db.keys import call_keys
 from db.packets import NewPacket, Outcome
 from settings import Settings
 
@@ -26,8 +26,8 @@ async def everything(redis: Redis, call_id: str) -> dict[str, Any]:
         "stream": await redis.xrange(keys.packets),
         "meta": await redis.hgetall(keys.meta),  # type: ignore[misc]
         "runs": await redis.zrange(keys.runs, 0, -1, withscores=True),
-        "idle": await redis.zscore(IDLE_INDEX, call_id),
-        "unflushed": await redis.zscore(UNFLUSHED_INDEX, call_id),
+        "idle": await redis.zscore(call_keys(call_id).shard.idle, call_id),
+        "unflushed": await redis.zscore(call_keys(call_id).shard.unflushed, call_id),
     }
 
 
@@ -123,7 +123,7 @@ def test_the_caps_fit_a_four_hour_call_and_match_the_settings():
 
 async def idle_clock(redis: Redis, call_id: str) -> tuple[float | None, bytes | None]:
     meta_time = await redis.hget(call_keys(call_id).meta, "last_packet_at")  # type: ignore[misc]
-    return await redis.zscore(IDLE_INDEX, call_id), meta_time
+    return await redis.zscore(call_keys(call_id).shard.idle, call_id), meta_time
 
 
 async def test_a_duplicate_does_not_move_the_idle_clock(redis: Redis):

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.intake import CallIntake
-from db.keys import PENDING_INDEX, UNFLUSHED_INDEX, call_keys
+from db.keys import call_keys
 from db.outages import is_outage, is_postgres_outage, postgres_refusal
 from db.packets import NewPacket
 from db.record import HASH_FIELDS
@@ -57,8 +57,8 @@ async def assert_finished_for_good(res: WorkerResources, call_id: str) -> None:
     assert 0 < await res.redis.ttl(keys.packets) <= res.settings.key_retention_s
     assert 0 < await res.redis.ttl(keys.meta) <= res.settings.key_retention_s
     assert await res.redis.ttl(keys.done) > 0
-    assert await res.redis.zscore(PENDING_INDEX, call_id) is None
-    assert await res.redis.zscore(UNFLUSHED_INDEX, call_id) is None
+    assert await res.redis.zscore(call_keys(call_id).shard.pending, call_id) is None
+    assert await res.redis.zscore(call_keys(call_id).shard.unflushed, call_id) is None
     assert await res.redis.zcard(default_queue_name) == 0
     await asyncio.sleep(0.3)  # past the reaper's grace (the lease TTL)
     assert await recover_orphaned_calls(res) == []

@@ -14,7 +14,7 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import calls
-from db.keys import PENDING_INDEX, call_keys
+from db.keys import call_keys
 from db.states import CallState
 from devstack.servers import free_port
 from jobs.ai import TransientAIError
@@ -26,6 +26,9 @@ from jobs.sweep import recover_orphaned_calls
 from service.app import create_asgi
 from settings import Settings
 from tests.factories import complete, scalar, send, send_all
+
+# Ingestion, completion, the worker and recovery hold on a Redis Cluster as on one Redis.
+pytestmark = pytest.mark.both_topologies
 
 
 def quick_lease(res: WorkerResources) -> WorkerResources:
@@ -39,7 +42,7 @@ async def test_reaper_reruns_a_job_whose_worker_died(
     await send_all(client, "orphan", [0, 1])
     await complete(client, "orphan")
     # A worker picked the job up and died: arq's in-progress marker stays, nobody renews a lease.
-    await res.redis.set(in_progress_key_prefix + call_job_id("orphan"), b"1", px=600_000)
+    await res.queue.set(in_progress_key_prefix + call_job_id("orphan"), b"1", px=600_000)
 
     await asyncio.sleep(0.25)
     assert await recover_orphaned_calls(res) == ["orphan"]
@@ -55,7 +58,7 @@ async def test_reaper_reenqueues_a_completion_whose_job_was_lost(
     await send(client, "lost", 0)
     await complete(client, "lost")
     # A crash between SET NX and the enqueue.
-    await res.redis.delete(default_queue_name, job_key_prefix + call_job_id("lost"))
+    await res.queue.delete(default_queue_name, job_key_prefix + call_job_id("lost"))
 
     await asyncio.sleep(0.25)
     assert await recover_orphaned_calls(res) == ["lost"]
@@ -83,10 +86,12 @@ async def test_reaper_releases_a_call_that_finished_but_kept_its_keys(
     await send(client, "done", 0)
     await complete(client, "done")
     await process_call(res, "done")
-    await res.redis.zadd(PENDING_INDEX, {"done": time.time() - 10})  # the release never happened
+    await res.redis.zadd(
+        call_keys("done").shard.pending, {"done": time.time() - 10}
+    )  # the release never happened
 
     assert await recover_orphaned_calls(res) == []
-    assert await res.redis.zscore(PENDING_INDEX, "done") is None
+    assert await res.redis.zscore(call_keys("done").shard.pending, "done") is None
 
 
 async def test_a_worker_with_a_stale_epoch_cannot_write(
@@ -194,8 +199,8 @@ async def test_reaper_finds_a_flushed_call_that_redis_forgot(
     await run_worker(res)
     assert (await client.post("/v1/calls/forgotten/retry")).status_code == 202
     # Redis loses the replay's queue entry and its pending mark (say, a crash before fsync).
-    await res.redis.delete(default_queue_name, job_key_prefix + call_job_id("forgotten"))
-    await res.redis.zrem(PENDING_INDEX, "forgotten")
+    await res.queue.delete(default_queue_name, job_key_prefix + call_job_id("forgotten"))
+    await res.redis.zrem(call_keys("forgotten").shard.pending, "forgotten")
 
     await asyncio.sleep(0.3)  # past the grace (the lease TTL): the row looks stalled
     assert await recover_orphaned_calls(res) == ["forgotten"]
@@ -207,7 +212,7 @@ async def test_reaper_finds_a_flushed_call_that_redis_forgot(
 async def test_a_job_for_a_call_nobody_knows_is_dropped_not_retried_forever(
     worker_resources: WorkerResources,
 ):
-    await worker_resources.redis.zadd(PENDING_INDEX, {"ghost": time.time() - 60})
+    await worker_resources.redis.zadd(call_keys("ghost").shard.pending, {"ghost": time.time() - 60})
 
     assert await process_call(worker_resources, "ghost") == "UNKNOWN"
-    assert await worker_resources.redis.zscore(PENDING_INDEX, "ghost") is None
+    assert await worker_resources.redis.zscore(call_keys("ghost").shard.pending, "ghost") is None

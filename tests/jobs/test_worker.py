@@ -6,15 +6,19 @@ import asyncio
 import dataclasses
 import time
 
+import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.keys import IDLE_INDEX, PENDING_INDEX, call_keys
+from db.keys import call_keys
 from jobs.ai import PermanentAIError, TransientAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources
 from tests.factories import complete, packet, rows, scalar, send, send_all, status
 from tests.fakes import ScriptedAI
+
+# Ingestion, completion, the worker and recovery hold on a Redis Cluster as on one Redis.
+pytestmark = pytest.mark.both_topologies
 
 
 async def test_a_call_goes_from_packets_to_archived_with_a_real_worker(
@@ -52,7 +56,7 @@ async def test_a_call_goes_from_packets_to_archived_with_a_real_worker(
     ]
     redis = worker_resources.redis
     assert 0 < await redis.ttl(call_keys("call-1").packets) <= 3600
-    assert await redis.zscore(PENDING_INDEX, "call-1") is None
+    assert await redis.zscore(call_keys("call-1").shard.pending, "call-1") is None
 
 
 async def test_missing_sequences_are_kept_when_the_call_is_flushed(client: AsyncClient, run_worker):
@@ -193,7 +197,7 @@ async def test_idle_calls_complete_by_themselves_through_the_sweep(
         await send(client, "chatty", 1)
 
         assert await complete_idle_calls(quick) == ["quiet"]
-        assert await quick.redis.zscore(IDLE_INDEX, "quiet") is None
+        assert await quick.redis.zscore(call_keys("quiet").shard.idle, "quiet") is None
         await run_worker(quick)
     finally:
         await quick.close()

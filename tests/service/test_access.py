@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.access import GRANTS, OPEN, Role, key_id, rule_for
+from db.keys import call_keys
 from devstack.commands import api_command
 from devstack.processes import free_port, stop_process, wait_for_port
 from service.app import create_app, create_asgi
@@ -248,7 +249,7 @@ async def test_a_media_stream_may_send_its_key_in_start_and_the_key_is_not_kept(
         await ws.send(json.dumps({"event": "stop"}))
         await ws.wait_closed()
     assert ws.close_code == 1000
-    kept = await redis.get("{call:CA-key}:metadata")
+    kept = await redis.get(call_keys("CA-key").metadata)
     assert kept is not None
     assert KEYS[Role.INGEST].encode() not in kept
 

@@ -9,8 +9,11 @@ from arq.constants import default_queue_name, job_key_prefix
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
-from db.keys import PENDING_INDEX
+from db.keys import call_keys
 from tests.factories import send
+
+# Ingestion, completion, the worker and recovery hold on a Redis Cluster as on one Redis.
+pytestmark = pytest.mark.both_topologies
 
 
 @pytest.fixture
@@ -18,16 +21,18 @@ def client(both_paths: AsyncClient) -> AsyncClient:
     return both_paths
 
 
-async def test_first_complete_answers_202_and_queues_one_job(client: AsyncClient, redis: Redis):
+async def test_first_complete_answers_202_and_queues_one_job(
+    client: AsyncClient, redis: Redis, queue: Redis
+):
     await send(client, "call-1", 0)
 
     response = await client.post("/v1/call/complete/call-1")
 
     assert response.status_code == 202
     assert response.json() == {"call_id": "call-1", "state": "COMPLETED"}
-    assert await redis.zrange(default_queue_name, 0, -1) == [b"call:call-1"]
-    assert await redis.exists(job_key_prefix + "call:call-1")
-    assert await redis.zscore(PENDING_INDEX, "call-1") is not None
+    assert await queue.zrange(default_queue_name, 0, -1) == [b"call:call-1"]
+    assert await queue.exists(job_key_prefix + "call:call-1")
+    assert await redis.zscore(call_keys("call-1").shard.pending, "call-1") is not None
 
 
 async def test_later_completes_answer_200_with_the_current_state(client: AsyncClient):
@@ -48,7 +53,7 @@ async def test_complete_of_a_call_that_never_sent_a_packet_is_404(client: AsyncC
     assert await redis.dbsize() == 0
 
 
-async def test_100_concurrent_completes_give_one_202_and_one_job(client: AsyncClient, redis: Redis):
+async def test_100_concurrent_completes_give_one_202_and_one_job(client: AsyncClient, queue: Redis):
     await send(client, "race", 0)
 
     responses = await asyncio.gather(*(client.post("/v1/call/complete/race") for _ in range(100)))
@@ -56,7 +61,7 @@ async def test_100_concurrent_completes_give_one_202_and_one_job(client: AsyncCl
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 99 + [202]
     assert all(r.json()["state"] == "COMPLETED" for r in responses)
-    assert await redis.zcard(default_queue_name) == 1
+    assert await queue.zcard(default_queue_name) == 1
 
 
 async def test_complete_of_an_archived_call_reports_archived(client: AsyncClient, run_worker):
@@ -104,4 +109,4 @@ async def test_past_the_backlog_limit_new_calls_get_503_and_live_calls_go_on(
     assert int(new.headers["retry-after"]) >= 1
     assert live.status_code == 202
     assert ready["checks"]["backlog"].startswith("full")
-    assert not await redis.exists("{call:new-call}:meta")
+    assert not await redis.exists(call_keys("new-call").meta)

@@ -15,6 +15,9 @@ from service.app import create_asgi
 from settings import Settings
 from tests.factories import packet, send, send_all
 
+# Ingestion, completion, the worker and recovery hold on a Redis Cluster as on one Redis.
+pytestmark = pytest.mark.both_topologies
+
 
 @pytest.fixture
 def client(both_paths: AsyncClient) -> AsyncClient:
