@@ -45,6 +45,11 @@ class FeedLimits:
 class Event:
     id: str
     body: dict[str, Any]  # type, call_id, state, at, and the type's own fields
+    wire: bytes = b""  # the event as its readers get it (JSON with its id): encoded once
+
+    def __post_init__(self) -> None:
+        if not self.wire:
+            object.__setattr__(self, "wire", orjson.dumps({"id": self.id, **self.body}))
 
     @property
     def type(self) -> str:
@@ -60,7 +65,7 @@ class Event:
 
     def json(self) -> bytes:
         """The event as its readers get it: the body with its id."""
-        return orjson.dumps({"id": self.id, **self.body})
+        return self.wire
 
 
 def is_event_id(value: str) -> bool:

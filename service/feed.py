@@ -53,6 +53,26 @@ class EventFilter:
         return not self.states or event.state in self.states
 
 
+async def _drain(queue: asyncio.Queue[Event | Reset]) -> list[Event | Reset]:
+    """The next item, and every other one already waiting."""
+    ready = [await queue.get()]
+    while not queue.empty():
+        ready.append(queue.get_nowait())
+    return ready
+
+
+def _after(position: str, items: list[Event | Reset]) -> tuple[list[Event | Reset], str]:
+    """The items not yet delivered (events after `position`), and the new position."""
+    batch: list[Event | Reset] = []
+    for item in items:
+        if isinstance(item, Event):
+            if id_key(item.id) <= id_key(position):
+                continue
+            position = item.id
+        batch.append(item)
+    return batch, position
+
+
 @dataclass(eq=False)
 class _Subscriber:
     wanted: EventFilter
@@ -89,49 +109,64 @@ class FeedHub:
     @contextlib.asynccontextmanager
     async def subscribe(
         self, wanted: EventFilter, resume_after: str | None = None
-    ) -> AsyncIterator[AsyncIterator[Event | Reset]]:
+    ) -> AsyncIterator[AsyncIterator[list[Event | Reset]]]:
         """Subscribed on entry: every event matching `wanted` from then on (or from after
-        `resume_after`) comes out of the iterator it gives, in order; a Reset first if some of
-        those are no longer kept. The subscription ends with the block."""
+        `resume_after`) comes out of the iterator it gives, in order, as batches of whatever is
+        ready (a transport writes a batch at once); a Reset first if some of those are no
+        longer kept. The subscription ends with the block."""
         await self.ready()
         subscriber = _Subscriber(wanted)
         self._subscribers.add(subscriber)
         # From here on the reader offers it every event after this position.
         joined_at = self._position
         try:
-            yield self._events(subscriber, joined_at, resume_after)
+            yield self._batches(subscriber, joined_at, resume_after)
         finally:
             self._subscribers.discard(subscriber)
 
-    async def _events(
+    async def _batches(
         self, subscriber: _Subscriber, joined_at: str, resume_after: str | None
-    ) -> AsyncIterator[Event | Reset]:
+    ) -> AsyncIterator[list[Event | Reset]]:
         wanted, position = subscriber.wanted, joined_at
         if resume_after is not None and id_key(resume_after) < id_key(joined_at):
-            if await self._log.lost_since(resume_after):
-                yield Reset("the feed no longer holds the events after the given id")
-            async for event in self._history(wanted, resume_after, joined_at):
-                yield event
+            async for batch in self._missed(wanted, resume_after, joined_at):
+                yield batch
+        elif resume_after is not None:
+            # The client saw events this process's reader has not handed out yet (it read them
+            # from another API process): they will come through the queue; skip them.
+            position = resume_after
         while True:
             if subscriber.lagging and subscriber.queue.empty():
                 # Drained what it had: read the rest from Redis, then rejoin the reader.
                 subscriber.lagging, caught_up_to = False, self._position
-                async for event in self._history(wanted, position, caught_up_to):
-                    position = event.id
-                    yield event
-                position = caught_up_to
+                if id_key(position) < id_key(caught_up_to):
+                    async for page in self._history(wanted, position, caught_up_to):
+                        yield list(page)
+                    position = caught_up_to
                 continue
-            item = await subscriber.queue.get()
-            if isinstance(item, Event):
-                position = item.id
-            yield item
+            batch, position = _after(position, await _drain(subscriber.queue))
+            if batch:
+                yield batch
 
-    async def _history(self, wanted: EventFilter, after: str, until: str) -> AsyncIterator[Event]:
+    async def _missed(
+        self, wanted: EventFilter, resume_after: str, joined_at: str
+    ) -> AsyncIterator[list[Event | Reset]]:
+        """What a resuming subscriber missed before it joined, from Redis; a Reset first if
+        the feed no longer holds all of it."""
+        if await self._log.lost_since(resume_after):
+            yield [Reset("the feed no longer holds the events after the given id")]
+        async for page in self._history(wanted, resume_after, joined_at):
+            yield list(page)
+
+    async def _history(
+        self, wanted: EventFilter, after: str, until: str
+    ) -> AsyncIterator[list[Event]]:
+        """The matching events after `after` up to `until`, a page at a time."""
         while True:
             page = await self._log.after(after, HISTORY_PAGE, until)
-            for event in page:
-                if wanted.matches(event):
-                    yield event
+            matching = [event for event in page if wanted.matches(event)]
+            if matching:
+                yield matching
             if len(page) < HISTORY_PAGE:
                 return
             after = page[-1].id
