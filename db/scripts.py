@@ -19,6 +19,7 @@ class Script(StrEnum):
     COMPLETE = "complete"  # SET NX completion, idle and pending indexes
     RELEASE = "release"  # a finished call's keys expire, its indexes and final events
     REPLAYED = "replayed"  # a replayed dead letter: pending again, and its event
+    RELAY = "relay"  # shard outboxes to the one feed, exactly once (db/feed_relay.py)
     LEASE_RENEW = "lease_renew"
     LEASE_DROP = "lease_drop"
     BREAKER_FAILURE = "breaker_failure"

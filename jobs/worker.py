@@ -18,9 +18,13 @@ from arq.cron import CronJob
 from arq.worker import Function, func
 
 from core import metrics
+from core.ingestion import feed_limits
 from core.logs import about, configure_logging
+from db.feed_relay import FeedRelay
 from db.outages import is_outage
+from db.redis_client import is_cluster
 from jobs import polling, resilience
+from jobs.feed_relay import RelayLoop
 from jobs.process import process_call
 from jobs.queue import PROCESS_CALL
 from jobs.resources import make_resources, resources
@@ -74,10 +78,17 @@ async def startup(ctx: dict[str, Any]) -> None:
         os.nice(settings.worker_nice)
     # arq's CLI gives it a handler of its own; in JSON mode configure_logging took it over.
     logging.getLogger("arq").propagate = settings.log_format == "json"
-    ctx["resources"] = make_resources(settings)
+    res = ctx["resources"] = make_resources(settings)
+    if is_cluster(res.redis):
+        # On a cluster the call's events wait in their shards' outboxes for the relay.
+        relay = ctx["feed_relay"] = RelayLoop(FeedRelay(res.redis, feed_limits(settings)))
+        relay.start()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    relay = ctx.get("feed_relay")
+    if isinstance(relay, RelayLoop):
+        await relay.stop()
     res = ctx.get("resources")
     if res is not None:
         log.info("worker stopping: %s", resources(ctx).stages.summary())
