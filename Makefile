@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.backhalf --write
 	$(BIN)/python -m bench.access_cost --write
 	$(BIN)/python -m bench.fanout --write
+	$(BIN)/python -m bench.cluster --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info

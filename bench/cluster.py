@@ -1,0 +1,305 @@
+"""Ingestion on a Redis Cluster against a single Redis (`python -m bench.cluster [--write]`,
+part of `make bench`; issue #12's target: the cluster within 15% of the single Redis).
+
+Two API deployments as `make run` starts one (devstack/commands.py, WEB_CONCURRENCY = the
+machine's cores), alike but for where the call keys live: (a) one embedded Redis, (b) a 3-master
+EmbeddedRedisCluster (REDIS_URL=redis+cluster://..., QUEUE_REDIS_URL on the single Redis, as
+production runs it). Single-packet ingestion (bench/load.py: concurrent calls, closed loop) is
+measured on (a) and (b) alternately, `rounds` times, so the machine's drift hits both; per round:
+packets/s, p50/p99, the API processes' CPU per packet, the Redis servers' CPU per packet, and
+Redis's own counts summed over the servers (INFO commandstats: commands per packet by name;
+INFO stats total_reads_processed: socket reads, i.e. request batches, per packet). Then, if asked,
+a worker drain (bench/backhalf.py's) on each.
+
+The cluster has no replicas (replicas_per_master=0): the single Redis has none either, and on
+this machine a replica would be another process on the same cores, so the comparison would
+measure the cores, not the cluster. Loopback only; everything started here is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+import redis
+import uvloop
+from redis.asyncio import Redis
+
+from bench import backhalf, cluster_report
+from bench.load import closed_loop, send_all, single_packet_workload
+from devstack.cluster import EmbeddedRedisCluster
+from devstack.stack import ROOT, Process, Stack
+
+RESULTS = ROOT / "bench" / "results" / "cluster.json"  # the last run's figures (git-ignored)
+TOPOLOGIES = ("single", "cluster")
+# Our own polling of the servers, not the API's work.
+OWN_COMMANDS = {"info"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int = 3
+    calls: int = 200  # concurrent calls per round
+    packets: int = 300  # per call: more than a round can send, so the loop never runs dry
+    connections: int = 64
+    seconds: float = 5.0
+    api_processes: int = os.cpu_count() or 1  # as make run starts them (WEB_CONCURRENCY)
+    masters: int = 3
+    drain_rounds: int = 2
+    drain_calls: int = 300
+    drain_packets: int = 10
+    drain_workers: int = 1
+
+
+QUICK = Plan(rounds=1, calls=20, packets=60, connections=8, seconds=1.0, drain_calls=40)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One Redis process whose counts and CPU are summed into its topology's."""
+
+    port: int
+    pid: int
+
+    def info(self, section: str) -> dict[str, Any]:
+        with redis.Redis(port=self.port, socket_timeout=5) as client:
+            answer: dict[str, Any] = client.info(section)
+            return answer
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    api: Process
+    servers: list[Server]
+    env: dict[str, str]  # what the API and the workers run with
+
+    def api_pids(self) -> list[int]:
+        parent = psutil.Process(self.api.pid)
+        return [parent.pid, *(p.pid for p in parent.children(recursive=True))]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the API processes and the Redis servers had done at one instant."""
+
+    api_cpu_s: float
+    redis_cpu_s: float
+    commands: Counter[str]
+    reads: int
+
+    @classmethod
+    def of(cls, t: Topology) -> Counts:
+        commands: Counter[str] = Counter()
+        reads = 0
+        for server in t.servers:
+            for name, stats in server.info("commandstats").items():
+                commands[name.removeprefix("cmdstat_")] += int(stats["calls"])
+            reads += int(server.info("stats")["total_reads_processed"])
+        return cls(
+            api_cpu_s=cpu_seconds(t.api_pids()),
+            redis_cpu_s=cpu_seconds([s.pid for s in t.servers]),
+            commands=commands,
+            reads=reads,
+        )
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def ingestion_round(t: Topology, plan: Plan, tag: str) -> dict[str, Any]:
+    work = single_packet_workload(f"{tag}-{t.name}", plan.calls, plan.packets, seed=3)
+    before = Counts.of(t)
+    res = await closed_loop(t.api.port or 0, work.requests, plan.connections, plan.seconds)
+    after = Counts.of(t)
+    # Outside the window: the calls end (else the idle sweep ends them during a later round).
+    await send_all(t.api.port or 0, work.completes, plan.connections)
+    packets = res.items
+    commands = after.commands - before.commands
+    for own in OWN_COMMANDS:
+        commands.pop(own, None)
+    return {
+        "topology": t.name,
+        "packets_per_s": res.rate,
+        "packets": packets,
+        "p50_ms": res.pct_ms(0.50),
+        "p99_ms": res.pct_ms(0.99),
+        "errors": res.errors,
+        "statuses": {str(k): v for k, v in sorted(res.statuses.items())},
+        "api_cpu_us_per_packet": 1e6 * (after.api_cpu_s - before.api_cpu_s) / packets,
+        "redis_cpu_us_per_packet": 1e6 * (after.redis_cpu_s - before.redis_cpu_s) / packets,
+        "commands_per_packet": sum(commands.values()) / packets,
+        "by_command_per_packet": {
+            name: n / packets for name, n in commands.most_common() if n / packets >= 0.001
+        },
+        "reads_per_packet": (after.reads - before.reads) / packets,
+    }
+
+
+class TopologyBench(backhalf.Bench):
+    """bench/backhalf.py's drain against one topology: its workers get the topology's Redis
+    settings, and a reset empties the cluster's masters as well as the queue's Redis."""
+
+    def __init__(self, stack: Stack, pg_dsn: str, queue: Redis, t: Topology) -> None:
+        super().__init__(stack, pg_dsn, queue, None)
+        self.topology = t
+
+    def start_workers(self, n: int, env: dict[str, str], baseline: bool = False) -> list[Process]:
+        return super().start_workers(n, {**self.topology.env, **env}, baseline)
+
+    async def reset(self) -> None:
+        await super().reset()
+        for server in self.topology.servers:
+            with redis.Redis(port=server.port) as client:
+                client.flushall()
+
+
+async def drains(
+    stack: Stack, pg_dsn: str, queue: Redis, topologies: list[Topology], plan: Plan
+) -> list[dict[str, Any]]:
+    drain_plan = backhalf.Plan(drain_calls=plan.drain_calls, packets=plan.drain_packets)
+    out = []
+    for n in range(plan.drain_rounds):
+        for t in topologies:
+            b = TopologyBench(stack, pg_dsn, queue, t)
+            d = await backhalf.drain(
+                b, t.api.port or 0, drain_plan, plan.drain_workers, False, f"d{n}-{t.name}"
+            )
+            d["topology"] = t.name
+            print(
+                f"drain {t.name:8}: {d['finished']}/{d['calls']} in {d['seconds']:.2f}s = "
+                f"{d['calls_per_s']:.0f} calls/s, worker {d['cpu_ms_per_call']:.2f} ms CPU/call"
+            )
+            out.append(d)
+    return out
+
+
+def medians(rounds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    return {
+        name: {k: statistics.median(r[k] for r in rounds if r["topology"] == name) for k in keys}
+        for name in TOPOLOGIES
+        if any(r["topology"] == name for r in rounds)
+    }
+
+
+async def measure(plan: Plan, with_drain: bool) -> dict[str, Any]:
+    stack = Stack(env=os.environ, fast_and_unsafe=True, temp_prefix="callstream-cluster-")
+    cluster = EmbeddedRedisCluster(
+        stack.data_dir / "cluster", masters=plan.masters, replicas_per_master=0
+    )
+    try:
+        stack.start_postgres()
+        single = stack.start_redis()
+        stack.migrate()
+        cluster.start()
+        processes = {"WEB_CONCURRENCY": str(plan.api_processes)}
+        envs = {
+            "single": {"REDIS_URL": single.url, "QUEUE_REDIS_URL": single.url},
+            "cluster": {"REDIS_URL": cluster.url, "QUEUE_REDIS_URL": single.url},
+        }
+        servers = {
+            "single": [Server(single.port, pid_of(single.proc))],
+            "cluster": [Server(n.port, pid_of(n.proc)) for n in cluster.masters()],
+        }
+        topologies = []
+        for name in TOPOLOGIES:
+            api = stack.start_api(
+                extra_env={**processes, **envs[name]},
+                extra_args=("--log-level", "warning"),
+                name=f"api-{name}",
+            )
+            topologies.append(Topology(name, api, servers[name], envs[name]))
+        for t in topologies:  # connections, scripts loaded, every API process up
+            warm = single_packet_workload(f"warm-{t.name}", 40, 40)
+            await closed_loop(t.api.port or 0, warm.requests, plan.connections, 2.0)
+            await send_all(t.api.port or 0, warm.completes, plan.connections)
+        figures: dict[str, Any] = {"plan": asdict(plan), "loadavg_start": loadavg()}
+        rounds = []
+        for n in range(plan.rounds):
+            for t in topologies:
+                r = await ingestion_round(t, plan, f"r{n}")
+                print_round(r)
+                rounds.append(r)
+        figures["rounds"] = rounds
+        figures["medians"] = medians(
+            rounds,
+            ("packets_per_s", "p50_ms", "p99_ms", "api_cpu_us_per_packet",
+             "redis_cpu_us_per_packet", "commands_per_packet", "reads_per_packet"),
+        )  # fmt: skip
+        figures["api_pids"] = {t.name: len(t.api_pids()) for t in topologies}
+        if with_drain:
+            queue = Redis.from_url(single.url)
+            try:
+                assert stack.pg is not None
+                pg_dsn = stack.pg.url.replace("postgresql+asyncpg://", "postgresql://")
+                figures["drains"] = await drains(stack, pg_dsn, queue, topologies, plan)
+            finally:
+                await queue.aclose()
+            figures["drain_medians"] = medians(
+                figures["drains"], ("calls_per_s", "cpu_ms_per_call")
+            )
+        figures["loadavg_end"] = loadavg()
+        return figures
+    finally:
+        stack.close()  # the API processes first: they are the cluster's clients
+        cluster.stop()
+
+
+def pid_of(proc: Any) -> int:
+    assert proc is not None
+    return int(proc.pid)
+
+
+def print_round(r: dict[str, Any]) -> None:
+    top = ", ".join(f"{k} {v:.3f}" for k, v in list(r["by_command_per_packet"].items())[:6])
+    print(
+        f"{r['topology']:8}: {r['packets_per_s']:7,.0f} packets/s, p50 {r['p50_ms']:.2f} ms, "
+        f"p99 {r['p99_ms']:.2f} ms, API {r['api_cpu_us_per_packet']:.0f} us CPU/packet, Redis "
+        f"{r['redis_cpu_us_per_packet']:.0f} us, {r['commands_per_packet']:.3f} commands/packet "
+        f"({top}), {r['reads_per_packet']:.3f} reads/packet, errors {r['errors']}"
+    )
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="toy scale; never writes")
+    parser.add_argument("--write", action="store_true", help="write its section of BENCHMARKS.md")
+    parser.add_argument("--no-drain", action="store_true", help="ingestion only")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan()
+    figures = uvloop.run(measure(plan, not args.no_drain))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=1))
+    command = "python -m bench.cluster --write" + (" --no-drain" if args.no_drain else "")
+    lines = cluster_report.section(figures, command)
+    print("\n".join(lines))
+    if args.write and not args.quick:
+        print(f"wrote {cluster_report.write(lines)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
