@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     ws_idle_timeout_s: float = Field(60.0, gt=0)
     ws_allowed_origins: Annotated[frozenset[str], NoDecode] = frozenset()
     redis_pipelining: bool = True
+    # The durability of an acknowledgement (README, Reliability): with N > 0, a packet or a
+    # completion is answered only once N replicas of the node holding the call have it (WAIT),
+    # else 503 not_replicated after REDIS_WAIT_TIMEOUT_MS. 0: as soon as the master has it.
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout_ms: int = Field(100, gt=0)
 
     # Backpressure: past this many completed calls waiting for the worker, new calls get 503
     # (packets of live calls never do). 0: no limit.
@@ -154,6 +159,13 @@ class Settings(BaseSettings):
                 if self.queue_redis_url is None
                 else "QUEUE_REDIS_URL must be a single Redis (redis:// or rediss://)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _wait_ends_before_the_read_timeout(self) -> "Settings":
+        # WAIT blocks on the server: past the client's read timeout, the answer would be lost.
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_s * 1000:
+            raise ValueError("REDIS_WAIT_TIMEOUT_MS must be shorter than REDIS_TIMEOUT_S")
         return self
 
     @model_validator(mode="after")

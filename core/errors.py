@@ -14,6 +14,7 @@ CallstreamError            carries its HTTP status and a stable code
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
 ├── Overloaded             503: too many completed calls wait: new calls refused for now
+├── NotYetReplicated       503: too few replicas confirmed the write (REDIS_WAIT_REPLICAS)
 ├── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
 └── DuplicateKey           422: a JSON object names a key twice
 """
@@ -92,6 +93,14 @@ class RateLimited(CallstreamError):
 class Overloaded(CallstreamError):
     status_code = 503
     code = "backlog_full"
+
+
+class NotYetReplicated(CallstreamError):
+    """The write may be on the master but is not yet safe from its death; a retry is safe."""
+
+    status_code = 503
+    code = "not_replicated"
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 class UnsupportedMediaType(CallstreamError):

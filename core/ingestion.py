@@ -25,6 +25,7 @@ from core.errors import (
     DuplicateKey,
     InvalidText,
     MetadataTooLarge,
+    NotYetReplicated,
     PayloadTooLarge,
     UnreadableBody,
     UnsupportedMediaType,
@@ -32,6 +33,7 @@ from core.errors import (
 from db.events import FeedLimits
 from db.intake import CallCap, CallCompleted, CallFull, CallIntake, CallLimits, Completion
 from db.packets import Outcome, PacketFields, PacketResult
+from db.pipelining import NotReplicated, Replication
 from db.redis_client import RedisClient
 from jobs.queue import enqueue_process_call
 from settings import Settings
@@ -200,6 +202,8 @@ class Ingestion:
             ) from None
         except CallFull as full:
             raise CallTooLarge(_call_full_detail(full)) from None
+        except NotReplicated as short:
+            raise NotYetReplicated(_not_replicated_detail("packets", short)) from None
 
     async def packet(self, call_id: str, packet: PacketFields) -> tuple[int, dict[str, Any]]:
         """One packet: 202 when new, 200 for a duplicate, and the answer."""
@@ -225,7 +229,11 @@ class Ingestion:
     ) -> Completion:
         """Complete the call exactly once, audited as `actor`'s, and queue its job; a completion
         whose enqueue fails stays in the pending index, where the reaper finds and enqueues it."""
-        outcome = await self.intake.complete(call_id, reason, idle_cutoff)
+        try:
+            outcome = await self.intake.complete(call_id, reason, idle_cutoff)
+        except NotReplicated as short:
+            # The completion may stand on the master: its job is then queued by the reaper.
+            raise NotYetReplicated(_not_replicated_detail("completion", short)) from None
         if outcome is Completion.COMPLETED:
             metrics.count_completion(reason)
             audit("complete", call_id, actor)
@@ -252,19 +260,49 @@ def _call_full_detail(full: CallFull) -> str:
     )
 
 
+def _not_replicated_detail(what: str, short: NotReplicated) -> str:
+    return (
+        f"the {what} reached Redis but only {short.confirmed} of {short.wanted} replicas "
+        f"confirmed it (REDIS_WAIT_REPLICAS): it may be stored, but could be lost if its "
+        f"master died now. Retry after Retry-After seconds; retrying is safe (a stored packet "
+        f"is answered as a duplicate, a completed call as completed)"
+    )
+
+
+def replication(settings: Settings) -> Replication | None:
+    """What an acknowledgement waits for (REDIS_WAIT_REPLICAS), None when nothing."""
+    if settings.redis_wait_replicas == 0:
+        return None
+    return Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+
+
 def feed_limits(settings: Settings) -> FeedLimits:
     return FeedLimits(settings.events_max_len, settings.events_progress_interval_s)
 
 
 def make_ingestion(
-    redis: RedisClient, queue: ArqRedis, settings: Settings, *, pipelined: bool
+    redis: RedisClient,
+    queue: ArqRedis,
+    settings: Settings,
+    *,
+    pipelined: bool,
+    acknowledging: bool = False,
 ) -> Ingestion:
-    """`pipelined`: let concurrent requests share Redis round trips (the API, not the sweep)."""
+    """`pipelined`: let concurrent requests share Redis round trips (the API, not the sweep).
+    `acknowledging`: its answers reach clients (the API), so they wait for REDIS_WAIT_REPLICAS;
+    the idle sweep's completions do not (a sweep stalled by a lost replica would leave every
+    quiet call open)."""
     limits = Limits(
         max_packet_data_bytes=settings.max_packet_data_bytes,
         max_batch_packets=settings.max_batch_packets,
         metadata_ttl_s=settings.completed_marker_retention_s,
     )
     caps = CallLimits(max_packets=settings.max_call_packets, max_bytes=settings.max_call_bytes)
-    intake = CallIntake(redis, pipelined=pipelined, limits=caps, feed=feed_limits(settings))
+    intake = CallIntake(
+        redis,
+        pipelined=pipelined,
+        limits=caps,
+        feed=feed_limits(settings),
+        replication=replication(settings) if acknowledging else None,
+    )
     return Ingestion(intake, queue, limits, Backlog(redis, settings.backlog_limit))

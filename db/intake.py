@@ -10,11 +10,12 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
+from redis.commands.core import AsyncScript
 
 from db.events import FeedLimits, feed_key, payload, state_event
 from db.keys import CallKeys, call_keys
 from db.packets import Outcome, PacketFields, PacketResult
-from db.pipelining import ScriptPipeline
+from db.pipelining import Replication, ScriptPipeline, run_scripts
 from db.redis_client import RedisClient
 from db.scripts import Script, register
 
@@ -70,20 +71,25 @@ class CallIntake:
         pipelined: bool = False,
         limits: CallLimits | None = None,
         feed: FeedLimits | None = None,
+        replication: Replication | None = None,
     ) -> None:
         """`pipelined`: share Redis round trips between concurrent ingestion requests (the API).
-        The scripts append the call's events to the live feed within `feed`'s limits."""
+        The scripts append the call's events to the live feed within `feed`'s limits.
+        `replication`: append and complete return only once the call's replicas have the write
+        (WAIT), else raise NotReplicated."""
         self.redis = redis
         self.limits = limits or CallLimits()
         self.feed = feed or FeedLimits()
-        self._pipeline = ScriptPipeline(redis) if pipelined else None
+        self.replication = replication
+        self._pipeline = ScriptPipeline(redis, replication=replication) if pipelined else None
         self._ingest = register(redis, Script.INGEST)
         self._complete = register(redis, Script.COMPLETE)
         self._replayed = register(redis, Script.REPLAYED)
 
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
         """Store packets in one round trip, or none of them: raises CallCompleted if the call is
-        already done, CallFull if its new packets would take it past one of its caps."""
+        already done, CallFull if its new packets would take it past one of its caps, and
+        NotReplicated (they may be stored) if too few replicas confirmed them."""
         # Timestamps travel as text: Lua numbers would keep only 14 significant digits.
         encoded = orjson.dumps([(p.sequence, repr(p.timestamp), p.data) for p in packets])
         limits = self.limits
@@ -100,7 +106,7 @@ class CallIntake:
         if self._pipeline is not None:
             raw = await self._pipeline.run(self._ingest, script_keys, args)
         else:
-            raw = await self._ingest(keys=script_keys, args=args)
+            raw = await self._replicated(self._ingest, script_keys, args)
         if raw and raw[0] == -1:
             raise CallCompleted(call_id)
         if raw and raw[0] == -2:
@@ -117,15 +123,16 @@ class CallIntake:
     ) -> Completion:
         """Complete a call once. With `idle_cutoff`, only if no packet came after it."""
         keys = call_keys(call_id)
-        outcome, _state = await self._complete(
-            keys=[
+        outcome, _state = await self._replicated(
+            self._complete,
+            [
                 keys.meta,
                 keys.done,
                 keys.shard.idle,
                 keys.shard.pending,
                 feed_key(self.redis, call_id),
             ],
-            args=[
+            [
                 call_id,
                 repr(time.time()),
                 reason,
@@ -134,6 +141,15 @@ class CallIntake:
             ],
         )
         return Completion(outcome.decode() if isinstance(outcome, bytes) else outcome)
+
+    async def _replicated(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """One script call; with `replication`, followed by WAIT on its connection."""
+        if self.replication is None:
+            return await script(keys=keys, args=args)
+        (outcome,) = await run_scripts(self.redis, [(script, keys, args)], self.replication)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def open_call(self, call_id: str, metadata: dict[str, Any], ttl_s: int) -> bool:
         """Keep what a call was opened with (a media stream's start); the first opening wins.

@@ -73,7 +73,9 @@ def open_resources(settings: Settings) -> ApiResources:
         keys=key_ring(settings),
         redis=redis,
         queue=queue,
-        ingestion=make_ingestion(redis, queue, settings, pipelined=settings.redis_pipelining),
+        ingestion=make_ingestion(
+            redis, queue, settings, pipelined=settings.redis_pipelining, acknowledging=True
+        ),
         live=LiveCalls(redis),
         breaker=BreakerState(redis),
         rate_limits=RateLimits(redis),
