@@ -78,8 +78,12 @@ class Server:
 class Topology:
     name: str
     api: Process
-    servers: list[Server]
+    servers: list[Server]  # where the call keys live
+    queue: Server  # arq's single Redis
     env: dict[str, str]  # what the API and the workers run with
+
+    def every_server(self) -> list[Server]:
+        return list(dict.fromkeys([*self.servers, self.queue]))
 
     def api_pids(self) -> list[int]:
         parent = psutil.Process(self.api.pid)
@@ -96,16 +100,18 @@ class Counts:
     reads: int
 
     @classmethod
-    def of(cls, t: Topology) -> Counts:
+    def of(cls, t: Topology, servers: list[Server] | None = None) -> Counts:
+        """`servers`: the call keys' (the default), or others, e.g. with the queue's."""
+        servers = t.servers if servers is None else servers
         commands: Counter[str] = Counter()
         reads = 0
-        for server in t.servers:
+        for server in servers:
             for name, stats in server.info("commandstats").items():
                 commands[name.removeprefix("cmdstat_")] += int(stats["calls"])
             reads += int(server.info("stats")["total_reads_processed"])
         return cls(
             api_cpu_s=cpu_seconds(t.api_pids()),
-            redis_cpu_s=cpu_seconds([s.pid for s in t.servers]),
+            redis_cpu_s=cpu_seconds([s.pid for s in servers]),
             commands=commands,
             reads=reads,
         )
@@ -177,13 +183,24 @@ async def drains(
     for n in range(plan.drain_rounds):
         for t in topologies:
             b = TopologyBench(stack, pg_dsn, queue, t)
+            before = Counts.of(t, t.every_server())
             d = await backhalf.drain(
                 b, t.api.port or 0, drain_plan, plan.drain_workers, False, f"d{n}-{t.name}"
             )
+            commands = Counts.of(t, t.every_server()).commands - before.commands
+            for own in OWN_COMMANDS | {"flushall", "flushdb"}:  # ours, and the resets
+                commands.pop(own, None)
             d["topology"] = t.name
+            d["commands_per_call"] = sum(commands.values()) / plan.drain_calls
+            d["evalsha_per_call"] = commands["evalsha"] / plan.drain_calls
+            d["by_command_per_call"] = {
+                name: n / plan.drain_calls for name, n in commands.most_common(12)
+            }
             print(
                 f"drain {t.name:8}: {d['finished']}/{d['calls']} in {d['seconds']:.2f}s = "
-                f"{d['calls_per_s']:.0f} calls/s, worker {d['cpu_ms_per_call']:.2f} ms CPU/call"
+                f"{d['calls_per_s']:.0f} calls/s, worker {d['cpu_ms_per_call']:.2f} ms CPU/call, "
+                f"{d['commands_per_call']:.1f} Redis commands/call "
+                f"({d['evalsha_per_call']:.1f} EVALSHA)"
             )
             out.append(d)
     return out
@@ -223,7 +240,8 @@ async def measure(plan: Plan, with_drain: bool) -> dict[str, Any]:
                 extra_args=("--log-level", "warning"),
                 name=f"api-{name}",
             )
-            topologies.append(Topology(name, api, servers[name], envs[name]))
+            queue_server = Server(single.port, pid_of(single.proc))
+            topologies.append(Topology(name, api, servers[name], queue_server, envs[name]))
         for t in topologies:  # connections, scripts loaded, every API process up
             warm = single_packet_workload(f"warm-{t.name}", 40, 40)
             await closed_loop(t.api.port or 0, warm.requests, plan.connections, 2.0)
@@ -251,7 +269,8 @@ async def measure(plan: Plan, with_drain: bool) -> dict[str, Any]:
             finally:
                 await queue.aclose()
             figures["drain_medians"] = medians(
-                figures["drains"], ("calls_per_s", "cpu_ms_per_call")
+                figures["drains"],
+                ("calls_per_s", "cpu_ms_per_call", "commands_per_call", "evalsha_per_call"),
             )
         figures["loadavg_end"] = loadavg()
         return figures
@@ -288,11 +307,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="toy scale; never writes")
     parser.add_argument("--write", action="store_true", help="write its section of BENCHMARKS.md")
     parser.add_argument("--no-drain", action="store_true", help="ingestion only")
+    parser.add_argument(
+        "--render", action="store_true", help="no run: the section from the last run's figures"
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
-    figures = uvloop.run(measure(plan, not args.no_drain))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=1))
+    if args.render:
+        figures = json.loads(RESULTS.read_text())
+    else:
+        figures = uvloop.run(measure(plan, not args.no_drain))
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(figures, indent=1))
     command = "python -m bench.cluster --write" + (" --no-drain" if args.no_drain else "")
     lines = cluster_report.section(figures, command)
     print("\n".join(lines))

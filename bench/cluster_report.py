@@ -80,11 +80,15 @@ def _drain_rows(figures: dict[str, Any]) -> list[str]:
         + ", ".join(f"{d['topology']} {d['calls_per_s']:.0f}/s" for d in figures["drains"])
         + ").",
         "",
-        "| Redis | calls/s | worker CPU ms per call |",
-        "|---|---:|---:|",
+        "| Redis | calls/s | worker CPU ms per call | Redis commands per call | EVALSHA per call |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, m in figures["drain_medians"].items():
-        rows.append(f"| {NAMES[name]} | {m['calls_per_s']:.0f} | {m['cpu_ms_per_call']:.2f} |")
+        rows.append(
+            f"| {NAMES[name]} | {m['calls_per_s']:.0f} | {m['cpu_ms_per_call']:.2f} |"
+            f" {m.get('commands_per_call', float('nan')):.0f} |"
+            f" {m.get('evalsha_per_call', float('nan')):.1f} |"
+        )
     return rows
 
 
@@ -128,14 +132,82 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         *_round_rows(figures),
         *_drain_rows(figures),
         "",
-        *READING,
+        *reading(figures),
         "",
         END,
     ]
 
 
-# Written by hand from the figures of the run that wrote this section; re-read when they move.
-READING: list[str] = []
+# Sent by the API outside the ingest script (the rest of the table runs inside it): the backlog's
+# count of every shard once a second per process (core/backlog.py, db/live.py counts()), the
+# feed's reader, and a new connection's handshake.
+FIXED = ("zcard", "xread", "client|setinfo")
+
+
+def reading(figures: dict[str, Any]) -> list[str]:
+    med, rounds = figures["medians"], figures["rounds"]
+    s, c = med["single"], med["cluster"]
+    evalsha = {n: command_medians(rounds, n).get("evalsha", 0.0) for n in med}
+    inner = {n: med[n]["commands_per_packet"] - evalsha[n] for n in med}
+    fixed = {n: sum(command_medians(rounds, n).get(f, 0.0) for f in FIXED) for n in med}
+    rates = {n: [r["packets_per_s"] for r in rounds if r["topology"] == n] for n in med}
+    cpu = {n: med[n]["api_cpu_us_per_packet"] + med[n]["redis_cpu_us_per_packet"] for n in med}
+    lines = [
+        "Reading:",
+        "",
+        f"- Per packet, still one script call: {evalsha['single']:.3f} EVALSHA per packet on one"
+        f" Redis, {evalsha['cluster']:.3f} on the cluster (a duplicate is answered by the same"
+        " script). INFO commandstats also counts the commands a script runs: the other"
+        f" {inner['single']:.1f} / {inner['cluster']:.1f} per packet are the ingest script's own"
+        " (HSET, XADD of the packet and of the call's event, ZADD to the shard's indexes,"
+        " EXISTS, HMGET, HSETNX...), in the call's slot, on one node. Sent by the API besides,"
+        f" not per packet: {fixed['single']:.3f} / {fixed['cluster']:.3f} per packet at this"
+        " rate, mostly the backlog's count (each API process reads 4 commands from each of the"
+        " 64 shards once a second: 256 commands a second per process, one round trip per node;"
+        " less per packet the busier the process). On the cluster the call's events go to its"
+        " shard's outbox (same slot) and a relay in one worker moves them to the feed.",
+        f"- Round trips: {s['reads_per_packet']:.3f} socket reads per packet on one Redis,"
+        f" {c['reads_per_packet']:.3f} summed over the masters: the scripts of concurrent"
+        " requests share one pipeline per event-loop tick (db/pipelining.py), about"
+        f" {1 / s['reads_per_packet']:.0f} packets a round trip here; on the cluster redis-py"
+        " splits that pipeline by node and sends the parts at once, so a tick costs up to one"
+        " round trip per master, each node gets smaller batches, and the count roughly doubles:"
+        " still well under one round trip per packet, and one per packet when requests come"
+        " one at a time.",
+        f"- CPU per packet, cluster / one Redis: API {c['api_cpu_us_per_packet']:.0f} /"
+        f" {s['api_cpu_us_per_packet']:.0f} µs"
+        f" (x{c['api_cpu_us_per_packet'] / s['api_cpu_us_per_packet']:.2f}: the cluster"
+        " client hashes each command's key to its slot and keeps a pipeline per node), Redis"
+        f" {c['redis_cpu_us_per_packet']:.0f} / {s['redis_cpu_us_per_packet']:.0f} µs summed over"
+        f" the servers (x{c['redis_cpu_us_per_packet'] / s['redis_cpu_us_per_packet']:.2f}:"
+        " three event loops with smaller batches read and write more often per packet, and each"
+        " runs its own cron and AOF). Both together:"
+        f" x{cpu['cluster'] / cpu['single']:.2f}. The CPU is the figure to trust here: on a"
+        " machine this loaded (see the load average) packets/s moved from round to round by"
+        f" more than the difference measured (one Redis {min(rates['single']):,.0f}-"
+        f"{max(rates['single']):,.0f}, cluster {min(rates['cluster']):,.0f}-"
+        f"{max(rates['cluster']):,.0f}), and the throughput ratio follows whichever processes"
+        " the other work on the machine slowed down in that round.",
+        "- On separate machines (a cluster's point) a master gets a core of its own: the Redis"
+        " CPU per packet then bounds one master (about 1e6 / that figure, in packets/s, at 100%"
+        " of its core: the README's capacity model), and the API's CPU per packet the API"
+        " processes; the cluster's cost to the API is the ratio above, paid once per packet.",
+    ]
+    if "drain_medians" in figures:
+        d = figures["drain_medians"]
+        lines.append(
+            f"- Worker drain: {d['single']['calls_per_s']:.0f} calls/s on one Redis,"
+            f" {d['cluster']['calls_per_s']:.0f} on the cluster; worker CPU"
+            f" {d['single']['cpu_ms_per_call']:.1f} / {d['cluster']['cpu_ms_per_call']:.1f} ms a"
+            f" call; Redis commands per call (every server, the queue's included, for a call of"
+            f" {figures['plan']['drain_packets']} packets: its packets, its complete, the job):"
+            f" {d['single']['commands_per_call']:.0f} / {d['cluster']['commands_per_call']:.0f},"
+            f" of which EVALSHA {d['single']['evalsha_per_call']:.1f} /"
+            f" {d['cluster']['evalsha_per_call']:.1f}. The worker at nice 10 (WORKER_NICE) on a"
+            " loaded machine makes calls/s here a floor, not a capacity: bench/backhalf.py's"
+            " section has the quiet figure."
+        )
+    return lines
 
 
 def write(lines: list[str]) -> Path:
