@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from devstack.cluster import EmbeddedRedisCluster
 from devstack.commands import (
     API_TARGET,
     WORKER_SETTINGS,
@@ -69,6 +70,12 @@ def _server_exit_code(server: EmbeddedPostgres | EmbeddedRedis) -> int | None:
     return None if server.proc is None else server.proc.poll()
 
 
+def _cluster_exit_code(cluster: EmbeddedRedisCluster) -> int | None:
+    # A cluster outlives a node's death (a replica takes over): it is gone when all nodes are.
+    codes = [node.proc.poll() if node.proc is not None else 0 for node in cluster.nodes]
+    return None if any(code is None for code in codes) else codes[0]
+
+
 class Stack:
     """Parts are registered before they start, so one that fails halfway is stopped too.
 
@@ -98,7 +105,8 @@ class Stack:
         self.fast_and_unsafe = fast_and_unsafe
         self.appendfsync = appendfsync
         self.pg: EmbeddedPostgres | None = None
-        self.redis: EmbeddedRedis | None = None  # the one REDIS_URL names; others are extras
+        self.redis: EmbeddedRedis | None = None  # the first started: REDIS_URL's, or the queue's
+        self.cluster: EmbeddedRedisCluster | None = None  # the call keys', when started
         self.parts: list[Part] = []
         self.processes: list[Process] = []
         self.servers: list[EmbeddedPostgres | EmbeddedRedis] = []
@@ -146,6 +154,23 @@ class Stack:
             self.redis = redis
             self.env["REDIS_URL"] = redis.url
         return redis
+
+    def start_redis_cluster(
+        self, masters: int = 3, replicas_per_master: int = 1, name: str = "redis-cluster"
+    ) -> EmbeddedRedisCluster:
+        """A Redis Cluster in `<data_dir>/<name>` for the call keys: REDIS_URL then names it,
+        and QUEUE_REDIS_URL the single Redis started before (arq needs one), which must exist."""
+        if self.redis is None:
+            raise RuntimeError("start_redis() first: the job queue needs a single Redis")
+        cluster = EmbeddedRedisCluster(
+            self.data_dir / name, masters=masters, replicas_per_master=replicas_per_master
+        )
+        self.parts.append(Part(name, lambda: _cluster_exit_code(cluster), cluster.stop))
+        cluster.start()
+        self.cluster = cluster
+        self.env["QUEUE_REDIS_URL"] = self.redis.url
+        self.env["REDIS_URL"] = cluster.url
+        return cluster
 
     def _add_server(self, name: str, server: EmbeddedPostgres | EmbeddedRedis) -> None:
         self.servers.append(server)
@@ -250,6 +275,8 @@ class Stack:
         for server in self.servers:
             own = "postgres.log" if isinstance(server, EmbeddedPostgres) else "redis.log"
             logs[f"{server.data_dir.name}.log"] = server.data_dir / own
+        for node in self.cluster.nodes if self.cluster is not None else []:
+            logs[f"cluster-{node.data_dir.name}.log"] = node.data_dir / "redis.log"
         return {name: path for name, path in logs.items() if path.exists()}
 
     def stop_all(self) -> None:

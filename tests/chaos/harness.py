@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import devstack.stack
+from devstack.cluster import EmbeddedRedisCluster
 from devstack.processes import stop_process
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 
@@ -43,7 +44,10 @@ class StackConfig:
             "CHAOS_WORKER_SETTINGS", "jobs.worker.WorkerSettings"
         )
     )
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # the workers'
+    shared_env: dict[str, str] = field(default_factory=dict)  # every process's, the API's too
+    # The call keys on a 3-master cluster (a replica each), the queue on the single Redis.
+    redis_cluster: bool = False
 
     def base_env(self) -> dict[str, str]:
         """Ours, less any AI_ / LEASE_ setting of the shell, plus what the API needs too."""
@@ -53,6 +57,7 @@ class StackConfig:
             CALL_IDLE_TIMEOUT_S=str(self.call_idle_timeout_s),
             KEY_RETENTION_S=str(self.key_retention_s),
         )
+        env.update(self.shared_env)
         return env
 
     def worker_env(self) -> dict[str, str]:
@@ -115,7 +120,18 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
+        """The single Redis: the call keys' and the queue's, or the queue's beside a cluster."""
         return self.redis.url
+
+    @property
+    def cluster(self) -> EmbeddedRedisCluster:
+        assert self.supervisor.cluster is not None
+        return self.supervisor.cluster
+
+    @property
+    def call_keys_url(self) -> str:
+        """REDIS_URL: the single Redis, or the cluster."""
+        return self.supervisor.env["REDIS_URL"]
 
     # --- start -----------------------------------------------------------------------------
 
@@ -223,6 +239,8 @@ def running_stack(
     try:
         supervisor.start_postgres()
         supervisor.start_redis()
+        if config.redis_cluster:
+            supervisor.start_redis_cluster()
         supervisor.migrate()
         started = [
             stack.start_worker() for _ in range(config.workers if workers is None else workers)
