@@ -9,13 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import asyncpg
+from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-# redis-py wraps its socket errors in these two.
-REDIS_OUTAGE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+# redis-py wraps its socket errors in these two; a cluster node answers CLUSTERDOWN while the
+# slots of a dead master wait for its replica's promotion (a failover: seconds).
+REDIS_OUTAGE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+)
 
 POSTGRES_OUTAGE: tuple[type[Exception], ...] = (
     OperationalError,

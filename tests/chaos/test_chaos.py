@@ -293,9 +293,12 @@ async def verify(
     stack: Stack, engine: AsyncEngine, ledger: Ledger, lost: list[tuple[str, int]] | None = None
 ) -> tuple[Counter[str], int]:
     """Every promise of the run; with `lost`, acknowledged packets missing from PostgreSQL are
-    collected there instead of failing (a run without the promise that prevents it)."""
+    collected there instead of failing, and so is a first answer of `duplicate` (a run without
+    REDIS_WAIT_REPLICAS on a cluster: redis-py re-sends a pipeline that met a dying master, and
+    the replica may already hold the first attempt's packet: the retry's answer is duplicate)."""
     assert not ledger.unique_twice, f"answered duplicate=false twice: {ledger.unique_twice[:10]}"
-    assert not ledger.unexplained_duplicates, ledger.unexplained_duplicates[:10]
+    if lost is None:
+        assert not ledger.unexplained_duplicates, ledger.unexplained_duplicates[:10]
     call_ids = set(ledger.stored)
 
     calls = await _query(engine, "SELECT call_id, state, last_error FROM call")

@@ -129,6 +129,8 @@ async def cluster_chaos_run(calls: int, spacing_s: float, seed: int, wait_replic
         f"packets acknowledged (any 2xx) {sum(map(len, ledger.stored.values()))}",
         f"packets stored (PostgreSQL)    {stored}",
         f"acknowledged packets lost      {len(lost)} {lost[:10]}",
+        f"first answers 'duplicate'      {len(ledger.unexplained_duplicates)} "
+        f"{ledger.unexplained_duplicates[:10]}",
         f"503s                           {len(ledger.answers_503)}",
         f"transport errors               {ledger.transport_errors}",
         f"master killed                  {failover.killed}",
