@@ -30,9 +30,9 @@ from jobs.audio import CallAudio
 SEGMENT_S = 20.0  # audio sent to the model at once
 SEARCH_S = 5.0  # the cut is the quietest frame of the segment's last seconds
 MODEL_RATE = 16_000  # the en-us model's sample rate
-# Fewer active paths than pocketsphinx's default (30000): a third of the CPU for the same words
-# on our corpus (bench/ai_quality.py).
-DECODER_OPTIONS: dict[str, Any] = {"maxhmmpf": 5000}
+# Fewer active paths than pocketsphinx's default (30000) and no second, flat search: half the
+# CPU, and no more word errors, on bench/ai_quality.py's corpus (BENCHMARKS.md).
+DECODER_OPTIONS: dict[str, Any] = {"maxhmmpf": 3000, "fwdflat": False}
 POSITIVE_FROM, NEGATIVE_FROM = 0.05, -0.05  # VADER's own thresholds on its compound score
 
 
@@ -101,8 +101,9 @@ def recognise(pcm: bytes, rate: int) -> str:
     samples = resample(np.frombuffer(pcm, dtype=np.int16), rate, MODEL_RATE)
     if len(samples) < MODEL_RATE // 10:  # less than a word; the decoder refuses an empty one
         return ""
-    # The decoder carries its feature normalisation from one utterance to the next; starting
-    # every segment from the same one makes a call's transcript independent of the calls before.
+    # The decoder carries its noise estimate and feature normalisation from one utterance to
+    # the next; starting every segment afresh makes a transcript independent of the calls before.
+    _model.reinit_feat()
     _model.set_cmn(_initial_cmn)
     _model.start_utt()
     _model.process_raw(samples.tobytes(), full_utt=True)
