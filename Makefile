@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.access_cost --write
 	$(BIN)/python -m bench.fanout --write
 	$(BIN)/python -m bench.cluster --write
+	$(BIN)/python -m bench.ai_quality --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info
