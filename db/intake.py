@@ -143,9 +143,8 @@ class CallIntake:
         return Completion(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
     async def _replicated(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """One script call; with `replication`, followed by WAIT on its connection."""
-        if self.replication is None:
-            return await script(keys=keys, args=args)
+        """One script call, through run_scripts as pipelined ones go (with `replication`, WAIT
+        follows on its connection; a cluster's failure modes are read alike)."""
         (outcome,) = await run_scripts(self.redis, [(script, keys, args)], self.replication)
         if isinstance(outcome, BaseException):
             raise outcome

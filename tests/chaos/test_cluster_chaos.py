@@ -59,11 +59,12 @@ async def kill_a_master(
     """SIGKILL the master of the probe call while calls stream; time the failover, the first
     acknowledged packet of that master's slots, and the dead node's return as a replica."""
     url = f"/v1/call/stream/{PROBE}"
+    await asyncio.sleep(after_s)
+    # Just before the kill: the probe must not go quiet long enough for the idle sweep.
     first = await post_until_answered(client, ledger, url, _packet(0), set())
     assert first.status_code == 202, first.text
     ledger.acknowledge(PROBE, 0, False)
     victim = master_of(stack, PROBE)
-    await asyncio.sleep(after_s)
     stack.cluster.kill(victim)
     killed_at = time.monotonic()
     failover.killed = victim.address
@@ -97,7 +98,7 @@ async def cluster_chaos_run(calls: int, spacing_s: float, seed: int, wait_replic
     config = StackConfig(
         ai_failure_rate=0.1,
         lease_ttl_s=5.0,
-        call_idle_timeout_s=4.0,
+        call_idle_timeout_s=10.0,  # longer than a failover's 503s, as in production (30 s)
         redis_cluster=True,
         shared_env={"REDIS_WAIT_REPLICAS": str(wait_replicas), "REDIS_WAIT_TIMEOUT_MS": "100"},
     )
