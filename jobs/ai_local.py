@@ -65,7 +65,9 @@ class LocalAI:
             return await loop.run_in_executor(self._executor(), function, *args)
         except BrokenProcessPool as exc:
             # A model process died (killed, out of memory): the next attempt gets a fresh pool.
-            self._pool = None
+            broken, self._pool = self._pool, None
+            if broken is not None:
+                broken.shutdown(wait=False, cancel_futures=True)
             raise TransientAIError(f"local model: a model process died ({exc})") from exc
 
     def _executor(self) -> ProcessPoolExecutor:

@@ -88,6 +88,8 @@ class OpenAICompatible:
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         rate = (await audio.format()).rate
+        # Plain blocking I/O on a local temporary file: it runs at the page cache's speed, and
+        # a thread hop per chunk would cost more than the write.
         with tempfile.TemporaryFile() as spool:
             size = 0
             async for samples in audio.pcm():

@@ -37,6 +37,7 @@ class Reply:
     body: Any = None  # JSON; None: the well-behaved answer
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # never answer (the client's timeout ends it)
+    delay_s: float = 0.0  # answer, but only after this long
     drop: bool = False  # close the connection without an answer
 
     @classmethod
@@ -143,6 +144,7 @@ class FakeProvider:
             return False
         if reply.hang:
             await asyncio.sleep(3600)
+        await asyncio.sleep(reply.delay_s)
         await _respond(writer, reply.status, self._body(reply, received), reply.headers)
         return True
 

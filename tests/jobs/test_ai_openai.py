@@ -225,6 +225,22 @@ async def test_a_permanent_refusal_fails_the_call_with_the_providers_reason_with
     assert [a[:2] for a in await attempts(engine, "refused")] == [("transcription", "rejected")]
 
 
+async def test_a_longer_calls_transcription_gets_more_time_per_second_of_audio(
+    client: AsyncClient, openai_worker, provider: FakeProvider, engine: AsyncEngine
+):
+    # 10 s of audio at 0.2 s a second: 2 s more than the 0.5 s timeout, for the slow answer.
+    provider.answer("transcriptions", Reply(delay_s=1.5))
+    await send_call(client, "slow", list(range(500)))
+
+    await openai_worker(ai_attempt_timeout_s=0.5, ai_timeout_per_audio_s=0.2)
+
+    assert (await status(client, "slow"))["state"] == "ARCHIVED"
+    assert [a[:2] for a in await attempts(engine, "slow")] == [
+        ("transcription", "ok"),
+        ("sentiment", "ok"),
+    ]
+
+
 async def test_a_refused_sentiment_keeps_the_transcript_and_fails_the_call(
     client: AsyncClient, openai_worker, provider: FakeProvider
 ):
