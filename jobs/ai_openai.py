@@ -141,7 +141,10 @@ class OpenAICompatible:
                 "Content-Type": f"multipart/form-data; boundary={boundary}",
                 "Content-Length": str(len(head) + len(header) + end - start + len(tail)),
             },
-            timeout=self.request_timeout_s + self.timeout_per_audio_s * seconds,
+            timeout=httpx.Timeout(
+                self.request_timeout_s + self.timeout_per_audio_s * seconds,
+                connect=min(self.request_timeout_s, CONNECT_TIMEOUT_S),
+            ),
         )
         answer = _json(response, "transcription")
         text = answer.get("text") if isinstance(answer, dict) else None
