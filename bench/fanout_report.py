@@ -160,12 +160,15 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
     return lines
 
 
-# Measured apart from the benchmark on this machine (2026-11-30, a cProfile of the API while it
-# delivered, and timing loops over the same code): what one delivery and one hand-out cost in
-# their parts. Re-measure them when service/feed.py or service/routes/events.py change.
-ENCODE_US = 11  # Event.json() + ServerSentEvent + encode, done again for every subscriber
-SEND_SCOPE_US = 17  # anyio.move_on_after(send_timeout) that sse-starlette opens around each send
+# Measured apart from the benchmark on this machine (2026-11-30, timing loops over the same code):
+# what one hand-out costs. Re-measure it when service/feed.py changes.
 MATCH_500_US = 145  # FeedHub._hand_out of one event to 500 subscribers whose filter refuses it
+# The same benchmark before the feed encoded each event once per process and wrote what is ready
+# to a subscriber in one chunk (commit f9b381a): kept to show what that change did.
+BEFORE_BATCHING = (
+    "10 events/s sustained to 500 subscribers (5,000 deliveries/s), 82-160 µs of API CPU per"
+    " delivery, and ingestion at 0.02 x its throughput with 500 subscribers taking every event"
+)
 
 
 def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str]:
@@ -198,20 +201,19 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
         f" {xrange} XRANGE over the whole ramp: a subscriber costs no Redis round trip.",
         f"- The cost is the API's CPU, per subscriber and per event: {trickle:.0f} µs a"
         f" delivery when events trickle in, {batched:.0f} µs when they come by the hundred"
-        f" ({kernel:.0%} of it in the kernel: one socket write per event per subscriber). Of a"
-        f" delivery, about {ENCODE_US} µs is encoding the same event again for each subscriber"
-        f" and {SEND_SCOPE_US} µs the timeout scope sse-starlette opens around every send"
-        " (`send_timeout`); the rest is the subscriber's task waking, the generators between"
-        " the queue and uvicorn, and uvicorn's send. Fan-out is serial in one event loop, so an"
-        f" event reaches the last of {n} subscribers {n * trickle / 1000:.0f} ms of CPU"
-        " after the first: that, not Redis, is the latency even at 1-2 events/s.",
+        f" ({kernel:.0%} of it in the kernel). Each event is encoded once per process and what"
+        " is ready for a subscriber goes out in one write, so the cost per delivery falls as"
+        " events come faster: a trickle pays a task wake-up and a socket write per event per"
+        " subscriber. Fan-out is serial in one event loop, so an event reaches the last of"
+        f" {n} subscribers up to {n * trickle / 1000:.0f} ms of CPU after the first: that, not"
+        f" Redis, is the latency at 1-2 events/s. Before batching: {BEFORE_BATCHING}.",
         f"- The machine: load average {figures['loadavg_start']} on {os.cpu_count()} cores; the API"
         f" was ready to run but waiting for a core {min(waits):.0%}-{max(waits):.0%} of the"
         " time. The wall-clock figures (deliveries/s, the sustained rate, packets/s) are what it"
         " got of a shared machine; the CPU per delivery and per packet are the ones to compare.",
         f"- Cost to ingestion: {n} subscribers whose filter refuses every event changed the API"
-        f" CPU per packet by {filtered_cpu:+.0%} in this run (three runs while writing this:"
-        " +35%, +44%, -11%: the machine's noise is larger than the effect). What they must cost:"
+        f" CPU per packet by {filtered_cpu:+.0%} in this run (earlier runs: +35%, +44%, -11%:"
+        " the machine's noise is larger than the effect). What they must cost:"
         f" the hub tests every event against every subscriber in Python, {MATCH_500_US} µs an"
         f" event for 500 (measured apart), here {events_per_packet:.2f} events a packet: about"
         f" {matching:.0f} µs a packet, {matching / per_packet:.0%}."
@@ -220,13 +222,12 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
         f" {events_per_s:,.0f} events/s (their progress, and each call's IN_PROGRESS at its"
         f" first packet), i.e. {events_per_s * n:,.0f} deliveries/s wanted against"
         f" {1e6 / batched:,.0f} a core can make, and the deliveries share the event loop with"
-        " the packets, with no priority for the packets. With the feed as it is, a process that"
-        f" serves {n} unfiltered subscribers cannot also ingest a busy call centre.",
-        "- What would move these figures (service/feed.py and service/routes/events.py, not"
-        " changed here): encode each event once per process, not per subscriber; write a"
-        " subscriber's queued events as one chunk (one send, one timeout scope, one syscall per"
-        " batch); index filtered subscribers by call id; and keep fan-out off the ingestion"
-        " processes (the feed in processes of its own, or a cap on deliveries per second).",
+        " the packets, with no priority for the packets. Hundreds of unfiltered subscribers"
+        " belong on API processes of their own (route /v1/events, /ws/supervisor and"
+        " /dashboard there), not on the ones that ingest a busy call centre.",
+        "- What would move these figures further: index filtered subscribers by call id (the"
+        " hand-out tests every subscriber's filter in Python), and a cap on deliveries per"
+        " second per process.",
     ]
 
 
