@@ -30,7 +30,7 @@ class Backlog:
         now = time.monotonic()
         if now - self._read_at >= REFRESH_S:
             self._read_at = now
-            self.waiting = (await LiveCalls(self.redis).counts()).pending
+            self.waiting = await LiveCalls(self.redis).pending_count()
         return self.waiting
 
     async def over(self) -> bool:

@@ -145,6 +145,11 @@ class LiveCalls:
             min(oldest) if oldest else None,
         )
 
+    async def pending_count(self) -> int:
+        """Completed calls not yet ARCHIVED/FAILED: one ZCARD per shard, one round trip."""
+        found = await self._each_shard(lambda pipe, shard: pipe.zcard(shard.pending))
+        return sum(found)
+
     async def _each_shard(self, queue: Callable[[RedisPipeline, ShardKeys], object]) -> list[Any]:
         """The answers of `queue`'s commands for every shard, in shard order: one round trip
         (per node, on a cluster)."""
