@@ -14,10 +14,10 @@ from pathlib import Path
 import uvloop
 
 from bench.load import closed_loop, single_packet_workload
+from bench.sections import write_section
 from devstack.stack import Stack
 
 HEADING = "## Access control on the fast path"
-REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 KEY = "bench-ingest-key-0123456789"
 
 
@@ -74,12 +74,7 @@ def section(rates: dict[str, list[float]], command: str) -> list[str]:
 
 
 def write(lines: list[str]) -> Path:
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    before, _, after = text.partition(HEADING)
-    rest = after.split("\n## ", 1)[1] if "\n## " in after else ""
-    tail = ("\n## " + rest) if rest else ""
-    REPORT.write_text(before.rstrip("\n") + "\n\n" + "\n".join(lines) + tail)
-    return REPORT
+    return write_section(HEADING, lines)
 
 
 def main() -> int:

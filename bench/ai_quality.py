@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.sections import write_section
 from core.audio import AudioFormat, decode
 from db.call_audio import PacketFigures
 from jobs import ai_local
@@ -36,7 +37,6 @@ from jobs.ai_local import LocalAI, vader_sentiment
 from jobs.audio import CallAudio
 from simulate.speech import INSTALL_HINT, SENTENCES, frames, missing_programs, silence, synthesise
 
-REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 BEGIN, END = "<!-- ai-quality -->", "<!-- /ai-quality -->"
 MULAW = AudioFormat("mulaw", 8000)
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
@@ -223,16 +223,7 @@ def _loadavg() -> str:
 
 
 def write(lines: list[str]) -> Path:
-    """Replace this section of BENCHMARKS.md (between its markers), or add it at the end."""
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    REPORT.write_text(text)
-    return REPORT
+    return write_section(BEGIN, lines)
 
 
 def main() -> int:

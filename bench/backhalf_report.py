@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bench.sections import write_section
+
 HEADING = "## The back half: worker, drain, burst, open loop while draining"
-REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 # "Today" in the issue that set the targets (#8), measured before Redis 8.2 and PostgreSQL 18.
 ISSUE_CPU_MS, ISSUE_RATE = 40.0, 20.0
 
@@ -138,8 +139,4 @@ def section(figures: dict[str, Any], command: str, baseline_rev: str) -> list[st
 
 
 def write(figures: dict[str, Any], command: str, baseline_rev: str) -> Path:
-    """Replace this section of BENCHMARKS.md (from its heading to the end), or append it."""
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    head = text.split(HEADING, 1)[0].rstrip("\n")
-    REPORT.write_text(head + "\n\n" + "\n".join(section(figures, command, baseline_rev)))
-    return REPORT
+    return write_section(HEADING, section(figures, command, baseline_rev))

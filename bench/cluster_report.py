@@ -10,7 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+from bench.sections import write_section
+
 HEADING = "## Redis Cluster: ingestion on 3 masters against one Redis"
 START, END = "<!-- cluster -->", "<!-- /cluster -->"
 TARGET = 0.85  # issue #12: the cluster within 15% of the single Redis
@@ -237,14 +238,4 @@ def reading(figures: dict[str, Any]) -> list[str]:
 
 
 def write(lines: list[str]) -> Path:
-    """Replace this section (heading to end marker) in BENCHMARKS.md, or append it."""
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    body = "\n".join(lines).rstrip("\n") + "\n"
-    start, end = text.find(HEADING + "\n" + START), text.find(END)
-    if start >= 0 and end > start:
-        rest = text[end + len(END) :].lstrip("\n")
-        text = text[:start] + body + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    REPORT.write_text(text)
-    return REPORT
+    return write_section(HEADING, lines)

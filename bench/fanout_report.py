@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bench.sections import write_section
 from service.feed import READ_BLOCK_MS
 
-REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADING = "## Live event feed: fan-out to 500 subscribers"
 START, END = "<!-- event-feed -->", "<!-- /event-feed -->"
 CONFIG_NAMES = {
@@ -237,14 +237,4 @@ def _median(values: list[float]) -> float:
 
 
 def write(lines: list[str]) -> Path:
-    """Replace this section (heading to end marker) in BENCHMARKS.md, or append it."""
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    body = "\n".join(lines).rstrip("\n") + "\n"
-    start, end = text.find(HEADING + "\n" + START), text.find(END)
-    if start >= 0 and end > start:
-        rest = text[end + len(END) :].lstrip("\n")
-        text = text[:start] + body + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    REPORT.write_text(text)
-    return REPORT
+    return write_section(HEADING, lines)

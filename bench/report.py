@@ -7,6 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.sections import later_sections
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "BENCHMARKS.md"
 
@@ -253,19 +255,8 @@ def write_report(
     return OUTPUT
 
 
-# Sections other benchmarks of `make bench` write after this one: kept when this one is redone.
-LATER_SECTIONS = (
-    "## The back half",
-    "## Access control on the fast path",
-    "## Live event feed",
-    "## Redis Cluster",
-)
-
-
 def _later_sections() -> str:
-    text = OUTPUT.read_text() if OUTPUT.exists() else ""
-    starts = [text.index(h) for h in LATER_SECTIONS if h in text]
-    return "\n" + text[min(starts) :] if starts else ""
+    return later_sections(OUTPUT.read_text() if OUTPUT.exists() else "")
 
 
 def _compact(r: dict[str, Any]) -> dict[str, Any]:

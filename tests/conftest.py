@@ -12,7 +12,6 @@ from typing import Any, cast
 import pytest
 from alembic import command
 from alembic.config import Config
-from arq.connections import ArqRedis
 from arq.worker import Worker
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
@@ -25,10 +24,10 @@ from db.redis_client import close_redis, make_redis
 from devstack.cluster import EmbeddedRedisCluster
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
 from jobs.resources import WorkerResources, make_resources
-from jobs.worker import make_functions
 from service.app import create_asgi
 from settings import Settings
 from tests.fakes import ScriptedAI
+from tests.serving import arq_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,18 +200,7 @@ async def worker_resources(settings: Settings, ai: ScriptedAI) -> AsyncIterator[
 
 async def drain_queue(res: WorkerResources, **overrides: Any) -> Worker:
     """Run a real arq worker until the queue is empty, as arq's own tests do."""
-    settings = res.settings
-    worker = Worker(
-        functions=make_functions(settings.job_timeout_s),
-        redis_pool=ArqRedis.from_url(settings.queue_url),
-        burst=True,
-        poll_delay=0,
-        handle_signals=False,
-        keep_result=0,
-        max_jobs=settings.worker_max_jobs,
-        ctx={"resources": res},
-        **overrides,
-    )
+    worker = arq_worker(res, burst=True, poll_delay=0, **overrides)
     try:
         await worker.main()
     finally:

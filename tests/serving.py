@@ -1,16 +1,25 @@
-"""A real uvicorn server for an app, in the test's own event loop, on a free loopback port: for
-the tests that need a real socket (WebSockets, the access gate's handshake refusals)."""
+"""Real servers in the test's own event loop: uvicorn for an app on a free loopback port (for the
+tests that need a real socket: WebSockets, the access gate's handshake refusals, browsers), and
+arq workers over the suite's stores."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
+from arq.connections import ArqRedis
+from arq.worker import Worker
 from starlette.types import ASGIApp
 
 from devstack.servers import free_port
+from jobs.ai import AIClient
+from jobs.resources import WorkerResources, make_resources
+from jobs.worker import make_functions
+from settings import Settings
 
 
 @asynccontextmanager
@@ -30,3 +39,36 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+def arq_worker(res: WorkerResources, **overrides: Any) -> Worker:
+    """A real arq worker running the app's functions with `res` (as arq's own tests build one)."""
+    settings = res.settings
+    options: dict[str, Any] = {
+        "functions": make_functions(settings.job_timeout_s),
+        "redis_pool": ArqRedis.from_url(settings.queue_url),
+        "poll_delay": 0.05,
+        "handle_signals": False,
+        "keep_result": 0,
+        "max_jobs": settings.worker_max_jobs,
+        "ctx": {"resources": res},
+    }
+    return Worker(**{**options, **overrides})
+
+
+@asynccontextmanager
+async def worker_running(
+    settings: Settings, ai: AIClient | None = None, **overrides: Any
+) -> AsyncIterator[WorkerResources]:
+    """A worker polling the queue while the block runs (not burst: calls arrive meanwhile)."""
+    res = make_resources(settings, ai=ai)
+    worker = arq_worker(res, burst=False, **overrides)
+    task = asyncio.create_task(worker.main())
+    try:
+        yield res
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+        await res.close()

@@ -13,15 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from arq.connections import ArqRedis
-from arq.worker import Worker
 from httpx import AsyncClient
 from playwright.async_api import Browser, Locator, Page, Route, expect
 from pydantic import SecretStr
 
 from jobs.ai import PermanentAIError, TransientAIError, sentiment_of, transcript_of
-from jobs.resources import make_resources
-from jobs.worker import make_functions
 from service.app import create_asgi
 from service.routes.dashboard import CONTENT_SECURITY_POLICY
 from settings import Settings
@@ -29,7 +25,7 @@ from tests.browser import chromium
 from tests.conftest import ROOT
 from tests.factories import packet
 from tests.fakes import ScriptedAI
-from tests.serving import serving
+from tests.serving import serving, worker_running
 
 ASSETS = {
     "/dashboard": "text/html; charset=utf-8",
@@ -147,38 +143,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @contextlib.asynccontextmanager
-async def worker_running(settings: Settings, ai: ScriptedAI) -> AsyncIterator[None]:
-    """A real arq worker in this event loop, polling until the block ends (not burst: calls
-    arrive while the page watches)."""
-    res = make_resources(settings, ai=ai)
-    worker = Worker(
-        functions=make_functions(settings.job_timeout_s),
-        redis_pool=ArqRedis.from_url(settings.redis_url),
-        burst=False,
-        poll_delay=0.05,
-        handle_signals=False,
-        keep_result=0,
-        health_check_interval=1,  # the system strip shows the worker's heartbeat
-        ctx={"resources": res},
-    )
-    task = asyncio.create_task(worker.main())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
-        await res.close()
-
-
-@contextlib.asynccontextmanager
 async def callstream(settings: Settings, ai: ScriptedAI) -> AsyncIterator[AsyncClient]:
     """The API on a real socket plus a worker; yields a client of that API (base_url set)."""
     fast = settings.model_copy(update={"events_progress_interval_s": PROGRESS_S})
     async with (
         serving(create_asgi(fast)) as address,
-        worker_running(fast, ai),
+        # health_check_interval: the system strip shows the worker's heartbeat
+        worker_running(fast, ai, health_check_interval=1),
         AsyncClient(base_url=f"http://{address}", headers={"x-api-key": INGEST}) as api,
     ):
         yield api

@@ -8,44 +8,23 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from arq.connections import ArqRedis
-from arq.worker import Worker
 from pydantic import SecretStr
 
 from devstack.servers import free_port
-from jobs.resources import make_resources
-from jobs.worker import make_functions
 from service.app import create_asgi
 from settings import Settings
 from simulate import cli
-from tests.serving import serving
+from tests.serving import serving, worker_running
 
 FAST = ["--pace", "fast", "--timeout-s", "60", "--seed", "11"]
 
 
 @contextlib.asynccontextmanager
 async def callstream(settings: Settings) -> AsyncIterator[str]:
-    """The API on a real loopback socket and a worker polling the queue; yields the API's URL."""
-    res = make_resources(settings)  # the AI of the settings: the mock, never failing here
-    worker = Worker(
-        functions=make_functions(settings.job_timeout_s),
-        redis_pool=ArqRedis.from_url(settings.redis_url),
-        burst=False,
-        poll_delay=0.05,
-        handle_signals=False,
-        keep_result=0,
-        ctx={"resources": res},
-    )
-    task = asyncio.create_task(worker.main())
-    try:
-        async with serving(create_asgi(settings)) as address:
-            yield f"http://{address}"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
-        await res.close()
+    """The API on a real loopback socket and a worker polling the queue; yields the API's URL.
+    The AI is the settings': the mock, never failing here."""
+    async with worker_running(settings), serving(create_asgi(settings)) as address:
+        yield f"http://{address}"
 
 
 async def simulate(*args: str) -> int:
