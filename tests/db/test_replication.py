@@ -5,7 +5,6 @@ the answer into NotReplicated, and the client's retry stores the packet once."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from db.pipelining import NotReplicated, Replication
 from db.redis_client import RedisClient, close_redis, make_redis
 from devstack.cluster import ClusterNode, EmbeddedRedisCluster
 from devstack.servers import EmbeddedRedis
+from tests.replicas import master_and_replica, wait_for_online_replica
 
 ONE_REPLICA = Replication(replicas=1, timeout_ms=100)
 
@@ -61,18 +61,7 @@ class Topology:
             self.cluster.restart(cast(ClusterNode, replica))
         else:
             replica.start()
-        _wait_for_online_replica(master_port)
-
-
-def _wait_for_online_replica(master_port: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    with SyncRedis(port=master_port, decode_responses=True) as master:
-        while time.monotonic() < deadline:
-            info = master.info("replication")
-            if any("online" in str(v) for k, v in info.items() if k.startswith("slave")):
-                return
-            time.sleep(0.1)
-    raise TimeoutError(f"no replica of 127.0.0.1:{master_port} came online in {timeout_s}s")
+        wait_for_online_replica(master_port)
 
 
 @pytest.fixture(scope="module", params=["single", "cluster"])
@@ -87,18 +76,8 @@ def topology(
         finally:
             cluster.stop()
         return
-    master = EmbeddedRedis(data / "master").start()
-    replica = EmbeddedRedis(data / "replica")
-    try:
-        # The replica's role lives in its command line: a restart comes back as a replica.
-        replica_command = replica.command
-        replica.command = lambda: [*replica_command(), "--replicaof", "127.0.0.1", str(master.port)]  # type: ignore[method-assign]
-        replica.start()
-        _wait_for_online_replica(master.port)
+    with master_and_replica(data) as (master, replica):
         yield Topology(master.url, single=(master, replica))
-    finally:
-        replica.stop()
-        master.stop()
 
 
 @pytest.fixture
