@@ -147,11 +147,12 @@ async def _run_once(
             # #3458). An outage like any other: answered 503, and retried by the client.
             raise RedisConnectionError(f"the cluster changed during a pipeline: {exc!r}") from exc
         except RedisClusterException as exc:
-            if not waits or type(exc) is not RedisClusterException:
+            if replication is None or type(exc) is not RedisClusterException:
                 raise
             # The pipeline was sent again to a new slot map (a node died): redis-py then drops
             # the WAITs' pinned nodes and refuses them. Nothing of this batch is confirmed.
-            return [NotReplicated("the cluster (its slot map changed)", 0, 1)] * len(calls)
+            changed = NotReplicated("the cluster (its slot map changed)", 0, replication.replicas)
+            return [changed] * len(calls)
     if replication is None:
         return results
     return _confirmed(redis, calls, nodes, results, waits, replication)

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from pydantic import ValidationError
 
+from core.ingestion import replication
+from db.pipelining import Replication
 from devstack.servers import EmbeddedRedis
 from service.app import create_asgi
 from settings import Settings
@@ -82,3 +85,10 @@ def replica_down(master: EmbeddedRedis, replica: EmbeddedRedis) -> Iterator[None
     finally:
         replica.start()
         wait_for_online_replica(master.port)
+
+
+def test_a_wait_longer_than_the_read_timeout_is_refused_at_startup() -> None:
+    with pytest.raises(ValidationError, match="REDIS_WAIT_TIMEOUT_MS"):
+        Settings(_env_file=None, redis_wait_replicas=1, redis_wait_timeout_ms=1000)
+    assert replication(Settings(_env_file=None)) is None
+    assert replication(Settings(_env_file=None, redis_wait_replicas=2)) == Replication(2, 100)
