@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.sections import write_section
-from core.audio import AudioFormat, decode
+from core.audio import TELEPHONY, AudioFormat, decode
 from db.call_audio import PacketFigures
 from jobs import ai_local
 from jobs.ai_local import LocalAI, vader_sentiment
@@ -38,7 +38,7 @@ from jobs.audio import CallAudio
 from simulate.speech import INSTALL_HINT, SENTENCES, frames, missing_programs, silence, synthesise
 
 BEGIN, END = "<!-- ai-quality -->", "<!-- /ai-quality -->"
-MULAW = AudioFormat("mulaw", 8000)
+MULAW = TELEPHONY
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
 
 

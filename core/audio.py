@@ -55,6 +55,11 @@ class AudioFormat:
         return f"{_MIME[self.codec]};rate={self.rate}"
 
 
+# G.711 μ-law at 8 kHz, 20 ms frames: Twilio's media streams, most PBXs, and what the simulator
+# and the benchmarks speak.
+TELEPHONY = AudioFormat("mulaw", 8000)
+
+
 def parse_format(text: str) -> AudioFormat:
     """`audio/x-mulaw;rate=8000` (rate defaults to 8000; channels, if given, must be 1)."""
     mime, *params = (part.strip() for part in text.split(";"))

@@ -1,9 +1,10 @@
 """Real speech for simulated calls: known sentences spoken as 8 kHz mono μ-law (G.711), the audio a
 PBX or Twilio sends, cut into 20 ms frames.
 
-The speech comes from espeak-ng (converted by sox, or by our own resampler and μ-law encoder when
-sox is missing). Without espeak-ng the sentences shipped pre-synthesised in simulate/recordings/
-still speak; anything else raises `SpeechUnavailable` naming the program to install.
+The speech comes from espeak-ng (converted by sox, or by core/audio.py's resampler and μ-law
+encoder when sox is missing). Without espeak-ng the sentences shipped pre-synthesised in
+simulate/recordings/ still speak; anything else raises `SpeechUnavailable` naming the program
+to install.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
+
+from core.audio import Samples, mulaw_encode, resample
 
 SAMPLE_RATE = 8000
 BYTES_PER_MS = SAMPLE_RATE // 1000  # μ-law: one byte a sample
@@ -136,7 +140,7 @@ def _espeak(text: str) -> bytes:
         to_mulaw = ["-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-e", "mu-law", "-b", "8", "-"]
         return _run(["sox", "-D", "-t", "wav", "-", *to_mulaw], wav)
     samples, rate = _read_wav(wav)
-    return mulaw_encode(resample(samples, rate, SAMPLE_RATE))
+    return mulaw_encode(resample(samples, rate, SAMPLE_RATE))  # the service's own codec
 
 
 def _run(command: list[str], stdin: bytes) -> bytes:
@@ -152,7 +156,7 @@ def _run(command: list[str], stdin: bytes) -> bytes:
     return done.stdout
 
 
-def _read_wav(data: bytes) -> tuple[list[int], int]:
+def _read_wav(data: bytes) -> tuple[Samples, int]:
     """16-bit mono samples and their rate; espeak-ng's streamed header claims a huge length, so the
     sample count comes from the bytes actually there."""
     with wave.open(io.BytesIO(data)) as reader:
@@ -161,62 +165,7 @@ def _read_wav(data: bytes) -> tuple[list[int], int]:
         rate = reader.getframerate()
         pcm = reader.readframes(reader.getnframes())
     usable = len(pcm) - len(pcm) % 2
-    return [
-        int.from_bytes(pcm[i : i + 2], "little", signed=True) for i in range(0, usable, 2)
-    ], rate
-
-
-def resample(samples: list[int], rate_in: int, rate_out: int, taps: int = 32) -> list[int]:
-    """Windowed-sinc resampling: a low-pass at the lower Nyquist frequency, so nothing aliases."""
-    if rate_in == rate_out:
-        return list(samples)
-    cutoff = min(rate_in, rate_out) / 2 / rate_in  # in cycles per input sample
-    step = rate_in / rate_out
-    count = int(len(samples) / step)
-    out: list[int] = []
-    for index in range(count):
-        centre = index * step
-        first = max(0, int(centre) - taps + 1)
-        last = min(len(samples) - 1, int(centre) + taps)
-        acc = 0.0
-        for position in range(first, last + 1):
-            offset = position - centre
-            window = 0.5 + 0.5 * math.cos(math.pi * offset / taps) if abs(offset) < taps else 0.0
-            kernel = 2 * cutoff * _sinc(2 * cutoff * offset)
-            acc += samples[position] * kernel * window
-        out.append(max(-32768, min(32767, round(acc))))
-    return out
-
-
-def _sinc(x: float) -> float:
-    return 1.0 if x == 0 else math.sin(math.pi * x) / (math.pi * x)
-
-
-_MULAW_BIAS = 0x84
-_MULAW_CLIP = 32635
-
-
-def mulaw_encode(samples: list[int]) -> bytes:
-    """16-bit linear PCM to G.711 μ-law (the standard segment encoding, bits inverted)."""
-    out = bytearray(len(samples))
-    for index, sample in enumerate(samples):
-        sign = 0x80 if sample < 0 else 0
-        magnitude = min(-sample if sample < 0 else sample, _MULAW_CLIP) + _MULAW_BIAS
-        exponent = max(0, magnitude.bit_length() - 8)
-        mantissa = (magnitude >> (exponent + 3)) & 0x0F
-        out[index] = ~(sign | (exponent << 4) | mantissa) & 0xFF
-    return bytes(out)
-
-
-def mulaw_decode(data: bytes) -> list[int]:
-    """G.711 μ-law back to 16-bit linear PCM (for checks; the service decodes its own)."""
-    out: list[int] = []
-    for byte in data:
-        code = ~byte & 0xFF
-        exponent = (code >> 4) & 0x07
-        magnitude = (((code & 0x0F) << 3) + _MULAW_BIAS) << exponent
-        out.append(_MULAW_BIAS - magnitude if code & 0x80 else magnitude - _MULAW_BIAS)
-    return out
+    return np.frombuffer(pcm[:usable], dtype="<i2").astype(np.int16), rate  # WAV: little-endian
 
 
 @functools.lru_cache(maxsize=1)
