@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, text, tuple_, update
+from sqlalchemy import func, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AiAttempt, Call, Packet, StateTransition
@@ -50,11 +50,6 @@ async def history(
         select(AiAttempt).where(AiAttempt.call_id == call_id).order_by(AiAttempt.id)
     )
     return transitions.all(), attempts.all()
-
-
-async def packet_data_in_order(session: AsyncSession, call_id: str) -> list[str]:
-    query = text("SELECT data FROM packet WHERE call_id = :call_id ORDER BY sequence")
-    return list((await session.scalars(query, {"call_id": call_id})).all())
 
 
 async def transition(
