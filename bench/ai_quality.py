@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.sections import write_section
+from bench.sections import loadavg, write_section
 from core.audio import TELEPHONY, AudioFormat, decode
 from db.call_audio import PacketFigures
 from jobs import ai_local
@@ -218,10 +218,6 @@ def _processes() -> int:
     return min(2, len(os.sched_getaffinity(0)))
 
 
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def write(lines: list[str]) -> Path:
     return write_section(BEGIN, lines)
 
@@ -245,14 +241,14 @@ def main() -> int:
     if missing_programs():
         print(f"needs {', '.join(missing_programs())} ({INSTALL_HINT})", file=sys.stderr)
         return 2
-    load_before, started = _loadavg(), time.monotonic()
+    load_before, started = loadavg(), time.monotonic()
     ai_local.load_model()
     results = measure_sentences(controls=not args.quick)
     call = {"audio_s": 0.0, "wall_s": 0.0, "wer": 0.0}
     if not args.quick:
         call = asyncio.run(measure_call(_processes()))
     took = time.monotonic() - started
-    lines = section(results, call, (load_before, _loadavg()), took)
+    lines = section(results, call, (load_before, loadavg()), took)
     print("\n".join(lines))
     if args.write:
         print(f"wrote {write(lines)}")

@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from bench import backhalf, cluster_report
 from bench.load import closed_loop, send_all, single_packet_workload
+from bench.sections import loadavg
 from devstack.cluster import EmbeddedRedisCluster
 from devstack.stack import ROOT, Process, Stack
 
@@ -292,14 +293,6 @@ def print_round(r: dict[str, Any]) -> None:
         f"{r['redis_cpu_us_per_packet']:.0f} us, {r['commands_per_packet']:.3f} commands/packet "
         f"({top}), {r['reads_per_packet']:.3f} reads/packet, errors {r['errors']}"
     )
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:

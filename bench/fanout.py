@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 
 from bench import fanout_report
 from bench.load import closed_loop, single_packet_workload
+from bench.sections import loadavg
 from db.events import PROGRESS, EventLog
 from db.keys import EVENTS
 from devstack.processes import die_with_parent
@@ -461,14 +462,6 @@ async def measure(plan: Plan) -> dict[str, Any]:
             await redis.aclose()
     finally:
         stack.close()
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:

@@ -31,6 +31,7 @@ from bench.load import (
     single_packet_workload,
 )
 from bench.report import write_report
+from bench.sections import loadavg
 from bench.stack import Stack
 from bench.ws_load import ws_streams
 
@@ -351,14 +352,6 @@ async def main_async(plan: Plan, runs: int, quick: bool, spy: bool) -> int:
         return 0
     finally:
         stack.close()
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def machine_info() -> dict[str, str]:

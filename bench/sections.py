@@ -38,3 +38,12 @@ def later_sections(text: str) -> str:
     """Everything from the first of SECTIONS on: what the front half keeps when it rewrites."""
     starts = [text.index(h) for h in SECTIONS if h in text]
     return "\n" + text[min(starts) :] if starts else ""
+
+
+def loadavg() -> str:
+    """The machine's load average (1, 5, 15 min): every section says how busy the machine was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
