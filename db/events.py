@@ -23,7 +23,7 @@ import orjson
 from redis.typing import EncodableT, FieldT
 
 from db.keys import EVENTS, call_keys
-from db.redis_client import RedisClient, RedisPipeline, is_cluster
+from db.redis_client import RedisClient, RedisPipeline, execute, is_cluster
 
 # What an event is about; the `event:` name of a Server-Sent Event.
 STATE, ATTEMPT, PROGRESS = "state", "attempt", "progress"
@@ -114,7 +114,7 @@ class EventLog:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             self.add(pipe, bodies)
-            await pipe.execute()
+            await execute(pipe)
 
     def add(self, pipe: RedisPipeline, bodies: Sequence[Mapping[str, Any]]) -> None:
         """Append events as part of another pipeline (a transaction makes them atomic with it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from db.events import FeedLimits
 from db.keys import ALL_SHARDS, EVENTS, FEED_CURSORS, FEED_RELAY_LEASE
-from db.redis_client import RedisClient
+from db.redis_client import RedisClient, execute
 from db.scripts import Script, register
 
 PAGE = 500  # events read from one outbox per step
@@ -40,7 +40,7 @@ class FeedRelay:
             for k, shard in enumerate(ALL_SHARDS):
                 after = cursors.get(str(k))
                 pipe.xrange(shard.outbox, min="-" if after is None else "(" + after, count=PAGE)
-            pages = await pipe.execute()
+            pages = await execute(pipe)
         args: list[bytes | str | int] = [self.limits.max_len]
         last: dict[str, str] = {}
         count = 0
@@ -58,7 +58,7 @@ class FeedRelay:
         async with self.redis.pipeline(transaction=False) as pipe:
             for taken in map(_text, moved):
                 pipe.xtrim(ALL_SHARDS[int(taken)].outbox, minid=last[taken], approximate=False)
-            await pipe.execute()
+            await execute(pipe)
         return count
 
 

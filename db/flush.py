@@ -10,7 +10,7 @@ from typing import Any
 from db.events import FeedLimits, feed_key, payload
 from db.keys import call_keys
 from db.packets import StoredPacket
-from db.redis_client import RedisClient
+from db.redis_client import RedisClient, execute
 from db.scripts import Script, register
 
 
@@ -42,7 +42,7 @@ class FlushSource:
             pipe.hgetall(keys.meta)
             pipe.get(keys.metadata)
             pipe.xrange(keys.packets, min="-", max="+", count=page_size)
-            _, meta, metadata, entries = await pipe.execute()
+            _, meta, metadata, entries = await execute(pipe)
         return FlushStart(
             meta,
             metadata,

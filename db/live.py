@@ -9,7 +9,7 @@ from typing import Any
 
 from db.keys import ALL_SHARDS, ShardKeys, call_keys
 from db.record import CallRecord, from_redis
-from db.redis_client import RedisClient, RedisPipeline
+from db.redis_client import RedisClient, RedisPipeline, execute
 from db.sequences import bits_set, missing_between, missing_between_runs
 
 
@@ -37,7 +37,7 @@ class LiveCalls:
                 keys = call_keys(call_id)
                 pipe.hgetall(keys.meta)
                 pipe.get(keys.metadata)
-            raw = await pipe.execute()
+            raw = await execute(pipe)
         found = [
             from_redis(call_id, meta, metadata, []) if meta else None
             for call_id, meta, metadata in zip(call_ids, raw[::2], raw[1::2], strict=True)
@@ -66,7 +66,7 @@ class LiveCalls:
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in gapped:
                 pipe.zrange(call_keys(call.call_id).runs, 0, cap, withscores=True)
-            found = await pipe.execute()
+            found = await execute(pipe)
         missing: dict[str, list[int]] = {}
         for call, runs in zip(gapped, found, strict=True):
             pairs = [(int(first), int(last)) for first, last in runs]
@@ -90,7 +90,7 @@ class LiveCalls:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.legacy_seen)
             pipe.smembers(keys.legacy_seen_high)
-            bitmap, high = await pipe.execute()
+            bitmap, high = await execute(pipe)
         present = bits_set(bitmap or b"", first, last)
         present += sorted(int(s) for s in high)
         return missing_between(present, first, last, cap)
@@ -156,7 +156,7 @@ class LiveCalls:
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard in ALL_SHARDS:
                 queue(pipe, shard)
-            return list(await pipe.execute())
+            return list(await execute(pipe))
 
 
 def _with_missing(call: CallRecord, missing: dict[str, list[int]]) -> CallRecord:

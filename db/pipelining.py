@@ -18,10 +18,9 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException
 
-from db.redis_client import RedisClient, RedisPipeline
+from db.redis_client import RedisClient, RedisPipeline, execute
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +136,7 @@ async def _run_once(
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         waits = _add_waits(pipe, nodes, replication) if replication else {}
         try:
-            results = list(await pipe.execute(raise_on_error=False))
-        except (AttributeError, RuntimeError) as exc:
-            if not isinstance(redis, RedisCluster):
-                raise
-            # When a node dies, redis-py 5.3's cluster pipeline that meets it closes every
-            # connection of the client (aclose) and retries; a concurrent pipeline then writes
-            # to a closed transport or reads a default node that is gone (redis/redis-py#3835,
-            # #3458). An outage like any other: answered 503, and retried by the client.
-            raise RedisConnectionError(f"the cluster changed during a pipeline: {exc!r}") from exc
+            results = await execute(pipe, raise_on_error=False)
         except RedisClusterException as exc:
             if replication is None or type(exc) is not RedisClusterException:
                 raise

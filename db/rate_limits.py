@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from db.keys import RATE_PREFIX
-from db.redis_client import RedisClient
+from db.redis_client import RedisClient, execute
 
 
 class RateLimits:
@@ -22,7 +22,7 @@ class RateLimits:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.incr(key)
             pipe.expire(key, 2)
-            count, _ = await pipe.execute()
+            count, _ = await execute(pipe)
         if int(count) <= per_second:
             return None
         return max(window + 1 - now, 0.001)

@@ -3,11 +3,13 @@ cluster client when the URL names a Redis Cluster (redis+cluster://host:port[,ho
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 # A single Redis or a Redis Cluster: the call keys may live on either (REDIS_URL).
 RedisClient = Redis | RedisCluster
@@ -19,6 +21,19 @@ CLUSTER_MIN_CONNECTIONS = 1024  # per node and process
 
 def is_cluster(redis: RedisClient) -> bool:
     return isinstance(redis, RedisCluster)
+
+
+async def execute(pipe: RedisPipeline, *, raise_on_error: bool = True) -> list[Any]:
+    """Send a pipeline. When a node dies, redis-py 5.3's cluster pipeline that meets it closes
+    every connection of the client and retries; a concurrent pipeline then writes to a closed
+    transport or reads a default node that is gone (redis/redis-py#3835, #3458): an outage like
+    any other, so it is raised as one (answered 503, retried by the client or the worker)."""
+    try:
+        return list(await pipe.execute(raise_on_error=raise_on_error))
+    except (AttributeError, RuntimeError) as exc:
+        if not isinstance(pipe, ClusterPipeline):
+            raise
+        raise RedisConnectionError(f"the cluster changed during a pipeline: {exc!r}") from exc
 
 
 def is_cluster_url(url: str) -> bool:

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from db.events import Event, EventLog, id_key
+from db.redis_client import close_redis
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class FeedHub:
 
     async def _read(self) -> None:
         failures = 0
-        while not self._closing:
+        while not self._stopped():
             try:
                 if not self._ready.is_set():
                     self._position = await self._log.last_id()
@@ -198,6 +199,8 @@ class FeedHub:
                 events = await self._reader_log.read_new(self._position, READ_BATCH, READ_BLOCK_MS)
                 failures = 0
             except (RedisError, OSError) as exc:
+                if self._stopped():
+                    return  # close() cut the connection
                 wait = RETRY_S[min(failures, len(RETRY_S) - 1)]
                 failures += 1
                 log.warning("event feed: Redis read failed (%s); retrying in %.1fs", exc, wait)
@@ -227,11 +230,17 @@ class FeedHub:
         if events:
             self._position = events[-1].id
 
+    def _stopped(self) -> bool:
+        return self._closing
+
     async def close(self) -> None:
-        """Stop the reader. It also stops by itself after its current read: a cancelled XREAD
-        has been seen to finish its block first (under the test suite's lifespan runner)."""
+        """Stop the reader. A cancelled XREAD has been seen to go on until its block ends
+        (under asgi-lifespan's runner): closing the reader's connections ends it at once."""
         self._closing = True
         if self._reader is not None:
             self._reader.cancel()
-            await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
+            done, _ = await asyncio.wait({self._reader}, timeout=0.05)
+            if not done:
+                await close_redis(self._reader_log.redis)
+                await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
             self._reader = None
