@@ -60,7 +60,8 @@ check: lint types imports test
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m "chaos or chaos_long" tests/chaos
 
-## Ingestion, back half and access-cost benchmarks; results go to BENCHMARKS.md.
+## Every benchmark (ingestion, back half, access cost, the feed's fan-out, Redis Cluster, the
+## local AI's quality); each writes its own section of BENCHMARKS.md (bench/sections.py).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.backhalf --write
