@@ -12,6 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from httpx import AsyncClient, Response
 
+from service import conditional
 from service.app import create_asgi
 from service.conditional import CACHE_CONTROL, parse_if_none_match
 from settings import Settings
@@ -219,3 +220,27 @@ def test_if_none_match_parsing():
     assert not listed.any
     assert listed.tags == {'"a"', '"b,c"', '"d"'}
     assert not listed.matches('"b"')
+
+
+async def _complete_later(client: AsyncClient, call_id: str, delay: float) -> None:
+    await asyncio.sleep(delay)
+    assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
+
+
+async def test_wait_wakes_on_the_call_s_event_not_on_its_polling_floor(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+):
+    # With the floor out of reach, only the live feed's COMPLETED event can end the wait early.
+    monkeypatch.setattr(conditional, "POLL_INTERVAL_S", 600.0)
+    await send(client, "c1", 1)
+    etag = (await get(client, "/v1/calls/c1")).headers["etag"]
+
+    waited, _ = await asyncio.wait_for(
+        asyncio.gather(
+            get(client, "/v1/calls/c1", etag, wait=25), _complete_later(client, "c1", 0.3)
+        ),
+        timeout=15,
+    )
+
+    assert waited.status_code == 200
+    assert waited.json()["state"] == "COMPLETED"
