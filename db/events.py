@@ -23,7 +23,7 @@ import orjson
 from redis.typing import EncodableT, FieldT
 
 from db.keys import EVENTS, call_keys
-from db.redis_client import RedisClient, RedisPipeline, execute, is_cluster
+from db.redis_client import RedisClient, RedisPipeline, execute, is_cluster, text_of
 
 # What an event is about; the `event:` name of a Server-Sent Event.
 STATE, ATTEMPT, PROGRESS = "state", "attempt", "progress"
@@ -127,11 +127,11 @@ class EventLog:
     async def last_id(self) -> str:
         """The newest event's id ("0-0" for an empty feed): where a new reader starts."""
         newest = await self.redis.xrevrange(EVENTS, count=1)
-        return _text(newest[0][0]) if newest else "0-0"
+        return text_of(newest[0][0]) if newest else "0-0"
 
     async def first_id(self) -> str | None:
         oldest = await self.redis.xrange(EVENTS, count=1)
-        return _text(oldest[0][0]) if oldest else None
+        return text_of(oldest[0][0]) if oldest else None
 
     async def after(self, event_id: str, count: int, until: str = "+") -> list[Event]:
         """Up to `count` events after `event_id` (and up to `until`, inclusive), oldest first."""
@@ -157,9 +157,5 @@ def parse(entries: Sequence[tuple[bytes | str, Mapping[bytes, bytes]]]) -> list[
         raw = fields.get(_FIELD)
         if raw is None:
             continue  # not ours: skipped rather than failing every reader
-        events.append(Event(_text(entry_id), orjson.loads(raw)))
+        events.append(Event(text_of(entry_id), orjson.loads(raw)))
     return events
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

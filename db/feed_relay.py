@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from db.events import FeedLimits
 from db.keys import ALL_SHARDS, EVENTS, FEED_CURSORS, FEED_RELAY_LEASE
-from db.redis_client import RedisClient, execute
+from db.redis_client import RedisClient, execute, text_of
 from db.scripts import Script, register
 
 PAGE = 500  # events read from one outbox per step
@@ -33,7 +33,7 @@ class FeedRelay:
         """Move what every outbox holds past the feed's cursor (up to PAGE each); the number
         of events moved. Two round trips to read (one per node), one to append, one to trim."""
         cursors = {
-            _text(k): _text(v)
+            text_of(k): text_of(v)
             for k, v in (await self.redis.hgetall(FEED_CURSORS)).items()  # type: ignore[misc]
         }
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -48,7 +48,7 @@ class FeedRelay:
             if not entries:
                 continue
             payloads = [fields[b"e"] for _, fields in entries]
-            last[str(k)] = _text(entries[-1][0])
+            last[str(k)] = text_of(entries[-1][0])
             args += [k, cursors.get(str(k), ""), last[str(k)], len(payloads), *payloads]
             count += len(payloads)
         if not last:
@@ -56,11 +56,7 @@ class FeedRelay:
         moved = await self._relay(keys=[EVENTS, FEED_CURSORS], args=args)
         # Taken: the outboxes need not keep them (entries before the cursor go).
         async with self.redis.pipeline(transaction=False) as pipe:
-            for taken in map(_text, moved):
+            for taken in map(text_of, moved):
                 pipe.xtrim(ALL_SHARDS[int(taken)].outbox, minid=last[taken], approximate=False)
             await execute(pipe)
         return count
-
-
-def _text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

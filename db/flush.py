@@ -10,7 +10,7 @@ from typing import Any
 from db.events import FeedLimits, feed_key, payload
 from db.keys import call_keys
 from db.packets import StoredPacket
-from db.redis_client import RedisClient, execute
+from db.redis_client import RedisClient, execute, text_of
 from db.scripts import Script, register
 
 
@@ -48,7 +48,7 @@ class FlushSource:
             metadata,
             [_stored_packet(entry_id, fields) for entry_id, fields in entries],
             len(entries) >= page_size,
-            _text(entries[-1][0]) if entries else "-",
+            text_of(entries[-1][0]) if entries else "-",
         )
 
     async def packet_pages(
@@ -64,7 +64,7 @@ class FlushSource:
                 yield [_stored_packet(entry_id, fields) for entry_id, fields in entries]
             if len(entries) < page_size:
                 return
-            start = "(" + _text(entries[-1][0])
+            start = "(" + text_of(entries[-1][0])
 
     async def forget_unflushed(self, call_id: str) -> None:
         """The call is in PostgreSQL now: the listing reads it from there."""
@@ -101,12 +101,8 @@ class FlushSource:
         )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _stored_packet(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StoredPacket:
-    millis = int(_text(entry_id).split("-", 1)[0])
+    millis = int(text_of(entry_id).split("-", 1)[0])
     return StoredPacket(
         sequence=int(fields[b"s"]),
         timestamp=float(fields[b"t"]),

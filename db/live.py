@@ -9,7 +9,7 @@ from typing import Any
 
 from db.keys import ALL_SHARDS, ShardKeys, call_keys
 from db.record import CallRecord, from_redis
-from db.redis_client import RedisClient, RedisPipeline, execute
+from db.redis_client import RedisClient, RedisPipeline, execute, text_of
 from db.sequences import bits_set, missing_between, missing_between_runs
 
 
@@ -100,7 +100,7 @@ class LiveCalls:
         found = await self._each_shard(
             lambda pipe, shard: pipe.zrangebyscore(shard.idle, "-inf", cutoff, 0, limit)
         )
-        return [_text(m) for ids in found for m in ids][:limit]
+        return [text_of(m) for ids in found for m in ids][:limit]
 
     async def pending(self, completed_before: float, limit: int = 1000) -> list[str]:
         """Completed calls not yet ARCHIVED/FAILED, completed before the given time."""
@@ -109,7 +109,7 @@ class LiveCalls:
                 shard.pending, "-inf", completed_before, 0, limit
             )
         )
-        return [_text(m) for ids in found for m in ids][:limit]
+        return [text_of(m) for ids in found for m in ids][:limit]
 
     async def unflushed_page(
         self, before: tuple[float, str] | None, limit: int
@@ -122,7 +122,7 @@ class LiveCalls:
                 shard.unflushed, max_score, "-inf", start=0, num=limit + 64, withscores=True
             )
         )
-        page = [(_text(member), float(score)) for raw in found for member, score in raw]
+        page = [(text_of(member), float(score)) for raw in found for member, score in raw]
         if before is not None:
             page = [(c, s) for c, s in page if (s, c) < (before[0], before[1])]
         page.sort(key=lambda entry: (entry[1], entry[0]), reverse=True)
@@ -162,11 +162,3 @@ class LiveCalls:
 def _with_missing(call: CallRecord, missing: dict[str, list[int]]) -> CallRecord:
     found = missing.get(call.call_id)
     return call.model_copy(update={"missing_sequences": found}) if found else call
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _texts(values: Sequence[bytes | str]) -> list[str]:
-    return [_text(v) for v in values]

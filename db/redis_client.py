@@ -19,6 +19,11 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> 
 CLUSTER_MIN_CONNECTIONS = 1024  # per node and process
 
 
+def text_of(value: bytes | str | int) -> str:
+    """A key, member or stream id as Redis answered it (bytes: the clients do not decode)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def is_cluster(redis: RedisClient) -> bool:
     return isinstance(redis, RedisCluster)
 
