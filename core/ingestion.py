@@ -6,37 +6,27 @@ idle sweep; so every rule here holds for all of them, and a new transport is a n
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from arq.connections import ArqRedis
 
 from core import metrics
 from core.audit import audit
 from core.backlog import Backlog
 from core.errors import (
-    BodyTooLarge,
     CallAlreadyCompleted,
     CallTooLarge,
-    DuplicateKey,
     InvalidText,
     MetadataTooLarge,
     NotYetReplicated,
     PayloadTooLarge,
-    UnreadableBody,
-    UnsupportedMediaType,
 )
-from db.events import FeedLimits
-from db.intake import CallCap, CallCompleted, CallFull, CallIntake, CallLimits, Completion
+from db.intake import CallCap, CallCompleted, CallFull, CallIntake, Completion
 from db.packets import Outcome, PacketFields, PacketResult
-from db.pipelining import NotReplicated, Replication
-from db.redis_client import RedisClient
-from jobs.queue import enqueue_process_call
-from settings import Settings
+from db.pipelining import NotReplicated
 
 MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
 CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -44,69 +34,14 @@ CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
 MAX_METADATA_BYTES = 16 * 1024  # what a call may be opened with (a media stream's start)
 
 _CALL_ID = re.compile(CALL_ID_PATTERN.strip("^$"))
-_JSON_SUBTYPE = re.compile(r"(?:json|[^;/\s]+\+json)", re.IGNORECASE)
+
+# Queues the call's job (jobs/queue.py's enqueuer): a second call for one call id is a no-op.
+EnqueueCall = Callable[[str], Awaitable[object]]
 
 
 def is_call_id(value: object) -> bool:
     # fullmatch: with re.match, "$" would also match before a trailing newline.
     return isinstance(value, str) and _CALL_ID.fullmatch(value) is not None
-
-
-def is_json(content_type: str | None) -> bool:
-    """A body is JSON when undeclared, `application/json` or `application/<anything>+json`."""
-    if content_type is None or not content_type.strip():
-        return True
-    media_type = content_type.split(";", 1)[0].strip()
-    main, _, sub = media_type.partition("/")
-    return main.lower() == "application" and _JSON_SUBTYPE.fullmatch(sub) is not None
-
-
-def require_json(content_type: str | None) -> None:
-    if not is_json(content_type):
-        raise UnsupportedMediaType(
-            f"the body must be JSON: send Content-Type: application/json (got {content_type!r})"
-        )
-
-
-def check_body_encoding(body: bytes) -> None:
-    """JSON text is UTF-8 without a byte order mark (RFC 8259). Python's json module also reads
-    UTF-16, UTF-32 and a BOM; the fast path does not, so neither may the routes."""
-    if body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
-        raise UnreadableBody("the body must be UTF-8 JSON text, without a byte order mark")
-
-
-_PACKET_KEYS = (b'"sequence"', b'"data"', b'"timestamp"')
-
-
-def check_unique_keys(body: bytes, packets: int) -> None:
-    """A JSON object naming a key twice is refused (422): parsers disagree on which one wins.
-    Cheap first: a packet key appearing no more often than there are packets cannot be doubled
-    (inside a string a quote is escaped, so `"data"` there is the whole value "data" at most);
-    only a body that fails that count is parsed again to be sure."""
-    if body.count(b'"packets"') <= 1 and all(body.count(k) <= packets for k in _PACKET_KEYS):
-        return
-    refuse_duplicate_keys(body)
-
-
-def refuse_duplicate_keys(body: bytes) -> None:
-    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise DuplicateKey(f"the body names the key {key!r} twice in one object")
-            seen.add(key)
-        return dict(pairs)
-
-    try:
-        json.loads(body, object_pairs_hook=pairs_to_dict)
-    except ValueError:  # not JSON at all: the validation says so
-        return
-
-
-def check_body_size(declared: int | None, limit: int) -> None:
-    """Refuse a body by its Content-Length, before a byte of it is read."""
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(f"the body is larger than {limit} bytes (MAX_BODY_BYTES)")
 
 
 def check_data_size(packet: PacketFields, limit: int) -> None:
@@ -184,7 +119,7 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Ingestion:
     intake: CallIntake
-    queue: ArqRedis
+    enqueue: EnqueueCall
     limits: Limits
     backlog: Backlog
 
@@ -237,7 +172,7 @@ class Ingestion:
         if outcome is Completion.COMPLETED:
             metrics.count_completion(reason)
             audit("complete", call_id, actor)
-            await enqueue_process_call(self.queue, call_id)
+            await self.enqueue(call_id)
         return outcome
 
     async def requeue(self, call_id: str, *, actor: str | None = None) -> None:
@@ -245,7 +180,7 @@ class Ingestion:
         reaper's watch first so that a failed enqueue is retried."""
         audit("replay", call_id, actor)
         await self.intake.mark_replayed(call_id)
-        await enqueue_process_call(self.queue, call_id)
+        await self.enqueue(call_id)
 
 
 _CAP_SETTINGS = {CallCap.PACKETS: ("MAX_CALL_PACKETS", "packets"),
@@ -267,42 +202,3 @@ def _not_replicated_detail(what: str, short: NotReplicated) -> str:
         f"master died now. Retry after Retry-After seconds; retrying is safe (a stored packet "
         f"is answered as a duplicate, a completed call as completed)"
     )
-
-
-def replication(settings: Settings) -> Replication | None:
-    """What an acknowledgement waits for (REDIS_WAIT_REPLICAS), None when nothing."""
-    if settings.redis_wait_replicas == 0:
-        return None
-    return Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
-
-
-def feed_limits(settings: Settings) -> FeedLimits:
-    return FeedLimits(settings.events_max_len, settings.events_progress_interval_s)
-
-
-def make_ingestion(
-    redis: RedisClient,
-    queue: ArqRedis,
-    settings: Settings,
-    *,
-    pipelined: bool,
-    acknowledging: bool = False,
-) -> Ingestion:
-    """`pipelined`: let concurrent requests share Redis round trips (the API, not the sweep).
-    `acknowledging`: its answers reach clients (the API), so they wait for REDIS_WAIT_REPLICAS;
-    the idle sweep's completions do not (a sweep stalled by a lost replica would leave every
-    quiet call open)."""
-    limits = Limits(
-        max_packet_data_bytes=settings.max_packet_data_bytes,
-        max_batch_packets=settings.max_batch_packets,
-        metadata_ttl_s=settings.completed_marker_retention_s,
-    )
-    caps = CallLimits(max_packets=settings.max_call_packets, max_bytes=settings.max_call_bytes)
-    intake = CallIntake(
-        redis,
-        pipelined=pipelined,
-        limits=caps,
-        feed=feed_limits(settings),
-        replication=replication(settings) if acknowledging else None,
-    )
-    return Ingestion(intake, queue, limits, Backlog(redis, settings.backlog_limit))

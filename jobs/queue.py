@@ -4,7 +4,9 @@ The API reaches the worker only through this module, and nothing else reads arq'
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_key_prefix
@@ -22,9 +24,18 @@ def call_job_id(call_id: str) -> str:
     return CALL_JOB_PREFIX + call_id
 
 
-def queue_client(pool: ConnectionPool) -> ArqRedis:
+# arq's client, by the name the API and the worker hold it (neither imports arq for it).
+QueueClient = ArqRedis
+
+
+def queue_client(pool: ConnectionPool) -> QueueClient:
     """arq's client over a pool the caller owns (and closes)."""
     return ArqRedis(connection_pool=pool)
+
+
+def call_enqueuer(queue: QueueClient) -> Callable[[str], Awaitable[bool]]:
+    """enqueue_process_call bound to the queue: what core's Ingestion calls to queue a job."""
+    return partial(enqueue_process_call, queue)
 
 
 async def enqueue_process_call(queue: ArqRedis, call_id: str) -> bool:

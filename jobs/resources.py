@@ -6,11 +6,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.audio import UnsupportedAudio, parse_format
-from core.ingestion import Ingestion, feed_limits, make_ingestion
+from core.builders import feed_limits, make_ingestion
+from core.ingestion import Ingestion
 from db.ai_slots import AiSlots
 from db.engine import autocommit, make_engine, make_sessionmaker
 from db.events import EventLog
@@ -25,7 +25,7 @@ from jobs.ai_openai import OpenAICompatible
 from jobs.audio import timeout_per_audio_s, transcription_allowance_s
 from jobs.breaker import CircuitBreaker
 from jobs.heartbeat import LeaseKeeper
-from jobs.queue import queue_client
+from jobs.queue import QueueClient, call_enqueuer, queue_client
 from jobs.stages import StageClock
 from settings import Settings
 
@@ -34,7 +34,7 @@ from settings import Settings
 class WorkerResources:
     settings: Settings
     redis: RedisClient  # the call keys
-    queue: ArqRedis  # arq's queue (the same pool today)
+    queue: QueueClient  # arq's queue (the same pool today)
     ingestion: Ingestion  # completes idle calls, as the API completes the others
     live: LiveCalls
     flush: FlushSource
@@ -132,7 +132,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         settings=settings,
         redis=redis,
         queue=queue,
-        ingestion=make_ingestion(redis, queue, settings, pipelined=False),
+        ingestion=make_ingestion(redis, call_enqueuer(queue), settings, pipelined=False),
         live=LiveCalls(redis),
         flush=FlushSource(redis, feed_limits(settings)),
         events=events,

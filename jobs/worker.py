@@ -18,7 +18,7 @@ from arq.cron import CronJob
 from arq.worker import Function, func
 
 from core import metrics
-from core.ingestion import feed_limits
+from core.builders import feed_limits
 from core.logs import about, configure_logging
 from db.feed_relay import FeedRelay
 from db.outages import is_outage

@@ -6,14 +6,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.ingestion import (
-    CALL_ID_PATTERN,
-    CALL_ID_RULE,
-    Ingestion,
-    check_body_encoding,
-    refuse_duplicate_keys,
-    require_json,
-)
+from core.ingestion import CALL_ID_PATTERN, CALL_ID_RULE, Ingestion
+from service.bodies import check_body_encoding, refuse_duplicate_keys, require_json
 from service.resources import ApiResources
 
 

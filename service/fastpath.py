@@ -33,11 +33,12 @@ from core.errors import (
     BodyTooLarge,
     CallstreamError,
 )
-from core.ingestion import Ingestion, check_unique_keys, is_call_id, is_json
+from core.ingestion import Ingestion, is_call_id
 from core.logs import about
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.states import CallState
+from service.bodies import check_unique_keys, is_json
 from service.errors import answer_body
 from service.gate import actor_of
 from service.resources import ApiResources

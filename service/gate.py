@@ -28,7 +28,7 @@ from core.errors import (
     Forbidden,
     RateLimited,
 )
-from core.ingestion import check_body_size
+from service.bodies import check_body_size
 from service.errors import answer_body
 from service.resources import ApiResources
 

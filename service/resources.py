@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.access import KeyRing, key_ring
-from core.ingestion import Ingestion, feed_limits, make_ingestion
+from core.builders import feed_limits, make_ingestion
+from core.ingestion import Ingestion
 from db.breaker_state import BreakerState
 from db.engine import make_engine, make_sessionmaker
 from db.events import EventLog
 from db.live import LiveCalls
 from db.rate_limits import RateLimits
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
-from jobs.queue import queue_client
+from jobs.queue import QueueClient, call_enqueuer, queue_client
 from service.feed import READ_BLOCK_MS, FeedHub
 from settings import Settings
 
@@ -25,7 +25,7 @@ class ApiResources:
     settings: Settings
     keys: KeyRing  # who may do what (core/access.py)
     redis: RedisClient  # the call keys
-    queue: ArqRedis  # arq's queue (the same pool today)
+    queue: QueueClient  # arq's queue (the same pool today)
     ingestion: Ingestion
     live: LiveCalls
     breaker: BreakerState
@@ -74,7 +74,11 @@ def open_resources(settings: Settings) -> ApiResources:
         redis=redis,
         queue=queue,
         ingestion=make_ingestion(
-            redis, queue, settings, pipelined=settings.redis_pipelining, acknowledging=True
+            redis,
+            call_enqueuer(queue),
+            settings,
+            pipelined=settings.redis_pipelining,
+            acknowledging=True,
         ),
         live=LiveCalls(redis),
         breaker=BreakerState(redis),

@@ -28,7 +28,7 @@ PREFIX = "/v1/call"
 STREAM_PATH = f"{PREFIX}/stream/"
 COMPLETE_PATH = f"{PREFIX}/complete/"
 BATCH_SUFFIX = "/batch"
-# An undeclared body is read as JSON, as on the fast path (core.ingestion.is_json); a body
+# An undeclared body is read as JSON, as on the fast path (service.bodies.is_json); a body
 # declared as anything else is refused with 415 by `json_body`.
 router = APIRouter(prefix=PREFIX, tags=["ingestion"], strict_content_type=False)
 

@@ -10,7 +10,6 @@ from core.ingestion import (
     check_data_size,
     check_metadata_size,
     is_call_id,
-    is_json,
 )
 from db.packets import NewPacket
 
@@ -23,22 +22,6 @@ def test_call_ids_of_the_allowed_characters_and_length_are_accepted(call_id: str
 @pytest.mark.parametrize("call_id", ["", "x" * 129, "abc\n", "a b", "é", "a/b", None, 7])
 def test_other_call_ids_are_refused_even_with_a_trailing_newline(call_id: object):
     assert not is_call_id(call_id)
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    [None, "", "application/json", "Application/JSON; charset=utf-8", "application/vnd.x+json"],
-)
-def test_undeclared_and_json_bodies_are_json(content_type: str | None):
-    assert is_json(content_type)
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data", "text/json", "json"],
-)
-def test_other_declared_types_are_not_json(content_type: str):
-    assert not is_json(content_type)
 
 
 def test_data_size_is_counted_in_utf8_bytes_not_characters():

@@ -13,7 +13,7 @@ from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from pydantic import ValidationError
 
-from core.ingestion import replication
+from core.builders import replication
 from db.pipelining import Replication
 from devstack.servers import EmbeddedRedis
 from service.app import create_asgi
