@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 
-from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
 from db.scripts import Script, register
+from jobs.queue import IN_PROGRESS_KEY_PREFIX
 
 # How long a job seen running on another worker is not looked at again. Short: if that worker
 # dies, the reaper releases the job and this worker should see it within a poll or two.
@@ -43,7 +43,7 @@ async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
     if claim is None:
         claim = vars(worker)["_claim_jobs_script"] = register(worker.pool, Script.CLAIM_JOBS)
     ttl_ms = int(worker.in_progress_timeout_s * 1000)
-    args: list[str | int] = [timestamp_ms(), ttl_ms, in_progress_key_prefix, *candidates]
+    args: list[str | int] = [timestamp_ms(), ttl_ms, IN_PROGRESS_KEY_PREFIX, *candidates]
     raw = [
         v.decode() if isinstance(v, bytes) else v for v in await claim([worker.queue_name], args)
     ]

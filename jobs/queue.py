@@ -1,6 +1,6 @@
 """Every fact about arq that the rest of the code needs: the queue client, enqueueing a call's
 job, the queue's depth and the workers' heartbeat, and putting an orphaned job back in reach.
-The API reaches the worker only through this module, and nothing else reads arq's keys."""
+The API reaches the worker only through this module, and nothing else names arq's keys."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ PROCESS_CALL = "process_call"
 # ids of the form `cron:<name>:<ms>`, which a call id may spell too. With the prefix, no call id
 # can name another job (a cron run's, or another call's), and none of theirs can name a call's.
 CALL_JOB_PREFIX = "call:"
+
+
+# arq's marker of a running job: the claim script (jobs/polling.py) sets it as arq does.
+IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 
 
 def call_job_id(call_id: str) -> str:
