@@ -15,6 +15,7 @@ CallstreamError            carries its HTTP status and a stable code
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
 ├── Overloaded             503: too many completed calls wait: new calls refused for now
 ├── NotYetReplicated       503: too few replicas confirmed the write (REDIS_WAIT_REPLICAS)
+├── RedisUnavailable       503: Redis is unreachable (what every transport makes of an outage)
 ├── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
 └── DuplicateKey           422: a JSON object names a key twice
 """
@@ -103,6 +104,26 @@ class NotYetReplicated(CallstreamError):
     default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
+# Not "nothing was stored": a timeout can hide a write that happened. Retrying is safe because
+# a packet already stored is answered as a duplicate.
+REDIS_DOWN = (
+    "Redis is unavailable. Retry after Retry-After seconds; a packet that did get stored "
+    "is answered as a duplicate, so retrying is safe."
+)
+
+
+class RedisUnavailable(CallstreamError):
+    """A Redis outage (db/outages.py REDIS_OUTAGE), as the fast path, the routes and the media
+    stream report it: one status, code and detail."""
+
+    status_code = 503
+    code = "redis_unavailable"
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+    def __init__(self, detail: str = REDIS_DOWN, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail, headers)
+
+
 class UnsupportedMediaType(CallstreamError):
     status_code = 415
     code = "unsupported_media_type"
@@ -136,11 +157,5 @@ def error_body(status: int, code: str, detail: str, **extensions: Any) -> bytes:
     return orjson.dumps(problem(status, code, detail, **extensions))
 
 
-# Not "nothing was stored": a timeout can hide a write that happened. Retrying is safe because
-# a packet already stored is answered as a duplicate.
-REDIS_DOWN = (
-    "Redis is unavailable. Retry after Retry-After seconds; a packet that did get stored "
-    "is answered as a duplicate, so retrying is safe."
-)
 POSTGRES_DOWN = "PostgreSQL is unavailable; retry shortly."
 INTERNAL_ERROR = "Internal error; it has been logged."

@@ -33,14 +33,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.errors import CallstreamError
+from core.errors import CallstreamError, RedisUnavailable
 from db.outages import REDIS_OUTAGE
 from db.packets import Outcome, PacketFields, PacketResult
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format, which every Prometheus version reads (our names need no escaping).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-REDIS_DOWN_CODE = "redis_unavailable"  # what the answers call a Redis outage (core/errors.py)
 
 _shared_dir = os.environ.get(MULTIPROC_DIR)
 if _shared_dir:
@@ -144,7 +143,7 @@ class counting_refusals:  # lower case: used as a `with` statement, like context
         if isinstance(exc, CallstreamError):
             count_refused(exc.code, self.packets)
         elif isinstance(exc, REDIS_OUTAGE):
-            count_refused(REDIS_DOWN_CODE, self.packets)
+            count_refused(RedisUnavailable.code, self.packets)
 
 
 S = TypeVar("S")

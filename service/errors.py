@@ -16,8 +16,8 @@ from core.errors import (
     MAX_PROBLEMS,
     POSTGRES_DOWN,
     PROBLEM_JSON,
-    REDIS_DOWN,
     CallstreamError,
+    RedisUnavailable,
     error_body,
 )
 from core.metrics import count_error_answer
@@ -44,9 +44,13 @@ def error_response(
     return Response(body, status, headers, media_type=PROBLEM_JSON)
 
 
+def domain_response(error: CallstreamError) -> Response:
+    return error_response(error.status_code, error.code, error.detail, error.headers or None)
+
+
 async def _domain(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, CallstreamError)
-    return error_response(exc.status_code, exc.code, exc.detail, exc.headers or None)
+    return domain_response(exc)
 
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
@@ -74,13 +78,9 @@ async def _invalid_request(_: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_request", detail, errors=problems)
 
 
-def redis_down_response() -> Response:
-    return error_response(503, "redis_unavailable", REDIS_DOWN, {"Retry-After": "1"})
-
-
 async def _redis_down(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable during %s %s: %r", request.method, request.url.path, exc)
-    return redis_down_response()
+    return domain_response(RedisUnavailable())
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:

@@ -24,41 +24,25 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from core.errors import (
-    INTERNAL_ERROR,
-    PROBLEM_JSON,
-    REDIS_DOWN,
-    BodyTooLarge,
-    CallstreamError,
-)
+from core.errors import INTERNAL_ERROR, BodyTooLarge, CallstreamError, RedisUnavailable
 from core.ingestion import Ingestion, is_call_id
 from core.logs import about
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.states import CallState
+from service.asgi import AppLayer, send_answer, send_error, send_problem
 from service.bodies import check_unique_keys, is_json
-from service.errors import answer_body
 from service.gate import actor_of
 from service.resources import ApiResources
 from service.routes.ingest import BATCH_SUFFIX, COMPLETE_PATH, STREAM_PATH
 from service.schemas import BatchIn, PacketIn
 
 log = logging.getLogger(__name__)
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-_PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]
 
 
-class IngestFastPath:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:
-        # Whoever holds `service.app:app` still sees the FastAPI app behind it (openapi(),
-        # routes, dependency_overrides, state...).
-        return getattr(self.app, name)
-
+class IngestFastPath(AppLayer):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = _ingest_target(scope)
         if target is None:
@@ -68,7 +52,7 @@ class IngestFastPath:
         try:
             body = await _read_body(receive)
         except BodyTooLarge as too_large:  # the gate cut the body off past MAX_BODY_BYTES
-            await _problem(send, 413, answer_body(413, too_large.code, too_large.detail))
+            await send_error(send, too_large)
             return
         if body is None:  # the client went away mid-body
             return
@@ -112,22 +96,20 @@ async def _guarded(
     try:
         outcome = await work
     except CallstreamError as exc:
-        body = answer_body(exc.status_code, exc.code, exc.detail)
-        await _problem(send, exc.status_code, body, exc.headers)
+        await send_error(send, exc)
     except REDIS_OUTAGE as exc:
         log.warning(
             "Redis unavailable during ingestion of %s: %r", call_id, exc, extra=about(call_id)
         )
-        body = answer_body(503, "redis_unavailable", REDIS_DOWN)
-        await _problem(send, 503, body, {"Retry-After": "1"})
+        await send_error(send, RedisUnavailable())
     except Exception:
         log.exception("unhandled error ingesting packets of %s", call_id, extra=about(call_id))
-        await _problem(send, 500, answer_body(500, "internal_error", INTERNAL_ERROR))
+        await send_problem(send, 500, "internal_error", INTERNAL_ERROR)
     else:
         if outcome is None:
             return False
         status, answer = outcome
-        await _answer(send, status, orjson.dumps(answer))
+        await send_answer(send, status, orjson.dumps(answer))
     return True
 
 
@@ -191,18 +173,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-async def _problem(
-    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
-) -> None:
-    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await _answer(send, status, body, [*_PROBLEM_HEADERS, *extra])
-
-
-async def _answer(
-    send: Send, status: int, body: bytes, head: list[tuple[bytes, bytes]] = _JSON_HEADERS
-) -> None:
-    headers: list[Any] = [*head, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

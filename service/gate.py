@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from core.access import (
     ANY_KEY,
@@ -21,15 +20,9 @@ from core.access import (
     presented_key,
     rule_for,
 )
-from core.errors import (
-    PROBLEM_JSON,
-    BodyTooLarge,
-    CallstreamError,
-    Forbidden,
-    RateLimited,
-)
+from core.errors import BodyTooLarge, CallstreamError, Forbidden, RateLimited
+from service.asgi import CLOSE_POLICY, AppLayer, send_error
 from service.bodies import check_body_size
-from service.errors import answer_body
 from service.resources import ApiResources
 
 log = logging.getLogger(__name__)
@@ -42,14 +35,7 @@ LOOPBACK_ONLY = (
 )
 
 
-class AccessGate:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:
-        # Whoever holds `service.app:app` still sees the FastAPI app behind it.
-        return getattr(self.app, name)
-
+class AccessGate(AppLayer):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or "state" not in scope:
             await self.app(scope, receive, send)
@@ -148,13 +134,6 @@ def _capped(receive: Receive, limit: int) -> Receive:
 async def _refuse(scope: Scope, send: Send, refused: CallstreamError) -> None:
     if scope["type"] == "websocket":
         # Closing before accepting refuses the handshake (HTTP 403 to the client).
-        await send({"type": "websocket.close", "code": 1008, "reason": refused.code})
+        await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": refused.code})
         return
-    body = answer_body(refused.status_code, refused.code, refused.detail)
-    headers = [
-        (b"content-type", PROBLEM_JSON.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers.items()]
-    await send({"type": "http.response.start", "status": refused.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, refused)

@@ -16,6 +16,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from db.events import Event
 from db.states import CallState
+from service.asgi import CLOSE_POLICY
 from service.deps import ResourcesDep, get_ws_resources, origin_allowed
 from service.feed import EventFilter, FeedHub, Reset
 from service.schemas import INVALID_REQUEST
@@ -24,7 +25,6 @@ router = APIRouter(tags=["supervision"])
 
 EVENT_ID_PATTERN = r"^\d{1,20}(-\d{1,20})?$"
 RETRY_MS = 2_000  # how long an EventSource waits before it reconnects
-CLOSE_POLICY = 1008
 
 CallIdFilter = Annotated[
     str | None, Query(max_length=128, description="Only the events of this call.")

@@ -28,11 +28,19 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from core.access import KeyRing, Role
-from core.errors import CallNotFound, CallstreamError
+from core.errors import CallNotFound, CallstreamError, RedisUnavailable
 from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
 from db.packets import NewPacket
+from service.asgi import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED,
+)
 from service.deps import get_ws_resources, origin_allowed
 from service.gate import KEY_IN_START, actor_of
 
@@ -43,12 +51,6 @@ router = APIRouter(tags=["ingestion"])
 FLUSH_AT = 50  # packets buffered before one append, at most
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
 # A frame is a media packet's payload plus its envelope; anything larger is refused unread.
 FRAME_ENVELOPE_BYTES = 16 * 1024
 
@@ -292,7 +294,7 @@ async def media_stream(websocket: WebSocket) -> None:
     except REDIS_OUTAGE as exc:
         log.warning("Redis unavailable during media stream %s: %r", stream.call_id, exc)
         message = "Redis is unavailable; the packets of the last frames were not stored"
-        await stream.reject("redis_unavailable", message, CLOSE_INTERNAL)
+        await stream.reject(RedisUnavailable.code, message, CLOSE_INTERNAL)
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
