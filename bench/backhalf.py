@@ -29,11 +29,11 @@ from typing import Any
 
 import asyncpg
 import orjson
-import psutil
 import uvloop
 from redis.asyncio import Redis
 
 from bench import backhalf_report, profile
+from bench.common import cpu_seconds, pct
 from bench.load import (
     Result,
     Workload,
@@ -163,17 +163,6 @@ async def final_count(conn: asyncpg.Connection) -> int:
     )
 
 
-def cpu_seconds(workers: list[Process]) -> float:
-    total = 0.0
-    for w in workers:
-        try:
-            times = psutil.Process(w.pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def stop(workers: list[Process]) -> dict[str, float]:
     """Stop the workers; returns their summed wall time by stage (from their last log line)."""
     stages: dict[str, float] = {}
@@ -189,13 +178,6 @@ def stop(workers: list[Process]) -> dict[str, float]:
     return stages
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def drain(
     b: Bench, api: int, plan: Plan, workers: int, baseline: bool, tag: str, spy: bool = False
 ) -> dict[str, Any]:
@@ -207,10 +189,10 @@ async def drain(
     spy_out = Path(tempfile.gettempdir()) / f"callstream-worker-profile-{os.getpid()}.txt"
     spied = profile.start(procs[0].pid, 3, spy_out) if spy else None
     try:
-        cpu0 = cpu_seconds(procs)
+        cpu0 = cpu_seconds(p.pid for p in procs)
         sent = asyncio.create_task(send_all(api, work.completes, 32))
         seconds = await b.finished(conn, plan.drain_calls, 120)
-        cpu = cpu_seconds(procs) - cpu0
+        cpu = cpu_seconds(p.pid for p in procs) - cpu0
         if spied is not None:
             spied.wait(30)
         completes = await sent

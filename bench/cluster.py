@@ -33,6 +33,7 @@ import uvloop
 from redis.asyncio import Redis
 
 from bench import backhalf, cluster_report
+from bench.common import cpu_seconds
 from bench.load import closed_loop, send_all, single_packet_workload
 from bench.sections import loadavg
 from devstack.cluster import EmbeddedRedisCluster
@@ -116,17 +117,6 @@ class Counts:
             commands=commands,
             reads=reads,
         )
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 async def ingestion_round(t: Topology, plan: Plan, tag: str) -> dict[str, Any]:

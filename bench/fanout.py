@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ import uvloop
 from redis.asyncio import Redis
 
 from bench import fanout_report
+from bench.common import pct
 from bench.load import closed_loop, single_packet_workload
 from bench.sections import loadavg
 from db.events import PROGRESS, EventLog
@@ -210,13 +210,6 @@ async def events_added(redis: Redis) -> int:
     if not await redis.exists(EVENTS):
         return 0
     return int((await redis.xinfo_stream(EVENTS))["entries-added"])
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def progress_event(i: int) -> dict[str, Any]:

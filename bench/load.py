@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from bench.common import pct
+
 HOST = "127.0.0.1"
 PAYLOAD_CHARS = 216  # 20 ms of 8 kHz mu-law (160 bytes), base64: what a PBX sends per packet
 
@@ -44,10 +46,7 @@ class Result:
         return self.requests / self.elapsed_s if self.elapsed_s else 0.0
 
     def pct_ms(self, q: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return pct(self.latencies_s, q) * 1000
 
     @property
     def max_ms(self) -> float:

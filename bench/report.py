@@ -100,8 +100,8 @@ ANALYSIS = [
     "- Drain of 100 calls (1.6-2.1x; 400 calls: 1.26-1.37x, within the target): the ideal"
     " divides total AI time by the concurrency, but the makespan also contains the slowest"
     " call (a few retries with backoff: 2-3 s against a mean of 0.85 s), which 100 calls over"
-    " 32 slots cannot hide. Worker overhead per call (flush, claim, transitions, attempt"
-    " records: about ten PostgreSQL transactions) is ~15 ms, under 2% of a call.",
+    " 32 slots cannot hide. Worker overhead per call (its flush, claim, state changes and"
+    " attempt records in PostgreSQL) is ~15 ms, under 2% of a call.",
 ]
 
 

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import uvloop
 
+from bench.common import cpu_seconds
 from db.intake import CallIntake
 from db.packets import NewPacket
 from db.pipelining import Replication
@@ -75,7 +75,6 @@ async def measure(
     redis = make_redis(url, max_connections=64, connect_timeout_s=2, read_timeout_s=5)
     replication = Replication(1, 100) if wait else None
     intake = CallIntake(redis, pipelined=True, replication=replication)
-    servers = [psutil.Process(pid) for pid in pids]
     latencies: list[float] = []
     sent = 0
     stop_at = 0.0
@@ -92,12 +91,12 @@ async def measure(
             sent += 1
 
     await intake.append("warm-up", [NewPacket(0, 1e9, "x")])
-    cpu_before = [sum(p.cpu_times()[:2]) for p in servers]
+    cpu_before = cpu_seconds(pids)
     own_before, began = time.process_time(), time.monotonic()
     stop_at = began + seconds
     await asyncio.gather(*(caller(n) for n in range(concurrency)))
     elapsed, own = time.monotonic() - began, time.process_time() - own_before
-    redis_cpu = sum(sum(p.cpu_times()[:2]) for p in servers) - sum(cpu_before)
+    redis_cpu = cpu_seconds(pids) - cpu_before
     await redis.flushall()
     await close_redis(redis)
     quantiles = statistics.quantiles(latencies, n=100)

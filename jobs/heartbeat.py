@@ -27,12 +27,13 @@ class LeaseKeeper:
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
-    async def hold(self, call_id: str, *, taken: bool = False) -> AsyncIterator[str]:
+    async def hold(self, call_id: str, *, caller_takes: bool = False) -> AsyncIterator[str]:
         """Take the call's lease (the newest runner wins; older ones are fenced) and keep it
-        renewed until the block ends. Yields the holder name. With `taken`, the caller takes
-        the lease itself, first thing in the block, in a round trip it makes anyway."""
+        renewed until the block ends. Yields the holder name. With `caller_takes`, the lease is
+        not taken here: the caller takes it under that holder name, first thing in the block, in
+        a round trip it makes anyway."""
         holder = f"{WORKER_ID}:{uuid.uuid4().hex[:8]}"
-        if not taken:
+        if not caller_takes:
             await self.leases.take(call_id, holder, self.ttl_s)
         self._held[holder] = call_id
         self._start()

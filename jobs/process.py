@@ -45,7 +45,7 @@ class UnknownCall(LookupError):
 async def process_call(res: WorkerResources, call_id: str) -> str:
     """Bring one completed call to a terminal state; returns the state it ends in."""
     try:
-        async with res.lease_keeper.hold(call_id, taken=True) as holder:
+        async with res.lease_keeper.hold(call_id, caller_takes=True) as holder:
             try:
                 with res.stages.timing("flush"), metrics.FLUSH_SECONDS.time():
                     held = await flush_call(res, call_id, holder)

@@ -22,7 +22,8 @@ from service.schemas import CallPage
 
 log = logging.getLogger(__name__)
 
-# States a call can have while it exists only in Redis (PostgreSQL rows start at COMPLETED).
+# States a call can have while it exists only in Redis. A PostgreSQL row starts at
+# PROCESSING_AI (the worker's flush claims it); it is COMPLETED only once a FAILED call is replayed.
 LIVE_STATES = frozenset({CallState.IN_PROGRESS, CallState.COMPLETED})
 
 
