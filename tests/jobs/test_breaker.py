@@ -10,6 +10,7 @@ import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
+from db.breaker_state import BreakerSnapshot, BreakerState
 from jobs.ai import TransientAIError
 from jobs.breaker import BreakerOpen, CircuitBreaker
 from tests.factories import send
@@ -30,9 +31,10 @@ async def test_a_success_resets_the_count_of_consecutive_failures(redis: Redis):
     await breaker.record_failure()
     await breaker.record_failure()
     await breaker.record_success()
-    await breaker.record_failure()
 
-    await breaker.wait_until_callable(deadline=time.monotonic() + 0.1)  # still closed
+    assert await breaker.record_failure() == 1  # counted afresh: 3 failures, none consecutive
+    assert await BreakerState(redis).read() == BreakerSnapshot(1, open_until=None)  # closed
+    await breaker.wait_until_callable(deadline=time.monotonic() + 0.1)
 
 
 async def test_after_the_cooldown_exactly_one_worker_probes(redis: Redis):
