@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: install lock run test check lint types imports chaos bench clean system-packages
+.PHONY: install lock run test check lint types imports docs chaos bench clean system-packages
 
 ## Everything pinned, every file checked against its hash in $(LOCK); then the project itself.
 ## Reinstalls only when the lock or pyproject.toml changed since the last install.
@@ -52,6 +52,11 @@ types: $(STAMP)
 
 imports: $(STAMP)
 	$(BIN)/lint-imports
+
+## docs/configuration.md, from settings.py (each setting's description); a test fails while it
+## is stale.
+docs: $(STAMP)
+	$(BIN)/python -m scripts.config_docs
 
 ## What CI runs: formatting, lint, types (strict), import contracts, then the suite.
 check: lint types imports test

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from db.redis_client import is_cluster_url
@@ -14,129 +14,317 @@ DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/callstream"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def _group(title: str) -> dict[str, JsonValue]:
+    """Marks the first setting of a section of docs/configuration.md; the settings after it, in
+    the order below, belong to it until the next mark."""
+    return {"group": title}
+
+
 class Settings(BaseSettings):
-    """Read once per process by a composition root (the API lifespan, the worker startup)."""
+    """Read once per process by a composition root (the API lifespan, the worker startup). Every
+    field's description is its meaning in docs/configuration.md (`make docs` writes it)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    database_url: str = DEFAULT_DATABASE_URL
-    # The call keys: a single Redis (redis://, rediss://) or a Redis Cluster
-    # (redis+cluster://host:port[,host:port...], rediss+cluster:// for TLS; password as for
-    # redis://). arq's queue needs a single Redis: QUEUE_REDIS_URL, by default REDIS_URL when
-    # that is one (a cluster needs it set).
-    redis_url: str = DEFAULT_REDIS_URL
-    queue_redis_url: str | None = None
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        json_schema_extra=_group("Stores"),
+        description="PostgreSQL (an asyncpg URL); `make run` sets it to its embedded server's",
+    )
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        description="the call keys: a single Redis (`redis://`, `rediss://`), or a Redis Cluster: "
+        "`redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` for TLS;"
+        " one node is enough, the client finds the others); `make run` sets it to its embedded "
+        "server's",
+    )
+    queue_redis_url: str | None = Field(
+        None,
+        description="arq's job queue, always a single Redis (arq does not support a cluster); "
+        "unset: `REDIS_URL`, which must then be a single Redis. In production, give it a replica "
+        "and Sentinel",
+    )
 
-    # Access (core/access.py): comma-separated API keys per role, or files of them (secrets).
-    # With none at all, the API is open but serves loopback clients only.
-    ingest_api_keys: SecretStr = SecretStr("")
-    supervisor_api_keys: SecretStr = SecretStr("")
-    admin_api_keys: SecretStr = SecretStr("")
-    ingest_api_keys_file: Path | None = None
-    supervisor_api_keys_file: Path | None = None
-    admin_api_keys_file: Path | None = None
-    # INFO: warnings and one line per finished call; DEBUG adds every job, cron run and retry.
-    log_level: str = "INFO"
-    # text: a readable console; json: one JSON object per line (time, level, logger, message,
-    # call_id when the line is about a call) for a log collector.
-    log_format: Literal["text", "json"] = "text"
+    # With no key at all, the API is open but serves loopback clients only (core/access.py).
+    ingest_api_keys: SecretStr = Field(
+        SecretStr(""),
+        json_schema_extra=_group("Access"),
+        description="API keys of the `ingest` role, comma-separated: packets, batches, "
+        "completions, the media WebSocket ([Access](access.md))",
+    )
+    supervisor_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys of the `supervisor` role, comma-separated: every read",
+    )
+    admin_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys of the `admin` role, comma-separated: everything, replays included",
+    )
+    ingest_api_keys_file: Path | None = Field(
+        None, description="a file of `ingest` keys, one or more a line (a secret mount)"
+    )
+    supervisor_api_keys_file: Path | None = Field(
+        None, description="a file of `supervisor` keys, one or more a line"
+    )
+    admin_api_keys_file: Path | None = Field(
+        None, description="a file of `admin` keys, one or more a line"
+    )
+    # Reads are limited; ingestion is not by default: a PBX that is throttled loses audio, and a
+    # call's size is capped anyway.
+    read_rate_limit: int = Field(
+        50, ge=0, description="read requests a second per API key (`429` past it); `0`: no limit"
+    )
+    ingest_rate_limit: int = Field(
+        0, ge=0, description="ingestion requests a second per API key; `0`: no limit"
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="the largest request body: `413`, refused by its `Content-Length` before a "
+        "byte is read (a chunked body is cut off at the first chunk past it)",
+    )
+    ws_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a media stream with no frame for this long is closed (its packets kept)",
+    )
+    ws_allowed_origins: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(),
+        description="browser origins allowed on the WebSockets, comma-separated (PBXs and "
+        "programs send no `Origin`)",
+    )
 
-    # Ingestion
-    max_packet_data_bytes: int = Field(64 * 1024, gt=0)
-    max_batch_packets: int = Field(500, gt=0)
-    # The largest request body, refused by its Content-Length before a byte is read (413).
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    # Requests a second per API key (0: no limit). Reads are limited; ingestion is not by
-    # default: a PBX that is throttled loses audio, and a call's size is capped anyway.
-    read_rate_limit: int = Field(50, ge=0)
-    ingest_rate_limit: int = Field(0, ge=0)
-    redis_pool_size: int = Field(64, gt=0)
-    redis_timeout_s: float = Field(1.0, gt=0)
-    ingest_fast_path: bool = True
-    # The media WebSocket: a stream with no frame for this long is closed (its packets kept);
-    # browsers (which send an Origin) may connect only from these origins (comma-separated).
-    ws_idle_timeout_s: float = Field(60.0, gt=0)
-    ws_allowed_origins: Annotated[frozenset[str], NoDecode] = frozenset()
-    redis_pipelining: bool = True
-    # The durability of an acknowledgement (README, Reliability): with N > 0, a packet or a
-    # completion is answered only once N replicas of the node holding the call have it (WAIT),
-    # else 503 not_replicated after REDIS_WAIT_TIMEOUT_MS. 0: as soon as the master has it.
-    redis_wait_replicas: int = Field(0, ge=0)
-    redis_wait_timeout_ms: int = Field(100, gt=0)
+    max_packet_data_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="the largest `data` of one packet, in UTF-8 bytes (`413`)",
+        json_schema_extra=_group("Ingestion"),
+    )
+    max_batch_packets: int = Field(500, gt=0, description="the most packets one batch holds")
+    # A 4-hour call at 50 packets/s of 216-byte payloads (720,000 packets, 156 MB of data) fits.
+    max_call_packets: int = Field(
+        1_000_000,
+        ge=1,
+        description="unique packets one call may hold; a request whose new packets would pass it "
+        "gets `413 call_too_large`, and nothing of it is stored",
+    )
+    max_call_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="UTF-8 bytes of `data` one call may hold (256 MiB); likewise `413`",
+    )
+    ingest_fast_path: bool = Field(
+        True,
+        description="serve packets, batches and first completions from the bare-ASGI fast path "
+        "(the same answers as the FastAPI routes)",
+    )
+    redis_pipelining: bool = Field(
+        True,
+        description="let concurrent ingestion requests share one Redis round trip per event-loop "
+        "tick",
+    )
+    redis_pool_size: int = Field(64, gt=0, description="the API's Redis connections")
+    redis_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="the API's Redis connect and read timeout: the bound on a `503` answer",
+    )
+    backlog_limit: int = Field(
+        20_000,
+        ge=0,
+        description="past this many completed calls waiting for the worker, new calls get `503` "
+        "with `Retry-After` (live calls go on; `/readyz` says so); `0`: no limit",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        json_schema_extra=_group("Durability of an answer (docs/operations.md)"),
+        description="answer a packet or a completion only once this many replicas of the call's "
+        "master have it (`WAIT`), else `503 not_replicated` (a retry is safe); `0`: once the "
+        "master has it",
+    )
+    redis_wait_timeout_ms: int = Field(
+        100,
+        gt=0,
+        description="how long `WAIT` waits for those replicas; shorter than `REDIS_TIMEOUT_S`",
+    )
 
-    # Backpressure: past this many completed calls waiting for the worker, new calls get 503
-    # (packets of live calls never do). 0: no limit.
-    backlog_limit: int = Field(20_000, ge=0)
+    call_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a call with no new packet for this long is completed by the sweep",
+        json_schema_extra=_group("Completion and retention"),
+    )
+    sweep_interval_s: int = Field(5, ge=1, le=60, description="how often the idle sweep runs")
+    key_retention_s: int = Field(
+        3600,
+        ge=1,
+        description="how long a finished call's Redis keys linger after PostgreSQL committed it",
+    )
+    completed_marker_retention_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="how long late packets of a finished call still get `409` (a call id must "
+        "not be reused within it)",
+    )
+    missing_list_cap: int = Field(
+        1000, ge=0, description="the longest `missing_sequences` list (`missing_count` is exact)"
+    )
 
-    # Completion
-    call_idle_timeout_s: float = Field(30.0, gt=0)
-    sweep_interval_s: int = Field(5, ge=1, le=60)
-    key_retention_s: int = Field(3600, ge=1)
-    completed_marker_retention_s: int = Field(7 * 24 * 3600, ge=1)
-    missing_list_cap: int = Field(1000, ge=0)
+    events_max_len: int = Field(
+        100_000,
+        ge=100,
+        json_schema_extra=_group("Live feed (GET /v1/events, WS /ws/supervisor)"),
+        description="events the live feed keeps (about 200 bytes each): how far back a reader "
+        "can resume",
+    )
+    events_progress_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="a live call's progress events come at most this often; `0`: none (only "
+        "state changes and AI attempts)",
+    )
+    events_heartbeat_s: float = Field(
+        15.0,
+        gt=0,
+        description="a quiet feed connection gets a comment this often, so proxies keep it open",
+    )
 
-    # Per-call limits (abuse resistance)
-    # What one call may hold: a request whose new packets would pass either cap is refused whole
-    # (413 call_too_large). A 4-hour call at 50 packets/s of 216-byte payloads (720,000 packets,
-    # 156 MB of data) fits. db/intake.py's CallLimits has the same defaults.
-    max_call_packets: int = Field(1_000_000, ge=1)
-    max_call_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    ai_provider: Literal["mock", "local", "openai"] = Field(
+        "mock",
+        json_schema_extra=_group("AI provider (docs/ai-providers.md)"),
+        description="who transcribes and scores sentiment: `mock` (the shipped flaky mock), "
+        "`local` (offline, in a process pool), `openai` (any OpenAI-compatible service)",
+    )
+    ai_base_url: str | None = Field(
+        None,
+        description="`openai`: the service (`https://api.openai.com`, with or without `/v1`)",
+    )
+    ai_api_key: SecretStr = Field(
+        SecretStr(""), description="`openai`: its key, sent as a Bearer token (none if empty)"
+    )
+    ai_transcription_model: str | None = Field(
+        None, description="`openai`: the speech model (`whisper-1`)"
+    )
+    ai_sentiment_model: str | None = Field(
+        None, description="`openai`: the chat model that scores sentiment (`gpt-4o-mini`)"
+    )
+    ai_sentiment: Literal["provider", "local"] = Field(
+        "provider",
+        description="`openai` only: `local` scores sentiment with VADER in the worker instead of "
+        "the provider's chat model",
+    )
+    ai_max_upload_bytes: int = Field(
+        25_000_000,
+        ge=64 * 1024,
+        description="`openai`: the provider's largest upload; a longer call's WAV goes in parts",
+    )
+    ai_timeout_per_audio_s: float | None = Field(
+        None,
+        ge=0,
+        description="extra seconds a transcription attempt (and the call's AI budget) gets per "
+        "second of audio, within `JOB_TIMEOUT_S`; unset: the provider's own (mock 0, local 1.5, "
+        "openai 0.5)",
+    )
+    packet_audio_encoding: str = Field(
+        "audio/x-mulaw;rate=8000",
+        description="what HTTP packets' `data` is base64 of: `audio/x-mulaw`, `audio/x-alaw` or "
+        "`audio/L16` with `;rate=` (a media stream says its own, in `start.mediaFormat`)",
+    )
 
-    # The live event feed (GET /v1/events, WS /ws/supervisor): how many events Redis keeps (a
-    # reader can resume within them; about 200 bytes each), and how often a live call reports
-    # its counters (0: only state changes and AI attempts). db/events.py's FeedLimits has the
-    # same defaults.
-    events_max_len: int = Field(100_000, ge=100)
-    events_progress_interval_s: float = Field(1.0, ge=0)
-    # A quiet feed connection gets a comment this often, so that proxies keep it open.
-    events_heartbeat_s: float = Field(15.0, gt=0)
-
-    # The AI provider: mock (the shipped flaky mock, the default), local (pocketsphinx and
-    # vaderSentiment in a process pool, offline), openai (any OpenAI-compatible service).
-    ai_provider: Literal["mock", "local", "openai"] = "mock"
-    ai_failure_rate: float = Field(0.25, ge=0.0, le=1.0)
-    ai_latency_min_s: float = Field(1.0, ge=0.0)
-    ai_latency_max_s: float = Field(3.0, ge=0.0)
-    ai_seed: int | None = None
-    # Mock outage bursts (chaos testing): down for the first DURATION s of every PERIOD s.
-    ai_outage_period_s: float | None = Field(None, gt=0)
-    ai_outage_duration_s: float = Field(0.0, ge=0)
-    ai_max_attempts: int = Field(5, ge=1)
-    ai_attempt_timeout_s: float = Field(10.0, gt=0)
-    ai_backoff_base_s: float = Field(0.5, ge=0.0)
-    ai_backoff_max_s: float = Field(10.0, ge=0.0)
-    ai_call_budget_s: float = Field(300.0, gt=0)
-    ai_breaker_threshold: int = Field(10, ge=1)
-    ai_breaker_cooldown_s: float = Field(10.0, gt=0)
-    # Requests to the provider at once, across every worker: set it to the provider's limit.
+    ai_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="attempts per step (transcription, sentiment) per run",
+        json_schema_extra=_group("AI retries and limits"),
+    )
+    ai_attempt_timeout_s: float = Field(10.0, gt=0, description="the timeout of one AI request")
+    ai_backoff_base_s: float = Field(
+        0.5, ge=0.0, description="the first backoff between attempts (exponential, full jitter)"
+    )
+    ai_backoff_max_s: float = Field(10.0, ge=0.0, description="the longest backoff")
+    ai_call_budget_s: float = Field(
+        300.0, gt=0, description="the deadline of a call's AI work in one run, waits included"
+    )
+    ai_breaker_threshold: int = Field(
+        10,
+        ge=1,
+        description="the shared circuit breaker opens after this many consecutive failures",
+    )
+    ai_breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="seconds the open breaker waits before it lets one probe through"
+    )
     # The mock has no limit of its own, so the default lets a large burst run at once.
-    ai_max_concurrency: int = Field(1000, ge=1)
-    # AI_PROVIDER=openai: POST {AI_BASE_URL}/v1/audio/transcriptions with AI_TRANSCRIPTION_MODEL;
-    # sentiment by chat completions with AI_SENTIMENT_MODEL, or VADER here (AI_SENTIMENT=local).
-    ai_base_url: str | None = None
-    ai_api_key: SecretStr = SecretStr("")
-    ai_transcription_model: str | None = None
-    ai_sentiment_model: str | None = None
-    ai_sentiment: Literal["provider", "local"] = "provider"
-    # The provider's largest upload (OpenAI: 25 MB); a longer call's WAV is sent in parts.
-    ai_max_upload_bytes: int = Field(25_000_000, ge=64 * 1024)
-    # Extra seconds a transcription attempt (and the call's AI budget) gets per second of audio,
-    # within JOB_TIMEOUT_S. Unset: the provider's own (mock 0, local 1.5, openai 0.5).
-    ai_timeout_per_audio_s: float | None = Field(None, ge=0)
-    # What HTTP packets' data is (a media stream says its own, in start.mediaFormat).
-    packet_audio_encoding: str = "audio/x-mulaw;rate=8000"
+    ai_max_concurrency: int = Field(
+        1000,
+        ge=1,
+        description="requests to the AI provider at once, across every worker (shared through "
+        "Redis): set it to your provider's limit (`local`: never more than the worker's cores)",
+    )
 
-    # The worker
-    # Calls in flight per worker: jobs wait on I/O (the AI, the stores), so hundreds are cheap;
-    # what bounds the AI work is AI_MAX_CONCURRENCY.
-    worker_max_jobs: int = Field(1000, ge=1)
-    job_timeout_s: int = Field(600, ge=1)
-    # CPU priority of the worker below the API's (os.nice increment; 0 leaves it as it is).
-    worker_nice: int = Field(10, ge=0, le=19)
-    lease_ttl_s: float = Field(10.0, gt=0)
-    reaper_interval_s: int = Field(2, ge=1, le=60)
-    shutdown_grace_s: int = Field(20, ge=0)
-    db_retry_max_s: float = Field(30.0, gt=0)
+    ai_failure_rate: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="the share of mock AI requests that fail",
+        json_schema_extra=_group("The mock AI (AI_PROVIDER=mock)"),
+    )
+    ai_latency_min_s: float = Field(1.0, ge=0.0, description="the mock's least latency (uniform)")
+    ai_latency_max_s: float = Field(3.0, ge=0.0, description="the mock's largest latency")
+    ai_seed: int | None = Field(None, description="makes the mock repeatable per call")
+    ai_outage_period_s: float | None = Field(
+        None,
+        gt=0,
+        description="mock outage bursts (chaos testing): down for the first "
+        "`AI_OUTAGE_DURATION_S` of every this many seconds; unset: no outages",
+    )
+    ai_outage_duration_s: float = Field(0.0, ge=0, description="how long each mock outage lasts")
+
+    # Jobs wait on I/O (the AI, the stores), so hundreds are cheap; AI_MAX_CONCURRENCY bounds AI.
+    worker_max_jobs: int = Field(
+        1000,
+        ge=1,
+        description="calls in flight per worker",
+        json_schema_extra=_group("Worker"),
+    )
+    job_timeout_s: int = Field(600, ge=1, description="arq's hard limit for one job")
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="the worker's CPU priority below the API's (`os.nice`), so ingestion stays "
+        "fast while a backlog drains on the same machine; `0` leaves it alone",
+    )
+    lease_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="a dead worker's calls are re-run this soon after its last heartbeat",
+    )
+    reaper_interval_s: int = Field(
+        2, ge=1, le=60, description="how often the reaper looks for orphaned calls"
+    )
+    shutdown_grace_s: int = Field(
+        20,
+        ge=0,
+        description="on SIGTERM, how long running jobs may finish before they are handed back",
+    )
+    db_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="the longest wait between job retries while PostgreSQL or Redis is down",
+    )
+
+    log_level: str = Field(
+        "INFO",
+        json_schema_extra=_group("Logs"),
+        description="`INFO`: warnings and one line per finished call; `DEBUG` adds every job, "
+        "cron run and retry",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object per line (time, level, logger, message, `call_id` "
+        "where there is one) for a log collector; never packet data or transcripts",
+    )
 
     @field_validator("ws_allowed_origins", mode="before")
     @classmethod
