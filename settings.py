@@ -101,17 +101,18 @@ class Settings(BaseSettings):
         json_schema_extra=_group("Ingestion"),
     )
     max_batch_packets: int = Field(500, gt=0, description="the most packets one batch holds")
-    # A 4-hour call at 50 packets/s of 216-byte payloads (720,000 packets, 156 MB of data) fits.
     max_call_packets: int = Field(
         1_000_000,
         ge=1,
-        description="unique packets one call may hold; a request whose new packets would pass it "
-        "gets `413 call_too_large`, and nothing of it is stored",
+        description="unique packets one call may hold (a 4-hour call at 50 packets/s is 720,000); "
+        "a request whose new packets would pass it gets `413 call_too_large`, and nothing of it "
+        "is stored",
     )
     max_call_bytes: int = Field(
         256 * 1024 * 1024,
         ge=1,
-        description="UTF-8 bytes of `data` one call may hold (256 MiB); likewise `413`",
+        description="UTF-8 bytes of `data` one call may hold, 256 MiB (a 4-hour call at 50 "
+        "packets/s of 216 bytes is 156 MB); likewise `413`",
     )
     ingest_fast_path: bool = Field(
         True,
@@ -138,7 +139,7 @@ class Settings(BaseSettings):
     redis_wait_replicas: int = Field(
         0,
         ge=0,
-        json_schema_extra=_group("Durability of an answer (docs/operations.md)"),
+        json_schema_extra=_group("Durability of an answer"),
         description="answer a packet or a completion only once this many replicas of the call's "
         "master have it (`WAIT`), else `503 not_replicated` (a retry is safe); `0`: once the "
         "master has it",
@@ -174,7 +175,7 @@ class Settings(BaseSettings):
     events_max_len: int = Field(
         100_000,
         ge=100,
-        json_schema_extra=_group("Live feed (GET /v1/events, WS /ws/supervisor)"),
+        json_schema_extra=_group("Live feed"),
         description="events the live feed keeps (about 200 bytes each): how far back a reader "
         "can resume",
     )
@@ -192,7 +193,7 @@ class Settings(BaseSettings):
 
     ai_provider: Literal["mock", "local", "openai"] = Field(
         "mock",
-        json_schema_extra=_group("AI provider (docs/ai-providers.md)"),
+        json_schema_extra=_group("AI provider"),
         description="who transcribes and scores sentiment: `mock` (the shipped flaky mock), "
         "`local` (offline, in a process pool), `openai` (any OpenAI-compatible service)",
     )
@@ -259,7 +260,8 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         description="requests to the AI provider at once, across every worker (shared through "
-        "Redis): set it to your provider's limit (`local`: never more than the worker's cores)",
+        "Redis): set it to your provider's limit (`local`: never more than the worker's cores). "
+        "A `Retry-After` from the provider pauses every worker",
     )
 
     ai_failure_rate: float = Field(
@@ -267,7 +269,7 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="the share of mock AI requests that fail",
-        json_schema_extra=_group("The mock AI (AI_PROVIDER=mock)"),
+        json_schema_extra=_group("The mock AI"),
     )
     ai_latency_min_s: float = Field(1.0, ge=0.0, description="the mock's least latency (uniform)")
     ai_latency_max_s: float = Field(3.0, ge=0.0, description="the mock's largest latency")
@@ -280,11 +282,11 @@ class Settings(BaseSettings):
     )
     ai_outage_duration_s: float = Field(0.0, ge=0, description="how long each mock outage lasts")
 
-    # Jobs wait on I/O (the AI, the stores), so hundreds are cheap; AI_MAX_CONCURRENCY bounds AI.
     worker_max_jobs: int = Field(
         1000,
         ge=1,
-        description="calls in flight per worker",
+        description="calls in flight per worker: they wait on I/O (the AI, the stores), so "
+        "hundreds are cheap; the AI work is bounded by `AI_MAX_CONCURRENCY`",
         json_schema_extra=_group("Worker"),
     )
     job_timeout_s: int = Field(600, ge=1, description="arq's hard limit for one job")

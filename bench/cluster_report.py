@@ -217,7 +217,7 @@ def reading(figures: dict[str, Any]) -> list[str]:
         " with each other, not with other sections.",
         "- On separate machines (a cluster's point) a master gets a core of its own: the Redis"
         " CPU per packet then bounds one master (about 1e6 / that figure, in packets/s, at 100%"
-        " of its core: the README's capacity model), and the API's CPU per packet the API"
+        " of its core: docs/operations.md's capacity model), and the API's CPU per packet the API"
         " processes; the cluster's cost to the API is the ratio above, paid once per packet.",
     ]
     if "drain_medians" in figures:

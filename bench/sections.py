@@ -15,6 +15,8 @@ SECTIONS = (
     "## Live event feed",
     "## Redis Cluster",
     "<!-- ai-quality -->",  # bench/ai_quality.py's section starts with its marker
+    "## Reliability runs",  # written by hand from the chaos runs: no benchmark rewrites it
+    "## Capacity model: a worked example",  # by hand too, from the figures of the others
 )
 
 
