@@ -45,11 +45,16 @@ class CallFull(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CallLimits:
-    """What one call may hold; the defaults are those of settings.py (a test holds them equal).
-    A 4-hour call at 50 packets/s of 216-byte payloads (720,000 packets, 156 MB) fits."""
+    """What one call may hold: MAX_CALL_PACKETS unique packets, MAX_CALL_BYTES bytes of data
+    (core/builders.py builds it from the settings)."""
 
-    max_packets: int = 1_000_000
-    max_bytes: int = 256 * 1024 * 1024
+    max_packets: int
+    max_bytes: int
+
+
+# The caps of an intake built without limits (tests and benchmarks not about them): none a call
+# can reach. The API and the worker always pass the settings' (core/builders.py).
+UNCAPPED = CallLimits(max_packets=2**53 - 1, max_bytes=2**53 - 1)
 
 
 class Completion(StrEnum):
@@ -78,7 +83,7 @@ class CallIntake:
         `replication`: append and complete return only once the call's replicas have the write
         (WAIT), else raise NotReplicated."""
         self.redis = redis
-        self.limits = limits or CallLimits()
+        self.limits = limits or UNCAPPED
         self.feed = feed or FeedLimits()
         self.replication = replication
         self._pipeline = ScriptPipeline(redis, replication=replication) if pipelined else None

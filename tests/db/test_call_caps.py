@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from core.builders import call_limits
 from db.intake import CallCap, CallFull, CallIntake, CallLimits
 from db.keys import call_keys
 from db.packets import NewPacket, Outcome
@@ -111,14 +112,14 @@ async def test_data_past_the_byte_cap_is_refused_counted_in_utf8_bytes(redis: Re
     assert fits.outcome is Outcome.IN_ORDER
 
 
-def test_the_caps_fit_a_four_hour_call_and_match_the_settings():
+def test_the_caps_are_the_settings_and_by_default_fit_a_four_hour_call():
     four_hours_at_50_per_s = 4 * 3600 * 50
-    limits, fields = CallLimits(), Settings.model_fields
+    settings = Settings(_env_file=None)
+    limits = call_limits(settings)
 
+    assert limits == CallLimits(settings.max_call_packets, settings.max_call_bytes)
     assert four_hours_at_50_per_s <= limits.max_packets
     assert four_hours_at_50_per_s * 216 <= limits.max_bytes
-    assert fields["max_call_packets"].default == limits.max_packets
-    assert fields["max_call_bytes"].default == limits.max_bytes
 
 
 async def idle_clock(redis: Redis, call_id: str) -> tuple[float | None, bytes | None]:
