@@ -45,10 +45,13 @@ function newCall(id) {
     createdAt: null, // epoch seconds (server clock)
     completedAt: null,
     finishedAt: null,
-    received: 0,
-    duplicates: 0,
-    outOfOrder: 0,
-    missing: 0,
+    // Counters: null until the page has read them. The feed's first event of a call carries
+    // none, and progress events come at most once an interval, so a short call's counters
+    // are known from a read of the call only (refreshCall), never shown as 0 meanwhile.
+    received: null,
+    duplicates: null,
+    outOfOrder: null,
+    missing: null,
     lastPacketAt: null,
     aiStep: null,
     aiAttempt: null,
@@ -122,6 +125,8 @@ function applyState(call, event) {
         aiOutcome: null, aiError: null });
     } else {
       call.completedAt = event.at;
+      // A short call sent no progress event: its counters are read now, not once it is ARCHIVED.
+      if (call.received === null) refresh.soon(call.id);
     }
     call.replaying = false;
   } else if (event.state === "ARCHIVED") {
@@ -150,7 +155,7 @@ function applyAttempt(call, event) {
 
 function applyProgress(call, event) {
   // Progress only counts packets: it never moves a call that has already moved on.
-  rate.add(Math.max(event.received - call.received, 0));
+  rate.add(Math.max(event.received - (call.received ?? 0), 0));
   Object.assign(call, {
     received: event.received,
     duplicates: event.duplicates,
@@ -198,36 +203,63 @@ const rate = {
   },
 };
 
-// Re-reads of single calls at a bounded pace: final counters after a call finishes, calls
-// first seen mid-way. A burst of finishing calls must not turn into a burst of requests.
+// Re-reads of single calls at a bounded pace (at most 4 a second): counters at a call's end,
+// final values, calls first seen mid-way. A burst of finishing calls must not turn into a burst
+// of requests. A read that fails is tried again later, and one that an event overtook is read
+// again: a row must not keep the values of a read that never landed.
+const REFRESH_BATCH = 4;
+const REFRESH_TRIES = 8; // then the call keeps what the feed said of it
 const refresh = {
-  queue: new Set(),
+  due: new Map(), // call id -> { at: ms, tries }
   timer: null,
-  soon(id) {
-    this.queue.add(id);
-    if (this.queue.size > 50) this.queue.delete(this.queue.values().next().value);
-    this.timer ??= setTimeout(() => this.drain(), 300);
+  running: false,
+  soon(id, delayMs = 300) {
+    const at = Date.now() + delayMs;
+    const known = this.due.get(id);
+    if (!known || known.at > at) this.due.set(id, { at, tries: known?.tries ?? 0 });
+    if (this.due.size > 50) this.due.delete(this.due.keys().next().value);
+    this.arm(0);
+  },
+  retry(id, tries) {
+    if (tries + 1 >= REFRESH_TRIES) return;
+    this.due.set(id, { at: Date.now() + Math.min(1000 * 2 ** tries, 30000), tries: tries + 1 });
+    this.arm(0);
+  },
+  arm(minMs) {
+    if (this.running || !this.due.size) return;
+    const next = Math.min(...[...this.due.values()].map((entry) => entry.at));
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.drain(), Math.max(next - Date.now(), minMs));
   },
   async drain() {
-    const batch = [...this.queue].slice(0, 4);
-    batch.forEach((id) => this.queue.delete(id));
-    await Promise.all(batch.map(refreshCall));
+    this.timer = null;
+    this.running = true;
+    const now = Date.now();
+    const batch = [...this.due].filter(([, entry]) => entry.at <= now).slice(0, REFRESH_BATCH);
+    batch.forEach(([id]) => this.due.delete(id));
+    await Promise.all(batch.map(([id, entry]) => refreshCall(id, entry.tries)));
+    this.running = false;
     scheduleRender();
-    this.timer = this.queue.size ? setTimeout(() => this.drain(), 1000) : null;
+    this.arm(batch.length ? 1000 : 0);
   },
 };
 
-async function refreshCall(id) {
+async function refreshCall(id, tries = 0) {
   const before = calls.get(id);
   if (!before) return;
   const state = before.state;
+  let record;
   try {
-    const record = await api(`/v1/calls/${encodeURIComponent(id)}`);
-    // An event that arrived meanwhile is newer than this answer: keep the event's view.
-    if (calls.get(id) === before && before.state === state) applyRecord(record);
+    record = await api(`/v1/calls/${encodeURIComponent(id)}`);
   } catch (error) {
     if (isAuthError(error)) askForKey(error);
+    else if (error.status !== 404) refresh.retry(id, tries); // a network error, a 503...
+    return;
   }
+  if (calls.get(id) !== before) return; // forgotten, or the calls were read afresh meanwhile
+  // An event that arrived meanwhile is newer than this answer: read the call again.
+  if (before.state !== state) refresh.soon(id);
+  else applyRecord(record);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,6 +534,12 @@ function formatSeconds(s) {
   return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} m`;
 }
 
+// A call's length: tenths under 10 s, where whole seconds would show a short call as "0 s".
+function formatDuration(s) {
+  if (s === null || s === undefined || Number.isNaN(s) || s >= 10) return formatSeconds(s);
+  return `${(Math.floor(s * 10) / 10).toFixed(1)} s`;
+}
+
 // How long the call has lasted: still counting while it receives packets.
 function callDuration(call, now) {
   if (call.createdAt === null) return null;
@@ -516,8 +554,11 @@ function aiStepText(call) {
     : call.aiStep;
 }
 
-const idColumn = { key: "id", label: "Call", value: (c) => c.id, text: (c) => c.id, cls: () => "id" };
-const numeric = (key, label, value) => ({ key, label, num: true, value, text: (c) => count(value(c)) });
+// The call id links to the call's page (a link: reached with Tab, followed with Enter).
+const idColumn = { key: "id", label: "Call", value: (c) => c.id, text: (c) => c.id, cls: () => "id",
+  link: true };
+const known = (n) => (n === null || n === undefined ? "–" : count(n));
+const numeric = (key, label, value) => ({ key, label, num: true, value, text: (c) => known(value(c)) });
 
 const TABLES = {
   live: {
@@ -528,7 +569,7 @@ const TABLES = {
       { key: "state", label: "State", value: (c) => STATES.indexOf(c.state),
         text: (c) => c.state, badge: (c) => c.state },
       { key: "duration", label: "Duration", num: true, value: callDuration,
-        text: (c, now) => formatSeconds(callDuration(c, now)) },
+        text: (c, now) => formatDuration(callDuration(c, now)) },
       numeric("packets", "Packets", (c) => c.received),
       { ...numeric("gaps", "Gaps", (c) => c.missing), cls: (c) => (c.missing ? "gaps" : "") },
       numeric("duplicates", "Duplicates", (c) => c.duplicates),
@@ -564,7 +605,7 @@ const TABLES = {
       { key: "finished", label: "Finished", num: true, value: (c, now) => ageOf(c.finishedAt, now),
         text: (c, now) => ageText(c.finishedAt, now), title: (c) => timeText(c.finishedAt) },
       { key: "duration", label: "Duration", num: true, value: callDuration,
-        text: (c, now) => formatSeconds(callDuration(c, now)) },
+        text: (c, now) => formatDuration(callDuration(c, now)) },
       numeric("packets", "Packets", (c) => c.received),
       { key: "sentiment", label: "Sentiment", value: (c) => c.sentiment?.score ?? null,
         text: (c) => (c.sentiment ? `${c.sentiment.label} ${c.sentiment.score.toFixed(2)}` : "–"),
@@ -703,6 +744,7 @@ function createRow(table, call) {
     const td = document.createElement("td");
     td.dataset.key = column.key;
     if (column.replay) td.append(replayButton(call.id));
+    else if (column.link) td.append(callLink(call.id));
     else if (column.badge) td.append(document.createElement("span"));
     else if (column.clamp) td.append(Object.assign(document.createElement("div"), { className: "clamp" }));
     tr.append(td);
@@ -714,7 +756,7 @@ function updateRow(tr, table, call, now) {
   table.columns.forEach((column, i) => {
     const td = tr.cells[i];
     if (column.replay) return updateReplayButton(td.firstChild, call);
-    const target = column.badge || column.clamp ? td.firstChild : td;
+    const target = column.badge || column.clamp || column.link ? td.firstChild : td;
     setIfChanged(target, "textContent", String(column.text(call, now)));
     const classes = [column.num ? "num" : "", column.cls?.(call, now) ?? ""];
     setIfChanged(td, "className", classes.join(" ").trim());
@@ -729,6 +771,13 @@ function updateRow(tr, table, call, now) {
 // Writing only what changed keeps a once-a-second redraw of hundreds of rows cheap.
 function setIfChanged(element, property, value) {
   if (element[property] !== value) element[property] = value;
+}
+
+function callLink(id) {
+  const link = document.createElement("a");
+  link.href = callHref(id);
+  link.title = "Open this call's page";
+  return link;
 }
 
 function replayButton(id) {
@@ -788,6 +837,7 @@ function render() {
   $("search-note").textContent = term && !found ? `No call matches “${term}”.` : "";
   $("sys-rate").textContent = rate.perSecond().toFixed(1);
   showFeedAge();
+  showCallClock();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -807,6 +857,439 @@ async function lookUp(term) {
     return;
   }
   scheduleRender();
+}
+
+// ---------------------------------------------------------------------------------------------
+// One call's page, at #/calls/<id> in this same page (no route of its own on the server): its
+// status (GET /v1/calls/{id}: the counters per track, the transcript), its history (GET
+// /v1/calls/{id}/history: the state transitions and AI attempts, once flushed), its recording
+// (GET /v1/calls/{id}/audio), and its own feed (GET /v1/events?call_id=<id>), which re-reads
+// what an event changed while the call is live. An <audio> element cannot send a header, and
+// the key never goes into a URL: the WAV is fetched with the key into a Blob, and the player
+// plays that Blob's object URL (the policy allows blob: media, nothing else).
+
+const CALL_ROUTE = /^#\/calls\/([^/?#]+)$/;
+const TRACKS = { inbound: "Caller (inbound)", outbound: "Agent (outbound)" };
+const WAV_HEADER_BYTES = 44;
+
+const callPage = {
+  id: null,
+  generation: 0, // a new page (or leaving it) ends the old page's feed and ignores its answers
+  controller: null,
+  lastEventId: null,
+  loaded: false,
+  record: null,
+  timers: {},
+  audio: { url: null, etag: null, loading: false, again: false, shape: undefined },
+};
+
+const callPath = (id, more = "") => `/v1/calls/${encodeURIComponent(id)}${more}`;
+const callHref = (id) => `#/calls/${encodeURIComponent(id)}`;
+const onPage = (generation) => generation === callPage.generation;
+
+// Which page the address names: a call's, or the list (null).
+function routedCall() {
+  const match = location.hash.match(CALL_ROUTE);
+  if (!match) return null;
+  try {
+    const id = decodeURIComponent(match[1]);
+    return CALL_ID.test(id) ? id : null;
+  } catch {
+    return null; // not percent-encoding: the list
+  }
+}
+
+// Shows the page the address names; until the key is accepted, neither (start() calls this).
+function showRoute() {
+  if (!admitted) return;
+  const id = routedCall();
+  if (id === null) return showBoard();
+  if (id !== callPage.id) openCallPage(id);
+}
+
+function showBoard() {
+  const left = callPage.id;
+  leaveCallPage();
+  $("board").hidden = false;
+  $("search-box").hidden = false;
+  document.title = "Callstream · supervisor";
+  if (left === null) return;
+  // Back where the supervisor came from: the call's row, else the top of the list.
+  const link = document.querySelector(`#board tr[data-call-id="${CSS.escape(left)}"] a`);
+  if (link) link.focus();
+  scheduleRender();
+}
+
+function leaveCallPage() {
+  callPage.generation += 1;
+  callPage.id = null;
+  callPage.controller?.abort();
+  Object.values(callPage.timers).forEach(clearTimeout);
+  callPage.timers = {};
+  const player = $("call-audio");
+  player.pause();
+  player.removeAttribute("src");
+  player.load();
+  if (callPage.audio.url) URL.revokeObjectURL(callPage.audio.url);
+  callPage.audio = { url: null, etag: null, loading: false, again: false, shape: undefined };
+  $("call-page").hidden = true;
+}
+
+function openCallPage(id) {
+  leaveCallPage();
+  Object.assign(callPage, { id, lastEventId: null, loaded: false, record: null });
+  const generation = callPage.generation;
+  $("board").hidden = true;
+  $("search-box").hidden = true;
+  $("call-page").hidden = false;
+  document.title = `${id} · Callstream`;
+  $("call-id").textContent = id;
+  for (const name of ["call-error", "call-failure", "audio-note", "call-transcript"]) {
+    $(name).textContent = "";
+  }
+  $("history-note").textContent = "Loading…";
+  $("ai-note").textContent = "";
+  $("call-audio").hidden = true;
+  for (const table of ["tracks-table", "transitions-table", "ai-table"]) {
+    $(table).tBodies[0].replaceChildren();
+  }
+  showCallState(null);
+  $("call-title").focus();
+  runCallFeed(generation);
+}
+
+// Re-reads after events, each at most once per `ms`: a burst of events is one read.
+function later(what, ms, read) {
+  if (callPage.timers[what]) return;
+  const generation = callPage.generation;
+  callPage.timers[what] = setTimeout(() => {
+    delete callPage.timers[what];
+    if (onPage(generation)) read(generation);
+  }, ms);
+}
+
+function loadCallPage(generation) {
+  callPage.loaded = true;
+  readCallStatus(generation);
+  readCallHistory(generation);
+  readCallAudio(generation);
+}
+
+// --- its feed: the main feed's reader (sseParser), for this call's events only ------------------
+
+async function runCallFeed(generation) {
+  let failures = 0;
+  while (onPage(generation)) {
+    try {
+      await readCallFeed(generation);
+      failures = 0;
+    } catch (error) {
+      if (!onPage(generation)) return;
+      if (isAuthError(error)) return askForKey(error);
+      failures += 1;
+      if (!callPage.loaded) loadCallPage(generation); // without the feed, still worth a look
+    }
+    if (!onPage(generation)) return;
+    const wait = Math.min(feed.retryMs * 2 ** Math.max(failures - 1, 0), MAX_RETRY_MS);
+    setCallFeed("down", `Updates lost; reconnecting in ${Math.max(Math.round(wait / 1000), 1)} s…`);
+    await sleep(wait);
+  }
+}
+
+async function readCallFeed(generation) {
+  setCallFeed("connecting", "Connecting…");
+  const controller = (callPage.controller = new AbortController());
+  const headers = { Accept: "text/event-stream", ...authHeaders() };
+  if (callPage.lastEventId) headers["Last-Event-ID"] = callPage.lastEventId;
+  const response = await fetch(`/v1/events?call_id=${encodeURIComponent(callPage.id)}`, {
+    headers,
+    cache: "no-store",
+    signal: controller.signal,
+  });
+  if (!response.ok) throw await apiError(response);
+  const push = sseParser({ onEvent: (event) => onCallEvent(generation, event), onRetry: () => {} });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (let first = true; ; first = false) {
+    const { value, done } = await reader.read();
+    if (done || !onPage(generation)) return;
+    if (first) {
+      // Subscribed (the server's first bytes): what happened before is read now, so no event
+      // falls between the read and the subscription.
+      setCallFeed("connected", "Live: following this call");
+      if (!callPage.lastEventId) loadCallPage(generation);
+    }
+    push(value);
+  }
+}
+
+function onCallEvent(generation, { type, data, id }) {
+  if (!onPage(generation)) return;
+  if (id) callPage.lastEventId = id;
+  if (type === "reset") return loadCallPage(generation); // events were missed: read it all
+  let event;
+  try {
+    event = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (event.call_id !== callPage.id) return;
+  later("status", 250, readCallStatus);
+  if (type === "state" || type === "attempt") later("history", 400, readCallHistory);
+  // A stored segment, or the last one at the end: the recording grew.
+  if (type === "segment" || (type === "state" && ["ARCHIVED", "FAILED"].includes(event.state))) {
+    later("audio", 400, readCallAudio);
+  }
+}
+
+function setCallFeed(state, text) {
+  $("call-feed").dataset.state = state;
+  $("call-feed-text").textContent = text;
+}
+
+// --- its status: summary, counters per track, transcript ---------------------------------------
+
+async function readCallStatus(generation) {
+  try {
+    const record = await api(callPath(callPage.id));
+    if (!onPage(generation)) return;
+    callPage.record = record;
+    showCallRecord(record);
+    $("call-error").textContent = "";
+  } catch (error) {
+    if (!onPage(generation)) return;
+    if (isAuthError(error)) return askForKey(error);
+    $("call-error").textContent = error.status === 404
+      ? `No call has the id “${callPage.id}”.` : `The call could not be read: ${error.message}`;
+  }
+}
+
+function showCallState(state) {
+  $("call-state").textContent = state ?? "";
+  $("call-state").className = BADGES.has(state) ? `badge ${state}` : "badge";
+}
+
+function showCallRecord(record) {
+  showCallState(record.state);
+  $("call-started").textContent = timeText(seconds(record.created_at)) || "–";
+  $("call-completed").textContent = timeText(seconds(record.completed_at)) || "–";
+  $("call-finished").textContent = timeText(seconds(record.finished_at)) || "–";
+  $("call-reason").textContent = record.completion_reason ?? "–";
+  $("call-attempts").textContent = count(record.ai_attempts);
+  const sentiment = record.sentiment;
+  $("call-sentiment").textContent = sentiment
+    ? `${sentiment.label} ${sentiment.score.toFixed(2)}` : "–";
+  $("call-failure").textContent = record.state === "FAILED" && record.last_error
+    ? `Failed: ${record.last_error}` : "";
+  const transcript = $("call-transcript");
+  const said = record.transcript;
+  transcript.textContent = said || (said === "" ? "The transcript is empty (nothing was said)."
+    : LIVE_STATES.has(record.state) ? "No transcript yet: it is written once the call has ended."
+      : "No transcript.");
+  transcript.classList.toggle("muted", !said);
+  showTracks(record);
+  showCallClock();
+  describeRecording();
+  if (!LIVE_STATES.has(record.state) && $("call-feed").dataset.state === "connected") {
+    setCallFeed("connected", "Finished: following replays");
+  }
+}
+
+// The duration ticks while the call receives packets (render() calls this every second).
+function showCallClock() {
+  const record = callPage.record;
+  if (!record || $("call-page").hidden) return;
+  const call = { state: record.state, createdAt: seconds(record.created_at),
+    completedAt: seconds(record.completed_at) };
+  setIfChanged($("call-duration"), "textContent", formatDuration(callDuration(call, clock.now())));
+}
+
+function showTracks(record) {
+  const tracks = record.tracks ?? {};
+  const names = Object.keys(tracks).sort((a, b) => trackOrder(a) - trackOrder(b));
+  const rows = names.map((name) => trackRow(TRACKS[name] ?? name, tracks[name], name));
+  // The call's totals: the only row when the status says nothing per track.
+  if (names.length !== 1) rows.push(trackRow(names.length ? "All tracks" : "Call", record, "total"));
+  $("tracks-table").tBodies[0].replaceChildren(...rows);
+}
+
+const trackOrder = (name) => ({ inbound: 0, outbound: 1 })[name] ?? 2;
+
+function trackRow(label, counters, key) {
+  const gaps = counters.missing_count;
+  return tableRow({ track: key }, [
+    { text: label },
+    { text: known(counters.packets_received), num: true, key: "packets" },
+    { text: counters.first_sequence ?? "–", num: true, key: "first" },
+    { text: counters.last_sequence ?? "–", num: true, key: "last" },
+    { text: known(gaps), num: true, key: "gaps", cls: gaps ? "gaps" : "" },
+    { text: known(counters.duplicate_packets), num: true, key: "duplicates" },
+    { text: known(counters.out_of_order_packets), num: true, key: "reordered" },
+  ]);
+}
+
+// A row of text cells (never HTML); a cell with `badge` shows its text as a badge.
+function tableRow(data, cells) {
+  const tr = document.createElement("tr");
+  Object.assign(tr.dataset, data);
+  for (const cell of cells) {
+    const td = document.createElement("td");
+    if (cell.key) td.dataset.key = cell.key;
+    td.className = [cell.num ? "num" : "", cell.cls ?? ""].join(" ").trim();
+    if (cell.badge) {
+      const badge = document.createElement("span");
+      badge.className = BADGES.has(cell.badge) ? `badge ${cell.badge}` : "badge";
+      badge.textContent = String(cell.text);
+      td.append(badge);
+    } else {
+      td.textContent = String(cell.text);
+    }
+    if (cell.title) td.title = cell.title;
+    tr.append(td);
+  }
+  return tr;
+}
+
+// --- its history: state transitions and AI attempts (PostgreSQL's, once flushed) ---------------
+
+async function readCallHistory(generation) {
+  let history;
+  try {
+    history = await api(callPath(callPage.id, "/history"));
+  } catch (error) {
+    if (!onPage(generation)) return;
+    if (isAuthError(error)) return askForKey(error);
+    $("history-note").textContent = error.status === 404
+      ? "None yet: the history is written once the call has ended and is stored."
+      : `The history could not be read: ${error.message}`;
+    return;
+  }
+  if (!onPage(generation)) return;
+  const transitions = history.transitions.map((t) => tableRow({ to: t.to_state }, [
+    { text: t.from_state ?? "–", badge: t.from_state ?? "none" },
+    { text: t.to_state, badge: t.to_state },
+    { text: timeText(seconds(t.at)) },
+    { text: t.reason, cls: "text" },
+  ]));
+  $("transitions-table").tBodies[0].replaceChildren(...transitions);
+  $("history-note").textContent = transitions.length ? "" : "No transitions.";
+  const attempts = history.attempts.map((a) => tableRow({ step: a.step, outcome: a.outcome }, [
+    { text: a.step },
+    { text: a.generation === 0 ? "first" : `replay ${a.generation}`, num: true },
+    { text: a.attempt, num: true },
+    { text: a.outcome, cls: a.outcome === "ok" ? "ok" : "reason" },
+    { text: timeText(seconds(a.started_at)) },
+    { text: `${(a.duration_ms / 1000).toFixed(2)} s`, num: true },
+    { text: a.error ?? "", cls: "reason" },
+  ]));
+  $("ai-table").tBodies[0].replaceChildren(...attempts);
+  $("ai-note").textContent = attempts.length ? "" : "No AI attempts yet.";
+}
+
+// --- its recording: fetched with the key, played from a Blob -----------------------------------
+
+async function readCallAudio(generation) {
+  const audio = callPage.audio;
+  if (audio.loading) {
+    audio.again = true; // read once more when this read is done: it may predate the event
+    return;
+  }
+  audio.loading = true;
+  try {
+    await fetchRecording(generation);
+  } catch (error) {
+    if (!onPage(generation)) return;
+    if (isAuthError(error)) return askForKey(error);
+    audio.shape = undefined; // the note says what went wrong until a read succeeds
+    if (error.status === 404 || error.status === 409) $("call-audio").hidden = true;
+    showAudioNote(audioProblem(error));
+  } finally {
+    audio.loading = false;
+  }
+  if (onPage(generation) && audio.again) {
+    audio.again = false;
+    readCallAudio(generation);
+  }
+}
+
+async function fetchRecording(generation) {
+  const audio = callPage.audio;
+  const headers = { Accept: "audio/wav", ...authHeaders() };
+  if (audio.etag) headers["If-None-Match"] = audio.etag; // unchanged: a 304, nothing to fetch
+  const response = await fetch(callPath(callPage.id, "/audio"), { headers, cache: "no-store" });
+  if (response.status === 304 || !onPage(generation)) return;
+  if (!response.ok) throw await apiError(response);
+  const wav = await response.blob();
+  if (!onPage(generation)) return;
+  audio.etag = response.headers.get("ETag");
+  audio.shape = await wavShape(wav);
+  if (audio.shape?.seconds > 0) play(wav);
+  else $("call-audio").hidden = true;
+  describeRecording();
+}
+
+// What the player holds, said again when the call's state changes (live: it grows).
+function describeRecording() {
+  const { shape } = callPage.audio;
+  if (shape === undefined) return; // not read yet, or the read failed (its note stays)
+  const live = LIVE_STATES.has(callPage.record?.state);
+  if (!(shape?.seconds > 0)) {
+    return showAudioNote(live
+      ? "Nothing recorded yet: the recording grows a segment at a time while the call goes on."
+      : "The recording is empty.");
+  }
+  const channels = shape.channels === 2 ? "stereo: left the caller, right the agent" : "mono";
+  showAudioNote(`${formatDuration(shape.seconds)} at ${shape.rate / 1000} kHz, ${channels}` +
+    (live ? "; it grows while the call goes on." : "."));
+}
+
+// Swaps the player's source, keeping its place (and playing on) when the recording grew.
+function play(wav) {
+  const player = $("call-audio");
+  const at = player.currentTime;
+  const playing = !player.paused && !player.ended;
+  const old = callPage.audio.url;
+  callPage.audio.url = URL.createObjectURL(wav);
+  player.src = callPage.audio.url;
+  player.hidden = false;
+  if (old) {
+    player.addEventListener("loadedmetadata", () => {
+      player.currentTime = Math.min(at, player.duration || at);
+      if (playing) player.play().catch(() => {});
+    }, { once: true });
+    URL.revokeObjectURL(old);
+  }
+}
+
+// Channels, rate and length from a WAV's RIFF header (its "fmt " and "data" chunks).
+async function wavShape(blob) {
+  if (blob.size < WAV_HEADER_BYTES) return null;
+  const view = new DataView(await blob.slice(0, Math.min(blob.size, 4096)).arrayBuffer());
+  const tag = (at) => String.fromCharCode(...new Uint8Array(view.buffer, at, 4));
+  if (tag(0) !== "RIFF" || tag(8) !== "WAVE") return null;
+  let channels = 0, rate = 0, bytesPerSecond = 0;
+  for (let at = 12; at + 8 <= view.byteLength;) {
+    const size = view.getUint32(at + 4, true);
+    if (tag(at) === "fmt ") {
+      channels = view.getUint16(at + 10, true);
+      rate = view.getUint32(at + 12, true);
+      bytesPerSecond = view.getUint32(at + 16, true);
+    } else if (tag(at) === "data") {
+      const data = Math.min(size, blob.size - at - 8);
+      return bytesPerSecond ? { channels, rate, seconds: data / bytesPerSecond } : null;
+    }
+    at += 8 + size + (size % 2);
+  }
+  return null;
+}
+
+function audioProblem(error) {
+  if (error.code === "no_audio") return "No recording: this call's packets are text, not audio.";
+  if (error.status === 404) return "No recording of this call.";
+  return `The recording could not be read: ${error.message}`;
+}
+
+function showAudioNote(text) {
+  $("audio-note").textContent = text;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -835,6 +1318,8 @@ function askForKey(error) {
   else if (error.status === 403) reason = error.detail;
   $("key-reason").textContent = hadKey ? "" : reason;
   $("key-error").textContent = hadKey ? reason : "";
+  admitted = false;
+  leaveCallPage();
   $("board").hidden = true;
   $("search-box").hidden = true;
   $("forget-key").hidden = true;
@@ -842,6 +1327,8 @@ function askForKey(error) {
   setFeedStatus("down", "Not connected: an API key is needed");
   $("key-input").focus();
 }
+
+let admitted = false; // the API took the key: the board or a call's page may show
 
 function stop() {
   session += 1;
@@ -866,8 +1353,8 @@ async function start() {
     return;
   }
   $("key-panel").hidden = true;
-  $("board").hidden = false;
-  $("search-box").hidden = false;
+  admitted = true;
+  showRoute(); // the list, or the call the address names
   $("forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
   feed.lastEventId = null; // a new session reads the calls afresh
   systemTimer = setTimeout(() => pollSystem(id), SYSTEM_POLL_MS);
@@ -900,6 +1387,7 @@ function wireUp() {
     askForKey(new ApiError(401, "unauthenticated", "no API key"));
   });
   $("search").addEventListener("input", scheduleRender);
+  window.addEventListener("hashchange", showRoute); // a row's link, the back link, Back/Forward
   $("search").addEventListener("keydown", (event) => {
     if (event.key === "Enter") lookUp($("search").value.trim());
   });

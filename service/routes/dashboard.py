@@ -3,9 +3,11 @@
 The page holds no data, so it is served without a key (core/access.py: OPEN); the script asks
 the supervisor for a key and sends it in a header with every read of the API. The headers keep
 the page to itself: a Content-Security-Policy that allows only this origin's script, style and
-connections (no inline code, no framing), and `nosniff`. Each answer carries a strong ETag and
-`no-cache`: a browser revalidates (a cheap 304) on every load, so a deploy never pairs a new
-page with an old script, and the files are a few kilobytes each.
+connections (no inline code, no framing), media from `blob:` only (a call's recording is
+fetched with the key, which an <audio> element cannot send, and played from a Blob), and
+`nosniff`. Each answer carries a strong ETag and `no-cache`: a browser revalidates (a cheap
+304) on every load, so a deploy never pairs a new page with an old script, and the files are a
+few kilobytes each.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from service.conditional import IfNoneMatchHeader, etag_of, parse_if_none_match
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
-# Every source of content is this origin; nothing inline, nothing framed, no form posts.
+# Every source of content is this origin; nothing inline, nothing framed, no form posts. Media
+# only from blob: URLs (the page's own Blobs: the recording it fetched with the key).
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src 'self'; media-src blob:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,

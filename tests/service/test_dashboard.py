@@ -6,17 +6,23 @@ worker with the scripted AI, on the suite's PostgreSQL and Redis. Every wait is 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from httpx import AsyncClient
 from playwright.async_api import Browser, Locator, Page, Route, expect
 from pydantic import SecretStr
+from websockets.asyncio.client import ClientConnection, connect
 
+from core.audio import mulaw_encode
 from jobs.ai import PermanentAIError, TransientAIError, sentiment_of, transcript_of
 from service.app import create_asgi
 from service.routes.dashboard import CONTENT_SECURITY_POLICY
@@ -38,6 +44,7 @@ PROGRESS_S = 0.1  # a live call's progress events, at most this often (the defau
 RouteHandler = Callable[[Route], Awaitable[None]]
 MARKUP = "the problem is <b>resolved</b> great"  # shown as text, never as markup
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
+UNKNOWN = "\u2013"  # what the tables show for a value not known yet (an en dash)
 
 
 def keyed(settings: Settings, **more: object) -> Settings:
@@ -69,6 +76,8 @@ async def test_the_page_and_its_assets_come_with_their_types_and_a_self_only_pol
     assert policy["default-src"] == "'none'"
     assert {policy[d] for d in ("script-src", "style-src", "connect-src")} == {"'self'"}
     assert policy["frame-ancestors"] == "'none'"
+    # A call's recording plays from a Blob the page fetched with the key: blob: and no more.
+    assert policy["media-src"] == "blob:"
 
 
 async def test_a_revalidation_naming_the_etag_gets_304_without_a_body(client: AsyncClient):
@@ -268,13 +277,26 @@ async def test_a_streamed_call_appears_changes_state_and_shows_its_sentiment_wit
         await expect(page.locator("#sys-live")).to_have_text("2", timeout=WAIT_MS)
         await screenshot(page, tmp_path)
 
+        # A failed row opens its call's page too: why it failed, and no recording of text.
+        await row(page, "failed", "call-refused").get_by_role("link", name="call-refused").click()
+        await expect(page.locator("#call-state")).to_have_text("FAILED", timeout=WAIT_MS)
+        await expect(page.locator("#call-failure")).to_have_text(
+            "Failed: transcription failed permanently: audio format not supported"
+        )
+        await expect(page.locator("#audio-note")).to_have_text(
+            "No recording: this call's packets are text, not audio.", timeout=WAIT_MS
+        )
+        await expect(page.locator("#call-audio")).to_be_hidden()
+        await page.get_by_role("link", name="← All calls").click()
+        await expect(row(page, "live", "call-patchy")).to_be_visible()
 
-async def screenshot(page: Page, tmp_path: Path) -> None:
-    """Under the test's output, and at test-output/dashboard.png (git-ignored) for a person."""
-    taken = tmp_path / "dashboard.png"
+
+async def screenshot(page: Page, tmp_path: Path, name: str = SCREENSHOT.name) -> None:
+    """Under the test's output, and in test-output/ (git-ignored) for a person."""
+    taken = tmp_path / name
     await page.screenshot(path=str(taken), full_page=True)
     SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(taken, SCREENSHOT)
+    shutil.copyfile(taken, SCREENSHOT.parent / name)
 
 
 async def test_replay_of_a_failed_call_with_an_admin_key_moves_it_on(
@@ -487,3 +509,215 @@ async def test_the_feed_resumes_after_a_drop_with_last_event_id_and_starts_over_
     assert "last-event-id" not in asked[0]
     assert asked[1]["last-event-id"] == "5-0"
     assert asked[2]["last-event-id"] == "5-0"
+
+
+# Longer than a row's excerpt (140 characters): the call's page shows all of it.
+SPOKEN = " ".join(["thank you for calling, how can I help you today"] * 4)
+
+
+class HeldAI(ScriptedAI):
+    """The scripted AI, holding every transcription until `released` is set: the call stays in
+    PROCESSING_AI for as long as the test looks at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = asyncio.Event()
+
+    async def transcribe(self, call_id: str, audio: Any) -> str:
+        await self.released.wait()
+        said = await super().transcribe(call_id, audio)
+        return said or SPOKEN  # our tones say nothing: a speech model would hear this
+
+
+async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
+    browser: Browser, settings: Settings
+):
+    # Issue 18: a call whose packets all come within one progress interval sends no progress
+    # event (the first packet's event carries no counters), so the page learns its counters
+    # from reading the call only. That read failing once must not leave it at "0 packets".
+    ai = HeldAI()
+    refused: list[str] = []
+
+    async def first_read_fails(route: Route) -> None:
+        if not refused:
+            refused.append(route.request.url)
+            await route.abort()
+        else:
+            await route.continue_()
+
+    async with (
+        callstream(settings, ai) as api,
+        dashboard(browser, api, route=("**/v1/calls/call-short", first_read_fails)) as page,
+    ):
+        await connected(page)
+        # The calls read, so this call is known from the feed alone (as on a page left open).
+        await page.wait_for_function("() => snapshot.loadedOnce && !snapshot.loading")
+        batch = {"packets": [packet(s, f"word-{s}") for s in range(5)]}
+        answer = await api.post("/v1/call/stream/call-short/batch", json=batch)
+        assert answer.status_code in (200, 202), answer.text
+        await expect(cell(page, "live", "call-short", "packets")).to_have_text(
+            UNKNOWN, timeout=WAIT_MS
+        )  # not known yet: a dash, never a made-up 0
+        await complete(api, "call-short")
+        await expect(cell(page, "live", "call-short", "state")).to_have_text(
+            "PROCESSING_AI", timeout=WAIT_MS
+        )
+        await live_counters(page, "call-short", packets="5", gaps="0", duplicates="0")
+        assert refused, "the page never read the call"
+
+        ai.released.set()
+        await expect(cell(page, "finished", "call-short", "packets")).to_have_text(
+            "5", timeout=WAIT_MS
+        )
+        # A call shorter than a second: tenths, not "0 s".
+        await expect(cell(page, "finished", "call-short", "duration")).to_have_text(
+            re.compile(r"^\d\.\d s$")
+        )
+
+
+# --- one call's page (#/calls/<id>) -----------------------------------------------------------
+
+TONES = {"inbound": 440.0, "outbound": 660.0}  # Hz: the caller and the agent, one each
+FRAME = 160  # samples of one 20 ms frame at 8 kHz
+
+
+def frame_payload(track: str, chunk: int) -> str:
+    """20 ms of the track's tone as base64 μ-law, as Twilio sends a media frame."""
+    t = (np.arange(FRAME) + chunk * FRAME) / 8000
+    samples = (8000 * np.sin(2 * np.pi * TONES[track] * t)).astype(np.int16)
+    return base64.b64encode(mulaw_encode(samples)).decode()
+
+
+class TwoPartyCall:
+    """A Twilio media stream with both tracks (`<Stream track="both_tracks">`)."""
+
+    def __init__(self, ws: ClientConnection, call_id: str) -> None:
+        self.ws, self.call_id, self.message = ws, call_id, 0
+
+    async def send(self, event: str, **fields: Any) -> None:
+        self.message += 1
+        body = {"event": event, "sequenceNumber": str(self.message), "streamSid": "MZ2", **fields}
+        await self.ws.send(json.dumps(body))
+
+    async def start(self) -> None:
+        fmt = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        start = {"callSid": self.call_id, "streamSid": "MZ2", "mediaFormat": fmt}
+        await self.send("start", start={**start, "tracks": ["inbound", "outbound"]})
+
+    async def frames(self, first: int, last: int) -> None:
+        """Chunks first..last (1-based, as Twilio counts them) of both tracks, interleaved."""
+        for chunk in range(first, last + 1):
+            for track in TONES:
+                media = {
+                    "track": track,
+                    "chunk": str(chunk),
+                    "timestamp": str((chunk - 1) * 20),
+                    "payload": frame_payload(track, chunk - 1),
+                }
+                await self.send("media", media=media)
+
+    async def stop(self) -> None:
+        await self.send("stop", stop={"callSid": self.call_id})
+
+
+def track_cell(page: Page, track: str, key: str) -> Locator:
+    return page.locator(f'#tracks-table tbody tr[data-track="{track}"] td[data-key="{key}"]')
+
+
+async def playable_seconds(page: Page, at_least: float) -> float:
+    """Waits until the player holds a Blob of at least `at_least` seconds; returns its length."""
+    handle = await page.wait_for_function(
+        """(least) => {
+            const audio = document.getElementById("call-audio");
+            return audio.src.startsWith("blob:") && audio.duration >= least && audio.duration;
+        }""",
+        arg=at_least,
+        timeout=WAIT_MS,
+    )
+    return float(await handle.json_value())
+
+
+async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and_shows_history(
+    browser: Browser, settings: Settings, tmp_path: Path
+):
+    ai = HeldAI()
+    # Segments of 1 s: the recording grows while the call goes on (a `segment` event each).
+    keys_on = keyed(settings, segment_seconds=1.0)
+    async with callstream(keys_on, ai) as api, dashboard(browser, api) as page:
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        await page.locator("#key-input").fill(SUPERVISOR)
+        await page.locator("#key-input").press("Enter")
+        await connected(page)
+
+        media_url = f"ws://{api.base_url.host}:{api.base_url.port}/v1/call/media"
+        async with connect(media_url, additional_headers={"x-api-key": INGEST}) as ws:
+            call = TwoPartyCall(ws, "call-two")
+            await call.start()
+            await call.frames(1, 60)  # 1.2 s of each party
+
+            # The row's link, from the keyboard, opens the call's page in the same page.
+            link = row(page, "live", "call-two").get_by_role("link", name="call-two")
+            await link.focus()
+            await page.keyboard.press("Enter")
+            await expect(page.locator("#call-page")).to_be_visible(timeout=WAIT_MS)
+            await expect(page.locator("#board")).to_be_hidden()
+            assert page.url.endswith("/dashboard#/calls/call-two")
+            await expect(page.locator("#call-title")).to_be_focused()
+            await expect(page.locator("#call-state")).to_have_text("IN_PROGRESS", timeout=WAIT_MS)
+            for track in TONES:
+                await expect(track_cell(page, track, "packets")).to_have_text("60", timeout=WAIT_MS)
+                await expect(track_cell(page, track, "gaps")).to_have_text("0")
+                await expect(track_cell(page, track, "first")).to_have_text("1")
+
+            # Live: more frames move the counters, and stored segments reach the player.
+            await call.frames(61, 110)
+            for track in TONES:
+                await expect(track_cell(page, track, "packets")).to_have_text(
+                    "110", timeout=WAIT_MS
+                )
+                await expect(track_cell(page, track, "last")).to_have_text("110")
+            await expect(track_cell(page, "total", "packets")).to_have_text("220")
+            assert await playable_seconds(page, 0.5) > 0
+            await call.stop()
+
+        await expect(page.locator("#call-state")).to_have_text("PROCESSING_AI", timeout=WAIT_MS)
+        ai.released.set()
+        await expect(page.locator("#call-state")).to_have_text("ARCHIVED", timeout=WAIT_MS)
+        to_states = page.locator("#transitions-table tbody tr td:nth-child(2)")
+        await expect(to_states).to_have_text(
+            ["IN_PROGRESS", "COMPLETED", "PROCESSING_AI", "ARCHIVED"], timeout=WAIT_MS
+        )
+        steps = page.locator("#ai-table tbody tr td:first-child")
+        await expect(steps).to_have_text(["transcription", "sentiment"], timeout=WAIT_MS)
+        await expect(page.locator("#ai-table tbody tr td:nth-child(4)")).to_have_text(["ok", "ok"])
+        await expect(page.locator("#call-transcript")).to_have_text(SPOKEN)  # all of it
+        # The whole call once ARCHIVED: 110 frames of 20 ms, caller left and agent right.
+        seconds = await playable_seconds(page, 2.1)
+        assert seconds == pytest.approx(2.2, abs=0.05)
+        await expect(page.locator("#audio-note")).to_contain_text(
+            "stereo: left the caller, right the agent", timeout=WAIT_MS
+        )
+        await screenshot(page, tmp_path, "dashboard-call.png")
+
+        # Back to the list from the keyboard: the back link is one Shift+Tab from the title.
+        await page.locator("#call-title").focus()
+        await page.keyboard.press("Shift+Tab")
+        await expect(page.locator(":focus")).to_have_text("← All calls")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#board")).to_be_visible()
+        await expect(page.locator("#call-page")).to_be_hidden()
+        finished = row(page, "finished", "call-two").get_by_role("link", name="call-two")
+        await expect(finished).to_be_focused(timeout=WAIT_MS)  # where the supervisor left
+
+        # A finished row opens it again, read afresh; the browser's Back returns to the list.
+        await finished.click()
+        await expect(page.locator("#call-state")).to_have_text("ARCHIVED", timeout=WAIT_MS)
+        await expect(track_cell(page, "outbound", "packets")).to_have_text("110", timeout=WAIT_MS)
+        assert await playable_seconds(page, 2.1) > 0
+        await page.go_back()
+        await expect(page.locator("#board")).to_be_visible()
+
+    # The key went in headers only, the recording's request included.
+    assert any(u.endswith("/v1/calls/call-two/audio") for u in urls)
+    assert not [u for u in urls if SUPERVISOR in u or INGEST in u]
