@@ -1015,7 +1015,7 @@ async function readCallFeed(generation) {
     if (first) {
       // Subscribed (the server's first bytes): what happened before is read now, so no event
       // falls between the read and the subscription.
-      setCallFeed("connected", "Live: following this call");
+      setCallFeed("connected");
       if (!callPage.lastEventId) loadCallPage(generation);
     }
     push(value);
@@ -1041,8 +1041,14 @@ function onCallEvent(generation, { type, data, id }) {
   }
 }
 
+// The page's own feed: while connected, what following the call means in its state.
 function setCallFeed(state, text) {
   $("call-feed").dataset.state = state;
+  if (state === "connected") {
+    const now = callPage.record?.state;
+    text = now === "ARCHIVED" ? "Finished" : now === "FAILED"
+      ? "Failed: a replay would show here" : "Live: following this call";
+  }
   $("call-feed-text").textContent = text;
 }
 
@@ -1089,9 +1095,7 @@ function showCallRecord(record) {
   showTracks(record);
   showCallClock();
   describeRecording();
-  if (!LIVE_STATES.has(record.state) && $("call-feed").dataset.state === "connected") {
-    setCallFeed("connected", "Finished: following replays");
-  }
+  if ($("call-feed").dataset.state === "connected") setCallFeed("connected");
 }
 
 // The duration ticks while the call receives packets (render() calls this every second).

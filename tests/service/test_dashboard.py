@@ -515,6 +515,9 @@ async def test_the_feed_resumes_after_a_drop_with_last_event_id_and_starts_over_
 SPOKEN = " ".join(["thank you for calling, how can I help you today"] * 4)
 
 
+HOLD_S = 120.0  # the AI's attempt timeout while HeldAI holds it: longer than any test's look
+
+
 class HeldAI(ScriptedAI):
     """The scripted AI, holding every transcription until `released` is set: the call stays in
     PROCESSING_AI for as long as the test looks at it."""
@@ -536,6 +539,7 @@ async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
     # event (the first packet's event carries no counters), so the page learns its counters
     # from reading the call only. That read failing once must not leave it at "0 packets".
     ai = HeldAI()
+    held = settings.model_copy(update={"ai_attempt_timeout_s": HOLD_S})
     refused: list[str] = []
 
     async def first_read_fails(route: Route) -> None:
@@ -546,7 +550,7 @@ async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
             await route.continue_()
 
     async with (
-        callstream(settings, ai) as api,
+        callstream(held, ai) as api,
         dashboard(browser, api, route=("**/v1/calls/call-short", first_read_fails)) as page,
     ):
         await connected(page)
@@ -642,7 +646,7 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
 ):
     ai = HeldAI()
     # Segments of 1 s: the recording grows while the call goes on (a `segment` event each).
-    keys_on = keyed(settings, segment_seconds=1.0)
+    keys_on = keyed(settings, segment_seconds=1.0, ai_attempt_timeout_s=HOLD_S)
     async with callstream(keys_on, ai) as api, dashboard(browser, api) as page:
         urls: list[str] = []
         page.on("request", lambda request: urls.append(request.url))
@@ -665,6 +669,7 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
             assert page.url.endswith("/dashboard#/calls/call-two")
             await expect(page.locator("#call-title")).to_be_focused()
             await expect(page.locator("#call-state")).to_have_text("IN_PROGRESS", timeout=WAIT_MS)
+            await expect(page.locator("#call-feed-text")).to_have_text("Live: following this call")
             for track in TONES:
                 await expect(track_cell(page, track, "packets")).to_have_text("60", timeout=WAIT_MS)
                 await expect(track_cell(page, track, "gaps")).to_have_text("0")
@@ -684,6 +689,7 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
         await expect(page.locator("#call-state")).to_have_text("PROCESSING_AI", timeout=WAIT_MS)
         ai.released.set()
         await expect(page.locator("#call-state")).to_have_text("ARCHIVED", timeout=WAIT_MS)
+        await expect(page.locator("#call-feed-text")).to_have_text("Finished")
         to_states = page.locator("#transitions-table tbody tr td:nth-child(2)")
         await expect(to_states).to_have_text(
             ["IN_PROGRESS", "COMPLETED", "PROCESSING_AI", "ARCHIVED"], timeout=WAIT_MS
