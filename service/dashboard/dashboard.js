@@ -958,6 +958,14 @@ function openCallPage(id) {
   runCallFeed(generation);
 }
 
+// Reads of the same thing may overlap (an event comes while one is under way): only the answer
+// of the last one started is shown, whichever lands last.
+const started = {};
+function lastStarted(what) {
+  const mine = (started[what] = (started[what] ?? 0) + 1);
+  return () => started[what] === mine;
+}
+
 // Re-reads after events, each at most once per `ms`: a burst of events is one read.
 function later(what, ms, read) {
   if (callPage.timers[what]) return;
@@ -1055,14 +1063,15 @@ function setCallFeed(state, text) {
 // --- its status: summary, counters per track, transcript ---------------------------------------
 
 async function readCallStatus(generation) {
+  const latest = lastStarted("status");
   try {
     const record = await api(callPath(callPage.id));
-    if (!onPage(generation)) return;
+    if (!onPage(generation) || !latest()) return;
     callPage.record = record;
     showCallRecord(record);
     $("call-error").textContent = "";
   } catch (error) {
-    if (!onPage(generation)) return;
+    if (!onPage(generation) || !latest()) return;
     if (isAuthError(error)) return askForKey(error);
     $("call-error").textContent = error.status === 404
       ? `No call has the id “${callPage.id}”.` : `The call could not be read: ${error.message}`;
@@ -1156,18 +1165,19 @@ function tableRow(data, cells) {
 // --- its history: state transitions and AI attempts (PostgreSQL's, once flushed) ---------------
 
 async function readCallHistory(generation) {
+  const latest = lastStarted("history");
   let history;
   try {
     history = await api(callPath(callPage.id, "/history"));
   } catch (error) {
-    if (!onPage(generation)) return;
+    if (!onPage(generation) || !latest()) return;
     if (isAuthError(error)) return askForKey(error);
     $("history-note").textContent = error.status === 404
       ? "None yet: the history is written once the call has ended and is stored."
       : `The history could not be read: ${error.message}`;
     return;
   }
-  if (!onPage(generation)) return;
+  if (!onPage(generation) || !latest()) return;
   const transitions = history.transitions.map((t) => tableRow({ to: t.to_state }, [
     { text: t.from_state ?? "–", badge: t.from_state ?? "none" },
     { text: t.to_state, badge: t.to_state },
