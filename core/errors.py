@@ -69,6 +69,18 @@ class CallNotFailed(CallstreamError):
     code = "call_not_failed"
 
 
+class NoAudio(CallstreamError):
+    """The call's packets are not audio in its format (text, or undecodable): no recording."""
+
+    status_code = 409
+    code = "no_audio"
+
+
+class RangeNotSatisfiable(CallstreamError):
+    status_code = 416
+    code = "range_not_satisfiable"
+
+
 class PayloadTooLarge(CallstreamError):
     status_code = 413
     code = "payload_too_large"

@@ -6,6 +6,7 @@ idle sweep; so every rule here holds for all of them, and a new transport is a n
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from core.errors import (
     PayloadTooLarge,
 )
 from db.intake import CallCap, CallCompleted, CallFull, CallIntake, Completion
+from db.outages import REDIS_OUTAGE
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import NotReplicated
 
@@ -33,10 +35,13 @@ CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
 MAX_METADATA_BYTES = 16 * 1024  # what a call may be opened with (a media stream's start)
 
+log = logging.getLogger(__name__)
 _CALL_ID = re.compile(CALL_ID_PATTERN.strip("^$"))
 
 # Queues the call's job (jobs/queue.py's enqueuer): a second call for one call id is a no-op.
 EnqueueCall = Callable[[str], Awaitable[object]]
+# Queues a flush of a live call's unflushed tail, the ingest script's request number given.
+EnqueueSegment = Callable[[str, int], Awaitable[object]]
 
 
 def is_call_id(value: object) -> bool:
@@ -122,6 +127,7 @@ class Ingestion:
     enqueue: EnqueueCall
     limits: Limits
     backlog: Backlog
+    enqueue_segment: EnqueueSegment | None = None
 
     @metrics.measured_append
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
@@ -130,7 +136,7 @@ class Ingestion:
             check_data_size(packet, self.limits.max_packet_data_bytes)
         await self.backlog.admit(call_id)
         try:
-            return await self.intake.append(call_id, packets)
+            appended = await self.intake.append(call_id, packets)
         except CallCompleted:
             raise CallAlreadyCompleted(
                 f"call {call_id} is already completed; packets are no longer accepted"
@@ -139,6 +145,18 @@ class Ingestion:
             raise CallTooLarge(_call_full_detail(full)) from None
         except NotReplicated as short:
             raise NotYetReplicated(_not_replicated_detail("packets", short)) from None
+        if appended.segment_asked and self.enqueue_segment is not None:
+            await self._ask_segment(call_id, appended.segment_asked)
+        return appended
+
+    async def _ask_segment(self, call_id: str, asked: int) -> None:
+        """Queue the flush the ingest script asked for. The packets are stored whatever happens
+        here: if the queue cannot take the job, the reaper asks again (the segments index)."""
+        assert self.enqueue_segment is not None
+        try:
+            await self.enqueue_segment(call_id, asked)
+        except REDIS_OUTAGE as exc:
+            log.warning("call %s: segment flush not queued (%r); the reaper will ask", call_id, exc)
 
     async def packet(self, call_id: str, packet: PacketFields) -> tuple[int, dict[str, Any]]:
         """One packet: 202 when new, 200 for a duplicate, and the answer."""

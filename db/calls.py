@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AiAttempt, Call, Packet, StateTransition
+from db.models import AiAttempt, Call, StateTransition
 from db.states import WORKER_STATES, CallState, can_transition
 from db.worker_writes import Claim
 
@@ -112,7 +112,7 @@ def _failed_attempts(step: str) -> Any:
 async def claim(session: AsyncSession, call_id: str) -> Claim | None:
     """Take a flushed call for this worker: bump the fencing epoch every later write must match.
     Also returns what the run needs to resume: the transcript, the failed attempts per step in
-    this generation (their budget is spent), and whether the call's packets are stored."""
+    this generation (their budget is spent)."""
     row = (
         await session.execute(
             update(Call)
@@ -127,10 +127,6 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
                 Call.generation,
                 Call.transcript,
                 *(_failed_attempts(step).label(step) for step in AI_STEPS),
-                select(literal(1))
-                .where(Packet.call_id == Call.call_id)
-                .exists()
-                .label("packets_stored"),
             )
             .execution_options(synchronize_session=False)
         )
@@ -146,7 +142,6 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
         row.generation,
         row.transcript,
         failed,
-        packets_stored=bool(row.packets_stored),
     )
 
 

@@ -1,9 +1,11 @@
-"""The Redis side of a flush: read a completed call's packets page by page, and once PostgreSQL
-has committed the call's final state, let its keys expire and take it off every index."""
+"""The Redis side of a flush: read a call's unflushed tail (its stream) page by page; once
+PostgreSQL has committed a segment, trim its entries (segment_done); once it has committed the
+call's final state, release the call: what it sent goes, its hash expires, it leaves every
+index."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +22,8 @@ class FlushStart:
 
     meta: dict[bytes, bytes]  # the call's hash; empty if Redis no longer knows the call
     metadata: bytes | None  # what the call was opened with
-    first_page: list[StoredPacket]  # its first packets, in arrival order
-    more: bool  # the first page is full: read on with packet_pages(after=...)
-    last_entry: str  # the stream id to read on after
+    first_page: list[StoredPacket]  # the first packets of its unflushed tail, in arrival order
+    more: bool  # the first page is full: read on with entries(after=...)
 
 
 class FlushSource:
@@ -30,6 +31,7 @@ class FlushSource:
         self.redis = redis
         self.feed = feed or FeedLimits()
         self._release = register(redis, Script.RELEASE)
+        self._segment_done = register(redis, Script.SEGMENT_DONE)
 
     async def start(
         self, call_id: str, holder: str, lease_ttl_s: float, page_size: int
@@ -48,23 +50,33 @@ class FlushSource:
             metadata,
             [_stored_packet(entry_id, fields) for entry_id, fields in entries],
             len(entries) >= page_size,
-            text_of(entries[-1][0]) if entries else "-",
         )
 
-    async def packet_pages(
-        self, call_id: str, page_size: int = 1000, after: str | None = None
-    ) -> AsyncGenerator[list[StoredPacket], None]:
-        """Every stored packet of the call (after the stream id `after`, if given), in arrival
-        order, a page at a time: memory stays bounded however long the call was."""
-        stream = call_keys(call_id).packets
-        start = "-" if after is None else "(" + after
-        while True:
-            entries = await self.redis.xrange(stream, min=start, max="+", count=page_size)
-            if entries:
-                yield [_stored_packet(entry_id, fields) for entry_id, fields in entries]
-            if len(entries) < page_size:
-                return
-            start = "(" + text_of(entries[-1][0])
+    async def entries(
+        self, call_id: str, count: int, after: tuple[int, int] | None = None
+    ) -> list[StoredPacket]:
+        """Up to `count` packets of the call's unflushed tail, in arrival (stream) order, after
+        the stream id `after` if given."""
+        start = "-" if after is None else f"({after[0]}-{after[1]}"
+        found = await self.redis.xrange(call_keys(call_id).packets, start, "+", count=count)
+        return [_stored_packet(entry_id, fields) for entry_id, fields in found]
+
+    async def segment_done(
+        self, call_id: str, through: tuple[int, int], event: Mapping[str, Any] | None
+    ) -> int:
+        """PostgreSQL holds the call's entries up to the stream id `through`: trim them, let the
+        next segment be asked for, and publish `event`. Returns the entries left."""
+        keys = call_keys(call_id)
+        left = await self._segment_done(
+            keys=[keys.packets, keys.meta, keys.shard.segments, feed_key(self.redis, call_id)],
+            args=[
+                call_id,
+                f"{through[0]}-{through[1] + 1}",
+                self.feed.max_len,
+                "" if event is None else payload(event),
+            ],
+        )
+        return int(left)
 
     async def forget_unflushed(self, call_id: str) -> None:
         """The call is in PostgreSQL now: the listing reads it from there."""
@@ -76,11 +88,17 @@ class FlushSource:
         retention_s: int,
         marker_retention_s: int,
         events: Sequence[Mapping[str, Any]] = (),
+        *,
+        packets_stored: bool = True,
     ) -> None:
-        """After PostgreSQL committed the final state: let the call's keys expire, drop indexes,
-        and publish `events` (the final state's) in the same atomic step: a call is released
-        once its final event is out, and a re-run that finds it unreleased publishes again."""
+        """After PostgreSQL committed the final state: delete what the call sent (its stream and
+        dedup runs), let its hash expire, drop it from the indexes, and publish `events` (the
+        final state's) in the same atomic step: a call is released once its final event is out,
+        and a re-run that finds it unreleased publishes again. `packets_stored` False (its
+        segments were refused): the stream only expires, so that a replay can store it."""
         keys = call_keys(call_id)
+        dropped = (keys.packets, keys.runs, keys.runs_outbound) if packets_stored else ()
+        kept = [k for k in keys.data if k not in dropped]
         await self._release(
             keys=[
                 keys.done,
@@ -88,24 +106,29 @@ class FlushSource:
                 keys.shard.idle,
                 keys.shard.unflushed,
                 keys.shard.pending,
+                keys.shard.segments,
                 feed_key(self.redis, call_id),
-                *keys.data,
+                *dropped,
+                *kept,
             ],
             args=[
                 call_id,
                 retention_s,
                 marker_retention_s,
                 self.feed.max_len,
+                len(dropped),
                 *(payload(event) for event in events),
             ],
         )
 
 
 def _stored_packet(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StoredPacket:
-    millis = int(text_of(entry_id).split("-", 1)[0])
+    millis, _, n = text_of(entry_id).partition("-")
     return StoredPacket(
         sequence=int(fields[b"s"]),
         timestamp=float(fields[b"t"]),
         data=fields[b"d"].decode(),
-        received_at=millis / 1000.0,
+        received_at=int(millis) / 1000.0,
+        track=int(fields.get(b"k", b"0")),
+        entry=(int(millis), int(n)),
     )

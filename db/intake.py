@@ -57,6 +57,32 @@ class CallLimits:
 UNCAPPED = CallLimits(max_packets=2**53 - 1, max_bytes=2**53 - 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Segmenting:
+    """When a live call's unflushed tail is due for a segment flush: `entries` packets per
+    track (a segment's length in 20 ms frames) or `seconds` since its oldest entry arrived,
+    whichever comes first; `entries` 0 never asks (the call is flushed at its end only)."""
+
+    entries: int
+    seconds: float
+
+    @classmethod
+    def of_seconds(cls, seconds: float, frame_s: float = 0.02) -> Segmenting:
+        return cls(max(1, round(seconds / frame_s)), seconds)
+
+
+NO_SEGMENTS = Segmenting(0, 0.0)
+
+
+class Appended(list[PacketResult]):
+    """What one append stored: each packet's outcome, in order, and the number of the segment
+    flush it asked for (0: none), which the caller enqueues (jobs/queue.py)."""
+
+    def __init__(self, results: list[PacketResult], segment_asked: int) -> None:
+        super().__init__(results)
+        self.segment_asked = segment_asked
+
+
 class Completion(StrEnum):
     """What db/lua/complete.lua found."""
 
@@ -77,6 +103,7 @@ class CallIntake:
         limits: CallLimits | None = None,
         feed: FeedLimits | None = None,
         replication: Replication | None = None,
+        segmenting: Segmenting = NO_SEGMENTS,
     ) -> None:
         """`pipelined`: share Redis round trips between concurrent ingestion requests (the API).
         The scripts append the call's events to the live feed within `feed`'s limits.
@@ -86,17 +113,20 @@ class CallIntake:
         self.limits = limits or UNCAPPED
         self.feed = feed or FeedLimits()
         self.replication = replication
+        self.segmenting = segmenting
         self._pipeline = ScriptPipeline(redis, replication=replication) if pipelined else None
         self._ingest = register(redis, Script.INGEST)
         self._complete = register(redis, Script.COMPLETE)
         self._replayed = register(redis, Script.REPLAYED)
 
-    async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
+    async def append(self, call_id: str, packets: Sequence[PacketFields]) -> Appended:
         """Store packets in one round trip, or none of them: raises CallCompleted if the call is
         already done, CallFull if its new packets would take it past one of its caps, and
         NotReplicated (they may be stored) if too few replicas confirmed them."""
         # Timestamps travel as text: Lua numbers would keep only 14 significant digits.
-        encoded = orjson.dumps([(p.sequence, repr(p.timestamp), p.data) for p in packets])
+        encoded = orjson.dumps(
+            [(p.track.number, p.sequence, repr(p.timestamp), p.data) for p in packets]
+        )
         limits = self.limits
         args: list[Any] = [
             call_id,
@@ -106,6 +136,8 @@ class CallIntake:
             encoded,
             self.feed.max_len,
             self.feed.progress_interval_s,
+            self.segmenting.entries,
+            self.segmenting.seconds,
         ]
         script_keys = _ingest_keys(call_keys(call_id), feed_key(self.redis, call_id))
         if self._pipeline is not None:
@@ -118,10 +150,11 @@ class CallIntake:
             cap = CallCap(int(raw[1]))
             limit = limits.max_packets if cap is CallCap.PACKETS else limits.max_bytes
             raise CallFull(call_id, cap, limit, int(raw[2]), int(raw[3]))
-        return [
+        results = [
             PacketResult(p.sequence, Outcome(int(raw[2 * i])), int(raw[2 * i + 1]))
             for i, p in enumerate(packets)
         ]
+        return Appended(results, int(raw[-1]))
 
     async def complete(
         self, call_id: str, reason: str, idle_cutoff: float | None = None
@@ -182,10 +215,10 @@ def _ingest_keys(keys: CallKeys, events: str) -> list[str]:
         keys.packets,
         keys.meta,
         keys.runs,
+        keys.runs_outbound,
         keys.done,
         keys.shard.idle,
         keys.shard.unflushed,
-        keys.legacy_seen,
-        keys.legacy_seen_high,
         events,
+        keys.shard.segments,
     ]

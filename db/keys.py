@@ -46,6 +46,9 @@ class ShardKeys:
     idle: str  # IN_PROGRESS calls, scored by their last packet's arrival time
     unflushed: str  # calls not yet in PostgreSQL, scored by creation time
     pending: str  # completed calls not yet ARCHIVED/FAILED, by completion time
+    # Live calls whose unflushed tail is due for a segment flush, by when it was asked for: the
+    # reaper re-enqueues a flush that was asked for and not done (a lost enqueue, a dead worker).
+    segments: str
     # The shard's event outbox on a cluster (db/events.py): the scripts append a call's events
     # here, in its slot, and the relay moves them to the one feed. Unused on a single Redis.
     outbox: str
@@ -58,6 +61,7 @@ def shard_keys(shard: int) -> ShardKeys:
         idle=f"{tag}:idle",
         unflushed=f"{tag}:unflushed",
         pending=f"{tag}:pending",
+        segments=f"{tag}:segments",
         outbox=f"{tag}:events",
     )
 
@@ -89,30 +93,23 @@ RATE_PREFIX = "callstream:rate:"
 
 @dataclass(frozen=True, slots=True)
 class CallKeys:
-    packets: str  # stream of unique packets, in arrival order
-    meta: str  # hash: counters, sequence bounds, state, timestamps
-    runs: str  # sorted set of the runs of stored sequences (dedup, gaps): first, scored by last
+    # Stream of the unique packets not yet in PostgreSQL, in arrival order: the unflushed tail.
+    # Each segment flushed while the call goes on, and the last at its end, leaves it at once.
+    packets: str
+    meta: str  # hash: counters, sequence bounds per track, state, timestamps
+    # Sorted sets of the runs of stored sequences (dedup, gaps): first, scored by last. One per
+    # track: each track is its own timeline (Twilio's chunk counts per track).
+    runs: str  # the inbound track (the caller; HTTP packets that name no track)
+    runs_outbound: str  # the outbound track (the agent)
     done: str  # completion marker, SET NX decides who completes the call
     lease: str  # the worker holding the call's job renews this; gone = that worker died
     metadata: str  # JSON the call was opened with (a media stream's start message), if any
-    # Dedup keys of releases before the runs (a bitmap, and a set above 2^23): no longer written,
-    # but a call that was live across the upgrade may still hold them, and its release must let
-    # them expire.
-    legacy_seen: str
-    legacy_seen_high: str
     shard: ShardKeys  # the indexes of the call's shard, in the same slot
 
     @property
     def data(self) -> tuple[str, ...]:
         """The keys holding what the call sent: they expire together once it is flushed."""
-        return (
-            self.packets,
-            self.meta,
-            self.runs,
-            self.metadata,
-            self.legacy_seen,
-            self.legacy_seen_high,
-        )
+        return (self.packets, self.meta, self.runs, self.runs_outbound, self.metadata)
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -126,10 +123,9 @@ def call_keys(call_id: str) -> CallKeys:
         packets=f"{tag}:packets",
         meta=f"{tag}:meta",
         runs=f"{tag}:runs",
+        runs_outbound=f"{tag}:runs:outbound",
         done=f"{tag}:done",
         lease=f"{tag}:lease",
         metadata=f"{tag}:metadata",
-        legacy_seen=f"{tag}:seen",
-        legacy_seen_high=f"{tag}:seen_high",
         shard=shard_keys(shard),
     )

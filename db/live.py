@@ -10,7 +10,7 @@ from typing import Any
 from db.keys import ALL_SHARDS, ShardKeys, call_keys
 from db.record import CallRecord, from_redis
 from db.redis_client import RedisClient, RedisPipeline, execute, text_of
-from db.sequences import bits_set, missing_between, missing_between_runs
+from db.sequences import missing_between_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,30 +70,10 @@ class LiveCalls:
         missing: dict[str, list[int]] = {}
         for call, runs in zip(gapped, found, strict=True):
             pairs = [(int(first), int(last)) for first, last in runs]
-            # No runs: a call from before them that has sent nothing since (its next packet
-            # converts it).
-            if pairs:
-                # Runs read after the hash may know of later packets: keep to what it said.
-                upto = call.last_sequence if call.last_sequence is not None else -1
-                missing[call.call_id] = missing_between_runs(pairs, cap, upto)
-            else:
-                missing[call.call_id] = await self._legacy_missing(call, cap)
+            # Runs read after the hash may know of later packets: keep to what it said.
+            upto = call.last_sequence if call.last_sequence is not None else -1
+            missing[call.call_id] = missing_between_runs(pairs, cap, upto)
         return missing
-
-    async def _legacy_missing(self, call: CallRecord, cap: int) -> list[int]:
-        """The gaps from the dedup keys of releases before the runs (a bitmap of 1 MiB at most,
-        a set above it). Remove with CallKeys.legacy_seen."""
-        first, last = call.first_sequence, call.last_sequence
-        if first is None or last is None:
-            return []
-        keys = call_keys(call.call_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.legacy_seen)
-            pipe.smembers(keys.legacy_seen_high)
-            bitmap, high = await execute(pipe)
-        present = bits_set(bitmap or b"", first, last)
-        present += sorted(int(s) for s in high)
-        return missing_between(present, first, last, cap)
 
     async def idle(self, cutoff: float, limit: int = 1000) -> list[str]:
         """IN_PROGRESS calls whose last packet came before `cutoff` (at most `limit`)."""
@@ -108,6 +88,13 @@ class LiveCalls:
             lambda pipe, shard: pipe.zrangebyscore(
                 shard.pending, "-inf", completed_before, 0, limit
             )
+        )
+        return [text_of(m) for ids in found for m in ids][:limit]
+
+    async def segments_due(self, asked_before: float, limit: int = 1000) -> list[str]:
+        """Live calls whose segment flush was asked for before the given time and not done."""
+        found = await self._each_shard(
+            lambda pipe, shard: pipe.zrangebyscore(shard.segments, "-inf", asked_before, 0, limit)
         )
         return [text_of(m) for ids in found for m in ids][:limit]
 

@@ -1,4 +1,4 @@
-"""PostgreSQL tables: calls, their packets, every AI attempt and every state transition."""
+"""PostgreSQL tables: calls, their audio in segments, every AI attempt and state transition."""
 
 from datetime import datetime
 from typing import Any
@@ -11,6 +11,8 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
+    SmallInteger,
     Text,
     func,
     text,
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base
 
-__all__ = ["AiAttempt", "Base", "Call", "Packet", "StateTransition"]
+__all__ = ["AiAttempt", "Base", "Call", "CallSegment", "StateTransition"]
 from db.states import CallState
 
 _STATES = ", ".join(f"'{s.value}'" for s in CallState)
@@ -47,6 +49,8 @@ class Call(Base):
     completion_reason: Mapped[str | None] = mapped_column(Text)
     # What the call was opened with (a media stream's start message); null for HTTP calls.
     start_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Each track's counters (db/record.py's TrackCounters), by track name; null before tracks.
+    tracks: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     transcript: Mapped[str | None] = mapped_column(Text)
     sentiment_label: Mapped[str | None] = mapped_column(Text)
     sentiment_score: Mapped[float | None] = mapped_column(Float)
@@ -64,16 +68,31 @@ class Call(Base):
     )
 
 
-class Packet(Base):
-    __tablename__ = "packet"
+class CallSegment(Base):
+    """One track of one segment of a call's audio, stored once: the packets' bytes in sequence
+    order (decoded from base64 when they are the call's audio, else their text as sent) and what
+    each packet said, as arrays. A live call's segments are written while it goes on, so the
+    row of the call itself may not exist yet: no foreign key."""
 
-    call_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("call.call_id", ondelete="CASCADE"), primary_key=True
-    )
-    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    data: Mapped[str] = mapped_column(Text)
-    timestamp: Mapped[float] = mapped_column(Float)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __tablename__ = "call_segment"
+
+    call_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True)  # from 0, in flush order
+    track: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # db.packets.Track.index
+    # The stream id of the segment's last entry (both tracks' rows say the same): a flush stores
+    # only entries after the latest segment's, so a re-run never stores a packet twice.
+    last_entry_ms: Mapped[int] = mapped_column(BigInteger)
+    last_entry_n: Mapped[int] = mapped_column(BigInteger)
+    encoding: Mapped[str] = mapped_column(Text)  # the audio format, or "text"
+    packets: Mapped[int] = mapped_column(Integer)
+    first_sequence: Mapped[int] = mapped_column(BigInteger)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    sequences: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))  # ascending
+    sizes: Mapped[list[int]] = mapped_column(ARRAY(Integer))  # each packet's bytes in payload
+    timestamps: Mapped[list[float]] = mapped_column(ARRAY(Float))  # as the packets said
+    arrivals: Mapped[list[float]] = mapped_column(ARRAY(Float))  # epoch s, from the stream
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # STORAGE EXTERNAL (migration 0003)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class AiAttempt(Base):

@@ -4,8 +4,25 @@ flush reads back (StoredPacket)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
+
+
+class Track(StrEnum):
+    """Whose audio a packet carries: each track is its own timeline (sequences, gaps, dedup).
+    Twilio's names: `inbound` is what the caller says (the PBX receives it), `outbound` what the
+    agent (or the application) says back. HTTP packets that name none are inbound."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+    @property
+    def number(self) -> int:
+        """Its number in Redis and PostgreSQL (0, 1), and its channel in a stereo recording."""
+        return TRACKS.index(self)
+
+
+TRACKS = (Track.INBOUND, Track.OUTBOUND)
 
 
 class Outcome(IntEnum):
@@ -26,6 +43,8 @@ class PacketFields(Protocol):
     def timestamp(self) -> float: ...
     @property
     def data(self) -> str: ...
+    @property
+    def track(self) -> Track: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +52,7 @@ class NewPacket:
     sequence: int
     timestamp: float
     data: str
+    track: Track = Track.INBOUND
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +68,11 @@ class PacketResult:
 
 @dataclass(frozen=True, slots=True)
 class StoredPacket:
+    """A packet as the call's stream holds it until its segment is flushed."""
+
     sequence: int
     timestamp: float
     data: str
     received_at: float  # epoch seconds, from the stream entry id
+    track: int = 0  # Track.number
+    entry: tuple[int, int] = (0, 0)  # its stream entry id (ms, n): the segments' order

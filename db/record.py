@@ -32,6 +32,17 @@ class Sentiment(BaseModel):
     score: float = Field(description="Polarity in [-1, 1].")
 
 
+class TrackCounters(BaseModel):
+    """One track's counters: each track is its own timeline (db/packets.py's Track)."""
+
+    packets_received: int
+    first_sequence: int | None
+    last_sequence: int | None
+    missing_count: int
+    duplicate_packets: int
+    out_of_order_packets: int
+
+
 class CallRecord(BaseModel):
     call_id: Annotated[str, Stored(column="call_id")]
     state: Annotated[
@@ -85,6 +96,15 @@ class CallRecord(BaseModel):
     created_at: Annotated[datetime, Stored("created_at", "created_at")]
     completed_at: Annotated[datetime | None, Stored("completed_at", "completed_at")]
     finished_at: Annotated[datetime | None, Stored(column="finished_at")] = None
+    tracks: Annotated[
+        dict[str, TrackCounters],
+        Field(
+            description="Each track's counters, by track: `inbound` (the caller; HTTP packets "
+            "that name no track) and `outbound` (the agent); only tracks that sent packets. The "
+            "top-level sequences are the inbound track's, the counters the call's totals."
+        ),
+        Stored(column="tracks"),  # live: from the hash's per-track fields (_tracks)
+    ] = Field(default_factory=dict)
 
 
 SENTIMENT_COLUMNS = ("sentiment_label", "sentiment_score")
@@ -94,8 +114,24 @@ WORKER_FIELDS = frozenset({"ai_attempts", "last_error", "transcript", "sentiment
 # last_packet_at: when the call last sent a new packet (the idle sweep's clock);
 # data_bytes: the data bytes of its stored packets (the MAX_CALL_BYTES cap);
 # last_run_from: the first sequence of its last run of sequences (dedup, db/lua/ingest.lua);
-# progress_at: when it last published a progress event (db/events.py).
-INTERNAL_HASH_FIELDS = frozenset({"last_packet_at", "data_bytes", "last_run_from", "progress_at"})
+# progress_at: when it last published a progress event (db/events.py);
+# o_*: the outbound track's bounds, dedup tail and counters (the inbound one's are the totals
+# minus them; _tracks);
+# seg_open_at, seg_asked_at, seg_asked: the unflushed tail's age and its segment requests
+# (db/lua/ingest.lua, segment_done.lua).
+_OUTBOUND_FIELDS = ("max_seq", "min_seq", "last_run_from", "received", "duplicates", "out_of_order")
+INTERNAL_HASH_FIELDS = frozenset(
+    {
+        "last_packet_at",
+        "data_bytes",
+        "last_run_from",
+        "progress_at",
+        "seg_open_at",
+        "seg_asked_at",
+        "seg_asked",
+        *(f"o_{name}" for name in _OUTBOUND_FIELDS),
+    }
+)
 
 
 def _stored(name: str) -> Stored:
@@ -126,23 +162,69 @@ _LIVE_DEFAULTS: dict[str, Any] = {
 def from_redis(
     call_id: str, meta: dict[bytes, bytes], metadata: bytes | None, missing: list[int]
 ) -> CallRecord:
-    """A live call from its Redis hash (and its metadata key); `missing` comes from the bitmap."""
+    """A live call from its Redis hash (and its metadata key); `missing`: the inbound track's
+    missing sequences, read from its runs."""
     values: dict[str, Any] = {**_LIVE_DEFAULTS, "call_id": call_id}
     for name, field in HASH_FIELDS.items():
         raw = meta.get(field.encode())
         if raw is not None:
             values[name] = raw.decode()
-    first, last = values["first_sequence"], values["last_sequence"]
-    span = int(last) - int(first) + 1 if first is not None and last is not None else 0
-    values["missing_count"] = max(span - int(values["packets_received"]), 0)
+    values["tracks"] = tracks = _tracks(meta)
+    values["missing_count"] = sum(t.missing_count for t in tracks.values())
     values["missing_sequences"] = missing
     values["metadata"] = orjson.loads(metadata) if metadata else None
     return CallRecord.model_validate(values)
 
 
+def _int(meta: dict[bytes, bytes], field: str) -> int | None:
+    raw = meta.get(field.encode())
+    return int(raw) if raw is not None else None
+
+
+def _track(received: int, first: int | None, last: int | None, dups: int, late: int) -> Any:
+    span = last - first + 1 if first is not None and last is not None else 0
+    return TrackCounters(
+        packets_received=received,
+        first_sequence=first,
+        last_sequence=last,
+        missing_count=max(span - received, 0),
+        duplicate_packets=dups,
+        out_of_order_packets=late,
+    )
+
+
+def _tracks(meta: dict[bytes, bytes]) -> dict[str, TrackCounters]:
+    """Each track's counters from the hash: the outbound track's own fields, the inbound one's
+    the totals minus those (db/lua/ingest.lua)."""
+
+    def total(field: str) -> int:
+        return _int(meta, field) or 0
+
+    out = total("o_received")
+    counters = {}
+    if total("received") > out:
+        counters["inbound"] = _track(
+            total("received") - out,
+            _int(meta, "min_seq"),
+            _int(meta, "max_seq"),
+            total("duplicates") - total("o_duplicates"),
+            total("out_of_order") - total("o_out_of_order"),
+        )
+    if out:
+        counters["outbound"] = _track(
+            out,
+            _int(meta, "o_min_seq"),
+            _int(meta, "o_max_seq"),
+            total("o_duplicates"),
+            total("o_out_of_order"),
+        )
+    return counters
+
+
 def from_row(row: Any) -> CallRecord:
     """A flushed call from its `call` row (any object with the columns as attributes)."""
     values = {name: getattr(row, column) for name, column in COLUMNS.items()}
+    values["tracks"] = values["tracks"] or {}  # rows from before tracks have none
     label, score = (getattr(row, column) for column in SENTIMENT_COLUMNS)
     if label is not None and score is not None:
         values["sentiment"] = Sentiment(label=label, score=score)
@@ -151,6 +233,8 @@ def from_row(row: Any) -> CallRecord:
 
 def flushed_columns(live: CallRecord) -> dict[str, Any]:
     """The columns of the row a flush creates: everything Redis knew of the call."""
-    return {
+    columns = {
         column: getattr(live, name) for name, column in COLUMNS.items() if name not in WORKER_FIELDS
     }
+    columns["tracks"] = {name: t.model_dump() for name, t in live.tracks.items()}
+    return columns

@@ -18,6 +18,7 @@ class Script(StrEnum):
     INGEST = "ingest"  # a call's packets: dedup, append, ordering, gaps, counters
     COMPLETE = "complete"  # SET NX completion, idle and pending indexes
     RELEASE = "release"  # a finished call's keys expire, its indexes and final events
+    SEGMENT_DONE = "segment_done"  # a flushed segment's entries leave the stream
     REPLAYED = "replayed"  # a replayed dead letter: pending again, and its event
     RELAY = "relay"  # shard outboxes to the one feed, exactly once (db/feed_relay.py)
     LEASE_RENEW = "lease_renew"

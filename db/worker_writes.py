@@ -1,8 +1,8 @@
 """The worker's writes to PostgreSQL, each one statement (one round trip, atomic on its own):
 
-- `flush_new_call`: the call row (already claimed, in PROCESSING_AI), its first page of packets
-  and its first three transitions;
-- `fail_new_call`: the row of a call whose flush PostgreSQL refused, FAILED, without packets;
+- `flush_new_call`: the call row (already claimed, in PROCESSING_AI) and its first three
+  transitions (its audio is in its segments already: jobs/segments.py);
+- `fail_new_call`: the row of a call whose flush PostgreSQL refused, FAILED;
 - `write_progress`: AI attempts (and the transcript, once known) of a call the worker holds;
 - `finish`: the final state, the results, the attempts and the transition.
 
@@ -22,7 +22,6 @@ from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import Call
-from db.packets import StoredPacket
 from db.record import FLUSHED, CallRecord, flushed_columns
 from db.states import CallState, can_transition, sources_of
 
@@ -37,9 +36,6 @@ class Claim:
     generation: int
     transcript: str | None
     failed: dict[str, int]  # failed AI attempts per step in this generation
-    # False for a call whose flush was refused (its row was written FAILED without packets),
-    # then replayed: its packets must be stored before the AI can use them.
-    packets_stored: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +64,6 @@ assert all(can_transition(source, target) for source, target, _ in REFUSED_PATH)
 # The worker's bookkeeping starts at: claimed once, no AI attempt, first generation.
 _NEW_CALL_BOOKKEEPING = {"lease_epoch": 1, "ai_attempts": 0, "generation": 0}
 _NEW_CALL_COLUMNS = (*FLUSHED.values(), *_NEW_CALL_BOOKKEEPING)
-_PACKETS = """
-    unnest(CAST(:seqs AS bigint[]), CAST(:stamps AS float8[]), CAST(:datas AS text[]),
-           CAST(:received AS float8[])) AS p(s, t, d, r)"""
 _ATTEMPTS = """
     attempts AS (
         INSERT INTO ai_attempt
@@ -103,16 +96,11 @@ _FLUSH_NEW_CALL = text(
         VALUES ({", ".join(f":{c}" for c in _NEW_CALL_COLUMNS)})
         ON CONFLICT (call_id) DO NOTHING
         RETURNING call_id
-    ), packets AS (
-        INSERT INTO packet (call_id, sequence, timestamp, data, received_at)
-        SELECT held.call_id, s, t, d, to_timestamp(r) FROM held, {_PACKETS}
     ), {_MOVES}
     SELECT count(*) FROM held
     """
 ).bindparams(*_typed(_NEW_CALL_COLUMNS))
 
-# No packets: PostgreSQL checks a parameter as it binds it, before any ON CONFLICT is reached, so
-# refused packets must not travel with the statement that records the refusal.
 _REFUSED_CALL_COLUMNS = (*_NEW_CALL_COLUMNS, "last_error")
 _FAIL_NEW_CALL = text(
     f"""
@@ -125,14 +113,6 @@ _FAIL_NEW_CALL = text(
     SELECT count(*) FROM held
     """
 ).bindparams(*_typed(_REFUSED_CALL_COLUMNS))
-
-_MORE_PACKETS = text(
-    f"""
-    INSERT INTO packet (call_id, sequence, timestamp, data, received_at)
-    SELECT :call_id, s, t, d, to_timestamp(r) FROM {_PACKETS}
-    ON CONFLICT (call_id, sequence) DO NOTHING
-    """
-)
 
 _WRITE_PROGRESS = text(
     f"""
@@ -164,15 +144,6 @@ _FINISH = text(
     SELECT count(*) FROM held
     """
 )
-
-
-def _packet_arrays(packets: Sequence[StoredPacket]) -> dict[str, Any]:
-    return {
-        "seqs": [p.sequence for p in packets],
-        "stamps": [p.timestamp for p in packets],
-        "datas": [p.data for p in packets],
-        "received": [p.received_at for p in packets],
-    }
 
 
 def _attempt_arrays(attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
@@ -218,14 +189,12 @@ def _moves(
     }
 
 
-async def flush_new_call(
-    conn: AsyncConnection, live: CallRecord, first_page: Sequence[StoredPacket]
-) -> Claim | None:
+async def flush_new_call(conn: AsyncConnection, live: CallRecord) -> Claim | None:
     """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
-    first packets and transitions. None if the row exists: a previous run flushed it."""
+    transitions. None if the row exists: a previous run flushed it."""
     values = _new_row(live, CallState.PROCESSING_AI)
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
-    params = {**values, **_packet_arrays(first_page), **moves}
+    params = {**values, **moves}
     if not await conn.scalar(_FLUSH_NEW_CALL, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
@@ -233,7 +202,7 @@ async def flush_new_call(
 
 async def fail_new_call(conn: AsyncConnection, live: CallRecord, reason: str) -> bool:
     """The row of a call whose flush PostgreSQL refused: FAILED with `reason`, with what Redis
-    knew of the call but no packet, and the path it took (REFUSED_PATH). False if the row
+    knew of the call, and the path it took (REFUSED_PATH). False if the row
     exists: an earlier run flushed the call (or failed it so, and it was replayed)."""
     values = {**_new_row(live, CallState.FAILED), "last_error": reason}
     moves = _moves(live, values["completed_at"], REFUSED_PATH, reason)
@@ -255,13 +224,6 @@ def storable(live: CallRecord) -> CallRecord:
         if type(columns[column].type) is Integer and isinstance(getattr(live, name), int)
     }
     return live.model_copy(update={"metadata": None, **capped})
-
-
-async def insert_more_packets(
-    conn: AsyncConnection, call_id: str, packets: Sequence[StoredPacket]
-) -> None:
-    if packets:
-        await conn.execute(_MORE_PACKETS, {"call_id": call_id, **_packet_arrays(packets)})
 
 
 async def write_progress(

@@ -5,7 +5,7 @@ AIError                   base of everything the provider can do wrong
 └── PermanentAIError      never retried: bad input, 4xx other than 429
     └── UndecodableAudio  the call's data is not audio we can decode (jobs/audio.py)
 
-Providers: this mock (AI_PROVIDER=mock, the default), jobs/ai_local.py (local: pocketsphinx and
+Providers: this mock (AI_PROVIDER=mock, the default), jobs/ai_local.py (local: faster-whisper and
 vaderSentiment, offline) and jobs/ai_openai.py (openai: any OpenAI-compatible service); built by
 jobs/resources.py's make_ai_client. Each gets the call as a CallAudio (jobs/audio.py): the mock
 reads the packets' data as text, the real providers read the decoded audio.
@@ -65,6 +65,20 @@ _NEGATIVE = frozenset(
 def transcript_of(chunks: Sequence[str]) -> str:
     """The mock's transcript: the packets' data in sequence order, one space between."""
     return " ".join(chunk.strip() for chunk in chunks if chunk.strip())
+
+
+async def mock_transcript(audio: CallAudio) -> str:
+    """The mock's transcript: text packets' data joined (what the demo's callers send); of a call
+    of real audio, which it cannot understand, a short line saying how much there was, never the
+    audio's base64."""
+    spoken = transcript_of(await audio.texts())
+    if spoken:
+        return spoken
+    facts = await audio.facts()
+    if facts.format is None or facts.seconds == 0:
+        return ""
+    tracks = "one track" if facts.tracks == 1 else f"{facts.tracks} tracks"
+    return f"[mock transcript: {facts.seconds:.1f} s of {facts.format} audio, {tracks}]"
 
 
 def sentiment_of(transcript: str) -> Sentiment:
@@ -127,7 +141,7 @@ class MockAI:
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         await self._request(call_id, "transcription")
-        return transcript_of(await audio.texts())
+        return await mock_transcript(audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         await self._request(call_id, "sentiment")

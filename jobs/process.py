@@ -6,8 +6,8 @@ A call whose AI answers first time costs three PostgreSQL statements: the flush 
 claims the call), the transcript, and the final write (sentiment, attempts, transition). Failed
 attempts are written as they happen, so a budget spent is spent even if the worker dies.
 
-A call whose data PostgreSQL refuses (db.outages.postgres_refusal: a NUL in text, a number out of
-its column's range) would be refused again on every re-run, so it ends FAILED at once with the
+A call whose data PostgreSQL refuses (jobs/flushing.py's `refusing`: a NUL in text, a number out
+of its column's range) would be refused again on every re-run, so it ends FAILED at once with the
 reason, and its keys are released like any finished call's. Outages are not refusals: the job is
 retried for them (jobs/worker.py).
 """
@@ -24,14 +24,13 @@ from typing import Any, TypeVar
 from core import metrics
 from core.logs import about
 from db import calls, worker_writes
-from db.call_audio import CallPackets
 from db.events import ATTEMPT, archived_extras, state_event
-from db.outages import postgres_refusal
+from db.segments import SegmentReader
 from db.states import TERMINAL_STATES, CallState
 from db.worker_writes import AttemptRecord, Claim
 from jobs.attempts import LeaseLost, RetryPolicy, StepExhausted, run_step
 from jobs.audio import CallAudio, allowance_for
-from jobs.flushing import Held, fail_held, flush_call
+from jobs.flushing import Held, Refused, fail_held, flush_call, refusing
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -182,12 +181,9 @@ class _Journal:
 async def _run_ai(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     """The run's last events, the final state's last."""
     try:
-        return await _ai_steps(res, held)
-    except Exception as exc:
-        refused = postgres_refusal(exc)
-        if refused is None:
-            raise
-    reason = f"PostgreSQL refused a write of the call's AI results: {refused}"
+        return await refusing("a write of the call's AI results", _ai_steps(res, held))
+    except Refused as refused:
+        reason = str(refused)
     await fail_held(res, held.claim, reason)
     return [_final_event(held.claim.call_id, CallState.FAILED, reason)]
 
@@ -216,8 +212,12 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     try:
         transcript = claim.transcript
         if transcript is None:
-            packets = CallPackets(res.sessions, call_id)
-            audio = CallAudio(call_id, packets, res.settings.packet_audio_encoding, held.chunks)
+            audio = CallAudio(
+                call_id,
+                SegmentReader(res.sessions, call_id),
+                res.settings.packet_audio_encoding,
+                await _metadata(res, call_id),
+            )
             # A real provider's work grows with the call's audio: so do its timeout and budget.
             extra_s = await allowance_for(res.settings, audio)
             deadline += extra_s
@@ -239,6 +239,13 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
         sentiment=(sentiment.label, sentiment.score),
     )
     return journal.announcements()
+
+
+async def _metadata(res: WorkerResources, call_id: str) -> dict[str, Any] | None:
+    """What the call was opened with (its mediaFormat says how to decode its audio)."""
+    async with res.sessions() as session:
+        call = await calls.get_call(session, call_id)
+    return call.start_metadata if call is not None else None
 
 
 def _attempt_event(call_id: str, attempt: AttemptRecord) -> dict[str, Any]:

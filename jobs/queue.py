@@ -77,3 +77,29 @@ async def requeue_orphan(queue: ArqRedis, call_id: str) -> bool:
             return bool(released)
         await queue.delete(job_key_prefix + job_id)  # arq gave up on it: start afresh
     return await enqueue_process_call(queue, call_id)
+
+
+FLUSH_SEGMENT = "flush_segment"
+# A segment flush's job id: the call's, its own kind, and the number of the segment the ingest
+# script asked for, so one request is queued once and the next one is a job of its own.
+SEGMENT_JOB_PREFIX = "segment:"
+
+
+def segment_job_id(call_id: str, asked: int, again: int = 0) -> str:
+    """`again`: the reaper's retry of a request whose job was lost or failed (a second
+    enqueue under the first id would be a no-op while arq keeps that job's result)."""
+    return f"{SEGMENT_JOB_PREFIX}{asked}.{again}:{call_id}"
+
+
+async def enqueue_flush_segment(queue: ArqRedis, call_id: str, asked: int, again: int = 0) -> bool:
+    """Queue a flush of the live call's unflushed tail (the ingest script asked for segment
+    `asked`); False when that request was queued already."""
+    job_id = segment_job_id(call_id, asked, again)
+    job = await queue.enqueue_job(FLUSH_SEGMENT, call_id, _job_id=job_id)
+    return job is not None
+
+
+def segment_enqueuer(queue: QueueClient) -> Callable[[str, int], Awaitable[bool]]:
+    """enqueue_flush_segment bound to the queue: what core's Ingestion calls when a live call's
+    tail is due."""
+    return partial(enqueue_flush_segment, queue)

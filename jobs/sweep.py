@@ -10,11 +10,14 @@ from db import calls
 from db.intake import Completion
 from db.states import TERMINAL_STATES
 from jobs.process import release_if_settled
-from jobs.queue import requeue_orphan
+from jobs.queue import enqueue_flush_segment, requeue_orphan
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
-IDLE_SWEEP = "idle-sweep"  # who the audit trail says completed the calls that went quiet
+IDLE_SWEEP = "idle-sweep"
+# A segment flush asked for this long ago and not done is asked for again: far above a flush's
+# time (one transaction of a segment), so only a lost or failed one is.
+SEGMENT_GRACE_S = 30.0  # who the audit trail says completed the calls that went quiet
 
 
 async def complete_idle_calls(res: WorkerResources, actor: str | None = IDLE_SWEEP) -> list[str]:
@@ -51,4 +54,16 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     metrics.LEASE_RECOVERIES.inc(len(recovered))
     if recovered:
         log.warning("reaper re-ran %d orphaned calls: %s", len(recovered), recovered[:10])
+    await _ask_segments_again(res)
     return recovered
+
+
+async def _ask_segments_again(res: WorkerResources) -> None:
+    """Queue again the segment flushes asked for long ago and still not done (the enqueue was
+    lost, the job failed or its worker died): a live call's tail stays about a segment long."""
+    now = time.time()
+    stale = await res.live.segments_due(asked_before=now - SEGMENT_GRACE_S)
+    for call_id in stale:
+        await enqueue_flush_segment(res.queue, call_id, 0, again=int(now))
+    if stale:
+        log.warning("reaper asked again for %d segment flushes", len(stale))

@@ -26,8 +26,9 @@ from db.redis_client import is_cluster
 from jobs import polling, resilience
 from jobs.feed_relay import RelayLoop
 from jobs.process import process_call
-from jobs.queue import PROCESS_CALL
+from jobs.queue import FLUSH_SEGMENT, PROCESS_CALL
 from jobs.resources import make_resources, resources
+from jobs.segments import flush_segment
 from jobs.sweep import complete_idle_calls, recover_orphaned_calls
 from settings import get_settings
 
@@ -59,6 +60,18 @@ def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception
     why = "%s: dependency unavailable (%r); retrying in %.1fs"
     log.warning(why, call_id, exc, defer, extra=about(call_id))
     return Retry(defer=defer)
+
+
+async def flush_segment_job(ctx: dict[str, Any], call_id: str) -> int:
+    """A live call's unflushed tail into PostgreSQL (jobs/segments.py); returns its packets."""
+    res = resources(ctx)
+    try:
+        flushed = await flush_segment(res, call_id)
+    except Exception as exc:
+        if is_outage(exc):
+            raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+        raise
+    return flushed.packets
 
 
 async def sweep_idle_calls(ctx: dict[str, Any]) -> int:
@@ -101,7 +114,11 @@ def _every(seconds: int) -> set[int]:
 
 def make_functions(job_timeout_s: int) -> list[Function]:
     # max_tries is generous: outages end in Retry, and the reaper covers what arq gives up on.
-    return [func(process_call_job, name=PROCESS_CALL, timeout=job_timeout_s, max_tries=1000)]
+    return [
+        func(process_call_job, name=PROCESS_CALL, timeout=job_timeout_s, max_tries=1000),
+        # A segment that cannot be flushed is not lost: the call's final flush stores it.
+        func(flush_segment_job, name=FLUSH_SEGMENT, timeout=job_timeout_s, max_tries=20),
+    ]
 
 
 def make_cron_jobs(sweep_interval_s: int, reaper_interval_s: int) -> list[CronJob]:

@@ -17,7 +17,17 @@ from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
-from service.routes import calls, dashboard, events, health, ingest, media_ws, metrics, system
+from service.routes import (
+    calls,
+    dashboard,
+    events,
+    health,
+    ingest,
+    media_ws,
+    metrics,
+    recording,
+    system,
+)
 from service.schemas import GATE_RESPONSES
 from settings import Settings, get_settings
 
@@ -71,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ingest.router)
     app.include_router(calls.router)
+    app.include_router(recording.router)
     app.include_router(health.router)
     app.include_router(media_ws.router)
     app.include_router(system.router)

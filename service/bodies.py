@@ -10,7 +10,7 @@ from typing import Any
 from core.errors import BodyTooLarge, DuplicateKey, UnreadableBody, UnsupportedMediaType
 
 _JSON_SUBTYPE = re.compile(r"(?:json|[^;/\s]+\+json)", re.IGNORECASE)
-_PACKET_KEYS = (b'"sequence"', b'"data"', b'"timestamp"')
+_PACKET_KEYS = (b'"sequence"', b'"data"', b'"timestamp"', b'"track"')
 
 
 def is_json(content_type: str | None) -> bool:

@@ -15,7 +15,7 @@ from db.events import EventLog
 from db.live import LiveCalls
 from db.rate_limits import RateLimits
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
-from jobs.queue import QueueClient, call_enqueuer, queue_client
+from jobs.queue import QueueClient, call_enqueuer, queue_client, segment_enqueuer
 from service.feed import READ_BLOCK_MS, FeedHub
 from settings import Settings
 
@@ -79,6 +79,7 @@ def open_resources(settings: Settings) -> ApiResources:
             settings,
             pipelined=settings.redis_pipelining,
             acknowledging=True,
+            enqueue_segment=segment_enqueuer(queue),
         ),
         live=LiveCalls(redis),
         breaker=BreakerState(redis),

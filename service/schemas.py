@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from core.errors import MAX_PROBLEMS, PROBLEM_JSON
 from core.ingestion import MAX_SEQUENCE
+from db.packets import Track
 from db.record import CallRecord, Sentiment
 
 # The call record is defined once (db/record.py); the API answers it as it is.
@@ -55,6 +56,13 @@ class PacketIn(BaseModel):
         float,
         Field(strict=True, allow_inf_nan=False, description="Sender's timestamp (finite)."),
     ]
+    track: Annotated[
+        Track,
+        Field(
+            description="Whose audio: `inbound` (the caller, the default) or `outbound` (the "
+            "agent). Each track has its own sequences, gaps and duplicates."
+        ),
+    ] = Track.INBOUND
 
 
 class BatchIn(BaseModel):

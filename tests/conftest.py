@@ -162,7 +162,9 @@ async def empty_stores(redis: Redis, engine: AsyncEngine, settings: Settings) ->
         async with Redis.from_url(settings.queue_url) as queue:
             await queue.flushdb()
     async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE call, packet, ai_attempt, state_transition CASCADE"))
+        await conn.execute(
+            text("TRUNCATE call, call_segment, ai_attempt, state_transition CASCADE")
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,29 @@
--- Release a call once PostgreSQL committed its final state: its data keys expire, its done marker
--- outlives them (late packets still get 409, not a new call), its lease goes, it leaves every
--- index of its shard, and its last events (the final state's) are published: one atomic step in
--- the call's slot (a cluster has no MULTI across commands; a script is one step anywhere).
--- KEYS: done, lease, idle index, unflushed index, pending index, event feed (or the shard's
---   outbox), then the call's data keys
--- ARGV: call_id, data retention s, marker retention s, feed max length, events as JSON...
---   (the number of data keys is #KEYS - 6)
+-- Release a call once PostgreSQL committed its final state: what it sent leaves Redis at once
+-- (its stream, whose entries are all in PostgreSQL's segments by then, and its dedup runs: the
+-- done marker refuses late packets now), its hash and metadata expire after the retention, its
+-- done marker outlives them (late packets still get 409, not a new call), its lease goes, it
+-- leaves every index of its shard, and its last events (the final state's) are published: one
+-- atomic step in the call's slot (a cluster has no MULTI across commands; a script is one step
+-- anywhere).
+-- KEYS: done, lease, idle index, unflushed index, pending index, segments index, event feed (or
+--   the shard's outbox), then the keys to delete, then the keys to expire
+-- ARGV: call_id, data retention s, marker retention s, feed max length, how many keys to delete,
+--   events as JSON...
 local call_id = ARGV[1]
-for i = 7, #KEYS do
-  redis.call('EXPIRE', KEYS[i], ARGV[2])
+local dropped = tonumber(ARGV[5])
+for i = 8, #KEYS do
+  if i < 8 + dropped then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], call_id)
-redis.call('ZREM', KEYS[4], call_id)
-redis.call('ZREM', KEYS[5], call_id)
-for i = 5, #ARGV do
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[i])
+for i = 3, 6 do
+  redis.call('ZREM', KEYS[i], call_id)
+end
+for i = 6, #ARGV do
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[i])
 end
 return 1

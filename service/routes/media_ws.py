@@ -1,8 +1,12 @@
 """Packet ingestion over a WebSocket that speaks the Twilio Media Streams format.
 
 `start` opens the call (its id is `start.callSid`; the start object is kept as the call's
-metadata), each `media` frame is one packet
-(sequence = sequenceNumber, timestamp = media.timestamp / 1000, data = the base64 payload as sent),
+metadata), each `media` frame is one packet of its track (`media.track`: inbound, the caller, or
+outbound, the agent; inbound when absent), timestamp = media.timestamp / 1000, data = the base64
+payload as sent. Its sequence: `media.chunk`, which counts per track, when the stream carries two
+tracks (`start.tracks` names outbound, Twilio's both_tracks, or the frame is outbound);
+otherwise `sequenceNumber`, as before tracks (it counts every message of the stream, so with two
+tracks it would put a gap on each after every frame of the other).
 `stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
 buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or no
 further frame is waiting. Every rule (call id, sizes, dedup, ordering, completed calls, complete
@@ -32,7 +36,7 @@ from core.errors import CallNotFound, CallstreamError, RedisUnavailable
 from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
-from db.packets import NewPacket
+from db.packets import TRACKS, NewPacket, Track
 from service.asgi import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -100,15 +104,15 @@ def start_metadata(frame: dict[str, Any]) -> dict[str, Any]:
     return {"streamSid": frame.get("streamSid"), **frame["start"]}
 
 
-def _sequence(value: Any) -> int:
+def _sequence(value: Any, name: str = "sequenceNumber") -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         sequence = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         sequence = value
     else:
-        raise Reject("invalid_sequence", "sequenceNumber must be a non-negative integer")
+        raise Reject("invalid_sequence", f"{name} must be a non-negative integer")
     if not 0 <= sequence <= MAX_SEQUENCE:
-        raise Reject("invalid_sequence", f"sequenceNumber must be in 0..{MAX_SEQUENCE}")
+        raise Reject("invalid_sequence", f"{name} must be in 0..{MAX_SEQUENCE}")
     return sequence
 
 
@@ -129,16 +133,37 @@ def _check_base64(payload: str) -> None:
         raise Reject("invalid_payload", "media.payload is not valid base64") from None
 
 
-def media_packet(frame: dict[str, Any], limit: int) -> NewPacket:
+def _track(value: Any) -> Track:
+    if value is None:
+        return Track.INBOUND
+    if value not in TRACKS:
+        raise Reject("invalid_track", "media.track must be inbound or outbound")
+    return Track(value)
+
+
+def two_tracks(start: dict[str, Any]) -> bool:
+    """Whether the stream carries both parties (Twilio's both_tracks; outbound_track alone
+    counts as the second track too)."""
+    tracks = start.get("tracks")
+    return isinstance(tracks, list) and Track.OUTBOUND.value in tracks
+
+
+def media_packet(frame: dict[str, Any], limit: int, both: bool = False) -> NewPacket:
+    """A media frame as a packet; `both`: the stream has two tracks (see the module's doc)."""
     media = frame.get("media")
     if not isinstance(media, dict):
         raise Reject("invalid_media", "a media frame needs a media object")
-    sequence = _sequence(frame.get("sequenceNumber"))
+    track = _track(media.get("track"))
+    chunk = media.get("chunk")
+    if (both or track is Track.OUTBOUND) and chunk is not None:
+        sequence = _sequence(chunk, "media.chunk")
+    else:
+        sequence = _sequence(frame.get("sequenceNumber"))
     timestamp = _timestamp(media.get("timestamp"))
     payload = media.get("payload")
     if not isinstance(payload, str):
         raise Reject("invalid_payload", "media.payload must be a base64 string")
-    packet = NewPacket(sequence, timestamp, payload)
+    packet = NewPacket(sequence, timestamp, payload, track)
     try:
         check_data_size(packet, limit)  # before decoding: an oversized payload is not worth it
     except CallstreamError as error:
@@ -158,6 +183,7 @@ class MediaStream:
         self.key_in_start = bool(websocket.scope.get(KEY_IN_START))
         self.limit = ingestion.limits.max_packet_data_bytes
         self.call_id: str | None = None
+        self.both_tracks = False
         self.buffer: list[NewPacket] = []
 
     async def flush(self) -> None:
@@ -175,7 +201,7 @@ class MediaStream:
         if event == "media":
             if self.call_id is None:
                 raise Reject("not_started", "media before start", CLOSE_POLICY)
-            self.buffer.append(media_packet(frame, self.limit))
+            self.buffer.append(media_packet(frame, self.limit, self.both_tracks))
             return False
         if event == "start":
             await self.start(frame)
@@ -200,6 +226,7 @@ class MediaStream:
         except CallstreamError as error:
             raise Reject.breaking(error) from None
         self.call_id = call_id
+        self.both_tracks = two_tracks(frame["start"])
 
     async def stop(self) -> None:
         """Flush, then the same path as POST /v1/call/complete."""

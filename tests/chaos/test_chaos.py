@@ -314,7 +314,9 @@ async def verify(
             assert last_error, f"{call_id} FAILED without last_error"
 
     stored: dict[str, set[int]] = defaultdict(set)
-    for call_id, sequence in await _query(engine, "SELECT call_id, sequence FROM packet"):
+    for call_id, sequence in await _query(
+        engine, "SELECT call_id, unnest(sequences) FROM call_segment"
+    ):
         stored[str(call_id)].add(int(str(sequence)))
     for call_id in call_ids:
         acknowledged = ledger.stored[call_id]

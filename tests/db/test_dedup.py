@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable
+from itertools import islice
 
 import pytest
 from redis.asyncio import Redis
@@ -15,8 +16,7 @@ from db.flush import FlushSource
 from db.intake import CallIntake
 from db.keys import call_keys
 from db.live import LiveCalls
-from db.packets import NewPacket, Outcome
-from db.sequences import missing_between
+from db.packets import NewPacket, Outcome, Track
 
 # Ingestion, completion, the worker and recovery hold on a Redis Cluster as on one Redis.
 pytestmark = pytest.mark.both_topologies
@@ -181,13 +181,11 @@ async def test_the_missing_list_stops_at_the_cap_however_many_runs_the_call_has(
     assert record.missing_count == 9_999
 
 
-async def test_the_release_lets_every_key_of_the_call_expire(redis: Redis):
+async def test_the_release_deletes_what_the_call_sent_and_lets_the_rest_expire(redis: Redis):
     intake, keys = CallIntake(redis), call_keys("gone")
     await intake.open_call("gone", {"callSid": "gone"}, ttl_s=10_000)
     await intake.append("gone", packets([0, 5, 6, OLD_BITMAP_LIMIT, TOP]))
-    # Dedup keys of an earlier release, left by a call that was live across the upgrade.
-    await redis.setbit(keys.legacy_seen, 3, 1)
-    await redis.sadd(keys.legacy_seen_high, str(TOP))  # type: ignore[misc]
+    await intake.append("gone", [NewPacket(3, 1.0, "agent", Track.OUTBOUND)])
     await redis.set(keys.lease, "worker-1")
     await intake.complete("gone", "explicit")
 
@@ -197,59 +195,14 @@ async def test_the_release_lets_every_key_of_the_call_expire(redis: Redis):
         key.decode(): await redis.ttl(key)
         async for key in redis.scan_iter(keys.meta.removesuffix("meta") + "*")
     }
-    assert set(left) == {
-        keys.packets,
-        keys.meta,
-        keys.runs,
-        keys.metadata,
-        keys.done,
-        keys.legacy_seen,
-        keys.legacy_seen_high,
-    }
+    # Redis is a buffer: the stream and the dedup runs go at once (the done marker refuses
+    # late packets from now on); the status and the marker linger.
+    assert set(left) == {keys.meta, keys.metadata, keys.done}
     assert all(0 < ttl <= 100 for key, ttl in left.items() if key != keys.done)
     assert 100 < left[keys.done] <= 1000
 
 
-async def test_a_call_live_across_the_upgrade_keeps_exact_dedup(redis: Redis):
-    """A call started before runs has its sequences in a bitmap (below 2^23) and a set: its first
-    request since turns them into runs, and its gaps are read from them until then."""
-    keys, intake, live = call_keys("old"), CallIntake(redis), LiveCalls(redis)
-    below = [1, 2, 3, 7, 8, OLD_BITMAP_LIMIT - 1]
-    above = [OLD_BITMAP_LIMIT, OLD_BITMAP_LIMIT + 2]
-    for seq in below:
-        await redis.setbit(keys.legacy_seen, seq, 1)
-    await redis.sadd(keys.legacy_seen_high, *map(str, above))  # type: ignore[misc]
-    old_hash = {
-        "state": "IN_PROGRESS",
-        "received": len(below) + len(above),
-        "min_seq": 1,
-        "max_seq": above[-1],
-        "created_at": time.time(),
-        "last_packet_at": time.time(),
-    }
-    await redis.hset(keys.meta, mapping=old_hash)  # type: ignore[misc]
-
-    before = await live.get("old", missing_cap=4)
-    results = await intake.append("old", packets([3, OLD_BITMAP_LIMIT - 1, above[-1], 4, 9]))
-    after = await live.get("old", missing_cap=4)
-
-    assert before is not None
-    assert after is not None
-    assert before.missing_sequences == [4, 5, 6, 9]
-    assert [r.outcome for r in results] == [
-        Outcome.DUPLICATE,
-        Outcome.DUPLICATE,
-        Outcome.DUPLICATE,
-        Outcome.OUT_OF_ORDER,
-        Outcome.OUT_OF_ORDER,
-    ]
-    assert after.missing_sequences == [5, 6, 10, 11]
-    assert after.missing_count == before.missing_count - 2
-    assert await redis.exists(keys.legacy_seen, keys.legacy_seen_high) == 0
-    runs = await redis.zrange(keys.runs, 0, -1, withscores=True)
-    assert [(int(f), int(last)) for f, last in runs[:-1]] == [
-        (1, 4),
-        (7, 9),
-        (OLD_BITMAP_LIMIT - 1, OLD_BITMAP_LIMIT),
-    ]
-    assert int(runs[-1][0]) == above[-1]
+def missing_between(present: list[int], first: int, last: int, cap: int) -> list[int]:
+    """The oracle: the sequences in [first, last] absent from `present`, at most `cap`."""
+    have = set(present)
+    return list(islice((s for s in range(first, last + 1) if s not in have), cap))

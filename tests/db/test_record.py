@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from db.intake import CallIntake
+from db.intake import CallIntake, Segmenting
 from db.keys import call_keys
 from db.models import Call
-from db.packets import NewPacket
+from db.packets import NewPacket, Track
 from db.record import (
     COLUMNS,
     HASH_FIELDS,
@@ -23,9 +23,11 @@ BOOKKEEPING_COLUMNS = {"lease_epoch", "generation", "updated_at"}
 
 
 async def test_the_scripts_write_exactly_the_record_hash_fields(redis: Redis):
-    intake = CallIntake(redis)
-    # Every event that writes to the hash: first packet, gap, reorder, duplicate, completion.
+    intake = CallIntake(redis, segmenting=Segmenting(2, 30.0))
+    # Every event that writes to the hash: first packet, gap, reorder, duplicate, on both
+    # tracks, a segment asked for, completion.
     await intake.append("c", [NewPacket(s, 1.0, "x") for s in (0, 3, 1, 1)])
+    await intake.append("c", [NewPacket(s, 1.0, "y", Track.OUTBOUND) for s in (0, 2, 1, 1)])
     await intake.complete("c", "explicit")
 
     written = {field.decode() for field in await redis.hgetall(call_keys("c").meta)}  # type: ignore[misc]

@@ -1,5 +1,6 @@
-"""A call's audio from its packets (jobs/audio.py), over a fake source of pages: order, silence
-for gaps, undecodable data, and memory that stays bounded however long the call."""
+"""A call's audio from its stored segments (jobs/audio.py over core/recording.py), served from
+memory as PostgreSQL would: order across segments, silence for gaps, two tracks, undecodable
+data, and memory that stays bounded however long the call."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.audio import AudioFormat, decode, mulaw_encode
-from db.call_audio import PacketFigures
-from jobs.audio import MAX_GAP_S, CallAudio, UndecodableAudio, transcription_allowance_s
+from core.audio import AudioFormat, decode, mulaw_encode, parse_format
+from core.recording import MAX_GAP_S, SegmentsInMemory, build_rows
+from db.packets import StoredPacket
+from db.segments import TEXT, SegmentHead
+from jobs.audio import CallAudio, UndecodableAudio, transcription_allowance_s
 from tests.conftest import make_settings
 
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
@@ -20,23 +23,31 @@ MULAW = "audio/x-mulaw;rate=8000"
 MULAW_8K = AudioFormat("mulaw", 8000)
 
 
-class Packets:
-    """The call's packets as db/call_audio.py's CallPackets serves them."""
+def packet(sequence: int, data: str, track: int = 0, at: float | None = None) -> StoredPacket:
+    stamp = sequence * 0.02 if at is None else at
+    return StoredPacket(sequence, stamp, data, 1.7e9 + stamp, track, (sequence, track))
 
-    def __init__(self, packets: dict[int, str], metadata: dict[str, Any] | None = None) -> None:
-        self.packets = dict(sorted(packets.items()))
+
+class Segments(SegmentsInMemory):
+    """Segments in memory, built as the worker builds them, counting what is read."""
+
+    def __init__(
+        self, segments: list[list[StoredPacket]], metadata: dict[str, Any] | None = None
+    ) -> None:
+        media = (metadata or {}).get("mediaFormat")
+        fmt = parse_format(f"{media['encoding']};rate={media['sampleRate']}") if media else None
+        built = fmt or parse_format(MULAW)
+        super().__init__([build_rows(seg, built, media is not None) for seg in segments])
         self.metadata = metadata
-        self.pages_read = 0
+        self.payloads_read = 0
 
-    async def page(self, after: int, limit: int) -> list[tuple[int, str]]:
-        self.pages_read += 1
-        return [(s, d) for s, d in self.packets.items() if s > after][:limit]
+    async def payload(self, segment: int, track: int) -> bytes:
+        self.payloads_read += 1
+        return await super().payload(segment, track)
 
-    async def figures(self) -> PacketFigures:
-        seqs = list(self.packets)
-        chars = sum(len(d) for d in self.packets.values())
-        first, last = (seqs[0], seqs[-1]) if seqs else (None, None)
-        return PacketFigures(self.metadata, len(seqs), first, last, chars)
+
+def audio_of(segments: Segments, default: str = MULAW) -> CallAudio:
+    return CallAudio("c", segments, default, segments.metadata)
 
 
 def frame(level: int, samples: int = 160) -> str:
@@ -48,22 +59,36 @@ async def pcm_of(audio: CallAudio) -> np.ndarray:
     return np.concatenate([chunk async for chunk in audio.pcm()])
 
 
-async def test_packets_are_decoded_in_sequence_order_across_pages():
-    source = Packets({s: frame(100 * (s + 1)) for s in (4, 0, 2, 1, 3)}, TWILIO)
-    audio = CallAudio("c", source, MULAW, page_packets=2)
+async def test_packets_are_decoded_in_sequence_order_across_segments():
+    # Sequence 1 arrived late, after its neighbours were flushed: it is in a later segment.
+    source = Segments(
+        [[packet(s, frame(100 * (s + 1))) for s in (4, 0, 2)], [packet(1, frame(200))],
+         [packet(3, frame(400))]],
+        TWILIO,
+    )  # fmt: skip
 
-    pcm = await pcm_of(audio)
+    pcm = await pcm_of(audio_of(source))
 
     levels = pcm.reshape(5, 160)[:, 0]
     expected = decode(mulaw_encode(np.array([100, 200, 300, 400, 500], dtype=np.int16)), MULAW_8K)
     assert levels.tolist() == expected.tolist()
-    assert source.pages_read == 3
+
+
+async def test_audio_is_stored_decoded_once_and_text_as_sent():
+    audio_rows = build_rows([packet(0, frame(10)), packet(1, frame(20))], MULAW_8K, said=True)
+    text_rows = build_rows([packet(0, "hello"), packet(1, "world")], MULAW_8K, said=False)
+    # Over HTTP a short word that happens to be base64 stays a word.
+    word_rows = build_rows([packet(0, "test")], MULAW_8K, said=False)
+
+    assert [(r.encoding, len(r.payload), r.sizes) for r in audio_rows] == [(MULAW, 320, [160, 160])]
+    assert [(r.encoding, r.payload) for r in text_rows] == [(TEXT, b"helloworld")]
+    assert word_rows[0].encoding == TEXT
 
 
 async def test_a_missing_sequence_of_a_media_stream_is_one_20_ms_frame_of_silence():
-    source = Packets({0: frame(1000), 1: frame(1000), 3: frame(1000), 6: frame(1000)}, TWILIO)
+    source = Segments([[packet(s, frame(1000)) for s in (0, 1, 3, 6)]], TWILIO)
 
-    pcm = await pcm_of(CallAudio("c", source, MULAW, page_packets=2))
+    pcm = await pcm_of(audio_of(source))
 
     assert len(pcm) == 7 * 160  # timings stay true
     silent = [i for i, f in enumerate(pcm.reshape(7, 160)) if not f.any()]
@@ -71,9 +96,9 @@ async def test_a_missing_sequence_of_a_media_stream_is_one_20_ms_frame_of_silenc
 
 
 async def test_a_gap_between_http_packets_is_as_long_as_the_packet_before_it():
-    source = Packets({0: frame(1000, 400), 1: frame(1000, 400), 3: frame(1000, 400)})
+    source = Segments([[packet(s, frame(1000, 400)) for s in (0, 1, 3)]])
 
-    pcm = await pcm_of(CallAudio("c", source, MULAW))
+    pcm = await pcm_of(audio_of(source))
 
     assert len(pcm) == 4 * 400
     assert not pcm[800:1200].any()
@@ -81,19 +106,50 @@ async def test_a_gap_between_http_packets_is_as_long_as_the_packet_before_it():
 
 
 async def test_a_run_of_missing_packets_becomes_at_most_max_gap_s_of_silence():
-    source = Packets({0: frame(1000), 10**9: frame(1000)}, TWILIO)
+    source = Segments([[packet(0, frame(1000)), packet(10**9, frame(1000))]], TWILIO)
 
-    pcm = await pcm_of(CallAudio("c", source, MULAW))
+    pcm = await pcm_of(audio_of(source))
 
     assert len(pcm) == 2 * 160 + int(MAX_GAP_S * 8000)
+
+
+async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
+    # The agent starts 100 ms after the caller; each track has its own gap.
+    inbound = [packet(s, frame(1000), 0, at=s * 0.02) for s in (1, 2, 4)]
+    outbound = [packet(s, frame(-1000), 1, at=0.1 + s * 0.02) for s in (1, 3)]
+    source = Segments([inbound + outbound], TWILIO)
+
+    recording = await (await audio_of(source).recording()).__class__.load(source, MULAW_8K)
+    frames = await recording.frames(0, recording.samples)
+
+    assert recording.channels == 2
+    left, right = frames[:, 0].reshape(-1, 160), frames[:, 1].reshape(-1, 160)
+    assert [bool(f.any()) for f in left] == [True, True, False, True, False, False, False, False]
+    assert [bool(f.any()) for f in right] == [False] * 5 + [True, False, True]
+    assert (left[0] > 0).all()
+    assert (right[5] < 0).all()
+
+
+async def test_the_wav_file_answers_every_byte_range_exactly():
+    source = Segments([[packet(s, frame(300 * s)) for s in range(30)], [packet(31, frame(9))]])
+    recording = await (await audio_of(source).recording()).__class__.load(source, MULAW_8K)
+    whole = b"".join([c async for c in recording.wav_bytes(0, recording.wav_size - 1)])
+
+    assert len(whole) == recording.wav_size == 44 + 32 * 160 * 2
+    assert whole[:4] == b"RIFF"
+    assert whole[8:12] == b"WAVE"
+    for first, last in [(0, 0), (0, 43), (43, 44), (44, 45), (1000, 9999), (100, len(whole) - 1)]:
+        part = b"".join([c async for c in recording.wav_bytes(first, last)])
+        assert part == whole[first : last + 1]
 
 
 async def test_the_encoding_comes_from_the_media_format_else_from_the_setting():
     alaw_stream = {"mediaFormat": {"encoding": "audio/x-alaw", "sampleRate": 8000}}
     data = frame(3000)
 
-    from_stream = await CallAudio("c", Packets({0: data}, alaw_stream), MULAW).format()
-    from_setting = await CallAudio("c", Packets({0: data}), "audio/L16;rate=16000").format()
+    from_stream = await audio_of(Segments([[packet(0, data)]], alaw_stream)).format()
+    as_text = SegmentsInMemory([build_rows([packet(0, data)], None, False)])
+    from_setting = await CallAudio("c", as_text, "audio/L16;rate=16000").format()
 
     assert from_stream == AudioFormat("alaw", 8000)
     assert from_setting == AudioFormat("l16", 16000)
@@ -102,14 +158,17 @@ async def test_the_encoding_comes_from_the_media_format_else_from_the_setting():
 @pytest.mark.parametrize(
     ("packets", "metadata", "says"),
     [
-        ({0: frame(10), 1: "chunk-1"}, TWILIO, "packet 1's data is not base64"),
-        ({0: "AAAAAA==", 1: "AA=="}, None, "packet 1 is not audio/L16;rate=8000: 1 bytes"),
-        ({0: frame(10)}, {"mediaFormat": {"encoding": "audio/opus", "sampleRate": 48000}}, "opus"),
+        ([frame(10), "chunk-1"], TWILIO, "packet 1's data is not base64"),
+        (["AAAAAA==", "AA=="], None, "packet 1 is not audio/L16;rate=8000: 1 bytes"),
+        ([frame(10)], {"mediaFormat": {"encoding": "audio/opus", "sampleRate": 48000}}, "opus"),
     ],
 )
 async def test_data_that_is_not_audio_in_the_calls_encoding_is_undecodable(packets, metadata, says):
     default = "audio/L16;rate=8000" if metadata is None else MULAW
-    audio = CallAudio("c", Packets(packets, metadata), default)
+    rows = SegmentsInMemory(
+        [build_rows([packet(n, d) for n, d in enumerate(packets)], None, False)]
+    )
+    audio = CallAudio("c", rows, default, metadata)
 
     with pytest.raises(UndecodableAudio, match=says) as caught:
         await pcm_of(audio)
@@ -117,22 +176,19 @@ async def test_data_that_is_not_audio_in_the_calls_encoding_is_undecodable(packe
     assert str(caught.value).startswith("the call's audio cannot be decoded: ")
 
 
-async def test_the_mock_reads_the_packets_data_as_sent_in_sequence_order():
-    source = Packets({2: "c", 0: "a", 1: "b"})
+async def test_the_mock_reads_text_packets_as_sent_in_sequence_order():
+    source = Segments([[packet(2, "c"), packet(0, "a")], [packet(1, "b")]])
 
-    assert await CallAudio("c", source, MULAW, page_packets=2).texts() == ["a", "b", "c"]
-    kept = CallAudio("c", source, MULAW, kept=["kept"])
-    assert await kept.texts() == ["kept"]
-    assert source.pages_read == 2  # nothing read when the flush kept the data
+    assert await audio_of(source).texts() == ["a", "b", "c"]
 
 
-async def test_the_calls_length_is_known_before_its_audio_is_read():
-    source = Packets({s: frame(10) for s in range(0, 500) if s != 7}, TWILIO)
+async def test_the_calls_length_is_known_from_its_heads_before_its_audio_is_read():
+    source = Segments([[packet(s, frame(10)) for s in range(0, 500) if s != 7]], TWILIO)
 
-    facts = await CallAudio("c", source, MULAW).facts()
+    facts = await audio_of(source).facts()
 
-    assert facts.seconds == pytest.approx(500 * 0.02, rel=0.02)  # base64's padding aside
-    assert source.pages_read == 0
+    assert facts.seconds == pytest.approx(500 * 0.02)
+    assert (facts.tracks, source.payloads_read) == (1, 0)
 
 
 def test_a_transcription_gets_more_time_for_a_longer_call_within_the_jobs_limit():
@@ -146,32 +202,36 @@ def test_a_transcription_gets_more_time_for_a_longer_call_within_the_jobs_limit(
 
 async def test_segments_are_cut_at_quiet_frames_and_hold_the_whole_call():
     # 30 s of tone with a silent frame at 17 s: the first segment (at most 20 s) ends there.
-    packets = {s: frame(0 if s == 850 else 4000) for s in range(1500)}
-    audio = CallAudio("c", Packets(packets, TWILIO), MULAW)
+    source = Segments([[packet(s, frame(0 if s == 850 else 4000)) for s in range(1500)]], TWILIO)
 
-    segments = [s async for s in audio.segments(max_s=20, search_s=5)]
+    segments = [s async for s in audio_of(source).segments(max_s=20, search_s=5)]
 
     assert [len(s) for s in segments] == [850 * 160, 650 * 160]
 
 
 class HourLongCall:
-    """An hour of 20 ms μ-law packets (29 MB of audio), made page by page as it is read."""
+    """An hour of 20 ms μ-law packets (29 MB of audio) in 30 s segments, made as it is read."""
 
-    packets = 3600 * 50
+    segments = 120
+    per_segment = 1500
 
     def __init__(self) -> None:
-        self.payload = frame(2000)
+        self.audio = mulaw_encode(np.full(160, 2000, dtype=np.int16)) * self.per_segment
 
-    async def page(self, after: int, limit: int) -> list[tuple[int, str]]:
-        return [(s, self.payload) for s in range(after + 1, min(after + 1 + limit, self.packets))]
+    async def heads(self) -> list[SegmentHead]:
+        n = self.per_segment
+        return [
+            SegmentHead(k, 0, MULAW, list(range(k * n, (k + 1) * n)), [160] * n, [0.0] * n)
+            for k in range(self.segments)
+        ]
 
-    async def figures(self) -> PacketFigures:
-        chars = self.packets * len(self.payload)
-        return PacketFigures(TWILIO, self.packets, 0, self.packets - 1, chars)
+    async def payload(self, segment: int, track: int) -> bytes:
+        return self.audio
 
 
 async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
-    audio = CallAudio("c", HourLongCall(), MULAW)
+    audio = CallAudio("c", HourLongCall(), MULAW, TWILIO)
+    await audio.facts()  # the heads: arrays of the call's packets, read once
     tracemalloc.start()
     try:
         samples = 0
@@ -182,5 +242,5 @@ async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
         tracemalloc.stop()
 
     assert samples == 3600 * 8000
-    # The hour is 58 MB as 16-bit PCM; a page (40 s) and a segment (20 s) are what is held.
-    assert peak < 4 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+    # The hour is 58 MB as 16-bit PCM; a block (40 s), a cut (20 s) and a few segments are held.
+    assert peak < 6 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"

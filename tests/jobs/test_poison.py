@@ -24,7 +24,6 @@ from db.packets import NewPacket
 from db.record import HASH_FIELDS
 from db.states import CallState, can_transition
 from jobs.ai import Sentiment
-from jobs.flushing import PACKETS_LOST
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
 from tests.factories import complete, rows, scalar, send_all, status
@@ -54,7 +53,7 @@ async def moves(engine: AsyncEngine, call_id: str) -> list[Any]:
 async def assert_finished_for_good(res: WorkerResources, call_id: str) -> None:
     """Released like any finished call, and nothing will run it again by itself."""
     keys = call_keys(call_id)
-    assert 0 < await res.redis.ttl(keys.packets) <= res.settings.key_retention_s
+    assert await res.redis.exists(keys.packets, keys.runs, keys.runs_outbound) == 0  # at once
     assert 0 < await res.redis.ttl(keys.meta) <= res.settings.key_retention_s
     assert await res.redis.ttl(keys.done) > 0
     assert await res.redis.zscore(call_keys(call_id).shard.pending, call_id) is None
@@ -65,6 +64,11 @@ async def assert_finished_for_good(res: WorkerResources, call_id: str) -> None:
     assert await res.redis.zcard(default_queue_name) == 0
 
 
+async def stored_packets(engine: AsyncEngine, call_id: str) -> int:
+    sql = f"SELECT coalesce(sum(packets), 0) FROM call_segment WHERE call_id='{call_id}'"
+    return int(await scalar(engine, sql))
+
+
 def assert_says_nothing_of_the_data(reason: str) -> None:
     assert SECRET not in reason
     assert "\x00" not in reason
@@ -72,7 +76,7 @@ def assert_says_nothing_of_the_data(reason: str) -> None:
     assert "parameters" not in reason
 
 
-async def test_a_flush_postgres_refuses_ends_failed_with_a_row_of_its_own(
+async def test_text_postgres_refuses_is_stored_as_audio_bytes_and_refused_in_the_transcript(
     client: AsyncClient,
     run_worker,
     worker_resources: WorkerResources,
@@ -90,13 +94,15 @@ async def test_a_flush_postgres_refuses_ends_failed_with_a_row_of_its_own(
     call = await status(client, "poison")
     assert call["state"] == "FAILED"
     reason = call["last_error"]
-    assert "refused the call's flush" in reason
+    # The packets' data is stored as bytes (a segment), which PostgreSQL takes whatever they
+    # hold; the transcript that repeats it is text, and is refused.
+    assert "refused a write of the call's AI results" in reason
     assert "NUL" in reason
     assert "SQLSTATE 22021" in reason
     assert_says_nothing_of_the_data(reason)
     assert call["packets_received"] == 3  # what Redis knew
     assert call["finished_at"] is not None
-    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='poison'") == 0
+    assert await stored_packets(engine, "poison") == 3
     path = await moves(engine, "poison")
     assert [(m.from_state, m.to_state) for m in path] == [
         (None, "IN_PROGRESS"),
@@ -124,7 +130,7 @@ async def test_the_workers_engine_keeps_parameters_out_of_its_errors(
     assert "hidden due to hide_parameters" in str(refused.value)
 
 
-async def test_a_refused_page_of_a_long_call_fails_it_without_any_packet(
+async def test_a_long_call_with_text_postgres_refuses_keeps_every_packet_and_fails(
     client: AsyncClient, run_worker, worker_resources: WorkerResources, engine: AsyncEngine
 ):
     res = quick_lease(worker_resources)
@@ -136,7 +142,7 @@ async def test_a_refused_page_of_a_long_call_fails_it_without_any_packet(
     await run_worker(res)
 
     assert (await status(client, "long-poison"))["state"] == "FAILED"
-    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='long-poison'") == 0
+    assert await stored_packets(engine, "long-poison") == 2500
     await assert_finished_for_good(res, "long-poison")
 
 
@@ -166,7 +172,12 @@ async def test_a_final_write_postgres_refuses_ends_failed_for_good(
     assert_says_nothing_of_the_data(reason)
     assert call["transcript"] == "chunk-0 chunk-1"  # kept as soon as it was known
     assert call["sentiment"] is None
-    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='bad-label'") == 2
+    assert (
+        await scalar(
+            engine, "SELECT coalesce(sum(packets), 0) FROM call_segment WHERE call_id='bad-label'"
+        )
+        == 2
+    )
     path = await moves(engine, "bad-label")
     assert [m.to_state for m in path][-2:] == ["PROCESSING_AI", "FAILED"]
     assert path[-1].reason == reason
@@ -219,7 +230,7 @@ async def test_a_counter_out_of_its_columns_range_fails_the_call_with_the_counte
     await assert_finished_for_good(res, "huge")
 
 
-async def test_refused_metadata_keeps_the_row_without_it_and_a_replay_stores_the_packets(
+async def test_refused_metadata_keeps_the_row_without_it_and_a_replay_finishes_the_call(
     client: AsyncClient, run_worker, worker_resources: WorkerResources, engine: AsyncEngine
 ):
     res = quick_lease(worker_resources)
@@ -234,20 +245,20 @@ async def test_refused_metadata_keeps_the_row_without_it_and_a_replay_stores_the
     assert call["metadata"] is None
     assert "kept without metadata" in call["last_error"]
     assert_says_nothing_of_the_data(call["last_error"])
-    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='bad-start'") == 0
+    assert await stored_packets(engine, "bad-start") == 2  # the audio went first, in segments
     await assert_finished_for_good(res, "bad-start")
 
-    # The packets themselves were fine: a replay stores them from Redis and the call finishes.
+    # The packets themselves were fine: a replay reads them from PostgreSQL and finishes.
     assert (await client.post("/v1/calls/bad-start/retry")).status_code == 202
     await run_worker(res)
 
     call = await status(client, "bad-start")
     assert call["state"] == "ARCHIVED"
     assert call["transcript"] == "hello thanks"
-    assert await scalar(engine, "SELECT count(*) FROM packet WHERE call_id='bad-start'") == 2
+    assert await stored_packets(engine, "bad-start") == 2
 
 
-async def test_a_replayed_poison_call_fails_again_and_one_redis_forgot_says_so(
+async def test_a_replayed_poison_call_fails_again_with_or_without_its_redis_keys(
     client: AsyncClient, run_worker, worker_resources: WorkerResources, engine: AsyncEngine
 ):
     res = quick_lease(worker_resources)
@@ -270,13 +281,13 @@ async def test_a_replayed_poison_call_fails_again_and_one_redis_forgot_says_so(
     ]
     await assert_finished_for_good(res, "again")
 
-    # Its keys expired meanwhile: nothing to store, and never an empty transcript.
+    # Its keys are gone meanwhile: its audio is in PostgreSQL, and fails the same way again.
     await res.redis.delete(*call_keys("again").all)
     assert (await client.post("/v1/calls/again/retry")).status_code == 202
     await run_worker(res)
 
     call = await status(client, "again")
-    assert (call["state"], call["last_error"]) == ("FAILED", PACKETS_LOST)
+    assert (call["state"], call["last_error"]) == ("FAILED", first)
     assert call["transcript"] is None
 
 

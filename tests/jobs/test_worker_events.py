@@ -49,6 +49,7 @@ async def test_an_archived_call_tells_each_step_in_order(
     assert story(events) == [
         ("state", "IN_PROGRESS", None, None),
         ("state", "COMPLETED", None, None),
+        ("segment", "COMPLETED", None, None),  # the call's audio, stored once
         ("state", "PROCESSING_AI", None, None),
         ("attempt", "PROCESSING_AI", "transcription", "ok"),
         ("attempt", "PROCESSING_AI", "sentiment", "ok"),
@@ -58,7 +59,8 @@ async def test_an_archived_call_tells_each_step_in_order(
     assert archived["sentiment"] == {"label": "positive", "score": 1.0}
     assert archived["transcript_excerpt"] == "thanks all resolved"
     assert archived["reason"] is None
-    attempt = events[3]
+    assert (events[2]["packets"], events[2]["segment"]) == (3, 0)
+    attempt = events[4]
     assert attempt["attempt"] == 1
     assert attempt["error"] is None
     assert attempt["duration_ms"] >= 0
@@ -75,14 +77,15 @@ async def test_failed_attempts_and_a_failed_call_are_told_with_their_reasons(
 
     events = [e for e in await call_events(redis, "c1") if e["state"] != "IN_PROGRESS"]
     assert story(events)[1:] == [
+        ("segment", "COMPLETED", None, None),
         ("state", "PROCESSING_AI", None, None),
         ("attempt", "PROCESSING_AI", "transcription", "error"),
         ("attempt", "PROCESSING_AI", "transcription", "ok"),
         ("attempt", "PROCESSING_AI", "sentiment", "rejected"),
         ("state", "FAILED", None, None),
     ]
-    assert "503 from the provider" in events[2]["error"]
-    assert (events[2]["attempt"], events[3]["attempt"]) == (1, 2)
+    assert "503 from the provider" in events[3]["error"]
+    assert (events[3]["attempt"], events[4]["attempt"]) == (1, 2)
     assert "400: the text is empty" in events[-1]["reason"]
     assert "sentiment" not in events[-1]
 

@@ -1,0 +1,25 @@
+-- A segment of a live (or finished) call is committed in PostgreSQL: its entries leave the
+-- call's stream at once, and the next segment may be asked for. One atomic step in the call's
+-- slot. A flush that finds the call released (no meta) only trims: it must not bring the hash
+-- back.
+-- KEYS: packets, meta, segments index, event feed (or the shard's outbox)
+-- ARGV: call_id, the first stream id to keep (XTRIM MINID), feed max length, the segment's event
+--   as JSON ('' for none)
+-- Returns the entries left in the stream.
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  if first then
+    -- The oldest entry left is the next segment's start: its arrival, from its id (ms).
+    local ms = tonumber(string.match(first[1], '^(%d+)'))
+    redis.call('HSET', KEYS[2], 'seg_open_at', string.format('%.3f', ms / 1000))
+  else
+    redis.call('HDEL', KEYS[2], 'seg_open_at')
+  end
+  redis.call('HDEL', KEYS[2], 'seg_asked_at')
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+end
+return redis.call('XLEN', KEYS[1])

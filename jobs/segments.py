@@ -1,0 +1,102 @@
+"""A call's unflushed tail into PostgreSQL as segments: while the call goes on (the ingest script
+asks for a segment every SEGMENT_SECONDS of audio, jobs/queue.py's flush_segment job), and once
+more at its end (jobs/flushing.py), so that Redis holds about a segment of each live call and a
+finished call's last flush is one segment's work.
+
+Each round reads a page of the stream, stores what is new in it as the call's next segment (one
+transaction: db/segments.py's store_segment, which skips what an earlier round stored), and only
+then trims the stream up to what PostgreSQL holds (db/lua/segment_done.lua). A worker that dies
+between the commit and the trim leaves entries that the next round finds stored and trims; one
+that dies before the commit leaves them to be stored by the next round: nothing is lost, nothing
+is stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from core.audio import AudioFormat, UnsupportedAudio, parse_format
+from core.recording import build_rows, call_format
+from db.keys import call_keys
+from db.packets import StoredPacket
+from db.segments import TEXT, SegmentRow, store_segment
+from jobs.resources import WorkerResources
+
+SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms frames
+SEGMENT = "segment"  # the feed event of a stored segment
+
+
+@dataclass
+class Flushed:
+    """What a flush of the tail stored."""
+
+    segments: int = 0
+    packets: int = 0
+
+
+def _format(metadata: dict[str, Any] | None, default: str) -> tuple[AudioFormat | None, bool]:
+    """The call's format, or None (the rows keep the packets' text; the AI says why later)."""
+    try:
+        return call_format(metadata, default)
+    except UnsupportedAudio:
+        return None, False
+
+
+def segment_event(call_id: str, segment: int, rows: list[SegmentRow], state: str) -> dict[str, Any]:
+    seconds = 0.0  # of the longer track's audio; 0 when the rows hold text
+    for row in rows:
+        if row.encoding != TEXT:
+            fmt = parse_format(row.encoding)
+            seconds = max(seconds, sum(row.sizes) / fmt.sample_bytes / fmt.rate)
+    return {
+        "type": SEGMENT,
+        "call_id": call_id,
+        "state": state,
+        "segment": segment,
+        "packets": sum(len(r.sequences) for r in rows),
+        "seconds": round(seconds, 3),
+    }
+
+
+async def flush_tail(
+    res: WorkerResources,
+    call_id: str,
+    metadata: dict[str, Any] | None,
+    first_page: tuple[list[StoredPacket], bool] | None = None,
+    state: str = "IN_PROGRESS",
+) -> Flushed:
+    """Store every entry the call's stream holds now, a page a segment. `first_page`: the first
+    page, if the caller read it already, and whether there is more after it."""
+    fmt, said = _format(metadata, res.settings.packet_audio_encoding)
+    done = Flushed()
+    page, more = first_page if first_page is not None else (None, True)
+    after: tuple[int, int] | None = None
+    while True:
+        if page is None:
+            page = await res.flush.entries(call_id, SEGMENT_PAGE, after)
+            more = len(page) >= SEGMENT_PAGE
+        if not page:
+            return done
+        async with res.engine.begin() as conn:
+            stored = await store_segment(
+                conn, call_id, page, lambda new: build_rows(new, fmt, said)
+            )
+        event = None
+        if stored.segment is not None:
+            event = segment_event(call_id, stored.segment, list(stored.rows), state)
+            done.segments += 1
+            done.packets += event["packets"]
+        await res.flush.segment_done(call_id, stored.through, event)
+        if not more:
+            return done
+        after, page = page[-1].entry, None
+
+
+async def flush_segment(res: WorkerResources, call_id: str) -> Flushed:
+    """The flush_segment job: a live call's tail, as the ingest script asked."""
+    raw = await res.redis.get(call_keys(call_id).metadata)
+    metadata = orjson.loads(raw) if raw else None
+    return await flush_tail(res, call_id, metadata)

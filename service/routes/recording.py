@@ -1,0 +1,117 @@
+"""A call's recording: GET /v1/calls/{call_id}/audio, a WAV file streamed from its stored
+segments (core/recording.py), with byte ranges (206) so that a player can seek, and a strong
+ETag that changes whenever a segment is stored (a live call serves what is flushed so far)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import StreamingResponse
+
+from core.audio import UnsupportedAudio
+from core.errors import CallNotFound, NoAudio, RangeNotSatisfiable
+from core.recording import NotAudio, Recording, call_format
+from db.segments import SegmentReader
+from service.conditional import parse_if_none_match
+from service.deps import CallId, ResourcesDep, SessionDep
+from service.schemas import INVALID_REQUEST, problem_response
+from service.views import call_status
+
+router = APIRouter(prefix="/v1/calls", tags=["calls"])
+
+WAV = "audio/wav"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range asked for, as inclusive (first, last); None for the whole file (no
+    Range, one we do not serve: several ranges, or another unit; RFC 9110 lets a server ignore
+    them). Raises RangeNotSatisfiable for a range outside the file."""
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or not any(match.groups()):
+        return None
+    first, last = match.groups()
+    if not first:  # the last N bytes
+        if int(last) == 0:
+            raise RangeNotSatisfiable(f"the file is {size} bytes; a suffix of 0 bytes is empty")
+        return max(size - int(last), 0), size - 1
+    if int(first) >= size or (last and int(last) < int(first)):
+        raise RangeNotSatisfiable(f"the file is {size} bytes: bytes {header[6:]} are outside it")
+    return int(first), min(int(last), size - 1) if last else size - 1
+
+
+def _etag(call_id: str, version: tuple[int, int, int], channels: int) -> str:
+    raw = f"{call_id}:{version}:{channels}".encode()
+    return f'"{hashlib.blake2b(raw, digest_size=16).hexdigest()}"'
+
+
+@router.head("/{call_id}/audio", include_in_schema=False)
+@router.get(
+    "/{call_id}/audio",
+    response_class=Response,
+    responses={
+        200: {"content": {WAV: {}}, "description": "The whole recording."},
+        206: {"content": {WAV: {}}, "description": "The bytes the Range asked for."},
+        304: {"description": "Not modified (If-None-Match names the current ETag)."},
+        404: problem_response("Unknown call."),
+        409: problem_response("The call's packets are not audio (code `no_audio`)."),
+        416: problem_response("The Range lies outside the file."),
+        **INVALID_REQUEST,
+    },
+    summary="The call's recording as WAV (Range, ETag)",
+)
+async def get_audio(
+    call_id: CallId,
+    request: Request,
+    res: ResourcesDep,
+    session: SessionDep,
+    range_header: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """The recording as 16-bit PCM WAV at the call's rate: mono for one track, stereo for two
+    (left: inbound, the caller; right: outbound, the agent), gaps as silence. A live call's
+    recording is what has been flushed so far: it grows a segment at a time."""
+    status = await call_status(session, res.live, call_id, 0)
+    if status is None:
+        raise CallNotFound(f"call {call_id} is unknown")
+    await session.close()  # the recording reads in short transactions of its own
+    reader = SegmentReader(res.sessions, call_id)
+    version = await reader.version()
+    try:
+        fmt, _ = call_format(status.metadata, res.settings.packet_audio_encoding)
+        recording = await Recording.load(reader, fmt)
+    except (UnsupportedAudio, NotAudio) as exc:
+        raise NoAudio(f"call {call_id} has no recording: {exc}") from None
+    etag = _etag(call_id, version, recording.channels)
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+    }
+    condition = parse_if_none_match(if_none_match)
+    if condition is not None and condition.matches(etag):
+        return Response(status_code=304, headers=headers)
+    size = recording.wav_size
+    wanted = parse_range(range_header, size) if if_range in (None, etag) else None
+    first, last = wanted if wanted is not None else (0, size - 1)
+    headers["Content-Length"] = str(last - first + 1)
+    code = 200
+    if wanted is not None:
+        code = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    if request.method == "HEAD":
+        return Response(status_code=code, headers=headers, media_type=WAV)
+    return StreamingResponse(_body(recording, first, last), code, headers, media_type=WAV)
+
+
+async def _body(recording: Recording, first: int, last: int) -> AsyncIterator[bytes]:
+    async for chunk in recording.wav_bytes(first, last):
+        if chunk:
+            yield chunk
