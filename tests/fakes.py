@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from jobs.ai import AIError, Sentiment, sentiment_of, transcript_of
+from jobs.ai import AIError, Sentiment, mock_transcript, sentiment_of
 from jobs.audio import CallAudio
 
 
@@ -29,7 +29,7 @@ class ScriptedAI:
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         self._next(call_id, "transcription")
-        return transcript_of(await audio.texts())
+        return await mock_transcript(audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         self._next(call_id, "sentiment")

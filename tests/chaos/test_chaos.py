@@ -289,6 +289,21 @@ async def supervise(stack: Stack) -> None:
         await asyncio.sleep(0.5)
 
 
+async def _stored_once(engine: AsyncEngine) -> dict[str, set[int]]:
+    """Every call's stored sequences; segments flushed while the calls went on, across the
+    kills and the restart, must hold none twice."""
+    stored: dict[str, set[int]] = defaultdict(set)
+    twice: list[tuple[str, int]] = []
+    for call_id, sequence in await _query(
+        engine, "SELECT call_id, unnest(sequences) FROM call_segment"
+    ):
+        if int(str(sequence)) in stored[str(call_id)]:
+            twice.append((str(call_id), int(str(sequence))))
+        stored[str(call_id)].add(int(str(sequence)))
+    assert not twice, f"packets stored twice: {twice[:10]}"
+    return stored
+
+
 async def verify(
     stack: Stack, engine: AsyncEngine, ledger: Ledger, lost: list[tuple[str, int]] | None = None
 ) -> tuple[Counter[str], int]:
@@ -313,11 +328,7 @@ async def verify(
         if state == CallState.FAILED:
             assert last_error, f"{call_id} FAILED without last_error"
 
-    stored: dict[str, set[int]] = defaultdict(set)
-    for call_id, sequence in await _query(
-        engine, "SELECT call_id, unnest(sequences) FROM call_segment"
-    ):
-        stored[str(call_id)].add(int(str(sequence)))
+    stored = await _stored_once(engine)
     for call_id in call_ids:
         acknowledged = ledger.stored[call_id]
         extra = stored[call_id] - acknowledged
@@ -399,7 +410,14 @@ async def chaos_run(calls: int, spacing_s: float, seed: int) -> None:
         "AI_BREAKER_COOLDOWN_S": "1",
     }
     config = StackConfig(
-        ai_failure_rate=0.3, lease_ttl_s=5.0, call_idle_timeout_s=4.0, extra_env=bursts
+        ai_failure_rate=0.3,
+        lease_ttl_s=5.0,
+        call_idle_timeout_s=4.0,
+        extra_env=bursts,
+        # Every call is flushed in segments while it goes on (a segment every 5 packets or
+        # 0.1 s), so the worker kills and the Redis restart land between segments' commits and
+        # their trims too.
+        shared_env={"SEGMENT_SECONDS": "0.1"},
     )
     FIGURES_DIR.mkdir(exist_ok=True)
     started = time.monotonic()

@@ -100,7 +100,11 @@ async def cluster_chaos_run(calls: int, spacing_s: float, seed: int, wait_replic
         lease_ttl_s=5.0,
         call_idle_timeout_s=10.0,  # longer than a failover's 503s, as in production (30 s)
         redis_cluster=True,
-        shared_env={"REDIS_WAIT_REPLICAS": str(wait_replicas), "REDIS_WAIT_TIMEOUT_MS": "100"},
+        shared_env={
+            "REDIS_WAIT_REPLICAS": str(wait_replicas),
+            "REDIS_WAIT_TIMEOUT_MS": "100",
+            "SEGMENT_SECONDS": "0.1",  # segments flushed while the calls go on, as on one Redis
+        },
     )
     FIGURES_DIR.mkdir(exist_ok=True)
     started = time.monotonic()
