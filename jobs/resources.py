@@ -63,7 +63,7 @@ def make_ai_client(settings: Settings) -> AIClient:
     except UnsupportedAudio as exc:
         raise ValueError(f"PACKET_AUDIO_ENCODING: {exc}") from None
     if settings.ai_provider == "local":
-        return LocalAI(processes=ai_concurrency(settings))
+        return LocalAI(processes=ai_concurrency(settings), model=settings.ai_local_model)
     if settings.ai_provider == "openai":
         assert settings.ai_base_url
         assert settings.ai_transcription_model

