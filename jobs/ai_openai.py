@@ -7,6 +7,13 @@ temporary file (memory stays bounded; the WAV header needs the exact length); a 
 AI_MAX_UPLOAD_BYTES is sent in parts, each cut at the quietest 20 ms frame of its last seconds,
 transcribed in order and joined.
 
+It asks for `verbose_json`, whose `segments` say when each stretch was spoken (seconds of the
+part, moved by the part's start to seconds of the whole audio); a server that answers without
+segments (one that ignores verbose_json, or a model OpenAI serves only as plain json) still
+works: its `text` becomes one stretch over the whole part. A 400 that names `response_format`
+(gpt-4o-transcribe's refusal of verbose_json) is asked again as plain json, and so is every later
+part this client sends.
+
 Sentiment: chat completions with AI_SENTIMENT_MODEL and a JSON answer, or VADER in this process
 (AI_SENTIMENT=local).
 
@@ -15,7 +22,11 @@ What the provider answers becomes (jobs/ai.py):
   least that long and pauses every worker's slots (jobs/ai_limit.py) for it;
 - 408, 409, 5xx, a timeout, a connection refused or dropped: TransientAIError, retried;
 - any other 4xx (400, 401, 403, 404, 413...): PermanentAIError with the provider's own reason;
-  the call ends FAILED, never retried.
+  the call ends FAILED, never retried;
+- a transcription answer that is not JSON, has no text, or whose segments are malformed (a time
+  that is not a finite number, an end before its start, text that is not a string):
+  PermanentAIError. A server answers the same audio the same way, so asking again would not help
+  (unlike a chat model, which may follow the JSON asked for next time: retried).
 """
 
 from __future__ import annotations
@@ -23,25 +34,31 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 import numpy as np
 from pydantic import SecretStr
 
 from core.audio import WAV_HEADER_BYTES, quietest_cut, wav_header
-from jobs.ai import AIError, PermanentAIError, Sentiment, TransientAIError
+from jobs.ai import AIError, PermanentAIError, Sentiment, Spoken, TransientAIError
 from jobs.ai_local import vader_sentiment
 from jobs.audio import CallAudio
+
+if TYPE_CHECKING:
+    from jobs.audio import SpeechSource
 
 LABELS = ("positive", "neutral", "negative")
 MULTIPART_SLACK = 4096  # the form's other fields and boundaries, within the upload limit
 SEARCH_S = 10.0  # a part ends at the quietest frame of its last seconds (or tenth)
 COPY_BYTES = 64 * 1024
+TIMED = {"response_format": "verbose_json", "timestamp_granularities[]": "segment"}
+UNTIMED = {"response_format": "json"}
 CONNECT_TIMEOUT_S = 10.0
 # A chat model reads the end of a long call: how it ended says most about how it went.
 SENTIMENT_MAX_CHARS = 16_000
@@ -50,6 +67,10 @@ SENTIMENT_PROMPT = (
     'speech recognition, so expect errors). Answer with JSON only: {"label": "positive" | '
     '"neutral" | "negative", "score": a number from -1 (very negative) to 1 (very positive)}.'
 )
+
+
+class FormatRefused(PermanentAIError):
+    """A 400 about `response_format`: the server (or model) does not give verbose_json."""
 
 
 class OpenAICompatible:
@@ -76,6 +97,7 @@ class OpenAICompatible:
         self.max_upload_bytes = max_upload_bytes
         self.request_timeout_s = request_timeout_s
         self.timeout_per_audio_s = timeout_per_audio_s
+        self.untimed = False  # the server refused verbose_json: ask for plain json from now on
         key = api_key.get_secret_value()
         self.client = httpx.AsyncClient(
             base_url=api_root(base_url),
@@ -87,6 +109,9 @@ class OpenAICompatible:
         )
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
+        return " ".join(s.text for s in await self.transcribe_segments(call_id, audio))
+
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         rate = (await audio.format()).rate
         # Plain blocking I/O on a local temporary file: it runs at the page cache's speed, and
         # a thread hop per chunk would cost more than the write.
@@ -94,12 +119,13 @@ class OpenAICompatible:
             size = 0
             async for samples in audio.pcm():
                 size += spool.write(samples.astype("<i2").tobytes())
-            heard: list[str] = []
+            heard: list[Spoken] = []
             for start, end in parts(spool, size, rate, self._largest_part(rate)):
-                text = await self._transcribe_part(spool, start, end, rate)
-                if text:
-                    heard.append(text)
-        return " ".join(heard)
+                answer = await self._transcribe_part(spool, start, end, rate)
+                # Both ends from byte offsets the same way: a part starts exactly where the
+                # one before it ended, so the times keep increasing across parts.
+                heard += spoken_from(answer, start / 2 / rate, end / 2 / rate)
+        return heard
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         if self.local_sentiment:
@@ -126,9 +152,22 @@ class OpenAICompatible:
         room = self.max_upload_bytes - WAV_HEADER_BYTES - MULTIPART_SLACK
         return max(room // frame, 1) * frame
 
-    async def _transcribe_part(self, spool: IO[bytes], start: int, end: int, rate: int) -> str:
+    async def _transcribe_part(self, spool: IO[bytes], start: int, end: int, rate: int) -> Any:
+        """The provider's JSON answer for the PCM bytes [start, end) of the spool."""
+        untimed = self.untimed
+        try:
+            return await self._post_part(spool, start, end, rate, UNTIMED if untimed else TIMED)
+        except FormatRefused:
+            if untimed:
+                raise
+            self.untimed = True
+            return await self._post_part(spool, start, end, rate, UNTIMED)
+
+    async def _post_part(
+        self, spool: IO[bytes], start: int, end: int, rate: int, asked: dict[str, str]
+    ) -> Any:
         boundary = uuid.uuid4().hex
-        fields = {"model": self.transcription_model, "response_format": "json"}
+        fields = {"model": self.transcription_model, **asked}
         head, tail = _form(boundary, fields, "audio.wav", "audio/wav")
         header = wav_header(end - start, rate)
         body = _stream(head + header, spool, start, end, tail)
@@ -146,11 +185,7 @@ class OpenAICompatible:
                 connect=min(self.request_timeout_s, CONNECT_TIMEOUT_S),
             ),
         )
-        answer = _json(response, "transcription")
-        text = answer.get("text") if isinstance(answer, dict) else None
-        if not isinstance(text, str):
-            raise PermanentAIError("the provider's transcription answer has no text")
-        return text.strip()
+        return _json(response, "transcription")
 
     async def _post(self, what: str, path: str, **request: Any) -> httpx.Response:
         started = time.monotonic()
@@ -183,6 +218,8 @@ def error_for(what: str, response: httpx.Response) -> AIError:
         return TransientAIError(said)
     if status == 413:
         said += "; AI_MAX_UPLOAD_BYTES must not exceed the provider's upload limit"
+    if status == 400 and "response_format" in response.text:
+        return FormatRefused(said)
     return PermanentAIError(said)
 
 
@@ -222,6 +259,44 @@ def sentiment_from(completion: Any) -> Sentiment:
             f"the sentiment model answered {label!r} {score}, not a label and a score"
         )
     return Sentiment(label, round(min(max(score, -1.0), 1.0), 3))
+
+
+def spoken_from(answer: Any, start_s: float, end_s: float) -> list[Spoken]:
+    """What one part's answer says was spoken, in seconds of the whole audio (the part runs
+    from start_s to end_s): its segments, their text stripped, the empty ones left out, each
+    clamped into the part and to start no earlier than the one before ended; without segments,
+    its text as one stretch over the whole part."""
+    segments = answer.get("segments") if isinstance(answer, dict) else None
+    if segments is None or segments == []:
+        text = answer.get("text") if isinstance(answer, dict) else None
+        if not isinstance(text, str):
+            raise PermanentAIError("the provider's transcription answer has no text")
+        return [Spoken(start_s, end_s, text.strip())] if text.strip() else []
+    if not isinstance(segments, list):
+        raise PermanentAIError(f"the provider's segments are not a list: {str(segments)[:200]!r}")
+    heard: list[Spoken] = []
+    after = start_s
+    for segment in segments:
+        begin, finish, text = _segment(segment)
+        begin = min(max(start_s + begin, after), end_s)
+        finish = min(max(start_s + finish, begin), end_s)
+        if text:
+            heard.append(Spoken(begin, finish, text))
+            after = finish
+    return heard
+
+
+def _segment(segment: Any) -> tuple[float, float, str]:
+    """A verbose_json segment's start, end (seconds of its part) and stripped text."""
+    found = segment if isinstance(segment, dict) else {}
+    start, end, text = found.get("start"), found.get("end"), found.get("text")
+    if not (_seconds(start) and _seconds(end) and isinstance(text, str)) or end < start:
+        raise PermanentAIError(f"the provider's segment is malformed: {str(segment)[:200]!r}")
+    return float(start), float(end), text.strip()
+
+
+def _seconds(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parts(spool: IO[bytes], size: int, rate: int, largest: int) -> Iterator[tuple[int, int]]:

@@ -8,6 +8,14 @@ It checks what it receives as a strict provider would: the multipart form, the m
 
 Tell it how to answer the next requests of an endpoint with `answer(endpoint, *replies)`; once
 the script is spent it answers well: a transcript (`transcript_of`) and a sentiment (`sentiment`).
+
+Asked for `verbose_json`, it also says when the transcript was spoken, as Whisper does: its words
+spread in order over the stretches of the WAV that are louder than silence (`speech_in`), one
+segment per stretch (neighbouring stretches share one when there are fewer words); in a WAV of
+silence it hears nothing, as Whisper (on a good day): no text, no segments. Told
+`gives_segments = False` it answers plain `{"text"}` whatever was asked (a server that ignores
+verbose_json); told `refuses_verbose_json = True` it answers verbose_json with a 400 naming
+`response_format`, as OpenAI does for a model that only gives json.
 """
 
 from __future__ import annotations
@@ -24,11 +32,16 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
 
+import numpy as np
+
 Endpoint = Literal["transcriptions", "chat"]
 PATHS: dict[str, Endpoint] = {
     "/v1/audio/transcriptions": "transcriptions",
     "/v1/chat/completions": "chat",
 }
+FORMATS = ("json", "verbose_json")  # the response formats it gives
+SPEECH_LEVEL = 100  # a 20 ms frame louder than this (RMS of 16-bit samples) is speech
+PAUSE_S = 0.5  # a quieter stretch shorter than this is a pause within one stretch of speech
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class FakeProvider:
         self.problems: list[str] = []
         self.transcript_of: Callable[[Wav], str] = lambda wav: "hello from the fake provider"
         self.sentiment: dict[str, Any] = {"label": "positive", "score": 0.75}
+        self.gives_segments = True
+        self.refuses_verbose_json = False
         self.url = ""
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -131,7 +146,8 @@ class FakeProvider:
         if method != "POST" or endpoint is None:
             await _respond(writer, 404, {"error": {"message": f"no route {method} {path}"}})
             return True
-        reply = self.script[endpoint].popleft() if self.script[endpoint] else Reply()
+        scripted = bool(self.script[endpoint])
+        reply = self.script[endpoint].popleft() if scripted else Reply()
         try:
             received = self._understand(endpoint, headers, body)
         except BadRequest as exc:
@@ -139,6 +155,16 @@ class FakeProvider:
             await _respond(writer, 400, {"error": {"message": str(exc)}})
             return True
         self.received.append(received)
+        if self.refuses_verbose_json and received.form.get("response_format") == "verbose_json":
+            if scripted:
+                self.script[endpoint].appendleft(reply)  # the refusal is not the scripted answer
+            refusal = {
+                "message": "response_format 'verbose_json' is not compatible with this model",
+                "type": "invalid_request_error",
+                "param": "response_format",
+            }
+            await _respond(writer, 400, {"error": refusal})
+            return True
         if reply.drop:
             writer.transport.abort()
             return False
@@ -163,6 +189,8 @@ class FakeProvider:
             raise BadRequest("a transcription needs a model")
         if "file" not in files:
             raise BadRequest("a transcription needs a file")
+        if form.get("response_format", "json") not in FORMATS:
+            raise BadRequest(f"response_format {form['response_format']!r} is not one it gives")
         return Received(endpoint, at, headers, form, _wav(files["file"]), None)
 
     def _body(self, reply: Reply, received: Received) -> Any:
@@ -172,7 +200,61 @@ class FakeProvider:
             message = {"role": "assistant", "content": json.dumps(self.sentiment)}
             return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
         assert received.wav is not None
-        return {"text": self.transcript_of(received.wav)}
+        text = self.transcript_of(received.wav)
+        if received.form.get("response_format") != "verbose_json" or not self.gives_segments:
+            return {"text": text}
+        return verbose_answer(received.wav, text)
+
+
+def verbose_answer(wav: Wav, text: str) -> dict[str, Any]:
+    """Whisper's verbose_json: the text's words spread over the stretches of speech."""
+    duration = len(wav.pcm) / 2 / wav.rate
+    spans = speech_in(wav)
+    words = text.split() if spans else []
+    groups = min(len(spans), len(words))
+    segments = []
+    for i in range(groups):
+        together = spans[i * len(spans) // groups : (i + 1) * len(spans) // groups]
+        said = words[i * len(words) // groups : (i + 1) * len(words) // groups]
+        segments.append(
+            {
+                "id": i,
+                "seek": 0,
+                # Whisper's times come in 20 ms steps, rounded: they may pass the end a little.
+                "start": round(together[0][0], 2),
+                "end": round(together[-1][1], 2),
+                "text": " " + " ".join(said),  # Whisper's segments start with a space
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": -0.25,
+                "compression_ratio": 1.2,
+                "no_speech_prob": 0.01,
+            }
+        )
+    return {
+        "task": "transcribe",
+        "language": "english",
+        "duration": duration,
+        "text": " ".join(words),
+        "segments": segments,
+    }
+
+
+def speech_in(wav: Wav) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch of 20 ms frames louder than SPEECH_LEVEL, pauses
+    shorter than PAUSE_S within it."""
+    frame = wav.rate // 50
+    samples = np.frombuffer(wav.pcm, dtype="<i2").astype(np.float64)
+    frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > SPEECH_LEVEL)
+    spans: list[tuple[float, float]] = []
+    for index in loud.tolist():
+        start, end = index * frame / wav.rate, (index + 1) * frame / wav.rate
+        if spans and start - spans[-1][1] < PAUSE_S:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

@@ -1,13 +1,18 @@
 """AI_PROVIDER=openai against a fake OpenAI-compatible provider on loopback, with the real API,
-worker, Redis and PostgreSQL: what it is sent, and how each of its failures ends."""
+worker, Redis and PostgreSQL: what it is sent, and how each of its failures ends. Its timed
+segments (verbose_json) are tested on the shipped recordings of real speech, the client on its
+own (no worker, no servers but the fake)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
+from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,17 +22,29 @@ from httpx import AsyncClient
 from pydantic import SecretStr, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.audio import AudioFormat, decode, mulaw_encode
+from core.audio import MULAW_SILENCE, TELEPHONY, AudioFormat, decode, mulaw_encode
+from core.recording import SegmentsInMemory
 from db.keys import AI_SLOTS_PAUSE
+from db.packets import StoredPacket
+from jobs.ai import PermanentAIError, Spoken, TransientAIError
 from jobs.ai_openai import OpenAICompatible, retry_after_s
+from jobs.audio import CallAudio
 from jobs.resources import WorkerResources, make_resources
 from settings import Settings
 from tests.conftest import drain_queue, make_settings
 from tests.factories import complete, packet, rows, status
-from tests.fake_ai_provider import FakeProvider, Reply, Wav
+from tests.fake_ai_provider import FakeProvider, Received, Reply, Wav, speech_in
 
 MULAW_8K = AudioFormat("mulaw", 8000)
 FRAME = 160  # 20 ms of 8 kHz μ-law
+RECORDINGS = Path(__file__).parents[2] / "simulate" / "recordings"
+SPOKEN = ["positive-1", "negative-1", "neutral-1", "positive-2", "negative-2", "neutral-2"]
+GAP_S = 1.5  # of silence before, between and after the recordings
+TIMED_FORM = {
+    "model": "whisper-test",
+    "response_format": "verbose_json",
+    "timestamp_granularities[]": "segment",
+}
 
 
 @pytest.fixture
@@ -113,7 +130,7 @@ async def test_the_call_goes_as_a_wav_of_its_audio_in_sequence_order_and_is_arch
     assert provider.problems == []
     [upload] = provider.requests("transcriptions")
     assert upload.wav == Wav(8000, expected_pcm([0, 1, 2, 3, 4, 5, 7]))
-    assert upload.form == {"model": "whisper-test", "response_format": "json"}
+    assert upload.form == TIMED_FORM
     assert upload.headers["authorization"] == "Bearer sk-test"
     [chat] = provider.requests("chat")
     assert chat.body["model"] == "chat-test"
@@ -362,3 +379,240 @@ async def test_the_base_url_is_the_same_with_or_without_v1(provider: FakeProvide
             assert "authorization" not in ai.client.headers  # no key, no header
         finally:
             await ai.aclose()
+
+
+def recorded_call(names: list[str]) -> tuple[CallAudio, list[tuple[float, float]]]:
+    """The shipped recordings one after another, GAP_S of silence around each, in 5 s segments
+    of 20 ms packets as the worker stores them; and where in it each recording is (seconds)."""
+    ulaw, where = bytearray(), []
+    for name in names:
+        ulaw += bytes([MULAW_SILENCE]) * int(GAP_S * 8000)
+        start = len(ulaw) / 8000
+        ulaw += (RECORDINGS / f"{name}.ulaw").read_bytes()
+        where.append((start, len(ulaw) / 8000))
+    ulaw += bytes([MULAW_SILENCE]) * (int(GAP_S * 8000) + -len(ulaw) % FRAME)
+    packets = [
+        StoredPacket(
+            n, n * 0.02, base64.b64encode(ulaw[at : at + FRAME]).decode(), 1.7e9, 0, (n, 0)
+        )
+        for n, at in enumerate(range(0, len(ulaw), FRAME))
+    ]
+    segments = [packets[at : at + 250] for at in range(0, len(packets), 250)]
+    source = SegmentsInMemory.of_packets(segments, TELEPHONY, True)
+    return CallAudio("recorded", source, "audio/x-mulaw;rate=8000"), where
+
+
+def part_bounds(uploads: list[Received]) -> list[tuple[float, float]]:
+    """Where in the call each upload's audio starts and ends, in seconds."""
+    bounds, at = [], 0
+    for upload in uploads:
+        assert upload.wav is not None
+        bounds.append((at / 2 / 8000, (at + len(upload.wav.pcm)) / 2 / 8000))
+        at += len(upload.wav.pcm)
+    return bounds
+
+
+@pytest.fixture
+async def ai(provider: FakeProvider) -> AsyncIterator[OpenAICompatible]:
+    """The client alone, pointed at the fake; a WAV over 150 KB (about 9 s) goes in parts."""
+    client = OpenAICompatible(
+        provider.url,
+        SecretStr("sk-test"),
+        "whisper-test",
+        None,
+        local_sentiment=True,
+        max_upload_bytes=150_000,
+    )
+    yield client
+    await client.aclose()
+
+
+async def test_segments_are_timed_in_the_call_across_upload_parts_increasing_and_where_speech_is(
+    ai: OpenAICompatible, provider: FakeProvider
+):
+    audio, where = recorded_call(SPOKEN)
+    seconds = (await audio.facts()).seconds
+
+    heard = await ai.transcribe_segments("recorded", audio)
+
+    assert provider.problems == []
+    bounds = part_bounds(provider.requests("transcriptions"))
+    assert len(bounds) >= 3
+    assert bounds[-1][1] == seconds
+    assert all(u.form == TIMED_FORM for u in provider.requests("transcriptions"))
+    assert heard
+    assert heard[0].start_s >= 0
+    assert heard[-1].end_s <= seconds
+    assert all(s.start_s <= s.end_s for s in heard)
+    assert all(a.end_s <= b.start_s for a, b in pairwise(heard))
+    # Each stretch inside one part, and inside one recording (20 ms frames, rounded times).
+    assert all(any(a <= s.start_s and s.end_s <= b for a, b in bounds) for s in heard)
+    assert all(any(a - 0.03 <= s.start_s and s.end_s <= b + 0.03 for a, b in where) for s in heard)
+    # Every recording heard, also those of the later parts: their times were moved.
+    assert all(any(s.start_s < b and a < s.end_s for s in heard) for a, b in where)
+    uploads = provider.requests("transcriptions")
+    said = ["hello from the fake provider" for u in uploads if u.wav and speech_in(u.wav)]
+    assert " ".join(s.text for s in heard) == " ".join(said)
+    assert all(s.text == s.text.strip() and s.text for s in heard)
+
+
+async def test_transcribe_answers_the_segments_text_joined(
+    ai: OpenAICompatible, provider: FakeProvider
+):
+    provider.transcript_of = lambda wav: f"heard {len(wav.pcm)} bytes of the call right here"
+    audio, _ = recorded_call(SPOKEN[:3])
+
+    text = await ai.transcribe("recorded", audio)
+    heard = await ai.transcribe_segments("recorded", recorded_call(SPOKEN[:3])[0])
+
+    uploads = provider.requests("transcriptions")
+    assert len(uploads) == 4  # two parts, twice
+    assert len(heard) > 2  # the words spread over several stretches
+    assert text == " ".join(s.text for s in heard)
+    assert text == " ".join(
+        f"heard {len(u.wav.pcm)} bytes of the call right here" for u in uploads[:2] if u.wav
+    )
+
+
+async def test_a_server_that_ignores_verbose_json_gives_one_stretch_per_part(
+    ai: OpenAICompatible, provider: FakeProvider
+):
+    provider.gives_segments = False
+    provider.transcript_of = lambda wav: f"  {len(wav.pcm)} bytes "
+    audio, _ = recorded_call(SPOKEN)
+
+    heard = await ai.transcribe_segments("recorded", audio)
+
+    uploads = provider.requests("transcriptions")
+    assert all(u.form == TIMED_FORM for u in uploads)
+    assert heard == [
+        Spoken(a, b, f"{len(u.wav.pcm)} bytes")
+        for (a, b), u in zip(part_bounds(provider.requests("transcriptions")), uploads, strict=True)
+        if u.wav
+    ]
+
+
+async def test_a_model_that_refuses_verbose_json_is_asked_for_plain_json_from_then_on(
+    ai: OpenAICompatible, provider: FakeProvider
+):
+    provider.refuses_verbose_json = True
+    audio, _ = recorded_call(SPOKEN)
+
+    heard = await ai.transcribe_segments("recorded", audio)
+    again = await ai.transcribe("recorded", recorded_call(SPOKEN[:1])[0])
+
+    refused, *uploads, last = provider.requests("transcriptions")
+    assert refused.form == TIMED_FORM
+    assert refused.wav == uploads[0].wav
+    untimed = {"model": "whisper-test", "response_format": "json"}
+    assert all(u.form == untimed for u in [*uploads, last])
+    parts = part_bounds(uploads)
+    assert len(parts) >= 3
+    assert heard == [Spoken(a, b, "hello from the fake provider") for a, b in parts]
+    assert again == "hello from the fake provider"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"text": "  said  "},
+        {"text": "  said  ", "segments": None},
+        {"text": "  said  ", "segments": []},
+    ],
+    ids=["no-segments", "null", "empty"],
+)
+async def test_an_answer_without_segments_is_its_text_over_the_whole_audio(
+    ai: OpenAICompatible, provider: FakeProvider, answer
+):
+    provider.answer("transcriptions", Reply(200, answer))
+    audio, _ = recorded_call(SPOKEN[:1])
+
+    heard = await ai.transcribe_segments("recorded", audio)
+
+    assert heard == [Spoken(0.0, (await audio.facts()).seconds, "said")]
+
+
+async def test_segment_times_are_clamped_into_the_audio_kept_increasing_and_empty_ones_dropped(
+    ai: OpenAICompatible, provider: FakeProvider
+):
+    segments = [
+        {"start": -0.3, "end": 0.8, "text": "  hello "},
+        {"start": 0.5, "end": 0.9, "text": "again"},  # starts before the one before ended
+        {"start": 1.0, "end": 1.2, "text": "   "},
+        {"start": 1.5, "end": 99, "text": " bye"},  # ends after the audio
+        {"start": 120, "end": 121, "text": "after"},
+    ]
+    provider.answer("transcriptions", Reply(200, {"text": "ignored", "segments": segments}))
+    audio, _ = recorded_call(SPOKEN[:1])
+    seconds = (await audio.facts()).seconds
+
+    heard = await ai.transcribe_segments("recorded", audio)
+
+    assert heard == [
+        Spoken(0.0, 0.8, "hello"),
+        Spoken(0.8, 0.9, "again"),
+        Spoken(1.5, seconds, "bye"),
+        Spoken(seconds, seconds, "after"),
+    ]
+
+
+MALFORMED = {
+    "a-time-as-text": [{"start": "0.0", "end": 1.0, "text": "hi"}],
+    "no-end": [{"start": 0.0, "text": "hi"}],
+    "end-before-start": [{"start": 2.0, "end": 1.0, "text": "hi"}],
+    "not-finite": [{"start": 0.0, "end": math.inf, "text": "hi"}],
+    "a-boolean": [{"start": False, "end": True, "text": "hi"}],
+    "no-text": [{"start": 0.0, "end": 1.0}],
+    "not-an-object": ["hi"],
+    "not-a-list": {"0": {"start": 0.0, "end": 1.0, "text": "hi"}},
+}
+
+
+@pytest.mark.parametrize("segments", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_segments_are_a_permanent_failure_as_any_bad_transcription_answer(
+    ai: OpenAICompatible, provider: FakeProvider, segments
+):
+    provider.answer("transcriptions", Reply(200, {"text": "hi", "segments": segments}))
+    audio, _ = recorded_call(SPOKEN[:1])
+
+    with pytest.raises(PermanentAIError, match="segment"):
+        await ai.transcribe_segments("recorded", audio)
+    assert len(provider.requests("transcriptions")) == 1
+
+
+async def test_a_call_whose_segments_are_malformed_fails_without_retrying(
+    client: AsyncClient, openai_worker, provider: FakeProvider, engine: AsyncEngine
+):
+    bad = [{"start": 1.0, "end": 0.5, "text": "backwards"}]
+    provider.answer("transcriptions", Reply(200, {"text": "backwards", "segments": bad}))
+    await send_call(client, "backwards", [0, 1, 2])
+
+    await openai_worker()
+
+    call = await status(client, "backwards")
+    assert call["state"] == "FAILED"
+    assert "segment is malformed" in call["last_error"]
+    assert [a[:2] for a in await attempts(engine, "backwards")] == [("transcription", "rejected")]
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "retry_after"),
+    [
+        (Reply.error(429, "Rate limit reached", **{"Retry-After": "2"}), TransientAIError, 2.0),
+        (Reply.error(503, "Overloaded"), TransientAIError, None),
+        (Reply(drop=True), TransientAIError, None),
+        (Reply.error(401, "Incorrect API key provided"), PermanentAIError, None),
+        (Reply.error(400, "Invalid file format"), PermanentAIError, None),
+    ],
+    ids=["429", "503", "dropped", "401", "400"],
+)
+async def test_segments_fail_as_the_transcript_does(
+    ai: OpenAICompatible, provider: FakeProvider, failure, error, retry_after
+):
+    provider.answer("transcriptions", failure)
+    audio, _ = recorded_call(SPOKEN[:1])
+
+    with pytest.raises(error) as raised:
+        await ai.transcribe_segments("recorded", audio)
+    assert getattr(raised.value, "retry_after_s", None) == retry_after
+    assert len(provider.requests("transcriptions")) == 1
