@@ -17,6 +17,7 @@ SECTIONS = (
     "<!-- ai-quality -->",  # bench/ai_quality.py's section starts with its marker
     "## Reliability runs",  # written by hand from the chaos runs: no benchmark rewrites it
     "## Capacity model: a worked example",  # by hand too, from the figures of the others
+    "## Real calls",  # bench/real_calls.py's
 )
 
 
