@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     ai_sentiment_model: str | None = Field(
         None, description="`openai`: the chat model that scores sentiment (`gpt-4o-mini`)"
     )
+    speaker_names: Annotated[tuple[str, str], NoDecode] = Field(
+        ("caller", "agent"),
+        description="what the transcript calls each track's speaker, comma-separated: the "
+        "inbound track's (the caller: what the PBX receives), then the outbound track's (the "
+        "agent, or the application)",
+    )
     ai_sentiment: Literal["provider", "local"] = Field(
         "provider",
         description="`openai` only: `local` scores sentiment with VADER in the worker instead of "
@@ -349,6 +355,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("speaker_names", mode="before")
+    @classmethod
+    def _two_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(","))
+        if not isinstance(value, tuple | list) or len(value) != 2 or not all(value):
+            raise ValueError("SPEAKER_NAMES names two speakers, e.g. caller,agent")
+        if value[0] == value[1]:
+            raise ValueError("SPEAKER_NAMES must name two different speakers")
+        return tuple(value)
 
     @property
     def queue_url(self) -> str:

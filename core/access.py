@@ -71,7 +71,7 @@ RULES = (
     _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),
     _rule("POST", rf"/v1/call/complete/{_ID}", Role.INGEST),
     _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST),
-    _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history|/audio)?)?", Role.SUPERVISOR),
+    _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history|/audio|/transcript)?)?", Role.SUPERVISOR),
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
     _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR),

@@ -208,6 +208,14 @@ class Recording:
             await self._fill(line, start, end, out[:, channel])
         return out
 
+    async def track(self, channel: int, start: int, end: int) -> Samples:
+        """Samples [start, end) of one track on its own timeline (its offset left out)."""
+        line = self.lines[channel]
+        end = min(end, line.samples)
+        out = np.zeros(max(end - start, 0), dtype=np.int16)
+        await self._fill(line, start + line.offset, end + line.offset, out)
+        return out
+
     async def mono(self, start: int, end: int) -> Samples:
         """Samples [start, end), the tracks mixed: what a transcription of the whole call hears."""
         frames = await self.frames(start, end)

@@ -145,6 +145,19 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
     )
 
 
+async def failed_attempts(session: AsyncSession, call_id: str, step: str, generation: int) -> int:
+    """The call's failed attempts of `step` in `generation` (its budget spent)."""
+    found = await session.scalar(
+        select(func.count()).where(
+            AiAttempt.call_id == call_id,
+            AiAttempt.step == step,
+            AiAttempt.generation == generation,
+            AiAttempt.outcome != "ok",
+        )
+    )
+    return int(found or 0)
+
+
 async def count_by_state(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(Call.state, func.count()).group_by(Call.state))
     return {str(state): int(n) for state, n in rows}

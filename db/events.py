@@ -82,6 +82,20 @@ def state_event(call_id: str, state: str, reason: str | None = None, **more: Any
     return {"type": STATE, "call_id": call_id, "state": state, "reason": reason, **more}
 
 
+def attempt_event(call_id: str, state: str, attempt: Any) -> dict[str, Any]:
+    """An AI attempt's outcome (db/worker_writes.py's AttemptRecord), as the feed tells it."""
+    return {
+        "type": ATTEMPT,
+        "call_id": call_id,
+        "state": state,
+        "step": attempt.step,
+        "attempt": attempt.attempt,
+        "outcome": attempt.outcome,
+        "error": attempt.error,
+        "duration_ms": attempt.duration_ms,
+    }
+
+
 def archived_extras(transcript: str | None, sentiment: tuple[str, float] | None) -> dict[str, Any]:
     """What an ARCHIVED event says of the call's results: enough for a dashboard row."""
     extras: dict[str, Any] = {}

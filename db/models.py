@@ -22,7 +22,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base
 
-__all__ = ["AiAttempt", "Base", "Call", "CallSegment", "StateTransition"]
+__all__ = [
+    "AiAttempt",
+    "Base",
+    "Call",
+    "CallSegment",
+    "StateTransition",
+    "TranscriptWindow",
+    "Utterance",
+]
 from db.states import CallState
 
 _STATES = ", ".join(f"'{s.value}'" for s in CallState)
@@ -51,6 +59,8 @@ class Call(Base):
     start_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Each track's counters (db/record.py's TrackCounters), by track name; null before tracks.
     tracks: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The conversation's figures (db/record.py's Conversation): per speaker, silence, overlap.
+    conversation: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     transcript: Mapped[str | None] = mapped_column(Text)
     sentiment_label: Mapped[str | None] = mapped_column(Text)
     sentiment_score: Mapped[float | None] = mapped_column(Float)
@@ -95,12 +105,44 @@ class CallSegment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class TranscriptWindow(Base):
+    """A stretch of one track that has been transcribed (its utterances are in `utterance`):
+    samples on the track's own timeline (core/recording.py), cut at a quiet frame."""
+
+    __tablename__ = "transcript_window"
+
+    call_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    track: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    start_sample: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    end_sample: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Utterance(Base):
+    """What one speaker said, when (seconds of the call), and its sentiment."""
+
+    __tablename__ = "utterance"
+    __table_args__ = (Index("ix_utterance_call", "call_id", "start_s"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(Text)
+    track: Mapped[int] = mapped_column(SmallInteger)
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)
+    sentiment_label: Mapped[str] = mapped_column(Text)
+    sentiment_score: Mapped[float] = mapped_column(Float)
+
+
 class AiAttempt(Base):
+    """One AI request. No foreign key: a live call's windows are transcribed, and their attempts
+    kept, before the call's own row exists."""
+
     __tablename__ = "ai_attempt"
     __table_args__ = (Index("ix_ai_attempt_call", "call_id", "step", "generation"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    call_id: Mapped[str] = mapped_column(Text, ForeignKey("call.call_id", ondelete="CASCADE"))
+    call_id: Mapped[str] = mapped_column(Text)
     step: Mapped[str] = mapped_column(Text)
     generation: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer)

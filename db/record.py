@@ -32,6 +32,24 @@ class Sentiment(BaseModel):
     score: float = Field(description="Polarity in [-1, 1].")
 
 
+class SpeakerFigures(BaseModel):
+    """One party of a call: how long they talked, how often, and how they sounded."""
+
+    track: str = Field(description="inbound or outbound.")
+    utterances: int
+    talk_s: float = Field(description="Seconds of their utterances, added up.")
+    sentiment: Sentiment | None = Field(description="Of everything they said.")
+
+
+class Conversation(BaseModel):
+    """The call as a conversation, from its utterances (db/transcripts.py)."""
+
+    speakers: dict[str, SpeakerFigures] = Field(description="By speaker name (SPEAKER_NAMES).")
+    silence_s: float = Field(description="Seconds of the call in which nobody talked.")
+    overlap_count: int = Field(description="Times both parties talked at once.")
+    overlap_s: float = Field(description="Seconds both parties talked at once.")
+
+
 class TrackCounters(BaseModel):
     """One track's counters: each track is its own timeline (db/packets.py's Track)."""
 
@@ -96,6 +114,14 @@ class CallRecord(BaseModel):
     created_at: Annotated[datetime, Stored("created_at", "created_at")]
     completed_at: Annotated[datetime | None, Stored("completed_at", "completed_at")]
     finished_at: Annotated[datetime | None, Stored(column="finished_at")] = None
+    conversation: Annotated[
+        Conversation | None,
+        Field(
+            description="Per speaker (talk time, utterances, sentiment), silence and overlap; "
+            "the utterances themselves: GET /v1/calls/{call_id}/transcript. Null until ARCHIVED."
+        ),
+        Stored(column="conversation"),
+    ] = None
     tracks: Annotated[
         dict[str, TrackCounters],
         Field(
@@ -109,7 +135,9 @@ class CallRecord(BaseModel):
 
 SENTIMENT_COLUMNS = ("sentiment_label", "sentiment_score")
 # Filled in by the worker after the flush; a live call has none of them.
-WORKER_FIELDS = frozenset({"ai_attempts", "last_error", "transcript", "sentiment", "finished_at"})
+WORKER_FIELDS = frozenset(
+    {"ai_attempts", "last_error", "transcript", "sentiment", "finished_at", "conversation"}
+)
 # Hash fields the scripts keep for their own bookkeeping, not part of the record.
 # last_packet_at: when the call last sent a new packet (the idle sweep's clock);
 # data_bytes: the data bytes of its stored packets (the MAX_CALL_BYTES cap);

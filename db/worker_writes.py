@@ -89,17 +89,28 @@ def _typed(columns: Sequence[str]) -> list[Any]:
     return [bindparam(c, type_=Call.__table__.c[c].type) for c in columns]
 
 
+# A live call's windows were transcribed before its row existed (jobs/transcription.py): the
+# row starts with their attempts counted, and the claim with their failures (a budget spent
+# while the call went on stays spent).
+_LIVE_ATTEMPTS = """
+    live AS (
+        SELECT count(*) AS n,
+               count(*) FILTER (WHERE step = 'transcription' AND outcome <> 'ok') AS failed_t,
+               count(*) FILTER (WHERE step = 'sentiment' AND outcome <> 'ok') AS failed_s
+        FROM ai_attempt WHERE call_id = :call_id AND generation = 0
+    )"""
 _FLUSH_NEW_CALL = text(
     f"""
-    WITH held AS (
+    WITH {_LIVE_ATTEMPTS}, held AS (
         INSERT INTO call ({", ".join(_NEW_CALL_COLUMNS)})
-        VALUES ({", ".join(f":{c}" for c in _NEW_CALL_COLUMNS)})
+        SELECT {", ".join("live.n" if c == "ai_attempts" else f":{c}" for c in _NEW_CALL_COLUMNS)}
+        FROM live
         ON CONFLICT (call_id) DO NOTHING
         RETURNING call_id
     ), {_MOVES}
-    SELECT count(*) FROM held
+    SELECT (SELECT count(*) FROM held) AS created, live.failed_t, live.failed_s FROM live
     """
-).bindparams(*_typed(_NEW_CALL_COLUMNS))
+).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
 
 _REFUSED_CALL_COLUMNS = (*_NEW_CALL_COLUMNS, "last_error")
 _FAIL_NEW_CALL = text(
@@ -134,6 +145,7 @@ _FINISH = text(
                         last_error = COALESCE(:last_error, last_error),
                         transcript = COALESCE(:transcript, transcript),
                         sentiment_label = :label, sentiment_score = :score,
+                        conversation = COALESCE(:conversation, conversation),
                         finished_at = now(), updated_at = now()
         WHERE call_id = :call_id AND lease_epoch = :epoch AND state = :source
         RETURNING call_id, generation
@@ -142,6 +154,19 @@ _FINISH = text(
         SELECT call_id, :source, :target, now(), :reason FROM held
     )
     SELECT count(*) FROM held
+    """
+).bindparams(bindparam("conversation", type_=Call.__table__.c["conversation"].type))
+
+# The attempts of a live call's windows (jobs/transcription.py): before its row exists, in its
+# first generation; the row counts them when it is created (_LIVE_ATTEMPTS).
+_LIVE_ATTEMPTS_INSERT = text(
+    """
+    INSERT INTO ai_attempt (call_id, step, generation, attempt, outcome, error, started_at,
+                            duration_ms)
+    SELECT :call_id, a.step, 0, a.n, a.outcome, a.error, a.started, a.ms
+    FROM unnest(CAST(:a_step AS text[]), CAST(:a_n AS int[]), CAST(:a_outcome AS text[]),
+                CAST(:a_error AS text[]), CAST(:a_started AS timestamptz[]),
+                CAST(:a_ms AS float8[])) AS a(step, n, outcome, error, started, ms)
     """
 )
 
@@ -195,9 +220,12 @@ async def flush_new_call(conn: AsyncConnection, live: CallRecord) -> Claim | Non
     values = _new_row(live, CallState.PROCESSING_AI)
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
     params = {**values, **moves}
-    if not await conn.scalar(_FLUSH_NEW_CALL, params):
+    del params["ai_attempts"]
+    row = (await conn.execute(_FLUSH_NEW_CALL, params)).one()
+    if not row.created:
         return None
-    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
+    failed = {"transcription": int(row.failed_t), "sentiment": int(row.failed_s)}
+    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, failed)
 
 
 async def fail_new_call(conn: AsyncConnection, live: CallRecord, reason: str) -> bool:
@@ -226,6 +254,16 @@ def storable(live: CallRecord) -> CallRecord:
     return live.model_copy(update={"metadata": None, **capped})
 
 
+async def record_live_attempts(
+    conn: AsyncConnection, call_id: str, attempts: Sequence[AttemptRecord]
+) -> None:
+    """Keep the AI attempts of a live call's windows (no row, no fence: nothing else writes
+    them, and a window's utterances are stored once by db/transcripts.py)."""
+    arrays = _attempt_arrays(attempts)
+    del arrays["a_count"], arrays["last_error"]
+    await conn.execute(_LIVE_ATTEMPTS_INSERT, {"call_id": call_id, **arrays})
+
+
 async def write_progress(
     conn: AsyncConnection, claim: Claim, attempts: Sequence[AttemptRecord], transcript: str | None
 ) -> bool:
@@ -244,6 +282,7 @@ async def finish(
     transcript: str | None = None,
     sentiment: tuple[str, float] | None = None,
     last_error: str | None = None,
+    conversation: dict[str, Any] | None = None,
 ) -> bool:
     """Move the call to its final state with its results and attempts, fenced by the epoch.
     `last_error` (the failure reason) overrides the last attempt's error."""
@@ -258,6 +297,7 @@ async def finish(
         "transcript": transcript,
         "label": label,
         "score": score,
+        "conversation": conversation,
     }
     arrays = _attempt_arrays(attempts)
     if last_error is not None:

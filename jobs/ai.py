@@ -19,10 +19,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from jobs.audio import CallAudio
+    from jobs.audio import CallAudio, SpeechSource
 
 
 class AIError(Exception):
@@ -45,8 +45,20 @@ class Sentiment:
     score: float  # polarity in [-1, 1]
 
 
+class Spoken(NamedTuple):
+    """A stretch of speech a transcription found: seconds from the start of the audio given."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
 class AIClient(Protocol):
     async def transcribe(self, call_id: str, audio: CallAudio) -> str: ...
+
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+        """What was said in `audio` (one track's window of a call), as timed stretches in
+        order; a provider that gives no times answers one stretch over the whole audio."""
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment: ...
 
@@ -67,7 +79,7 @@ def transcript_of(chunks: Sequence[str]) -> str:
     return " ".join(chunk.strip() for chunk in chunks if chunk.strip())
 
 
-async def mock_transcript(audio: CallAudio) -> str:
+async def mock_transcript(audio: SpeechSource) -> str:
     """The mock's transcript: text packets' data joined (what the demo's callers send); of a call
     of real audio, which it cannot understand, a short line saying how much there was, never the
     audio's base64."""
@@ -77,8 +89,13 @@ async def mock_transcript(audio: CallAudio) -> str:
     facts = await audio.facts()
     if facts.format is None or facts.seconds == 0:
         return ""
-    tracks = "one track" if facts.tracks == 1 else f"{facts.tracks} tracks"
-    return f"[mock transcript: {facts.seconds:.1f} s of {facts.format} audio, {tracks}]"
+    return f"[{facts.seconds:.1f} s of audio]"
+
+
+async def mock_spoken(audio: SpeechSource) -> list[Spoken]:
+    """The mock's transcript as one stretch over the whole audio given."""
+    text = await mock_transcript(audio)
+    return [Spoken(0.0, (await audio.facts()).seconds, text)] if text else []
 
 
 def sentiment_of(transcript: str) -> Sentiment:
@@ -142,6 +159,10 @@ class MockAI:
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         await self._request(call_id, "transcription")
         return await mock_transcript(audio)
+
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+        await self._request(call_id, "transcription")
+        return await mock_spoken(audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         await self._request(call_id, "sentiment")

@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.audio import AudioFormat, Samples, quietest_cut
-from jobs.ai import Sentiment, TransientAIError
+from jobs.ai import Sentiment, Spoken, TransientAIError
 from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
 
 if TYPE_CHECKING:
@@ -75,17 +75,18 @@ class LocalAI:
         self._pool: ProcessPoolExecutor | None = None
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        return " ".join(segment.text for segment in await self.transcribe_segments(audio))
+        spoken = await self.transcribe_segments(call_id, audio)
+        return " ".join(segment.text for segment in spoken)
 
-    async def transcribe_segments(self, audio: Audio) -> list[Segment]:
-        """The call's speech as timed segments, in seconds from the start of the call: a
-        segment at a time through the pool (jobs/whisper.py's transcribe_pcm for each)."""
+    async def transcribe_segments(self, call_id: str, audio: Audio) -> list[Spoken]:
+        """The audio's speech as timed stretches, in seconds from its start: a piece at a time
+        through the pool (jobs/whisper.py's transcribe_pcm for each)."""
         fmt = await audio.format()
-        timed: list[Segment] = []
+        timed: list[Spoken] = []
         offset_s = 0.0
         async for piece in audio.segments(SEGMENT_S, SEARCH_S):
             found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate)
-            timed += [Segment(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
+            timed += [Spoken(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
             offset_s += len(piece) / fmt.rate
         return timed
 

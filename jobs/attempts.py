@@ -26,6 +26,7 @@ from db.worker_writes import AttemptRecord
 from jobs.ai import AIError, PermanentAIError, TransientAIError
 from jobs.ai_limit import AiLimiter, NoSlotInTime
 from jobs.breaker import BreakerOpen, CircuitBreaker
+from settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +39,18 @@ class RetryPolicy:
     backoff_base_s: float
     backoff_max_s: float
     budget_s: float  # total time a call's AI work may take in one run, waits included
+
+
+def policy_of(settings: Settings) -> RetryPolicy:
+    """The AI steps' retry policy, from AI_MAX_ATTEMPTS, AI_ATTEMPT_TIMEOUT_S, AI_BACKOFF_*_S and
+    AI_CALL_BUDGET_S: one for the final run and a live call's windows alike."""
+    return RetryPolicy(
+        max_attempts=settings.ai_max_attempts,
+        attempt_timeout_s=settings.ai_attempt_timeout_s,
+        backoff_base_s=settings.ai_backoff_base_s,
+        backoff_max_s=settings.ai_backoff_max_s,
+        budget_s=settings.ai_call_budget_s,
+    )
 
 
 class StepExhausted(Exception):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,6 +45,21 @@ class AudioFacts:
     problem: str | None
     seconds: float  # how long the audio is, gaps included (0 when undecodable)
     tracks: int
+
+
+class SpeechSource(Protocol):
+    """What a provider transcribes: a whole call (CallAudio), one track's window of it
+    (TrackAudio), or a track of text packets (TrackText)."""
+
+    async def texts(self) -> list[str]: ...
+
+    async def facts(self) -> AudioFacts: ...
+
+    async def format(self) -> AudioFormat: ...
+
+    def pcm(self) -> AsyncIterator[Samples]: ...
+
+    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
 
 
 class CallAudio:
@@ -106,23 +121,93 @@ class CallAudio:
             yield block
 
     async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
-        """The audio in pieces of at most `max_s` seconds, each cut at the quietest 20 ms frame
-        of its last `search_s` seconds, so that a word is rarely cut in two."""
+        """The audio in pieces of at most `max_s` seconds, cut at quiet frames."""
         fmt = await self.format()
-        longest, search = int(max_s * fmt.rate), int(search_s * fmt.rate)
-        frame = fmt.frame_samples()
-        held: list[Samples] = []
-        size = 0
-        async for samples in self.pcm():
-            held.append(samples)
-            size += len(samples)
-            while size >= longest:
-                audio = np.concatenate(held)
-                cut = quietest_cut(audio, longest - search, longest, frame) or longest
-                yield audio[:cut]
-                held, size = [audio[cut:]], len(audio) - cut
-        if size:
-            yield np.concatenate(held)
+        async for piece in cut_at_quiet_frames(self.pcm(), fmt, max_s, search_s):
+            yield piece
+
+
+class TrackAudio:
+    """One track's window [start, end) of a call's recording (samples on the track's own
+    timeline), as the providers read a call: what a live call's window or the rest of a
+    finished call's track is transcribed from."""
+
+    def __init__(self, recording: Recording, channel: int, start: int, end: int) -> None:
+        self.recording = recording
+        self.channel = channel
+        self.start = start
+        self.end = end
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / self.recording.format.rate
+
+    async def texts(self) -> list[str]:
+        return []  # audio: the mock says how long it is
+
+    async def facts(self) -> AudioFacts:
+        return AudioFacts(self.recording.format, None, self.seconds, 1)
+
+    async def format(self) -> AudioFormat:
+        return self.recording.format
+
+    async def pcm(self) -> AsyncIterator[Samples]:
+        block = self.recording.format.rate * 40
+        for at in range(self.start, self.end, block):
+            yield await self.recording.track(self.channel, at, min(at + block, self.end))
+
+    async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+        async for piece in cut_at_quiet_frames(self.pcm(), self.recording.format, max_s, search_s):
+            yield piece
+
+
+class TrackText:
+    """One track of a call whose packets are not audio (text, as the mock's callers send): the
+    whole track at once. Real providers get UndecodableAudio from it, as from the call."""
+
+    def __init__(self, texts: list[str], problem: str) -> None:
+        self._texts = texts
+        self.problem = problem
+        self.seconds = 0.0
+
+    async def texts(self) -> list[str]:
+        return self._texts
+
+    async def facts(self) -> AudioFacts:
+        return AudioFacts(None, self.problem, 0.0, 1)
+
+    async def format(self) -> AudioFormat:
+        raise UndecodableAudio(self.problem)
+
+    async def pcm(self) -> AsyncIterator[Samples]:
+        await self.format()  # raises: text is no audio
+        nothing: list[Samples] = []
+        for samples in nothing:
+            yield samples
+
+    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+        return self.pcm()
+
+
+async def cut_at_quiet_frames(
+    pcm: AsyncIterator[Samples], fmt: AudioFormat, max_s: float, search_s: float
+) -> AsyncIterator[Samples]:
+    """The audio in pieces of at most `max_s` seconds, each cut at the quietest 20 ms frame of
+    its last `search_s` seconds, so that a word is rarely cut in two."""
+    longest, search = int(max_s * fmt.rate), int(search_s * fmt.rate)
+    frame = fmt.frame_samples()
+    held: list[Samples] = []
+    size = 0
+    async for samples in pcm:
+        held.append(samples)
+        size += len(samples)
+        while size >= longest:
+            audio = np.concatenate(held)
+            cut = quietest_cut(audio, longest - search, longest, frame) or longest
+            yield audio[:cut]
+            held, size = [audio[cut:]], len(audio) - cut
+    if size:
+        yield np.concatenate(held)
 
 
 def timeout_per_audio_s(settings: Settings) -> float:

@@ -22,16 +22,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from core import metrics
+from core.conversation import Utterance, conversation, flat_text, speaker_names
 from core.logs import about
-from db import calls, worker_writes
-from db.events import ATTEMPT, archived_extras, state_event
+from db import calls, transcripts, worker_writes
+from db.events import archived_extras, attempt_event, state_event
+from db.record import Conversation
 from db.segments import SegmentReader
 from db.states import TERMINAL_STATES, CallState
 from db.worker_writes import AttemptRecord, Claim
-from jobs.attempts import LeaseLost, RetryPolicy, StepExhausted, run_step
-from jobs.audio import CallAudio, allowance_for
+from jobs.ai import Sentiment, Spoken
+from jobs.attempts import LeaseLost, StepExhausted, policy_of, run_step
+from jobs.audio import CallAudio, SpeechSource
 from jobs.flushing import Held, Refused, fail_held, flush_call, refusing
 from jobs.resources import WorkerResources
+from jobs.transcription import transcribe_ready, utterance_scorer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,11 +132,15 @@ class _Journal:
     events: list[dict[str, Any]] = field(default_factory=list)  # published after the next write
     final: dict[str, Any] | None = None  # the final state's event, published with the release
     spoken: str | None = None  # the transcript, for the final event
+    failed: dict[str, int] = field(default_factory=dict)  # failed attempts of this run, by step
 
     async def record(self, attempt: AttemptRecord) -> bool:
         self.attempts.append(attempt)
-        self.events.append(_attempt_event(self.claim.call_id, attempt))
-        return attempt.outcome == "ok" or await self.save()
+        self.events.append(attempt_event(self.claim.call_id, CallState.PROCESSING_AI, attempt))
+        if attempt.outcome == "ok":
+            return True
+        self.failed[attempt.step] = self.failed.get(attempt.step, 0) + 1
+        return await self.save()
 
     async def save(self) -> bool:
         """Write what waits, then tell the feed; False if another worker took the call since."""
@@ -190,13 +198,14 @@ async def _run_ai(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
 
 async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     claim, call_id = held.claim, held.claim.call_id
-    policy = _policy(res)
-    # One budget for the call's AI work in this run, shared by both steps.
+    policy = policy_of(res.settings)
+    # One budget for the call's AI work in this run, shared by both steps (and grown by each
+    # window's audio).
     deadline = time.monotonic() + policy.budget_s
     journal = _Journal(res, claim)
 
     async def step(name: str, request: Callable[[], Awaitable[T]], extra_s: float = 0.0) -> T:
-        failed = claim.failed.get(name, 0)
+        failed = claim.failed.get(name, 0) + journal.failed.get(name, 0)
         with res.stages.timing("ai"):
             return await run_step(
                 name,
@@ -209,21 +218,28 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
                 limiter=res.ai_limiter,
             )
 
+    async def transcribe(audio: SpeechSource, label: str, extra_s: float) -> list[Spoken]:
+        nonlocal deadline
+        deadline += extra_s  # a real provider's work grows with the audio: so does its budget
+        try:
+            return await step(
+                "transcription", lambda: res.ai.transcribe_segments(call_id, audio), extra_s
+            )
+        except StepExhausted as exc:
+            if not label:
+                raise
+            raise StepExhausted(f"{exc} (transcribing {label})") from exc
+
+    metadata = await _metadata(res, call_id)
     try:
         transcript = claim.transcript
         if transcript is None:
-            audio = CallAudio(
-                call_id,
-                SegmentReader(res.sessions, call_id),
-                res.settings.packet_audio_encoding,
-                await _metadata(res, call_id),
+            # The windows a live transcription left (all of them, for a short call), then the
+            # transcript: every window's utterances, by time.
+            await transcribe_ready(
+                res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI
             )
-            # A real provider's work grows with the call's audio: so do its timeout and budget.
-            extra_s = await allowance_for(res.settings, audio)
-            deadline += extra_s
-            transcript = await step(
-                "transcription", lambda: res.ai.transcribe(call_id, audio), extra_s
-            )
+            transcript = flat_text(await _utterances(res, call_id))
             # Kept at once: a worker that dies during sentiment must not cost a transcription.
             journal.transcript = transcript
             if not await journal.save():
@@ -237,8 +253,34 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
         CallState.ARCHIVED,
         "transcription and sentiment stored",
         sentiment=(sentiment.label, sentiment.score),
+        conversation=(await _conversation(res, call_id, metadata)).model_dump(),
     )
     return journal.announcements()
+
+
+async def _utterances(res: WorkerResources, call_id: str) -> list[Utterance]:
+    async with res.sessions() as session:
+        rows = await transcripts.utterances(session, call_id)
+    return [
+        Utterance(
+            r.track, r.start_s, r.end_s, r.text, Sentiment(r.sentiment_label, r.sentiment_score)
+        )
+        for r in rows
+    ]
+
+
+async def _conversation(
+    res: WorkerResources, call_id: str, metadata: dict[str, Any] | None
+) -> Conversation:
+    """The call's figures from its utterances: per speaker, silence, overlap."""
+    audio = CallAudio(
+        call_id, SegmentReader(res.sessions, call_id), res.settings.packet_audio_encoding, metadata
+    )
+    seconds = (await audio.facts()).seconds
+    names = speaker_names(res.settings.speaker_names)
+    return conversation(
+        await _utterances(res, call_id), seconds, names, utterance_scorer(res.settings)
+    )
 
 
 async def _metadata(res: WorkerResources, call_id: str) -> dict[str, Any] | None:
@@ -246,27 +288,3 @@ async def _metadata(res: WorkerResources, call_id: str) -> dict[str, Any] | None
     async with res.sessions() as session:
         call = await calls.get_call(session, call_id)
     return call.start_metadata if call is not None else None
-
-
-def _attempt_event(call_id: str, attempt: AttemptRecord) -> dict[str, Any]:
-    return {
-        "type": ATTEMPT,
-        "call_id": call_id,
-        "state": CallState.PROCESSING_AI.value,
-        "step": attempt.step,
-        "attempt": attempt.attempt,
-        "outcome": attempt.outcome,
-        "error": attempt.error,
-        "duration_ms": attempt.duration_ms,
-    }
-
-
-def _policy(res: WorkerResources) -> RetryPolicy:
-    s = res.settings
-    return RetryPolicy(
-        max_attempts=s.ai_max_attempts,
-        attempt_timeout_s=s.ai_attempt_timeout_s,
-        backoff_base_s=s.ai_backoff_base_s,
-        backoff_max_s=s.ai_backoff_max_s,
-        budget_s=s.ai_call_budget_s,
-    )

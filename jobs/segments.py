@@ -96,7 +96,15 @@ async def flush_tail(
 
 
 async def flush_segment(res: WorkerResources, call_id: str) -> Flushed:
-    """The flush_segment job: a live call's tail, as the ingest script asked."""
+    """The flush_segment job: a live call's tail, as the ingest script asked; then the windows
+    of its audio that are ready are transcribed (jobs/transcription.py)."""
     raw = await res.redis.get(call_keys(call_id).metadata)
     metadata = orjson.loads(raw) if raw else None
-    return await flush_tail(res, call_id, metadata)
+    flushed = await flush_tail(res, call_id, metadata)
+    # A call that has ended is transcribed by its own job (which would otherwise race this one
+    # for the same window: one of them would be stored, the other's work thrown away).
+    if flushed.segments and not await res.redis.exists(call_keys(call_id).done):
+        from jobs.transcription import transcribe_live  # it builds on this module's segments
+
+        await transcribe_live(res, call_id, metadata)
+    return flushed

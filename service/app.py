@@ -27,6 +27,7 @@ from service.routes import (
     metrics,
     recording,
     system,
+    transcript,
 )
 from service.schemas import GATE_RESPONSES
 from settings import Settings, get_settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(calls.router)
     app.include_router(recording.router)
+    app.include_router(transcript.router)
     app.include_router(health.router)
     app.include_router(media_ws.router)
     app.include_router(system.router)

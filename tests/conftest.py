@@ -163,7 +163,9 @@ async def empty_stores(redis: Redis, engine: AsyncEngine, settings: Settings) ->
             await queue.flushdb()
     async with engine.begin() as conn:
         await conn.execute(
-            text("TRUNCATE call, call_segment, ai_attempt, state_transition CASCADE")
+            text(
+                "TRUNCATE call, call_segment, transcript_window, utterance, ai_attempt, state_transition CASCADE"
+            )
         )
 
 

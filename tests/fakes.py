@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from jobs.ai import AIError, Sentiment, mock_transcript, sentiment_of
-from jobs.audio import CallAudio
+from jobs.ai import AIError, Sentiment, Spoken, mock_spoken, mock_transcript, sentiment_of
+from jobs.audio import CallAudio, SpeechSource
 
 
 class ScriptedAI:
@@ -30,6 +30,10 @@ class ScriptedAI:
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         self._next(call_id, "transcription")
         return await mock_transcript(audio)
+
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+        self._next(call_id, "transcription")
+        return await mock_spoken(audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         self._next(call_id, "sentiment")

@@ -24,9 +24,9 @@ from websockets.asyncio.client import connect
 
 from core.audio import TELEPHONY, AudioFormat, Samples, decode
 from jobs import whisper
-from jobs.ai import Sentiment
+from jobs.ai import Sentiment, Spoken
 from jobs.ai_local import SEGMENT_S, LocalAI, PcmAudio
-from jobs.audio import CallAudio
+from jobs.audio import CallAudio, SpeechSource
 from jobs.resources import ai_concurrency, make_ai_client, make_resources
 from jobs.whisper import Segment, transcribe_pcm
 from service.app import create_app
@@ -160,7 +160,7 @@ async def test_a_call_longer_than_a_segment_is_timed_from_the_start_of_the_call(
     gap_ms = int(late_s * 1000) - len(recorded(HAPPY)) // 8
     audio = recorded(HAPPY) + silence(gap_ms) + recorded(TUESDAY)
 
-    segments = await local_ai.transcribe_segments(PcmAudio(pcm(audio), TELEPHONY))
+    segments = await local_ai.transcribe_segments("call", PcmAudio(pcm(audio), TELEPHONY))
 
     assert heard(HAPPY + " " + TUESDAY, text_of(segments)) >= 0.6, segments
     tuesday = [s for s in segments if "tuesday" in s.text.lower()]
@@ -209,6 +209,9 @@ class Borrowed:
 
     async def transcribe(self, call_id: str, audio: CallAudio) -> str:
         return await self.ai.transcribe(call_id, audio)
+
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+        return await self.ai.transcribe_segments(call_id, audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         return await self.ai.analyse_sentiment(call_id, transcript)

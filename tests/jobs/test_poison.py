@@ -23,7 +23,7 @@ from db.outages import is_outage, is_postgres_outage, postgres_refusal
 from db.packets import NewPacket
 from db.record import HASH_FIELDS
 from db.states import CallState, can_transition
-from jobs.ai import Sentiment
+from jobs.ai import Sentiment, Spoken
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
 from tests.factories import complete, rows, scalar, send_all, status
@@ -185,9 +185,9 @@ async def test_a_final_write_postgres_refuses_ends_failed_for_good(
 
 
 class RefusedTranscript(ScriptedAI):
-    async def transcribe(self, call_id: str, chunks: Any) -> str:
-        await super().transcribe(call_id, chunks)
-        return f"{SECRET}\x00"
+    async def transcribe_segments(self, call_id: str, audio: Any) -> list[Spoken]:
+        await super().transcribe_segments(call_id, audio)
+        return [Spoken(0.0, 1.0, f"{SECRET}\x00")]
 
 
 async def test_a_refused_transcript_ends_failed_for_good(

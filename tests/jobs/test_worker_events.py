@@ -51,6 +51,7 @@ async def test_an_archived_call_tells_each_step_in_order(
         ("state", "COMPLETED", None, None),
         ("segment", "COMPLETED", None, None),  # the call's audio, stored once
         ("state", "PROCESSING_AI", None, None),
+        ("utterance", "PROCESSING_AI", None, None),  # told as it is stored
         ("attempt", "PROCESSING_AI", "transcription", "ok"),
         ("attempt", "PROCESSING_AI", "sentiment", "ok"),
         ("state", "ARCHIVED", None, None),
@@ -60,7 +61,8 @@ async def test_an_archived_call_tells_each_step_in_order(
     assert archived["transcript_excerpt"] == "thanks all resolved"
     assert archived["reason"] is None
     assert (events[2]["packets"], events[2]["segment"]) == (3, 0)
-    attempt = events[4]
+    assert (events[4]["speaker"], events[4]["text"]) == ("caller", "thanks all resolved")
+    attempt = events[5]
     assert attempt["attempt"] == 1
     assert attempt["error"] is None
     assert attempt["duration_ms"] >= 0
@@ -79,13 +81,14 @@ async def test_failed_attempts_and_a_failed_call_are_told_with_their_reasons(
     assert story(events)[1:] == [
         ("segment", "COMPLETED", None, None),
         ("state", "PROCESSING_AI", None, None),
-        ("attempt", "PROCESSING_AI", "transcription", "error"),
+        ("attempt", "PROCESSING_AI", "transcription", "error"),  # told at once: a failure
+        ("utterance", "PROCESSING_AI", None, None),
         ("attempt", "PROCESSING_AI", "transcription", "ok"),
         ("attempt", "PROCESSING_AI", "sentiment", "rejected"),
         ("state", "FAILED", None, None),
     ]
     assert "503 from the provider" in events[3]["error"]
-    assert (events[3]["attempt"], events[4]["attempt"]) == (1, 2)
+    assert (events[3]["attempt"], events[5]["attempt"]) == (1, 2)
     assert "400: the text is empty" in events[-1]["reason"]
     assert "sentiment" not in events[-1]
 

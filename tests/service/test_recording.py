@@ -142,7 +142,10 @@ async def test_a_two_track_call_of_real_speech_is_flushed_as_it_goes_and_plays_b
         counters = status["tracks"][track]
         assert (counters["packets_received"], counters["missing_count"]) == (frames, 0)
         assert (counters["first_sequence"], counters["last_sequence"]) == (1, frames)
-    assert status["transcript"].startswith("[mock transcript: 120.0 s")
+    # The mock cannot understand audio: a short line a window, never the audio's base64.
+    assert status["transcript"].startswith("[")
+    assert "s of audio]" in status["transcript"]
+    assert len(status["transcript"]) < 2000
     # Redis was a buffer: the tail stayed within a few segments (5 s = 500 frames), never the
     # call; after ARCHIVED nothing the call sent is left.
     assert max(tail) < 1500, tail

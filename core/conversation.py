@@ -1,0 +1,106 @@
+"""A call as a conversation: who said what when (utterances), and the figures a supervisor reads
+off it: each speaker's talk time and utterances, the silence, and the overlap (both talking at
+once). Pure functions, no I/O: the worker computes them once a call is transcribed, the API for
+a live call's utterances so far."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from db.packets import TRACKS
+from db.record import Conversation, Sentiment, SpeakerFigures
+
+
+class Scored(Protocol):
+    """A sentiment as the AI providers answer one (jobs/ai.py's Sentiment)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def score(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    track: int  # db.packets.Track.number: 0 inbound (the caller), 1 outbound (the agent)
+    start_s: float  # seconds of the call (the recording's timeline)
+    end_s: float
+    text: str
+    sentiment: Scored
+
+
+def speaker_names(setting: Sequence[str]) -> dict[int, str]:
+    """SPEAKER_NAMES (inbound's, outbound's) by track number."""
+    return {track.number: name for track, name in zip(TRACKS, setting, strict=True)}
+
+
+def in_order(utterances: Sequence[Utterance]) -> list[Utterance]:
+    return sorted(utterances, key=lambda u: (u.start_s, u.track, u.end_s))
+
+
+def flat_text(utterances: Sequence[Utterance]) -> str:
+    """The call's transcript as one string (the `transcript` field): utterances by start time."""
+    return " ".join(u.text for u in in_order(utterances) if u.text)
+
+
+def _union_s(spans: Sequence[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def _overlaps(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> list[float]:
+    """The seconds of each overlap of a span of `a` with a span of `b` (each sorted)."""
+    found, j = [], 0
+    for start, stop in a:
+        while j < len(b) and b[j][1] <= start:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < stop:
+            shared = min(stop, b[k][1]) - max(start, b[k][0])
+            if shared > 0:
+                found.append(shared)
+            k += 1
+    return found
+
+
+def conversation(
+    utterances: Sequence[Utterance],
+    seconds: float,
+    names: Mapping[int, str],
+    score: Callable[[str], Scored],
+) -> Conversation:
+    """The figures of a call `seconds` long: per speaker (their utterances' time, count and the
+    sentiment of all they said, by `score`), silence (no utterance of anyone) and overlap."""
+    spans = {
+        track: sorted((u.start_s, u.end_s) for u in utterances if u.track == track)
+        for track in names
+    }
+    speakers = {}
+    for track, name in names.items():
+        said = [u for u in in_order(utterances) if u.track == track]
+        if not said:
+            continue
+        text = " ".join(u.text for u in said if u.text)
+        scored = score(text) if text else None
+        speakers[name] = SpeakerFigures(
+            track=TRACKS[track].value,
+            utterances=len(said),
+            talk_s=round(_union_s(spans[track]), 3),
+            sentiment=Sentiment(label=scored.label, score=scored.score) if scored else None,
+        )
+    everyone = [span for track_spans in spans.values() for span in track_spans]
+    shared = _overlaps(spans.get(0, []), spans.get(1, []))
+    return Conversation(
+        speakers=speakers,
+        silence_s=round(max(seconds - _union_s(everyone), 0.0), 3),
+        overlap_count=len(shared),
+        overlap_s=round(sum(shared), 3),
+    )

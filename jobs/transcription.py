@@ -1,0 +1,250 @@
+"""A call transcribed a window of each track at a time: while it goes on (after each segment is
+flushed: jobs/segments.py), and what is left once it ends (jobs/process.py). Audio is
+transcribed once: each window starts where the track's last one ended (db/transcripts.py keeps
+where), and the final transcript is the windows' utterances together.
+
+A live window is cut at the quietest 20 ms frame of the last CUT_SEARCH_S of what is stored, so
+that a word is not cut in two by the segment boundary (Redis' tail is flushed at any packet); the
+rest waits for the next window. The last window of a finished call runs to the track's end.
+
+Each utterance gets a sentiment as it is stored, from the provider's own scorer (the mock's
+keywords, VADER for the others): one AI request per utterance would multiply a call's requests
+by its length. The call's overall sentiment stays the provider's one request (jobs/process.py).
+
+A call whose packets are not audio (text, as the mock's callers send) is transcribed once, at its
+end, a track at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core.audio import UnsupportedAudio, quietest_cut
+from core.conversation import Utterance
+from core.logs import about
+from core.recording import NotAudio, Recording, call_format, texts
+from db import calls, transcripts, worker_writes
+from db.events import attempt_event
+from db.packets import TRACKS
+from db.segments import TEXT, SegmentReader
+from db.states import CallState
+from db.transcripts import UtteranceRow
+from db.worker_writes import AttemptRecord
+from jobs.ai import Sentiment, Spoken, sentiment_of
+from jobs.attempts import StepExhausted, policy_of, run_step
+from jobs.audio import SpeechSource, TrackAudio, TrackText, transcription_allowance_s
+from jobs.resources import WorkerResources
+
+log = logging.getLogger(__name__)
+CUT_SEARCH_S = 2.0  # a live window ends at the quietest frame of its last this many seconds
+UTTERANCE = "utterance"  # the feed event of a stored utterance
+TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
+
+# Transcribes one window: (what to transcribe, its label for a failure ("": the failure says
+# enough), extra seconds allowed).
+Transcribe = Callable[[SpeechSource, str, float], Awaitable[list[Spoken]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    channel: int  # the recording's line
+    track: int
+    start: int  # samples on the track's own timeline
+    end: int
+    offset_s: float  # where the track starts on the call's timeline
+
+
+def utterance_scorer(settings: Any) -> Callable[[str], Sentiment]:
+    """How one utterance's sentiment is scored: the mock's keywords, else VADER."""
+    if settings.ai_provider == "mock":
+        return sentiment_of
+    from jobs.ai_local import vader_sentiment
+
+    return vader_sentiment
+
+
+def windows(recording: Recording, done: dict[int, int], final: bool, min_s: float) -> list[Window]:
+    """The windows ready to transcribe: per track, from where it was transcribed to (for a live
+    call, only if at least `min_s` of audio waits; the end is cut later, at a quiet frame)."""
+    rate = recording.format.rate
+    ready = []
+    for channel, line in enumerate(recording.lines):
+        start = done.get(line.track, 0)
+        if line.samples - start <= 0 or (not final and line.samples - start < min_s * rate):
+            continue
+        ready.append(Window(channel, line.track, start, line.samples, line.offset / rate))
+    return ready
+
+
+async def _cut(recording: Recording, window: Window) -> int | None:
+    """A live window's end: the start of the quietest whole frame of the last CUT_SEARCH_S of
+    what is stored; None when that is the window's start (nothing to transcribe yet)."""
+    fmt = recording.format
+    search = int(CUT_SEARCH_S * fmt.rate)
+    first = max(window.start, window.end - search)
+    tail = await recording.track(window.channel, first, window.end)
+    cut = first + quietest_cut(tail, 0, len(tail), fmt.frame_samples())
+    return cut if cut > window.start else None
+
+
+async def transcribe_ready(
+    res: WorkerResources,
+    call_id: str,
+    metadata: dict[str, Any] | None,
+    transcribe: Transcribe,
+    *,
+    final: bool,
+    state: CallState,
+) -> int:
+    """Transcribe every window of the call that is ready and store its utterances (publishing
+    them on the live feed, as of the call's `state`); returns the windows stored. `final`: the
+    call has ended, so every track is transcribed to its end."""
+    reader = SegmentReader(res.sessions, call_id)
+    async with res.sessions() as session:
+        done = await transcripts.transcribed_to(session, call_id)
+    try:
+        fmt, _ = call_format(metadata, res.settings.packet_audio_encoding)
+        recording = await Recording.load(reader, fmt)
+    except (UnsupportedAudio, NotAudio) as exc:
+        if not final:
+            return 0  # not audio: transcribed once, at the end
+        return await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
+    stored = 0
+    for window in windows(recording, done, final, res.settings.segment_seconds / 2):
+        end = window.end if final else await _cut(recording, window)
+        if end is None:
+            continue
+        audio = TrackAudio(recording, window.channel, window.start, end)
+        label = _label(res, window.track, window.offset_s + window.start / fmt.rate, audio.seconds)
+        extra_s = transcription_allowance_s(res.settings, audio.seconds)
+        spoken = await transcribe(audio, label, extra_s)
+        found = [_utterance(res, window.track, window.offset_s + window.start / fmt.rate, s)
+                 for s in spoken]  # fmt: skip
+        stored += await _store(res, call_id, window.track, (window.start, end), found, state)
+    return stored
+
+
+async def _transcribe_text(
+    res: WorkerResources,
+    call_id: str,
+    reader: SegmentReader,
+    done: dict[int, int],
+    problem: str,
+    transcribe: Transcribe,
+    state: CallState,
+) -> int:
+    """A call of text packets: each track's text at once (its times: none to speak of)."""
+    heads = await reader.heads()
+    stored = 0
+    for track in sorted({h.track for h in heads}):
+        if done.get(track, 0) >= TEXT_WINDOW[1]:
+            continue
+        mine = [h for h in heads if h.track == track]
+        payloads = {
+            i: await reader.payload(h.segment, h.track)
+            for i, h in enumerate(mine)
+            if h.encoding == TEXT
+        }
+        piece = TrackText(texts(mine, payloads), problem)
+        spoken = await transcribe(piece, "", 0.0)  # its failure names the packet already
+        found = [_utterance(res, track, 0.0, s) for s in spoken]
+        stored += await _store(res, call_id, track, TEXT_WINDOW, found, state)
+    return stored
+
+
+def _label(res: WorkerResources, track: int, start_s: float, seconds: float) -> str:
+    name = res.settings.speaker_names[track]
+    return f"the {name}'s audio at {start_s:.1f}-{start_s + seconds:.1f} s"
+
+
+def _utterance(res: WorkerResources, track: int, offset_s: float, spoken: Spoken) -> Utterance:
+    score = utterance_scorer(res.settings)
+    return Utterance(
+        track,
+        round(offset_s + spoken.start_s, 3),
+        round(offset_s + spoken.end_s, 3),
+        spoken.text,
+        score(spoken.text),
+    )
+
+
+async def _store(
+    res: WorkerResources,
+    call_id: str,
+    track: int,
+    span: tuple[int, int],
+    found: list[Utterance],
+    state: CallState,
+) -> int:
+    """Store a window and its utterances once; tell the feed. 0 if another run stored it."""
+    rows = [
+        UtteranceRow(u.track, u.start_s, u.end_s, u.text, u.sentiment.label, u.sentiment.score)
+        for u in found
+    ]
+    async with res.engine.begin() as conn:
+        if not await transcripts.store_window(conn, call_id, track, *span, rows):
+            log.info("%s: a window was transcribed twice; kept the first", call_id,
+                     extra=about(call_id))  # fmt: skip
+            return 0
+    await res.events.publish(*(utterance_event(res, call_id, u, state) for u in found))
+    return 1
+
+
+def utterance_event(
+    res: WorkerResources, call_id: str, u: Utterance, state: CallState
+) -> dict[str, Any]:
+    return {
+        "type": UTTERANCE,
+        "call_id": call_id,
+        "state": state.value,
+        "speaker": res.settings.speaker_names[u.track],
+        "track": TRACKS[u.track].value,
+        "start_s": u.start_s,
+        "end_s": u.end_s,
+        "text": u.text,
+        "sentiment": {"label": u.sentiment.label, "score": u.sentiment.score},
+    }
+
+
+async def transcribe_live(
+    res: WorkerResources, call_id: str, metadata: dict[str, Any] | None
+) -> int:
+    """A live call's windows that are ready, after a segment flush: each with the final run's
+    retries, breaker and shared limit, its attempts kept (and counted in the call's budget once
+    it ends). A window that cannot be transcribed now is left for the call's final run, which
+    fails the call, naming it, if it cannot either."""
+    async with res.sessions() as session:
+        already = await calls.failed_attempts(session, call_id, "transcription", generation=0)
+    failed = [already]
+
+    async def record(attempt: AttemptRecord) -> bool:
+        async with res.autocommit.connect() as conn:
+            await worker_writes.record_live_attempts(conn, call_id, [attempt])
+        await res.events.publish(attempt_event(call_id, CallState.IN_PROGRESS.value, attempt))
+        failed[0] += attempt.outcome != "ok"
+        return True
+
+    async def transcribe(audio: SpeechSource, label: str, extra_s: float) -> list[Spoken]:
+        policy = policy_of(res.settings)
+        return await run_step(
+            "transcription",
+            lambda: res.ai.transcribe_segments(call_id, audio),
+            replace(policy, attempt_timeout_s=policy.attempt_timeout_s + extra_s,
+                    budget_s=policy.budget_s + extra_s),
+            record,
+            failed[0],
+            breaker=res.breaker,
+            limiter=res.ai_limiter,
+        )  # fmt: skip
+
+    try:
+        return await transcribe_ready(
+            res, call_id, metadata, transcribe, final=False, state=CallState.IN_PROGRESS
+        )
+    except StepExhausted as exc:
+        log.warning("%s: a live window is left for the end of the call: %s", call_id, exc,
+                    extra=about(call_id))  # fmt: skip
+        return 0
