@@ -164,7 +164,8 @@ async def empty_stores(redis: Redis, engine: AsyncEngine, settings: Settings) ->
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "TRUNCATE call, call_segment, transcript_window, utterance, ai_attempt, state_transition CASCADE"
+                "TRUNCATE call, call_segment, transcript_window, utterance, ai_attempt,"
+                " state_transition CASCADE"
             )
         )
 
