@@ -3,9 +3,10 @@ flushed: jobs/segments.py), and what is left once it ends (jobs/process.py). Aud
 transcribed once: each window starts where the track's last one ended (db/transcripts.py keeps
 where), and the final transcript is the windows' utterances together.
 
-A live window is cut at the quietest 20 ms frame of the last CUT_SEARCH_S of what is stored, so
-that a word is not cut in two by the segment boundary (Redis' tail is flushed at any packet); the
-rest waits for the next window. The last window of a finished call runs to the track's end.
+A live window ends in the last pause (a breath: PAUSE_FRAMES quiet 20 ms frames) of what is
+stored, so that a word is not cut in two by the segment boundary (Redis' tail is flushed at any
+packet); the rest waits for the next window. The last window of a finished call runs to the
+track's end.
 
 Each utterance gets a sentiment as it is stored, from the provider's own scorer (the mock's
 keywords, VADER for the others): one AI request per utterance would multiply a call's requests
@@ -22,7 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core.audio import UnsupportedAudio, quietest_cut
+import numpy as np
+
+from core.audio import Samples, UnsupportedAudio, quietest_cut
 from core.conversation import Utterance
 from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
@@ -39,7 +42,13 @@ from jobs.audio import SpeechSource, TrackAudio, TrackText, transcription_allowa
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
-CUT_SEARCH_S = 2.0  # a live window ends at the quietest frame of its last this many seconds
+# A live window ends in the last pause of what is stored, looked for this far back: a pause of
+# PAUSE_FRAMES 20 ms frames, each at most PAUSE_SHARE of the stretch's median loudness (or under
+# NOISE_FLOOR_RMS, a quiet line's hiss). Speech pauses at least every few seconds.
+CUT_SEARCH_S = 8.0
+PAUSE_FRAMES = 5
+PAUSE_SHARE = 0.1
+NOISE_FLOOR_RMS = 60.0
 UTTERANCE = "utterance"  # the feed event of a stored utterance
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
 
@@ -79,15 +88,39 @@ def windows(recording: Recording, done: dict[int, int], final: bool, min_s: floa
     return ready
 
 
-async def _cut(recording: Recording, window: Window) -> int | None:
-    """A live window's end: the start of the quietest whole frame of the last CUT_SEARCH_S of
-    what is stored; None when that is the window's start (nothing to transcribe yet)."""
+def pause_cut(samples: Samples, frame: int) -> int | None:
+    """Where to end a window in `samples` (the end of what is stored): in the middle of the
+    last pause (PAUSE_FRAMES quiet frames in a row: a breath between words or sentences), or
+    None if there is none. Quiet: a frame's RMS at most PAUSE_SHARE of the stretch's median
+    frame, or under the line's noise floor."""
+    count = len(samples) // frame
+    if count < PAUSE_FRAMES:
+        return None
+    frames = samples[: count * frame].astype(np.float64).reshape(count, frame)
+    rms = np.sqrt((frames * frames).mean(axis=1))
+    quiet = rms <= max(NOISE_FLOOR_RMS, PAUSE_SHARE * float(np.median(rms)))
+    # The last run of PAUSE_FRAMES quiet frames: its frames are all quiet.
+    runs = np.convolve(quiet.astype(np.int64), np.ones(PAUSE_FRAMES, dtype=np.int64), "valid")
+    ends = np.flatnonzero(runs == PAUSE_FRAMES)
+    if not len(ends):
+        return None
+    last = int(ends[-1])  # the first frame of the last quiet run
+    return (last + PAUSE_FRAMES // 2) * frame
+
+
+async def _cut(recording: Recording, window: Window, longest_s: float) -> int | None:
+    """A live window's end, in the last pause of what is stored (at most CUT_SEARCH_S back);
+    None to wait for more audio. A stretch with no pause longer than `longest_s` is cut at its
+    quietest frame: a window never grows without bound."""
     fmt = recording.format
-    search = int(CUT_SEARCH_S * fmt.rate)
-    first = max(window.start, window.end - search)
+    first = max(window.start, window.end - int(CUT_SEARCH_S * fmt.rate))
     tail = await recording.track(window.channel, first, window.end)
-    cut = first + quietest_cut(tail, 0, len(tail), fmt.frame_samples())
-    return cut if cut > window.start else None
+    cut = pause_cut(tail, fmt.frame_samples())
+    if cut is not None and first + cut > window.start:
+        return first + cut
+    if window.end - window.start < longest_s * fmt.rate:
+        return None
+    return first + quietest_cut(tail, 0, len(tail), fmt.frame_samples()) or window.end
 
 
 async def transcribe_ready(
@@ -114,7 +147,8 @@ async def transcribe_ready(
         return await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
     stored = 0
     for window in windows(recording, done, final, res.settings.segment_seconds / 2):
-        end = window.end if final else await _cut(recording, window)
+        longest = 2 * res.settings.segment_seconds
+        end = window.end if final else await _cut(recording, window, longest)
         if end is None:
             continue
         audio = TrackAudio(recording, window.channel, window.start, end)
