@@ -861,7 +861,8 @@ async function lookUp(term) {
 
 // ---------------------------------------------------------------------------------------------
 // One call's page, at #/calls/<id> in this same page (no route of its own on the server): its
-// status (GET /v1/calls/{id}: the counters per track, the transcript), its history (GET
+// status (GET /v1/calls/{id}: the counters per track, the transcript), its conversation (GET
+// /v1/calls/{id}/transcript and the feed's utterances: see below), its history (GET
 // /v1/calls/{id}/history: the state transitions and AI attempts, once flushed), its recording
 // (GET /v1/calls/{id}/audio), and its own feed (GET /v1/events?call_id=<id>), which re-reads
 // what an event changed while the call is live. An <audio> element cannot send a header, and
@@ -954,6 +955,7 @@ function openCallPage(id) {
     $(table).tBodies[0].replaceChildren();
   }
   showCallState(null);
+  resetConversation();
   $("call-title").focus();
   runCallFeed(generation);
 }
@@ -979,6 +981,7 @@ function later(what, ms, read) {
 function loadCallPage(generation) {
   callPage.loaded = true;
   readCallStatus(generation);
+  readCallTranscript(generation);
   readCallHistory(generation);
   readCallAudio(generation);
 }
@@ -1041,8 +1044,13 @@ function onCallEvent(generation, { type, data, id }) {
     return;
   }
   if (event.call_id !== callPage.id) return;
+  // An utterance is all there in its event: shown as it comes, no read needed.
+  if (type === "utterance") return addUtterances([event]);
   later("status", 250, readCallStatus);
   if (type === "state" || type === "attempt") later("history", 400, readCallHistory);
+  // A new state: the transcript again (the call's figures come with ARCHIVED; the read adds
+  // any utterance the feed did not bring, and none twice).
+  if (type === "state") later("transcript", 400, readCallTranscript);
   // A stored segment, or the last one at the end: the recording grew.
   if (type === "segment" || (type === "state" && ["ARCHIVED", "FAILED"].includes(event.state))) {
     later("audio", 400, readCallAudio);
@@ -1103,6 +1111,7 @@ function showCallRecord(record) {
   transcript.classList.toggle("muted", !said);
   showTracks(record);
   showCallClock();
+  setConversation(record.conversation);
   describeRecording();
   if ($("call-feed").dataset.state === "connected") setCallFeed("connected");
 }
@@ -1245,6 +1254,7 @@ async function fetchRecording(generation) {
 function describeRecording() {
   const { shape } = callPage.audio;
   if (shape === undefined) return; // not read yet, or the read failed (its note stays)
+  showConversation(); // its timeline is the recording's length
   const live = LIVE_STATES.has(callPage.record?.state);
   if (!(shape?.seconds > 0)) {
     return showAudioNote(live
@@ -1304,6 +1314,295 @@ function audioProblem(error) {
 
 function showAudioNote(text) {
   $("audio-note").textContent = text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One call's conversation, on its page: the utterances by time, each with its speaker, start and
+// end, text and sentiment (a button: it plays the recording from its start), and per speaker how
+// much they said and how they sounded over the call's time. The utterances come from GET
+// /v1/calls/{id}/transcript (what was transcribed so far) and, while the call goes on, from its
+// feed's `utterance` events; the figures of the whole call (talk time, silence, overlap) come
+// with the call's `conversation` once it is ARCHIVED.
+
+const ROLES = { inbound: "caller", outbound: "agent" }; // what each track's speaker is
+const SVG_NS = "http://www.w3.org/2000/svg";
+const STRIP = { width: 1000, height: 36 }; // the sentiment strip's own units (it is stretched)
+const NEUTRAL_BAND = 0.05; // a mean score this close to 0 is neutral (VADER's own threshold)
+
+const talk = {
+  said: new Map(), // utterance key -> utterance, as the API and the feed give it
+  items: new Map(), // utterance key -> its <li>
+  conversation: null, // the call's figures (once ARCHIVED), else null
+};
+
+const utteranceKey = (u) => `${u.track}|${u.start_s.toFixed(3)}|${u.end_s.toFixed(3)}|${u.text}`;
+const byTime = (a, b) => a.start_s - b.start_s || trackOrder(a.track) - trackOrder(b.track) ||
+  a.end_s - b.end_s;
+
+// m:ss of the call's timeline.
+function clockText(s) {
+  const whole = Math.max(Math.floor(s), 0);
+  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
+}
+
+const spanText = (u) => `${clockText(u.start_s)}–${clockText(u.end_s)}`;
+const scoreText = (score) => score.toFixed(2); // as the rest of the page writes a score
+
+function resetConversation() {
+  talk.said.clear();
+  talk.items.clear();
+  talk.conversation = null;
+  $("utterances").replaceChildren();
+  $("speakers-table").tBodies[0].replaceChildren();
+  $("utterances-note").textContent = "Loading…";
+  showConversation();
+}
+
+// --- reading it ---------------------------------------------------------------------------------
+
+async function readCallTranscript(generation) {
+  const latest = lastStarted("transcript");
+  let body;
+  try {
+    body = await api(callPath(callPage.id, "/transcript"));
+  } catch (error) {
+    if (!onPage(generation) || !latest()) return;
+    if (isAuthError(error)) return askForKey(error);
+    if (error.status !== 404) { // an unknown call: the page's error line says so already
+      $("utterances-note").textContent = `The transcript could not be read: ${error.message}`;
+    }
+    return;
+  }
+  if (!onPage(generation) || !latest()) return;
+  // Added to what the feed brought: an utterance stored after this read began is not in it.
+  addUtterances(body.utterances);
+  setConversation(body.conversation);
+}
+
+// The call's figures as any read of it says them (its status or its transcript). Once known,
+// a read without them is one that started before the call was ARCHIVED and landed late.
+function setConversation(conversation) {
+  if (conversation === undefined || (conversation === null && talk.conversation)) return;
+  talk.conversation = conversation;
+  showConversation();
+}
+
+function isUtterance(u) {
+  return u && typeof u.track === "string" && typeof u.text === "string" &&
+    Number.isFinite(u.start_s) && Number.isFinite(u.end_s);
+}
+
+// From a read or a feed event: each utterance once, however often it is told.
+function addUtterances(list) {
+  let added = false;
+  for (const u of list ?? []) {
+    if (!isUtterance(u)) continue;
+    const key = utteranceKey(u);
+    if (talk.said.has(key)) continue;
+    talk.said.set(key, {
+      speaker: u.speaker || ROLES[u.track] || u.track,
+      track: u.track,
+      start_s: u.start_s,
+      end_s: u.end_s,
+      text: u.text,
+      sentiment: u.sentiment ?? null,
+    });
+    added = true;
+  }
+  if (added) showUtterances();
+  else if (!talk.said.size) showConversation(); // says there is nothing yet
+}
+
+// --- the utterances, by time ----------------------------------------------------------------------
+
+function showUtterances() {
+  const list = $("utterances");
+  const sorted = [...talk.said.entries()].sort(([, a], [, b]) => byTime(a, b));
+  sorted.forEach(([key, u], index) => {
+    let item = talk.items.get(key);
+    if (!item) {
+      item = utteranceItem(u);
+      talk.items.set(key, item);
+    }
+    // Only an item out of place moves (a moved item would lose the keyboard's focus).
+    if (list.children[index] !== item) list.insertBefore(item, list.children[index] ?? null);
+  });
+  showConversation();
+}
+
+function utteranceItem(u) {
+  const item = document.createElement("li");
+  item.className = `utterance ${u.track}`;
+  Object.assign(item.dataset, { track: u.track, start: String(u.start_s) });
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "seek";
+  button.title = `Play the recording from ${clockText(u.start_s)}`;
+  const who = span("who", u.speaker);
+  const role = ROLES[u.track];
+  if (role && role !== u.speaker) who.append(span("role", ` (${role})`));
+  const head = span("head", who, span("when", spanText(u)));
+  if (u.sentiment) {
+    const label = u.sentiment.label;
+    const badge = span(BADGES.has(label) ? `badge ${label}` : "badge",
+      `${label} ${scoreText(u.sentiment.score)}`);
+    head.append(badge);
+  }
+  button.append(head, span("said", u.text || "(nothing heard)"));
+  button.addEventListener("click", () => playFrom(u.start_s));
+  item.append(button);
+  return item;
+}
+
+function span(className, ...content) {
+  const element = document.createElement("span");
+  element.className = className;
+  element.append(...content);
+  return element;
+}
+
+// The player jumps to the utterance and plays; before the recording's first read has landed
+// it jumps there once it has.
+function playFrom(s) {
+  const player = $("call-audio");
+  if (!callPage.audio.url) {
+    showAudioNote("The recording is not loaded yet: try again in a moment.");
+    return;
+  }
+  if (player.readyState >= HTMLMediaElement.HAVE_METADATA) player.currentTime = s;
+  else player.addEventListener("loadedmetadata", () => (player.currentTime = s), { once: true });
+  player.play().catch(() => {}); // no audio device, say: the position is still where asked
+}
+
+// --- per speaker: how much, how they sounded, over time ------------------------------------------
+
+// One row per speaker: the call's figures once ARCHIVED, else what the utterances say so far.
+function speakerFigures() {
+  const byTrack = new Map();
+  for (const u of talk.said.values()) {
+    const mine = byTrack.get(u.track) ?? { name: u.speaker, track: u.track, said: [] };
+    mine.said.push(u);
+    byTrack.set(u.track, mine);
+  }
+  const final = talk.conversation?.speakers;
+  for (const [name, figures] of Object.entries(final ?? {})) {
+    const mine = byTrack.get(figures.track) ?? { track: figures.track, said: [] };
+    Object.assign(mine, { name, utterances: figures.utterances, talkS: figures.talk_s,
+      sentiment: figures.sentiment, final: true });
+    byTrack.set(figures.track, mine);
+  }
+  for (const mine of byTrack.values()) {
+    if (mine.final) continue;
+    mine.utterances = mine.said.length;
+    mine.talkS = mine.said.reduce((sum, u) => sum + Math.max(u.end_s - u.start_s, 0), 0);
+    mine.sentiment = meanSentiment(mine.said);
+  }
+  return [...byTrack.values()].sort((a, b) => trackOrder(a.track) - trackOrder(b.track));
+}
+
+function meanSentiment(said) {
+  const scored = said.filter((u) => Number.isFinite(u.sentiment?.score));
+  if (!scored.length) return null;
+  const score = scored.reduce((sum, u) => sum + u.sentiment.score, 0) / scored.length;
+  const label = score > NEUTRAL_BAND ? "positive" : score < -NEUTRAL_BAND ? "negative" : "neutral";
+  return { label, score };
+}
+
+// The call's timeline: as long as its recording, or its last utterance if that is later.
+function timelineSeconds() {
+  const lastEnd = Math.max(0, ...[...talk.said.values()].map((u) => u.end_s));
+  return Math.max(lastEnd, callPage.audio?.shape?.seconds ?? 0, 1);
+}
+
+function showConversation() {
+  const count = talk.said.size;
+  $("utterance-count").textContent = String(count);
+  const live = LIVE_STATES.has(callPage.record?.state);
+  if (count) $("utterances-note").textContent = "";
+  else if (callPage.record) {
+    $("utterances-note").textContent = live
+      ? "Nothing transcribed yet: utterances appear here while the call goes on."
+      : "No utterances.";
+  }
+  const total = timelineSeconds();
+  const rows = speakerFigures().map((mine) => speakerRow(mine, total));
+  $("speakers-table").tBodies[0].replaceChildren(...rows);
+  $("speakers-table").hidden = !rows.length;
+  $("timeline-end").textContent = clockText(total);
+  $("speakers-timeline").hidden = !rows.length;
+  showCallFigures(rows.length > 0);
+}
+
+function showCallFigures(anyone) {
+  const c = talk.conversation;
+  $("conv-silence").textContent = c ? formatDuration(c.silence_s) : "–";
+  $("conv-overlap").textContent = c
+    ? `${c.overlap_count} ${c.overlap_count === 1 ? "time" : "times"} · ${formatDuration(c.overlap_s)}`
+    : "–";
+  $("speakers-note").textContent = c ? ""
+    : anyone ? "So far, from the utterances transcribed: talk time is their length added up, " +
+      "the sentiment their mean. The call's own figures, silence and overlap come once it is " +
+      "archived."
+      : "";
+}
+
+function speakerRow(mine, total) {
+  const sentiment = mine.sentiment;
+  const row = tableRow({ track: mine.track }, [
+    { text: mine.name, key: "speaker" },
+    { text: ROLES[mine.track] ?? mine.track, key: "role" },
+    { text: known(mine.utterances), num: true, key: "utterances" },
+    { text: formatDuration(mine.talkS), num: true, key: "talk" },
+    sentiment
+      ? { text: `${sentiment.label} ${scoreText(sentiment.score)}`, badge: sentiment.label,
+        key: "sentiment" }
+      : { text: "–", key: "sentiment" },
+  ]);
+  const cell = document.createElement("td");
+  cell.dataset.key = "timeline";
+  cell.className = "timeline";
+  cell.append(sentimentStrip(mine, total));
+  row.append(cell);
+  return row;
+}
+
+// Each utterance a bar where it was said on the call's timeline, up for a positive score and
+// down for a negative one, as tall as the score; its words in the bar's tooltip (an SVG title).
+function sentimentStrip(mine, total) {
+  const svg = svgElement("svg", { viewBox: `0 0 ${STRIP.width} ${STRIP.height}`,
+    preserveAspectRatio: "none", class: "sentiment-strip", role: "img" });
+  const scores = mine.said.filter((u) => u.sentiment).map((u) => u.sentiment.score);
+  svg.setAttribute("aria-label", scores.length
+    ? `${mine.name}'s sentiment over the call: ${scores.length} utterances, from ` +
+      `${scoreText(Math.min(...scores))} to ${scoreText(Math.max(...scores))}`
+    : `${mine.name}: no scored utterance`);
+  const middle = STRIP.height / 2;
+  svg.append(svgElement("rect", { x: 0, y: middle - 0.5, width: STRIP.width, height: 1,
+    class: "axis" }));
+  for (const u of [...mine.said].sort(byTime)) {
+    const score = u.sentiment?.score ?? 0;
+    const reach = Math.max(Math.abs(score) * (middle - 2), 1.5);
+    const x = (u.start_s / total) * STRIP.width;
+    const bar = svgElement("rect", {
+      x: x.toFixed(1),
+      y: (score >= 0 ? middle - reach : middle).toFixed(1),
+      width: Math.max(((u.end_s - u.start_s) / total) * STRIP.width, 3).toFixed(1),
+      height: reach.toFixed(1),
+      class: `bar ${u.sentiment?.label ?? "neutral"}`,
+    });
+    const title = svgElement("title", {});
+    title.textContent = `${spanText(u)} ${u.sentiment ? `${u.sentiment.label} ` +
+      `${scoreText(score)}` : "not scored"}: ${u.text}`;
+    bar.append(title);
+    svg.append(bar);
+  }
+  return svg;
+}
+
+function svgElement(name, attributes) {
+  const element = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  return element;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,8 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 
 from core.audio import mulaw_encode
-from jobs.ai import PermanentAIError, TransientAIError, sentiment_of, transcript_of
+from jobs.ai import PermanentAIError, Spoken, TransientAIError, sentiment_of, transcript_of
+from jobs.audio import SpeechSource, TrackAudio
 from service.app import create_asgi
 from service.routes.dashboard import CONTENT_SECURITY_POLICY
 from settings import Settings
@@ -45,6 +47,7 @@ RouteHandler = Callable[[Route], Awaitable[None]]
 MARKUP = "the problem is <b>resolved</b> great"  # shown as text, never as markup
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
 UNKNOWN = "\u2013"  # what the tables show for a value not known yet (an en dash)
+EN_DASH = "\u2013"  # between an utterance's start and end
 
 
 def keyed(settings: Settings, **more: object) -> Settings:
@@ -511,25 +514,45 @@ async def test_the_feed_resumes_after_a_drop_with_last_event_id_and_starts_over_
     assert asked[2]["last-event-id"] == "5-0"
 
 
-# Longer than a row's excerpt (140 characters): the call's page shows all of it.
-SPOKEN = " ".join(["thank you for calling, how can I help you today"] * 4)
-
-
 HOLD_S = 120.0  # the AI's attempt timeout while HeldAI holds it: longer than any test's look
+# What a speech model would hear in each party's tones (the caller's track 0, the agent's 1),
+# one line a window: the caller unhappy, the agent pleasant (the mock's keyword sentiment).
+# Together longer than a row's excerpt (140 characters): the call's page shows all of it.
+HEARD = (
+    (
+        "my line has been broken since this morning and nobody called me back",
+        "this is a terrible problem and I want a refund",
+        "still bad",
+    ),
+    (
+        "thanks for calling, I am happy to look into that for you right now",
+        "great, it is resolved: you should have a good line again",
+        "thanks",
+    ),
+)
 
 
 class HeldAI(ScriptedAI):
-    """The scripted AI, holding every transcription until `released` is set: the call stays in
-    PROCESSING_AI for as long as the test looks at it."""
+    """The scripted AI, holding every transcription while `holding` until `released` is set (the
+    call stays in PROCESSING_AI for as long as the test looks at it). A window of audio is heard
+    as the next of its party's HEARD lines, over the whole window."""
 
-    def __init__(self) -> None:
+    def __init__(self, holding: bool = True) -> None:
         super().__init__()
+        self.holding = holding
         self.released = asyncio.Event()
+        self.heard = [0, 0]
 
-    async def transcribe(self, call_id: str, audio: Any) -> str:
-        await self.released.wait()
-        said = await super().transcribe(call_id, audio)
-        return said or SPOKEN  # our tones say nothing: a speech model would hear this
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+        if self.holding:
+            await self.released.wait()
+        spoken = await super().transcribe_segments(call_id, audio)
+        if not isinstance(audio, TrackAudio):
+            return spoken  # text packets: what they say
+        track = audio.recording.lines[audio.channel].track
+        lines, n = HEARD[track], self.heard[track]
+        self.heard[track] += 1
+        return [Spoken(0.0, audio.seconds, lines[n % len(lines)])]
 
 
 async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
@@ -583,12 +606,15 @@ async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
 
 TONES = {"inbound": 440.0, "outbound": 660.0}  # Hz: the caller and the agent, one each
 FRAME = 160  # samples of one 20 ms frame at 8 kHz
+BREATH = 40  # of every 50 frames, each party pauses from this one (talks 0.8 s, then 0.2 s)
 
 
 def frame_payload(track: str, chunk: int) -> str:
-    """20 ms of the track's tone as base64 μ-law, as Twilio sends a media frame."""
+    """20 ms of the track's tone (or of a pause: a live window is cut there) as base64 μ-law,
+    as Twilio sends a media frame."""
     t = (np.arange(FRAME) + chunk * FRAME) / 8000
-    samples = (8000 * np.sin(2 * np.pi * TONES[track] * t)).astype(np.int16)
+    loud = 0 if chunk % 50 >= BREATH else 8000
+    samples = (loud * np.sin(2 * np.pi * TONES[track] * t)).astype(np.int16)
     return base64.b64encode(mulaw_encode(samples)).decode()
 
 
@@ -644,9 +670,12 @@ async def playable_seconds(page: Page, at_least: float) -> float:
 async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and_shows_history(
     browser: Browser, settings: Settings, tmp_path: Path
 ):
-    ai = HeldAI()
-    # Segments of 1 s: the recording grows while the call goes on (a `segment` event each).
-    keys_on = keyed(settings, segment_seconds=1.0, ai_attempt_timeout_s=HOLD_S)
+    ai = HeldAI(holding=False)  # live windows pass; the final run is held once the call ends
+    # Segments of 1 s: the recording grows while the call goes on (a `segment` event each), and
+    # each flush transcribes the windows ready (`utterance` events). Speakers named by the API.
+    keys_on = keyed(
+        settings, segment_seconds=1.0, ai_attempt_timeout_s=HOLD_S, speaker_names=SPEAKERS
+    )
     async with callstream(keys_on, ai) as api, dashboard(browser, api) as page:
         urls: list[str] = []
         page.on("request", lambda request: urls.append(request.url))
@@ -658,7 +687,9 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
         async with connect(media_url, additional_headers={"x-api-key": INGEST}) as ws:
             call = TwoPartyCall(ws, "call-two")
             await call.start()
-            await call.frames(1, 60)  # 1.2 s of each party
+            # 0.4 s of each party: less than a window, so every utterance comes after the page
+            # is following the call (on its feed, not from its first read).
+            await call.frames(1, 20)
 
             # The row's link, from the keyboard, opens the call's page in the same page.
             link = row(page, "live", "call-two").get_by_role("link", name="call-two")
@@ -671,12 +702,17 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
             await expect(page.locator("#call-state")).to_have_text("IN_PROGRESS", timeout=WAIT_MS)
             await expect(page.locator("#call-feed-text")).to_have_text("Live: following this call")
             for track in TONES:
-                await expect(track_cell(page, track, "packets")).to_have_text("60", timeout=WAIT_MS)
+                await expect(track_cell(page, track, "packets")).to_have_text("20", timeout=WAIT_MS)
                 await expect(track_cell(page, track, "gaps")).to_have_text("0")
                 await expect(track_cell(page, track, "first")).to_have_text("1")
+            await expect(page.locator("#utterances-note")).to_have_text(
+                "Nothing transcribed yet: utterances appear here while the call goes on.",
+                timeout=WAIT_MS,
+            )
 
-            # Live: more frames move the counters, and stored segments reach the player.
-            await call.frames(61, 110)
+            # Live: more frames move the counters, stored segments reach the player, and each
+            # party's first window (cut in one of their pauses) shows as it is transcribed.
+            await call.frames(21, 110)
             for track in TONES:
                 await expect(track_cell(page, track, "packets")).to_have_text(
                     "110", timeout=WAIT_MS
@@ -684,6 +720,9 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
                 await expect(track_cell(page, track, "last")).to_have_text("110")
             await expect(track_cell(page, "total", "packets")).to_have_text("220")
             assert await playable_seconds(page, 0.5) > 0
+            await live_utterances_of_both_parties(page)
+            await expect(page.locator("#call-state")).to_have_text("IN_PROGRESS")
+            ai.holding = True
             await call.stop()
 
         await expect(page.locator("#call-state")).to_have_text("PROCESSING_AI", timeout=WAIT_MS)
@@ -695,9 +734,13 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
             ["IN_PROGRESS", "COMPLETED", "PROCESSING_AI", "ARCHIVED"], timeout=WAIT_MS
         )
         steps = page.locator("#ai-table tbody tr td:first-child")
-        await expect(steps).to_have_text(["transcription", "sentiment"], timeout=WAIT_MS)
-        await expect(page.locator("#ai-table tbody tr td:nth-child(4)")).to_have_text(["ok", "ok"])
-        await expect(page.locator("#call-transcript")).to_have_text(SPOKEN)  # all of it
+        await expect(steps.first).to_have_text("transcription", timeout=WAIT_MS)
+        await expect(steps.last).to_have_text("sentiment", timeout=WAIT_MS)
+        read = await api.get("/v1/calls/call-two/transcript", headers={"x-api-key": SUPERVISOR})
+        said = read.json()
+        assert len(said["transcript"]) > 140  # more than a row's excerpt
+        await expect(page.locator("#call-transcript")).to_have_text(said["transcript"])
+        await the_conversation_once_archived(page, said)
         # The whole call once ARCHIVED: 110 frames of 20 ms, caller left and agent right.
         seconds = await playable_seconds(page, 2.1)
         assert seconds == pytest.approx(2.2, abs=0.05)
@@ -705,6 +748,7 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
             "stereo: left the caller, right the agent", timeout=WAIT_MS
         )
         await screenshot(page, tmp_path, "dashboard-call.png")
+        await utterances_play_from_their_start(page, said["utterances"])
 
         # Back to the list from the keyboard: the back link is one Shift+Tab from the title.
         await page.locator("#call-title").focus()
@@ -720,6 +764,7 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
         await finished.click()
         await expect(page.locator("#call-state")).to_have_text("ARCHIVED", timeout=WAIT_MS)
         await expect(track_cell(page, "outbound", "packets")).to_have_text("110", timeout=WAIT_MS)
+        await expect(page.locator("#utterances li")).to_have_count(len(said["utterances"]))
         assert await playable_seconds(page, 2.1) > 0
         await page.go_back()
         await expect(page.locator("#board")).to_be_visible()
@@ -727,3 +772,95 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
     # The key went in headers only, the recording's request included.
     assert any(u.endswith("/v1/calls/call-two/audio") for u in urls)
     assert not [u for u in urls if SUPERVISOR in u or INGEST in u]
+
+
+SPEAKERS = ("Robin", "Sam")  # SPEAKER_NAMES: the caller's, then the agent's
+
+
+def utterances(page: Page, track: str | None = None) -> Locator:
+    return page.locator("#utterances li" + (f'[data-track="{track}"]' if track else ""))
+
+
+def speaker_cell(page: Page, track: str, key: str) -> Locator:
+    return page.locator(f'#speakers-table tbody tr[data-track="{track}"] td[data-key="{key}"]')
+
+
+async def live_utterances_of_both_parties(page: Page) -> None:
+    """Before the call ends: each party's first line, with its name, side, time and sentiment,
+    and their figures so far."""
+    for (track, name, role), heard in zip(
+        (("inbound", SPEAKERS[0], "caller"), ("outbound", SPEAKERS[1], "agent")), HEARD, strict=True
+    ):
+        first = utterances(page, track).first
+        await expect(first.locator(".said")).to_have_text(heard[0], timeout=WAIT_MS)
+        await expect(first.locator(".who")).to_have_text(f"{name} ({role})")
+        await expect(first.locator(".when")).to_have_text(re.compile(rf"^0:00{EN_DASH}0:0\d$"))
+        await expect(speaker_cell(page, track, "speaker")).to_have_text(name)
+    await expect(utterances(page, "inbound").first.locator(".badge")).to_have_text("negative -1.00")
+    await expect(utterances(page, "outbound").first.locator(".badge")).to_have_text("positive 1.00")
+    await expect(page.locator("#speakers-note")).to_contain_text("So far")
+    await expect(page.locator("#conv-silence")).to_have_text(UNKNOWN)
+
+
+def tenths(s: float) -> str:
+    """A duration as the page writes one under 10 s (formatDuration)."""
+    return f"{math.floor(s * 10) / 10:.1f} s"
+
+
+async def the_conversation_once_archived(page: Page, said: dict[str, Any]) -> None:
+    """Every utterance once, by time, as the API lists them (the feed's and the re-read's
+    merged), and the call's figures per speaker, silence and overlap."""
+    listed = [u["text"] for u in said["utterances"]]
+    assert len(listed) >= 4, said  # at least one live window and the last, of each party
+    await expect(page.locator("#utterances li .said")).to_have_text(listed, timeout=WAIT_MS)
+    await expect(page.locator("#utterance-count")).to_have_text(str(len(listed)))
+    conversation = said["conversation"]
+    await expect(page.locator("#conv-silence")).to_have_text(
+        tenths(conversation["silence_s"]), timeout=WAIT_MS
+    )
+    overlaps = conversation["overlap_count"]
+    await expect(page.locator("#conv-overlap")).to_have_text(
+        f"{overlaps} {'time' if overlaps == 1 else 'times'} · {tenths(conversation['overlap_s'])}"
+    )
+    await expect(page.locator("#speakers-note")).to_have_text("")
+    for name, figures in conversation["speakers"].items():
+        track = figures["track"]
+        await expect(speaker_cell(page, track, "speaker")).to_have_text(name)
+        await expect(speaker_cell(page, track, "utterances")).to_have_text(
+            str(figures["utterances"])
+        )
+        await expect(speaker_cell(page, track, "talk")).to_have_text(tenths(figures["talk_s"]))
+        sentiment = figures["sentiment"]
+        await expect(speaker_cell(page, track, "sentiment")).to_have_text(
+            f"{sentiment['label']} {sentiment['score']:.2f}"
+        )
+        bars = speaker_cell(page, track, "timeline").locator("rect.bar")
+        await expect(bars).to_have_count(figures["utterances"])
+    assert conversation["speakers"][SPEAKERS[0]]["sentiment"]["label"] == "negative"
+    assert conversation["speakers"][SPEAKERS[1]]["sentiment"]["label"] == "positive"
+
+
+async def utterances_play_from_their_start(page: Page, said: list[dict[str, Any]]) -> None:
+    """A click on an utterance, or Enter on it, moves the player to its start and plays."""
+    await page.evaluate(
+        """() => {
+            const audio = document.getElementById("call-audio");
+            window.seeks = [];
+            audio.addEventListener("seeking", () => window.seeks.push(audio.currentTime));
+        }"""
+    )
+    latest = max(range(len(said)), key=lambda i: said[i]["start_s"])
+    assert said[latest]["start_s"] > 0.5, said
+    await utterances(page).nth(latest).locator("button").click()
+    await page.wait_for_function("() => window.seeks.length === 1", timeout=WAIT_MS)
+    assert await page.evaluate("window.seeks[0]") == pytest.approx(
+        said[latest]["start_s"], abs=0.05
+    )
+    await page.wait_for_function(
+        "() => !document.getElementById('call-audio').paused", timeout=WAIT_MS
+    )
+    # From the keyboard: the first utterance's button, then Enter.
+    await utterances(page).first.locator("button").focus()
+    await page.keyboard.press("Enter")
+    await page.wait_for_function("() => window.seeks.length === 2", timeout=WAIT_MS)
+    assert await page.evaluate("window.seeks[1]") == pytest.approx(said[0]["start_s"], abs=0.05)
