@@ -66,7 +66,7 @@ chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m "chaos or chaos_long" tests/chaos
 
 ## Every benchmark (ingestion, back half, access cost, the feed's fan-out, Redis Cluster, the
-## local AI's quality, real calls); each writes its own section of BENCHMARKS.md (bench/sections.py).
+## local AI's quality, real calls, live transcripts); each writes its own section of BENCHMARKS.md (bench/sections.py).
 ## Real calls alone take about half an hour (10-minute calls, a ramp, a 10-minute soak); `python -m
 ## bench.real_calls --quick` is its smoke run (under 2 minutes, writes nothing).
 bench: $(STAMP)
@@ -77,6 +77,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.cluster --write
 	$(BIN)/python -m bench.ai_quality --write
 	$(BIN)/python -m bench.real_calls --write
+	$(BIN)/python -m bench.live_transcripts --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info

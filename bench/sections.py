@@ -18,6 +18,7 @@ SECTIONS = (
     "## Reliability runs",  # written by hand from the chaos runs: no benchmark rewrites it
     "## Capacity model: a worked example",  # by hand too, from the figures of the others
     "## Real calls",  # bench/real_calls.py's
+    "## Live transcripts",  # bench/live_transcripts.py's
 )
 
 

@@ -99,6 +99,17 @@ async def enqueue_flush_segment(queue: ArqRedis, call_id: str, asked: int, again
     return job is not None
 
 
+async def enqueue_follow_up(queue: ArqRedis, call_id: str, after_s: float, tag: int) -> bool:
+    """Queue one more flush of the call's tail `after_s` from now, transcribing what a live
+    window left after its last pause (jobs/segments.py); `tag` tells one follow-up from
+    another (the segment it follows)."""
+    job_id = f"{SEGMENT_JOB_PREFIX}follow.{tag}:{call_id}"
+    job = await queue.enqueue_job(
+        FLUSH_SEGMENT, call_id, follow_up=True, _job_id=job_id, _defer_by=after_s
+    )
+    return job is not None
+
+
 def segment_enqueuer(queue: QueueClient) -> Callable[[str, int], Awaitable[bool]]:
     """enqueue_flush_segment bound to the queue: what core's Ingestion calls when a live call's
     tail is due."""

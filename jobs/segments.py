@@ -13,6 +13,7 @@ is stored twice.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,12 @@ from core.recording import build_rows, call_format
 from db.keys import call_keys
 from db.packets import StoredPacket
 from db.segments import TEXT, SegmentRow, store_segment
+from jobs.queue import enqueue_follow_up
 from jobs.resources import WorkerResources
 
 SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms frames
 SEGMENT = "segment"  # the feed event of a stored segment
+FOLLOW_UP_S = 3.0  # after a live window, the flush that transcribes what followed its last pause
 
 
 @dataclass
@@ -95,16 +98,21 @@ async def flush_tail(
         after, page = page[-1].entry, None
 
 
-async def flush_segment(res: WorkerResources, call_id: str) -> Flushed:
+async def flush_segment(res: WorkerResources, call_id: str, follow_up: bool = False) -> Flushed:
     """The flush_segment job: a live call's tail, as the ingest script asked; then the windows
-    of its audio that are ready are transcribed (jobs/transcription.py)."""
+    of its audio that are ready are transcribed (jobs/transcription.py). What a window leaves
+    after its last pause (the words being said as the segment was cut) would otherwise wait a
+    whole segment: one follow-up FOLLOW_UP_S later flushes the few seconds since and
+    transcribes it (`follow_up`), so an utterance is told within about a segment of being said."""
     raw = await res.redis.get(call_keys(call_id).metadata)
     metadata = orjson.loads(raw) if raw else None
     flushed = await flush_tail(res, call_id, metadata)
     # A call that has ended is transcribed by its own job (which would otherwise race this one
     # for the same window: one of them would be stored, the other's work thrown away).
-    if flushed.segments and not await res.redis.exists(call_keys(call_id).done):
+    if (flushed.segments or follow_up) and not await res.redis.exists(call_keys(call_id).done):
         from jobs.transcription import transcribe_live  # it builds on this module's segments
 
-        await transcribe_live(res, call_id, metadata)
+        ready = await transcribe_live(res, call_id, metadata)
+        if ready.pending and not follow_up:
+            await enqueue_follow_up(res.queue, call_id, FOLLOW_UP_S, int(time.time() * 1000))
     return flushed

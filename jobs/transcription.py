@@ -18,6 +18,7 @@ end, a track at a time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -49,12 +50,24 @@ CUT_SEARCH_S = 8.0
 PAUSE_FRAMES = 5
 PAUSE_SHARE = 0.1
 NOISE_FLOOR_RMS = 60.0
+# A live window is at least this long: shorter ones cost a request and give the model little
+# context.
+MIN_WINDOW_S = 2.0
 UTTERANCE = "utterance"  # the feed event of a stored utterance
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
 
 # Transcribes one window: (what to transcribe, its label for a failure ("": the failure says
 # enough), extra seconds allowed).
 Transcribe = Callable[[SpeechSource, str, float], Awaitable[list[Spoken]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a pass stored: windows; and whether stored audio is left untranscribed (what
+    follows a window's last pause, or a track with no pause yet)."""
+
+    stored: int
+    pending: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +144,10 @@ async def transcribe_ready(
     *,
     final: bool,
     state: CallState,
-) -> int:
+) -> Ready:
     """Transcribe every window of the call that is ready and store its utterances (publishing
-    them on the live feed, as of the call's `state`); returns the windows stored. `final`: the
-    call has ended, so every track is transcribed to its end."""
+    them on the live feed, as of the call's `state`). `final`: the call has ended, so every
+    track is transcribed to its end."""
     reader = SegmentReader(res.sessions, call_id)
     async with res.sessions() as session:
         done = await transcripts.transcribed_to(session, call_id)
@@ -143,22 +156,40 @@ async def transcribe_ready(
         recording = await Recording.load(reader, fmt)
     except (UnsupportedAudio, NotAudio) as exc:
         if not final:
-            return 0  # not audio: transcribed once, at the end
-        return await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
-    stored = 0
-    for window in windows(recording, done, final, res.settings.segment_seconds / 2):
-        longest = 2 * res.settings.segment_seconds
+            return Ready(0, pending=False)  # not audio: transcribed once, at the end
+        stored = await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
+        return Ready(stored, pending=False)
+    longest = 2 * res.settings.segment_seconds
+    ready = []
+    for window in windows(recording, done, final, MIN_WINDOW_S):
         end = window.end if final else await _cut(recording, window, longest)
-        if end is None:
-            continue
-        audio = TrackAudio(recording, window.channel, window.start, end)
-        label = _label(res, window.track, window.offset_s + window.start / fmt.rate, audio.seconds)
-        extra_s = transcription_allowance_s(res.settings, audio.seconds)
-        spoken = await transcribe(audio, label, extra_s)
-        found = [_utterance(res, window.track, window.offset_s + window.start / fmt.rate, s)
-                 for s in spoken]  # fmt: skip
+        if end is not None:
+            ready.append((window, end))
+    # The tracks at once: the provider's shared limit (and the local pool, a process a core)
+    # decides how many run together; a party's words need not wait for the other's.
+    results = await asyncio.gather(
+        *(_transcribe_window(res, recording, window, end, transcribe) for window, end in ready)
+    )
+    stored = 0
+    for (window, end), found in zip(ready, results, strict=True):
         stored += await _store(res, call_id, window.track, (window.start, end), found, state)
-    return stored
+    return Ready(
+        stored,
+        pending=any(w.end > end for w, end in ready)
+        or len(ready) < len(windows(recording, done, final, 0.0)),
+    )
+
+
+async def _transcribe_window(
+    res: WorkerResources, recording: Recording, window: Window, end: int, transcribe: Transcribe
+) -> list[Utterance]:
+    rate = recording.format.rate
+    audio = TrackAudio(recording, window.channel, window.start, end)
+    start_s = window.offset_s + window.start / rate
+    label = _label(res, window.track, start_s, audio.seconds)
+    extra_s = transcription_allowance_s(res.settings, audio.seconds)
+    spoken = await transcribe(audio, label, extra_s)
+    return [_utterance(res, window.track, start_s, s) for s in spoken]
 
 
 async def _transcribe_text(
@@ -245,7 +276,7 @@ def utterance_event(
 
 async def transcribe_live(
     res: WorkerResources, call_id: str, metadata: dict[str, Any] | None
-) -> int:
+) -> Ready:
     """A live call's windows that are ready, after a segment flush: each with the final run's
     retries, breaker and shared limit, its attempts kept (and counted in the call's budget once
     it ends). A window that cannot be transcribed now is left for the call's final run, which
@@ -281,4 +312,4 @@ async def transcribe_live(
     except StepExhausted as exc:
         log.warning("%s: a live window is left for the end of the call: %s", call_id, exc,
                     extra=about(call_id))  # fmt: skip
-        return 0
+        return Ready(0, pending=False)

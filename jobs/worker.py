@@ -62,11 +62,11 @@ def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception
     return Retry(defer=defer)
 
 
-async def flush_segment_job(ctx: dict[str, Any], call_id: str) -> int:
+async def flush_segment_job(ctx: dict[str, Any], call_id: str, follow_up: bool = False) -> int:
     """A live call's unflushed tail into PostgreSQL (jobs/segments.py); returns its packets."""
     res = resources(ctx)
     try:
-        flushed = await flush_segment(res, call_id)
+        flushed = await flush_segment(res, call_id, follow_up)
     except Exception as exc:
         if is_outage(exc):
             raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc

@@ -1,0 +1,170 @@
+"""Live transcripts at real-time pace: `python -m bench.live_transcripts [--write]`.
+
+Two-party calls of real speech (espeak-ng, else the shipped recordings; bench/real_calls_frames.py)
+over the media WebSocket at real-time pace, against `make run`'s layout with AI_PROVIDER=local
+(Whisper tiny.en) and the default SEGMENT_SECONDS. The harness reads the live feed as a
+dashboard would (the `{feed}:events` stream, blocking reads) and notes when each `utterance`
+event arrives. An utterance's lag is that moment minus when its last word was spoken: the call's
+first frame's send time plus the utterance's `end_s` (the recording's timeline is the frames').
+Target (issue 17): p95 within SEGMENT_SECONDS + 5 s. Also: the utterances told before the call
+ended, the worker's CPU per call-minute, and completion -> ARCHIVED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from bench.common import pct
+from bench.real_calls_client import CallRun, run_call
+from bench.real_calls_frames import TwoTrackCall, real_dialogue, ticks_of
+from bench.real_calls_layout import start_layout
+from bench.sections import loadavg, write_section
+
+HEADING = "## Live transcripts"
+FEED = "{feed}:events"
+
+
+async def follow(
+    redis: Redis, seen: list[tuple[float, dict[str, Any]]], stop: asyncio.Event
+) -> None:
+    last = "$"
+    while not stop.is_set():
+        found = await redis.xread({FEED: last}, count=1000, block=200)
+        now = time.time()
+        for _, entries in found:
+            for entry_id, fields in entries:
+                last = entry_id
+                body = orjson.loads(fields[b"e"])
+                if body.get("type") == "utterance":
+                    seen.append((now, body))
+
+
+async def measure(calls: int, seconds: float, segment_s: float) -> dict[str, Any]:
+    env = {"AI_PROVIDER": "local", "SEGMENT_SECONDS": str(segment_s), "AI_ATTEMPT_TIMEOUT_S": "60"}
+    layout = start_layout(env)
+    try:
+        dialogue = real_dialogue()
+        runs = [
+            CallRun(TwoTrackCall(f"live-{n}", ticks_of(seconds), dialogue)) for n in range(calls)
+        ]
+        seen: list[tuple[float, dict[str, Any]]] = []
+        stop = asyncio.Event()
+        reader = asyncio.create_task(follow(layout.redis, seen, stop))
+        cpu_before = layout.cpu_s()
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{layout.api_port}", timeout=30
+        ) as http:
+            await asyncio.gather(
+                *(
+                    run_call(layout.api_port, http, run, paced=True, live={}, final_cap_s=600)
+                    for run in runs
+                )
+            )
+        await asyncio.sleep(1.0)
+        stop.set()
+        await reader
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in layout.cpu_s().items()}
+    finally:
+        with contextlib.suppress(Exception):
+            await layout.redis.aclose()
+        layout.stack.close()
+    return report(runs, seen, cpu, seconds, segment_s, dialogue.source)
+
+
+def report(
+    runs: list[CallRun],
+    seen: list[tuple[float, dict[str, Any]]],
+    cpu: dict[str, float],
+    seconds: float,
+    segment_s: float,
+    source: str,
+) -> dict[str, Any]:
+    by_call = {run.call_id: run for run in runs}
+    lags, before_stop, speakers = [], 0, set()
+    for at, body in seen:
+        run = by_call.get(str(body.get("call_id")))
+        if run is None or not run.sent_at:
+            continue
+        lags.append(at - (run.sent_at[0] + float(body["end_s"])))
+        speakers.add(body["speaker"])
+        stop_wall = run.sent_at[-1]
+        before_stop += at <= stop_wall
+    minutes = len(runs) * seconds / 60
+    finals = [r.to_final_s for r in runs if r.to_final_s is not None]
+    return {
+        "calls": len(runs),
+        "seconds": seconds,
+        "segment_s": segment_s,
+        "source": source,
+        "utterances": len(lags),
+        "before_stop": before_stop,
+        "speakers": sorted(speakers),
+        "lag_p50": pct(lags, 0.5) if lags else None,
+        "lag_p95": pct(lags, 0.95) if lags else None,
+        "lag_max": max(lags) if lags else None,
+        "states": sorted({str(r.state) for r in runs}),
+        "to_final_p50": pct(finals, 0.5) if finals else None,
+        "worker_cpu_per_min": cpu.get("workers", 0.0) / minutes,
+        "api_cpu_per_min": cpu.get("api", 0.0) / minutes,
+    }
+
+
+def lines_of(r: dict[str, Any]) -> list[str]:
+    target = r["segment_s"] + 5
+    verdict = "met" if r["lag_p95"] is not None and r["lag_p95"] <= target else "NOT met"
+    return [
+        HEADING,
+        "",
+        f"`python -m bench.live_transcripts --write`: {r['calls']} two-party calls of "
+        f"{r['seconds']:.0f} s of real speech ({r['source']}) at real-time pace over the media "
+        f"WebSocket, `make run`'s layout, AI_PROVIDER=local (Whisper tiny.en), SEGMENT_SECONDS="
+        f"{r['segment_s']:g}; load average {loadavg()}. An utterance's lag: when its event reached "
+        "the feed's reader minus when its last word was spoken.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| utterances told / before the call ended | {r['utterances']} / {r['before_stop']} |",
+        f"| speakers heard | {', '.join(r['speakers'])} |",
+        f"| lag p50 / p95 / max | {r['lag_p50']:.1f} s / {r['lag_p95']:.1f} s / "
+        f"{r['lag_max']:.1f} s (target p95 <= {target:g} s: {verdict}) |"
+        if r["lag_p95"] is not None
+        else "| lag | no utterance was told |",
+        f"| completion -> final state, p50 | {r['to_final_p50']:.1f} s ({', '.join(r['states'])}) |"
+        if r["to_final_p50"] is not None
+        else f"| final states | {', '.join(r['states'])} |",
+        f"| worker CPU per call-minute, transcription included | {r['worker_cpu_per_min']:.2f} s |",
+        f"| API CPU per call-minute | {r['api_cpu_per_min']:.2f} s |",
+        "",
+        "A window is transcribed after its segment is stored, up to its last pause; what was said "
+        "after that pause is flushed and transcribed by one follow-up 3 s later (FOLLOW_UP_S), so "
+        "an utterance's lag is about the rest of its segment plus the model's time. The two "
+        "tracks are transcribed at once (a pool process a core).",
+        "",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--segment-s", type=float, default=30.0)
+    parser.add_argument("--write", action="store_true", help="write the BENCHMARKS.md section")
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.calls, args.seconds, args.segment_s))
+    lines = lines_of(result)
+    print("\n".join(lines))
+    if args.write:
+        write_section(HEADING, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
