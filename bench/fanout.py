@@ -39,10 +39,12 @@ from bench import fanout_report
 from bench.common import pct
 from bench.load import closed_loop, single_packet_workload
 from bench.sections import loadavg
+from core.builders import feed_limits
 from db.events import PROGRESS, EventLog
 from db.keys import EVENTS
 from devstack.processes import die_with_parent
 from devstack.stack import ROOT, Stack
+from settings import Settings
 
 RESULTS = ROOT / "bench" / "results" / "fanout.json"  # the last run's figures (git-ignored)
 PUBLISH_TICK_S = 0.005  # the publisher sends what is due this often (one pipeline per tick)
@@ -316,7 +318,7 @@ def next_rate(steps: list[dict[str, Any]], plan: Plan) -> float | None:
 
 
 async def delivery(port: int, api_pid: int, redis: Redis, plan: Plan) -> dict[str, Any]:
-    log = EventLog(redis)
+    log = EventLog(redis, feed_limits(Settings(_env_file=None)))
     subs = await Subscribers.open(port, plan.subscribers, plan.clients, "", plan.latency_every)
     try:
         u0, t0 = Usage.of(api_pid), time.perf_counter()

@@ -24,12 +24,14 @@ from pathlib import Path
 import uvloop
 
 from bench.common import cpu_seconds
+from core.builders import feed_limits
 from db.intake import CallIntake
 from db.packets import NewPacket
 from db.pipelining import Replication
 from db.redis_client import close_redis, make_redis
 from devstack.cluster import EmbeddedRedisCluster
 from devstack.servers import EmbeddedRedis
+from settings import Settings
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ async def measure(
 ) -> Figures:
     redis = make_redis(url, max_connections=64, connect_timeout_s=2, read_timeout_s=5)
     replication = Replication(1, 100) if wait else None
-    intake = CallIntake(redis, pipelined=True, replication=replication)
+    intake = CallIntake(
+        redis, feed=feed_limits(Settings(_env_file=None)), pipelined=True, replication=replication
+    )
     latencies: list[float] = []
     sent = 0
     stop_at = 0.0

@@ -35,10 +35,11 @@ _EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 @dataclass(frozen=True, slots=True)
 class FeedLimits:
     """How much of the feed Redis keeps (entries, trimmed approximately: whole nodes at a time)
-    and how often a live call reports its progress. The defaults are settings.py's."""
+    and how often a live call reports its progress: EVENTS_MAX_LEN and
+    EVENTS_PROGRESS_INTERVAL_S, built from the settings by core/builders.py's feed_limits."""
 
-    max_len: int = 100_000
-    progress_interval_s: float = 1.0
+    max_len: int
+    progress_interval_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +119,9 @@ def feed_key(redis: RedisClient, call_id: str) -> str:
 
 
 class EventLog:
-    def __init__(self, redis: RedisClient, limits: FeedLimits | None = None) -> None:
+    def __init__(self, redis: RedisClient, limits: FeedLimits) -> None:
         self.redis = redis
-        self.limits = limits or FeedLimits()
+        self.limits = limits
 
     async def publish(self, *bodies: Mapping[str, Any]) -> None:
         """Append events in one round trip (each stamped `at` now unless it says otherwise)."""

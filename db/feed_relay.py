@@ -16,9 +16,9 @@ PAGE = 500  # events read from one outbox per step
 
 
 class FeedRelay:
-    def __init__(self, redis: RedisClient, limits: FeedLimits | None = None) -> None:
+    def __init__(self, redis: RedisClient, limits: FeedLimits) -> None:
         self.redis = redis
-        self.limits = limits or FeedLimits()
+        self.limits = limits
         self._relay = register(redis, Script.RELAY)
         self._renew = register(redis, Script.LEASE_RENEW)
 

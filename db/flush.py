@@ -27,9 +27,9 @@ class FlushStart:
 
 
 class FlushSource:
-    def __init__(self, redis: RedisClient, feed: FeedLimits | None = None) -> None:
+    def __init__(self, redis: RedisClient, feed: FeedLimits) -> None:
         self.redis = redis
-        self.feed = feed or FeedLimits()
+        self.feed = feed
         self._release = register(redis, Script.RELEASE)
         self._segment_done = register(redis, Script.SEGMENT_DONE)
 

@@ -101,7 +101,7 @@ class CallIntake:
         *,
         pipelined: bool = False,
         limits: CallLimits | None = None,
-        feed: FeedLimits | None = None,
+        feed: FeedLimits,
         replication: Replication | None = None,
         segmenting: Segmenting = NO_SEGMENTS,
     ) -> None:
@@ -111,7 +111,7 @@ class CallIntake:
         (WAIT), else raise NotReplicated."""
         self.redis = redis
         self.limits = limits or UNCAPPED
-        self.feed = feed or FeedLimits()
+        self.feed = feed
         self.replication = replication
         self.segmenting = segmenting
         self._pipeline = ScriptPipeline(redis, replication=replication) if pipelined else None

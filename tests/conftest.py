@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from core.builders import feed_limits
 from db.redis_client import close_redis, make_redis
 from devstack.cluster import EmbeddedRedisCluster
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis
@@ -87,6 +88,11 @@ def migrate(db_url: str, revision: str = "head") -> None:
     cfg.set_main_option("sqlalchemy.url", db_url)
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, revision)
+
+
+# The live feed's limits as the settings' defaults give them: for the tests that build a store
+# of the feed (an intake, an event log) without the app's settings.
+FEED = feed_limits(Settings(_env_file=None))
 
 
 def make_settings(db_url: str, redis_url: str, **overrides: Any) -> Settings:

@@ -14,6 +14,7 @@ from db.intake import CallCap, CallFull, CallIntake, CallLimits
 from db.keys import call_keys
 from db.packets import NewPacket, Outcome
 from settings import Settings
+from tests.conftest import FEED
 
 
 def packets(sequences: list[int], data: str = "x") -> list[NewPacket]:
@@ -33,7 +34,9 @@ async def everything(redis: Redis, call_id: str) -> dict[str, Any]:
 
 
 def capped(redis: Redis, max_packets: int = 1000, max_bytes: int = 10**6) -> CallIntake:
-    return CallIntake(redis, limits=CallLimits(max_packets=max_packets, max_bytes=max_bytes))
+    return CallIntake(
+        redis, feed=FEED, limits=CallLimits(max_packets=max_packets, max_bytes=max_bytes)
+    )
 
 
 async def test_a_packet_past_the_packet_cap_is_refused_and_nothing_is_stored(redis: Redis):
@@ -128,7 +131,7 @@ async def idle_clock(redis: Redis, call_id: str) -> tuple[float | None, bytes | 
 
 
 async def test_a_duplicate_does_not_move_the_idle_clock(redis: Redis):
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     await intake.append("c", packets([1, 2]))
     started = await idle_clock(redis, "c")
     await asyncio.sleep(0.01)

@@ -17,6 +17,7 @@ from db.intake import CallIntake
 from db.keys import call_keys
 from db.live import LiveCalls
 from db.packets import NewPacket, Outcome, Track
+from tests.conftest import FEED
 
 # Ingestion, completion, the worker and recovery hold on a Redis Cluster as on one Redis.
 pytestmark = pytest.mark.both_topologies
@@ -34,7 +35,7 @@ async def used_memory(redis: Redis) -> int:
 
 
 async def test_a_flood_of_calls_naming_huge_sequences_costs_a_few_kilobytes_each(redis: Redis):
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     for seq in (OLD_BITMAP_LIMIT - 1, TOP):
         await redis.flushdb()
         before = await used_memory(redis)
@@ -49,7 +50,7 @@ async def test_a_flood_of_calls_naming_huge_sequences_costs_a_few_kilobytes_each
 
 
 async def test_a_long_in_order_call_keeps_one_run(redis: Redis):
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     for start in range(0, 50_000, 5_000):
         await intake.append("long", packets(range(start, start + 5_000), data=""))
 
@@ -108,7 +109,7 @@ def sequence_pool(rng: random.Random) -> list[int]:
 
 async def test_dedup_is_exact_across_the_range_in_any_order(redis: Redis):
     rng = random.Random(10)
-    intake, live = CallIntake(redis), LiveCalls(redis)
+    intake, live = CallIntake(redis, feed=FEED), LiveCalls(redis)
     for call in range(6):
         call_id, model, pool = f"call-{call}", Model(), sequence_pool(rng)
         for _ in range(200):
@@ -129,7 +130,7 @@ async def test_dedup_is_exact_across_the_range_in_any_order(redis: Redis):
 
 
 async def test_the_status_of_many_calls_lists_each_call_s_own_gaps(redis: Redis):
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     sent = {f"c{i}": [0, 1, 3 + i, 10 + 2 * i, TOP - i] for i in range(20)}
     for call_id, sequences in sent.items():
         await intake.append(call_id, packets(sequences))
@@ -171,7 +172,7 @@ async def test_gaps_of_a_call_spanning_millions_are_read_in_proportion_to_the_ga
 
 
 async def test_the_missing_list_stops_at_the_cap_however_many_runs_the_call_has(redis: Redis):
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     await intake.append("sparse", packets(range(0, 20_000, 2)))  # 10,000 runs
 
     record = await LiveCalls(redis).get("sparse", missing_cap=50)
@@ -182,14 +183,14 @@ async def test_the_missing_list_stops_at_the_cap_however_many_runs_the_call_has(
 
 
 async def test_the_release_deletes_what_the_call_sent_and_lets_the_rest_expire(redis: Redis):
-    intake, keys = CallIntake(redis), call_keys("gone")
+    intake, keys = CallIntake(redis, feed=FEED), call_keys("gone")
     await intake.open_call("gone", {"callSid": "gone"}, ttl_s=10_000)
     await intake.append("gone", packets([0, 5, 6, OLD_BITMAP_LIMIT, TOP]))
     await intake.append("gone", [NewPacket(3, 1.0, "agent", Track.OUTBOUND)])
     await redis.set(keys.lease, "worker-1")
     await intake.complete("gone", "explicit")
 
-    await FlushSource(redis).release("gone", retention_s=100, marker_retention_s=1000)
+    await FlushSource(redis, FEED).release("gone", retention_s=100, marker_retention_s=1000)
 
     left = {
         key.decode(): await redis.ttl(key)

@@ -4,6 +4,7 @@ live call's progress is throttled, and the feed stays within its window."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from db.events import EventLog, FeedLimits, id_key
 from db.intake import CallCompleted, CallIntake
 from db.keys import EVENTS
 from db.packets import NewPacket
+from tests.conftest import FEED
 
 
 def packets(*sequences: int) -> list[NewPacket]:
@@ -20,12 +22,12 @@ def packets(*sequences: int) -> list[NewPacket]:
 
 
 async def bodies(redis: Redis, type_: str | None = None) -> list[dict[str, Any]]:
-    events = await EventLog(redis).after("0-0", 10_000)
+    events = await EventLog(redis, FEED).after("0-0", 10_000)
     return [e.body for e in events if type_ is None or e.type == type_]
 
 
 async def test_a_calls_first_packet_publishes_in_progress_once(redis: Redis) -> None:
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     await intake.append("c1", packets(1, 2))
     await intake.append("c1", packets(1, 3))
 
@@ -36,7 +38,7 @@ async def test_a_calls_first_packet_publishes_in_progress_once(redis: Redis) -> 
 
 
 async def test_packets_that_are_all_refused_publish_nothing(redis: Redis) -> None:
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     await intake.append("c1", packets(1))
     await intake.complete("c1", "explicit")
     before = await redis.xlen(EVENTS)
@@ -47,7 +49,7 @@ async def test_packets_that_are_all_refused_publish_nothing(redis: Redis) -> Non
 
 
 async def test_progress_is_published_at_most_once_per_interval(redis: Redis) -> None:
-    intake = CallIntake(redis, feed=FeedLimits(progress_interval_s=0.05))
+    intake = CallIntake(redis, feed=dataclasses.replace(FEED, progress_interval_s=0.05))
     await intake.append("c1", packets(1))
     for sequence in range(2, 12):  # well inside one interval
         await intake.append("c1", packets(sequence))
@@ -66,7 +68,7 @@ async def test_progress_is_published_at_most_once_per_interval(redis: Redis) -> 
 
 
 async def test_no_progress_events_with_a_zero_interval(redis: Redis) -> None:
-    intake = CallIntake(redis, feed=FeedLimits(progress_interval_s=0))
+    intake = CallIntake(redis, feed=dataclasses.replace(FEED, progress_interval_s=0))
     for sequence in range(1, 5):
         await intake.append("c1", packets(sequence))
         await asyncio.sleep(0.01)
@@ -74,7 +76,7 @@ async def test_no_progress_events_with_a_zero_interval(redis: Redis) -> None:
 
 
 async def test_the_completion_that_wins_publishes_completed_with_its_reason(redis: Redis) -> None:
-    intake = CallIntake(redis)
+    intake = CallIntake(redis, feed=FEED)
     await intake.append("c1", packets(1))
     await asyncio.gather(*(intake.complete("c1", "idle") for _ in range(5)))
 
@@ -91,7 +93,7 @@ async def test_the_completion_that_wins_publishes_completed_with_its_reason(redi
 
 
 async def test_a_replay_publishes_completed_with_reason_replay(redis: Redis) -> None:
-    await CallIntake(redis).mark_replayed("c1")
+    await CallIntake(redis, feed=FEED).mark_replayed("c1")
     (event,) = await bodies(redis)
     assert (event["state"], event["reason"]) == ("COMPLETED", "replay")
 
@@ -106,7 +108,7 @@ async def test_the_feed_is_trimmed_to_about_its_max_length(redis: Redis) -> None
 
 
 async def test_event_ids_increase_and_a_resume_reads_exactly_what_follows(redis: Redis) -> None:
-    log = EventLog(redis)
+    log = EventLog(redis, FEED)
     await log.publish(*({"type": "state", "call_id": f"c{n}", "state": "X"} for n in range(10)))
     events = await log.after("0-0", 100)
     assert [id_key(e.id) for e in events] == sorted(id_key(e.id) for e in events)
@@ -115,7 +117,7 @@ async def test_event_ids_increase_and_a_resume_reads_exactly_what_follows(redis:
 
 
 async def test_lost_since_tells_when_the_resume_point_was_trimmed(redis: Redis) -> None:
-    log = EventLog(redis)
+    log = EventLog(redis, FEED)
     await log.publish({"type": "state", "call_id": "old", "state": "X"})
     (old,) = await log.after("0-0", 10)
     assert not await log.lost_since(old.id)

@@ -15,6 +15,7 @@ from db.intake import CallIntake
 from db.keys import ALL_SHARDS, EVENTS, call_keys
 from db.packets import NewPacket
 from db.redis_client import RedisClient, close_redis, make_redis
+from tests.conftest import FEED
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ async def cluster(redis_cluster_url: str) -> AsyncIterator[RedisClient]:
 
 
 async def stream_calls(cluster: RedisClient, calls: int) -> list[str]:
-    intake = CallIntake(cluster)
+    intake = CallIntake(cluster, feed=FEED)
     call_ids = [f"call-{n}" for n in range(calls)]
     for call_id in call_ids:
         await intake.append(call_id, [NewPacket(1, 1.0, "x")])
@@ -36,7 +37,7 @@ async def stream_calls(cluster: RedisClient, calls: int) -> list[str]:
 
 
 async def feed(cluster: RedisClient) -> list[tuple[str, str]]:
-    return [(e.call_id, e.state) for e in await EventLog(cluster).after("0-0", 10_000)]
+    return [(e.call_id, e.state) for e in await EventLog(cluster, FEED).after("0-0", 10_000)]
 
 
 async def test_the_scripts_write_to_their_shard_s_outbox_and_the_relay_moves_them_once(
@@ -46,7 +47,7 @@ async def test_the_scripts_write_to_their_shard_s_outbox_and_the_relay_moves_the
     assert await cluster.exists(EVENTS) == 0  # nothing crosses slots in the scripts
     assert await cluster.xlen(call_keys("call-0").shard.outbox) > 0
 
-    relay = FeedRelay(cluster)
+    relay = FeedRelay(cluster, FEED)
     assert await relay.step() == 80
     assert await relay.step() == 0  # nothing twice
 
@@ -65,7 +66,7 @@ async def test_two_relays_at_once_still_move_every_event_exactly_once(
     cluster: RedisClient,
 ) -> None:
     call_ids = await stream_calls(cluster, 60)
-    relays = [FeedRelay(cluster), FeedRelay(cluster)]
+    relays = [FeedRelay(cluster, FEED), FeedRelay(cluster, FEED)]
     for _ in range(3):
         await asyncio.gather(*(relay.step() for relay in relays))
     events = await feed(cluster)
@@ -76,7 +77,7 @@ async def test_two_relays_at_once_still_move_every_event_exactly_once(
 async def test_one_relay_holds_the_lease_and_another_takes_over_when_it_lapses(
     cluster: RedisClient,
 ) -> None:
-    first, second = FeedRelay(cluster), FeedRelay(cluster)
+    first, second = FeedRelay(cluster, FEED), FeedRelay(cluster, FEED)
     assert await first.hold("a", 200)
     assert not await second.hold("b", 200)
     assert await first.hold("a", 200)  # renewed by its holder

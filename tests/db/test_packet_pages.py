@@ -6,6 +6,7 @@ import fakeredis
 
 from db.flush import FlushSource
 from db.keys import call_keys
+from tests.conftest import FEED
 
 
 async def test_the_tail_is_read_page_by_page_in_arrival_order_without_gaps_or_repeats():
@@ -14,7 +15,7 @@ async def test_the_tail_is_read_page_by_page_in_arrival_order_without_gaps_or_re
     for seq in range(2500):
         fields = {"k": str(seq % 2), "s": str(seq), "t": f"{seq / 50}", "d": f"data-{seq}"}
         await redis.xadd(stream, fields)  # type: ignore[arg-type]
-    source = FlushSource(redis)
+    source = FlushSource(redis, FEED)
 
     pages, after = [], None
     while page := await source.entries("c", 1000, after):
@@ -35,5 +36,5 @@ async def test_the_tail_is_read_page_by_page_in_arrival_order_without_gaps_or_re
 async def test_an_empty_stream_yields_nothing():
     redis = fakeredis.FakeAsyncRedis()
 
-    assert await FlushSource(redis).entries("nobody", 10) == []
+    assert await FlushSource(redis, FEED).entries("nobody", 10) == []
     await redis.aclose()

@@ -17,13 +17,14 @@ from db.record import (
     SENTIMENT_COLUMNS,
     CallRecord,
 )
+from tests.conftest import FEED
 
 # Columns of the worker's own bookkeeping, not part of what a call is.
 BOOKKEEPING_COLUMNS = {"lease_epoch", "generation", "updated_at"}
 
 
 async def test_the_scripts_write_exactly_the_record_hash_fields(redis: Redis):
-    intake = CallIntake(redis, segmenting=Segmenting(2, 30.0))
+    intake = CallIntake(redis, feed=FEED, segmenting=Segmenting(2, 30.0))
     # Every event that writes to the hash: first packet, gap, reorder, duplicate, on both
     # tracks, a segment asked for, completion.
     await intake.append("c", [NewPacket(s, 1.0, "x") for s in (0, 3, 1, 1)])

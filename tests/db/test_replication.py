@@ -22,6 +22,7 @@ from db.pipelining import NotReplicated, Replication
 from db.redis_client import RedisClient, close_redis, make_redis
 from devstack.cluster import ClusterNode, EmbeddedRedisCluster
 from devstack.servers import EmbeddedRedis
+from tests.conftest import FEED
 from tests.replicas import master_and_replica, wait_for_online_replica
 
 ONE_REPLICA = Replication(replicas=1, timeout_ms=100)
@@ -96,7 +97,7 @@ def _packet(sequence: int) -> NewPacket:
 async def test_packets_and_completion_are_acknowledged_when_the_replicas_confirm(
     redis: RedisClient, pipelined: bool
 ) -> None:
-    intake = CallIntake(redis, pipelined=pipelined, replication=ONE_REPLICA)
+    intake = CallIntake(redis, feed=FEED, pipelined=pipelined, replication=ONE_REPLICA)
     calls = [f"healthy-{i}" for i in range(12)]  # spread over every master of a cluster
     results = await asyncio.gather(*(intake.append(c, [_packet(0)]) for c in calls))
     assert all(r[0].outcome is Outcome.IN_ORDER for r in results)
@@ -108,7 +109,7 @@ async def test_an_acknowledged_packet_is_already_on_the_replica(
 ) -> None:
     """WAIT follows the script on the connection that sent it, so it vouches for this write,
     not an older one of another pooled connection."""
-    intake = CallIntake(redis, pipelined=True, replication=ONE_REPLICA)
+    intake = CallIntake(redis, feed=FEED, pipelined=True, replication=ONE_REPLICA)
     for sequence in range(20):
         await intake.append("on-replica", [_packet(sequence)])
         port = _replica_port(topology, "on-replica")
@@ -133,7 +134,7 @@ def _replica_port(topology: Topology, call_id: str) -> int:
 async def test_without_its_replica_a_packet_is_refused_and_its_retry_is_stored_once(
     redis: RedisClient, topology: Topology, pipelined: bool
 ) -> None:
-    intake = CallIntake(redis, pipelined=pipelined, replication=ONE_REPLICA)
+    intake = CallIntake(redis, feed=FEED, pipelined=pipelined, replication=ONE_REPLICA)
     call_id = f"lonely-{pipelined}"
     await intake.append(call_id, [_packet(0)])
     master_port = topology.master_port_of(call_id)
@@ -157,7 +158,7 @@ async def test_a_lost_replica_refuses_only_the_calls_of_its_master(
     vain; the others are acknowledged in the same batch."""
     if topology.cluster is None:
         pytest.skip("a single Redis has one master")
-    intake = CallIntake(redis, pipelined=True, replication=ONE_REPLICA)
+    intake = CallIntake(redis, feed=FEED, pipelined=True, replication=ONE_REPLICA)
     calls = [f"spread-{i}" for i in range(24)]
     victim = calls[0]
     victim_port = topology.master_port_of(victim)
@@ -177,7 +178,7 @@ async def test_a_lost_replica_refuses_only_the_calls_of_its_master(
 async def test_without_its_replica_a_completion_is_refused_and_its_retry_finds_it_done(
     redis: RedisClient, topology: Topology
 ) -> None:
-    intake = CallIntake(redis, replication=ONE_REPLICA)
+    intake = CallIntake(redis, feed=FEED, replication=ONE_REPLICA)
     await intake.append("ending", [_packet(0)])
     master_port = topology.master_port_of("ending")
     replica = topology.kill_replica_of("ending")

@@ -86,10 +86,10 @@ async def test_live_windows_hear_what_the_whole_track_hears_without_dropped_or_d
         for start in range(0, frames, 300):  # 6 s of both tracks, then what the job does
             batch = []
             for n in range(start, min(start + 300, frames)):
-                for track, audio in ((Track.INBOUND, caller), (Track.OUTBOUND, agent)):
+                for party, audio in ((Track.INBOUND, caller), (Track.OUTBOUND, agent)):
                     if n * FRAME < len(audio):
                         data = base64.b64encode(audio[n * FRAME : (n + 1) * FRAME]).decode()
-                        batch.append(NewPacket(n, n * 0.02, data, track))
+                        batch.append(NewPacket(n, n * 0.02, data, party))
             await res.ingestion.append("windows", batch)
             await flush_segment(res, "windows")
         async with res.sessions() as session:

@@ -26,6 +26,7 @@ from db.states import CallState, can_transition
 from jobs.ai import Sentiment, Spoken
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
+from tests.conftest import FEED
 from tests.factories import complete, rows, scalar, send_all, status
 from tests.fakes import ScriptedAI
 
@@ -39,7 +40,7 @@ def quick_lease(res: WorkerResources) -> WorkerResources:
 async def store_directly(res: WorkerResources, call_id: str, *data: str) -> None:
     """Packets written with the ingest script itself, past the API (which refuses a NUL)."""
     packets = [NewPacket(n, 1_700_000_000.0 + n * 0.02, d) for n, d in enumerate(data)]
-    await CallIntake(res.redis).append(call_id, packets)
+    await CallIntake(res.redis, feed=FEED).append(call_id, packets)
 
 
 async def moves(engine: AsyncEngine, call_id: str) -> list[Any]:
@@ -234,7 +235,7 @@ async def test_refused_metadata_keeps_the_row_without_it_and_a_replay_finishes_t
     client: AsyncClient, run_worker, worker_resources: WorkerResources, engine: AsyncEngine
 ):
     res = quick_lease(worker_resources)
-    await CallIntake(res.redis).open_call("bad-start", {"callSid": f"{SECRET}\x00"}, 600)
+    await CallIntake(res.redis, feed=FEED).open_call("bad-start", {"callSid": f"{SECRET}\x00"}, 600)
     await store_directly(res, "bad-start", "hello", "thanks")
     await complete(client, "bad-start")
 

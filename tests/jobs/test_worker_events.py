@@ -15,6 +15,7 @@ from db.redis_client import is_cluster
 from jobs.ai import PermanentAIError, TransientAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources
+from tests.conftest import FEED
 from tests.factories import complete, send
 from tests.fakes import ScriptedAI
 
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.both_topologies
 
 async def call_events(redis: Redis, call_id: str) -> list[dict[str, Any]]:
     if is_cluster(redis):
-        while await FeedRelay(redis).step():  # what a worker's relay loop does
+        while await FeedRelay(redis, FEED).step():  # what a worker's relay loop does
             pass
-    return [e.body for e in await EventLog(redis).after("0-0", 1000) if e.call_id == call_id]
+    return [e.body for e in await EventLog(redis, FEED).after("0-0", 1000) if e.call_id == call_id]
 
 
 def story(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -23,7 +23,7 @@ from devstack.servers import free_port
 from service.app import create_app
 from service.feed import EventFilter, FeedHub
 from settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import FEED, make_settings
 from tests.factories import packet
 from tests.serving import serving
 
@@ -103,7 +103,7 @@ async def feed(
 
 
 async def publish(redis: Redis, *call_ids: str, state: str = "COMPLETED") -> None:
-    await EventLog(redis).publish(
+    await EventLog(redis, FEED).publish(
         *({"type": "state", "call_id": c, "state": state} for c in call_ids)
     )
 
@@ -168,7 +168,7 @@ async def test_a_resume_point_outside_the_window_starts_with_a_reset(
     api: httpx.AsyncClient, redis: Redis
 ) -> None:
     await publish(redis, "old")
-    (old,) = await EventLog(redis).after("0-0", 10)
+    (old,) = await EventLog(redis, FEED).after("0-0", 10)
     await publish(redis, "x", "y")
     await redis.xtrim(EVENTS, maxlen=1, approximate=False)  # "old" and "x" are gone
 
@@ -266,8 +266,8 @@ async def test_a_subscriber_too_slow_for_its_queue_catches_up_from_redis_in_orde
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(feed_module, "QUEUE_SIZE", 5)
-    log = EventLog(redis)
-    hub = FeedHub(EventLog(redis), log)
+    log = EventLog(redis, FEED)
+    hub = FeedHub(EventLog(redis, FEED), log)
     hub.start()
     try:
         async with hub.subscribe(EventFilter()) as batches:
@@ -294,8 +294,8 @@ class _SlowReads(EventLog):
 
 
 async def test_a_resume_ahead_of_this_process_s_reader_repeats_nothing(redis: Redis) -> None:
-    log = EventLog(redis)
-    lagging = FeedHub(_SlowReads(redis), log)
+    log = EventLog(redis, FEED)
+    lagging = FeedHub(_SlowReads(redis, FEED), log)
     lagging.start()
     try:
         await lagging.ready()

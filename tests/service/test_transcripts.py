@@ -22,7 +22,7 @@ from core.audio import TELEPHONY, decode
 from db.events import EventLog
 from service.app import create_app
 from settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import FEED, make_settings
 from tests.service.test_recording import FRAME, speech, two_track_stream, wait_state
 from tests.serving import serving, worker_running
 
@@ -60,7 +60,7 @@ async def test_both_speakers_utterances_reach_the_feed_while_the_call_is_still_t
             # Before the stop: what the feed has told of the call so far.
             seen = [
                 e.body
-                for e in await EventLog(redis).after("0-0", 10_000)
+                for e in await EventLog(redis, FEED).after("0-0", 10_000)
                 if e.call_id == "CA-LIVE" and e.type == "utterance"
             ]
             await ws.send(messages[-1])
