@@ -5,7 +5,8 @@ with an instant mock AI; the client shares the machine's cores with the stack.
 
 Phases (bench/real_calls_phases.py): length (1-minute against --minutes calls), fast, ramp, soak.
 The figures of a run go to bench/results/real_calls.json (or --out); --write renders BENCHMARKS.md's
-"Real calls" section from them and from the before figures (--before), if that file exists.
+"Real calls" section from them and from the before figures (--before), if that file exists;
+--render "<command>" renders it again from --out's figures without a run.
 --quick is a smoke run of a few seconds a phase (under 2 minutes in all); it never writes.
 """
 
@@ -61,7 +62,7 @@ async def run_phases(plan: Plan, phases: tuple[str, ...], dialogue: Dialogue) ->
 def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
+        return done.stdout.rstrip()  # not strip(): a porcelain line may start with a space
 
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -113,7 +114,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "real_calls.json")
     parser.add_argument("--before", type=Path, default=RESULTS / "real_calls_before.json")
     parser.add_argument("--write", action="store_true", help='write the "Real calls" section')
+    parser.add_argument(
+        "--render", help="no run: write the section from --out's figures, naming this command"
+    )
     args = parser.parse_args()
+    before = json.loads(args.before.read_text()) if args.before.exists() else None
+    if args.render:
+        figures = json.loads(args.out.read_text())
+        print(f"wrote {real_calls_report.write(figures, before, args.render)}")
+        return 0
     plan = plan_of(args)
     phases = tuple(p for p in args.phases.split(",") if p)
     figures = uvloop.run(run_phases(plan, phases, real_dialogue()))
@@ -121,7 +130,6 @@ def main() -> int:
     args.out.write_text(json.dumps(figures, indent=1))
     print(f"real calls: figures in {args.out}")
     if args.write and not args.quick:
-        before = json.loads(args.before.read_text()) if args.before.exists() else None
         command = " ".join(["python -m bench.real_calls", *sys.argv[1:]])
         print(f"wrote {real_calls_report.write(figures, before, command)}")
     return 0

@@ -120,19 +120,22 @@ async def memory_sample(b: Bench, elapsed_s: float) -> dict[str, float]:
 
 
 def flatness(series: list[dict[str, float]], key: str, warm_up: float = 0.25) -> dict[str, Any]:
-    """After the first `warm_up` of the soak: first, last, peak, and the fitted slope a minute."""
-    if len(series) < 3:
+    """After the first `warm_up` of the soak: the mean of its first half and of its second half
+    (a sawtooth, e.g. a tail that grows and is flushed, averages out), their growth, the peak,
+    and the fitted slope a minute."""
+    if len(series) < 4:
         return {}
     warm_t = series[-1]["t_s"] * warm_up
     after = [s for s in series if s["t_s"] >= warm_t]
     t = np.array([s["t_s"] for s in after])
     v = np.array([s[key] for s in after], dtype=float)
-    slope = float(np.polyfit(t, v, 1)[0]) * 60 if len(after) >= 2 else 0.0
+    middle = (t[0] + t[-1]) / 2
+    first, second = float(v[t < middle].mean()), float(v[t >= middle].mean())
     return {
         "warm_up_s": warm_t,
-        "first": float(v[0]),
-        "last": float(v[-1]),
+        "first_half_mean": first,
+        "second_half_mean": second,
         "peak": float(v.max()),
-        "slope_per_min": slope,
-        "growth_pct": 100 * (v[-1] - v[0]) / v[0] if v[0] else None,
+        "slope_per_min": float(np.polyfit(t, v, 1)[0]) * 60,
+        "growth_pct": 100 * (second - first) / first if first else None,
     }

@@ -3,15 +3,18 @@ same benchmark's figures on the last commit before the work (the before file), w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.real_calls_load import flatness
 from bench.sections import write_section
 
 HEADING = "## Real calls"
 Figures = dict[str, Any]
 GROUPS = ("api", "workers", "redis", "postgres", "client")
+SERIES = ("redis_used_memory", "api_rss", "worker_rss")  # the soak's, over time
 
 
 def kb(value: float | None) -> str:
@@ -108,12 +111,8 @@ def section(f: Figures, before: Figures | None, command: str) -> list[str]:
         "",
         f"`{command}` on {m['started_at']}: {m['machine']}, load average {m['loadavg_start']} at "
         f"the start and {m.get('loadavg_end', '?')} at the end (the machine is shared; the client "
-        f"shares its cores with the stack). Server at `{m['commit']}` ({m['subject']})"
-        + (
-            f", with uncommitted changes in {len(m['uncommitted'])} files"
-            if m["uncommitted"]
-            else ""
-        )
+        f"shares its cores with the stack). The tree at `{m['commit']}`"
+        + _uncommitted(m["uncommitted"])
         + f". Layout: {m['layout']}; mock AI made instant ({_env(m['ai'])}). Speech: "
         f"{m['speech']}, a {m['dialogue_s']:.0f} s dialogue of caller and agent taking turns, "
         "looped, 8 kHz μ-law in 20 ms frames (160 bytes, base64), both tracks over "
@@ -138,6 +137,13 @@ def section(f: Figures, before: Figures | None, command: str) -> list[str]:
     out += soak_table(f)
     out += tables_where(f, before)
     return out
+
+
+def _uncommitted(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    named = ", ".join(f"`{p}`" for p in paths[:6]) + (", …" if len(paths) > 6 else "")
+    return f", with others' uncommitted changes in {len(paths)} files of the tree ({named})"
 
 
 def _env(env: dict[str, str]) -> str:
@@ -186,44 +192,94 @@ def targets(f: Figures, before: Figures | None) -> list[str]:
     minutes = _long_minutes(f) + (f"; before: {_long_minutes(before)}" if before else "")
     soak = f.get("soak") or {}
     held = dig(f, "ramp", "most_calls_held")
-    growth = [("soak", "flatness", k, "growth_pct") for k in ("redis_used_memory", "api_rss",
-                                                              "worker_rss")]  # fmt: skip
+    audio = audio_counts(f)
     rows = [
         ("Redis per live 1-minute call, max / at its end", "bounded by a segment",
-         cell(kb, (*short, "redis_live_max_bytes"), (*short, "redis_live_end_bytes"))),
+         cell(kb, (*short, "redis_live_max_bytes"), (*short, "redis_live_end_bytes")), ""),
         (f"Redis per live long call ({minutes}), max / at its end", "must not grow with length",
-         cell(kb, (*long, "redis_live_max_bytes"), (*long, "redis_live_end_bytes"))),
-        ("Redis, long call / 1-minute call, at the end", "1x",
-         per(lambda g: _over(g, "redis_live_end_bytes"), x)),
+         cell(kb, (*long, "redis_live_max_bytes"), (*long, "redis_live_end_bytes")), ""),
+        ("Redis, long call / 1-minute call, max / at the end", "1x",
+         per(lambda g: _over(g, "redis_live_max_bytes"), x) + " / "
+         + per(lambda g: _over(g, "redis_live_end_bytes"), x),
+         met(_at_most(_over(f, "redis_live_max_bytes"), 1.25))),
         ("Redis per call after ARCHIVED: bytes / packet entries", "packets: 0",
          cell(kb, (*long, "redis_after_bytes")) + " / "
-         + cell(_n, (*long, "redis_after_packet_entries"))),
+         + cell(_n, (*long, "redis_after_packet_entries")),
+         met(_at_most(dig(f, *long, "redis_after_packet_entries"), 0))),
         ("PostgreSQL per call-minute, indexes included (/ raw audio)", "<= 1.25x (1,200 KB)",
          cell(kb, ("length", "pg_bytes_per_call_minute")) + " ("
-         + cell(x, ("length", "pg_to_raw_audio")) + ")"),
+         + cell(x, ("length", "pg_to_raw_audio")) + ")",
+         met(_at_most(dig(f, "length", "pg_to_raw_audio"), 1.25))),
         ("Completion -> ARCHIVED p50 / p99, 1-minute calls", "",
-         cell(s, (*short, "to_archived_p50_s"), (*short, "to_archived_p99_s"))),
+         cell(s, (*short, "to_archived_p50_s"), (*short, "to_archived_p99_s")), ""),
         ("Completion -> ARCHIVED p50 / p99, long calls", "<= 1.5x the 1-minute ones",
-         cell(s, (*long, "to_archived_p50_s"), (*long, "to_archived_p99_s"))),
+         cell(s, (*long, "to_archived_p50_s"), (*long, "to_archived_p99_s")), ""),
         ("long / 1-minute calls, p50 / p99", "<= 1.5x",
          per(lambda g: _over(g, "to_archived_p50_s"), x) + " / "
-         + per(lambda g: _over(g, "to_archived_p99_s"), x)),
+         + per(lambda g: _over(g, "to_archived_p99_s"), x),
+         met(_at_most(_over(f, "to_archived_p99_s"), 1.5))),
         ("Worker CPU per call-minute (the length phase)", "",
-         cell(ms, ("length", "cpu_ms_per_call_minute", "workers"))),
-        ("Frames lost (every phase)", "0", per(lost_everywhere, _n)),
+         cell(ms, ("length", "cpu_ms_per_call_minute", "workers")), ""),
+        ("CPU per call-minute of the stack (API, workers, Redis, PostgreSQL) / with the client; "
+         "the calls at real-time pace that would use every core of an idle machine", "",
+         per(lambda g: _cpu_s(g, GROUPS[:4]), s) + " / " + per(lambda g: _cpu_s(g, GROUPS), s)
+         + "; " + per(cpu_ceiling, _n), ""),
+        ("Frames lost (every phase)", "0", per(lost_everywhere, _n),
+         met(_at_most(lost_everywhere(f), 0))),
         ("Recordings whose length and both channels match what was sent", "all",
-         per(audio_everywhere, str)),
+         per(audio_everywhere, str), met(audio[1] == audio[0] if audio[0] else None)),
         ("Most concurrent two-track calls at real-time pace, lag p99 < 100 ms, all stored", "",
-         cell(str, ("ramp", "most_calls_held"))),
-        (f"Soak at {soak.get('calls_at_once', 'n/a')} calls (half of {held}): growth after "
-         "warm-up of Redis used_memory / API RSS / worker RSS", "flat", cell(pct, *growth)),
+         cell(str, ("ramp", "most_calls_held")), ""),
+        (f"Soak at {soak.get('calls_at_once', 'n/a')} calls (half of {held}), after its warm-up "
+         "(the first quarter): Redis used_memory / API RSS / worker RSS, the mean of the second "
+         "half against the first", "flat (within 10%)",
+         " / ".join(per(_growth(k), pct) for k in SERIES), met(_flat(f))),
         ("Fast pass: frames/s, x real time a call", "",
-         cell(_n, ("fast", "frames_per_s")) + ", " + cell(x, ("fast", "speed_up_per_call"))),
+         cell(_n, ("fast", "frames_per_s")) + ", " + cell(x, ("fast", "speed_up_per_call")), ""),
     ]  # fmt: skip
-    head = "| on real calls | target | after" + (" (before)" if before else "") + " |"
-    lines = [head, "|---|---|---|"]
-    lines += [f"| {what} | {target} | {value} |" for what, target, value in rows]
+    head = "| on real calls | target | after" + (" (before)" if before else "") + " | met |"
+    lines = [head, "|---|---|---|---|"]
+    lines += [f"| {what} | {target} | {value} | {ok} |" for what, target, value, ok in rows]
     return [*lines, ""]
+
+
+def _cpu_s(f: Figures, groups: tuple[str, ...]) -> float | None:
+    cpu = dig(f, "length", "cpu_ms_per_call_minute")
+    return sum(cpu.get(g, 0.0) for g in groups) / 1000 if cpu else None
+
+
+def cpu_ceiling(f: Figures) -> float | None:
+    """Concurrent calls whose CPU (the stack's and the client's, at the length phase's cost per
+    call-minute) would fill every core: the ramp's limit on a machine that is all ours."""
+    found = re.search(r"(\d+) cores", str(dig(f, "meta", "machine")))
+    per_call = _cpu_s(f, GROUPS)
+    return 60 * int(found.group(1)) / per_call if found and per_call else None
+
+
+def met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def _at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _growth(series: str) -> Callable[[Figures], Any]:
+    return lambda f: dig(soak_flatness(f), series, "growth_pct")
+
+
+def soak_flatness(f: Figures) -> dict[str, Any]:
+    """The soak's series' flatness (bench/real_calls_load.py), from its samples."""
+    series = dig(f, "soak", "series")
+    return {k: flatness(series, k) for k in SERIES} if series else {}
+
+
+def _flat(f: Figures, limit_pct: float = 10.0) -> bool | None:
+    """Each of the soak's series' second half within `limit_pct` of its first (after warm-up)."""
+    growth = [dig(soak_flatness(f), k, "growth_pct") for k in SERIES]
+    if any(g is None for g in growth):
+        return None
+    return all(abs(g) <= limit_pct for g in growth)
 
 
 def _long_minutes(f: Figures | None) -> str:
@@ -265,18 +321,27 @@ def lost_everywhere(f: Figures) -> int | None:
     return sum(known) if known else None
 
 
-def audio_everywhere(f: Figures) -> str:
+def audio_checks(f: Figures) -> list[Figures]:
     checks = [dig(f, "length", "groups", g, "audio") for g in ("short", "long")]
     checks += [dig(f, p, "audio") for p in ("fast", "soak")]
-    found = [c for c in checks if c]
+    return [c for c in checks if c]
+
+
+def audio_counts(f: Figures) -> tuple[int, int]:
+    """Recordings checked, and those whose length and both channels matched."""
+    found = audio_checks(f)
+    checked = sum(c["checked"] for c in found)
+    return checked, sum(min(c["length_ok"], c["tracks_match"]) for c in found)
+
+
+def audio_everywhere(f: Figures) -> str:
+    found = audio_checks(f)
     if not found:
         return "n/a"
-    checked = sum(c["checked"] for c in found)
-    served = sum(c["served"] for c in found)
-    if not served:
+    checked, ok = audio_counts(f)
+    if not any(c["served"] for c in found):
         statuses = sorted({k for c in found for k in c["statuses"]})
         return f"0 of {checked} (GET …/audio answers {', '.join(statuses)})"
-    ok = sum(min(c["length_ok"], c["tracks_match"]) for c in found)
     return f"{ok} of {checked}"
 
 
@@ -329,7 +394,34 @@ def ramp_table(f: Figures, before: Figures | None) -> list[str]:
                 f"{st['lost_frames']:,} of {st['frames_sent']:,} | {s(st['to_archived_p99_s'])} | "
                 f"{_n(cpu['api'] + cpu['workers'])} ms | {'yes' if st['holds'] else 'no'} |"
             )
-    return [*lines, ""]
+    return [*lines, "", *what_bounds(f), ""]
+
+
+def what_bounds(f: Figures) -> list[str]:
+    """What the figures say of the ramp's limit, from this run's own numbers."""
+    steps = dig(f, "ramp", "steps") or []
+    failed = next((st for st in steps if not st["holds"]), None)
+    live = dig(f, "length", "cpu_ms_per_call_minute", "api")
+    fast = dig(f, "fast", "cpu_ms_per_call_minute", "api")
+    out = []
+    if failed is not None:
+        out.append(
+            f"At {failed['calls']} calls the client itself fell {ms(failed['pace_slip_p99_ms'])} "
+            "behind its schedule at p99 and the lag's pipeline of HGETs took "
+            f"{ms(failed['redis_read_p99_ms'])} at p99 (load average "
+            f"{failed.get('loadavg', '?')}): when these rise with the lag, the machine's cores "
+            "are short, for the stack and the client alike, and the step measures "
+            f"the machine's other load as much as the layout; {_n(cpu_ceiling(f))} "
+            "calls would fill the cores of an idle machine at this run's CPU per call-minute."
+        )
+    if live and fast:
+        out.append(
+            f"At real-time pace the API spends {_n(live)} ms of CPU per call-minute against "
+            f"{_n(fast)} ms in the fast pass: the media socket stores what is waiting when its "
+            "reader finds no next frame, which at real-time pace is a tick's one or two frames "
+            "per Redis round trip, where the fast pass fills batches of up to 50."
+        )
+    return [" ".join(out)] if out else []
 
 
 def soak_table(f: Figures) -> list[str]:

@@ -88,13 +88,17 @@ def test_a_wav_body_is_read_by_its_chunks():
     assert (channels, rate, bits, data) == (2, 8000, 16, pcm)
 
 
-def test_flatness_fits_the_samples_after_the_warm_up():
-    series = [{"t_s": float(t), "rss": 100.0 + (50 if t < 25 else t)} for t in range(0, 101, 5)]
+def test_flatness_compares_the_halves_after_the_warm_up():
+    # Flat but for the warm-up, then a sawtooth (a tail that grows and is flushed).
+    series = [
+        {"t_s": float(t), "rss": 50.0 if t < 25 else 100.0 + (t % 20)} for t in range(0, 101, 5)
+    ]
     flat = flatness(series, "rss")
     assert flat["warm_up_s"] == 25
-    assert flat["first"] == 125
-    assert flat["last"] == 200
-    assert round(flat["slope_per_min"]) == 60
+    assert flat["first_half_mean"] == 107.5  # t 25..60: 105 110 115 100 105 110 115 100
+    assert flat["second_half_mean"] == 107.5  # t 65..100: 105 110 115 100 105 110 115 100
+    assert flat["growth_pct"] == 0
+    assert flat["peak"] == 115
 
 
 def test_the_quick_plan_stays_short():
