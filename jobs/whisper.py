@@ -18,17 +18,21 @@ import numpy as np
 from core.audio import Samples, resample
 
 MODEL_RATE = 16_000  # what Whisper hears: 16 kHz mono float32 in [-1, 1]
-# A beam of 5, not greedy decoding: on bench/ai_quality.py's telephone calls it cuts the word
-# error rate by about a fifth for a quarter more CPU (BENCHMARKS.md has both); greedy decoding
-# also repeats itself after a silence ("Thank you so much. Thank you so much.").
+# A beam of 5, not greedy decoding: on bench/ai_quality.py's telephone calls fewer words wrong
+# (23% against 26% clean) and polar sentiment right more often (92% against 81% clean, 77%
+# against 67% with noise), for 15 to 60% more CPU (0.075-0.082 CPU s per second of audio against
+# 0.051-0.066, two runs); greedy decoding also repeats itself after a silence ("Thank you so
+# much. Thank you so much.").
 BEAM_SIZE = 5
 # Silero's voice-activity filter (it ships in faster-whisper's wheel) before Whisper: on silence
 # Whisper makes words up ("You", "Thank you for watching"), and a call's track is silent while
 # the other party talks; the filter drops silence for 0.04 CPU s per 20 s instead of Whisper's
-# 0.6. It splices the speech together, so a segment could span a pause: segments are cut again
-# at every pause of PAUSE_S between words (word times map back to the audio given).
+# 0.6. Its price: a few more words lost in noisy audio (BENCHMARKS.md, "no VAD"). It splices the
+# speech together, so a segment could span a pause: segments are cut again at every pause of
+# PAUSE_S between words (word times map back to the audio given). 0.5 s: between phrases, where
+# a sentence's own words are closer; at 0.8 s, more sentences came out merged with the next.
 VAD_FILTER = True
-PAUSE_S = 0.8
+PAUSE_S = 0.5
 # One thread per process, one process per core (jobs/ai_local.py's pool, AI_MAX_CONCURRENCY capped
 # by the cores): calls transcribed at once never share a core, and CTranslate2's default of 4
 # threads a process would oversubscribe a small machine and slow every call down.
