@@ -245,7 +245,7 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="extra seconds a transcription attempt (and the call's AI budget) gets per "
-        "second of audio, within `JOB_TIMEOUT_S`; unset: the provider's own (mock 0, local 1.5, "
+        "second of audio, within `JOB_TIMEOUT_S`; unset: the provider's own (mock 0, local 0.5, "
         "openai 0.5)",
     )
     packet_audio_encoding: str = Field(

@@ -28,7 +28,7 @@ from settings import Settings
 # Extra time a transcription may take per second of audio when AI_TIMEOUT_PER_AUDIO_S is unset:
 # the mock ignores the audio; the local model needs a fraction of a CPU second per second of
 # audio (BENCHMARKS.md), more when the cores are shared; a hosted model is faster.
-TIMEOUT_PER_AUDIO_S = {"mock": 0.0, "local": 1.5, "openai": 0.5}
+TIMEOUT_PER_AUDIO_S = {"mock": 0.0, "local": 0.5, "openai": 0.5}
 JOB_MARGIN_S = 30.0  # left of JOB_TIMEOUT_S for the flush and the final writes
 
 

@@ -30,7 +30,7 @@ BYTES_PER_MS = SAMPLE_RATE // 1000  # μ-law: one byte a sample
 FRAME_MS = 20
 # μ-law's code for a zero sample: the padding of a short last frame and the gaps between sentences.
 MULAW_SILENCE = 0xFF
-VOICE = "en-us"  # the accent pocketsphinx's en-us model was trained on
+VOICE = "en-us"  # American English, the accent of the calls the benchmarks simulate
 WORDS_PER_MINUTE = 160
 INSTALL_HINT = "Debian: apt-get install espeak-ng sox"
 RECORDINGS = "recordings"

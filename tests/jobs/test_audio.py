@@ -195,7 +195,7 @@ def test_a_transcription_gets_more_time_for_a_longer_call_within_the_jobs_limit(
     local = make_settings("postgresql://x", "redis://x", ai_provider="local")
     mock = make_settings("postgresql://x", "redis://x")
 
-    assert transcription_allowance_s(local, 60) == pytest.approx(90)  # 1.5 s a second
+    assert transcription_allowance_s(local, 60) == pytest.approx(30)  # 0.5 s a second
     assert transcription_allowance_s(local, 3600) == 600 - 300 - 30  # what the job leaves
     assert transcription_allowance_s(mock, 3600) == 0
 
