@@ -45,7 +45,8 @@ from db.segments import TEXT, SegmentHead, SegmentRow
 MIN_AUDIO_MS = 10
 MAX_GAP_S = 60.0
 MAX_ALIGN_S = 60.0  # the most one track may start after the other
-BLOCK_S = 1.0  # PCM produced a second at a time
+BLOCK_S = 1.0  # a WAV's PCM is produced a second at a time
+MIX_BLOCK_S = 40.0  # what a transcription reads at once: 40 s, 640 KB of 16-bit PCM at 8 kHz
 PAYLOAD_CACHE = 4  # rows whose bytes are held at once
 
 Ints = npt.NDArray[np.int64]
@@ -228,7 +229,7 @@ class Recording:
 
     async def blocks(self, mono: bool = True) -> AsyncIterator[Samples]:
         """The whole recording a block at a time."""
-        block = int(BLOCK_S * self.format.rate) * 40
+        block = int(MIX_BLOCK_S * self.format.rate)
         for start in range(0, self.samples, block):
             end = start + block
             yield await (self.mono(start, end) if mono else self.frames(start, end))

@@ -20,7 +20,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.audio import AudioFormat, Samples, UnsupportedAudio, quietest_cut
-from core.recording import NotAudio, Recording, SegmentSource, call_format, texts
+from core.recording import (
+    MIX_BLOCK_S,
+    NotAudio,
+    Recording,
+    SegmentSource,
+    call_format,
+    texts,
+)
 from db.segments import TEXT
 from jobs.ai import PermanentAIError
 from settings import Settings
@@ -152,7 +159,7 @@ class TrackAudio:
         return self.recording.format
 
     async def pcm(self) -> AsyncIterator[Samples]:
-        block = self.recording.format.rate * 40
+        block = int(MIX_BLOCK_S * self.recording.format.rate)
         for at in range(self.start, self.end, block):
             yield await self.recording.track(self.channel, at, min(at + block, self.end))
 

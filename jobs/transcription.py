@@ -41,6 +41,7 @@ from jobs.ai import Sentiment, Spoken, sentiment_of
 from jobs.attempts import StepExhausted, policy_of, run_step
 from jobs.audio import SpeechSource, TrackAudio, TrackText, transcription_allowance_s
 from jobs.resources import WorkerResources
+from settings import Settings
 
 log = logging.getLogger(__name__)
 # A live window ends in the last pause of what is stored, looked for this far back: a pause of
@@ -79,7 +80,7 @@ class Window:
     offset_s: float  # where the track starts on the call's timeline
 
 
-def utterance_scorer(settings: Any) -> Callable[[str], Sentiment]:
+def utterance_scorer(settings: Settings) -> Callable[[str], Sentiment]:
     """How one utterance's sentiment is scored: the mock's keywords, else VADER."""
     if settings.ai_provider == "mock":
         return sentiment_of
