@@ -7,6 +7,7 @@ conversation's figures."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from itertools import pairwise
 from typing import Any
@@ -19,10 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import connect
 
 from core.audio import TELEPHONY, decode
+from db import calls
 from db.events import EventLog
+from db.packets import NewPacket
+from jobs.ai import PermanentAIError
+from jobs.process import process_call
+from jobs.resources import make_resources
+from jobs.segments import flush_segment
 from service.app import create_app
 from settings import Settings
 from tests.conftest import FEED, make_settings
+from tests.fakes import ScriptedAI
 from tests.service.test_recording import FRAME, speech, two_track_stream, wait_state
 from tests.serving import serving, worker_running
 
@@ -134,3 +142,44 @@ async def test_a_call_of_text_packets_has_one_utterance_a_speaker_and_its_figure
     assert caller["sentiment"]["label"] == "positive"
     assert transcript["sentiment"]["label"] == "positive"
     assert missing.status_code == 404
+
+
+async def test_a_window_that_cannot_be_transcribed_fails_the_call_naming_it_and_a_replay_redoes_it(
+    live: Settings, redis: Redis
+):
+    ai = ScriptedAI()
+    res = make_resources(live, ai=ai)
+    media = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
+    caller = paused(speech(["positive-1", "negative-1"], 8.0))
+    frames = [caller[i : i + FRAME] for i in range(0, len(caller), FRAME)]
+
+    def packets(first: int, last: int) -> list[NewPacket]:
+        return [
+            NewPacket(n, n * 0.02, base64.b64encode(frames[n]).decode()) for n in range(first, last)
+        ]
+
+    try:
+        await res.ingestion.open_call("flaky", media)
+        await res.ingestion.append("flaky", packets(0, 200))  # 4 s: a live window
+        await flush_segment(res, "flaky")
+        assert ai.count("transcription") == 1
+        await res.ingestion.append("flaky", packets(200, len(frames)))
+        await res.ingestion.complete("flaky")
+        ai.fail("transcription", PermanentAIError("400: the audio is too short"))
+        assert await process_call(res, "flaky") == "FAILED"
+        async with res.sessions() as session:
+            failed = await calls.get_call(session, "flaky")
+        assert failed is not None
+        assert failed.last_error is not None
+        # The reason names the party and the stretch of the call that could not be done.
+        assert "400: the audio is too short" in failed.last_error
+        assert "the caller's audio at " in failed.last_error
+
+        before = ai.count("transcription")
+        async with res.sessions() as session, session.begin():
+            assert await calls.replay_failed(session, "flaky")  # what POST .../retry does
+        assert await process_call(res, "flaky") == "ARCHIVED"
+    finally:
+        await res.close()
+
+    assert ai.count("transcription") == before + 1  # only the window that had failed
