@@ -87,6 +87,16 @@ def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
     }
 
 
+def ramp_repeat(run: dict[str, Any]) -> dict[str, Any]:
+    """What the section shows of another run's ramp."""
+    keep = ("calls", "loadavg", "lag_p99_ms", "pace_slip_p99_ms", "lost_frames", "holds")
+    return {
+        **{k: run["meta"][k] for k in ("commit", "started_at", "loadavg_start")},
+        "most_calls_held": run["ramp"]["most_calls_held"],
+        "steps": [{k: step.get(k) for k in keep} for step in run["ramp"]["steps"]],
+    }
+
+
 def plan_of(args: argparse.Namespace) -> Plan:
     plan = QUICK if args.quick else Plan()
     changes: dict[str, Any] = {}
@@ -117,7 +127,21 @@ def main() -> int:
     parser.add_argument(
         "--render", help="no run: write the section from --out's figures, naming this command"
     )
+    parser.add_argument(
+        "--add-ramp",
+        type=Path,
+        nargs="+",
+        help="no run: add these runs' ramps (e.g. --phases ramp, before and after in turn) to "
+        "--out's figures as repeats: a shared machine's load moves the ramp's answer",
+    )
     args = parser.parse_args()
+    if args.add_ramp:
+        figures = json.loads(args.out.read_text())
+        figures.setdefault("ramp_repeats", []).extend(
+            ramp_repeat(json.loads(p.read_text())) for p in args.add_ramp
+        )
+        args.out.write_text(json.dumps(figures, indent=1))
+        return 0
     before = json.loads(args.before.read_text()) if args.before.exists() else None
     if args.render:
         figures = json.loads(args.out.read_text())

@@ -229,7 +229,7 @@ def targets(f: Figures, before: Figures | None) -> list[str]:
         ("Recordings whose length and both channels match what was sent", "all",
          per(audio_everywhere, str), met(audio[1] == audio[0] if audio[0] else None)),
         ("Most concurrent two-track calls at real-time pace, lag p99 < 100 ms, all stored", "",
-         cell(str, ("ramp", "most_calls_held")), ""),
+         cell(str, ("ramp", "most_calls_held")) + _repeated(f, before), ""),
         (f"Soak at {soak.get('calls_at_once', 'n/a')} calls (half of {held}), after its warm-up "
          "(the first quarter): Redis used_memory / API RSS / worker RSS, the mean of the second "
          "half against the first", "flat (within 10%)",
@@ -254,6 +254,18 @@ def cpu_ceiling(f: Figures) -> float | None:
     found = re.search(r"(\d+) cores", str(dig(f, "meta", "machine")))
     per_call = _cpu_s(f, GROUPS)
     return 60 * int(found.group(1)) / per_call if found and per_call else None
+
+
+def _repeated(f: Figures, before: Figures | None) -> str:
+    repeats = f.get("ramp_repeats") or []
+    if not repeats:
+        return ""
+    old = dig(before, "meta", "commit")
+    held = {
+        who: ", ".join(str(r["most_calls_held"]) for r in repeats if (r["commit"] == old) == was)
+        for who, was in (("after", False), ("before", True))
+    }
+    return f"; the ramp run again: after {held['after']}, before {held['before']}"
 
 
 def met(ok: bool | None) -> str:
@@ -394,7 +406,30 @@ def ramp_table(f: Figures, before: Figures | None) -> list[str]:
                 f"{st['lost_frames']:,} of {st['frames_sent']:,} | {s(st['to_archived_p99_s'])} | "
                 f"{_n(cpu['api'] + cpu['workers'])} ms | {'yes' if st['holds'] else 'no'} |"
             )
-    return [*lines, "", *what_bounds(f), ""]
+    return [*lines, "", *ramp_repeats(f, before), *what_bounds(f), ""]
+
+
+def ramp_repeats(f: Figures, before: Figures | None) -> list[str]:
+    """Other runs' ramps (--add-ramp), before's and after's in turn on the same machine."""
+    repeats = f.get("ramp_repeats") or []
+    if not repeats:
+        return []
+    old = dig(before, "meta", "commit")
+    lines = [
+        "The ramp alone, run again (`python -m bench.real_calls --phases ramp`), the two servers "
+        "in turn, minutes apart:",
+        "",
+        "| started | server | load average | lag p99 by step (calls: ms) | most held |",
+        "|---|---|---|---|---|",
+    ]
+    for r in repeats:
+        steps = ", ".join(f"{st['calls']}: {ms(st['lag_p99_ms'])}" for st in r["steps"])
+        who = "before" if r["commit"] == old else "after"
+        lines.append(
+            f"| {r['started_at']} | {who} (`{r['commit']}`) | {r['loadavg_start']} | {steps} | "
+            f"{r['most_calls_held']} |"
+        )
+    return [*lines, ""]
 
 
 def what_bounds(f: Figures) -> list[str]:
