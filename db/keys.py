@@ -103,6 +103,9 @@ class CallKeys:
     runs_outbound: str  # the outbound track (the agent)
     done: str  # completion marker, SET NX decides who completes the call
     lease: str  # the worker holding the call's job renews this; gone = that worker died
+    # Held while a worker transcribes the call's windows (jobs/transcription.py): a live pass
+    # and the call's final one never transcribe the same window at once.
+    transcribing: str
     metadata: str  # JSON the call was opened with (a media stream's start message), if any
     shard: ShardKeys  # the indexes of the call's shard, in the same slot
 
@@ -113,7 +116,7 @@ class CallKeys:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.data, self.done, self.lease)
+        return (*self.data, self.done, self.lease, self.transcribing)
 
 
 def call_keys(call_id: str) -> CallKeys:
@@ -126,6 +129,7 @@ def call_keys(call_id: str) -> CallKeys:
         runs_outbound=f"{tag}:runs:outbound",
         done=f"{tag}:done",
         lease=f"{tag}:lease",
+        transcribing=f"{tag}:transcribing",
         metadata=f"{tag}:metadata",
         shard=shard_keys(shard),
     )

@@ -45,3 +45,19 @@ class Leases:
 
     async def alive(self, call_id: str) -> bool:
         return bool(await self.redis.exists(call_keys(call_id).lease))
+
+
+class TranscriptionLock:
+    """One transcription pass of a call at a time (jobs/transcription.py): taken with SET NX
+    and an expiry (a worker that dies holding it lets it lapse), dropped by its holder only."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+        self._drop = register(redis, Script.LEASE_DROP)
+
+    async def take(self, call_id: str, holder: str, ttl_s: float) -> bool:
+        key = call_keys(call_id).transcribing
+        return bool(await self.redis.set(key, holder, px=int(ttl_s * 1000), nx=True))
+
+    async def drop(self, call_id: str, holder: str) -> None:
+        await self._drop(keys=[call_keys(call_id).transcribing], args=[holder])

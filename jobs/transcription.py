@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +34,7 @@ from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
 from db import calls, transcripts, worker_writes
 from db.events import attempt_event
+from db.leases import TranscriptionLock
 from db.packets import TRACKS
 from db.segments import TEXT, SegmentReader
 from db.states import CallState
@@ -54,6 +57,8 @@ NOISE_FLOOR_RMS = 60.0
 # A live window is at least this long: shorter ones cost a request and give the model little
 # context.
 MIN_WINDOW_S = 2.0
+FINAL_WAITS_S = 30.0  # for a live pass to finish before the final one transcribes anyway
+LOCK_POLL_S = 0.1
 UTTERANCE = "utterance"  # the feed event of a stored utterance
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
 
@@ -148,7 +153,38 @@ async def transcribe_ready(
 ) -> Ready:
     """Transcribe every window of the call that is ready and store its utterances (publishing
     them on the live feed, as of the call's `state`). `final`: the call has ended, so every
-    track is transcribed to its end."""
+    track is transcribed to its end.
+
+    One pass at a time (TranscriptionLock): a live pass that finds another running leaves the
+    audio to it; the final pass waits up to FINAL_WAITS_S for a live one to finish, then goes on
+    anyway (db/transcripts.py stores a window once whatever happens: the lock only saves the
+    work a race would throw away)."""
+    lock = TranscriptionLock(res.redis)
+    holder = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    ttl_s = res.settings.ai_call_budget_s + 2 * res.settings.segment_seconds
+    taken = await lock.take(call_id, holder, ttl_s)
+    if not taken and not final:
+        return Ready(0, pending=False)
+    waited = 0.0
+    while not taken and waited < FINAL_WAITS_S:
+        await asyncio.sleep(LOCK_POLL_S)
+        waited += LOCK_POLL_S
+        taken = await lock.take(call_id, holder, ttl_s)
+    try:
+        return await _transcribe_ready(res, call_id, metadata, transcribe, final, state)
+    finally:
+        if taken:
+            await lock.drop(call_id, holder)
+
+
+async def _transcribe_ready(
+    res: WorkerResources,
+    call_id: str,
+    metadata: dict[str, Any] | None,
+    transcribe: Transcribe,
+    final: bool,
+    state: CallState,
+) -> Ready:
     reader = SegmentReader(res.sessions, call_id)
     async with res.sessions() as session:
         done = await transcripts.transcribed_to(session, call_id)
