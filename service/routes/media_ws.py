@@ -8,9 +8,9 @@ tracks (`start.tracks` names outbound, Twilio's both_tracks, or the frame is out
 otherwise `sequenceNumber`, as before tracks (it counts every message of the stream, so with two
 tracks it would put a gap on each after every frame of the other).
 `stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
-buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or no
-further frame is waiting. Every rule (call id, sizes, dedup, ordering, completed calls, complete
-then enqueue) is core/ingestion.py's, the same as over HTTP.
+buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or the
+oldest has waited HOLD_S (60 ms). Every rule (call id, sizes, dedup, ordering, completed calls,
+complete then enqueue) is core/ingestion.py's, the same as over HTTP.
 
 A bad frame gets `{"event": "error", "code", "message"}` and the socket is closed: 1003 for data
 that cannot be understood, 1008 for a policy violation (completed call, oversized payload, media
@@ -25,6 +25,7 @@ import binascii
 import contextlib
 import logging
 import math
+import time
 from base64 import b64decode
 from typing import Any
 
@@ -53,6 +54,12 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingestion"])
 
 FLUSH_AT = 50  # packets buffered before one append, at most
+# How long a packet may wait for others to share its Redis round trip. At real-time pace a
+# stream sends a frame (two with both tracks) every 20 ms: storing each at once costs a script
+# call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 60 ms
+# stores three ticks at a time and keeps the frame-to-stored lag under 100 ms. The WebSocket
+# acknowledges no frame, so nothing a client was told is held.
+HOLD_S = 0.06
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
 # A frame is a media packet's payload plus its envelope; anything larger is refused unread.
@@ -239,11 +246,19 @@ class MediaStream:
             raise Reject.breaking(error)
 
     async def run(self, frames: asyncio.Queue[object], idle_timeout_s: float) -> None:
+        held_since = 0.0  # when the oldest buffered packet arrived
         while True:
+            # A packet waits at most HOLD_S for others to share its round trip; with nothing
+            # buffered, the wait is the idle timeout's.
+            wait_s = idle_timeout_s
+            if self.buffer:
+                wait_s = max(0.0, held_since + HOLD_S - time.monotonic())
             try:
-                raw = await asyncio.wait_for(frames.get(), idle_timeout_s)
+                raw = await asyncio.wait_for(frames.get(), wait_s)
             except TimeoutError:
-                await self.flush()
+                if self.buffer:
+                    await self.flush()
+                    continue
                 raise Reject(
                     "idle_timeout", f"no frame for {idle_timeout_s:g}s", CLOSE_GOING_AWAY
                 ) from None
@@ -254,12 +269,17 @@ class MediaStream:
             if raw is not None and len(raw) > self.limit * 2 + FRAME_ENVELOPE_BYTES:
                 raise Reject("frame_too_large", "the frame is larger than a media frame can be",
                              CLOSE_TOO_BIG)  # fmt: skip
+            buffered = len(self.buffer)
             if await self.handle(parse_frame(raw)):
                 await self.close(CLOSE_NORMAL)
                 return
-            # Store when enough is waiting or when nothing more is: the next frames queue up
-            # while this round trip is in flight and go together in the next one.
-            if self.buffer and (len(self.buffer) >= FLUSH_AT or frames.empty()):
+            if self.buffer and not buffered:
+                held_since = time.monotonic()
+            # Store when enough is waiting, or when the oldest has waited HOLD_S: the next
+            # frames queue up while this round trip is in flight and go together in the next.
+            if len(self.buffer) >= FLUSH_AT or (
+                self.buffer and time.monotonic() - held_since >= HOLD_S
+            ):
                 await self.flush()
 
     async def reject(self, code: str, message: str, close_code: int) -> None:
