@@ -88,16 +88,14 @@ class FlushSource:
         retention_s: int,
         marker_retention_s: int,
         events: Sequence[Mapping[str, Any]] = (),
-        *,
-        packets_stored: bool = True,
     ) -> None:
         """After PostgreSQL committed the final state: delete what the call sent (its stream and
         dedup runs), let its hash expire, drop it from the indexes, and publish `events` (the
         final state's) in the same atomic step: a call is released once its final event is out,
-        and a re-run that finds it unreleased publishes again. `packets_stored` False (its
-        segments were refused): the stream only expires, so that a replay can store it."""
+        and a re-run that finds it unreleased publishes again. Its stream's entries are all in
+        PostgreSQL's segments by then: the final flush stored them before the final state."""
         keys = call_keys(call_id)
-        dropped = (keys.packets, keys.runs, keys.runs_outbound) if packets_stored else ()
+        dropped = (keys.packets, keys.runs, keys.runs_outbound)
         kept = [k for k in keys.data if k not in dropped]
         await self._release(
             keys=[

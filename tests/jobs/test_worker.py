@@ -262,7 +262,7 @@ async def test_a_long_call_is_flushed_page_by_page_with_every_packet_and_gap(
 async def test_a_call_longer_than_a_flush_page_is_flushed_whole_and_transcribed_in_order(
     client: AsyncClient, run_worker, engine: AsyncEngine, ai: ScriptedAI
 ):
-    total = 4500  # three flush pages (FLUSH_PAGE = 2000)
+    total = 4500  # three segments' worth of a one-track call (SEGMENT_SECONDS = 30 s: 1,500)
     order = list(range(total))
     order[100], order[101] = order[101], order[100]  # one reordered pair
     for start in range(0, total, 500):
