@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from db.object_store import StoreAddress
 from db.redis_client import is_cluster_url
 
 # Embedded defaults used by `make run`; `make run` exports the real URLs of the servers it starts.
@@ -135,6 +136,13 @@ class Settings(BaseSettings):
         ge=0,
         description="past this many completed calls waiting for the worker, new calls get `503` "
         "with `Retry-After` (live calls go on; `/readyz` says so); `0`: no limit",
+    )
+    audio_store_url: str | None = Field(
+        None,
+        description="recordings in an S3-compatible object store instead of PostgreSQL: "
+        "`s3://bucket[/prefix][?endpoint_url=http://host:port&region=...]` (the bucket must "
+        "exist; credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` or botocore's "
+        "other sources); segments written before it was set stay readable from PostgreSQL",
     )
     # Segments: a live call is flushed to PostgreSQL every this many seconds of 20 ms frames
     # per track (or of arrival, whichever comes first), so Redis holds only its unflushed tail.
@@ -355,6 +363,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("audio_store_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value:
+            StoreAddress.parse(value)  # says what is wrong with it
+        return value or None
 
     @field_validator("speaker_names", mode="before")
     @classmethod

@@ -102,6 +102,8 @@ class CallSegment(Base):
     timestamps: Mapped[list[float]] = mapped_column(ARRAY(Float))  # as the packets said
     arrivals: Mapped[list[float]] = mapped_column(ARRAY(Float))  # epoch s, from the stream
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # STORAGE EXTERNAL (migration 0003)
+    # With AUDIO_STORE_URL: the object holding the bytes (payload is then empty).
+    object_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

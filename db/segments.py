@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from db.object_store import ObjectStore
 from db.packets import StoredPacket
 
 TEXT = "text"  # the encoding of a row whose payload is the packets' data as sent (UTF-8)
@@ -68,9 +69,10 @@ _LATEST = text(
 _INSERT = text(
     """
     INSERT INTO call_segment (call_id, segment, track, last_entry_ms, last_entry_n, encoding,
-        packets, first_sequence, last_sequence, sequences, sizes, timestamps, arrivals, payload)
+        packets, first_sequence, last_sequence, sequences, sizes, timestamps, arrivals, payload,
+        object_key)
     VALUES (:call_id, :segment, :track, :last_ms, :last_n, :encoding, :packets, :first, :last,
-        :sequences, :sizes, :timestamps, :arrivals, :payload)
+        :sequences, :sizes, :timestamps, :arrivals, :payload, :object_key)
     """
 )
 _HEADS = text(
@@ -78,8 +80,8 @@ _HEADS = text(
     " WHERE call_id = :call_id ORDER BY segment, track"
 )
 _PAYLOAD = text(
-    "SELECT payload FROM call_segment WHERE call_id = :call_id AND segment = :segment"
-    " AND track = :track"
+    "SELECT payload, object_key FROM call_segment WHERE call_id = :call_id"
+    " AND segment = :segment AND track = :track"
 )
 _VERSION = text(
     "SELECT count(*) AS rows, coalesce(max(segment), -1) AS latest,"
@@ -90,10 +92,16 @@ Build = Callable[[list[StoredPacket]], list[SegmentRow]]
 
 
 async def store_segment(
-    conn: AsyncConnection, call_id: str, packets: Sequence[StoredPacket], build: Build
+    conn: AsyncConnection,
+    call_id: str,
+    packets: Sequence[StoredPacket],
+    build: Build,
+    objects: ObjectStore | None = None,
 ) -> Stored:
     """Store, as the call's next segment, those of `packets` (in stream order) that come after
-    the latest stored segment. Runs in the caller's transaction, which it locks for the call."""
+    the latest stored segment. Runs in the caller's transaction, which it locks for the call.
+    With `objects` (AUDIO_STORE_URL), each row's bytes go to an object first, and the row
+    names it."""
     await conn.execute(_LOCK, {"call_id": call_id})
     latest = (await conn.execute(_LATEST, {"call_id": call_id})).one_or_none()
     through = (int(latest.last_entry_ms), int(latest.last_entry_n)) if latest else (-1, -1)
@@ -103,6 +111,11 @@ async def store_segment(
     segment = int(latest.segment) + 1 if latest else 0
     last = new[-1].entry
     rows = build(new)
+    keys: dict[int, str | None] = {row.track: None for row in rows}
+    if objects is not None:
+        for row in rows:
+            keys[row.track] = objects.key(call_id, segment, row.track, last)
+            await objects.put(keys[row.track] or "", row.payload)
     params = [
         {
             "call_id": call_id,
@@ -118,7 +131,8 @@ async def store_segment(
             "sizes": row.sizes,
             "timestamps": row.timestamps,
             "arrivals": row.arrivals,
-            "payload": row.payload,
+            "payload": b"" if keys[row.track] else row.payload,
+            "object_key": keys[row.track],
         }
         for row in rows
     ]
@@ -129,9 +143,17 @@ async def store_segment(
 class SegmentReader:
     """One call's stored segments, read in short transactions of their own."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], call_id: str) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        call_id: str,
+        objects: ObjectStore | None = None,
+    ) -> None:
+        """`objects`: where rows that name an object keep their bytes (AUDIO_STORE_URL); rows
+        written before it was set keep theirs in PostgreSQL, and are read from there."""
         self.sessions = sessions
         self.call_id = call_id
+        self.objects = objects
 
     async def heads(self) -> list[SegmentHead]:
         async with self.sessions() as session:
@@ -151,8 +173,16 @@ class SegmentReader:
     async def payload(self, segment: int, track: int) -> bytes:
         params = {"call_id": self.call_id, "segment": segment, "track": track}
         async with self.sessions() as session:
-            found = await session.scalar(_PAYLOAD, params)
-        return bytes(found) if found is not None else b""
+            row = (await session.execute(_PAYLOAD, params)).one_or_none()
+        if row is None:
+            return b""
+        if row.object_key is None:
+            return bytes(row.payload)
+        if self.objects is None:
+            raise RuntimeError(
+                f"call {self.call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
+            )
+        return await self.objects.get(str(row.object_key))
 
     async def version(self) -> tuple[int, int, int]:
         """(rows, latest segment, packets): changes whenever a segment is stored."""

@@ -274,7 +274,10 @@ async def _conversation(
 ) -> Conversation:
     """The call's figures from its utterances: per speaker, silence, overlap."""
     audio = CallAudio(
-        call_id, SegmentReader(res.sessions, call_id), res.settings.packet_audio_encoding, metadata
+        call_id,
+        SegmentReader(res.sessions, call_id, res.objects),
+        res.settings.packet_audio_encoding,
+        metadata,
     )
     seconds = (await audio.facts()).seconds
     names = speaker_names(res.settings.speaker_names)

@@ -17,6 +17,7 @@ from db.events import EventLog
 from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
+from db.object_store import ObjectStore
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.ai import AIClient, MockAI
 from jobs.ai_limit import AiLimiter
@@ -47,11 +48,14 @@ class WorkerResources:
     autocommit: AsyncEngine  # the same pool, for statements atomic on their own
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
+    objects: ObjectStore | None = None  # AUDIO_STORE_URL: where segments' bytes go
     stages: StageClock = field(default_factory=StageClock)
 
     async def close(self) -> None:
         await self.lease_keeper.close()
         await self.ai.aclose()
+        if self.objects is not None:
+            await self.objects.close()
         await self.engine.dispose()
         await close_redis(self.redis, self.queue.connection_pool)
 
@@ -146,6 +150,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         autocommit=autocommit(engine),
         sessions=make_sessionmaker(engine),
         ai=ai or make_ai_client(settings),
+        objects=ObjectStore(settings.audio_store_url) if settings.audio_store_url else None,
     )
 
 

@@ -85,7 +85,7 @@ async def flush_tail(
             return done
         async with res.engine.begin() as conn:
             stored = await store_segment(
-                conn, call_id, page, lambda new: build_rows(new, fmt, said)
+                conn, call_id, page, lambda new: build_rows(new, fmt, said), res.objects
             )
         event = None
         if stored.segment is not None:

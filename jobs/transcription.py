@@ -185,7 +185,7 @@ async def _transcribe_ready(
     final: bool,
     state: CallState,
 ) -> Ready:
-    reader = SegmentReader(res.sessions, call_id)
+    reader = SegmentReader(res.sessions, call_id, res.objects)
     async with res.sessions() as session:
         done = await transcripts.transcribed_to(session, call_id)
     try:

@@ -13,6 +13,7 @@ from db.breaker_state import BreakerState
 from db.engine import make_engine, make_sessionmaker
 from db.events import EventLog
 from db.live import LiveCalls
+from db.object_store import ObjectStore
 from db.rate_limits import RateLimits
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.queue import QueueClient, call_enqueuer, queue_client, segment_enqueuer
@@ -34,8 +35,11 @@ class ApiResources:
     sessions: async_sessionmaker[AsyncSession]
     feed: FeedHub  # this process's one reader of the live event feed
     feed_reader: RedisClient  # its connection: blocking reads, apart from the pool
+    objects: ObjectStore | None = None  # AUDIO_STORE_URL: where recordings are read from
 
     async def close(self) -> None:
+        if self.objects is not None:
+            await self.objects.close()
         await self.feed.close()
         await close_redis(self.feed_reader)
         await self.engine.dispose()
@@ -88,4 +92,5 @@ def open_resources(settings: Settings) -> ApiResources:
         sessions=make_sessionmaker(engine),
         feed=FeedHub(EventLog(feed_reader, limits), EventLog(redis, limits)),
         feed_reader=feed_reader,
+        objects=ObjectStore(settings.audio_store_url) if settings.audio_store_url else None,
     )

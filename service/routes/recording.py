@@ -82,7 +82,7 @@ async def get_audio(
     if status is None:
         raise CallNotFound(f"call {call_id} is unknown")
     await session.close()  # the recording reads in short transactions of its own
-    reader = SegmentReader(res.sessions, call_id)
+    reader = SegmentReader(res.sessions, call_id, res.objects)
     version = await reader.version()
     try:
         fmt, _ = call_format(status.metadata, res.settings.packet_audio_encoding)

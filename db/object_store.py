@@ -1,0 +1,96 @@
+"""Recordings in an S3-compatible object store (AUDIO_STORE_URL), for deployments whose audio
+outgrows one database: a segment row's bytes go to an object, and PostgreSQL keeps the row's
+heads and the object's key (db/segments.py). aiobotocore speaks S3 to AWS, MinIO, Ceph, R2 and
+the like; credentials come the way botocore finds them (AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, a profile, an instance role), never in the URL.
+
+The URL: `s3://bucket[/prefix][?endpoint_url=http://host:port&region=us-east-1]`. The bucket
+must exist: creating buckets is the deployment's business, not a worker's.
+
+An object is written before the row that names it is committed, so a committed row's object is
+always there; an object whose row lost a race (another flusher stored the segment first) is left
+behind, unnamed, and costs its bytes only. Keys hold the segment's last stream id, so two
+flushers never write one key with different bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiobotocore.session import get_session
+
+
+class BadStoreUrl(ValueError):
+    """AUDIO_STORE_URL is not an s3:// URL this module can use."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    bucket: str
+    prefix: str  # "" or ending with "/"
+    endpoint_url: str | None
+    region: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> StoreAddress:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise BadStoreUrl(f"AUDIO_STORE_URL must be s3://bucket[/prefix], not {url!r}")
+        if parts.username or parts.password:
+            raise BadStoreUrl("AUDIO_STORE_URL must not hold credentials: set AWS_* instead")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint_url", "region"}
+        if unknown:
+            raise BadStoreUrl(f"AUDIO_STORE_URL: unknown parameters {sorted(unknown)}")
+        prefix = parts.path.strip("/")
+        return cls(
+            bucket=parts.netloc,
+            prefix=f"{prefix}/" if prefix else "",
+            endpoint_url=query.get("endpoint_url"),
+            region=query.get("region"),
+        )
+
+
+class ObjectStore:
+    """One S3 client for a process, opened at first use, closed with the process's resources."""
+
+    def __init__(self, url: str) -> None:
+        self.address = StoreAddress.parse(url)
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._opening = asyncio.Lock()
+
+    def key(self, call_id: str, segment: int, track: int, through: tuple[int, int]) -> str:
+        return f"{self.address.prefix}{call_id}/{segment:06d}.{track}.{through[0]}-{through[1]}"
+
+    async def put(self, key: str, data: bytes) -> None:
+        client = await self._opened()
+        await client.put_object(Bucket=self.address.bucket, Key=key, Body=data)
+
+    async def get(self, key: str) -> bytes:
+        client = await self._opened()
+        answer = await client.get_object(Bucket=self.address.bucket, Key=key)
+        async with answer["Body"] as body:
+            data: bytes = await body.read()
+        return data
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _opened(self) -> Any:
+        async with self._opening:
+            if self._client is None:
+                session = get_session()
+                self._client = await self._stack.enter_async_context(
+                    session.create_client(
+                        "s3",
+                        endpoint_url=self.address.endpoint_url,
+                        region_name=self.address.region,
+                    )
+                )
+        return self._client

@@ -1,0 +1,130 @@
+"""Recordings in an S3-compatible object store (AUDIO_STORE_URL), against a real S3 HTTP server
+the suite starts (moto's server mode), a real Redis, PostgreSQL and uvicorn: a two-track call of
+real speech is flushed in segments whose bytes are objects (PostgreSQL keeps only their heads),
+and its recording and transcript read them back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import numpy as np
+import pytest
+from aiobotocore.session import get_session
+from moto.server import ThreadedMotoServer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from websockets.asyncio.client import connect
+
+from core.audio import TELEPHONY, decode
+from db.object_store import BadStoreUrl, StoreAddress
+from devstack.servers import free_port
+from service.app import create_app
+from settings import Settings
+from tests.conftest import make_settings
+from tests.service.test_recording import speech, two_track_stream, wait_state
+from tests.serving import serving, worker_running
+
+BUCKET = "recordings"
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    # botocore reads its credentials from the environment; any will do for this server.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "callstream-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "callstream-test")
+    async with get_session().create_client(
+        "s3", endpoint_url=s3_server, region_name="us-east-1"
+    ) as s3:
+        await s3.create_bucket(Bucket=BUCKET)
+        yield s3_server
+        listed = await s3.list_objects_v2(Bucket=BUCKET)
+        for item in listed.get("Contents", []):
+            await s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+        await s3.delete_bucket(Bucket=BUCKET)
+
+
+async def objects_in(endpoint: str) -> dict[str, int]:
+    async with get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1"
+    ) as s3:
+        listed = await s3.list_objects_v2(Bucket=BUCKET)
+    return {item["Key"]: int(item["Size"]) for item in listed.get("Contents", [])}
+
+
+async def test_a_calls_audio_is_stored_as_objects_and_played_back_from_them(
+    server_urls: tuple[str, str], bucket: str, engine: AsyncEngine
+):
+    url = f"s3://{BUCKET}/calls?endpoint_url={bucket}&region=us-east-1"
+    settings: Settings = make_settings(*server_urls, segment_seconds=5.0, audio_store_url=url)
+    caller = speech(["positive-1", "neutral-1"], 20.0)
+    agent = speech(["negative-2", "positive-2"], 20.0)
+    messages = two_track_stream("CA-S3", caller, agent)
+
+    async with serving(create_app(settings)) as api, worker_running(settings):
+        async with connect(f"ws://{api}/v1/call/media") as ws:
+            for at in range(0, len(messages), 200):
+                for message in messages[at : at + 200]:
+                    await ws.send(message)
+                await asyncio.sleep(0.05)
+            await ws.wait_closed()
+        async with httpx.AsyncClient(base_url=f"http://{api}") as http:
+            status = await wait_state(http, "CA-S3", "ARCHIVED", 60)
+            wav = await http.get("/v1/calls/CA-S3/audio")
+            part = await http.get("/v1/calls/CA-S3/audio", headers={"Range": "bytes=44-1043"})
+            transcript = (await http.get("/v1/calls/CA-S3/transcript")).json()
+
+    assert status["state"] == "ARCHIVED", status
+    async with engine.connect() as conn:
+        rows, in_postgres, named = (
+            await conn.execute(
+                text(
+                    "SELECT count(*), sum(octet_length(payload)), count(object_key)"
+                    " FROM call_segment WHERE call_id = 'CA-S3'"
+                )
+            )
+        ).one()
+    assert rows >= 4  # segments flushed while the call went on, a row per track
+    assert (in_postgres, named) == (0, rows)  # the bytes are objects; PostgreSQL holds heads
+    stored = await objects_in(bucket)
+    assert all(key.startswith("calls/CA-S3/") for key in stored)
+    assert sum(stored.values()) == len(caller) + len(agent)  # the audio once, decoded
+
+    pcm = np.frombuffer(wav.content[44:], "<i2").reshape(-1, 2)
+    assert np.array_equal(pcm[:, 0], decode(caller, TELEPHONY))
+    assert np.array_equal(pcm[:, 1], decode(agent, TELEPHONY))
+    assert (part.status_code, part.content) == (206, wav.content[44:1044])
+    assert {u["speaker"] for u in transcript["utterances"]} == {"caller", "agent"}
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://bucket/x", "must be s3://"),
+        ("s3://key:secret@bucket", "must not hold credentials"),
+        ("s3://bucket?endpoint=http://x", "unknown parameters"),
+    ],
+)
+def test_an_audio_store_url_that_cannot_work_is_refused_at_start(url: str, says: str):
+    with pytest.raises(BadStoreUrl, match=says):
+        StoreAddress.parse(url)
+    with pytest.raises(ValueError, match=says):
+        make_settings("postgresql://x", "redis://x", audio_store_url=url)
+
+
+def test_an_audio_store_url_names_its_bucket_prefix_endpoint_and_region():
+    found = StoreAddress.parse("s3://rec/a/b/?endpoint_url=http://127.0.0.1:9000&region=eu-west-1")
+
+    assert found == StoreAddress("rec", "a/b/", "http://127.0.0.1:9000", "eu-west-1")
