@@ -170,4 +170,6 @@ def error_body(status: int, code: str, detail: str, **extensions: Any) -> bytes:
 
 
 POSTGRES_DOWN = "PostgreSQL is unavailable; retry shortly."
+STORE_DOWN = "The object store of recordings (AUDIO_STORE_URL) is unavailable; retry shortly."
+STORE_ERROR = "The object store of recordings (AUDIO_STORE_URL) refused the request; it is logged."
 INTERNAL_ERROR = "Internal error; it has been logged."

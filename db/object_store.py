@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+
+
+# A store that does not answer is an outage to report (the API's 503, the worker's retry of the
+# job), soon: botocore's defaults (a 60 s connect timeout, retried) would hold a request for
+# minutes. Two tries of an attempt; a segment is a few hundred KB, so 30 s reads are ample.
+CLIENT_CONFIG = AioConfig(
+    connect_timeout=2, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}
+)
 
 
 class BadStoreUrl(ValueError):
@@ -91,6 +100,7 @@ class ObjectStore:
                         "s3",
                         endpoint_url=self.address.endpoint_url,
                         region_name=self.address.region,
+                        config=CLIENT_CONFIG,
                     )
                 )
         return self._client

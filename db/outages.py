@@ -1,5 +1,6 @@
-"""What "Redis is down" and "PostgreSQL is down" look like, written once for every caller: the API
-answers 503 for them, the worker retries the job later, readiness reports them. And the other
+"""What "Redis is down", "PostgreSQL is down" and "the object store is down" look like, written
+once for every caller: the API answers 503 for them, the worker retries the job later, readiness
+reports them. And the other
 kind of database error, a refusal: PostgreSQL (or its driver) refuses the statement because of
 the data in it, and would refuse it again however often it is retried.
 """
@@ -9,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import asyncpg
+from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError as BotoHTTPClientError
 from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -103,8 +107,35 @@ def is_postgres_outage(exc: BaseException) -> bool:
     )
 
 
+# The object store (AUDIO_STORE_URL) unreachable, or saying "not now" (5xx, throttling).
+STORE_OUTAGE: tuple[type[Exception], ...] = (
+    BotoConnectionError,
+    BotoHTTPClientError,
+    ReadTimeoutError,
+    ConnectTimeoutError,
+)
+_STORE_BUSY = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    for error in _chain(exc):
+        if isinstance(error, STORE_OUTAGE):
+            return True
+        if isinstance(error, ClientError):
+            answer = error.response
+            code = str(answer.get("Error", {}).get("Code", ""))
+            status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in _STORE_BUSY or status >= 500:
+                return True
+    return False
+
+
 def is_outage(exc: BaseException) -> bool:
-    return any(isinstance(e, REDIS_OUTAGE) for e in _chain(exc)) or is_postgres_outage(exc)
+    return (
+        any(isinstance(e, REDIS_OUTAGE) for e in _chain(exc))
+        or is_postgres_outage(exc)
+        or is_store_outage(exc)
+    )
 
 
 def postgres_refusal(exc: BaseException) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from botocore.exceptions import ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -16,12 +17,20 @@ from core.errors import (
     MAX_PROBLEMS,
     POSTGRES_DOWN,
     PROBLEM_JSON,
+    STORE_DOWN,
+    STORE_ERROR,
     CallstreamError,
     RedisUnavailable,
     error_body,
 )
 from core.metrics import count_error_answer
-from db.outages import POSTGRES_OUTAGE, REDIS_OUTAGE, is_postgres_outage
+from db.outages import (
+    POSTGRES_OUTAGE,
+    REDIS_OUTAGE,
+    STORE_OUTAGE,
+    is_postgres_outage,
+    is_store_outage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,18 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     return error_response(503, "postgres_unavailable", POSTGRES_DOWN, {"Retry-After": "2"})
 
 
+async def _store_error(request: Request, exc: Exception) -> Response:
+    """The object store (AUDIO_STORE_URL) down or busy: 503, try again; anything else it
+    answers (a missing object, a refused key): 502, saying it was the store."""
+    if is_store_outage(exc):
+        log.warning(
+            "object store unavailable during %s %s: %r", request.method, request.url.path, exc
+        )
+        return error_response(503, "store_unavailable", STORE_DOWN, {"Retry-After": "2"})
+    log.error("object store error during %s %s: %r", request.method, request.url.path, exc)
+    return error_response(502, "store_error", STORE_ERROR)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", INTERNAL_ERROR)
@@ -103,4 +124,6 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(pg_error, _database_error)
     for redis_error in REDIS_OUTAGE:
         app.add_exception_handler(redis_error, _redis_down)
+    for store_error in (*STORE_OUTAGE, ClientError):
+        app.add_exception_handler(store_error, _store_error)
     app.add_exception_handler(Exception, _unexpected)

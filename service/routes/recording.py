@@ -108,6 +108,9 @@ async def get_audio(
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     if request.method == "HEAD":
         return Response(status_code=code, headers=headers, media_type=WAV)
+    # The first bytes are read now, so that a store that is down is a 503, not a cut stream.
+    start = max(first - len(recording.wav_header()), 0) // recording.frame_bytes
+    await recording.frames(start, start + 1)
     return StreamingResponse(_body(recording, first, last), code, headers, media_type=WAV)
 
 

@@ -6,20 +6,28 @@ and its recording and transcript read them back."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import numpy as np
 import pytest
 from aiobotocore.session import get_session
+from botocore.exceptions import EndpointConnectionError
 from moto.server import ThreadedMotoServer
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import connect
 
 from core.audio import TELEPHONY, decode
+from db.keys import call_keys
 from db.object_store import BadStoreUrl, StoreAddress
+from db.outages import is_outage
+from db.packets import NewPacket
 from devstack.servers import free_port
+from jobs.resources import make_resources
+from jobs.segments import flush_segment
 from service.app import create_app
 from settings import Settings
 from tests.conftest import make_settings
@@ -128,3 +136,37 @@ def test_an_audio_store_url_names_its_bucket_prefix_endpoint_and_region():
     found = StoreAddress.parse("s3://rec/a/b/?endpoint_url=http://127.0.0.1:9000&region=eu-west-1")
 
     assert found == StoreAddress("rec", "a/b/", "http://127.0.0.1:9000", "eu-west-1")
+
+
+async def test_a_store_that_is_down_is_retried_by_the_worker_and_a_503_for_the_api(
+    server_urls: tuple[str, str], bucket: str, redis: Redis
+):
+    dead = f"s3://{BUCKET}?endpoint_url=http://127.0.0.1:{free_port()}&region=us-east-1"
+    alive = f"s3://{BUCKET}?endpoint_url={bucket}&region=us-east-1"
+    frames = [base64.b64encode(bytes([0x7F]) * 160).decode() for _ in range(50)]
+    packets = [NewPacket(n, n * 0.02, f) for n, f in enumerate(frames)]
+
+    down = make_resources(make_settings(*server_urls, audio_store_url=dead))
+    try:
+        await down.ingestion.append("stored", packets)
+        with pytest.raises(EndpointConnectionError) as failed:
+            await flush_segment(down, "stored")
+        assert is_outage(failed.value)  # the job is retried later (jobs/worker.py)
+        assert await redis.xlen(call_keys("stored").packets) == 50  # nothing lost meanwhile
+    finally:
+        await down.close()
+    up = make_resources(make_settings(*server_urls, audio_store_url=alive))
+    try:
+        assert (await flush_segment(up, "stored")).packets == 50
+    finally:
+        await up.close()
+
+    settings = make_settings(*server_urls, audio_store_url=dead)
+    async with (
+        serving(create_app(settings)) as api,
+        httpx.AsyncClient(base_url=f"http://{api}") as http,
+    ):
+        answer = await http.get("/v1/calls/stored/audio")
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "store_unavailable"
+    assert "Traceback" not in answer.text
