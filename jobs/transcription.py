@@ -161,7 +161,9 @@ async def transcribe_ready(
     work a race would throw away)."""
     lock = TranscriptionLock(res.redis)
     holder = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    ttl_s = res.settings.ai_call_budget_s + 2 * res.settings.segment_seconds
+    # About a pass's time (a window or two, an attempt or three); one that takes longer only
+    # lets a racing pass in, whose work store_window then drops.
+    ttl_s = 2 * res.settings.segment_seconds + 3 * res.settings.ai_attempt_timeout_s
     taken = await lock.take(call_id, holder, ttl_s)
     if not taken and not final:
         return Ready(0, pending=False)
