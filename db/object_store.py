@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, urlsplit
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-
 # A store that does not answer is an outage to report (the API's 503, the worker's retry of the
 # job), soon: botocore's defaults (a 60 s connect timeout, retried) would hold a request for
 # minutes. Two tries of an attempt; a segment is a few hundred KB, so 30 s reads are ample.
