@@ -32,6 +32,11 @@ CLIENT_CONFIG = AioConfig(
 )
 
 
+class NoObjectStore(LookupError):
+    """A segment's bytes are in an object store, and this process has none (AUDIO_STORE_URL
+    unset, or set after the call on a process that was not restarted)."""
+
+
 class BadStoreUrl(ValueError):
     """AUDIO_STORE_URL is not an s3:// URL this module can use."""
 

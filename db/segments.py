@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from db.object_store import ObjectStore
+from db.object_store import NoObjectStore, ObjectStore
 from db.packets import StoredPacket
 
 TEXT = "text"  # the encoding of a row whose payload is the packets' data as sent (UTF-8)
@@ -179,7 +179,7 @@ class SegmentReader:
         if row.object_key is None:
             return bytes(row.payload)
         if self.objects is None:
-            raise RuntimeError(
+            raise NoObjectStore(
                 f"call {self.call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
             )
         return await self.objects.get(str(row.object_key))

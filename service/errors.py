@@ -24,6 +24,7 @@ from core.errors import (
     error_body,
 )
 from core.metrics import count_error_answer
+from db.object_store import NoObjectStore
 from db.outages import (
     POSTGRES_OUTAGE,
     REDIS_OUTAGE,
@@ -111,6 +112,11 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     return error_response(502, "store_error", STORE_ERROR)
 
 
+async def _no_store(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return error_response(502, "store_error", str(exc))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", INTERNAL_ERROR)
@@ -126,4 +132,5 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(redis_error, _redis_down)
     for store_error in (*STORE_OUTAGE, ClientError):
         app.add_exception_handler(store_error, _store_error)
+    app.add_exception_handler(NoObjectStore, _no_store)
     app.add_exception_handler(Exception, _unexpected)

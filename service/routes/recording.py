@@ -62,6 +62,8 @@ def _etag(call_id: str, version: tuple[int, int, int], channels: int) -> str:
         404: problem_response("Unknown call."),
         409: problem_response("The call's packets are not audio (code `no_audio`)."),
         416: problem_response("The Range lies outside the file."),
+        502: problem_response("The object store refused, or this API has none (store_error)."),
+        503: problem_response("The object store is unavailable (store_unavailable)."),
         **INVALID_REQUEST,
     },
     summary="The call's recording as WAV (Range, ETag)",
