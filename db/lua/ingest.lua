@@ -207,7 +207,9 @@ if received > 0 then
         p .. 'last_run_from', int(t.tail))
     end
   end
-  redis.call('HSETNX', KEYS[2], 'seg_open_at', now)
+  -- The tail's age starts with its oldest entry (segment_done.lua moves it on): read above,
+  -- so a tail that is open costs no command.
+  if not meta[15] then redis.call('HSET', KEYS[2], 'seg_open_at', now) end
   redis.call('ZADD', KEYS[6], now, call_id)
 end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end

@@ -1,0 +1,127 @@
+"""What keeps a live call's segments and transcripts moving, against real Redis, PostgreSQL and
+arq's queue: the reaper asks again for a segment flush that was asked for and never done; a live
+window that left speech after its last pause queues one follow-up flush; a live transcription
+pass leaves the call to a pass already running; the media WebSocket stores frames that come
+within its hold in one script call."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from arq.constants import job_key_prefix
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
+
+from db.intake import CallIntake, Segmenting
+from db.keys import call_keys
+from db.leases import TranscriptionLock
+from db.packets import NewPacket
+from jobs.queue import SEGMENT_JOB_PREFIX
+from jobs.resources import WorkerResources
+from jobs.segments import flush_segment
+from jobs.sweep import recover_orphaned_calls
+from jobs.transcription import transcribe_live
+from service.app import create_app
+from settings import Settings
+from tests.conftest import FEED
+from tests.fakes import ScriptedAI
+from tests.service.test_recording import FRAME, speech
+from tests.service.test_transcripts import paused
+from tests.serving import serving
+
+MEDIA = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
+
+
+def frames_of(audio: bytes) -> list[NewPacket]:
+    return [
+        NewPacket(n, n * 0.02, base64.b64encode(audio[i : i + FRAME]).decode())
+        for n, i in enumerate(range(0, len(audio), FRAME))
+    ]
+
+
+async def segment_jobs(queue: Redis, kind: str = "") -> list[str]:
+    found = await queue.keys(f"{job_key_prefix}{SEGMENT_JOB_PREFIX}{kind}*")
+    return sorted(k.decode() for k in found)
+
+
+async def test_the_reaper_asks_again_for_a_segment_flush_that_was_never_done(
+    worker_resources: WorkerResources, redis: Redis, queue: Redis
+):
+    intake = CallIntake(redis, feed=FEED, segmenting=Segmenting(5, 30.0))
+    appended = await intake.append("lost-segment", [NewPacket(n, n, "w") for n in range(5)])
+    assert appended.segment_asked == 1  # its enqueue is what got lost: nothing was queued
+    index = call_keys("lost-segment").shard.segments
+    await redis.zadd(index, {"lost-segment": 1.0})  # asked for long ago
+    assert await segment_jobs(queue) == []
+
+    await recover_orphaned_calls(worker_resources)
+
+    assert len(await segment_jobs(queue, "0.")) == 1
+
+
+async def test_a_live_window_that_left_speech_after_its_last_pause_queues_one_follow_up(
+    settings: Settings, worker_resources: WorkerResources, queue: Redis
+):
+    res = worker_resources
+    await res.ingestion.open_call("carry", MEDIA)
+    # 4 s of speech with a breath each second, cut in the middle of a word: a pause, then more.
+    audio = paused(speech(["positive-1", "negative-1"], 4.0))[: int(3.7 * 8000)]
+    await res.ingestion.append("carry", frames_of(audio[: len(audio) // FRAME * FRAME]))
+
+    await flush_segment(res, "carry")
+
+    assert len(await segment_jobs(queue, "follow.")) == 1
+    await flush_segment(res, "carry", follow_up=True)  # a follow-up queues no other
+    assert len(await segment_jobs(queue, "follow.")) == 1
+
+
+async def test_a_live_pass_leaves_the_call_to_a_pass_already_running(
+    worker_resources: WorkerResources, ai: ScriptedAI
+):
+    res = worker_resources
+    await res.ingestion.open_call("busy", MEDIA)
+    await res.ingestion.append("busy", frames_of(paused(speech(["positive-1"], 4.0))))
+    await flush_segment(res, "busy")
+    transcribed = ai.count("transcription")
+    lock = TranscriptionLock(res.redis)
+    more = paused(speech(["negative-1"], 4.0))
+    await res.ingestion.append(
+        "busy", [NewPacket(200 + p.sequence, p.timestamp, p.data) for p in frames_of(more)]
+    )
+    assert await lock.take("busy", "another pass", 30)
+
+    await flush_segment(res, "busy", follow_up=True)  # stores the new audio's segment only
+    assert (await transcribe_live(res, "busy", MEDIA)).stored == 0
+    assert ai.count("transcription") == transcribed
+    await lock.drop("busy", "another pass")
+    assert (await transcribe_live(res, "busy", MEDIA)).stored >= 1
+
+
+async def test_media_frames_within_the_hold_share_one_script_call(settings: Settings, redis: Redis):
+    start = {
+        "event": "start",
+        "sequenceNumber": "1",
+        "start": {"callSid": "held", "tracks": ["inbound"], "mediaFormat": MEDIA["mediaFormat"]},
+    }
+    payload = base64.b64encode(bytes([0xFF]) * FRAME).decode()
+
+    def media(n: int) -> str:
+        body: dict[str, Any] = {"track": "inbound", "timestamp": str(n * 20), "payload": payload}
+        return json.dumps({"event": "media", "sequenceNumber": str(n + 2), "media": body})
+
+    async with serving(create_app(settings)) as api, connect(f"ws://{api}/v1/call/media") as ws:
+        await ws.send(json.dumps(start))
+        await asyncio.sleep(0.2)
+        await redis.config_resetstat()
+        for n in range(6):  # 10 ms apart: all within one 60 ms hold
+            await ws.send(media(n))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        stored = await redis.xlen(call_keys("held").packets)
+        calls = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+
+    assert stored == 6
+    assert calls <= 2  # stored alone, each would have been a script call of its own
