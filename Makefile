@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: install lock run test check lint types imports docs chaos bench clean system-packages
+.PHONY: install lock run test test-long check lint types imports docs chaos bench clean system-packages
 
 ## Everything pinned, every file checked against its hash in $(LOCK); then the project itself.
 ## Reinstalls only when the lock or pyproject.toml changed since the last install.
@@ -41,7 +41,12 @@ system-packages:
 
 ## The whole suite, against a real PostgreSQL and Redis that the suite starts itself.
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q -m "not chaos_long"
+	$(BIN)/python -m pytest -q -m "not chaos_long and not long"
+
+## The long suite: calls of minutes at real-time pace (e.g. 4 two-party calls of 5 minutes
+## against the default flaky mock).
+test-long: $(STAMP) system-packages
+	$(BIN)/python -m pytest -q -m long
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

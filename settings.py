@@ -265,7 +265,9 @@ class Settings(BaseSettings):
     ai_max_attempts: int = Field(
         5,
         ge=1,
-        description="attempts per step (transcription, sentiment) per run",
+        description="attempts per unit of AI work: each transcription window (live, and again "
+        "in the call's final run if it failed live) and the sentiment step; a call's total is "
+        "bounded by time (`AI_CALL_BUDGET_S`), never by a count that grows with its length",
         json_schema_extra=_group("AI retries and limits"),
     )
     ai_attempt_timeout_s: float = Field(10.0, gt=0, description="the timeout of one AI request")
@@ -274,7 +276,11 @@ class Settings(BaseSettings):
     )
     ai_backoff_max_s: float = Field(10.0, ge=0.0, description="the longest backoff")
     ai_call_budget_s: float = Field(
-        300.0, gt=0, description="the deadline of a call's AI work in one run, waits included"
+        300.0,
+        gt=0,
+        description="the deadline of a call's AI work in its final run, waits included, grown "
+        "by each window's `AI_TIMEOUT_PER_AUDIO_S` allowance; a live window gets as much of its "
+        "own",
     )
     ai_breaker_threshold: int = Field(
         10,

@@ -79,7 +79,17 @@ AI_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0),
 )
 AI_RETRIES = Counter(
-    "callstream_ai_retries", "AI attempts that retried a failed one, by step.", ["step"]
+    "callstream_ai_retries",
+    "AI attempts that retried a failed one of the same unit of work (a transcription window, "
+    "the sentiment step), by step.",
+    ["step"],
+)
+AI_UNITS_EXHAUSTED = Counter(
+    "callstream_ai_units_exhausted",
+    "Units of AI work (a transcription window, the sentiment step) whose own retry budget ran "
+    "out, by step and phase: live (the window is tried again, with a fresh budget, at the call's "
+    "end) or final (the call ends FAILED, naming it).",
+    ["step", "phase"],
 )
 JOB_RETRIES = Counter(
     "callstream_job_retries", "Call jobs deferred because PostgreSQL or Redis was unavailable."

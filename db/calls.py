@@ -7,15 +7,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import AiAttempt, Call, StateTransition
 from db.states import WORKER_STATES, CallState, can_transition
-from db.worker_writes import Claim
-
-# The AI steps, in order; attempt budgets are counted per step.
-AI_STEPS = ("transcription", "sentiment")
+from db.worker_writes import BUDGET_KEY_SQL, Claim
 
 log = logging.getLogger(__name__)
 
@@ -96,23 +93,23 @@ async def transition(
     return True
 
 
-def _failed_attempts(step: str) -> Any:
-    return (
-        select(func.count())
-        .where(
-            AiAttempt.call_id == Call.call_id,
-            AiAttempt.step == step,
-            AiAttempt.generation == Call.generation,
-            AiAttempt.outcome != "ok",
-        )
-        .scalar_subquery()
-    )
+# What each unit of work (worker_writes.budget_key) has failed in the final runs of the call's
+# generation: its budget spent. A live window's attempts spend none of it.
+_SPENT = text(
+    f"""
+    SELECT coalesce(jsonb_object_agg(unit, n), '{{}}'::jsonb) FROM (
+        SELECT {BUDGET_KEY_SQL} AS unit, count(*) AS n FROM ai_attempt
+        WHERE call_id = :call_id AND generation = :generation AND NOT live AND outcome <> 'ok'
+        GROUP BY 1
+    ) AS spent
+    """
+)
 
 
 async def claim(session: AsyncSession, call_id: str) -> Claim | None:
     """Take a flushed call for this worker: bump the fencing epoch every later write must match.
-    Also returns what the run needs to resume: the transcript, the failed attempts per step in
-    this generation (their budget is spent)."""
+    Also returns what the run needs to resume: the transcript, the failed attempts per unit of
+    work in this generation (their budget is spent)."""
     row = (
         await session.execute(
             update(Call)
@@ -121,41 +118,16 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
                 Call.state.in_([s.value for s in WORKER_STATES]),
             )
             .values(lease_epoch=Call.lease_epoch + 1)
-            .returning(
-                Call.lease_epoch,
-                Call.state,
-                Call.generation,
-                Call.transcript,
-                *(_failed_attempts(step).label(step) for step in AI_STEPS),
-            )
+            .returning(Call.lease_epoch, Call.state, Call.generation, Call.transcript)
             .execution_options(synchronize_session=False)
         )
     ).one_or_none()
     if row is None:
         return None
-    failed = {step: int(getattr(row, step)) for step in AI_STEPS}
+    spent = await session.scalar(_SPENT, {"call_id": call_id, "generation": row.generation})
+    failed = {str(unit): int(n) for unit, n in (spent or {}).items()}
     state = CallState(row.state)
-    return Claim(
-        call_id,
-        row.lease_epoch,
-        state,
-        row.generation,
-        row.transcript,
-        failed,
-    )
-
-
-async def failed_attempts(session: AsyncSession, call_id: str, step: str, generation: int) -> int:
-    """The call's failed attempts of `step` in `generation` (its budget spent)."""
-    found = await session.scalar(
-        select(func.count()).where(
-            AiAttempt.call_id == call_id,
-            AiAttempt.step == step,
-            AiAttempt.generation == generation,
-            AiAttempt.outcome != "ok",
-        )
-    )
-    return int(found or 0)
+    return Claim(call_id, row.lease_epoch, state, row.generation, row.transcript, failed)
 
 
 async def count_by_state(session: AsyncSession) -> dict[str, int]:

@@ -94,6 +94,8 @@ def attempt_event(call_id: str, state: str, attempt: Any) -> dict[str, Any]:
         "outcome": attempt.outcome,
         "error": attempt.error,
         "duration_ms": attempt.duration_ms,
+        "window": attempt.window,
+        "live": attempt.live,
     }
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -152,6 +153,11 @@ class AiAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     duration_ms: Mapped[float] = mapped_column(Float)
+    # The unit of work the attempt belongs to (its retry budget's): a transcription window's
+    # label ("the caller's audio at 35.8-75.0 s"), None for the sentiment step. `window` is an
+    # SQL keyword, hence the column's name.
+    window: Mapped[str | None] = mapped_column("window_label", Text)
+    live: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class StateTransition(Base):

@@ -35,7 +35,9 @@ class Claim:
     state: CallState
     generation: int
     transcript: str | None
-    failed: dict[str, int]  # failed AI attempts per step in this generation
+    # Failed attempts of the final runs in this generation, by unit of work (budget_key): a
+    # budget spent stays spent if the worker dies. A live window's attempts spend none of it.
+    failed: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,22 @@ class AttemptRecord:
     error: str | None
     started_at: datetime
     duration_ms: float
+    window: str | None = None  # the transcription window it is for; None: the sentiment step
+    live: bool = False  # made while the call went on, not by its final run
+
+    @property
+    def budget(self) -> str:
+        return budget_key(self.step, self.window)
+
+
+def budget_key(step: str, window: str | None) -> str:
+    """The unit of work a retry budget belongs to: a step, and for a transcription its window
+    (a window's label is where it starts and ends, the same on every run of a generation)."""
+    return step if window is None else f"{step}|{window}"
+
+
+# budget_key in SQL, for the claim's count of what each unit has spent.
+BUDGET_KEY_SQL = "step || coalesce('|' || window_label, '')"
 
 
 # The path a call has taken by the time the worker holds it, recorded by the flush.
@@ -64,15 +82,20 @@ assert all(can_transition(source, target) for source, target, _ in REFUSED_PATH)
 # The worker's bookkeeping starts at: claimed once, no AI attempt, first generation.
 _NEW_CALL_BOOKKEEPING = {"lease_epoch": 1, "ai_attempts": 0, "generation": 0}
 _NEW_CALL_COLUMNS = (*FLUSHED.values(), *_NEW_CALL_BOOKKEEPING)
-_ATTEMPTS = """
+# The attempts' arrays (_attempt_arrays), one row an attempt.
+_ATTEMPT_ARRAYS = """unnest(CAST(:a_step AS text[]), CAST(:a_n AS int[]),
+                          CAST(:a_outcome AS text[]), CAST(:a_error AS text[]),
+                          CAST(:a_started AS timestamptz[]), CAST(:a_ms AS float8[]),
+                          CAST(:a_window AS text[]), CAST(:a_live AS boolean[]))
+                   AS a(step, n, outcome, error, started, ms, win, live)"""
+_ATTEMPTS = f"""
     attempts AS (
         INSERT INTO ai_attempt
-            (call_id, step, generation, attempt, outcome, error, started_at, duration_ms)
-        SELECT held.call_id, a.step, held.generation, a.n, a.outcome, a.error, a.started, a.ms
-        FROM held, unnest(CAST(:a_step AS text[]), CAST(:a_n AS int[]),
-                          CAST(:a_outcome AS text[]), CAST(:a_error AS text[]),
-                          CAST(:a_started AS timestamptz[]), CAST(:a_ms AS float8[]))
-                   AS a(step, n, outcome, error, started, ms)
+            (call_id, step, generation, attempt, outcome, error, started_at, duration_ms,
+             window_label, live)
+        SELECT held.call_id, a.step, held.generation, a.n, a.outcome, a.error, a.started, a.ms,
+               a.win, a.live
+        FROM held, {_ATTEMPT_ARRAYS}
     )"""
 
 _MOVES = """
@@ -90,15 +113,10 @@ def _typed(columns: Sequence[str]) -> list[Any]:
 
 
 # A live call's windows were transcribed before its row existed (jobs/transcription.py): the
-# row starts with their attempts counted, and the claim with their failures (a budget spent
-# while the call went on stays spent).
+# row starts with their attempts counted. They spend none of the final run's budgets: a window
+# that failed live is tried again at the end with a budget of its own.
 _LIVE_ATTEMPTS = """
-    live AS (
-        SELECT count(*) AS n,
-               count(*) FILTER (WHERE step = 'transcription' AND outcome <> 'ok') AS failed_t,
-               count(*) FILTER (WHERE step = 'sentiment' AND outcome <> 'ok') AS failed_s
-        FROM ai_attempt WHERE call_id = :call_id AND generation = 0
-    )"""
+    live AS (SELECT count(*) AS n FROM ai_attempt WHERE call_id = :call_id AND generation = 0)"""
 _FLUSH_NEW_CALL = text(
     f"""
     WITH {_LIVE_ATTEMPTS}, held AS (
@@ -108,7 +126,7 @@ _FLUSH_NEW_CALL = text(
         ON CONFLICT (call_id) DO NOTHING
         RETURNING call_id
     ), {_MOVES}
-    SELECT (SELECT count(*) FROM held) AS created, live.failed_t, live.failed_s FROM live
+    SELECT count(*) AS created FROM held
     """
 ).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
 
@@ -160,13 +178,11 @@ _FINISH = text(
 # The attempts of a live call's windows (jobs/transcription.py): before its row exists, in its
 # first generation; the row counts them when it is created (_LIVE_ATTEMPTS).
 _LIVE_ATTEMPTS_INSERT = text(
-    """
+    f"""
     INSERT INTO ai_attempt (call_id, step, generation, attempt, outcome, error, started_at,
-                            duration_ms)
-    SELECT :call_id, a.step, 0, a.n, a.outcome, a.error, a.started, a.ms
-    FROM unnest(CAST(:a_step AS text[]), CAST(:a_n AS int[]), CAST(:a_outcome AS text[]),
-                CAST(:a_error AS text[]), CAST(:a_started AS timestamptz[]),
-                CAST(:a_ms AS float8[])) AS a(step, n, outcome, error, started, ms)
+                            duration_ms, window_label, live)
+    SELECT :call_id, a.step, 0, a.n, a.outcome, a.error, a.started, a.ms, a.win, a.live
+    FROM {_ATTEMPT_ARRAYS}
     """
 )
 
@@ -180,6 +196,8 @@ def _attempt_arrays(attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
         "a_error": [a.error for a in attempts],
         "a_started": [a.started_at for a in attempts],
         "a_ms": [a.duration_ms for a in attempts],
+        "a_window": [a.window for a in attempts],
+        "a_live": [a.live for a in attempts],
         "last_error": next((a.error for a in reversed(attempts) if a.error), None),
     }
 
@@ -221,11 +239,9 @@ async def flush_new_call(conn: AsyncConnection, live: CallRecord) -> Claim | Non
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
     params = {**values, **moves}
     del params["ai_attempts"]
-    row = (await conn.execute(_FLUSH_NEW_CALL, params)).one()
-    if not row.created:
+    if not await conn.scalar(_FLUSH_NEW_CALL, params):
         return None
-    failed = {"transcription": int(row.failed_t), "sentiment": int(row.failed_s)}
-    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, failed)
+    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
 
 
 async def fail_new_call(conn: AsyncConnection, live: CallRecord, reason: str) -> bool:

@@ -1,5 +1,11 @@
-"""Run one AI step with bounded, recorded retries: exponential backoff with jitter, a timeout per
-attempt, an attempt budget and a deadline; a Retry-After is honoured; permanent errors are final."""
+"""Run one unit of AI work (a transcription window, the sentiment step) with bounded, recorded
+retries: exponential backoff with jitter, a timeout per attempt, an attempt budget of its own and
+a deadline; a Retry-After is honoured; permanent errors are final.
+
+A budget of attempts belongs to a unit of work, never to a call: a call of an hour has a hundred
+windows, and a count shared by them would fail it for a handful of transient errors spread over
+its length. The call as a whole is bounded by time (CallDeadline) and by the shared breaker and
+limit."""
 
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ class RetryPolicy:
     attempt_timeout_s: float
     backoff_base_s: float
     backoff_max_s: float
-    budget_s: float  # total time a call's AI work may take in one run, waits included
+    budget_s: float  # the time a call's AI work may take in one run, waits included
 
 
 def policy_of(settings: Settings) -> RetryPolicy:
@@ -51,6 +57,19 @@ def policy_of(settings: Settings) -> RetryPolicy:
         backoff_max_s=settings.ai_backoff_max_s,
         budget_s=settings.ai_call_budget_s,
     )
+
+
+class CallDeadline:
+    """The time.monotonic() instant a call's AI work in one run must end by: AI_CALL_BUDGET_S
+    from its start, grown by each window's allowance (a real provider's work grows with the
+    audio)."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.at = time.monotonic() + budget_s
+
+    def extend(self, seconds: float) -> float:
+        self.at += seconds
+        return self.at
 
 
 class StepExhausted(Exception):
@@ -83,19 +102,23 @@ async def run_step(
     record: Recorder,
     attempts_already_failed: int = 0,
     *,
+    window: str | None = None,
+    live: bool = False,
     deadline: float | None = None,
     breaker: CircuitBreaker | None = None,
     limiter: AiLimiter | None = None,
 ) -> T:
-    """Call `request` until it succeeds or a budget runs out. Every attempt is recorded through
-    `record` before the next one starts; `record` returning False means the lease was lost.
+    """Call `request` until it succeeds or a budget runs out: the unit's attempts
+    (`attempts_already_failed` of them spent by an earlier run of this unit) or the deadline.
+    Every attempt is recorded through `record`, stamped with its `window` and whether it was made
+    `live`, before the next one starts; `record` returning False means the lease was lost.
     `deadline` is a time.monotonic() instant shared by the call's steps (default: the budget)."""
     remaining = policy.max_attempts - attempts_already_failed
-    if remaining <= 0:
+    if remaining <= 0:  # an earlier run of this unit spent its budget
         raise StepExhausted(f"{step}: no attempts left ({policy.max_attempts} already failed)")
     if deadline is None:
         deadline = time.monotonic() + policy.budget_s
-    attempt = _Attempt(step, request, policy, record, deadline, breaker, limiter)
+    attempt = _Attempt(step, request, policy, record, deadline, breaker, limiter, window, live)
     retrying = AsyncRetrying(
         stop=stop_after_attempt(remaining)
         | stop_before_delay(max(deadline - time.monotonic(), 0.0)),
@@ -104,6 +127,7 @@ async def run_step(
         reraise=True,
     )
     number = attempts_already_failed
+    phase = "live" if live else "final"
     try:
         async for try_ in retrying:
             with try_:
@@ -112,10 +136,13 @@ async def run_step(
                     metrics.AI_RETRIES.labels(step).inc()
                 return await attempt.run(number)
     except TransientAIError as exc:
+        metrics.AI_UNITS_EXHAUSTED.labels(step, phase).inc()
         raise StepExhausted(f"{step} failed after {number} attempts: {exc}") from exc
     except PermanentAIError as exc:
+        metrics.AI_UNITS_EXHAUSTED.labels(step, phase).inc()
         raise StepExhausted(f"{step} failed permanently: {exc}") from exc
     except (BreakerOpen, NoSlotInTime) as exc:
+        metrics.AI_UNITS_EXHAUSTED.labels(step, phase).inc()
         raise StepExhausted(f"{step} gave up after {number} attempts: {exc}") from exc
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
@@ -132,10 +159,13 @@ class _Attempt(Generic[T]):
         deadline: float,
         breaker: CircuitBreaker | None,
         limiter: AiLimiter | None,
+        window: str | None,
+        live: bool,
     ) -> None:
         self.step, self.request, self.policy = step, request, policy
         self.record, self.deadline = record, deadline
         self.breaker, self.limiter = breaker, limiter
+        self.window, self.live = window, live
 
     async def run(self, number: int) -> T:
         """Waiting for the breaker or for a slot spends the deadline, never an attempt; the
@@ -157,7 +187,7 @@ class _Attempt(Generic[T]):
         if failure is None:
             metrics.count_ai_request(self.step, "ok", ms / 1000)
             await self._provider_answered()
-            await self._keep(AttemptRecord(self.step, number, "ok", None, started_at, ms))
+            await self._keep(self._record(number, "ok", None, started_at, ms))
             return result
         raise await self._failed(number, failure, timeout, started_at, ms)
 
@@ -186,8 +216,15 @@ class _Attempt(Generic[T]):
         retry_after = getattr(error, "retry_after_s", None)
         if self.limiter is not None and retry_after is not None:
             await self.limiter.pause(retry_after)  # the provider asked everyone to wait
-        await self._keep(AttemptRecord(self.step, number, outcome, message, started_at, ms))
+        await self._keep(self._record(number, outcome, message, started_at, ms))
         return error
+
+    def _record(
+        self, number: int, outcome: str, error: str | None, started_at: datetime, ms: float
+    ) -> AttemptRecord:
+        return AttemptRecord(
+            self.step, number, outcome, error, started_at, ms, self.window, self.live
+        )
 
     async def _keep(self, attempt: AttemptRecord) -> None:
         if not await self.record(attempt):

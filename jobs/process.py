@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from core import metrics
 from core.conversation import Utterance, conversation, flat_text, speaker_names
@@ -29,16 +28,15 @@ from db.events import archived_extras, attempt_event, state_event
 from db.record import Conversation
 from db.segments import SegmentReader
 from db.states import TERMINAL_STATES, CallState
-from db.worker_writes import AttemptRecord, Claim
-from jobs.ai import Sentiment, Spoken
-from jobs.attempts import LeaseLost, StepExhausted, policy_of, run_step
-from jobs.audio import CallAudio, SpeechSource
+from db.worker_writes import AttemptRecord, Claim, budget_key
+from jobs.ai import Sentiment
+from jobs.attempts import CallDeadline, LeaseLost, StepExhausted, policy_of, run_step
+from jobs.audio import CallAudio
 from jobs.flushing import Held, Refused, fail_held, flush_call, refusing
 from jobs.resources import WorkerResources
-from jobs.transcription import transcribe_ready, utterance_scorer
+from jobs.transcription import transcribe_ready, utterance_scorer, window_transcriber
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class UnknownCall(LookupError):
@@ -132,26 +130,31 @@ class _Journal:
     events: list[dict[str, Any]] = field(default_factory=list)  # published after the next write
     final: dict[str, Any] | None = None  # the final state's event, published with the release
     spoken: str | None = None  # the transcript, for the final event
-    failed: dict[str, int] = field(default_factory=dict)  # failed attempts of this run, by step
+    # Failed attempts of this run, by unit of work (worker_writes.budget_key).
+    failed: dict[str, int] = field(default_factory=dict)
 
     async def record(self, attempt: AttemptRecord) -> bool:
         self.attempts.append(attempt)
         self.events.append(attempt_event(self.claim.call_id, CallState.PROCESSING_AI, attempt))
         if attempt.outcome == "ok":
             return True
-        self.failed[attempt.step] = self.failed.get(attempt.step, 0) + 1
+        self.failed[attempt.budget] = self.failed.get(attempt.budget, 0) + 1
         return await self.save()
 
+    def spent(self, unit: str) -> int:
+        """The unit's failed attempts in this generation's final runs (its budget spent)."""
+        return self.claim.failed.get(unit, 0) + self.failed.get(unit, 0)
+
     async def save(self) -> bool:
-        """Write what waits, then tell the feed; False if another worker took the call since."""
+        """Write what waits, then tell the feed; False if another worker took the call since.
+        What waits is taken before the write: the two tracks' windows record at once, and an
+        attempt recorded during the write waits for the next one (written once, not twice)."""
+        attempts, transcript, events = self.attempts, self.transcript, self.events
+        self.attempts, self.transcript, self.events = [], None, []
         async with self.res.autocommit.connect() as conn:
-            kept = await worker_writes.write_progress(
-                conn, self.claim, self.attempts, self.transcript
-            )
-        self.attempts, self.transcript = [], None
+            kept = await worker_writes.write_progress(conn, self.claim, attempts, transcript)
         if kept:
-            await self.res.events.publish(*self.events)
-        self.events = []
+            await self.res.events.publish(*events)
         return kept
 
     async def finish(self, target: CallState, reason: str, **results: object) -> None:
@@ -199,36 +202,26 @@ async def _run_ai(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
 async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
     claim, call_id = held.claim, held.claim.call_id
     policy = policy_of(res.settings)
-    # One budget for the call's AI work in this run, shared by both steps (and grown by each
-    # window's audio).
-    deadline = time.monotonic() + policy.budget_s
+    # The call's AI work in this run is bounded by time (grown by each window's audio); each
+    # window and the sentiment step has a budget of attempts of its own.
+    deadline = CallDeadline(policy.budget_s)
     journal = _Journal(res, claim)
+    transcribe = window_transcriber(
+        res, call_id, journal.record, live=False, spent=journal.spent, deadline=deadline
+    )
 
-    async def step(name: str, request: Callable[[], Awaitable[T]], extra_s: float = 0.0) -> T:
-        failed = claim.failed.get(name, 0) + journal.failed.get(name, 0)
+    async def sentiment(text: str) -> Sentiment:
         with res.stages.timing("ai"):
             return await run_step(
-                name,
-                request,
-                replace(policy, attempt_timeout_s=policy.attempt_timeout_s + extra_s),
+                "sentiment",
+                lambda: res.ai.analyse_sentiment(call_id, text),
+                policy,
                 journal.record,
-                failed,
-                deadline=deadline,
+                journal.spent(budget_key("sentiment", None)),
+                deadline=deadline.at,
                 breaker=res.breaker,
                 limiter=res.ai_limiter,
             )
-
-    async def transcribe(audio: SpeechSource, label: str, extra_s: float) -> list[Spoken]:
-        nonlocal deadline
-        deadline += extra_s  # a real provider's work grows with the audio: so does its budget
-        try:
-            return await step(
-                "transcription", lambda: res.ai.transcribe_segments(call_id, audio), extra_s
-            )
-        except StepExhausted as exc:
-            if not label:
-                raise
-            raise StepExhausted(f"{exc} (transcribing {label})") from exc
 
     metadata = await _metadata(res, call_id)
     try:
@@ -244,15 +237,15 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
             journal.transcript = transcript
             if not await journal.save():
                 raise LeaseLost(call_id)
-        text = journal.spoken = transcript
-        sentiment = await step("sentiment", lambda: res.ai.analyse_sentiment(call_id, text))
+        journal.spoken = transcript
+        scored = await sentiment(transcript)
     except StepExhausted as exc:
         await journal.finish(CallState.FAILED, str(exc), last_error=str(exc))
         return journal.announcements()
     await journal.finish(
         CallState.ARCHIVED,
         "transcription and sentiment stored",
-        sentiment=(sentiment.label, sentiment.score),
+        sentiment=(scored.label, scored.score),
         conversation=(await _conversation(res, call_id, metadata)).model_dump(),
     )
     return journal.announcements()

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,16 +32,16 @@ from core.audio import Samples, UnsupportedAudio, quietest_cut
 from core.conversation import Utterance
 from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
-from db import calls, transcripts, worker_writes
+from db import transcripts, worker_writes
 from db.events import attempt_event
 from db.leases import TranscriptionLock
 from db.packets import TRACKS
 from db.segments import TEXT, SegmentReader
 from db.states import CallState
 from db.transcripts import UtteranceRow
-from db.worker_writes import AttemptRecord
+from db.worker_writes import AttemptRecord, budget_key
 from jobs.ai import Sentiment, Spoken, sentiment_of
-from jobs.attempts import StepExhausted, policy_of, run_step
+from jobs.attempts import CallDeadline, Recorder, StepExhausted, policy_of, run_step
 from jobs.audio import SpeechSource, TrackAudio, TrackText, transcription_allowance_s
 from jobs.resources import WorkerResources
 from settings import Settings
@@ -57,14 +57,58 @@ NOISE_FLOOR_RMS = 60.0
 # A live window is at least this long: shorter ones cost a request and give the model little
 # context.
 MIN_WINDOW_S = 2.0
-FINAL_WAITS_S = 30.0  # for a live pass to finish before the final one transcribes anyway
 LOCK_POLL_S = 0.1
+# The final pass carries on from where another pass got to, when that one stored a window first;
+# each round means the other pass made progress, so this only bounds a pathological race.
+FINAL_ROUNDS = 8
 UTTERANCE = "utterance"  # the feed event of a stored utterance
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
 
-# Transcribes one window: (what to transcribe, its label for a failure ("": the failure says
-# enough), extra seconds allowed).
+# Transcribes one window: (what to transcribe, its label (the unit of work: "the caller's audio
+# at 35.8-75.0 s"), extra seconds allowed).
 Transcribe = Callable[[SpeechSource, str, float], Awaitable[list[Spoken]]]
+
+
+def window_transcriber(
+    res: WorkerResources,
+    call_id: str,
+    record: Recorder,
+    *,
+    live: bool,
+    spent: Callable[[str], int] = lambda _unit: 0,
+    deadline: CallDeadline | None = None,
+) -> Transcribe:
+    """How every transcription window is run, live or in the final run: its own
+    AI_MAX_ATTEMPTS (less what an earlier run of the same window spent: `spent`, by budget key),
+    backoff and per-attempt timeout, the timeout grown by the window's allowance for its audio;
+    within the call's `deadline` (grown by the same allowance) in the final run, within a budget
+    of its own live. Its attempts are recorded with the window's label; a failure names it."""
+    policy = policy_of(res.settings)
+
+    async def transcribe(audio: SpeechSource, label: str, extra_s: float) -> list[Spoken]:
+        grown = replace(
+            policy,
+            attempt_timeout_s=policy.attempt_timeout_s + extra_s,
+            budget_s=policy.budget_s + extra_s,
+        )
+        try:
+            with res.stages.timing("ai"):
+                return await run_step(
+                    "transcription",
+                    lambda: res.ai.transcribe_segments(call_id, audio),
+                    grown,
+                    record,
+                    spent(budget_key("transcription", label)),
+                    window=label,
+                    live=live,
+                    deadline=None if deadline is None else deadline.extend(extra_s),
+                    breaker=res.breaker,
+                    limiter=res.ai_limiter,
+                )
+        except StepExhausted as exc:
+            raise StepExhausted(f"{exc} (transcribing {label})") from exc
+
+    return transcribe
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +200,10 @@ async def transcribe_ready(
     track is transcribed to its end.
 
     One pass at a time (TranscriptionLock): a live pass that finds another running leaves the
-    audio to it; the final pass waits up to FINAL_WAITS_S for a live one to finish, then goes on
-    anyway (db/transcripts.py stores a window once whatever happens: the lock only saves the
-    work a race would throw away)."""
+    audio to it; the final pass waits for a live one to finish (at most the lock's lifetime,
+    after which the lock lapses), then goes on anyway: db/transcripts.py stores a window once
+    whatever happens, and the final pass carries on from where another pass got to, so the lock
+    only saves the work a race would throw away."""
     lock = TranscriptionLock(res.redis)
     holder = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
     # About a pass's time (a window or two, an attempt or three); one that takes longer only
@@ -168,7 +213,7 @@ async def transcribe_ready(
     if not taken and not final:
         return Ready(0, pending=False)
     waited = 0.0
-    while not taken and waited < FINAL_WAITS_S:
+    while not taken and waited < ttl_s:
         await asyncio.sleep(LOCK_POLL_S)
         waited += LOCK_POLL_S
         taken = await lock.take(call_id, holder, ttl_s)
@@ -188,35 +233,79 @@ async def _transcribe_ready(
     state: CallState,
 ) -> Ready:
     reader = SegmentReader(res.sessions, call_id, res.objects)
-    async with res.sessions() as session:
-        done = await transcripts.transcribed_to(session, call_id)
     try:
         fmt, _ = call_format(metadata, res.settings.packet_audio_encoding)
         recording = await Recording.load(reader, fmt)
     except (UnsupportedAudio, NotAudio) as exc:
         if not final:
             return Ready(0, pending=False)  # not audio: transcribed once, at the end
+        done = await _transcribed_to(res, call_id)
         stored = await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
         return Ready(stored, pending=False)
+    stored = 0
+    for _ in range(FINAL_ROUNDS):
+        done = await _transcribed_to(res, call_id)
+        ready = await _ready(res, recording, done, final)
+        results = await asyncio.gather(
+            *(_transcribe_window(res, recording, w, end, transcribe) for w, end in ready),
+            return_exceptions=True,
+        )
+        stored_now, failure = await _store_all(res, call_id, ready, results, state)
+        stored += stored_now
+        if failure is not None and final:
+            raise failure
+        if failure is not None:
+            log.warning("%s: a live window is left for the end of the call: %s", call_id,
+                        failure, extra=about(call_id))  # fmt: skip
+            return Ready(stored, pending=False)
+        if not final or stored_now == len(ready):
+            pending = any(w.end > end for w, end in ready)
+            return Ready(stored, pending or len(ready) < len(windows(recording, done, final, 0.0)))
+        # Another pass (a live one the final pass stopped waiting for) stored a window first:
+        # carry on from where it got to, so that every track is transcribed to its end.
+        log.info("%s: carrying on from another pass's windows", call_id, extra=about(call_id))
+    raise StepExhausted(
+        f"transcription: other passes kept storing this call's windows first ({FINAL_ROUNDS} "
+        "rounds); replay the call"
+    )
+
+
+async def _transcribed_to(res: WorkerResources, call_id: str) -> dict[int, int]:
+    async with res.sessions() as session:
+        return await transcripts.transcribed_to(session, call_id)
+
+
+async def _ready(
+    res: WorkerResources, recording: Recording, done: dict[int, int], final: bool
+) -> list[tuple[Window, int]]:
+    """The windows to transcribe now, each with its end (a live one's in its last pause)."""
     longest = 2 * res.settings.segment_seconds
     ready = []
     for window in windows(recording, done, final, MIN_WINDOW_S):
         end = window.end if final else await _cut(recording, window, longest)
         if end is not None:
             ready.append((window, end))
-    # The tracks at once: the provider's shared limit (and the local pool, a process a core)
-    # decides how many run together; a party's words need not wait for the other's.
-    results = await asyncio.gather(
-        *(_transcribe_window(res, recording, window, end, transcribe) for window, end in ready)
-    )
+    return ready
+
+
+async def _store_all(
+    res: WorkerResources,
+    call_id: str,
+    ready: Sequence[tuple[Window, int]],
+    results: Sequence[list[Utterance] | BaseException],
+    state: CallState,
+) -> tuple[int, BaseException | None]:
+    """Store every window that was transcribed (a party's words are kept though the other's
+    window failed: a replay redoes only what is missing); returns how many were stored and the
+    first failure, to raise once the rest are kept."""
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if any(not isinstance(f, StepExhausted) for f in failures):
+        raise next(f for f in failures if not isinstance(f, StepExhausted))
     stored = 0
     for (window, end), found in zip(ready, results, strict=True):
-        stored += await _store(res, call_id, window.track, (window.start, end), found, state)
-    return Ready(
-        stored,
-        pending=any(w.end > end for w, end in ready)
-        or len(ready) < len(windows(recording, done, final, 0.0)),
-    )
+        if not isinstance(found, BaseException):
+            stored += await _store(res, call_id, window.track, (window.start, end), found, state)
+    return stored, failures[0] if failures else None
 
 
 async def _transcribe_window(
@@ -253,7 +342,7 @@ async def _transcribe_text(
             if h.encoding == TEXT
         }
         piece = TrackText(texts(mine, payloads), problem)
-        spoken = await transcribe(piece, "", 0.0)  # its failure names the packet already
+        spoken = await transcribe(piece, f"the {res.settings.speaker_names[track]}'s text", 0.0)
         found = [_utterance(res, track, 0.0, s) for s in spoken]
         stored += await _store(res, call_id, track, TEXT_WINDOW, found, state)
     return stored
@@ -316,39 +405,19 @@ def utterance_event(
 async def transcribe_live(
     res: WorkerResources, call_id: str, metadata: dict[str, Any] | None
 ) -> Ready:
-    """A live call's windows that are ready, after a segment flush: each with the final run's
-    retries, breaker and shared limit, its attempts kept (and counted in the call's budget once
-    it ends). A window that cannot be transcribed now is left for the call's final run, which
-    fails the call, naming it, if it cannot either."""
-    async with res.sessions() as session:
-        already = await calls.failed_attempts(session, call_id, "transcription", generation=0)
-    failed = [already]
+    """A live call's windows that are ready, after a segment flush: each with a retry budget of
+    its own (window_transcriber), the breaker and the shared limit, its attempts kept (live:
+    they spend nothing of the final run's budgets). A window that cannot be transcribed now is
+    left for the call's final run, which tries it again with a fresh budget and fails the call,
+    naming it, only if that one runs out too."""
 
     async def record(attempt: AttemptRecord) -> bool:
         async with res.autocommit.connect() as conn:
             await worker_writes.record_live_attempts(conn, call_id, [attempt])
         await res.events.publish(attempt_event(call_id, CallState.IN_PROGRESS.value, attempt))
-        failed[0] += attempt.outcome != "ok"
         return True
 
-    async def transcribe(audio: SpeechSource, label: str, extra_s: float) -> list[Spoken]:
-        policy = policy_of(res.settings)
-        return await run_step(
-            "transcription",
-            lambda: res.ai.transcribe_segments(call_id, audio),
-            replace(policy, attempt_timeout_s=policy.attempt_timeout_s + extra_s,
-                    budget_s=policy.budget_s + extra_s),
-            record,
-            failed[0],
-            breaker=res.breaker,
-            limiter=res.ai_limiter,
-        )  # fmt: skip
-
-    try:
-        return await transcribe_ready(
-            res, call_id, metadata, transcribe, final=False, state=CallState.IN_PROGRESS
-        )
-    except StepExhausted as exc:
-        log.warning("%s: a live window is left for the end of the call: %s", call_id, exc,
-                    extra=about(call_id))  # fmt: skip
-        return Ready(0, pending=False)
+    transcribe = window_transcriber(res, call_id, record, live=True)
+    return await transcribe_ready(
+        res, call_id, metadata, transcribe, final=False, state=CallState.IN_PROGRESS
+    )

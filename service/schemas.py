@@ -123,6 +123,14 @@ class AttemptOut(BaseModel):
     error: str | None
     started_at: datetime
     duration_ms: float
+    window: str | None = Field(
+        description="the unit of work the attempt is for, whose retry budget it spends: a "
+        'transcription window ("the caller\'s audio at 35.8-75.0 s"), or null for sentiment'
+    )
+    live: bool = Field(
+        description="made while the call went on (a live window), not by its final run; a live "
+        "window's failures spend nothing of the final run's budgets"
+    )
 
 
 class CallHistory(BaseModel):

@@ -1197,7 +1197,8 @@ async function readCallHistory(generation) {
   $("history-note").textContent = transitions.length ? "" : "No transitions.";
   const attempts = history.attempts.map((a) => tableRow({ step: a.step, outcome: a.outcome }, [
     { text: a.step },
-    { text: a.generation === 0 ? "first" : `replay ${a.generation}`, num: true },
+    { text: a.window ?? "the call", cls: "text" },
+    { text: a.live ? "live" : a.generation === 0 ? "final" : `replay ${a.generation}`, num: true },
     { text: a.attempt, num: true },
     { text: a.outcome, cls: a.outcome === "ok" ? "ok" : "reason" },
     { text: timeText(seconds(a.started_at)) },
