@@ -274,8 +274,10 @@ async def _conversation(
     )
     seconds = (await audio.facts()).seconds
     names = speaker_names(res.settings.speaker_names)
-    return conversation(
-        await _utterances(res, call_id), seconds, names, utterance_scorer(res.settings)
+    said = await _utterances(res, call_id)
+    # Off the event loop: it scores each speaker's words (VADER is CPU work: invariant 14).
+    return await asyncio.to_thread(
+        conversation, said, seconds, names, utterance_scorer(res.settings)
     )
 
 

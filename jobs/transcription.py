@@ -317,7 +317,7 @@ async def _transcribe_window(
     label = _label(res, window.track, start_s, audio.seconds)
     extra_s = transcription_allowance_s(res.settings, audio.seconds)
     spoken = await transcribe(audio, label, extra_s)
-    return [_utterance(res, window.track, start_s, s) for s in spoken]
+    return await _utterances(res, window.track, start_s, spoken)
 
 
 async def _transcribe_text(
@@ -343,7 +343,7 @@ async def _transcribe_text(
         }
         piece = TrackText(texts(mine, payloads), problem)
         spoken = await transcribe(piece, f"the {res.settings.speaker_names[track]}'s text", 0.0)
-        found = [_utterance(res, track, 0.0, s) for s in spoken]
+        found = await _utterances(res, track, 0.0, spoken)
         stored += await _store(res, call_id, track, TEXT_WINDOW, found, state)
     return stored
 
@@ -353,15 +353,26 @@ def _label(res: WorkerResources, track: int, start_s: float, seconds: float) -> 
     return f"the {name}'s audio at {start_s:.1f}-{start_s + seconds:.1f} s"
 
 
-def _utterance(res: WorkerResources, track: int, offset_s: float, spoken: Spoken) -> Utterance:
+async def _utterances(
+    res: WorkerResources, track: int, offset_s: float, spoken: list[Spoken]
+) -> list[Utterance]:
+    """What a window found, as utterances on the call's timeline, each scored. The scoring runs
+    off the event loop (VADER is CPU work: invariant 14)."""
     score = utterance_scorer(res.settings)
-    return Utterance(
-        track,
-        round(offset_s + spoken.start_s, 3),
-        round(offset_s + spoken.end_s, 3),
-        spoken.text,
-        score(spoken.text),
-    )
+
+    def scored() -> list[Utterance]:
+        return [
+            Utterance(
+                track,
+                round(offset_s + s.start_s, 3),
+                round(offset_s + s.end_s, 3),
+                s.text,
+                score(s.text),
+            )
+            for s in spoken
+        ]
+
+    return await asyncio.to_thread(scored) if spoken else []
 
 
 async def _store(

@@ -4,7 +4,7 @@ Playwright's async API. Async, because the API server under test runs in the tes
 loop (tests/serving.py): a blocking driver would stop the server it is waiting for.
 
 Playwright never downloads a browser here; without Chromium the tests that need it are skipped,
-saying exactly what is missing and how to install it."""
+saying exactly what is missing and how to install it (in CI they fail: tests/needs.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 from playwright.async_api import Browser, async_playwright
+
+from tests.needs import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Tests run as root in CI (no sandbox then), on 2 cores without a GPU or a display, and must
@@ -43,7 +44,7 @@ def chromium_or_skip() -> Path:
         where = (
             f" (a chromium is on PATH at {found}, but the tests use {CHROMIUM})" if found else ""
         )
-        pytest.skip(f"{CHROMIUM} is missing{where}: {INSTALL_HINT}")
+        missing(f"{CHROMIUM} is missing{where}: {INSTALL_HINT}")
     return CHROMIUM
 
 

@@ -31,9 +31,10 @@ from jobs.resources import ai_concurrency, make_ai_client, make_resources
 from jobs.whisper import Segment, transcribe_pcm
 from service.app import create_app
 from settings import Settings
-from simulate.speech import INSTALL_HINT, frames, missing_programs, silence, synthesise
+from simulate.speech import frames, silence, synthesise
 from tests.conftest import drain_queue, make_settings
 from tests.factories import complete, packet, status
+from tests.needs import speech_or_skip
 from tests.serving import serving
 
 _SHIPPED = resources.files("simulate") / "recordings"
@@ -47,10 +48,6 @@ MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 # μ-law read as 16-bit linear: noise with the speech's rhythm. (Read as A-law, the other G.711,
 # it stays speech that Whisper understands: no control.)
 MISREAD = AudioFormat("l16", 8000)
-needs_espeak = pytest.mark.skipif(
-    bool(missing_programs()),
-    reason=f"needs {', '.join(missing_programs())} to speak new sentences ({INSTALL_HINT})",
-)
 
 
 def recorded(text: str) -> bytes:
@@ -120,8 +117,8 @@ def test_nothing_is_heard_in_silence_or_in_too_little_audio():
     assert transcribe_pcm(np.zeros(100, dtype=np.int16), 8000) == []
 
 
-@needs_espeak
 def test_a_sentence_with_a_name_and_numbers_spoken_now_is_heard():
+    speech_or_skip()
     text = "my name is Sarah Johnson and the engineer comes on Friday at four"
     transcript = text_of(transcribe_pcm(pcm(synthesise(text)), 8000)).lower()
 

@@ -28,8 +28,8 @@ from jobs.segments import flush_tail
 from jobs.transcription import transcribe_ready
 from service.app import create_app
 from settings import Settings
-from simulate import speech
 from tests.conftest import make_settings
+from tests.needs import speech_or_skip
 from tests.serving import serving, worker_running
 
 TICK_S = 0.02
@@ -86,12 +86,6 @@ def uncovered(spans: Sequence[tuple[float, float]], length_s: float, slack_s: fl
     return holes
 
 
-def needs_speech() -> None:
-    if not speech.speech_available():
-        missing = ", ".join(speech.missing_programs())
-        pytest.skip(f"real speech needs {missing} (make test installs them with apt-get)")
-
-
 @pytest.fixture
 def paced_settings(server_urls: tuple[str, str]) -> Settings:
     return make_settings(
@@ -131,7 +125,7 @@ async def test_calls_at_real_time_pace_whose_every_window_fails_once_end_archive
     """Each window's first attempt fails: with a budget shared by the call (AI_MAX_ATTEMPTS=5)
     a call of a dozen live windows failed; with one budget a window, every call ends ARCHIVED,
     each window's attempts named and told apart (live or final)."""
-    needs_speech()
+    speech_or_skip()
     ai = FirstAttemptFails(MockAI(failure_rate=0.0, latency_min_s=0.02, latency_max_s=0.1))
     calls = [dialogue_call(f"budget-paced-{n}", 24.0) for n in range(2)]
 
@@ -158,7 +152,7 @@ async def test_calls_at_real_time_pace_whose_every_window_fails_once_end_archive
 async def test_a_provider_that_never_answers_fails_the_call_within_its_budget_naming_the_window(
     server_urls: tuple[str, str],
 ):
-    needs_speech()
+    speech_or_skip()
     settings = make_settings(
         *server_urls, segment_seconds=0.0, ai_max_attempts=3, ai_call_budget_s=30.0
     )
@@ -231,7 +225,7 @@ async def test_five_minute_calls_at_real_time_pace_with_the_default_flaky_mock_e
 ):
     """The issue's own case: 4 two-party calls of 5 minutes, at real-time pace, against the
     shipped mock as `make run` has it (25% of requests fail, 1-3 s each) and 30 s segments."""
-    needs_speech()
+    speech_or_skip()
     settings = make_settings(
         *server_urls,
         ai_failure_rate=0.25,
