@@ -34,6 +34,7 @@ from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
 from db import calls, transcripts, worker_writes
 from db.events import attempt_event
+from db.feed_events import UtteranceEvent
 from db.leases import TranscriptionLock
 from db.packets import TRACKS
 from db.segments import TEXT, SegmentReader
@@ -59,7 +60,6 @@ NOISE_FLOOR_RMS = 60.0
 MIN_WINDOW_S = 2.0
 FINAL_WAITS_S = 30.0  # for a live pass to finish before the final one transcribes anyway
 LOCK_POLL_S = 0.1
-UTTERANCE = "utterance"  # the feed event of a stored utterance
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
 
 # Transcribes one window: (what to transcribe, its label for a failure ("": the failure says
@@ -300,17 +300,16 @@ async def _store(
 def utterance_event(
     res: WorkerResources, call_id: str, u: Utterance, state: CallState
 ) -> dict[str, Any]:
-    return {
-        "type": UTTERANCE,
-        "call_id": call_id,
-        "state": state.value,
-        "speaker": res.settings.speaker_names[u.track],
-        "track": TRACKS[u.track].value,
-        "start_s": u.start_s,
-        "end_s": u.end_s,
-        "text": u.text,
-        "sentiment": {"label": u.sentiment.label, "score": u.sentiment.score},
-    }
+    return UtteranceEvent(
+        call_id=call_id,
+        state=state,
+        speaker=res.settings.speaker_names[u.track],
+        track=TRACKS[u.track],
+        start_s=u.start_s,
+        end_s=u.end_s,
+        text=u.text,
+        sentiment={"label": u.sentiment.label, "score": u.sentiment.score},
+    ).body()
 
 
 async def transcribe_live(

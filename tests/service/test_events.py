@@ -272,7 +272,7 @@ async def test_a_subscriber_too_slow_for_its_queue_catches_up_from_redis_in_orde
     try:
         async with hub.subscribe(EventFilter()) as batches:
             for n in range(40):  # far more than its queue holds, while it reads nothing
-                await log.publish({"type": "state", "call_id": f"c{n}", "state": "X"})
+                await log.publish({"type": "state", "call_id": f"c{n}", "state": "ARCHIVED"})
             await asyncio.sleep(0.3)  # the reader has handed them all out by now
             got: list[str] = []
             async for batch in batches:
@@ -299,10 +299,10 @@ async def test_a_resume_ahead_of_this_process_s_reader_repeats_nothing(redis: Re
     lagging.start()
     try:
         await lagging.ready()
-        await log.publish({"type": "state", "call_id": "x", "state": "X"})
+        await log.publish({"type": "state", "call_id": "x", "state": "ARCHIVED"})
         (seen,) = await log.after("0-0", 10)  # read from another API process
         async with lagging.subscribe(EventFilter(), resume_after=seen.id) as batches:
-            await log.publish({"type": "state", "call_id": "y", "state": "X"})
+            await log.publish({"type": "state", "call_id": "y", "state": "ARCHIVED"})
             batch = await asyncio.wait_for(anext(batches), TIMEOUT)
         assert [item.call_id for item in batch if isinstance(item, Event)] == ["y"]
     finally:
