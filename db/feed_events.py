@@ -106,12 +106,10 @@ class AttemptEvent(_Event):
     outcome: Outcome
     error: str | None = Field(description=f"What went wrong (at most {MESSAGE_MAX_CHARS} chars).")
     duration_ms: float
-    live: bool = Field(
-        default=False, description="True: a live window's, while the call goes on."
-    )
+    live: bool = Field(default=False, description="True: a live window's, while the call goes on.")
     window: str | None = Field(
         default=None,
-        description="What it transcribed, e.g. \"the caller's audio at 35.8-75.0 s\"; None for "
+        description='What it transcribed, e.g. "the caller\'s audio at 35.8-75.0 s"; None for '
         "a whole step.",
     )
 
