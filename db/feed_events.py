@@ -8,9 +8,10 @@ generated from them (scripts/contract_js.py).
 Every event is bounded: no event is larger than MAX_EVENT_BYTES once encoded. The free texts are
 capped where they are built: an utterance's text is at most UTTERANCE_MAX_CHARS (longer speech is
 told as several utterances: core/conversation.py's split_long), an error or a failure reason is
-cut at MESSAGE_MAX_CHARS, an ARCHIVED call's transcript at EXCERPT_CHARS. `encode` refuses
-anything larger, so an event that breaks the bound is a bug that fails where it is built, never a
-megabyte sent to every subscriber.
+cut at MESSAGE_MAX_CHARS, an ARCHIVED call's transcript at EXCERPT_CHARS, a speaker's name at
+NAME_MAX_CHARS. With every text capped, the bound holds whatever the texts hold (the tests encode
+each type's worst case); `encode` still refuses anything larger, so an event past the bound is a
+bug that fails where it is built, never a megabyte sent to every subscriber.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_EVENT_BYTES = 16 * 1024  # an event as stored and sent (JSON, its id include
 UTTERANCE_MAX_CHARS = 1_000  # about a minute of speech; longer speech is several utterances
 MESSAGE_MAX_CHARS = 500  # an attempt's error, a failure's reason, a window's label
 EXCERPT_CHARS = 140  # of a transcript, in an ARCHIVED event
+NAME_MAX_CHARS = 64  # a speaker's name (SPEAKER_NAMES)
 CALL_ID_MAX_CHARS = 128  # core/ingestion.py's CALL_ID_PATTERN allows no more
 
 Outcome = Literal["ok", "error", "timeout", "rejected"]
@@ -88,7 +90,7 @@ class StateEvent(_Event):
         return clip(reason)
 
     def body(self) -> dict[str, Any]:
-        """As the base's, without the ARCHIVED fields of a call that is not (as they always were)."""
+        """As the base's, without the ARCHIVED fields unless it is (as the event always was)."""
         fields = super().body()
         for name in ("sentiment", "transcript_excerpt"):
             if fields[name] is None:
@@ -142,19 +144,34 @@ class SegmentEvent(_Event):
 
 
 class UtteranceEvent(_Event):
-    """What one speaker said, as soon as its window is transcribed."""
+    """What one speaker said, as soon as its window is transcribed. Its text is at most
+    UTTERANCE_MAX_CHARS: the worker tells longer speech as several utterances (core/
+    conversation.py's split_long), so this cuts nothing; if a producer forgot, the event is cut
+    (marked with an ellipsis) rather than sent whole or not at all, and the call's transcript
+    (GET /v1/calls/{id}/transcript) has the whole text."""
 
     type: Literal["utterance"] = "utterance"
-    speaker: str = Field(max_length=64, description="SPEAKER_NAMES' name for the track.")
+    speaker: str = Field(
+        description=f"SPEAKER_NAMES' name for the track (at most {NAME_MAX_CHARS})."
+    )
     track: Track
     start_s: float = Field(description="Seconds of the call.")
     end_s: float
     text: str = Field(
-        max_length=UTTERANCE_MAX_CHARS,
         description=f"At most {UTTERANCE_MAX_CHARS} characters: longer speech is several "
-        "utterances.",
+        "utterances."
     )
     sentiment: Sentiment
+
+    @field_validator("text")
+    @classmethod
+    def _capped(cls, text: str) -> str:
+        return clip(text, UTTERANCE_MAX_CHARS) or ""
+
+    @field_validator("speaker")
+    @classmethod
+    def _named(cls, speaker: str) -> str:
+        return clip(speaker, NAME_MAX_CHARS) or ""
 
 
 class ResetEvent(BaseModel):

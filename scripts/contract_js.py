@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from core.audio import WAV_HEADER_BYTES
 from core.ingestion import CALL_ID_PATTERN
 from db.feed_events import (
@@ -40,12 +42,13 @@ HEADER = """\
 """
 
 
-def _type_of(model: type[Any]) -> str:
+def _type_of(model: type[BaseModel]) -> str:
     return str(model.model_fields["type"].default)
 
 
 def contract() -> dict[str, Any]:
-    events = {_type_of(m): list(m.model_fields) for m in (*CALL_EVENT_TYPES, ResetEvent)}
+    models: tuple[type[BaseModel], ...] = (*CALL_EVENT_TYPES, ResetEvent)
+    events = {_type_of(m): list(m.model_fields) for m in models}
     return {
         # In the order a call goes through them (the board sorts its State column so).
         "states": [s.value for s in CallState],
