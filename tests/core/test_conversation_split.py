@@ -3,6 +3,8 @@ longer speech as several utterances, cut between words, over the same time."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from core.conversation import TimedText, split_long
@@ -28,7 +30,7 @@ def test_the_pieces_share_the_stretchs_time_in_order_without_gaps():
     pieces = split_long(10.0, 70.0, " ".join(["abcdefghi"] * 100), max_chars=100)
     assert pieces[0].start_s == 10.0
     assert pieces[-1].end_s == 70.0
-    for before, after in zip(pieces, pieces[1:], strict=False):
+    for before, after in pairwise(pieces):
         assert before.end_s == after.start_s
         assert before.start_s < before.end_s
 

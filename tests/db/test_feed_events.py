@@ -37,7 +37,9 @@ LONGEST_ID = "9" * 20 + "-" + "9" * 20  # a feed entry id
 BIG = 2**53 - 1
 
 
-def worst_cases(char: str) -> list[StateEvent | AttemptEvent | ProgressEvent | SegmentEvent]:
+def worst_cases(
+    char: str,
+) -> list[StateEvent | AttemptEvent | ProgressEvent | SegmentEvent | UtteranceEvent]:
     call_id = "c" * CALL_ID_MAX_CHARS
     common = {"call_id": call_id, "at": 1e12}
     return [
@@ -97,12 +99,15 @@ def test_no_event_of_any_type_can_pass_the_bound_whatever_its_texts_hold(char: s
 
 def test_long_texts_are_cut_to_their_caps_and_say_so():
     state, attempt, _, _, utterance = worst_cases("x")
-    assert isinstance(state, StateEvent) and isinstance(attempt, AttemptEvent)
+    assert isinstance(state, StateEvent)
+    assert isinstance(attempt, AttemptEvent)
     assert isinstance(utterance, UtteranceEvent)
-    assert len(state.reason or "") == MESSAGE_MAX_CHARS and (state.reason or "").endswith("…")
+    assert len(state.reason or "") == MESSAGE_MAX_CHARS
+    assert (state.reason or "").endswith("…")
     assert len(attempt.error or "") == MESSAGE_MAX_CHARS
     assert len(attempt.window or "") == MESSAGE_MAX_CHARS
-    assert len(utterance.text) == UTTERANCE_MAX_CHARS and utterance.text.endswith("…")
+    assert len(utterance.text) == UTTERANCE_MAX_CHARS
+    assert utterance.text.endswith("…")
     assert len(utterance.speaker) == NAME_MAX_CHARS
     short = UtteranceEvent(
         call_id="c1",

@@ -96,9 +96,11 @@ async def test_every_event_of_calls_run_end_to_end_is_one_its_model_describes(
         assert (kind, "audio") in kinds, kind
     attempts = [e for _, e in events if isinstance(e, AttemptEvent) and e.call_id == "audio"]
     live = [a for a in attempts if a.live]
-    assert live and all(a.state is CallState.IN_PROGRESS for a in live)
+    assert live
+    assert all(a.state is CallState.IN_PROGRESS for a in live)
     final = [a for a in attempts if not a.live]
-    assert final and all(a.state is CallState.PROCESSING_AI for a in final)
+    assert final
+    assert all(a.state is CallState.PROCESSING_AI for a in final)
     states = [(e.call_id, e.state, e.reason) for _, e in events if isinstance(e, StateEvent)]
     assert ("refused", CallState.FAILED, "transcription failed permanently: audio format "
             "not supported") in states  # fmt: skip
