@@ -118,6 +118,18 @@ def payload(body: Mapping[str, Any], now: float | None = None) -> bytes:
     return encode(body, time.time() if now is None else now)
 
 
+# The first packet's event, as its model builds it, but for its call and time: every ingest batch
+# carries it (the script tells it only if the batch starts the call), so it is made without a
+# validation per batch (38 us against 2): the call id was checked by the ingestion rules.
+_FIRST_PACKET = StateEvent(call_id="", state=CallState.IN_PROGRESS).body()
+
+
+def first_packet_payload(call_id: str, now: float) -> bytes:
+    """The IN_PROGRESS event of a call's first packet, stamped `now`, as the ingest script takes
+    it; the same as payload(state_event(call_id, "IN_PROGRESS"), now), at a batch's cost."""
+    return orjson.dumps({**_FIRST_PACKET, "call_id": call_id, "at": now})
+
+
 def feed_key(redis: RedisClient, call_id: str) -> str:
     """Where a call's events are appended: the feed itself on a single Redis; on a cluster the
     outbox of the call's shard (its slot), which the relay moves to the feed."""

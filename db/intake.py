@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from redis.commands.core import AsyncScript
 
-from db.events import FeedLimits, feed_key, payload, state_event
+from db.events import FeedLimits, feed_key, first_packet_payload, payload, state_event
 from db.keys import CallKeys, call_keys
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import Replication, ScriptPipeline, run_scripts
@@ -140,7 +140,7 @@ class CallIntake:
             self.segmenting.entries,
             self.segmenting.seconds,
             # The call's first packet's event, if this batch holds it (the script decides).
-            payload(state_event(call_id, "IN_PROGRESS"), now),
+            first_packet_payload(call_id, now),
         ]
         script_keys = _ingest_keys(call_keys(call_id), feed_key(self.redis, call_id))
         if self._pipeline is not None:

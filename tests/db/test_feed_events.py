@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from db.events import attempt_event, payload, state_event
+from db.events import attempt_event, first_packet_payload, payload, state_event
 from db.feed_events import (
     CALL_EVENT,
     CALL_ID_MAX_CHARS,
@@ -170,3 +170,9 @@ def test_an_attempt_during_the_call_is_live_and_one_of_the_ai_run_is_final():
     assert (final["live"], final["window"]) == (False, None)
     told = attempt_event("c1", "IN_PROGRESS", LiveRecord())
     assert (told["live"], told["window"]) == (True, "the caller's audio at 35.8-75.0 s")
+
+
+def test_the_first_packets_event_on_the_ingest_path_is_the_one_its_model_builds():
+    assert orjson.loads(first_packet_payload("c1", 7.5)) == orjson.loads(
+        payload(state_event("c1", "IN_PROGRESS"), 7.5)
+    )
