@@ -58,10 +58,11 @@ types: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-## docs/configuration.md, from settings.py (each setting's description); a test fails while it
-## is stale.
+## docs/configuration.md, from settings.py (each setting's description), and the dashboard's
+## service/dashboard/contract.js, from the server's rules; a test fails while either is stale.
 docs: $(STAMP)
 	$(BIN)/python -m scripts.config_docs
+	$(BIN)/python -m scripts.contract_js
 
 ## What CI runs: formatting, lint, types (strict), import contracts, then the suite.
 check: lint types imports test

@@ -40,8 +40,10 @@ from bench.common import pct
 from bench.load import closed_loop, single_packet_workload
 from bench.sections import loadavg
 from core.builders import feed_limits
-from db.events import PROGRESS, EventLog
+from db.events import EventLog
+from db.feed_events import ProgressEvent
 from db.keys import EVENTS
+from db.states import CallState
 from devstack.processes import die_with_parent
 from devstack.stack import ROOT, Stack
 from settings import Settings
@@ -216,17 +218,16 @@ async def events_added(redis: Redis) -> int:
 
 def progress_event(i: int) -> dict[str, Any]:
     """A live call's progress: the feed's most frequent event, at its usual size."""
-    return {
-        "type": PROGRESS,
-        "call_id": f"fanout-{i % 200}",
-        "state": "IN_PROGRESS",
-        "received": i,
-        "duplicates": 0,
-        "out_of_order": 0,
-        "missing": 0,
-        "data_bytes": 160 * i,
-        "last_packet_at": time.time(),
-    }
+    return ProgressEvent(
+        call_id=f"fanout-{i % 200}",
+        state=CallState.IN_PROGRESS,
+        received=i,
+        duplicates=0,
+        out_of_order=0,
+        missing=0,
+        data_bytes=160 * i,
+        last_packet_at=time.time(),
+    ).body()
 
 
 async def publish(log: EventLog, rate: float, count: int) -> float:

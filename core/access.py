@@ -67,7 +67,11 @@ _ID = r"[^/]+"
 RULES = (
     _rule("GET HEAD", r"/healthz|/readyz", OPEN),
     # The dashboard's page and assets hold no data; what they read asks for a key.
-    _rule("GET HEAD", r"/dashboard|/dashboard/dashboard\.js|/dashboard/dashboard\.css", OPEN),
+    _rule(
+        "GET HEAD",
+        r"/dashboard|/dashboard/(contract|dashboard)\.js|/dashboard/dashboard\.css",
+        OPEN,
+    ),
     _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),
     _rule("POST", rf"/v1/call/complete/{_ID}", Role.INGEST),
     _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST),

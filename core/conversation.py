@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from db.feed_events import UTTERANCE_MAX_CHARS
 from db.packets import TRACKS
 from db.record import Conversation, Sentiment, SpeakerFigures
 
@@ -30,6 +31,50 @@ class Utterance:
     end_s: float
     text: str
     sentiment: Scored
+
+
+class TimedText(NamedTuple):
+    """A stretch of speech: seconds of its audio, and what was said (jobs/ai.py's Spoken)."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+def split_long(
+    start_s: float, end_s: float, text: str, max_chars: int = UTTERANCE_MAX_CHARS
+) -> list[TimedText]:
+    """A stretch of speech as utterances of at most `max_chars` characters each (an utterance's
+    text is capped: db/feed_events.py), cut between words, each given its share of the time by
+    its share of the characters (a model that gives one time for the whole stretch says nothing
+    finer). Text that fits comes back as it is; a word longer than the cap is cut inside."""
+    if len(text) <= max_chars:
+        return [TimedText(start_s, end_s, text)]
+    pieces: list[str] = []
+    current = ""
+    for word in text.split():
+        while len(word) > max_chars:  # no space to cut at
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(word[:max_chars])
+            word = word[max_chars:]
+        if not word:
+            continue
+        if current and len(current) + 1 + len(word) > max_chars:
+            pieces.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        pieces.append(current)
+    total = sum(len(p) for p in pieces) or 1
+    seconds, done, found = end_s - start_s, 0, []
+    for piece in pieces:
+        begins = start_s + seconds * done / total
+        done += len(piece)
+        found.append(TimedText(round(begins, 3), round(start_s + seconds * done / total, 3), piece))
+    return found
 
 
 def speaker_names(setting: Sequence[str]) -> dict[int, str]:

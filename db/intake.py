@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from redis.commands.core import AsyncScript
 
-from db.events import FeedLimits, feed_key, payload, state_event
+from db.events import FeedLimits, feed_key, first_packet_payload, payload, state_event
 from db.keys import CallKeys, call_keys
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import Replication, ScriptPipeline, run_scripts
@@ -128,9 +128,10 @@ class CallIntake:
             [(p.track.number, p.sequence, repr(p.timestamp), p.data) for p in packets]
         )
         limits = self.limits
+        now = time.time()
         args: list[Any] = [
             call_id,
-            repr(time.time()),
+            repr(now),
             limits.max_packets,
             limits.max_bytes,
             encoded,
@@ -138,6 +139,8 @@ class CallIntake:
             self.feed.progress_interval_s,
             self.segmenting.entries,
             self.segmenting.seconds,
+            # The call's first packet's event, if this batch holds it (the script decides).
+            first_packet_payload(call_id, now),
         ]
         script_keys = _ingest_keys(call_keys(call_id), feed_key(self.redis, call_id))
         if self._pipeline is not None:
@@ -161,6 +164,7 @@ class CallIntake:
     ) -> Completion:
         """Complete a call once. With `idle_cutoff`, only if no packet came after it."""
         keys = call_keys(call_id)
+        now = time.time()
         outcome, _state = await self._replicated(
             self._complete,
             [
@@ -172,10 +176,11 @@ class CallIntake:
             ],
             [
                 call_id,
-                repr(time.time()),
+                repr(now),
                 reason,
                 "" if idle_cutoff is None else idle_cutoff,
                 self.feed.max_len,
+                payload(state_event(call_id, "COMPLETED", reason), now),
             ],
         )
         return Completion(outcome.decode() if isinstance(outcome, bytes) else outcome)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from core.conversation import split_long
+
 if TYPE_CHECKING:
     from jobs.audio import CallAudio, SpeechSource
 
@@ -93,9 +95,12 @@ async def mock_transcript(audio: SpeechSource) -> str:
 
 
 async def mock_spoken(audio: SpeechSource) -> list[Spoken]:
-    """The mock's transcript as one stretch over the whole audio given."""
+    """The mock's transcript over the whole audio given: one stretch, or, for more text than an
+    utterance may hold (a call of text packets can send megabytes), one a cap's worth of it."""
     text = await mock_transcript(audio)
-    return [Spoken(0.0, (await audio.facts()).seconds, text)] if text else []
+    if not text:
+        return []
+    return [Spoken(*piece) for piece in split_long(0.0, (await audio.facts()).seconds, text)]
 
 
 def sentiment_of(transcript: str) -> Sentiment:

@@ -21,14 +21,15 @@ import orjson
 
 from core.audio import AudioFormat, UnsupportedAudio, parse_format
 from core.recording import build_rows, call_format
+from db.feed_events import SegmentEvent
 from db.keys import call_keys
 from db.packets import StoredPacket
 from db.segments import TEXT, SegmentRow, store_segment
+from db.states import CallState
 from jobs.queue import enqueue_follow_up
 from jobs.resources import WorkerResources
 
 SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms frames
-SEGMENT = "segment"  # the feed event of a stored segment
 FOLLOW_UP_S = 3.0  # after a live window, the flush that transcribes what followed its last pause
 
 
@@ -54,14 +55,13 @@ def segment_event(call_id: str, segment: int, rows: list[SegmentRow], state: str
         if row.encoding != TEXT:
             fmt = parse_format(row.encoding)
             seconds = max(seconds, sum(row.sizes) / fmt.sample_bytes / fmt.rate)
-    return {
-        "type": SEGMENT,
-        "call_id": call_id,
-        "state": state,
-        "segment": segment,
-        "packets": sum(len(r.sequences) for r in rows),
-        "seconds": round(seconds, 3),
-    }
+    return SegmentEvent(
+        call_id=call_id,
+        state=CallState(state),
+        segment=segment,
+        packets=sum(len(r.sequences) for r in rows),
+        seconds=round(seconds, 3),
+    ).body()
 
 
 async def flush_tail(

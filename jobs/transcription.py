@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 
 from core.audio import Samples, UnsupportedAudio, quietest_cut
-from core.conversation import Utterance
+from core.conversation import Utterance, split_long
 from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
 from db import transcripts, worker_writes
 from db.events import attempt_event
+from db.feed_events import UtteranceEvent
 from db.leases import TranscriptionLock
 from db.packets import TRACKS
 from db.segments import TEXT, SegmentReader
@@ -61,7 +62,6 @@ LOCK_POLL_S = 0.1
 # The final pass carries on from where another pass got to, when that one stored a window first;
 # each round means the other pass made progress, so this only bounds a pathological race.
 FINAL_ROUNDS = 8
-UTTERANCE = "utterance"  # the feed event of a stored utterance
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
 
 # Transcribes one window: (what to transcribe, its label (the unit of work: "the caller's audio
@@ -356,11 +356,14 @@ def _label(res: WorkerResources, track: int, start_s: float, seconds: float) -> 
 async def _utterances(
     res: WorkerResources, track: int, offset_s: float, spoken: list[Spoken]
 ) -> list[Utterance]:
-    """What a window found, as utterances on the call's timeline, each scored. The scoring runs
-    off the event loop (VADER is CPU work: invariant 14)."""
+    """What a window found, as utterances on the call's timeline (each at most
+    UTTERANCE_MAX_CHARS: longer speech is split), each scored. The scoring runs off the event
+    loop (VADER is CPU work: invariant 14)."""
     score = utterance_scorer(res.settings)
 
     def scored() -> list[Utterance]:
+        # An utterance's text is capped (a feed event is bounded): longer speech is several.
+        pieces = [p for s in spoken for p in split_long(*s)]
         return [
             Utterance(
                 track,
@@ -369,7 +372,7 @@ async def _utterances(
                 s.text,
                 score(s.text),
             )
-            for s in spoken
+            for s in pieces
         ]
 
     return await asyncio.to_thread(scored) if spoken else []
@@ -400,17 +403,16 @@ async def _store(
 def utterance_event(
     res: WorkerResources, call_id: str, u: Utterance, state: CallState
 ) -> dict[str, Any]:
-    return {
-        "type": UTTERANCE,
-        "call_id": call_id,
-        "state": state.value,
-        "speaker": res.settings.speaker_names[u.track],
-        "track": TRACKS[u.track].value,
-        "start_s": u.start_s,
-        "end_s": u.end_s,
-        "text": u.text,
-        "sentiment": {"label": u.sentiment.label, "score": u.sentiment.score},
-    }
+    return UtteranceEvent(
+        call_id=call_id,
+        state=state,
+        speaker=res.settings.speaker_names[u.track],
+        track=TRACKS[u.track],
+        start_s=u.start_s,
+        end_s=u.end_s,
+        text=u.text,
+        sentiment={"label": u.sentiment.label, "score": u.sentiment.score},
+    ).body()
 
 
 async def transcribe_live(

@@ -2,7 +2,8 @@
 -- the idle index to the pending index in the same atomic step, so no completion is ever lost
 -- between Redis and the queue (the reaper re-enqueues whatever stays pending).
 -- KEYS: meta, done, idle index, pending index, event feed
--- ARGV: call_id, now, reason, idle cutoff ('' for an explicit completion), feed's max length
+-- ARGV: call_id, now, reason, idle cutoff ('' for an explicit completion), feed's max length,
+--   the COMPLETED event as JSON (db/feed_events.py)
 -- Returns {outcome, state}: outcome is completed | already | unknown | active
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'unknown', ''}
@@ -19,8 +20,7 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX') then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
   -- The live feed (db/events.py), in the same step as the change.
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'e', cjson.encode({type = 'state',
-    call_id = ARGV[1], state = 'COMPLETED', reason = ARGV[3], at = tonumber(ARGV[2])}))
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[6])
   return {'completed', 'COMPLETED'}
 end
 return {'already', redis.call('HGET', KEYS[1], 'state') or 'COMPLETED'}

@@ -9,7 +9,8 @@
 --   1 = outbound; one argument instead of four per packet: packing arguments is the client's
 --   main cost),
 --   the event feed's max length, seconds between a call's progress events (0: none),
---   stream entries per track that make a segment (0: never ask), seconds of arrival that do
+--   stream entries per track that make a segment (0: never ask), seconds of arrival that do,
+--   the call's IN_PROGRESS event as JSON (db/feed_events.py: told if this batch starts the call)
 -- Returns {-1} for a completed call; {-2, cap, stored, adding} when the batch's new packets would
 --   pass a cap (cap 1 = packets, 2 = data bytes; nothing is stored); else two numbers per packet
 --   (outcome, gap start), then the number of the segment flush this batch asked for (0: none)
@@ -242,14 +243,15 @@ end
 
 -- The live feed (db/events.py), in the same step as the change: the call's first packet, then at
 -- most one progress event per interval while packets come (a dashboard's counters), so the feed
--- grows with calls and seconds, never with packets.
-local function publish(body)
-  body.call_id, body.at = call_id, tonumber(now)
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', 'e', cjson.encode(body))
+-- grows with calls and seconds, never with packets. The first comes encoded by its model
+-- (db/feed_events.py); a progress event's counters are known here only, so it is built here,
+-- field for field as ProgressEvent (tests/db/test_feed_events.py holds it to the model).
+local function publish(encoded)
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', 'e', encoded)
 end
 local interval = tonumber(ARGV[7])
 if had_packets == 0 and received > 0 then
-  publish({type = 'state', state = 'IN_PROGRESS', reason = cjson.null})
+  publish(ARGV[10])
   redis.call('HSET', KEYS[2], 'progress_at', now)
 elseif interval > 0 and received + duplicates > 0
     and tonumber(now) - tonumber(meta[5] or '0') >= interval then
@@ -258,11 +260,12 @@ elseif interval > 0 and received + duplicates > 0
   for _, t in pairs(tracks) do
     if t.max_seq >= 0 then missing = missing + t.max_seq - t.min_seq + 1 end
   end
-  publish({type = 'progress', state = 'IN_PROGRESS', received = total,
+  publish(cjson.encode({type = 'progress', call_id = call_id, state = 'IN_PROGRESS',
+    at = tonumber(now), received = total,
     duplicates = tonumber(meta[3] or '0') + duplicates,
     out_of_order = tonumber(meta[4] or '0') + reordered,
     missing = missing - total, data_bytes = had_bytes + received_bytes,
-    last_packet_at = tonumber(now)})
+    last_packet_at = tonumber(now)}))
   redis.call('HSET', KEYS[2], 'progress_at', now)
 end
 out[#out + 1] = asked

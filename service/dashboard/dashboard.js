@@ -8,11 +8,17 @@
 //
 // Everything the server says goes into the page as text (textContent, title, dataset), never
 // as HTML, so a call id or a transcript can never become markup or script.
+//
+// The server's rules (the call states, the call-id rule, the feed's event types, the limits)
+// come from contract.js, generated from the server's own definitions and loaded before this
+// script: none is copied here.
 "use strict";
 
 const KEY_STORAGE = "callstream.apiKey";
-const STATES = ["IN_PROGRESS", "COMPLETED", "PROCESSING_AI", "ARCHIVED", "FAILED"];
-const LIVE_STATES = new Set(["IN_PROGRESS", "COMPLETED", "PROCESSING_AI"]);
+const STATES = CONTRACT.states;
+const LIVE_STATES = new Set(CONTRACT.liveStates);
+const FINAL_STATES = new Set(CONTRACT.finalStates);
+const FEED_EVENTS = new Set(Object.keys(CONTRACT.events)); // every type the feed may send
 // How many calls of each state the first read asks for (newest first).
 const SNAPSHOT_LIMITS = {
   IN_PROGRESS: 500,
@@ -28,7 +34,7 @@ const RATE_WINDOW_S = 5; // packets/s is averaged over this window
 const STALE_PACKET_S = 5; // a live call silent this long is marked
 const FEED_SILENCE_S = 45; // the server pings every 15 s: this much silence means a dead link
 const MAX_RETRY_MS = 30000;
-const CALL_ID = /^[A-Za-z0-9._:-]{1,128}$/; // the API's own rule for a call id
+const CALL_ID = new RegExp(CONTRACT.callIdPattern); // the API's own rule for a call id
 const BADGES = new Set([...STATES, "positive", "neutral", "negative"]);
 
 const $ = (id) => document.getElementById(id);
@@ -57,6 +63,7 @@ function newCall(id) {
     aiAttempt: null,
     aiOutcome: null,
     aiError: null, // of the last attempt, shown on hover
+    aiLive: false, // the last attempt was a live window's (the call still going on)
     attempts: 0,
     completion: null, // explicit | idle | replay
     failure: null, // why it FAILED
@@ -77,7 +84,7 @@ function callFor(id) {
 }
 
 const seconds = (iso) => (iso ? Date.parse(iso) / 1000 : null);
-const excerptOf = (text) => (text ? text.slice(0, 140) : null);
+const excerptOf = (text) => (text ? text.slice(0, CONTRACT.excerptChars) : null);
 
 // A call as GET /v1/calls or GET /v1/calls/{id} answers it (service/schemas.py CallStatus).
 function applyRecord(record) {
@@ -122,7 +129,7 @@ function applyState(call, event) {
     if (event.reason === "replay") {
       // A replay starts the AI over: the old failure and attempt no longer describe it.
       Object.assign(call, { failure: null, finishedAt: null, aiStep: null, aiAttempt: null,
-        aiOutcome: null, aiError: null });
+        aiOutcome: null, aiError: null, aiLive: false });
     } else {
       call.completedAt = event.at;
       // A short call sent no progress event: its counters are read now, not once it is ARCHIVED.
@@ -142,9 +149,14 @@ function applyState(call, event) {
   if (call.createdAt === null) refresh.soon(call.id); // started before this page was looking
 }
 
+// A final attempt means the AI has the call; a live one (a window transcribed while the call
+// goes on) leaves its state, and with it its running duration, alone.
 function applyAttempt(call, event) {
-  if (call.state === "IN_PROGRESS" || call.state === "COMPLETED") call.state = "PROCESSING_AI";
+  if (!event.live && (call.state === "IN_PROGRESS" || call.state === "COMPLETED")) {
+    call.state = "PROCESSING_AI";
+  }
   Object.assign(call, {
+    aiLive: event.live === true,
     aiStep: event.step,
     aiAttempt: event.attempt,
     aiOutcome: event.outcome,
@@ -416,7 +428,7 @@ function onFeedEvent({ type, data, id }) {
   if (type === "reset") {
     // The resume position fell out of the feed's window: events were missed. Start over.
     loadSnapshot();
-  } else if (type === "state" || type === "attempt" || type === "progress") {
+  } else if (FEED_EVENTS.has(type)) {
     let event;
     try {
       event = JSON.parse(data);
@@ -550,8 +562,8 @@ function callDuration(call, now) {
 // The step of the last AI attempt the feed reported (an attempt is reported once it ends).
 function aiStepText(call) {
   if (!call.aiStep) return { COMPLETED: "queued", PROCESSING_AI: "started" }[call.state] ?? "–";
-  return call.aiOutcome && call.aiOutcome !== "ok" ? `${call.aiStep} (${call.aiOutcome})`
-    : call.aiStep;
+  const step = call.aiLive ? `live ${call.aiStep}` : call.aiStep;
+  return call.aiOutcome && call.aiOutcome !== "ok" ? `${step} (${call.aiOutcome})` : step;
 }
 
 // The call id links to the call's page (a link: reached with Tab, followed with Enter).
@@ -871,7 +883,7 @@ async function lookUp(term) {
 
 const CALL_ROUTE = /^#\/calls\/([^/?#]+)$/;
 const TRACKS = { inbound: "Caller (inbound)", outbound: "Agent (outbound)" };
-const WAV_HEADER_BYTES = 44;
+const WAV_HEADER_BYTES = CONTRACT.wavHeaderBytes;
 
 const callPage = {
   id: null,
@@ -1052,7 +1064,7 @@ function onCallEvent(generation, { type, data, id }) {
   // any utterance the feed did not bring, and none twice).
   if (type === "state") later("transcript", 400, readCallTranscript);
   // A stored segment, or the last one at the end: the recording grew.
-  if (type === "segment" || (type === "state" && ["ARCHIVED", "FAILED"].includes(event.state))) {
+  if (type === "segment" || (type === "state" && FINAL_STATES.has(event.state))) {
     later("audio", 400, readCallAudio);
   }
 }

@@ -1,4 +1,5 @@
-"""The supervisor's dashboard: one static page and its two assets (service/dashboard/).
+"""The supervisor's dashboard: one static page and its assets (service/dashboard/): its script,
+the contract the script reads the server's rules from (generated), and its style.
 
 The page holds no data, so it is served without a key (core/access.py: OPEN); the script asks
 the supervisor for a key and sends it in a header with every read of the API. The headers keep
@@ -70,6 +71,12 @@ async def dashboard_page(if_none_match: IfNoneMatchHeader = None) -> Response:
 @router.api_route("/dashboard/dashboard.js", methods=["GET", "HEAD"])
 async def dashboard_script(if_none_match: IfNoneMatchHeader = None) -> Response:
     return serve(asset("dashboard.js", "text/javascript; charset=utf-8"), if_none_match)
+
+
+@router.api_route("/dashboard/contract.js", methods=["GET", "HEAD"])
+async def dashboard_contract(if_none_match: IfNoneMatchHeader = None) -> Response:
+    """The server's rules the script needs, generated (scripts/contract_js.py)."""
+    return serve(asset("contract.js", "text/javascript; charset=utf-8"), if_none_match)
 
 
 @router.api_route("/dashboard/dashboard.css", methods=["GET", "HEAD"])

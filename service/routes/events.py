@@ -10,11 +10,11 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from db.events import Event
+from db.feed_events import MAX_EVENT_BYTES, FeedMessage, ResetEvent
 from db.states import CallState
 from service.asgi import CLOSE_POLICY
 from service.deps import ResourcesDep, get_ws_resources, origin_allowed
@@ -25,6 +25,7 @@ router = APIRouter(tags=["supervision"])
 
 EVENT_ID_PATTERN = r"^\d{1,20}(-\d{1,20})?$"
 RETRY_MS = 2_000  # how long an EventSource waits before it reconnects
+FRAME_CACHE_SIZE = 256  # recent events' frames: 256 x 16 KB at most (4 MB), in practice ~100 KB
 
 CallIdFilter = Annotated[
     str | None, Query(max_length=128, description="Only the events of this call.")
@@ -41,12 +42,21 @@ ResumeAfter = Annotated[
     ),
 ]
 
-FEED_DESCRIPTION = """Every call's state changes, AI attempts and (at most once a second per live
-call) ingestion progress, as they happen. Each event has an `id:` (resume with `Last-Event-ID`
-or `last_event_id`: nothing lost or repeated within the kept window), an `event:` name (`state`,
-`attempt`, `progress`) and one line of JSON `data:`. If the resume position is no longer kept,
+FEED_DESCRIPTION = f"""Every call's state changes, AI attempts (live windows' too: `live`),
+ingestion progress (at most once a second per live call), stored segments and transcribed
+utterances, as they happen. Each event has an `id:` (resume with `Last-Event-ID` or
+`last_event_id`: nothing lost or repeated within the kept window), an `event:` name (`state`,
+`attempt`, `progress`, `segment`, `utterance`) and one line of JSON `data:` (the schema below),
+at most {MAX_EVENT_BYTES} bytes. If the resume position is no longer kept,
 the first event is `reset`: re-read the calls (GET /v1/calls), then carry on. A comment every
 EVENTS_HEARTBEAT_S keeps proxies from closing a quiet connection."""
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response, naming its media type so that the OpenAPI document files the
+    events' schema under text/event-stream."""
+
+    media_type = "text/event-stream"
 
 
 def _filter(call_id: str | None, states: list[CallState] | None) -> EventFilter:
@@ -54,23 +64,30 @@ def _filter(call_id: str | None, states: list[CallState] | None) -> EventFilter:
 
 
 def _reset_body(reset: Reset) -> bytes:
-    return orjson.dumps({"type": "reset", "reason": reset.reason})
+    return ResetEvent(reason=reset.reason).model_dump_json().encode()
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=FRAME_CACHE_SIZE)
 def _frame(event_id: str, event_type: str, wire: bytes) -> bytes:
     """One event as Server-Sent Event bytes: encoded once per process, not once per
-    subscriber (hundreds of subscribers get the same event)."""
+    subscriber (hundreds of subscribers get the same event, all within one hand-out, so a few
+    hundred recent frames is all the cache needs to hold). Every event is at most
+    MAX_EVENT_BYTES (db/feed_events.py), so the cache holds at most a few megabytes."""
     return ServerSentEvent(wire.decode(), event=event_type, id=event_id).encode()
 
 
+def _encoded(item: Event | Reset) -> bytes:
+    if isinstance(item, Reset):
+        return ServerSentEvent(_reset_body(item).decode(), event="reset").encode()
+    if len(item.wire) > MAX_EVENT_BYTES:
+        # Appended by something other than db/feed_events.py's encode (an older release): sent
+        # as it is, but never kept in the cache.
+        return _frame.__wrapped__(item.id, item.type, item.wire)
+    return _frame(item.id, item.type, item.wire)
+
+
 def _frames(batch: list[Event | Reset]) -> bytes:
-    return b"".join(
-        _frame(item.id, item.type, item.wire)
-        if isinstance(item, Event)
-        else ServerSentEvent(_reset_body(item).decode(), event="reset").encode()
-        for item in batch
-    )
+    return b"".join(_encoded(item) for item in batch)
 
 
 async def _server_sent(
@@ -87,8 +104,14 @@ async def _server_sent(
     "/v1/events",
     summary="Live event feed (Server-Sent Events)",
     description=FEED_DESCRIPTION,
-    response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **INVALID_REQUEST},
+    response_class=_EventStream,
+    responses={
+        200: {
+            "model": FeedMessage,
+            "description": "Server-Sent Events; each `data:` is one of these (by `type`).",
+        },
+        **INVALID_REQUEST,
+    },
 )
 async def event_stream(
     res: ResourcesDep,

@@ -109,7 +109,9 @@ async def test_the_feed_is_trimmed_to_about_its_max_length(redis: Redis) -> None
 
 async def test_event_ids_increase_and_a_resume_reads_exactly_what_follows(redis: Redis) -> None:
     log = EventLog(redis, FEED)
-    await log.publish(*({"type": "state", "call_id": f"c{n}", "state": "X"} for n in range(10)))
+    await log.publish(
+        *({"type": "state", "call_id": f"c{n}", "state": "ARCHIVED"} for n in range(10))
+    )
     events = await log.after("0-0", 100)
     assert [id_key(e.id) for e in events] == sorted(id_key(e.id) for e in events)
     after_third = await log.after(events[2].id, 100)
@@ -118,9 +120,9 @@ async def test_event_ids_increase_and_a_resume_reads_exactly_what_follows(redis:
 
 async def test_lost_since_tells_when_the_resume_point_was_trimmed(redis: Redis) -> None:
     log = EventLog(redis, FEED)
-    await log.publish({"type": "state", "call_id": "old", "state": "X"})
+    await log.publish({"type": "state", "call_id": "old", "state": "ARCHIVED"})
     (old,) = await log.after("0-0", 10)
     assert not await log.lost_since(old.id)
-    await log.publish({"type": "state", "call_id": "new", "state": "X"})
+    await log.publish({"type": "state", "call_id": "new", "state": "ARCHIVED"})
     await redis.xtrim(EVENTS, maxlen=1, approximate=False)
     assert await log.lost_since(old.id)

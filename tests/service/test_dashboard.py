@@ -21,9 +21,13 @@ import pytest
 from httpx import AsyncClient
 from playwright.async_api import Browser, Locator, Page, Route, expect
 from pydantic import SecretStr
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from core.audio import mulaw_encode
+from db.feed_events import CALL_EVENT, AttemptEvent
+from db.keys import EVENTS
+from db.states import CallState
 from jobs.ai import PermanentAIError, Spoken, TransientAIError, sentiment_of, transcript_of
 from jobs.audio import SpeechSource, TrackAudio
 from service.app import create_asgi
@@ -37,6 +41,7 @@ from tests.serving import serving, worker_running
 
 ASSETS = {
     "/dashboard": "text/html; charset=utf-8",
+    "/dashboard/contract.js": "text/javascript; charset=utf-8",
     "/dashboard/dashboard.js": "text/javascript; charset=utf-8",
     "/dashboard/dashboard.css": "text/css; charset=utf-8",
 }
@@ -136,8 +141,14 @@ def test_the_page_loads_only_its_own_files_and_writes_no_server_text_as_html():
     # The policy refuses inline code and style: the page must not need any.
     for inline in ("<script>", "<style", " style=", " on" + "click="):
         assert inline not in page, inline
-    for own in ('src="/dashboard/dashboard.js"', 'href="/dashboard/dashboard.css"'):
+    for own in (
+        'src="/dashboard/contract.js"',
+        'src="/dashboard/dashboard.js"',
+        'href="/dashboard/dashboard.css"',
+    ):
         assert own in page, own
+    # The contract first: the script reads the server's rules from it.
+    assert page.index("/dashboard/contract.js") < page.index("/dashboard/dashboard.js")
     for remote in ("http://", "https://", "//"):  # no CDN, nothing from elsewhere
         assert remote not in page, remote
     # What the server says is text: no HTML is ever built from it.
@@ -772,6 +783,50 @@ async def test_a_calls_page_from_its_row_follows_it_live_plays_its_recording_and
     # The key went in headers only, the recording's request included.
     assert any(u.endswith("/v1/calls/call-two/audio") for u in urls)
     assert not [u for u in urls if SUPERVISOR in u or INGEST in u]
+
+
+async def test_a_live_two_track_audio_call_stays_in_progress_with_its_duration_running(
+    browser: Browser, settings: Settings, redis: Redis
+):
+    # Issue 23: live transcription publishes `attempt` events while the call is IN_PROGRESS;
+    # the board took any attempt for "the AI has the call" and showed PROCESSING_AI with its
+    # duration stopped. A live attempt (`live: true`) leaves the call's state alone.
+    ai = HeldAI(holding=False)  # every live window is transcribed at once
+    live = settings.model_copy(update={"segment_seconds": 1.0, "ai_attempt_timeout_s": HOLD_S})
+    async with callstream(live, ai) as api, dashboard(browser, api) as page:
+        await connected(page)
+        await page.wait_for_function("() => snapshot.loadedOnce && !snapshot.loading")
+        media_url = f"ws://{api.base_url.host}:{api.base_url.port}/v1/call/media"
+        async with connect(media_url) as ws:
+            call = TwoPartyCall(ws, "call-live-audio")
+            await call.start()
+            await call.frames(1, 110)  # 2.2 s of each party: segments stored, windows transcribed
+            # The page has applied a live attempt: the attempt's number and its live step show.
+            await expect(cell(page, "live", "call-live-audio", "attempt")).to_have_text(
+                "1", timeout=WAIT_MS
+            )
+            await expect(cell(page, "live", "call-live-audio", "step")).to_have_text(
+                "live transcription"
+            )
+            await expect(cell(page, "live", "call-live-audio", "state")).to_have_text("IN_PROGRESS")
+            # Its duration runs on (the board redraws every second), though no packet comes.
+            duration = cell(page, "live", "call-live-audio", "duration")
+            shown = await duration.text_content()
+            await expect(duration).not_to_have_text(shown or "", timeout=WAIT_MS)
+            await expect(cell(page, "live", "call-live-audio", "state")).to_have_text("IN_PROGRESS")
+            # What the feed said: live attempts, each of a call IN_PROGRESS, each valid.
+            told = [
+                CALL_EVENT.validate_json(fields[b"e"])
+                for _, fields in await redis.xrange(EVENTS)
+                if b'"call-live-audio"' in fields[b"e"]
+            ]
+            attempts = [e for e in told if isinstance(e, AttemptEvent)]
+            assert attempts, told
+            assert all(a.live and a.state is CallState.IN_PROGRESS for a in attempts), attempts
+            await call.stop()
+        await expect(cell(page, "live", "call-live-audio", "state")).not_to_have_text(
+            "IN_PROGRESS", timeout=WAIT_MS
+        )
 
 
 SPEAKERS = ("Robin", "Sam")  # SPEAKER_NAMES: the caller's, then the agent's

@@ -18,10 +18,12 @@ from websockets.exceptions import InvalidStatus
 
 import service.feed as feed_module
 from db.events import Event, EventLog
+from db.feed_events import MAX_EVENT_BYTES
 from db.keys import EVENTS
 from devstack.servers import free_port
 from service.app import create_app
 from service.feed import EventFilter, FeedHub
+from service.routes import events as routes
 from settings import Settings
 from tests.conftest import FEED, make_settings
 from tests.factories import packet
@@ -272,7 +274,7 @@ async def test_a_subscriber_too_slow_for_its_queue_catches_up_from_redis_in_orde
     try:
         async with hub.subscribe(EventFilter()) as batches:
             for n in range(40):  # far more than its queue holds, while it reads nothing
-                await log.publish({"type": "state", "call_id": f"c{n}", "state": "X"})
+                await log.publish({"type": "state", "call_id": f"c{n}", "state": "ARCHIVED"})
             await asyncio.sleep(0.3)  # the reader has handed them all out by now
             got: list[str] = []
             async for batch in batches:
@@ -299,11 +301,25 @@ async def test_a_resume_ahead_of_this_process_s_reader_repeats_nothing(redis: Re
     lagging.start()
     try:
         await lagging.ready()
-        await log.publish({"type": "state", "call_id": "x", "state": "X"})
+        await log.publish({"type": "state", "call_id": "x", "state": "ARCHIVED"})
         (seen,) = await log.after("0-0", 10)  # read from another API process
         async with lagging.subscribe(EventFilter(), resume_after=seen.id) as batches:
-            await log.publish({"type": "state", "call_id": "y", "state": "X"})
+            await log.publish({"type": "state", "call_id": "y", "state": "ARCHIVED"})
             batch = await asyncio.wait_for(anext(batches), TIMEOUT)
         assert [item.call_id for item in batch if isinstance(item, Event)] == ["y"]
     finally:
         await lagging.close()
+
+
+def test_the_api_keeps_the_frames_of_recent_bounded_events_only():
+    routes._frame.cache_clear()
+    small = Event("1-0", {"type": "state", "call_id": "c1", "state": "ARCHIVED"})
+    # An entry no model built (an older release's): sent whole, never kept.
+    large = Event("2-0", {"type": "utterance", "call_id": "c1", "text": "x" * MAX_EVENT_BYTES})
+    sent = routes._frames([small, large])
+    assert b"id: 2-0" in sent
+    assert len(sent) > MAX_EVENT_BYTES
+    assert routes._frame.cache_info().currsize == 1
+    for n in range(routes.FRAME_CACHE_SIZE * 2):
+        routes._frames([Event(f"{n + 3}-0", {"type": "state", "call_id": "c", "state": "FAILED"})])
+    assert routes._frame.cache_info().currsize == routes.FRAME_CACHE_SIZE
