@@ -152,24 +152,18 @@ def test_a_state_event_keeps_its_shape_archived_fields_only_when_archived():
     assert orjson.loads(payload(archived, 5.0))["at"] == 5.0
 
 
-def record() -> AttemptRecord:
-    return AttemptRecord("transcription", 1, "ok", None, datetime.now(UTC), 12.5)
+def record(live: bool, window: str | None) -> AttemptRecord:
+    return AttemptRecord("transcription", 1, "ok", None, datetime.now(UTC), 12.5, window, live)
 
 
-class LiveRecord:
-    """An AttemptRecord as the lead's branch makes it: it knows whether it is live, and where."""
-
-    step, attempt, outcome, error, duration_ms = "transcription", 2, "error", "503", 3.0
-    live, window = True, "the caller's audio at 35.8-75.0 s"
-
-
-def test_an_attempt_during_the_call_is_live_and_one_of_the_ai_run_is_final():
-    live = attempt_event("c1", "IN_PROGRESS", record())
-    final = attempt_event("c1", "PROCESSING_AI", record())
-    assert (live["live"], live["window"]) == (True, None)
-    assert (final["live"], final["window"]) == (False, None)
-    told = attempt_event("c1", "IN_PROGRESS", LiveRecord())
-    assert (told["live"], told["window"]) == (True, "the caller's audio at 35.8-75.0 s")
+def test_an_attempt_says_its_window_and_whether_it_was_live():
+    window = "the caller's audio at 35.8-75.0 s"
+    live = attempt_event("c1", "IN_PROGRESS", record(True, window))
+    final = attempt_event("c1", "PROCESSING_AI", record(False, window))
+    sentiment = attempt_event("c1", "PROCESSING_AI", record(False, None))
+    assert (live["live"], live["window"]) == (True, window)
+    assert (final["live"], final["window"]) == (False, window)
+    assert (sentiment["live"], sentiment["window"]) == (False, None)
 
 
 def test_the_first_packets_event_on_the_ingest_path_is_the_one_its_model_builds():

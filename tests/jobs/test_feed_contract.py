@@ -103,7 +103,7 @@ async def test_every_event_of_calls_run_end_to_end_is_one_its_model_describes(
     assert all(a.state is CallState.PROCESSING_AI for a in final)
     states = [(e.call_id, e.state, e.reason) for _, e in events if isinstance(e, StateEvent)]
     assert ("refused", CallState.FAILED, "transcription failed permanently: audio format "
-            "not supported") in states  # fmt: skip
+            "not supported (transcribing the caller's text)") in states  # fmt: skip
     assert ("refused", CallState.COMPLETED, "replay") in states
     assert ("audio", CallState.COMPLETED, "explicit") in states
 
