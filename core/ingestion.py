@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from core.errors import (
     NotYetReplicated,
     PayloadTooLarge,
 )
+from core.held import HeldPackets
 from db.intake import CallCap, CallCompleted, CallFull, CallIntake, Completion
 from db.outages import REDIS_OUTAGE
 from db.packets import Outcome, PacketFields, PacketResult
@@ -128,6 +129,8 @@ class Ingestion:
     limits: Limits
     backlog: Backlog
     enqueue_segment: EnqueueSegment | None = None
+    # What transports of this process hold back for a call: stored before its completion.
+    held: HeldPackets = field(default_factory=HeldPackets)
 
     @metrics.measured_append
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
@@ -181,7 +184,9 @@ class Ingestion:
         actor: str | None = None,
     ) -> Completion:
         """Complete the call exactly once, audited as `actor`'s, and queue its job; a completion
-        whose enqueue fails stays in the pending index, where the reaper finds and enqueues it."""
+        whose enqueue fails stays in the pending index, where the reaper finds and enqueues it.
+        Packets a transport of this process holds back for the call are stored first."""
+        await self.held.store(call_id)
         try:
             outcome = await self.intake.complete(call_id, reason, idle_cutoff)
         except NotReplicated as short:

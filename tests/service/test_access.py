@@ -52,7 +52,7 @@ async def client_for(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterat
     async with (
         LifespanManager(app) as manager,
         AsyncClient(
-            transport=ASGITransport(manager.app, client=(peer, 40000)), base_url="http://test"
+            transport=ASGITransport(manager.app, client=(peer, 40000)), base_url="http://localhost"
         ) as client,
     ):
         yield client

@@ -238,10 +238,14 @@ async def test_disconnect_flushes_what_was_received(base: str, redis: Redis):
     assert (await call_status(base, "CA5"))["state"] == "IN_PROGRESS"
 
 
-async def test_redis_unavailable_closes_with_1011(server_urls: tuple[str, str]):
+async def test_redis_unavailable_closes_with_1013_try_again_without_claiming_frames_were_lost(
+    server_urls: tuple[str, str],
+):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async for base in serve(make_settings(server_urls[0], dead_redis, redis_timeout_s=0.2)):
         frames, code = await stream(base, [start("CA6"), media(2)])
 
-        assert code == 1011
+        assert code == 1013
         assert [f["code"] for f in frames] == ["redis_unavailable"]
+        assert "not stored" not in frames[0]["message"]
+        assert "may not have been stored" in frames[0]["message"]
