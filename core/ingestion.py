@@ -32,8 +32,12 @@ from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import NotReplicated
 
 MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
-CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
+# At least one character that is not a dot: `.` and `..` are path segments to every URL and
+# filesystem (an object store's key, a proxy's normalised path), never names. The pattern has no
+# length and no lookahead (FastAPI's patterns run on Rust's regex engine): CALL_ID_MAX_LENGTH.
+CALL_ID_PATTERN = r"^\.*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$"
+CALL_ID_MAX_LENGTH = 128
+CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -, not only dots"
 MAX_METADATA_BYTES = 16 * 1024  # what a call may be opened with (a media stream's start)
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,11 @@ EnqueueSegment = Callable[[str, int], Awaitable[object]]
 
 def is_call_id(value: object) -> bool:
     # fullmatch: with re.match, "$" would also match before a trailing newline.
-    return isinstance(value, str) and _CALL_ID.fullmatch(value) is not None
+    return (
+        isinstance(value, str)
+        and len(value) <= CALL_ID_MAX_LENGTH
+        and _CALL_ID.fullmatch(value) is not None
+    )
 
 
 def check_data_size(packet: PacketFields, limit: int) -> None:

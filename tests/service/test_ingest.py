@@ -373,7 +373,9 @@ async def test_fast_path_and_fastapi_route_answer_byte_for_byte_alike(settings: 
         app = create_asgi(settings.model_copy(update={"ingest_fast_path": fast}))
         async with (
             LifespanManager(app) as manager,
-            AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
+            AsyncClient(
+                transport=ASGITransport(manager.app), base_url="http://localhost"
+            ) as client,
         ):
             call = f"same-{fast}"
             answers = [await send(client, call, s) for s in (1, 3, 2, 2)]
