@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -468,7 +469,7 @@ async def test_a_keys_new_sockets_past_its_rate_get_429(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     # One one-second window for the whole test, whatever the machine's speed.
-    monkeypatch.setattr(rate_limits.time, "time", lambda: 1_900_000_000.5)
+    monkeypatch.setattr(rate_limits, "time", SimpleNamespace(time=lambda: 1_900_000_000.5))
     limited = keyed(settings, ws_connect_rate_limit=2)
     headers = {"x-api-key": KEYS[Role.SUPERVISOR]}
     async with serving(create_asgi(limited)) as address:

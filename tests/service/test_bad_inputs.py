@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -198,7 +199,7 @@ DOTS = ["%2E", "%2E%2E", "..."]  # `.` and `..` escaped: a client would resolve 
 async def test_a_call_id_of_dots_only_is_refused_invalid_call_id_on_every_path(
     both_paths: AsyncClient, redis: Redis, dots: str
 ):
-    asked = [
+    asked: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", f"/v1/call/stream/{dots}", {"json": GOOD}),
         ("POST", f"/v1/call/stream/{dots}/batch", {"json": {"packets": [GOOD]}}),
         ("POST", f"/v1/call/complete/{dots}", {}),
