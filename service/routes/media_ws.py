@@ -105,8 +105,8 @@ class Reject(Exception):
         message = error.detail
         if refused is not None:
             message += (
-                f" (this concerns the {refused.track} frames from sequence {refused.sequence} "
-                "on; the frames before them were taken)"
+                f" (refused: the {refused.track} frame of sequence {refused.sequence} and every "
+                "frame taken in after it; the frames before it were stored)"
             )
         return cls(error.code, message, close_code)
 
@@ -263,6 +263,9 @@ class MediaStream:
             self.failed = refused
         except REDIS_OUTAGE:
             self.failed = Reject(RedisUnavailable.code, REDIS_DOWN_STREAM, CLOSE_TRY_AGAIN)
+        except Exception:
+            log.exception("media stream %s: storing before its completion failed", self.call_id)
+            self.failed = Reject("internal_error", INTERNAL_ERROR, CLOSE_INTERNAL)
 
     async def handle(self, frame: dict[str, Any]) -> bool:
         """Take one frame; True when the stream is over (stop)."""

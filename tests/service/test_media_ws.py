@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from core.ingestion import Ingestion
 from db.keys import call_keys
 from devstack.servers import free_port
 from jobs.process import process_call
@@ -351,3 +352,19 @@ async def test_a_call_id_of_dots_only_is_refused_invalid_call_id(
     assert code == 1008
     assert [f["code"] for f in frames] == ["invalid_call_id"]
     assert await redis.dbsize() == 0
+
+
+async def test_an_internal_error_closes_1011_saying_only_that_it_is_logged(
+    base: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug with secret details")
+
+    monkeypatch.setattr(Ingestion, "open_call", broken)
+
+    frames, code = await stream(base, [start("CA-BUG"), media(1)])
+
+    assert code == 1011
+    assert [f["code"] for f in frames] == ["internal_error"]
+    assert "secret" not in frames[0]["message"]
+    assert "a bug with secret details" in caplog.text  # logged, with its traceback
