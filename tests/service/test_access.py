@@ -513,9 +513,15 @@ async def test_without_keys_a_socket_addressed_to_another_host_is_refused_at_the
     settings: Settings,
 ):
     async with serving(create_asgi(settings)) as address:
-        port = address.rsplit(":", 1)[1]
+        port = int(address.rsplit(":", 1)[1])
         assert (await handshake(f"ws://localhost:{port}/ws/supervisor", {}))[0] == 101
         # A page that rebound its own name to 127.0.0.1 connects with that name as Host.
+        rebound = f"ws://rebound.example:{port}/ws/supervisor"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(rebound, host="127.0.0.1", port=port, open_timeout=10):
+                pass
+        assert refused.value.response.status_code == 421
+        assert json.loads(refused.value.response.body)["code"] == "host_not_served"
         async with AsyncClient(base_url=f"http://{address}") as http:
             answer = await http.get("/v1/calls", headers={"host": f"rebound.example:{port}"})
         assert answer.status_code == 421
