@@ -89,6 +89,25 @@ class Settings(BaseSettings):
         gt=0,
         description="a media stream with no frame for this long is closed (its packets kept)",
     )
+    ws_start_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="a media stream that has not sent a valid `start` this long after it opened "
+        "is closed with `1008` (its key, when it brings it in `start`, included)",
+    )
+    ws_max_sockets_per_key: int = Field(
+        1000,
+        ge=1,
+        description="WebSockets and event streams (`/v1/events`) one API key may hold open on "
+        "one API process; one more is refused `429` (at the handshake, or at the media "
+        "stream's `start` when its key comes there)",
+    )
+    ws_connect_rate_limit: int = Field(
+        50,
+        ge=0,
+        description="new WebSockets and event streams a second per API key (`429` past it, "
+        "counted across API processes); `0`: no limit",
+    )
     ws_allowed_origins: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(),
         description="browser origins allowed on the WebSockets, comma-separated (PBXs and "

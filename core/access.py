@@ -2,10 +2,15 @@
 endpoint. The HTTP gate (service/gate.py) and the media WebSocket both ask here.
 
 Roles: `ingest` (packets, batches, completions, the media WebSocket), `supervisor` (every read),
-`admin` (everything, replays included). With no key configured at all, Callstream is open but
-serves loopback only. Keys are compared by their SHA-256 digests, each presented key against
-every known one with hmac.compare_digest, so the time taken says nothing about which keys exist;
-a key is never logged, only its short id (the first 8 hex digits of its digest).
+`admin` (everything, replays included). Every socket is authorized at its handshake like any
+request; only a feed whose protocol cannot send headers (a rule with `key_in_first_message`: the
+Twilio media stream, whose key comes in `start`) may bring its key in its first message, within
+WS_START_TIMEOUT_S. With no key configured at all, Callstream is open but serves this machine
+only: a loopback peer, a `Host` naming loopback (a page that rebinds its DNS name to 127.0.0.1
+sends its own name), and no cross-site writes. Keys are compared by their SHA-256 digests, each
+presented key against every known one with hmac.compare_digest, so the time taken says nothing
+about which keys exist; a key is never logged, only its short id (the first 8 hex digits of its
+digest).
 """
 
 from __future__ import annotations
@@ -46,6 +51,15 @@ class Rule:
     path: re.Pattern[str]
     role: Role | None
     prefix: str  # what every matching path starts with: checked before the pattern (hot path)
+    # The protocol cannot send headers (Twilio's <Stream>): a socket without a key is let in,
+    # and must present one in its first message (start.customParameters.token) in time.
+    key_in_first_message: bool = False
+    # Held open (a socket, an event stream): counted against WS_MAX_SOCKETS_PER_KEY.
+    long_lived: bool = False
+
+    @property
+    def websocket(self) -> bool:
+        return "WEBSOCKET" in self.methods
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -57,8 +71,11 @@ def _literal_prefix(pattern: str) -> str:
     return starts[0][:length]
 
 
-def _rule(methods: str, path: str, role: Role | None) -> Rule:
-    return Rule(frozenset(methods.split()), re.compile(path), role, _literal_prefix(path))
+def _rule(methods: str, path: str, role: Role | None, **options: bool) -> Rule:
+    methods_ = frozenset(methods.split())
+    long_lived = options.pop("long_lived", "WEBSOCKET" in methods_)
+    return Rule(methods_, re.compile(path), role, _literal_prefix(path), long_lived=long_lived,
+                **options)  # fmt: skip
 
 
 _ID = r"[^/]+"
@@ -74,11 +91,11 @@ RULES = (
     ),
     _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),
     _rule("POST", rf"/v1/call/complete/{_ID}", Role.INGEST),
-    _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST),
+    _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST, key_in_first_message=True),
     _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history|/audio|/transcript)?)?", Role.SUPERVISOR),
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
-    _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR),
+    _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR, long_lived=True),
     _rule("WEBSOCKET", r"/ws/supervisor", Role.SUPERVISOR),
     _rule("GET HEAD", r"/metrics", Role.SUPERVISOR),
     _rule("GET HEAD", r"/docs|/docs/oauth2-redirect|/redoc|/openapi\.json", Role.SUPERVISOR),
@@ -185,6 +202,45 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def host_is_loopback(host: str | None) -> bool:
+    """Whether a `Host` header (or an Origin's authority) names this machine: `localhost`, a
+    loopback address (`127.0.0.1`, `[::1]`...), with any port. No Host names nothing."""
+    if not host:
+        return False
+    if host.startswith("["):  # [v6]:port
+        name, bracket, _ = host[1:].partition("]")
+        return bool(bracket) and _is_loopback_address(name)
+    name = host.rpartition(":")[0] if ":" in host else host
+    return name.lower() == "localhost" or _is_loopback_address(name)
+
+
+def _is_loopback_address(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_site_write(method: str, origin: str | None, fetch_site: str | None) -> bool:
+    """A browser's write from another site (a form or fetch on any web page): what a loopback
+    API without keys must refuse, since such a POST needs no preflight. Browsers send
+    `Sec-Fetch-Site`, and `Origin` on every cross-origin POST; programs send neither."""
+    if method in SAFE_METHODS:
+        return False
+    if fetch_site is not None and fetch_site.lower() == "cross-site":
+        return True
+    return origin is not None and not origin_is_loopback(origin)
+
+
+def origin_is_loopback(origin: str) -> bool:
+    """`http://localhost:3000` yes; `https://evil.example` and `null` (a sandboxed page) no."""
+    scheme, sep, authority = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and host_is_loopback(authority)
 
 
 def key_ring(settings: Settings) -> KeyRing:

@@ -12,12 +12,16 @@ CallstreamError            carries its HTTP status and a stable code
 │   ├── CallTooLarge       413: the packets would take the call past its caps
 │   └── MetadataTooLarge   413: a media stream's start message is too large
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
+├── HostNotServed          421: without keys, a Host that does not name this machine
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
 ├── Overloaded             503: too many completed calls wait: new calls refused for now
 ├── NotYetReplicated       503: too few replicas confirmed the write (REDIS_WAIT_REPLICAS)
 ├── RedisUnavailable       503: Redis is unreachable (what every transport makes of an outage)
 ├── InvalidText            422: text that cannot be stored (a NUL character, a lone surrogate)
 └── DuplicateKey           422: a JSON object names a key twice
+
+`retryable` marks the errors that say "not now" rather than "not this": the same request may
+succeed later (the HTTP answer's Retry-After, the media socket's close 1013).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class CallstreamError(Exception):
     status_code = 400
     code = "bad_request"
     default_headers: ClassVar[dict[str, str]] = {}  # sent with every answer of the class
+    retryable: ClassVar[bool] = False  # the same request may succeed later
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -98,14 +103,24 @@ class MetadataTooLarge(PayloadTooLarge):
     code = "metadata_too_large"
 
 
+class HostNotServed(CallstreamError):
+    """Without keys Callstream serves this machine only: a Host naming another (a page that
+    rebound its DNS name to 127.0.0.1) is misdirected here."""
+
+    status_code = 421
+    code = "host_not_served"
+
+
 class RateLimited(CallstreamError):
     status_code = 429
     code = "rate_limited"
+    retryable = True
 
 
 class Overloaded(CallstreamError):
     status_code = 503
     code = "backlog_full"
+    retryable = True
 
 
 class NotYetReplicated(CallstreamError):
@@ -113,6 +128,7 @@ class NotYetReplicated(CallstreamError):
 
     status_code = 503
     code = "not_replicated"
+    retryable = True
     default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
@@ -123,6 +139,13 @@ REDIS_DOWN = (
     "is answered as a duplicate, so retrying is safe."
 )
 
+# What a media socket that lost Redis may say: it acknowledges no frame, and a frame in flight
+# may or may not have been stored.
+REDIS_DOWN_STREAM = (
+    "Redis is unavailable: the frames since the last one stored may not have been stored. "
+    "Reconnect and send them again; a frame already stored is counted as a duplicate."
+)
+
 
 class RedisUnavailable(CallstreamError):
     """A Redis outage (db/outages.py REDIS_OUTAGE), as the fast path, the routes and the media
@@ -130,6 +153,7 @@ class RedisUnavailable(CallstreamError):
 
     status_code = 503
     code = "redis_unavailable"
+    retryable = True
     default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
     def __init__(self, detail: str = REDIS_DOWN, headers: dict[str, str] | None = None) -> None:

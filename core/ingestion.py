@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -25,14 +25,19 @@ from core.errors import (
     NotYetReplicated,
     PayloadTooLarge,
 )
+from core.held import HeldPackets
 from db.intake import CallCap, CallCompleted, CallFull, CallIntake, Completion
 from db.outages import REDIS_OUTAGE
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import NotReplicated
 
 MAX_SEQUENCE = 2**53 - 1  # exact in every JSON implementation and in Redis' Lua
-CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
+# At least one character that is not a dot: `.` and `..` are path segments to every URL and
+# filesystem (an object store's key, a proxy's normalised path), never names. The pattern has no
+# length and no lookahead (FastAPI's patterns run on Rust's regex engine): CALL_ID_MAX_LENGTH.
+CALL_ID_PATTERN = r"^\.*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$"
+CALL_ID_MAX_LENGTH = 128
+CALL_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -, not only dots"
 MAX_METADATA_BYTES = 16 * 1024  # what a call may be opened with (a media stream's start)
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,11 @@ EnqueueSegment = Callable[[str, int], Awaitable[object]]
 
 def is_call_id(value: object) -> bool:
     # fullmatch: with re.match, "$" would also match before a trailing newline.
-    return isinstance(value, str) and _CALL_ID.fullmatch(value) is not None
+    return (
+        isinstance(value, str)
+        and len(value) <= CALL_ID_MAX_LENGTH
+        and _CALL_ID.fullmatch(value) is not None
+    )
 
 
 def check_data_size(packet: PacketFields, limit: int) -> None:
@@ -128,6 +137,8 @@ class Ingestion:
     limits: Limits
     backlog: Backlog
     enqueue_segment: EnqueueSegment | None = None
+    # What transports of this process hold back for a call: stored before its completion.
+    held: HeldPackets = field(default_factory=HeldPackets)
 
     @metrics.measured_append
     async def append(self, call_id: str, packets: Sequence[PacketFields]) -> list[PacketResult]:
@@ -181,7 +192,9 @@ class Ingestion:
         actor: str | None = None,
     ) -> Completion:
         """Complete the call exactly once, audited as `actor`'s, and queue its job; a completion
-        whose enqueue fails stays in the pending index, where the reaper finds and enqueues it."""
+        whose enqueue fails stays in the pending index, where the reaper finds and enqueues it.
+        Packets a transport of this process holds back for the call are stored first."""
+        await self.held.store(call_id)
         try:
             outcome = await self.intake.complete(call_id, reason, idle_cutoff)
         except NotReplicated as short:

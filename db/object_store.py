@@ -10,13 +10,16 @@ must exist: creating buckets is the deployment's business, not a worker's.
 An object is written before the row that names it is committed, so a committed row's object is
 always there; an object whose row lost a race (another flusher stored the segment first) is left
 behind, unnamed, and costs its bytes only. Keys hold the segment's last stream id, so two
-flushers never write one key with different bytes.
+flushers never write one key with different bytes. Each part of a key is percent-encoded
+(`key_part`), so that no part is `.` or `..` or holds a `/`: a filesystem-backed store refuses
+dot segments for good, and a refusal for good must not be made of a call's name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import string
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,6 +33,15 @@ from aiobotocore.session import get_session
 CLIENT_CONFIG = AioConfig(
     connect_timeout=2, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}
 )
+
+
+_KEY_SAFE = frozenset((string.ascii_letters + string.digits + "-_").encode())
+
+
+def key_part(text: str) -> str:
+    """`text` as one part of an object key: every byte but A-Z a-z 0-9 - _ percent-encoded
+    (the dot included, so no part is a dot segment)."""
+    return "".join(chr(b) if b in _KEY_SAFE else f"%{b:02X}" for b in text.encode())
 
 
 class NoObjectStore(LookupError):
@@ -78,7 +90,8 @@ class ObjectStore:
         self._opening = asyncio.Lock()
 
     def key(self, call_id: str, segment: int, track: int, through: tuple[int, int]) -> str:
-        return f"{self.address.prefix}{call_id}/{segment:06d}.{track}.{through[0]}-{through[1]}"
+        name = f"{segment:06d}.{track}.{through[0]}-{through[1]}"  # numbers: nothing to encode
+        return f"{self.address.prefix}{key_part(call_id)}/{name}"
 
     async def put(self, key: str, data: bytes) -> None:
         client = await self._opened()

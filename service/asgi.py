@@ -18,6 +18,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008  # a policy violation; before the handshake, the client sees HTTP 403
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # a retryable refusal (core/errors.py `retryable`): reconnect later
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 _PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]
@@ -36,22 +37,38 @@ class AppLayer:
 
 
 async def send_answer(
-    send: Send, status: int, body: bytes, head: list[tuple[bytes, bytes]] = JSON_HEADERS
+    send: Send,
+    status: int,
+    body: bytes,
+    head: list[tuple[bytes, bytes]] = JSON_HEADERS,
+    *,
+    websocket: bool = False,
 ) -> None:
+    """An HTTP answer; `websocket`: as the refusal of a WebSocket handshake (the ASGI
+    `websocket.http.response` extension), which a client sees as that HTTP answer."""
+    kind = "websocket.http.response" if websocket else "http.response"
     headers: list[Any] = [*head, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.start", "status": status, "headers": headers})
+    await send({"type": f"{kind}.body", "body": body})
 
 
 async def send_problem(
-    send: Send, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    websocket: bool = False,
 ) -> None:
     """An error answer in the one format (service/errors.py answer_body), as FastAPI's handlers
     send it: these layers are outside FastAPI's error middleware."""
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     body = answer_body(status, code, detail)
-    await send_answer(send, status, body, [*_PROBLEM_HEADERS, *extra])
+    await send_answer(send, status, body, [*_PROBLEM_HEADERS, *extra], websocket=websocket)
 
 
-async def send_error(send: Send, error: CallstreamError) -> None:
-    await send_problem(send, error.status_code, error.code, error.detail, error.headers)
+async def send_error(send: Send, error: CallstreamError, *, websocket: bool = False) -> None:
+    await send_problem(
+        send, error.status_code, error.code, error.detail, error.headers, websocket=websocket
+    )

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.ingestion import CALL_ID_PATTERN, CALL_ID_RULE, Ingestion
+from core.ingestion import CALL_ID_MAX_LENGTH, CALL_ID_PATTERN, CALL_ID_RULE, Ingestion
 from service.bodies import check_body_encoding, refuse_duplicate_keys, require_json
 from service.resources import ApiResources
 
@@ -63,5 +63,10 @@ async def json_body(
 
 CallId = Annotated[
     str,
-    Path(pattern=CALL_ID_PATTERN, description=CALL_ID_RULE, examples=["call-42"]),
+    Path(
+        pattern=CALL_ID_PATTERN,
+        max_length=CALL_ID_MAX_LENGTH,
+        description=CALL_ID_RULE,
+        examples=["call-42"],
+    ),
 ]

@@ -23,6 +23,7 @@ from core.errors import (
     RedisUnavailable,
     error_body,
 )
+from core.ingestion import CALL_ID_RULE
 from core.metrics import count_error_answer
 from db.object_store import NoObjectStore
 from db.outages import (
@@ -82,6 +83,10 @@ async def _invalid_request(_: Request, exc: Exception) -> Response:
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in found[:MAX_PROBLEMS]
     ]
+    if all(p["loc"] == ["path", "call_id"] for p in problems):
+        # The one refusal every transport gives a bad call id (the media stream's included).
+        detail = f"path.call_id: the call id must be {CALL_ID_RULE}"
+        return error_response(422, "invalid_call_id", detail, errors=problems)
     where = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems[:3])
     more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
     detail = f"{len(found)} problem(s) with the request: {where}{more}"

@@ -18,6 +18,7 @@ from db.rate_limits import RateLimits
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.queue import QueueClient, call_enqueuer, queue_client, segment_enqueuer
 from service.feed import READ_BLOCK_MS, FeedHub
+from service.socket_limits import SocketLimits
 from settings import Settings
 
 
@@ -35,6 +36,7 @@ class ApiResources:
     sessions: async_sessionmaker[AsyncSession]
     feed: FeedHub  # this process's one reader of the live event feed
     feed_reader: RedisClient  # its connection: blocking reads, apart from the pool
+    sockets: SocketLimits  # each key's open sockets and event streams, and its rate of new ones
     objects: ObjectStore | None = None  # AUDIO_STORE_URL: where recordings are read from
 
     async def close(self) -> None:
@@ -72,6 +74,7 @@ def open_resources(settings: Settings) -> ApiResources:
         read_timeout_s=READ_BLOCK_MS / 1000 + max(5.0, settings.redis_timeout_s),
     )
     limits = feed_limits(settings)
+    rate_limits = RateLimits(redis)
     return ApiResources(
         settings=settings,
         keys=key_ring(settings),
@@ -87,10 +90,13 @@ def open_resources(settings: Settings) -> ApiResources:
         ),
         live=LiveCalls(redis),
         breaker=BreakerState(redis),
-        rate_limits=RateLimits(redis),
+        rate_limits=rate_limits,
         engine=engine,
         sessions=make_sessionmaker(engine),
         feed=FeedHub(EventLog(feed_reader, limits), EventLog(redis, limits)),
         feed_reader=feed_reader,
+        sockets=SocketLimits(
+            rate_limits, settings.ws_max_sockets_per_key, settings.ws_connect_rate_limit
+        ),
         objects=ObjectStore(settings.audio_store_url) if settings.audio_store_url else None,
     )

@@ -168,8 +168,11 @@ def problem_response(description: str, model: type[ErrorBody] = ErrorBody) -> di
 # What the gate (service/gate.py) may answer on any route, before the route itself is reached.
 GATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: problem_response("No API key, or one that is not valid (keys are on)."),
-    403: problem_response("The key's role may not do this; or no keys and not on loopback."),
+    403: problem_response(
+        "The key's role may not do this; or no keys, and not on loopback or a cross-site write."
+    ),
     413: problem_response("The body is larger than MAX_BODY_BYTES; nothing stored."),
+    421: problem_response("No keys configured, and the Host does not name this machine."),
     429: problem_response("The key sent more than its rate; retry after Retry-After."),
 }
 

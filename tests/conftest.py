@@ -192,7 +192,7 @@ async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
     app = create_asgi(settings)
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         yield client
 

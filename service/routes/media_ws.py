@@ -12,10 +12,19 @@ buffered and stored with one Ingestion.append (one Redis round trip) when 50 are
 oldest has waited HOLD_S (60 ms). Every rule (call id, sizes, dedup, ordering, completed calls,
 complete then enqueue) is core/ingestion.py's, the same as over HTTP.
 
+A stream must send a valid `start` within WS_START_TIMEOUT_S of opening (with its key in
+`start.customParameters.token` when its handshake had none: core/access.py's rule for this
+route), else it is closed 1008; once started, it holds one of its key's socket slots
+(service/socket_limits.py).
+
 A bad frame gets `{"event": "error", "code", "message"}` and the socket is closed: 1003 for data
 that cannot be understood, 1008 for a policy violation (completed call, oversized payload, media
-before start), 1011 when Redis is unavailable. Packets that were valid before a bad frame are
-stored; nothing of the bad frame is.
+before start, no valid start in time), 1013 (try again later) for a refusal core/errors.py marks
+retryable (backlog_full, not_replicated, rate_limited, redis_unavailable), 1011 for an internal
+error. Packets taken in before a bad frame, or before the call's completion, are stored; a
+refusal names what it refused (the frames from the first one refused on), and nothing of the
+bad frame is stored. No message claims that frames were not stored where that is not known
+(a Redis outage may hide a write that happened).
 """
 
 from __future__ import annotations
@@ -33,7 +42,14 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from core.access import KeyRing, Role
-from core.errors import CallNotFound, CallstreamError, RedisUnavailable
+from core.errors import (
+    INTERNAL_ERROR,
+    REDIS_DOWN_STREAM,
+    CallNotFound,
+    CallstreamError,
+    CallTooLarge,
+    RedisUnavailable,
+)
 from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
 from db.intake import Completion
 from db.outages import REDIS_OUTAGE
@@ -44,10 +60,13 @@ from service.asgi import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
 )
 from service.deps import get_ws_resources, origin_allowed
 from service.gate import KEY_IN_START, actor_of
+from service.socket_limits import SocketLimits
+from settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +98,17 @@ class Reject(Exception):
         self.close_code = close_code
 
     @classmethod
-    def breaking(cls, error: CallstreamError) -> Reject:
-        """A rule of core/ingestion.py that the frame broke: a policy violation."""
-        return cls(error.code, error.detail, CLOSE_POLICY)
+    def breaking(cls, error: CallstreamError, refused: NewPacket | None = None) -> Reject:
+        """A rule of core/ingestion.py that the frame broke: a policy violation, or 1013 when
+        the same frames may be taken later. `refused`: the first packet the refusal concerns."""
+        close_code = CLOSE_TRY_AGAIN if error.retryable else CLOSE_POLICY
+        message = error.detail
+        if refused is not None:
+            message += (
+                f" (refused: the {refused.track} frame of sequence {refused.sequence} and every "
+                "frame taken in after it; the frames before it were stored)"
+            )
+        return cls(error.code, message, close_code)
 
 
 def parse_frame(raw: str | bytes | None) -> dict[str, Any]:
@@ -182,25 +209,63 @@ def media_packet(frame: dict[str, Any], limit: int, both: bool = False) -> NewPa
 class MediaStream:
     """One socket's state: the call it carries and the packets not yet stored."""
 
-    def __init__(self, websocket: WebSocket, ingestion: Ingestion, keys: KeyRing) -> None:
+    def __init__(
+        self, websocket: WebSocket, ingestion: Ingestion, keys: KeyRing, sockets: SocketLimits
+    ) -> None:
         self.websocket = websocket
         self.ingestion = ingestion
         self.keys = keys
+        self.sockets = sockets
         # Whether the key comes in start.customParameters.token (the gate saw none).
         self.key_in_start = bool(websocket.scope.get(KEY_IN_START))
+        # Released when the stream ends: its key's socket slot (once start brought the key),
+        # its registration with Ingestion.held (once started).
+        self.ends = contextlib.ExitStack()
         self.limit = ingestion.limits.max_packet_data_bytes
         self.call_id: str | None = None
         self.both_tracks = False
         self.buffer: list[NewPacket] = []
+        # One store at a time: a completion's (Ingestion.held) waits for the one in flight.
+        self._storing = asyncio.Lock()
+        self.failed: Reject | None = None  # what storing for a completion ran into
 
     async def flush(self) -> None:
-        if not self.buffer or self.call_id is None:
-            return
-        packets, self.buffer = self.buffer, []
+        async with self._storing:
+            if not self.buffer or self.call_id is None:
+                return
+            packets, self.buffer = self.buffer, []
+            await self._store(self.call_id, packets)
+
+    async def _store(self, call_id: str, packets: list[NewPacket]) -> None:
+        """Store `packets` in one round trip; refused, store those the refusal does not concern
+        and raise the Reject naming the first it does."""
         try:
-            await self.ingestion.append(self.call_id, packets)
+            await self.ingestion.append(call_id, packets)
+        except CallTooLarge as error:
+            if len(packets) == 1:
+                raise Reject.breaking(error, packets[0]) from None
+            # The batch as a whole passes the call's cap: those that fit are stored, one by
+            # one (a rare path: the call's end), up to the first that does not.
+            for index, packet in enumerate(packets):
+                try:
+                    await self.ingestion.append(call_id, [packet])
+                except CallstreamError as refused:
+                    raise Reject.breaking(refused, packets[index]) from None
         except CallstreamError as error:
-            raise Reject.breaking(error) from None
+            raise Reject.breaking(error, packets[0]) from None
+
+    async def store_for_completion(self) -> None:
+        """Ingestion.held's hook: the frames taken in so far go before the call's completion.
+        What goes wrong is kept for the stream's client (the completion goes on)."""
+        try:
+            await self.flush()
+        except Reject as refused:
+            self.failed = refused
+        except REDIS_OUTAGE:
+            self.failed = Reject(RedisUnavailable.code, REDIS_DOWN_STREAM, CLOSE_TRY_AGAIN)
+        except Exception:
+            log.exception("media stream %s: storing before its completion failed", self.call_id)
+            self.failed = Reject("internal_error", INTERNAL_ERROR, CLOSE_INTERNAL)
 
     async def handle(self, frame: dict[str, Any]) -> bool:
         """Take one frame; True when the stream is over (stop)."""
@@ -227,12 +292,14 @@ class MediaStream:
         try:
             metadata = start_metadata(frame)
             if self.key_in_start:  # nothing is stored before the stream is authenticated
-                self.keys.authorize(_start_token(metadata), Role.INGEST)
+                principal = self.keys.authorize(_start_token(metadata), Role.INGEST)
+                self.ends.callback((await self.sockets.admit(principal)).release)
                 metadata = _without_token(metadata)
             await self.ingestion.open_call(call_id, metadata)
         except CallstreamError as error:
             raise Reject.breaking(error) from None
         self.call_id = call_id
+        self.ends.enter_context(self.ingestion.held.holding(call_id, self.store_for_completion))
         self.both_tracks = two_tracks(frame["start"])
 
     async def stop(self) -> None:
@@ -245,26 +312,26 @@ class MediaStream:
             error = CallNotFound(f"call {self.call_id} has never sent a packet")
             raise Reject.breaking(error)
 
-    async def run(self, frames: asyncio.Queue[object], idle_timeout_s: float) -> None:
+    async def run(
+        self, frames: asyncio.Queue[object], idle_timeout_s: float, start_timeout_s: float
+    ) -> None:
         held_since = 0.0  # when the oldest buffered packet arrived
+        last_frame = time.monotonic()
+        start_by = last_frame + start_timeout_s
         while True:
-            # A packet waits at most HOLD_S for others to share its round trip; with nothing
-            # buffered, the wait is the idle timeout's.
-            wait_s = idle_timeout_s
-            if self.buffer:
-                wait_s = max(0.0, held_since + HOLD_S - time.monotonic())
+            if self.failed is not None:
+                raise self.failed
             try:
-                raw = await asyncio.wait_for(frames.get(), wait_s)
+                raw = await asyncio.wait_for(
+                    frames.get(), self._wait_s(held_since, start_by, last_frame, idle_timeout_s)
+                )
             except TimeoutError:
-                if self.buffer:
-                    await self.flush()
-                    continue
-                raise Reject(
-                    "idle_timeout", f"no frame for {idle_timeout_s:g}s", CLOSE_GOING_AWAY
-                ) from None
+                await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
+                continue
             if raw is _CLOSED:
                 await self.flush()
                 return
+            last_frame = time.monotonic()
             assert raw is None or isinstance(raw, str | bytes)
             if raw is not None and len(raw) > self.limit * 2 + FRAME_ENVELOPE_BYTES:
                 raise Reject("frame_too_large", "the frame is larger than a media frame can be",
@@ -281,6 +348,35 @@ class MediaStream:
                 self.buffer and time.monotonic() - held_since >= HOLD_S
             ):
                 await self.flush()
+
+    async def _quiet(
+        self, last_frame: float, start_by: float, start_timeout_s: float, idle_timeout_s: float
+    ) -> None:
+        """No frame came in time: store what is held, or close a stream that has not started
+        in time (1008) or gone quiet (1001)."""
+        if self.buffer:
+            await self.flush()
+        elif self.call_id is None and time.monotonic() >= start_by:
+            raise Reject(
+                "start_timeout",
+                f"no valid start within {start_timeout_s:g}s of opening (WS_START_TIMEOUT_S)",
+                CLOSE_POLICY,
+            )
+        elif self.call_id is not None or time.monotonic() - last_frame >= idle_timeout_s:
+            raise Reject("idle_timeout", f"no frame for {idle_timeout_s:g}s", CLOSE_GOING_AWAY)
+
+    def _wait_s(
+        self, held_since: float, start_by: float, last_frame: float, idle_timeout_s: float
+    ) -> float:
+        """How long to wait for the next frame: a packet waits at most HOLD_S for others to
+        share its round trip; with nothing held, the idle timeout, and before start the start
+        timeout."""
+        now = time.monotonic()
+        if self.buffer:
+            return max(0.0, held_since + HOLD_S - now)
+        if self.call_id is None:
+            return max(0.0, min(last_frame + idle_timeout_s, start_by) - now)
+        return idle_timeout_s
 
     async def reject(self, code: str, message: str, close_code: int) -> None:
         with contextlib.suppress(Exception):
@@ -324,14 +420,26 @@ async def media_stream(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY, "origin not allowed")
         return
     await websocket.accept()
-    stream = MediaStream(websocket, res.ingestion, res.keys)
+    stream = MediaStream(websocket, res.ingestion, res.keys, res.sockets)
     frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
     reader = asyncio.create_task(_read(websocket, frames))
     try:
+        await _serve(stream, frames, res.settings)
+    finally:
+        stream.ends.close()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def _serve(stream: MediaStream, frames: asyncio.Queue[object], settings: Settings) -> None:
+    """Run the stream to its end, answering its failure with an error frame and a close."""
+    try:
         try:
-            await stream.run(frames, res.settings.ws_idle_timeout_s)
+            await stream.run(frames, settings.ws_idle_timeout_s, settings.ws_start_timeout_s)
         except Reject as rejected:
-            # Packets valid before the bad frame are kept; a failing flush reports its own error.
+            # Packets taken in before the bad frame are kept; a failing store reports its own
+            # error.
             error = rejected
             try:
                 await stream.flush()
@@ -340,9 +448,7 @@ async def media_stream(websocket: WebSocket) -> None:
             await stream.reject(error.code, error.message, error.close_code)
     except REDIS_OUTAGE as exc:
         log.warning("Redis unavailable during media stream %s: %r", stream.call_id, exc)
-        message = "Redis is unavailable; the packets of the last frames were not stored"
-        await stream.reject(RedisUnavailable.code, message, CLOSE_INTERNAL)
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await stream.reject(RedisUnavailable.code, REDIS_DOWN_STREAM, CLOSE_TRY_AGAIN)
+    except Exception:
+        log.exception("media stream %s failed", stream.call_id)
+        await stream.reject("internal_error", INTERNAL_ERROR, CLOSE_INTERNAL)

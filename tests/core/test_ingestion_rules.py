@@ -14,13 +14,21 @@ from core.ingestion import (
 from db.packets import NewPacket
 
 
-@pytest.mark.parametrize("call_id", ["a", "call-42", "CA.1_2:3-4", "x" * 128])
+@pytest.mark.parametrize(
+    "call_id", ["a", "call-42", "CA.1_2:3-4", "x" * 128, ".a", "a.", "..a", "." * 127 + "a"]
+)
 def test_call_ids_of_the_allowed_characters_and_length_are_accepted(call_id: str):
     assert is_call_id(call_id)
 
 
 @pytest.mark.parametrize("call_id", ["", "x" * 129, "abc\n", "a b", "é", "a/b", None, 7])
 def test_other_call_ids_are_refused_even_with_a_trailing_newline(call_id: object):
+    assert not is_call_id(call_id)
+
+
+@pytest.mark.parametrize("call_id", [".", "..", "...", "." * 128, "..\n"])
+def test_call_ids_made_only_of_dots_are_refused(call_id: str):
+    # `.` and `..` are path segments to every URL and filesystem (an object key's), not names.
     assert not is_call_id(call_id)
 
 

@@ -154,7 +154,7 @@ async def client_without_postgres(settings: Settings) -> AsyncIterator[AsyncClie
     app = create_asgi(settings.model_copy(update={"database_url": url}))
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         yield client
 

@@ -20,7 +20,7 @@ async def both_paths(
     app = create_asgi(settings.model_copy(update={"ingest_fast_path": request.param}))
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         yield client
 

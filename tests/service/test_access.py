@@ -4,6 +4,7 @@ only without keys; rate limits; body limits. Real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.access import GRANTS, OPEN, Role, key_id, rule_for
+from db import rate_limits
 from db.keys import call_keys
 from devstack.commands import api_command
 from devstack.processes import free_port, stop_process, wait_for_port
@@ -52,7 +55,7 @@ async def client_for(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterat
     async with (
         LifespanManager(app) as manager,
         AsyncClient(
-            transport=ASGITransport(manager.app, client=(peer, 40000)), base_url="http://test"
+            transport=ASGITransport(manager.app, client=(peer, 40000)), base_url="http://localhost"
         ) as client,
     ):
         yield client
@@ -312,3 +315,260 @@ def test_the_api_without_keys_refuses_to_start_on_a_non_loopback_address(
         wait_for_port(port, 30, started)
     finally:
         stop_process(started, signal.SIGTERM)
+
+
+# Sockets: every WebSocket route is authorized at its handshake like a request, but a feed
+# whose protocol cannot send headers, which brings its key in its first message.
+
+
+def websocket_paths(settings: Settings) -> list[str]:
+    app = create_app(settings)
+    return [p + r.path for p, r in all_routes(app.routes) if isinstance(r, WebSocketRoute)]
+
+
+async def handshake(url: str, headers: dict[str, str]) -> tuple[int, dict[str, Any] | None]:
+    """The handshake's HTTP status (101 when accepted) and the refusal's problem+json body."""
+    try:
+        async with connect(url, additional_headers=headers, open_timeout=10):
+            return 101, None
+    except InvalidStatus as refused:
+        answer = refused.response
+        assert answer.headers["content-type"] == "application/problem+json"
+        body: dict[str, Any] = json.loads(answer.body)
+        return answer.status_code, body
+
+
+async def test_every_websocket_route_answers_each_kind_of_caller_as_its_rule_says(
+    settings: Settings,
+):
+    paths = websocket_paths(settings)
+    assert "/ws/supervisor" in paths
+    async with serving(create_asgi(keyed(settings))) as address:
+        for path in paths:
+            rule = rule_for("WEBSOCKET", path)
+            assert rule is not None
+            assert rule.role is not OPEN
+            callers = {
+                "no key": ({}, 101 if rule.key_in_first_message else 401),
+                "unknown key": ({"authorization": "Bearer not-a-key"}, 401),
+                "wrong role": ({"x-api-key": KEYS[WRONG[rule.role]]}, 403),
+                "right role": ({"authorization": f"Bearer {KEYS[rule.role]}"}, 101),
+                "admin": ({"x-api-key": KEYS[Role.ADMIN]}, 101),
+            }
+            for who, (headers, expected) in callers.items():
+                status, body = await handshake(f"ws://{address}{path}", headers)
+                assert status == expected, f"WS {path} by {who}: {status} {body}"
+                if body is not None:
+                    assert body["code"] == {401: "unauthenticated", 403: "forbidden"}[status]
+                    assert "not-a-key" not in json.dumps(body)
+
+
+async def test_a_supervisor_socket_without_a_key_is_refused_at_the_handshake_and_reads_nothing(
+    settings: Settings, redis: Redis
+):
+    async with serving(create_asgi(keyed(settings))) as address:
+        for query in ("", "?last_event_id=0-0"):
+            status, body = await handshake(f"ws://{address}/ws/supervisor{query}", {})
+            assert status == 401
+            assert body is not None
+            assert body["code"] == "unauthenticated"
+            assert "API key" in body["detail"]
+
+
+@pytest.mark.parametrize("first", [None, json.dumps({"event": "connected"})])
+async def test_a_media_socket_without_a_valid_start_in_time_is_closed_1008(
+    settings: Settings, redis: Redis, first: str | None
+):
+    hasty = keyed(settings, ws_start_timeout_s=0.3)
+    async with (
+        serving(create_asgi(hasty)) as address,
+        connect(f"ws://{address}/v1/call/media") as ws,
+    ):
+        if first is not None:
+            await ws.send(first)  # what Twilio sends before start: not a key
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 1008
+    assert error["code"] == "start_timeout"
+    assert "WS_START_TIMEOUT_S" in error["message"]
+    assert await redis.dbsize() == 0
+
+
+async def test_a_started_media_stream_is_not_closed_by_the_start_timeout(
+    settings: Settings, redis: Redis
+):
+    hasty = keyed(settings, ws_start_timeout_s=0.2)
+    async with (
+        serving(create_asgi(hasty)) as address,
+        connect(f"ws://{address}/v1/call/media") as ws,
+    ):
+        await ws.send(start_frame("CA-slow", KEYS[Role.INGEST]))
+        await ws.send(media(1))
+        await asyncio.sleep(0.5)  # past the start timeout: the stream carries on
+        await ws.send(media(2))
+        await ws.send(json.dumps({"event": "stop"}))
+        await asyncio.wait_for(ws.wait_closed(), 10)
+    assert ws.close_code == 1000
+    assert await redis.xlen(call_keys("CA-slow").packets) == 2
+
+
+async def wait_until_admitted(url: str, headers: dict[str, str]) -> None:
+    """A slot is released once the server has seen its socket go: ask until it has."""
+    for _ in range(200):
+        status, _ = await handshake(url, headers)
+        if status == 101:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} was not admitted again")
+
+
+async def test_a_key_past_its_open_sockets_gets_429_until_one_closes(settings: Settings):
+    capped = keyed(settings, ws_max_sockets_per_key=2, ws_connect_rate_limit=0)
+    headers = {"x-api-key": KEYS[Role.SUPERVISOR]}
+    async with serving(create_asgi(capped)) as address:
+        url = f"ws://{address}/ws/supervisor"
+        async with (
+            connect(url, additional_headers=headers),
+            connect(url, additional_headers=headers),
+        ):
+            status, body = await handshake(url, headers)
+            assert status == 429
+            assert body is not None
+            assert body["code"] == "rate_limited"
+            assert "WS_MAX_SOCKETS_PER_KEY" in body["detail"]
+            # Another key has its own slots.
+            assert (await handshake(url, {"x-api-key": KEYS[Role.ADMIN]}))[0] == 101
+            # The event stream counts against the same cap.
+            async with AsyncClient(base_url=f"http://{address}") as http:
+                answer = await http.get("/v1/events", headers=headers)
+            assert answer.status_code == 429
+            assert int(answer.headers["retry-after"]) >= 1
+        await wait_until_admitted(url, headers)
+
+
+async def test_a_media_stream_past_its_keys_cap_is_closed_1013_at_start_storing_nothing(
+    settings: Settings, redis: Redis
+):
+    capped = keyed(settings, ws_max_sockets_per_key=1, ws_connect_rate_limit=0)
+    async with serving(create_asgi(capped)) as address:
+        url = f"ws://{address}/v1/call/media"
+        async with (
+            connect(url, additional_headers={"x-api-key": KEYS[Role.INGEST]}),
+            connect(url) as second,  # its key comes in start
+        ):
+            await second.send(start_frame("CA-capped", KEYS[Role.INGEST]))
+            error = json.loads(await asyncio.wait_for(second.recv(), 10))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(second.recv(), 10)
+    assert (error["code"], second.close_code) == ("rate_limited", 1013)
+    assert await redis.exists(call_keys("CA-capped").metadata) == 0
+
+
+async def test_a_keys_new_sockets_past_its_rate_get_429(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    # One one-second window for the whole test, whatever the machine's speed.
+    monkeypatch.setattr(rate_limits, "time", SimpleNamespace(time=lambda: 1_900_000_000.5))
+    limited = keyed(settings, ws_connect_rate_limit=2)
+    headers = {"x-api-key": KEYS[Role.SUPERVISOR]}
+    async with serving(create_asgi(limited)) as address:
+        url = f"ws://{address}/ws/supervisor"
+        statuses = [(await handshake(url, headers))[0] for _ in range(3)]
+        status, body = await handshake(url, headers)
+    assert statuses == [101, 101, 429]
+    assert (status, body and body["code"]) == (429, "rate_limited")
+    assert body is not None
+    assert "WS_CONNECT_RATE_LIMIT" in body["detail"]
+
+
+# Without keys: this machine only, by its peer address and by the name it is addressed with.
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil"]
+)
+async def test_without_keys_a_host_not_naming_this_machine_gets_421_and_nothing_is_stored(
+    settings: Settings, redis: Redis, host: str
+):
+    async for client in client_for(settings):
+        headers = {"host": host}
+        for method, path in (("POST", "/v1/call/stream/c1"), ("GET", "/v1/calls")):
+            answer = await client.request(method, path, json=packet(0), headers=headers)
+            assert answer.status_code == 421, (method, path, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json()["code"] == "host_not_served"
+            assert "localhost" in answer.json()["detail"]
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1:1", "[::1]:8000"])
+async def test_without_keys_a_host_naming_loopback_is_served(settings: Settings, host: str):
+    async for client in client_for(settings):
+        answer = await client.post("/v1/call/stream/c1", json=packet(0), headers={"host": host})
+        assert answer.status_code == 202, answer.text
+
+
+async def test_without_keys_a_socket_addressed_to_another_host_is_refused_at_the_handshake(
+    settings: Settings,
+):
+    async with serving(create_asgi(settings)) as address:
+        port = int(address.rsplit(":", 1)[1])
+        assert (await handshake(f"ws://localhost:{port}/ws/supervisor", {}))[0] == 101
+        # A page that rebound its own name to 127.0.0.1 connects with that name as Host.
+        rebound = f"ws://rebound.example:{port}/ws/supervisor"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(rebound, host="127.0.0.1", port=port, open_timeout=10):
+                pass
+        assert refused.value.response.status_code == 421
+        assert json.loads(refused.value.response.body)["code"] == "host_not_served"
+        async with AsyncClient(base_url=f"http://{address}") as http:
+            answer = await http.get("/v1/calls", headers={"host": f"rebound.example:{port}"})
+        assert answer.status_code == 421
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"origin": "https://evil.example"},
+        {"origin": "null"},
+        {"sec-fetch-site": "cross-site"},
+        {"origin": "http://localhost.evil.example"},
+    ],
+)
+async def test_without_keys_a_cross_site_write_is_refused_403_and_nothing_is_stored(
+    settings: Settings, redis: Redis, headers: dict[str, str]
+):
+    async for client in client_for(settings):
+        answer = await client.post("/v1/call/stream/c1", json=packet(0), headers=headers)
+        assert answer.status_code == 403
+        assert answer.json()["code"] == "forbidden"
+        assert "another site" in answer.json()["detail"]
+        completed = await client.post("/v1/call/complete/c1", headers=headers)
+        assert completed.status_code == 403
+    assert await redis.dbsize() == 0
+
+
+async def test_without_keys_same_machine_pages_and_cross_site_reads_are_served(
+    settings: Settings,
+):
+    async for client in client_for(settings):
+        local = {"origin": "http://localhost:3000", "sec-fetch-site": "same-site"}
+        assert (
+            await client.post("/v1/call/stream/c1", json=packet(0), headers=local)
+        ).status_code == 202
+        elsewhere = {"origin": "https://evil.example", "sec-fetch-site": "cross-site"}
+        # A read is not a write; its answer is a browser's to withhold (no CORS is granted).
+        assert (await client.get("/v1/calls/c1", headers=elsewhere)).status_code == 200
+
+
+async def test_with_keys_any_host_and_origin_is_served_with_a_valid_key(
+    guarded: AsyncClient,
+):
+    headers = {
+        "host": "callstream.example.com",
+        "origin": "https://dashboard.example.com",
+        "x-api-key": KEYS[Role.INGEST],
+    }
+    answer = await guarded.post("/v1/call/stream/c1", json=packet(0), headers=headers)
+    assert answer.status_code == 202

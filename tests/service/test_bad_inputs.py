@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -188,4 +189,27 @@ async def test_a_browser_from_an_origin_not_allowed_is_refused(ws_url: str, redi
 
     with pytest.raises(InvalidStatus):
         await open_from_elsewhere()
+    assert await redis.dbsize() == 0
+
+
+DOTS = ["%2E", "%2E%2E", "..."]  # `.` and `..` escaped: a client would resolve them away
+
+
+@pytest.mark.parametrize("dots", DOTS)
+async def test_a_call_id_of_dots_only_is_refused_invalid_call_id_on_every_path(
+    both_paths: AsyncClient, redis: Redis, dots: str
+):
+    asked: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", f"/v1/call/stream/{dots}", {"json": GOOD}),
+        ("POST", f"/v1/call/stream/{dots}/batch", {"json": {"packets": [GOOD]}}),
+        ("POST", f"/v1/call/complete/{dots}", {}),
+        ("GET", f"/v1/calls/{dots}", {}),
+        ("GET", f"/v1/calls/{dots}/audio", {}),
+        ("POST", f"/v1/calls/{dots}/retry", {}),
+    ]
+    for method, path, body in asked:
+        answer = await both_paths.request(method, path, **body)
+        assert answer.status_code == 422, f"{method} {path}: {answer.text[:300]}"
+        assert answer.json()["code"] == "invalid_call_id", f"{method} {path}"
+        assert "not only dots" in answer.json()["detail"]
     assert await redis.dbsize() == 0

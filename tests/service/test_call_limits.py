@@ -32,7 +32,7 @@ async def client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIte
     app = create_asgi(capped)
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         yield client
 

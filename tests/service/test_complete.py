@@ -92,7 +92,7 @@ async def test_past_the_backlog_limit_new_calls_get_503_and_live_calls_go_on(
     app = create_asgi(settings.model_copy(update={"backlog_limit": 2}))
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         for call_id in ("a", "b", "c", "live"):
             await send(client, call_id, 0)

@@ -200,7 +200,7 @@ async def test_a_client_that_goes_away_stops_the_wait(asgi_app: Any, client: Asy
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
         "scheme": "http", "path": "/v1/calls/c1", "raw_path": b"/v1/calls/c1", "root_path": "",
         "query_string": b"wait=20", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
-        "headers": [(b"host", b"test"), (b"if-none-match", etag.encode())],
+        "headers": [(b"host", b"localhost"), (b"if-none-match", etag.encode())],
     }  # fmt: skip
     started = time.monotonic()
     await asyncio.wait_for(asgi_app(scope, receive, send_message), timeout=10)

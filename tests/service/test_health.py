@@ -21,7 +21,7 @@ async def client_without_redis(settings: Settings) -> AsyncIterator[AsyncClient]
     app = create_asgi(broken)
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         yield client
 

@@ -264,7 +264,7 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_json_500_without_traceb
     app = create_asgi(settings)
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         response = await client.post("/v1/call/stream/call-1", json=packet(0))
 
@@ -373,7 +373,9 @@ async def test_fast_path_and_fastapi_route_answer_byte_for_byte_alike(settings: 
         app = create_asgi(settings.model_copy(update={"ingest_fast_path": fast}))
         async with (
             LifespanManager(app) as manager,
-            AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+            AsyncClient(
+                transport=ASGITransport(manager.app), base_url="http://localhost"
+            ) as client,
         ):
             call = f"same-{fast}"
             answers = [await send(client, call, s) for s in (1, 3, 2, 2)]

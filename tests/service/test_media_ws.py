@@ -16,13 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from core.ingestion import Ingestion
 from db.keys import call_keys
 from devstack.servers import free_port
 from jobs.process import process_call
 from jobs.resources import WorkerResources
 from service.app import create_app
+from service.routes import media_ws
 from settings import Settings
 from tests.conftest import make_settings
+from tests.factories import send
 from tests.serving import serving
 
 
@@ -238,10 +241,130 @@ async def test_disconnect_flushes_what_was_received(base: str, redis: Redis):
     assert (await call_status(base, "CA5"))["state"] == "IN_PROGRESS"
 
 
-async def test_redis_unavailable_closes_with_1011(server_urls: tuple[str, str]):
+async def test_redis_unavailable_closes_with_1013_try_again_without_claiming_frames_were_lost(
+    server_urls: tuple[str, str],
+):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async for base in serve(make_settings(server_urls[0], dead_redis, redis_timeout_s=0.2)):
         frames, code = await stream(base, [start("CA6"), media(2)])
 
-        assert code == 1011
+        assert code == 1013
         assert [f["code"] for f in frames] == ["redis_unavailable"]
+        assert "not stored" not in frames[0]["message"]
+        assert "may not have been stored" in frames[0]["message"]
+
+
+# Nothing taken in is dropped: frames the socket holds (HOLD_S) when the call is completed, or
+# ahead of a refused frame, are stored; a refusal names what it refuses and only that.
+
+LONG_HOLD_S = 30.0  # frames stay held until something stores them: no race with the hold
+
+
+@pytest.fixture
+def media_taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, asyncio.Event]:
+    """Events set once the server's stream of a call has taken in its Nth media frame (key
+    "call:N"), observed in the server's own process; and a long hold."""
+    monkeypatch.setattr(media_ws, "HOLD_S", LONG_HOLD_S)
+    taken: dict[str, asyncio.Event] = {}
+    counts: dict[str, int] = {}
+    handle = media_ws.MediaStream.handle
+
+    async def counting(self: media_ws.MediaStream, frame: dict[str, Any]) -> bool:
+        over = await handle(self, frame)
+        if frame.get("event") == "media" and self.call_id is not None:
+            counts[self.call_id] = counts.get(self.call_id, 0) + 1
+            taken.setdefault(f"{self.call_id}:{counts[self.call_id]}", asyncio.Event()).set()
+        return over
+
+    monkeypatch.setattr(media_ws.MediaStream, "handle", counting)
+    return taken
+
+
+async def until_taken(taken: dict[str, asyncio.Event], call_id: str, count: int) -> None:
+    event = taken.setdefault(f"{call_id}:{count}", asyncio.Event())
+    await asyncio.wait_for(event.wait(), 10)
+
+
+async def test_frames_taken_in_before_an_http_completion_are_stored_with_the_call(
+    base: str, redis: Redis, media_taken: dict[str, asyncio.Event]
+):
+    async with connect(f"ws://{base}/v1/call/media") as ws:
+        await ws.send(start("CA-HOLD"))
+        for sequence in range(1, 7):
+            await ws.send(media(sequence))
+        await until_taken(media_taken, "CA-HOLD", 6)
+        async with httpx.AsyncClient(base_url=f"http://{base}") as http:
+            completed = await http.post("/v1/call/complete/CA-HOLD")
+        assert completed.status_code == 202
+        # Frames after the completion are refused, and only they.
+        await ws.send(media(7))
+        await ws.send(STOP)  # stores what is held: frame 7
+        frames, code = await closed(ws)
+
+    assert [p[0] for p in await stored(redis, "CA-HOLD")] == [1, 2, 3, 4, 5, 6]
+    status = await call_status(base, "CA-HOLD")
+    assert (status["state"], status["packets_received"]) == ("COMPLETED", 6)
+    assert (code, [f["code"] for f in frames]) == (1008, ["call_completed"])
+    assert "sequence 7" in frames[0]["message"]
+
+
+async def test_a_refusal_past_the_calls_cap_stores_the_frames_before_it(
+    server_urls: tuple[str, str], redis: Redis, media_taken: dict[str, asyncio.Event]
+):
+    capped = make_settings(*server_urls, max_call_packets=4)
+    async for base in serve(capped):
+        async with connect(f"ws://{base}/v1/call/media") as ws:
+            await ws.send(start("CA-CAP"))
+            for sequence in range(1, 7):
+                await ws.send(media(sequence))
+            await until_taken(media_taken, "CA-CAP", 6)
+            await ws.send(STOP)  # stores the six held frames in one go: past the cap
+            frames, code = await closed(ws)
+
+        assert [p[0] for p in await stored(redis, "CA-CAP")] == [1, 2, 3, 4]
+        assert (code, [f["code"] for f in frames]) == (1008, ["call_too_large"])
+        assert "sequence 5" in frames[0]["message"]
+        assert (await call_status(base, "CA-CAP"))["state"] == "IN_PROGRESS"
+
+
+async def test_a_retryable_refusal_closes_1013_try_again_later(
+    server_urls: tuple[str, str], client: httpx.AsyncClient, redis: Redis
+):
+    for call_id in ("a", "b"):  # two completed calls wait for the worker: past a limit of one
+        await send(client, call_id, 0)
+        assert (await client.post(f"/v1/call/complete/{call_id}")).status_code == 202
+    full = make_settings(*server_urls, backlog_limit=1)
+    async for base in serve(full):
+        frames, code = await stream(base, [start("CA-FULL"), media(1), media(2)])
+
+    assert code == 1013
+    assert [f["code"] for f in frames] == ["backlog_full"]
+    assert "Retry-After" in frames[0]["message"] or "retry" in frames[0]["message"]
+    assert not await redis.exists(call_keys("CA-FULL").packets)
+
+
+@pytest.mark.parametrize("call_id", [".", "..", "..."])
+async def test_a_call_id_of_dots_only_is_refused_invalid_call_id(
+    base: str, redis: Redis, call_id: str
+):
+    frames, code = await stream(base, [start(call_id), media(2)])
+
+    assert code == 1008
+    assert [f["code"] for f in frames] == ["invalid_call_id"]
+    assert await redis.dbsize() == 0
+
+
+async def test_an_internal_error_closes_1011_saying_only_that_it_is_logged(
+    base: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug with secret details")
+
+    monkeypatch.setattr(Ingestion, "open_call", broken)
+
+    frames, code = await stream(base, [start("CA-BUG"), media(1)])
+
+    assert code == 1011
+    assert [f["code"] for f in frames] == ["internal_error"]
+    assert "secret" not in frames[0]["message"]
+    assert "a bug with secret details" in caplog.text  # logged, with its traceback

@@ -49,7 +49,7 @@ async def client(
     app = create_asgi(waiting)
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as client,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as client,
     ):
         yield client
 

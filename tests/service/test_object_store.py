@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 
 from core.audio import TELEPHONY, decode
 from db.keys import call_keys
-from db.object_store import BadStoreUrl, StoreAddress
+from db.object_store import BadStoreUrl, ObjectStore, StoreAddress, key_part
 from db.outages import is_outage
 from db.packets import NewPacket
 from devstack.servers import free_port
@@ -181,3 +181,20 @@ async def test_a_store_that_is_down_is_retried_by_the_worker_and_a_503_for_the_a
     assert answer.status_code == 503
     assert answer.json()["code"] == "store_unavailable"
     assert "Traceback" not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("call_id", "part"),
+    [
+        ("CA-1_x", "CA-1_x"),
+        (".", "%2E"),
+        ("..", "%2E%2E"),
+        ("a.b:c", "a%2Eb%3Ac"),
+        ("a/b", "a%2Fb"),
+    ],
+)
+def test_object_keys_encode_the_call_id_so_no_part_is_a_dot_segment(call_id: str, part: str):
+    assert key_part(call_id) == part
+    key = ObjectStore("s3://bucket/calls").key(call_id, 3, 1, (1700000000000, 2))
+    assert key == f"calls/{part}/000003.1.1700000000000-2"
+    assert all(segment not in (".", "..", "") for segment in key.split("/"))
