@@ -22,7 +22,7 @@ const CONTRACT = Object.freeze({
     "ARCHIVED",
     "FAILED"
   ],
-  "callIdPattern": "^[A-Za-z0-9._:-]{1,128}$",
+  "callIdPattern": "^\\.*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$",
   "excerptChars": 140,
   "utteranceMaxChars": 1000,
   "maxEventBytes": 16384,
