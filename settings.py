@@ -172,6 +172,14 @@ class Settings(BaseSettings):
         "20 ms frames per track, or of arrival, whichever comes first), so Redis holds only its "
         "unflushed tail; 0: flushed at its end only",
     )
+    tail_max_segments: int = Field(
+        2,
+        ge=0,
+        description="the most segments of a track a live call's unflushed tail in Redis may hold: "
+        "past it, new packets are refused 503 `flush_behind` (the media WebSocket pauses, then "
+        "closes 1013) until the worker has stored the tail, so a client faster than the flush "
+        "cannot grow Redis without bound; 0: no bound",
+    )
 
     redis_wait_replicas: int = Field(
         0,

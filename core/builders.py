@@ -64,4 +64,4 @@ def segmenting(settings: Settings) -> Segmenting:
     """When a live call's tail is flushed: every SEGMENT_SECONDS of 20 ms frames (0: never)."""
     if settings.segment_seconds == 0:
         return NO_SEGMENTS
-    return Segmenting.of_seconds(settings.segment_seconds)
+    return Segmenting.of_seconds(settings.segment_seconds, settings.tail_max_segments)

@@ -123,6 +123,15 @@ class Overloaded(CallstreamError):
     retryable = True
 
 
+class FlushBehind(CallstreamError):
+    """The call's unflushed tail in Redis is at its bound (TAIL_MAX_SEGMENTS): the worker has not
+    stored it yet. Nothing of the request was stored; the same packets may be sent again."""
+
+    status_code = 503
+    code = "flush_behind"
+    retryable = True
+
+
 class NotYetReplicated(CallstreamError):
     """The write may be on the master but is not yet safe from its death; a retry is safe."""
 

@@ -20,13 +20,14 @@ from core.backlog import Backlog
 from core.errors import (
     CallAlreadyCompleted,
     CallTooLarge,
+    FlushBehind,
     InvalidText,
     MetadataTooLarge,
     NotYetReplicated,
     PayloadTooLarge,
 )
 from core.held import HeldPackets
-from db.intake import CallCap, CallCompleted, CallFull, CallIntake, Completion
+from db.intake import CallCap, CallCompleted, CallFull, CallIntake, Completion, TailFull
 from db.outages import REDIS_OUTAGE
 from db.packets import Outcome, PacketFields, PacketResult
 from db.pipelining import NotReplicated
@@ -154,6 +155,13 @@ class Ingestion:
             ) from None
         except CallFull as full:
             raise CallTooLarge(_call_full_detail(full)) from None
+        except TailFull as full:
+            raise FlushBehind(
+                f"call {call_id}'s audio not yet stored in PostgreSQL is at its bound "
+                f"({full.entries} packets; TAIL_MAX_SEGMENTS): the worker is behind. Nothing of "
+                "these packets was stored; send them again after Retry-After",
+                {"Retry-After": "1"},
+            ) from None
         except NotReplicated as short:
             raise NotYetReplicated(_not_replicated_detail("packets", short)) from None
         if appended.segment_asked and self.enqueue_segment is not None:

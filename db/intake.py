@@ -31,6 +31,15 @@ class CallCap(IntEnum):
     BYTES = 2  # UTF-8 bytes of the data of those packets
 
 
+class TailFull(Exception):
+    """The call's unflushed tail holds its bound (Segmenting.max_tail per track): the flush is
+    behind; nothing of the batch was stored."""
+
+    def __init__(self, call_id: str, entries: int, limit: int) -> None:
+        super().__init__(f"call {call_id}: its unflushed tail holds {entries} entries (>= {limit})")
+        self.call_id, self.entries, self.limit = call_id, entries, limit
+
+
 class CallFull(Exception):
     """The packets would take the call past one of its caps; nothing of them was stored."""
 
@@ -65,10 +74,19 @@ class Segmenting:
 
     entries: int
     seconds: float
+    # The most segments a track's unflushed tail may hold before new packets are refused (the
+    # worker is behind: backpressure), so a client faster than the flush cannot grow Redis
+    # without bound; 0: no bound.
+    max_segments: int = 0
 
     @classmethod
-    def of_seconds(cls, seconds: float, frame_s: float = 0.02) -> Segmenting:
-        return cls(max(1, round(seconds / frame_s)), seconds)
+    def of_seconds(cls, seconds: float, max_segments: int = 0, frame_s: float = 0.02) -> Segmenting:
+        return cls(max(1, round(seconds / frame_s)), seconds, max_segments)
+
+    @property
+    def max_tail(self) -> int:
+        """Entries a track's tail may hold (0: no bound)."""
+        return self.entries * self.max_segments if self.entries else 0
 
 
 NO_SEGMENTS = Segmenting(0, 0.0)
@@ -141,6 +159,7 @@ class CallIntake:
             self.segmenting.seconds,
             # The call's first packet's event, if this batch holds it (the script decides).
             first_packet_payload(call_id, now),
+            self.segmenting.max_tail,
         ]
         script_keys = _ingest_keys(call_keys(call_id), feed_key(self.redis, call_id))
         if self._pipeline is not None:
@@ -153,6 +172,8 @@ class CallIntake:
             cap = CallCap(int(raw[1]))
             limit = limits.max_packets if cap is CallCap.PACKETS else limits.max_bytes
             raise CallFull(call_id, cap, limit, int(raw[2]), int(raw[3]))
+        if raw and raw[0] == -3:
+            raise TailFull(call_id, int(raw[1]), int(raw[2]))
         results = [
             PacketResult(p.sequence, Outcome(int(raw[2 * i])), int(raw[2 * i + 1]))
             for i, p in enumerate(packets)

@@ -10,9 +10,12 @@
 --   main cost),
 --   the event feed's max length, seconds between a call's progress events (0: none),
 --   stream entries per track that make a segment (0: never ask), seconds of arrival that do,
---   the call's IN_PROGRESS event as JSON (db/feed_events.py: told if this batch starts the call)
+--   the call's IN_PROGRESS event as JSON (db/feed_events.py: told if this batch starts the call),
+--   the entries a track's unflushed tail may hold (0: no bound)
 -- Returns {-1} for a completed call; {-2, cap, stored, adding} when the batch's new packets would
---   pass a cap (cap 1 = packets, 2 = data bytes; nothing is stored); else two numbers per packet
+--   pass a cap (cap 1 = packets, 2 = data bytes; nothing is stored); {-3, entries, bound} when
+--   the unflushed tail is at its bound (the flush is behind: nothing is stored, the client is
+--   told to wait); else two numbers per packet
 --   (outcome, gap start), then the number of the segment flush this batch asked for (0: none)
 --   outcome 0 = new and in order, 1 = duplicate, 2 = out of order, 3 = new after a gap
 --
@@ -46,6 +49,20 @@ local meta = redis.call('HMGET', KEYS[2], 'received', 'data_bytes', 'duplicates'
   'o_last_run_from', 'o_received', 'o_duplicates', 'o_out_of_order', 'seg_open_at',
   'seg_asked_at', 'seg_asked')
 local had_packets, had_bytes = tonumber(meta[1] or '0'), tonumber(meta[2] or '0')
+
+-- Backpressure: a tail at its bound (per track: a two-track call's is twice a one-track call's)
+-- takes nothing more until a flush trims it, so Redis holds a bounded tail of each live call
+-- whatever the client's pace. A batch is checked as a whole: the tail may pass the bound by at
+-- most one batch.
+local max_tail = tonumber(ARGV[11] or '0')
+if max_tail > 0 then
+  local tracks_in_call = (tonumber(meta[12] or '0') > 0 and had_packets > tonumber(meta[12] or '0'))
+    and 2 or 1
+  local entries = redis.call('XLEN', KEYS[1])
+  if entries >= max_tail * tracks_in_call then
+    return {-3, entries, max_tail * tracks_in_call}
+  end
+end
 
 -- Each track's state; `prefix` names its hash fields.
 local tracks = {

@@ -48,6 +48,7 @@ from core.errors import (
     CallNotFound,
     CallstreamError,
     CallTooLarge,
+    FlushBehind,
     RedisUnavailable,
 )
 from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
@@ -79,6 +80,11 @@ FLUSH_AT = 50  # packets buffered before one append, at most
 # stores three ticks at a time and keeps the frame-to-stored lag under 100 ms. The WebSocket
 # acknowledges no frame, so nothing a client was told is held.
 HOLD_S = 0.06
+# A call whose unflushed tail is at its bound (TAIL_MAX_SEGMENTS) pauses its stream, trying
+# again every PAUSE_S, for at most PAUSE_MAX_S (a segment's flush takes about a second; longer
+# means the worker is down, and the client is told to come back: 1013).
+PAUSE_S = 0.2
+PAUSE_MAX_S = 15.0
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
 # A frame is a media packet's payload plus its envelope; anything larger is refused unread.
@@ -240,7 +246,7 @@ class MediaStream:
         """Store `packets` in one round trip; refused, store those the refusal does not concern
         and raise the Reject naming the first it does."""
         try:
-            await self.ingestion.append(call_id, packets)
+            await self._append(call_id, packets)
         except CallTooLarge as error:
             if len(packets) == 1:
                 raise Reject.breaking(error, packets[0]) from None
@@ -253,6 +259,21 @@ class MediaStream:
                     raise Reject.breaking(refused, packets[index]) from None
         except CallstreamError as error:
             raise Reject.breaking(error, packets[0]) from None
+
+    async def _append(self, call_id: str, packets: list[NewPacket]) -> None:
+        """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
+        behind), pause and try again, up to PAUSE_MAX_S: the reader stops at READ_AHEAD frames,
+        so the client is held back by TCP rather than refused. Then the refusal stands (1013)."""
+        waited = 0.0
+        while True:
+            try:
+                await self.ingestion.append(call_id, packets)
+                return
+            except FlushBehind:
+                if waited >= PAUSE_MAX_S:
+                    raise
+                await asyncio.sleep(PAUSE_S)
+                waited += PAUSE_S
 
     async def store_for_completion(self) -> None:
         """Ingestion.held's hook: the frames taken in so far go before the call's completion.
