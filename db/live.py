@@ -98,6 +98,23 @@ class LiveCalls:
         )
         return [text_of(m) for ids in found for m in ids][:limit]
 
+    async def segment_request(self, call_id: str) -> tuple[int, float | None] | None:
+        """The number of the segment whose flush the call's ingest asked for last, and when (None
+        once it was done); None if Redis no longer holds the call."""
+        meta = call_keys(call_id).meta
+        asked, asked_at = await self.redis.hmget(meta, ["seg_asked", "seg_asked_at"])  # type: ignore[misc]
+        if asked is None:
+            return None
+        return int(asked), float(asked_at) if asked_at is not None else None
+
+    async def defer_segment(self, call_id: str, score: float) -> None:
+        """Move the call's entry in the segments index, if it is still there (a flush that is done
+        takes it out, and this must not put it back)."""
+        await self.redis.zadd(call_keys(call_id).shard.segments, {call_id: score}, xx=True)
+
+    async def drop_segment(self, call_id: str) -> None:
+        await self.redis.zrem(call_keys(call_id).shard.segments, call_id)
+
     async def unflushed_page(
         self, before: tuple[float, str] | None, limit: int
     ) -> list[tuple[str, float]]:
