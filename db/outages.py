@@ -29,7 +29,7 @@ REDIS_OUTAGE: tuple[type[Exception], ...] = (
     ClusterDownError,
 )
 
-POSTGRES_OUTAGE: tuple[type[Exception], ...] = (
+_POSTGRES_DOWN: tuple[type[Exception], ...] = (
     OperationalError,
     PoolTimeoutError,
     asyncpg.PostgresConnectionError,
@@ -40,6 +40,10 @@ POSTGRES_OUTAGE: tuple[type[Exception], ...] = (
     asyncpg.InvalidCachedStatementError,
     asyncpg.exceptions.OutdatedSchemaCacheError,
 )
+# What a caller catches to look at a PostgreSQL outage (`except POSTGRES_OUTAGE`: the API's error
+# handlers, a read that falls back to Redis): the errors above, and OSError, which asyncpg lets
+# escape as it is. Only is_postgres_outage says which OSError is one.
+POSTGRES_OUTAGE: tuple[type[Exception], ...] = (*_POSTGRES_DOWN, OSError)
 
 # asyncpg lets a socket error escape as it is, so an OSError may be a connection to PostgreSQL
 # that failed; but a worker meets other OSErrors too (a full disk, a file it may not read, too many
@@ -132,7 +136,7 @@ def is_postgres_outage(exc: BaseException) -> bool:
     (restarting, read-only, out of connections, a deadlock): worth waiting for. Any other
     database error is about the data, and retrying it would only fail again."""
     for error in _chain(exc):
-        if isinstance(error, POSTGRES_OUTAGE) or is_connection_error(error):
+        if isinstance(error, _POSTGRES_DOWN) or is_connection_error(error):
             return True
         if isinstance(error, DBAPIError) and error.connection_invalidated:
             return True

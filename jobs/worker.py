@@ -23,7 +23,7 @@ from core.builders import feed_limits
 from core.logs import about, configure_logging
 from db.feed_relay import FeedRelay
 from db.job_failures import JobFailures
-from db.outages import is_outage
+from db.outages import is_outage, postgres_refusal, store_refusal
 from db.redis_client import is_cluster
 from jobs import polling, resilience
 from jobs.feed_relay import RelayLoop
@@ -48,8 +48,15 @@ SEGMENT_JOB_TRIES = 8
 
 
 def what_failed(exc: BaseException) -> str:
-    """An error in words for a call's FAILED reason: its type and where it was raised in
-    Callstream's code, never its message (which may quote the call's data)."""
+    """An error in words for a call's FAILED reason: what a store refused (db/outages.py's words),
+    or the error's type and where it was raised in Callstream's code; never its message (which
+    may quote the call's data)."""
+    refused = store_refusal(exc)
+    if refused is not None:
+        return f"the object store refused it: {refused}"
+    refused = postgres_refusal(exc)
+    if refused is not None:
+        return f"PostgreSQL refused it: {refused}"
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if "site-packages" not in f.filename]
     where = ""
