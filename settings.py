@@ -339,7 +339,7 @@ class Settings(BaseSettings):
         ge=1,
         description="how many times the reaper runs a call's job again after it failed or its "
         "worker died (a count per call, kept in Redis); then the call ends `FAILED`, naming the "
-        "last error. An outage does not count: a job retries it within its run",
+        "last error. An outage does not count while a run waits it out (`arq.Retry`)",
     )
     segment_flush_max_asks: int = Field(
         5,

@@ -182,6 +182,48 @@ async def test_a_segment_flush_never_done_is_asked_again_with_backoff_then_the_c
             await res.close()
 
 
+async def test_a_store_refusing_a_completed_calls_audio_fails_it_at_once_and_a_replay_stores_it(
+    server_urls: tuple[str, str],
+    client: AsyncClient,
+    redis: Redis,
+    engine: AsyncEngine,
+    aws_credentials: None,
+    no_objects_left: None,
+):
+    call_id, port = "CA-denied", free_port()
+    url = store_url(REFUSING, port)
+    settings = make_settings(*server_urls, audio_store_url=url, lease_ttl_s=0.2)
+    res = make_resources(settings, ai=ScriptedAI())
+    with s3_on(port) as endpoint:  # no bucket: the store refuses every write, for good
+        try:
+            await res.ingestion.append(call_id, frames(20))
+            await complete(client, call_id)
+            await drain_queue(res)
+
+            call = await status(client, call_id)
+            assert call["state"] == "FAILED"
+            assert call["last_error"] == (
+                "the object store refused the call's audio: "
+                "PutObject answered NoSuchBucket (HTTP 404)"
+            )
+            await asyncio.sleep(0.3)  # past the lease: the reaper does not run it again
+            assert await recover_orphaned_calls(res) == []
+            assert await redis.zcard(default_queue_name) == 0
+            assert await redis.xlen(call_keys(call_id).packets) == 20  # kept for a replay
+            ttl = await redis.ttl(call_keys(call_id).packets)
+            assert 0 < ttl <= settings.key_retention_s
+
+            await create_bucket(endpoint, REFUSING)
+            assert (await client.post(f"/v1/calls/{call_id}/retry")).status_code == 202
+            await drain_queue(res)
+
+            assert (await status(client, call_id))["state"] == "ARCHIVED"
+            assert await stored_packets(engine, call_id) == 20
+            await drop_bucket(endpoint, REFUSING)
+        finally:
+            await res.close()
+
+
 def test_a_segment_flush_waits_twice_as_long_after_each_request_up_to_a_cap():
     waits = [segment_backoff_s(n) for n in range(1, 8)]
 
