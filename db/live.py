@@ -21,6 +21,13 @@ class IndexCounts:
     oldest_pending_at: float | None  # epoch seconds of the longest-waiting completion
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentRequest:
+    segment: int  # the number of the segment asked for
+    asked_at: float | None  # when; None once its flush is done
+    completed: bool  # the call has ended: its own job flushes what is left
+
+
 class LiveCalls:
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
@@ -98,14 +105,19 @@ class LiveCalls:
         )
         return [text_of(m) for ids in found for m in ids][:limit]
 
-    async def segment_request(self, call_id: str) -> tuple[int, float | None] | None:
-        """The number of the segment whose flush the call's ingest asked for last, and when (None
-        once it was done); None if Redis no longer holds the call."""
+    async def segment_request(self, call_id: str) -> SegmentRequest | None:
+        """The segment flush the call's ingest asked for last; None if Redis no longer holds
+        the call."""
         meta = call_keys(call_id).meta
-        asked, asked_at = await self.redis.hmget(meta, ["seg_asked", "seg_asked_at"])  # type: ignore[misc]
+        fields = ["seg_asked", "seg_asked_at", "state"]
+        asked, asked_at, state = await self.redis.hmget(meta, fields)  # type: ignore[misc]
         if asked is None:
             return None
-        return int(asked), float(asked_at) if asked_at is not None else None
+        return SegmentRequest(
+            int(asked),
+            float(asked_at) if asked_at is not None else None,
+            state is not None and text_of(state) != "IN_PROGRESS",
+        )
 
     async def defer_segment(self, call_id: str, score: float) -> None:
         """Move the call's entry in the segments index, if it is still there (a flush that is done

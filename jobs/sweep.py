@@ -6,6 +6,7 @@ import logging
 import time
 
 from core import metrics
+from core.audit import audit
 from core.logs import about
 from db import calls
 from db.intake import Completion
@@ -18,6 +19,7 @@ from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
 IDLE_SWEEP = "idle-sweep"  # who the audit trail says completed the calls that went quiet
+REAPER = "reaper"  # who it says completed a call whose segment flushes were never done
 # A segment flush asked for this long ago and not done is asked for again: far above a flush's
 # time (one transaction of a segment), so only a lost or failed one is. Each request after that
 # waits twice as long as the one before, up to SEGMENT_BACKOFF_MAX_S, and SEGMENT_FLUSH_MAX_ASKS
@@ -124,10 +126,13 @@ async def _ask_segment_again(res: WorkerResources, call_id: str, now: float) -> 
     SEGMENT_FLUSH_MAX_ASKS requests the call is completed and ends FAILED, naming the last error:
     its tail would otherwise grow in Redis for as long as it goes on."""
     request = await res.live.segment_request(call_id)
-    if request is None:  # released meanwhile
+    if request is None or request.completed:
+        # Released meanwhile, or ended: the call's own job flushes its tail, under its own bound.
         await res.live.drop_segment(call_id)
         return
-    segment, asked_at = request
+    segment, asked_at = request.segment, request.asked_at
+    if asked_at is None:  # done meanwhile (which took it out of the index)
+        return
     failures = JobFailures(res.redis)
     asks = await failures.count(call_id, segment_asks(segment))
     if asks > res.settings.segment_flush_max_asks:
@@ -144,7 +149,7 @@ async def _end_live_call_failed(
     call_id: str,
     segment: int,
     asks: int,
-    asked_at: float | None,
+    asked_at: float,
     now: float,
 ) -> None:
     """Complete the call (no packet is taken after this; its job is not queued: the call is
@@ -152,10 +157,11 @@ async def _end_live_call_failed(
     completed = await res.ingestion.intake.complete(call_id, SEGMENT_FLUSH_FAILED)
     if completed is Completion.COMPLETED:
         metrics.count_completion(SEGMENT_FLUSH_FAILED)
+        audit("complete", call_id, REAPER)
     error = (await JobFailures(res.redis).read(call_id)).last_error or "no job ran it"
-    since = f" over {now - asked_at:.0f} s" if asked_at is not None else ""
     reason = (
-        f"the flush of its segment {segment} was asked for again {asks} times{since} and never "
+        f"the flush of its segment {segment} was asked for again {asks} times over "
+        f"{now - asked_at:.0f} s and never "
         f"done ({error}); the call was ended so that its unstored audio stops growing"
     )
     await _end_failed(res, call_id, reason)
