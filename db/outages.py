@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 from collections.abc import Iterator
 
 import asyncpg
@@ -49,7 +50,14 @@ POSTGRES_OUTAGE: tuple[type[Exception], ...] = (*_POSTGRES_DOWN, OSError)
 # that failed; but a worker meets other OSErrors too (a full disk, a file it may not read, too many
 # open files), which no wait cures: only these count as an outage. A name that does not resolve
 # (socket.gaierror) is a DNS blip while a managed database fails over.
-_CONNECTION_OSERRORS: tuple[type[OSError], ...] = (ConnectionError, TimeoutError, socket.gaierror)
+# A TLS connection the server closed (a managed database restarting) ends in ssl's EOF errors.
+_CONNECTION_OSERRORS: tuple[type[OSError], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 _CONNECTION_ERRNOS = frozenset(
     {
         errno.ECONNREFUSED,

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import errno
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -377,6 +378,7 @@ def test_an_oserror_that_is_no_connection_error_is_no_outage(error: OSError):
         OSError(errno.ENETUNREACH, "Network is unreachable"),
         TimeoutError(),
         socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
         OSError(
             "Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432, 0, 0), "
             "[Errno 111] Connect call failed ('127.0.0.1', 5432)"
