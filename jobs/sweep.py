@@ -11,6 +11,7 @@ from core.logs import about
 from db import calls
 from db.intake import Completion
 from db.job_failures import RERUNS, JobFailures, segment_asks
+from db.outages import is_outage
 from db.states import TERMINAL_STATES
 from jobs.flushing import fail_for_good
 from jobs.process import release_if_settled
@@ -98,7 +99,13 @@ async def _end_failed(res: WorkerResources, call_id: str, reason: str) -> None:
         await fail_for_good(res, call_id, reason, live)
         await release_if_settled(res, call_id)
     except Exception as exc:
-        log.warning("%s: could not end the call FAILED (%r)", call_id, exc, extra=about(call_id))
+        # Never the reaper's end: its other calls wait on this round. It tries again next round.
+        if not is_outage(exc):
+            log.exception("%s: could not end the call FAILED", call_id, extra=about(call_id))
+        else:
+            log.warning(
+                "%s: could not end the call FAILED (%r)", call_id, exc, extra=about(call_id)
+            )
         return
     await JobFailures(res.redis).forget(call_id)
     log.error("%s: FAILED by the reaper: %s", call_id, reason, extra=about(call_id))
