@@ -80,7 +80,8 @@ async def _run_again_or_fail(res: WorkerResources, call_id: str) -> bool:
     found = await failures.read(call_id)
     reruns = found.count(RERUNS)
     if reruns >= res.settings.call_max_reruns:
-        why = found.last_error or "its worker stopped before it finished, each time"
+        # No error kept: its worker died, or arq cancelled it past JOB_TIMEOUT_S.
+        why = found.last_error or "its worker stopped, or it ran past JOB_TIMEOUT_S, each time"
         reason = f"its job ran {reruns + 1} times and never finished ({why})"
         await _end_failed(res, call_id, reason)
         return False
