@@ -34,7 +34,12 @@ from db.outages import is_connection_error, is_outage, is_postgres_outage, store
 from db.packets import NewPacket
 from devstack.servers import free_port
 from jobs.ai import Sentiment
-from jobs.queue import SEGMENT_JOB_PREFIX, enqueue_flush_segment
+from jobs.queue import (
+    IN_PROGRESS_KEY_PREFIX,
+    SEGMENT_JOB_PREFIX,
+    call_job_id,
+    enqueue_flush_segment,
+)
 from jobs.resources import WorkerResources, make_resources
 from jobs.sweep import recover_orphaned_calls, segment_backoff_s
 from settings import Settings
@@ -352,6 +357,32 @@ async def test_a_call_whose_job_keeps_failing_ends_failed_after_its_reruns_namin
     await res.close()
     assert (await status(client, "CA-stuck"))["state"] == "ARCHIVED"
     assert await scalar(engine, "SELECT count(*) FROM call WHERE call_id='CA-stuck'") == 1
+
+
+async def test_a_call_whose_worker_dies_every_time_ends_failed_after_its_reruns(
+    client: AsyncClient, settings: Settings, queue: Redis
+):
+    res = make_resources(settings.model_copy(update={"lease_ttl_s": 0.2, "call_max_reruns": 2}))
+    await send_all(client, "CA-killer", [0, 1, 2])
+    await complete(client, "CA-killer")  # its job is queued
+    running = IN_PROGRESS_KEY_PREFIX + call_job_id("CA-killer")
+    try:
+        for _ in (1, 2):
+            await queue.set(running, b"1")  # a worker took the job, then died (it kept no lease)
+            await asyncio.sleep(0.3)  # past the grace
+            assert await recover_orphaned_calls(res) == ["CA-killer"]
+        await queue.set(running, b"1")
+        await asyncio.sleep(0.3)
+        assert await recover_orphaned_calls(res) == []
+    finally:
+        await res.close()
+
+    call = await status(client, "CA-killer")
+    assert call["state"] == "FAILED"
+    assert call["last_error"] == (
+        "its job ran 3 times and never finished "
+        "(its worker stopped, or it ran past JOB_TIMEOUT_S, each time)"
+    )
 
 
 @pytest.mark.parametrize(
