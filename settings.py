@@ -367,6 +367,21 @@ class Settings(BaseSettings):
     reaper_interval_s: int = Field(
         2, ge=1, le=60, description="how often the reaper looks for orphaned calls"
     )
+    call_max_reruns: int = Field(
+        5,
+        ge=1,
+        description="how many times the reaper runs a call's job again after it failed or its "
+        "worker died (a count per call, kept in Redis); then the call ends `FAILED`, naming the "
+        "last error. An outage does not count while a run waits it out (`arq.Retry`)",
+    )
+    segment_flush_max_asks: int = Field(
+        5,
+        ge=1,
+        description="how many times the reaper asks again for a live call's segment flush that "
+        "is not done (a count per segment, waiting 30 s, then twice as long each time, at most "
+        "5 min); then the call is completed and ends `FAILED`, naming the last error, its "
+        "unstored audio kept for a replay",
+    )
     shutdown_grace_s: int = Field(
         20,
         ge=0,

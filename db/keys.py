@@ -107,6 +107,9 @@ class CallKeys:
     # and the call's final one never transcribe the same window at once.
     transcribing: str
     metadata: str  # JSON the call was opened with (a media stream's start message), if any
+    # hash: what the reaper counts per unit of work of the call (its job's re-runs, a segment
+    # flush's requests) and its jobs' last error (db/job_failures.py)
+    failures: str
     shard: ShardKeys  # the indexes of the call's shard, in the same slot
 
     @property
@@ -116,7 +119,7 @@ class CallKeys:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.data, self.done, self.lease, self.transcribing)
+        return (*self.data, self.done, self.lease, self.transcribing, self.failures)
 
 
 def call_keys(call_id: str) -> CallKeys:
@@ -131,5 +134,6 @@ def call_keys(call_id: str) -> CallKeys:
         lease=f"{tag}:lease",
         transcribing=f"{tag}:transcribing",
         metadata=f"{tag}:metadata",
+        failures=f"{tag}:failures",
         shard=shard_keys(shard),
     )

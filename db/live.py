@@ -21,6 +21,13 @@ class IndexCounts:
     oldest_pending_at: float | None  # epoch seconds of the longest-waiting completion
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentRequest:
+    segment: int  # the number of the segment asked for
+    asked_at: float | None  # when; None once its flush is done
+    completed: bool  # the call has ended: its own job flushes what is left
+
+
 class LiveCalls:
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
@@ -97,6 +104,28 @@ class LiveCalls:
             lambda pipe, shard: pipe.zrangebyscore(shard.segments, "-inf", asked_before, 0, limit)
         )
         return [text_of(m) for ids in found for m in ids][:limit]
+
+    async def segment_request(self, call_id: str) -> SegmentRequest | None:
+        """The segment flush the call's ingest asked for last; None if Redis no longer holds
+        the call."""
+        meta = call_keys(call_id).meta
+        fields = ["seg_asked", "seg_asked_at", "state"]
+        asked, asked_at, state = await self.redis.hmget(meta, fields)  # type: ignore[misc]
+        if asked is None:
+            return None
+        return SegmentRequest(
+            int(asked),
+            float(asked_at) if asked_at is not None else None,
+            state is not None and text_of(state) != "IN_PROGRESS",
+        )
+
+    async def defer_segment(self, call_id: str, score: float) -> None:
+        """Move the call's entry in the segments index, if it is still there (a flush that is done
+        takes it out, and this must not put it back)."""
+        await self.redis.zadd(call_keys(call_id).shard.segments, {call_id: score}, xx=True)
+
+    async def drop_segment(self, call_id: str) -> None:
+        await self.redis.zrem(call_keys(call_id).shard.segments, call_id)
 
     async def unflushed_page(
         self, before: tuple[float, str] | None, limit: int

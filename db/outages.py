@@ -7,6 +7,9 @@ the data in it, and would refuse it again however often it is retried.
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
 from collections.abc import Iterator
 
 import asyncpg
@@ -27,7 +30,7 @@ REDIS_OUTAGE: tuple[type[Exception], ...] = (
     ClusterDownError,
 )
 
-POSTGRES_OUTAGE: tuple[type[Exception], ...] = (
+_POSTGRES_DOWN: tuple[type[Exception], ...] = (
     OperationalError,
     PoolTimeoutError,
     asyncpg.PostgresConnectionError,
@@ -37,8 +40,52 @@ POSTGRES_OUTAGE: tuple[type[Exception], ...] = (
     # A prepared statement outlived a schema change; SQLAlchemy drops its cache, a retry works.
     asyncpg.InvalidCachedStatementError,
     asyncpg.exceptions.OutdatedSchemaCacheError,
-    OSError,  # asyncpg lets a refused or reset socket escape as it is (a timeout is one too)
 )
+# What a caller catches to look at a PostgreSQL outage (`except POSTGRES_OUTAGE`: the API's error
+# handlers, a read that falls back to Redis): the errors above, and OSError, which asyncpg lets
+# escape as it is. Only is_postgres_outage says which OSError is one.
+POSTGRES_OUTAGE: tuple[type[Exception], ...] = (*_POSTGRES_DOWN, OSError)
+
+# asyncpg lets a socket error escape as it is, so an OSError may be a connection to PostgreSQL
+# that failed; but a worker meets other OSErrors too (a full disk, a file it may not read, too many
+# open files), which no wait cures: only these count as an outage. A name that does not resolve
+# (socket.gaierror) is a DNS blip while a managed database fails over.
+# A TLS connection the server closed (a managed database restarting) ends in ssl's EOF errors.
+_CONNECTION_OSERRORS: tuple[type[OSError], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+_CONNECTION_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ENETRESET,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.EADDRNOTAVAIL,  # connecting to ::1 where IPv6 is off: one of localhost's addresses
+    }
+)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """A socket that could not connect, or that broke: refused, reset, unreachable, timed out.
+    asyncio's connect to a name of several addresses (localhost: ::1 and 127.0.0.1) that all
+    failed raises a bare OSError "Multiple exceptions: [Errno 111] Connect call failed ..."."""
+    if not isinstance(error, OSError):
+        return False
+    if isinstance(error, _CONNECTION_OSERRORS) or error.errno in _CONNECTION_ERRNOS:
+        return True
+    said = str(error)
+    return said.startswith("Multiple exceptions:") and "Connect call failed" in said
+
 
 # SQLSTATE classes that mean "not now" rather than "not this": the connection (08), a rollback
 # the server chose (40: serialization failure, deadlock), resources (53: too many connections,
@@ -97,7 +144,7 @@ def is_postgres_outage(exc: BaseException) -> bool:
     (restarting, read-only, out of connections, a deadlock): worth waiting for. Any other
     database error is about the data, and retrying it would only fail again."""
     for error in _chain(exc):
-        if isinstance(error, POSTGRES_OUTAGE):
+        if isinstance(error, _POSTGRES_DOWN) or is_connection_error(error):
             return True
         if isinstance(error, DBAPIError) and error.connection_invalidated:
             return True
@@ -117,17 +164,38 @@ STORE_OUTAGE: tuple[type[Exception], ...] = (
 _STORE_BUSY = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
 
 
+def _store_answer(error: ClientError) -> tuple[str, int]:
+    """The store's error code (`NoSuchBucket`, `AccessDenied`, ...) and HTTP status."""
+    answer = error.response
+    code = str(answer.get("Error", {}).get("Code", ""))
+    status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
 def is_store_outage(exc: BaseException) -> bool:
     for error in _chain(exc):
         if isinstance(error, STORE_OUTAGE):
             return True
         if isinstance(error, ClientError):
-            answer = error.response
-            code = str(answer.get("Error", {}).get("Code", ""))
-            status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            code, status = _store_answer(error)
             if code in _STORE_BUSY or status >= 500:
                 return True
     return False
+
+
+def store_refusal(exc: BaseException) -> str | None:
+    """What the object store refused, when it answered "not this" (a 4xx: no such bucket, access
+    denied, a key it will not take) rather than "not now": asking again would only be refused
+    again, until an operator mends the store. None when `exc` is no store answer, or an outage.
+    The words name the store's code and status, never the key (which holds the call's id)."""
+    if is_store_outage(exc):
+        return None
+    for error in _chain(exc):
+        if isinstance(error, ClientError):
+            code, status = _store_answer(error)
+            operation = getattr(error, "operation_name", "") or "a request"
+            return f"{operation} answered {code or 'an error'} (HTTP {status or '?'})"
+    return None
 
 
 def is_outage(exc: BaseException) -> bool:

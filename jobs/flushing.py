@@ -6,8 +6,11 @@ earlier ones were flushed while it went on, jobs/segments.py), then its row, cla
 - re-run: the row exists (an earlier run flushed it, or a dead letter was replayed while Redis
   still held the call): it is claimed again;
 - refused: PostgreSQL refuses the call's data (a client's metadata it cannot hold, a counter past
-  its column): the call ends FAILED at once, for good (a refusal would only come again on every
-  re-run), with a row of what could be kept;
+  its column), or the object store refuses its audio (no such bucket, access denied, a key it
+  will not take: db/outages.store_refusal): the call ends FAILED at once (a refusal would only
+  come again on every re-run), with a row of what could be kept; what was not stored stays in
+  Redis for the key retention (db/lua/release.lua keeps a tail that is not empty), so a replay
+  once the store is mended stores it and loses nothing;
 - gone from Redis: a re-run or a replay after the release: the row, if any, is claimed.
 """
 
@@ -20,7 +23,7 @@ from typing import TypeVar
 
 from core.logs import about
 from db import calls, worker_writes
-from db.outages import postgres_refusal
+from db.outages import postgres_refusal, store_refusal
 from db.record import CallRecord
 from db.states import CallState
 from db.worker_writes import Claim
@@ -40,22 +43,26 @@ class Held:
 
 
 class Refused(Exception):
-    """PostgreSQL refused a write of the call's data (not an outage): permanent for the call."""
+    """PostgreSQL or the object store refused a write of the call's data (not an outage):
+    permanent for the call, until an operator mends the store and replays it."""
 
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(f"PostgreSQL refused {what}: {reason}")
+    def __init__(self, what: str, reason: str, by: str = "PostgreSQL") -> None:
+        super().__init__(f"{by} refused {what}: {reason}")
 
 
 async def refusing(what: str, write: Awaitable[T]) -> T:
-    """Await a write; a refusal (db.outages.postgres_refusal) becomes Refused, naming `what`;
-    an outage stays what it is (the job is retried for it)."""
+    """Await a write; a refusal (db.outages.postgres_refusal, store_refusal) becomes Refused,
+    naming `what`; an outage stays what it is (the job is retried for it)."""
     try:
         return await write
     except Exception as exc:
         refused = postgres_refusal(exc)
-        if refused is None:
-            raise
-        raise Refused(what, refused) from exc
+        if refused is not None:
+            raise Refused(what, refused) from exc
+        refused = store_refusal(exc)
+        if refused is not None:
+            raise Refused(what, refused, by="the object store") from exc
+        raise
 
 
 async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | None:
@@ -75,17 +82,37 @@ async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | 
                 res, call_id, live.metadata, (start.first_page, start.more), live.state.value
             ),
         )
+    except Refused as refused:
+        # Audio refused is audio the call's results would lack: FAILED, row or not.
+        await fail_for_good(res, call_id, str(refused), live)  # refused
+        return None
+    try:
         held = await refusing("the call's record", _flush_new(res, live))  # new
     except Refused as refused:
         # A re-run's or a replay's row exists: a record refused again changes nothing.
         if not await _row_exists(res, call_id):
-            await _fail_unflushed(res, live, str(refused))  # refused
-            await res.flush.forget_unflushed(call_id)
+            await fail_for_good(res, call_id, str(refused), live)  # refused
             return None
     if held is None:
         held = await _claim_flushed(res, call_id)  # re-run
     await res.flush.forget_unflushed(call_id)
     return held
+
+
+async def fail_for_good(
+    res: WorkerResources, call_id: str, reason: str, live: CallRecord | None
+) -> None:
+    """End a call FAILED with `reason`, whether PostgreSQL holds its row yet or not (`live`: what
+    Redis holds of it, None if nothing): a refusal, or a bound reached (jobs/sweep.py: a segment
+    flush asked for too often, a job run too often). A replay runs it again. Nothing if it is
+    ARCHIVED or FAILED already, or unknown."""
+    if live is not None:
+        await _fail_unflushed(res, live, reason)
+    else:
+        held = await _claim_flushed(res, call_id)
+        if held is not None:
+            await fail_held(res, held.claim, reason)
+    await res.flush.forget_unflushed(call_id)
 
 
 async def _row_exists(res: WorkerResources, call_id: str) -> bool:

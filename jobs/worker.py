@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,13 +22,15 @@ from core import metrics
 from core.builders import feed_limits
 from core.logs import about, configure_logging
 from db.feed_relay import FeedRelay
-from db.outages import is_outage
+from db.job_failures import JobFailures
+from db.outages import is_outage, postgres_refusal, store_refusal
 from db.redis_client import is_cluster
+from db.states import TERMINAL_STATES
 from jobs import polling, resilience
 from jobs.feed_relay import RelayLoop
 from jobs.process import process_call
 from jobs.queue import FLUSH_SEGMENT, PROCESS_CALL
-from jobs.resources import make_resources, resources
+from jobs.resources import WorkerResources, make_resources, resources
 from jobs.segments import flush_segment
 from jobs.sweep import complete_idle_calls, recover_orphaned_calls
 from settings import get_settings
@@ -39,6 +42,34 @@ def outage_backoff_s(job_try: int, cap_s: float) -> float:
     return float(min(cap_s, 0.5 * 2 ** min(job_try, 10)) * random.uniform(0.5, 1.0))
 
 
+# A segment flush job's tries: with outage_backoff_s's waits (1, 2, 4, ... 30 s) about two
+# minutes of an outage; the reaper then asks again for the segment, a bounded number of times
+# (jobs/sweep.py), so a segment's flush is bounded by time, and so is a call's.
+SEGMENT_JOB_TRIES = 8
+
+
+_FINISHED = frozenset(state.value for state in TERMINAL_STATES)
+
+
+def what_failed(exc: BaseException) -> str:
+    """An error in words for a call's FAILED reason: what a store refused (db/outages.py's words),
+    or the error's type and where it was raised in Callstream's code; never its message (which
+    may quote the call's data)."""
+    refused = store_refusal(exc)
+    if refused is not None:
+        return f"the object store refused it: {refused}"
+    refused = postgres_refusal(exc)
+    if refused is not None:
+        return f"PostgreSQL refused it: {refused}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "site-packages" not in f.filename]
+    where = ""
+    if ours:
+        frame = ours[-1]
+        where = f" at {Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno}"
+    return f"{type(exc).__name__}{where}"
+
+
 async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
     res = resources(ctx)
     started = time.monotonic()
@@ -48,10 +79,22 @@ async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
         # A dependency that is down: wait and retry the job, never fail the call for it.
         if is_outage(exc):
             raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+        # Anything else fails the job; the reaper runs it again, CALL_MAX_RERUNS times at most,
+        # then ends the call FAILED with this error (jobs/sweep.py).
+        await _note_failure(res, call_id, exc)
         raise
+    if state in _FINISHED:
+        await JobFailures(res.redis).forget(call_id)  # a replay starts with no re-run counted
     took = time.monotonic() - started
     log.info("call %s: %s after %.1fs", call_id, state, took, extra=about(call_id))
     return state
+
+
+async def _note_failure(res: WorkerResources, call_id: str, exc: Exception) -> None:
+    try:
+        await JobFailures(res.redis).note_error(call_id, what_failed(exc))
+    except Exception as lost:  # the job's own error is the one to report
+        log.warning("%s: could not keep the job's error (%r)", call_id, lost, extra=about(call_id))
 
 
 def _retry_later(ctx: dict[str, Any], cap_s: float, call_id: str, exc: Exception) -> Retry:
@@ -69,7 +112,9 @@ async def flush_segment_job(ctx: dict[str, Any], call_id: str, follow_up: bool =
         flushed = await flush_segment(res, call_id, follow_up)
     except Exception as exc:
         if is_outage(exc):
+            await _note_failure(res, call_id, exc)  # named if the reaper's requests run out
             raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+        await _note_failure(res, call_id, exc)
         raise
     return flushed.packets
 
@@ -117,7 +162,12 @@ def make_functions(job_timeout_s: int) -> list[Function]:
     return [
         func(process_call_job, name=PROCESS_CALL, timeout=job_timeout_s, max_tries=1000),
         # A segment that cannot be flushed is not lost: the call's final flush stores it.
-        func(flush_segment_job, name=FLUSH_SEGMENT, timeout=job_timeout_s, max_tries=20),
+        func(
+            flush_segment_job,
+            name=FLUSH_SEGMENT,
+            timeout=job_timeout_s,
+            max_tries=SEGMENT_JOB_TRIES,
+        ),
     ]
 
 

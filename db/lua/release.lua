@@ -11,6 +11,10 @@
 --   events as JSON...
 local call_id = ARGV[1]
 local dropped = tonumber(ARGV[5])
+-- A stream that is not empty holds packets PostgreSQL never stored: a refusal (the object store's,
+-- say) ended the call FAILED. They expire with the call's hash instead, so that a replay within
+-- the retention stores them (jobs/flushing.py); the first key to delete is the stream.
+if dropped > 0 and redis.call('XLEN', KEYS[8]) > 0 then dropped = 0 end
 for i = 8, #KEYS do
   if i < 8 + dropped then
     redis.call('DEL', KEYS[i])

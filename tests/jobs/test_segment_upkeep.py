@@ -1,5 +1,6 @@
 """What keeps a live call's segments and transcripts moving, against real Redis, PostgreSQL and
-arq's queue: the reaper asks again for a segment flush that was asked for and never done; a live
+arq's queue: the reaper asks again for a segment flush that was asked for and never done, and the
+job it queues stores the segment; a live
 window that left speech after its last pause queues one follow-up flush; a live transcription
 pass leaves the call to a pass already running; the media WebSocket stores frames that come
 within its hold in one script call."""
@@ -13,6 +14,7 @@ from typing import Any
 
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import connect
 
 from db.intake import CallIntake, Segmenting
@@ -27,6 +29,7 @@ from jobs.transcription import transcribe_live
 from service.app import create_app
 from settings import Settings
 from tests.conftest import FEED
+from tests.factories import scalar
 from tests.fakes import ScriptedAI
 from tests.service.test_recording import FRAME, speech
 from tests.service.test_transcripts import paused
@@ -47,8 +50,8 @@ async def segment_jobs(queue: Redis, kind: str = "") -> list[str]:
     return sorted(k.decode() for k in found)
 
 
-async def test_the_reaper_asks_again_for_a_segment_flush_that_was_never_done(
-    worker_resources: WorkerResources, redis: Redis, queue: Redis
+async def test_the_reaper_asks_again_for_a_segment_flush_that_was_never_done_and_it_runs(
+    worker_resources: WorkerResources, redis: Redis, queue: Redis, engine: AsyncEngine, run_worker
 ):
     intake = CallIntake(redis, feed=FEED, segmenting=Segmenting(5, 30.0))
     appended = await intake.append("lost-segment", [NewPacket(n, n, "w") for n in range(5)])
@@ -58,8 +61,13 @@ async def test_the_reaper_asks_again_for_a_segment_flush_that_was_never_done(
     assert await segment_jobs(queue) == []
 
     await recover_orphaned_calls(worker_resources)
+    assert len(await segment_jobs(queue, "1.1:")) == 1  # segment 1, asked again once
+    await run_worker()
 
-    assert len(await segment_jobs(queue, "0.")) == 1
+    stored = "SELECT coalesce(sum(packets), 0) FROM call_segment WHERE call_id = 'lost-segment'"
+    assert await scalar(engine, stored) == 5
+    assert await redis.xlen(call_keys("lost-segment").packets) == 0
+    assert await redis.zscore(index, "lost-segment") is None  # not asked again
 
 
 async def test_a_live_window_that_left_speech_after_its_last_pause_queues_one_follow_up(
