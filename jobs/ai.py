@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from core.conversation import split_long
 
 if TYPE_CHECKING:
-    from jobs.audio import CallAudio, SpeechSource
+    from jobs.audio import SpeechSource
 
 
 class AIError(Exception):
@@ -56,8 +56,6 @@ class Spoken(NamedTuple):
 
 
 class AIClient(Protocol):
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str: ...
-
     async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         """What was said in `audio` (one track's window of a call), as timed stretches in
         order; a provider that gives no times answers one stretch over the whole audio."""
@@ -160,10 +158,6 @@ class MockAI:
         await asyncio.sleep(rng.uniform(*self.latency))
         if rng.random() < self.failure_rate:
             raise TransientAIError(f"mock AI: {step} failed (simulated 503 Service Unavailable)")
-
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        await self._request(call_id, "transcription")
-        return await mock_transcript(audio)
 
     async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         await self._request(call_id, "transcription")

@@ -27,7 +27,7 @@ from jobs.ai import Sentiment, Spoken, TransientAIError
 from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
 
 if TYPE_CHECKING:
-    from jobs.audio import CallAudio
+    pass
 
 # Whisper hears 30 s at a time (shorter audio is padded to it, so its encoder costs the same):
 # segments of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
@@ -73,10 +73,6 @@ class LocalAI:
         self.processes = processes
         self.model = str(model_folder(model))
         self._pool: ProcessPoolExecutor | None = None
-
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        spoken = await self.transcribe_segments(call_id, audio)
-        return " ".join(segment.text for segment in spoken)
 
     async def transcribe_segments(self, call_id: str, audio: Audio) -> list[Spoken]:
         """The audio's speech as timed stretches, in seconds from its start: a piece at a time

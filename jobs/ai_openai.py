@@ -48,7 +48,6 @@ from pydantic import SecretStr
 from core.audio import WAV_HEADER_BYTES, quietest_cut, wav_header
 from jobs.ai import AIError, PermanentAIError, Sentiment, Spoken, TransientAIError
 from jobs.ai_local import vader_sentiment
-from jobs.audio import CallAudio
 
 if TYPE_CHECKING:
     from jobs.audio import SpeechSource
@@ -107,9 +106,6 @@ class OpenAICompatible:
             ),
             transport=transport,
         )
-
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        return " ".join(s.text for s in await self.transcribe_segments(call_id, audio))
 
     async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         rate = (await audio.format()).rate

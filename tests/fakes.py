@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from jobs.ai import AIError, Sentiment, Spoken, mock_spoken, mock_transcript, sentiment_of
-from jobs.audio import CallAudio, SpeechSource
+from jobs.ai import AIError, Sentiment, Spoken, mock_spoken, sentiment_of
+from jobs.audio import SpeechSource
 
 
 class ScriptedAI:
@@ -26,10 +26,6 @@ class ScriptedAI:
 
     def count(self, step: str) -> int:
         return sum(1 for _, s in self.requests if s == step)
-
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        self._next(call_id, "transcription")
-        return await mock_transcript(audio)
 
     async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         self._next(call_id, "transcription")

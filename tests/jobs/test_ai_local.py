@@ -26,7 +26,7 @@ from core.audio import TELEPHONY, AudioFormat, Samples, decode
 from jobs import whisper
 from jobs.ai import Sentiment, Spoken
 from jobs.ai_local import SEGMENT_S, LocalAI, PcmAudio
-from jobs.audio import CallAudio, SpeechSource
+from jobs.audio import SpeechSource
 from jobs.resources import ai_concurrency, make_ai_client, make_resources
 from jobs.whisper import Segment, transcribe_pcm
 from service.app import create_app
@@ -203,9 +203,6 @@ class Borrowed:
 
     def __init__(self, ai: LocalAI) -> None:
         self.ai = ai
-
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        return await self.ai.transcribe(call_id, audio)
 
     async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         return await self.ai.transcribe_segments(call_id, audio)

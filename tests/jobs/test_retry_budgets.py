@@ -22,7 +22,7 @@ from db import transcripts
 from db.packets import NewPacket, Track
 from db.states import CallState
 from jobs.ai import MockAI, Sentiment, Spoken, TransientAIError
-from jobs.audio import CallAudio, SpeechSource
+from jobs.audio import SpeechSource
 from jobs.resources import make_resources
 from jobs.segments import flush_tail
 from jobs.transcription import transcribe_ready
@@ -57,9 +57,6 @@ class FirstAttemptFails:
         if self._first(key):
             await asyncio.sleep(0.01)
             raise TransientAIError("first attempt of this unit fails (simulated 503)")
-
-    async def transcribe(self, call_id: str, audio: CallAudio) -> str:
-        return await self.inner.transcribe(call_id, audio)
 
     async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
         unit = (getattr(audio, "channel", None), getattr(audio, "start", None))
