@@ -107,6 +107,10 @@ class CallKeys:
     # and the call's final one never transcribe the same window at once.
     transcribing: str
     metadata: str  # JSON the call was opened with (a media stream's start message), if any
+    # Set of the call's PBX feeds still open (service/feeds/): a socket per track, or one for
+    # both; the call completes when its last one ends. Each feed removes itself, so it is gone
+    # when the call's last feed ends, and an expiry bounds what a crashed process leaves behind.
+    feeds: str
     shard: ShardKeys  # the indexes of the call's shard, in the same slot
 
     @property
@@ -131,5 +135,6 @@ def call_keys(call_id: str) -> CallKeys:
         lease=f"{tag}:lease",
         transcribing=f"{tag}:transcribing",
         metadata=f"{tag}:metadata",
+        feeds=f"{tag}:feeds",
         shard=shard_keys(shard),
     )

@@ -15,6 +15,7 @@ from core.access import key_ring, refuse_open_non_loopback
 from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
+from service.feeds.audiosocket import AudioSocketListener, start_listeners
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
 from service.routes import (
@@ -67,9 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         refuse_open_non_loopback(key_ring(configured), _bind_host())
         res = open_resources(configured)
         res.feed.start()
+        listeners: list[AudioSocketListener] = []
         try:
+            # Asterisk AudioSocket's TCP listeners, when configured, in this process.
+            listeners = await start_listeners(configured, res.ingestion)
             yield {"resources": res}
         finally:
+            for listener in listeners:
+                await listener.close()
             await res.close()
 
     app = FastAPI(

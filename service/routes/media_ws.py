@@ -30,7 +30,7 @@ from base64 import b64decode
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
 from core.access import KeyRing, Role
 from core.errors import CallNotFound, CallstreamError, RedisUnavailable
@@ -48,25 +48,18 @@ from service.asgi import (
 )
 from service.deps import get_ws_resources, origin_allowed
 from service.gate import KEY_IN_START, actor_of
+from service.streaming import CLOSED as _CLOSED
+from service.streaming import FLUSH_AT, HOLD_S, READ_AHEAD
+from service.streaming import read_frames as _read
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ingestion"])
 
-FLUSH_AT = 50  # packets buffered before one append, at most
-# How long a packet may wait for others to share its Redis round trip. At real-time pace a
-# stream sends a frame (two with both tracks) every 20 ms: storing each at once costs a script
-# call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 60 ms
-# stores three ticks at a time and keeps the frame-to-stored lag under 100 ms. The WebSocket
-# acknowledges no frame, so nothing a client was told is held.
-HOLD_S = 0.06
-READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
-
 # A frame is a media packet's payload plus its envelope; anything larger is refused unread.
 FRAME_ENVELOPE_BYTES = 16 * 1024
 
 _IGNORED_EVENTS = frozenset({"connected", "mark", "dtmf"})
-_CLOSED = object()  # the reader's sentinel: the client went away
 
 
 class Reject(Exception):
@@ -291,17 +284,6 @@ class MediaStream:
     async def close(self, code: int) -> None:
         with contextlib.suppress(Exception):
             await self.websocket.close(code)
-
-
-async def _read(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
-    """Read frames ahead into a bounded queue, so they pile up while a flush is in flight."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            await frames.put(message.get("text", message.get("bytes")))
-    await frames.put(_CLOSED)
 
 
 def _start_token(metadata: dict[str, Any]) -> str | None:
