@@ -18,6 +18,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008  # a policy violation; before the handshake, the client sees HTTP 403
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # a retryable failure: the client may reconnect later
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 _PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]

@@ -6,13 +6,23 @@ work without a PBX.
 - AudioSocket: Asterisk's include/asterisk/res_audiosocket.h (kinds) and res/res_audiosocket.c
   (ast_audiosocket_init: kind 0x01, length 16, the UUID's bytes; ast_audiosocket_send_frame:
   kind, htons(length), payload).
+- chan_websocket: Asterisk's channels/chan_websocket.c (MEDIA_START, plain or JSON; binary
+  frames of optimal_frame_size raw codec bytes) and res/res_http_websocket.c's client handshake
+  (`Authorization: Basic`, `Sec-WebSocket-Protocol: media`, no extensions offered).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 # AudioSocket message kinds (enum ast_audiosocket_msg_kind).
 AS_HANGUP = 0x00
@@ -75,3 +85,67 @@ class AudioSocketPeer:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
+
+
+async def closing(ws: ClientConnection) -> tuple[int | None, str]:
+    """Wait for the server to close the socket (what it sent meanwhile is dropped): its close
+    code and reason."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            async for _ in ws:
+                pass
+    return ws.close_code, ws.close_reason or ""
+
+
+def basic_auth(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+class AsteriskWebSocketPeer:
+    """Asterisk's chan_websocket calling out to `/v1/call/asterisk` (one channel: one party)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(
+        cls, url: str, params: dict[str, str] | None = None, password: str | None = None
+    ) -> AsteriskWebSocketPeer:
+        """`params`: the dial string's v(...) URI parameters (call_id, track); `password`:
+        websocket_client.conf's (an ingest key), sent as HTTP Basic."""
+        headers = {"Authorization": basic_auth("asterisk", password)} if password else {}
+        query = f"?{urlencode(params)}" if params else ""
+        ws = await connect(
+            url + query,
+            subprotocols=[Subprotocol("media")],
+            additional_headers=headers,
+            compression=None,
+        )
+        return cls(ws)
+
+    async def media_start(
+        self, channel_id: str, fmt: str = "ulaw", frame_size: int = 160, as_json: bool = False
+    ) -> None:
+        """MEDIA_START as _create_event_MEDIA_START prints it (plain text, or JSON)."""
+        fields: dict[str, Any] = {
+            "connection_id": str(uuid.uuid4()),
+            "channel": f"WebSocket/callstream/{channel_id}",
+            "channel_id": channel_id,
+            "format": fmt,
+            "optimal_frame_size": frame_size,
+            "ptime": 20,
+        }
+        if as_json:
+            text = json.dumps({"event": "MEDIA_START", **fields, "channel_variables": {}})
+        else:
+            text = "MEDIA_START " + " ".join(f"{name}:{value}" for name, value in fields.items())
+        await self.ws.send(text)
+
+    async def send_audio(self, audio: bytes, frame_size: int) -> None:
+        for at in range(0, len(audio), frame_size):
+            await self.ws.send(audio[at : at + frame_size])
+
+    async def close(self) -> tuple[int | None, str]:
+        """Asterisk hangs up: it closes the socket."""
+        await self.ws.close()
+        return self.ws.close_code, self.ws.close_reason or ""

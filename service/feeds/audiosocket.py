@@ -139,6 +139,7 @@ class AudioSocketSession:
             if len(payload) != 16:
                 raise FeedRefused("invalid_uuid", f"the UUID is {len(payload)} bytes, not 16")
             self.call_id = str(uuid.UUID(bytes=payload))
+            await self.session.join(self.call_id)
             return False
         if kind == KIND_AUDIO or kind in KIND_SLIN_RATES:
             await self._audio(kind, payload)

@@ -84,14 +84,28 @@ class FeedSession:
     def opened(self) -> bool:
         return self.timeline is not None
 
+    async def join(self, call_id: str) -> None:
+        """This feed is one of the call's: the call completes only once it has ended (called
+        as soon as the protocol names the call, before its audio's format may be known)."""
+        if self.call_id == call_id:
+            return
+        if self.call_id is not None:
+            raise FeedRefused("call_changed", "a feed carries one call", Refusal.POLICY)
+        if not is_call_id(call_id):
+            raise FeedRefused("invalid_call_id", f"the call id must be {CALL_ID_RULE}",
+                              Refusal.POLICY)  # fmt: skip
+        try:
+            await self.ingestion.feed_opened(call_id, self.feed_id)
+        except REDIS_OUTAGE:
+            raise FeedRefused.outage() from None
+        self.call_id = call_id
+
     async def open(
         self, call_id: str, fmt: FeedFormat, metadata: dict[str, Any], origin: float | None = None
     ) -> None:
         """Open the call (or join it: the second socket of a two-party call) with this feed's
         format; its timeline starts at `origin` (epoch seconds; now by default)."""
-        if not is_call_id(call_id):
-            raise FeedRefused("invalid_call_id", f"the call id must be {CALL_ID_RULE}",
-                              Refusal.POLICY)  # fmt: skip
+        await self.join(call_id)
         media_format = fmt.media_format()
         opened = {"transport": self.transport, **metadata, "mediaFormat": media_format}
         try:
@@ -104,12 +118,10 @@ class FeedSession:
                         f"call {call_id} was opened with {earlier.get('mediaFormat')}; this "
                         f"feed sends {media_format}: both parties of a call share one format",
                     )
-            await self.ingestion.feed_opened(call_id, self.feed_id)
         except CallstreamError as error:
             raise FeedRefused.breaking(error) from None
         except REDIS_OUTAGE:
             raise FeedRefused.outage() from None
-        self.call_id = call_id
         self.timeline = Timeline(fmt, time.time() if origin is None else origin)
 
     def _timeline(self) -> Timeline:

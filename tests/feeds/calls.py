@@ -121,3 +121,31 @@ def frames_for(samples: int, rate: int = 8000) -> int:
 
 async def stored_packets(redis: Redis, call_id: str) -> int:
     return int(await redis.xlen(call_keys(call_id).packets))
+
+
+async def call_state(redis: Redis, call_id: str) -> str | None:
+    """The live call's state in Redis (None before its first packet)."""
+    meta = await redis.hgetall(call_keys(call_id).meta)  # type: ignore[misc]
+    return meta[b"state"].decode() if b"state" in meta else None
+
+
+async def settled(redis: Redis, call_id: str, packets: int, state: str) -> tuple[int, str | None]:
+    """The call's stored packets and state once they are `packets` and `state` (a PBX closes
+    without waiting for us: what it sent last is stored just after), or as they are after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = (await stored_packets(redis, call_id), await call_state(redis, call_id))
+        if found == (packets, state) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
+async def feeds_open(redis: Redis, call_id: str, count: int) -> int:
+    """The call's open feeds, once they are `count` (or as they are after 10 s): a test whose
+    parties must overlap waits for both to have named the call before either ends."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = int(await redis.scard(call_keys(call_id).feeds))  # type: ignore[misc]
+        if found == count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.02)

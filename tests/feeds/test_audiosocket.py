@@ -34,9 +34,12 @@ from tests.feeds.calls import (
     assert_both_speakers,
     assert_channel_holds,
     assert_track_counts,
+    call_state,
     callstream,
+    feeds_open,
     frames_for,
     needs_espeak,
+    settled,
     slin,
     spoken,
     spoken_mulaw,
@@ -72,14 +75,14 @@ async def listening(pbx: Settings) -> AsyncIterator[Settings]:
         yield pbx
 
 
-async def state_of(redis: Redis, call_id: str) -> str | None:
-    state = await redis.hgetall(call_keys(call_id).meta)  # type: ignore[misc]
-    return state[b"state"].decode() if b"state" in state else None
+async def nothing_stored(redis: Redis, call_id: str) -> bool:
+    keys = call_keys(call_id)
+    return int(await redis.exists(keys.meta, keys.metadata, keys.feeds, keys.done)) == 0
 
 
 @needs_espeak
 async def test_a_two_party_call_over_both_listeners_ends_archived_with_each_party_in_its_channel(
-    pbx: Settings,
+    pbx: Settings, redis: Redis
 ):
     call = uuid.uuid4()
     caller, agent = spoken(CALLER_SAYS), spoken(AGENT_SAYS)
@@ -88,6 +91,7 @@ async def test_a_two_party_call_over_both_listeners_ends_archived_with_each_part
         outbound = await peer(pbx.audiosocket_outbound_addr)
         for party in (inbound, outbound):
             await party.send_uuid(call)
+        assert await feeds_open(redis, str(call), 2) == 2
         # Both parties talk at once, as on a call: frames of each, interleaved in time.
         await asyncio.gather(
             inbound.send_audio(slin(caller), FRAME), outbound.send_audio(slin(agent), FRAME)
@@ -164,7 +168,7 @@ async def test_a_malformed_session_start_is_ended_with_an_error_and_stores_nothi
     for message in messages:
         await party.send(message)
     assert await party.answer() == ERROR, why
-    assert await redis.exists(call_keys(str(call)).meta, call_keys(str(call)).metadata) == 0
+    assert await nothing_stored(redis, str(call))
 
 
 async def test_a_refusal_mid_call_keeps_what_was_stored_and_completes_the_call(
@@ -177,7 +181,7 @@ async def test_a_refusal_mid_call_keeps_what_was_stored_and_completes_the_call(
     await party.send(audiosocket_message(0x42, b"?"))
     assert await party.answer() == ERROR
     assert await stored_packets(redis, str(call)) == 4
-    assert await state_of(redis, str(call)) == "COMPLETED"
+    assert await call_state(redis, str(call)) == "COMPLETED"
 
 
 async def test_audio_that_changes_format_mid_call_is_refused(listening: Settings, redis: Redis):
@@ -198,18 +202,17 @@ async def test_a_socket_dropped_mid_call_keeps_its_audio_and_the_call_completes_
     outbound = await peer(listening.audiosocket_outbound_addr)
     for party in (inbound, outbound):
         await party.send_uuid(call)
+    assert await feeds_open(redis, str(call), 2) == 2
+    for party in (inbound, outbound):
         await party.send_audio(bytes(FRAME * 10), FRAME)
-    await asyncio.sleep(0.2)  # both feeds stored their audio
+    assert await settled(redis, str(call), 20, "IN_PROGRESS") == (20, "IN_PROGRESS")
     inbound.drop()  # a reset: no hang-up, no goodbye
     await outbound.send_audio(bytes(FRAME * 5), FRAME)
-    for _ in range(100):
-        if await stored_packets(redis, str(call)) == 25:
-            break
-        await asyncio.sleep(0.05)
-    assert await state_of(redis, str(call)) == "IN_PROGRESS"  # the agent's feed is still open
+    # The agent's feed is still open: the call goes on without the caller's.
+    assert await settled(redis, str(call), 25, "IN_PROGRESS") == (25, "IN_PROGRESS")
     await outbound.hangup()
     assert await outbound.answer() == b""
-    assert await state_of(redis, str(call)) == "COMPLETED"
+    assert await call_state(redis, str(call)) == "COMPLETED"
     assert await stored_packets(redis, str(call)) == 25
 
 
@@ -225,7 +228,7 @@ async def test_a_peer_outside_audiosocket_allow_is_closed_at_once(
         await party.send_uuid(call)
         await party.send_audio(bytes(FRAME * 3), FRAME)
         assert await party.answer() == b""  # closed, nothing said, nothing read
-    assert await redis.exists(call_keys(str(call)).meta, call_keys(str(call)).metadata) == 0
+    assert await nothing_stored(redis, str(call))
 
 
 async def test_a_listener_beyond_loopback_without_audiosocket_allow_refuses_to_start(
