@@ -9,6 +9,10 @@ work without a PBX.
 - chan_websocket: Asterisk's channels/chan_websocket.c (MEDIA_START, plain or JSON; binary
   frames of optimal_frame_size raw codec bytes) and res/res_http_websocket.c's client handshake
   (`Authorization: Basic`, `Sec-WebSocket-Protocol: media`, no extensions offered).
+- FreeSWITCH: mod_audio_stream's README (`uuid_audio_stream <uuid> start <url> <mono|mixed|
+  stereo> <8k|16k> <metadata>`: the metadata as the first text frame, then L16 frames, stereo
+  interleaved caller then callee; permessage-deflate on by default) and mod_audio_fork's
+  (subprotocol `audio.drachtio.org`; a zero-length binary frame at a graceful end).
 """
 
 from __future__ import annotations
@@ -147,5 +151,48 @@ class AsteriskWebSocketPeer:
 
     async def close(self) -> tuple[int | None, str]:
         """Asterisk hangs up: it closes the socket."""
+        await self.ws.close()
+        return self.ws.close_code, self.ws.close_reason or ""
+
+
+class FreeSwitchPeer:
+    """FreeSWITCH's media bug streaming a channel to `/v1/call/freeswitch`."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        fork: bool = False,
+    ) -> FreeSwitchPeer:
+        """`fork`: mod_audio_fork (its subprotocol), else mod_audio_stream (with compression,
+        its default)."""
+        query = f"?{urlencode(params)}" if params else ""
+        ws = await connect(
+            url + query,
+            subprotocols=[Subprotocol("audio.drachtio.org")] if fork else None,
+            additional_headers=headers or {},
+            compression=None if fork else "deflate",
+        )
+        return cls(ws)
+
+    async def metadata(self, fields: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(fields))
+
+    async def send_audio(self, pcm: bytes, frame_bytes: int) -> None:
+        """L16 little-endian (interleaved for stereo) in frames of `frame_bytes`."""
+        for at in range(0, len(pcm), frame_bytes):
+            await self.ws.send(pcm[at : at + frame_bytes])
+
+    async def end(self) -> tuple[int | None, str]:
+        """mod_audio_fork's graceful end: a zero-length binary frame, then the server closes."""
+        await self.ws.send(b"")
+        return await closing(self.ws)
+
+    async def close(self) -> tuple[int | None, str]:
         await self.ws.close()
         return self.ws.close_code, self.ws.close_reason or ""

@@ -29,6 +29,10 @@ from service.feeds.timeline import FeedFormat, Timeline
 from service.streaming import CLOSED, FLUSH_AT, HOLD_S
 
 log = logging.getLogger(__name__)
+# How soon after connecting a feed must name its call (AudioSocket's UUID, MEDIA_START, the
+# FreeSWITCH metadata and its key, AudioHook's open): a socket that says nothing holds nothing
+# for long (invariant 21).
+START_TIMEOUT_S = 5.0
 _ENDING_FAILURES: tuple[type[Exception], ...] = (CallstreamError, *REDIS_OUTAGE)
 
 
@@ -196,17 +200,25 @@ class FeedSession:
     async def pump(self, messages: asyncio.Queue[object], handle: Handler, idle_s: float) -> None:
         """Feed `handle` each message read ahead into `messages` (CLOSED: the peer went away),
         storing held packets when due: a packet waits at most HOLD_S for others to share its
-        round trip; with nothing held, the wait is the idle timeout's."""
+        round trip; with nothing held, the wait is the idle timeout's. A feed that has not
+        named its call (and brought its key, where it brings it in a message) within
+        START_TIMEOUT_S of connecting is refused."""
+        start_by = time.monotonic() + START_TIMEOUT_S
         while True:
             wait_s = idle_s
             if self.buffer:
                 wait_s = max(0.0, self.held_since + HOLD_S - time.monotonic())
+            elif self.call_id is None:
+                wait_s = max(0.0, min(wait_s, start_by - time.monotonic()))
             try:
                 message = await asyncio.wait_for(messages.get(), wait_s)
             except TimeoutError:
                 if self.buffer:
                     await self.flush()
                     continue
+                if self.call_id is None:
+                    late = f"the call was not named within {START_TIMEOUT_S:g}s"
+                    raise FeedRefused("start_timeout", late, Refusal.POLICY) from None
                 raise FeedRefused("idle_timeout", f"nothing came for {idle_s:g}s",
                                   Refusal.IDLE) from None  # fmt: skip
             if message is CLOSED:
