@@ -1,5 +1,7 @@
 """Callstream's configuration: every knob is an environment variable with a laptop default."""
 
+import base64
+import binascii
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
@@ -178,6 +180,13 @@ class Settings(BaseSettings):
         (),
         description="networks (CIDR, comma-separated) allowed to connect to the AudioSocket "
         "listeners; empty: loopback only. A listener on another address than loopback needs it",
+    )
+
+    audiohook_client_secret: SecretStr = Field(
+        SecretStr(""),
+        description="the Genesys AudioHook integration's client secret (base64, as Genesys shows "
+        "it): with it, every `/v1/call/audiohook` upgrade must carry a fresh HTTP message "
+        "signature by it, else `401`; empty: none is checked",
     )
 
     redis_wait_replicas: int = Field(
@@ -405,6 +414,17 @@ class Settings(BaseSettings):
     def _host_port(cls, value: str) -> str:
         if value:
             host_port(value)  # says what is wrong with it
+        return value
+
+    @field_validator("audiohook_client_secret")
+    @classmethod
+    def _base64_secret(cls, value: SecretStr) -> SecretStr:
+        try:
+            base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                "AUDIOHOOK_CLIENT_SECRET must be base64 (as Genesys shows it)"
+            ) from None
         return value
 
     @field_validator("audio_store_url")

@@ -15,7 +15,7 @@ from core.access import key_ring, refuse_open_non_loopback
 from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
-from service.feeds import asterisk_ws, freeswitch_ws
+from service.feeds import asterisk_ws, audiohook_ws, freeswitch_ws
 from service.feeds.audiosocket import AudioSocketListener, start_listeners
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(media_ws.router)
     app.include_router(asterisk_ws.router)
     app.include_router(freeswitch_ws.router)
+    app.include_router(audiohook_ws.router)
     app.include_router(system.router)
     app.include_router(metrics.router)
     app.include_router(events.router)

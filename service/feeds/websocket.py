@@ -28,6 +28,7 @@ from service.asgi import (
     CLOSE_UNSUPPORTED,
 )
 from service.deps import get_ws_resources, origin_allowed
+from service.errors import domain_response
 from service.feeds.session import FeedRefused, FeedSession, Handler, Refusal
 from service.gate import KEY_IN_START, actor_of
 from service.resources import ApiResources
@@ -72,6 +73,15 @@ async def refuse_handshake(websocket: WebSocket, refused: FeedRefused) -> None:
     """Refuse before accepting: the PBX sees HTTP 403 (the reason is in the logs)."""
     log.warning("%s refused at the handshake: %s", websocket.url.path, refused.message)
     await websocket.close(CLOSE_POLICY, close_reason(refused))
+
+
+async def deny(websocket: WebSocket, error: CallstreamError) -> None:
+    """Refuse the upgrade with an HTTP answer in the one error format (401, 400...), where the
+    server can send one (uvicorn can); else as a 403 close."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(domain_response(error))
+        return
+    await refuse_handshake(websocket, FeedRefused.breaking(error))
 
 
 def allowed_origin(websocket: WebSocket) -> bool:
