@@ -10,6 +10,7 @@ from typing import cast
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from core.audio import mulaw_encode
@@ -175,6 +176,8 @@ async def test_a_refusal_mid_call_keeps_what_was_stored_and_completes_the_call(
     listening: Settings, redis: Redis
 ):
     call = uuid.uuid4()
+    counted = {"transport": "audiosocket", "outcome": "unknown_kind"}
+    before = REGISTRY.get_sample_value("callstream_feed_sessions_total", counted) or 0
     party = await peer(listening.audiosocket_addr)
     await party.send_uuid(call)
     await party.send_audio(bytes(range(256)) * 5, FRAME)  # 1,280 bytes: 4 frames
@@ -182,6 +185,8 @@ async def test_a_refusal_mid_call_keeps_what_was_stored_and_completes_the_call(
     assert await party.answer() == ERROR
     assert await stored_packets(redis, str(call)) == 4
     assert await call_state(redis, str(call)) == "COMPLETED"
+    after = REGISTRY.get_sample_value("callstream_feed_sessions_total", counted)
+    assert after == before + 1  # the metrics say how each session ended
 
 
 async def test_audio_that_changes_format_mid_call_is_refused(listening: Settings, redis: Redis):
