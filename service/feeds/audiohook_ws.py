@@ -173,7 +173,7 @@ class AudioHookFeed:
         }
         await self.session.open(
             call_id,
-            FeedFormat("mulaw", 8000),
+            FeedFormat("mulaw", 8000, len(self.tracks)),
             {"tracks": [t.value for t in self.tracks], "audiohook": kept},
         )
         await self.send("opened", {"media": [chosen]})

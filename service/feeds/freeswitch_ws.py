@@ -98,6 +98,9 @@ class FreeSwitchFeed:
             if isinstance(frame, str):
                 return False
         if isinstance(frame, str):
+            if len(frame) > MAX_METADATA_TEXT:
+                raise FeedRefused("text_too_large", f"a text frame past {MAX_METADATA_TEXT} "
+                                  "characters", Refusal.POLICY)  # fmt: skip
             return False  # send_text, stop's metadata: nothing Callstream keeps
         assert isinstance(frame, bytes)
         if not frame:

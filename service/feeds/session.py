@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # FreeSWITCH metadata and its key, AudioHook's open): a socket that says nothing holds nothing
 # for long (invariant 21).
 START_TIMEOUT_S = 5.0
+# The most audio one frame may carry: PBXs send 20 ms (mod_audio_stream up to its buffer size);
+# a larger frame would hold that much in memory and store it in one go.
+MAX_FRAME_S = 1.0
 _ENDING_FAILURES: tuple[type[Exception], ...] = (CallstreamError, *REDIS_OUTAGE)
 
 
@@ -43,6 +46,7 @@ class Refusal(StrEnum):
     POLICY = "policy"  # a rule broken: a completed call, a cap, a key (1008)
     RETRY = "retry"  # try again later: Redis, the backlog, replicas (1013)
     IDLE = "idle"  # nothing came for too long (1001)
+    TOO_BIG = "too_big"  # a frame past MAX_FRAME_S of audio (1009)
 
 
 class FeedRefused(Exception):
@@ -133,16 +137,25 @@ class FeedSession:
             raise FeedRefused("not_started", "audio before the call was opened", Refusal.POLICY)
         return self.timeline
 
+    def _bounded(self, data: bytes) -> Timeline:
+        timeline = self._timeline()
+        fmt = timeline.fmt
+        limit = round(fmt.rate * MAX_FRAME_S) * fmt.sample_bytes * fmt.channels
+        if len(data) > limit:
+            raise FeedRefused("frame_too_large", f"a frame of {len(data)} bytes: more than "
+                              f"{MAX_FRAME_S:g} s of audio", Refusal.TOO_BIG)  # fmt: skip
+        return timeline
+
     def take(self, track: Track, data: bytes) -> None:
         """One track's raw audio (any whole number of samples)."""
         try:
-            self._hold(self._timeline().add(track, data))
+            self._hold(self._bounded(data).add(track, data))
         except UnsupportedAudio as error:
             raise FeedRefused.audio(error) from None
 
     def take_interleaved(self, data: bytes, tracks: tuple[Track, Track]) -> None:
         try:
-            self._hold(self._timeline().add_interleaved(data, tracks))
+            self._hold(self._bounded(data).add_interleaved(data, tracks))
         except UnsupportedAudio as error:
             raise FeedRefused.audio(error) from None
 

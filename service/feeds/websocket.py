@@ -24,6 +24,7 @@ from service.asgi import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
 )
@@ -41,6 +42,7 @@ CLOSE_CODES = {
     Refusal.POLICY: CLOSE_POLICY,
     Refusal.RETRY: CLOSE_TRY_AGAIN,
     Refusal.IDLE: CLOSE_GOING_AWAY,
+    Refusal.TOO_BIG: CLOSE_TOO_BIG,
 }
 MAX_REASON_BYTES = 123  # what a close frame's reason may hold (RFC 6455, 5.5)
 

@@ -243,3 +243,33 @@ async def test_a_listener_beyond_loopback_without_audiosocket_allow_refuses_to_s
     exposed = make_settings(db_url, redis_url, audiosocket_addr=f"0.0.0.0:{free_port()}")
     with pytest.raises(RuntimeError, match=r"not on loopback.*set AUDIOSOCKET_ALLOW"):
         await start_listeners(exposed, cast(Ingestion, None))  # refused before any is used
+
+
+async def test_a_second_party_in_another_format_is_refused_and_the_first_goes_on(
+    listening: Settings, redis: Redis
+):
+    call = uuid.uuid4()
+    inbound = await peer(listening.audiosocket_addr)
+    outbound = await peer(listening.audiosocket_outbound_addr)
+    for party in (inbound, outbound):
+        await party.send_uuid(call)
+    assert await feeds_open(redis, str(call), 2) == 2
+    await inbound.send_audio(bytes(FRAME * 2), FRAME)  # slin 8 kHz opens the call
+    assert await settled(redis, str(call), 2, "IN_PROGRESS") == (2, "IN_PROGRESS")
+    await outbound.send_audio(bytes(640), 640, AS_SLIN_KINDS[16000])
+    assert await outbound.answer() == ERROR  # format_mismatch
+    await inbound.send_audio(bytes(FRAME), FRAME)
+    await inbound.hangup()
+    assert await inbound.answer() == b""
+    assert await settled(redis, str(call), 3, "COMPLETED") == (3, "COMPLETED")
+
+
+async def test_redis_unavailable_ends_the_session_with_an_error(server_urls: tuple[str, str]):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    down = make_settings(server_urls[0], dead_redis, redis_timeout_s=0.2,
+                         audiosocket_addr=f"127.0.0.1:{free_port()}")  # fmt: skip
+    async with serving(create_app(down)):
+        party = await peer(down.audiosocket_addr)
+        await party.send_uuid(uuid.uuid4())
+        await party.send_audio(bytes(FRAME), FRAME)
+        assert await party.answer() == ERROR

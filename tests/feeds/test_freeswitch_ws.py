@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from core.audio import resample
 from db.keys import call_keys
+from devstack.servers import free_port
 from service.app import create_asgi
 from service.feeds import session
 from settings import Settings
@@ -186,3 +187,27 @@ async def test_part_samples_end_the_stream_keeping_what_came_before(url: str, re
     closed, reason = await closing(peer.ws)
     assert (closed, reason.split(":")[0]) == (1003, "unsupported_audio")
     assert await settled(redis, "FS-ODD", 4, "COMPLETED") == (4, "COMPLETED")
+
+
+async def test_a_frame_of_more_than_a_second_is_refused_1009_keeping_what_came_before(
+    url: str, redis: Redis
+):
+    peer = await FreeSwitchPeer.connect(url, {"call_id": "FS-BIG", "key": INGEST_KEY})
+    await peer.send_audio(bytes(320 * 2), 320)
+    await peer.send_audio(bytes(16002), 16002)  # 1.0001 s of 8 kHz mono
+    closed, reason = await closing(peer.ws)
+    assert (closed, reason.split(":")[0]) == (1009, "frame_too_large")
+    assert await settled(redis, "FS-BIG", 2, "COMPLETED") == (2, "COMPLETED")
+
+
+async def test_redis_unavailable_closes_1013_so_the_pbx_may_try_again(
+    server_urls: tuple[str, str],
+):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    down = make_settings(server_urls[0], dead_redis, redis_timeout_s=0.2)
+    async with serving(create_asgi(down)) as address:
+        peer = await FreeSwitchPeer.connect(f"ws://{address}/v1/call/freeswitch",
+                                            {"call_id": "FS-DOWN"})  # fmt: skip
+        await peer.send_audio(bytes(320), 320)
+        closed, reason = await closing(peer.ws)
+    assert (closed, reason.split(":")[0]) == (1013, "redis_unavailable")
