@@ -273,3 +273,22 @@ async def test_redis_unavailable_ends_the_session_with_an_error(server_urls: tup
         await party.send_uuid(uuid.uuid4())
         await party.send_audio(bytes(FRAME), FRAME)
         assert await party.answer() == ERROR
+
+
+async def test_messages_joined_or_split_across_tcp_writes_are_read_alike(
+    listening: Settings, redis: Redis
+):
+    call = uuid.uuid4()
+    party = await peer(listening.audiosocket_addr)
+    stream = b"".join(
+        [audiosocket_message(0x01, call.bytes)]
+        + [audiosocket_message(AS_AUDIO, bytes([n]) * FRAME) for n in range(6)]
+        + [audiosocket_message(0x00)]
+    )
+    await party.send(stream[:2])  # inside the first header
+    await party.send(stream[2:400])  # the rest of the UUID, and half a message
+    await party.send(stream[400:])  # everything else at once
+    assert await party.answer() == b""
+    assert await settled(redis, str(call), 6, "COMPLETED") == (6, "COMPLETED")
+    entries = await redis.xrange(call_keys(str(call)).packets)
+    assert [int(fields[b"s"]) for _, fields in entries] == list(range(6))
