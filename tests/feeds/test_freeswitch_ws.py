@@ -211,3 +211,16 @@ async def test_redis_unavailable_closes_1013_so_the_pbx_may_try_again(
         await peer.send_audio(bytes(320), 320)
         closed, reason = await closing(peer.ws)
     assert (closed, reason.split(":")[0]) == (1013, "redis_unavailable")
+
+
+async def test_the_calls_cap_ends_the_stream_1008_keeping_what_fit(keyed: Settings, redis: Redis):
+    capped = keyed.model_copy(update={"max_call_packets": 10})
+    async with serving(create_asgi(capped)) as address:
+        peer = await FreeSwitchPeer.connect(f"ws://{address}/v1/call/freeswitch",
+                                            {"call_id": "FS-CAP", "key": INGEST_KEY})  # fmt: skip
+        await peer.send_audio(bytes(320 * 8), 320)
+        assert await settled(redis, "FS-CAP", 8, "IN_PROGRESS") == (8, "IN_PROGRESS")
+        await peer.send_audio(bytes(320 * 4), 320 * 4)  # 4 more: past the cap of 10
+        closed, reason = await closing(peer.ws)
+    assert (closed, reason.split(":")[0]) == (1008, "call_too_large")
+    assert await settled(redis, "FS-CAP", 8, "COMPLETED") == (8, "COMPLETED")
