@@ -1,5 +1,8 @@
 """Callstream's configuration: every knob is an environment variable with a laptop default."""
 
+import base64
+import binascii
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -179,6 +182,38 @@ class Settings(BaseSettings):
         "past it, new packets are refused 503 `flush_behind` (the media WebSocket pauses, then "
         "closes 1013) until the worker has stored the tail, so a client faster than the flush "
         "cannot grow Redis without bound; 0: no bound",
+    )
+
+    # Asterisk AudioSocket carries no credentials: a listener answers loopback peers only,
+    # unless AUDIOSOCKET_ALLOW names the networks allowed (docs/pbx.md).
+    audiosocket_addr: str = Field(
+        "",
+        json_schema_extra=_group("PBX feeds"),
+        description="`host:port` of the Asterisk AudioSocket listener of callers (track "
+        "`inbound`); empty: off. `make run` listens on `127.0.0.1:9092` ([PBX feeds](pbx.md))",
+    )
+    audiosocket_outbound_addr: str = Field(
+        "",
+        description="`host:port` of the AudioSocket listener of agents (track `outbound`); "
+        "empty: off. `make run` listens on `127.0.0.1:9093`",
+    )
+    audiosocket_format: Literal["slin", "ulaw", "alaw"] = Field(
+        "slin",
+        description="what AudioSocket audio of kind `0x10` is: `slin` (8 kHz signed 16-bit, "
+        "the dialplan application's), or the channel's codec as the channel driver and ARI "
+        "`externalMedia` send it (`ulaw`, `alaw`)",
+    )
+    audiosocket_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="networks (CIDR, comma-separated) allowed to connect to the AudioSocket "
+        "listeners; empty: loopback only. A listener on another address than loopback needs it",
+    )
+
+    audiohook_client_secret: SecretStr = Field(
+        SecretStr(""),
+        description="the Genesys AudioHook integration's client secret (base64, as Genesys shows "
+        "it): with it, every `/v1/call/audiohook` upgrade must carry a fresh HTTP message "
+        "signature by it, else `401`; empty: none is checked",
     )
 
     redis_wait_replicas: int = Field(
@@ -412,6 +447,34 @@ class Settings(BaseSettings):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
 
+    @field_validator("audiosocket_allow", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, tuple | list):
+            for network in value:
+                ipaddress.ip_network(network, strict=False)  # says what is wrong with it
+        return value
+
+    @field_validator("audiosocket_addr", "audiosocket_outbound_addr")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host_port(value)  # says what is wrong with it
+        return value
+
+    @field_validator("audiohook_client_secret")
+    @classmethod
+    def _base64_secret(cls, value: SecretStr) -> SecretStr:
+        try:
+            base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                "AUDIOHOOK_CLIENT_SECRET must be base64 (as Genesys shows it)"
+            ) from None
+        return value
+
     @field_validator("audio_store_url")
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:
@@ -482,6 +545,14 @@ class Settings(BaseSettings):
                 f"AI_BASE_URL must be an http:// or https:// URL, not {self.ai_base_url!r}"
             )
         return self
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:port` for IPv6) as a host and a port number."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
 
 
 @lru_cache

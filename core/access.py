@@ -15,6 +15,8 @@ digest).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -92,6 +94,11 @@ RULES = (
     _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),
     _rule("POST", rf"/v1/call/complete/{_ID}", Role.INGEST),
     _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST, key_in_first_message=True),
+    # The PBX feeds (service/feeds/): Asterisk chan_websocket and Genesys AudioHook send their
+    # key in the upgrade's headers; FreeSWITCH's mod_audio_stream cannot always (its metadata,
+    # the first message, may bring it instead).
+    _rule("WEBSOCKET", r"/v1/call/(asterisk|audiohook)", Role.INGEST),
+    _rule("WEBSOCKET", r"/v1/call/freeswitch", Role.INGEST, key_in_first_message=True),
     _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history|/audio|/transcript)?)?", Role.SUPERVISOR),
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
@@ -171,16 +178,29 @@ def parse_keys(listed: str, file: Path | None) -> list[str]:
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key of `Authorization: Bearer <key>`, else of `X-API-Key: <key>`."""
+    """The key of `Authorization: Bearer <key>`, else the password of `Authorization: Basic`
+    (what Asterisk's WebSocket client sends: any user name, the key as password), else of
+    `X-API-Key: <key>`."""
     api_key = None
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
+            if scheme.lower() == "basic" and (password := _basic_password(token.strip())):
+                return password
         elif name == b"x-api-key":
             api_key = value.decode("latin-1").strip() or None
     return api_key
+
+
+def _basic_password(token: str) -> str | None:
+    try:
+        decoded = base64.b64decode(token, validate=True).decode()
+    except (binascii.Error, ValueError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon and password else None
 
 
 def refuse_open_non_loopback(keys: KeyRing, bind_host: str | None) -> None:

@@ -187,9 +187,25 @@ class Ingestion:
             check_batch_size(len(packets), self.limits.max_batch_packets)
         return batch_answer(call_id, await self.append(call_id, packets))
 
-    async def open_call(self, call_id: str, metadata: dict[str, Any]) -> None:
+    async def open_call(self, call_id: str, metadata: dict[str, Any]) -> bool:
+        """Keep what the call is opened with; False when an earlier opening's is kept."""
         check_metadata_size(metadata)
-        await self.intake.open_call(call_id, metadata, self.limits.metadata_ttl_s)
+        return await self.intake.open_call(call_id, metadata, self.limits.metadata_ttl_s)
+
+    async def opened_with(self, call_id: str) -> dict[str, Any] | None:
+        """What the call was opened with: a second feed of one call must agree with the first."""
+        return await self.intake.metadata(call_id)
+
+    async def feed_opened(self, call_id: str, feed_id: str) -> None:
+        await self.intake.feed_opened(call_id, feed_id)
+
+    async def feed_ended(self, call_id: str, feed_id: str, *, actor: str | None = None) -> bool:
+        """A feed of the call ended; the last one to end completes the call (as a media
+        stream's stop does). True when no feed of the call is open any more."""
+        if await self.intake.feed_ended(call_id, feed_id):
+            return False
+        await self.complete(call_id, actor=actor)
+        return True
 
     async def complete(
         self,

@@ -66,6 +66,13 @@ INGEST_SECONDS = Histogram(
 COMPLETIONS = Counter(
     "callstream_calls_completed", "Calls completed, by reason (explicit, idle).", ["reason"]
 )
+FEED_SESSIONS = Counter(
+    "callstream_feed_sessions",
+    "PBX feed sessions (AudioSocket, chan_websocket, FreeSWITCH, AudioHook) that ended, by "
+    "transport and how: ended (the PBX ended it), dropped (the connection went away), or the "
+    "code of the refusal that ended it.",
+    ["transport", "outcome"],
+)
 # The worker
 AI_REQUESTS = Counter(
     "callstream_ai_requests",
@@ -182,6 +189,10 @@ def measured_append(append: Append[S]) -> Append[S]:
 
 def count_completion(reason: str) -> None:
     COMPLETIONS.labels(reason).inc()
+
+
+def count_feed_session(transport: str, outcome: str) -> None:
+    FEED_SESSIONS.labels(transport, outcome).inc()
 
 
 def count_ai_request(step: str, outcome: str, seconds: float) -> None:

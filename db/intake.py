@@ -52,6 +52,12 @@ class CallFull(Exception):
         self.adding = adding  # what the refused request's new packets would have added
 
 
+# How long a call's set of open feeds outlives its last opening: only a feed whose process died
+# without ending it is ever left there (the idle sweep completes that call), so it must not keep
+# Redis' memory for long, nor end before the longest call a PBX carries.
+FEEDS_TTL_S = 12 * 3600
+
+
 @dataclass(frozen=True, slots=True)
 class CallLimits:
     """What one call may hold: MAX_CALL_PACKETS unique packets, MAX_CALL_BYTES bytes of data
@@ -219,6 +225,30 @@ class CallIntake:
         The expiry only bounds a call that never sends a packet; the release shortens it."""
         key = call_keys(call_id).metadata
         return bool(await self.redis.set(key, orjson.dumps(metadata), nx=True, ex=ttl_s))
+
+    async def metadata(self, call_id: str) -> dict[str, Any] | None:
+        """What the call was opened with (the first opening), if it was opened."""
+        raw = await self.redis.get(call_keys(call_id).metadata)
+        found = orjson.loads(raw) if raw else None
+        return found if isinstance(found, dict) else None
+
+    async def feed_opened(self, call_id: str, feed_id: str) -> None:
+        """A feed of the call (one socket of a PBX) is open: the call waits for it to end."""
+        key = call_keys(call_id).feeds
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, feed_id)
+            pipe.expire(key, FEEDS_TTL_S)
+            await pipe.execute()
+
+    async def feed_ended(self, call_id: str, feed_id: str) -> int:
+        """The feed ended: how many of the call's feeds are still open. Two feeds ending at once
+        may both see 0 (completion is exactly once anyway); one of them always does."""
+        key = call_keys(call_id).feeds
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.srem(key, feed_id)
+            pipe.scard(key)
+            _removed, still_open = await pipe.execute()
+        return int(still_open)
 
     async def mark_replayed(self, call_id: str) -> None:
         """A dead letter was replayed (FAILED -> COMPLETED in PostgreSQL): put the call back

@@ -110,6 +110,10 @@ class CallKeys:
     # hash: what the reaper counts per unit of work of the call (its job's re-runs, a segment
     # flush's requests) and its jobs' last error (db/job_failures.py)
     failures: str
+    # Set of the call's PBX feeds still open (service/feeds/): a socket per track, or one for
+    # both; the call completes when its last one ends. Each feed removes itself, so it is gone
+    # when the call's last feed ends, and an expiry bounds what a crashed process leaves behind.
+    feeds: str
     shard: ShardKeys  # the indexes of the call's shard, in the same slot
 
     @property
@@ -135,5 +139,6 @@ def call_keys(call_id: str) -> CallKeys:
         transcribing=f"{tag}:transcribing",
         metadata=f"{tag}:metadata",
         failures=f"{tag}:failures",
+        feeds=f"{tag}:feeds",
         shard=shard_keys(shard),
     )

@@ -51,10 +51,18 @@ def _access(keys_on: bool) -> str:
     )
 
 
+def _audiosocket(env: dict[str, str]) -> str:
+    caller, agent = env.get("AUDIOSOCKET_ADDR", ""), env.get("AUDIOSOCKET_OUTBOUND_ADDR", "")
+    if not caller and not agent:
+        return ""
+    return f"  AudioSocket caller {caller or 'off'}, agent {agent or 'off'} (docs/pbx.md)\n"
+
+
 def _banner(stack: Stack, host: str, port: int, layout: str, keys_on: bool) -> str:
     return (
         f"\nCallstream is up ({layout}).\n"
         f"  API        http://{host}:{port}   (docs: http://{host}:{port}/docs)\n"
+        + _audiosocket(stack.env)
         + _access(keys_on)
         + f"  PostgreSQL {stack.env['DATABASE_URL']}\n"
         f"  Redis      {stack.env['REDIS_URL']}\n"
@@ -73,6 +81,9 @@ def main() -> int:
     # WEB_CONCURRENCY itself; the processes share nothing but Redis and PostgreSQL.
     cores = str(os.cpu_count() or 1)
     env.setdefault("WEB_CONCURRENCY", cores)
+    # Asterisk AudioSocket's listeners (caller, agent): every API process listens on both.
+    env.setdefault("AUDIOSOCKET_ADDR", "127.0.0.1:9092")
+    env.setdefault("AUDIOSOCKET_OUTBOUND_ADDR", "127.0.0.1:9093")
     workers = int(env.get("WORKER_PROCESSES", cores))
     keys_on = key_ring(Settings()).enabled
     if not keys_on and not is_loopback(host):

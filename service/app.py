@@ -15,6 +15,8 @@ from core.access import key_ring, refuse_open_non_loopback
 from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
+from service.feeds import asterisk_ws, audiohook_ws, freeswitch_ws
+from service.feeds.audiosocket import AudioSocketListener, start_listeners
 from service.gate import AccessGate
 from service.resources import ApiResources, open_resources
 from service.routes import (
@@ -67,9 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         refuse_open_non_loopback(key_ring(configured), _bind_host())
         res = open_resources(configured)
         res.feed.start()
+        listeners: list[AudioSocketListener] = []
         try:
+            # Asterisk AudioSocket's TCP listeners, when configured, in this process.
+            listeners = await start_listeners(configured, res.ingestion)
             yield {"resources": res}
         finally:
+            for listener in listeners:
+                await listener.close()
             await res.close()
 
     app = FastAPI(
@@ -86,6 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transcript.router)
     app.include_router(health.router)
     app.include_router(media_ws.router)
+    app.include_router(asterisk_ws.router)
+    app.include_router(freeswitch_ws.router)
+    app.include_router(audiohook_ws.router)
     app.include_router(system.router)
     app.include_router(metrics.router)
     app.include_router(events.router)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from simulate import speech
-from simulate.plan import MAX_SHARE, Faults
+from simulate.plan import MAX_SHARE, PBX_TRANSPORTS, Faults
 from simulate.report import exit_code, n_calls, summary_table, totals
 from simulate.run import Options, ServerProblem, simulate
 from simulate.transports import Pace
@@ -66,6 +66,18 @@ def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable
     return parse
 
 
+def _listeners(value: str) -> tuple[tuple[str, int], tuple[str, int]]:
+    parsed = []
+    for address in value.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(f"{address!r} is not host:port")
+        parsed.append((host.strip("[]"), int(port)))
+    if len(parsed) != 2:
+        raise argparse.ArgumentTypeError("two listeners: the caller's, then the agent's")
+    return parsed[0], parsed[1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callstream", description="Callstream's tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -87,9 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--transport",
-        choices=("http", "ws", "mixed"),
+        choices=("http", "ws", "mixed", *PBX_TRANSPORTS),
         default="mixed",
-        help="HTTP packets, the media WebSocket, or both in turn (default)",
+        help="HTTP packets, the media WebSocket, or both in turn (default); or a PBX feed, "
+        "two parties a call: Asterisk AudioSocket or chan_websocket, FreeSWITCH "
+        "mod_audio_stream, Genesys AudioHook (no network faults: a PBX streams over TCP)",
+    )
+    sim.add_argument(
+        "--audiosocket",
+        type=_listeners,
+        default=(("127.0.0.1", 9092), ("127.0.0.1", 9093)),
+        metavar="CALLER_HOST:PORT,AGENT_HOST:PORT",
+        help="AudioSocket's two listeners (default make run's: 127.0.0.1:9092,127.0.0.1:9093)",
     )
     sim.add_argument(
         "--pace",
@@ -182,6 +203,7 @@ def options_from(args: argparse.Namespace) -> Options:
         seed=args.seed if args.seed is not None else random.SystemRandom().randrange(2**31),
         api_key=args.api_key or None,
         read_key=args.read_key or None,
+        audiosocket=args.audiosocket,
     )
 
 
@@ -192,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exited:  # argparse has printed the usage and why
         return exited.code if isinstance(exited.code, int) else EXIT_USAGE
     problem = check_url(args.url, args.allow_remote)
+    remote = [f"{h}:{p}" for h, p in args.audiosocket if not _is_loopback(h)]
+    if not problem and args.transport == "audiosocket" and remote and not args.allow_remote:
+        problem = f"--audiosocket {remote[0]} is not on this machine (give --allow-remote)"
     err = Console(stderr=True)
     if problem:
         say(err, f"callstream simulate: error: {problem}")

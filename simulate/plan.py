@@ -10,14 +10,18 @@ reordered frame arrives after at least one later frame, so the server counts it 
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Literal
 
 from simulate import speech
 from simulate.speech import Label, Sentence
 
-Transport = Literal["http", "ws"]
-TRANSPORTS: tuple[Transport, ...] = ("http", "ws")
+Transport = Literal["http", "ws", "audiosocket", "asterisk", "freeswitch", "audiohook"]
+TRANSPORTS: tuple[Transport, ...] = ("http", "ws")  # what `mixed` alternates
+# The PBX feeds (simulate/pbx.py's peers): two parties, in order over TCP, so no network faults;
+# their call ids are UUIDs (AudioSocket's and AudioHook's are).
+PBX_TRANSPORTS: tuple[Transport, ...] = ("audiosocket", "asterisk", "freeswitch", "audiohook")
 FRAME_S = speech.FRAME_MS / 1000
 MAX_SHARE = 0.5  # beyond this the call is noise, not a call
 MAX_DISPLACEMENT = 3  # a reordered or duplicated frame arrives up to this many frames late
@@ -70,14 +74,28 @@ class CallPlan:
     sentences: tuple[Sentence, ...]
     frame_count: int
     schedule: Schedule
+    agent_sentences: tuple[Sentence, ...] = ()  # a PBX feed's second party (the agent)
 
     @property
     def audio_s(self) -> float:
         return self.frame_count * FRAME_S
 
+    @property
+    def parties(self) -> int:
+        return 2 if self.agent_sentences else 1
+
     def frames(self) -> list[bytes]:
         """The call's frames, built when it is sent: a thousand planned calls hold no audio."""
-        return speech.frames(call_audio(self.sentences))
+        return _padded(speech.frames(call_audio(self.sentences)), self.frame_count)
+
+    def agent_frames(self) -> list[bytes]:
+        """The agent's frames, as many as the caller's (silence after the agent is done)."""
+        return _padded(speech.frames(call_audio(self.agent_sentences)), self.frame_count)
+
+
+def _padded(frames: list[bytes], count: int) -> list[bytes]:
+    silent = speech.silence(speech.FRAME_MS)
+    return frames + [silent] * (count - len(frames))
 
 
 def call_audio(sentences: tuple[Sentence, ...]) -> bytes:
@@ -146,19 +164,28 @@ def plan_calls(
 ) -> list[CallPlan]:
     """`count` calls, each a few sentences of one mood spoken as frames, with its schedule."""
     sayable = speech.speakable()
+    neutral = [sentence for sentence in sayable if sentence.label == "neutral"]
     plans = []
     for index in range(count):
         mood, sentences = _script(sayable, rng)
         frame_count = len(speech.frames(call_audio(sentences)))
         chosen: Transport = TRANSPORTS[index % 2] if transport == "mixed" else transport
+        call_id, network = f"sim-{run_id}-{index:04d}", faults
+        agent: tuple[Sentence, ...] = ()
+        if chosen in PBX_TRANSPORTS:
+            call_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"callstream-simulate:{call_id}"))
+            agent = (rng.choice(neutral),)  # the agent answers: a neutral sentence
+            frame_count = max(frame_count, len(speech.frames(call_audio(agent))))
+            network = Faults()  # a PBX's stream is TCP: in order, nothing lost or doubled
         plans.append(
             CallPlan(
-                call_id=f"sim-{run_id}-{index:04d}",
+                call_id=call_id,
                 transport=chosen,
                 mood=mood,
                 sentences=sentences,
                 frame_count=frame_count,
-                schedule=schedule(frame_count, faults, rng),
+                schedule=schedule(frame_count, network, rng),
+                agent_sentences=agent,
             )
         )
     return plans

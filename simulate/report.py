@@ -39,7 +39,8 @@ def counters_match(call: CallResult) -> bool | None:
     if record is None or call.sent is None or not call.sent.completed:
         return None
     expected = {
-        "packets_received": call.plan.frame_count - len(schedule.lost),
+        # A PBX feed's call has two tracks of frame_count frames each.
+        "packets_received": call.plan.frame_count * call.plan.parties - len(schedule.lost),
         "missing_count": len(schedule.lost),
         "out_of_order_packets": len(schedule.reordered),
         "duplicate_packets": len(schedule.duplicated),

@@ -20,7 +20,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from simulate.plan import CallPlan, Faults, Transport, plan_calls
+from simulate.pbx_send import PbxTargets, send_pbx
+from simulate.plan import PBX_TRANSPORTS, CallPlan, Faults, Transport, plan_calls
 from simulate.transports import (
     AccessRefused,
     Pace,
@@ -50,6 +51,9 @@ class Options:
     seed: int
     api_key: str | None = None
     read_key: str | None = None  # for the reads, when the ingest key may not read
+    # AudioSocket's listeners (caller, agent): AUDIOSOCKET_ADDR and AUDIOSOCKET_OUTBOUND_ADDR.
+    audiosocket: tuple[tuple[str, int], tuple[str, int]] = (("127.0.0.1", 9092),
+                                                            ("127.0.0.1", 9093))  # fmt: skip
 
 
 @dataclass
@@ -173,6 +177,10 @@ class Simulation:
 
     async def _send(self, client: httpx.AsyncClient, plan: CallPlan) -> Sent:
         options = self.options
+        if plan.transport in PBX_TRANSPORTS:
+            ws_base = ws_url(options.url).removesuffix("/v1/call/media")
+            targets = PbxTargets(ws_base, *options.audiosocket)
+            return await send_pbx(plan, targets, options.api_key, options.pace, self.on_sent)
         if plan.transport == "ws":
             url = ws_url(options.url)
             headers = headers_for(options.api_key)

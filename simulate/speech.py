@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from core.audio import Samples, mulaw_encode, resample
+from core.audio import TELEPHONY, Samples, decode, mulaw_encode, resample
 
 SAMPLE_RATE = 8000
 BYTES_PER_MS = SAMPLE_RATE // 1000  # μ-law: one byte a sample
@@ -122,6 +122,12 @@ def frames(audio: bytes, frame_ms: int = FRAME_MS) -> list[bytes]:
     if cut and len(cut[-1]) < size:
         cut[-1] = cut[-1].ljust(size, bytes([MULAW_SILENCE]))
     return cut
+
+
+def linear(audio: bytes) -> bytes:
+    """μ-law as signed 16-bit little-endian samples (what Asterisk's slin and FreeSWITCH's L16
+    carry), decoded by the service's own codec."""
+    return decode(audio, TELEPHONY).astype("<i2").tobytes()
 
 
 def silence(duration_ms: int) -> bytes:

@@ -39,7 +39,7 @@ from base64 import b64decode
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
 from core.access import KeyRing, Role
 from core.errors import (
@@ -48,7 +48,6 @@ from core.errors import (
     CallNotFound,
     CallstreamError,
     CallTooLarge,
-    FlushBehind,
     RedisUnavailable,
 )
 from core.ingestion import CALL_ID_RULE, MAX_SEQUENCE, Ingestion, check_data_size, is_call_id
@@ -67,31 +66,20 @@ from service.asgi import (
 from service.deps import get_ws_resources, origin_allowed
 from service.gate import KEY_IN_START, actor_of
 from service.socket_limits import SocketLimits
+from service.streaming import CLOSED as _CLOSED
+from service.streaming import FLUSH_AT, HOLD_S, READ_AHEAD, append_or_pause
+from service.streaming import read_frames as _read
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ingestion"])
 
-FLUSH_AT = 50  # packets buffered before one append, at most
-# How long a packet may wait for others to share its Redis round trip. At real-time pace a
-# stream sends a frame (two with both tracks) every 20 ms: storing each at once costs a script
-# call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 60 ms
-# stores three ticks at a time and keeps the frame-to-stored lag under 100 ms. The WebSocket
-# acknowledges no frame, so nothing a client was told is held.
-HOLD_S = 0.06
-# A call whose unflushed tail is at its bound (TAIL_MAX_SEGMENTS) pauses its stream, trying
-# again every PAUSE_S, for at most PAUSE_MAX_S (a segment's flush takes about a second; longer
-# means the worker is down, and the client is told to come back: 1013).
-PAUSE_S = 0.2
-PAUSE_MAX_S = 15.0
-READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
 # A frame is a media packet's payload plus its envelope; anything larger is refused unread.
 FRAME_ENVELOPE_BYTES = 16 * 1024
 
 _IGNORED_EVENTS = frozenset({"connected", "mark", "dtmf"})
-_CLOSED = object()  # the reader's sentinel: the client went away
 
 
 class Reject(Exception):
@@ -246,7 +234,7 @@ class MediaStream:
         """Store `packets` in one round trip; refused, store those the refusal does not concern
         and raise the Reject naming the first it does."""
         try:
-            await self._append(call_id, packets)
+            await append_or_pause(self.ingestion, call_id, packets)
         except CallTooLarge as error:
             if len(packets) == 1:
                 raise Reject.breaking(error, packets[0]) from None
@@ -259,21 +247,6 @@ class MediaStream:
                     raise Reject.breaking(refused, packets[index]) from None
         except CallstreamError as error:
             raise Reject.breaking(error, packets[0]) from None
-
-    async def _append(self, call_id: str, packets: list[NewPacket]) -> None:
-        """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
-        behind), pause and try again, up to PAUSE_MAX_S: the reader stops at READ_AHEAD frames,
-        so the client is held back by TCP rather than refused. Then the refusal stands (1013)."""
-        waited = 0.0
-        while True:
-            try:
-                await self.ingestion.append(call_id, packets)
-                return
-            except FlushBehind:
-                if waited >= PAUSE_MAX_S:
-                    raise
-                await asyncio.sleep(PAUSE_S)
-                waited += PAUSE_S
 
     async def store_for_completion(self) -> None:
         """Ingestion.held's hook: the frames taken in so far go before the call's completion.
@@ -408,17 +381,6 @@ class MediaStream:
     async def close(self, code: int) -> None:
         with contextlib.suppress(Exception):
             await self.websocket.close(code)
-
-
-async def _read(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
-    """Read frames ahead into a bounded queue, so they pile up while a flush is in flight."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            await frames.put(message.get("text", message.get("bytes")))
-    await frames.put(_CLOSED)
 
 
 def _start_token(metadata: dict[str, Any]) -> str | None:

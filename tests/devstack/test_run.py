@@ -28,6 +28,9 @@ def clean_stores() -> None:
 def start_stack(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"CALLSTREAM_DATA_DIR": str(tmp_path / "data"), "PORT": str(port)}
+    # Not make run's AudioSocket ports: another stack on this machine may hold them.
+    for name in ("AUDIOSOCKET_ADDR", "AUDIOSOCKET_OUTBOUND_ADDR"):
+        env[name] = f"127.0.0.1:{free_port()}"
     return subprocess.Popen(
         [sys.executable, "-m", "devstack.run"],
         cwd=ROOT,

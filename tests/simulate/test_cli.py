@@ -39,7 +39,10 @@ def test_no_command_is_bad_usage(capsys):
 
 def test_help_exits_0(capsys):
     assert cli.main(["simulate", "--help"]) == 0
-    assert "--transport {http,ws,mixed}" in capsys.readouterr().out
+    assert (
+        "--transport {http,ws,mixed,audiosocket,asterisk,freeswitch,audiohook}"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,250 @@
+"""One PBX feed connection, whatever its protocol: it opens the call (its audio format as
+`mediaFormat`, as a Twilio `start` gives it), takes each track's raw audio through a Timeline,
+holds the packets for others to share their Redis round trip (service/streaming.py: the media
+stream's hold and batch size), stores them through core/ingestion.py (every rule, limit and
+metric of the Twilio stream), and at its end stores what is left and ends its feed: the call
+completes when the last of its feeds ends (a socket a track, or one for both).
+
+Refusals are `FeedRefused`, with what kind of refusal it is; each protocol module answers it in
+its own words (a WebSocket close code, AudioSocket's error kind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+from core import metrics
+from core.audio import UnsupportedAudio
+from core.errors import CallstreamError, RedisUnavailable
+from core.ingestion import CALL_ID_RULE, Ingestion, is_call_id
+from db.outages import REDIS_OUTAGE
+from db.packets import NewPacket, Track
+from service.feeds.timeline import FeedFormat, Timeline
+from service.streaming import CLOSED, FLUSH_AT, HOLD_S, append_or_pause
+
+log = logging.getLogger(__name__)
+# The most audio one frame may carry: PBXs send 20 ms (mod_audio_stream up to its buffer size);
+# a larger frame would hold that much in memory and store it in one go.
+MAX_FRAME_S = 1.0
+_ENDING_FAILURES: tuple[type[Exception], ...] = (CallstreamError, *REDIS_OUTAGE)
+
+
+class Refusal(StrEnum):
+    """What kind of refusal ends a feed (each protocol says it its own way)."""
+
+    MALFORMED = "malformed"  # data that cannot be understood (WebSocket 1003)
+    POLICY = "policy"  # a rule broken: a completed call, a cap, a key (1008)
+    RETRY = "retry"  # try again later: Redis, the backlog, replicas (1013)
+    IDLE = "idle"  # nothing came for too long (1001)
+    TOO_BIG = "too_big"  # a frame past MAX_FRAME_S of audio (1009)
+
+
+class FeedRefused(Exception):
+    def __init__(self, code: str, message: str, refusal: Refusal = Refusal.MALFORMED) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.refusal = refusal
+
+    @classmethod
+    def breaking(cls, error: CallstreamError) -> FeedRefused:
+        """A rule of core/ingestion.py (or access) the feed broke; a 503 is worth a retry."""
+        refusal = Refusal.RETRY if error.status_code == 503 else Refusal.POLICY
+        return cls(error.code, error.detail, refusal)
+
+    @classmethod
+    def outage(cls) -> FeedRefused:
+        error = RedisUnavailable()
+        return cls(error.code, error.detail, Refusal.RETRY)
+
+    @classmethod
+    def audio(cls, error: UnsupportedAudio) -> FeedRefused:
+        return cls("unsupported_audio", str(error), Refusal.MALFORMED)
+
+
+# The PBX handle of a feed's message: True when the feed is over (a graceful end).
+Handler = Callable[[object], Awaitable[bool]]
+
+
+class FeedSession:
+    def __init__(self, ingestion: Ingestion, transport: str, actor: str) -> None:
+        self.ingestion = ingestion
+        self.transport = transport  # the protocol's name, kept with the call and in metrics
+        self.actor = actor  # who the audit trail names for the completion
+        self.feed_id = uuid.uuid4().hex
+        self.call_id: str | None = None
+        self.timeline: Timeline | None = None
+        self.buffer: list[NewPacket] = []
+        self.held_since = 0.0  # when the oldest buffered packet arrived
+        self.outcome = "dropped"  # what the metrics count when it ends
+
+    @property
+    def opened(self) -> bool:
+        return self.timeline is not None
+
+    async def join(self, call_id: str) -> None:
+        """This feed is one of the call's: the call completes only once it has ended (called
+        as soon as the protocol names the call, before its audio's format may be known)."""
+        if self.call_id == call_id:
+            return
+        if self.call_id is not None:
+            raise FeedRefused("call_changed", "a feed carries one call", Refusal.POLICY)
+        if not is_call_id(call_id):
+            raise FeedRefused("invalid_call_id", f"the call id must be {CALL_ID_RULE}",
+                              Refusal.POLICY)  # fmt: skip
+        try:
+            await self.ingestion.feed_opened(call_id, self.feed_id)
+        except REDIS_OUTAGE:
+            raise FeedRefused.outage() from None
+        self.call_id = call_id
+
+    async def open(
+        self, call_id: str, fmt: FeedFormat, metadata: dict[str, Any], origin: float | None = None
+    ) -> None:
+        """Open the call (or join it: the second socket of a two-party call) with this feed's
+        format; its timeline starts at `origin` (epoch seconds; now by default)."""
+        await self.join(call_id)
+        media_format = fmt.media_format()
+        opened = {"transport": self.transport, **metadata, "mediaFormat": media_format}
+        try:
+            first = await self.ingestion.open_call(call_id, opened)
+            if not first:
+                earlier = await self.ingestion.opened_with(call_id)
+                if earlier is not None and earlier.get("mediaFormat") != media_format:
+                    raise FeedRefused(
+                        "format_mismatch",
+                        f"call {call_id} was opened with {earlier.get('mediaFormat')}; this "
+                        f"feed sends {media_format}: both parties of a call share one format",
+                    )
+        except CallstreamError as error:
+            raise FeedRefused.breaking(error) from None
+        except REDIS_OUTAGE:
+            raise FeedRefused.outage() from None
+        self.timeline = Timeline(fmt, time.time() if origin is None else origin)
+
+    def _timeline(self) -> Timeline:
+        if self.timeline is None:
+            raise FeedRefused("not_started", "audio before the call was opened", Refusal.POLICY)
+        return self.timeline
+
+    def _bounded(self, data: bytes) -> Timeline:
+        timeline = self._timeline()
+        fmt = timeline.fmt
+        limit = round(fmt.rate * MAX_FRAME_S) * fmt.sample_bytes * fmt.channels
+        if len(data) > limit:
+            raise FeedRefused("frame_too_large", f"a frame of {len(data)} bytes: more than "
+                              f"{MAX_FRAME_S:g} s of audio", Refusal.TOO_BIG)  # fmt: skip
+        return timeline
+
+    def take(self, track: Track, data: bytes) -> None:
+        """One track's raw audio (any whole number of samples)."""
+        try:
+            self._hold(self._bounded(data).add(track, data))
+        except UnsupportedAudio as error:
+            raise FeedRefused.audio(error) from None
+
+    def take_interleaved(self, data: bytes, tracks: tuple[Track, Track]) -> None:
+        try:
+            self._hold(self._bounded(data).add_interleaved(data, tracks))
+        except UnsupportedAudio as error:
+            raise FeedRefused.audio(error) from None
+
+    def skip_to(self, track: Track, position_s: float) -> None:
+        """A pause in the track: silence up to `position_s` of its timeline."""
+        self._hold(self._timeline().skip_to(track, position_s))
+
+    def _hold(self, packets: list[NewPacket]) -> None:
+        if packets and not self.buffer:
+            self.held_since = time.monotonic()
+        self.buffer += packets
+
+    @property
+    def due(self) -> bool:
+        """Enough is waiting, or the oldest has waited HOLD_S."""
+        return len(self.buffer) >= FLUSH_AT or (
+            bool(self.buffer) and time.monotonic() - self.held_since >= HOLD_S
+        )
+
+    async def flush(self) -> None:
+        if not self.buffer or self.call_id is None:
+            return
+        packets, self.buffer = self.buffer, []
+        try:
+            await append_or_pause(self.ingestion, self.call_id, packets)
+        except CallstreamError as error:
+            raise FeedRefused.breaking(error) from None
+        except REDIS_OUTAGE:
+            raise FeedRefused.outage() from None
+
+    async def settle(self) -> FeedRefused | None:
+        """Store what is held and each track's last part frame; the refusal if that failed."""
+        if self.timeline is not None:
+            self.buffer += self.timeline.finish()
+        try:
+            await self.flush()
+        except FeedRefused as refused:
+            log.warning("%s feed of call %s: its last packets were refused: %s",
+                        self.transport, self.call_id, refused.message)  # fmt: skip
+            return refused
+        return None
+
+    async def end(self) -> None:
+        """The feed is over: the call completes if it was its last open feed. Never raises: a
+        call left open by a failure here completes by the idle sweep."""
+        metrics.count_feed_session(self.transport, self.outcome)
+        if self.call_id is None:
+            return
+        try:
+            await self.ingestion.feed_ended(self.call_id, self.feed_id, actor=self.actor)
+        except _ENDING_FAILURES as exc:
+            log.warning("%s feed of call %s ended but could not complete the call (%r); the "
+                        "idle sweep will", self.transport, self.call_id, exc)  # fmt: skip
+
+    async def pump(
+        self, messages: asyncio.Queue[object], handle: Handler, idle_s: float, start_s: float
+    ) -> None:
+        """Feed `handle` each message read ahead into `messages` (CLOSED: the peer went away),
+        storing held packets when due: a packet waits at most HOLD_S for others to share its
+        round trip; with nothing held, the wait is the idle timeout's. A feed that has not
+        named its call (and brought its key, where it brings it in a message) within
+        `start_s` (WS_START_TIMEOUT_S) of connecting is refused."""
+        start_by = time.monotonic() + start_s
+        while True:
+            wait_s = idle_s
+            if self.buffer:
+                wait_s = max(0.0, self.held_since + HOLD_S - time.monotonic())
+            elif self.call_id is None:
+                wait_s = max(0.0, min(wait_s, start_by - time.monotonic()))
+            try:
+                message = await asyncio.wait_for(messages.get(), wait_s)
+            except TimeoutError:
+                if self.buffer:
+                    await self.flush()
+                    continue
+                if self.call_id is None:
+                    late = f"the call was not named within {start_s:g}s (WS_START_TIMEOUT_S)"
+                    raise FeedRefused("start_timeout", late, Refusal.POLICY) from None
+                raise FeedRefused("idle_timeout", f"nothing came for {idle_s:g}s",
+                                  Refusal.IDLE) from None  # fmt: skip
+            if message is CLOSED:
+                return
+            if await handle(message):
+                self.outcome = "ended"
+                return
+            if self.due:
+                await self.flush()
+
+    async def finish(self, refused: FeedRefused | None) -> FeedRefused | None:
+        """After the pump: store what is left, and say what the feed ended with (the pump's
+        refusal, else a refused last store). The caller answers it, then calls end()."""
+        failed = await self.settle()
+        refused = refused or failed
+        if refused is not None:
+            self.outcome = refused.code
+        return refused

@@ -1,0 +1,136 @@
+"""What the WebSocket feeds (Asterisk chan_websocket, FreeSWITCH, Genesys AudioHook) share: the
+handshake's access check, reading the socket ahead (service/streaming.py, as the Twilio stream
+does), running a FeedSession over it, and closing with the code a refusal calls for.
+
+Close codes (RFC 6455): 1000 at a graceful end, 1003 for data that cannot be understood, 1008
+for a rule broken (a completed call, a cap, frames before the protocol's start, a key), 1013 for
+a retryable failure (Redis, the backlog, replicas: the PBX may try again), 1001 when the socket
+has been idle for WS_IDLE_TIMEOUT_S. The reason says what was wrong, in at most 123 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import WebSocket
+
+from core.access import Role
+from core.errors import CallstreamError
+from db.outages import REDIS_OUTAGE
+from service.asgi import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNSUPPORTED,
+)
+from service.deps import get_ws_resources, origin_allowed
+from service.errors import domain_response
+from service.feeds.session import FeedRefused, FeedSession, Handler, Refusal
+from service.gate import KEY_IN_START, actor_of
+from service.resources import ApiResources
+from service.streaming import READ_AHEAD, read_frames
+
+log = logging.getLogger(__name__)
+
+CLOSE_CODES = {
+    Refusal.MALFORMED: CLOSE_UNSUPPORTED,
+    Refusal.POLICY: CLOSE_POLICY,
+    Refusal.RETRY: CLOSE_TRY_AGAIN,
+    Refusal.IDLE: CLOSE_GOING_AWAY,
+    Refusal.TOO_BIG: CLOSE_TOO_BIG,
+}
+MAX_REASON_BYTES = 123  # what a close frame's reason may hold (RFC 6455, 5.5)
+
+# Says a refusal to the PBX in its protocol's words before the socket closes (AudioHook sends
+# a `disconnect` message); None: the close frame's reason says it.
+SayRefusal = Callable[[FeedRefused], Awaitable[None]]
+
+
+def close_reason(refused: FeedRefused) -> str:
+    reason = f"{refused.code}: {refused.message}"
+    encoded = reason.encode()[:MAX_REASON_BYTES]
+    return encoded.decode(errors="ignore")
+
+
+def key_needed(websocket: WebSocket) -> bool:
+    """The gate let the socket in without a key (keys are on, none was in the headers): the
+    feed must authorize one of its own (a query parameter, its first message) or refuse."""
+    return bool(websocket.scope.get(KEY_IN_START))
+
+
+def authorize(res: ApiResources, key: str | None) -> None:
+    """A key a feed brought outside the headers, checked as the gate checks one (core/access)."""
+    try:
+        res.keys.authorize(key, Role.INGEST)
+    except CallstreamError as error:
+        raise FeedRefused.breaking(error) from None
+
+
+async def refuse_handshake(websocket: WebSocket, refused: FeedRefused) -> None:
+    """Refuse before accepting: the PBX sees HTTP 403 (the reason is in the logs)."""
+    log.warning("%s refused at the handshake: %s", websocket.url.path, refused.message)
+    await websocket.close(CLOSE_POLICY, close_reason(refused))
+
+
+async def deny(websocket: WebSocket, error: CallstreamError) -> None:
+    """Refuse the upgrade with an HTTP answer in the one error format (401, 400...), where the
+    server can send one (uvicorn can); else as a 403 close."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(domain_response(error))
+        return
+    await refuse_handshake(websocket, FeedRefused.breaking(error))
+
+
+def allowed_origin(websocket: WebSocket) -> bool:
+    return origin_allowed(websocket, get_ws_resources(websocket).settings.ws_allowed_origins)
+
+
+def new_session(websocket: WebSocket, transport: str) -> FeedSession:
+    res = get_ws_resources(websocket)
+    return FeedSession(res.ingestion, transport, actor_of(websocket.scope))
+
+
+async def run_feed(
+    websocket: WebSocket, session: FeedSession, handle: Handler, say: SayRefusal | None = None
+) -> None:
+    """Serve an accepted socket: every frame to `handle` (str: text, bytes: binary) until the
+    feed ends, its packets stored as they come; then what is left is stored, the socket closed
+    with the code its end calls for, and the feed ended (the call completes with its last)."""
+    settings = get_ws_resources(websocket).settings
+    frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
+    reader = asyncio.create_task(read_frames(websocket, frames))
+    refused: FeedRefused | None = None
+    try:
+        try:
+            await session.pump(
+                frames, handle, settings.ws_idle_timeout_s, settings.ws_start_timeout_s
+            )
+        except FeedRefused as error:
+            refused = error
+        except REDIS_OUTAGE:
+            refused = FeedRefused.outage()
+        refused = await session.finish(refused)
+        if refused is None:
+            await _close(websocket, CLOSE_NORMAL)
+            return
+        log.warning("%s feed of call %s: %s: %s", session.transport, session.call_id,
+                    refused.code, refused.message)  # fmt: skip
+        if say is not None:
+            with contextlib.suppress(Exception):
+                await say(refused)
+        await _close(websocket, CLOSE_CODES[refused.refusal], close_reason(refused))
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await session.end()
+
+
+async def _close(websocket: WebSocket, code: int, reason: str | None = None) -> None:
+    with contextlib.suppress(Exception):  # the peer may be gone already
+        await websocket.close(code, reason)

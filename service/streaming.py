@@ -1,0 +1,62 @@
+"""What every streaming feed shares, whatever its protocol (the Twilio media stream in
+service/routes/media_ws.py, the PBX feeds in service/feeds/): how long a packet is held for others
+to share its Redis round trip, how many are stored at once, and how far a socket is read ahead
+while a store is in flight (backpressure beyond)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from core.errors import FlushBehind
+from core.ingestion import Ingestion
+from db.packets import PacketFields
+
+FLUSH_AT = 50  # packets buffered before one append, at most
+# How long a packet may wait for others to share its Redis round trip. At real-time pace a
+# stream sends a frame (two with both tracks) every 20 ms: storing each at once costs a script
+# call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 60 ms
+# stores three ticks at a time and keeps the frame-to-stored lag under 100 ms. The WebSocket
+# acknowledges no frame, so nothing a client was told is held.
+HOLD_S = 0.06
+READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
+
+CLOSED = object()  # the reader's sentinel: the client went away
+# A call whose unflushed tail is at its bound (TAIL_MAX_SEGMENTS) pauses its stream, trying
+# again every PAUSE_S, for at most PAUSE_MAX_S (a segment's flush takes about a second; longer
+# means the worker is down, and the client is told to come back: 1013).
+PAUSE_S = 0.2
+PAUSE_MAX_S = 15.0
+
+
+async def append_or_pause(
+    ingestion: Ingestion, call_id: str, packets: Sequence[PacketFields]
+) -> None:
+    """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
+    behind), pause and try again, up to PAUSE_MAX_S: the reader stops at READ_AHEAD frames, so
+    the peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
+    waited = 0.0
+    while True:
+        try:
+            await ingestion.append(call_id, packets)
+            return
+        except FlushBehind:
+            if waited >= PAUSE_MAX_S:
+                raise
+            await asyncio.sleep(PAUSE_S)
+            waited += PAUSE_S
+
+
+async def read_frames(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
+    """Read frames (str for text, bytes for binary) ahead into a bounded queue, so they pile up
+    while a flush is in flight; CLOSED when the client went away."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            await frames.put(message.get("text", message.get("bytes")))
+    await frames.put(CLOSED)

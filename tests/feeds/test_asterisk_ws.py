@@ -1,0 +1,166 @@
+"""Asterisk chan_websocket at /v1/call/asterisk, against a real uvicorn, Redis, PostgreSQL and
+arq worker, with a peer that speaks it as Asterisk does (simulate/pbx.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from websockets.exceptions import InvalidStatus
+
+from db.keys import call_keys
+from service.app import create_asgi
+from settings import Settings
+from simulate.pbx import AsteriskWebSocketPeer, closing
+from tests.conftest import make_settings
+from tests.feeds.calls import (
+    AGENT_SAYS,
+    CALLER_SAYS,
+    assert_both_speakers,
+    assert_channel_holds,
+    assert_track_counts,
+    callstream,
+    feeds_open,
+    frames_for,
+    needs_espeak,
+    settled,
+    spoken,
+    spoken_mulaw,
+    stereo,
+    wait_state,
+)
+from tests.serving import serving
+
+INGEST_KEY = "ingest-pbx-1"
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[str]:
+    """The API without a worker (calls stay COMPLETED)."""
+    async with serving(create_asgi(settings)) as address:
+        yield f"ws://{address}/v1/call/asterisk"
+
+
+@pytest.fixture
+def keyed(server_urls: tuple[str, str]) -> Settings:
+    db_url, redis_url = server_urls
+    return make_settings(db_url, redis_url, ingest_api_keys=SecretStr(INGEST_KEY),
+                         supervisor_api_keys=SecretStr("reader-1"))  # fmt: skip
+
+
+async def nothing_stored(redis: Redis, call_id: str) -> bool:
+    keys = call_keys(call_id)
+    return int(await redis.exists(keys.meta, keys.metadata, keys.feeds, keys.done)) == 0
+
+
+@needs_espeak
+async def test_two_channels_of_one_call_id_end_archived_with_each_party_in_its_channel(
+    keyed: Settings, redis: Redis
+):
+    call_id = "1733480000.42"
+    caller, agent = spoken_mulaw(CALLER_SAYS), spoken_mulaw(AGENT_SAYS)
+    async with callstream(keyed) as (address, http):
+        http.headers["X-API-Key"] = "reader-1"
+        url = f"ws://{address}/v1/call/asterisk"
+        inbound = await AsteriskWebSocketPeer.connect(url, {"call_id": call_id}, INGEST_KEY)
+        outbound = await AsteriskWebSocketPeer.connect(
+            url, {"call_id": call_id, "track": "outbound"}, INGEST_KEY
+        )
+        for peer in (inbound, outbound):  # what Asterisk checks of the answer
+            assert peer.ws.subprotocol == "media"
+            assert peer.ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in peer.ws.response.headers
+        await inbound.media_start("1733480000.43")  # plain text
+        await outbound.media_start("1733480000.44", as_json=True)  # JSON (20.18+)
+        assert await feeds_open(redis, call_id, 2) == 2
+        await asyncio.gather(inbound.send_audio(caller, 160), outbound.send_audio(agent, 160))
+        await inbound.ws.send("DTMF_END digit:5 channel_id:1733480000.43")  # ignored
+        assert await inbound.close() == (1000, "")
+        assert (await wait_state(http, call_id, "IN_PROGRESS", 5))["state"] == "IN_PROGRESS"
+        await outbound.close()
+        status = await wait_state(http, call_id, "ARCHIVED")
+        assert status["state"] == "ARCHIVED", status
+        rate, left, right = await stereo(http, call_id)
+        await assert_both_speakers(http, call_id)
+    assert rate == 8000
+    assert_channel_holds(left, spoken(CALLER_SAYS))  # μ-law decoded: sample-exact after G.711
+    assert_channel_holds(right, spoken(AGENT_SAYS))
+    assert_track_counts(status, frames_for(len(caller)), frames_for(len(agent)))
+    assert status["metadata"]["transport"] == "asterisk"
+    assert status["metadata"]["asterisk"]["channel_id"] == "1733480000.43"
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [(None, "no key"), ("nope", "an unknown key"), ("reader-1", "a key of another role")],
+)
+async def test_a_bad_or_missing_key_is_refused_at_the_handshake(
+    keyed: Settings, redis: Redis, key: str | None, why: str
+):
+    async with serving(create_asgi(keyed)) as address:
+        with pytest.raises(InvalidStatus) as refused:
+            await AsteriskWebSocketPeer.connect(
+                f"ws://{address}/v1/call/asterisk", {"call_id": "AST-KEY"}, key
+            )
+    assert refused.value.response.status_code == 403, why
+    assert await nothing_stored(redis, "AST-KEY")
+
+
+async def test_the_channel_id_is_the_call_id_without_one_in_the_query(api: str, redis: Redis):
+    peer = await AsteriskWebSocketPeer.connect(api)
+    await peer.media_start("1733480001.7", fmt="slin16", frame_size=640)
+    await peer.send_audio(bytes(640 * 3), 640)
+    assert await peer.close() == (1000, "")
+    assert await settled(redis, "1733480001.7", 3, "COMPLETED") == (3, "COMPLETED")
+    meta = await redis.get(call_keys("1733480001.7").metadata)
+    assert b'"sampleRate":16000' in meta
+
+
+async def test_media_before_media_start_is_a_policy_violation_and_stores_nothing(
+    api: str, redis: Redis
+):
+    peer = await AsteriskWebSocketPeer.connect(api, {"call_id": "AST-EARLY"})
+    await peer.send_audio(bytes(160), 160)
+    code, reason = await closing(peer.ws)
+    assert (code, reason.split(":")[0]) == (1008, "not_started")
+    assert await nothing_stored(redis, "AST-EARLY")
+
+
+async def test_an_unknown_format_is_refused_and_stores_nothing(api: str, redis: Redis):
+    peer = await AsteriskWebSocketPeer.connect(api, {"call_id": "AST-G722"})
+    await peer.media_start("1.1", fmt="g722")
+    await peer.send_audio(bytes(160), 160)
+    code, reason = await closing(peer.ws)
+    assert code == 1003
+    assert reason.startswith("unsupported_format: format 'g722'")
+    assert await nothing_stored(redis, "AST-G722")
+
+
+async def test_a_bad_track_is_refused(api: str, redis: Redis):
+    peer = await AsteriskWebSocketPeer.connect(api, {"call_id": "AST-TRACK", "track": "both"})
+    await peer.media_start("1.2")
+    code, reason = await closing(peer.ws)
+    assert (code, reason.split(":")[0]) == (1008, "invalid_track")
+    assert await nothing_stored(redis, "AST-TRACK")
+
+
+async def test_a_socket_dropped_mid_call_keeps_its_audio_and_the_call_completes(
+    api: str, redis: Redis
+):
+    inbound = await AsteriskWebSocketPeer.connect(api, {"call_id": "AST-DROP"})
+    outbound = await AsteriskWebSocketPeer.connect(
+        api, {"call_id": "AST-DROP", "track": "outbound"}
+    )
+    for peer in (inbound, outbound):
+        await peer.media_start("1.3")
+        await peer.send_audio(bytes(160 * 10), 160)
+    assert await settled(redis, "AST-DROP", 20, "IN_PROGRESS") == (20, "IN_PROGRESS")
+    inbound.ws.transport.abort()  # the connection lost: no close frame
+    await outbound.send_audio(bytes(160 * 5), 160)
+    # The agent's feed is still open: the call goes on without the caller's.
+    assert await settled(redis, "AST-DROP", 25, "IN_PROGRESS") == (25, "IN_PROGRESS")
+    assert await outbound.close() == (1000, "")
+    assert await settled(redis, "AST-DROP", 25, "COMPLETED") == (25, "COMPLETED")
