@@ -139,7 +139,7 @@ async def test_an_unsigned_or_wrongly_signed_or_stale_upgrade_is_refused_401(
 async def test_a_wrong_or_missing_key_is_refused_at_the_upgrade(url: str):
     with pytest.raises(InvalidStatus) as wrong:
         await AudioHookPeer.connect(url, "not-a-key", SECRET)
-    assert wrong.value.response.status_code == 403  # the gate's answer
+    assert wrong.value.response.status_code == 401  # the gate's answer: an unknown key
     with pytest.raises(InvalidStatus) as missing:
         await AudioHookPeer.connect(url, "", SECRET)
     assert missing.value.response.status_code == 401
