@@ -192,7 +192,7 @@ async def _transcribe_ready(
         done = await transcripts.transcribed_to(session, call_id)
     try:
         fmt, _ = call_format(metadata, res.settings.packet_audio_encoding)
-        recording = await Recording.load(reader, fmt)
+        recording = await Recording.load(reader, fmt, res.settings.max_call_seconds)
     except (UnsupportedAudio, NotAudio) as exc:
         if not final:
             return Ready(0, pending=False)  # not audio: transcribed once, at the end
@@ -228,7 +228,7 @@ async def _transcribe_window(
     label = _label(res, window.track, start_s, audio.seconds)
     extra_s = transcription_allowance_s(res.settings, audio.seconds)
     spoken = await transcribe(audio, label, extra_s)
-    return [_utterance(res, window.track, start_s, s) for s in spoken]
+    return [_utterance(res, window.track, start_s, audio.placed(s)) for s in spoken]
 
 
 async def _transcribe_text(

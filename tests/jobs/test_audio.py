@@ -14,7 +14,7 @@ import pytest
 from core.audio import AudioFormat, decode, mulaw_encode, parse_format
 from core.recording import MAX_GAP_S, SegmentsInMemory, build_rows
 from db.packets import StoredPacket
-from db.segments import TEXT, SegmentHead
+from db.segments import TEXT, SegmentHead, runs_of
 from jobs.audio import CallAudio, UndecodableAudio, transcription_allowance_s
 from tests.conftest import make_settings
 
@@ -96,7 +96,7 @@ async def test_a_missing_sequence_of_a_media_stream_is_one_20_ms_frame_of_silenc
 
 
 async def test_a_gap_between_http_packets_is_as_long_as_the_packet_before_it():
-    source = Segments([[packet(s, frame(1000, 400)) for s in (0, 1, 3)]])
+    source = Segments([[packet(s, frame(1000, 400), at=s * 0.05) for s in (0, 1, 3)]])
 
     pcm = await pcm_of(audio_of(source))
 
@@ -119,7 +119,9 @@ async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
     outbound = [packet(s, frame(-1000), 1, at=0.1 + s * 0.02) for s in (1, 3)]
     source = Segments([inbound + outbound], TWILIO)
 
-    recording = await (await audio_of(source).recording()).__class__.load(source, MULAW_8K)
+    recording = await (await audio_of(source).recording()).__class__.load(
+        source, MULAW_8K, 4 * 3600
+    )
     frames = await recording.frames(0, recording.samples)
 
     assert recording.channels == 2
@@ -132,7 +134,9 @@ async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
 
 async def test_the_wav_file_answers_every_byte_range_exactly():
     source = Segments([[packet(s, frame(300 * s)) for s in range(30)], [packet(31, frame(9))]])
-    recording = await (await audio_of(source).recording()).__class__.load(source, MULAW_8K)
+    recording = await (await audio_of(source).recording()).__class__.load(
+        source, MULAW_8K, 4 * 3600
+    )
     whole = b"".join([c async for c in recording.wav_bytes(0, recording.wav_size - 1)])
 
     assert len(whole) == recording.wav_size == 44 + 32 * 160 * 2
@@ -221,12 +225,16 @@ class HourLongCall:
     async def heads(self) -> list[SegmentHead]:
         n = self.per_segment
         return [
-            SegmentHead(k, 0, MULAW, list(range(k * n, (k + 1) * n)), [160] * n, [0.0] * n)
+            SegmentHead(k, 0, MULAW, runs_of(range(k * n, (k + 1) * n), [160] * n, [0.0] * n,
+                                            [0.0] * n, by_size=False))
             for k in range(self.segments)
-        ]
+        ]  # fmt: skip
 
     async def payload(self, segment: int, track: int) -> bytes:
         return self.audio
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        return self.audio[start : start + length]
 
 
 async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
