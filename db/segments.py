@@ -57,7 +57,7 @@ class Stored:
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
-HEAD_ROWS = 16  # rows whose per-packet arrays a heads read holds at once
+HEAD_ROWS = 4  # rows whose per-packet arrays a heads read holds at once
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -82,10 +82,10 @@ class Runs:
 
 
 def runs_of(
-    sequences: Sequence[int],
-    sizes: Sequence[int],
-    timestamps: Sequence[float],
-    arrivals: Sequence[float],
+    sequences: Sequence[int] | Ints,
+    sizes: Sequence[int] | Ints,
+    timestamps: Sequence[float] | Floats,
+    arrivals: Sequence[float] | Floats,
     by_size: bool,
 ) -> Runs:
     """The runs of one row's packets (sequences ascending, as stored). `by_size`: break a run
@@ -151,9 +151,29 @@ _INSERT = text(
         :sequences, :sizes, :timestamps, :arrivals, :payload, :object_key)
     """
 )
+
+
+def _packed(column: str, send: str) -> str:
+    """An array column as one bytea of its elements in binary (big-endian): a few bytes an
+    element in one object, where asyncpg's list would be a Python object an element."""
+    return (
+        f"(SELECT string_agg({send}(x), '' ORDER BY o) FROM unnest({column})"
+        f" WITH ORDINALITY AS u(x, o)) AS {column}"
+    )
+
+
 _HEADS = text(
-    "SELECT segment, track, encoding, sequences, sizes, timestamps, arrivals FROM call_segment"
-    " WHERE call_id = :call_id AND (segment, track) > (:segment, :track)"
+    "SELECT segment, track, encoding, "
+    + ", ".join(
+        _packed(column, send)
+        for column, send in [
+            ("sequences", "int8send"),
+            ("sizes", "int4send"),
+            ("timestamps", "float8send"),
+            ("arrivals", "float8send"),
+        ]
+    )
+    + " FROM call_segment WHERE call_id = :call_id AND (segment, track) > (:segment, :track)"
     " ORDER BY segment, track LIMIT :limit"
 )
 _PAYLOAD = text(
@@ -223,6 +243,16 @@ async def store_segment(
     return Stored(segment, last, rows)
 
 
+class _Arrays:
+    """A stored row's packed arrays (_HEADS) as numpy arrays."""
+
+    def __init__(self, row: Any) -> None:
+        self.sequences = np.frombuffer(row.sequences or b"", dtype=">i8").astype(np.int64)
+        self.sizes = np.frombuffer(row.sizes or b"", dtype=">i4").astype(np.int64)
+        self.timestamps = np.frombuffer(row.timestamps or b"", dtype=">f8").astype(np.float64)
+        self.arrivals = np.frombuffer(row.arrivals or b"", dtype=">f8").astype(np.float64)
+
+
 class SegmentReader:
     """One call's stored segments, read in short transactions of their own."""
 
@@ -247,7 +277,10 @@ class SegmentReader:
             params = {"call_id": self.call_id, "segment": after[0], "track": after[1]}
             async with self.sessions() as session:
                 result = await session.execute(_HEADS, {**params, "limit": HEAD_ROWS})
-                page = [head_of(int(r.segment), int(r.track), str(r.encoding), r) for r in result]
+                page = [
+                    head_of(int(r.segment), int(r.track), str(r.encoding), _Arrays(r))
+                    for r in result
+                ]
             heads.extend(page)
             if len(page) < HEAD_ROWS:
                 return heads

@@ -38,7 +38,10 @@ from settings import Settings
 # MAX_CALL_SECONDS, for a CallAudio whose caller does not pass the setting's value.
 DEFAULT_MAX_CALL_S = float(Settings.model_fields["max_call_seconds"].default)
 TIMEOUT_PER_AUDIO_S = {"mock": 0.0, "local": 0.5, "openai": 0.5}
-JOB_MARGIN_S = 30.0  # left of JOB_TIMEOUT_S for the flush and the final writes
+JOB_MARGIN_S = 30.0
+# What a track's window is read a block at a time: 160 KB of PCM at 8 kHz, 960 KB at 48 kHz;
+# a provider's piece (at most its max_s, cut at a quiet frame) is held besides.
+TRACK_BLOCK_S = 10.0  # left of JOB_TIMEOUT_S for the flush and the final writes
 
 
 class UndecodableAudio(PermanentAIError):
@@ -180,7 +183,7 @@ class TrackAudio:
         return self.recording.format
 
     async def pcm(self) -> AsyncIterator[Samples]:
-        block = int(MIX_BLOCK_S * self.recording.format.rate)
+        block = int(TRACK_BLOCK_S * self.recording.format.rate)
         for a, b in self.spans:
             for at in range(a, b, block):
                 yield await self.recording.track(self.channel, at, min(at + block, b))
