@@ -21,7 +21,6 @@ import numpy as np
 
 from core.audio import AudioFormat, Samples, UnsupportedAudio, quietest_cut
 from core.recording import (
-    MIX_BLOCK_S,
     NotAudio,
     Recording,
     SegmentSource,
