@@ -332,6 +332,7 @@ class Recording:
 
     async def wav_bytes(self, first: int, last: int) -> AsyncIterator[bytes]:
         """Bytes [first, last] (inclusive, as a Range says) of the WAV file, a block at a time."""
+        last = min(last, self.wav_size - 1)
         header = self.wav_header()
         if first < len(header):
             yield header[first : last + 1]

@@ -5,6 +5,7 @@ data, and memory that stays bounded however long the call."""
 from __future__ import annotations
 
 import base64
+import struct
 import tracemalloc
 from typing import Any
 
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 
 from core.audio import AudioFormat, decode, mulaw_encode, parse_format
-from core.recording import MAX_GAP_S, SegmentsInMemory, build_rows
+from core.recording import MAX_GAP_S, Recording, SegmentsInMemory, build_rows
 from db.packets import StoredPacket
 from db.segments import TEXT, SegmentHead, runs_of
-from jobs.audio import CallAudio, UndecodableAudio, transcription_allowance_s
+from jobs.ai import Spoken
+from jobs.audio import CallAudio, TrackAudio, UndecodableAudio, transcription_allowance_s
 from tests.conftest import make_settings
 
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
@@ -252,3 +254,64 @@ async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
     assert samples == 3600 * 8000
     # The hour is 58 MB as 16-bit PCM; a block (40 s), a cut (20 s) and a few segments are held.
     assert peak < 6 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+class PastFourGiB:
+    """Two tracks of 6.5 hours of 48 kHz L16 each, one packet a track, made as it is read."""
+
+    packet_bytes = 48_000 * 2 * 23_400  # 2.2 GB a track: the WAV's data is 4.5 GB
+
+    async def heads(self) -> list[SegmentHead]:
+        return [
+            SegmentHead(0, t, "audio/L16;rate=48000",
+                        runs_of([0], [self.packet_bytes], [0.0], [0.0], by_size=False))
+            for t in (0, 1)
+        ]  # fmt: skip
+
+    async def payload(self, segment: int, track: int) -> bytes:
+        raise AssertionError("a recording never reads a whole row")
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        length = max(min(length, self.packet_bytes - start), 0)
+        return np.full(length // 2, 1000 * (track + 1), dtype=">i2").tobytes()
+
+
+async def test_a_recording_past_4_gib_is_an_rf64_file_read_by_ranges():
+    recording = await Recording.load(PastFourGiB(), parse_format("audio/L16;rate=48000"), 1e9)
+
+    data = PastFourGiB.packet_bytes * 2
+    header = b"".join([c async for c in recording.wav_bytes(0, 79)])
+    tail = b"".join([c async for c in recording.wav_bytes(recording.wav_size - 8, 10**12)])
+
+    assert recording.wav_size == 80 + data > 2**32
+    assert header[:4] == b"RF64"
+    assert header[8:16] == b"WAVEds64"
+    assert struct.unpack("<IQQQ", header[16:44]) == (28, 72 + data, data, data // 4)
+    assert header[72:80] == b"data\xff\xff\xff\xff"
+    assert np.frombuffer(tail, "<i2").tolist() == [1000, 2000, 1000, 2000]
+
+
+async def test_the_transcriber_is_given_only_stored_audio_and_its_times_are_put_back():
+    # 1 s of audio, 3 s missing (its timestamps say so), 1 s of audio.
+    frames = [packet(s, frame(2000), at=s * 0.02) for s in [*range(50), *range(200, 250)]]
+    source = Segments([frames], TWILIO)
+    recording = await Recording.load(source, MULAW_8K, 4 * 3600)
+
+    audio = TrackAudio(recording, 0, 0, recording.samples)
+    given = np.concatenate([block async for block in audio.pcm()])
+
+    assert recording.samples == 5 * 8000
+    assert audio.spans == [(0, 8000), (32000, 40000)]
+    assert len(given) == 16000
+    assert given.all()
+    assert audio.seconds == 2.0
+    assert audio.placed(Spoken(0.5, 1.5, "hi")) == Spoken(0.5, 4.5, "hi")
+
+
+async def test_silence_put_in_for_gaps_never_takes_a_track_past_the_calls_bound():
+    # Each gap claims 60 s by sequence and by timestamp: the bound (10 s) holds.
+    frames = [packet(s * 3000, frame(2000), at=s * 60.0) for s in range(100)]
+    recording = await Recording.load(Segments([frames], TWILIO), MULAW_8K, 10.0)
+
+    assert recording.samples == 10 * 8000
+    assert recording.lines[0].stored == 100 * 160
