@@ -22,13 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.audio import TELEPHONY, decode, mulaw_encode
 from core.recording import Recording
-from db.packets import StoredPacket
+from db.packets import NewPacket, StoredPacket
 from db.segments import TEXT, SegmentReader, SegmentRow, store_segment
 from jobs.audio import TrackAudio
 from jobs.resources import make_resources
+from jobs.segments import SEGMENT_BYTES
 from service.app import create_app
 from settings import Settings
 from tests.conftest import drain_queue, make_settings
+from tests.factories import rows
 from tests.serving import serving
 
 MULAW = str(TELEPHONY)
@@ -161,10 +163,10 @@ async def test_an_absurd_or_backward_range_is_ignored_and_a_416_says_the_files_s
 
 
 async def store_rows(engine: AsyncEngine, call_id: str, segments: list[list[SegmentRow]]) -> None:
-    for n, rows in enumerate(segments):
+    for n, segment in enumerate(segments):
         marker = StoredPacket(0, 0.0, "", 0.0, 0, (n + 1, 0))
 
-        def built(_: list[StoredPacket], rows: list[SegmentRow] = rows) -> list[SegmentRow]:
+        def built(_: list[StoredPacket], rows: list[SegmentRow] = segment) -> list[SegmentRow]:
             return rows
 
         async with engine.begin() as conn:
@@ -297,3 +299,28 @@ async def test_a_two_byte_range_of_a_call_of_48_kb_packets_reads_no_whole_row(
 
     log.info("48 KB packets, a 2-byte Range of a 24 MB row: %.0f KB", peak / KB)
     assert peak < 1024 * KB
+
+
+async def test_a_flush_of_large_packets_stores_rows_of_bounded_bytes_and_loses_nothing(
+    bounded: Settings, engine: AsyncEngine
+):
+    # 300 packets of 48,000 bytes (64,000 of base64): 19 MB of data, three rounds' worth.
+    data = base64.b64encode(tone(48_000)).decode()
+    res = make_resources(bounded)
+    try:
+        for first in range(0, 300, 100):
+            packets = [NewPacket(s, s * 6.0, data) for s in range(first, first + 100)]
+            await res.ingestion.intake.append("large", packets)
+        await res.ingestion.complete("large")
+        await drain_queue(res)
+    finally:
+        await res.close()
+
+    stored = await rows(
+        engine,
+        "SELECT segment, cardinality(sequences), octet_length(payload) FROM call_segment"
+        " WHERE call_id = 'large' ORDER BY segment",
+    )
+    assert len(stored) >= 3
+    assert sum(packets for _, packets, _ in stored) == 300
+    assert all(size <= SEGMENT_BYTES * 3 // 4 for _, _, size in stored), stored
