@@ -11,9 +11,12 @@ count as audio: a word such as "test" is valid base64 of three bytes, and must s
 Reading (`Recording`): a track's packets from all its segments, merged by sequence (a late packet
 lands in a later segment and is put back in its place), with silence for the missing ones: as
 long as the packet before the gap, at most MAX_GAP_S (a hole in the numbering is not a silence
-in the conversation). Consecutive packets of one row are one piece; only the heads (arrays of
-sequences and sizes) are held, and the bytes of a few rows at a time, so memory stays bounded by
-the segment size and the call's packet count, never by its audio. Two tracks are aligned by their
+in the conversation), at most the time the neighbours' timestamps or arrivals say passed, and
+never taking the track past MAX_CALL_SECONDS (`_track_line`). Consecutive packets of one row
+are one piece; the timeline (a few numbers a piece) is held, and slices of SLICE_BYTES of a row's
+bytes, a few at a time, so memory stays bounded by the slices and the call's runs of
+consecutive packets, never by its audio or its packets' sizes; a text row is measured a slice
+at a time. Two tracks are aligned by their
 first packets' timestamps (Twilio's media.timestamp counts per track from the stream's start):
 channel 0 (left) is inbound, the caller; channel 1 (right) is outbound, the agent.
 """
@@ -126,7 +129,7 @@ class TrackLine:
     offset: int  # samples of silence before its first packet (aligning two tracks)
     starts: Ints  # each piece's first sample, from the track's start
     lengths: Ints  # samples
-    rows: Ints  # the row (index into Recording.heads) holding the piece
+    rows: Ints  # the row (index into Recording.rows) holding the piece
     at: Ints  # the piece's first byte in that row
     stride: Ints  # a text piece's bytes of base64 a packet (0: a piece of audio bytes)
     per: Ints  # a text piece's samples a packet
@@ -256,7 +259,7 @@ class Recording:
     ) -> None:
         self.source = source
         self.format = fmt
-        self.heads = heads
+        self.rows = [(h.segment, h.track) for h in heads]  # the heads' runs are not kept
         self.lines = lines
         self.channels = max(1, len(lines))
         self.samples = max((line.offset + line.samples for line in lines), default=0)
@@ -388,10 +391,8 @@ class Recording:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        head = self.heads[row]
-        piece = await self.source.payload_slice(
-            head.segment, head.track, n * SLICE_BYTES, SLICE_BYTES
-        )
+        segment, track = self.rows[row]
+        piece = await self.source.payload_slice(segment, track, n * SLICE_BYTES, SLICE_BYTES)
         self._cache[key] = piece
         if len(self._cache) > PAYLOAD_CACHE:
             self._cache.popitem(last=False)
