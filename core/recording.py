@@ -12,7 +12,7 @@ Reading (`Recording`): a track's packets from all its segments, merged by sequen
 lands in a later segment and is put back in its place), with silence for the missing ones: as
 long as the packet before the gap, at most MAX_GAP_S (a hole in the numbering is not a silence
 in the conversation), at most the time the neighbours' timestamps or arrivals say passed, and
-never taking the track past MAX_CALL_SECONDS (`_track_line`). Consecutive packets of one row
+none once the track is MAX_CALL_SECONDS long (`_track_line`). Consecutive packets of one row
 are one piece; the timeline (a few numbers a piece) is held, and slices of SLICE_BYTES of a row's
 bytes, a few at a time, so memory stays bounded by the slices and the call's runs of
 consecutive packets, never by its audio or its packets' sizes; a text row is measured a slice
@@ -430,8 +430,8 @@ def _track_line(
     """The track's units in sequence order, as pieces on its timeline. A missing run of packets
     becomes silence as long as the packet before it, but never longer than MAX_GAP_S, nor than
     the time its neighbours say passed between them (by the sender's timestamps or by their
-    arrivals, whichever says more), and all the track's silence never takes it past
-    `max_call_s`. Every product is of clamped numbers, so nothing overflows."""
+    arrivals, whichever says more), and no silence is put in once the track is `max_call_s`
+    long (its audio may go on after). Every product is of clamped numbers: nothing overflows."""
     u = units
     rate = fmt.rate
     n = len(u.first)
@@ -449,8 +449,15 @@ def _track_line(
         )
         elapsed = np.rint(np.clip(np.nan_to_num(elapsed_s), 0.0, MAX_GAP_S) * rate)
         silence[1:] = np.minimum(by_count, elapsed.astype(np.int64))
-        budget = max(int(max_call_s * rate) - int(u.samples.sum()), 0)
-        silence = np.diff(np.minimum(np.cumsum(silence), budget), prepend=0)
+        # No silence once the track reaches max_call_s: what came before stays where it was
+        # when later packets come (a live call's transcribed windows keep their places).
+        limit = int(max_call_s * rate)
+        starts = np.cumsum(silence) + np.cumsum(u.samples) - u.samples
+        over = np.flatnonzero(starts > limit)
+        if len(over):
+            k = int(over[0])
+            silence[k] = max(0, limit - int(starts[k] - silence[k]))
+            silence[k + 1 :] = 0
     begin = np.cumsum(silence + u.samples) - u.samples  # each unit's first sample
     breaks = np.ones(n, dtype=bool)
     if n > 1:

@@ -313,5 +313,15 @@ async def test_silence_put_in_for_gaps_never_takes_a_track_past_the_calls_bound(
     frames = [packet(s * 3000, frame(2000), at=s * 60.0) for s in range(100)]
     recording = await Recording.load(Segments([frames], TWILIO), MULAW_8K, 10.0)
 
-    assert recording.samples == 10 * 8000
+    # The first gap fills the track up to 10 s; the rest of its frames follow back to back.
+    assert recording.samples == 10 * 8000 + 99 * 160
     assert recording.lines[0].stored == 100 * 160
+    assert recording.lines[0].spans(0, recording.samples) == [(0, 160), (80_000, 80_000 + 99 * 160)]
+
+
+async def test_the_bound_leaves_what_came_before_in_place_when_more_packets_come():
+    frames = [packet(s * 3000, frame(2000), at=s * 60.0) for s in range(100)]
+    early = await Recording.load(Segments([frames[:60]], TWILIO), MULAW_8K, 10.0)
+    later = await Recording.load(Segments([frames[:60], frames[60:]], TWILIO), MULAW_8K, 10.0)
+
+    assert later.lines[0].spans(0, early.samples) == early.lines[0].spans(0, early.samples)

@@ -105,7 +105,7 @@ async def test_sparse_packets_make_no_more_silence_than_their_clocks_or_the_call
     # 200 frames, each 2,999 frames (60 s) after the last, sent at once with one timestamp:
     # neither the sender's clock nor the arrivals say that any time passed.
     burst = [{"sequence": s * 3000, "timestamp": now, "data": frame} for s in range(200)]
-    # The same, the timestamps saying 60 s between them: the call's bound (30 s here) holds.
+    # The same, the timestamps saying 60 s between them: no silence past the bound (30 s here).
     claimed = [
         {"sequence": s * 3000, "timestamp": now + s * 60.0, "data": frame} for s in range(200)
     ]
@@ -121,7 +121,8 @@ async def test_sparse_packets_make_no_more_silence_than_their_clocks_or_the_call
     with wave.open(io.BytesIO(claimed_wav.content)) as reader:
         frames = reader.getnframes()
         pcm = np.frombuffer(reader.readframes(frames), "<i2")
-    assert frames == 30 * 8000  # 4 s of audio and 26 s of silence, not 3.3 hours
+    # The first gap fills the track to 30 s, the other 199 frames follow: not 3.3 hours.
+    assert frames == 30 * 8000 + 199 * 160
     assert np.count_nonzero(pcm) == 200 * 160  # every frame is in it
 
 
