@@ -242,9 +242,9 @@ async def _units(
             raise NotAudio(f"segment {head.segment} is {head.encoding}, not {fmt}")
         else:
             parts.append(_byte_units(row, head, fmt))
-    columns = [np.concatenate([p[i] for p in parts]) for i in range(13)]
-    order = np.argsort(columns[0], kind="stable")
-    return _Units(*(c[order] for c in columns))
+    # A column at a time, so that only one unsorted column is held beside the sorted ones.
+    order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+    return _Units(*(np.concatenate([p[i] for p in parts])[order] for i in range(13)))
 
 
 class Recording:
@@ -254,12 +254,12 @@ class Recording:
         self,
         source: SegmentSource,
         fmt: AudioFormat,
-        heads: list[SegmentHead],
+        rows: list[tuple[int, int]],
         lines: list[TrackLine],
     ) -> None:
         self.source = source
         self.format = fmt
-        self.rows = [(h.segment, h.track) for h in heads]  # the heads' runs are not kept
+        self.rows = rows  # each row's (segment, track), as TrackLine.rows index them
         self.lines = lines
         self.channels = max(1, len(lines))
         self.samples = max((line.offset + line.samples for line in lines), default=0)
@@ -269,10 +269,12 @@ class Recording:
     async def load(cls, source: SegmentSource, fmt: AudioFormat, max_call_s: float) -> Recording:
         """The timeline from the heads (and text rows, read a slice at a time: a text packet
         must be decoded to be measured); raises NotAudio when a packet is not audio in `fmt`.
-        `max_call_s` (MAX_CALL_SECONDS): the most a track may last, silence put in included."""
+        `max_call_s` (MAX_CALL_SECONDS): no silence is put in once a track is this long."""
         heads = await source.heads()
         tracks = sorted({h.track for h in heads if h.packets})
         units = {t: await _units(source, heads, t, fmt) for t in tracks}
+        rows = [(h.segment, h.track) for h in heads]
+        del heads  # their runs are in `units` now
         firsts = {t: float(u.first_timestamp[0]) for t, u in units.items()}
         origin = min(firsts.values(), default=0.0)
         lines = []
@@ -281,7 +283,7 @@ class Recording:
             if len(tracks) > 1:
                 offset = round(min(max(firsts[track] - origin, 0.0), MAX_ALIGN_S) * fmt.rate)
             lines.append(_track_line(units[track], track, offset, fmt, max_call_s))
-        return cls(source, fmt, heads, lines)
+        return cls(source, fmt, rows, lines)
 
     @property
     def seconds(self) -> float:

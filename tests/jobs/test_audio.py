@@ -325,3 +325,35 @@ async def test_the_bound_leaves_what_came_before_in_place_when_more_packets_come
     later = await Recording.load(Segments([frames[:60], frames[60:]], TWILIO), MULAW_8K, 10.0)
 
     assert later.lines[0].spans(0, early.samples) == early.lines[0].spans(0, early.samples)
+
+
+class EveryPacketAfterAGap:
+    """200,000 frames, each two frames after the last (40 rows of 5,000): a piece a packet."""
+
+    async def heads(self) -> list[SegmentHead]:
+        heads = []
+        for k in range(40):
+            seq = np.arange(k * 5000, (k + 1) * 5000, dtype=np.int64) * 3
+            runs = runs_of(seq, np.full(5000, 160), seq * 0.02, seq * 0.02, by_size=False)
+            heads.append(SegmentHead(k, 0, MULAW, runs))
+        return heads
+
+    async def payload(self, segment: int, track: int) -> bytes:
+        raise AssertionError("a recording never reads a whole row")
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        return b"\xff" * length
+
+
+async def test_a_call_whose_every_packet_follows_a_gap_holds_about_50_bytes_a_gap():
+    tracemalloc.start()
+    try:
+        recording = await Recording.load(EveryPacketAfterAGap(), MULAW_8K, 4 * 3600)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(recording.lines[0].starts) == 200_000
+    # docs/operations.md: 9.6 MB held, 45 MB at the peak (the heads' runs, then the timeline).
+    assert held < 12 * 1024 * 1024, held
+    assert peak < 56 * 1024 * 1024, peak
