@@ -334,7 +334,8 @@ class EveryPacketAfterAGap:
         heads = []
         for k in range(40):
             seq = np.arange(k * 5000, (k + 1) * 5000, dtype=np.int64) * 3
-            runs = runs_of(seq, np.full(5000, 160), seq * 0.02, seq * 0.02, by_size=False)
+            stamps = (seq * 0.02).astype(np.float64)
+            runs = runs_of(seq, np.full(5000, 160), stamps, stamps, by_size=False)
             heads.append(SegmentHead(k, 0, MULAW, runs))
         return heads
 
