@@ -225,7 +225,7 @@ async def _transcribe_window(
     rate = recording.format.rate
     audio = TrackAudio(recording, window.channel, window.start, end)
     start_s = window.offset_s + window.start / rate
-    label = _label(res, window.track, start_s, audio.seconds)
+    label = _label(res, window.track, start_s, (end - window.start) / rate)  # the window's span
     extra_s = transcription_allowance_s(res.settings, audio.seconds)
     spoken = await transcribe(audio, label, extra_s)
     return [_utterance(res, window.track, start_s, audio.placed(s)) for s in spoken]
