@@ -325,3 +325,26 @@ async def test_a_flush_of_large_packets_stores_rows_of_bounded_bytes_and_loses_n
     assert len(stored) >= 3
     assert sum(packets for _, packets, _ in stored) == 300
     assert all(size <= SEGMENT_BYTES * 3 // 4 for _, _, size in stored), stored
+
+
+async def test_a_call_with_one_short_text_packet_is_served_from_its_text_row(
+    api: str, bounded: Settings
+):
+    # "AAAA" is base64 of 3 bytes: too short to be audio over HTTP, so the row is stored as text;
+    # the recording decodes it a slice at a time, the 3 bytes included.
+    now = time.time()
+    frames = [
+        {"sequence": s, "timestamp": now + s * 0.02, "data": base64.b64encode(tone(160)).decode()}
+        for s in range(50)
+    ]
+    frames.append({"sequence": 50, "timestamp": now + 1.0, "data": "AAAA"})
+    async with httpx.AsyncClient(base_url=f"http://{api}") as http:
+        await send_and_archive(bounded, http, "one-word", frames)
+        head = await http.head("/v1/calls/one-word/audio")
+        tail = await http.get("/v1/calls/one-word/audio", headers={"Range": "bytes=-6"})
+        whole = await http.get("/v1/calls/one-word/audio")
+
+    size = 44 + (50 * 160 + 3) * 2
+    assert (head.status_code, int(head.headers["content-length"])) == (200, size)
+    assert (tail.status_code, tail.content) == (206, whole.content[-6:])
+    assert whole.content[-6:] == decode(b"\x00\x00\x00", TELEPHONY).astype("<i2").tobytes()
