@@ -248,6 +248,13 @@ class Settings(BaseSettings):
         description="how long late packets of a finished call still get `409` (a call id must "
         "not be reused within it)",
     )
+    max_call_seconds: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="the longest a call may last, 4 h: a live call reaching it (since its first "
+        "packet) is completed by the sweep (reason `max_length`), and no track of a recording "
+        "is made longer than this by the silence put in for missing packets",
+    )
     missing_list_cap: int = Field(
         1000, ge=0, description="the longest `missing_sequences` list (`missing_count` is exact)"
     )

@@ -170,24 +170,28 @@ def quietest_cut(samples: Samples, start: int, end: int, frame: int) -> int:
 
 
 WAV_HEADER_BYTES = 44
+RF64_HEADER_BYTES = 80  # RIFF's 44 and a ds64 chunk of 36
+_RIFF_MAX = 0xFFFFFFFF  # RIFF's sizes are 32-bit
 
 
 def wav_header(data_bytes: int, rate: int, channels: int = 1, sample_bytes: int = 2) -> bytes:
-    """The 44-byte header of a PCM WAV file holding `data_bytes` of little-endian samples."""
+    """The header of a PCM WAV file holding `data_bytes` of little-endian samples: 44 bytes of
+    RIFF, or, past RIFF's 4 GiB, 80 bytes of RF64 (EBU Tech 3306: the sizes move to a ds64
+    chunk as 64-bit numbers, and the 32-bit ones say 0xFFFFFFFF)."""
     block = channels * sample_bytes
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + data_bytes,
-        b"WAVE",
-        b"fmt ",
-        16,
-        1,  # PCM
-        channels,
-        rate,
-        rate * block,
-        block,
-        sample_bytes * 8,
-        b"data",
-        data_bytes,
+    fmt = struct.pack(
+        "<4sIHHIIHH", b"fmt ", 16, 1, channels, rate, rate * block, block, sample_bytes * 8
+    )  # 1: PCM
+    if 36 + data_bytes <= _RIFF_MAX:
+        return (
+            struct.pack("<4sI4s", b"RIFF", 36 + data_bytes, b"WAVE")
+            + fmt
+            + struct.pack("<4sI", b"data", data_bytes)
+        )
+    ds64 = struct.pack("<4sIQQQI", b"ds64", 28, 72 + data_bytes, data_bytes, data_bytes // block, 0)
+    return (
+        struct.pack("<4sI4s", b"RF64", _RIFF_MAX, b"WAVE")
+        + ds64
+        + fmt
+        + struct.pack("<4sI", b"data", _RIFF_MAX)
     )

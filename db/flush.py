@@ -61,6 +61,34 @@ class FlushSource:
         found = await self.redis.xrange(call_keys(call_id).packets, start, "+", count=count)
         return [_stored_packet(entry_id, fields) for entry_id, fields in found]
 
+    async def page(
+        self,
+        call_id: str,
+        count: int,
+        max_bytes: int,
+        after: tuple[int, int] | None = None,
+        held: int = 0,
+        step: int = 500,
+    ) -> tuple[list[StoredPacket], bool]:
+        """Up to `count` packets after `after`, cut where their data and the `held` bytes of
+        the page they continue would pass `max_bytes` (a page has one packet at least): read
+        `step` entries at a time, so that a page of large packets holds about `max_bytes` and
+        `step` entries more, not `count` of them. Returns them and whether the stream may hold
+        more."""
+        found: list[StoredPacket] = []
+        size = held
+        while len(found) < count:
+            wanted = min(step, count - len(found))
+            read = await self.entries(call_id, wanted, found[-1].entry if found else after)
+            for packet in read:
+                if (found or held) and size + len(packet.data) > max_bytes:
+                    return found, True
+                found.append(packet)
+                size += len(packet.data)
+            if len(read) < wanted:
+                return found, False
+        return found, True
+
     async def segment_done(
         self, call_id: str, through: tuple[int, int], event: Mapping[str, Any] | None
     ) -> int:

@@ -89,6 +89,22 @@ class LiveCalls:
         )
         return [text_of(m) for ids in found for m in ids][:limit]
 
+    async def started_before(self, cutoff: float, limit: int = 1000) -> list[str]:
+        """IN_PROGRESS calls whose first packet came before `cutoff` (at most `limit`): the
+        unflushed index is scored by creation and holds every live call; those still in the
+        idle index are the live ones. Two round trips."""
+        found = await self._each_shard(
+            lambda pipe, shard: pipe.zrangebyscore(shard.unflushed, "-inf", cutoff, 0, limit)
+        )
+        candidates = [text_of(m) for ids in found for m in ids][:limit]
+        if not candidates:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in candidates:
+                pipe.zscore(call_keys(call_id).shard.idle, call_id)
+            live = await execute(pipe)
+        return [c for c, score in zip(candidates, live, strict=True) if score is not None]
+
     async def pending(self, completed_before: float, limit: int = 1000) -> list[str]:
         """Completed calls not yet ARCHIVED/FAILED, completed before the given time."""
         found = await self._each_shard(

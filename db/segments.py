@@ -8,15 +8,21 @@ twice, and a flusher that read a stale page stores only what is new in it. The s
 grow with time (Redis gives each entry max(now in ms, the last id)), so "after the last one
 stored" is exactly "not stored yet".
 
-Reads: the heads (everything but the bytes: small, a few arrays per 30 s of audio) and one row's
-bytes at a time, each in its own short transaction, so a long recording holds no connection.
+Reads: the heads (everything but the bytes, compacted as they are read into runs of consecutive
+packets: a few numbers per row of continuous audio, whatever its packet count) and slices of a
+row's bytes (`substring` of the payload, which is stored EXTERNAL so that PostgreSQL reads only the
+chunks a slice covers; a ranged GET of an object), each in its own short transaction, so a long
+recording holds no connection and a read holds no whole row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -49,16 +55,86 @@ class Stored:
     rows: Sequence[SegmentRow] = ()
 
 
-@dataclass(frozen=True, slots=True)
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+HEAD_ROWS = 4  # rows whose per-packet arrays a heads read holds at once
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Runs:
+    """A row's packets as runs of consecutive sequences (one array entry a run): all a reader
+    needs to place them, in a few numbers a run instead of four a packet. A text row's runs also
+    break where a packet's size changes, so each of its packets is found by arithmetic."""
+
+    first: Ints  # the run's first sequence
+    count: Ints  # its packets
+    at: Ints  # its first byte in the row's payload
+    size: Ints  # its bytes
+    last_size: Ints  # its last packet's bytes (in a text row: each of its packets')
+    first_timestamp: Floats  # its first and last packets' timestamps (the sender's clock)
+    last_timestamp: Floats
+    first_arrival: Floats  # its first and last packets' arrivals (the API's clock)
+    last_arrival: Floats
+
+    @property
+    def packets(self) -> int:
+        return int(self.count.sum())
+
+
+def runs_of(
+    sequences: Sequence[int] | Ints,
+    sizes: Sequence[int] | Ints,
+    timestamps: Sequence[float] | Floats,
+    arrivals: Sequence[float] | Floats,
+    by_size: bool,
+) -> Runs:
+    """The runs of one row's packets (sequences ascending, as stored). `by_size`: break a run
+    where a packet's size changes too (a text row)."""
+    seq = np.asarray(sequences, dtype=np.int64)
+    size = np.asarray(sizes, dtype=np.int64)
+    stamp = np.asarray(timestamps, dtype=np.float64)
+    arrival = np.asarray(arrivals, dtype=np.float64)
+    if not len(seq):
+        empty = np.zeros(0, dtype=np.int64)
+        return Runs(empty, empty, empty, empty, empty, *(np.zeros(0) for _ in range(4)))
+    breaks = np.ones(len(seq), dtype=bool)
+    breaks[1:] = np.diff(seq) != 1
+    if by_size:
+        breaks[1:] |= np.diff(size) != 0
+    first = np.flatnonzero(breaks)
+    last = np.append(first[1:], len(seq)) - 1
+    at = np.concatenate(([0], np.cumsum(size[:-1], dtype=np.int64)))
+    return Runs(
+        first=seq[first],
+        count=(last - first + 1).astype(np.int64),
+        at=at[first],
+        size=np.add.reduceat(size, first).astype(np.int64),
+        last_size=size[last],
+        first_timestamp=stamp[first],
+        last_timestamp=stamp[last],
+        first_arrival=arrival[first],
+        last_arrival=arrival[last],
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class SegmentHead:
-    """A stored row without its bytes."""
+    """A stored row without its bytes: its packets as runs."""
 
     segment: int
     track: int
     encoding: str
-    sequences: list[int]
-    sizes: list[int]
-    timestamps: list[float]
+    runs: Runs
+
+    @property
+    def packets(self) -> int:
+        return self.runs.packets
+
+
+def head_of(segment: int, track: int, encoding: str, row: Any) -> SegmentHead:
+    """A head from a row's arrays (a stored row, or a SegmentRow)."""
+    runs = runs_of(row.sequences, row.sizes, row.timestamps, row.arrivals, encoding == TEXT)
+    return SegmentHead(segment, track, encoding, runs)
 
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:call_id, 16))")
@@ -75,12 +151,39 @@ _INSERT = text(
         :sequences, :sizes, :timestamps, :arrivals, :payload, :object_key)
     """
 )
+
+
+def _packed(column: str, send: str) -> str:
+    """An array column as one bytea of its elements in binary (big-endian): a few bytes an
+    element in one object, where asyncpg's list would be a Python object an element."""
+    return (
+        f"(SELECT string_agg({send}(x), '' ORDER BY o) FROM unnest({column})"
+        f" WITH ORDINALITY AS u(x, o)) AS {column}"
+    )
+
+
 _HEADS = text(
-    "SELECT segment, track, encoding, sequences, sizes, timestamps FROM call_segment"
-    " WHERE call_id = :call_id ORDER BY segment, track"
+    "SELECT segment, track, encoding, "
+    + ", ".join(
+        _packed(column, send)
+        for column, send in [
+            ("sequences", "int8send"),
+            ("sizes", "int4send"),
+            ("timestamps", "float8send"),
+            ("arrivals", "float8send"),
+        ]
+    )
+    + " FROM call_segment WHERE call_id = :call_id AND (segment, track) > (:segment, :track)"
+    " ORDER BY segment, track LIMIT :limit"
 )
 _PAYLOAD = text(
     "SELECT payload, object_key FROM call_segment WHERE call_id = :call_id"
+    " AND segment = :segment AND track = :track"
+)
+# substring() of an EXTERNAL bytea reads only the TOAST chunks it covers.
+_SLICE = text(
+    "SELECT CASE WHEN object_key IS NULL THEN substring(payload FROM :start FOR :length) END"
+    " AS payload, object_key FROM call_segment WHERE call_id = :call_id"
     " AND segment = :segment AND track = :track"
 )
 _VERSION = text(
@@ -140,6 +243,16 @@ async def store_segment(
     return Stored(segment, last, rows)
 
 
+class _Arrays:
+    """A stored row's packed arrays (_HEADS) as numpy arrays."""
+
+    def __init__(self, row: Any) -> None:
+        self.sequences = np.frombuffer(row.sequences or b"", dtype=">i8").astype(np.int64)
+        self.sizes = np.frombuffer(row.sizes or b"", dtype=">i4").astype(np.int64)
+        self.timestamps = np.frombuffer(row.timestamps or b"", dtype=">f8").astype(np.float64)
+        self.arrivals = np.frombuffer(row.arrivals or b"", dtype=">f8").astype(np.float64)
+
+
 class SegmentReader:
     """One call's stored segments, read in short transactions of their own."""
 
@@ -156,19 +269,22 @@ class SegmentReader:
         self.objects = objects
 
     async def heads(self) -> list[SegmentHead]:
-        async with self.sessions() as session:
-            result = await session.execute(_HEADS, {"call_id": self.call_id})
-            return [
-                SegmentHead(
-                    int(r.segment),
-                    int(r.track),
-                    str(r.encoding),
-                    list(r.sequences),
-                    list(r.sizes),
-                    list(r.timestamps),
-                )
-                for r in result
-            ]
+        """Every row's head, read HEAD_ROWS rows at a time and compacted as they come, so only
+        a few rows' per-packet arrays are ever held."""
+        heads: list[SegmentHead] = []
+        after = (-1, -1)
+        while True:
+            params = {"call_id": self.call_id, "segment": after[0], "track": after[1]}
+            async with self.sessions() as session:
+                result = await session.execute(_HEADS, {**params, "limit": HEAD_ROWS})
+                page = [
+                    head_of(int(r.segment), int(r.track), str(r.encoding), _Arrays(r))
+                    for r in result
+                ]
+            heads.extend(page)
+            if len(page) < HEAD_ROWS:
+                return heads
+            after = (page[-1].segment, page[-1].track)
 
     async def payload(self, segment: int, track: int) -> bytes:
         params = {"call_id": self.call_id, "segment": segment, "track": track}
@@ -183,6 +299,23 @@ class SegmentReader:
                 f"call {self.call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
             )
         return await self.objects.get(str(row.object_key))
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        """Bytes [start, start + length) of a row's payload (fewer at its end), read alone."""
+        params = {"call_id": self.call_id, "segment": segment, "track": track}
+        async with self.sessions() as session:
+            row = (
+                await session.execute(_SLICE, {**params, "start": start + 1, "length": length})
+            ).one_or_none()
+        if row is None:
+            return b""
+        if row.object_key is None:
+            return bytes(row.payload)
+        if self.objects is None:
+            raise NoObjectStore(
+                f"call {self.call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
+            )
+        return await self.objects.get_range(str(row.object_key), start, length)
 
     async def version(self) -> tuple[int, int, int]:
         """(rows, latest segment, packets): changes whenever a segment is stored."""

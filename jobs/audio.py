@@ -21,7 +21,6 @@ import numpy as np
 
 from core.audio import AudioFormat, Samples, UnsupportedAudio, quietest_cut
 from core.recording import (
-    MIX_BLOCK_S,
     NotAudio,
     Recording,
     SegmentSource,
@@ -29,14 +28,19 @@ from core.recording import (
     texts,
 )
 from db.segments import TEXT
-from jobs.ai import PermanentAIError
+from jobs.ai import PermanentAIError, Spoken
 from settings import Settings
 
 # Extra time a transcription may take per second of audio when AI_TIMEOUT_PER_AUDIO_S is unset:
 # the mock ignores the audio; the local model needs a fraction of a CPU second per second of
 # audio (BENCHMARKS.md), more when the cores are shared; a hosted model is faster.
+# MAX_CALL_SECONDS, for a CallAudio whose caller does not pass the setting's value.
+DEFAULT_MAX_CALL_S = float(Settings.model_fields["max_call_seconds"].default)
 TIMEOUT_PER_AUDIO_S = {"mock": 0.0, "local": 0.5, "openai": 0.5}
-JOB_MARGIN_S = 30.0  # left of JOB_TIMEOUT_S for the flush and the final writes
+JOB_MARGIN_S = 30.0
+# What a track's window is read a block at a time: 160 KB of PCM at 8 kHz, 960 KB at 48 kHz;
+# a provider's piece (at most its max_s, cut at a quiet frame) is held besides.
+TRACK_BLOCK_S = 10.0  # left of JOB_TIMEOUT_S for the flush and the final writes
 
 
 class UndecodableAudio(PermanentAIError):
@@ -79,8 +83,10 @@ class CallAudio:
         source: SegmentSource,
         default_format: str,
         metadata: dict[str, Any] | None = None,
+        max_call_s: float = DEFAULT_MAX_CALL_S,
     ) -> None:
         self.call_id = call_id
+        self.max_call_s = max_call_s
         self.source = source
         self.default_format = default_format
         self.metadata = metadata
@@ -102,7 +108,7 @@ class CallAudio:
         if self._facts is None:
             try:
                 fmt, _ = call_format(self.metadata, self.default_format)
-                self._recording = await Recording.load(self.source, fmt)
+                self._recording = await Recording.load(self.source, fmt, self.max_call_s)
                 rec = self._recording
                 self._facts = AudioFacts(fmt, None, rec.seconds, len(rec.lines))
             except (UnsupportedAudio, NotAudio) as exc:
@@ -137,17 +143,34 @@ class CallAudio:
 class TrackAudio:
     """One track's window [start, end) of a call's recording (samples on the track's own
     timeline), as the providers read a call: what a live call's window or the rest of a
-    finished call's track is transcribed from."""
+    finished call's track is transcribed from. Only its stored audio is given (`spans`), never
+    the silence the recording puts in for missing packets; `placed` takes a time in what was
+    given back to the window's own timeline."""
 
     def __init__(self, recording: Recording, channel: int, start: int, end: int) -> None:
         self.recording = recording
         self.channel = channel
         self.start = start
         self.end = end
+        self.spans = recording.lines[channel].spans(start, end)
 
     @property
     def seconds(self) -> float:
-        return (self.end - self.start) / self.recording.format.rate
+        """Seconds of audio given (the window's stored audio)."""
+        return sum(b - a for a, b in self.spans) / self.recording.format.rate
+
+    def placed(self, spoken: Spoken) -> Spoken:
+        """`spoken`, timed in the audio given, timed from the window's start instead."""
+        return spoken._replace(start_s=self._place(spoken.start_s), end_s=self._place(spoken.end_s))
+
+    def _place(self, given_s: float) -> float:
+        rate = self.recording.format.rate
+        left = given_s * rate
+        for a, b in self.spans:
+            if left <= b - a:
+                return (a + left - self.start) / rate
+            left -= b - a
+        return (self.spans[-1][1] - self.start) / rate if self.spans else given_s
 
     async def texts(self) -> list[str]:
         return []  # audio: the mock says how long it is
@@ -159,9 +182,10 @@ class TrackAudio:
         return self.recording.format
 
     async def pcm(self) -> AsyncIterator[Samples]:
-        block = int(MIX_BLOCK_S * self.recording.format.rate)
-        for at in range(self.start, self.end, block):
-            yield await self.recording.track(self.channel, at, min(at + block, self.end))
+        block = int(TRACK_BLOCK_S * self.recording.format.rate)
+        for a, b in self.spans:
+            for at in range(a, b, block):
+                yield await self.recording.track(self.channel, at, min(at + block, b))
 
     async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
         async for piece in cut_at_quiet_frames(self.pcm(), self.recording.format, max_s, search_s):

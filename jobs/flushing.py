@@ -29,7 +29,7 @@ from db.states import CallState
 from db.worker_writes import Claim
 from jobs.attempts import LeaseLost
 from jobs.resources import WorkerResources
-from jobs.segments import SEGMENT_PAGE, flush_tail
+from jobs.segments import FIRST_PAGE, flush_tail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,7 +70,7 @@ async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | 
     it is not the worker's to take (already ARCHIVED or FAILED, or unknown), or if PostgreSQL
     refused the call's data: the call is FAILED then, for good."""
     s = res.settings
-    start = await res.flush.start(call_id, holder, s.lease_ttl_s, SEGMENT_PAGE)
+    start = await res.flush.start(call_id, holder, s.lease_ttl_s, FIRST_PAGE)
     if not start.meta:
         return await _claim_flushed(res, call_id)  # gone from Redis
     live = await res.live.record(call_id, start.meta, start.metadata, s.missing_list_cap)

@@ -271,6 +271,7 @@ async def _conversation(
         SegmentReader(res.sessions, call_id, res.objects),
         res.settings.packet_audio_encoding,
         metadata,
+        max_call_s=res.settings.max_call_seconds,
     )
     seconds = (await audio.facts()).seconds
     names = speaker_names(res.settings.speaker_names)

@@ -30,6 +30,11 @@ from jobs.queue import enqueue_follow_up
 from jobs.resources import WorkerResources
 
 SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms frames
+# A round's data, whatever its packets' sizes: 6,000 frames of 20 ms are 1.3 MB of base64, but
+# 6,000 packets of 64 KB would be 390 MB. A round stops at this much; the rest is the next
+# segment's, so a stored row holds at most about this (decoded, 3/4 of it).
+SEGMENT_BYTES = 8 * 1024 * 1024
+FIRST_PAGE = 500  # entries a worker reads with the call's lease: the rest comes by SEGMENT_BYTES
 FOLLOW_UP_S = 3.0  # after a live window, the flush that transcribes what followed its last pause
 
 
@@ -79,8 +84,15 @@ async def flush_tail(
     after: tuple[int, int] | None = None
     while True:
         if page is None:
-            page = await res.flush.entries(call_id, SEGMENT_PAGE, after)
-            more = len(page) >= SEGMENT_PAGE
+            page, more = await res.flush.page(call_id, SEGMENT_PAGE, SEGMENT_BYTES, after)
+        else:  # the caller's first page (a few entries): filled up to the same bounds
+            page, more = _within_bytes(page, more)
+            size = sum(len(p.data) for p in page)
+            if more and page and len(page) < SEGMENT_PAGE:
+                rest, more = await res.flush.page(
+                    call_id, SEGMENT_PAGE - len(page), SEGMENT_BYTES, page[-1].entry, size
+                )
+                page = [*page, *rest]
         if not page:
             return done
         async with res.engine.begin() as conn:
@@ -96,6 +108,17 @@ async def flush_tail(
         if not more:
             return done
         after, page = page[-1].entry, None
+
+
+def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPacket], bool]:
+    """The first packets of `page` whose data stays within SEGMENT_BYTES (one at least), as
+    FlushSource.page cuts a page it reads."""
+    size = 0
+    for n, packet in enumerate(page):
+        size += len(packet.data)
+        if size > SEGMENT_BYTES and n:
+            return page[:n], True
+    return page, more
 
 
 async def flush_segment(res: WorkerResources, call_id: str, follow_up: bool = False) -> Flushed:

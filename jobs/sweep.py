@@ -46,6 +46,24 @@ async def complete_idle_calls(res: WorkerResources, actor: str | None = IDLE_SWE
     return completed
 
 
+MAX_LENGTH = "max_length"  # the completion reason of a call that reached MAX_CALL_SECONDS
+
+
+async def complete_overlong_calls(
+    res: WorkerResources, actor: str | None = IDLE_SWEEP
+) -> list[str]:
+    """Complete every live call whose first packet came MAX_CALL_SECONDS ago or more, through
+    the same exactly-once path as an idle one, with the reason `max_length` in its history."""
+    cutoff = time.time() - res.settings.max_call_seconds
+    completed = []
+    for call_id in await res.live.started_before(cutoff):
+        if await res.ingestion.complete(call_id, MAX_LENGTH, actor=actor) is Completion.COMPLETED:
+            completed.append(call_id)
+    if completed:
+        log.warning("sweep completed %d calls at MAX_CALL_SECONDS", len(completed))
+    return completed
+
+
 async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     """Re-run every completed call that no live worker holds: its worker died, its job was lost
     between the completion and the enqueue, or it ran out of arq tries during an outage.

@@ -235,7 +235,7 @@ async def _transcribe_ready(
     reader = SegmentReader(res.sessions, call_id, res.objects)
     try:
         fmt, _ = call_format(metadata, res.settings.packet_audio_encoding)
-        recording = await Recording.load(reader, fmt)
+        recording = await Recording.load(reader, fmt, res.settings.max_call_seconds)
     except (UnsupportedAudio, NotAudio) as exc:
         if not final:
             return Ready(0, pending=False)  # not audio: transcribed once, at the end
@@ -314,10 +314,10 @@ async def _transcribe_window(
     rate = recording.format.rate
     audio = TrackAudio(recording, window.channel, window.start, end)
     start_s = window.offset_s + window.start / rate
-    label = _label(res, window.track, start_s, audio.seconds)
+    label = _label(res, window.track, start_s, (end - window.start) / rate)  # the window's span
     extra_s = transcription_allowance_s(res.settings, audio.seconds)
     spoken = await transcribe(audio, label, extra_s)
-    return await _utterances(res, window.track, start_s, spoken)
+    return await _utterances(res, window.track, start_s, [audio.placed(s) for s in spoken])
 
 
 async def _transcribe_text(

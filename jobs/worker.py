@@ -32,7 +32,7 @@ from jobs.process import process_call
 from jobs.queue import FLUSH_SEGMENT, PROCESS_CALL
 from jobs.resources import WorkerResources, make_resources, resources
 from jobs.segments import flush_segment
-from jobs.sweep import complete_idle_calls, recover_orphaned_calls
+from jobs.sweep import complete_idle_calls, complete_overlong_calls, recover_orphaned_calls
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,9 @@ async def flush_segment_job(ctx: dict[str, Any], call_id: str, follow_up: bool =
 
 
 async def sweep_idle_calls(ctx: dict[str, Any]) -> int:
-    return len(await complete_idle_calls(resources(ctx)))
+    """Complete the calls that went quiet, and the live ones that reached MAX_CALL_SECONDS."""
+    res = resources(ctx)
+    return len(await complete_idle_calls(res)) + len(await complete_overlong_calls(res))
 
 
 async def reap_orphaned_calls(ctx: dict[str, Any]) -> int:

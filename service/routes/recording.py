@@ -24,26 +24,37 @@ from service.views import call_status
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 WAV = "audio/wav"
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Up to 18 digits a number (below 10^18: far past any recording); a longer one is absurd, and
+# ignored like any range we do not serve (RFC 9110 14.2 lets a server ignore a Range).
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The one byte range asked for, as inclusive (first, last); None for the whole file (no
-    Range, one we do not serve: several ranges, or another unit; RFC 9110 lets a server ignore
-    them). Raises RangeNotSatisfiable for a range outside the file."""
+    Range, or one we ignore as RFC 9110 allows: several ranges, another unit, numbers of more
+    than 18 digits, or `a-b` with b < a, which is no range at all). Raises RangeNotSatisfiable
+    (with `Content-Range: bytes */size`, RFC 9110 15.5.17) for a range outside the file."""
     if header is None:
         return None
     match = _RANGE.fullmatch(header.strip())
     if match is None or not any(match.groups()):
         return None
-    first, last = match.groups()
-    if not first:  # the last N bytes
-        if int(last) == 0:
-            raise RangeNotSatisfiable(f"the file is {size} bytes; a suffix of 0 bytes is empty")
-        return max(size - int(last), 0), size - 1
-    if int(first) >= size or (last and int(last) < int(first)):
-        raise RangeNotSatisfiable(f"the file is {size} bytes: bytes {header[6:]} are outside it")
-    return int(first), min(int(last), size - 1) if last else size - 1
+    first, last = (int(n) if n else None for n in match.groups())
+    if first is not None and last is not None and last < first:
+        return None
+    whole = {"Content-Range": f"bytes */{size}"}
+    if first is None:  # the last N bytes
+        assert last is not None
+        if last == 0 or size == 0:
+            raise RangeNotSatisfiable(
+                f"the file is {size} bytes; a suffix of {last} bytes is empty", whole
+            )
+        return max(size - last, 0), size - 1
+    if first >= size:
+        raise RangeNotSatisfiable(
+            f"the file is {size} bytes: bytes {header.strip()[6:]} are outside it", whole
+        )
+    return first, min(last, size - 1) if last is not None else size - 1
 
 
 def _etag(call_id: str, version: tuple[int, int, int], channels: int) -> str:
@@ -61,7 +72,7 @@ def _etag(call_id: str, version: tuple[int, int, int], channels: int) -> str:
         304: {"description": "Not modified (If-None-Match names the current ETag)."},
         404: problem_response("Unknown call."),
         409: problem_response("The call's packets are not audio (code `no_audio`)."),
-        416: problem_response("The Range lies outside the file."),
+        416: problem_response("The Range lies outside the file (`Content-Range: bytes */<size>`)."),
         502: problem_response("The object store refused, or this API has none (store_error)."),
         503: problem_response("The object store is unavailable (store_unavailable)."),
         **INVALID_REQUEST,
@@ -88,7 +99,7 @@ async def get_audio(
     version = await reader.version()
     try:
         fmt, _ = call_format(status.metadata, res.settings.packet_audio_encoding)
-        recording = await Recording.load(reader, fmt)
+        recording = await Recording.load(reader, fmt, res.settings.max_call_seconds)
     except (UnsupportedAudio, NotAudio) as exc:
         raise NoAudio(f"call {call_id} has no recording: {exc}") from None
     etag = _etag(call_id, version, recording.channels)

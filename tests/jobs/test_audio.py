@@ -5,6 +5,7 @@ data, and memory that stays bounded however long the call."""
 from __future__ import annotations
 
 import base64
+import struct
 import tracemalloc
 from typing import Any
 
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 
 from core.audio import AudioFormat, decode, mulaw_encode, parse_format
-from core.recording import MAX_GAP_S, SegmentsInMemory, build_rows
+from core.recording import MAX_GAP_S, Recording, SegmentsInMemory, build_rows
 from db.packets import StoredPacket
-from db.segments import TEXT, SegmentHead
-from jobs.audio import CallAudio, UndecodableAudio, transcription_allowance_s
+from db.segments import TEXT, SegmentHead, runs_of
+from jobs.ai import Spoken
+from jobs.audio import CallAudio, TrackAudio, UndecodableAudio, transcription_allowance_s
 from tests.conftest import make_settings
 
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
@@ -96,7 +98,7 @@ async def test_a_missing_sequence_of_a_media_stream_is_one_20_ms_frame_of_silenc
 
 
 async def test_a_gap_between_http_packets_is_as_long_as_the_packet_before_it():
-    source = Segments([[packet(s, frame(1000, 400)) for s in (0, 1, 3)]])
+    source = Segments([[packet(s, frame(1000, 400), at=s * 0.05) for s in (0, 1, 3)]])
 
     pcm = await pcm_of(audio_of(source))
 
@@ -119,7 +121,9 @@ async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
     outbound = [packet(s, frame(-1000), 1, at=0.1 + s * 0.02) for s in (1, 3)]
     source = Segments([inbound + outbound], TWILIO)
 
-    recording = await (await audio_of(source).recording()).__class__.load(source, MULAW_8K)
+    recording = await (await audio_of(source).recording()).__class__.load(
+        source, MULAW_8K, 4 * 3600
+    )
     frames = await recording.frames(0, recording.samples)
 
     assert recording.channels == 2
@@ -132,7 +136,9 @@ async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
 
 async def test_the_wav_file_answers_every_byte_range_exactly():
     source = Segments([[packet(s, frame(300 * s)) for s in range(30)], [packet(31, frame(9))]])
-    recording = await (await audio_of(source).recording()).__class__.load(source, MULAW_8K)
+    recording = await (await audio_of(source).recording()).__class__.load(
+        source, MULAW_8K, 4 * 3600
+    )
     whole = b"".join([c async for c in recording.wav_bytes(0, recording.wav_size - 1)])
 
     assert len(whole) == recording.wav_size == 44 + 32 * 160 * 2
@@ -221,12 +227,16 @@ class HourLongCall:
     async def heads(self) -> list[SegmentHead]:
         n = self.per_segment
         return [
-            SegmentHead(k, 0, MULAW, list(range(k * n, (k + 1) * n)), [160] * n, [0.0] * n)
+            SegmentHead(k, 0, MULAW, runs_of(range(k * n, (k + 1) * n), [160] * n, [0.0] * n,
+                                            [0.0] * n, by_size=False))
             for k in range(self.segments)
-        ]
+        ]  # fmt: skip
 
     async def payload(self, segment: int, track: int) -> bytes:
         return self.audio
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        return self.audio[start : start + length]
 
 
 async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
@@ -244,3 +254,107 @@ async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
     assert samples == 3600 * 8000
     # The hour is 58 MB as 16-bit PCM; a block (40 s), a cut (20 s) and a few segments are held.
     assert peak < 6 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+class PastFourGiB:
+    """Two tracks of 6.5 hours of 48 kHz L16 each, one packet a track, made as it is read."""
+
+    packet_bytes = 48_000 * 2 * 23_400  # 2.2 GB a track: the WAV's data is 4.5 GB
+
+    async def heads(self) -> list[SegmentHead]:
+        return [
+            SegmentHead(0, t, "audio/L16;rate=48000",
+                        runs_of([0], [self.packet_bytes], [0.0], [0.0], by_size=False))
+            for t in (0, 1)
+        ]  # fmt: skip
+
+    async def payload(self, segment: int, track: int) -> bytes:
+        raise AssertionError("a recording never reads a whole row")
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        length = max(min(length, self.packet_bytes - start), 0)
+        return np.full(length // 2, 1000 * (track + 1), dtype=">i2").tobytes()
+
+
+async def test_a_recording_past_4_gib_is_an_rf64_file_read_by_ranges():
+    recording = await Recording.load(PastFourGiB(), parse_format("audio/L16;rate=48000"), 1e9)
+
+    data = PastFourGiB.packet_bytes * 2
+    header = b"".join([c async for c in recording.wav_bytes(0, 79)])
+    tail = b"".join([c async for c in recording.wav_bytes(recording.wav_size - 8, 10**12)])
+
+    assert recording.wav_size == 80 + data > 2**32
+    assert header[:4] == b"RF64"
+    assert header[8:16] == b"WAVEds64"
+    assert struct.unpack("<IQQQ", header[16:44]) == (28, 72 + data, data, data // 4)
+    assert header[72:80] == b"data\xff\xff\xff\xff"
+    assert np.frombuffer(tail, "<i2").tolist() == [1000, 2000, 1000, 2000]
+
+
+async def test_the_transcriber_is_given_only_stored_audio_and_its_times_are_put_back():
+    # 1 s of audio, 3 s missing (its timestamps say so), 1 s of audio.
+    frames = [packet(s, frame(2000), at=s * 0.02) for s in [*range(50), *range(200, 250)]]
+    source = Segments([frames], TWILIO)
+    recording = await Recording.load(source, MULAW_8K, 4 * 3600)
+
+    audio = TrackAudio(recording, 0, 0, recording.samples)
+    given = np.concatenate([block async for block in audio.pcm()])
+
+    assert recording.samples == 5 * 8000
+    assert audio.spans == [(0, 8000), (32000, 40000)]
+    assert len(given) == 16000
+    assert given.all()
+    assert audio.seconds == 2.0
+    assert audio.placed(Spoken(0.5, 1.5, "hi")) == Spoken(0.5, 4.5, "hi")
+
+
+async def test_silence_put_in_for_gaps_never_takes_a_track_past_the_calls_bound():
+    # Each gap claims 60 s by sequence and by timestamp: the bound (10 s) holds.
+    frames = [packet(s * 3000, frame(2000), at=s * 60.0) for s in range(100)]
+    recording = await Recording.load(Segments([frames], TWILIO), MULAW_8K, 10.0)
+
+    # The first gap fills the track up to 10 s; the rest of its frames follow back to back.
+    assert recording.samples == 10 * 8000 + 99 * 160
+    assert recording.lines[0].stored == 100 * 160
+    assert recording.lines[0].spans(0, recording.samples) == [(0, 160), (80_000, 80_000 + 99 * 160)]
+
+
+async def test_the_bound_leaves_what_came_before_in_place_when_more_packets_come():
+    frames = [packet(s * 3000, frame(2000), at=s * 60.0) for s in range(100)]
+    early = await Recording.load(Segments([frames[:60]], TWILIO), MULAW_8K, 10.0)
+    later = await Recording.load(Segments([frames[:60], frames[60:]], TWILIO), MULAW_8K, 10.0)
+
+    assert later.lines[0].spans(0, early.samples) == early.lines[0].spans(0, early.samples)
+
+
+class EveryPacketAfterAGap:
+    """200,000 frames, each two frames after the last (40 rows of 5,000): a piece a packet."""
+
+    async def heads(self) -> list[SegmentHead]:
+        heads = []
+        for k in range(40):
+            seq = np.arange(k * 5000, (k + 1) * 5000, dtype=np.int64) * 3
+            stamps = (seq * 0.02).astype(np.float64)
+            runs = runs_of(seq, np.full(5000, 160), stamps, stamps, by_size=False)
+            heads.append(SegmentHead(k, 0, MULAW, runs))
+        return heads
+
+    async def payload(self, segment: int, track: int) -> bytes:
+        raise AssertionError("a recording never reads a whole row")
+
+    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
+        return b"\xff" * length
+
+
+async def test_a_call_whose_every_packet_follows_a_gap_holds_about_50_bytes_a_gap():
+    tracemalloc.start()
+    try:
+        recording = await Recording.load(EveryPacketAfterAGap(), MULAW_8K, 4 * 3600)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(recording.lines[0].starts) == 200_000
+    # docs/operations.md: 9.6 MB held, 45 MB at the peak (the heads' runs, then the timeline).
+    assert held < 12 * 1024 * 1024, held
+    assert peak < 56 * 1024 * 1024, peak

@@ -65,7 +65,7 @@ async def whole(ai: LocalAI, audio: bytes, track: int) -> list[str]:
     frames = [base64.b64encode(audio[i : i + FRAME]).decode() for i in range(0, len(audio), FRAME)]
     packets = [StoredPacket(n, n * 0.02, f, 0.0, track, (n, 0)) for n, f in enumerate(frames)]
     recording = await Recording.load(SegmentsInMemory.of_packets([packets], TELEPHONY, True),
-                                     TELEPHONY)  # fmt: skip
+                                     TELEPHONY, 4 * 3600)  # fmt: skip
     found = await ai.transcribe_segments("whole", TrackAudio(recording, 0, 0, recording.samples))
     return words(" ".join(s.text for s in found))
 
