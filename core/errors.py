@@ -11,6 +11,7 @@ CallstreamError            carries its HTTP status and a stable code
 │   ├── BodyTooLarge       413: a request body past MAX_BODY_BYTES
 │   ├── CallTooLarge       413: the packets would take the call past its caps
 │   └── MetadataTooLarge   413: a media stream's start message is too large
+├── NotAcceptable          406: the Accept header names no format the resource has
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
 ├── Overloaded             503: too many completed calls wait: new calls refused for now
@@ -134,6 +135,11 @@ class RedisUnavailable(CallstreamError):
 
     def __init__(self, detail: str = REDIS_DOWN, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail, headers)
+
+
+class NotAcceptable(CallstreamError):
+    status_code = 406
+    code = "not_acceptable"
 
 
 class UnsupportedMediaType(CallstreamError):
