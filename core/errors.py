@@ -5,6 +5,8 @@ CallstreamError            carries its HTTP status and a stable code
 ├── CallNotFound           404: no packet was ever received for the call
 ├── CallAlreadyCompleted   409: the call is completed, packets are refused
 ├── CallNotFailed          409: only FAILED calls can be replayed
+├── DeliveryNotFound       404: no webhook delivery has this id
+├── DeliveryNotFailed      409: only a failed delivery (a dead letter) is sent again
 ├── Unauthenticated        401: no API key, or one we do not know
 ├── Forbidden              403: the key's role does not allow this
 ├── PayloadTooLarge        413: a body, a packet's data or a batch is too large
@@ -68,6 +70,16 @@ class CallAlreadyCompleted(CallstreamError):
 class CallNotFailed(CallstreamError):
     status_code = 409
     code = "call_not_failed"
+
+
+class DeliveryNotFound(CallstreamError):
+    status_code = 404
+    code = "delivery_not_found"
+
+
+class DeliveryNotFailed(CallstreamError):
+    status_code = 409
+    code = "delivery_not_failed"
 
 
 class NoAudio(CallstreamError):

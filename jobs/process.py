@@ -167,6 +167,7 @@ class _Journal:
                 reason,
                 self.attempts,
                 transcript=self.transcript,
+                webhooks=self.res.webhooks,
                 **results,  # type: ignore[arg-type]
             )
         if not finished:
