@@ -407,6 +407,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
         if isinstance(value, tuple | list):
+            value = tuple(dict.fromkeys(value))  # an endpoint named twice gets each event once
             for url in value:
                 if not str(url).startswith(("http://", "https://")):
                     raise ValueError(f"WEBHOOK_URLS: {url!r} is not an http:// or https:// URL")

@@ -10,7 +10,7 @@ worker whose lease ran out cannot write over a newer attempt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -54,19 +54,24 @@ class Delivery:
 
 _COLUMNS = "id, event_id, event_type, call_id, endpoint, occurred_at, body, attempts, final_attempt"
 
-# Oldest first, at most `per_endpoint` of each endpoint and none of a `busy` one: a receiver
-# that is down holds its own slots, never another's. The UPDATE re-checks that the row is
-# still due: another worker may have claimed it since the ranking's snapshot.
+# Oldest first, each endpoint's up to its room (`per_endpoint` less the attempts this worker
+# has in flight to it): a receiver that is down holds its own slots, never another's. The
+# UPDATE re-checks that the row is still due: another worker may have claimed it since the
+# ranking's snapshot.
 _CLAIM = text(
     f"""
-    WITH ranked AS (
-        SELECT id, row_number() OVER (PARTITION BY endpoint ORDER BY next_at, id) AS n
-        FROM webhook_delivery
-        WHERE state = 'pending' AND next_at <= now()
-          AND endpoint <> ALL(CAST(:busy AS text[]))
+    WITH flying AS (
+        SELECT * FROM unnest(CAST(:flying_urls AS text[]), CAST(:flying_counts AS int[]))
+                      AS f(endpoint, n)
+    ), ranked AS (
+        SELECT d.id, d.endpoint,
+               row_number() OVER (PARTITION BY d.endpoint ORDER BY d.next_at, d.id) AS n
+        FROM webhook_delivery d
+        WHERE d.state = 'pending' AND d.next_at <= now()
     ), picked AS (
-        SELECT d.id FROM webhook_delivery d JOIN ranked USING (id)
-        WHERE ranked.n <= :per_endpoint
+        SELECT d.id FROM webhook_delivery d
+        JOIN ranked USING (id) LEFT JOIN flying ON flying.endpoint = ranked.endpoint
+        WHERE ranked.n <= :per_endpoint - coalesce(flying.n, 0)
         ORDER BY d.next_at, d.id
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED
@@ -122,9 +127,21 @@ _RETRY = text(
 
 
 async def claim_due(
-    conn: AsyncConnection, lease_s: float, per_endpoint: int, limit: int, busy: Sequence[str]
+    conn: AsyncConnection,
+    lease_s: float,
+    per_endpoint: int,
+    limit: int,
+    in_flight: Mapping[str, int],
 ) -> list[Due]:
-    params = {"lease_s": lease_s, "per_endpoint": per_endpoint, "limit": limit, "busy": busy}
+    """Claim due rows for one attempt each, under a lease of `lease_s`: at most `limit`, and
+    per endpoint at most `per_endpoint` less its attempts `in_flight` in this worker."""
+    params = {
+        "lease_s": lease_s,
+        "per_endpoint": per_endpoint,
+        "limit": limit,
+        "flying_urls": list(in_flight),
+        "flying_counts": list(in_flight.values()),
+    }
     rows = await conn.execute(_CLAIM, params)
     return [Due(**row._mapping) for row in rows]
 

@@ -146,17 +146,17 @@ async def deliver(res: WorkerResources, client: httpx.AsyncClient, key: bytes, d
     return state
 
 
-async def claim(res: WorkerResources, busy: list[str], limit: int) -> list[Due]:
+async def claim(res: WorkerResources, in_flight: dict[str, int], limit: int) -> list[Due]:
     lease_s = res.settings.webhook_timeout_s + LEASE_MARGIN_S
     async with res.autocommit.connect() as conn:
-        return await deliveries.claim_due(conn, lease_s, PER_ENDPOINT, limit, busy)
+        return await deliveries.claim_due(conn, lease_s, PER_ENDPOINT, limit, in_flight)
 
 
 async def deliver_due(res: WorkerResources, client: httpx.AsyncClient) -> list[str]:
     """Claim every due row (up to BATCH) and make its attempt, all at once; their new states.
     What the loop does on each poll, in one piece (a test's worker run, a one-off drain)."""
     key = secret_key(res.settings.webhook_secret.get_secret_value())
-    claimed = await claim(res, [], BATCH)
+    claimed = await claim(res, {}, BATCH)
     return list(await asyncio.gather(*(deliver(res, client, key, d) for d in claimed)))
 
 
@@ -212,8 +212,7 @@ class DeliveryLoop:
         room = BATCH - len(self._tasks)
         if room <= 0:
             return []
-        busy = [e for e, n in self.in_flight.items() if n >= PER_ENDPOINT]
-        return await claim(self.res, busy, room)
+        return await claim(self.res, dict(self.in_flight), room)
 
     def _start_attempts(self, client: httpx.AsyncClient, claimed: list[Due]) -> None:
         for due in claimed:

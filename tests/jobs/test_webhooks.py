@@ -21,6 +21,7 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
+from core import metrics
 from db.packets import NewPacket, Track
 from devstack.commands import worker_command
 from devstack.processes import free_port
@@ -30,6 +31,7 @@ from jobs.webhooks import DeliveryLoop, deliver_due, make_client
 from service.app import create_asgi
 from settings import Settings
 from tests.conftest import make_settings
+from tests.core.test_metrics import sample
 from tests.factories import rows, scalar
 from tests.fakes import ScriptedAI
 from tests.webhook_receiver import Receiver, receiving
@@ -129,14 +131,32 @@ async def test_the_outbox_row_is_written_with_the_state_and_only_for_the_events_
     assert [tuple(r) for r in found] == [("call.archived", "pending", 0, None)]
 
 
+def counted(endpoint: str) -> dict[str, float]:
+    """The webhook metrics of `endpoint` (named by scheme, host and port) in this process."""
+    scrape = metrics.render().decode()
+    return {
+        "5xx": sample(scrape, "callstream_webhook_attempts_total", endpoint=endpoint, result="5xx"),
+        "2xx": sample(scrape, "callstream_webhook_attempts_total", endpoint=endpoint, result="2xx"),
+        "delivered": sample(
+            scrape, "callstream_webhook_deliveries_total", endpoint=endpoint, outcome="delivered"
+        ),
+        "latency": sample(
+            scrape, "callstream_webhook_delivery_latency_seconds_count", endpoint=endpoint
+        ),
+    }
+
+
 async def test_a_receiver_answering_500_twice_gets_the_third_attempt_with_the_same_id(
     server_urls: tuple[str, str], engine: AsyncEngine, workers: list[WorkerResources]
 ):
     async with receiving(Receiver(answers=[500, 500])) as receiver:
         res = make_resources(hooked(server_urls, [receiver.url]), ai=ScriptedAI())
         workers.append(res)
+        label = f"http://127.0.0.1:{receiver.port}"
+        before = counted(label)
         await archived_call(res, "hook-3")
         assert await drain(res, 3) == ["pending", "pending", "delivered"]
+        after = counted(label)
 
     assert len(receiver.received) == 3
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
@@ -144,6 +164,9 @@ async def test_a_receiver_answering_500_twice_gets_the_third_attempt_with_the_sa
     assert len(verified(receiver)) == 3
     log = await scalar(engine, "SELECT attempt_log FROM webhook_delivery")
     assert [a["status"] for a in log] == [500, 500, 200]
+    assert {k: after[k] - before[k] for k in after} == {
+        "5xx": 2, "2xx": 1, "delivered": 1, "latency": 1,
+    }  # fmt: skip
 
 
 async def test_a_receiver_down_for_the_whole_schedule_leaves_a_dead_letter_a_retry_delivers(
