@@ -22,15 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
 from core import metrics
+from db import calls
+from db.intake import CallIntake
 from db.packets import NewPacket, Track
 from devstack.commands import worker_command
 from devstack.processes import free_port
+from jobs.ai import PermanentAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources, make_resources
 from jobs.webhooks import DeliveryLoop, deliver_due, make_client
 from service.app import create_asgi
 from settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import FEED, make_settings
 from tests.core.test_metrics import sample
 from tests.factories import rows, scalar
 from tests.fakes import ScriptedAI
@@ -144,6 +147,41 @@ def counted(endpoint: str) -> dict[str, float]:
             scrape, "callstream_webhook_delivery_latency_seconds_count", endpoint=endpoint
         ),
     }
+
+
+async def test_every_way_to_fail_writes_call_failed_and_a_replay_writes_a_new_event(
+    server_urls: tuple[str, str], engine: AsyncEngine, workers: list[WorkerResources]
+):
+    ai = ScriptedAI()
+    settings = hooked(server_urls, ["http://127.0.0.1:9/never"], webhook_events=ALL_EVENTS)
+    res = make_resources(settings, ai=ai)
+    workers.append(res)
+    # Data PostgreSQL refuses (a NUL in the start metadata, written straight to Redis: the door
+    # refuses it): the row is created FAILED at once.
+    await CallIntake(res.redis, feed=FEED).open_call("refused", {"callSid": "CA\x00"}, 600)
+    await res.ingestion.append("refused", [NewPacket(0, 1e9, "hello")])
+    await res.ingestion.complete("refused")
+    assert await process_call(res, "refused") == "FAILED"
+    # The AI refusing the call: FAILED by the worker that holds it.
+    ai.fail("transcription", PermanentAIError("400: unreadable"))
+    await res.ingestion.append("rejected", [NewPacket(0, 1e9, "hello")])
+    await res.ingestion.complete("rejected")
+    assert await process_call(res, "rejected") == "FAILED"
+    # A replay of the refused call ends ARCHIVED: a new event.
+    async with res.sessions() as session, session.begin():
+        assert await calls.replay_failed(session, "refused")
+    assert await process_call(res, "refused") == "ARCHIVED"
+
+    found = await rows(
+        engine, "SELECT call_id, event_type, event_id FROM webhook_delivery ORDER BY id"
+    )
+    assert [(r.call_id, r.event_type) for r in found] == [
+        ("refused", "call.failed"),
+        ("rejected", "call.completed"),
+        ("rejected", "call.failed"),
+        ("refused", "call.archived"),
+    ]
+    assert len({r.event_id for r in found}) == 4
 
 
 async def test_a_receiver_answering_500_twice_gets_the_third_attempt_with_the_same_id(
