@@ -5,11 +5,21 @@ in them; it combines with the list's filters and keyset paging, and with `speake
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
+
+from jobs.ai_local import LocalAI
+from jobs.resources import make_resources
+from settings import Settings
+from simulate.speech import frames
+from tests.conftest import drain_queue
+
+RECORDINGS = resources.files("simulate") / "recordings"
 
 CALLS = {
     "s-cancel": [
@@ -133,3 +143,41 @@ async def test_bad_search_parameters_are_a_clear_422(client: AsyncClient):
         answer = await client.get("/v1/calls", params=params)
         assert answer.status_code == 422, params
         assert answer.headers["content-type"] == "application/problem+json"
+
+
+async def test_search_finds_what_the_agent_said_in_a_two_party_call_of_real_speech(
+    client: AsyncClient, settings: Settings
+):
+    """Recorded speech (simulate/recordings, spoken by espeak-ng) heard by the local Whisper
+    model: the search finds the agent's words in the agent's utterance, and not the caller's."""
+    caller = frames((RECORDINGS / "negative-1.ulaw").read_bytes())  # "...the broken router"
+    agent = frames((RECORDINGS / "neutral-2.ulaw").read_bytes())  # "call me back on tuesday..."
+    for track, audio in (("inbound", caller), ("outbound", agent)):
+        packets = [
+            {"sequence": n, "timestamp": 1e9 + n * 0.02, "track": track,
+             "data": base64.b64encode(frame).decode()}
+            for n, frame in enumerate(audio)
+        ]  # fmt: skip
+        for start in range(0, len(packets), 200):
+            batch = {"packets": packets[start : start + 200]}
+            answer = await client.post("/v1/call/stream/spoken/batch", json=batch)
+            assert answer.status_code == 202
+    assert (await client.post("/v1/call/complete/spoken")).status_code == 202
+    ai = LocalAI(processes=1)
+    res = make_resources(settings.model_copy(update={"ai_attempt_timeout_s": 60.0}), ai=ai)
+    try:
+        await drain_queue(res)
+    finally:
+        await res.close()
+
+    (tuesday,) = await found(client, q="tuesday")
+    by_caller = await found(client, q="tuesday", speaker="caller")
+    router = await found(client, q="router", speaker="caller")
+    never = await found(client, q="refund")
+
+    (match,) = tuesday["matches"]
+    assert match["speaker"] == "agent"
+    assert [match["text"][a:b].lower() for a, b in match["offsets"]] == ["tuesday"]
+    assert by_caller == []
+    assert [c["call_id"] for c in router] == ["spoken"]
+    assert never == []
