@@ -40,6 +40,7 @@ POLL_S = 0.5  # how soon a new event is sent, at most, when the worker is idle
 LEASE_MARGIN_S = 5.0  # a claimed row is due again this long after its attempt's timeout
 MAX_ERROR_CHARS = 300
 JITTER = (0.8, 1.2)  # each retry's delay is its setting times a factor in this range
+ERROR_BACKOFF_MAX_S = 30.0  # the longest pause of the loop while its polls fail
 
 
 def endpoint_label(url: str) -> str:
@@ -197,15 +198,21 @@ class DeliveryLoop:
             self._client = None
 
     async def _run(self, client: httpx.AsyncClient) -> None:
+        failures = 0
         while True:
             try:
                 self._start_attempts(client, await self._claim())
+                failures = 0
             except Exception as exc:
-                if not is_outage(exc):
-                    log.exception("webhook delivery: unexpected error; going on")
+                # PostgreSQL down (or a schema not migrated yet): the rows wait; the loop asks
+                # again, less and less often, and says so each time.
+                failures += 1
+                wait_s = min(ERROR_BACKOFF_MAX_S, 2.0 ** min(failures, 10))
+                if is_outage(exc):
+                    log.warning("webhook delivery: %r; trying again in %.0f s", exc, wait_s)
                 else:
-                    log.warning("webhook delivery: %r; retrying", exc)
-                await asyncio.sleep(1.0)
+                    log.exception("webhook delivery failed; trying again in %.0f s", wait_s)
+                await asyncio.sleep(wait_s)
             await asyncio.sleep(POLL_S)
 
     async def _claim(self) -> list[Due]:
