@@ -1,17 +1,22 @@
 """The dashboard's search of what was said, in a real headless Chromium against a real API and
 worker: Enter in the search box lists the calls where the words were said, the words marked as
-text (never markup), and a result opens the call's page; the call's page downloads its
-transcript as WebVTT and SRT that parse."""
+text (never markup), and a result opens the call's page and plays the recording from the
+utterance that matched; the call's page downloads its transcript as WebVTT and SRT that parse."""
 
 from __future__ import annotations
 
+import base64
 import io
 
+import pytest
 import srt
 import webvtt
 from playwright.async_api import Browser, expect
 
+from jobs.ai import Spoken
+from jobs.audio import SpeechSource
 from settings import Settings
+from tests.factories import packet
 from tests.fakes import ScriptedAI
 from tests.service.test_dashboard import (
     WAIT_MS,
@@ -65,3 +70,43 @@ async def test_enter_searches_what_was_said_and_a_result_opens_the_call_with_its
     assert cue.voice == "caller"
     (subtitle,) = srt.parse(captions["srt"])
     assert "refund" in subtitle.content
+
+
+class SaidLate(ScriptedAI):
+    """Every window's words, said from 1.5 s into it: a match that is not at the call's start."""
+
+    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+        self._next(call_id, "transcription")
+        seconds = (await audio.facts()).seconds
+        return [Spoken(1.5, seconds, "about my refund please")]
+
+
+async def test_a_search_result_plays_the_call_from_the_utterance_that_matched(
+    browser: Browser,  # noqa: F811
+    settings: Settings,
+):
+    silence = base64.b64encode(bytes([0xFF]) * 160).decode()  # 20 ms of μ-law silence
+    async with callstream(settings, SaidLate()) as api:
+        packets = [packet(n, silence) for n in range(150)]  # 3 s
+        answer = await api.post("/v1/call/stream/late/batch", json={"packets": packets})
+        assert answer.status_code == 202
+        await complete(api, "late")
+        await wait_state(api, "late", "ARCHIVED", 30)
+        async with dashboard(browser, api) as page:
+            await connected(page)
+            await page.locator("#search").fill("refund")
+            await page.locator("#search").press("Enter")
+            result = page.locator("#search-results li a")
+            await expect(result).to_have_count(1, timeout=WAIT_MS)
+            await page.evaluate(
+                """() => {
+                    const audio = document.getElementById("call-audio");
+                    window.seeks = [];
+                    audio.addEventListener("seeking", () => window.seeks.push(audio.currentTime));
+                }"""
+            )
+            await result.click()
+            await page.wait_for_function("() => window.seeks.length >= 1", timeout=WAIT_MS)
+            seeks = await page.evaluate("window.seeks")
+
+    assert seeks[0] == pytest.approx(1.5, abs=0.05)
