@@ -365,7 +365,7 @@ class Settings(BaseSettings):
     webhook_events: Annotated[frozenset[EventType], NoDecode] = Field(
         DEFAULT_EVENTS,
         description="the events sent, comma-separated, of `call.completed`, `call.archived`, "
-        "`call.failed`",
+        "`call.failed` and `call.utterance` (each utterance as it is stored, live calls' too)",
     )
     webhook_timeout_s: float = Field(
         10.0, gt=0, le=300, description="one delivery attempt's timeout (then it is retried)"
@@ -418,8 +418,6 @@ class Settings(BaseSettings):
     def _events(cls, value: object) -> object:
         if isinstance(value, str):
             value = frozenset(v.strip() for v in value.split(",") if v.strip())
-        if isinstance(value, frozenset | set) and EventType.UTTERANCE in value:
-            raise ValueError("WEBHOOK_EVENTS: call.utterance is not sent yet (docs/webhooks.md)")
         return value
 
     @field_validator("webhook_retry_delays_s", mode="before")

@@ -152,7 +152,12 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         autocommit=autocommit(engine),
         sessions=make_sessionmaker(engine),
         ai=ai or make_ai_client(settings),
-        webhooks=Webhooks(settings.webhook_urls, settings.webhook_events),
+        webhooks=Webhooks(
+            settings.webhook_urls,
+            settings.webhook_events,
+            settings.speaker_names,
+            settings.public_base_url,
+        ),
         objects=ObjectStore(settings.audio_store_url) if settings.audio_store_url else None,
     )
 

@@ -29,6 +29,7 @@ from core.webhooks import headers, secret_key
 from db import calls, deliveries
 from db.deliveries import DeliveryState, Due
 from db.outages import is_outage
+from db.outbox import links
 from db.record import from_row
 from jobs.resources import WorkerResources
 
@@ -50,15 +51,6 @@ def endpoint_label(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 
-def _links(base_url: str | None, call_id: str) -> dict[str, str]:
-    base = (base_url or "").rstrip("/")
-    return {
-        "self": f"{base}/v1/calls/{call_id}",
-        "transcript": f"{base}/v1/calls/{call_id}/transcript",
-        "recording": f"{base}/v1/calls/{call_id}/audio",
-    }
-
-
 async def _body(res: WorkerResources, due: Due) -> bytes:
     """The event's JSON: `data` is the call's record as GET /v1/calls/{id} answers it when the
     first attempt is made, its conversation figures included but never what was said (its
@@ -73,7 +65,7 @@ async def _body(res: WorkerResources, due: Due) -> bytes:
         if row is None
         else from_row(row).model_dump(mode="json", exclude={"transcript"})
     )
-    data["links"] = _links(res.settings.public_base_url, due.call_id)
+    data["links"] = links(res.settings.public_base_url, due.call_id)
     event = {"type": due.event_type, "timestamp": due.occurred_at.isoformat(), "data": data}
     async with res.autocommit.connect() as conn:
         fixed = await deliveries.fix_body(conn, due, orjson.dumps(event).decode())

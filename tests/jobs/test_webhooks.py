@@ -184,6 +184,30 @@ async def test_every_way_to_fail_writes_call_failed_and_a_replay_writes_a_new_ev
     assert len({r.event_id for r in found}) == 4
 
 
+async def test_call_utterance_sends_each_utterance_as_it_is_stored_when_asked_for(
+    server_urls: tuple[str, str], engine: AsyncEngine, workers: list[WorkerResources]
+):
+    async with receiving(Receiver()) as receiver:
+        settings = hooked(server_urls, [receiver.url], webhook_events="call.utterance")
+        res = make_resources(settings, ai=ScriptedAI())
+        workers.append(res)
+        await archived_call(res, "hook-9")
+        # Written with the utterances, their body fixed then: before any delivery.
+        pending = await rows(engine, "SELECT event_type, body FROM webhook_delivery")
+        assert [r.event_type for r in pending] == ["call.utterance"] * 2
+        assert all(r.body for r in pending)
+        assert await drain(res, 1) == ["delivered"] * 2
+
+    said = sorted(
+        (e["data"]["speaker"], e["data"]["track"], e["data"]["text"]) for e in verified(receiver)
+    )
+    assert said == [
+        ("agent", "outbound", "happy to help"),
+        ("caller", "inbound", "hello I want to cancel"),
+    ]
+    assert all(e["type"] == "call.utterance" for e in verified(receiver))
+
+
 async def test_a_receiver_answering_500_twice_gets_the_third_attempt_with_the_same_id(
     server_urls: tuple[str, str], engine: AsyncEngine, workers: list[WorkerResources]
 ):
