@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # The configuration of the generated column (and of every query: they must agree).
@@ -34,6 +34,19 @@ class UtteranceFilter:
     track: int | None = None
     sentiment: str | None = None
 
+    def where(self) -> str:
+        """The conditions on `u` (utterance), only those asked for: a statement per shape, so
+        that each gets a plan of its own (`:x IS NULL OR ...` would hide the GIN index from a
+        generic plan)."""
+        found = ["TRUE"]
+        if self.words is not None:
+            found.append(f"u.search @@ {_QUERY}")
+        if self.track is not None:
+            found.append("u.track = :track")
+        if self.sentiment is not None:
+            found.append("u.sentiment_label = :sentiment")
+        return " AND ".join(found)
+
     def params(self) -> dict[str, object]:
         return {"words": self.words, "track": self.track, "sentiment": self.sentiment}
 
@@ -48,51 +61,39 @@ class Match:
     offsets: list[tuple[int, int]]  # [start, end) of each matching word, in characters
 
 
-_MATCHING = f"""
-    (CAST(:words AS text) IS NULL
-        OR u.search @@ websearch_to_tsquery('{CONFIG}', CAST(:words AS text)))
-    AND (CAST(:track AS smallint) IS NULL OR u.track = CAST(:track AS smallint))
-    AND (CAST(:sentiment AS text) IS NULL OR u.sentiment_label = CAST(:sentiment AS text))
-"""
+_QUERY = f"websearch_to_tsquery('{CONFIG}', CAST(:words AS text))"
 
-_CALLS = text(
-    f"""
-    SELECT c.* FROM call c
-    WHERE EXISTS (SELECT 1 FROM utterance u WHERE u.call_id = c.call_id AND {_MATCHING})
-      AND (CAST(:state AS text) IS NULL OR c.state = CAST(:state AS text))
-      AND (CAST(:since AS timestamptz) IS NULL OR c.created_at >= CAST(:since AS timestamptz))
-      AND (CAST(:until AS timestamptz) IS NULL OR c.created_at < CAST(:until AS timestamptz))
-      AND (CAST(:before_at AS timestamptz) IS NULL
-           OR (c.created_at, c.call_id)
-              < (CAST(:before_at AS timestamptz), CAST(:before_id AS text)))
-    ORDER BY c.created_at DESC, c.call_id DESC
-    LIMIT :limit
-    """
-)
 
-_MATCHES = text(
-    f"""
-    SELECT call_id, track, start_s, end_s, text, marked FROM (
-        SELECT u.call_id, u.track, u.start_s, u.end_s, u.text,
-               CASE WHEN CAST(:words AS text) IS NULL THEN NULL
-                    ELSE ts_headline('{CONFIG}', u.text,
-                                     websearch_to_tsquery('{CONFIG}', CAST(:words AS text)),
-                                     :options) END AS marked,
-               row_number() OVER (
-                   PARTITION BY u.call_id
-                   ORDER BY CASE WHEN CAST(:words AS text) IS NULL THEN 0
-                                 ELSE ts_rank(u.search, websearch_to_tsquery('{CONFIG}',
-                                                                    CAST(:words AS text)))
-                            END DESC,
-                            u.start_s, u.track, u.id
-               ) AS n
-        FROM utterance u
-        WHERE u.call_id = ANY(CAST(:ids AS text[])) AND {_MATCHING}
-    ) ranked
-    WHERE n <= :per_call
-    ORDER BY call_id, start_s, track
-    """
-)
+def _calls_statement(wanted: UtteranceFilter, on_call: list[str]) -> TextClause:
+    return text(
+        f"""
+        SELECT c.* FROM call c
+        WHERE EXISTS (SELECT 1 FROM utterance u WHERE u.call_id = c.call_id AND {wanted.where()})
+          AND {" AND ".join(on_call or ["TRUE"])}
+        ORDER BY c.created_at DESC, c.call_id DESC
+        LIMIT :limit
+        """
+    )
+
+
+def _matches_statement(wanted: UtteranceFilter) -> TextClause:
+    words = wanted.words is not None
+    marked = f"ts_headline('{CONFIG}', u.text, {_QUERY}, :options)" if words else "NULL"
+    rank = f"ts_rank(u.search, {_QUERY}) DESC, " if words else ""
+    return text(
+        f"""
+        SELECT call_id, track, start_s, end_s, text, marked FROM (
+            SELECT u.call_id, u.track, u.start_s, u.end_s, u.text, {marked} AS marked,
+                   row_number() OVER (
+                       PARTITION BY u.call_id ORDER BY {rank}u.start_s, u.track, u.id
+                   ) AS n
+            FROM utterance u
+            WHERE u.call_id = ANY(CAST(:ids AS text[])) AND {wanted.where()}
+        ) ranked
+        WHERE n <= :per_call
+        ORDER BY call_id, start_s, track
+        """
+    )
 
 
 def offsets(original: str, marked: str | None) -> list[tuple[int, int]]:
@@ -123,16 +124,26 @@ async def calls_matching(
     limit: int,
 ) -> Sequence[Row[Any]]:
     """The `call` rows (db.record.from_row reads them) with an utterance `wanted` matches."""
-    params = {
-        **wanted.params(),
-        "state": state,
-        "since": since,
-        "until": until,
-        "before_at": before[0] if before else None,
-        "before_id": before[1] if before else None,
-        "limit": limit,
-    }
-    return (await session.execute(_CALLS, params)).all()
+    on_call: list[str] = []
+    params: dict[str, object] = {**wanted.params(), "limit": limit}
+    if state is not None:
+        on_call.append("c.state = :state")
+        params["state"] = state
+    if since is not None:
+        on_call.append("c.created_at >= :since")
+        params["since"] = since
+    if until is not None:
+        on_call.append("c.created_at < :until")
+        params["until"] = until
+    if before is not None:
+        on_call.append("(c.created_at, c.call_id) < (:before_at, :before_id)")
+        params["before_at"], params["before_id"] = before
+    return (await session.execute(_calls_statement(wanted, on_call), _used(params))).all()
+
+
+def _used(params: dict[str, object]) -> dict[str, object]:
+    """The parameters a statement names: None values of filters not asked for are left out."""
+    return {k: v for k, v in params.items() if v is not None}
 
 
 async def best_matches(
@@ -145,7 +156,9 @@ async def best_matches(
         "options": _HEADLINE_OPTIONS,
         "per_call": MATCHES_PER_CALL,
     }
-    rows = await session.execute(_MATCHES, params)
+    if wanted.words is None:
+        del params["options"]
+    rows = await session.execute(_matches_statement(wanted), _used(params))
     return [
         Match(r.call_id, int(r.track), float(r.start_s), float(r.end_s), r.text,
               offsets(r.text, r.marked))
