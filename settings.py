@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.webhooks import secret_key
 from db.object_store import StoreAddress
+from db.outbox import DEFAULT_EVENTS, EventType
 from db.redis_client import is_cluster_url
 
 # Embedded defaults used by `make run`; `make run` exports the real URLs of the servers it starts.
@@ -28,7 +30,11 @@ class Settings(BaseSettings):
     """Read once per process by a composition root (the API lifespan, the worker startup). Every
     field's description is its meaning in docs/configuration.md (`make docs` writes it)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An error never echoes its input: it may be a secret (an API key, WEBHOOK_SECRET); every
+    # validator's message names what is wrong instead.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
@@ -435,6 +441,37 @@ class Settings(BaseSettings):
         description="the longest wait between job retries while PostgreSQL or Redis is down",
     )
 
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        json_schema_extra=_group("Webhooks"),
+        description="endpoints that receive the calls' events (`http://` or `https://` URLs), "
+        "comma-separated; unset: no webhooks ([Webhooks](webhooks.md))",
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""),
+        description="the key every delivery is signed with, `whsec_` and base64 as Standard "
+        "Webhooks defines it (24 to 64 bytes); needed with `WEBHOOK_URLS`",
+    )
+    webhook_events: Annotated[frozenset[EventType], NoDecode] = Field(
+        DEFAULT_EVENTS,
+        description="the events sent, comma-separated, of `call.completed`, `call.archived`, "
+        "`call.failed` and `call.utterance` (each utterance as it is stored, live calls' too)",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="one delivery attempt's timeout (then it is retried)"
+    )
+    webhook_retry_delays_s: Annotated[tuple[float, ...], NoDecode] = Field(
+        (5, 300, 1800, 7200, 18000, 36000, 36000),
+        description="the seconds to wait before each retry of a delivery (each with up to 20% "
+        "jitter), comma-separated; past the last, it is a dead letter. The default spans about "
+        "a day, as Standard Webhooks advises",
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="the API's address as webhook receivers reach it (`https://host`), for the "
+        "links in a webhook's `data`; unset: the links are paths",
+    )
+
     log_level: str = Field(
         "INFO",
         json_schema_extra=_group("Logs"),
@@ -481,6 +518,47 @@ class Settings(BaseSettings):
                 "AUDIOHOOK_CLIENT_SECRET must be base64 (as Genesys shows it)"
             ) from None
         return value
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, tuple | list):
+            value = tuple(dict.fromkeys(value))  # an endpoint named twice gets each event once
+            for url in value:
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError(f"WEBHOOK_URLS: {url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _events(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("webhook_retry_delays_s", mode="before")
+    @classmethod
+    def _delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, tuple | list) and any(float(v) < 0 for v in value):
+            raise ValueError("WEBHOOK_RETRY_DELAYS_S: a delay cannot be negative")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            secret_key(value.get_secret_value())  # says what is wrong with it
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> "Settings":
+        if self.webhook_urls and not self.webhook_secret.get_secret_value():
+            raise ValueError("WEBHOOK_URLS needs WEBHOOK_SECRET (whsec_ and base64) to sign with")
+        return self
 
     @field_validator("audio_store_url")
     @classmethod

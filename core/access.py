@@ -101,6 +101,8 @@ RULES = (
     _rule("WEBSOCKET", r"/v1/call/freeswitch", Role.INGEST, key_in_first_message=True),
     _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history|/audio|/transcript)?)?", Role.SUPERVISOR),
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
+    _rule("GET HEAD", r"/v1/webhooks/deliveries", Role.ADMIN),
+    _rule("POST", r"/v1/webhooks/deliveries/[^/]+/retry", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
     _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR, long_lived=True),
     _rule("WEBSOCKET", r"/ws/supervisor", Role.SUPERVISOR),

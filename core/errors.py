@@ -5,12 +5,15 @@ CallstreamError            carries its HTTP status and a stable code
 ├── CallNotFound           404: no packet was ever received for the call
 ├── CallAlreadyCompleted   409: the call is completed, packets are refused
 ├── CallNotFailed          409: only FAILED calls can be replayed
+├── DeliveryNotFound       404: no webhook delivery has this id
+├── DeliveryNotFailed      409: only a failed delivery (a dead letter) is sent again
 ├── Unauthenticated        401: no API key, or one we do not know
 ├── Forbidden              403: the key's role does not allow this
 ├── PayloadTooLarge        413: a body, a packet's data or a batch is too large
 │   ├── BodyTooLarge       413: a request body past MAX_BODY_BYTES
 │   ├── CallTooLarge       413: the packets would take the call past its caps
 │   └── MetadataTooLarge   413: a media stream's start message is too large
+├── NotAcceptable          406: the Accept header names no format the resource has
 ├── UnsupportedMediaType   415: the body is declared as something other than JSON
 ├── HostNotServed          421: without keys, a Host that does not name this machine
 ├── RateLimited            429: this key sent more than its rate (with Retry-After)
@@ -72,6 +75,16 @@ class CallAlreadyCompleted(CallstreamError):
 class CallNotFailed(CallstreamError):
     status_code = 409
     code = "call_not_failed"
+
+
+class DeliveryNotFound(CallstreamError):
+    status_code = 404
+    code = "delivery_not_found"
+
+
+class DeliveryNotFailed(CallstreamError):
+    status_code = 409
+    code = "delivery_not_failed"
 
 
 class NoAudio(CallstreamError):
@@ -167,6 +180,11 @@ class RedisUnavailable(CallstreamError):
 
     def __init__(self, detail: str = REDIS_DOWN, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail, headers)
+
+
+class NotAcceptable(CallstreamError):
+    status_code = 406
+    code = "not_acceptable"
 
 
 class UnsupportedMediaType(CallstreamError):

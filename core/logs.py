@@ -14,8 +14,9 @@ import logging
 from datetime import UTC, datetime
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-# Libraries whose INFO lines are per job or per request: detail, shown only at DEBUG.
-CHATTY = ("arq", "uvicorn.access")
+# Libraries whose INFO lines are per job or per request: detail, shown only at DEBUG (httpx's
+# name the whole URL: a webhook endpoint's may hold a token).
+CHATTY = ("arq", "uvicorn.access", "httpx")
 # Libraries that bring handlers of their own (uvicorn's log config, arq's CLI): in JSON mode
 # their lines go through the root's handler instead, so every line is JSON.
 OWN_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "arq")

@@ -118,6 +118,25 @@ FLUSH_SECONDS = Histogram(
     "Time to flush one call from Redis to PostgreSQL (and claim it).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+# Webhooks (jobs/webhooks.py): by endpoint, named by its scheme, host and port only (a path or
+# query may hold a token); the endpoints are WEBHOOK_URLS, a bounded set.
+WEBHOOK_DELIVERIES = Counter(
+    "callstream_webhook_deliveries",
+    "Webhook deliveries ended, by endpoint and outcome: delivered (2xx), failed (its retries "
+    "spent: a dead letter), gone (the endpoint answered 410).",
+    ["endpoint", "outcome"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "callstream_webhook_attempts",
+    "Webhook delivery attempts, by endpoint and result: 2xx, 3xx, 4xx, 5xx, timeout, error.",
+    ["endpoint", "result"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "callstream_webhook_delivery_latency_seconds",
+    "From the event (the state's commit) to its delivery's 2xx, retries included, by endpoint.",
+    ["endpoint"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0, 86400.0),
+)
 
 # The hot path looks its label children up once, here, instead of per packet.
 _BY_OUTCOME = {
@@ -193,6 +212,16 @@ def count_completion(reason: str) -> None:
 
 def count_feed_session(transport: str, outcome: str) -> None:
     FEED_SESSIONS.labels(transport, outcome).inc()
+
+
+def count_webhook_attempt(endpoint: str, result: str) -> None:
+    WEBHOOK_ATTEMPTS.labels(endpoint, result).inc()
+
+
+def count_webhook_end(endpoint: str, outcome: str, since_event_s: float | None) -> None:
+    WEBHOOK_DELIVERIES.labels(endpoint, outcome).inc()
+    if outcome == "delivered" and since_event_s is not None:
+        WEBHOOK_LATENCY.labels(endpoint).observe(since_event_s)
 
 
 def count_ai_request(step: str, outcome: str, seconds: float) -> None:

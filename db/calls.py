@@ -26,10 +26,17 @@ async def list_calls(
     state: CallState | None,
     before: tuple[datetime, str] | None,
     limit: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Sequence[Call]:
+    """Newest first, before the keyset `before`, created in [since, until)."""
     query = select(Call).order_by(Call.created_at.desc(), Call.call_id.desc()).limit(limit)
     if state is not None:
         query = query.where(Call.state == state.value)
+    if since is not None:
+        query = query.where(Call.created_at >= since)
+    if until is not None:
+        query = query.where(Call.created_at < until)
     if before is not None:
         query = query.where(tuple_(Call.created_at, Call.call_id) < tuple_(*before))
     return (await session.scalars(query)).all()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from db.outbox import Said, Webhooks, announce_utterances
+
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:call_id, 17))")
 _END = text(
     "SELECT coalesce(max(end_sample), 0) FROM transcript_window"
@@ -52,10 +54,12 @@ async def store_window(
     start: int,
     end: int,
     utterances: Sequence[UtteranceRow],
+    webhooks: Webhooks,
 ) -> bool:
     """Store the track's window [start, end) (samples) and its utterances, in the caller's
-    transaction; False, storing nothing, if the track's transcribed stretch no longer ends at
-    `start` (another run stored this window first)."""
+    transaction, with their `call.utterance` webhooks if `webhooks` wants them; False, storing
+    nothing, if the track's transcribed stretch no longer ends at `start` (another run stored
+    this window first)."""
     await conn.execute(_LOCK, {"call_id": call_id})
     done = await conn.scalar(_END, {"call_id": call_id, "track": track})
     if int(done or 0) != start:
@@ -77,6 +81,11 @@ async def store_window(
                 for u in utterances
             ],
         )
+        said = [
+            Said(u.track, u.start_s, u.end_s, u.text, u.sentiment_label, u.sentiment_score)
+            for u in utterances
+        ]
+        await announce_utterances(conn, call_id, said, webhooks)
     return True
 
 

@@ -6,6 +6,9 @@
 - `write_progress`: AI attempts (and the transcript, once known) of a call the worker holds;
 - `finish`: the final state, the results, the attempts and the transition.
 
+The statements that make a call's announced states (its row created: `call.completed`; ARCHIVED,
+FAILED) write its webhooks in the same statement (db/outbox.py's OUTBOX fragment).
+
 Plain SQL with CTEs rather than ORM sessions, on purpose: a call whose AI answers first time
 costs the worker three statements instead of about twenty (BENCHMARKS.md). Every write after the
 flush is fenced by the claim's epoch and guarded by the state machine (db/states.py).
@@ -22,6 +25,7 @@ from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import Call
+from db.outbox import OUTBOX, EventType, Webhooks
 from db.record import FLUSHED, CallRecord, flushed_columns
 from db.states import CallState, can_transition, sources_of
 
@@ -125,7 +129,7 @@ _FLUSH_NEW_CALL = text(
         FROM live
         ON CONFLICT (call_id) DO NOTHING
         RETURNING call_id
-    ), {_MOVES}
+    ), {_MOVES}, {OUTBOX}
     SELECT count(*) AS created FROM held
     """
 ).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
@@ -138,7 +142,7 @@ _FAIL_NEW_CALL = text(
         VALUES ({", ".join(f":{c}" for c in _REFUSED_CALL_COLUMNS)}, now())
         ON CONFLICT (call_id) DO NOTHING
         RETURNING call_id
-    ), {_MOVES}
+    ), {_MOVES}, {OUTBOX}
     SELECT count(*) FROM held
     """
 ).bindparams(*_typed(_REFUSED_CALL_COLUMNS))
@@ -170,7 +174,7 @@ _FINISH = text(
     ), {_ATTEMPTS}, moves AS (
         INSERT INTO state_transition (call_id, from_state, to_state, at, reason)
         SELECT call_id, :source, :target, now(), :reason FROM held
-    )
+    ), {OUTBOX}
     SELECT count(*) FROM held
     """
 ).bindparams(bindparam("conversation", type_=Call.__table__.c["conversation"].type))
@@ -232,25 +236,31 @@ def _moves(
     }
 
 
-async def flush_new_call(conn: AsyncConnection, live: CallRecord) -> Claim | None:
+async def flush_new_call(
+    conn: AsyncConnection, live: CallRecord, *, webhooks: Webhooks
+) -> Claim | None:
     """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
-    transitions. None if the row exists: a previous run flushed it."""
+    transitions, and its `call.completed` webhooks. None if the row exists: a previous run
+    flushed it."""
     values = _new_row(live, CallState.PROCESSING_AI)
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
-    params = {**values, **moves}
+    params = {**values, **moves, **webhooks.params(EventType.COMPLETED)}
     del params["ai_attempts"]
     if not await conn.scalar(_FLUSH_NEW_CALL, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
 
 
-async def fail_new_call(conn: AsyncConnection, live: CallRecord, reason: str) -> bool:
+async def fail_new_call(
+    conn: AsyncConnection, live: CallRecord, reason: str, *, webhooks: Webhooks
+) -> bool:
     """The row of a call whose flush PostgreSQL refused: FAILED with `reason`, with what Redis
-    knew of the call, and the path it took (REFUSED_PATH). False if the row
-    exists: an earlier run flushed the call (or failed it so, and it was replayed)."""
+    knew of the call, the path it took (REFUSED_PATH) and its `call.failed` webhooks. False if
+    the row exists: an earlier run flushed the call (or failed it so, and it was replayed)."""
     values = {**_new_row(live, CallState.FAILED), "last_error": reason}
     moves = _moves(live, values["completed_at"], REFUSED_PATH, reason)
-    return bool(await conn.scalar(_FAIL_NEW_CALL, {**values, **moves}))
+    announce = webhooks.params(EventType.FAILED)
+    return bool(await conn.scalar(_FAIL_NEW_CALL, {**values, **moves, **announce}))
 
 
 # The largest value of an `integer` column; Redis' counters have no such bound.
@@ -288,6 +298,10 @@ async def write_progress(
     return bool(await conn.scalar(_WRITE_PROGRESS, {**params, **_attempt_arrays(attempts)}))
 
 
+# The event a final state is announced as.
+_ANNOUNCED = {CallState.ARCHIVED: EventType.ARCHIVED, CallState.FAILED: EventType.FAILED}
+
+
 async def finish(
     conn: AsyncConnection,
     claim: Claim,
@@ -299,9 +313,11 @@ async def finish(
     sentiment: tuple[str, float] | None = None,
     last_error: str | None = None,
     conversation: dict[str, Any] | None = None,
+    webhooks: Webhooks,
 ) -> bool:
-    """Move the call to its final state with its results and attempts, fenced by the epoch.
-    `last_error` (the failure reason) overrides the last attempt's error."""
+    """Move the call to its final state with its results and attempts, fenced by the epoch, and
+    write its webhooks (`call.archived`, `call.failed`) with it. `last_error` (the failure
+    reason) overrides the last attempt's error."""
     (source,) = sources_of(target)  # ARCHIVED and FAILED are reached from PROCESSING_AI only
     label, score = sentiment if sentiment is not None else (None, None)
     params = {
@@ -314,6 +330,7 @@ async def finish(
         "label": label,
         "score": score,
         "conversation": conversation,
+        **webhooks.params(_ANNOUNCED[target]),
     }
     arrays = _attempt_arrays(attempts)
     if last_error is not None:

@@ -123,7 +123,7 @@ async def _row_exists(res: WorkerResources, call_id: str) -> bool:
 async def _flush_new(res: WorkerResources, live: CallRecord) -> Held | None:
     """The first flush of a call's row, claimed by this worker; None if the row exists."""
     async with res.autocommit.connect() as conn:
-        claim = await worker_writes.flush_new_call(conn, live)
+        claim = await worker_writes.flush_new_call(conn, live, webhooks=res.webhooks)
     return Held(claim) if claim else None
 
 
@@ -148,7 +148,7 @@ async def _fail_unflushed(res: WorkerResources, live: CallRecord, reason: str) -
 
 async def _write_failed_row(res: WorkerResources, live: CallRecord, reason: str) -> bool:
     async with res.autocommit.connect() as conn:
-        return await worker_writes.fail_new_call(conn, live, reason)
+        return await worker_writes.fail_new_call(conn, live, reason, webhooks=res.webhooks)
 
 
 async def fail_held(res: WorkerResources, claim: Claim, reason: str) -> None:
@@ -156,7 +156,7 @@ async def fail_held(res: WorkerResources, claim: Claim, reason: str) -> None:
     unsaved attempts, a transcript, a sentiment): any of them may be what was refused."""
     async with res.autocommit.connect() as conn:
         failed = await worker_writes.finish(
-            conn, claim, CallState.FAILED, reason, [], last_error=reason
+            conn, claim, CallState.FAILED, reason, [], last_error=reason, webhooks=res.webhooks
         )
     if not failed:
         raise LeaseLost(claim.call_id)

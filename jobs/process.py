@@ -170,6 +170,7 @@ class _Journal:
                 reason,
                 self.attempts,
                 transcript=self.transcript,
+                webhooks=self.res.webhooks,
                 **results,  # type: ignore[arg-type]
             )
         if not finished:

@@ -18,6 +18,7 @@ from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
 from db.object_store import ObjectStore
+from db.outbox import Webhooks
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.ai import AIClient, MockAI
 from jobs.ai_limit import AiLimiter
@@ -48,6 +49,7 @@ class WorkerResources:
     autocommit: AsyncEngine  # the same pool, for statements atomic on their own
     sessions: async_sessionmaker[AsyncSession]
     ai: AIClient
+    webhooks: Webhooks  # who wants which events: written with the states (db/outbox.py)
     objects: ObjectStore | None = None  # AUDIO_STORE_URL: where segments' bytes go
     stages: StageClock = field(default_factory=StageClock)
 
@@ -150,6 +152,12 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         autocommit=autocommit(engine),
         sessions=make_sessionmaker(engine),
         ai=ai or make_ai_client(settings),
+        webhooks=Webhooks(
+            settings.webhook_urls,
+            settings.webhook_events,
+            settings.speaker_names,
+            settings.public_base_url,
+        ),
         objects=ObjectStore(settings.audio_store_url) if settings.audio_store_url else None,
     )
 

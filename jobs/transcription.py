@@ -392,7 +392,7 @@ async def _store(
         for u in found
     ]
     async with res.engine.begin() as conn:
-        if not await transcripts.store_window(conn, call_id, track, *span, rows):
+        if not await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks):
             log.info("%s: a window was transcribed twice; kept the first", call_id,
                      extra=about(call_id))  # fmt: skip
             return 0

@@ -33,6 +33,7 @@ from jobs.queue import FLUSH_SEGMENT, PROCESS_CALL
 from jobs.resources import WorkerResources, make_resources, resources
 from jobs.segments import flush_segment
 from jobs.sweep import complete_idle_calls, complete_overlong_calls, recover_orphaned_calls
+from jobs.webhooks import DeliveryLoop
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -143,12 +144,19 @@ async def startup(ctx: dict[str, Any]) -> None:
         # On a cluster the call's events wait in their shards' outboxes for the relay.
         relay = ctx["feed_relay"] = RelayLoop(FeedRelay(res.redis, feed_limits(settings)))
         relay.start()
+    if settings.webhook_secret.get_secret_value():
+        # Also without WEBHOOK_URLS: rows written before it was emptied are still delivered.
+        delivery = ctx["webhook_delivery"] = DeliveryLoop(res)
+        delivery.start()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     relay = ctx.get("feed_relay")
     if isinstance(relay, RelayLoop):
         await relay.stop()
+    delivery = ctx.get("webhook_delivery")
+    if isinstance(delivery, DeliveryLoop):
+        await delivery.stop()
     res = ctx.get("resources")
     if res is not None:
         log.info("worker stopping: %s", resources(ctx).stages.summary())

@@ -76,8 +76,10 @@ def default_of(field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
-    if isinstance(value, frozenset | set | list | tuple):
+    if isinstance(value, frozenset | set):  # no order of their own: sorted, to be stable
         return f"`{','.join(sorted(map(str, value)))}`" if value else "none"
+    if isinstance(value, list | tuple):  # in their order, which may mean something (delays)
+        return f"`{','.join(map(str, value))}`" if value else "none"
     if isinstance(value, float):
         return f"`{value:g}`"
     if isinstance(value, Enum):

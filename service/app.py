@@ -30,6 +30,7 @@ from service.routes import (
     recording,
     system,
     transcript,
+    webhooks,
 )
 from service.schemas import GATE_RESPONSES
 from settings import Settings, get_settings
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(dashboard.router)
+    app.include_router(webhooks.router)
     return app
 
 

@@ -104,6 +104,32 @@ class CallPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
 
 
+class UtteranceMatch(BaseModel):
+    speaker: str = Field(description="The track's speaker (SPEAKER_NAMES: caller, agent).")
+    track: Track
+    start_s: float = Field(description="Seconds from the start of the call's recording.")
+    end_s: float
+    text: str = Field(description="The utterance, as stored (no markup).")
+    offsets: list[tuple[int, int]] = Field(
+        description="Where `q` matches in `text`: [start, end) of each matching word, in "
+        "characters (Unicode code points); empty without `q`."
+    )
+
+
+class CallFound(CallRecord):
+    matches: list[UtteranceMatch] = Field(
+        description="The call's best few utterances that match (`q`, `speaker`, `sentiment`), "
+        "in time order."
+    )
+
+
+class CallSearchPage(BaseModel):
+    """`GET /v1/calls` with `q`, `speaker` or `sentiment`: the flushed calls that match."""
+
+    items: list[CallFound]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
+
+
 class TransitionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

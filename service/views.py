@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fastapi.exceptions import RequestValidationError
@@ -74,6 +75,19 @@ def _sort_key(status: CallRecord) -> tuple[int, str]:
     return _micros(status.created_at), status.call_id
 
 
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """Calls created in [since, until); either end open when None."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def holds(self, moment: datetime) -> bool:
+        return (self.since is None or moment >= self.since) and (
+            self.until is None or moment < self.until
+        )
+
+
 async def list_calls(
     session: AsyncSession,
     live: LiveCalls,
@@ -81,12 +95,15 @@ async def list_calls(
     cursor: str | None,
     limit: int,
     missing_cap: int,
+    created: TimeRange = TimeRange(),  # frozen: one shared default is safe
 ) -> CallPage:
     """Newest first across both stores, keyset-paginated on (created_at, call_id)."""
     before = decode_cursor(cursor) if cursor else None
-    items = [from_row(r) for r in await calls.list_calls(session, state, before, limit + 1)]
+    rows = await calls.list_calls(session, state, before, limit + 1, created.since, created.until)
+    items = [from_row(r) for r in rows]
     if state is None or state in LIVE_STATES:
-        items += await _live_items(session, live, state, before, limit + 1, missing_cap)
+        found = await _live_items(session, live, state, before, limit + 1, missing_cap, created)
+        items += found
     items.sort(key=_sort_key, reverse=True)
     page = items[:limit]
     next_cursor = None
@@ -102,6 +119,7 @@ async def _live_items(
     before: tuple[datetime, str] | None,
     wanted: int,
     missing_cap: int,
+    created: TimeRange,
 ) -> list[CallRecord]:
     found: list[CallRecord] = []
     keyset = (before[0].timestamp(), before[1]) if before else None
@@ -119,7 +137,11 @@ async def _live_items(
             )
         )
         found += [
-            r for r in records if r.call_id not in flushed and (state is None or r.state == state)
+            r
+            for r in records
+            if r.call_id not in flushed
+            and (state is None or r.state == state)
+            and created.holds(r.created_at)
         ]
     if before is not None:
         bound = (_micros(before[0]), before[1])

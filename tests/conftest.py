@@ -175,7 +175,7 @@ async def empty_stores(redis: Redis, engine: AsyncEngine, settings: Settings) ->
         await conn.execute(
             text(
                 "TRUNCATE call, call_segment, transcript_window, utterance, ai_attempt,"
-                " state_transition CASCADE"
+                " state_transition, webhook_delivery CASCADE"
             )
         )
 

@@ -846,7 +846,9 @@ function render() {
   const now = clock.now();
   const found = Object.keys(TABLES).reduce((sum, name) => sum + renderTable(name, now), 0);
   const term = searchTerm();
-  $("search-note").textContent = term && !found ? `No call matches “${term}”.` : "";
+  const said = $("search-results").childElementCount; // Enter's search of what was said
+  $("search-note").textContent = said ? `Said in ${count(said)} call(s):`
+    : term && !found ? `No call matches “${term}”.` : "";
   $("sys-rate").textContent = rate.perSecond().toFixed(1);
   showFeedAge();
   showCallClock();
@@ -869,6 +871,58 @@ async function lookUp(term) {
     return;
   }
   scheduleRender();
+}
+
+// Enter also searches what was said (GET /v1/calls?q=): each call found with its best match, the
+// matching words marked (from the answer's offsets, as text nodes), linked to the call's page,
+// which then plays the recording from that utterance.
+
+const SEARCH_LIMIT = 20;
+let seekOnOpen = null; // { id, s }: where a search result asked the call's recording to start
+
+async function searchSaid(term) {
+  const list = $("search-results");
+  list.replaceChildren();
+  if (!term) return;
+  let page;
+  try {
+    page = await api(`/v1/calls?q=${encodeURIComponent(term)}&limit=${SEARCH_LIMIT}`);
+  } catch (error) {
+    if (isAuthError(error)) return askForKey(error);
+    $("search-note").textContent = error.message;
+    return;
+  }
+  const found = page.items.filter((call) => call.matches.length);
+  for (const call of found) list.append(searchResult(call, call.matches[0]));
+  scheduleRender(); // the note says how many
+}
+
+function searchResult(call, match) {
+  const link = document.createElement("a");
+  link.href = callHref(call.call_id);
+  link.addEventListener("click", () => (seekOnOpen = { id: call.call_id, s: match.start_s }));
+  link.append(span("who", call.call_id),
+    span("when", ` ${match.speaker} at ${clockText(match.start_s)}: `),
+    marked(match.text, match.offsets));
+  const item = document.createElement("li");
+  item.append(link);
+  return item;
+}
+
+// Offsets count Unicode code points (the API's), not UTF-16 units: cut the text as code points.
+function marked(text, offsets) {
+  const chars = Array.from(text);
+  const said = span("said");
+  let at = 0;
+  for (const [start, end] of offsets) {
+    said.append(chars.slice(at, start).join(""));
+    const mark = document.createElement("mark");
+    mark.textContent = chars.slice(start, end).join("");
+    said.append(mark);
+    at = end;
+  }
+  said.append(chars.slice(at).join(""));
+  return said;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1288,6 +1342,11 @@ function play(wav) {
   callPage.audio.url = URL.createObjectURL(wav);
   player.src = callPage.audio.url;
   player.hidden = false;
+  if (seekOnOpen?.id === callPage.id) {
+    const { s } = seekOnOpen;
+    seekOnOpen = null;
+    playFrom(s); // opened from a search result: from the utterance that matched
+  }
   if (old) {
     player.addEventListener("loadedmetadata", () => {
       player.currentTime = Math.min(at, player.duration || at);
@@ -1472,6 +1531,24 @@ function span(className, ...content) {
   element.className = className;
   element.append(...content);
   return element;
+}
+
+// The transcript as captions (GET .../transcript?format=vtt|srt), fetched with the key into a
+// Blob and saved under the call's name: the key never goes into a URL.
+async function downloadCaptions(format) {
+  const id = callPage.id;
+  try {
+    const response = await fetch(callPath(id, `/transcript?format=${format}`),
+      { headers: authHeaders() });
+    if (!response.ok) throw await apiError(response);
+    const url = URL.createObjectURL(await response.blob());
+    const link = Object.assign(document.createElement("a"), { href: url, download: `${id}.${format}` });
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (error) {
+    if (isAuthError(error)) return askForKey(error);
+    $("call-error").textContent = error.message;
+  }
 }
 
 // The player jumps to the utterance and plays; before the recording's first read has landed
@@ -1712,11 +1789,19 @@ function wireUp() {
     calls.clear();
     askForKey(new ApiError(401, "unauthenticated", "no API key"));
   });
-  $("search").addEventListener("input", scheduleRender);
+  $("search").addEventListener("input", () => {
+    $("search-results").replaceChildren(); // a new term: Enter searches again
+    scheduleRender();
+  });
   window.addEventListener("hashchange", showRoute); // a row's link, the back link, Back/Forward
   $("search").addEventListener("keydown", (event) => {
-    if (event.key === "Enter") lookUp($("search").value.trim());
+    if (event.key !== "Enter") return;
+    const term = $("search").value.trim();
+    lookUp(term).then(() => searchSaid(term));
   });
+  for (const button of [$("download-vtt"), $("download-srt")]) {
+    button.addEventListener("click", () => downloadCaptions(button.dataset.format));
+  }
   // Ages and durations move on with the clock; the feed is watched for silence.
   setInterval(() => {
     scheduleRender();

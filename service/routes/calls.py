@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime
 
+from core.conversation import speaker_names
 from core.errors import CallNotFailed, CallNotFound
 from db import calls
+from db.search import UtteranceFilter
 from db.states import CallState
 from service.conditional import (
     CONDITIONAL_RESPONSES,
@@ -30,12 +34,14 @@ from service.schemas import (
     AttemptOut,
     CallHistory,
     CallPage,
+    CallSearchPage,
     CallStatus,
     CompleteResponse,
     TransitionOut,
     problem_response,
 )
-from service.views import call_status, list_calls
+from service.search import MAX_QUERY_CHARS, search_calls, search_words
+from service.views import TimeRange, call_status, list_calls
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
@@ -121,11 +127,14 @@ async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
     )
 
 
+Sentiment = Literal["positive", "neutral", "negative"]
+
+
 @router.get(
     "",
-    response_model=CallPage,
+    response_model=CallPage | CallSearchPage,
     responses={**CONDITIONAL_RESPONSES, **INVALID_REQUEST},
-    summary="Calls, newest first (keyset-paginated; conditional)",
+    summary="Calls, newest first (keyset-paginated; conditional); search their transcripts",
 )
 async def get_calls(
     res: ResourcesDep,
@@ -136,10 +145,58 @@ async def get_calls(
         str | None,
         Query(pattern=r"^[A-Za-z0-9_-]+$", description="`next_cursor` of the previous page."),
     ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Only calls created at or after this time.")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="Only calls created before this time.")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description="Words said in the call (full-text search of every stored utterance, "
+            'web search syntax: `"exact phrase"`, `or`, `-word`): only calls with a matching '
+            "utterance, each with its best `matches`. Any text is a valid search.",
+        ),
+    ] = None,
+    speaker: Annotated[
+        str | None,
+        Query(
+            description="With `q` (or alone): only utterances of this speaker "
+            "(SPEAKER_NAMES: `caller`, `agent`)."
+        ),
+    ] = None,
+    sentiment: Annotated[
+        Sentiment | None,
+        Query(description="With `q` (or alone): only utterances of this sentiment."),
+    ] = None,
     if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
-    page = await list_calls(session, res.live, state, cursor, limit, res.settings.missing_list_cap)
-    return answer(render(page), parse_if_none_match(if_none_match))
+    created = TimeRange(since, until)
+    words = search_words(q)
+    if words is None and speaker is None and sentiment is None:
+        missing_cap = res.settings.missing_list_cap
+        page = await list_calls(session, res.live, state, cursor, limit, missing_cap, created)
+        return answer(render(page), parse_if_none_match(if_none_match))
+    names = speaker_names(res.settings.speaker_names)
+    wanted = UtteranceFilter(words, track_of(names, speaker), sentiment)
+    found = await search_calls(session, names, wanted, state, created, cursor, limit)
+    return answer(render(found), parse_if_none_match(if_none_match))
+
+
+def track_of(names: dict[int, str], speaker: str | None) -> int | None:
+    if speaker is None:
+        return None
+    for track, name in names.items():
+        if name == speaker:
+            return track
+    problem = {
+        "loc": ("query", "speaker"),
+        "msg": f"speaker must be one of {', '.join(names.values())}",
+        "type": "value_error",
+    }
+    raise RequestValidationError([problem])
 
 
 @router.post(

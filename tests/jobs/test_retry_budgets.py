@@ -198,7 +198,7 @@ async def test_the_final_pass_carries_on_from_a_window_another_pass_stored_first
                 # The live pass stores the first 4 s of the caller's track meanwhile.
                 raced.append(1)
                 async with res.engine.begin() as conn:
-                    await transcripts.store_window(conn, "carry-on", 0, 0, 32000, [])
+                    await transcripts.store_window(conn, "carry-on", 0, 0, 32000, [], res.webhooks)
             return [Spoken(0.0, audio.seconds if hasattr(audio, "seconds") else 0.0, label)]
 
         ready = await transcribe_ready(

@@ -1,0 +1,129 @@
+"""The webhooks' outbox: the rows a state change writes, in its own statement, to announce itself
+(invariant 19: nothing is announced before it is stored, nothing stored goes unannounced).
+
+`OUTBOX` is a CTE fragment for db/worker_writes.py's statements: one row per endpoint, for the
+event their `held` CTE made happen (none when no endpoint wants the event). `call.utterance`
+rows are written with the utterances, in the transaction that stores their window
+(db/transcripts.py), their body fixed then. The workers deliver them all (jobs/webhooks.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.packets import TRACKS
+
+
+class EventType(StrEnum):
+    COMPLETED = "call.completed"
+    ARCHIVED = "call.archived"
+    FAILED = "call.failed"
+    UTTERANCE = "call.utterance"
+
+
+# WEBHOOK_EVENTS' default: a call's result, whichever it is.
+DEFAULT_EVENTS = frozenset({EventType.ARCHIVED, EventType.FAILED})
+
+
+def new_event_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def links(base_url: str | None, call_id: str) -> dict[str, str]:
+    """Where a receiver reads the rest of a call (PUBLIC_BASE_URL; paths without it)."""
+    base = (base_url or "").rstrip("/")
+    return {
+        "self": f"{base}/v1/calls/{call_id}",
+        "transcript": f"{base}/v1/calls/{call_id}/transcript",
+        "recording": f"{base}/v1/calls/{call_id}/audio",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    """An utterance as its `call.utterance` event tells it."""
+
+    track: int
+    start_s: float
+    end_s: float
+    text: str
+    sentiment_label: str
+    sentiment_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Webhooks:
+    """Who wants which events (WEBHOOK_URLS, WEBHOOK_EVENTS), and what an utterance's event
+    names (SPEAKER_NAMES, PUBLIC_BASE_URL)."""
+
+    endpoints: tuple[str, ...] = ()
+    events: frozenset[EventType] = DEFAULT_EVENTS
+    speakers: tuple[str, str] = ("caller", "agent")
+    links_base: str | None = None
+
+    def params(self, event: EventType) -> dict[str, Any]:
+        """The OUTBOX fragment's parameters for `event`: a new id (the `webhook-id` of every
+        attempt, to every endpoint), and the endpoints that want it."""
+        wanted = list(self.endpoints) if event in self.events else []
+        return {"wh_id": new_event_id(), "wh_type": event.value, "wh_urls": wanted}
+
+    def utterance_body(self, call_id: str, said: Said) -> str:
+        data = {
+            "call_id": call_id,
+            "speaker": self.speakers[said.track],
+            "track": TRACKS[said.track].value,
+            "start_s": said.start_s,
+            "end_s": said.end_s,
+            "text": said.text,
+            "sentiment": {"label": said.sentiment_label, "score": said.sentiment_score},
+            "links": links(self.links_base, call_id),
+        }
+        event = {"type": EventType.UTTERANCE.value, "timestamp": datetime.now(UTC).isoformat(),
+                 "data": data}  # fmt: skip
+        return orjson.dumps(event).decode()
+
+
+NO_WEBHOOKS = Webhooks()
+
+OUTBOX = """
+    outbox AS (
+        INSERT INTO webhook_delivery (event_id, event_type, call_id, endpoint)
+        SELECT :wh_id, :wh_type, held.call_id, url
+        FROM held, unnest(CAST(:wh_urls AS text[])) AS url
+    )"""
+
+
+_UTTERANCE_EVENTS = text(
+    """
+    INSERT INTO webhook_delivery (event_id, event_type, call_id, endpoint, body)
+    SELECT e.id, :type, :call_id, url, e.body
+    FROM unnest(CAST(:ids AS text[]), CAST(:bodies AS text[])) AS e(id, body),
+         unnest(CAST(:urls AS text[])) AS url
+    """
+)
+
+
+async def announce_utterances(
+    conn: AsyncConnection, call_id: str, said: Sequence[Said], webhooks: Webhooks
+) -> None:
+    """`call.utterance` rows for each of `said`, in the caller's transaction (the one storing
+    them), if any endpoint wants them; the event's text is the utterance's, and nothing more."""
+    if EventType.UTTERANCE not in webhooks.events or not webhooks.endpoints or not said:
+        return
+    params = {
+        "type": EventType.UTTERANCE.value,
+        "call_id": call_id,
+        "ids": [new_event_id() for _ in said],
+        "bodies": [webhooks.utterance_body(call_id, s) for s in said],
+        "urls": list(webhooks.endpoints),
+    }
+    await conn.execute(_UTTERANCE_EVENTS, params)
