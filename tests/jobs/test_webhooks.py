@@ -247,7 +247,7 @@ async def test_a_receiver_down_for_the_whole_schedule_leaves_a_dead_letter_a_ret
     app = create_asgi(settings)
     async with (
         LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as api,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://localhost") as api,
     ):
         dead = (await api.get("/v1/webhooks/deliveries?state=failed", headers=admin)).json()
         (letter,) = dead["items"]
