@@ -8,7 +8,6 @@ runs it; tests/test_config_docs.py fails when the file is stale.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from enum import Enum
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
+from scripts.generated import write_or_check
 from settings import Settings
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -120,19 +120,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        stale = not TARGET.exists() or TARGET.read_text() != text
-        if stale:
-            print(f"{TARGET} is stale: run `make docs`", file=sys.stderr)
-        return int(stale)
-    TARGET.parent.mkdir(exist_ok=True)
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return write_or_check(TARGET, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

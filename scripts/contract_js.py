@@ -10,7 +10,6 @@ is stale.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from db.feed_events import (
     ResetEvent,
 )
 from db.states import TERMINAL_STATES, CallState
+from scripts.generated import write_or_check
 
 TARGET = Path(__file__).resolve().parent.parent / "service" / "dashboard" / "contract.js"
 
@@ -70,18 +70,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        stale = not TARGET.exists() or TARGET.read_text() != text
-        if stale:
-            print(f"{TARGET} is stale: run `make docs`", file=sys.stderr)
-        return int(stale)
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return write_or_check(TARGET, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
