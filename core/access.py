@@ -86,7 +86,10 @@ RULES = (
     # The dashboard's page and assets hold no data; what they read asks for a key.
     _rule(
         "GET HEAD",
-        r"/dashboard|/dashboard/(contract|dashboard)\.js|/dashboard/dashboard\.css",
+        # Its script modules by name (service/routes/dashboard.py MODULES): no other is open.
+        r"/dashboard|/dashboard/dashboard\.css|/dashboard/"
+        r"(dashboard|contract|api|feed|model|routes|format|dom|board|board-tables|rereads|system"
+        r"|call-page|recording|conversation|talk)\.js",
         OPEN,
     ),
     _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),

@@ -1,5 +1,7 @@
-"""The supervisor's dashboard: one static page and its assets (service/dashboard/): its script,
-the contract the script reads the server's rules from (generated), and its style.
+"""The supervisor's dashboard: one static page and its assets (service/dashboard/): its scripts,
+native ES modules the page's entry module (`dashboard.js`) imports (one of them, `contract.js`,
+generated from the server's rules), and its style. No build step: each module is a file, served
+as it is written.
 
 The page holds no data, so it is served without a key (core/access.py: OPEN); the script asks
 the supervisor for a key and sends it in a header with every read of the API. The headers keep
@@ -68,15 +70,42 @@ async def dashboard_page(if_none_match: IfNoneMatchHeader = None) -> Response:
     return serve(asset("index.html", "text/html; charset=utf-8"), if_none_match)
 
 
-@router.api_route("/dashboard/dashboard.js", methods=["GET", "HEAD"])
-async def dashboard_script(if_none_match: IfNoneMatchHeader = None) -> Response:
-    return serve(asset("dashboard.js", "text/javascript; charset=utf-8"), if_none_match)
+# The page's script modules (service/dashboard/<name>.js), each served at /dashboard/<name>.js. A
+# new module is added here and to the dashboard's rule in core/access.py (which names them, so
+# that no other path under /dashboard is open); tests/service/test_dashboard.py checks that every
+# module the page imports is both.
+MODULES = (
+    "dashboard",  # the entry module: <script type="module"> in index.html
+    "contract",  # generated: scripts/contract_js.py
+    "api",
+    "feed",
+    "model",
+    "routes",
+    "format",
+    "dom",
+    "board",
+    "board-tables",
+    "rereads",
+    "system",
+    "call-page",
+    "recording",
+    "conversation",
+    "talk",
+)
+JAVASCRIPT = "text/javascript; charset=utf-8"
 
 
-@router.api_route("/dashboard/contract.js", methods=["GET", "HEAD"])
-async def dashboard_contract(if_none_match: IfNoneMatchHeader = None) -> Response:
-    """The server's rules the script needs, generated (scripts/contract_js.py)."""
-    return serve(asset("contract.js", "text/javascript; charset=utf-8"), if_none_match)
+def _module_route(name: str) -> None:
+    async def module(if_none_match: IfNoneMatchHeader = None) -> Response:
+        return serve(asset(f"{name}.js", JAVASCRIPT), if_none_match)
+
+    router.add_api_route(
+        f"/dashboard/{name}.js", module, methods=["GET", "HEAD"], name=f"dashboard_{name}_js"
+    )
+
+
+for _name in MODULES:
+    _module_route(_name)
 
 
 @router.api_route("/dashboard/dashboard.css", methods=["GET", "HEAD"])

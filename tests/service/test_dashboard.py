@@ -35,15 +35,16 @@ from service.routes.dashboard import CONTENT_SECURITY_POLICY
 from settings import Settings
 from tests.browser import chromium
 from tests.conftest import ROOT
+from tests.dashboard.modules import page_modules
 from tests.factories import packet
 from tests.fakes import ScriptedAI
 from tests.serving import serving, worker_running
 
+# The page, its style, and every script module it loads (tests/dashboard/modules.py).
 ASSETS = {
     "/dashboard": "text/html; charset=utf-8",
-    "/dashboard/contract.js": "text/javascript; charset=utf-8",
-    "/dashboard/dashboard.js": "text/javascript; charset=utf-8",
     "/dashboard/dashboard.css": "text/css; charset=utf-8",
+    **{f"/dashboard/{m.name}": "text/javascript; charset=utf-8" for m in page_modules()},
 }
 INGEST, SUPERVISOR, ADMIN = "ingest-key-dash", "supervisor-key-dash", "admin-key-dash"
 WAIT_MS = 20_000  # for the page to show what the server did: generous, for a loaded CI machine
@@ -137,23 +138,27 @@ async def test_with_keys_on_the_page_needs_none_but_its_data_and_other_paths_do(
 def test_the_page_loads_only_its_own_files_and_writes_no_server_text_as_html():
     source = ROOT / "service" / "dashboard"
     page = (source / "index.html").read_text()
-    script = (source / "dashboard.js").read_text()
     # The policy refuses inline code and style: the page must not need any.
     for inline in ("<script>", "<style", " style=", " on" + "click="):
         assert inline not in page, inline
     for own in (
-        'src="/dashboard/contract.js"',
-        'src="/dashboard/dashboard.js"',
+        '<script type="module" src="/dashboard/dashboard.js"></script>',
         'href="/dashboard/dashboard.css"',
     ):
         assert own in page, own
-    # The contract first: the script reads the server's rules from it.
-    assert page.index("/dashboard/contract.js") < page.index("/dashboard/dashboard.js")
+    assert page.count("<script") == 1  # the entry module imports the rest
     for remote in ("http://", "https://", "//"):  # no CDN, nothing from elsewhere
         assert remote not in page, remote
-    # What the server says is text: no HTML is ever built from it.
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in script, sink
+    modules = page_modules()
+    assert {m.name for m in modules} >= {"dashboard.js", "contract.js", "feed.js", "model.js"}
+    for module in modules:
+        script = module.read_text()
+        # What the server says is text: no HTML is ever built from it.
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in script, (module.name, sink)
+        # Only the page's own modules, by a relative path: nothing from elsewhere.
+        assert not re.search(r'\bfrom "(?!\./)', script), module.name
+        assert "import(" not in script, module.name
 
 
 # --- the page, in a real browser ----------------------------------------------------------------
@@ -223,6 +228,11 @@ async def connected(page: Page) -> None:
     await expect(page.locator("#feed-status")).to_have_attribute(
         "data-state", "connected", timeout=WAIT_MS
     )
+
+
+async def calls_read(page: Page) -> None:
+    """The board has read the calls and is not reading them again (its data-calls says so)."""
+    await expect(page.locator("#board")).to_have_attribute("data-calls", "read", timeout=WAIT_MS)
 
 
 async def live_counters(page: Page, call_id: str, **expected: str) -> None:
@@ -457,7 +467,8 @@ async def test_the_feed_parser_reads_events_however_the_stream_is_cut_into_chunk
         await connected(page)
         # Every cut into two chunks, and one character at a time: the same events.
         results = await page.evaluate(
-            """(text) => {
+            """async (text) => {
+                const { sseParser } = await import("/dashboard/feed.js");
                 const parse = (chunks) => {
                   const seen = [];
                   const push = sseParser({
@@ -589,7 +600,7 @@ async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
     ):
         await connected(page)
         # The calls read, so this call is known from the feed alone (as on a page left open).
-        await page.wait_for_function("() => snapshot.loadedOnce && !snapshot.loading")
+        await calls_read(page)
         batch = {"packets": [packet(s, f"word-{s}") for s in range(5)]}
         answer = await api.post("/v1/call/stream/call-short/batch", json=batch)
         assert answer.status_code in (200, 202), answer.text
@@ -795,7 +806,7 @@ async def test_a_live_two_track_audio_call_stays_in_progress_with_its_duration_r
     live = settings.model_copy(update={"segment_seconds": 1.0, "ai_attempt_timeout_s": HOLD_S})
     async with callstream(live, ai) as api, dashboard(browser, api) as page:
         await connected(page)
-        await page.wait_for_function("() => snapshot.loadedOnce && !snapshot.loading")
+        await calls_read(page)
         media_url = f"ws://{api.base_url.host}:{api.base_url.port}/v1/call/media"
         async with connect(media_url) as ws:
             call = TwoPartyCall(ws, "call-live-audio")
