@@ -54,6 +54,10 @@ MARKUP = "the problem is <b>resolved</b> great"  # shown as text, never as marku
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
 UNKNOWN = "\u2013"  # what the tables show for a value not known yet (an en dash)
 EN_DASH = "\u2013"  # between an utterance's start and end
+# Why the first call fails: the scripted AI refuses its text, and the reason names the window.
+REFUSED = (
+    "transcription failed permanently: audio format not supported (transcribing the caller's text)"
+)
 
 
 def keyed(settings: Settings, **more: object) -> Settings:
@@ -254,7 +258,7 @@ async def test_a_streamed_call_appears_changes_state_and_shows_its_sentiment_wit
         await stream(api, "call-refused", 0, 1, data="the line is broken")
         await complete(api, "call-refused")
         await expect(cell(page, "failed", "call-refused", "reason")).to_have_text(
-            "transcription failed permanently: audio format not supported", timeout=WAIT_MS
+            REFUSED, timeout=WAIT_MS
         )
 
         # Other calls going on, for the screenshot: their counters come with later packets.
@@ -304,9 +308,7 @@ async def test_a_streamed_call_appears_changes_state_and_shows_its_sentiment_wit
         # A failed row opens its call's page too: why it failed, and no recording of text.
         await row(page, "failed", "call-refused").get_by_role("link", name="call-refused").click()
         await expect(page.locator("#call-state")).to_have_text("FAILED", timeout=WAIT_MS)
-        await expect(page.locator("#call-failure")).to_have_text(
-            "Failed: transcription failed permanently: audio format not supported"
-        )
+        await expect(page.locator("#call-failure")).to_have_text(f"Failed: {REFUSED}")
         await expect(page.locator("#audio-note")).to_have_text(
             "No recording: this call's packets are text, not audio.", timeout=WAIT_MS
         )
@@ -339,7 +341,8 @@ async def test_replay_of_a_failed_call_with_an_admin_key_moves_it_on(
         await complete(api, "call-dead")
         reason = cell(page, "failed", "call-dead", "reason")
         await expect(reason).to_have_text(
-            "transcription failed after 2 attempts: provider down", timeout=WAIT_MS
+            "transcription failed after 2 attempts: provider down (transcribing the caller's text)",
+            timeout=WAIT_MS,
         )
 
         await row(page, "failed", "call-dead").get_by_role("button", name="Replay").click()
