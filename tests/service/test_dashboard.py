@@ -539,6 +539,64 @@ async def test_the_feed_resumes_after_a_drop_with_last_event_id_and_starts_over_
     assert asked[2]["last-event-id"] == "5-0"
 
 
+async def test_a_calls_page_reads_its_feed_with_the_same_reader_resuming_and_reading_afresh(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    # A call's page follows its own feed (?call_id=) with the board's reader (feed.js): after a
+    # drop it resumes with Last-Event-ID, and a `reset` makes it read the whole call again.
+    asked: list[dict[str, str]] = []
+    transcript_reads: list[str] = []
+    real_feed_asked = asyncio.Event()
+    progress = {"type": "progress", "call_id": "call-paged", "state": "IN_PROGRESS"}
+    answers = [
+        f": connected\nretry: 100\n\nid: 7-0\nevent: progress\ndata: {json.dumps(progress)}\n\n",
+        'event: reset\ndata: {"type": "reset", "reason": "trimmed"}\n\n',
+    ]
+
+    async def call_feed(route: Route) -> None:
+        asked.append(await route.request.all_headers())
+        if len(asked) <= len(answers):
+            sse = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+            await route.fulfill(status=200, headers=sse, body=answers[len(asked) - 1])
+        else:  # then the real feed of the call
+            headers = {k: v for k, v in asked[-1].items() if k != "last-event-id"}
+            real_feed_asked.set()
+            await route.continue_(headers=headers)
+
+    async with callstream(settings, ai) as api:
+        await stream(api, "call-paged", 0, 1)
+        async with dashboard(
+            browser, api, route=(re.compile(r"/v1/events\?call_id="), call_feed)
+        ) as page:
+            page.on(
+                "request",
+                lambda r: (
+                    r.url.endswith("/v1/calls/call-paged/transcript")
+                    and transcript_reads.append(r.url)
+                ),
+            )
+            await connected(page)
+            await page.evaluate("location.hash = '#/calls/call-paged'")
+            await expect(page.locator("#call-state")).to_have_text("IN_PROGRESS", timeout=WAIT_MS)
+            # The call's packets (a text call's one track, or the call's total: the last row).
+            packets = page.locator('#tracks-table tbody td[data-key="packets"]').last
+            await expect(packets).to_have_text("2", timeout=WAIT_MS)
+            # The real feed, from the third connection on (it resumes: no read of what came before,
+            # so the packet is sent once it has subscribed): a new packet shows without a reload.
+            await asyncio.wait_for(real_feed_asked.wait(), WAIT_MS / 1000)
+            await expect(page.locator("#call-feed")).to_have_attribute(
+                "data-state", "connected", timeout=WAIT_MS
+            )
+            await expect(page.locator("#call-feed-text")).to_have_text("Live: following this call")
+            await stream(api, "call-paged", 2)
+            await expect(packets).to_have_text("3", timeout=WAIT_MS)
+    assert "last-event-id" not in asked[0]
+    assert asked[1]["last-event-id"] == "7-0"
+    assert asked[2]["last-event-id"] == "7-0"
+    # Read when the page subscribed first, and again after the reset.
+    assert len(transcript_reads) >= 2, transcript_reads
+
+
 HOLD_S = 120.0  # the AI's attempt timeout while HeldAI holds it: longer than any test's look
 # What a speech model would hear in each party's tones (the caller's track 0, the agent's 1),
 # one line a window: the caller unhappy, the agent pleasant (the mock's keyword sentiment).
