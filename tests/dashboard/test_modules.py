@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from tests.dashboard.modules import SOURCE, page_modules
 from tests.needs import missing
 
-HERE = SOURCE.parent.parent / "tests" / "dashboard"
+HERE = Path(__file__).resolve().parent  # the *.test.mjs files
 MAX_LINES = 300  # a module over this does more than one job
 NODE_HINT = "install Node.js 18 or later: `make system-packages` as root (Debian/Ubuntu: nodejs)"
 
