@@ -34,8 +34,9 @@ lock:
 run: $(STAMP)
 	$(BIN)/python -m devstack.run
 
-## The distribution's programs some tests use (Chromium, espeak-ng, sox): apt-get installs them
-## when run as root on Debian/Ubuntu; otherwise it says what is missing (never fails the build).
+## The distribution's programs some tests use (Chromium, Node.js, espeak-ng, sox): apt-get
+## installs them when run as root on Debian/Ubuntu; otherwise it says what is missing (never fails
+## the build).
 system-packages:
 	@scripts/system-packages.sh
 

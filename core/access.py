@@ -88,7 +88,9 @@ RULES = (
     # The dashboard's page and assets hold no data; what they read asks for a key.
     _rule(
         "GET HEAD",
-        r"/dashboard|/dashboard/(contract|dashboard)\.js|/dashboard/dashboard\.css",
+        # Its script modules (service/routes/dashboard.py serves each file of the folder; any
+        # other name is a 404 there).
+        r"/dashboard|/dashboard/dashboard\.css|/dashboard/[a-z][a-z-]*\.js",
         OPEN,
     ),
     _rule("POST", rf"/v1/call/stream/{_ID}(/batch)?", Role.INGEST),

@@ -37,8 +37,7 @@ HEADER = """\
 // (db/feed_events.py) and the WAV header (core/audio.py). Do not edit: change the rule there,
 // then run `make docs`; tests/test_contract_js.py fails while this file is stale.
 //
-// A classic script loaded before dashboard.js: CONTRACT is a global of the page.
-"use strict";
+// An ES module: the dashboard's modules `import { CONTRACT } from "./contract.js"`.
 """
 
 
@@ -66,7 +65,7 @@ def contract() -> dict[str, Any]:
 
 def render() -> str:
     body = json.dumps(contract(), indent=2)
-    return f"{HEADER}const CONTRACT = Object.freeze({body});\n"
+    return f"{HEADER}export const CONTRACT = Object.freeze({body});\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from core.ingestion import CALL_ID_PATTERN
 from db.feed_events import CALL_EVENT_TYPES
 from db.states import CallState
 from scripts.contract_js import TARGET, contract, render
-from tests.conftest import ROOT
+from tests.dashboard.modules import page_modules
 
 
 def test_the_dashboards_contract_is_the_one_the_servers_rules_generate():
@@ -32,10 +32,14 @@ def test_the_contract_names_every_state_every_event_type_and_the_call_id_rule():
     assert written["callIdPattern"] == CALL_ID_PATTERN
 
 
-def test_the_dashboard_script_copies_none_of_the_rules_it_reads_from_the_contract():
-    script = (ROOT / "service" / "dashboard" / "dashboard.js").read_text()
-    for state in CallState:
-        # A state may be named where the page acts on it, never listed as the set of states.
-        assert f'["{state.value}", ' not in script, state
-    assert "A-Za-z0-9" not in script  # the call-id pattern
-    assert not re.search(r"\b(140|44)\b", script)  # the excerpt's length, the WAV header's
+def test_the_dashboard_scripts_copy_none_of_the_rules_they_read_from_the_contract():
+    modules = [m for m in page_modules() if m != TARGET]
+    assert len(modules) > 5
+    for module in modules:
+        script = module.read_text()
+        for state in CallState:
+            # A state may be named where the page acts on it, never listed as the set of states.
+            assert f'["{state.value}", ' not in script, (module.name, state)
+        assert "A-Za-z0-9" not in script, module.name  # the call-id pattern
+        # the excerpt's length, the WAV header's
+        assert not re.search(r"\b(140|44)\b", script), module.name

@@ -3,9 +3,8 @@
 // (db/feed_events.py) and the WAV header (core/audio.py). Do not edit: change the rule there,
 // then run `make docs`; tests/test_contract_js.py fails while this file is stale.
 //
-// A classic script loaded before dashboard.js: CONTRACT is a global of the page.
-"use strict";
-const CONTRACT = Object.freeze({
+// An ES module: the dashboard's modules `import { CONTRACT } from "./contract.js"`.
+export const CONTRACT = Object.freeze({
   "states": [
     "IN_PROGRESS",
     "COMPLETED",

@@ -35,15 +35,16 @@ from service.routes.dashboard import CONTENT_SECURITY_POLICY
 from settings import Settings
 from tests.browser import chromium
 from tests.conftest import ROOT
+from tests.dashboard.modules import page_modules
 from tests.factories import packet
 from tests.fakes import ScriptedAI
 from tests.serving import serving, worker_running
 
+# The page, its style, and every script module it loads (tests/dashboard/modules.py).
 ASSETS = {
     "/dashboard": "text/html; charset=utf-8",
-    "/dashboard/contract.js": "text/javascript; charset=utf-8",
-    "/dashboard/dashboard.js": "text/javascript; charset=utf-8",
     "/dashboard/dashboard.css": "text/css; charset=utf-8",
+    **{f"/dashboard/{m.name}": "text/javascript; charset=utf-8" for m in page_modules()},
 }
 INGEST, SUPERVISOR, ADMIN = "ingest-key-dash", "supervisor-key-dash", "admin-key-dash"
 WAIT_MS = 20_000  # for the page to show what the server did: generous, for a loaded CI machine
@@ -53,6 +54,10 @@ MARKUP = "the problem is <b>resolved</b> great"  # shown as text, never as marku
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
 UNKNOWN = "\u2013"  # what the tables show for a value not known yet (an en dash)
 EN_DASH = "\u2013"  # between an utterance's start and end
+# Why the first call fails: the scripted AI refuses its text, and the reason names the window.
+REFUSED = (
+    "transcription failed permanently: audio format not supported (transcribing the caller's text)"
+)
 
 
 def keyed(settings: Settings, **more: object) -> Settings:
@@ -137,23 +142,27 @@ async def test_with_keys_on_the_page_needs_none_but_its_data_and_other_paths_do(
 def test_the_page_loads_only_its_own_files_and_writes_no_server_text_as_html():
     source = ROOT / "service" / "dashboard"
     page = (source / "index.html").read_text()
-    script = (source / "dashboard.js").read_text()
     # The policy refuses inline code and style: the page must not need any.
     for inline in ("<script>", "<style", " style=", " on" + "click="):
         assert inline not in page, inline
     for own in (
-        'src="/dashboard/contract.js"',
-        'src="/dashboard/dashboard.js"',
+        '<script type="module" src="/dashboard/dashboard.js"></script>',
         'href="/dashboard/dashboard.css"',
     ):
         assert own in page, own
-    # The contract first: the script reads the server's rules from it.
-    assert page.index("/dashboard/contract.js") < page.index("/dashboard/dashboard.js")
+    assert page.count("<script") == 1  # the entry module imports the rest
     for remote in ("http://", "https://", "//"):  # no CDN, nothing from elsewhere
         assert remote not in page, remote
-    # What the server says is text: no HTML is ever built from it.
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in script, sink
+    modules = page_modules()
+    assert {m.name for m in modules} >= {"dashboard.js", "contract.js", "feed.js", "model.js"}
+    for module in modules:
+        script = module.read_text()
+        # What the server says is text: no HTML is ever built from it.
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in script, (module.name, sink)
+        # Only the page's own modules, by a relative path: nothing from elsewhere.
+        assert not re.search(r'\bfrom "(?!\./)', script), module.name
+        assert "import(" not in script, module.name
 
 
 # --- the page, in a real browser ----------------------------------------------------------------
@@ -180,7 +189,9 @@ async def callstream(settings: Settings, ai: ScriptedAI) -> AsyncIterator[AsyncC
 
 @contextlib.asynccontextmanager
 async def dashboard(
-    browser: Browser, api: AsyncClient, route: tuple[str, RouteHandler] | None = None
+    browser: Browser,
+    api: AsyncClient,
+    route: tuple[str | re.Pattern[str], RouteHandler] | None = None,
 ) -> AsyncIterator[Page]:
     """The dashboard in a fresh tab of a laptop-sized window (requests matching `route`'s
     pattern go to its handler); fails the test on a script error."""
@@ -225,6 +236,11 @@ async def connected(page: Page) -> None:
     )
 
 
+async def calls_read(page: Page) -> None:
+    """The board has read the calls and is not reading them again (its data-calls says so)."""
+    await expect(page.locator("#board")).to_have_attribute("data-calls", "read", timeout=WAIT_MS)
+
+
 async def live_counters(page: Page, call_id: str, **expected: str) -> None:
     for key, text in expected.items():
         await expect(cell(page, "live", call_id, key)).to_have_text(text, timeout=WAIT_MS)
@@ -244,7 +260,7 @@ async def test_a_streamed_call_appears_changes_state_and_shows_its_sentiment_wit
         await stream(api, "call-refused", 0, 1, data="the line is broken")
         await complete(api, "call-refused")
         await expect(cell(page, "failed", "call-refused", "reason")).to_have_text(
-            "transcription failed permanently: audio format not supported", timeout=WAIT_MS
+            REFUSED, timeout=WAIT_MS
         )
 
         # Other calls going on, for the screenshot: their counters come with later packets.
@@ -294,9 +310,7 @@ async def test_a_streamed_call_appears_changes_state_and_shows_its_sentiment_wit
         # A failed row opens its call's page too: why it failed, and no recording of text.
         await row(page, "failed", "call-refused").get_by_role("link", name="call-refused").click()
         await expect(page.locator("#call-state")).to_have_text("FAILED", timeout=WAIT_MS)
-        await expect(page.locator("#call-failure")).to_have_text(
-            "Failed: transcription failed permanently: audio format not supported"
-        )
+        await expect(page.locator("#call-failure")).to_have_text(f"Failed: {REFUSED}")
         await expect(page.locator("#audio-note")).to_have_text(
             "No recording: this call's packets are text, not audio.", timeout=WAIT_MS
         )
@@ -329,7 +343,8 @@ async def test_replay_of_a_failed_call_with_an_admin_key_moves_it_on(
         await complete(api, "call-dead")
         reason = cell(page, "failed", "call-dead", "reason")
         await expect(reason).to_have_text(
-            "transcription failed after 2 attempts: provider down", timeout=WAIT_MS
+            "transcription failed after 2 attempts: provider down (transcribing the caller's text)",
+            timeout=WAIT_MS,
         )
 
         await row(page, "failed", "call-dead").get_by_role("button", name="Replay").click()
@@ -457,7 +472,8 @@ async def test_the_feed_parser_reads_events_however_the_stream_is_cut_into_chunk
         await connected(page)
         # Every cut into two chunks, and one character at a time: the same events.
         results = await page.evaluate(
-            """(text) => {
+            """async (text) => {
+                const { sseParser } = await import("/dashboard/feed.js");
                 const parse = (chunks) => {
                   const seen = [];
                   const push = sseParser({
@@ -525,6 +541,59 @@ async def test_the_feed_resumes_after_a_drop_with_last_event_id_and_starts_over_
     assert asked[2]["last-event-id"] == "5-0"
 
 
+async def test_a_calls_page_reads_its_feed_with_the_same_reader_resuming_and_reading_afresh(
+    browser: Browser, settings: Settings, ai: ScriptedAI
+):
+    # A call's page follows its own feed (?call_id=) with the board's reader (feed.js): after a
+    # drop it resumes with Last-Event-ID, and a `reset` makes it read the whole call again.
+    asked: list[dict[str, str]] = []
+    transcript_reads: list[str] = []  # every request's URL, from the page's opening on
+    real_feed_asked = asyncio.Event()
+    progress = {"type": "progress", "call_id": "call-paged", "state": "IN_PROGRESS"}
+    answers = [
+        f": connected\nretry: 100\n\nid: 7-0\nevent: progress\ndata: {json.dumps(progress)}\n\n",
+        'event: reset\ndata: {"type": "reset", "reason": "trimmed"}\n\n',
+    ]
+
+    async def call_feed(route: Route) -> None:
+        asked.append(await route.request.all_headers())
+        if len(asked) <= len(answers):
+            sse = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+            await route.fulfill(status=200, headers=sse, body=answers[len(asked) - 1])
+        else:  # then the real feed of the call
+            headers = {k: v for k, v in asked[-1].items() if k != "last-event-id"}
+            real_feed_asked.set()
+            await route.continue_(headers=headers)
+
+    async with callstream(settings, ai) as api:
+        await stream(api, "call-paged", 0, 1)
+        async with dashboard(
+            browser, api, route=(re.compile(r"/v1/events\?call_id="), call_feed)
+        ) as page:
+            page.on("request", lambda r: transcript_reads.append(r.url))
+            await connected(page)
+            await page.evaluate("location.hash = '#/calls/call-paged'")
+            await expect(page.locator("#call-state")).to_have_text("IN_PROGRESS", timeout=WAIT_MS)
+            # The call's packets (a text call's one track, or the call's total: the last row).
+            packets = page.locator('#tracks-table tbody td[data-key="packets"]').last
+            await expect(packets).to_have_text("2", timeout=WAIT_MS)
+            # The real feed, from the third connection on (it resumes: no read of what came before,
+            # so the packet is sent once it has subscribed): a new packet shows without a reload.
+            await asyncio.wait_for(real_feed_asked.wait(), WAIT_MS / 1000)
+            await expect(page.locator("#call-feed")).to_have_attribute(
+                "data-state", "connected", timeout=WAIT_MS
+            )
+            await expect(page.locator("#call-feed-text")).to_have_text("Live: following this call")
+            await stream(api, "call-paged", 2)
+            await expect(packets).to_have_text("3", timeout=WAIT_MS)
+    assert "last-event-id" not in asked[0]
+    assert asked[1]["last-event-id"] == "7-0"
+    assert asked[2]["last-event-id"] == "7-0"
+    # Read when the page subscribed first, and again after the reset.
+    transcript = [u for u in transcript_reads if u.endswith("/v1/calls/call-paged/transcript")]
+    assert len(transcript) >= 2, transcript_reads
+
+
 HOLD_S = 120.0  # the AI's attempt timeout while HeldAI holds it: longer than any test's look
 # What a speech model would hear in each party's tones (the caller's track 0, the agent's 1),
 # one line a window: the caller unhappy, the agent pleasant (the mock's keyword sentiment).
@@ -589,7 +658,7 @@ async def test_a_short_calls_counters_show_while_the_ai_works_and_once_finished(
     ):
         await connected(page)
         # The calls read, so this call is known from the feed alone (as on a page left open).
-        await page.wait_for_function("() => snapshot.loadedOnce && !snapshot.loading")
+        await calls_read(page)
         batch = {"packets": [packet(s, f"word-{s}") for s in range(5)]}
         answer = await api.post("/v1/call/stream/call-short/batch", json=batch)
         assert answer.status_code in (200, 202), answer.text
@@ -795,7 +864,7 @@ async def test_a_live_two_track_audio_call_stays_in_progress_with_its_duration_r
     live = settings.model_copy(update={"segment_seconds": 1.0, "ai_attempt_timeout_s": HOLD_S})
     async with callstream(live, ai) as api, dashboard(browser, api) as page:
         await connected(page)
-        await page.wait_for_function("() => snapshot.loadedOnce && !snapshot.loading")
+        await calls_read(page)
         media_url = f"ws://{api.base_url.host}:{api.base_url.port}/v1/call/media"
         async with connect(media_url) as ws:
             call = TwoPartyCall(ws, "call-live-audio")
