@@ -323,6 +323,6 @@ async def test_packets_that_are_not_audio_fail_the_call_for_good_with_the_reason
     assert call["state"] == "FAILED"
     assert call["last_error"] == (
         "transcription failed permanently: the call's audio cannot be decoded: "
-        "packet 0's data is not base64"
+        "packet 0's data is not base64 (transcribing the caller's text)"
     )
     assert call["ai_attempts"] == 1  # never retried
