@@ -351,6 +351,28 @@ class Settings(BaseSettings):
         description="the longest wait between job retries while PostgreSQL or Redis is down",
     )
 
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        json_schema_extra=_group("Privacy"),
+        description="erase a finished call (everything it left, as `DELETE /v1/calls/{id}` "
+        "does) this many days after it started; unset: kept for ever ([Privacy](privacy.md))",
+    )
+    audio_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="erase a finished call's recording (audio rows and objects) this many days "
+        "after it started; its transcript and figures stay, and it says `audio_erased_at`; "
+        "unset: kept for ever",
+    )
+    retention_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="the most calls (and, apart, recordings) retention erases per run of the "
+        "workers' erasure upkeep (once a minute)",
+    )
+
     log_level: str = Field(
         "INFO",
         json_schema_extra=_group("Logs"),

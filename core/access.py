@@ -73,6 +73,8 @@ RULES = (
     _rule("WEBSOCKET", r"/v1/call/media", Role.INGEST),
     _rule("GET HEAD", rf"/v1/calls(/{_ID}(/history|/audio|/transcript)?)?", Role.SUPERVISOR),
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
+    _rule("DELETE", rf"/v1/calls/{_ID}", Role.ADMIN),
+    _rule("GET HEAD", r"/v1/erasures", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
     _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR),
     _rule("WEBSOCKET", r"/ws/supervisor", Role.SUPERVISOR),

@@ -114,3 +114,30 @@ def segment_enqueuer(queue: QueueClient) -> Callable[[str, int], Awaitable[bool]
     """enqueue_flush_segment bound to the queue: what core's Ingestion calls when a live call's
     tail is due."""
     return partial(enqueue_flush_segment, queue)
+
+
+ERASE_CALL = "erase_call"
+# An erasure's job id: its own kind, what it erases ("call" or "audio") and the call. arq keeps
+# no result (WorkerSettings.keep_result = 0), so a finished erasure's id can be queued again.
+ERASE_JOB_PREFIX = "erase:"
+
+
+def erase_job_id(call_id: str, scope: str) -> str:
+    return f"{ERASE_JOB_PREFIX}{scope}:{call_id}"
+
+
+async def enqueue_erasure(
+    queue: ArqRedis, call_id: str, scope: str, defer_s: float | None = None
+) -> bool:
+    """Queue the erasure of the call (scope "call") or of its recording (scope "audio"); one job
+    per call and scope at a time (a second enqueue is a no-op). False if it was queued already."""
+    job = await queue.enqueue_job(
+        ERASE_CALL, call_id, scope, _job_id=erase_job_id(call_id, scope), _defer_by=defer_s
+    )
+    return job is not None
+
+
+async def call_job_pending(queue: ArqRedis, call_id: str) -> bool:
+    """The call's processing job is queued or running (arq's job or in-progress key exists)."""
+    job_id = call_job_id(call_id)
+    return bool(await queue.exists(job_key_prefix + job_id, in_progress_key_prefix + job_id))

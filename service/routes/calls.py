@@ -35,7 +35,7 @@ from service.schemas import (
     TransitionOut,
     problem_response,
 )
-from service.views import call_status, list_calls
+from service.views import call_status, list_calls, refuse_erased, retained
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
@@ -98,19 +98,20 @@ async def _status_body(res: ApiResources, call_id: str) -> bytes:
         found = await call_status(session, res.live, call_id, res.settings.missing_list_cap)
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
-    return render(found)
+    return render(retained(found, res.settings))
 
 
 @router.get(
     "/{call_id}/history",
     response_model=CallHistory,
     responses={
-        404: problem_response("Not (yet) in PostgreSQL."),
+        404: problem_response("Not (yet) in PostgreSQL, or erased (`call_erased`)."),
         **INVALID_REQUEST,
     },
     summary="Every state transition and AI attempt of a flushed call",
 )
 async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
+    await refuse_erased(session, call_id)
     transitions, attempts = await calls.history(session, call_id)
     if not transitions:
         raise CallNotFound(f"call {call_id} has no history in PostgreSQL (unknown or still live)")
@@ -139,6 +140,7 @@ async def get_calls(
     if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     page = await list_calls(session, res.live, state, cursor, limit, res.settings.missing_list_cap)
+    page.items = [retained(c, res.settings) for c in page.items]
     return answer(render(page), parse_if_none_match(if_none_match))
 
 
@@ -157,6 +159,8 @@ async def retry_call(
     call_id: CallId, res: ResourcesDep, session: SessionDep, request: Request
 ) -> CompleteResponse:
     """FAILED -> COMPLETED with a fresh attempt budget, then re-enqueued; exactly once."""
+    await refuse_erased(session, call_id)
+    await session.commit()  # the replay's transaction starts afresh
     async with session.begin():
         replayed = await calls.replay_failed(session, call_id)
         current = None if replayed else await calls.get_call(session, call_id)
