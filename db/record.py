@@ -165,6 +165,8 @@ WORKER_FIELDS = frozenset(
         "audio_erased_at",  # written by an erasure of its recording
     }
 )
+# Computed when the record is read (with_retention, from the settings), stored nowhere.
+DERIVED_FIELDS = frozenset({"audio_erase_at", "erase_at"})
 # Hash fields the scripts keep for their own bookkeeping, not part of the record.
 # last_packet_at: when the call last sent a new packet (the idle sweep's clock);
 # data_bytes: the data bytes of its stored packets (the MAX_CALL_BYTES cap);

@@ -50,10 +50,8 @@ async def erase(res: WorkerResources, call_id: str, scope: Scope) -> bool:
     if entry.erased_at is not None:
         return True
     redis = CallRedis(res.redis)
-    if scope is Scope.CALL:
-        if await redis.state(call_id) == CallState.IN_PROGRESS:
-            await res.ingestion.complete(call_id, "erasure", actor=entry.requested_by)
-        await redis.tombstone(call_id)
+    if scope is Scope.CALL:  # done when it was asked for; again, in case that was cut short
+        await erasure.stop_call(res.ingestion, res.redis, call_id, entry.requested_by)
     if await _worked_on(res, redis, call_id):
         raise CallBusy(call_id)
     if res.objects is not None:
@@ -107,7 +105,14 @@ async def upkeep(res: WorkerResources, now: datetime | None = None) -> UpkeepRun
             due = await erasures.due(session, scope, now - timedelta(days=days), s.retention_batch)
         for call_id in due:
             await erasure.ask(
-                res.sessions, enqueue, call_id, scope, Reason.RETENTION, erasure.RETENTION_ACTOR
+                res.sessions,
+                enqueue,
+                res.ingestion,
+                res.redis,
+                call_id,
+                scope,
+                Reason.RETENTION,
+                erasure.RETENTION_ACTOR,
             )
         asked[scope] = len(due)
     async with res.sessions() as session:

@@ -95,7 +95,7 @@ async def read_ledger(source: str, api_key: str | None) -> list[LedgerEntry]:
     """Every entry of the ledger at `source`: a file, or an http(s) URL read page by page."""
     if urlsplit(source).scheme not in ("http", "https"):
         try:
-            raw = Path(source).read_bytes()
+            raw = await asyncio.to_thread(Path(source).read_bytes)
         except OSError as exc:
             raise LedgerUnreadable(f"cannot read {source}: {exc.strerror}") from None
         return parse_ledger(raw)[0]
@@ -130,6 +130,8 @@ async def replay(settings: Settings, entries: Sequence[LedgerEntry]) -> ReplayRe
             await erasure.ask(
                 res.sessions,
                 enqueue,
+                res.ingestion,
+                res.redis,
                 entry.call_id,
                 entry.scope,
                 entry.reason,

@@ -58,6 +58,8 @@ async def delete_call(
     entry = await erasure.ask(
         res.sessions,
         partial(enqueue_erasure, res.queue),
+        res.ingestion,
+        res.redis,
         call_id,
         Scope.CALL,
         Reason.REQUEST,
