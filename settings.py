@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.redaction import Entity, parse_entities
 from db.object_store import StoreAddress
 from db.redis_client import is_cluster_url
 
@@ -372,6 +373,18 @@ class Settings(BaseSettings):
         description="the most calls (and, apart, recordings) retention erases per run of the "
         "workers' erasure upkeep (once a minute)",
     )
+    redact_pii: Literal["off", "transcript", "transcript,audio"] = Field(
+        "off",
+        description="personal data in what calls say: `transcript` replaces it in the text "
+        "(`[CARD_NUMBER]`...) before it is stored, `transcript,audio` also silences it in the "
+        "recording; the recogniser is core/redaction.py ([Privacy](privacy.md)); not yet wired "
+        "into the transcription path: see privacy.md",
+    )
+    redact_pii_entities: str = Field(
+        "all",
+        description="which personal data `REDACT_PII` redacts: `all`, or some of card_number, "
+        "card_expiry, card_security_code, phone_number, email, us_ssn (comma-separated)",
+    )
 
     log_level: str = Field(
         "INFO",
@@ -391,6 +404,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("redact_pii_entities")
+    @classmethod
+    def _known_entities(cls, value: str) -> str:
+        parse_entities(value)  # says which names are unknown
+        return value
+
+    @property
+    def pii_entities(self) -> frozenset[Entity]:
+        """REDACT_PII_ENTITIES, parsed: what core/redaction.py's redact() is given."""
+        return parse_entities(self.redact_pii_entities)
 
     @field_validator("audio_store_url")
     @classmethod
