@@ -3,6 +3,7 @@ and retention, against the suite's real PostgreSQL and Redis and a real arq work
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cli import main as cli_main
 from db.erasures import CALL_TABLES, Scope
 from db.events import parse
 from db.forget import ERASED
@@ -24,10 +26,10 @@ from db.keys import EVENTS, call_keys
 from db.packets import NewPacket
 from jobs.erasure import erase, upkeep
 from jobs.ledger_replay import main as replay_main
-from jobs.ledger_replay import read_ledger, replay
+from jobs.ledger_replay import read_ledger
 from jobs.resources import WorkerResources, make_resources
 from service.app import create_asgi
-from settings import Settings
+from settings import Settings, get_settings
 from tests.conftest import drain_queue, make_settings
 from tests.factories import complete, scalar, send
 from tests.fakes import ScriptedAI
@@ -302,6 +304,8 @@ async def test_replaying_the_ledger_after_a_restore_erases_those_calls_again(
     redis: Redis,
     settings: Settings,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ):
     await archived(client, run_worker, "first", "second", "stays")
     await back_up(engine, ["first", "second", "stays"])
@@ -316,10 +320,19 @@ async def test_replaying_the_ledger_after_a_restore_erases_those_calls_again(
 
     await restore(engine)
     assert (await client.get("/v1/calls/first")).status_code == 200  # restored
-    entries = await read_ledger(str(ledger_file), None)
-    report = await replay(settings, entries)
+    # `callstream erase --replay-ledger FILE`, with its stores from the environment.
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    get_settings.cache_clear()
+    try:
+        exit_code = await asyncio.to_thread(
+            cli_main, ["erase", "--replay-ledger", str(ledger_file)]
+        )
+    finally:
+        get_settings.cache_clear()
 
-    assert (report.erased, report.left_to_workers) == (2, 0)
+    assert exit_code == 0
+    assert "2 ledger entries replayed: 2 erased again" in capsys.readouterr().out
     for call_id in ("first", "second"):
         await assert_nothing_left(engine, redis, call_id)
         await assert_every_read_is_erased(client, call_id)
