@@ -28,11 +28,19 @@ from db import calls, erasures
 from db.erasures import Reason, Scope
 from db.forget import CallRedis
 from db.states import WORKER_STATES, CallState
-from jobs.queue import call_job_pending, enqueue_erasure
+from jobs.queue import (
+    call_job_pending,
+    enqueue_erasure,
+    in_progress_ttl_s,
+    release_dead_erasure,
+)
 from jobs.resources import WorkerResources
 
 log = logging.getLogger(__name__)
 PENDING_BATCH = 500  # unfinished erasures queued again per upkeep run
+# An erasure's job is cancelled past this (deleting a call takes seconds): far shorter than a
+# call's job, so that the upkeep soon tells an erasure whose worker died from a running one.
+ERASE_TIMEOUT_S = 120
 
 
 class CallBusy(Exception):
@@ -92,8 +100,9 @@ class UpkeepRun:
 
 async def upkeep(res: WorkerResources, now: datetime | None = None) -> UpkeepRun:
     """Retention (RETENTION_DAYS, AUDIO_RETENTION_DAYS; off by default), a bounded batch
-    (RETENTION_BATCH) of each per run, then every unfinished erasure queued again (a no-op for
-    one whose job is queued or running)."""
+    (RETENTION_BATCH) of each per run, then every unfinished erasure queued again: a no-op for
+    one whose job is queued or running, and the job of one whose worker died mid-way made
+    runnable again (release_dead_erasure)."""
     now = now or datetime.now(UTC)
     s = res.settings
     enqueue = partial(enqueue_erasure, res.queue)
@@ -117,9 +126,17 @@ async def upkeep(res: WorkerResources, now: datetime | None = None) -> UpkeepRun
         asked[scope] = len(due)
     async with res.sessions() as session:
         unfinished = await erasures.pending(session, now, PENDING_BATCH)
+    marker_ttl_s = in_progress_ttl_s(max(s.job_timeout_s, ERASE_TIMEOUT_S))
     requeued = 0
     for entry in unfinished:
-        requeued += bool(await enqueue(entry.call_id, entry.scope.value))
+        released = await release_dead_erasure(
+            res.queue,
+            entry.call_id,
+            entry.scope.value,
+            marker_ttl_s=marker_ttl_s,
+            job_timeout_s=ERASE_TIMEOUT_S,
+        )
+        requeued += released or bool(await enqueue(entry.call_id, entry.scope.value))
     if any(asked.values()) or requeued:
         log.info(
             "erasure upkeep: retention asked for %d calls and %d recordings; %d unfinished "

@@ -141,3 +141,26 @@ async def call_job_pending(queue: ArqRedis, call_id: str) -> bool:
     """The call's processing job is queued or running (arq's job or in-progress key exists)."""
     job_id = call_job_id(call_id)
     return bool(await queue.exists(job_key_prefix + job_id, in_progress_key_prefix + job_id))
+
+
+def in_progress_ttl_s(longest_job_timeout_s: float) -> float:
+    """How long arq's in-progress marker of a job lives from the moment a worker takes the job:
+    arq's Worker.in_progress_timeout_s, its longest job timeout + 10 s. It is never renewed."""
+    return longest_job_timeout_s + 10
+
+
+async def release_dead_erasure(
+    queue: ArqRedis, call_id: str, scope: str, *, marker_ttl_s: float, job_timeout_s: float
+) -> bool:
+    """Make an erasure whose worker died mid-way runnable again, now rather than when arq's
+    marker expires: a marker older than the job's timeout belongs to a dead worker (a live one
+    would have finished the job or cancelled it by then). The job is still in the queue, so
+    deleting the marker lets any worker take it. True if it was released."""
+    key = in_progress_key_prefix + erase_job_id(call_id, scope)
+    left_ms = await queue.pttl(key)
+    if left_ms < 0:
+        return False  # not running
+    running_s = marker_ttl_s - left_ms / 1000
+    if running_s <= job_timeout_s + 5:
+        return False
+    return bool(await queue.delete(key))

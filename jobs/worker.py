@@ -25,7 +25,7 @@ from db.feed_relay import FeedRelay
 from db.outages import is_outage
 from db.redis_client import is_cluster
 from jobs import polling, resilience
-from jobs.erasure import CallBusy, erase, upkeep
+from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
 from jobs.process import process_call
 from jobs.queue import ERASE_CALL, FLUSH_SEGMENT, PROCESS_CALL
@@ -146,7 +146,7 @@ def make_functions(job_timeout_s: int) -> list[Function]:
         func(process_call_job, name=PROCESS_CALL, timeout=job_timeout_s, max_tries=1000),
         # A segment that cannot be flushed is not lost: the call's final flush stores it.
         func(flush_segment_job, name=FLUSH_SEGMENT, timeout=job_timeout_s, max_tries=20),
-        func(erase_call_job, name=ERASE_CALL, timeout=job_timeout_s, max_tries=ERASE_MAX_TRIES),
+        func(erase_call_job, name=ERASE_CALL, timeout=ERASE_TIMEOUT_S, max_tries=ERASE_MAX_TRIES),
     ]
 
 

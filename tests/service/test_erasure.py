@@ -24,9 +24,10 @@ from db.events import parse
 from db.forget import ERASED
 from db.keys import EVENTS, call_keys
 from db.packets import NewPacket
-from jobs.erasure import erase, upkeep
+from jobs.erasure import ERASE_TIMEOUT_S, erase, upkeep
 from jobs.ledger_replay import main as replay_main
 from jobs.ledger_replay import read_ledger
+from jobs.queue import IN_PROGRESS_KEY_PREFIX, erase_job_id, in_progress_ttl_s
 from jobs.resources import WorkerResources, make_resources
 from service.app import create_asgi
 from settings import Settings, get_settings
@@ -167,7 +168,7 @@ async def test_deleting_an_unknown_call_is_404_and_records_nothing(
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
 
 
-async def test_a_worker_killed_mid_erasure_finishes_it_on_the_next_run(
+async def test_an_erasure_job_that_died_mid_way_is_finished_by_the_next_run(
     client: AsyncClient,
     run_worker: Any,
     engine: AsyncEngine,
@@ -181,7 +182,7 @@ async def test_a_worker_killed_mid_erasure_finishes_it_on_the_next_run(
     async def killed(self: object, call_id: str) -> None:
         raise RuntimeError("the worker died here")
 
-    # The worker dies after PostgreSQL's rows went and before Redis' keys did: its job is over.
+    # The job dies after PostgreSQL's rows went and before Redis' keys did: it has failed.
     monkeypatch.setattr("db.forget.CallRedis.forget", killed)
     await run_worker()
     assert await rows_left(engine, "cut") == {}
@@ -196,6 +197,45 @@ async def test_a_worker_killed_mid_erasure_finishes_it_on_the_next_run(
     assert run.requeued == 1
     assert (await client.delete("/v1/calls/cut")).status_code == 204
     await assert_nothing_left(engine, redis, "cut")
+
+
+async def test_an_erasure_whose_worker_was_killed_is_taken_up_again_by_the_upkeep(
+    client: AsyncClient,
+    run_worker: Any,
+    engine: AsyncEngine,
+    redis: Redis,
+    queue: Redis,
+    worker_resources: WorkerResources,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    await archived(client, run_worker, "killed")
+    assert (await client.delete("/v1/calls/killed")).status_code == 202
+    # What a worker SIGKILLed mid-erasure leaves: the job queued, arq's in-progress marker
+    # (set when it took the job, never renewed), part of the erasure done, the ledger unfinished.
+    marker = IN_PROGRESS_KEY_PREFIX + erase_job_id("killed", "call")
+    full_ttl = in_progress_ttl_s(max(worker_resources.settings.job_timeout_s, ERASE_TIMEOUT_S))
+
+    async def killed(self: object, call_id: str) -> None:
+        raise RuntimeError("SIGKILL")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("db.forget.CallRedis.forget", killed)
+        with pytest.raises(RuntimeError):
+            await erase(worker_resources, "killed", Scope.CALL)
+    # Taken a moment ago: it may still run; the upkeep leaves it alone.
+    await queue.psetex(marker, int(full_ttl * 1000) - 1000, b"1")
+    assert (await upkeep(worker_resources)).requeued == 0
+    assert await queue.exists(marker)
+    # Taken longer ago than an erasure may run: its worker is dead.
+    await queue.psetex(marker, int((full_ttl - ERASE_TIMEOUT_S - 30) * 1000), b"1")
+
+    run = await upkeep(worker_resources)
+    await run_worker()
+
+    assert run.requeued == 1
+    assert not await queue.exists(marker)
+    assert (await client.delete("/v1/calls/killed")).status_code == 204
+    await assert_nothing_left(engine, redis, "killed")
 
 
 @pytest.fixture
