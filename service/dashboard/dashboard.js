@@ -1081,8 +1081,10 @@ async function readCallStatus(generation) {
   } catch (error) {
     if (!onPage(generation) || !latest()) return;
     if (isAuthError(error)) return askForKey(error);
-    $("call-error").textContent = error.status === 404
-      ? `No call has the id “${callPage.id}”.` : `The call could not be read: ${error.message}`;
+    $("call-error").textContent = error.code === "call_erased"
+      ? `The call “${callPage.id}” was erased.`
+      : error.status === 404
+        ? `No call has the id “${callPage.id}”.` : `The call could not be read: ${error.message}`;
   }
 }
 
@@ -1096,6 +1098,11 @@ function showCallRecord(record) {
   $("call-started").textContent = timeText(seconds(record.created_at)) || "–";
   $("call-completed").textContent = timeText(seconds(record.completed_at)) || "–";
   $("call-finished").textContent = timeText(seconds(record.finished_at)) || "–";
+  // Retention (AUDIO_RETENTION_DAYS, RETENTION_DAYS): when the recording and the call will go.
+  $("call-audio-kept").textContent = record.audio_erased_at
+    ? `erased ${timeText(seconds(record.audio_erased_at))}`
+    : record.audio_erase_at ? `until ${timeText(seconds(record.audio_erase_at))}` : "kept";
+  $("call-kept").textContent = timeText(seconds(record.erase_at)) || "no limit";
   $("call-reason").textContent = record.completion_reason ?? "–";
   $("call-attempts").textContent = count(record.ai_attempts);
   const sentiment = record.sentiment;
@@ -1309,6 +1316,7 @@ async function wavShape(blob) {
 
 function audioProblem(error) {
   if (error.code === "no_audio") return "No recording: this call's packets are text, not audio.";
+  if (error.code === "audio_erased") return "No recording: it was erased (retention).";
   if (error.status === 404) return "No recording of this call.";
   return `The recording could not be read: ${error.message}`;
 }
