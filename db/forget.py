@@ -60,18 +60,22 @@ class CallRedis:
                 pipe.zrem(index, call_id)
             await execute(pipe)
 
-    async def forget_events(self, call_id: str) -> int:
+    async def forget_events(
+        self, call_id: str, from_ms: int | None = None, to_ms: int | None = None
+    ) -> int:
         """Delete the call's events from the live feed (and, on a cluster, from its shard's
-        outbox, where they wait for the relay); returns how many. The feed is capped
-        (EVENTS_MAX_LEN), so this reads a bounded number of pages."""
+        outbox, where they wait for the relay); returns how many. Event ids are times: with
+        the call's bounds (`from_ms`, `to_ms`, epoch ms) only that stretch is read, so erasing
+        an old call costs one read once the capped feed (EVENTS_MAX_LEN) has moved past it."""
         streams = [EVENTS]
         if is_cluster(self.redis):
             streams.append(feed_key(self.redis, call_id))
+        last = "+" if to_ms is None else str(to_ms)
         gone = 0
         for stream in streams:
-            start = "-"
+            start = "-" if from_ms is None else str(from_ms)
             while True:
-                entries = await self.redis.xrange(stream, min=start, max="+", count=FEED_PAGE)
+                entries = await self.redis.xrange(stream, min=start, max=last, count=FEED_PAGE)
                 if not entries:
                     break
                 mine = [e.id for e in parse(entries) if e.call_id == call_id]

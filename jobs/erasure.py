@@ -64,6 +64,7 @@ async def erase(res: WorkerResources, call_id: str, scope: Scope) -> bool:
         raise CallBusy(call_id)
     if res.objects is not None:
         await res.objects.delete_call(call_id)
+    events_from_ms, events_to_ms = await _event_bounds(res, call_id)
     now = datetime.now(UTC)
     async with res.engine.begin() as conn:
         if scope is Scope.CALL:
@@ -72,12 +73,31 @@ async def erase(res: WorkerResources, call_id: str, scope: Scope) -> bool:
             rows = await erasures.delete_audio_rows(conn, call_id, now)
     if scope is Scope.CALL:
         await redis.forget(call_id)
-        events = await redis.forget_events(call_id)
+        events = await redis.forget_events(call_id, events_from_ms, events_to_ms)
     async with res.sessions() as session, session.begin():
         await erasures.finish(session, call_id, scope, now)
     what = f"{rows} rows" + (f", {events} feed events" if scope is Scope.CALL else "")
     log.info("%s: %s erased (%s)", call_id, scope, what, extra=about(call_id))
     return True
+
+
+# The feed's events of a call lie between its start and shortly after its final state (its
+# final events go out with its release, which the erasure waited for); the margins are wide.
+EVENTS_BEFORE_S = 60
+EVENTS_AFTER_S = 3600
+
+
+async def _event_bounds(res: WorkerResources, call_id: str) -> tuple[int | None, int | None]:
+    """Where the call's events lie in the feed, in epoch ms, from its row; (None, None) (the
+    whole feed) without one: a live call never flushed, or a re-run after its rows went."""
+    async with res.sessions() as session:
+        row = await calls.get_call(session, call_id)
+    if row is None:
+        return None, None
+    first = int((row.created_at.timestamp() - EVENTS_BEFORE_S) * 1000)
+    if row.finished_at is None:
+        return first, None
+    return first, int((row.finished_at.timestamp() + EVENTS_AFTER_S) * 1000)
 
 
 async def _worked_on(res: WorkerResources, redis: CallRedis, call_id: str) -> bool:
