@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cli import main as cli_main
+from core.access import Role, key_id
 from db.erasures import CALL_TABLES, Scope
 from db.events import parse
 from db.forget import ERASED
@@ -34,6 +35,8 @@ from settings import Settings, get_settings
 from tests.conftest import drain_queue, make_settings
 from tests.factories import complete, scalar, send
 from tests.fakes import ScriptedAI
+from tests.service.test_access import KEYS
+from tests.service.test_access import keyed as keyed_settings
 from tests.service.test_object_store import BUCKET, objects_in
 
 # The object-store tests' fixtures: a real S3 HTTP server (moto) and a bucket in it.
@@ -484,3 +487,28 @@ async def test_erasing_a_call_deletes_its_objects_in_the_store_the_unnamed_ones_
         await res.close()
         async with engine.begin() as conn:  # no row may name an object of a stopped server
             await conn.execute(text("DELETE FROM call_segment WHERE object_key IS NOT NULL"))
+
+
+async def test_only_an_admin_key_erases_and_the_ledger_names_its_id_never_the_key(
+    settings: Settings, run_worker: Any, client: AsyncClient
+):
+    await archived(client, run_worker, "keyed")
+    keyed = keyed_settings(settings)
+    app = create_asgi(keyed)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as http,
+    ):
+        supervisor = {"x-api-key": KEYS[Role.SUPERVISOR]}
+        admin = {"x-api-key": KEYS[Role.ADMIN]}
+        refused = await http.delete("/v1/calls/keyed", headers=supervisor)
+        ledger_refused = await http.get("/v1/erasures", headers=supervisor)
+        asked = await http.delete("/v1/calls/keyed", headers=admin)
+        ledger = await http.get("/v1/erasures", headers=admin)
+
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    assert ledger_refused.status_code == 403
+    assert asked.status_code == 202
+    (entry,) = ledger.json()["items"]
+    assert entry["requested_by"] == f"key:{key_id(KEYS[Role.ADMIN])}"
+    assert KEYS[Role.ADMIN] not in ledger.text
