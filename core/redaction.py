@@ -63,7 +63,9 @@ class _Token:
 
 
 _TOKEN = re.compile(
-    r"[A-Za-z0-9_%+'-]+(?:\.[A-Za-z0-9_%+'-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\d+|[A-Za-z]+(?:'[A-Za-z]+)?"
+    r"[A-Za-z0-9_%+'-]+(?:\.[A-Za-z0-9_%+'-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"  # an e-mail
+    r"|\d+"  # digits
+    r"|[A-Za-z]+(?:'[A-Za-z]+)?"  # a word
 )
 _UNITS = {
     "zero": 0, "oh": 0, "o": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
@@ -78,7 +80,7 @@ _TENS = {
     "eighty": 80, "ninety": 90,
 }  # fmt: skip
 _REPEAT = {"double": 2, "triple": 3}
-_WEAK = {"oh", "o"}  # zero only between other digits: "oh" alone is a word
+_WEAK = {"oh", "o"}  # a zero beside other digits; alone ("oh, I see") a word
 # What may stand between two numeric tokens of one number: spaces, punctuation, "dash".
 _GAP = re.compile(r"[\s,.\-/()]*")
 _SPOKEN_GAPS = {"dash", "slash"}  # "oh four slash twenty seven"
@@ -119,10 +121,11 @@ def find_pii(text: str, entities: Iterable[Entity] = ALL_ENTITIES) -> list[Span]
     spans = _emails(text, tokens) if Entity.EMAIL in wanted else []
     taken = {i for span in spans for i in _covered(tokens, span)}
     for run in _runs(text, tokens, taken):
-        for first, last, entity in _classify(tokens, run):
-            if entity in wanted:
-                start = _with_month(tokens, first) if entity is Entity.CARD_EXPIRY else first
-                spans.append(Span(_opened(text, tokens[start].start), tokens[last - 1].end, entity))
+        entity = _classify(tokens, run)
+        if entity is not None and entity in wanted:
+            first = _with_month(tokens, run.first) if entity is Entity.CARD_EXPIRY else run.first
+            end = tokens[run.last - 1].end
+            spans.append(Span(_opened(text, tokens[first].start), end, entity))
     return sorted(spans, key=lambda s: s.start)
 
 
@@ -236,26 +239,24 @@ def _said(context: set[str], cues: Iterable[set[str]]) -> bool:
     return any(cue <= context for cue in cues)
 
 
-def _classify(tokens: Sequence[_Token], run: _Run) -> list[tuple[int, int, Entity]]:
-    """What the run is, as (first token, end token, entity): nothing, or one entity, or a card
-    number inside a longer run (a card read on into its expiry)."""
+def _classify(tokens: Sequence[_Token], run: _Run) -> Entity | None:
+    """What the run is, by its length, its checksum, its grouping and the words before it."""
     n, context = len(run.digits), _context(tokens, run.first)
-    whole = [(run.first, run.last)]
     if 13 <= n <= 19 and luhn_valid(run.digits):
-        return [(run.first, run.last, Entity.CARD_NUMBER)]
+        return Entity.CARD_NUMBER
     if n == 9 and (_said(context, _SSN_CONTEXT) or run.groups == (3, 2, 4)):
-        return [(*whole[0], Entity.US_SSN)]
+        return Entity.US_SSN
     if n in (3, 4) and _said(context, _CVV_CONTEXT):
-        return [(*whole[0], Entity.CARD_SECURITY_CODE)]
+        return Entity.CARD_SECURITY_CODE
     if 3 <= n <= 6 and (_said(context, _EXPIRY_CONTEXT) or _expiry_written(tokens, run)):
-        return [(*whole[0], Entity.CARD_EXPIRY)]
-    if n in (10, 11) and (n == 10 or run.digits[0] == "1"):
-        return [(*whole[0], Entity.PHONE_NUMBER)]
+        return Entity.CARD_EXPIRY
+    if n == 10 or (n == 11 and run.digits[0] == "1"):
+        return Entity.PHONE_NUMBER
     if 7 <= n <= 15 and (run.plus or _said(context, _PHONE_CONTEXT)):
-        return [(*whole[0], Entity.PHONE_NUMBER)]
-    if n > 19:
-        return _card_inside(tokens, run)
-    return []
+        return Entity.PHONE_NUMBER
+    if n > 19 and _starts_with_card(tokens, run):
+        return Entity.CARD_NUMBER  # read on into its expiry or code: all of it goes
+    return None
 
 
 def _expiry_written(tokens: Sequence[_Token], run: _Run) -> bool:
@@ -268,13 +269,13 @@ def _with_month(tokens: Sequence[_Token], first: int) -> int:
     return first - 1 if first > 0 and tokens[first - 1].word in _MONTHS else first
 
 
-def _card_inside(tokens: Sequence[_Token], run: _Run) -> list[tuple[int, int, Entity]]:
-    """A card number that a longer run starts with (read on into its expiry or code)."""
+def _starts_with_card(tokens: Sequence[_Token], run: _Run) -> bool:
+    """A longer run whose first tokens are a card number (13-19 digits passing Luhn)."""
     for end in range(run.last, run.first, -1):
         digits = "".join(v[0] for v in _values(tokens, run.first, end))
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return [(run.first, run.last, Entity.CARD_NUMBER)]
-    return []
+            return True
+    return False
 
 
 def _values(tokens: Sequence[_Token], first: int, end: int) -> list[tuple[str, int]]:
