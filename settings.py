@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.redaction import Entity, parse_entities
 from core.webhooks import secret_key
 from db.object_store import StoreAddress
 from db.outbox import DEFAULT_EVENTS, EventType
@@ -471,6 +472,40 @@ class Settings(BaseSettings):
         description="the API's address as webhook receivers reach it (`https://host`), for the "
         "links in a webhook's `data`; unset: the links are paths",
     )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        json_schema_extra=_group("Privacy"),
+        description="erase a finished call (everything it left, as `DELETE /v1/calls/{id}` "
+        "does) this many days after it started; unset: kept for ever ([Privacy](privacy.md))",
+    )
+    audio_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="erase a finished call's recording (audio rows and objects) this many days "
+        "after it started; its transcript and figures stay, and it says `audio_erased_at`; "
+        "unset: kept for ever",
+    )
+    retention_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="the most calls (and, apart, recordings) retention erases per run of the "
+        "workers' erasure upkeep (once a minute)",
+    )
+    redact_pii: Literal["off", "transcript", "transcript,audio"] = Field(
+        "off",
+        description="personal data in what calls say: `transcript` replaces it in the text "
+        "(`[CARD_NUMBER]`...) before it is stored anywhere (utterances, the transcript, the feed, "
+        "webhooks; sentiment is scored on the redacted text); `transcript,audio`, which would "
+        "also silence it in the recording, is refused at start: not built yet "
+        "([Privacy](privacy.md))",
+    )
+    redact_pii_entities: str = Field(
+        "all",
+        description="which personal data `REDACT_PII` redacts: `all`, or some of card_number, "
+        "card_expiry, card_security_code, phone_number, email, us_ssn (comma-separated)",
+    )
 
     log_level: str = Field(
         "INFO",
@@ -559,6 +594,29 @@ class Settings(BaseSettings):
         if self.webhook_urls and not self.webhook_secret.get_secret_value():
             raise ValueError("WEBHOOK_URLS needs WEBHOOK_SECRET (whsec_ and base64) to sign with")
         return self
+
+    @field_validator("redact_pii")
+    @classmethod
+    def _redaction_built(cls, value: str) -> str:
+        # Refused rather than half done: a contact centre that asks for the recording to be
+        # silenced must not believe it is while card numbers stay in the audio.
+        if value == "transcript,audio":
+            raise ValueError(
+                "REDACT_PII=transcript,audio: silencing personal data in the recording is not "
+                "built yet; REDACT_PII=transcript redacts every stored text (docs/privacy.md)"
+            )
+        return value
+
+    @field_validator("redact_pii_entities")
+    @classmethod
+    def _known_entities(cls, value: str) -> str:
+        parse_entities(value)  # says which names are unknown
+        return value
+
+    @property
+    def pii_entities(self) -> frozenset[Entity]:
+        """REDACT_PII_ENTITIES, parsed: what core/redaction.py's redact() is given."""
+        return parse_entities(self.redact_pii_entities)
 
     @field_validator("audio_store_url")
     @classmethod

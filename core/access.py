@@ -105,6 +105,8 @@ RULES = (
     _rule("POST", rf"/v1/calls/{_ID}/retry", Role.ADMIN),
     _rule("GET HEAD", r"/v1/webhooks/deliveries", Role.ADMIN),
     _rule("POST", r"/v1/webhooks/deliveries/[^/]+/retry", Role.ADMIN),
+    _rule("DELETE", rf"/v1/calls/{_ID}", Role.ADMIN),
+    _rule("GET HEAD", r"/v1/erasures", Role.ADMIN),
     _rule("GET HEAD", r"/v1/system", Role.SUPERVISOR),
     _rule("GET HEAD", r"/v1/events", Role.SUPERVISOR, long_lived=True),
     _rule("WEBSOCKET", r"/ws/supervisor", Role.SUPERVISOR),

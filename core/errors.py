@@ -3,6 +3,8 @@
 CallstreamError            carries its HTTP status and a stable code
 ├── UnreadableBody         400: the body is not UTF-8 JSON text
 ├── CallNotFound           404: no packet was ever received for the call
+├── CallErased             404: the call was erased (on request, or by retention)
+├── AudioErased            404: the call's recording was erased (AUDIO_RETENTION_DAYS)
 ├── CallAlreadyCompleted   409: the call is completed, packets are refused
 ├── CallNotFailed          409: only FAILED calls can be replayed
 ├── DeliveryNotFound       404: no webhook delivery has this id
@@ -65,6 +67,18 @@ class Forbidden(CallstreamError):
 class CallNotFound(CallstreamError):
     status_code = 404
     code = "call_not_found"
+
+
+class CallErased(CallstreamError):
+    """Every read of an erased call, from the moment its erasure was asked for."""
+
+    status_code = 404
+    code = "call_erased"
+
+
+class AudioErased(CallstreamError):
+    status_code = 404
+    code = "audio_erased"
 
 
 class CallAlreadyCompleted(CallstreamError):

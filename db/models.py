@@ -29,6 +29,7 @@ __all__ = [
     "Base",
     "Call",
     "CallSegment",
+    "Erasure",
     "StateTransition",
     "TranscriptWindow",
     "Utterance",
@@ -76,6 +77,8 @@ class Call(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When its recording was erased (AUDIO_RETENTION_DAYS); its transcript and figures stay.
+    audio_erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -206,3 +209,28 @@ class StateTransition(Base):
     to_state: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class Erasure(Base):
+    """The erasure ledger: one row per erasure asked for (of a whole call, or of its recording
+    only), kept after the call is gone so that a restored backup can be erased again. It holds
+    nothing of the call's content: its id, what was erased, why, who asked (an API key's id,
+    never the key) and when."""
+
+    __tablename__ = "erasure"
+    __table_args__ = (
+        CheckConstraint("scope IN ('call', 'audio')", name="erasure_scope_known"),
+        CheckConstraint("reason IN ('request', 'retention')", name="erasure_reason_known"),
+        Index("ux_erasure_call_scope", "call_id", "scope", unique=True),
+        Index("ix_erasure_erased", "erased_at"),
+        Index("ix_erasure_pending", "requested_at", postgresql_where=text("erased_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)  # "call" (everything) or "audio" (the recording)
+    reason: Mapped[str] = mapped_column(Text)  # "request" (DELETE) or "retention"
+    requested_by: Mapped[str] = mapped_column(Text)  # core/audit.py's actor: "key:<id>", ...
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Null while it runs (the call already answers 404 call_erased); set once nothing is left.
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

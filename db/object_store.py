@@ -50,6 +50,10 @@ class NoObjectStore(LookupError):
     unset, or set after the call on a process that was not restarted)."""
 
 
+class ObjectsNotDeleted(RuntimeError):
+    """The store answered a deletion but kept some objects (its per-key errors)."""
+
+
 class BadStoreUrl(ValueError):
     """AUDIO_STORE_URL is not an s3:// URL this module can use."""
 
@@ -120,6 +124,34 @@ class ObjectStore:
         async with answer["Body"] as body:
             data: bytes = await body.read()
         return data
+
+    def call_prefix(self, call_id: str) -> str:
+        """What every object of the call starts with (a call id holds no "/")."""
+        return f"{self.address.prefix}{call_id}/"
+
+    async def delete_call(self, call_id: str) -> int:
+        """Delete every object of the call, the unnamed ones a lost race left included: found by
+        their prefix, not by the rows naming them, so a re-run after a crash finds what is left.
+        Returns how many went."""
+        client = await self._opened()
+        gone = 0
+        while True:  # a page of up to 1,000 keys, deleted in one request, until none is left
+            listed = await client.list_objects_v2(
+                Bucket=self.address.bucket, Prefix=self.call_prefix(call_id), MaxKeys=1000
+            )
+            keys = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
+            if not keys:
+                return gone
+            answer = await client.delete_objects(
+                Bucket=self.address.bucket, Delete={"Objects": keys, "Quiet": True}
+            )
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise ObjectsNotDeleted(
+                    f"the object store kept {len(answer['Errors'])} objects of call {call_id}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
+            gone += len(keys)
 
     async def close(self) -> None:
         await self._stack.aclose()

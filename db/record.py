@@ -10,7 +10,7 @@ scripts and the table to it, so a field added here and forgotten there fails the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -122,6 +122,25 @@ class CallRecord(BaseModel):
         ),
         Stored(column="conversation"),
     ] = None
+    audio_erased_at: Annotated[
+        datetime | None,
+        Field(description="When its recording was erased (AUDIO_RETENTION_DAYS), else null."),
+        Stored(column="audio_erased_at"),
+    ] = None
+    audio_erase_at: Annotated[
+        datetime | None,
+        Field(
+            description="When retention will erase its recording (AUDIO_RETENTION_DAYS after it "
+            "started; null: never, or done)."
+        ),
+    ] = None
+    erase_at: Annotated[
+        datetime | None,
+        Field(
+            description="When retention will erase the whole call (RETENTION_DAYS after it "
+            "started; null: never)."
+        ),
+    ] = None
     tracks: Annotated[
         dict[str, TrackCounters],
         Field(
@@ -136,8 +155,18 @@ class CallRecord(BaseModel):
 SENTIMENT_COLUMNS = ("sentiment_label", "sentiment_score")
 # Filled in by the worker after the flush; a live call has none of them.
 WORKER_FIELDS = frozenset(
-    {"ai_attempts", "last_error", "transcript", "sentiment", "finished_at", "conversation"}
+    {
+        "ai_attempts",
+        "last_error",
+        "transcript",
+        "sentiment",
+        "finished_at",
+        "conversation",
+        "audio_erased_at",  # written by an erasure of its recording
+    }
 )
+# Computed when the record is read (with_retention, from the settings), stored nowhere.
+DERIVED_FIELDS = frozenset({"audio_erase_at", "erase_at"})
 # Hash fields the scripts keep for their own bookkeeping, not part of the record.
 # last_packet_at: when the call last sent a new packet (the idle sweep's clock);
 # data_bytes: the data bytes of its stored packets (the MAX_CALL_BYTES cap);
@@ -257,6 +286,20 @@ def from_row(row: Any) -> CallRecord:
     if label is not None and score is not None:
         values["sentiment"] = Sentiment(label=label, score=score)
     return CallRecord.model_validate(values)
+
+
+def with_retention(
+    call: CallRecord, retention_days: int | None, audio_retention_days: int | None
+) -> CallRecord:
+    """The call with the times retention will erase it and its recording (RETENTION_DAYS,
+    AUDIO_RETENTION_DAYS counted from its start; null when off)."""
+    audio_at = None
+    if audio_retention_days is not None and call.audio_erased_at is None:
+        audio_at = call.created_at + timedelta(days=audio_retention_days)
+    call_at = None
+    if retention_days is not None:
+        call_at = call.created_at + timedelta(days=retention_days)
+    return call.model_copy(update={"audio_erase_at": audio_at, "erase_at": call_at})
 
 
 def flushed_columns(live: CallRecord) -> dict[str, Any]:

@@ -114,3 +114,53 @@ def segment_enqueuer(queue: QueueClient) -> Callable[[str, int], Awaitable[bool]
     """enqueue_flush_segment bound to the queue: what core's Ingestion calls when a live call's
     tail is due."""
     return partial(enqueue_flush_segment, queue)
+
+
+ERASE_CALL = "erase_call"
+# An erasure's job id: its own kind, what it erases ("call" or "audio") and the call. arq keeps
+# no result (WorkerSettings.keep_result = 0), so a finished erasure's id can be queued again.
+ERASE_JOB_PREFIX = "erase:"
+
+
+def erase_job_id(call_id: str, scope: str) -> str:
+    return f"{ERASE_JOB_PREFIX}{scope}:{call_id}"
+
+
+async def enqueue_erasure(
+    queue: ArqRedis, call_id: str, scope: str, defer_s: float | None = None
+) -> bool:
+    """Queue the erasure of the call (scope "call") or of its recording (scope "audio"); one job
+    per call and scope at a time (a second enqueue is a no-op). False if it was queued already."""
+    job = await queue.enqueue_job(
+        ERASE_CALL, call_id, scope, _job_id=erase_job_id(call_id, scope), _defer_by=defer_s
+    )
+    return job is not None
+
+
+async def call_job_pending(queue: ArqRedis, call_id: str) -> bool:
+    """The call's processing job is queued or running (arq's job or in-progress key exists)."""
+    job_id = call_job_id(call_id)
+    return bool(await queue.exists(job_key_prefix + job_id, in_progress_key_prefix + job_id))
+
+
+def in_progress_ttl_s(longest_job_timeout_s: float) -> float:
+    """How long arq's in-progress marker of a job lives from the moment a worker takes the job:
+    arq's Worker.in_progress_timeout_s, its longest job timeout + 10 s. It is never renewed."""
+    return longest_job_timeout_s + 10
+
+
+async def release_dead_erasure(
+    queue: ArqRedis, call_id: str, scope: str, *, marker_ttl_s: float, job_timeout_s: float
+) -> bool:
+    """Make an erasure whose worker died mid-way runnable again, now rather than when arq's
+    marker expires: a marker older than the job's timeout belongs to a dead worker (a live one
+    would have finished the job or cancelled it by then). The job is still in the queue, so
+    deleting the marker lets any worker take it. True if it was released."""
+    key = in_progress_key_prefix + erase_job_id(call_id, scope)
+    left_ms = await queue.pttl(key)
+    if left_ms < 0:
+        return False  # not running
+    running_s = marker_ttl_s - left_ms / 1000
+    if running_s <= job_timeout_s + 5:
+        return False
+    return bool(await queue.delete(key))

@@ -32,6 +32,7 @@ from core.audio import Samples, UnsupportedAudio, quietest_cut
 from core.conversation import Utterance, split_long
 from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
+from core.redaction import redact
 from db import transcripts, worker_writes
 from db.events import attempt_event
 from db.feed_events import UtteranceEvent
@@ -357,13 +358,19 @@ async def _utterances(
     res: WorkerResources, track: int, offset_s: float, spoken: list[Spoken]
 ) -> list[Utterance]:
     """What a window found, as utterances on the call's timeline (each at most
-    UTTERANCE_MAX_CHARS: longer speech is split), each scored. The scoring runs off the event
-    loop (VADER is CPU work: invariant 14)."""
+    UTTERANCE_MAX_CHARS: longer speech is split), each redacted (REDACT_PII) and scored on the
+    redacted text. This is the one way a transcription's text reaches storage, so nothing holds
+    the original (invariant 20). The work runs off the event loop (VADER and the recogniser are
+    CPU work: invariant 14)."""
     score = utterance_scorer(res.settings)
+    redacting = res.settings.redact_pii != "off"
+    entities = res.settings.pii_entities
 
     def scored() -> list[Utterance]:
+        said = [(s.start_s, s.end_s, redact(s.text, entities) if redacting else s.text)
+                for s in spoken]  # fmt: skip
         # An utterance's text is capped (a feed event is bounded): longer speech is several.
-        pieces = [p for s in spoken for p in split_long(*s)]
+        pieces = [p for s in said for p in split_long(*s)]
         return [
             Utterance(
                 track,

@@ -21,15 +21,17 @@ from arq.worker import Function, func
 from core import metrics
 from core.builders import feed_limits
 from core.logs import about, configure_logging
+from db.erasures import Scope
 from db.feed_relay import FeedRelay
 from db.job_failures import JobFailures
 from db.outages import is_outage, postgres_refusal, store_refusal
 from db.redis_client import is_cluster
 from db.states import TERMINAL_STATES
 from jobs import polling, resilience
+from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
 from jobs.process import process_call
-from jobs.queue import FLUSH_SEGMENT, PROCESS_CALL
+from jobs.queue import ERASE_CALL, FLUSH_SEGMENT, PROCESS_CALL
 from jobs.resources import WorkerResources, make_resources, resources
 from jobs.segments import flush_segment
 from jobs.sweep import complete_idle_calls, complete_overlong_calls, recover_orphaned_calls
@@ -120,6 +122,32 @@ async def flush_segment_job(ctx: dict[str, Any], call_id: str, follow_up: bool =
     return flushed.packets
 
 
+# While a worker still works on a call being erased, its erasure waits this long between tries;
+# with ERASE_MAX_TRIES, about ten minutes (a call's AI work is bounded by time, far below). Past
+# them the job fails, its ledger row stays unfinished, and the upkeep queues it again.
+ERASE_BUSY_DEFER_S = 2.0
+ERASE_MAX_TRIES = 300
+
+
+async def erase_call_job(ctx: dict[str, Any], call_id: str, scope: str) -> bool:
+    """One erasure (jobs/erasure.py), to its end."""
+    res = resources(ctx)
+    try:
+        return await erase(res, call_id, Scope(scope))
+    except CallBusy:
+        raise Retry(defer=ERASE_BUSY_DEFER_S) from None
+    except Exception as exc:
+        if is_outage(exc):
+            raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+        raise
+
+
+async def erasure_upkeep(ctx: dict[str, Any]) -> int:
+    """Retention, and every unfinished erasure queued again (jobs/erasure.py's upkeep)."""
+    done = await upkeep(resources(ctx))
+    return done.due_calls + done.due_recordings + done.requeued
+
+
 async def sweep_idle_calls(ctx: dict[str, Any]) -> int:
     """Complete the calls that went quiet, and the live ones that reached MAX_CALL_SECONDS."""
     res = resources(ctx)
@@ -178,6 +206,7 @@ def make_functions(job_timeout_s: int) -> list[Function]:
             timeout=job_timeout_s,
             max_tries=SEGMENT_JOB_TRIES,
         ),
+        func(erase_call_job, name=ERASE_CALL, timeout=ERASE_TIMEOUT_S, max_tries=ERASE_MAX_TRIES),
     ]
 
 
@@ -187,6 +216,8 @@ def make_cron_jobs(sweep_interval_s: int, reaper_interval_s: int) -> list[CronJo
         cron(
             reap_orphaned_calls, second=_every(reaper_interval_s), run_at_startup=True, timeout=60
         ),
+        # At startup too: an erasure a killed worker left unfinished is queued again at once.
+        cron(erasure_upkeep, second={30}, run_at_startup=True, timeout=300),
     ]
 
 

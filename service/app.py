@@ -22,6 +22,7 @@ from service.resources import ApiResources, open_resources
 from service.routes import (
     calls,
     dashboard,
+    erasures,
     events,
     health,
     ingest,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ingest.router)
     app.include_router(calls.router)
+    app.include_router(erasures.router)
     app.include_router(recording.router)
     app.include_router(transcript.router)
     app.include_router(health.router)

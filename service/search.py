@@ -8,12 +8,13 @@ from collections import defaultdict
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import search
+from db import erasures, search
 from db.packets import TRACKS
 from db.record import from_row
 from db.states import CallState
 from service.schemas import CallFound, CallSearchPage, UtteranceMatch
-from service.views import TimeRange, decode_cursor, encode_cursor
+from service.views import TimeRange, decode_cursor, encode_cursor, retained
+from settings import Settings
 
 # A search is words a person types: this many characters is more than any phrase needs.
 MAX_QUERY_CHARS = 1000
@@ -36,6 +37,7 @@ async def search_calls(
     created: TimeRange,
     cursor: str | None,
     limit: int,
+    settings: Settings,
 ) -> CallSearchPage:
     before = decode_cursor(cursor) if cursor else None
     rows = await search.calls_matching(
@@ -60,7 +62,13 @@ async def search_calls(
                 offsets=m.offsets,
             )
         )
-    items = [CallFound(**c.model_dump(), matches=by_call[c.call_id]) for c in page]
+    # A call whose erasure runs still has rows until its job is done: not found.
+    gone = await erasures.erased_among(session, [c.call_id for c in page])
+    items = [
+        CallFound(**retained(c, settings).model_dump(), matches=by_call[c.call_id])
+        for c in page
+        if c.call_id not in gone
+    ]
     last = page[-1] if page and len(rows) > limit else None
     return CallSearchPage(
         items=items, next_cursor=encode_cursor(last.created_at, last.call_id) if last else None

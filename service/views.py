@@ -13,13 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import calls
+from core.errors import CallErased
+from db import calls, erasures
 from db.live import LiveCalls
 from db.models import Call
 from db.outages import POSTGRES_OUTAGE
-from db.record import CallRecord, from_row
+from db.record import CallRecord, from_row, with_retention
 from db.states import CallState
 from service.schemas import CallPage
+from settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,23 @@ log = logging.getLogger(__name__)
 LIVE_STATES = frozenset({CallState.IN_PROGRESS, CallState.COMPLETED})
 
 
+async def refuse_erased(session: AsyncSession, call_id: str) -> None:
+    """Every read of a call whose erasure was asked for (running or done) is a 404 call_erased:
+    the ledger (db/erasures.py) says so, whatever is still left of it."""
+    erasure = await erasures.erased(session, call_id)
+    if erasure is not None:
+        when = erasure.requested_at.isoformat(timespec="seconds")
+        raise CallErased(f"call {call_id} was erased ({erasure.reason.value}, asked at {when})")
+
+
 async def call_status(
     session: AsyncSession, live: LiveCalls, call_id: str, missing_cap: int
 ) -> CallRecord | None:
-    """PostgreSQL's record if the call was flushed, else Redis' live view. While PostgreSQL is
-    down, calls that Redis still holds stay visible; only the others get a 503."""
+    """PostgreSQL's record if the call was flushed, else Redis' live view; CallErased for an
+    erased call. While PostgreSQL is down, calls that Redis still holds stay visible; only the
+    others get a 503."""
     try:
+        await refuse_erased(session, call_id)
         row = await calls.get_call(session, call_id)
     except POSTGRES_OUTAGE as exc:
         found = await live.get(call_id, missing_cap)
@@ -44,6 +57,11 @@ async def call_status(
     if row is not None:
         return from_row(row)
     return await live.get(call_id, missing_cap)
+
+
+def retained(call: CallRecord, settings: Settings) -> CallRecord:
+    """The record with when retention will erase it (RETENTION_DAYS, AUDIO_RETENTION_DAYS)."""
+    return with_retention(call, settings.retention_days, settings.audio_retention_days)
 
 
 def encode_cursor(created_at: datetime, call_id: str) -> str:
@@ -109,6 +127,9 @@ async def list_calls(
     next_cursor = None
     if len(items) > limit:
         next_cursor = encode_cursor(page[-1].created_at, page[-1].call_id)
+    # A call whose erasure runs still has rows and keys until its job is done: not listed.
+    gone = await erasures.erased_among(session, [c.call_id for c in page])
+    page = [c for c in page if c.call_id not in gone]
     return CallPage(items=page, next_cursor=next_cursor)
 
 

@@ -79,7 +79,10 @@ def _listeners(value: str) -> tuple[tuple[str, int], tuple[str, int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="callstream", description="Callstream's tools.")
+    parser = argparse.ArgumentParser(
+        prog="callstream",
+        description="Callstream's tools; also `callstream erase --replay-ledger` (see its --help).",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     sim = commands.add_parser(
         "simulate",

@@ -174,7 +174,7 @@ async def empty_stores(redis: Redis, engine: AsyncEngine, settings: Settings) ->
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "TRUNCATE call, call_segment, transcript_window, utterance, ai_attempt,"
+                "TRUNCATE call, call_segment, transcript_window, utterance, ai_attempt, erasure,"
                 " state_transition, webhook_delivery CASCADE"
             )
         )

@@ -22,7 +22,11 @@ for i = 8, #KEYS do
     redis.call('EXPIRE', KEYS[i], ARGV[2])
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+-- An erased call's marker is a tombstone (db/forget.py ERASED): it never expires, so packets for
+-- the id stay refused; a stray re-run that releases the call again must not shorten it.
+if redis.call('GET', KEYS[1]) ~= 'erased' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
 redis.call('DEL', KEYS[2])
 for i = 3, 6 do
   redis.call('ZREM', KEYS[i], call_id)

@@ -150,8 +150,10 @@ export class CallPage {
       this.showRecord(page, record);
       $("call-error").textContent = "";
     }, (error) => {
-      $("call-error").textContent = error.status === 404
-        ? `No call has the id “${page.id}”.` : `The call could not be read: ${error.message}`;
+      $("call-error").textContent = error.code === "call_erased"
+        ? `The call “${page.id}” was erased.`
+        : error.status === 404
+          ? `No call has the id “${page.id}”.` : `The call could not be read: ${error.message}`;
     });
   }
 
@@ -179,6 +181,11 @@ export class CallPage {
     $("call-started").textContent = timeText(seconds(record.created_at)) || "–";
     $("call-completed").textContent = timeText(seconds(record.completed_at)) || "–";
     $("call-finished").textContent = timeText(seconds(record.finished_at)) || "–";
+    // Retention (AUDIO_RETENTION_DAYS, RETENTION_DAYS): when the recording and the call will go.
+    $("call-audio-kept").textContent = record.audio_erased_at
+      ? `erased ${timeText(seconds(record.audio_erased_at))}`
+      : record.audio_erase_at ? `until ${timeText(seconds(record.audio_erase_at))}` : "kept";
+    $("call-kept").textContent = timeText(seconds(record.erase_at)) || "no limit";
     $("call-reason").textContent = record.completion_reason ?? "–";
     $("call-attempts").textContent = count(record.ai_attempts);
     $("call-sentiment").textContent = record.sentiment ? sentimentText(record.sentiment) : "–";

@@ -36,6 +36,7 @@ async function wavShape(blob) {
 
 function audioProblem(error) {
   if (error.code === "no_audio") return "No recording: this call's packets are text, not audio.";
+  if (error.code === "audio_erased") return "No recording: it was erased (retention).";
   if (error.status === 404) return "No recording of this call.";
   return `The recording could not be read: ${error.message}`;
 }

@@ -41,7 +41,7 @@ from service.schemas import (
     problem_response,
 )
 from service.search import MAX_QUERY_CHARS, search_calls, search_words
-from service.views import TimeRange, call_status, list_calls
+from service.views import TimeRange, call_status, list_calls, refuse_erased, retained
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
@@ -104,19 +104,20 @@ async def _status_body(res: ApiResources, call_id: str) -> bytes:
         found = await call_status(session, res.live, call_id, res.settings.missing_list_cap)
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
-    return render(found)
+    return render(retained(found, res.settings))
 
 
 @router.get(
     "/{call_id}/history",
     response_model=CallHistory,
     responses={
-        404: problem_response("Not (yet) in PostgreSQL."),
+        404: problem_response("Not (yet) in PostgreSQL, or erased (`call_erased`)."),
         **INVALID_REQUEST,
     },
     summary="Every state transition and AI attempt of a flushed call",
 )
 async def get_history(call_id: CallId, session: SessionDep) -> CallHistory:
+    await refuse_erased(session, call_id)
     transitions, attempts = await calls.history(session, call_id)
     if not transitions:
         raise CallNotFound(f"call {call_id} has no history in PostgreSQL (unknown or still live)")
@@ -178,10 +179,11 @@ async def get_calls(
     if words is None and speaker is None and sentiment is None:
         missing_cap = res.settings.missing_list_cap
         page = await list_calls(session, res.live, state, cursor, limit, missing_cap, created)
+        page.items = [retained(c, res.settings) for c in page.items]
         return answer(render(page), parse_if_none_match(if_none_match))
     names = speaker_names(res.settings.speaker_names)
     wanted = UtteranceFilter(words, track_of(names, speaker), sentiment)
-    found = await search_calls(session, names, wanted, state, created, cursor, limit)
+    found = await search_calls(session, names, wanted, state, created, cursor, limit, res.settings)
     return answer(render(found), parse_if_none_match(if_none_match))
 
 
@@ -214,6 +216,8 @@ async def retry_call(
     call_id: CallId, res: ResourcesDep, session: SessionDep, request: Request
 ) -> CompleteResponse:
     """FAILED -> COMPLETED with a fresh attempt budget, then re-enqueued; exactly once."""
+    await refuse_erased(session, call_id)
+    await session.commit()  # the replay's transaction starts afresh
     async with session.begin():
         replayed = await calls.replay_failed(session, call_id)
         current = None if replayed else await calls.get_call(session, call_id)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from core.audio import UnsupportedAudio
-from core.errors import CallNotFound, NoAudio, RangeNotSatisfiable
+from core.errors import AudioErased, CallNotFound, NoAudio, RangeNotSatisfiable
 from core.recording import NotAudio, Recording, call_format
 from db.segments import SegmentReader
 from service.conditional import parse_if_none_match
@@ -70,7 +70,9 @@ def _etag(call_id: str, version: tuple[int, int, int], channels: int) -> str:
         200: {"content": {WAV: {}}, "description": "The whole recording."},
         206: {"content": {WAV: {}}, "description": "The bytes the Range asked for."},
         304: {"description": "Not modified (If-None-Match names the current ETag)."},
-        404: problem_response("Unknown call."),
+        404: problem_response(
+            "Unknown call; erased (`call_erased`); its recording erased (`audio_erased`)."
+        ),
         409: problem_response("The call's packets are not audio (code `no_audio`)."),
         416: problem_response("The Range lies outside the file (`Content-Range: bytes */<size>`)."),
         502: problem_response("The object store refused, or this API has none (store_error)."),
@@ -94,6 +96,9 @@ async def get_audio(
     status = await call_status(session, res.live, call_id, 0)
     if status is None:
         raise CallNotFound(f"call {call_id} is unknown")
+    if status.audio_erased_at is not None:
+        when = status.audio_erased_at.isoformat(timespec="seconds")
+        raise AudioErased(f"call {call_id}'s recording was erased at {when} (retention)")
     await session.close()  # the recording reads in short transactions of its own
     reader = SegmentReader(res.sessions, call_id, res.objects)
     version = await reader.version()
