@@ -17,14 +17,12 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
+from core.audio import AudioFormat, Samples
 from core.conversation import split_long
-
-if TYPE_CHECKING:
-    from jobs.audio import SpeechSource
 
 
 class AIError(Exception):
@@ -53,6 +51,30 @@ class Spoken(NamedTuple):
     start_s: float
     end_s: float
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFacts:
+    format: AudioFormat | None  # None: undecodable, for `problem`
+    problem: str | None
+    seconds: float  # how long the audio is, gaps included (0 when undecodable)
+    tracks: int
+
+
+class SpeechSource(Protocol):
+    """What a provider transcribes: a whole call (jobs/audio.py's CallAudio), one track's window
+    of it (TrackAudio), or a track of text packets (TrackText). Defined with the providers' own
+    interface, so that jobs/audio.py builds on jobs/ai.py and not the other way round."""
+
+    async def texts(self) -> list[str]: ...
+
+    async def facts(self) -> AudioFacts: ...
+
+    async def format(self) -> AudioFormat: ...
+
+    def pcm(self) -> AsyncIterator[Samples]: ...
+
+    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
 
 
 class AIClient(Protocol):

@@ -39,18 +39,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import IO, TYPE_CHECKING, Any, TypeGuard
+from typing import IO, Any, TypeGuard
 
 import httpx
 import numpy as np
 from pydantic import SecretStr
 
 from core.audio import WAV_HEADER_BYTES, quietest_cut, wav_header
-from jobs.ai import AIError, PermanentAIError, Sentiment, Spoken, TransientAIError
+from jobs.ai import AIError, PermanentAIError, Sentiment, SpeechSource, Spoken, TransientAIError
 from jobs.ai_local import vader_sentiment
-
-if TYPE_CHECKING:
-    from jobs.audio import SpeechSource
 
 LABELS = ("positive", "neutral", "negative")
 MULTIPART_SLACK = 4096  # the form's other fields and boundaries, within the upload limit

@@ -14,8 +14,7 @@ much audio there is otherwise (`seconds`), so its transcript of a real call stay
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from core.recording import (
     texts,
 )
 from db.segments import TEXT
-from jobs.ai import PermanentAIError, Spoken
+from jobs.ai import AudioFacts, PermanentAIError, Spoken
 from settings import Settings
 
 # Extra time a transcription may take per second of audio when AI_TIMEOUT_PER_AUDIO_S is unset:
@@ -48,29 +47,6 @@ class UndecodableAudio(PermanentAIError):
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"the call's audio cannot be decoded: {problem}")
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFacts:
-    format: AudioFormat | None  # None: undecodable, for `problem`
-    problem: str | None
-    seconds: float  # how long the audio is, gaps included (0 when undecodable)
-    tracks: int
-
-
-class SpeechSource(Protocol):
-    """What a provider transcribes: a whole call (CallAudio), one track's window of it
-    (TrackAudio), or a track of text packets (TrackText)."""
-
-    async def texts(self) -> list[str]: ...
-
-    async def facts(self) -> AudioFacts: ...
-
-    async def format(self) -> AudioFormat: ...
-
-    def pcm(self) -> AsyncIterator[Samples]: ...
-
-    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
 
 
 class CallAudio:

@@ -42,9 +42,9 @@ from db.segments import TEXT, SegmentReader
 from db.states import CallState
 from db.transcripts import UtteranceRow
 from db.worker_writes import AttemptRecord, budget_key
-from jobs.ai import Sentiment, Spoken, sentiment_of
+from jobs.ai import Sentiment, SpeechSource, Spoken, sentiment_of
 from jobs.attempts import CallDeadline, Recorder, StepExhausted, policy_of, run_step
-from jobs.audio import SpeechSource, TrackAudio, TrackText, transcription_allowance_s
+from jobs.audio import TrackAudio, TrackText, transcription_allowance_s
 from jobs.resources import WorkerResources
 from settings import Settings
 

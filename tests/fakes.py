@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from jobs.ai import AIError, Sentiment, Spoken, mock_spoken, sentiment_of
-from jobs.audio import SpeechSource
+from jobs.ai import AIError, Sentiment, SpeechSource, Spoken, mock_spoken, sentiment_of
 
 
 class ScriptedAI:

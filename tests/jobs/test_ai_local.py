@@ -24,9 +24,8 @@ from websockets.asyncio.client import connect
 
 from core.audio import TELEPHONY, AudioFormat, Samples, decode
 from jobs import whisper
-from jobs.ai import Sentiment, Spoken
+from jobs.ai import Sentiment, SpeechSource, Spoken
 from jobs.ai_local import SEGMENT_S, LocalAI, PcmAudio
-from jobs.audio import SpeechSource
 from jobs.resources import ai_concurrency, make_ai_client, make_resources
 from jobs.whisper import Segment, transcribe_pcm
 from service.app import create_app

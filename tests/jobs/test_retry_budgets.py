@@ -21,8 +21,7 @@ from bench.real_calls_frames import TwoTrackCall
 from db import transcripts
 from db.packets import NewPacket, Track
 from db.states import CallState
-from jobs.ai import MockAI, Sentiment, Spoken, TransientAIError
-from jobs.audio import SpeechSource
+from jobs.ai import MockAI, Sentiment, SpeechSource, Spoken, TransientAIError
 from jobs.resources import make_resources
 from jobs.segments import flush_tail
 from jobs.transcription import transcribe_ready

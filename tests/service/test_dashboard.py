@@ -28,8 +28,15 @@ from core.audio import mulaw_encode
 from db.feed_events import CALL_EVENT, AttemptEvent
 from db.keys import EVENTS
 from db.states import CallState
-from jobs.ai import PermanentAIError, Spoken, TransientAIError, sentiment_of, transcript_of
-from jobs.audio import SpeechSource, TrackAudio
+from jobs.ai import (
+    PermanentAIError,
+    SpeechSource,
+    Spoken,
+    TransientAIError,
+    sentiment_of,
+    transcript_of,
+)
+from jobs.audio import TrackAudio
 from service.app import create_asgi
 from service.routes.dashboard import CONTENT_SECURITY_POLICY
 from settings import Settings

@@ -13,8 +13,7 @@ import srt
 import webvtt
 from playwright.async_api import Browser, expect
 
-from jobs.ai import Spoken
-from jobs.audio import SpeechSource
+from jobs.ai import SpeechSource, Spoken
 from settings import Settings
 from tests.factories import packet
 from tests.fakes import ScriptedAI
