@@ -42,7 +42,7 @@ from core.audio import (
     wav_header,
 )
 from db.packets import StoredPacket
-from db.segments import TEXT, Floats, Ints, SegmentHead, SegmentRow, head_of
+from db.segments import TEXT, Floats, Ints, SegmentHead, SegmentRow
 
 MIN_AUDIO_MS = 10
 MAX_GAP_S = 60.0
@@ -401,31 +401,6 @@ class Recording:
         return piece
 
 
-class SegmentsInMemory:
-    """Segments held in memory, as db/segments.py's SegmentReader serves stored ones: for a
-    recording that never was in PostgreSQL (the benchmarks, the codec's tests)."""
-
-    def __init__(self, rows: Sequence[Sequence[SegmentRow]]) -> None:
-        self.rows = {(n, row.track): row for n, seg in enumerate(rows) for row in seg}
-
-    @classmethod
-    def of_packets(
-        cls, segments: Sequence[Sequence[StoredPacket]], fmt: AudioFormat | None, said: bool
-    ) -> SegmentsInMemory:
-        """Each list of packets a segment, built as the worker builds them."""
-        return cls([build_rows(packets, fmt, said) for packets in segments])
-
-    async def heads(self) -> list[SegmentHead]:
-        return [head_of(n, track, r.encoding, r) for (n, track), r in sorted(self.rows.items())]
-
-    async def payload(self, segment: int, track: int) -> bytes:
-        row = self.rows.get((segment, track))
-        return row.payload if row is not None else b""
-
-    async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
-        return (await self.payload(segment, track))[start : start + length]
-
-
 def _track_line(
     units: _Units, track: int, offset: int, fmt: AudioFormat, max_call_s: float
 ) -> TrackLine:
@@ -497,7 +472,6 @@ def texts(heads: list[SegmentHead], payloads: dict[int, bytes]) -> list[str]:
 __all__ = [
     "NotAudio",
     "Recording",
-    "SegmentsInMemory",
     "UnsupportedAudio",
     "build_rows",
     "call_format",

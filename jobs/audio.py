@@ -232,10 +232,3 @@ def transcription_allowance_s(settings: Settings, seconds: float) -> float:
         return 0.0
     room = settings.job_timeout_s - settings.ai_call_budget_s - JOB_MARGIN_S
     return max(0.0, min(per_s * seconds, room))
-
-
-async def allowance_for(settings: Settings, audio: CallAudio) -> float:
-    """transcription_allowance_s for this call; no query at all when nothing is allowed (mock)."""
-    if timeout_per_audio_s(settings) == 0:
-        return 0.0
-    return transcription_allowance_s(settings, (await audio.facts()).seconds)

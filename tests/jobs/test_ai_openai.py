@@ -23,7 +23,6 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.audio import MULAW_SILENCE, TELEPHONY, AudioFormat, decode, mulaw_encode
-from core.recording import SegmentsInMemory
 from db.keys import AI_SLOTS_PAUSE
 from db.packets import StoredPacket
 from jobs.ai import PermanentAIError, Spoken, TransientAIError
@@ -34,6 +33,7 @@ from settings import Settings
 from tests.conftest import drain_queue, make_settings
 from tests.factories import complete, packet, rows, status
 from tests.fake_ai_provider import FakeProvider, Received, Reply, Wav, speech_in
+from tests.segments_in_memory import SegmentsInMemory
 
 MULAW_8K = AudioFormat("mulaw", 8000)
 FRAME = 160  # 20 ms of 8 kHz μ-law

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from core.audio import AudioFormat, decode, mulaw_encode, parse_format
-from core.recording import MAX_GAP_S, Recording, SegmentsInMemory, build_rows
+from core.recording import MAX_GAP_S, Recording, build_rows
 from db.packets import StoredPacket
 from db.segments import TEXT, SegmentHead, runs_of
 from jobs.ai import Spoken
 from jobs.audio import CallAudio, TrackAudio, UndecodableAudio, transcription_allowance_s
 from tests.conftest import make_settings
+from tests.segments_in_memory import SegmentsInMemory
 
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
 MULAW = "audio/x-mulaw;rate=8000"

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.audio import TELEPHONY
-from core.recording import Recording, SegmentsInMemory
+from core.recording import Recording
 from db.packets import NewPacket, StoredPacket, Track
 from db.transcripts import utterances
 from jobs.ai_local import LocalAI
@@ -27,6 +27,7 @@ from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment
 from tests.conftest import make_settings
+from tests.segments_in_memory import SegmentsInMemory
 
 RECORDINGS = Path(__file__).parents[2] / "simulate" / "recordings"
 FRAME = 160
