@@ -99,10 +99,24 @@ async def enqueue_flush_segment(queue: ArqRedis, call_id: str, asked: int, again
     return job is not None
 
 
+TRANSCRIBE_LIVE = "transcribe_live"
+LIVE_JOB_PREFIX = "live:"
+
+
+async def enqueue_live_transcription(
+    queue: ArqRedis, call_id: str, tag: int, follow_up: bool = False
+) -> bool:
+    """Queue a live call's transcription of the windows its stored segments made ready, after a
+    segment flush stored one (`tag`: that flush's moment, telling one pass from the next)."""
+    job_id = f"{LIVE_JOB_PREFIX}{tag}:{call_id}"
+    job = await queue.enqueue_job(TRANSCRIBE_LIVE, call_id, follow_up, _job_id=job_id)
+    return job is not None
+
+
 async def enqueue_follow_up(queue: ArqRedis, call_id: str, after_s: float, tag: int) -> bool:
-    """Queue one more flush of the call's tail `after_s` from now, transcribing what a live
-    window left after its last pause (jobs/segments.py); `tag` tells one follow-up from
-    another (the segment it follows)."""
+    """Queue one more flush of the call's tail `after_s` from now, so that what a live window
+    left after its last pause is stored and transcribed within seconds, not a segment later;
+    `tag` tells one follow-up from another (the pass it follows)."""
     job_id = f"{SEGMENT_JOB_PREFIX}follow.{tag}:{call_id}"
     job = await queue.enqueue_job(
         FLUSH_SEGMENT, call_id, follow_up=True, _job_id=job_id, _defer_by=after_s

@@ -26,7 +26,7 @@ from db.keys import call_keys
 from db.packets import StoredPacket
 from db.segments import TEXT, SegmentRow, store_segment
 from db.states import CallState
-from jobs.queue import enqueue_follow_up
+from jobs.queue import enqueue_live_transcription
 from jobs.resources import WorkerResources
 
 SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms frames
@@ -35,7 +35,6 @@ SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms
 # segment's, so a stored row holds at most about this (decoded, 3/4 of it).
 SEGMENT_BYTES = 8 * 1024 * 1024
 FIRST_PAGE = 500  # entries a worker reads with the call's lease: the rest comes by SEGMENT_BYTES
-FOLLOW_UP_S = 3.0  # after a live window, the flush that transcribes what followed its last pause
 
 
 @dataclass
@@ -122,20 +121,16 @@ def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPack
 
 
 async def flush_segment(res: WorkerResources, call_id: str, follow_up: bool = False) -> Flushed:
-    """The flush_segment job: a live call's tail, as the ingest script asked; then the windows
-    of its audio that are ready are transcribed (jobs/transcription.py). What a window leaves
-    after its last pause (the words being said as the segment was cut) would otherwise wait a
-    whole segment: one follow-up FOLLOW_UP_S later flushes the few seconds since and
-    transcribes it (`follow_up`), so an utterance is told within about a segment of being said."""
+    """The flush_segment job: a live call's tail, as the ingest script asked, stored; then the
+    windows it made ready are transcribed by a job of their own (jobs/transcription.py's
+    live_pass), so that a flush is never held up by the AI, nor its retries by a flush. A
+    follow-up (`follow_up`) stores the few seconds since a live window's last pause, for the
+    pass that transcribes them (told within about a segment of being said)."""
     raw = await res.redis.get(call_keys(call_id).metadata)
     metadata = orjson.loads(raw) if raw else None
     flushed = await flush_tail(res, call_id, metadata)
-    # A call that has ended is transcribed by its own job (which would otherwise race this one
-    # for the same window: one of them would be stored, the other's work thrown away).
+    # A call that has ended is transcribed by its own job (which would otherwise race a live
+    # pass for the same window: one of them would be stored, the other's work thrown away).
     if (flushed.segments or follow_up) and not await res.redis.exists(call_keys(call_id).done):
-        from jobs.transcription import transcribe_live  # it builds on this module's segments
-
-        ready = await transcribe_live(res, call_id, metadata)
-        if ready.pending and not follow_up:
-            await enqueue_follow_up(res.queue, call_id, FOLLOW_UP_S, int(time.time() * 1000))
+        await enqueue_live_transcription(res.queue, call_id, int(time.time() * 1000), follow_up)
     return flushed

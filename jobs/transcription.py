@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from core.audio import Samples, UnsupportedAudio, quietest_cut
 from core.conversation import Utterance, split_long
@@ -36,6 +38,7 @@ from core.redaction import redact
 from db import transcripts, worker_writes
 from db.events import attempt_event
 from db.feed_events import UtteranceEvent
+from db.keys import call_keys
 from db.leases import TranscriptionLock
 from db.packets import TRACKS
 from db.segments import TEXT, SegmentReader
@@ -45,6 +48,7 @@ from db.worker_writes import AttemptRecord, budget_key
 from jobs.ai import Sentiment, SpeechSource, Spoken, sentiment_of
 from jobs.attempts import CallDeadline, Recorder, StepExhausted, policy_of, run_step
 from jobs.audio import TrackAudio, TrackText, transcription_allowance_s
+from jobs.queue import enqueue_follow_up
 from jobs.resources import WorkerResources
 from settings import Settings
 
@@ -420,6 +424,25 @@ def utterance_event(
         text=u.text,
         sentiment={"label": u.sentiment.label, "score": u.sentiment.score},
     ).body()
+
+
+# After a live pass that left stored audio past its windows' last pauses (the words being said as
+# the segment was cut), a follow-up flush this much later stores what came since, for the next
+# pass: an utterance is told within about a segment of being said, not two.
+FOLLOW_UP_S = 3.0
+
+
+async def live_pass(res: WorkerResources, call_id: str, follow_up: bool = False) -> Ready:
+    """The transcribe_live job, queued by a segment flush that stored audio of a live call
+    (jobs/segments.py): the windows that are ready; then, unless this pass follows a follow-up
+    flush already, one follow-up flush FOLLOW_UP_S later if audio waits past their last pause."""
+    if await res.redis.exists(call_keys(call_id).done):
+        return Ready(0, pending=False)  # ended: its own job transcribes the rest
+    raw = await res.redis.get(call_keys(call_id).metadata)
+    ready = await transcribe_live(res, call_id, orjson.loads(raw) if raw else None)
+    if ready.pending and not follow_up:
+        await enqueue_follow_up(res.queue, call_id, FOLLOW_UP_S, int(time.time() * 1000))
+    return ready
 
 
 async def transcribe_live(

@@ -31,10 +31,11 @@ from jobs import polling, resilience
 from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
 from jobs.process import process_call
-from jobs.queue import ERASE_CALL, FLUSH_SEGMENT, PROCESS_CALL
+from jobs.queue import ERASE_CALL, FLUSH_SEGMENT, PROCESS_CALL, TRANSCRIBE_LIVE
 from jobs.resources import WorkerResources, make_resources, resources
 from jobs.segments import flush_segment
 from jobs.sweep import complete_idle_calls, complete_overlong_calls, recover_orphaned_calls
+from jobs.transcription import live_pass
 from jobs.webhooks import DeliveryLoop
 from settings import get_settings
 
@@ -49,6 +50,7 @@ def outage_backoff_s(job_try: int, cap_s: float) -> float:
 # minutes of an outage; the reaper then asks again for the segment, a bounded number of times
 # (jobs/sweep.py), so a segment's flush is bounded by time, and so is a call's.
 SEGMENT_JOB_TRIES = 8
+LIVE_JOB_TRIES = 3  # a live pass is best effort: the call's final run transcribes what is left
 
 
 _FINISHED = frozenset(state.value for state in TERMINAL_STATES)
@@ -120,6 +122,19 @@ async def flush_segment_job(ctx: dict[str, Any], call_id: str, follow_up: bool =
         await _note_failure(res, call_id, exc)
         raise
     return flushed.packets
+
+
+async def transcribe_live_job(ctx: dict[str, Any], call_id: str, follow_up: bool = False) -> int:
+    """A live call's windows that its stored segments made ready (jobs/transcription.py);
+    returns how many were stored. An outage defers it; a live pass is best effort (the call's
+    final run transcribes whatever is left), so its tries are few."""
+    res = resources(ctx)
+    try:
+        return (await live_pass(res, call_id, follow_up)).stored
+    except Exception as exc:
+        if is_outage(exc):
+            raise _retry_later(ctx, res.settings.db_retry_max_s, call_id, exc) from exc
+        raise
 
 
 # While a worker still works on a call being erased, its erasure waits this long between tries;
@@ -205,6 +220,12 @@ def make_functions(job_timeout_s: int) -> list[Function]:
             name=FLUSH_SEGMENT,
             timeout=job_timeout_s,
             max_tries=SEGMENT_JOB_TRIES,
+        ),
+        func(
+            transcribe_live_job,
+            name=TRANSCRIBE_LIVE,
+            timeout=job_timeout_s,
+            max_tries=LIVE_JOB_TRIES,
         ),
         func(erase_call_job, name=ERASE_CALL, timeout=ERASE_TIMEOUT_S, max_tries=ERASE_MAX_TRIES),
     ]

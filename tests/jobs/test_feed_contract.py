@@ -31,6 +31,7 @@ from jobs.audio import TrackText
 from jobs.process import process_call
 from jobs.resources import WorkerResources, make_resources
 from jobs.segments import flush_segment
+from jobs.transcription import live_pass
 from settings import Settings
 from tests.fakes import ScriptedAI
 
@@ -85,6 +86,7 @@ async def test_every_event_of_calls_run_end_to_end_is_one_its_model_describes(
         ]
         await res.ingestion.append("audio", batch)
         await flush_segment(res, "audio")
+        await live_pass(res, "audio")
     await res.ingestion.complete("audio")
     assert await process_call(res, "audio") == "ARCHIVED"
 

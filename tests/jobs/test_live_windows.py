@@ -26,6 +26,7 @@ from jobs.audio import TrackAudio
 from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment
+from jobs.transcription import live_pass
 from tests.conftest import make_settings
 from tests.segments_in_memory import SegmentsInMemory
 
@@ -93,6 +94,7 @@ async def test_live_windows_hear_what_the_whole_track_hears_without_dropped_or_d
                         batch.append(NewPacket(n, n * 0.02, data, party))
             await res.ingestion.append("windows", batch)
             await flush_segment(res, "windows")
+            await live_pass(res, "windows")
         async with res.sessions() as session:
             live = await utterances(session, "windows")
         await res.ingestion.complete("windows")

@@ -25,7 +25,7 @@ from jobs.queue import SEGMENT_JOB_PREFIX
 from jobs.resources import WorkerResources
 from jobs.segments import flush_segment
 from jobs.sweep import recover_orphaned_calls
-from jobs.transcription import transcribe_live
+from jobs.transcription import live_pass, transcribe_live
 from service.app import create_app
 from settings import Settings
 from tests.conftest import FEED
@@ -79,10 +79,12 @@ async def test_a_live_window_that_left_speech_after_its_last_pause_queues_one_fo
     audio = paused(speech(["positive-1", "negative-1"], 4.0))[: int(3.7 * 8000)]
     await res.ingestion.append("carry", frames_of(audio[: len(audio) // FRAME * FRAME]))
 
-    await flush_segment(res, "carry")
+    await flush_segment(res, "carry")  # stores the segment and queues its live pass
+    await live_pass(res, "carry")
 
     assert len(await segment_jobs(queue, "follow.")) == 1
-    await flush_segment(res, "carry", follow_up=True)  # a follow-up queues no other
+    await flush_segment(res, "carry", follow_up=True)
+    await live_pass(res, "carry", follow_up=True)  # a follow-up's pass queues no other
     assert len(await segment_jobs(queue, "follow.")) == 1
 
 
@@ -93,6 +95,7 @@ async def test_a_live_pass_leaves_the_call_to_a_pass_already_running(
     await res.ingestion.open_call("busy", MEDIA)
     await res.ingestion.append("busy", frames_of(paused(speech(["positive-1"], 4.0))))
     await flush_segment(res, "busy")
+    await live_pass(res, "busy")
     transcribed = ai.count("transcription")
     lock = TranscriptionLock(res.redis)
     more = paused(speech(["negative-1"], 4.0))

@@ -28,6 +28,7 @@ from jobs.ai import PermanentAIError
 from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment
+from jobs.transcription import live_pass
 from service.app import create_app
 from settings import Settings
 from tests.conftest import FEED, make_settings
@@ -169,6 +170,7 @@ async def test_a_window_that_cannot_be_transcribed_fails_the_call_naming_it_and_
         await res.ingestion.open_call("flaky", media)
         await res.ingestion.append("flaky", packets(0, 200))  # 4 s: a live window
         await flush_segment(res, "flaky")
+        await live_pass(res, "flaky")
         assert ai.count("transcription") == 1
         await res.ingestion.append("flaky", packets(200, len(frames)))
         await res.ingestion.complete("flaky")
