@@ -216,6 +216,7 @@ async def test_the_final_pass_carries_on_from_a_window_another_pass_stored_first
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)  # five minutes of calls at real-time pace, then their final runs
 async def test_five_minute_calls_at_real_time_pace_with_the_default_flaky_mock_end_archived(
     server_urls: tuple[str, str],
 ):
