@@ -84,9 +84,14 @@ async def record(session: AsyncSession, entry: LedgerEntry, *, again: bool = Fal
     statement = insert(Erasure).values(**values)
     target = [Erasure.call_id, Erasure.scope]
     if again:
-        statement = statement.on_conflict_do_update(index_elements=target, set_={"erased_at": None})
+        statement = statement.on_conflict_do_update(
+            index_elements=target, set_={"erased_at": None, "requeues": 0}
+        )
     else:
-        statement = statement.on_conflict_do_nothing(index_elements=target)
+        # Asked again while unfinished (its upkeep gave up, say): its requeues start afresh.
+        statement = statement.on_conflict_do_update(
+            index_elements=target, set_={"requeues": 0}, where=Erasure.erased_at.is_(None)
+        )
     await session.execute(statement)
     found = await find(session, entry.call_id, entry.scope)
     assert found is not None
@@ -135,18 +140,39 @@ async def page(
     return [_entry(r) for r in rows], (rows[-1].id if more else None)
 
 
+# The upkeep queues an unfinished erasure again at most this many times (once a run, a minute
+# apart: about an hour); past it, the erasure stays unfinished in the ledger, said in the log,
+# until it is asked for again (DELETE), which starts its count afresh.
+MAX_REQUEUES = 60
+
+
 async def pending(
     session: AsyncSession, requested_before: datetime, limit: int
 ) -> list[LedgerEntry]:
     """Erasures asked for before `requested_before` and not finished (their job was lost, or
-    its worker died): the upkeep queues them again."""
+    its worker died), not yet queued again MAX_REQUEUES times: the upkeep queues them again."""
     rows = await session.scalars(
         select(Erasure)
-        .where(Erasure.erased_at.is_(None), Erasure.requested_at < requested_before)
+        .where(
+            Erasure.erased_at.is_(None),
+            Erasure.requested_at < requested_before,
+            Erasure.requeues < MAX_REQUEUES,
+        )
         .order_by(Erasure.requested_at)
         .limit(limit)
     )
     return [_entry(r) for r in rows]
+
+
+async def requeued(session: AsyncSession, call_id: str, scope: Scope) -> int:
+    """Count one more time the upkeep queued the erasure again; returns the count."""
+    count = await session.scalar(
+        update(Erasure)
+        .where(Erasure.call_id == call_id, Erasure.scope == scope.value)
+        .values(requeues=Erasure.requeues + 1)
+        .returning(Erasure.requeues)
+    )
+    return int(count or 0)
 
 
 async def finish(session: AsyncSession, call_id: str, scope: Scope, at: datetime) -> None:

@@ -234,3 +234,5 @@ class Erasure(Base):
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Null while it runs (the call already answers 404 call_erased); set once nothing is left.
     erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # How often the upkeep queued it again unfinished: bounded (db/erasures.py MAX_REQUEUES).
+    requeues: Mapped[int] = mapped_column(Integer, server_default=text("0"))

@@ -156,7 +156,20 @@ async def upkeep(res: WorkerResources, now: datetime | None = None) -> UpkeepRun
             marker_ttl_s=marker_ttl_s,
             job_timeout_s=ERASE_TIMEOUT_S,
         )
-        requeued += released or bool(await enqueue(entry.call_id, entry.scope.value))
+        if not (released or await enqueue(entry.call_id, entry.scope.value)):
+            continue  # queued or running already: not another try
+        requeued += 1
+        async with res.sessions() as session, session.begin():
+            count = await erasures.requeued(session, entry.call_id, entry.scope)
+        if count >= erasures.MAX_REQUEUES:
+            log.error(
+                "erasure of call %s (%s) queued again %d times and never finished: left "
+                "unfinished in the ledger; DELETE it again to retry",
+                entry.call_id,
+                entry.scope.value,
+                count,
+                extra=about(entry.call_id),
+            )
     if any(asked.values()) or requeued:
         log.info(
             "erasure upkeep: retention asked for %d calls and %d recordings; %d unfinished "

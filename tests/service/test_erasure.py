@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cli import main as cli_main
 from core.access import Role, key_id
+from db import erasures
 from db.erasures import CALL_TABLES, Scope
 from db.events import parse
 from db.forget import ERASED
@@ -207,6 +208,38 @@ async def test_an_erasure_job_that_died_mid_way_is_finished_by_the_next_run(
     assert run.requeued == 1
     assert (await client.delete("/v1/calls/cut")).status_code == 204
     await assert_nothing_left(engine, redis, "cut")
+
+
+async def test_an_erasure_that_keeps_failing_is_queued_again_a_bounded_number_of_times(
+    client: AsyncClient,
+    run_worker: Any,
+    engine: AsyncEngine,
+    worker_resources: WorkerResources,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    await archived(client, run_worker, "stuck")
+    assert (await client.delete("/v1/calls/stuck")).status_code == 202
+
+    async def refused(self: object, call_id: str) -> None:
+        raise RuntimeError("the store refuses every delete")
+
+    monkeypatch.setattr("db.forget.CallRedis.forget", refused)
+    await run_worker()  # fails: unfinished
+    left = erasures.MAX_REQUEUES - 1
+    async with engine.begin() as conn:
+        await conn.execute(text(f"UPDATE erasure SET requeues = {left} WHERE call_id = 'stuck'"))
+
+    assert (await upkeep(worker_resources)).requeued == 1  # its last time
+    await run_worker()  # fails again
+    assert (await upkeep(worker_resources)).requeued == 0  # given up: no endless retries
+    assert await scalar(engine, "SELECT erased_at FROM erasure WHERE call_id = 'stuck'") is None
+    await assert_every_read_is_erased(client, "stuck")  # still gone for every reader
+
+    # Asked again, it starts afresh, and with the store mended it finishes.
+    monkeypatch.undo()
+    assert (await client.delete("/v1/calls/stuck")).status_code == 202
+    await run_worker()
+    assert (await client.delete("/v1/calls/stuck")).status_code == 204
 
 
 async def test_an_erasure_whose_worker_was_killed_is_taken_up_again_by_the_upkeep(

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("requested_by", sa.Text(), nullable=False),
         sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("requeues", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.CheckConstraint("scope IN ('call', 'audio')", name="erasure_scope_known"),
         sa.CheckConstraint("reason IN ('request', 'retention')", name="erasure_reason_known"),
     )
