@@ -16,12 +16,13 @@ bug that fails where it is built, never a megabyte sent to every subscriber.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from db.packets import Track
+from db.packets import TRACKS, Track
 from db.record import Sentiment
 from db.states import CallState
 
@@ -143,7 +144,44 @@ class SegmentEvent(_Event):
     seconds: float = Field(description="Of the longer track's audio; 0 for text packets.")
 
 
-class UtteranceEvent(_Event):
+class Said(BaseModel):
+    """One utterance as every reader gets it: the feed's `utterance` event, GET
+    /v1/calls/{id}/transcript and the `call.utterance` webhook share this one shape."""
+
+    speaker: str = Field(
+        description=f"SPEAKER_NAMES' name for the track (at most {NAME_MAX_CHARS}): caller "
+        "(inbound), agent (outbound) by default."
+    )
+    track: Track = Field(description="inbound (the caller) or outbound (the agent).")
+    start_s: float = Field(description="Seconds from the start of the call's recording.")
+    end_s: float
+    text: str = Field(
+        description=f"At most {UTTERANCE_MAX_CHARS} characters: longer speech is several "
+        "utterances."
+    )
+    sentiment: Sentiment
+
+    @classmethod
+    def of(
+        cls,
+        track: int,
+        start_s: float,
+        end_s: float,
+        text: str,
+        sentiment: tuple[str, float],
+        speakers: Sequence[str],
+    ) -> Said:
+        """An utterance as stored (its track's number, its sentiment's label and score)."""
+        label, score = sentiment
+        return cls(speaker=speakers[track], track=TRACKS[track], start_s=start_s, end_s=end_s,
+                   text=text, sentiment=Sentiment(label=label, score=score))  # fmt: skip
+
+    def fields(self) -> dict[str, Any]:
+        """Its JSON fields, for a body that holds them with others (an event, a webhook)."""
+        return self.model_dump(mode="json")
+
+
+class UtteranceEvent(_Event, Said):
     """What one speaker said, as soon as its window is transcribed. Its text is at most
     UTTERANCE_MAX_CHARS: the worker tells longer speech as several utterances (core/
     conversation.py's split_long), so this cuts nothing; if a producer forgot, the event is cut
@@ -151,17 +189,6 @@ class UtteranceEvent(_Event):
     (GET /v1/calls/{id}/transcript) has the whole text."""
 
     type: Literal["utterance"] = "utterance"
-    speaker: str = Field(
-        description=f"SPEAKER_NAMES' name for the track (at most {NAME_MAX_CHARS})."
-    )
-    track: Track
-    start_s: float = Field(description="Seconds of the call.")
-    end_s: float
-    text: str = Field(
-        description=f"At most {UTTERANCE_MAX_CHARS} characters: longer speech is several "
-        "utterances."
-    )
-    sentiment: Sentiment
 
     @field_validator("text")
     @classmethod

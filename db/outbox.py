@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from db.packets import TRACKS
+from db.feed_events import Said
 
 
 class EventType(StrEnum):
@@ -49,18 +49,6 @@ def links(base_url: str | None, call_id: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Said:
-    """An utterance as its `call.utterance` event tells it."""
-
-    track: int
-    start_s: float
-    end_s: float
-    text: str
-    sentiment_label: str
-    sentiment_score: float
-
-
-@dataclass(frozen=True, slots=True)
 class Webhooks:
     """Who wants which events (WEBHOOK_URLS, WEBHOOK_EVENTS), and what an utterance's event
     names (SPEAKER_NAMES, PUBLIC_BASE_URL)."""
@@ -77,16 +65,7 @@ class Webhooks:
         return {"wh_id": new_event_id(), "wh_type": event.value, "wh_urls": wanted}
 
     def utterance_body(self, call_id: str, said: Said) -> str:
-        data = {
-            "call_id": call_id,
-            "speaker": self.speakers[said.track],
-            "track": TRACKS[said.track].value,
-            "start_s": said.start_s,
-            "end_s": said.end_s,
-            "text": said.text,
-            "sentiment": {"label": said.sentiment_label, "score": said.sentiment_score},
-            "links": links(self.links_base, call_id),
-        }
+        data = {"call_id": call_id, **said.fields(), "links": links(self.links_base, call_id)}
         event = {"type": EventType.UTTERANCE.value, "timestamp": datetime.now(UTC).isoformat(),
                  "data": data}  # fmt: skip
         return orjson.dumps(event).decode()

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from db.outbox import Said, Webhooks, announce_utterances
+from db.feed_events import Said
+from db.outbox import Webhooks, announce_utterances
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:call_id, 17))")
 _END = text(
@@ -45,6 +46,10 @@ class UtteranceRow:
     text: str
     sentiment_label: str
     sentiment_score: float
+
+    @property
+    def sentiment(self) -> tuple[str, float]:
+        return self.sentiment_label, self.sentiment_score
 
 
 async def store_window(
@@ -82,7 +87,7 @@ async def store_window(
             ],
         )
         said = [
-            Said(u.track, u.start_s, u.end_s, u.text, u.sentiment_label, u.sentiment_score)
+            Said.of(u.track, u.start_s, u.end_s, u.text, u.sentiment, webhooks.speakers)
             for u in utterances
         ]
         await announce_utterances(conn, call_id, said, webhooks)

@@ -37,10 +37,9 @@ from core.recording import NotAudio, Recording, call_format, texts
 from core.redaction import redact
 from db import transcripts, worker_writes
 from db.events import attempt_event
-from db.feed_events import UtteranceEvent
+from db.feed_events import Said, UtteranceEvent
 from db.keys import call_keys
 from db.leases import TranscriptionLock
-from db.packets import TRACKS
 from db.segments import TEXT, SegmentReader
 from db.states import CallState
 from db.transcripts import UtteranceRow
@@ -414,16 +413,9 @@ async def _store(
 def utterance_event(
     res: WorkerResources, call_id: str, u: Utterance, state: CallState
 ) -> dict[str, Any]:
-    return UtteranceEvent(
-        call_id=call_id,
-        state=state,
-        speaker=res.settings.speaker_names[u.track],
-        track=TRACKS[u.track],
-        start_s=u.start_s,
-        end_s=u.end_s,
-        text=u.text,
-        sentiment={"label": u.sentiment.label, "score": u.sentiment.score},
-    ).body()
+    sentiment = (u.sentiment.label, u.sentiment.score)
+    said = Said.of(u.track, u.start_s, u.end_s, u.text, sentiment, res.settings.speaker_names)
+    return UtteranceEvent(call_id=call_id, state=state, **dict(said)).body()
 
 
 # After a live pass that left stored audio past its windows' last pauses (the words being said as

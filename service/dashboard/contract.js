@@ -75,17 +75,17 @@ export const CONTRACT = Object.freeze({
       "seconds"
     ],
     "utterance": [
-      "id",
-      "call_id",
-      "state",
-      "at",
-      "type",
       "speaker",
       "track",
       "start_s",
       "end_s",
       "text",
-      "sentiment"
+      "sentiment",
+      "id",
+      "call_id",
+      "state",
+      "at",
+      "type"
     ],
     "reset": [
       "type",

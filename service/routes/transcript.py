@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from core import captions
 from core.errors import CallNotFound
 from db import transcripts
-from db.packets import TRACKS
+from db.feed_events import Said
 from db.record import Conversation, Sentiment
 from db.states import CallState
 from service.deps import CallId, ResourcesDep, SessionDep
@@ -24,21 +24,12 @@ from service.views import call_status
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 
-class UtteranceOut(BaseModel):
-    speaker: str = Field(description="The track's speaker (SPEAKER_NAMES: caller, agent).")
-    track: str = Field(description="inbound (the caller) or outbound (the agent).")
-    start_s: float = Field(description="Seconds from the start of the call's recording.")
-    end_s: float
-    text: str
-    sentiment: Sentiment
-
-
 class TranscriptOut(BaseModel):
     call_id: str
     state: CallState
     transcript: str | None = Field(description="The utterances joined, by time (once stored).")
     sentiment: Sentiment | None = Field(description="The whole call's (the AI's), once known.")
-    utterances: list[UtteranceOut] = Field(description="By start time; a live call's so far.")
+    utterances: list[Said] = Field(description="By start time; a live call's so far.")
     conversation: Conversation | None = Field(description="Per speaker, silence, overlap.")
 
 
@@ -104,16 +95,6 @@ async def _transcript(call_id: str, res: ResourcesDep, session: SessionDep) -> T
         state=status.state,
         transcript=status.transcript,
         sentiment=status.sentiment,
-        utterances=[
-            UtteranceOut(
-                speaker=names[u.track],
-                track=TRACKS[u.track].value,
-                start_s=u.start_s,
-                end_s=u.end_s,
-                text=u.text,
-                sentiment=Sentiment(label=u.sentiment_label, score=u.sentiment_score),
-            )
-            for u in said
-        ],
+        utterances=[Said.of(u.track, u.start_s, u.end_s, u.text, u.sentiment, names) for u in said],
         conversation=status.conversation,
     )
