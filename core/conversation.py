@@ -7,21 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from db.feed_events import UTTERANCE_MAX_CHARS
 from db.packets import TRACKS
 from db.record import Conversation, Sentiment, SpeakerFigures
-
-
-class Scored(Protocol):
-    """A sentiment as the AI providers answer one (jobs/ai.py's Sentiment)."""
-
-    @property
-    def label(self) -> str: ...
-
-    @property
-    def score(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +20,7 @@ class Utterance:
     start_s: float  # seconds of the call (the recording's timeline)
     end_s: float
     text: str
-    sentiment: Scored
+    sentiment: Sentiment
 
 
 class TimedText(NamedTuple):
@@ -120,7 +110,7 @@ def conversation(
     utterances: Sequence[Utterance],
     seconds: float,
     names: Mapping[int, str],
-    score: Callable[[str], Scored],
+    score: Callable[[str], Sentiment],
 ) -> Conversation:
     """The figures of a call `seconds` long: per speaker (their utterances' time, count and the
     sentiment of all they said, by `score`), silence (no utterance of anyone) and overlap."""
@@ -139,7 +129,7 @@ def conversation(
             track=TRACKS[track].value,
             utterances=len(said),
             talk_s=round(_union_s(spans[track]), 3),
-            sentiment=Sentiment(label=scored.label, score=scored.score) if scored else None,
+            sentiment=scored,
         )
     everyone = [span for track_spans in spans.values() for span in track_spans]
     shared = _overlaps(spans.get(0, []), spans.get(1, []))

@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 
 from core.audio import AudioFormat, Samples
 from core.conversation import split_long
+from db.record import Sentiment as Sentiment  # what a provider's scoring answers: the record's
 
 
 class AIError(Exception):
@@ -37,12 +38,6 @@ class TransientAIError(AIError):
 
 class PermanentAIError(AIError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Sentiment:
-    label: str  # positive | neutral | negative
-    score: float  # polarity in [-1, 1]
 
 
 class Spoken(NamedTuple):
@@ -129,9 +124,9 @@ def sentiment_of(transcript: str) -> Sentiment:
     pos = sum(w in _POSITIVE for w in words)
     neg = sum(w in _NEGATIVE for w in words)
     if pos == neg:
-        return Sentiment("neutral", 0.0)
+        return Sentiment(label="neutral", score=0.0)
     score = round((pos - neg) / (pos + neg), 3)
-    return Sentiment("positive" if score > 0 else "negative", score)
+    return Sentiment(label="positive" if score > 0 else "negative", score=score)
 
 
 class MockAI:

@@ -132,7 +132,7 @@ def vader_sentiment(text: str) -> Sentiment:
         _vader = SentimentIntensityAnalyzer()
     score = round(float(_vader.polarity_scores(text)["compound"]), 3)
     if score >= POSITIVE_FROM:
-        return Sentiment("positive", score)
+        return Sentiment(label="positive", score=score)
     if score <= NEGATIVE_FROM:
-        return Sentiment("negative", score)
-    return Sentiment("neutral", score)
+        return Sentiment(label="negative", score=score)
+    return Sentiment(label="neutral", score=score)

@@ -124,7 +124,7 @@ class OpenAICompatible:
         if self.local_sentiment:
             return await asyncio.to_thread(vader_sentiment, transcript)
         if not transcript.strip():
-            return Sentiment("neutral", 0.0)  # nothing was said: nothing to ask about
+            return Sentiment(label="neutral", score=0.0)  # nothing was said: nothing to ask about
         request = {
             "model": self.sentiment_model,
             "messages": [
@@ -251,7 +251,7 @@ def sentiment_from(completion: Any) -> Sentiment:
         raise TransientAIError(
             f"the sentiment model answered {label!r} {score}, not a label and a score"
         )
-    return Sentiment(label, round(min(max(score, -1.0), 1.0), 3))
+    return Sentiment(label=label, score=round(min(max(score, -1.0), 1.0), 3))
 
 
 def spoken_from(answer: Any, start_s: float, end_s: float) -> list[Spoken]:

@@ -257,7 +257,11 @@ async def _utterances(res: WorkerResources, call_id: str) -> list[Utterance]:
         rows = await transcripts.utterances(session, call_id)
     return [
         Utterance(
-            r.track, r.start_s, r.end_s, r.text, Sentiment(r.sentiment_label, r.sentiment_score)
+            r.track,
+            r.start_s,
+            r.end_s,
+            r.text,
+            Sentiment(label=r.sentiment_label, score=r.sentiment_score),
         )
         for r in rows
     ]

@@ -152,7 +152,7 @@ class RefusedSentiment(ScriptedAI):
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         await super().analyse_sentiment(call_id, transcript)
-        return Sentiment(f"positive{SECRET}\x00", 0.5)
+        return Sentiment(label=f"positive{SECRET}\x00", score=0.5)
 
 
 async def test_a_final_write_postgres_refuses_ends_failed_for_good(
