@@ -74,6 +74,12 @@ local tracks = {
          received = 0, duplicates = 0, reordered = 0},
 }
 
+-- Redis' own clock, in seconds with milliseconds (a stream entry's id is its milliseconds).
+local function redis_now()
+  local t = redis.call('TIME')
+  return string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+end
+
 -- Numbers go to Redis as integer text: redis.call would print them with 14 significant digits.
 local function int(n)
   return string.format('%d', n)
@@ -226,8 +232,9 @@ if received > 0 then
     end
   end
   -- The tail's age starts with its oldest entry (segment_done.lua moves it on): read above,
-  -- so a tail that is open costs no command.
-  if not meta[15] then redis.call('HSET', KEYS[2], 'seg_open_at', now) end
+  -- so a tail that is open costs no command. On Redis' clock, as segment_done.lua reads it
+  -- from the oldest entry's id: one clock for the tail's age, whatever the API host's says.
+  if not meta[15] then redis.call('HSET', KEYS[2], 'seg_open_at', redis_now()) end
   redis.call('ZADD', KEYS[6], now, call_id)
 end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end
@@ -249,9 +256,10 @@ local asked = 0
 if received > 0 and segment_entries > 0 and not meta[16] then
   local total_outbound = tonumber(meta[12] or '0') + outbound.received
   local both = total_outbound > 0 and (had_packets + received) > total_outbound
-  local opened = tonumber(meta[15] or now)
+  local at = redis_now()
+  local opened = tonumber(meta[15] or at)
   if redis.call('XLEN', KEYS[1]) >= segment_entries * (both and 2 or 1)
-      or tonumber(now) - opened >= segment_s then
+      or tonumber(at) - opened >= segment_s then
     asked = tonumber(meta[17] or '0') + 1
     redis.call('HSET', KEYS[2], 'seg_asked', int(asked), 'seg_asked_at', now)
     redis.call('ZADD', KEYS[9], now, call_id)
