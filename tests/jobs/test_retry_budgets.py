@@ -86,7 +86,7 @@ def uncovered(spans: Sequence[tuple[float, float]], length_s: float, slack_s: fl
 def paced_settings(server_urls: tuple[str, str]) -> Settings:
     return make_settings(
         *server_urls,
-        segment_seconds=4.0,
+        segment_seconds=2.5,
         ai_latency_min_s=0.02,
         ai_latency_max_s=0.1,
         ai_seed=None,
@@ -123,7 +123,7 @@ async def test_calls_at_real_time_pace_whose_every_window_fails_once_end_archive
     each window's attempts named and told apart (live or final)."""
     speech_or_skip()
     ai = FirstAttemptFails(MockAI(failure_rate=0.0, latency_min_s=0.02, latency_max_s=0.1))
-    calls = [dialogue_call(f"budget-paced-{n}", 24.0) for n in range(2)]
+    calls = [dialogue_call(f"budget-paced-{n}", 16.0) for n in range(2)]
 
     records, said, history = await run_calls(paced_settings, ai, calls, paced=True, final_s=60)
 
@@ -133,7 +133,7 @@ async def test_calls_at_real_time_pace_whose_every_window_fails_once_end_archive
         attempts = past["attempts"]
         windows = [a for a in attempts if a["step"] == "transcription"]
         live = [a for a in windows if a["live"]]
-        assert len({a["window"] for a in live}) >= 6  # live windows: 24 s in 4 s segments
+        assert len({a["window"] for a in live}) >= 6  # live windows: 16 s in 2.5 s segments
         assert all(a["window"].startswith(("the caller's audio at", "the agent's audio at"))
                    for a in windows)  # fmt: skip
         # Every window failed once and answered on its second attempt, whatever the others did.

@@ -142,8 +142,10 @@ async def test_with_keys_on_the_page_needs_none_but_its_data_and_other_paths_do(
     async with serving(app) as address, AsyncClient(base_url=f"http://{address}") as client:
         for path in ASSETS:
             assert (await client.get(path)).status_code == 200, path
-        for path in ("/v1/calls", "/v1/system", "/v1/events", "/dashboard/other.js"):
+        for path in ("/v1/calls", "/v1/system", "/v1/events", "/dashboard/../v1/calls"):
             assert (await client.get(path)).status_code == 401, path
+        # A module name the page does not have is no file: nothing is served for it.
+        assert (await client.get("/dashboard/other.js")).status_code == 404
 
 
 def test_the_page_loads_only_its_own_files_and_writes_no_server_text_as_html():
