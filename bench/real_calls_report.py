@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bench.real_calls_load import flatness
-from bench.sections import write_section
 
 HEADING = "## Real calls"
 Figures = dict[str, Any]
@@ -98,10 +96,6 @@ def pair(
     if before is None:
         return now
     return f"{now} (before: {fmt(dig(before, *path))})"
-
-
-def write(figures: Figures, before: Figures | None, command: str) -> Path:
-    return write_section(HEADING, section(figures, before, command))
 
 
 def section(f: Figures, before: Figures | None, command: str) -> list[str]:
@@ -416,7 +410,7 @@ def ramp_repeats(f: Figures, before: Figures | None) -> list[str]:
         return []
     old = dig(before, "meta", "commit")
     lines = [
-        "The ramp alone, run again (`python -m bench.real_calls --phases ramp`), the two servers "
+        "The ramp alone, run again (the ramp phase alone), the two servers "
         "in turn, minutes apart:",
         "",
         "| started | server | load average | lag p99 by step (calls: ms) | most held |",
