@@ -1,5 +1,6 @@
-"""What access control costs the ingestion fast path (`python -m bench access_cost`): single-packet closed-loop throughput of two API processes started alike, one with
-API keys (every request carries a Bearer key, checked by the gate) and one without, measured
+"""What access control costs the ingestion fast path (`python -m bench access_cost`):
+single-packet closed-loop throughput of two API processes started alike, one with API keys
+(every request carries a Bearer key, checked by the gate) and one without, measured
 alternately in one run so that the machine's drift hits both."""
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ async def measure(plan: Plan, options: Options) -> tuple[dict[str, list[float]],
     with BenchStack(Layout(api_processes=0, workers=0), options.stores) as stack:
         open_api = stack.start_api(name="api-open")
         keyed_api = stack.start_api(env={"INGEST_API_KEYS": KEY}, name="api-keyed")
-        assert open_api.port is not None and keyed_api.port is not None
+        assert open_api.port is not None
+        assert keyed_api.port is not None
         for n in range(plan.rounds):
             for name, port in (("off", open_api.port), ("on", keyed_api.port)):
                 work = single_packet_workload(f"auth-{name}-{n}", plan.calls, plan.packets)
@@ -57,8 +59,8 @@ def section(rates: dict[str, list[float]]) -> list[str]:
     return [
         HEADING,
         "",
-        f"Command: `{command('access_cost')}` (part of `make bench`). Single packets, closed loop, 64",
-        "connections, two API processes started alike but for `INGEST_API_KEYS`, measured",
+        f"Command: `{command('access_cost')}` (part of `make bench`). Single packets, closed",
+        "loop, 64 connections, two API processes started alike but for `INGEST_API_KEYS`, measured",
         f"alternately, {len(rates['on'])} rounds each; medians.",
         "",
         "| keys | packets/s |",

@@ -278,7 +278,9 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
         api = stack.start_api()
         api2 = stack.start_api(name="api-x2", processes=2)
         bare = stack.start_api("bench.bare_app:app", name="bare")
-        assert api.port is not None and api2.port is not None and bare.port is not None
+        assert api.port is not None
+        assert api2.port is not None
+        assert bare.port is not None
         redis = Redis.from_url(stack.redis_url)
         try:
             b = Bench(stack, redis)
@@ -300,7 +302,9 @@ def problems(f: dict[str, Any]) -> list[str]:
         for d in f["drain"]
         if d["finished"] < d["calls"]
     ]
-    out += [f"burst: {r['finished']} of {r['calls']} calls ended" for r in f["burst"] if r["capped"]]
+    out += [
+        f"burst: {r['finished']} of {r['calls']} calls ended" for r in f["burst"] if r["capped"]
+    ]
     out += [
         f"open loop {name}: {r['errors']} requests refused"
         for name, r in f["open_loop"].items()

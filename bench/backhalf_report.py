@@ -72,7 +72,8 @@ def section(figures: dict[str, Any]) -> list[str]:
         "spread over asyncpg's execute, redis-py's command packing and parsing, and arq's run_job,",
         "with no single piece of our code above 3%. Next steps: batch the final statements of",
         "calls that finish together; a queue cheaper than arq's round trips per job. Against the",
-        f"figures issue 8 was filed with ({ISSUE_CPU_MS:.0f} ms of CPU per call, {ISSUE_RATE:.0f} calls/s)"
+        f"figures issue 8 was filed with ({ISSUE_CPU_MS:.0f} ms of CPU per call,"
+        f" {ISSUE_RATE:.0f} calls/s)"
         + (
             f": against those, {ISSUE_CPU_MS / new1['cpu_ms_per_call']:.0f}x less CPU and "
             f"{new2['calls_per_s'] / ISSUE_RATE:.0f}x the drain."

@@ -1,4 +1,5 @@
-"""Ingestion on a Redis Cluster against a single Redis (`python -m bench cluster`; issue #12's target: the cluster within 15% of the single Redis).
+"""Ingestion on a Redis Cluster against a single Redis (`python -m bench cluster`;
+issue #12's target: the cluster within 15% of the single Redis).
 
 Two API deployments as `make run` starts one (devstack/commands.py, WEB_CONCURRENCY = the
 machine's cores), alike but for where the call keys live: (a) one embedded Redis, (b) a 3-master

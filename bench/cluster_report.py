@@ -9,7 +9,6 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-
 HEADING = "## Redis Cluster: ingestion on 3 masters against one Redis"
 TARGET = 0.85  # issue #12: the cluster within 15% of the single Redis
 NAMES = {"single": "one Redis", "cluster": "Redis Cluster, 3 masters"}

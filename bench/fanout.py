@@ -35,11 +35,11 @@ from bench import fanout_report
 from bench.common import pct
 from bench.load import closed_loop, single_packet_workload
 from bench.sections import loadavg
+from bench.stack import BenchStack, Layout
+from bench.suite import Options, Outcome, command
 from core.builders import feed_limits
 from db.events import PROGRESS, EventLog
 from db.keys import EVENTS
-from bench.stack import BenchStack, Layout
-from bench.suite import Options, Outcome, command
 from devstack.processes import die_with_parent
 from devstack.stack import ROOT
 from settings import Settings

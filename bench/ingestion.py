@@ -17,6 +17,7 @@ import asyncpg
 import uvloop
 from redis.asyncio import Redis
 
+from bench.ingestion_report import section
 from bench.load import (
     Result,
     batch_workload,
@@ -25,7 +26,6 @@ from bench.load import (
     send_all,
     single_packet_workload,
 )
-from bench.ingestion_report import section
 from bench.sections import loadavg
 from bench.stack import BenchStack, Layout
 from bench.suite import Options, Outcome
@@ -244,9 +244,7 @@ async def durability(plan: Plan, api: int, api_always: int, run: int) -> dict[st
     return {"everysec": everysec, "always": always, "ratio": always / everysec}
 
 
-async def memory(
-    plan: Plan, stack: BenchStack, api: int, redis: Redis, run: int
-) -> dict[str, Any]:
+async def memory(plan: Plan, stack: BenchStack, api: int, redis: Redis, run: int) -> dict[str, Any]:
     await stack.reset()
     await asyncio.sleep(0.2)
     before = await redis_info_memory(redis)
@@ -327,7 +325,8 @@ async def measure(plan: Plan, options: Options) -> Outcome:
         bare = stack.start_api("bench.bare_app:app", name="bare")
         always = stack.stack.start_redis(name="redis-always", appendfsync="always")
         api_always = stack.start_api(env={"REDIS_URL": always.url}, name="api-always")
-        assert bare.port is not None and api_always.port is not None
+        assert bare.port is not None
+        assert api_always.port is not None
         figures = await one_run(plan, stack, (stack.api_port, bare.port, api_always.port), 0)
     print_run(0, figures)
     machine = machine_info() | {"loadavg_start": load_start, "loadavg_end": loadavg()}

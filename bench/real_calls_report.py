@@ -410,8 +410,7 @@ def ramp_repeats(f: Figures, before: Figures | None) -> list[str]:
         return []
     old = dig(before, "meta", "commit")
     lines = [
-        "The ramp alone, run again (the ramp phase alone), the two servers "
-        "in turn, minutes apart:",
+        "The ramp alone, run again (the ramp phase alone), the two servers in turn, minutes apart:",
         "",
         "| started | server | load average | lag p99 by step (calls: ms) | most held |",
         "|---|---|---|---|---|",

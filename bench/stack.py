@@ -74,7 +74,8 @@ class BenchStack:
 
     @property
     def api_port(self) -> int:
-        assert self.api is not None and self.api.port is not None, "the layout has no API"
+        assert self.api is not None, "the layout has no API"
+        assert self.api.port is not None
         return self.api.port
 
     @property
