@@ -312,7 +312,7 @@ def run(options: Options) -> Outcome:
     try:
         whisper.model_folder()
     except (ImportError, ValueError) as exc:
-        return Outcome([], skipped=f"the bundled Whisper model is missing: {exc}")
+        return Outcome([], skipped=f"the bundled Whisper model is missing ({exc})")
     global corpus
     corpus = tuple(SENTENCES[:QUICK_SENTENCES] if options.quick else SENTENCES)
     load_before, started = loadavg(), time.monotonic()

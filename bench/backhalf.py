@@ -136,8 +136,8 @@ def stop(workers: list[Process]) -> dict[str, float]:
         if w.log is None or not w.log.exists():
             continue
         for line in w.log.read_text(errors="replace").splitlines():
-            if m := _STAGES.search(line):
-                for part in m.group(1).split(", "):
+            if m := _STAGES.search(line.rstrip()):
+                for part in filter(None, m.group(1).split(", ")):  # none: no call finished
                     name, seconds = part.rsplit(" ", 1)
                     stages[name] = stages.get(name, 0.0) + float(seconds.rstrip("s"))
     return stages

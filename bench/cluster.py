@@ -201,7 +201,9 @@ def medians(rounds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, di
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:
     with BenchStack(Layout(api_processes=0, workers=0), options.stores) as stack:
         # The single Redis is always ours: its CPU and counts are measured.
-        single = stack.stack.start_redis(name="redis-single")
+        single = stack.start_extra_redis("redis-single")
+        if stack.stack.redis is None:  # the test suite's stores: the queue's Redis is ours
+            stack.stack.redis = single
         cluster = stack.stack.start_redis_cluster(masters=plan.masters, replicas_per_master=0)
         envs = {
             "single": {"REDIS_URL": single.url, "QUEUE_REDIS_URL": single.url},

@@ -323,7 +323,7 @@ async def measure(plan: Plan, options: Options) -> Outcome:
     # One API process and no worker to start with: each drain starts its own.
     with BenchStack(Layout(api_processes=1, workers=0), options.stores) as stack:
         bare = stack.start_api("bench.bare_app:app", name="bare")
-        always = stack.stack.start_redis(name="redis-always", appendfsync="always")
+        always = stack.start_extra_redis("redis-always", appendfsync="always")
         api_always = stack.start_api(env={"REDIS_URL": always.url}, name="api-always")
         assert bare.port is not None
         assert api_always.port is not None

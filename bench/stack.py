@@ -132,6 +132,15 @@ class BenchStack:
         extra = (*QUIET_API, "--workers", str(processes)) if processes > 1 else QUIET_API
         return self.stack.start_api(target=target, extra_env=env, extra_args=extra, name=name)
 
+    def start_extra_redis(self, name: str, appendfsync: str = "everysec") -> EmbeddedRedis:
+        """Another Redis beside the stack's, e.g. with `appendfsync always`: it never becomes
+        the stack's REDIS_URL (devstack makes the first one started that, and with the test
+        suite's stores this would be the first)."""
+        kept = self.stack.env["REDIS_URL"], self.stack.redis
+        redis = self.stack.start_redis(name=name, appendfsync=appendfsync)
+        self.stack.env["REDIS_URL"], self.stack.redis = kept
+        return redis
+
     def start_worker(self, env: Mapping[str, str] | None = None) -> Process:
         return self.stack.start_worker(env)
 
