@@ -322,7 +322,8 @@ def run(options: Options) -> Outcome:
         runs += measure(engine, options.quick)
     checks = [] if options.quick else controls()
     wide = before_the_telephone()
-    call = asyncio.run(through_the_provider(min(2, len(os.sched_getaffinity(0)))))
+    processes = 1 if options.quick else min(2, len(os.sched_getaffinity(0)))
+    call = asyncio.run(through_the_provider(processes))
     machine = (
         f"{os.cpu_count()} cores, Python {platform.python_version()}, faster-whisper"
         f" {version('faster-whisper')}, CTranslate2 {version('ctranslate2')}, vaderSentiment"

@@ -69,11 +69,12 @@ class Plan:
     open_connections: int = 500  # one per live call, as PBXs connect
     scale_s: float = 5.0
     ai_speed_up: float = 1.0  # the burst's mock AI latencies and backoffs divided by this
+    workers: int = 2  # of the burst, the open loop while draining, and the second drain
 
 
 QUICK = Plan(
     drain_calls=10, packets=3, burst_calls=10, burst_cap_s=30, open_calls=10, open_packets=3,
-    open_rate=200, open_connections=10, scale_s=0.3, ai_speed_up=50,
+    open_rate=200, open_connections=10, scale_s=0.3, ai_speed_up=50, workers=1,
 )  # fmt: skip
 
 
@@ -186,7 +187,9 @@ async def burst(b: Bench, api: int, plan: Plan, tag: str) -> dict[str, Any]:
     """`burst_calls` calls completed at once with the default mock AI, two workers."""
     timed = ("AI_LATENCY_MIN_S", "AI_LATENCY_MAX_S", "AI_BACKOFF_BASE_S", "AI_BACKOFF_MAX_S")
     ai = DEFAULT_AI | {k: f"{float(DEFAULT_AI[k]) / plan.ai_speed_up:g}" for k in timed}
-    procs, work = await b.live_calls(api, 2, ai, f"{tag}-burst", plan.burst_calls, plan.packets, 7)
+    procs, work = await b.live_calls(
+        api, plan.workers, ai, f"{tag}-burst", plan.burst_calls, plan.packets, 7
+    )
     conn = await asyncpg.connect(b.pg_dsn)
     try:
         await send_all(api, work.completes, 32)
@@ -245,7 +248,7 @@ def summary(r: Result) -> dict[str, Any]:
 
 async def open_loop_phase(b: Bench, api: int, bare: int, plan: Plan, tag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    targets = [("bare", bare, 0), ("api_no_worker", api, 0), ("api_draining", api, 2)]
+    targets = [("bare", bare, 0), ("api_no_worker", api, 0), ("api_draining", api, plan.workers)]
     for name, port, workers in targets:
         await b.reset()
         procs = b.start_workers(workers, INSTANT_AI) if workers else []
@@ -285,7 +288,7 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
         try:
             b = Bench(stack, redis)
             figures: dict[str, Any] = {"plan": asdict(plan)}
-            runs = [("new-1", api.port, 1), ("new-2", api2.port, 2)]
+            runs = [("new-1", api.port, 1), ("new-2", api2.port, 2)][: plan.workers]
             figures["drain"] = [await drain(b, port, plan, n, tag) for tag, port, n in runs]
             figures["burst"] = [await burst(b, api2.port, plan, "new")]
             figures["open_loop"] = await open_loop_phase(b, api.port, bare.port, plan, "ol")

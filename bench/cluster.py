@@ -57,6 +57,7 @@ class Plan:
 
 
 QUICK = Plan(
+    api_processes=1,
     rounds=1, calls=10, packets=20, connections=8, seconds=0.3, drain_rounds=1, drain_calls=10,
     drain_packets=3,
 )  # fmt: skip

@@ -56,7 +56,7 @@ class Plan:
     segment_s: float = 30.0
 
 
-QUICK = Plan(calls=1, seconds=8.0, segment_s=3.0)
+QUICK = Plan(calls=1, seconds=6.0, segment_s=2.0)
 
 
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:
