@@ -86,5 +86,5 @@ def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
 def run(options: Options) -> Outcome:
     plan = QUICK if options.quick else Plan()
     figures = uvloop.run(run_phases(plan, PHASES, real_dialogue(), options))
-    lines = real_calls_report.section(figures, None, command("real_calls"))
+    lines = real_calls_report.section(figures, command("real_calls"))
     return Outcome(lines, figures)
