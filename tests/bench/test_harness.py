@@ -129,3 +129,11 @@ def test_the_meter_keeps_what_a_process_spent_until_the_reading_before_it_exited
         child.stdin.close()
         child.wait(10)
     assert meter.read()["workers"] >= BURNT  # gone now, still counted
+
+
+def test_a_quick_run_cannot_write_benchmarks_md() -> None:
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["ingestion", "--quick", "--write"])
+    assert refused.value.code == 2
