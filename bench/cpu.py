@@ -2,12 +2,16 @@
 group (api, workers, redis, postgres, and this client), children included: the live ones found
 by walking each group's process tree at every reading, the exited ones through their parent's
 `children_user`/`children_system` (what the kernel adds up when a parent reaps a child, e.g.
-PostgreSQL's backends of closed connections). A process that exits between two readings counts
-up to the last reading that saw it: read at a phase's start and end, before stopping anything."""
+PostgreSQL's backends of closed connections). A child seen alive and then reaped is counted once:
+from then on through its parent (or an ancestor) only. A process whose parent is not measured (a
+group's root) counts up to the last reading that saw it: read at a phase's start and end, before
+stopping anything.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import psutil
 
@@ -30,27 +34,53 @@ def _tree(roots: Sequence[int]) -> list[psutil.Process]:
     return out
 
 
+Key = tuple[int, float]  # (pid, start time): a reused pid is another process
+
+
+@dataclass(frozen=True)
+class _Seen:
+    group: str
+    cpu: float  # at the last reading that saw it
+    parent: Key | None
+
+
 class CpuMeter:
     def __init__(self, groups: Groups) -> None:
         self._groups = groups
-        # (pid, start time) -> (group, its CPU at the last reading): a reused pid is another key.
-        self._seen: dict[tuple[int, float], tuple[str, float]] = {}
+        self._seen: dict[Key, _Seen] = {}
 
     def read(self) -> dict[str, float]:
         """CPU seconds so far of each group (and of `client`, this process)."""
         groups = dict(self._groups())
+        alive: set[Key] = set()
         for name, roots in groups.items():
             for p in _tree(roots):
                 try:
-                    self._seen[(p.pid, p.create_time())] = (name, _own_cpu(p))
+                    key = (p.pid, p.create_time())
+                    parent = p.parent()
+                    parent_key = (parent.pid, parent.create_time()) if parent else None
+                    self._seen[key] = _Seen(name, _own_cpu(p), parent_key)
                 except psutil.Error:
                     continue
+                alive.add(key)
+        for key in [k for k in self._seen if k not in alive and self._counted_above(k, alive)]:
+            del self._seen[key]
         totals = dict.fromkeys(groups, 0.0)
-        for name, cpu in self._seen.values():
-            totals[name] = totals.get(name, 0.0) + cpu
+        for seen in self._seen.values():
+            totals[seen.group] = totals.get(seen.group, 0.0) + seen.cpu
         me = psutil.Process().cpu_times()
         totals["client"] = float(me.user + me.system)
         return totals
+
+    def _counted_above(self, key: Key, alive: set[Key]) -> bool:
+        """Whether an exited process's CPU is now in a live measured ancestor's children_*:
+        gone from /proc means reaped (a zombie still shows), so its parent added it up."""
+        parent = self._seen[key].parent
+        while parent is not None and parent in self._seen:
+            if parent in alive:
+                return True
+            parent = self._seen[parent].parent
+        return False
 
     @staticmethod
     def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:

@@ -116,6 +116,39 @@ def test_the_meter_counts_a_child_that_has_exited_through_its_parent() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_child_seen_alive_then_reaped_is_counted_once() -> None:
+    # The child burns 0.6 s and waits; the meter sees it alive; then it exits and its parent
+    # reaps it, so its time moves into the parent's children_*: counted there, not twice.
+    parent_code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdin=subprocess.PIPE)\n"
+        "sys.stdin.readline()\n"
+        "child.stdin.close(); child.wait()\n"
+        "print('reaped', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    burn = "import sys, time\nwhile time.process_time() < 0.6: pass\nsys.stdin.read()"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code, burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    try:
+        meter = CpuMeter(lambda: {"postgres": [parent.pid]})
+        while meter.read()["postgres"] < 0.55:  # the child has burnt its share, alive
+            pass
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == b"reaped\n"
+        spent = meter.read()["postgres"]
+        # The child's 0.6 s and the parent's own start-up (well under 0.5 s); twice would be 1.2+.
+        assert 0.55 <= spent < 1.1
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+
+
+@pytest.mark.timeout(60)
 def test_the_meter_keeps_what_a_process_spent_until_the_reading_before_it_exited() -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", BURN + "\nimport sys\nsys.stdin.read()"], stdin=subprocess.PIPE
