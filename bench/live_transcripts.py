@@ -26,6 +26,7 @@ from bench.real_calls_client import CallRun, run_call
 from bench.real_calls_frames import TwoTrackCall, real_dialogue, ticks_of
 from bench.real_calls_layout import start_layout
 from bench.sections import loadavg
+from bench.stack import CORES
 from bench.suite import Options, Outcome, command
 
 HEADING = "## Live transcripts"
@@ -54,15 +55,20 @@ class Plan:
     calls: int = 2
     seconds: float = 120.0
     segment_s: float = 30.0
+    processes: int = CORES  # API processes and workers, as `make run`
+    ai_env: tuple[tuple[str, str], ...] = ()
 
 
-QUICK = Plan(calls=1, seconds=6.0, segment_s=2.0)
+# One model process in one worker: a smoke run pays for one model load, not four.
+QUICK = Plan(
+    calls=1, seconds=6.0, segment_s=2.0, processes=1, ai_env=(("AI_MAX_CONCURRENCY", "1"),)
+)
 
 
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:
     calls, seconds, segment_s = plan.calls, plan.seconds, plan.segment_s
     env = {"AI_PROVIDER": "local", "SEGMENT_SECONDS": str(segment_s), "AI_ATTEMPT_TIMEOUT_S": "60"}
-    layout = start_layout(options.stores, env)
+    layout = start_layout(options.stores, {**env, **dict(plan.ai_env)}, plan.processes)
     try:
         dialogue = real_dialogue()
         runs = [

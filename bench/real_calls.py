@@ -23,6 +23,7 @@ from bench.real_calls_layout import INSTANT_AI, start_layout
 from bench.real_calls_load import ramp_phase, soak_phase
 from bench.real_calls_phases import QUICK, Bench, Plan, fast_phase, length_phase
 from bench.sections import loadavg
+from bench.stack import CORES
 from bench.suite import Options, Outcome, command
 from devstack.stack import ROOT
 
@@ -33,9 +34,9 @@ PHASES = ("length", "fast", "ramp", "soak")
 async def run_phases(
     plan: Plan, phases: tuple[str, ...], dialogue: Dialogue, options: Options
 ) -> dict[str, Any]:
-    layout = start_layout(options.stores)
+    layout = start_layout(options.stores, processes=1 if options.quick else CORES)
     b = Bench(layout, plan, dialogue)
-    figures: dict[str, Any] = {"meta": meta(plan, layout.cores, dialogue)}
+    figures: dict[str, Any] = {"meta": meta(plan, layout.processes, dialogue)}
     try:
         for name, phase in (("length", length_phase), ("fast", fast_phase), ("ramp", ramp_phase)):
             if name in phases:
@@ -55,7 +56,7 @@ async def run_phases(
     return figures
 
 
-def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
+def meta(plan: Plan, processes: int, dialogue: Dialogue) -> dict[str, Any]:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.rstrip()  # not strip(): a porcelain line may start with a space
@@ -72,8 +73,8 @@ def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
         ],
         "tree": str(ROOT),
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {cores} cores, Python {platform.python_version()}",
-        "layout": f"{cores} API processes (WEB_CONCURRENCY), {cores} arq workers, "
+        "machine": f"{platform.machine()}, {CORES} cores, Python {platform.python_version()}",
+        "layout": f"{processes} API processes (WEB_CONCURRENCY), {processes} arq workers, "
         "embedded PostgreSQL and Redis (AOF everysec), as `make run` starts them",
         "ai": INSTANT_AI,
         "speech": dialogue.source,

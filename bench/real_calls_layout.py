@@ -27,7 +27,7 @@ class RunLayout:
     stack: BenchStack
     meter: CpuMeter
     redis: Redis
-    cores: int = CORES
+    processes: int  # API processes, and workers: the machine's cores, as `make run` starts them
 
     @property
     def api_port(self) -> int:
@@ -67,6 +67,11 @@ class RunLayout:
         self.stack.close()
 
 
-def start_layout(stores: Stores | None, extra_env: Mapping[str, str] | None = None) -> RunLayout:
-    stack = BenchStack(Layout(env={**INSTANT_AI, **(extra_env or {})}, durable=True), stores)
-    return RunLayout(stack, stack.meter(), Redis.from_url(stack.redis_url))
+def start_layout(
+    stores: Stores | None, extra_env: Mapping[str, str] | None = None, processes: int = CORES
+) -> RunLayout:
+    """`processes`: fewer than the cores only for a --quick smoke run (fewer start-ups)."""
+    env = {**INSTANT_AI, **(extra_env or {})}
+    layout = Layout(api_processes=processes, workers=processes, env=env, durable=True)
+    stack = BenchStack(layout, stores)
+    return RunLayout(stack, stack.meter(), Redis.from_url(stack.redis_url), processes)
