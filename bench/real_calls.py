@@ -4,7 +4,7 @@
 with an instant mock AI; the client shares the machine's cores with the stack.
 
 Phases (bench/real_calls_phases.py): length (1-minute against 10-minute calls), fast, ramp,
-soak. The stack's logs are kept in bench/results/real_calls_logs/.
+soak. The stack's logs are kept in bench/results/real_calls_logs/ (not by a --quick run).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ async def run_phases(
         figures["meta"]["loadavg_end"] = loadavg()
         await b.close()
         await layout.redis.aclose()
-        layout.stack.stack.close(keep_logs=LOGS)
+        layout.stack.stack.close(keep_logs=None if options.quick else LOGS)
     return figures
 
 
