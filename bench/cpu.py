@@ -5,7 +5,8 @@ by walking each group's process tree at every reading, the exited ones through t
 PostgreSQL's backends of closed connections). A child seen alive and then reaped is counted once:
 from then on through its parent (or an ancestor) only. A process whose parent is not measured (a
 group's root) counts up to the last reading that saw it: read at a phase's start and end, before
-stopping anything.
+stopping anything. `Usage` reads one process closer (user and kernel apart, and the time it
+waited for a core), for the fan-out suite's single API process.
 """
 
 from __future__ import annotations
@@ -97,3 +98,33 @@ def rss_bytes(roots: Sequence[int]) -> int:
         except psutil.Error:
             continue
     return total
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A process's CPU seconds so far (user, system), and the seconds it was ready to run but
+    waited for a CPU (/proc/PID/schedstat): a server that falls behind while it waits is short
+    of cores (others' processes), not of speed."""
+
+    user: float
+    system: float
+    waited: float
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        times = psutil.Process(pid).cpu_times()
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                waited = int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            waited = float("nan")
+        return cls(float(times.user), float(times.system), waited)
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, before: Usage) -> Usage:
+        return Usage(
+            self.user - before.user, self.system - before.system, self.waited - before.waited
+        )

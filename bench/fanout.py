@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-import psutil
 import uvloop
 from redis.asyncio import Redis
 
 from bench import fanout_report
 from bench.common import pct
+from bench.cpu import Usage
 from bench.load import closed_loop, single_packet_workload
 from bench.sections import loadavg
 from bench.stack import BenchStack, Layout
@@ -163,36 +163,6 @@ async def _line(proc: asyncio.subprocess.Process) -> bytes:
     if not line:
         raise RuntimeError(f"load process {proc.pid} exited ({await proc.wait()})")
     return line
-
-
-@dataclass(frozen=True)
-class Usage:
-    """A process's CPU seconds so far (user, system), and the seconds it was ready to run but
-    waited for a CPU (/proc/PID/schedstat): a server that falls behind while it waits is short
-    of cores (others' processes), not of speed."""
-
-    user: float
-    system: float
-    waited: float
-
-    @classmethod
-    def of(cls, pid: int) -> Usage:
-        times = psutil.Process(pid).cpu_times()
-        try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                waited = int(f.read().split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            waited = float("nan")
-        return cls(float(times.user), float(times.system), waited)
-
-    @property
-    def cpu(self) -> float:
-        return self.user + self.system
-
-    def __sub__(self, before: Usage) -> Usage:
-        return Usage(
-            self.user - before.user, self.system - before.system, self.waited - before.waited
-        )
 
 
 async def reads(redis: Redis) -> dict[str, int]:
