@@ -73,7 +73,7 @@ class Plan:
 
 
 QUICK = Plan(
-    drain_calls=10, packets=3, burst_calls=10, burst_cap_s=30, open_calls=10, open_packets=3,
+    drain_calls=10, packets=3, burst_calls=10, burst_cap_s=90, open_calls=10, open_packets=3,
     open_rate=200, open_connections=10, scale_s=0.3, ai_speed_up=50, workers=1,
 )  # fmt: skip
 
