@@ -45,7 +45,8 @@ class Layout:
 
 class BenchStack:
     def __init__(self, layout: Layout, stores: Stores | None = None) -> None:
-        env = {**os.environ, "WEB_CONCURRENCY": str(layout.api_processes), **layout.env}
+        # Each API's processes are its --workers, never WEB_CONCURRENCY from our environment.
+        env = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"} | dict(layout.env)
         self.stack = Stack(
             env=env,
             fast_and_unsafe=not layout.durable,
@@ -129,7 +130,7 @@ class BenchStack:
         processes: int = 1,
     ) -> Process:
         """Another API (or the bare ceiling, `bench.bare_app:app`) on a free port."""
-        extra = (*QUIET_API, "--workers", str(processes)) if processes > 1 else QUIET_API
+        extra = (*QUIET_API, "--workers", str(processes))
         return self.stack.start_api(target=target, extra_env=env, extra_args=extra, name=name)
 
     def start_extra_redis(self, name: str, appendfsync: str = "everysec") -> EmbeddedRedis:
