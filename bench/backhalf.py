@@ -1,30 +1,24 @@
-"""The back half (`python -m bench.backhalf`, also part of `make bench`): the worker against a
-baseline worker on the same machine, in one run.
+"""The back half (`python -m bench backhalf`): the worker and the API while calls drain.
 
 - drain: N calls of 10 packets completed at once, instant AI: calls/s, worker CPU per call,
   the share of each stage, completion to ARCHIVED p50/p99; 1 and 2 workers (and API processes);
 - burst: 1,000 calls completed at once with the default mock AI (1-3 s, 25% failures): time for
   all to end against 1.5x the slowest call's own AI time (its latencies plus its backoff waits);
 - open loop: 1,000 requests/s over 500 live calls, each completed after its last packet, against
-  the bare ASGI ceiling, the API with no worker, and the API while workers drain those calls.
+  the bare ASGI ceiling, the API with no worker, and the API while workers drain those calls;
+- scale: single-packet ingestion on 1 and 2 API processes.
 
-The baseline is the worker as it was before this work (BASELINE_REV), run from a git worktree
-against the same API, Redis and PostgreSQL. Loopback only; every phase is bounded in time.
+Loopback only; every phase is bounded in time. (Until issue 23 it also ran the worker of
+before issue 8 from a git worktree as a baseline; that code needs the `packet` table, which
+migration 0003 dropped, so the baseline's figures stay in BENCHMARKS.md as they were measured.)
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import asyncpg
@@ -32,8 +26,8 @@ import orjson
 import uvloop
 from redis.asyncio import Redis
 
-from bench import backhalf_report, profile
-from bench.common import cpu_seconds, pct
+from bench import backhalf_report
+from bench.common import pct
 from bench.load import (
     Result,
     Workload,
@@ -45,12 +39,10 @@ from bench.load import (
     send_all,
     single_packet_workload,
 )
-from devstack.commands import UVICORN_FLAGS
-from devstack.processes import free_port, wait_for_port
-from devstack.stack import ROOT, Process, Stack
+from bench.stack import BenchStack, Layout
+from bench.suite import Options, Outcome
+from devstack.stack import Process
 
-BASELINE_REV = "7f4a9cd"  # main before the back-half work (issue 8)
-RESULTS = ROOT / "bench" / "results" / "backhalf.json"  # the last run's figures (git-ignored)
 INSTANT_AI = {"AI_LATENCY_MIN_S": "0", "AI_LATENCY_MAX_S": "0", "AI_FAILURE_RATE": "0"}
 # The mock's defaults, written out so the figures do not move if a default does.
 DEFAULT_AI = {
@@ -62,12 +54,6 @@ DEFAULT_AI = {
     "AI_MAX_ATTEMPTS": "5",
 }
 QUIET = {"LOG_LEVEL": "INFO", "KEY_RETENTION_S": "600"}
-# Boot the baseline's arq from its worktree: its packages must shadow the installed ones.
-# Run a module of the baseline from its worktree: its packages must shadow the installed ones.
-_BASELINE_BOOT = (
-    "import os, runpy, sys; os.chdir(sys.argv[1]); sys.path.insert(0, sys.argv[1]); "
-    "sys.argv = sys.argv[2:]; runpy.run_module(sys.argv[0], run_name='__main__')"
-)
 _STAGES = re.compile(r"wall time by stage \(summed over calls\): (.*)$")
 
 
@@ -82,45 +68,25 @@ class Plan:
     open_rate: float = 1000.0
     open_connections: int = 500  # one per live call, as PBXs connect
     scale_s: float = 5.0
+    ai_speed_up: float = 1.0  # the burst's mock AI latencies and backoffs divided by this
+    workers: int = 2  # of the burst, the open loop while draining, and the second drain
 
 
 QUICK = Plan(
-    drain_calls=100, burst_calls=200, burst_cap_s=40, open_calls=100, open_packets=10, scale_s=1.5
-)
+    drain_calls=10, packets=3, burst_calls=10, burst_cap_s=90, open_calls=10, open_packets=3,
+    open_rate=200, open_connections=10, scale_s=0.3, ai_speed_up=50, workers=1,
+)  # fmt: skip
 
 
 class Bench:
-    def __init__(self, stack: Stack, pg_dsn: str, redis: Redis, baseline: Path | None) -> None:
-        self.stack, self.pg_dsn, self.redis, self.baseline = stack, pg_dsn, redis, baseline
+    def __init__(self, stack: BenchStack, redis: Redis) -> None:
+        self.stack, self.pg_dsn, self.redis = stack, stack.pg_dsn, redis
 
-    def start_workers(self, n: int, env: dict[str, str], baseline: bool = False) -> list[Process]:
-        if not baseline:
-            return [self.stack.start_worker({**QUIET, **env}) for _ in range(n)]
-        assert self.baseline is not None
-        args = [*self.baseline_boot(), "arq", "jobs.worker.WorkerSettings"]
-        return [
-            self.stack.spawn("baseline-worker", args, {**QUIET, **env}, stop_timeout_s=30)
-            for _ in range(n)
-        ]
-
-    def baseline_boot(self) -> list[str]:
-        assert self.baseline is not None
-        return [sys.executable, "-c", _BASELINE_BOOT, str(self.baseline)]
-
-    def start_baseline_api(self) -> int:
-        port = free_port()
-        args = [*self.baseline_boot(), "uvicorn", "service.app:app", "--port", str(port)]
-        api = self.stack.spawn("baseline-api", [*args, *UVICORN_FLAGS, "--log-level", "warning"])
-        wait_for_port(port, 30, api.proc)
-        return port
+    def start_workers(self, n: int, env: dict[str, str]) -> list[Process]:
+        return [self.stack.start_worker({**QUIET, **env}) for _ in range(n)]
 
     async def reset(self) -> None:
-        await self.redis.flushdb()
-        conn = await asyncpg.connect(self.pg_dsn)
-        try:
-            await conn.execute("TRUNCATE call, packet, ai_attempt, state_transition CASCADE")
-        finally:
-            await conn.close()
+        await self.stack.reset()
 
     async def wait_ready(self, workers: list[Process], timeout_s: float = 20) -> None:
         """Until every worker has polled once (arq writes its health line on each poll)."""
@@ -135,13 +101,13 @@ class Bench:
         raise TimeoutError("workers did not start polling")
 
     async def live_calls(
-        self, api: int, workers: int, env: dict[str, str], baseline: bool, prefix: str,
-        calls: int, packets: int, seed: int,
+        self, api: int, workers: int, env: dict[str, str], prefix: str, calls: int, packets: int,
+        seed: int,
     ) -> tuple[list[Process], Workload]:  # fmt: skip
         """Empty stores, `workers` workers polling, and `calls` calls of `packets` each sent
         (not completed yet): where the drain and the burst start from."""
         await self.reset()
-        procs = self.start_workers(workers, env, baseline)
+        procs = self.start_workers(workers, env)
         await self.wait_ready(procs)
         work = batch_workload(prefix, calls, 1, packets, seed=seed)
         await send_all(api, [raw for raw, _ in work.requests], 32)
@@ -171,30 +137,25 @@ def stop(workers: list[Process]) -> dict[str, float]:
         if w.log is None or not w.log.exists():
             continue
         for line in w.log.read_text(errors="replace").splitlines():
-            if m := _STAGES.search(line):
-                for part in m.group(1).split(", "):
+            if m := _STAGES.search(line.rstrip()):
+                for part in filter(None, m.group(1).split(", ")):  # none: no call finished
                     name, seconds = part.rsplit(" ", 1)
                     stages[name] = stages.get(name, 0.0) + float(seconds.rstrip("s"))
     return stages
 
 
-async def drain(
-    b: Bench, api: int, plan: Plan, workers: int, baseline: bool, tag: str, spy: bool = False
-) -> dict[str, Any]:
+async def drain(b: Bench, api: int, plan: Plan, workers: int, tag: str) -> dict[str, Any]:
     """`drain_calls` calls completed at once with an instant AI."""
     procs, work = await b.live_calls(
-        api, workers, INSTANT_AI, baseline, f"{tag}-drain", plan.drain_calls, plan.packets, 5
+        api, workers, INSTANT_AI, f"{tag}-drain", plan.drain_calls, plan.packets, 5
     )
     conn = await asyncpg.connect(b.pg_dsn)
-    spy_out = Path(tempfile.gettempdir()) / f"callstream-worker-profile-{os.getpid()}.txt"
-    spied = profile.start(procs[0].pid, 3, spy_out) if spy else None
+    meter = b.stack.meter()
     try:
-        cpu0 = cpu_seconds(p.pid for p in procs)
+        cpu0 = meter.read()
         sent = asyncio.create_task(send_all(api, work.completes, 32))
         seconds = await b.finished(conn, plan.drain_calls, 120)
-        cpu = cpu_seconds(p.pid for p in procs) - cpu0
-        if spied is not None:
-            spied.wait(30)
+        cpu = meter.spent(cpu0, meter.read())["workers"]
         completes = await sent
         done = await final_count(conn)
         latency = [
@@ -207,13 +168,9 @@ async def drain(
     finally:
         await conn.close()
     stages = stop(procs)
-    if spied is not None and spy_out.exists():
-        print("\n".join(profile.summarize(spy_out, top=40)))
-        spy_out.unlink()
     total_stage = sum(stages.values()) or 1.0
     return {
         "workers": workers,
-        "baseline": baseline,
         "calls": plan.drain_calls,
         "finished": int(done),
         "seconds": seconds,
@@ -226,10 +183,12 @@ async def drain(
     }
 
 
-async def burst(b: Bench, api: int, plan: Plan, baseline: bool, tag: str) -> dict[str, Any]:
+async def burst(b: Bench, api: int, plan: Plan, tag: str) -> dict[str, Any]:
     """`burst_calls` calls completed at once with the default mock AI, two workers."""
+    timed = ("AI_LATENCY_MIN_S", "AI_LATENCY_MAX_S", "AI_BACKOFF_BASE_S", "AI_BACKOFF_MAX_S")
+    ai = DEFAULT_AI | {k: f"{float(DEFAULT_AI[k]) / plan.ai_speed_up:g}" for k in timed}
     procs, work = await b.live_calls(
-        api, 2, DEFAULT_AI, baseline, f"{tag}-burst", plan.burst_calls, plan.packets, 7
+        api, plan.workers, ai, f"{tag}-burst", plan.burst_calls, plan.packets, 7
     )
     conn = await asyncpg.connect(b.pg_dsn)
     try:
@@ -249,7 +208,6 @@ async def burst(b: Bench, api: int, plan: Plan, baseline: bool, tag: str) -> dic
     stop(procs)
     slowest = max(own, default=float("nan"))
     return {
-        "baseline": baseline,
         "calls": plan.burst_calls,
         "finished": int(done),
         "seconds": seconds,
@@ -290,9 +248,7 @@ def summary(r: Result) -> dict[str, Any]:
 
 async def open_loop_phase(b: Bench, api: int, bare: int, plan: Plan, tag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    targets = [("bare", bare, 0), ("api_no_worker", api, 0), ("api_draining", api, 2)]
-    if b.baseline is not None:
-        targets.insert(1, ("baseline_api_no_worker", b.start_baseline_api(), 0))
+    targets = [("bare", bare, 0), ("api_no_worker", api, 0), ("api_draining", api, plan.workers)]
     for name, port, workers in targets:
         await b.reset()
         procs = b.start_workers(workers, INSTANT_AI) if workers else []
@@ -303,22 +259,6 @@ async def open_loop_phase(b: Bench, api: int, bare: int, plan: Plan, tag: str) -
         out[name] = summary(res)
         stop(procs)
     return out
-
-
-def add_baseline_worktree() -> Path:
-    """The baseline's code, checked out beside ours (git worktree); remove_worktree() undoes it."""
-    worktree = Path(tempfile.mkdtemp(prefix="callstream-baseline-")) / "tree"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(worktree), BASELINE_REV],
-        cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
-    return worktree
-
-
-def remove_worktree(worktree: Path) -> None:
-    subprocess.run(
-        ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True
-    )
 
 
 PHASES = ("drain", "burst", "open", "scale")
@@ -335,67 +275,60 @@ async def scale(api: int, api2: int, plan: Plan) -> dict[str, Any]:
     return out
 
 
-async def main_async(
-    plan: Plan, worktree: Path | None, spy: bool = False, phases: tuple[str, ...] = PHASES
-) -> dict[str, Any]:
-    with_baseline = worktree is not None
-    stack = Stack(env=os.environ, fast_and_unsafe=True, temp_prefix="callstream-backhalf-")
-    try:
-        stack.start_postgres()
-        stack.start_redis()
-        stack.migrate()
-        api = stack.start_api(extra_args=("--log-level", "warning"))
-        api2 = stack.start_api(
-            extra_args=("--log-level", "warning", "--workers", "2"), name="api-x2"
-        )
-        bare = stack.start_api(target="bench.bare_app:app", name="bare")
+async def measure(plan: Plan, options: Options) -> dict[str, Any]:
+    # No API process and no worker to start with: the phases start their own.
+    with BenchStack(Layout(api_processes=0, workers=0), options.stores) as stack:
+        api = stack.start_api()
+        api2 = stack.start_api(name="api-x2", processes=2)
+        bare = stack.start_api("bench.bare_app:app", name="bare")
         assert api.port is not None
         assert api2.port is not None
         assert bare.port is not None
-        assert stack.pg is not None
-        assert stack.redis is not None
-        redis = Redis.from_url(stack.redis.url)
-        pg_dsn = stack.pg.url.replace("postgresql+asyncpg://", "postgresql://")
-        b = Bench(stack, pg_dsn, redis, worktree)
-        figures: dict[str, Any] = {"plan": plan.__dict__}
-        runs = [("new-1", api.port, 1, False), ("new-2", api2.port, 2, False)]
-        if with_baseline:
-            runs.append(("baseline-1", api.port, 1, True))
-        if "drain" in phases:
-            figures["drain"] = [
-                await drain(b, port, plan, n, base, tag, spy and tag == "new-1")
-                for tag, port, n, base in runs
-            ]
-        if "burst" in phases:
-            figures["burst"] = [await burst(b, api2.port, plan, False, "new")]
-            if with_baseline:
-                figures["burst"].append(await burst(b, api2.port, plan, True, "baseline"))
-        if "open" in phases:
+        redis = Redis.from_url(stack.redis_url)
+        try:
+            b = Bench(stack, redis)
+            figures: dict[str, Any] = {"plan": asdict(plan)}
+            runs = [("new-1", api.port, 1), ("new-2", api2.port, 2)][: plan.workers]
+            figures["drain"] = [await drain(b, port, plan, n, tag) for tag, port, n in runs]
+            figures["burst"] = [await burst(b, api2.port, plan, "new")]
             figures["open_loop"] = await open_loop_phase(b, api.port, bare.port, plan, "ol")
-        if "scale" in phases:
             await b.reset()
             figures["scale"] = await scale(api.port, api2.port, plan)
-        await redis.aclose()
-        return figures
-    finally:
-        stack.close()
+            return figures
+        finally:
+            await redis.aclose()
+
+
+def problems(f: dict[str, Any]) -> list[str]:
+    out = [
+        f"drain x{d['workers']}: {d['finished']} of {d['calls']} calls reached a final state"
+        for d in f["drain"]
+        if d["finished"] < d["calls"]
+    ]
+    out += [
+        f"burst: {r['finished']} of {r['calls']} calls ended" for r in f["burst"] if r["capped"]
+    ]
+    out += [
+        f"open loop {name}: {r['errors']} requests refused"
+        for name, r in f["open_loop"].items()
+        if r["errors"]
+    ]
+    return out
 
 
 def print_figures(f: dict[str, Any]) -> None:
     print("\n--- back half ---")
     for d in f.get("drain", []):
-        who = "baseline" if d["baseline"] else "new"
         print(
-            f"drain {who:8} x{d['workers']} worker(s): {d['finished']}/{d['calls']} in "
+            f"drain x{d['workers']} worker(s): {d['finished']}/{d['calls']} in "
             f"{d['seconds']:.2f}s = {d['calls_per_s']:.0f} calls/s, {d['cpu_ms_per_call']:.2f} ms "
             f"CPU/call, completion->final p50 {d['completion_to_final_p50_s']:.3f}s "
             f"p99 {d['completion_to_final_p99_s']:.3f}s, stages "
             + ", ".join(f"{k} {v:.0%}" for k, v in d["stage_share"].items())
         )
     for r in f.get("burst", []):
-        who = "baseline" if r["baseline"] else "new"
         print(
-            f"burst {who:8}: {r['finished']}/{r['calls']} in {r['seconds']:.1f}s; slowest call's "
+            f"burst: {r['finished']}/{r['calls']} in {r['seconds']:.1f}s; slowest call's "
             f"own AI time {r['slowest_own_ai_s']:.1f}s (ratio {r['ratio_to_slowest']:.2f}); "
             f"{r['states']}"
         )
@@ -411,36 +344,8 @@ def print_figures(f: dict[str, Any]) -> None:
         )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller figures, fast")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the baseline worker")
-    parser.add_argument("--profile", action="store_true", help="py-spy a worker's drain")
-    parser.add_argument(
-        "--write", action="store_true", help="write the back-half section of BENCHMARKS.md"
-    )
-    parser.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
-    )
-    args = parser.parse_args()
-    plan = QUICK if args.quick else Plan()
-    worktree = None if args.no_baseline else add_baseline_worktree()
-    try:
-        phases = tuple(args.phases.split(","))
-        figures = uvloop.run(main_async(plan, worktree, args.profile, phases))
-    finally:
-        if worktree is not None:
-            remove_worktree(worktree)
+def run(options: Options) -> Outcome:
+    plan = QUICK if options.quick else Plan()
+    figures = uvloop.run(measure(plan, options))
     print_figures(figures)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=1))  # re-rendered by --render, if wanted
-    if args.write and not args.quick:
-        command = "python -m bench.backhalf --write" + (
-            "" if args.phases == ",".join(PHASES) else f" --phases {args.phases}"
-        )
-        print(f"wrote {backhalf_report.write(figures, command, BASELINE_REV)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return Outcome(backhalf_report.section(figures), figures, problems(figures))

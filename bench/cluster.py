@@ -1,5 +1,5 @@
-"""Ingestion on a Redis Cluster against a single Redis (`python -m bench.cluster [--write]`,
-part of `make bench`; issue #12's target: the cluster within 15% of the single Redis).
+"""Ingestion on a Redis Cluster against a single Redis (`python -m bench cluster`;
+issue #12's target: the cluster within 15% of the single Redis).
 
 Two API deployments as `make run` starts one (devstack/commands.py, WEB_CONCURRENCY = the
 machine's cores), alike but for where the call keys live: (a) one embedded Redis, (b) a 3-master
@@ -18,28 +18,24 @@ measure the cores, not the cluster. Loopback only; everything started here is st
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import psutil
 import redis
 import uvloop
 from redis.asyncio import Redis
 
 from bench import backhalf, cluster_report
-from bench.common import cpu_seconds
+from bench.cpu import CpuMeter
 from bench.load import closed_loop, send_all, single_packet_workload
 from bench.sections import loadavg
-from devstack.cluster import EmbeddedRedisCluster
-from devstack.stack import ROOT, Process, Stack
+from bench.stack import BenchStack, Layout
+from bench.suite import Options, Outcome, command
+from devstack.stack import Process
 
-RESULTS = ROOT / "bench" / "results" / "cluster.json"  # the last run's figures (git-ignored)
 TOPOLOGIES = ("single", "cluster")
 # Our own polling of the servers, not the API's work.
 OWN_COMMANDS = {"info"}
@@ -60,7 +56,11 @@ class Plan:
     drain_workers: int = 1
 
 
-QUICK = Plan(rounds=1, calls=20, packets=60, connections=8, seconds=1.0, drain_calls=40)
+QUICK = Plan(
+    api_processes=1,
+    rounds=1, calls=10, packets=20, connections=8, seconds=0.3, drain_rounds=1, drain_calls=10,
+    drain_packets=3,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,8 @@ class Topology:
     def every_server(self) -> list[Server]:
         return list(dict.fromkeys([*self.servers, self.queue]))
 
-    def api_pids(self) -> list[int]:
-        parent = psutil.Process(self.api.pid)
-        return [parent.pid, *(p.pid for p in parent.children(recursive=True))]
+    def meter(self, servers: list[Server]) -> CpuMeter:
+        return CpuMeter(lambda: {"api": [self.api.pid], "redis": [s.pid for s in servers]})
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,10 @@ class Counts:
             for name, stats in server.info("commandstats").items():
                 commands[name.removeprefix("cmdstat_")] += int(stats["calls"])
             reads += int(server.info("stats")["total_reads_processed"])
+        cpu = t.meter(servers).read()
         return cls(
-            api_cpu_s=cpu_seconds(t.api_pids()),
-            redis_cpu_s=cpu_seconds([s.pid for s in servers]),
+            api_cpu_s=cpu["api"],
+            redis_cpu_s=cpu["redis"],
             commands=commands,
             reads=reads,
         )
@@ -150,33 +150,27 @@ async def ingestion_round(t: Topology, plan: Plan, tag: str) -> dict[str, Any]:
 
 class TopologyBench(backhalf.Bench):
     """bench/backhalf.py's drain against one topology: its workers get the topology's Redis
-    settings, and a reset empties the cluster's masters as well as the queue's Redis."""
+    settings (the stack's reset empties every Redis, the cluster's masters too)."""
 
-    def __init__(self, stack: Stack, pg_dsn: str, queue: Redis, t: Topology) -> None:
-        super().__init__(stack, pg_dsn, queue, None)
+    def __init__(self, stack: BenchStack, queue: Redis, t: Topology) -> None:
+        super().__init__(stack, queue)
         self.topology = t
 
-    def start_workers(self, n: int, env: dict[str, str], baseline: bool = False) -> list[Process]:
-        return super().start_workers(n, {**self.topology.env, **env}, baseline)
-
-    async def reset(self) -> None:
-        await super().reset()
-        for server in self.topology.servers:
-            with redis.Redis(port=server.port) as client:
-                client.flushall()
+    def start_workers(self, n: int, env: dict[str, str]) -> list[Process]:
+        return super().start_workers(n, {**self.topology.env, **env})
 
 
 async def drains(
-    stack: Stack, pg_dsn: str, queue: Redis, topologies: list[Topology], plan: Plan
+    stack: BenchStack, queue: Redis, topologies: list[Topology], plan: Plan
 ) -> list[dict[str, Any]]:
     drain_plan = backhalf.Plan(drain_calls=plan.drain_calls, packets=plan.drain_packets)
     out = []
     for n in range(plan.drain_rounds):
         for t in topologies:
-            b = TopologyBench(stack, pg_dsn, queue, t)
+            b = TopologyBench(stack, queue, t)
             before = Counts.of(t, t.every_server())
             d = await backhalf.drain(
-                b, t.api.port or 0, drain_plan, plan.drain_workers, False, f"d{n}-{t.name}"
+                b, t.api.port or 0, drain_plan, plan.drain_workers, f"d{n}-{t.name}"
             )
             commands = Counts.of(t, t.every_server()).commands - before.commands
             for own in OWN_COMMANDS | {"flushall", "flushdb"}:  # ours, and the resets
@@ -205,17 +199,13 @@ def medians(rounds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, di
     }
 
 
-async def measure(plan: Plan, with_drain: bool) -> dict[str, Any]:
-    stack = Stack(env=os.environ, fast_and_unsafe=True, temp_prefix="callstream-cluster-")
-    cluster = EmbeddedRedisCluster(
-        stack.data_dir / "cluster", masters=plan.masters, replicas_per_master=0
-    )
-    try:
-        stack.start_postgres()
-        single = stack.start_redis()
-        stack.migrate()
-        cluster.start()
-        processes = {"WEB_CONCURRENCY": str(plan.api_processes)}
+async def measure(plan: Plan, options: Options) -> dict[str, Any]:
+    with BenchStack(Layout(api_processes=0, workers=0), options.stores) as stack:
+        # The single Redis is always ours: its CPU and counts are measured.
+        single = stack.start_extra_redis("redis-single")
+        if stack.stack.redis is None:  # the test suite's stores: the queue's Redis is ours
+            stack.stack.redis = single
+        cluster = stack.stack.start_redis_cluster(masters=plan.masters, replicas_per_master=0)
         envs = {
             "single": {"REDIS_URL": single.url, "QUEUE_REDIS_URL": single.url},
             "cluster": {"REDIS_URL": cluster.url, "QUEUE_REDIS_URL": single.url},
@@ -226,16 +216,12 @@ async def measure(plan: Plan, with_drain: bool) -> dict[str, Any]:
         }
         topologies = []
         for name in TOPOLOGIES:
-            api = stack.start_api(
-                extra_env={**processes, **envs[name]},
-                extra_args=("--log-level", "warning"),
-                name=f"api-{name}",
-            )
+            api = stack.start_api(env=envs[name], name=f"api-{name}", processes=plan.api_processes)
             queue_server = Server(single.port, pid_of(single.proc))
             topologies.append(Topology(name, api, servers[name], queue_server, envs[name]))
         for t in topologies:  # connections, scripts loaded, every API process up
             warm = single_packet_workload(f"warm-{t.name}", 40, 40)
-            await closed_loop(t.api.port or 0, warm.requests, plan.connections, 2.0)
+            await closed_loop(t.api.port or 0, warm.requests, plan.connections, plan.seconds)
             await send_all(t.api.port or 0, warm.completes, plan.connections)
         figures: dict[str, Any] = {"plan": asdict(plan), "loadavg_start": loadavg()}
         rounds = []
@@ -250,24 +236,17 @@ async def measure(plan: Plan, with_drain: bool) -> dict[str, Any]:
             ("packets_per_s", "p50_ms", "p99_ms", "api_cpu_us_per_packet",
              "redis_cpu_us_per_packet", "commands_per_packet", "reads_per_packet"),
         )  # fmt: skip
-        figures["api_pids"] = {t.name: len(t.api_pids()) for t in topologies}
-        if with_drain:
-            queue = Redis.from_url(single.url)
-            try:
-                assert stack.pg is not None
-                pg_dsn = stack.pg.url.replace("postgresql+asyncpg://", "postgresql://")
-                figures["drains"] = await drains(stack, pg_dsn, queue, topologies, plan)
-            finally:
-                await queue.aclose()
-            figures["drain_medians"] = medians(
-                figures["drains"],
-                ("calls_per_s", "cpu_ms_per_call", "commands_per_call", "evalsha_per_call"),
-            )
+        queue = Redis.from_url(single.url)
+        try:
+            figures["drains"] = await drains(stack, queue, topologies, plan)
+        finally:
+            await queue.aclose()
+        figures["drain_medians"] = medians(
+            figures["drains"],
+            ("calls_per_s", "cpu_ms_per_call", "commands_per_call", "evalsha_per_call"),
+        )
         figures["loadavg_end"] = loadavg()
         return figures
-    finally:
-        stack.close()  # the API processes first: they are the cluster's clients
-        cluster.stop()
 
 
 def pid_of(proc: Any) -> int:
@@ -285,29 +264,17 @@ def print_round(r: dict[str, Any]) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="toy scale; never writes")
-    parser.add_argument("--write", action="store_true", help="write its section of BENCHMARKS.md")
-    parser.add_argument("--no-drain", action="store_true", help="ingestion only")
-    parser.add_argument(
-        "--render", action="store_true", help="no run: the section from the last run's figures"
-    )
-    args = parser.parse_args()
-    plan = QUICK if args.quick else Plan()
-    if args.render:
-        figures = json.loads(RESULTS.read_text())
-    else:
-        figures = uvloop.run(measure(plan, not args.no_drain))
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(figures, indent=1))
-    command = "python -m bench.cluster --write" + (" --no-drain" if args.no_drain else "")
-    lines = cluster_report.section(figures, command)
-    print("\n".join(lines))
-    if args.write and not args.quick:
-        print(f"wrote {cluster_report.write(lines)}")
-    return 0
+def problems(figures: dict[str, Any]) -> list[str]:
+    out = [f"{r['topology']}: {r['errors']} refused" for r in figures["rounds"] if r["errors"]]
+    out += [
+        f"drain {d['topology']}: {d['finished']} of {d['calls']} calls reached a final state"
+        for d in figures["drains"]
+        if d["finished"] < d["calls"]
+    ]
+    return out
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(options: Options) -> Outcome:
+    figures = uvloop.run(measure(QUICK if options.quick else Plan(), options))
+    lines = cluster_report.section(figures, command("cluster"))
+    return Outcome(lines, figures, problems(figures))

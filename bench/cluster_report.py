@@ -7,13 +7,9 @@ The marker sits after the heading because the other benchmarks find sections by 
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
-from bench.sections import write_section
-
 HEADING = "## Redis Cluster: ingestion on 3 masters against one Redis"
-START, END = "<!-- cluster -->", "<!-- /cluster -->"
 TARGET = 0.85  # issue #12: the cluster within 15% of the single Redis
 NAMES = {"single": "one Redis", "cluster": "Redis Cluster, 3 masters"}
 
@@ -108,7 +104,6 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
     verdict = "**met**" if ratio >= TARGET else f"**missed** by {(TARGET - ratio) / TARGET:.0%}"
     return [
         HEADING,
-        START,
         "",
         f"Command: `{command}` (part of `make bench`). Two API deployments as `make run` starts"
         f" one ({plan['api_processes']} uvicorn processes, WEB_CONCURRENCY, devstack/commands.py's"
@@ -145,7 +140,6 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         "",
         *reading(figures),
         "",
-        END,
     ]
 
 
@@ -235,7 +229,3 @@ def reading(figures: dict[str, Any]) -> list[str]:
             " section has the quiet figure."
         )
     return lines
-
-
-def write(lines: list[str]) -> Path:
-    return write_section(HEADING, lines)

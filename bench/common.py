@@ -1,10 +1,8 @@
-"""What the benchmarks measure alike: a percentile of a sample, and the CPU time of processes."""
+"""What the benchmarks compute alike: a percentile of a sample (CPU time: bench/cpu.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-import psutil
+from collections.abc import Sequence
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -13,15 +11,3 @@ def pct(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User plus system CPU of the processes so far; one that has exited counts nothing."""
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total

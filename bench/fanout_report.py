@@ -8,14 +8,11 @@ heading ("\\n## "): a marker above ours would be taken as the tail of theirs and
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from bench.sections import write_section
 from service.feed import READ_BLOCK_MS
 
 HEADING = "## Live event feed: fan-out to 500 subscribers"
-START, END = "<!-- event-feed -->", "<!-- /event-feed -->"
 CONFIG_NAMES = {
     "none": "no subscriber",
     "filtered": "500 subscribers, filter matches nothing (`?call_id=` of no call)",
@@ -98,7 +95,6 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
     none, filtered, every = (med[c]["packets_per_s"] for c in ("none", "filtered", "all"))
     lines = [
         HEADING,
-        START,
         "",
         f"Command: `{command}` (part of `make bench`). One API process as `make run` starts each"
         " (uvicorn with devstack/commands.py's UVICORN_FLAGS), embedded Redis and PostgreSQL;"
@@ -137,7 +133,7 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         "",
         "### Cost to ingestion",
         "",
-        "Single-packet ingestion as `bench.run` drives it (bench/load.py: "
+        "Single-packet ingestion as the ingestion suite drives it (bench/load.py: "
         f"{plan['ingest_calls']} concurrent calls x {plan['ingest_packets']} packets,"
         f" {plan['ingest_connections']} keep-alive connections, closed loop, at most"
         f" {plan['ingest_s']:g} s) with progress events on (one per live call per second, plus"
@@ -154,7 +150,6 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         "",
         *reading(figures, trickle, batched),
         "",
-        END,
         "",
     ]
     return lines
@@ -234,7 +229,3 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else float("nan")
-
-
-def write(lines: list[str]) -> Path:
-    return write_section(HEADING, lines)

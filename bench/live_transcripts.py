@@ -1,9 +1,9 @@
-"""Live transcripts at real-time pace: `python -m bench.live_transcripts [--write]`.
+"""Live transcripts at real-time pace: `python -m bench live_transcripts`.
 
 Two-party calls of real speech (espeak-ng, else the shipped recordings; bench/real_calls_frames.py)
 over the media WebSocket at real-time pace, against `make run`'s layout with AI_PROVIDER=local
 (Whisper tiny.en) and the default SEGMENT_SECONDS. The harness reads the live feed as a
-dashboard would (the `{feed}:events` stream, blocking reads) and notes when each `utterance`
+dashboard does (GET /v1/events, Server-Sent Events) and notes when each `utterance`
 event arrives. An utterance's lag is that moment minus when its last word was spoken: the call's
 first frame's send time plus the utterance's `end_s` (the recording's timeline is the frames').
 Target (issue 17): p95 within SEGMENT_SECONDS + 5 s. Also: the utterances told before the call
@@ -12,52 +12,70 @@ ended, the worker's CPU per call-minute, and completion -> ARCHIVED.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
-from redis.asyncio import Redis
 
 from bench.common import pct
 from bench.real_calls_client import CallRun, run_call
 from bench.real_calls_frames import TwoTrackCall, real_dialogue, ticks_of
 from bench.real_calls_layout import start_layout
-from bench.sections import loadavg, write_section
+from bench.sections import loadavg
+from bench.stack import CORES
+from bench.suite import Options, Outcome, command
 
 HEADING = "## Live transcripts"
-FEED = "{feed}:events"
 
 
-async def follow(
-    redis: Redis, seen: list[tuple[float, dict[str, Any]]], stop: asyncio.Event
-) -> None:
-    last = "$"
-    while not stop.is_set():
-        found = await redis.xread({FEED: last}, count=1000, block=200)
-        now = time.time()
-        for _, entries in found:
-            for entry_id, fields in entries:
-                last = entry_id
-                body = orjson.loads(fields[b"e"])
-                if body.get("type") == "utterance":
-                    seen.append((now, body))
+async def follow(port: int, seen: list[tuple[float, dict[str, Any]]]) -> None:
+    """Read GET /v1/events as a dashboard does (Server-Sent Events), noting when each
+    `utterance` event arrives; runs until cancelled."""
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None) as http,
+        http.stream("GET", "/v1/events", headers={"Accept": "text/event-stream"}) as answer,
+    ):
+        answer.raise_for_status()
+        event = ""
+        async for line in answer.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "utterance":
+                seen.append((time.time(), orjson.loads(line.removeprefix("data:"))))
+            elif not line:
+                event = ""
 
 
-async def measure(calls: int, seconds: float, segment_s: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Plan:
+    calls: int = 2
+    seconds: float = 120.0
+    segment_s: float = 30.0
+    processes: int = CORES  # API processes and workers, as `make run`
+    ai_env: tuple[tuple[str, str], ...] = ()
+
+
+# One model process in one worker: a smoke run pays for one model load, not four.
+QUICK = Plan(
+    calls=1, seconds=6.0, segment_s=2.0, processes=1, ai_env=(("AI_MAX_CONCURRENCY", "1"),)
+)
+
+
+async def measure(plan: Plan, options: Options) -> dict[str, Any]:
+    calls, seconds, segment_s = plan.calls, plan.seconds, plan.segment_s
     env = {"AI_PROVIDER": "local", "SEGMENT_SECONDS": str(segment_s), "AI_ATTEMPT_TIMEOUT_S": "60"}
-    layout = start_layout(env)
+    layout = start_layout(options.stores, {**env, **dict(plan.ai_env)}, plan.processes)
     try:
         dialogue = real_dialogue()
         runs = [
             CallRun(TwoTrackCall(f"live-{n}", ticks_of(seconds), dialogue)) for n in range(calls)
         ]
         seen: list[tuple[float, dict[str, Any]]] = []
-        stop = asyncio.Event()
-        reader = asyncio.create_task(follow(layout.redis, seen, stop))
+        reader = asyncio.create_task(follow(layout.api_port, seen))
         cpu_before = layout.cpu_s()
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{layout.api_port}", timeout=30
@@ -69,13 +87,12 @@ async def measure(calls: int, seconds: float, segment_s: float) -> dict[str, Any
                 )
             )
         await asyncio.sleep(1.0)
-        stop.set()
-        await reader
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in layout.cpu_s().items()}
     finally:
-        with contextlib.suppress(Exception):
-            await layout.redis.aclose()
-        layout.stack.close()
+        await layout.close()
     return report(runs, seen, cpu, seconds, segment_s, dialogue.source)
 
 
@@ -123,7 +140,7 @@ def lines_of(r: dict[str, Any]) -> list[str]:
     return [
         HEADING,
         "",
-        f"`python -m bench.live_transcripts --write`: {r['calls']} two-party calls of "
+        f"`{command('live_transcripts')}`: {r['calls']} two-party calls of "
         f"{r['seconds']:.0f} s of real speech ({r['source']}) at real-time pace over the media "
         f"WebSocket, `make run`'s layout, AI_PROVIDER=local (Whisper tiny.en), SEGMENT_SECONDS="
         f"{r['segment_s']:g}; load average {loadavg()}. An utterance's lag: when its event reached "
@@ -151,20 +168,7 @@ def lines_of(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--segment-s", type=float, default=30.0)
-    parser.add_argument("--write", action="store_true", help="write the BENCHMARKS.md section")
-    args = parser.parse_args()
-    result = asyncio.run(measure(args.calls, args.seconds, args.segment_s))
-    lines = lines_of(result)
-    print("\n".join(lines))
-    if args.write:
-        write_section(HEADING, lines)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run(options: Options) -> Outcome:
+    result = asyncio.run(measure(QUICK if options.quick else Plan(), options))
+    problems = [] if result["utterances"] else ["no utterance was told"]
+    return Outcome(lines_of(result), result, problems)

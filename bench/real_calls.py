@@ -1,25 +1,18 @@
-"""Real calls (`python -m bench.real_calls --write`, part of `make bench`): minutes of real speech
+"""Real calls (`python -m bench real_calls`): minutes of real speech
 (espeak-ng, else simulate/recordings/) as 8 kHz μ-law in 20 ms frames, two tracks (Twilio
 `both_tracks`), over the media WebSocket, against `make run`'s layout (bench/real_calls_layout.py)
 with an instant mock AI; the client shares the machine's cores with the stack.
 
-Phases (bench/real_calls_phases.py): length (1-minute against --minutes calls), fast, ramp, soak.
-The figures of a run go to bench/results/real_calls.json (or --out); --write renders BENCHMARKS.md's
-"Real calls" section from them and from the before figures (--before), if that file exists;
---render "<command>" renders it again from --out's figures without a run.
---quick is a smoke run of a few seconds a phase (under 2 minutes in all); it never writes.
+Phases (bench/real_calls_phases.py): length (1-minute against 10-minute calls), fast, ramp,
+soak. The stack's logs are kept in bench/results/real_calls_logs/ (not by a --quick run).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import platform
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -30,16 +23,20 @@ from bench.real_calls_layout import INSTANT_AI, start_layout
 from bench.real_calls_load import ramp_phase, soak_phase
 from bench.real_calls_phases import QUICK, Bench, Plan, fast_phase, length_phase
 from bench.sections import loadavg
+from bench.stack import CORES
+from bench.suite import Options, Outcome, command
 from devstack.stack import ROOT
 
-RESULTS = ROOT / "bench" / "results"
+LOGS = ROOT / "bench" / "results" / "real_calls_logs"
 PHASES = ("length", "fast", "ramp", "soak")
 
 
-async def run_phases(plan: Plan, phases: tuple[str, ...], dialogue: Dialogue) -> dict[str, Any]:
-    layout = start_layout()
+async def run_phases(
+    plan: Plan, phases: tuple[str, ...], dialogue: Dialogue, options: Options
+) -> dict[str, Any]:
+    layout = start_layout(options.stores, processes=1 if options.quick else CORES)
     b = Bench(layout, plan, dialogue)
-    figures: dict[str, Any] = {"meta": meta(plan, layout.cores, dialogue)}
+    figures: dict[str, Any] = {"meta": meta(plan, layout.processes, dialogue)}
     try:
         for name, phase in (("length", length_phase), ("fast", fast_phase), ("ramp", ramp_phase)):
             if name in phases:
@@ -55,11 +52,11 @@ async def run_phases(plan: Plan, phases: tuple[str, ...], dialogue: Dialogue) ->
         figures["meta"]["loadavg_end"] = loadavg()
         await b.close()
         await layout.redis.aclose()
-        layout.stack.close(keep_logs=RESULTS / "real_calls_logs")
+        layout.stack.stack.close(keep_logs=None if options.quick else LOGS)
     return figures
 
 
-def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
+def meta(plan: Plan, processes: int, dialogue: Dialogue) -> dict[str, Any]:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.rstrip()  # not strip(): a porcelain line may start with a space
@@ -76,8 +73,8 @@ def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
         ],
         "tree": str(ROOT),
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {cores} cores, Python {platform.python_version()}",
-        "layout": f"{cores} API processes (WEB_CONCURRENCY), {cores} arq workers, "
+        "machine": f"{platform.machine()}, {CORES} cores, Python {platform.python_version()}",
+        "layout": f"{processes} API processes (WEB_CONCURRENCY), {processes} arq workers, "
         "embedded PostgreSQL and Redis (AOF everysec), as `make run` starts them",
         "ai": INSTANT_AI,
         "speech": dialogue.source,
@@ -87,77 +84,8 @@ def meta(plan: Plan, cores: int, dialogue: Dialogue) -> dict[str, Any]:
     }
 
 
-def ramp_repeat(run: dict[str, Any]) -> dict[str, Any]:
-    """What the section shows of another run's ramp."""
-    keep = ("calls", "loadavg", "lag_p99_ms", "pace_slip_p99_ms", "lost_frames", "holds")
-    return {
-        **{k: run["meta"][k] for k in ("commit", "started_at", "loadavg_start")},
-        "most_calls_held": run["ramp"]["most_calls_held"],
-        "steps": [{k: step.get(k) for k in keep} for step in run["ramp"]["steps"]],
-    }
-
-
-def plan_of(args: argparse.Namespace) -> Plan:
-    plan = QUICK if args.quick else Plan()
-    changes: dict[str, Any] = {}
-    if args.minutes is not None:
-        changes["long_s"] = 60 * args.minutes
-    if args.soak_s is not None:
-        changes["soak_s"] = args.soak_s
-    if args.ramp is not None:
-        changes["ramp"] = tuple(int(n) for n in args.ramp.split(","))
-    if args.ramp_s is not None:
-        changes["ramp_s"] = args.ramp_s
-    return dataclasses.replace(plan, **changes)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run, a few seconds a phase")
-    parser.add_argument("--minutes", type=float, help="the long calls' length (default 10)")
-    parser.add_argument("--soak-s", type=float, help="the soak's length (default 600)")
-    parser.add_argument(
-        "--ramp", help="calls at once, step by step (default 5,10,20,40,80,160,320)"
-    )
-    parser.add_argument("--ramp-s", type=float, help="each ramp step's calls' length (default 30)")
-    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset")
-    parser.add_argument("--out", type=Path, default=RESULTS / "real_calls.json")
-    parser.add_argument("--before", type=Path, default=RESULTS / "real_calls_before.json")
-    parser.add_argument("--write", action="store_true", help='write the "Real calls" section')
-    parser.add_argument(
-        "--render", help="no run: write the section from --out's figures, naming this command"
-    )
-    parser.add_argument(
-        "--add-ramp",
-        type=Path,
-        nargs="+",
-        help="no run: add these runs' ramps (e.g. --phases ramp, before and after in turn) to "
-        "--out's figures as repeats: a shared machine's load moves the ramp's answer",
-    )
-    args = parser.parse_args()
-    if args.add_ramp:
-        figures = json.loads(args.out.read_text())
-        figures.setdefault("ramp_repeats", []).extend(
-            ramp_repeat(json.loads(p.read_text())) for p in args.add_ramp
-        )
-        args.out.write_text(json.dumps(figures, indent=1))
-        return 0
-    before = json.loads(args.before.read_text()) if args.before.exists() else None
-    if args.render:
-        figures = json.loads(args.out.read_text())
-        print(f"wrote {real_calls_report.write(figures, before, args.render)}")
-        return 0
-    plan = plan_of(args)
-    phases = tuple(p for p in args.phases.split(",") if p)
-    figures = uvloop.run(run_phases(plan, phases, real_dialogue()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=1))
-    print(f"real calls: figures in {args.out}")
-    if args.write and not args.quick:
-        command = " ".join(["python -m bench.real_calls", *sys.argv[1:]])
-        print(f"wrote {real_calls_report.write(figures, before, command)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(options: Options) -> Outcome:
+    plan = QUICK if options.quick else Plan()
+    figures = uvloop.run(run_phases(plan, PHASES, real_dialogue(), options))
+    lines = real_calls_report.section(figures, command("real_calls"))
+    return Outcome(lines, figures)

@@ -1,18 +1,17 @@
-"""`make run`'s layout for the real-calls benchmark, on devstack's Stack: embedded PostgreSQL and
-Redis as `make run` starts them (durable: fsync on, Redis AOF everysec), migrations, as many arq
-workers and API processes as the machine has cores, the mock AI made instant. Also what the
-benchmark reads of it: the stores' bytes, and every process's CPU time and memory."""
+"""`make run`'s layout for the real-calls and live-transcripts suites (bench/stack.py's default
+Layout, durable: fsync on, Redis AOF everysec), the mock AI made instant unless a suite says
+otherwise; and what those suites read of it: the stores' bytes, every group's CPU and memory."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import asyncpg
-import psutil
 from redis.asyncio import Redis
 
-from devstack.stack import Process, Stack
+from bench.cpu import CpuMeter, rss_bytes
+from bench.stack import CORES, BenchStack, Layout, Stores
 
 INSTANT_AI = {
     "AI_PROVIDER": "mock",
@@ -24,36 +23,26 @@ GROUPS = ("api", "workers", "redis", "postgres")
 
 
 @dataclass
-class Layout:
-    stack: Stack
-    api_port: int
-    cores: int
+class RunLayout:
+    stack: BenchStack
+    meter: CpuMeter
     redis: Redis
-    pg_dsn: str
+    processes: int  # API processes, and workers: the machine's cores, as `make run` starts them
 
-    def processes(self) -> dict[str, list[psutil.Process]]:
-        """Each group's processes, children included (uvicorn's workers, PostgreSQL's backends)."""
-        assert self.stack.redis is not None
-        assert self.stack.pg is not None
-        assert self.stack.redis.proc is not None
-        assert self.stack.pg.proc is not None
-        api = [p for p in self.stack.processes if p.name == "api"]
-        workers = [p for p in self.stack.processes if p.name.startswith("worker")]
-        return {
-            "api": _trees(api),
-            "workers": _trees(workers),
-            "redis": _trees_of([self.stack.redis.proc.pid]),
-            "postgres": _trees_of([self.stack.pg.proc.pid]),
-        }
+    @property
+    def api_port(self) -> int:
+        return self.stack.api_port
+
+    @property
+    def pg_dsn(self) -> str:
+        return self.stack.pg_dsn
 
     def cpu_s(self) -> dict[str, float]:
-        """CPU seconds (user + system) of each group's live processes, and of this client."""
-        out = {name: sum(_cpu(p) for p in procs) for name, procs in self.processes().items()}
-        out["client"] = _cpu(psutil.Process())
-        return out
+        """CPU seconds so far of each group, children included, and of this client."""
+        return self.meter.read()
 
     def rss(self) -> dict[str, int]:
-        return {name: sum(_rss(p) for p in procs) for name, procs in self.processes().items()}
+        return {name: rss_bytes(pids) for name, pids in self.stack.pids().items()}
 
     async def used_memory(self) -> int:
         return int((await self.redis.info("memory"))["used_memory"])
@@ -71,68 +60,18 @@ class Layout:
         return {r["tablename"]: int(r["bytes"]) for r in rows}
 
     async def reset(self) -> None:
-        """Empty stores between phases: FLUSHDB, and TRUNCATE every table but alembic's."""
-        await self.redis.flushdb()
-        conn = await asyncpg.connect(self.pg_dsn)
-        try:
-            tables = await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> 'alembic_version'"
-            )
-            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
-            await conn.execute("SET lock_timeout = '10s'")
-            await conn.execute(f"TRUNCATE {names} CASCADE")
-        finally:
-            await conn.close()
+        await self.stack.reset()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.stack.close()
 
 
-def start_layout(extra_env: dict[str, str] | None = None) -> Layout:
-    """devstack/run.py's sequence, with logs in files of the stack's temp data dir."""
-    cores = os.cpu_count() or 1
-    env = {**os.environ, **INSTANT_AI, "WEB_CONCURRENCY": str(cores), **(extra_env or {})}
-    stack = Stack(env=env, temp_prefix="callstream-realcalls-")
-    try:
-        stack.start_postgres()
-        stack.start_redis()
-        stack.migrate()
-        for _ in range(cores):
-            stack.start_worker()
-        api = stack.start_api(extra_args=("--log-level", "warning"))
-    except BaseException:
-        stack.close()
-        raise
-    assert api.port is not None
-    assert stack.redis is not None
-    assert stack.pg is not None
-    pg_dsn = stack.pg.url.replace("postgresql+asyncpg://", "postgresql://")
-    return Layout(stack, api.port, cores, Redis.from_url(stack.redis.url), pg_dsn)
-
-
-def _trees(processes: list[Process]) -> list[psutil.Process]:
-    return _trees_of([p.pid for p in processes if p.poll() is None])
-
-
-def _trees_of(pids: list[int]) -> list[psutil.Process]:
-    out: list[psutil.Process] = []
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            out += [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
-def _cpu(p: psutil.Process) -> float:
-    try:
-        t = p.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(t.user + t.system)
-
-
-def _rss(p: psutil.Process) -> int:
-    try:
-        return int(p.memory_info().rss)
-    except psutil.Error:
-        return 0
+def start_layout(
+    stores: Stores | None, extra_env: Mapping[str, str] | None = None, processes: int = CORES
+) -> RunLayout:
+    """`processes`: fewer than the cores only for a --quick smoke run (fewer start-ups)."""
+    env = {**INSTANT_AI, **(extra_env or {})}
+    layout = Layout(api_processes=processes, workers=processes, env=env, durable=True)
+    stack = BenchStack(layout, stores)
+    return RunLayout(stack, stack.meter(), Redis.from_url(stack.redis_url), processes)

@@ -32,7 +32,7 @@ from bench.real_calls_client import (
 )
 from bench.real_calls_frames import FRAMES_PER_S, Dialogue, TwoTrackCall, ticks_of
 from bench.real_calls_lag import LagSampler, RedisLagSampler, percentile, sampling
-from bench.real_calls_layout import Layout
+from bench.real_calls_layout import RunLayout
 
 RAW_BYTES_PER_CALL_MINUTE = 2 * 8000 * 60  # two tracks of 8 kHz μ-law
 LAG_TARGET_MS = 100.0
@@ -60,8 +60,8 @@ class Plan:
 
 
 QUICK = Plan(
-    short_s=4, long_s=12, length_calls=2, fast_calls=2, fast_s=5, ramp=(4, 8), ramp_s=5,
-    soak_s=12, soak_call_s=4, memory_sample_s=2, final_cap_s=60,
+    short_s=1, long_s=2, length_calls=1, fast_calls=1, fast_s=1, ramp=(2,), ramp_s=1, soak_s=2,
+    soak_call_s=1, redis_sample_s=0.5, memory_sample_s=0.5, final_cap_s=60, stagger_s=0.2,
 )  # fmt: skip
 
 
@@ -72,7 +72,7 @@ class Samplers:
 
 
 class Bench:
-    def __init__(self, layout: Layout, plan: Plan, dialogue: Dialogue) -> None:
+    def __init__(self, layout: RunLayout, plan: Plan, dialogue: Dialogue) -> None:
         self.layout, self.plan, self.dialogue = layout, plan, dialogue
         base = f"http://{HOST}:{layout.api_port}"
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=500)

@@ -1,15 +1,12 @@
-"""BENCHMARKS.md's "Real calls" section, rendered from bench/real_calls.py's figures, beside the
-same benchmark's figures on the last commit before the work (the before file), when given."""
+"""BENCHMARKS.md's "Real calls" section, rendered from bench/real_calls.py's figures."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bench.real_calls_load import flatness
-from bench.sections import write_section
 
 HEADING = "## Real calls"
 Figures = dict[str, Any]
@@ -90,21 +87,7 @@ def one_line(phase: str, f: Figures) -> str:
     )
 
 
-def pair(
-    before: Figures | None, after: Figures, path: tuple[str | int, ...], fmt: Callable[[Any], str]
-) -> str:
-    """'after (before: x)' for one figure."""
-    now = fmt(dig(after, *path))
-    if before is None:
-        return now
-    return f"{now} (before: {fmt(dig(before, *path))})"
-
-
-def write(figures: Figures, before: Figures | None, command: str) -> Path:
-    return write_section(HEADING, section(figures, before, command))
-
-
-def section(f: Figures, before: Figures | None, command: str) -> list[str]:
+def section(f: Figures, command: str) -> list[str]:
     m = f["meta"]
     out = [
         HEADING,
@@ -119,23 +102,12 @@ def section(f: Figures, before: Figures | None, command: str) -> list[str]:
         "WS /v1/call/media.",
         "",
     ]
-    if before is not None:
-        b = before["meta"]
-        out += [
-            f"Before: the same benchmark on `{b['commit']}` ({b['subject']}), {b['started_at']}, "
-            f"load average {b['loadavg_start']}, with smaller sizes (long calls of "
-            f"{b['plan']['long_s'] / 60:g} min, ramp {', '.join(map(str, b['plan']['ramp']))}, "
-            f"soak {b['plan']['soak_s']:g} s). That server has no tracks: it stores both tracks' "
-            "frames as one sequence (its `packets_received` counts both), and it has no "
-            "recording to fetch.",
-            "",
-        ]
     out += definitions()
-    out += targets(f, before)
-    out += per_call_minute(f, before)
-    out += ramp_table(f, before)
+    out += targets(f)
+    out += per_call_minute(f)
+    out += ramp_table(f)
     out += soak_table(f)
-    out += tables_where(f, before)
+    out += tables_where(f)
     return out
 
 
@@ -181,15 +153,15 @@ def definitions() -> list[str]:
     ]
 
 
-def targets(f: Figures, before: Figures | None) -> list[str]:
+def targets(f: Figures) -> list[str]:
     def cell(fmt: Callable[[Any], str], *paths: tuple[str | int, ...]) -> str:
-        return " / ".join(pair(before, f, path, fmt) for path in paths)
+        return " / ".join(fmt(dig(f, *path)) for path in paths)
 
     def per(of: Callable[[Figures], Any], fmt: Callable[[Any], str]) -> str:
-        return _both(before, f, of, fmt)
+        return fmt(of(f))
 
     short, long = ("length", "groups", "short"), ("length", "groups", "long")
-    minutes = _long_minutes(f) + (f"; before: {_long_minutes(before)}" if before else "")
+    minutes = _long_minutes(f)
     soak = f.get("soak") or {}
     held = dig(f, "ramp", "most_calls_held")
     audio = audio_counts(f)
@@ -229,7 +201,7 @@ def targets(f: Figures, before: Figures | None) -> list[str]:
         ("Recordings whose length and both channels match what was sent", "all",
          per(audio_everywhere, str), met(audio[1] == audio[0] if audio[0] else None)),
         ("Most concurrent two-track calls at real-time pace, lag p99 < 100 ms, all stored", "",
-         cell(str, ("ramp", "most_calls_held")) + _repeated(f, before), ""),
+         cell(str, ("ramp", "most_calls_held")), ""),
         (f"Soak at {soak.get('calls_at_once', 'n/a')} calls (half of {held}), after its warm-up "
          "(the first quarter): Redis used_memory / API RSS / worker RSS, the mean of the second "
          "half against the first", "flat (within 10%)",
@@ -237,8 +209,7 @@ def targets(f: Figures, before: Figures | None) -> list[str]:
         ("Fast pass: frames/s, x real time a call", "",
          cell(_n, ("fast", "frames_per_s")) + ", " + cell(x, ("fast", "speed_up_per_call")), ""),
     ]  # fmt: skip
-    head = "| on real calls | target | after" + (" (before)" if before else "") + " | met |"
-    lines = [head, "|---|---|---|---|"]
+    lines = ["| on real calls | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {what} | {target} | {value} | {ok} |" for what, target, value, ok in rows]
     return [*lines, ""]
 
@@ -254,18 +225,6 @@ def cpu_ceiling(f: Figures) -> float | None:
     found = re.search(r"(\d+) cores", str(dig(f, "meta", "machine")))
     per_call = _cpu_s(f, GROUPS)
     return 60 * int(found.group(1)) / per_call if found and per_call else None
-
-
-def _repeated(f: Figures, before: Figures | None) -> str:
-    repeats = f.get("ramp_repeats") or []
-    if not repeats:
-        return ""
-    old = dig(before, "meta", "commit")
-    held = {
-        who: ", ".join(str(r["most_calls_held"]) for r in repeats if (r["commit"] == old) == was)
-        for who, was in (("after", False), ("before", True))
-    }
-    return f"; the ramp run again: after {held['after']}, before {held['before']}"
 
 
 def met(ok: bool | None) -> str:
@@ -305,13 +264,6 @@ def _over(f: Figures, key: str) -> float | None:
 
 def _n(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
-
-
-def _both(
-    before: Figures | None, after: Figures, of: Callable[[Figures], Any], fmt: Callable[[Any], str]
-) -> str:
-    now = fmt(of(after))
-    return now if before is None else f"{now} (before: {fmt(of(before))})"
 
 
 def phases_of(f: Figures) -> list[tuple[str, Figures]]:
@@ -357,7 +309,7 @@ def audio_everywhere(f: Figures) -> str:
     return f"{ok} of {checked}"
 
 
-def per_call_minute(f: Figures, before: Figures | None) -> list[str]:
+def per_call_minute(f: Figures) -> list[str]:
     lines = [
         "CPU and bytes per call-minute, by phase (CPU in ms of one core per call-minute):",
         "",
@@ -366,17 +318,14 @@ def per_call_minute(f: Figures, before: Figures | None) -> list[str]:
         + " | PostgreSQL bytes (÷ audio) | to ARCHIVED p50 / p99 |",
         "|---|---|" + "---|" * len(GROUPS) + "---|---|",
     ]
-    for who, figures in (("", f), ("before: ", before)):
-        if figures is None:
-            continue
-        for name, p in phases_of(figures):
-            cpu = p.get("cpu_ms_per_call_minute", {})
-            lines.append(
-                f"| {who}{name} | {p['call_minutes']:.1f} | "
-                + " | ".join(_n(cpu.get(g)) for g in GROUPS)
-                + f" | {kb(p['pg_bytes_per_call_minute'])} ({x(p['pg_to_raw_audio'])}) | "
-                f"{s(_final(p, 'p50'))} / {s(_final(p, 'p99'))} |"
-            )
+    for name, p in phases_of(f):
+        cpu = p.get("cpu_ms_per_call_minute", {})
+        lines.append(
+            f"| {name} | {p['call_minutes']:.1f} | "
+            + " | ".join(_n(cpu.get(g)) for g in GROUPS)
+            + f" | {kb(p['pg_bytes_per_call_minute'])} ({x(p['pg_to_raw_audio'])}) | "
+            f"{s(_final(p, 'p50'))} / {s(_final(p, 'p99'))} |"
+        )
     return [*lines, ""]
 
 
@@ -386,7 +335,7 @@ def _final(p: Figures, q: str) -> Any:
     return p.get(f"to_archived_{q}_s")
 
 
-def ramp_table(f: Figures, before: Figures | None) -> list[str]:
+def ramp_table(f: Figures) -> list[str]:
     lines = [
         "The ramp, each step from empty stores, calls of "
         f"{dig(f, 'meta', 'plan', 'ramp_s') or 0:g} s starting within "
@@ -396,40 +345,16 @@ def ramp_table(f: Figures, before: Figures | None) -> list[str]:
         "client slip p99 | frames lost | to ARCHIVED p99 | API + worker CPU / call-min | holds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for who, figures in (("", f), ("before: ", before)):
-        for st in dig(figures, "ramp", "steps") or []:
-            cpu = st["cpu_ms_per_call_minute"]
-            lines.append(
-                f"| {who}{st['calls']} | {st.get('loadavg', '')} | {ms(st['lag_p50_ms'])} / "
-                f"{ms(st['lag_p99_ms'])} / {ms(st['lag_max_ms'])} | {ms(st['status_lag_p99_ms'])} "
-                f"({ms(st['status_read_p99_ms'])}) | {ms(st['pace_slip_p99_ms'])} | "
-                f"{st['lost_frames']:,} of {st['frames_sent']:,} | {s(st['to_archived_p99_s'])} | "
-                f"{_n(cpu['api'] + cpu['workers'])} ms | {'yes' if st['holds'] else 'no'} |"
-            )
-    return [*lines, "", *ramp_repeats(f, before), *what_bounds(f), ""]
-
-
-def ramp_repeats(f: Figures, before: Figures | None) -> list[str]:
-    """Other runs' ramps (--add-ramp), before's and after's in turn on the same machine."""
-    repeats = f.get("ramp_repeats") or []
-    if not repeats:
-        return []
-    old = dig(before, "meta", "commit")
-    lines = [
-        "The ramp alone, run again (`python -m bench.real_calls --phases ramp`), the two servers "
-        "in turn, minutes apart:",
-        "",
-        "| started | server | load average | lag p99 by step (calls: ms) | most held |",
-        "|---|---|---|---|---|",
-    ]
-    for r in repeats:
-        steps = ", ".join(f"{st['calls']}: {ms(st['lag_p99_ms'])}" for st in r["steps"])
-        who = "before" if r["commit"] == old else "after"
+    for st in dig(f, "ramp", "steps") or []:
+        cpu = st["cpu_ms_per_call_minute"]
         lines.append(
-            f"| {r['started_at']} | {who} (`{r['commit']}`) | {r['loadavg_start']} | {steps} | "
-            f"{r['most_calls_held']} |"
+            f"| {st['calls']} | {st.get('loadavg', '')} | {ms(st['lag_p50_ms'])} / "
+            f"{ms(st['lag_p99_ms'])} / {ms(st['lag_max_ms'])} | {ms(st['status_lag_p99_ms'])} "
+            f"({ms(st['status_read_p99_ms'])}) | {ms(st['pace_slip_p99_ms'])} | "
+            f"{st['lost_frames']:,} of {st['frames_sent']:,} | {s(st['to_archived_p99_s'])} | "
+            f"{_n(cpu['api'] + cpu['workers'])} ms | {'yes' if st['holds'] else 'no'} |"
         )
-    return [*lines, ""]
+    return [*lines, "", *what_bounds(f), ""]
 
 
 def what_bounds(f: Figures) -> list[str]:
@@ -483,25 +408,16 @@ def soak_table(f: Figures) -> list[str]:
     return [*lines, ""]
 
 
-def tables_where(f: Figures, before: Figures | None) -> list[str]:
+def tables_where(f: Figures) -> list[str]:
     lines = ["Where the length phase's PostgreSQL bytes went (per call-minute):", ""]
-    for who, figures in (("after", f), ("before", before)):
-        minutes = dig(figures, "length", "call_minutes")
-        tables = dig(figures, "length", "pg_delta_bytes")
-        if not minutes or not tables:
-            continue
+    minutes = dig(f, "length", "call_minutes")
+    tables = dig(f, "length", "pg_delta_bytes")
+    if minutes and tables:
         shares = sorted(tables.items(), key=lambda kv: -kv[1])
+        lines.append("- " + ", ".join(f"`{t}` {kb(b / minutes)}" for t, b in shares if b > 0))
+    if keys := dig(f, "length", "groups", "long", "redis_after_keys"):
         lines.append(
-            f"- {who}: " + ", ".join(f"`{t}` {kb(b / minutes)}" for t, b in shares if b > 0)
+            "- a long call's Redis keys after ARCHIVED: "
+            + ", ".join(f"`{k}` {kb(v['bytes'])} (TTL {v['ttl_s']} s)" for k, v in keys.items())
         )
-    keys = dig(f, "length", "groups", "long", "redis_after_keys") or {}
-    old = dig(before, "length", "groups", "long", "redis_after_keys") or {}
-    for who, found in (("after", keys), ("before", old)):
-        if found:
-            lines.append(
-                f"- a long call's Redis keys after ARCHIVED, {who}: "
-                + ", ".join(
-                    f"`{k}` {kb(v['bytes'])} (TTL {v['ttl_s']} s)" for k, v in found.items()
-                )
-            )
     return [*lines, ""]

@@ -1,4 +1,5 @@
-"""What REDIS_WAIT_REPLICAS=1 costs (`python -m bench.wait_cost`): single-packet appends through
+"""What REDIS_WAIT_REPLICAS=1 costs (`python -m bench wait_cost`, not part of `make bench`; its
+figures are quoted by hand in BENCHMARKS.md's reliability section): single-packet appends through
 the API's own path to Redis (CallIntake, pipelined: concurrent requests share round trips), in
 one process, on a single Redis with one replica and on a 3-master cluster with a replica each,
 WAIT off and on, alternated `rounds` times so the machine's drift hits all four alike.
@@ -11,7 +12,6 @@ everything started here is stopped.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 import uvloop
 
-from bench.common import cpu_seconds
+from bench.cpu import CpuMeter
+from bench.suite import Options, Outcome, command
 from core.builders import feed_limits
 from db.intake import CallIntake
 from db.packets import NewPacket
@@ -53,13 +55,23 @@ def single_with_replica(data: Path) -> Iterator[tuple[str, list[int]]]:
     replica.command = lambda: [*command(), "--replicaof", "127.0.0.1", str(master.port)]  # type: ignore[method-assign]
     replica.start()
     try:
-        time.sleep(1.0)  # the first sync of an empty master
+        linked(replica.port)
         assert master.proc is not None
         assert replica.proc is not None
         yield master.url, [master.proc.pid, replica.proc.pid]
     finally:
         replica.stop()
         master.stop()
+
+
+def linked(replica_port: int, timeout_s: float = 30) -> None:
+    """Until the replica has made its first sync with the master (WAIT needs it)."""
+    deadline = time.monotonic() + timeout_s
+    with redis.Redis(port=replica_port) as client:
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the replica on {replica_port} never synced")
+            time.sleep(0.1)
 
 
 @contextmanager
@@ -95,12 +107,13 @@ async def measure(
             sent += 1
 
     await intake.append("warm-up", [NewPacket(0, 1e9, "x")])
-    cpu_before = cpu_seconds(pids)
+    meter = CpuMeter(lambda: {"redis": pids})
+    cpu_before = meter.read()
     own_before, began = time.process_time(), time.monotonic()
     stop_at = began + seconds
     await asyncio.gather(*(caller(n) for n in range(concurrency)))
     elapsed, own = time.monotonic() - began, time.process_time() - own_before
-    redis_cpu = cpu_seconds(pids) - cpu_before
+    redis_cpu = meter.spent(cpu_before, meter.read())["redis"]
     await redis.flushall()
     await close_redis(redis)
     quantiles = statistics.quantiles(latencies, n=100)
@@ -110,38 +123,57 @@ async def measure(
     )  # fmt: skip
 
 
-async def main(rounds: int, seconds: float, concurrency: int) -> None:
+@dataclass(frozen=True)
+class Plan:
+    rounds: int = 3
+    seconds: float = 4.0
+    concurrency: int = 64
+
+
+QUICK = Plan(rounds=1, seconds=0.3, concurrency=8)
+FIELDS = ("packets_per_s", "p50_ms", "p99_ms", "client_cpu_us", "redis_cpu_us")
+
+
+async def measure_all(plan: Plan) -> list[Figures]:
     with (
         tempfile.TemporaryDirectory(prefix="callstream-wait-") as tmp,
         single_with_replica(Path(tmp)) as single,
         cluster_3x1(Path(tmp)) as cluster,
     ):
         results: list[Figures] = []
-        for _ in range(rounds):
+        for _ in range(plan.rounds):
             for name, (url, pids) in (("single", single), ("cluster", cluster)):
                 for wait in (False, True):
-                    results.append(await measure(url, pids, name, wait, seconds, concurrency))
-    print(f"{'topology':8} {'WAIT':4} {'packets/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'client CPU us/pkt':>17} {'Redis CPU us/pkt':>16}")  # fmt: skip
+                    results.append(
+                        await measure(url, pids, name, wait, plan.seconds, plan.concurrency)
+                    )
+        return results
+
+
+def section(plan: Plan, results: list[Figures]) -> list[str]:
+    lines = [
+        "## What WAIT costs: appends through the API's path to Redis",
+        "",
+        f"`{command('wait_cost')}`: medians of {plan.rounds} rounds of {plan.seconds:g} s,"
+        f" {plan.concurrency} concurrent callers, in one process (no HTTP).",
+        "",
+        "| topology | WAIT | packets/s | p50 ms | p99 ms | client CPU us/packet |"
+        " Redis CPU us/packet |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for name in ("single", "cluster"):
         for wait in (False, True):
             runs = [r for r in results if r.topology == name and r.wait == wait]
-            med = {
-                field: statistics.median(getattr(r, field) for r in runs)
-                for field in ("packets_per_s", "p50_ms", "p99_ms", "client_cpu_us", "redis_cpu_us")
-            }
-            print(
-                f"{name:8} {'on' if wait else 'off':4} {med['packets_per_s']:9.0f} "
-                f"{med['p50_ms']:7.2f} {med['p99_ms']:7.2f} {med['client_cpu_us']:17.1f} "
-                f"{med['redis_cpu_us']:16.1f}"
+            med = {f: statistics.median(getattr(r, f) for r in runs) for f in FIELDS}
+            lines.append(
+                f"| {name} | {'on' if wait else 'off'} | {med['packets_per_s']:,.0f} |"
+                f" {med['p50_ms']:.2f} | {med['p99_ms']:.2f} | {med['client_cpu_us']:.1f} |"
+                f" {med['redis_cpu_us']:.1f} |"
             )
-    print(f"medians of {rounds} rounds of {seconds}s, {concurrency} concurrent callers")
+    return lines
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--concurrency", type=int, default=64)
-    args = parser.parse_args()
-    uvloop.run(main(args.rounds, args.seconds, args.concurrency))
+def run(options: Options) -> Outcome:
+    plan = QUICK if options.quick else Plan()
+    results = uvloop.run(measure_all(plan))
+    return Outcome(section(plan, results), {"runs": [r.__dict__ for r in results]})

@@ -1,16 +1,12 @@
-"""BENCHMARKS.md: the machine, the command, the figures (medians over runs), the targets."""
+"""The ingestion suite's section: the machine, the workload, the figures, the targets."""
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from bench.sections import later_sections
-
-ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "BENCHMARKS.md"
+from bench.suite import command
 
 
 def med(results: list[dict[str, Any]], *path: str) -> float:
@@ -75,7 +71,7 @@ def _latency_row(name: str, results: list[dict[str, Any]], key: str) -> str:
     return f"| {name} | {med(results, key, 'rate'):,.0f} | " + " | ".join(cells) + " |"
 
 
-# Written by hand from py-spy profiles (`python -m bench.run --profile`, and the same sampling
+# Written by hand from py-spy profiles (py-spy attached to the API, the same sampling
 # during the batch and WebSocket phases); re-read it when the figures move.
 ANALYSIS = [
     "## What bounds the missed targets (profiled 2026-11-22)",
@@ -105,29 +101,14 @@ ANALYSIS = [
 ]
 
 
-def write_report(
-    results: list[dict[str, Any]],
-    plan: Any,
-    machine: dict[str, str],
-    quick: bool,
-    runs: int,
-) -> Path:
+def section(results: list[dict[str, Any]], plan: Any, machine: dict[str, str]) -> list[str]:
     last = results[-1]
     drain = last["drain"]
     open_rate = med(results, "open", "target_rate")
     bare_open_rate = med(results, "bare_open", "target_rate")
     single = med(results, "closed", "rate")
-    lines = [
-        "# Benchmarks",
-        "",
-        "Command: `make bench` (= `.venv/bin/python -m bench.run`, one run, ~1.5 min on 2 cores;"
-        " `--runs N` repeats and reports medians, `--quick` is a smoke run that leaves this file"
-        " alone, `--profile` samples the API with py-spy). This file was written by"
-        " `.venv/bin/python -m bench.run"
-        + (" --quick" if quick else "")
-        + (f" --runs {runs}" if runs > 1 else "")
-        + "`: "
-        + (f"figures are medians over {runs} runs." if runs > 1 else "one run."),
+    return [
+        f"Command: `{command('ingestion')}` (~1.5 min on 2 cores; part of `make bench`).",
         "Everything runs on loopback: embedded Redis (AOF everysec) and PostgreSQL (fsync off),",
         "the API as `uvicorn service.app:app --loop uvloop --http httptools --no-access-log`",
         "(one process), the ceiling `bench/bare_app.py` (a raw ASGI callable: read the body,",
@@ -249,14 +230,7 @@ def write_report(
         "```",
         "",
         f"Plan: `{asdict(plan)}`",
-        "",
     ]
-    OUTPUT.write_text("\n".join(lines) + _later_sections())
-    return OUTPUT
-
-
-def _later_sections() -> str:
-    return later_sections(OUTPUT.read_text() if OUTPUT.exists() else "")
 
 
 def _compact(r: dict[str, Any]) -> dict[str, Any]:

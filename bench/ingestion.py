@@ -1,27 +1,23 @@
-"""`make bench` (python -m bench.run [--runs N] [--quick]): every figure of BENCHMARKS.md.
-
-Loopback only; starts its own Redis, PostgreSQL, the API, the bare ASGI ceiling and arq workers,
-and stops them all in a `finally`. Bounded: every phase has a request count and a time cap.
+"""The front half (`python -m bench ingestion`): single-packet, batch and WebSocket ingestion
+against the bare ASGI ceiling, closed and open loop; the drain of completed calls with the flaky
+mock AI against its ideal; key retention; Redis memory per live call; the cost of
+`appendfsync always`. Loopback only; every phase has a request count and a time cap.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import platform
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import uvloop
 from redis.asyncio import Redis
 
-from bench import profile
+from bench.ingestion_report import section
 from bench.load import (
     Result,
     batch_workload,
@@ -30,9 +26,9 @@ from bench.load import (
     send_all,
     single_packet_workload,
 )
-from bench.report import write_report
 from bench.sections import loadavg
-from bench.stack import Stack
+from bench.stack import BenchStack, Layout
+from bench.suite import Options, Outcome
 from bench.ws_load import ws_streams
 
 
@@ -55,20 +51,29 @@ class Plan:
     mem_packets: int = 50
     worker_max_jobs: int = 32
     workers: int = 1
+    settle_s: float = 2.0  # for the workers to connect before a drain's clock starts
+    ai_speed_up: float = 1.0  # the mock AI's latencies and backoffs divided by this
 
 
 QUICK = Plan(
-    calls=50,
-    packets=40,
-    connections=32,
-    closed_s=1.5,
-    open_s=1.5,
-    batch_calls=20,
-    batches=4,
-    ws_streams=8,
-    ws_packets=300,
-    drain_calls=(30,),
-    mem_calls=100,
+    calls=10,
+    packets=10,
+    connections=8,
+    closed_s=0.3,
+    open_s=0.3,
+    batch_calls=5,
+    batches=2,
+    batch_size=10,
+    batch_connections=4,
+    ws_streams=2,
+    ws_packets=30,
+    drain_calls=(10,),
+    drain_packets=3,
+    mem_calls=20,
+    mem_packets=5,
+    worker_max_jobs=8,
+    settle_s=0.5,
+    ai_speed_up=20.0,
 )
 
 AI_ENV = {
@@ -79,6 +84,13 @@ AI_ENV = {
     "AI_BACKOFF_BASE_S": "0.1",
     "AI_BACKOFF_MAX_S": "1.0",
 }
+
+
+def ai_env(plan: Plan) -> dict[str, str]:
+    timed = ("AI_LATENCY_MIN_S", "AI_LATENCY_MAX_S", "AI_BACKOFF_BASE_S", "AI_BACKOFF_MAX_S")
+    return AI_ENV | {k: f"{float(AI_ENV[k]) / plan.ai_speed_up:g}" for k in timed}
+
+
 RETENTION_ENV = {"KEY_RETENTION_S": "2", "COMPLETED_MARKER_RETENTION_S": "2"}
 
 
@@ -100,23 +112,14 @@ async def redis_info_memory(redis: Redis) -> int:
     return int(info["used_memory"])
 
 
-async def ingestion(
-    plan: Plan, api: int, bare: int, run: int, spy_pid: int | None = None
-) -> dict[str, Any]:
+async def ingestion(plan: Plan, api: int, bare: int, run: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     warm = single_packet_workload(f"r{run}-warm", 20, 20)
     await closed_loop(api, warm.requests, plan.connections, 5)
     await closed_loop(bare, warm.requests, plan.connections, 5)
 
     work = single_packet_workload(f"r{run}-cl", plan.calls, plan.packets)
-    spy_out = Path(tempfile.gettempdir()) / f"callstream-bench-profile-{os.getpid()}.txt"
-    spy = profile.start(spy_pid, plan.closed_s, spy_out) if spy_pid else None
     cs = await closed_loop(api, work.requests, plan.connections, plan.closed_s)
-    if spy is not None:
-        spy.wait(30)
-        if spy_out.exists():
-            print("\n".join(profile.summarize(spy_out)))
-            spy_out.unlink()
     done = await send_all(api, work.completes, plan.connections)
     ceiling = await closed_loop(bare, work.requests * 4, plan.connections, plan.closed_s)
     out["closed"] = summarize(cs)
@@ -164,26 +167,17 @@ def summarize(r: Result) -> dict[str, Any]:
     }
 
 
-async def reset_stores(redis: Redis, pg_dsn: str) -> None:
-    await redis.flushdb()
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute("TRUNCATE call, packet, ai_attempt, state_transition CASCADE")
-    finally:
-        await conn.close()
-
-
 async def drain(
-    plan: Plan, stack: Stack, api: int, redis: Redis, run: int, calls: int
+    plan: Plan, stack: BenchStack, api: int, redis: Redis, run: int, calls: int
 ) -> dict[str, Any]:
     """N calls completed at once, arq workers with the flaky mock AI; then key retention."""
-    await reset_stores(redis, stack.pg_dsn)
-    env = AI_ENV | RETENTION_ENV | {"WORKER_MAX_JOBS": str(plan.worker_max_jobs)}
+    await stack.reset()
+    env = ai_env(plan) | RETENTION_ENV | {"WORKER_MAX_JOBS": str(plan.worker_max_jobs)}
     procs = [stack.start_worker(env) for _ in range(plan.workers)]
     prefix = f"r{run}-drain{calls}"
     work = batch_workload(prefix, calls, 1, plan.drain_packets, seed=5)
     await send_all(api, [raw for raw, _ in work.requests], 32)
-    await asyncio.sleep(2.0)  # let the workers connect and settle before the clock starts
+    await asyncio.sleep(plan.settle_s)
     conn = await asyncpg.connect(stack.pg_dsn)
     try:
         t0 = time.perf_counter()
@@ -215,7 +209,7 @@ async def drain(
     await asyncio.sleep(wait)
     left = [k async for k in redis.scan_iter(match=f"{{s*}}:call:{prefix}-*", count=1000)]
     for proc in procs:
-        proc.terminate()
+        proc.stop()
     return {
         "calls": calls,
         "finished": finished,
@@ -250,8 +244,8 @@ async def durability(plan: Plan, api: int, api_always: int, run: int) -> dict[st
     return {"everysec": everysec, "always": always, "ratio": always / everysec}
 
 
-async def memory(plan: Plan, stack: Stack, api: int, redis: Redis, run: int) -> dict[str, Any]:
-    await reset_stores(redis, stack.pg_dsn)
+async def memory(plan: Plan, stack: BenchStack, api: int, redis: Redis, run: int) -> dict[str, Any]:
+    await stack.reset()
     await asyncio.sleep(0.2)
     before = await redis_info_memory(redis)
     work = batch_workload(f"r{run}-mem", plan.mem_calls, 1, plan.mem_packets, seed=6)
@@ -268,23 +262,18 @@ async def memory(plan: Plan, stack: Stack, api: int, redis: Redis, run: int) -> 
 
 
 async def one_run(
-    plan: Plan,
-    stack: Stack,
-    ports: tuple[int, int, int],
-    run: int,
-    spy_pid: int | None,
+    plan: Plan, stack: BenchStack, ports: tuple[int, int, int], run: int
 ) -> dict[str, Any]:
     api, bare, api_always = ports
     redis = Redis.from_url(stack.redis_url)
     try:
-        await redis.flushdb()
-        figures = await ingestion(plan, api, bare, run, spy_pid)
+        await stack.reset()
+        figures = await ingestion(plan, api, bare, run)
         figures["durability"] = await durability(plan, api, api_always, run)
         drains = [await drain(plan, stack, api, redis, run, n) for n in plan.drain_calls]
         figures["drain"] = drains[0]
         figures["drain_more"] = drains[1:]
         figures["memory"] = await memory(plan, stack, api, redis, run)
-        await redis.flushdb()
         return figures
     finally:
         await redis.aclose()
@@ -329,29 +318,33 @@ def print_run(run: int, f: dict[str, Any]) -> None:
     )
 
 
-async def main_async(plan: Plan, runs: int, quick: bool, spy: bool) -> int:
-    stack = Stack()
+async def measure(plan: Plan, options: Options) -> Outcome:
     load_start = loadavg()
-    try:
-        stack.start_stores()
-        api, api_proc = stack.start_uvicorn("service.app:app")
-        bare, _ = stack.start_uvicorn("bench.bare_app:app")
-        always = stack.start_redis("always")
-        api_always, _ = stack.start_uvicorn("service.app:app", {"REDIS_URL": always.url})
-        results = []
-        for run in range(runs):
-            ports = (api, bare, api_always)
-            figures = await one_run(plan, stack, ports, run, api_proc.pid if spy else None)
-            print_run(run, figures)
-            results.append(figures)
-        machine = machine_info() | {"loadavg_start": load_start, "loadavg_end": loadavg()}
-        if quick:  # a smoke run never overwrites the real figures
-            print("\n--quick: BENCHMARKS.md left as it was")
-        else:
-            print(f"\nwrote {write_report(results, plan, machine, quick, runs)}")
-        return 0
-    finally:
-        stack.close()
+    # One API process and no worker to start with: each drain starts its own.
+    with BenchStack(Layout(api_processes=1, workers=0), options.stores) as stack:
+        bare = stack.start_api("bench.bare_app:app", name="bare")
+        always = stack.start_extra_redis("redis-always", appendfsync="always")
+        api_always = stack.start_api(env={"REDIS_URL": always.url}, name="api-always")
+        assert bare.port is not None
+        assert api_always.port is not None
+        figures = await one_run(plan, stack, (stack.api_port, bare.port, api_always.port), 0)
+    print_run(0, figures)
+    machine = machine_info() | {"loadavg_start": load_start, "loadavg_end": loadavg()}
+    return Outcome(section([figures], plan, machine), figures, problems(figures))
+
+
+def problems(f: dict[str, Any]) -> list[str]:
+    out = [
+        f"{name}: {f[name]['errors']} requests refused ({f[name]['statuses']})"
+        for name in ("closed", "open", "batch")
+        if f[name]["errors"]
+    ]
+    if f["ws"]["bad_closes"]:
+        out.append(f"{f['ws']['bad_closes']} WebSocket streams not closed with 1000")
+    for d in [f["drain"], *f["drain_more"]]:
+        if d["finished"] < d["calls"]:
+            out.append(f"drain: {d['finished']} of {d['calls']} calls reached a final state")
+    return out
 
 
 def machine_info() -> dict[str, str]:
@@ -372,19 +365,5 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
-    parser.add_argument(
-        "--quick", action="store_true", help="a short smoke run (does not write BENCHMARKS.md)"
-    )
-    parser.add_argument(
-        "--profile", action="store_true", help="py-spy the API during the single-packet run"
-    )
-    args = parser.parse_args()
-    plan = QUICK if args.quick else Plan()
-    return uvloop.run(main_async(plan, max(1, args.runs), args.quick, args.profile))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(options: Options) -> Outcome:
+    return uvloop.run(measure(QUICK if options.quick else Plan(), options))
