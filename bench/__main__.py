@@ -31,6 +31,7 @@ SUITES = (
     "ai_quality",
     "real_calls",
     "live_transcripts",
+    "ai_retries",
 )
 ON_DEMAND = ("wait_cost",)  # its figures are quoted by hand (the reliability runs' section)
 RESULTS = Path(__file__).resolve().parent / "results"
