@@ -32,6 +32,7 @@ SUITES = (
     "real_calls",
     "live_transcripts",
     "ai_retries",
+    "pbx_feeds",
 )
 ON_DEMAND = ("wait_cost",)  # its figures are quoted by hand (the reliability runs' section)
 RESULTS = Path(__file__).resolve().parent / "results"
