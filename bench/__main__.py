@@ -33,6 +33,7 @@ SUITES = (
     "live_transcripts",
     "ai_retries",
     "pbx_feeds",
+    "search",
 )
 ON_DEMAND = ("wait_cost",)  # its figures are quoted by hand (the reliability runs' section)
 RESULTS = Path(__file__).resolve().parent / "results"
