@@ -34,6 +34,7 @@ SUITES = (
     "ai_retries",
     "pbx_feeds",
     "search",
+    "redaction",
 )
 ON_DEMAND = ("wait_cost",)  # its figures are quoted by hand (the reliability runs' section)
 RESULTS = Path(__file__).resolve().parent / "results"
