@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import WebSocketException
 
 from simulate import speech
 from simulate.pbx import (
@@ -26,7 +26,7 @@ from simulate.pbx import (
     closing,
 )
 from simulate.plan import FRAME_S, CallPlan
-from simulate.transports import AccessRefused, OnSent, Pace, Sent
+from simulate.transports import OnSent, Pace, Sent, socket_failed
 
 # Sends one tick: the caller's frame and the agent's (μ-law, 20 ms each).
 Tick = Callable[[bytes, bytes], Awaitable[None]]
@@ -74,13 +74,8 @@ async def send_pbx(
         else:
             await _audiohook(plan, f"{targets.ws_base}/v1/call/audiohook", api_key, pace,
                              on_sent, sent)  # fmt: skip
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        if status in (401, 403):
-            raise AccessRefused(f"the {plan.transport} feed was refused (HTTP {status})") from exc
-        sent.error = f"{plan.transport} handshake refused: HTTP {status}"
     except (OSError, TimeoutError, WebSocketException) as exc:
-        sent.error = f"{plan.transport}: {type(exc).__name__}: {exc}".rstrip(": ")
+        socket_failed(f"the {plan.transport} feed", exc, sent)
     return sent
 
 

@@ -165,14 +165,21 @@ async def send_ws(
                 await asyncio.wait_for(asyncio.shield(listener), WS_CLOSE_WAIT_S)
             listener.cancel()
             _judge_ws(ws, heard, sent)
-    except InvalidStatus as exc:
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        socket_failed("the media WebSocket", exc, sent)
+    return sent
+
+
+def socket_failed(what: str, exc: OSError | TimeoutError | WebSocketException, sent: Sent) -> None:
+    """What a socket that could not be used did to the run: a refused key stops it all
+    (AccessRefused); any other failure is this call's error."""
+    if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         if status in (401, 403):
-            raise AccessRefused(f"the media WebSocket was refused (HTTP {status})") from exc
-        sent.error = f"WebSocket handshake refused: HTTP {status}"
-    except (OSError, TimeoutError, WebSocketException) as exc:
-        sent.error = f"WebSocket: {type(exc).__name__}: {exc}".rstrip(": ")
-    return sent
+            raise AccessRefused(f"{what} was refused (HTTP {status})") from exc
+        sent.error = f"{what}: handshake refused: HTTP {status}"
+        return
+    sent.error = f"{what}: {type(exc).__name__}: {exc}".rstrip(": ")
 
 
 async def _stream(
