@@ -4,6 +4,8 @@ stopping one and stopping many."""
 from __future__ import annotations
 
 import ctypes
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,8 +15,26 @@ from collections.abc import Callable, Sequence
 _PR_SET_PDEATHSIG = 1
 
 
+# Ports for servers we start are taken below the kernel's ephemeral range (32768-60999 on
+# Linux): a port it hands out for bind(0) is as likely to be taken a moment later by one of the
+# many outgoing connections (to Redis, PostgreSQL) as by our server. Each pytest-xdist process
+# draws from a range of its own, so two test processes never pick the same port either.
+_PORT_RANGE = 2500
+_FIRST_PORT = 10000
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = _FIRST_PORT + _PORT_RANGE * (int(worker) % 8 if worker.isdigit() else 0)
+    for _ in range(200):
+        port = random.randrange(low, low + _PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: whatever the kernel gives
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,6 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from starlette.types import ASGIApp
 
-from devstack.servers import free_port
 from jobs.ai import AIClient
 from jobs.resources import WorkerResources, make_resources
 from jobs.worker import make_functions
@@ -24,11 +24,15 @@ from settings import Settings
 
 @asynccontextmanager
 async def serving(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve `app` (its lifespan included) while the block runs; yields "127.0.0.1:port"."""
-    port = free_port()
+    """Serve `app` (its lifespan included) while the block runs; yields "127.0.0.1:port". The
+    listening socket is bound here and handed to uvicorn: no other process can take its port
+    between a look for a free one and uvicorn's bind."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):
             if server.started or task.done():
@@ -38,7 +42,10 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            sock.close()
 
 
 def arq_worker(res: WorkerResources, **overrides: Any) -> Worker:
