@@ -38,12 +38,19 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
             if server.started or task.done():
                 break
             await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
+        if not server.started:
+            # uvicorn ends a failed start with sys.exit(): say why as a test failure, never a
+            # SystemExit let loose in the test session (it would break every test after it).
+            why = task.exception() if task.done() and not task.cancelled() else None
+            raise AssertionError(f"uvicorn did not start ({why!r})")
         yield f"127.0.0.1:{port}"
     finally:
         server.should_exit = True
         try:
-            await asyncio.wait_for(task, 10)
+            if not task.done():
+                await asyncio.wait_for(task, 10)
+            elif not task.cancelled() and (stopped := task.exception()) is not None:
+                raise AssertionError(f"uvicorn stopped by itself ({stopped!r})")
         finally:
             sock.close()
 
