@@ -6,6 +6,7 @@ that a failed install can never turn the browser and speech tests into quiet ski
 from __future__ import annotations
 
 import os
+import shutil
 from typing import NoReturn
 
 import pytest
@@ -22,6 +23,12 @@ def missing(what: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI must have it: {what}", pytrace=False)
     pytest.skip(what)
+
+
+def needs_program(program: str, why: str) -> pytest.MarkDecorator:
+    """A test that needs `program`: skipped where it is missing, saying `why`, but never in CI,
+    where it runs and fails without it."""
+    return pytest.mark.skipif(shutil.which(program) is None and not in_ci(), reason=why)
 
 
 def speech_or_skip() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -15,7 +14,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 from redis.asyncio import Redis
 
 from core.audio import TELEPHONY, Samples, decode
@@ -23,11 +21,11 @@ from db.keys import call_keys
 from service.app import create_asgi
 from settings import Settings
 from simulate.speech import synthesise
+from tests.needs import needs_program
 from tests.serving import serving, worker_running
 
-needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None,
-    reason="espeak-ng is not installed (Debian: apt-get install espeak-ng sox)",
+needs_espeak = needs_program(
+    "espeak-ng", "espeak-ng is not installed (Debian: apt-get install espeak-ng sox)"
 )
 
 CALLER_SAYS = "I am calling about the bill for march, it is wrong again"

@@ -11,16 +11,15 @@ import pytest
 from core.audio import TELEPHONY, decode
 from simulate import speech
 from simulate.speech import SENTENCES, SHIPPED, SpeechUnavailable
+from tests.needs import needs_program
 
-needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None,
-    reason="espeak-ng is not installed (Debian: apt-get install espeak-ng sox)",
+needs_espeak = needs_program(
+    "espeak-ng", "espeak-ng is not installed (Debian: apt-get install espeak-ng sox)"
 )
 
 # Without sox, synthesise() already uses our encoder: comparing it with sox needs sox.
-needs_sox = pytest.mark.skipif(
-    shutil.which("sox") is None,
-    reason="sox is not installed, so our encoder cannot be compared with it (apt-get install sox)",
+needs_sox = needs_program(
+    "sox", "sox is not installed, so our encoder cannot be compared with it (apt-get install sox)"
 )
 
 
