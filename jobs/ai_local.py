@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.audio import AudioFormat, Samples, quietest_cut
+from core.audio import AudioFormat, Samples, quiet_pieces
 from jobs.ai import Sentiment, Spoken, TransientAIError
 from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
 
@@ -37,7 +37,7 @@ POSITIVE_FROM, NEGATIVE_FROM = 0.05, -0.05  # VADER's own thresholds on its comp
 
 
 class Audio(Protocol):
-    """What the local engine reads of a call (CallAudio has it): its format, and its audio in
+    """What the local engine reads of a call (TrackAudio has it): its format, and its audio in
     pieces of at most `max_s` seconds, each cut at a quiet frame of its last `search_s`."""
 
     async def format(self) -> AudioFormat: ...
@@ -46,7 +46,7 @@ class Audio(Protocol):
 
 
 class PcmAudio:
-    """Audio already in memory (16-bit PCM) as an Audio, cut as CallAudio cuts a call."""
+    """Audio already in memory (16-bit PCM) as an Audio, cut as a call's window is."""
 
     def __init__(self, samples: Samples, fmt: AudioFormat) -> None:
         self.samples = samples
@@ -56,14 +56,12 @@ class PcmAudio:
         return self.fmt
 
     async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
-        longest, search = int(max_s * self.fmt.rate), int(search_s * self.fmt.rate)
-        rest = self.samples
-        while len(rest) >= longest:
-            cut = quietest_cut(rest, longest - search, longest, self.fmt.frame_samples())
-            yield rest[: cut or longest]
-            rest = rest[cut or longest :]
-        if len(rest):
-            yield rest
+        async for piece in quiet_pieces(_once(self.samples), self.fmt, max_s, search_s):
+            yield piece
+
+
+async def _once(samples: Samples) -> AsyncIterator[Samples]:
+    yield samples
 
 
 class LocalAI:

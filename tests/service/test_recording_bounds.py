@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from core.audio import TELEPHONY, decode, mulaw_encode
 from core.recording import Recording
 from db.packets import NewPacket, StoredPacket
-from db.segments import TEXT, SegmentReader, SegmentRow, store_segment
+from db.segments import TEXT, SegmentReader, SegmentRow, plan_segment, store_segment
 from jobs.audio import TrackAudio
 from jobs.resources import make_resources
 from jobs.segments import SEGMENT_BYTES
@@ -171,7 +171,7 @@ async def store_rows(engine: AsyncEngine, call_id: str, segments: list[list[Segm
             return rows
 
         async with engine.begin() as conn:
-            await store_segment(conn, call_id, [marker], built)
+            await store_segment(conn, call_id, await plan_segment(conn, call_id, [marker], built))
 
 
 def audio_row(
