@@ -33,7 +33,7 @@ from core.audio import pause_cut, quietest_cut
 from core.conversation import Utterance, split_long
 from core.logs import about
 from core.recording import NotAudio, Recording, load_recording, texts
-from core.redaction import redact
+from core.redaction import parse_entities, redact
 from db import transcripts, worker_writes
 from db.events import attempt_event
 from db.feed_events import Said, UtteranceEvent
@@ -341,7 +341,7 @@ async def _utterances(
     CPU work: invariant 14)."""
     score = utterance_scorer(res.settings)
     redacting = res.settings.redact_pii != "off"
-    entities = res.settings.pii_entities
+    entities = parse_entities(res.settings.redact_pii_entities)
 
     def scored() -> list[Utterance]:
         said = [(s.start_s, s.end_s, redact(s.text, entities) if redacting else s.text)
