@@ -82,7 +82,7 @@ class TrackAudio:
             for at in range(a, b, block):
                 yield await self.recording.track(self.channel, at, min(at + block, b))
 
-    async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+    async def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
         async for piece in quiet_pieces(self.pcm(), self.recording.format, max_s, search_s):
             yield piece
 
@@ -111,7 +111,7 @@ class TrackText:
         for samples in nothing:
             yield samples
 
-    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+    def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
         return self.pcm()
 
 

@@ -220,14 +220,14 @@ def test_a_transcription_gets_more_time_for_a_longer_call_within_the_jobs_limit(
     assert transcription_allowance_s(mock, 3600) == 0
 
 
-async def test_segments_are_cut_at_quiet_frames_and_hold_the_whole_call():
-    # 30 s of tone with a silent frame at 17 s: the first segment (at most 20 s) ends there.
+async def test_a_providers_pieces_are_cut_at_quiet_frames_and_hold_the_whole_call():
+    # 30 s of tone with a silent frame at 17 s: the first piece (at most 20 s) ends there.
     source = Segments([[packet(s, frame(0 if s == 850 else 4000)) for s in range(1500)]], TWILIO)
 
     recording = await recording_of(source, source.metadata)
-    segments = [s async for s in whole_track(recording).segments(max_s=20, search_s=5)]
+    pieces = [p async for p in whole_track(recording).pieces(max_s=20, search_s=5)]
 
-    assert [len(s) for s in segments] == [850 * 160, 650 * 160]
+    assert [len(p) for p in pieces] == [850 * 160, 650 * 160]
 
 
 class HourLongCall:
@@ -260,8 +260,8 @@ async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
     tracemalloc.start()
     try:
         samples = 0
-        async for segment in audio.segments(max_s=20, search_s=5):
-            samples += len(segment)
+        async for piece in audio.pieces(max_s=20, search_s=5):
+            samples += len(piece)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

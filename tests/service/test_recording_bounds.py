@@ -237,7 +237,7 @@ async def test_every_read_of_a_two_track_hour_holds_a_few_mb_at_most(engine: Asy
     async def a_transcription_pass() -> None:
         recording = await Recording.load(reader, TELEPHONY, FOUR_HOURS)
         audio = TrackAudio(recording, 1, 0, recording.lines[1].samples)
-        assert await drain(audio.segments(max_s=30.0, search_s=5.0)) == 3600 * 8000
+        assert await drain(audio.pieces(max_s=30.0, search_s=5.0)) == 3600 * 8000
 
     await head()  # the pool's first connection, asyncpg's type codecs: once a process
     peaks = {read.__name__: await peak_of(read) for read in (head, a_range, ten_minutes)}
