@@ -1,11 +1,13 @@
 """A call's audio at rest: its segments, one row per track, written once each.
 
 A segment is the entries of the call's stream after the latest stored segment's last entry, in
-stream order. It is stored in two steps: `plan_segment` reads (without a lock) where the latest
-segment ended and builds the rows of what comes after it, whose bytes then go to the object store
-(AUDIO_STORE_URL) with no transaction open, so that a slow store holds neither a connection nor
-the call's lock; `store_segment` then takes a per-call advisory lock and inserts the rows only if
-the latest segment still ends where the plan read it, else says to plan again. So two flushers
+stream order. `plan_segment` reads where the latest segment ended and builds the rows of what
+comes after it; `store_segment` inserts them under a per-call advisory lock. Without an object
+store both run in one transaction, the lock taken first. With one (AUDIO_STORE_URL), the plan is
+read without the lock and its bytes go to the store (`put_objects`) with no transaction open, so
+that a slow store holds neither a connection nor the call's lock; `store_segment` then takes the
+lock and inserts the rows only if the latest segment still ends where the plan read it, else
+says to plan again. So two flushers
 racing (a segment job and the call's final flush, or a re-run after a worker died between a
 commit and its trim) never store a packet twice, and a flusher that read a stale page stores only
 what is new in it. The stream's ids grow with time (Redis gives each entry max(now in ms, the
@@ -199,16 +201,17 @@ Build = Callable[[list[StoredPacket]], list[SegmentRow]]
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """The call's next segment, built outside any transaction: the rows of what came after
-    `after` (the latest stored segment's last entry when it was read; (-1, -1): none), and the
-    object keys their bytes went to (none without an object store). `segment` None: nothing
-    was new."""
+    """The call's next segment: the rows of what came after `after` (the latest stored
+    segment's last entry when it was read; (-1, -1): none), and the object keys their bytes
+    went to (none without an object store). `segment` None: nothing was new. `locked`: read
+    under the call's lock, in the transaction that stores it (so it cannot have gone stale)."""
 
     segment: int | None
     after: tuple[int, int]
     through: tuple[int, int]
     rows: Sequence[SegmentRow] = ()
     keys: dict[int, str] = field(default_factory=dict)
+    locked: bool = False
 
 
 async def _through(conn: AsyncConnection, call_id: str) -> tuple[int | None, tuple[int, int]]:
@@ -220,17 +223,25 @@ async def _through(conn: AsyncConnection, call_id: str) -> tuple[int | None, tup
 
 
 async def plan_segment(
-    conn: AsyncConnection, call_id: str, packets: Sequence[StoredPacket], build: Build
+    conn: AsyncConnection,
+    call_id: str,
+    packets: Sequence[StoredPacket],
+    build: Build,
+    *,
+    lock: bool = False,
 ) -> Planned:
     """The call's next segment: those of `packets` (in stream order) that come after the latest
-    stored segment, built into rows. Reads without the lock: store_segment checks the plan
-    still holds."""
+    stored segment, built into rows. `lock`: take the call's lock first, in the caller's
+    transaction, which is to store the plan (nothing slow comes between); without it,
+    store_segment checks the plan still holds."""
+    if lock:
+        await conn.execute(_LOCK, {"call_id": call_id})
     latest, after = await _through(conn, call_id)
     new = [p for p in packets if p.entry > after]
     if not new:
-        return Planned(None, after, after)
+        return Planned(None, after, after, locked=lock)
     segment = latest + 1 if latest is not None else 0
-    return Planned(segment, after, new[-1].entry, build(new))
+    return Planned(segment, after, new[-1].entry, build(new), locked=lock)
 
 
 async def put_objects(objects: ObjectStore, call_id: str, plan: Planned) -> Planned:
@@ -252,9 +263,10 @@ async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> S
     changed)."""
     if plan.segment is None:  # nothing new: the stored segments' end only ever grows
         return Stored(None, plan.after)
-    await conn.execute(_LOCK, {"call_id": call_id})
-    if (await _through(conn, call_id))[1] != plan.after:
-        return None
+    if not plan.locked:
+        await conn.execute(_LOCK, {"call_id": call_id})
+        if (await _through(conn, call_id))[1] != plan.after:
+            return None
     params = [
         {
             "call_id": call_id,

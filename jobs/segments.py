@@ -3,12 +3,12 @@ asks for a segment every SEGMENT_SECONDS of audio, jobs/queue.py's flush_segment
 more at its end (jobs/flushing.py), so that Redis holds about a segment of each live call and a
 finished call's last flush is one segment's work.
 
-Each round reads a page of the stream, builds what is new in it as the call's next segment and
-puts its bytes in the object store, if there is one (db/segments.py's plan_segment and
-put_objects, no transaction open: a slow store holds no connection and does not hold up the
-call's other flushes), stores it (one short transaction under the call's lock: store_segment,
-which skips what an earlier round stored and says to plan again if another flusher stored a
-segment meanwhile), and only then trims the stream up to what PostgreSQL holds
+Each round reads a page of the stream, builds what is new in it as the call's next segment (what
+an earlier round stored is skipped) and stores it in one short transaction under the call's lock
+(db/segments.py's plan_segment and store_segment); with an object store its bytes are PUT first,
+with no transaction open (put_objects: a slow store holds no connection and does not hold up the
+call's other flushes, its final one included), and the plan is made again if another flusher
+stored a segment meanwhile; and only then trims the stream up to what PostgreSQL holds
 (db/lua/segment_done.lua). A worker that dies between the commit and the trim leaves entries that
 the next round finds stored and trims; one that dies before the commit leaves them to be stored
 by the next round (and, with a store, perhaps an object no row names: an erasure deletes the
@@ -120,17 +120,23 @@ async def flush_tail(
 async def _store(
     res: WorkerResources, call_id: str, page: list[StoredPacket], build: Build
 ) -> Stored:
-    """What is new in `page` stored as the call's next segment: built and put in the object
-    store first, then inserted in a transaction of its own, planned again if it lost a race."""
+    """What is new in `page` stored as the call's next segment, planned again if another
+    flusher stored one meanwhile. With an object store, the bytes are PUT between the plan and
+    a transaction of their own (a slow store holds no connection and not the call's lock);
+    without one, nothing slow comes between: plan and insert share one transaction."""
     for _ in range(STORE_ROUNDS):
-        async with res.engine.connect() as conn:
-            plan = await plan_segment(conn, call_id, page, build)
-        if plan.segment is None:
-            return Stored(None, plan.after)
-        if res.objects is not None:
+        if res.objects is None:
+            async with res.engine.begin() as conn:
+                plan = await plan_segment(conn, call_id, page, build, lock=True)
+                stored = await store_segment(conn, call_id, plan)
+        else:
+            async with res.engine.connect() as conn:
+                plan = await plan_segment(conn, call_id, page, build)
+            if plan.segment is None:
+                return Stored(None, plan.after)
             plan = await put_objects(res.objects, call_id, plan)
-        async with res.engine.begin() as conn:
-            stored = await store_segment(conn, call_id, plan)
+            async with res.engine.begin() as conn:
+                stored = await store_segment(conn, call_id, plan)
         if stored is not None:
             return stored
     raise FlushRace(f"other flushers kept storing call {call_id}'s segments first")
