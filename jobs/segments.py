@@ -130,7 +130,7 @@ async def _store(
                 plan = await plan_segment(conn, call_id, page, build, lock=True)
                 stored = await store_segment(conn, call_id, plan)
         else:
-            async with res.engine.connect() as conn:
+            async with res.autocommit.connect() as conn:  # a read alone: no transaction
                 plan = await plan_segment(conn, call_id, page, build)
             if plan.segment is None:
                 return Stored(None, plan.after)
