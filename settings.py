@@ -1,4 +1,9 @@
-"""Callstream's configuration: every knob is an environment variable with a laptop default."""
+"""Callstream's configuration: every knob is an environment variable with a laptop default.
+
+A leaf (an import contract holds it): it imports nothing of ours, so reading the settings loads
+no database, Redis or S3 client. A value whose syntax is another module's rule (an object
+store's URL, a webhook secret, event and PII entity names, a Redis Cluster's scheme) is checked
+by that module at start (core/configured.py), before either process serves anything."""
 
 import base64
 import binascii
@@ -9,12 +14,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from core.redaction import Entity, parse_entities
-from core.webhooks import secret_key
-from db.object_store import StoreAddress
-from db.outbox import DEFAULT_EVENTS, EventType
-from db.redis_client import is_cluster_url
 
 # Embedded defaults used by `make run`; `make run` exports the real URLs of the servers it starts.
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/callstream"
@@ -453,8 +452,8 @@ class Settings(BaseSettings):
         description="the key every delivery is signed with, `whsec_` and base64 as Standard "
         "Webhooks defines it (24 to 64 bytes); needed with `WEBHOOK_URLS`",
     )
-    webhook_events: Annotated[frozenset[EventType], NoDecode] = Field(
-        DEFAULT_EVENTS,
+    webhook_events: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset({"call.archived", "call.failed"}),  # a call's result, whichever it is
         description="the events sent, comma-separated, of `call.completed`, `call.archived`, "
         "`call.failed` and `call.utterance` (each utterance as it is stored, live calls' too)",
     )
@@ -582,13 +581,6 @@ class Settings(BaseSettings):
             raise ValueError("WEBHOOK_RETRY_DELAYS_S: a delay cannot be negative")
         return value
 
-    @field_validator("webhook_secret")
-    @classmethod
-    def _whsec(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value():
-            secret_key(value.get_secret_value())  # says what is wrong with it
-        return value
-
     @model_validator(mode="after")
     def _webhooks_are_signed(self) -> "Settings":
         if self.webhook_urls and not self.webhook_secret.get_secret_value():
@@ -607,23 +599,12 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("redact_pii_entities")
-    @classmethod
-    def _known_entities(cls, value: str) -> str:
-        parse_entities(value)  # says which names are unknown
-        return value
-
-    @property
-    def pii_entities(self) -> frozenset[Entity]:
-        """REDACT_PII_ENTITIES, parsed: what core/redaction.py's redact() is given."""
-        return parse_entities(self.redact_pii_entities)
-
     @field_validator("audio_store_url")
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:
-        if value:
-            StoreAddress.parse(value)  # says what is wrong with it
-        return value or None
+        return (
+            value or None
+        )  # its syntax: db/object_store.py's, checked at start (core/configured.py)
 
     @field_validator("speaker_names", mode="before")
     @classmethod
@@ -640,17 +621,6 @@ class Settings(BaseSettings):
     def queue_url(self) -> str:
         """Where arq's queue lives (a single Redis)."""
         return self.queue_redis_url or self.redis_url
-
-    @model_validator(mode="after")
-    def _queue_is_a_single_redis(self) -> "Settings":
-        if is_cluster_url(self.queue_url):
-            raise ValueError(
-                "REDIS_URL is a Redis Cluster: set QUEUE_REDIS_URL to a single Redis for the job "
-                "queue (arq does not support Redis Cluster)"
-                if self.queue_redis_url is None
-                else "QUEUE_REDIS_URL must be a single Redis (redis:// or rediss://)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _wait_ends_before_the_read_timeout(self) -> "Settings":

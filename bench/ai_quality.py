@@ -182,7 +182,7 @@ async def segments_of(audio: Samples) -> tuple[list[whisper.Segment], float]:
     (so its CPU seconds can be counted): the segments timed from the call's start, CPU s."""
     timed: list[whisper.Segment] = []
     offset_s = cpu_s = 0.0
-    async for piece in PcmAudio(audio, TELEPHONY).segments(SEGMENT_S, SEARCH_S):
+    async for piece in PcmAudio(audio, TELEPHONY).pieces(SEGMENT_S, SEARCH_S):
         started = time.process_time()
         found = whisper.transcribe_pcm(piece, TELEPHONY.rate)
         cpu_s += time.process_time() - started

@@ -1,7 +1,7 @@
 """Telephone audio as numbers: the formats a PBX sends (G.711 μ-law and A-law, 16-bit linear),
-decoded to 16-bit PCM, resampled, cut at quiet frames, and wrapped as WAV. Pure functions over
-numpy arrays, no I/O: the worker (jobs/audio.py), the providers, the benchmark and the tests share
-this one codec.
+decoded to 16-bit PCM, resampled, cut at quiet points (the one chunker, `quiet_pieces`, and a
+live window's end, `pause_cut`), and wrapped as WAV. Pure functions over numpy arrays, no I/O:
+the worker (jobs/audio.py), the providers, the benchmark and the tests share this one codec.
 
 Formats are named as MIME types with parameters, as Twilio and RTP name them:
 `audio/x-mulaw;rate=8000`, `audio/x-alaw;rate=8000`, `audio/L16;rate=16000` (big-endian, RFC 2586).
@@ -10,6 +10,7 @@ Formats are named as MIME types with parameters, as Twilio and RTP name them:
 from __future__ import annotations
 
 import struct
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -167,6 +168,53 @@ def quietest_cut(samples: Samples, start: int, end: int, frame: int) -> int:
         return min(end, len(samples))
     window = samples[first : first + count * frame].astype(np.float64).reshape(count, frame)
     return first + int(np.argmin((window * window).sum(axis=1))) * frame
+
+
+async def quiet_pieces(
+    blocks: AsyncIterable[Samples], fmt: AudioFormat, max_s: float, search_s: float
+) -> AsyncIterator[Samples]:
+    """The audio of `blocks`, in pieces of at most `max_s` seconds, each cut at the quietest
+    20 ms frame of its last `search_s` seconds, so that a word is rarely cut in two: how every
+    provider that hears audio a piece at a time gets it."""
+    longest, search = int(max_s * fmt.rate), int(search_s * fmt.rate)
+    frame = fmt.frame_samples()
+    held: list[Samples] = []
+    size = 0
+    async for samples in blocks:
+        held.append(samples)
+        size += len(samples)
+        while size >= longest:
+            audio = np.concatenate(held)
+            cut = quietest_cut(audio, longest - search, longest, frame) or longest
+            yield audio[:cut]
+            held, size = [audio[cut:]], len(audio) - cut
+    if size:
+        yield np.concatenate(held)
+
+
+# A pause: PAUSE_FRAMES 20 ms frames in a row, each at most PAUSE_SHARE of the stretch's median
+# loudness (or under NOISE_FLOOR_RMS, a quiet line's hiss). Speech pauses every few seconds.
+PAUSE_FRAMES = 5
+PAUSE_SHARE = 0.1
+NOISE_FLOOR_RMS = 60.0
+
+
+def pause_cut(samples: Samples, frame: int) -> int | None:
+    """Where to end a live window in `samples` (the end of what is stored): in the middle of
+    the last pause (a breath between words or sentences), or None if there is none."""
+    count = len(samples) // frame
+    if count < PAUSE_FRAMES:
+        return None
+    frames = samples[: count * frame].astype(np.float64).reshape(count, frame)
+    rms = np.sqrt((frames * frames).mean(axis=1))
+    quiet = rms <= max(NOISE_FLOOR_RMS, PAUSE_SHARE * float(np.median(rms)))
+    # The last run of PAUSE_FRAMES quiet frames: its frames are all quiet.
+    runs = np.convolve(quiet.astype(np.int64), np.ones(PAUSE_FRAMES, dtype=np.int64), "valid")
+    ends = np.flatnonzero(runs == PAUSE_FRAMES)
+    if not len(ends):
+        return None
+    last = int(ends[-1])  # the first frame of the last quiet run
+    return (last + PAUSE_FRAMES // 2) * frame
 
 
 WAV_HEADER_BYTES = 44

@@ -1,5 +1,7 @@
 """A call's recording: how its packets become stored segments, and how the segments are read back
-as 16-bit PCM per track, mono or stereo, and as a WAV file with byte ranges.
+as 16-bit PCM per track, mono or stereo, and as a WAV file with byte ranges. `load_recording` is
+the one way a call's recording is loaded, or refused (NotAudio) when the call sent no audio in a
+format we decode: for its WAV, its transcription and its figures.
 
 Storing (`build_rows`): each track's packets of a segment, in sequence order, become one row.
 When every packet is canonical base64 of whole samples of the call's audio format, the row holds
@@ -43,12 +45,12 @@ from core.audio import (
 )
 from db.packets import StoredPacket
 from db.segments import TEXT, Floats, Ints, SegmentHead, SegmentRow
+from settings import Settings
 
 MIN_AUDIO_MS = 10
 MAX_GAP_S = 60.0
 MAX_ALIGN_S = 60.0  # the most one track may start after the other
 BLOCK_S = 1.0  # a WAV's PCM is produced a second at a time
-MIX_BLOCK_S = 40.0  # what a transcription reads at once: 40 s, 640 KB of 16-bit PCM at 8 kHz
 SLICE_BYTES = 256 * 1024  # a row's bytes are read this many at a time: 30 s of 8 kHz μ-law
 PAYLOAD_CACHE = 4  # slices held at once
 
@@ -305,23 +307,6 @@ class Recording:
         await self._fill(line, start + line.offset, end + line.offset, out)
         return out
 
-    async def mono(self, start: int, end: int) -> Samples:
-        """Samples [start, end), the tracks mixed: what a transcription of the whole call hears."""
-        frames = await self.frames(start, end)
-        if self.channels == 1:
-            mono: Samples = frames[:, 0].copy()
-            return mono
-        mixed = frames.astype(np.int32).sum(axis=1)
-        clipped: Samples = np.clip(mixed, -32768, 32767).astype(np.int16)
-        return clipped
-
-    async def blocks(self, mono: bool = True) -> AsyncIterator[Samples]:
-        """The whole recording a block at a time."""
-        block = int(MIX_BLOCK_S * self.format.rate)
-        for start in range(0, self.samples, block):
-            end = start + block
-            yield await (self.mono(start, end) if mono else self.frames(start, end))
-
     # The recording as a WAV file: 16-bit PCM at the call's rate, one channel per track (RF64
     # past RIFF's 4 GiB, core/audio.py).
     @property
@@ -401,6 +386,19 @@ class Recording:
         return piece
 
 
+async def load_recording(
+    source: SegmentSource, metadata: dict[str, Any] | None, settings: Settings
+) -> Recording:
+    """The call's recording, in its format (its media stream's mediaFormat, else
+    PACKET_AUDIO_ENCODING's), with no silence put in past MAX_CALL_SECONDS; NotAudio, saying
+    why, when that format is one we cannot decode or a packet is not audio in it."""
+    try:
+        fmt, _ = call_format(metadata, settings.packet_audio_encoding)
+    except UnsupportedAudio as exc:
+        raise NotAudio(str(exc)) from None
+    return await Recording.load(source, fmt, settings.max_call_seconds)
+
+
 def _track_line(
     units: _Units, track: int, offset: int, fmt: AudioFormat, max_call_s: float
 ) -> TrackLine:
@@ -475,5 +473,6 @@ __all__ = [
     "UnsupportedAudio",
     "build_rows",
     "call_format",
+    "load_recording",
     "texts",
 ]

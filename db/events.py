@@ -14,7 +14,6 @@ each event type holds, and the bound on its size, is defined once in db/feed_eve
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from db.redis_client import RedisClient, RedisPipeline, execute, is_cluster, tex
 from db.states import CallState
 
 _FIELD = b"e"
-_EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +65,6 @@ class Event:
     def json(self) -> bytes:
         """The event as its readers get it: the body with its id."""
         return self.wire
-
-
-def is_event_id(value: str) -> bool:
-    return _EVENT_ID.fullmatch(value) is not None
 
 
 def id_key(event_id: str) -> tuple[int, int]:

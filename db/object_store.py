@@ -7,10 +7,14 @@ AWS_SECRET_ACCESS_KEY, a profile, an instance role), never in the URL.
 The URL: `s3://bucket[/prefix][?endpoint_url=http://host:port&region=us-east-1]`. The bucket
 must exist: creating buckets is the deployment's business, not a worker's.
 
-An object is written before the row that names it is committed, so a committed row's object is
-always there; an object whose row lost a race (another flusher stored the segment first) is left
-behind, unnamed, and costs its bytes only. Keys hold the segment's last stream id, so two
-flushers never write one key with different bytes. Each part of a key is percent-encoded
+An object is written before the transaction that inserts the row naming it even begins (a slow
+store must hold neither a connection nor the call's lock), so a committed row's object is always
+there; an object whose row was never committed (another flusher stored the segment first, or
+the worker died between the PUT and the commit) is left behind, unnamed, and costs its bytes
+only: it lies under the call's prefix (`call_prefix`), where an erasure, on request or by
+retention, deletes every object of the call, named or not (`delete_call`). Keys hold the
+segment's last stream id, so two flushers never write one key with different bytes (two that
+planned the same segment write the same object). Each part of a key is percent-encoded
 (`key_part`), so that no part is `.` or `..` or holds a `/`: a filesystem-backed store refuses
 dot segments for good, and a refusal for good must not be made of a call's name.
 """
@@ -96,7 +100,7 @@ class ObjectStore:
 
     def key(self, call_id: str, segment: int, track: int, through: tuple[int, int]) -> str:
         name = f"{segment:06d}.{track}.{through[0]}-{through[1]}"  # numbers: nothing to encode
-        return f"{self.address.prefix}{key_part(call_id)}/{name}"
+        return f"{self.call_prefix(call_id)}{name}"
 
     async def put(self, key: str, data: bytes) -> None:
         client = await self._opened()
@@ -126,8 +130,8 @@ class ObjectStore:
         return data
 
     def call_prefix(self, call_id: str) -> str:
-        """What every object of the call starts with (a call id holds no "/")."""
-        return f"{self.address.prefix}{call_id}/"
+        """What every object of the call starts with, those no row names included."""
+        return f"{self.address.prefix}{key_part(call_id)}/"
 
     async def delete_call(self, call_id: str) -> int:
         """Delete every object of the call, the unnamed ones a lost race left included: found by

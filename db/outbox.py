@@ -10,7 +10,7 @@ rows are written with the utterances, in the transaction that stores their windo
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,8 +30,15 @@ class EventType(StrEnum):
     UTTERANCE = "call.utterance"
 
 
-# WEBHOOK_EVENTS' default: a call's result, whichever it is.
-DEFAULT_EVENTS = frozenset({EventType.ARCHIVED, EventType.FAILED})
+def event_types(names: Iterable[str]) -> frozenset[EventType]:
+    """WEBHOOK_EVENTS' names as event types; ValueError naming those that are none."""
+    known = {e.value for e in EventType}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(
+            f"WEBHOOK_EVENTS: unknown events {unknown}: use some of {', '.join(sorted(known))}"
+        )
+    return frozenset(EventType(n) for n in names)
 
 
 def new_event_id() -> str:
@@ -54,7 +61,7 @@ class Webhooks:
     names (SPEAKER_NAMES, PUBLIC_BASE_URL)."""
 
     endpoints: tuple[str, ...] = ()
-    events: frozenset[EventType] = DEFAULT_EVENTS
+    events: frozenset[EventType] = frozenset()
     speakers: tuple[str, str] = ("caller", "agent")
     links_base: str | None = None
 

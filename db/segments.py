@@ -1,12 +1,17 @@
 """A call's audio at rest: its segments, one row per track, written once each.
 
 A segment is the entries of the call's stream after the latest stored segment's last entry, in
-stream order. `store_segment` takes a per-call advisory lock, reads where the latest segment
-ended and stores only what comes after it, so two flushers racing (a segment job and the call's
-final flush, or a re-run after a worker died between a commit and its trim) never store a packet
-twice, and a flusher that read a stale page stores only what is new in it. The stream's ids
-grow with time (Redis gives each entry max(now in ms, the last id)), so "after the last one
-stored" is exactly "not stored yet".
+stream order. `plan_segment` reads where the latest segment ended and builds the rows of what
+comes after it; `store_segment` inserts them under a per-call advisory lock. Without an object
+store both run in one transaction, the lock taken first. With one (AUDIO_STORE_URL), the plan is
+read without the lock and its bytes go to the store (`put_objects`) with no transaction open, so
+that a slow store holds neither a connection nor the call's lock; `store_segment` then takes the
+lock and inserts the rows only if the latest segment still ends where the plan read it, else
+says to plan again. So two flushers
+racing (a segment job and the call's final flush, or a re-run after a worker died between a
+commit and its trim) never store a packet twice, and a flusher that read a stale page stores only
+what is new in it. The stream's ids grow with time (Redis gives each entry max(now in ms, the
+last id)), so "after the last one stored" is exactly "not stored yet".
 
 Reads: the heads (everything but the bytes, compacted as they are read into runs of consecutive
 packets: a few numbers per row of continuous audio, whatever its packet count) and slices of a
@@ -18,7 +23,7 @@ recording holds no connection and a read holds no whole row.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -194,38 +199,81 @@ _VERSION = text(
 Build = Callable[[list[StoredPacket]], list[SegmentRow]]
 
 
-async def store_segment(
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """The call's next segment: the rows of what came after `after` (the latest stored
+    segment's last entry when it was read; (-1, -1): none), and the object keys their bytes
+    went to (none without an object store). `segment` None: nothing was new. `locked`: read
+    under the call's lock, in the transaction that stores it (so it cannot have gone stale)."""
+
+    segment: int | None
+    after: tuple[int, int]
+    through: tuple[int, int]
+    rows: Sequence[SegmentRow] = ()
+    keys: dict[int, str] = field(default_factory=dict)
+    locked: bool = False
+
+
+async def _through(conn: AsyncConnection, call_id: str) -> tuple[int | None, tuple[int, int]]:
+    """The latest stored segment and its last stream entry ((None, (-1, -1)): none yet)."""
+    latest = (await conn.execute(_LATEST, {"call_id": call_id})).one_or_none()
+    if latest is None:
+        return None, (-1, -1)
+    return int(latest.segment), (int(latest.last_entry_ms), int(latest.last_entry_n))
+
+
+async def plan_segment(
     conn: AsyncConnection,
     call_id: str,
     packets: Sequence[StoredPacket],
     build: Build,
-    objects: ObjectStore | None = None,
-) -> Stored:
-    """Store, as the call's next segment, those of `packets` (in stream order) that come after
-    the latest stored segment. Runs in the caller's transaction, which it locks for the call.
-    With `objects` (AUDIO_STORE_URL), each row's bytes go to an object first, and the row
-    names it."""
-    await conn.execute(_LOCK, {"call_id": call_id})
-    latest = (await conn.execute(_LATEST, {"call_id": call_id})).one_or_none()
-    through = (int(latest.last_entry_ms), int(latest.last_entry_n)) if latest else (-1, -1)
-    new = [p for p in packets if p.entry > through]
+    *,
+    lock: bool = False,
+) -> Planned:
+    """The call's next segment: those of `packets` (in stream order) that come after the latest
+    stored segment, built into rows. `lock`: take the call's lock first, in the caller's
+    transaction, which is to store the plan (nothing slow comes between); without it,
+    store_segment checks the plan still holds."""
+    if lock:
+        await conn.execute(_LOCK, {"call_id": call_id})
+    latest, after = await _through(conn, call_id)
+    new = [p for p in packets if p.entry > after]
     if not new:
-        return Stored(None, through)
-    segment = int(latest.segment) + 1 if latest else 0
-    last = new[-1].entry
-    rows = build(new)
-    keys: dict[int, str | None] = {row.track: None for row in rows}
-    if objects is not None:
-        for row in rows:
-            keys[row.track] = objects.key(call_id, segment, row.track, last)
-            await objects.put(keys[row.track] or "", row.payload)
+        return Planned(None, after, after, locked=lock)
+    segment = latest + 1 if latest is not None else 0
+    return Planned(segment, after, new[-1].entry, build(new), locked=lock)
+
+
+async def put_objects(objects: ObjectStore, call_id: str, plan: Planned) -> Planned:
+    """The plan's bytes as objects, before any transaction (a slow store must hold no lock).
+    A key names the segment, track and last entry, so a plan that then loses a race leaves at
+    most an object no row names, found by the call's prefix (ObjectStore.delete_call)."""
+    if plan.segment is None:
+        return plan
+    keys = {}
+    for row in plan.rows:
+        keys[row.track] = objects.key(call_id, plan.segment, row.track, plan.through)
+        await objects.put(keys[row.track], row.payload)
+    return replace(plan, keys=keys)
+
+
+async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> Stored | None:
+    """Insert a planned segment, in the caller's transaction, which it locks for the call; None
+    if another flusher stored a segment since the plan was read (plan again: what is new has
+    changed)."""
+    if plan.segment is None:  # nothing new: the stored segments' end only ever grows
+        return Stored(None, plan.after)
+    if not plan.locked:
+        await conn.execute(_LOCK, {"call_id": call_id})
+        if (await _through(conn, call_id))[1] != plan.after:
+            return None
     params = [
         {
             "call_id": call_id,
-            "segment": segment,
+            "segment": plan.segment,
             "track": row.track,
-            "last_ms": last[0],
-            "last_n": last[1],
+            "last_ms": plan.through[0],
+            "last_n": plan.through[1],
             "encoding": row.encoding,
             "packets": len(row.sequences),
             "first": row.sequences[0],
@@ -234,13 +282,13 @@ async def store_segment(
             "sizes": row.sizes,
             "timestamps": row.timestamps,
             "arrivals": row.arrivals,
-            "payload": b"" if keys[row.track] else row.payload,
-            "object_key": keys[row.track],
+            "payload": b"" if row.track in plan.keys else row.payload,
+            "object_key": plan.keys.get(row.track),
         }
-        for row in rows
+        for row in plan.rows
     ]
     await conn.execute(_INSERT, params)
-    return Stored(segment, last, rows)
+    return Stored(plan.segment, plan.through, plan.rows)
 
 
 class _Arrays:

@@ -7,8 +7,8 @@ AIError                   base of everything the provider can do wrong
 
 Providers: this mock (AI_PROVIDER=mock, the default), jobs/ai_local.py (local: faster-whisper and
 vaderSentiment, offline) and jobs/ai_openai.py (openai: any OpenAI-compatible service); built by
-jobs/resources.py's make_ai_client. Each gets the call as a CallAudio (jobs/audio.py): the mock
-reads the packets' data as text, the real providers read the decoded audio.
+jobs/resources.py's make_ai_client. Each gets a track's window of the call (jobs/audio.py): the
+mock reads the packets' data as text, the real providers read the decoded audio.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class AudioFacts:
 
 
 class SpeechSource(Protocol):
-    """What a provider transcribes: a whole call (jobs/audio.py's CallAudio), one track's window
-    of it (TrackAudio), or a track of text packets (TrackText). Defined with the providers' own
+    """What a provider transcribes: one track's window of a call (jobs/audio.py's TrackAudio), or
+    a track of text packets (TrackText). Defined with the providers' own
     interface, so that jobs/audio.py builds on jobs/ai.py and not the other way round."""
 
     async def texts(self) -> list[str]: ...
@@ -69,7 +69,7 @@ class SpeechSource(Protocol):
 
     def pcm(self) -> AsyncIterator[Samples]: ...
 
-    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
+    def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
 
 
 class AIClient(Protocol):

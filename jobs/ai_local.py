@@ -5,9 +5,9 @@ sentiment with vaderSentiment's lexicon (which ships its data too).
 Both are CPU-bound, so they run in a pool of processes, never on the worker's event loop; each
 process loads the speech model once and runs it on one thread. The pool has as many processes as
 calls may be transcribed at once: AI_MAX_CONCURRENCY capped by the cores (jobs/resources.py's
-ai_concurrency), the same limit that bounds every provider. A call is sent to the pool a segment at
+ai_concurrency), the same limit that bounds every provider. A call is sent to the pool a piece at
 a time (at most SEGMENT_S seconds, cut at a quiet frame), so memory stays bounded and an attempt
-that timed out stops at the end of its current segment.
+that timed out stops at the end of its current piece.
 
 Telephone audio (8 kHz) is resampled to Whisper's 16 kHz first; it has nothing above 4 kHz, which
 costs some accuracy (BENCHMARKS.md has the word error rates).
@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.audio import AudioFormat, Samples, quietest_cut
+from core.audio import AudioFormat, Samples, quiet_pieces
 from jobs.ai import Sentiment, Spoken, TransientAIError
 from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
 
@@ -30,23 +30,23 @@ if TYPE_CHECKING:
     pass
 
 # Whisper hears 30 s at a time (shorter audio is padded to it, so its encoder costs the same):
-# segments of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
+# pieces of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
 SEGMENT_S = 30.0
 SEARCH_S = 5.0
 POSITIVE_FROM, NEGATIVE_FROM = 0.05, -0.05  # VADER's own thresholds on its compound score
 
 
 class Audio(Protocol):
-    """What the local engine reads of a call (CallAudio has it): its format, and its audio in
+    """What the local engine reads of a call (TrackAudio has it): its format, and its audio in
     pieces of at most `max_s` seconds, each cut at a quiet frame of its last `search_s`."""
 
     async def format(self) -> AudioFormat: ...
 
-    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
+    def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]: ...
 
 
 class PcmAudio:
-    """Audio already in memory (16-bit PCM) as an Audio, cut as CallAudio cuts a call."""
+    """Audio already in memory (16-bit PCM) as an Audio, cut as a call's window is."""
 
     def __init__(self, samples: Samples, fmt: AudioFormat) -> None:
         self.samples = samples
@@ -55,15 +55,13 @@ class PcmAudio:
     async def format(self) -> AudioFormat:
         return self.fmt
 
-    async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
-        longest, search = int(max_s * self.fmt.rate), int(search_s * self.fmt.rate)
-        rest = self.samples
-        while len(rest) >= longest:
-            cut = quietest_cut(rest, longest - search, longest, self.fmt.frame_samples())
-            yield rest[: cut or longest]
-            rest = rest[cut or longest :]
-        if len(rest):
-            yield rest
+    async def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+        async for piece in quiet_pieces(_once(self.samples), self.fmt, max_s, search_s):
+            yield piece
+
+
+async def _once(samples: Samples) -> AsyncIterator[Samples]:
+    yield samples
 
 
 class LocalAI:
@@ -80,7 +78,7 @@ class LocalAI:
         fmt = await audio.format()
         timed: list[Spoken] = []
         offset_s = 0.0
-        async for piece in audio.segments(SEGMENT_S, SEARCH_S):
+        async for piece in audio.pieces(SEGMENT_S, SEARCH_S):
             found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate)
             timed += [Spoken(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
             offset_s += len(piece) / fmt.rate

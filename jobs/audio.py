@@ -1,45 +1,31 @@
-"""A call's audio for the AI providers: its stored segments (core/recording.py), read lazily.
+"""What the AI providers are given of a call: one track's window of its recording
+(core/recording.py, read lazily: a block at a time, and in pieces cut at quiet frames by
+core/audio.py's quiet_pieces), or a track of text packets; and the extra time a transcription
+gets for its audio.
 
-The audio is read from PostgreSQL a row at a time and decoded as it comes (the call's format: a
-media stream's `start.mediaFormat`, else PACKET_AUDIO_ENCODING), so memory stays bounded however
-long the call: its segments' heads, and a few segments of audio at most. Gaps are silence, as
-core/recording.py says; two tracks are mixed into one channel for a transcription of the call.
-
-Data that is not base64, or not whole samples of the format, or a format we cannot decode, raises
-UndecodableAudio: a permanent failure, so the call ends FAILED with the reason, never retried.
-The mock provider does not decode anything: it reads text packets' data (`texts`), and says how
-much audio there is otherwise (`seconds`), so its transcript of a real call stays short.
+Data that is not audio we can decode raises UndecodableAudio for a real provider: a permanent
+failure, so the call ends FAILED with the reason, never retried. The mock provider decodes
+nothing: it reads text packets' data (`texts`), and says how much audio there is otherwise
+(`facts`), so its transcript of a real call stays short.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import numpy as np
-
-from core.audio import AudioFormat, Samples, UnsupportedAudio, quietest_cut
-from core.recording import (
-    NotAudio,
-    Recording,
-    SegmentSource,
-    call_format,
-    texts,
-)
-from db.segments import TEXT
+from core.audio import AudioFormat, Samples, quiet_pieces
+from core.recording import Recording
 from jobs.ai import AudioFacts, PermanentAIError, Spoken
 from settings import Settings
 
 # Extra time a transcription may take per second of audio when AI_TIMEOUT_PER_AUDIO_S is unset:
 # the mock ignores the audio; the local model needs a fraction of a CPU second per second of
 # audio (BENCHMARKS.md), more when the cores are shared; a hosted model is faster.
-# MAX_CALL_SECONDS, for a CallAudio whose caller does not pass the setting's value.
-DEFAULT_MAX_CALL_S = float(Settings.model_fields["max_call_seconds"].default)
 TIMEOUT_PER_AUDIO_S = {"mock": 0.0, "local": 0.5, "openai": 0.5}
-JOB_MARGIN_S = 30.0
+JOB_MARGIN_S = 30.0  # left of JOB_TIMEOUT_S for the flush and the final writes
 # What a track's window is read a block at a time: 160 KB of PCM at 8 kHz, 960 KB at 48 kHz;
 # a provider's piece (at most its max_s, cut at a quiet frame) is held besides.
-TRACK_BLOCK_S = 10.0  # left of JOB_TIMEOUT_S for the flush and the final writes
+TRACK_BLOCK_S = 10.0
 
 
 class UndecodableAudio(PermanentAIError):
@@ -47,73 +33,6 @@ class UndecodableAudio(PermanentAIError):
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"the call's audio cannot be decoded: {problem}")
-
-
-class CallAudio:
-    """One call's segments for one AI step: the text the mock reads, the audio real providers
-    get. Nothing is read before a provider asks."""
-
-    def __init__(
-        self,
-        call_id: str,
-        source: SegmentSource,
-        default_format: str,
-        metadata: dict[str, Any] | None = None,
-        max_call_s: float = DEFAULT_MAX_CALL_S,
-    ) -> None:
-        self.call_id = call_id
-        self.max_call_s = max_call_s
-        self.source = source
-        self.default_format = default_format
-        self.metadata = metadata
-        self._facts: AudioFacts | None = None
-        self._recording: Recording | None = None
-
-    async def texts(self) -> list[str]:
-        """The data of the packets that are not audio, in sequence order, as sent."""
-        heads = await self.source.heads()
-        payloads = {
-            i: await self.source.payload(h.segment, h.track)
-            for i, h in enumerate(heads)
-            if h.encoding == TEXT
-        }
-        return texts(heads, payloads)
-
-    async def facts(self) -> AudioFacts:
-        """The call's format and how long it is, from its segments' heads."""
-        if self._facts is None:
-            try:
-                fmt, _ = call_format(self.metadata, self.default_format)
-                self._recording = await Recording.load(self.source, fmt, self.max_call_s)
-                rec = self._recording
-                self._facts = AudioFacts(fmt, None, rec.seconds, len(rec.lines))
-            except (UnsupportedAudio, NotAudio) as exc:
-                self._facts = AudioFacts(None, str(exc), 0.0, 0)
-        return self._facts
-
-    async def format(self) -> AudioFormat:
-        facts = await self.facts()
-        if facts.format is None:
-            raise UndecodableAudio(facts.problem or "unknown format")
-        return facts.format
-
-    async def recording(self) -> Recording:
-        await self.format()
-        assert self._recording is not None
-        return self._recording
-
-    async def pcm(self) -> AsyncIterator[Samples]:
-        """The call's audio as 16-bit PCM at its format's rate, a block at a time, gaps filled,
-        two tracks mixed."""
-        recording = await self.recording()
-        async for block in recording.blocks(mono=True):
-            yield block
-
-    async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
-        """The audio in pieces of at most `max_s` seconds, cut at quiet frames."""
-        fmt = await self.format()
-        async for piece in cut_at_quiet_frames(self.pcm(), fmt, max_s, search_s):
-            yield piece
 
 
 class TrackAudio:
@@ -163,8 +82,8 @@ class TrackAudio:
             for at in range(a, b, block):
                 yield await self.recording.track(self.channel, at, min(at + block, b))
 
-    async def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
-        async for piece in cut_at_quiet_frames(self.pcm(), self.recording.format, max_s, search_s):
+    async def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+        async for piece in quiet_pieces(self.pcm(), self.recording.format, max_s, search_s):
             yield piece
 
 
@@ -192,29 +111,8 @@ class TrackText:
         for samples in nothing:
             yield samples
 
-    def segments(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
+    def pieces(self, max_s: float, search_s: float) -> AsyncIterator[Samples]:
         return self.pcm()
-
-
-async def cut_at_quiet_frames(
-    pcm: AsyncIterator[Samples], fmt: AudioFormat, max_s: float, search_s: float
-) -> AsyncIterator[Samples]:
-    """The audio in pieces of at most `max_s` seconds, each cut at the quietest 20 ms frame of
-    its last `search_s` seconds, so that a word is rarely cut in two."""
-    longest, search = int(max_s * fmt.rate), int(search_s * fmt.rate)
-    frame = fmt.frame_samples()
-    held: list[Samples] = []
-    size = 0
-    async for samples in pcm:
-        held.append(samples)
-        size += len(samples)
-        while size >= longest:
-            audio = np.concatenate(held)
-            cut = quietest_cut(audio, longest - search, longest, frame) or longest
-            yield audio[:cut]
-            held, size = [audio[cut:]], len(audio) - cut
-    if size:
-        yield np.concatenate(held)
 
 
 def timeout_per_audio_s(settings: Settings) -> float:

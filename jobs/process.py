@@ -23,6 +23,7 @@ from typing import Any
 from core import metrics
 from core.conversation import Utterance, conversation, flat_text, speaker_names
 from core.logs import about
+from core.recording import NotAudio, load_recording
 from db import calls, transcripts, worker_writes
 from db.events import archived_extras, attempt_event, state_event
 from db.record import Conversation
@@ -31,7 +32,6 @@ from db.states import TERMINAL_STATES, CallState
 from db.worker_writes import AttemptRecord, Claim, budget_key
 from jobs.ai import Sentiment
 from jobs.attempts import CallDeadline, LeaseLost, StepExhausted, policy_of, run_step
-from jobs.audio import CallAudio
 from jobs.flushing import Held, Refused, fail_held, flush_call, refusing
 from jobs.resources import WorkerResources
 from jobs.transcription import transcribe_ready, utterance_scorer, window_transcriber
@@ -271,14 +271,11 @@ async def _conversation(
     res: WorkerResources, call_id: str, metadata: dict[str, Any] | None
 ) -> Conversation:
     """The call's figures from its utterances: per speaker, silence, overlap."""
-    audio = CallAudio(
-        call_id,
-        SegmentReader(res.sessions, call_id, res.objects),
-        res.settings.packet_audio_encoding,
-        metadata,
-        max_call_s=res.settings.max_call_seconds,
-    )
-    seconds = (await audio.facts()).seconds
+    try:
+        reader = SegmentReader(res.sessions, call_id, res.objects)
+        seconds = (await load_recording(reader, metadata, res.settings)).seconds
+    except NotAudio:
+        seconds = 0.0  # text packets: no time to speak of
     names = speaker_names(res.settings.speaker_names)
     said = await _utterances(res, call_id)
     # Off the event loop: it scores each speaker's words (VADER is CPU work: invariant 14).

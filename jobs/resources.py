@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.audio import UnsupportedAudio, parse_format
 from core.builders import feed_limits, make_ingestion
+from core.configured import check_settings
 from core.ingestion import Ingestion
 from db.ai_slots import AiSlots
 from db.engine import autocommit, make_engine, make_sessionmaker
@@ -18,7 +19,7 @@ from db.flush import FlushSource
 from db.leases import Leases
 from db.live import LiveCalls
 from db.object_store import ObjectStore
-from db.outbox import Webhooks
+from db.outbox import Webhooks, event_types
 from db.redis_client import RedisClient, close_redis, make_redis, queue_pool
 from jobs.ai import AIClient, MockAI
 from jobs.ai_limit import AiLimiter
@@ -108,6 +109,7 @@ def ai_slot_ttl_s(settings: Settings) -> float:
 
 
 def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerResources:
+    check_settings(settings)
     # No ping per checkout: a job that meets a dropped connection is retried (db.outages).
     # A fixed pool: jobs queue for a connection rather than open and close extra ones.
     engine = make_engine(
@@ -154,7 +156,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         ai=ai or make_ai_client(settings),
         webhooks=Webhooks(
             settings.webhook_urls,
-            settings.webhook_events,
+            event_types(settings.webhook_events),
             settings.speaker_names,
             settings.public_base_url,
         ),

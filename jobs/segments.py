@@ -3,12 +3,16 @@ asks for a segment every SEGMENT_SECONDS of audio, jobs/queue.py's flush_segment
 more at its end (jobs/flushing.py), so that Redis holds about a segment of each live call and a
 finished call's last flush is one segment's work.
 
-Each round reads a page of the stream, stores what is new in it as the call's next segment (one
-transaction: db/segments.py's store_segment, which skips what an earlier round stored), and only
-then trims the stream up to what PostgreSQL holds (db/lua/segment_done.lua). A worker that dies
-between the commit and the trim leaves entries that the next round finds stored and trims; one
-that dies before the commit leaves them to be stored by the next round: nothing is lost, nothing
-is stored twice.
+Each round reads a page of the stream, builds what is new in it as the call's next segment (what
+an earlier round stored is skipped) and stores it in one short transaction under the call's lock
+(db/segments.py's plan_segment and store_segment); with an object store its bytes are PUT first,
+with no transaction open (put_objects: a slow store holds no connection and does not hold up the
+call's other flushes, its final one included), and the plan is made again if another flusher
+stored a segment meanwhile; and only then trims the stream up to what PostgreSQL holds
+(db/lua/segment_done.lua). A worker that dies between the commit and the trim leaves entries that
+the next round finds stored and trims; one that dies before the commit leaves them to be stored
+by the next round (and, with a store, perhaps an object no row names: an erasure deletes the
+call's objects by their prefix): nothing is lost, nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from core.recording import build_rows, call_format
 from db.feed_events import SegmentEvent
 from db.keys import call_keys
 from db.packets import StoredPacket
-from db.segments import TEXT, SegmentRow, store_segment
+from db.segments import TEXT, Build, SegmentRow, Stored, plan_segment, put_objects, store_segment
 from db.states import CallState
 from jobs.queue import enqueue_live_transcription
 from jobs.resources import WorkerResources
@@ -35,6 +39,13 @@ SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms
 # segment's, so a stored row holds at most about this (decoded, 3/4 of it).
 SEGMENT_BYTES = 8 * 1024 * 1024
 FIRST_PAGE = 500  # entries a worker reads with the call's lease: the rest comes by SEGMENT_BYTES
+# A page is planned again each time another flusher stored a segment of the call between the
+# plan's read and its insert: each such round is another flusher's progress, so a few suffice.
+STORE_ROUNDS = 8
+
+
+class FlushRace(RuntimeError):
+    """Other flushers kept storing the call's segments first (STORE_ROUNDS times)."""
 
 
 @dataclass
@@ -94,10 +105,7 @@ async def flush_tail(
                 page = [*page, *rest]
         if not page:
             return done
-        async with res.engine.begin() as conn:
-            stored = await store_segment(
-                conn, call_id, page, lambda new: build_rows(new, fmt, said), res.objects
-            )
+        stored = await _store(res, call_id, page, lambda new: build_rows(new, fmt, said))
         event = None
         if stored.segment is not None:
             event = segment_event(call_id, stored.segment, list(stored.rows), state)
@@ -107,6 +115,31 @@ async def flush_tail(
         if not more:
             return done
         after, page = page[-1].entry, None
+
+
+async def _store(
+    res: WorkerResources, call_id: str, page: list[StoredPacket], build: Build
+) -> Stored:
+    """What is new in `page` stored as the call's next segment, planned again if another
+    flusher stored one meanwhile. With an object store, the bytes are PUT between the plan and
+    a transaction of their own (a slow store holds no connection and not the call's lock);
+    without one, nothing slow comes between: plan and insert share one transaction."""
+    for _ in range(STORE_ROUNDS):
+        if res.objects is None:
+            async with res.engine.begin() as conn:
+                plan = await plan_segment(conn, call_id, page, build, lock=True)
+                stored = await store_segment(conn, call_id, plan)
+        else:
+            async with res.autocommit.connect() as conn:  # a read alone: no transaction
+                plan = await plan_segment(conn, call_id, page, build)
+            if plan.segment is None:
+                return Stored(None, plan.after)
+            plan = await put_objects(res.objects, call_id, plan)
+            async with res.engine.begin() as conn:
+                stored = await store_segment(conn, call_id, plan)
+        if stored is not None:
+            return stored
+    raise FlushRace(f"other flushers kept storing call {call_id}'s segments first")
 
 
 def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPacket], bool]:

@@ -3,7 +3,7 @@ flushed: jobs/segments.py), and what is left once it ends (jobs/process.py). Aud
 transcribed once: each window starts where the track's last one ended (db/transcripts.py keeps
 where), and the final transcript is the windows' utterances together.
 
-A live window ends in the last pause (a breath: PAUSE_FRAMES quiet 20 ms frames) of what is
+A live window ends in the last pause (a breath: a few quiet 20 ms frames) of what is
 stored, so that a word is not cut in two by the segment boundary (Redis' tail is flushed at any
 packet); the rest waits for the next window. The last window of a finished call runs to the
 track's end.
@@ -27,14 +27,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import orjson
 
-from core.audio import Samples, UnsupportedAudio, quietest_cut
+from core.audio import pause_cut, quietest_cut
 from core.conversation import Utterance, split_long
 from core.logs import about
-from core.recording import NotAudio, Recording, call_format, texts
-from core.redaction import redact
+from core.recording import NotAudio, Recording, load_recording, texts
+from core.redaction import parse_entities, redact
 from db import transcripts, worker_writes
 from db.events import attempt_event
 from db.feed_events import Said, UtteranceEvent
@@ -52,13 +51,9 @@ from jobs.resources import WorkerResources
 from settings import Settings
 
 log = logging.getLogger(__name__)
-# A live window ends in the last pause of what is stored, looked for this far back: a pause of
-# PAUSE_FRAMES 20 ms frames, each at most PAUSE_SHARE of the stretch's median loudness (or under
-# NOISE_FLOOR_RMS, a quiet line's hiss). Speech pauses at least every few seconds.
+# A live window ends in the last pause of what is stored (core/audio.py's pause_cut), looked for
+# this far back.
 CUT_SEARCH_S = 8.0
-PAUSE_FRAMES = 5
-PAUSE_SHARE = 0.1
-NOISE_FLOOR_RMS = 60.0
 # A live window is at least this long: shorter ones cost a request and give the model little
 # context.
 MIN_WINDOW_S = 2.0
@@ -155,26 +150,6 @@ def windows(recording: Recording, done: dict[int, int], final: bool, min_s: floa
     return ready
 
 
-def pause_cut(samples: Samples, frame: int) -> int | None:
-    """Where to end a window in `samples` (the end of what is stored): in the middle of the
-    last pause (PAUSE_FRAMES quiet frames in a row: a breath between words or sentences), or
-    None if there is none. Quiet: a frame's RMS at most PAUSE_SHARE of the stretch's median
-    frame, or under the line's noise floor."""
-    count = len(samples) // frame
-    if count < PAUSE_FRAMES:
-        return None
-    frames = samples[: count * frame].astype(np.float64).reshape(count, frame)
-    rms = np.sqrt((frames * frames).mean(axis=1))
-    quiet = rms <= max(NOISE_FLOOR_RMS, PAUSE_SHARE * float(np.median(rms)))
-    # The last run of PAUSE_FRAMES quiet frames: its frames are all quiet.
-    runs = np.convolve(quiet.astype(np.int64), np.ones(PAUSE_FRAMES, dtype=np.int64), "valid")
-    ends = np.flatnonzero(runs == PAUSE_FRAMES)
-    if not len(ends):
-        return None
-    last = int(ends[-1])  # the first frame of the last quiet run
-    return (last + PAUSE_FRAMES // 2) * frame
-
-
 async def _cut(recording: Recording, window: Window, longest_s: float) -> int | None:
     """A live window's end, in the last pause of what is stored (at most CUT_SEARCH_S back);
     None to wait for more audio. A stretch with no pause longer than `longest_s` is cut at its
@@ -238,9 +213,8 @@ async def _transcribe_ready(
 ) -> Ready:
     reader = SegmentReader(res.sessions, call_id, res.objects)
     try:
-        fmt, _ = call_format(metadata, res.settings.packet_audio_encoding)
-        recording = await Recording.load(reader, fmt, res.settings.max_call_seconds)
-    except (UnsupportedAudio, NotAudio) as exc:
+        recording = await load_recording(reader, metadata, res.settings)
+    except NotAudio as exc:
         if not final:
             return Ready(0, pending=False)  # not audio: transcribed once, at the end
         done = await _transcribed_to(res, call_id)
@@ -367,7 +341,7 @@ async def _utterances(
     CPU work: invariant 14)."""
     score = utterance_scorer(res.settings)
     redacting = res.settings.redact_pii != "off"
-    entities = res.settings.pii_entities
+    entities = parse_entities(res.settings.redact_pii_entities)
 
     def scored() -> list[Utterance]:
         said = [(s.start_s, s.end_s, redact(s.text, entities) if redacting else s.text)

@@ -145,14 +145,6 @@ async def claim(res: WorkerResources, in_flight: dict[str, int], limit: int) -> 
         return await deliveries.claim_due(conn, lease_s, PER_ENDPOINT, limit, in_flight)
 
 
-async def deliver_due(res: WorkerResources, client: httpx.AsyncClient) -> list[str]:
-    """Claim every due row (up to BATCH) and make its attempt, all at once; their new states.
-    What the loop does on each poll, in one piece (a test's worker run, a one-off drain)."""
-    key = secret_key(res.settings.webhook_secret.get_secret_value())
-    claimed = await claim(res, {}, BATCH)
-    return list(await asyncio.gather(*(deliver(res, client, key, d) for d in claimed)))
-
-
 def make_client() -> httpx.AsyncClient:
     # Redirects are not followed: a 3xx is an answer that is not 2xx (retried), as the
     # signature names the URL's receiver only.

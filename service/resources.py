@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.access import KeyRing, key_ring
 from core.builders import feed_limits, make_ingestion
+from core.configured import check_settings
 from core.ingestion import Ingestion
 from db.breaker_state import BreakerState
 from db.engine import make_engine, make_sessionmaker
@@ -49,6 +50,7 @@ class ApiResources:
 
 
 def open_resources(settings: Settings) -> ApiResources:
+    check_settings(settings)
     # The timeout bounds a 503 answer when Redis is gone: a second, never a hang.
     redis = make_redis(
         settings.redis_url,

@@ -43,9 +43,6 @@ class SocketLimits:
         self.per_second = per_second  # WS_CONNECT_RATE_LIMIT; 0: no limit
         self._open: Counter[str] = Counter()
 
-    def open_count(self, key_id: str) -> int:
-        return self._open[key_id]
-
     async def admit(self, principal: Principal) -> SocketSlot:
         """A slot for one more connection of `principal`'s key, or 429 (RateLimited) saying
         which limit it passed. The caller releases the slot when the connection ends."""

@@ -12,9 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from core.audio import UnsupportedAudio
 from core.errors import AudioErased, CallNotFound, NoAudio, RangeNotSatisfiable
-from core.recording import NotAudio, Recording, call_format
+from core.recording import NotAudio, Recording, load_recording
 from db.segments import SegmentReader
 from service.conditional import parse_if_none_match
 from service.deps import CallId, ResourcesDep, SessionDep
@@ -103,9 +102,8 @@ async def get_audio(
     reader = SegmentReader(res.sessions, call_id, res.objects)
     version = await reader.version()
     try:
-        fmt, _ = call_format(status.metadata, res.settings.packet_audio_encoding)
-        recording = await Recording.load(reader, fmt, res.settings.max_call_seconds)
-    except (UnsupportedAudio, NotAudio) as exc:
+        recording = await load_recording(reader, status.metadata, res.settings)
+    except NotAudio as exc:
         raise NoAudio(f"call {call_id} has no recording: {exc}") from None
     etag = _etag(call_id, version, recording.channels)
     headers = {

@@ -23,11 +23,12 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.audio import MULAW_SILENCE, TELEPHONY, AudioFormat, decode, mulaw_encode
+from core.recording import Recording
 from db.keys import AI_SLOTS_PAUSE
 from db.packets import StoredPacket
 from jobs.ai import PermanentAIError, Spoken, TransientAIError
 from jobs.ai_openai import OpenAICompatible, retry_after_s
-from jobs.audio import CallAudio
+from jobs.audio import TrackAudio
 from jobs.resources import WorkerResources, make_resources
 from settings import Settings
 from tests.conftest import drain_queue, make_settings
@@ -380,7 +381,7 @@ async def test_the_base_url_is_the_same_with_or_without_v1(provider: FakeProvide
             await ai.aclose()
 
 
-def recorded_call(names: list[str]) -> tuple[CallAudio, list[tuple[float, float]]]:
+async def recorded_call(names: list[str]) -> tuple[TrackAudio, list[tuple[float, float]]]:
     """The shipped recordings one after another, GAP_S of silence around each, in 5 s segments
     of 20 ms packets as the worker stores them; and where in it each recording is (seconds)."""
     ulaw, where = bytearray(), []
@@ -398,7 +399,8 @@ def recorded_call(names: list[str]) -> tuple[CallAudio, list[tuple[float, float]
     ]
     segments = [packets[at : at + 250] for at in range(0, len(packets), 250)]
     source = SegmentsInMemory.of_packets(segments, TELEPHONY, True)
-    return CallAudio("recorded", source, "audio/x-mulaw;rate=8000"), where
+    recording = await Recording.load(source, TELEPHONY, 4 * 3600)
+    return TrackAudio(recording, 0, 0, recording.samples), where
 
 
 def part_bounds(uploads: list[Received]) -> list[tuple[float, float]]:
@@ -429,7 +431,7 @@ async def ai(provider: FakeProvider) -> AsyncIterator[OpenAICompatible]:
 async def test_segments_are_timed_in_the_call_across_upload_parts_increasing_and_where_speech_is(
     ai: OpenAICompatible, provider: FakeProvider
 ):
-    audio, where = recorded_call(SPOKEN)
+    audio, where = await recorded_call(SPOKEN)
     seconds = (await audio.facts()).seconds
 
     heard = await ai.transcribe_segments("recorded", audio)
@@ -460,7 +462,7 @@ async def test_a_server_that_ignores_verbose_json_gives_one_stretch_per_part(
 ):
     provider.gives_segments = False
     provider.transcript_of = lambda wav: f"  {len(wav.pcm)} bytes "
-    audio, _ = recorded_call(SPOKEN)
+    audio, _ = await recorded_call(SPOKEN)
 
     heard = await ai.transcribe_segments("recorded", audio)
 
@@ -477,10 +479,10 @@ async def test_a_model_that_refuses_verbose_json_is_asked_for_plain_json_from_th
     ai: OpenAICompatible, provider: FakeProvider
 ):
     provider.refuses_verbose_json = True
-    audio, _ = recorded_call(SPOKEN)
+    audio, _ = await recorded_call(SPOKEN)
 
     heard = await ai.transcribe_segments("recorded", audio)
-    again = await ai.transcribe_segments("recorded", recorded_call(SPOKEN[:1])[0])
+    again = await ai.transcribe_segments("recorded", (await recorded_call(SPOKEN[:1]))[0])
 
     refused, *uploads, last = provider.requests("transcriptions")
     assert refused.form == TIMED_FORM
@@ -506,7 +508,7 @@ async def test_an_answer_without_segments_is_its_text_over_the_whole_audio(
     ai: OpenAICompatible, provider: FakeProvider, answer
 ):
     provider.answer("transcriptions", Reply(200, answer))
-    audio, _ = recorded_call(SPOKEN[:1])
+    audio, _ = await recorded_call(SPOKEN[:1])
 
     heard = await ai.transcribe_segments("recorded", audio)
 
@@ -524,7 +526,7 @@ async def test_segment_times_are_clamped_into_the_audio_kept_increasing_and_empt
         {"start": 120, "end": 121, "text": "after"},
     ]
     provider.answer("transcriptions", Reply(200, {"text": "ignored", "segments": segments}))
-    audio, _ = recorded_call(SPOKEN[:1])
+    audio, _ = await recorded_call(SPOKEN[:1])
     seconds = (await audio.facts()).seconds
 
     heard = await ai.transcribe_segments("recorded", audio)
@@ -554,7 +556,7 @@ async def test_malformed_segments_are_a_permanent_failure_as_any_bad_transcripti
     ai: OpenAICompatible, provider: FakeProvider, segments
 ):
     provider.answer("transcriptions", Reply(200, {"text": "hi", "segments": segments}))
-    audio, _ = recorded_call(SPOKEN[:1])
+    audio, _ = await recorded_call(SPOKEN[:1])
 
     with pytest.raises(PermanentAIError, match="segment"):
         await ai.transcribe_segments("recorded", audio)
@@ -591,7 +593,7 @@ async def test_segments_fail_as_the_transcript_does(
     ai: OpenAICompatible, provider: FakeProvider, failure, error, retry_after
 ):
     provider.answer("transcriptions", failure)
-    audio, _ = recorded_call(SPOKEN[:1])
+    audio, _ = await recorded_call(SPOKEN[:1])
 
     with pytest.raises(error) as raised:
         await ai.transcribe_segments("recorded", audio)

@@ -1,6 +1,7 @@
-"""A call's audio from its stored segments (jobs/audio.py over core/recording.py), served from
-memory as PostgreSQL would: order across segments, silence for gaps, two tracks, undecodable
-data, and memory that stays bounded however long the call."""
+"""A call's recording from its stored segments (core/recording.py's load_recording, and
+jobs/audio.py's windows of it for the providers), served from memory as PostgreSQL would: order
+across segments, silence for gaps, two tracks, undecodable data, and memory that stays bounded
+however long the call."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ import numpy as np
 import pytest
 
 from core.audio import AudioFormat, decode, mulaw_encode, parse_format
-from core.recording import MAX_GAP_S, Recording, build_rows
+from core.recording import MAX_GAP_S, NotAudio, Recording, build_rows, load_recording, texts
 from db.packets import StoredPacket
 from db.segments import TEXT, SegmentHead, runs_of
 from jobs.ai import Spoken
-from jobs.audio import CallAudio, TrackAudio, UndecodableAudio, transcription_allowance_s
+from jobs.audio import TrackAudio, TrackText, UndecodableAudio, transcription_allowance_s
 from tests.conftest import make_settings
 from tests.segments_in_memory import SegmentsInMemory
 
 TWILIO = {"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
 MULAW = "audio/x-mulaw;rate=8000"
 MULAW_8K = AudioFormat("mulaw", 8000)
+SETTINGS = make_settings("postgresql://x", "redis://x")
 
 
 def packet(sequence: int, data: str, track: int = 0, at: float | None = None) -> StoredPacket:
@@ -49,8 +51,11 @@ class Segments(SegmentsInMemory):
         return await super().payload(segment, track)
 
 
-def audio_of(segments: Segments, default: str = MULAW) -> CallAudio:
-    return CallAudio("c", segments, default, segments.metadata)
+async def recording_of(
+    source: SegmentsInMemory, metadata: dict[str, Any] | None = None, default: str = MULAW
+) -> Recording:
+    settings = SETTINGS.model_copy(update={"packet_audio_encoding": default})
+    return await load_recording(source, metadata, settings)
 
 
 def frame(level: int, samples: int = 160) -> str:
@@ -58,8 +63,14 @@ def frame(level: int, samples: int = 160) -> str:
     return base64.b64encode(mulaw_encode(np.full(samples, level, dtype=np.int16))).decode()
 
 
-async def pcm_of(audio: CallAudio) -> np.ndarray:
-    return np.concatenate([chunk async for chunk in audio.pcm()])
+async def pcm_of(source: Segments) -> np.ndarray:
+    """A one-track call's audio, gaps filled."""
+    recording = await recording_of(source, source.metadata)
+    return await recording.track(0, 0, recording.samples)
+
+
+def whole_track(recording: Recording, channel: int = 0) -> TrackAudio:
+    return TrackAudio(recording, channel, 0, recording.lines[channel].samples)
 
 
 async def test_packets_are_decoded_in_sequence_order_across_segments():
@@ -70,7 +81,7 @@ async def test_packets_are_decoded_in_sequence_order_across_segments():
         TWILIO,
     )  # fmt: skip
 
-    pcm = await pcm_of(audio_of(source))
+    pcm = await pcm_of(source)
 
     levels = pcm.reshape(5, 160)[:, 0]
     expected = decode(mulaw_encode(np.array([100, 200, 300, 400, 500], dtype=np.int16)), MULAW_8K)
@@ -91,7 +102,7 @@ async def test_audio_is_stored_decoded_once_and_text_as_sent():
 async def test_a_missing_sequence_of_a_media_stream_is_one_20_ms_frame_of_silence():
     source = Segments([[packet(s, frame(1000)) for s in (0, 1, 3, 6)]], TWILIO)
 
-    pcm = await pcm_of(audio_of(source))
+    pcm = await pcm_of(source)
 
     assert len(pcm) == 7 * 160  # timings stay true
     silent = [i for i, f in enumerate(pcm.reshape(7, 160)) if not f.any()]
@@ -101,7 +112,7 @@ async def test_a_missing_sequence_of_a_media_stream_is_one_20_ms_frame_of_silenc
 async def test_a_gap_between_http_packets_is_as_long_as_the_packet_before_it():
     source = Segments([[packet(s, frame(1000, 400), at=s * 0.05) for s in (0, 1, 3)]])
 
-    pcm = await pcm_of(audio_of(source))
+    pcm = await pcm_of(source)
 
     assert len(pcm) == 4 * 400
     assert not pcm[800:1200].any()
@@ -111,7 +122,7 @@ async def test_a_gap_between_http_packets_is_as_long_as_the_packet_before_it():
 async def test_a_run_of_missing_packets_becomes_at_most_max_gap_s_of_silence():
     source = Segments([[packet(0, frame(1000)), packet(10**9, frame(1000))]], TWILIO)
 
-    pcm = await pcm_of(audio_of(source))
+    pcm = await pcm_of(source)
 
     assert len(pcm) == 2 * 160 + int(MAX_GAP_S * 8000)
 
@@ -122,9 +133,7 @@ async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
     outbound = [packet(s, frame(-1000), 1, at=0.1 + s * 0.02) for s in (1, 3)]
     source = Segments([inbound + outbound], TWILIO)
 
-    recording = await (await audio_of(source).recording()).__class__.load(
-        source, MULAW_8K, 4 * 3600
-    )
+    recording = await recording_of(source, source.metadata)
     frames = await recording.frames(0, recording.samples)
 
     assert recording.channels == 2
@@ -137,9 +146,7 @@ async def test_two_tracks_are_two_channels_aligned_by_their_first_timestamps():
 
 async def test_the_wav_file_answers_every_byte_range_exactly():
     source = Segments([[packet(s, frame(300 * s)) for s in range(30)], [packet(31, frame(9))]])
-    recording = await (await audio_of(source).recording()).__class__.load(
-        source, MULAW_8K, 4 * 3600
-    )
+    recording = await recording_of(source, source.metadata)
     whole = b"".join([c async for c in recording.wav_bytes(0, recording.wav_size - 1)])
 
     assert len(whole) == recording.wav_size == 44 + 32 * 160 * 2
@@ -154,9 +161,11 @@ async def test_the_encoding_comes_from_the_media_format_else_from_the_setting():
     alaw_stream = {"mediaFormat": {"encoding": "audio/x-alaw", "sampleRate": 8000}}
     data = frame(3000)
 
-    from_stream = await audio_of(Segments([[packet(0, data)]], alaw_stream)).format()
+    from_stream = (
+        await recording_of(Segments([[packet(0, data)]], alaw_stream), alaw_stream)
+    ).format
     as_text = SegmentsInMemory([build_rows([packet(0, data)], None, False)])
-    from_setting = await CallAudio("c", as_text, "audio/L16;rate=16000").format()
+    from_setting = (await recording_of(as_text, None, "audio/L16;rate=16000")).format
 
     assert from_stream == AudioFormat("alaw", 8000)
     assert from_setting == AudioFormat("l16", 16000)
@@ -175,10 +184,11 @@ async def test_data_that_is_not_audio_in_the_calls_encoding_is_undecodable(packe
     rows = SegmentsInMemory(
         [build_rows([packet(n, d) for n, d in enumerate(packets)], None, False)]
     )
-    audio = CallAudio("c", rows, default, metadata)
-
+    with pytest.raises(NotAudio, match=says) as refused:
+        await recording_of(rows, metadata, default)
+    # What a real provider is told of it: a permanent failure naming the problem.
     with pytest.raises(UndecodableAudio, match=says) as caught:
-        await pcm_of(audio)
+        await TrackText([], str(refused.value)).format()
 
     assert str(caught.value).startswith("the call's audio cannot be decoded: ")
 
@@ -186,16 +196,19 @@ async def test_data_that_is_not_audio_in_the_calls_encoding_is_undecodable(packe
 async def test_the_mock_reads_text_packets_as_sent_in_sequence_order():
     source = Segments([[packet(2, "c"), packet(0, "a")], [packet(1, "b")]])
 
-    assert await audio_of(source).texts() == ["a", "b", "c"]
+    heads = await source.heads()
+    payloads = {i: await source.payload(h.segment, h.track) for i, h in enumerate(heads)}
+
+    assert texts(heads, payloads) == ["a", "b", "c"]
 
 
 async def test_the_calls_length_is_known_from_its_heads_before_its_audio_is_read():
     source = Segments([[packet(s, frame(10)) for s in range(0, 500) if s != 7]], TWILIO)
 
-    facts = await audio_of(source).facts()
+    recording = await recording_of(source, source.metadata)
 
-    assert facts.seconds == pytest.approx(500 * 0.02)
-    assert (facts.tracks, source.payloads_read) == (1, 0)
+    assert recording.seconds == pytest.approx(500 * 0.02)
+    assert (len(recording.lines), source.payloads_read) == (1, 0)
 
 
 def test_a_transcription_gets_more_time_for_a_longer_call_within_the_jobs_limit():
@@ -207,13 +220,14 @@ def test_a_transcription_gets_more_time_for_a_longer_call_within_the_jobs_limit(
     assert transcription_allowance_s(mock, 3600) == 0
 
 
-async def test_segments_are_cut_at_quiet_frames_and_hold_the_whole_call():
-    # 30 s of tone with a silent frame at 17 s: the first segment (at most 20 s) ends there.
+async def test_a_providers_pieces_are_cut_at_quiet_frames_and_hold_the_whole_call():
+    # 30 s of tone with a silent frame at 17 s: the first piece (at most 20 s) ends there.
     source = Segments([[packet(s, frame(0 if s == 850 else 4000)) for s in range(1500)]], TWILIO)
 
-    segments = [s async for s in audio_of(source).segments(max_s=20, search_s=5)]
+    recording = await recording_of(source, source.metadata)
+    pieces = [p async for p in whole_track(recording).pieces(max_s=20, search_s=5)]
 
-    assert [len(s) for s in segments] == [850 * 160, 650 * 160]
+    assert [len(p) for p in pieces] == [850 * 160, 650 * 160]
 
 
 class HourLongCall:
@@ -241,19 +255,19 @@ class HourLongCall:
 
 
 async def test_an_hour_long_calls_audio_is_assembled_in_bounded_memory():
-    audio = CallAudio("c", HourLongCall(), MULAW, TWILIO)
-    await audio.facts()  # the heads: arrays of the call's packets, read once
+    # The heads: arrays of the call's packets, read once.
+    audio = whole_track(await recording_of(HourLongCall(), TWILIO))  # type: ignore[arg-type]
     tracemalloc.start()
     try:
         samples = 0
-        async for segment in audio.segments(max_s=20, search_s=5):
-            samples += len(segment)
+        async for piece in audio.pieces(max_s=20, search_s=5):
+            samples += len(piece)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
 
     assert samples == 3600 * 8000
-    # The hour is 58 MB as 16-bit PCM; a block (40 s), a cut (20 s) and a few segments are held.
+    # The hour is 58 MB as 16-bit PCM; a block (10 s), a piece (20 s) and a few slices are held.
     assert peak < 6 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
 
 

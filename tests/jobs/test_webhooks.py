@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
 from core import metrics
+from core.webhooks import secret_key
 from db import calls
 from db.intake import CallIntake
 from db.packets import NewPacket, Track
@@ -30,7 +31,7 @@ from devstack.processes import free_port
 from jobs.ai import PermanentAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources, make_resources
-from jobs.webhooks import DeliveryLoop, deliver_due, make_client
+from jobs.webhooks import BATCH, DeliveryLoop, claim, deliver, make_client
 from service.app import create_asgi
 from settings import Settings
 from tests.conftest import FEED, make_settings
@@ -78,10 +79,14 @@ def verified(receiver: Receiver) -> list[dict[str, Any]]:
 
 
 async def drain(res: WorkerResources, rounds: int) -> list[str]:
+    """What the delivery loop does on each poll, `rounds` times, in one piece: every due row
+    (up to BATCH) claimed and its attempt made, all at once; their new states."""
+    key = secret_key(res.settings.webhook_secret.get_secret_value())
     states: list[str] = []
     async with make_client() as client:
         for _ in range(rounds):
-            states += await deliver_due(res, client)
+            claimed = await claim(res, {}, BATCH)
+            states += await asyncio.gather(*(deliver(res, client, key, d) for d in claimed))
     return states
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -21,13 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import connect
 
 from core.audio import TELEPHONY, decode
+from core.configured import check_settings
 from db.keys import call_keys
 from db.object_store import BadStoreUrl, ObjectStore, StoreAddress, key_part
 from db.outages import is_outage
 from db.packets import NewPacket
 from devstack.servers import free_port
 from jobs.resources import make_resources
-from jobs.segments import flush_segment
+from jobs.segments import flush_segment, flush_tail
 from service.app import create_app
 from settings import Settings
 from tests.conftest import make_settings
@@ -139,8 +141,8 @@ async def test_a_calls_audio_is_stored_as_objects_and_played_back_from_them(
 def test_an_audio_store_url_that_cannot_work_is_refused_at_start(url: str, says: str):
     with pytest.raises(BadStoreUrl, match=says):
         StoreAddress.parse(url)
-    with pytest.raises(ValueError, match=says):
-        make_settings("postgresql://x", "redis://x", audio_store_url=url)
+    with pytest.raises(ValueError, match=says):  # at start, before anything is served
+        check_settings(make_settings("postgresql://x", "redis://x", audio_store_url=url))
 
 
 def test_an_audio_store_url_names_its_bucket_prefix_endpoint_and_region():
@@ -195,6 +197,67 @@ async def test_a_store_that_is_down_is_retried_by_the_worker_and_a_503_for_the_a
 )
 def test_object_keys_encode_the_call_id_so_no_part_is_a_dot_segment(call_id: str, part: str):
     assert key_part(call_id) == part
-    key = ObjectStore("s3://bucket/calls").key(call_id, 3, 1, (1700000000000, 2))
+    store = ObjectStore("s3://bucket/calls")
+    key = store.key(call_id, 3, 1, (1700000000000, 2))
     assert key == f"calls/{part}/000003.1.1700000000000-2"
+    assert key.startswith(store.call_prefix(call_id))  # so an erasure finds it by its prefix
     assert all(segment not in (".", "..", "") for segment in key.split("/"))
+
+
+class SlowStore(ObjectStore):
+    """A store whose PUTs wait for the test's word, as a store in trouble holds a request."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.putting = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def put(self, key: str, data: bytes) -> None:
+        self.putting.set()
+        await self.go_on.wait()
+        await super().put(key, data)
+
+
+async def test_a_slow_put_holds_no_lock_or_connection_and_a_racing_flush_stores_the_segment_once(
+    server_urls: tuple[str, str], bucket: str, engine: AsyncEngine, redis: Redis
+):
+    url = f"s3://{BUCKET}/calls?endpoint_url={bucket}&region=us-east-1"
+    frames = [base64.b64encode(bytes([n % 0x7F]) * 160).decode() for n in range(50)]
+    res = make_resources(make_settings(*server_urls, audio_store_url=url))
+    slow_store = SlowStore(url)
+    slow = dataclasses.replace(res, objects=slow_store)  # the same pools, a slow store
+    try:
+        await res.ingestion.append(
+            "CA-slow", [NewPacket(n, n * 0.02, f) for n, f in enumerate(frames)]
+        )
+        stuck = asyncio.create_task(flush_tail(slow, "CA-slow", None))
+        await asyncio.wait_for(slow_store.putting.wait(), 5)
+
+        # While its PUT hangs, the flusher holds no connection of the pool and not the call's
+        # lock: the call's other flushes (its final one) go on.
+        assert res.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with engine.begin() as conn:
+            lock = "SELECT pg_try_advisory_xact_lock(hashtextextended(:c, 16))"
+            assert await conn.scalar(text(lock), {"c": "CA-slow"})
+        other = await asyncio.wait_for(flush_tail(res, "CA-slow", None), 5)
+        assert (other.segments, other.packets) == (1, 50)
+        assert not stuck.done()
+
+        slow_store.go_on.set()  # the store answers: the slow flusher finds its segment stored
+        late = await asyncio.wait_for(stuck, 5)
+    finally:
+        slow_store.go_on.set()
+        await slow_store.close()
+        await res.close()
+
+    assert (late.segments, late.packets) == (0, 0)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT packets, object_key FROM call_segment WHERE call_id = 'CA-slow'")
+            )
+        ).all()
+    assert [r.packets for r in rows] == [50]  # stored once
+    # Both planned the same segment, so both wrote the one key, with the same bytes.
+    assert await objects_in(bucket) == {rows[0].object_key: 50 * 160}
+    assert await redis.xlen(call_keys("CA-slow").packets) == 0

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from core.audio import TELEPHONY, decode, mulaw_encode
 from core.recording import Recording
 from db.packets import NewPacket, StoredPacket
-from db.segments import TEXT, SegmentReader, SegmentRow, store_segment
+from db.segments import TEXT, SegmentReader, SegmentRow, plan_segment, store_segment
 from jobs.audio import TrackAudio
 from jobs.resources import make_resources
 from jobs.segments import SEGMENT_BYTES
@@ -171,7 +171,7 @@ async def store_rows(engine: AsyncEngine, call_id: str, segments: list[list[Segm
             return rows
 
         async with engine.begin() as conn:
-            await store_segment(conn, call_id, [marker], built)
+            await store_segment(conn, call_id, await plan_segment(conn, call_id, [marker], built))
 
 
 def audio_row(
@@ -237,7 +237,7 @@ async def test_every_read_of_a_two_track_hour_holds_a_few_mb_at_most(engine: Asy
     async def a_transcription_pass() -> None:
         recording = await Recording.load(reader, TELEPHONY, FOUR_HOURS)
         audio = TrackAudio(recording, 1, 0, recording.lines[1].samples)
-        assert await drain(audio.segments(max_s=30.0, search_s=5.0)) == 3600 * 8000
+        assert await drain(audio.pieces(max_s=30.0, search_s=5.0)) == 3600 * 8000
 
     await head()  # the pool's first connection, asyncpg's type codecs: once a process
     peaks = {read.__name__: await peak_of(read) for read in (head, a_range, ten_minutes)}
