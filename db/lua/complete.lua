@@ -14,7 +14,9 @@ if ARGV[4] ~= '' then
     return {'active', 'IN_PROGRESS'}
   end
 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX') then
+-- The marker's value is never read (only an erasure's tombstone is told apart): '1', an integer
+-- Redis keeps in the key's own object, is the smallest a marker that lives for days can be.
+if redis.call('SET', KEYS[2], '1', 'NX') then
   redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'completed_at', ARGV[2],
     'completion_reason', ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[1])
