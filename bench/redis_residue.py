@@ -135,9 +135,7 @@ def section(f: dict[str, Any]) -> list[str]:
     ]
     for name, fam in f["families"].items():
         ttl = "none" if fam["ttl_s"] == -1 else f"{fam['ttl_s']} s"
-        lines.append(
-            f"| `{name}` | {fam['keys']} | {fam['bytes'] / f['calls']:.0f} | {ttl} |"
-        )
+        lines.append(f"| `{name}` | {fam['keys']} | {fam['bytes'] / f['calls']:.0f} | {ttl} |")
     return [*lines, "", f"Made by `{command(NAME)}`."]
 
 

@@ -6,6 +6,12 @@
 --   the COMPLETED event as JSON (db/feed_events.py)
 -- Returns {outcome, state}: outcome is completed | already | unknown | active
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- A finished call's hash goes with its release (release.lua), its done marker stays: it was
+  -- completed (its state is PostgreSQL's now). An erased call's tombstone knows no call.
+  local done = redis.call('GET', KEYS[2])
+  if done and done ~= 'erased' then
+    return {'already', ''}
+  end
   return {'unknown', ''}
 end
 if ARGV[4] ~= '' then
