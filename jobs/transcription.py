@@ -236,7 +236,7 @@ async def _transcribe_ready(
     final: bool,
     state: CallState,
 ) -> Ready:
-    reader = SegmentReader(res.sessions, call_id, res.objects)
+    reader = SegmentReader(res.reads, call_id, res.objects)
     try:
         fmt, _ = call_format(metadata, res.settings.packet_audio_encoding)
         recording = await Recording.load(reader, fmt, res.settings.max_call_seconds)
@@ -275,7 +275,7 @@ async def _transcribe_ready(
 
 
 async def _transcribed_to(res: WorkerResources, call_id: str) -> dict[int, int]:
-    async with res.sessions() as session:
+    async with res.reads() as session:
         return await transcripts.transcribed_to(session, call_id)
 
 
@@ -401,7 +401,7 @@ async def _store(
         UtteranceRow(u.track, u.start_s, u.end_s, u.text, u.sentiment.label, u.sentiment.score)
         for u in found
     ]
-    async with res.engine.begin() as conn:
+    async with res.autocommit.connect() as conn:  # one statement, atomic on its own
         if not await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks):
             log.info("%s: a window was transcribed twice; kept the first", call_id,
                      extra=about(call_id))  # fmt: skip
