@@ -293,4 +293,3 @@ async def _conversation(
     return await asyncio.to_thread(
         conversation, said, seconds, names, utterance_scorer(res.settings)
     )
-

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from db.flush import FlushSource
 from db.intake import CallIntake
+from db.job_failures import RERUNS, JobFailures
 from db.keys import CallKeys, call_keys
 from db.live import LiveCalls
 from db.packets import NewPacket, Outcome, Track
@@ -188,7 +189,7 @@ async def test_the_release_leaves_only_the_done_marker_of_a_stored_call(redis: R
     await intake.append("gone", packets([0, 5, 6, OLD_BITMAP_LIMIT, TOP]))
     await intake.append("gone", [NewPacket(3, 1.0, "agent", Track.OUTBOUND)])
     await redis.set(keys.lease, "worker-1")
-    await redis.hset(keys.failures, "reruns", 2)
+    await JobFailures(redis).count("gone", RERUNS)
     await intake.complete("gone", "explicit")
     await redis.xtrim(keys.packets, maxlen=0)  # its segments stored them: the flush trims
 
@@ -209,7 +210,7 @@ async def test_the_release_keeps_a_tail_no_store_took_for_the_retention(redis: R
     intake, keys = CallIntake(redis, feed=FEED), call_keys("refused")
     await intake.open_call("refused", {"callSid": "refused"}, ttl_s=10_000)
     await intake.append("refused", packets([0, 1, 2]))
-    await redis.hset(keys.failures, "reruns", 2)
+    await JobFailures(redis).count("refused", RERUNS)
     await intake.complete("refused", "explicit")
 
     await FlushSource(redis, FEED).release("refused", retention_s=100, marker_retention_s=1000)
