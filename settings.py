@@ -246,7 +246,9 @@ class Settings(BaseSettings):
     key_retention_s: int = Field(
         3600,
         ge=1,
-        description="how long a finished call's Redis keys linger after PostgreSQL committed it",
+        description="how long a call whose audio a store refused (it ended FAILED for it) keeps "
+        "what it sent in Redis, for a replay to store; every other finished call's keys go at "
+        "once, but its done marker",
     )
     completed_marker_retention_s: int = Field(
         7 * 24 * 3600,

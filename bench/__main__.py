@@ -35,6 +35,7 @@ SUITES = (
     "pbx_feeds",
     "search",
     "redaction",
+    "redis_residue",
 )
 ON_DEMAND = ("wait_cost",)  # its figures are quoted by hand (the reliability runs' section)
 RESULTS = Path(__file__).resolve().parent / "results"

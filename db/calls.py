@@ -116,7 +116,7 @@ _SPENT = text(
 async def claim(session: AsyncSession, call_id: str) -> Claim | None:
     """Take a flushed call for this worker: bump the fencing epoch every later write must match.
     Also returns what the run needs to resume: the transcript, the failed attempts per unit of
-    work in this generation (their budget is spent)."""
+    work in this generation (their budget is spent), what the call was opened with."""
     row = (
         await session.execute(
             update(Call)
@@ -125,7 +125,9 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
                 Call.state.in_([s.value for s in WORKER_STATES]),
             )
             .values(lease_epoch=Call.lease_epoch + 1)
-            .returning(Call.lease_epoch, Call.state, Call.generation, Call.transcript)
+            .returning(
+                Call.lease_epoch, Call.state, Call.generation, Call.transcript, Call.start_metadata
+            )
             .execution_options(synchronize_session=False)
         )
     ).one_or_none()
@@ -134,7 +136,9 @@ async def claim(session: AsyncSession, call_id: str) -> Claim | None:
     spent = await session.scalar(_SPENT, {"call_id": call_id, "generation": row.generation})
     failed = {str(unit): int(n) for unit, n in (spent or {}).items()}
     state = CallState(row.state)
-    return Claim(call_id, row.lease_epoch, state, row.generation, row.transcript, failed)
+    return Claim(
+        call_id, row.lease_epoch, state, row.generation, row.transcript, failed, row.start_metadata
+    )
 
 
 async def count_by_state(session: AsyncSession) -> dict[str, int]:

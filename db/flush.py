@@ -1,7 +1,7 @@
 """The Redis side of a flush: read a call's unflushed tail (its stream) page by page; once
 PostgreSQL has committed a segment, trim its entries (segment_done); once it has committed the
-call's final state, release the call: what it sent goes, its hash expires, it leaves every
-index."""
+call's final state, release the call: all it sent goes, only its done marker stays, and it
+leaves every index."""
 
 from __future__ import annotations
 
@@ -117,14 +117,15 @@ class FlushSource:
         marker_retention_s: int,
         events: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """After PostgreSQL committed the final state: delete what the call sent (its stream and
-        dedup runs), let its hash expire, drop it from the indexes, and publish `events` (the
-        final state's) in the same atomic step: a call is released once its final event is out,
-        and a re-run that finds it unreleased publishes again. Its stream's entries are all in
-        PostgreSQL's segments by then: the final flush stored them before the final state."""
+        """After PostgreSQL committed the final state: delete everything the call sent (its
+        stream, dedup runs, hash and metadata), its lease and its jobs' failure counts, drop it
+        from the indexes, keep only its done marker (for `marker_retention_s`), and publish
+        `events` (the final state's) in the same atomic step: a call is released once its final
+        event is out, and a re-run that finds it unreleased publishes again. Its stream's
+        entries are all in PostgreSQL's segments by then (the final flush stored them before
+        the final state), unless a store refused them: then what it sent expires after
+        `retention_s` instead, for a replay to store."""
         keys = call_keys(call_id)
-        dropped = (keys.packets, keys.runs, keys.runs_outbound)
-        kept = [k for k in keys.data if k not in dropped]
         await self._release(
             keys=[
                 keys.done,
@@ -134,15 +135,14 @@ class FlushSource:
                 keys.shard.pending,
                 keys.shard.segments,
                 feed_key(self.redis, call_id),
-                *dropped,
-                *kept,
+                keys.failures,
+                *keys.data,  # the stream first
             ],
             args=[
                 call_id,
                 retention_s,
                 marker_retention_s,
                 self.feed.max_len,
-                len(dropped),
                 *(payload(event) for event in events),
             ],
         )

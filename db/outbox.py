@@ -3,8 +3,9 @@
 
 `OUTBOX` is a CTE fragment for db/worker_writes.py's statements: one row per endpoint, for the
 event their `held` CTE made happen (none when no endpoint wants the event). `call.utterance`
-rows are written with the utterances, in the transaction that stores their window
-(db/transcripts.py), their body fixed then. The workers deliver them all (jobs/webhooks.py).
+rows are written with the utterances, in the statement that stores their window
+(db/transcripts.py: `UTTERANCE_OUTBOX`), their body fixed then. The workers deliver them all
+(jobs/webhooks.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.feed_events import Said
 
@@ -88,28 +87,24 @@ OUTBOX = """
     )"""
 
 
-_UTTERANCE_EVENTS = text(
-    """
-    INSERT INTO webhook_delivery (event_id, event_type, call_id, endpoint, body)
-    SELECT e.id, :type, :call_id, url, e.body
-    FROM unnest(CAST(:ids AS text[]), CAST(:bodies AS text[])) AS e(id, body),
-         unnest(CAST(:urls AS text[])) AS url
-    """
-)
+# `call.utterance` rows, one per utterance the statement stores and endpoint, as a CTE of that
+# statement (after `held`, a row when it stores anything): the event's text is the utterance's,
+# and nothing more. Its parameters: utterance_params.
+UTTERANCE_OUTBOX = """
+    utterance_outbox AS (
+        INSERT INTO webhook_delivery (event_id, event_type, call_id, endpoint, body)
+        SELECT e.id, :ue_type, held.call_id, url, e.body
+        FROM held, unnest(CAST(:ue_ids AS text[]), CAST(:ue_bodies AS text[])) AS e(id, body),
+             unnest(CAST(:ue_urls AS text[])) AS url
+    )"""
 
 
-async def announce_utterances(
-    conn: AsyncConnection, call_id: str, said: Sequence[Said], webhooks: Webhooks
-) -> None:
-    """`call.utterance` rows for each of `said`, in the caller's transaction (the one storing
-    them), if any endpoint wants them; the event's text is the utterance's, and nothing more."""
-    if EventType.UTTERANCE not in webhooks.events or not webhooks.endpoints or not said:
-        return
-    params = {
-        "type": EventType.UTTERANCE.value,
-        "call_id": call_id,
-        "ids": [new_event_id() for _ in said],
-        "bodies": [webhooks.utterance_body(call_id, s) for s in said],
-        "urls": list(webhooks.endpoints),
+def utterance_params(call_id: str, said: Sequence[Said], webhooks: Webhooks) -> dict[str, Any]:
+    """UTTERANCE_OUTBOX's parameters: none of its rows unless an endpoint wants them."""
+    wanted = EventType.UTTERANCE in webhooks.events and webhooks.endpoints and said
+    return {
+        "ue_type": EventType.UTTERANCE.value,
+        "ue_ids": [new_event_id() for _ in said] if wanted else [],
+        "ue_bodies": [webhooks.utterance_body(call_id, s) for s in said] if wanted else [],
+        "ue_urls": list(webhooks.endpoints) if wanted else [],
     }
-    await conn.execute(_UTTERANCE_EVENTS, params)

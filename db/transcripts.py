@@ -1,8 +1,15 @@
 """A call's transcript at rest: the windows of each track that have been transcribed and the
-utterances found in them. A window is written once: `store_window` takes the call's transcript
-lock and stores only if the track's transcribed stretch still ends where the window starts, so
-a live transcription and the call's final one racing for the same window store it once (the
-loser's work is dropped, and it carries on from the new end)."""
+utterances found in them. A window is written once: `store_window` stores it only if the track's
+transcribed stretch ends where the window starts, so a live transcription and the call's final
+one racing for the same window store it once (the loser's work is dropped, and it carries on
+from the new end).
+
+One statement, one round trip: the check, the window, its utterances and their webhooks. Two
+racing statements may both see the stretch end at the window's start (each its own snapshot),
+but then both windows start there, and the window's key (call, track, start) lets only the first
+in: the other waits for it and stores nothing. A stale snapshot cannot let a window in anywhere
+else: the track's windows follow each other from 0, so where a stale view's stretch ends, a newer
+window starts, and that key is taken."""
 
 from __future__ import annotations
 
@@ -13,24 +20,33 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from db.feed_events import Said
-from db.outbox import Webhooks, announce_utterances
+from db.outbox import UTTERANCE_OUTBOX, Webhooks, utterance_params
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:call_id, 17))")
-_END = text(
-    "SELECT coalesce(max(end_sample), 0) FROM transcript_window"
-    " WHERE call_id = :call_id AND track = :track"
-)
 _ENDS = text(
     "SELECT track, max(end_sample) AS done FROM transcript_window WHERE call_id = :call_id"
     " GROUP BY track"
 )
-_WINDOW = text(
-    "INSERT INTO transcript_window (call_id, track, start_sample, end_sample)"
-    " VALUES (:call_id, :track, :start, :end)"
-)
-_UTTERANCE = text(
-    "INSERT INTO utterance (call_id, track, start_s, end_s, text, sentiment_label,"
-    " sentiment_score) VALUES (:call_id, :track, :start_s, :end_s, :text, :label, :score)"
+_STORE_WINDOW = text(
+    f"""
+    WITH held AS (
+        INSERT INTO transcript_window (call_id, track, start_sample, end_sample)
+        SELECT :call_id, :track, :start, :end
+        WHERE (SELECT coalesce(max(end_sample), 0) FROM transcript_window
+               WHERE call_id = :call_id AND track = :track) = :start
+        ON CONFLICT DO NOTHING
+        RETURNING call_id
+    ), said AS (
+        INSERT INTO utterance (call_id, track, start_s, end_s, text, sentiment_label,
+                               sentiment_score)
+        SELECT held.call_id, u.track, u.start_s, u.end_s, u.text, u.label, u.score
+        FROM held, unnest(CAST(:u_track AS smallint[]), CAST(:u_start AS float8[]),
+                          CAST(:u_end AS float8[]), CAST(:u_text AS text[]),
+                          CAST(:u_label AS text[]), CAST(:u_score AS float8[]))
+                   WITH ORDINALITY AS u(track, start_s, end_s, text, label, score, n)
+        ORDER BY u.n
+    ), {UTTERANCE_OUTBOX}
+    SELECT count(*) FROM held
+    """
 )
 _UTTERANCES = text(
     "SELECT track, start_s, end_s, text, sentiment_label, sentiment_score FROM utterance"
@@ -61,37 +77,28 @@ async def store_window(
     utterances: Sequence[UtteranceRow],
     webhooks: Webhooks,
 ) -> bool:
-    """Store the track's window [start, end) (samples) and its utterances, in the caller's
-    transaction, with their `call.utterance` webhooks if `webhooks` wants them; False, storing
-    nothing, if the track's transcribed stretch no longer ends at `start` (another run stored
+    """Store the track's window [start, end) (samples) and its utterances, with their
+    `call.utterance` webhooks if `webhooks` wants them, in one statement; False, storing
+    nothing, if the track's transcribed stretch does not end at `start` (another run stored
     this window first)."""
-    await conn.execute(_LOCK, {"call_id": call_id})
-    done = await conn.scalar(_END, {"call_id": call_id, "track": track})
-    if int(done or 0) != start:
-        return False
-    await conn.execute(_WINDOW, {"call_id": call_id, "track": track, "start": start, "end": end})
-    if utterances:
-        await conn.execute(
-            _UTTERANCE,
-            [
-                {
-                    "call_id": call_id,
-                    "track": u.track,
-                    "start_s": u.start_s,
-                    "end_s": u.end_s,
-                    "text": u.text,
-                    "label": u.sentiment_label,
-                    "score": u.sentiment_score,
-                }
-                for u in utterances
-            ],
-        )
-        said = [
-            Said.of(u.track, u.start_s, u.end_s, u.text, u.sentiment, webhooks.speakers)
-            for u in utterances
-        ]
-        await announce_utterances(conn, call_id, said, webhooks)
-    return True
+    said = [
+        Said.of(u.track, u.start_s, u.end_s, u.text, u.sentiment, webhooks.speakers)
+        for u in (utterances if webhooks.endpoints else ())
+    ]
+    params = {
+        "call_id": call_id,
+        "track": track,
+        "start": start,
+        "end": end,
+        "u_track": [u.track for u in utterances],
+        "u_start": [u.start_s for u in utterances],
+        "u_end": [u.end_s for u in utterances],
+        "u_text": [u.text for u in utterances],
+        "u_label": [u.sentiment_label for u in utterances],
+        "u_score": [u.sentiment_score for u in utterances],
+        **utterance_params(call_id, said, webhooks),
+    }
+    return bool(await conn.scalar(_STORE_WINDOW, params))
 
 
 async def transcribed_to(session: AsyncSession, call_id: str) -> dict[int, int]:

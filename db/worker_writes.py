@@ -42,6 +42,9 @@ class Claim:
     # Failed attempts of the final runs in this generation, by unit of work (budget_key): a
     # budget spent stays spent if the worker dies. A live window's attempts spend none of it.
     failed: dict[str, int]
+    # What the call was opened with (its media format: how to read its audio), known with the
+    # claim so that the run needs no read of the row for it.
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +251,7 @@ async def flush_new_call(
     del params["ai_attempts"]
     if not await conn.scalar(_FLUSH_NEW_CALL, params):
         return None
-    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {})
+    return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {}, live.metadata)
 
 
 async def fail_new_call(

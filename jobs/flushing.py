@@ -116,7 +116,7 @@ async def fail_for_good(
 
 
 async def _row_exists(res: WorkerResources, call_id: str) -> bool:
-    async with res.sessions() as session:
+    async with res.reads() as session:
         return await calls.get_call(session, call_id) is not None
 
 

@@ -224,7 +224,7 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
                 limiter=res.ai_limiter,
             )
 
-    metadata = await _metadata(res, call_id)
+    metadata = claim.metadata
     try:
         transcript = claim.transcript
         if transcript is None:
@@ -233,11 +233,14 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
             await transcribe_ready(
                 res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI
             )
-            transcript = flat_text(await _utterances(res, call_id))
+            said = await _utterances(res, call_id)
+            transcript = flat_text(said)
             # Kept at once: a worker that dies during sentiment must not cost a transcription.
             journal.transcript = transcript
             if not await journal.save():
                 raise LeaseLost(call_id)
+        else:
+            said = None  # an earlier run kept the transcript: the figures read the utterances
         journal.spoken = transcript
         scored = await sentiment(transcript)
     except StepExhausted as exc:
@@ -247,13 +250,13 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
         CallState.ARCHIVED,
         "transcription and sentiment stored",
         sentiment=(scored.label, scored.score),
-        conversation=(await _conversation(res, call_id, metadata)).model_dump(),
+        conversation=(await _conversation(res, call_id, metadata, said)).model_dump(),
     )
     return journal.announcements()
 
 
 async def _utterances(res: WorkerResources, call_id: str) -> list[Utterance]:
-    async with res.sessions() as session:
+    async with res.reads() as session:
         rows = await transcripts.utterances(session, call_id)
     return [
         Utterance(
@@ -268,24 +271,22 @@ async def _utterances(res: WorkerResources, call_id: str) -> list[Utterance]:
 
 
 async def _conversation(
-    res: WorkerResources, call_id: str, metadata: dict[str, Any] | None
+    res: WorkerResources,
+    call_id: str,
+    metadata: dict[str, Any] | None,
+    said: list[Utterance] | None,
 ) -> Conversation:
-    """The call's figures from its utterances: per speaker, silence, overlap."""
+    """The call's figures from its utterances (`said`, if this run read them already): per
+    speaker, silence, overlap."""
     try:
-        reader = SegmentReader(res.sessions, call_id, res.objects)
+        reader = SegmentReader(res.reads, call_id, res.objects)
         seconds = (await load_recording(reader, metadata, res.settings)).seconds
     except NotAudio:
         seconds = 0.0  # text packets: no time to speak of
     names = speaker_names(res.settings.speaker_names)
-    said = await _utterances(res, call_id)
+    if said is None:
+        said = await _utterances(res, call_id)
     # Off the event loop: it scores each speaker's words (VADER is CPU work: invariant 14).
     return await asyncio.to_thread(
         conversation, said, seconds, names, utterance_scorer(res.settings)
     )
-
-
-async def _metadata(res: WorkerResources, call_id: str) -> dict[str, Any] | None:
-    """What the call was opened with (its mediaFormat says how to decode its audio)."""
-    async with res.sessions() as session:
-        call = await calls.get_call(session, call_id)
-    return call.start_metadata if call is not None else None

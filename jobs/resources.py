@@ -49,6 +49,11 @@ class WorkerResources:
     engine: AsyncEngine
     autocommit: AsyncEngine  # the same pool, for statements atomic on their own
     sessions: async_sessionmaker[AsyncSession]
+    # Reads of one statement each on the autocommit engine: a read costs one round trip, where
+    # a session's costs three (BEGIN, the read, ROLLBACK). Under READ COMMITTED each statement
+    # sees its own snapshot anyway; a read that needs one snapshot for several statements, and
+    # any write, takes `sessions` (or `engine.begin()`).
+    reads: async_sessionmaker[AsyncSession]
     ai: AIClient
     webhooks: Webhooks  # who wants which events: written with the states (db/outbox.py)
     objects: ObjectStore | None = None  # AUDIO_STORE_URL: where segments' bytes go
@@ -136,6 +141,7 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
     )
     leases = Leases(redis)
     events = EventLog(redis, feed_limits(settings))
+    reads = autocommit(engine)
     return WorkerResources(
         settings=settings,
         redis=redis,
@@ -151,8 +157,9 @@ def make_resources(settings: Settings, ai: AIClient | None = None) -> WorkerReso
         ),
         ai_limiter=AiLimiter(AiSlots(redis, ai_concurrency(settings), ai_slot_ttl_s(settings))),
         engine=engine,
-        autocommit=autocommit(engine),
+        autocommit=reads,
         sessions=make_sessionmaker(engine),
+        reads=make_sessionmaker(reads),
         ai=ai or make_ai_client(settings),
         webhooks=Webhooks(
             settings.webhook_urls,

@@ -211,7 +211,7 @@ async def _transcribe_ready(
     final: bool,
     state: CallState,
 ) -> Ready:
-    reader = SegmentReader(res.sessions, call_id, res.objects)
+    reader = SegmentReader(res.reads, call_id, res.objects)
     try:
         recording = await load_recording(reader, metadata, res.settings)
     except NotAudio as exc:
@@ -249,7 +249,7 @@ async def _transcribe_ready(
 
 
 async def _transcribed_to(res: WorkerResources, call_id: str) -> dict[int, int]:
-    async with res.sessions() as session:
+    async with res.reads() as session:
         return await transcripts.transcribed_to(session, call_id)
 
 
@@ -375,7 +375,7 @@ async def _store(
         UtteranceRow(u.track, u.start_s, u.end_s, u.text, u.sentiment.label, u.sentiment.score)
         for u in found
     ]
-    async with res.engine.begin() as conn:
+    async with res.autocommit.connect() as conn:  # one statement, atomic on its own
         if not await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks):
             log.info("%s: a window was transcribed twice; kept the first", call_id,
                      extra=about(call_id))  # fmt: skip

@@ -26,7 +26,6 @@ from db.feed_relay import FeedRelay
 from db.job_failures import JobFailures
 from db.outages import is_outage, postgres_refusal, store_refusal
 from db.redis_client import is_cluster
-from db.states import TERMINAL_STATES
 from jobs import polling, resilience
 from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
@@ -51,9 +50,6 @@ def outage_backoff_s(job_try: int, cap_s: float) -> float:
 # (jobs/sweep.py), so a segment's flush is bounded by time, and so is a call's.
 SEGMENT_JOB_TRIES = 8
 LIVE_JOB_TRIES = 3  # a live pass is best effort: the call's final run transcribes what is left
-
-
-_FINISHED = frozenset(state.value for state in TERMINAL_STATES)
 
 
 def what_failed(exc: BaseException) -> str:
@@ -88,8 +84,8 @@ async def process_call_job(ctx: dict[str, Any], call_id: str) -> str:
         # then ends the call FAILED with this error (jobs/sweep.py).
         await _note_failure(res, call_id, exc)
         raise
-    if state in _FINISHED:
-        await JobFailures(res.redis).forget(call_id)  # a replay starts with no re-run counted
+    # A finished call's re-run count went with its release (db/lua/release.lua): a replay
+    # starts with none counted.
     took = time.monotonic() - started
     log.info("call %s: %s after %.1fs", call_id, state, took, extra=about(call_id))
     return state

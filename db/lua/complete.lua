@@ -6,6 +6,12 @@
 --   the COMPLETED event as JSON (db/feed_events.py)
 -- Returns {outcome, state}: outcome is completed | already | unknown | active
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- A finished call's hash goes with its release (release.lua), its done marker stays: it was
+  -- completed (its state is PostgreSQL's now). An erased call's tombstone knows no call.
+  local done = redis.call('GET', KEYS[2])
+  if done and done ~= 'erased' then
+    return {'already', ''}
+  end
   return {'unknown', ''}
 end
 if ARGV[4] ~= '' then
@@ -14,7 +20,9 @@ if ARGV[4] ~= '' then
     return {'active', 'IN_PROGRESS'}
   end
 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX') then
+-- The marker's value is never read (only an erasure's tombstone is told apart): '1', an integer
+-- Redis keeps in the key's own object, is the smallest a marker that lives for days can be.
+if redis.call('SET', KEYS[2], '1', 'NX') then
   redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'completed_at', ARGV[2],
     'completion_reason', ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[1])

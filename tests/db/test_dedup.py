@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from db.flush import FlushSource
 from db.intake import CallIntake
-from db.keys import call_keys
+from db.job_failures import RERUNS, JobFailures
+from db.keys import CallKeys, call_keys
 from db.live import LiveCalls
 from db.packets import NewPacket, Outcome, Track
 from tests.conftest import FEED
@@ -182,12 +183,13 @@ async def test_the_missing_list_stops_at_the_cap_however_many_runs_the_call_has(
     assert record.missing_count == 9_999
 
 
-async def test_the_release_deletes_what_the_call_sent_and_lets_the_rest_expire(redis: Redis):
+async def test_the_release_leaves_only_the_done_marker_of_a_stored_call(redis: Redis):
     intake, keys = CallIntake(redis, feed=FEED), call_keys("gone")
     await intake.open_call("gone", {"callSid": "gone"}, ttl_s=10_000)
     await intake.append("gone", packets([0, 5, 6, OLD_BITMAP_LIMIT, TOP]))
     await intake.append("gone", [NewPacket(3, 1.0, "agent", Track.OUTBOUND)])
     await redis.set(keys.lease, "worker-1")
+    await JobFailures(redis).count("gone", RERUNS)
     await intake.complete("gone", "explicit")
     await redis.xtrim(keys.packets, maxlen=0)  # its segments stored them: the flush trims
 
@@ -197,11 +199,33 @@ async def test_the_release_deletes_what_the_call_sent_and_lets_the_rest_expire(r
         key.decode(): await redis.ttl(key)
         async for key in redis.scan_iter(keys.meta.removesuffix("meta") + "*")
     }
-    # Redis is a buffer: the stream and the dedup runs go at once (the done marker refuses
-    # late packets from now on); the status and the marker linger.
-    assert set(left) == {keys.meta, keys.metadata, keys.done}
-    assert all(0 < ttl <= 100 for key, ttl in left.items() if key != keys.done)
+    # Redis is a buffer: PostgreSQL answers for the call now; only the done marker stays, to
+    # refuse late packets, and expires.
+    assert set(left) == {keys.done}
     assert 100 < left[keys.done] <= 1000
+    assert [await redis.zscore(index, "gone") for index in _indexes(keys)] == [None] * 4
+
+
+async def test_the_release_keeps_a_tail_no_store_took_for_the_retention(redis: Redis):
+    intake, keys = CallIntake(redis, feed=FEED), call_keys("refused")
+    await intake.open_call("refused", {"callSid": "refused"}, ttl_s=10_000)
+    await intake.append("refused", packets([0, 1, 2]))
+    await JobFailures(redis).count("refused", RERUNS)
+    await intake.complete("refused", "explicit")
+
+    await FlushSource(redis, FEED).release("refused", retention_s=100, marker_retention_s=1000)
+
+    # A replay within the retention stores what the refusal left; the counts start afresh.
+    assert await redis.xlen(keys.packets) == 3
+    for key in (keys.packets, keys.meta, keys.metadata, keys.runs):
+        assert 0 < await redis.ttl(key) <= 100
+    assert not await redis.exists(keys.failures)
+    assert 100 < await redis.ttl(keys.done) <= 1000
+
+
+def _indexes(keys: CallKeys) -> tuple[str, ...]:
+    s = keys.shard
+    return (s.idle, s.unflushed, s.pending, s.segments)
 
 
 def missing_between(present: list[int], first: int, last: int, cap: int) -> list[int]:

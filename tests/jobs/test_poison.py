@@ -54,8 +54,9 @@ async def moves(engine: AsyncEngine, call_id: str) -> list[Any]:
 async def assert_finished_for_good(res: WorkerResources, call_id: str) -> None:
     """Released like any finished call, and nothing will run it again by itself."""
     keys = call_keys(call_id)
-    assert await res.redis.exists(keys.packets, keys.runs, keys.runs_outbound) == 0  # at once
-    assert 0 < await res.redis.ttl(keys.meta) <= res.settings.key_retention_s
+    # At once: PostgreSQL holds all of it; only the done marker stays, to refuse late packets.
+    sent = (keys.packets, keys.runs, keys.runs_outbound, keys.meta, keys.metadata)
+    assert await res.redis.exists(*sent, keys.failures) == 0
     assert await res.redis.ttl(keys.done) > 0
     assert await res.redis.zscore(call_keys(call_id).shard.pending, call_id) is None
     assert await res.redis.zscore(call_keys(call_id).shard.unflushed, call_id) is None
