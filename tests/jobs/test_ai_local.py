@@ -203,7 +203,9 @@ class Borrowed:
     def __init__(self, ai: LocalAI) -> None:
         self.ai = ai
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         return await self.ai.transcribe_segments(call_id, audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:

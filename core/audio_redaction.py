@@ -1,0 +1,114 @@
+"""REDACT_PII=transcript,audio: where in the recording personal data was said, and which stored
+bytes silence it. Pure functions: the worker (jobs/transcription.py) finds the spans as it
+redacts a window's text, and rewrites the rows (db/segments.py's silence) in the transaction that
+stores the window, so a window is never stored with its spans still audible.
+
+Times come from the provider's word times: a span of the text (core/redaction.py's find_pii) is
+silenced from its first word's start to its last word's end, PAD_S wider on each side (a word's
+time is the model's estimate). A stretch without word times (the mock, a server that ignored the
+granularity), or whose words cannot be found in its text, is silenced whole: `fell_back` says so,
+for the call's history.
+
+Bytes: a track's timeline (core/recording.py's TrackLine) says which row, and where in it, holds
+each sample, so a stretch of samples becomes byte ranges of rows; those are overwritten with the
+codec's silence, the same length, so nothing else of the row (sizes, runs) changes and writing
+them twice writes the same thing (a re-run is harmless)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.audio import AudioFormat
+from core.recording import TrackLine
+from core.redaction import Entity, find_pii
+from db.segments import PayloadEdit
+
+PAD_S = 0.15
+# Each codec's silence: the byte (or bytes) that decode to 0 (A-law has no 0: 0xD5 is +8).
+_SILENCE = {"mulaw": b"\xff", "alaw": b"\xd5", "l16": b"\x00\x00"}
+
+WordTime = tuple[float, float, str]  # start_s, end_s, text
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What to silence of one stretch of speech: spans of seconds, and whether they are the
+    whole stretch for want of word times."""
+
+    spans: list[tuple[float, float]]
+    fell_back: bool
+
+
+def pii_times(
+    text: str,
+    start_s: float,
+    end_s: float,
+    words: Sequence[WordTime] | None,
+    entities: Iterable[Entity],
+) -> Found:
+    """The seconds to silence for the personal data in `text`, said from start_s to end_s,
+    with its words' times if the provider gave them."""
+    found = find_pii(text, entities)
+    if not found:
+        return Found([], fell_back=False)
+    located = _located(text, words or ())
+    spans = []
+    for span in found:
+        inside = [(a, b) for (lo, hi), (a, b, _) in located if lo < span.end and hi > span.start]
+        if not inside:
+            return Found([(start_s, end_s)], fell_back=True)
+        spans.append((max(start_s, inside[0][0] - PAD_S), min(end_s, inside[-1][1] + PAD_S)))
+    return Found(spans, fell_back=False)
+
+
+def _located(text: str, words: Sequence[WordTime]) -> list[tuple[tuple[int, int], WordTime]]:
+    """Each word found in `text`, in order, with its character offsets there (a word the text
+    does not hold, as the model wrote it, is left out)."""
+    located, at, lowered = [], 0, text.lower()
+    for word in words:
+        said = word[2].strip().lower()
+        if not said:
+            continue
+        found = lowered.find(said, at)
+        if found < 0:
+            bare = said.strip(".,?!;:\"'")
+            found = lowered.find(bare, at) if bare else -1
+            said = bare
+        if found < 0:
+            continue
+        located.append(((found, found + len(said)), word))
+        at = found + len(said)
+    return located
+
+
+def silences(
+    line: TrackLine, rows: Sequence[tuple[int, int]], fmt: AudioFormat, start: int, end: int
+) -> list[PayloadEdit]:
+    """The edits that silence samples [start, end) of the track (its own timeline): the stored
+    bytes there, in whichever rows hold them; a text row's packets (base64 audio) are silenced
+    whole, each re-encoded to the same length."""
+    edits = []
+    first = max(int(np.searchsorted(line.starts, start, side="right")) - 1, 0)
+    for i in range(first, len(line.starts)):
+        begin = int(line.starts[i])
+        if begin >= end:
+            break
+        a, b = max(start, begin), min(end, begin + int(line.lengths[i]))
+        if b <= a:
+            continue
+        segment, track = rows[int(line.rows[i])]
+        at, stride, per = int(line.at[i]), int(line.stride[i]), int(line.per[i])
+        if not stride:
+            skip = (a - begin) * fmt.sample_bytes
+            data = _SILENCE[fmt.codec] * (b - a)
+            edits.append(PayloadEdit(segment, track, at + skip, data))
+            continue
+        k0, k1 = (a - begin) // per, -(-(b - begin) // per)
+        packet = base64.b64encode(_SILENCE[fmt.codec] * per)
+        if len(packet) == stride:  # always, for data that decoded to `per` samples
+            edits.append(PayloadEdit(segment, track, at + k0 * stride, packet * (k1 - k0)))
+    return edits
