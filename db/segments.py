@@ -210,9 +210,10 @@ _KEYS = text(
 # overlay() on an EXTERNAL bytea: PostgreSQL writes the row's value anew (its old version goes
 # with VACUUM, as any UPDATE's); the same length in and out.
 _OVERLAY = text(
-    "UPDATE call_segment SET payload = overlay(payload PLACING :data FROM :start FOR :length)"
+    "UPDATE call_segment SET payload = overlay(payload PLACING CAST(:data AS bytea)"
+    " FROM CAST(:start AS int) FOR CAST(:length AS int))"
     " WHERE call_id = :call_id AND segment = :segment AND track = :track"
-    " AND object_key IS NULL AND length(payload) >= :start + :length - 1"
+    " AND object_key IS NULL AND length(payload) >= CAST(:start AS int) + :length - 1"
 )
 
 
