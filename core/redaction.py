@@ -178,15 +178,11 @@ def _covered(tokens: Sequence[_Token], span: Span) -> range:
 def _value(tokens: Sequence[_Token], i: int) -> tuple[str, int] | None:
     """The digits token i (and the tokens it takes with it) says, and how many tokens it took:
     "41" -> ("41", 1); "forty one" -> ("41", 2); "double four" -> ("44", 2)."""
-    word = tokens[i].word.removesuffix("st").removesuffix("nd").removesuffix("rd")
-    word = word.removesuffix("th") if word[:1].isdigit() else tokens[i].word
+    word = _ordinal_digits(tokens[i].word)
     if word.isdigit():
         return word, 1
     if word in _SCALES:
-        group = _value(tokens, i + 1) if i + 1 < len(tokens) else None
-        if group is None or tokens[i + 1].word in _SCALES:
-            return "000", 1
-        return group[0].zfill(3), 1 + group[1]
+        return _scaled(tokens, i)
     hundreds = _hundreds(tokens, i)
     if hundreds is not None:
         return hundreds
@@ -204,6 +200,22 @@ def _value(tokens: Sequence[_Token], i: int) -> tuple[str, int] | None:
         if repeated is not None and len(repeated[0]) == 1:
             return repeated[0] * _REPEAT[word], 1 + repeated[1]
     return None
+
+
+def _scaled(tokens: Sequence[_Token], i: int) -> tuple[str, int]:
+    """A scale word ("thousand") and the group of three digits it leads: "thousand nine" ->
+    ("009", 2); alone, "000"."""
+    group = _value(tokens, i + 1) if i + 1 < len(tokens) else None
+    if group is None or tokens[i + 1].word in _SCALES:
+        return "000", 1
+    return group[0].zfill(3), 1 + group[1]
+
+
+def _ordinal_digits(word: str) -> str:
+    """ "4th" -> "4" (Whisper writes some digits read out so); any other word as it is."""
+    if word[:1].isdigit() and word[-2:] in ("st", "nd", "rd", "th"):
+        return word[:-2]
+    return word
 
 
 def _hundreds(tokens: Sequence[_Token], i: int) -> tuple[str, int] | None:
@@ -286,6 +298,10 @@ def _classify(tokens: Sequence[_Token], run: _Run) -> Entity | None:
         return Entity.PHONE_NUMBER
     if n > 19 and _starts_with_card(tokens, run):
         return Entity.CARD_NUMBER  # read on into its expiry or code: all of it goes
+    if n > 19 and _said(context, ({"card"}, {"number"})):
+        # A card number misheard (Whisper doubles digits: "4,100,1011,111, ..."), too long for
+        # any card, phone or code; a 13-19 digit run failing Luhn stays (a reference number).
+        return Entity.CARD_NUMBER
     return None
 
 
@@ -352,7 +368,7 @@ def _unlinked_emails(text: str, tokens: Sequence[_Token], found: list[Span]) -> 
     """An address whose "at" the model lost ("jo doe example dot com"): a domain after an
     e-mail's cue ("email", "send it to"), with the few words before it (its local part), up to
     the cue or a word no address holds."""
-    spans = []
+    spans: list[Span] = []
     for i in range(len(tokens)):
         if any(sp.start <= tokens[i].start < sp.end for sp in [*found, *spans]):
             continue

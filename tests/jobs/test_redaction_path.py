@@ -1,7 +1,8 @@
 """REDACT_PII=transcript: a card number, a phone number and an e-mail said in a call (the mock's
 text packets, written and spoken forms) are redacted before anything stores or tells them: not in
 the utterances, the transcript, the feed, PostgreSQL's rows; sentiment is scored on the redacted
-text. Real Redis, PostgreSQL, arq (REDACT_PII=transcript,audio: tests/jobs/test_audio_redaction.py)."""
+text. Real Redis, PostgreSQL, arq (REDACT_PII=transcript,audio:
+tests/jobs/test_audio_redaction.py)."""
 
 from __future__ import annotations
 
