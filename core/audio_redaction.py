@@ -9,6 +9,10 @@ time is the model's estimate). A stretch without word times (the mock, a server 
 granularity), or whose words cannot be found in its text, is silenced whole: `fell_back` says so,
 for the call's history.
 
+A late packet (one whose sequence is below what an earlier segment of its track holds) lands in
+a stretch that may have been transcribed, and so redacted, already: it is never transcribed, so
+it is stored silenced (`mute_late`), never heard back in the recording.
+
 Bytes: a track's timeline (core/recording.py's TrackLine) says which row, and where in it, holds
 each sample, so a stretch of samples becomes byte ranges of rows; those are overwritten with the
 codec's silence, the same length, so nothing else of the row (sizes, runs) changes and writing
@@ -18,14 +22,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from core.audio import AudioFormat
 from core.recording import TrackLine
 from core.redaction import Entity, find_pii
-from db.segments import PayloadEdit
+from db.segments import PayloadEdit, SegmentRow
 
 PAD_S = 0.15
 # Each codec's silence: the byte (or bytes) that decode to 0 (A-law has no 0: 0xD5 is +8).
@@ -112,3 +116,23 @@ def silences(
         if len(packet) == stride:  # always, for data that decoded to `per` samples
             edits.append(PayloadEdit(segment, track, at + k0 * stride, packet * (k1 - k0)))
     return edits
+
+
+def mute_late(
+    rows: list[SegmentRow], highest: dict[int, int], fmt: AudioFormat
+) -> list[SegmentRow]:
+    """A segment's rows with the audio of its late packets (a sequence at most `highest[track]`,
+    what earlier segments hold) silenced, the same length; text rows as they are."""
+    muted = []
+    for row in rows:
+        before = highest.get(row.track)
+        if before is None or row.encoding != str(fmt) or row.sequences[0] > before:
+            muted.append(row)
+            continue
+        payload, at = bytearray(row.payload), 0
+        for sequence, size in zip(row.sequences, row.sizes, strict=True):
+            if sequence <= before:
+                payload[at : at + size] = _SILENCE[fmt.codec] * (size // fmt.sample_bytes)
+            at += size
+        muted.append(replace(row, payload=bytes(payload)))
+    return muted

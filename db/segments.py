@@ -202,6 +202,21 @@ _VERSION = text(
     " coalesce(sum(packets), 0) AS packets FROM call_segment WHERE call_id = :call_id"
 )
 
+_HIGHEST = text(
+    "SELECT track, max(last_sequence) AS highest FROM call_segment WHERE call_id = :call_id"
+    " GROUP BY track"
+)
+
+
+async def highest_sequences(conn: AsyncConnection, call_id: str) -> dict[int, int]:
+    """Each track's highest sequence stored, under the call's flush lock (store_segment takes
+    it again, in the same transaction: what it stores next comes after exactly these)."""
+    await conn.execute(_LOCK, {"call_id": call_id})
+    return {
+        int(r.track): int(r.highest) for r in await conn.execute(_HIGHEST, {"call_id": call_id})
+    }
+
+
 _KEYS = text(
     "SELECT segment, track, object_key FROM call_segment WHERE call_id = :call_id"
     " AND (segment, track) IN"

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.audio import AudioFormat, UnsupportedAudio, parse_format
+from core.audio_redaction import mute_late
 from core.recording import build_rows, call_format
 from db.feed_events import SegmentEvent
 from db.keys import call_keys
 from db.packets import StoredPacket
-from db.segments import TEXT, SegmentRow, store_segment
+from db.segments import TEXT, Build, SegmentRow, highest_sequences, store_segment
 from db.states import CallState
 from jobs.queue import enqueue_live_transcription
 from jobs.resources import WorkerResources
@@ -95,9 +97,8 @@ async def flush_tail(
         if not page:
             return done
         async with res.engine.begin() as conn:
-            stored = await store_segment(
-                conn, call_id, page, lambda new: build_rows(new, fmt, said), res.objects
-            )
+            build = await _builder(res, conn, call_id, fmt, said)
+            stored = await store_segment(conn, call_id, page, build, res.objects)
         event = None
         if stored.segment is not None:
             event = segment_event(call_id, stored.segment, list(stored.rows), state)
@@ -107,6 +108,17 @@ async def flush_tail(
         if not more:
             return done
         after, page = page[-1].entry, None
+
+
+async def _builder(
+    res: WorkerResources, conn: AsyncConnection, call_id: str, fmt: AudioFormat | None, said: bool
+) -> Build:
+    """How a segment's rows are built; with audio redaction, late packets' audio is silenced
+    (core/audio_redaction.py: they land where the transcription has been already)."""
+    if fmt is None or not res.settings.redact_audio:
+        return lambda new: build_rows(new, fmt, said)
+    highest = await highest_sequences(conn, call_id)
+    return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 
 def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPacket], bool]:

@@ -8,6 +8,7 @@ the call's history says so."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import re
@@ -30,6 +31,8 @@ from jobs.ai_local import LocalAI
 from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment
+from db.segments import silence
+from jobs import transcription
 from jobs.transcription import AUDIO_REDACTION, live_pass
 from service.app import create_asgi
 from settings import Settings
@@ -166,8 +169,11 @@ async def test_a_card_phone_and_email_said_are_silenced_in_the_recording_and_gon
 
 
 class NoWordTimes:
-    """A provider that hears personal data in every window of audio and gives no word times
-    (as the mock gives none); text packets it reads as the mock does."""
+    """A provider that hears `says` in every window of audio (by default personal data), and
+    gives no word times (as the mock gives none); text packets it reads as the mock does."""
+
+    def __init__(self, says: str = f"my card number is {CARD}") -> None:
+        self.says = says
 
     async def transcribe_segments(
         self, call_id: str, audio: SpeechSource, *, words: bool = False
@@ -175,7 +181,7 @@ class NoWordTimes:
         if await audio.texts():
             return await mock_spoken(audio)
         seconds = (await audio.facts()).seconds
-        return [Spoken(0.0, seconds, f"my card number is {CARD}")]
+        return [Spoken(0.0, seconds, self.says)]
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         return sentiment_of(transcript)
@@ -242,6 +248,65 @@ async def test_a_live_call_serves_only_audio_already_transcribed_and_silenced(
     # silenced; the rest waits for the next window.
     assert 0 < len(got) < len(audio)
     assert not got.any()
+
+
+async def test_a_worker_killed_mid_rewrite_leaves_the_window_to_redo_and_the_next_run_silences_it(
+    server_urls: tuple[str, str], engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+):
+    settings = settings_for(server_urls)
+    audio = tone(2.0) + speech.silence(400) + tone(0.6)
+    stored = "SELECT string_agg(payload, '' ORDER BY segment) FROM call_segment WHERE call_id = 'pii-kill'"
+
+    async def killed_after_rewriting(*args: Any, **kwargs: Any) -> int:
+        await silence(*args, **kwargs)
+        raise asyncio.CancelledError  # the worker dies before the window's transaction commits
+
+    res = make_resources(settings, ai=NoWordTimes())
+    try:
+        await send(res, "pii-kill", {Track.INBOUND: audio}, live=False)
+        monkeypatch.setattr(transcription, "silence", killed_after_rewriting)
+        with pytest.raises(asyncio.CancelledError):
+            await live_pass(res, "pii-kill")
+        # Rolled back together: no window stored, so nothing served and the audio as sent.
+        assert (await rows(engine, stored))[0][0] == audio
+        assert len(await recording(settings, "pii-kill")) == 0
+        monkeypatch.setattr(transcription, "silence", silence)
+        await res.ingestion.complete("pii-kill")
+        assert await process_call(res, "pii-kill") == "ARCHIVED"
+    finally:
+        await res.close()
+    got = await recording(settings, "pii-kill")
+    assert len(got) == len(audio)
+    assert not got.any()
+
+
+async def test_a_late_packet_is_stored_silenced_as_it_may_land_where_redaction_has_been(
+    server_urls: tuple[str, str],
+):
+    settings = settings_for(server_urls)
+    audio = tone(3.0)
+    late = range(50, 60)  # 200 ms, sent after the segment around it was stored
+    res = make_resources(settings, ai=NoWordTimes(says="nothing personal here"))
+    try:
+        await res.ingestion.open_call("pii-late", MEDIA)
+        frames = [base64.b64encode(audio[n * FRAME : (n + 1) * FRAME]).decode()
+                  for n in range(len(audio) // FRAME)]  # fmt: skip
+        packets = [NewPacket(n, n * 0.02, f, Track.INBOUND) for n, f in enumerate(frames)]
+        await res.ingestion.append("pii-late", [p for p in packets if p.sequence not in late])
+        await flush_segment(res, "pii-late")
+        await res.ingestion.append("pii-late", [packets[n] for n in late])
+        await res.ingestion.complete("pii-late")
+        assert await process_call(res, "pii-late") == "ARCHIVED"
+    finally:
+        await res.close()
+    got = (await recording(settings, "pii-late"))[:, 0]
+    original = decode(audio, TELEPHONY)
+    assert len(got) == len(original)
+    silenced = slice(late[0] * FRAME, (late[-1] + 1) * FRAME)
+    assert not got[silenced].any()
+    kept = np.ones(len(got), dtype=bool)
+    kept[silenced] = False
+    assert (got[kept] == original[kept]).all()  # nothing else changed
 
 
 async def test_text_packets_are_redacted_in_the_transcript_and_have_no_recording(
