@@ -4,7 +4,8 @@ transcribed live and at its end by the local model (Whisper tiny.en, word times)
 them in the transcript, the feed, the webhooks' outbox or the call's rows, and the recording
 silent where they were said while the rest is what was sent; a live call serves only what has
 been transcribed. With a provider that gives no word times, the whole utterance is silenced and
-the call's history says so."""
+the call's history says so; a worker killed mid-rewrite leaves the window to redo; a late packet
+is stored silenced; text packets are redacted in the transcript and have no recording."""
 
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.audio import TELEPHONY, decode
 from db.keys import EVENTS
 from db.packets import NewPacket, Track
+from db.segments import silence
+from jobs import transcription
 from jobs.ai import Sentiment, SpeechSource, Spoken, mock_spoken, sentiment_of
 from jobs.ai_local import LocalAI
 from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment
-from db.segments import silence
-from jobs import transcription
 from jobs.transcription import AUDIO_REDACTION, live_pass
 from service.app import create_asgi
 from settings import Settings
