@@ -256,7 +256,10 @@ async def test_a_worker_killed_mid_rewrite_leaves_the_window_to_redo_and_the_nex
 ):
     settings = settings_for(server_urls)
     audio = tone(2.0) + speech.silence(400) + tone(0.6)
-    stored = "SELECT string_agg(payload, '' ORDER BY segment) FROM call_segment WHERE call_id = 'pii-kill'"
+    stored = (
+        "SELECT string_agg(payload, '' ORDER BY segment) FROM call_segment"
+        " WHERE call_id = 'pii-kill'"
+    )
 
     async def killed_after_rewriting(*args: Any, **kwargs: Any) -> int:
         await silence(*args, **kwargs)
