@@ -1,7 +1,10 @@
-"""REDACT_PII=transcript,audio: where in the recording personal data was said, and which stored
-bytes silence it. Pure functions: the worker (jobs/transcription.py) finds the spans as it
-redacts a window's text, and rewrites the rows (db/segments.py's silence) in the transaction that
-stores the window, so a window is never stored with its spans still audible.
+"""Personal data in what a call stored, besides its transcript: REDACT_PII=transcript,audio's
+silence in the recording (where personal data was said, and which stored bytes silence it), and,
+with any REDACT_PII, the data of text packets (what the mock's callers send: their text is the
+call's own words) masked where it holds personal data (`mask_text`). Pure functions: the worker
+(jobs/transcription.py) finds the spans as it redacts a window's text, and rewrites the rows
+(db/segments.py's overwrite) in the transaction that stores the window, so a window is never
+stored with its spans still audible.
 
 Times come from the provider's word times: a span of the text (core/redaction.py's find_pii) is
 silenced from its first word's start to its last word's end, PAD_S wider on each side (a word's
@@ -29,7 +32,7 @@ import numpy as np
 from core.audio import AudioFormat
 from core.recording import TrackLine
 from core.redaction import Entity, find_pii
-from db.segments import PayloadEdit, SegmentRow
+from db.segments import TEXT, PayloadEdit, SegmentHead, SegmentRow
 
 PAD_S = 0.15
 # Each codec's silence: the byte (or bytes) that decode to 0 (A-law has no 0: 0xD5 is +8).
@@ -136,3 +139,45 @@ def mute_late(
             at += size
         muted.append(replace(row, payload=bytes(payload)))
     return muted
+
+
+MASK = b"*"  # what a text packet's personal data becomes, a byte for a byte
+
+
+def mask_text(
+    heads: Sequence[SegmentHead], payloads: dict[int, bytes], entities: Iterable[Entity]
+) -> list[PayloadEdit]:
+    """The edits that mask the personal data in one track's text rows (`payloads` by index into
+    `heads`), found in the packets' data joined in sequence order as the transcript is (so a
+    number sent in two packets is found whole); each byte of it becomes MASK, so the rows keep
+    their sizes."""
+    packets = []  # (sequence, row, the data's first byte in the row, the data)
+    for i, head in enumerate(heads):
+        if head.encoding != TEXT or i not in payloads:
+            continue
+        r = head.runs
+        for k in range(len(r.first)):
+            stride, at = int(r.last_size[k]), int(r.at[k])
+            for j in range(int(r.count[k])):
+                data = payloads[i][at + j * stride : at + (j + 1) * stride]
+                packets.append((int(r.first[k]) + j, i, at + j * stride, data))
+    packets.sort()
+    text, placed = "", []  # each packet's stripped text: where it starts in `text`
+    for _, row, at, data in packets:
+        said = data.decode(errors="replace")
+        stripped = said.strip()
+        if not stripped:
+            continue
+        lead = len(said) - len(said.lstrip())
+        text += (" " if text else "") + stripped
+        placed.append((len(text) - len(stripped), len(stripped), said, lead, row, at))
+    edits = []
+    for span in find_pii(text, entities):
+        for start, length, said, lead, row, at in placed:
+            a, b = max(span.start, start), min(span.end, start + length)
+            if b <= a:
+                continue
+            first = len(said[: lead + a - start].encode())
+            size = len(said[lead + a - start : lead + b - start].encode())
+            edits.append(PayloadEdit(heads[row].segment, heads[row].track, at + first, MASK * size))
+    return edits

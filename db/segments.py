@@ -232,17 +232,17 @@ _OVERLAY = text(
 )
 
 
-async def silence(
+async def overwrite(
     conn: AsyncConnection,
     call_id: str,
     edits: Sequence[PayloadEdit],
     objects: ObjectStore | None = None,
 ) -> int:
-    """Overwrite stored bytes in place (audio redaction), in the caller's transaction: rows in
-    PostgreSQL by overlay(), rows in the object store by writing their object anew (before the
-    caller commits, so a crash leaves the audio silenced and the window to do again, never the
-    window stored and the audio not). Idempotent: the same edits write the same bytes. Returns
-    the rows changed."""
+    """Overwrite stored bytes in place (redaction: audio silenced, text masked), in the caller's
+    transaction: rows in PostgreSQL by overlay(), rows in the object store by writing their
+    object anew (before the caller commits, so a crash leaves the audio silenced and the window
+    to do again, never the window stored and the audio not). Idempotent: the same edits write
+    the same bytes. Returns the rows changed."""
     if not edits:
         return 0
     rows = sorted({(e.segment, e.track) for e in edits})

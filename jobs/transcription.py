@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from core.audio import Samples, UnsupportedAudio, quietest_cut
-from core.audio_redaction import pii_times, silences
+from core.audio_redaction import mask_text, pii_times, silences
 from core.conversation import Utterance, split_long
 from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
@@ -42,7 +42,7 @@ from db.events import attempt_event
 from db.feed_events import Said, UtteranceEvent
 from db.keys import call_keys
 from db.leases import TranscriptionLock
-from db.segments import TEXT, PayloadEdit, SegmentReader, silence
+from db.segments import TEXT, PayloadEdit, SegmentReader, overwrite
 from db.states import CallState
 from db.transcripts import UtteranceRow
 from db.worker_writes import AttemptRecord, budget_key
@@ -129,12 +129,12 @@ def _asked(res: WorkerResources, call_id: str, audio: SpeechSource) -> Awaitable
 
 @dataclass(frozen=True, slots=True)
 class Transcribed:
-    """A window's utterances (redacted), and what of its audio to silence (REDACT_PII=
-    transcript,audio): the edits of stored rows, and a note for the call's history when a
-    stretch without word times was silenced whole."""
+    """A window's utterances (redacted), and the edits of its stored rows: its audio silenced
+    where it said personal data (REDACT_PII=transcript,audio), a text track's data masked; and
+    a note for the call's history when a stretch without word times was silenced whole."""
 
     utterances: list[Utterance]
-    silence: list[PayloadEdit] = field(default_factory=list)
+    edits: list[PayloadEdit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -414,7 +414,12 @@ async def _transcribe_text(
         label = f"the {res.settings.speaker_names[track]}'s text"
         spoken = await transcribe(piece, label, 0.0)
         found = await _utterances(res, track, 0.0, spoken)
-        stored += await _store(res, call_id, track, TEXT_WINDOW, Transcribed(found), state, label)
+        # The packets' own text, stored as sent, is masked where it says personal data.
+        masks = []
+        if res.settings.redact_pii != "off":
+            masks = await asyncio.to_thread(mask_text, mine, payloads, res.settings.pii_entities)
+        done_now = Transcribed(found, masks)
+        stored += await _store(res, call_id, track, TEXT_WINDOW, done_now, state, label)
     return stored
 
 
@@ -477,7 +482,7 @@ async def _store(
             log.info("%s: a window was transcribed twice; kept the first", call_id,
                      extra=about(call_id))  # fmt: skip
             return 0
-        await silence(conn, call_id, done.silence, res.objects)
+        await overwrite(conn, call_id, done.edits, res.objects)
         if done.notes:
             await worker_writes.record_live_attempts(
                 conn, call_id, _noted(done.notes, label, state)

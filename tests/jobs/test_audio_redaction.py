@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.audio import TELEPHONY, decode
 from db.keys import EVENTS
 from db.packets import NewPacket, Track
-from db.segments import silence
+from db.segments import overwrite
 from jobs import transcription
 from jobs.ai import Sentiment, SpeechSource, Spoken, mock_spoken, sentiment_of
 from jobs.ai_local import LocalAI
@@ -262,19 +262,19 @@ async def test_a_worker_killed_mid_rewrite_leaves_the_window_to_redo_and_the_nex
     )
 
     async def killed_after_rewriting(*args: Any, **kwargs: Any) -> int:
-        await silence(*args, **kwargs)
+        await overwrite(*args, **kwargs)
         raise asyncio.CancelledError  # the worker dies before the window's transaction commits
 
     res = make_resources(settings, ai=NoWordTimes())
     try:
         await send(res, "pii-kill", {Track.INBOUND: audio}, live=False)
-        monkeypatch.setattr(transcription, "silence", killed_after_rewriting)
+        monkeypatch.setattr(transcription, "overwrite", killed_after_rewriting)
         with pytest.raises(asyncio.CancelledError):
             await live_pass(res, "pii-kill")
         # Rolled back together: no window stored, so nothing served and the audio as sent.
         assert (await rows(engine, stored))[0][0] == audio
         assert len(await recording(settings, "pii-kill")) == 0
-        monkeypatch.setattr(transcription, "silence", silence)
+        monkeypatch.setattr(transcription, "overwrite", overwrite)
         await res.ingestion.complete("pii-kill")
         assert await process_call(res, "pii-kill") == "ARCHIVED"
     finally:
@@ -329,6 +329,12 @@ async def test_text_packets_are_redacted_in_the_transcript_and_have_no_recording
     finally:
         await res.close()
     utterances = await rows(engine, "SELECT text FROM utterance WHERE call_id = 'pii-text'")
+    # The packets' own text, as stored, is masked where it said them (a byte for a byte).
+    sent = await rows(
+        engine, "SELECT convert_from(payload, 'UTF8') FROM call_segment WHERE call_id = 'pii-text'"
+    )
+    assert sent[0][0].startswith("my card number is ****************")
+    assert not SECRETS.search(sent[0][0])
     assert "[CARD_NUMBER]" in utterances[0].text
     assert "[PHONE_NUMBER]" in utterances[0].text
     assert not await leaks(engine, redis, "pii-text")
