@@ -7,9 +7,8 @@ without any: what the PII recogniser (core/redaction.py) is measured on, by its 
 from __future__ import annotations
 
 import random
-import re
 
-from core.redaction import Entity, luhn_valid
+from core.redaction import Entity, digits_said, luhn_valid
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -151,13 +150,7 @@ def planted(rng: random.Random) -> list[tuple[str, Entity, str]]:
 
 
 def digits_left(text: str) -> str:
-    """Every digit the text still says, written or spoken (placeholders aside)."""
-    values = {w: str(i) for i, w in enumerate(WORDS)} | {"oh": "0"}
-    out, double = [], 1
-    for token in re.findall(r"\d+|[a-z]+", text.lower()):
-        if token in ("double", "triple"):
-            double = 2 if token == "double" else 3
-            continue
-        out.append((token if token.isdigit() else values.get(token, "")) * double)
-        double = 1
-    return "".join(out)
+    """Every digit the text still says, written or spoken (placeholders aside), read as the
+    recogniser reads numbers: Whisper writes a phone number read out as "three million eight
+    hundred ninety five million ...", which says its digits as much as "3, 8, 9, ..." does."""
+    return digits_said(text)

@@ -134,6 +134,13 @@ def find_pii(text: str, entities: Iterable[Entity] = ALL_ENTITIES) -> list[Span]
     return sorted(spans, key=lambda s: s.start)
 
 
+def digits_said(text: str) -> str:
+    """Every digit `text` says, written or spoken, in order, as the recogniser reads numbers
+    ("seven hundred seventy seven" is 777): what a measurement checks a redaction left."""
+    tokens = [_Token(m[0], m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    return "".join(run.digits for run in _runs(text, tokens, set()))
+
+
 def _opened(text: str, start: int) -> int:
     """A number's span takes the "(" or "+" written right before it: "(555) 010 0199"."""
     return start - 1 if start > 0 and text[start - 1] in "(+" else start
