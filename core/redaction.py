@@ -382,7 +382,9 @@ def _unlinked_emails(text: str, tokens: Sequence[_Token], found: list[Span]) -> 
         if i > 0 and _domain_end(text, tokens, i - 1) is not None:
             continue  # inside a domain that starts earlier
         end = _domain_end(text, tokens, i)
-        if end is None or not _said(_context(tokens, i), _EMAIL_CUES):
+        # The cue comes before the local part too: the context reaches back past it.
+        cues = {t.word for t in tokens[max(0, i - CONTEXT_WORDS - LOCAL_PART_WORDS) : i]}
+        if end is None or not _said(cues, _EMAIL_CUES):
             continue
         start = i
         while start > 0 and i - start < LOCAL_PART_WORDS:
