@@ -30,11 +30,16 @@ SPOKEN_PER_ENTITY = 8  # the local model's share: sentences per entity (full run
 QUICK_SPOKEN = 1
 
 
+# An address as the local model writes one it heard: its domain misheard ("mycountymail.com",
+# "familyandoutlook.com"), but still an address a reader of the transcript would recognise.
+ADDRESS = re.compile(r"[a-z0-9]\s*(\.|\bdot\b)\s*(com|org|net)\b")
+
+
 def still_says(text: str, entity: Entity, secret: str) -> bool:
     """Whether `text` still holds the planted value (its digits, written or spoken; an e-mail's
-    domain)."""
+    domain, or anything written as an address)."""
     if entity is Entity.EMAIL:
-        return secret in text.lower()
+        return secret in text.lower() or ADDRESS.search(text.lower()) is not None
     return secret in digits_left(text)
 
 

@@ -24,13 +24,14 @@ them twice writes the same thing (a re-run is harmless)."""
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from core.audio import AudioFormat
-from core.recording import TrackLine
+from core.recording import Recording, TrackLine
 from core.redaction import Entity, find_pii
 from db.segments import TEXT, PayloadEdit, SegmentHead, SegmentRow
 
@@ -90,6 +91,51 @@ def _located(text: str, words: Sequence[WordTime]) -> list[tuple[tuple[int, int]
         located.append(((found, found + len(said)), word))
         at = found + len(said)
     return located
+
+
+Said = tuple[float, float, str, Sequence[WordTime] | None]  # jobs/ai.py's Spoken: start, end...
+
+
+@dataclass(frozen=True, slots=True)
+class Muted:
+    """A window's silences: the edits of its rows, and the stretches (seconds from the window's
+    start) silenced whole for want of word times."""
+
+    edits: list[PayloadEdit]
+    whole: list[tuple[float, float]]
+
+
+def window_silences(
+    recording: Recording,
+    channel: int,
+    window: tuple[int, int],
+    placed: Sequence[Said],
+    entities: Iterable[Entity],
+) -> Muted:
+    """What to silence of a transcribed window [start, end) (samples of the channel's track):
+    each stretch's personal data (`placed`: its times from the window's start, as found, before
+    redaction), kept within the window."""
+    rate, (start, end) = recording.format.rate, window
+    line = recording.lines[channel]
+    edits: list[PayloadEdit] = []
+    whole = []
+    for begin_s, end_s, text, words in placed:
+        found = pii_times(text, begin_s, end_s, words, entities)
+        for a, b in found.spans:
+            first = min(max(start + int(a * rate), start), end)
+            last = min(max(start + math.ceil(b * rate), first), end)
+            edits += silences(line, recording.rows, recording.format, first, last)
+        if found.fell_back:
+            whole.append((begin_s, end_s))
+    return Muted(edits, whole)
+
+
+def note(start_s: float, speaker: str, begin_s: float, end_s: float) -> str:
+    """The call's history's note of a stretch silenced whole (times on the call's timeline)."""
+    return (
+        f"no word times from the provider: silenced the whole utterance at "
+        f"{start_s + begin_s:.2f}-{start_s + end_s:.2f} s of the {speaker}'s audio"
+    )
 
 
 def silences(

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from core.audio import Samples, UnsupportedAudio, quietest_cut
-from core.audio_redaction import mask_text, pii_times, silences
+from core.audio_redaction import mask_text, note, window_silences
 from core.conversation import Utterance, split_long
 from core.logs import about
 from core.recording import NotAudio, Recording, call_format, texts
@@ -366,27 +366,12 @@ def _muted(
     placed: list[Spoken],
     found: list[Utterance],
 ) -> Transcribed:
-    """The window's silences: each redacted span's samples (from its words' times, or the
-    whole stretch), as edits of the rows that hold them (CPU work: run off the loop)."""
-    rate, start_s = recording.format.rate, _seconds(recording, window, end)[0]
-    edits: list[PayloadEdit] = []
-    notes: list[str] = []
-    for said in placed:
-        muted = pii_times(
-            said.text, said.start_s, said.end_s, said.words, res.settings.pii_entities
-        )
-        for a, b in muted.spans:
-            first = min(max(window.start + int(a * rate), window.start), end)
-            last = min(max(window.start + int(-(-b * rate // 1)), first), end)
-            edits += silences(recording.lines[window.channel], recording.rows,
-                              recording.format, first, last)  # fmt: skip
-        if muted.fell_back:
-            notes.append(
-                f"no word times from the provider: silenced the whole utterance at "
-                f"{start_s + said.start_s:.2f}-{start_s + said.end_s:.2f} s of the "
-                f"{res.settings.speaker_names[window.track]}'s audio"
-            )
-    return Transcribed(found, edits, notes)
+    """The window's silences and its notes (CPU work: run off the loop)."""
+    start_s = _seconds(recording, window, end)[0]
+    speaker = res.settings.speaker_names[window.track]
+    muted = window_silences(recording, window.channel, (window.start, end), placed,
+                            res.settings.pii_entities)  # fmt: skip
+    return Transcribed(found, muted.edits, [note(start_s, speaker, a, b) for a, b in muted.whole])
 
 
 async def _transcribe_text(
