@@ -24,13 +24,17 @@ from core.audio import TELEPHONY, decode
 from db.keys import call_keys
 from db.object_store import BadStoreUrl, ObjectStore, StoreAddress, key_part
 from db.outages import is_outage
-from db.packets import NewPacket
+from db.packets import NewPacket, Track
 from devstack.servers import free_port
+from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment
 from service.app import create_app
 from settings import Settings
 from tests.conftest import make_settings
+from tests.factories import rows
+from tests.jobs.test_audio_redaction import NoWordTimes, recording, settings_for, tone
+from tests.jobs.test_audio_redaction import send as send_tracks
 from tests.service.test_recording import speech, two_track_stream, wait_state
 from tests.serving import serving, worker_running
 
@@ -198,3 +202,28 @@ def test_object_keys_encode_the_call_id_so_no_part_is_a_dot_segment(call_id: str
     key = ObjectStore("s3://bucket/calls").key(call_id, 3, 1, (1700000000000, 2))
     assert key == f"calls/{part}/000003.1.1700000000000-2"
     assert all(segment not in (".", "..", "") for segment in key.split("/"))
+
+
+async def test_audio_redaction_rewrites_the_objects_themselves(
+    server_urls: tuple[str, str], bucket: str, engine: AsyncEngine
+):
+    url = f"s3://{BUCKET}/calls?endpoint_url={bucket}&region=us-east-1"
+    settings = settings_for(server_urls, audio_store_url=url)
+    audio = tone(2.0)
+    res = make_resources(settings, ai=NoWordTimes())
+    try:
+        await send_tracks(res, "pii-objects", {Track.INBOUND: audio}, live=False)
+        await res.ingestion.complete("pii-objects")
+        assert await process_call(res, "pii-objects") == "ARCHIVED"
+        assert res.objects is not None
+        keys = await rows(
+            engine,
+            "SELECT object_key FROM call_segment WHERE call_id = 'pii-objects' ORDER BY segment",
+        )
+        stored = b"".join([await res.objects.get(key) for (key,) in keys])
+    finally:
+        await res.close()
+    assert stored == b"\xff" * len(audio)  # μ-law silence, every byte: no copy is left
+    got = await recording(settings, "pii-objects")
+    assert len(got) == len(audio)
+    assert not got.any()
