@@ -26,7 +26,7 @@ from core.redaction import Entity, redact
 HEADING = "## PII redaction"
 TARGETS = {Entity.CARD_NUMBER: 0.95, Entity.PHONE_NUMBER: 0.95, Entity.EMAIL: 0.95}
 FALSE_TARGET = 0.02
-SPOKEN_PER_ENTITY = 8  # the local model's share: sentences per entity (full run)
+SPOKEN_PER_ENTITY = 16  # the local model's share: sentences per entity (full run)
 QUICK_SPOKEN = 1
 
 
