@@ -151,7 +151,8 @@ def redact(text: str, entities: Iterable[Entity] = ALL_ENTITIES) -> str:
     out, at = [], 0
     for span in find_pii(text, entities):
         if span.start < at:
-            continue  # overlaps the one before: already replaced
+            at = max(at, span.end)  # overlaps the one before: replaced with it, to its end
+            continue
         out += [text[at : span.start], span.entity.placeholder]
         at = span.end
     return "".join([*out, text[at:]])
@@ -388,9 +389,11 @@ def _unlinked_emails(text: str, tokens: Sequence[_Token], found: list[Span]) -> 
             continue
         start = i
         while start > 0 and i - start < LOCAL_PART_WORDS:
-            word = tokens[start - 1].word
+            word, before = tokens[start - 1].word, tokens[start - 1].start
             if word in _NOT_LABELS or word in {"email", "mail", "to", "at", "address", "send"}:
                 break
+            if any(sp.start <= before < sp.end for sp in [*found, *spans]):
+                break  # the address before this one
             start -= 1
         spans.append(Span(tokens[start].start, tokens[end - 1].end, Entity.EMAIL))
     return spans
