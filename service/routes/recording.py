@@ -116,7 +116,8 @@ async def get_audio(
         raise NoAudio(f"call {call_id} has no recording: {exc}") from None
     if heard is not None:
         recording = recording.heard_to(heard)
-    etag = _etag(call_id, (version, heard), recording.channels)
+    served = None if heard is None else sorted(heard.items())  # changes as windows are stored
+    etag = _etag(call_id, (version, served), recording.channels)
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
