@@ -114,7 +114,8 @@ def render(figures: dict[str, Any], name: str) -> list[str]:
         HEADING,
         "",
         f"`{command(name)}`: {text['planted']} planted entities (every form: digits, spoken "
-        'words, Whisper\'s "41, 1, 1, ...") and clean contact-centre sentences '
+        'words, Whisper\'s "41, 1, 1, ...", phones said as numbers, e-mails without their "at") '
+        "and clean contact-centre sentences "
         "(bench/pii_corpus.py), through REDACT_PII's recogniser as the transcription path runs "
         "it. Targets: 95% of card numbers, phones and e-mails; at most 2% of other words.",
         "",
