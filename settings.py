@@ -498,9 +498,10 @@ class Settings(BaseSettings):
         "off",
         description="personal data in what calls say: `transcript` replaces it in the text "
         "(`[CARD_NUMBER]`...) before it is stored anywhere (utterances, the transcript, the feed, "
-        "webhooks; sentiment is scored on the redacted text); `transcript,audio`, which would "
-        "also silence it in the recording, is refused at start: not built yet "
-        "([Privacy](privacy.md))",
+        "webhooks; sentiment is scored on the redacted text); `transcript,audio` also silences "
+        "each redacted span in the stored recording (from word times; the whole utterance when "
+        "the provider gives none), and a live call's recording serves only audio already "
+        "transcribed and silenced ([Privacy](privacy.md))",
     )
     redact_pii_entities: str = Field(
         "all",
@@ -589,17 +590,10 @@ class Settings(BaseSettings):
             raise ValueError("WEBHOOK_URLS needs WEBHOOK_SECRET (whsec_ and base64) to sign with")
         return self
 
-    @field_validator("redact_pii")
-    @classmethod
-    def _redaction_built(cls, value: str) -> str:
-        # Refused rather than half done: a contact centre that asks for the recording to be
-        # silenced must not believe it is while card numbers stay in the audio.
-        if value == "transcript,audio":
-            raise ValueError(
-                "REDACT_PII=transcript,audio: silencing personal data in the recording is not "
-                "built yet; REDACT_PII=transcript redacts every stored text (docs/privacy.md)"
-            )
-        return value
+    @property
+    def redact_audio(self) -> bool:
+        """REDACT_PII=transcript,audio: redacted spans are silenced in the stored recording."""
+        return self.redact_pii == "transcript,audio"
 
     @field_validator("audio_store_url")
     @classmethod

@@ -7,9 +7,8 @@ without any: what the PII recogniser (core/redaction.py) is measured on, by its 
 from __future__ import annotations
 
 import random
-import re
 
-from core.redaction import Entity, luhn_valid
+from core.redaction import Entity, digits_said, luhn_valid
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -39,6 +38,39 @@ def whisper(digits: str, rng: random.Random) -> str:
     run together, then one digit at a time, comma-separated)."""
     head = 2 if rng.random() < 0.5 else 1
     return ", ".join([digits[:head], *digits[head:]])
+
+
+TENS = ["", "ten", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+         "eighteen", "nineteen"]  # fmt: skip
+
+
+def _pair(digits: str) -> str:
+    """Two digits said as a number ("ninety seven"), or as digits when the first is 0."""
+    tens, unit = int(digits[0]), int(digits[1])
+    if tens == 0:
+        return f"oh {WORDS[unit]}"
+    if tens == 1:
+        return TEENS[unit]
+    return TENS[tens] + (f" {WORDS[unit]}" if unit else "")
+
+
+def as_numbers(digits: str, groups: tuple[int, ...]) -> str:
+    """Digits read out a group at a time as numbers, as people say a phone number ("three
+    hundred eighty nine, five five five, ninety seven ninety seven"): a group of three as
+    hundreds, of four as two pairs; one that starts with 0 digit by digit."""
+    said, at = [], 0
+    for size in groups:
+        group = digits[at : at + size]
+        at += size
+        if group[0] == "0" or size not in (3, 4):
+            said.append(" ".join(WORDS[int(d)] for d in group))
+        elif size == 3:
+            rest = "" if group[1:] == "00" else " " + _pair(group[1:])
+            said.append(f"{WORDS[int(group[0])]} hundred{rest}")
+        else:
+            said.append(f"{_pair(group[:2])} {_pair(group[2:])}")
+    return ", ".join(said)
 
 
 def grouped(digits: str, sizes: tuple[int, ...], sep: str) -> str:
@@ -102,6 +134,10 @@ CLEAN = [
     "That was in 2019, about five years ago now.",
     "I want to cancel, this is the third time I've called about it.",
     "Yes, the reference you gave me was on the letter dated the 3rd of May.",
+    "We have been waiting two hundred and fifty days, about three thousand people.",
+    "The flight leaves at seven fifteen and lands at nine forty five.",
+    "My email has been broken since last week, can you send it by post?",
+    "It was nineteen ninety nine, the year before two thousand.",
 ]
 
 
@@ -116,7 +152,11 @@ def planted(rng: random.Random) -> list[tuple[str, Entity, str]]:
                 (t.format(form), Entity.CARD_NUMBER, number) for t in TEMPLATES[Entity.CARD_NUMBER]
             ]
         phone = rng.choice("23456789") + "".join(rng.choice("0123456789") for _ in range(9))
-        for form in [*forms(phone, rng, (3, 3, 4)), f"({phone[:3]}) {phone[3:6]}-{phone[6:]}"]:
+        for form in [
+            *forms(phone, rng, (3, 3, 4)),
+            f"({phone[:3]}) {phone[3:6]}-{phone[6:]}",
+            as_numbers(phone, (3, 3, 4)),
+        ]:
             corpus += [
                 (t.format(form), Entity.PHONE_NUMBER, phone) for t in TEMPLATES[Entity.PHONE_NUMBER]
             ]
@@ -145,19 +185,14 @@ def planted(rng: random.Random) -> list[tuple[str, Entity, str]]:
             f"{user}@{domain}.com",
             f"{spoken_user} at {domain} dot com",
             f"{user} at {domain}.org",
+            f"{spoken_user} {domain} dot com",  # the "at" lost, as the local model loses it
         ]:
             corpus += [(t.format(form), Entity.EMAIL, domain) for t in TEMPLATES[Entity.EMAIL]]
     return corpus
 
 
 def digits_left(text: str) -> str:
-    """Every digit the text still says, written or spoken (placeholders aside)."""
-    values = {w: str(i) for i, w in enumerate(WORDS)} | {"oh": "0"}
-    out, double = [], 1
-    for token in re.findall(r"\d+|[a-z]+", text.lower()):
-        if token in ("double", "triple"):
-            double = 2 if token == "double" else 3
-            continue
-        out.append((token if token.isdigit() else values.get(token, "")) * double)
-        double = 1
-    return "".join(out)
+    """Every digit the text still says, written or spoken (placeholders aside), read as the
+    recogniser reads numbers: Whisper writes a phone number read out as "three million eight
+    hundred ninety five million ...", which says its digits as much as "3, 8, 9, ..." does."""
+    return digits_said(text)

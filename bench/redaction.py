@@ -26,15 +26,20 @@ from core.redaction import Entity, redact
 HEADING = "## PII redaction"
 TARGETS = {Entity.CARD_NUMBER: 0.95, Entity.PHONE_NUMBER: 0.95, Entity.EMAIL: 0.95}
 FALSE_TARGET = 0.02
-SPOKEN_PER_ENTITY = 8  # the local model's share: sentences per entity (full run)
+SPOKEN_PER_ENTITY = 16  # the local model's share: sentences per entity (full run)
 QUICK_SPOKEN = 1
+
+
+# An address as the local model writes one it heard: its domain misheard ("mycountymail.com",
+# "familyandoutlook.com"), but still an address a reader of the transcript would recognise.
+ADDRESS = re.compile(r"[a-z0-9]\s*(\.|\bdot\b)\s*(com|org|net)\b")
 
 
 def still_says(text: str, entity: Entity, secret: str) -> bool:
     """Whether `text` still holds the planted value (its digits, written or spoken; an e-mail's
-    domain)."""
+    domain, or anything written as an address)."""
     if entity is Entity.EMAIL:
-        return secret in text.lower()
+        return secret in text.lower() or ADDRESS.search(text.lower()) is not None
     return secret in digits_left(text)
 
 
@@ -109,7 +114,8 @@ def render(figures: dict[str, Any], name: str) -> list[str]:
         HEADING,
         "",
         f"`{command(name)}`: {text['planted']} planted entities (every form: digits, spoken "
-        'words, Whisper\'s "41, 1, 1, ...") and clean contact-centre sentences '
+        'words, Whisper\'s "41, 1, 1, ...", phones said as numbers, e-mails without their "at") '
+        "and clean contact-centre sentences "
         "(bench/pii_corpus.py), through REDACT_PII's recogniser as the transcription path runs "
         "it. Targets: 95% of card numbers, phones and e-mails; at most 2% of other words.",
         "",

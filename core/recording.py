@@ -29,7 +29,7 @@ import base64
 import binascii
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -136,6 +136,11 @@ class TrackLine:
     stride: Ints  # a text piece's bytes of base64 a packet (0: a piece of audio bytes)
     per: Ints  # a text piece's samples a packet
     samples: int  # the track's length, gaps included
+
+    def cut(self, end: int) -> TrackLine:
+        """The line up to sample `end` of its own timeline, nothing after it."""
+        lengths = np.clip(end - self.starts, 0, self.lengths).astype(np.int64)
+        return replace(self, lengths=lengths, samples=max(0, min(self.samples, end)))
 
     @property
     def stored(self) -> int:
@@ -290,6 +295,12 @@ class Recording:
     @property
     def seconds(self) -> float:
         return self.samples / self.format.rate
+
+    def heard_to(self, ends: dict[int, int]) -> Recording:
+        """The recording of each track up to `ends[track]` (samples of its own timeline; none
+        of a track not named): with audio redaction, what has been transcribed and silenced."""
+        lines = [line.cut(ends.get(line.track, 0)) for line in self.lines]
+        return Recording(self.source, self.format, self.rows, lines)
 
     async def frames(self, start: int, end: int) -> Samples:
         """Samples [start, end) of every channel, interleaved (shape: samples x channels)."""

@@ -64,7 +64,7 @@ class _Token:
 
 _TOKEN = re.compile(
     r"[A-Za-z0-9_%+'-]+(?:\.[A-Za-z0-9_%+'-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"  # an e-mail
-    r"|\d+"  # digits
+    r"|\d+(?:st|nd|rd|th)?(?![A-Za-z])"  # digits ("4th": Whisper writes some digits so)
     r"|[A-Za-z]+(?:'[A-Za-z]+)?"  # a word
 )
 _UNITS = {
@@ -80,6 +80,11 @@ _TENS = {
     "eighty": 80, "ninety": 90,
 }  # fmt: skip
 _REPEAT = {"double": 2, "triple": 3}
+# Numbers said as numbers: Whisper writes "three million eight hundred ninety five million five
+# hundred fifty nine thousand seven hundred ninety seven" for a phone number read out as one.
+# A scale word only groups: what follows it is a group of three digits ("eighty two thousand
+# nine" is 82 009), so the digits said come out in order whatever arithmetic the words make.
+_SCALES = {"thousand", "million", "billion", "trillion"}
 _WEAK = {"oh", "o"}  # a zero beside other digits; alone ("oh, I see") a word
 # What may stand between two numeric tokens of one number: spaces, punctuation, "dash".
 _GAP = re.compile(r"[\s,.\-/()]*")
@@ -129,6 +134,13 @@ def find_pii(text: str, entities: Iterable[Entity] = ALL_ENTITIES) -> list[Span]
     return sorted(spans, key=lambda s: s.start)
 
 
+def digits_said(text: str) -> str:
+    """Every digit `text` says, written or spoken, in order, as the recogniser reads numbers
+    ("seven hundred seventy seven" is 777): what a measurement checks a redaction left."""
+    tokens = [_Token(m[0], m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    return "".join(run.digits for run in _runs(text, tokens, set()))
+
+
 def _opened(text: str, start: int) -> int:
     """A number's span takes the "(" or "+" written right before it: "(555) 010 0199"."""
     return start - 1 if start > 0 and text[start - 1] in "(+" else start
@@ -139,7 +151,8 @@ def redact(text: str, entities: Iterable[Entity] = ALL_ENTITIES) -> str:
     out, at = [], 0
     for span in find_pii(text, entities):
         if span.start < at:
-            continue  # overlaps the one before: already replaced
+            at = max(at, span.end)  # overlaps the one before: replaced with it, to its end
+            continue
         out += [text[at : span.start], span.entity.placeholder]
         at = span.end
     return "".join([*out, text[at:]])
@@ -173,9 +186,14 @@ def _covered(tokens: Sequence[_Token], span: Span) -> range:
 def _value(tokens: Sequence[_Token], i: int) -> tuple[str, int] | None:
     """The digits token i (and the tokens it takes with it) says, and how many tokens it took:
     "41" -> ("41", 1); "forty one" -> ("41", 2); "double four" -> ("44", 2)."""
-    word = tokens[i].word
+    word = _ordinal_digits(tokens[i].word)
     if word.isdigit():
         return word, 1
+    if word in _SCALES:
+        return _scaled(tokens, i)
+    hundreds = _hundreds(tokens, i)
+    if hundreds is not None:
+        return hundreds
     if word in _UNITS:
         return str(_UNITS[word]), 1
     if word in _TEENS:
@@ -190,6 +208,38 @@ def _value(tokens: Sequence[_Token], i: int) -> tuple[str, int] | None:
         if repeated is not None and len(repeated[0]) == 1:
             return repeated[0] * _REPEAT[word], 1 + repeated[1]
     return None
+
+
+def _scaled(tokens: Sequence[_Token], i: int) -> tuple[str, int]:
+    """A scale word ("thousand") and the group of three digits it leads: "thousand nine" ->
+    ("009", 2); alone, "000"."""
+    group = _value(tokens, i + 1) if i + 1 < len(tokens) else None
+    if group is None or tokens[i + 1].word in _SCALES:
+        return "000", 1
+    return group[0].zfill(3), 1 + group[1]
+
+
+def _ordinal_digits(word: str) -> str:
+    """ "4th" -> "4" (Whisper writes some digits read out so); any other word as it is."""
+    if word[:1].isdigit() and word[-2:] in ("st", "nd", "rd", "th"):
+        return word[:-2]
+    return word
+
+
+def _hundreds(tokens: Sequence[_Token], i: int) -> tuple[str, int] | None:
+    """ "seven hundred seventy seven" -> ("777", 4); "hundred five" -> ("105", 2)."""
+    word = tokens[i].word
+    head, at = 1, i
+    if word in _UNITS and word not in _WEAK and i + 1 < len(tokens):
+        if tokens[i + 1].word != "hundred":
+            return None
+        head, at = _UNITS[word], i + 1
+    elif word != "hundred":
+        return None
+    rest = _value(tokens, at + 1) if at + 1 < len(tokens) else None
+    if rest is None or len(rest[0]) > 2 or tokens[at + 1].word.isdigit():
+        return str(head * 100), at + 1 - i
+    return str(head * 100 + int(rest[0])), at + 1 - i + rest[1]
 
 
 def _runs(text: str, tokens: Sequence[_Token], taken: set[int]) -> list[_Run]:
@@ -256,6 +306,10 @@ def _classify(tokens: Sequence[_Token], run: _Run) -> Entity | None:
         return Entity.PHONE_NUMBER
     if n > 19 and _starts_with_card(tokens, run):
         return Entity.CARD_NUMBER  # read on into its expiry or code: all of it goes
+    if n > 19 and _said(context, ({"card"}, {"number"})):
+        # A card number misheard (Whisper doubles digits: "4,100,1011,111, ..."), too long for
+        # any card, phone or code; a 13-19 digit run failing Luhn stays (a reference number).
+        return Entity.CARD_NUMBER
     return None
 
 
@@ -310,6 +364,37 @@ def _emails(text: str, tokens: Sequence[_Token]) -> list[Span]:
             if joined == 0 or start - joined < 0:
                 break
             start -= joined
+        spans.append(Span(tokens[start].start, tokens[end - 1].end, Entity.EMAIL))
+    return spans + _unlinked_emails(text, tokens, spans)
+
+
+_EMAIL_CUES = ({"email"}, {"mail"}, {"address"}, {"send"})
+LOCAL_PART_WORDS = 3  # what an address said without its "at" takes before its domain
+
+
+def _unlinked_emails(text: str, tokens: Sequence[_Token], found: list[Span]) -> list[Span]:
+    """An address whose "at" the model lost ("jo doe example dot com"): a domain after an
+    e-mail's cue ("email", "send it to"), with the few words before it (its local part), up to
+    the cue or a word no address holds."""
+    spans: list[Span] = []
+    for i in range(len(tokens)):
+        if any(sp.start <= tokens[i].start < sp.end for sp in [*found, *spans]):
+            continue
+        if i > 0 and _domain_end(text, tokens, i - 1) is not None:
+            continue  # inside a domain that starts earlier
+        end = _domain_end(text, tokens, i)
+        # The cue comes before the local part too: the context reaches back past it.
+        cues = {t.word for t in tokens[max(0, i - CONTEXT_WORDS - LOCAL_PART_WORDS) : i]}
+        if end is None or not _said(cues, _EMAIL_CUES):
+            continue
+        start = i
+        while start > 0 and i - start < LOCAL_PART_WORDS:
+            word, before = tokens[start - 1].word, tokens[start - 1].start
+            if word in _NOT_LABELS or word in {"email", "mail", "to", "at", "address", "send"}:
+                break
+            if any(sp.start <= before < sp.end for sp in [*found, *spans]):
+                break  # the address before this one
+            start -= 1
         spans.append(Span(tokens[start].start, tokens[end - 1].end, Entity.EMAIL))
     return spans
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,12 @@ class ObjectStore:
         self._opening = asyncio.Lock()
 
     def key(self, call_id: str, segment: int, track: int, through: tuple[int, int]) -> str:
-        name = f"{segment:06d}.{track}.{through[0]}-{through[1]}"  # numbers: nothing to encode
+        """A new object's key: the segment, track and last entry, and a token of this PUT's
+        own. Two flushers that plan the same segment never share a key, so the one that loses
+        the race cannot write over what the winner stored (after audio redaction silenced it,
+        say); the loser deletes its own object (delete_keys)."""
+        token = secrets.token_hex(6)
+        name = f"{segment:06d}.{track}.{through[0]}-{through[1]}.{token}"  # nothing to encode
         return f"{self.call_prefix(call_id)}{name}"
 
     async def put(self, key: str, data: bytes) -> None:
@@ -132,6 +138,22 @@ class ObjectStore:
     def call_prefix(self, call_id: str) -> str:
         """What every object of the call starts with, those no row names included."""
         return f"{self.address.prefix}{key_part(call_id)}/"
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete these objects (a lost race's own: no row names them)."""
+        if not keys:
+            return
+        client = await self._opened()
+        answer = await client.delete_objects(
+            Bucket=self.address.bucket,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        if answer.get("Errors"):
+            first = answer["Errors"][0]
+            raise ObjectsNotDeleted(
+                f"the object store kept {len(answer['Errors'])} objects: "
+                f"{first.get('Code')} {first.get('Message')}"
+            )
 
     async def delete_call(self, call_id: str) -> int:
         """Delete every object of the call, the unnamed ones a lost race left included: found by

@@ -60,6 +60,17 @@ class Stored:
     rows: Sequence[SegmentRow] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PayloadEdit:
+    """Bytes of a stored row overwritten in place, the same length (audio redaction's silence:
+    core/audio_redaction.py)."""
+
+    segment: int
+    track: int
+    start: int  # the first byte of the row's payload overwritten
+    data: bytes
+
+
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
 HEAD_ROWS = 4  # rows whose per-packet arrays a heads read holds at once
@@ -195,6 +206,77 @@ _VERSION = text(
     "SELECT count(*) AS rows, coalesce(max(segment), -1) AS latest,"
     " coalesce(sum(packets), 0) AS packets FROM call_segment WHERE call_id = :call_id"
 )
+
+_HIGHEST = text(
+    "SELECT track, max(last_sequence) AS highest FROM call_segment WHERE call_id = :call_id"
+    " GROUP BY track"
+)
+
+
+async def highest_sequences(conn: AsyncConnection, call_id: str) -> dict[int, int]:
+    """Each track's highest sequence stored, under the call's flush lock (store_segment takes
+    it again, in the same transaction: what it stores next comes after exactly these)."""
+    await conn.execute(_LOCK, {"call_id": call_id})
+    return {
+        int(r.track): int(r.highest) for r in await conn.execute(_HIGHEST, {"call_id": call_id})
+    }
+
+
+_KEYS = text(
+    "SELECT segment, track, object_key FROM call_segment WHERE call_id = :call_id"
+    " AND (segment, track) IN"
+    " (SELECT * FROM unnest(CAST(:segments AS int[]), CAST(:tracks AS int[])))"
+)
+# overlay() on an EXTERNAL bytea: PostgreSQL writes the row's value anew (its old version goes
+# with VACUUM, as any UPDATE's); the same length in and out.
+_OVERLAY = text(
+    "UPDATE call_segment SET payload = overlay(payload PLACING CAST(:data AS bytea)"
+    " FROM CAST(:start AS int) FOR CAST(:length AS int))"
+    " WHERE call_id = :call_id AND segment = :segment AND track = :track"
+    " AND object_key IS NULL AND length(payload) >= CAST(:start AS int) + :length - 1"
+)
+
+
+async def overwrite(
+    conn: AsyncConnection,
+    call_id: str,
+    edits: Sequence[PayloadEdit],
+    objects: ObjectStore | None = None,
+) -> int:
+    """Overwrite stored bytes in place (redaction: audio silenced, text masked), in the caller's
+    transaction: rows in PostgreSQL by overlay(), rows in the object store by writing their
+    object anew (before the caller commits, so a crash leaves the audio silenced and the window
+    to do again, never the window stored and the audio not). Idempotent: the same edits write
+    the same bytes. Returns the rows changed."""
+    if not edits:
+        return 0
+    rows = sorted({(e.segment, e.track) for e in edits})
+    params = {"call_id": call_id, "segments": [r[0] for r in rows], "tracks": [r[1] for r in rows]}
+    keys = {(int(r.segment), int(r.track)): r.object_key for r in await conn.execute(_KEYS, params)}
+    in_pg = [e for e in edits if keys.get((e.segment, e.track)) is None]
+    if in_pg:
+        await conn.execute(
+            _OVERLAY,
+            [
+                {"call_id": call_id, "segment": e.segment, "track": e.track,
+                 "data": e.data, "start": e.start + 1, "length": len(e.data)}
+                for e in in_pg
+            ],
+        )  # fmt: skip
+    for row, key in keys.items():
+        if key is None:
+            continue
+        if objects is None:
+            raise NoObjectStore(
+                f"call {call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
+            )
+        data = bytearray(await objects.get(str(key)))
+        for e in edits:
+            if (e.segment, e.track) == row:
+                data[e.start : e.start + len(e.data)] = e.data[: max(len(data) - e.start, 0)]
+        await objects.put(str(key), bytes(data))
+    return len(rows)
+
 
 Build = Callable[[list[StoredPacket]], list[SegmentRow]]
 

@@ -40,12 +40,23 @@ class PermanentAIError(AIError):
     pass
 
 
-class Spoken(NamedTuple):
-    """A stretch of speech a transcription found: seconds from the start of the audio given."""
+class Word(NamedTuple):
+    """One word of a Spoken stretch and its times (seconds, as the stretch's)."""
 
     start_s: float
     end_s: float
     text: str
+
+
+class Spoken(NamedTuple):
+    """A stretch of speech a transcription found: seconds from the start of the audio given.
+    `words`: its words' times, when they were asked for (audio redaction) and the provider gave
+    them; None when it did not (the whole stretch is then all that can be silenced)."""
+
+    start_s: float
+    end_s: float
+    text: str
+    words: tuple[Word, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +84,14 @@ class SpeechSource(Protocol):
 
 
 class AIClient(Protocol):
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         """What was said in `audio` (one track's window of a call), as timed stretches in
-        order; a provider that gives no times answers one stretch over the whole audio."""
+        order; a provider that gives no times answers one stretch over the whole audio.
+        `words`: give each stretch's word times too (REDACT_PII=transcript,audio silences a
+        redacted span by them); a provider that cannot leaves them None. Only asked for when
+        wanted: they cost the local model CPU and a hosted one a larger answer."""
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment: ...
 
@@ -176,7 +192,10 @@ class MockAI:
         if rng.random() < self.failure_rate:
             raise TransientAIError(f"mock AI: {step} failed (simulated 503 Service Unavailable)")
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
+        # The mock has no word times (`words` is ignored): a redacted utterance is silenced whole.
         await self._request(call_id, "transcription")
         return await mock_spoken(audio)
 

@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.audio import AudioFormat, Samples, quiet_pieces
-from jobs.ai import Sentiment, Spoken, TransientAIError
+from jobs.ai import Sentiment, Spoken, TransientAIError, Word
 from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
 
 if TYPE_CHECKING:
@@ -72,15 +72,18 @@ class LocalAI:
         self.model = str(model_folder(model))
         self._pool: ProcessPoolExecutor | None = None
 
-    async def transcribe_segments(self, call_id: str, audio: Audio) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: Audio, *, words: bool = False
+    ) -> list[Spoken]:
         """The audio's speech as timed stretches, in seconds from its start: a piece at a time
-        through the pool (jobs/whisper.py's transcribe_pcm for each)."""
+        through the pool (jobs/whisper.py's transcribe_pcm for each); with `words`, each with
+        its words' times."""
         fmt = await audio.format()
         timed: list[Spoken] = []
         offset_s = 0.0
         async for piece in audio.pieces(SEGMENT_S, SEARCH_S):
-            found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate)
-            timed += [Spoken(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
+            found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate, words)
+            timed += [_spoken(s, offset_s, words) for s in found]
             offset_s += len(piece) / fmt.rate
         return timed
 
@@ -114,6 +117,15 @@ class LocalAI:
                 initargs=(self.model,),
             )
         return self._pool
+
+
+def _spoken(segment: Segment, offset_s: float, words: bool) -> Spoken:
+    timed = (
+        tuple(Word(a + offset_s, b + offset_s, text) for a, b, text in segment.words)
+        if words and segment.words
+        else None
+    )
+    return Spoken(segment.start_s + offset_s, segment.end_s + offset_s, segment.text, timed)
 
 
 _vader: Any = None  # a pool process's lexicon, loaded once

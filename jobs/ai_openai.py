@@ -46,15 +46,26 @@ import numpy as np
 from pydantic import SecretStr
 
 from core.audio import WAV_HEADER_BYTES, quietest_cut, wav_header
-from jobs.ai import AIError, PermanentAIError, Sentiment, SpeechSource, Spoken, TransientAIError
+from jobs.ai import (
+    AIError,
+    PermanentAIError,
+    Sentiment,
+    SpeechSource,
+    Spoken,
+    TransientAIError,
+    Word,
+)
 from jobs.ai_local import vader_sentiment
 
 LABELS = ("positive", "neutral", "negative")
 MULTIPART_SLACK = 4096  # the form's other fields and boundaries, within the upload limit
 SEARCH_S = 10.0  # a part ends at the quietest frame of its last seconds (or tenth)
 COPY_BYTES = 64 * 1024
-TIMED = {"response_format": "verbose_json", "timestamp_granularities[]": "segment"}
-UNTIMED = {"response_format": "json"}
+Form = list[tuple[str, str]]  # a form's fields, in order; a name may repeat
+TIMED: Form = [("response_format", "verbose_json"), ("timestamp_granularities[]", "segment")]
+# Word times too, when audio redaction asks for them (OpenAI's API: a second granularity).
+WORDS: Form = [("timestamp_granularities[]", "word")]
+UNTIMED: Form = [("response_format", "json")]
 CONNECT_TIMEOUT_S = 10.0
 # A chat model reads the end of a long call: how it ended says most about how it went.
 SENTIMENT_MAX_CHARS = 16_000
@@ -104,7 +115,9 @@ class OpenAICompatible:
             transport=transport,
         )
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         rate = (await audio.format()).rate
         # Plain blocking I/O on a local temporary file: it runs at the page cache's speed, and
         # a thread hop per chunk would cost more than the write.
@@ -114,10 +127,10 @@ class OpenAICompatible:
                 size += spool.write(samples.astype("<i2").tobytes())
             heard: list[Spoken] = []
             for start, end in parts(spool, size, rate, self._largest_part(rate)):
-                answer = await self._transcribe_part(spool, start, end, rate)
+                answer = await self._transcribe_part(spool, start, end, rate, words)
                 # Both ends from byte offsets the same way: a part starts exactly where the
                 # one before it ended, so the times keep increasing across parts.
-                heard += spoken_from(answer, start / 2 / rate, end / 2 / rate)
+                heard += spoken_from(answer, start / 2 / rate, end / 2 / rate, words)
         return heard
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
@@ -145,11 +158,14 @@ class OpenAICompatible:
         room = self.max_upload_bytes - WAV_HEADER_BYTES - MULTIPART_SLACK
         return max(room // frame, 1) * frame
 
-    async def _transcribe_part(self, spool: IO[bytes], start: int, end: int, rate: int) -> Any:
+    async def _transcribe_part(
+        self, spool: IO[bytes], start: int, end: int, rate: int, words: bool
+    ) -> Any:
         """The provider's JSON answer for the PCM bytes [start, end) of the spool."""
         untimed = self.untimed
+        timed = TIMED + WORDS if words else TIMED
         try:
-            return await self._post_part(spool, start, end, rate, UNTIMED if untimed else TIMED)
+            return await self._post_part(spool, start, end, rate, UNTIMED if untimed else timed)
         except FormatRefused:
             if untimed:
                 raise
@@ -157,10 +173,10 @@ class OpenAICompatible:
             return await self._post_part(spool, start, end, rate, UNTIMED)
 
     async def _post_part(
-        self, spool: IO[bytes], start: int, end: int, rate: int, asked: dict[str, str]
+        self, spool: IO[bytes], start: int, end: int, rate: int, asked: Form
     ) -> Any:
         boundary = uuid.uuid4().hex
-        fields = {"model": self.transcription_model, **asked}
+        fields = [("model", self.transcription_model), *asked]
         head, tail = _form(boundary, fields, "audio.wav", "audio/wav")
         header = wav_header(end - start, rate)
         body = _stream(head + header, spool, start, end, tail)
@@ -254,11 +270,45 @@ def sentiment_from(completion: Any) -> Sentiment:
     return Sentiment(label=label, score=round(min(max(score, -1.0), 1.0), 3))
 
 
-def spoken_from(answer: Any, start_s: float, end_s: float) -> list[Spoken]:
+def spoken_from(answer: Any, start_s: float, end_s: float, words: bool = False) -> list[Spoken]:
     """What one part's answer says was spoken, in seconds of the whole audio (the part runs
     from start_s to end_s): its segments, their text stripped, the empty ones left out, each
     clamped into the part and to start no earlier than the one before ended; without segments,
-    its text as one stretch over the whole part."""
+    its text as one stretch over the whole part. With `words`, each stretch gets the answer's
+    words that fall in it (None when the answer has no `words`: a server that ignored the
+    granularity)."""
+    heard = _stretches(answer, start_s, end_s)
+    if not words:
+        return heard
+    timed = _words(answer, start_s, end_s)
+    if timed is None:
+        return heard
+    return [s._replace(words=tuple(w for w in timed if _inside(w, s))) for s in heard]
+
+
+def _inside(word: Word, stretch: Spoken) -> bool:
+    middle = (word.start_s + word.end_s) / 2
+    return stretch.start_s <= middle <= stretch.end_s
+
+
+def _words(answer: Any, start_s: float, end_s: float) -> list[Word] | None:
+    """verbose_json's top-level `words` ({"word", "start", "end"}, seconds of the part), in
+    seconds of the whole audio, clamped into the part; None if the answer has none."""
+    found = answer.get("words") if isinstance(answer, dict) else None
+    if not isinstance(found, list):
+        return None
+    timed = []
+    for item in found:
+        got = item if isinstance(item, dict) else {}
+        begin, finish, word = got.get("start"), got.get("end"), got.get("word")
+        if not (_seconds(begin) and _seconds(finish) and isinstance(word, str)):
+            raise PermanentAIError(f"the provider's word is malformed: {str(item)[:200]!r}")
+        a = min(max(start_s + begin, start_s), end_s)
+        timed.append(Word(a, min(max(start_s + finish, a), end_s), word.strip()))
+    return timed
+
+
+def _stretches(answer: Any, start_s: float, end_s: float) -> list[Spoken]:
     segments = answer.get("segments") if isinstance(answer, dict) else None
     if segments is None or segments == []:
         text = answer.get("text") if isinstance(answer, dict) else None
@@ -310,11 +360,11 @@ def parts(spool: IO[bytes], size: int, rate: int, largest: int) -> Iterator[tupl
         yield start, size
 
 
-def _form(boundary: str, fields: dict[str, str], filename: str, mime: str) -> tuple[bytes, bytes]:
+def _form(boundary: str, fields: Form, filename: str, mime: str) -> tuple[bytes, bytes]:
     """The multipart form around one file: what comes before its bytes, and after."""
     head = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
+        for name, value in fields
     )
     head += (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '

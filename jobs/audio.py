@@ -55,8 +55,17 @@ class TrackAudio:
         return sum(b - a for a, b in self.spans) / self.recording.format.rate
 
     def placed(self, spoken: Spoken) -> Spoken:
-        """`spoken`, timed in the audio given, timed from the window's start instead."""
-        return spoken._replace(start_s=self._place(spoken.start_s), end_s=self._place(spoken.end_s))
+        """`spoken` (and its words), timed in the audio given, timed from the window's start
+        instead."""
+        words = spoken.words
+        if words is not None:
+            words = tuple(
+                w._replace(start_s=self._place(w.start_s), end_s=self._place(w.end_s))
+                for w in words
+            )
+        return spoken._replace(
+            start_s=self._place(spoken.start_s), end_s=self._place(spoken.end_s), words=words
+        )
 
     def _place(self, given_s: float) -> float:
         rate = self.recording.format.rate

@@ -17,21 +17,36 @@ call's objects by their prefix): nothing is lost, nothing is stored twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.audio import AudioFormat, UnsupportedAudio, parse_format
+from core.audio_redaction import mute_late
+from core.logs import about
 from core.recording import build_rows, call_format
 from db.feed_events import SegmentEvent
 from db.keys import call_keys
 from db.packets import StoredPacket
-from db.segments import TEXT, Build, SegmentRow, Stored, plan_segment, put_objects, store_segment
+from db.segments import (
+    TEXT,
+    Build,
+    SegmentRow,
+    Stored,
+    highest_sequences,
+    plan_segment,
+    put_objects,
+    store_segment,
+)
 from db.states import CallState
 from jobs.queue import enqueue_live_transcription
 from jobs.resources import WorkerResources
+
+log = logging.getLogger(__name__)
 
 SEGMENT_PAGE = 6000  # stream entries a round reads: two tracks of 60 s of 20 ms frames
 # A round's data, whatever its packets' sizes: 6,000 frames of 20 ms are 1.3 MB of base64, but
@@ -105,7 +120,7 @@ async def flush_tail(
                 page = [*page, *rest]
         if not page:
             return done
-        stored = await _store(res, call_id, page, lambda new: build_rows(new, fmt, said))
+        stored = await _store(res, call_id, page, fmt, said)
         event = None
         if stored.segment is not None:
             event = segment_event(call_id, stored.segment, list(stored.rows), state)
@@ -118,7 +133,11 @@ async def flush_tail(
 
 
 async def _store(
-    res: WorkerResources, call_id: str, page: list[StoredPacket], build: Build
+    res: WorkerResources,
+    call_id: str,
+    page: list[StoredPacket],
+    fmt: AudioFormat | None,
+    said: bool,
 ) -> Stored:
     """What is new in `page` stored as the call's next segment, planned again if another
     flusher stored one meanwhile. With an object store, the bytes are PUT between the plan and
@@ -127,19 +146,45 @@ async def _store(
     for _ in range(STORE_ROUNDS):
         if res.objects is None:
             async with res.engine.begin() as conn:
+                build = await _builder(res, conn, call_id, fmt, said)
                 plan = await plan_segment(conn, call_id, page, build, lock=True)
                 stored = await store_segment(conn, call_id, plan)
         else:
             async with res.autocommit.connect() as conn:  # a read alone: no transaction
+                build = await _builder(res, conn, call_id, fmt, said)
                 plan = await plan_segment(conn, call_id, page, build)
             if plan.segment is None:
                 return Stored(None, plan.after)
             plan = await put_objects(res.objects, call_id, plan)
             async with res.engine.begin() as conn:
                 stored = await store_segment(conn, call_id, plan)
+            if stored is None:  # lost the race: the objects just PUT are no row's
+                await _forget_objects(res, call_id, list(plan.keys.values()))
         if stored is not None:
             return stored
     raise FlushRace(f"other flushers kept storing call {call_id}'s segments first")
+
+
+async def _forget_objects(res: WorkerResources, call_id: str, keys: list[str]) -> None:
+    """Delete a lost race's objects; one the store keeps is left for the call's erasure (it
+    deletes by the call's prefix), and said in the log, never a reason to fail the flush."""
+    assert res.objects is not None
+    try:
+        await res.objects.delete_keys(keys)
+    except Exception as exc:  # any store failure: the segment itself is stored by the winner
+        log.warning("%s: %d objects of a lost flush race kept: %s", call_id, len(keys), exc,
+                    extra=about(call_id))  # fmt: skip
+
+
+async def _builder(
+    res: WorkerResources, conn: AsyncConnection, call_id: str, fmt: AudioFormat | None, said: bool
+) -> Build:
+    """How a segment's rows are built; with audio redaction, late packets' audio is silenced
+    (core/audio_redaction.py: they land where the transcription has been already)."""
+    if fmt is None or not res.settings.redact_audio:
+        return lambda new: build_rows(new, fmt, said)
+    highest = await highest_sequences(conn, call_id)
+    return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 
 def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPacket], bool]:

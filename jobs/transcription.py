@@ -24,12 +24,14 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from core.audio import pause_cut, quietest_cut
+from core.audio_redaction import mask_text, note, window_silences
 from core.conversation import Utterance, split_long
 from core.logs import about
 from core.recording import NotAudio, Recording, load_recording, texts
@@ -39,7 +41,7 @@ from db.events import attempt_event
 from db.feed_events import Said, UtteranceEvent
 from db.keys import call_keys
 from db.leases import TranscriptionLock
-from db.segments import TEXT, SegmentReader
+from db.segments import TEXT, PayloadEdit, SegmentReader, overwrite
 from db.states import CallState
 from db.transcripts import UtteranceRow
 from db.worker_writes import AttemptRecord, budget_key
@@ -62,6 +64,8 @@ LOCK_POLL_S = 0.1
 # each round means the other pass made progress, so this only bounds a pathological race.
 FINAL_ROUNDS = 8
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
+# The step audio redaction's notes are kept under in the call's history (GET .../history).
+AUDIO_REDACTION = "audio_redaction"
 
 # Transcribes one window: (what to transcribe, its label (the unit of work: "the caller's audio
 # at 35.8-75.0 s"), extra seconds allowed).
@@ -94,7 +98,7 @@ def window_transcriber(
             with res.stages.timing("ai"):
                 return await run_step(
                     "transcription",
-                    lambda: res.ai.transcribe_segments(call_id, audio),
+                    lambda: _asked(res, call_id, audio),
                     grown,
                     record,
                     spent(budget_key("transcription", label)),
@@ -108,6 +112,25 @@ def window_transcriber(
             raise StepExhausted(f"{exc} (transcribing {label})") from exc
 
     return transcribe
+
+
+def _asked(res: WorkerResources, call_id: str, audio: SpeechSource) -> Awaitable[list[Spoken]]:
+    """The provider's transcription; word times asked for only when audio is redacted (they
+    cost the local model CPU; a provider's signature without `words` still serves the rest)."""
+    if res.settings.redact_audio:
+        return res.ai.transcribe_segments(call_id, audio, words=True)
+    return res.ai.transcribe_segments(call_id, audio)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcribed:
+    """A window's utterances (redacted), and the edits of its stored rows: its audio silenced
+    where it said personal data (REDACT_PII=transcript,audio), a text track's data masked; and
+    a note for the call's history when a stretch without word times was silenced whole."""
+
+    utterances: list[Utterance]
+    edits: list[PayloadEdit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +251,7 @@ async def _transcribe_ready(
             *(_transcribe_window(res, recording, w, end, transcribe) for w, end in ready),
             return_exceptions=True,
         )
-        stored_now, failure = await _store_all(res, call_id, ready, results, state)
+        stored_now, failure = await _store_all(res, call_id, recording, ready, results, state)
         stored += stored_now
         if failure is not None and final:
             raise failure
@@ -269,8 +292,9 @@ async def _ready(
 async def _store_all(
     res: WorkerResources,
     call_id: str,
+    recording: Recording,
     ready: Sequence[tuple[Window, int]],
-    results: Sequence[list[Utterance] | BaseException],
+    results: Sequence[Transcribed | BaseException],
     state: CallState,
 ) -> tuple[int, BaseException | None]:
     """Store every window that was transcribed (a party's words are kept though the other's
@@ -282,20 +306,46 @@ async def _store_all(
     stored = 0
     for (window, end), found in zip(ready, results, strict=True):
         if not isinstance(found, BaseException):
-            stored += await _store(res, call_id, window.track, (window.start, end), found, state)
+            label = _label(res, window.track, *_seconds(recording, window, end))
+            stored += await _store(res, call_id, window.track, (window.start, end), found, state,
+                                   label)  # fmt: skip
     return stored, failures[0] if failures else None
+
+
+def _seconds(recording: Recording, window: Window, end: int) -> tuple[float, float]:
+    """The window's start on the call's timeline, and its length, in seconds."""
+    rate = recording.format.rate
+    return window.offset_s + window.start / rate, (end - window.start) / rate
 
 
 async def _transcribe_window(
     res: WorkerResources, recording: Recording, window: Window, end: int, transcribe: Transcribe
-) -> list[Utterance]:
-    rate = recording.format.rate
+) -> Transcribed:
     audio = TrackAudio(recording, window.channel, window.start, end)
-    start_s = window.offset_s + window.start / rate
-    label = _label(res, window.track, start_s, (end - window.start) / rate)  # the window's span
+    start_s, seconds = _seconds(recording, window, end)
+    label = _label(res, window.track, start_s, seconds)  # the window's span
     extra_s = transcription_allowance_s(res.settings, audio.seconds)
-    spoken = await transcribe(audio, label, extra_s)
-    return await _utterances(res, window.track, start_s, [audio.placed(s) for s in spoken])
+    placed = [audio.placed(s) for s in await transcribe(audio, label, extra_s)]
+    found = await _utterances(res, window.track, start_s, placed)
+    if not res.settings.redact_audio or not placed:
+        return Transcribed(found)
+    return await asyncio.to_thread(_muted, res, recording, window, end, placed, found)
+
+
+def _muted(
+    res: WorkerResources,
+    recording: Recording,
+    window: Window,
+    end: int,
+    placed: list[Spoken],
+    found: list[Utterance],
+) -> Transcribed:
+    """The window's silences and its notes (CPU work: run off the loop)."""
+    start_s = _seconds(recording, window, end)[0]
+    speaker = res.settings.speaker_names[window.track]
+    muted = window_silences(recording, window.channel, (window.start, end), placed,
+                            parse_entities(res.settings.redact_pii_entities))  # fmt: skip
+    return Transcribed(found, muted.edits, [note(start_s, speaker, a, b) for a, b in muted.whole])
 
 
 async def _transcribe_text(
@@ -320,9 +370,17 @@ async def _transcribe_text(
             if h.encoding == TEXT
         }
         piece = TrackText(texts(mine, payloads), problem)
-        spoken = await transcribe(piece, f"the {res.settings.speaker_names[track]}'s text", 0.0)
+        label = f"the {res.settings.speaker_names[track]}'s text"
+        spoken = await transcribe(piece, label, 0.0)
         found = await _utterances(res, track, 0.0, spoken)
-        stored += await _store(res, call_id, track, TEXT_WINDOW, found, state)
+        # The packets' own text, stored as sent, is masked where it says personal data.
+        masks = []
+        if res.settings.redact_pii != "off":
+            masks = await asyncio.to_thread(
+                mask_text, mine, payloads, parse_entities(res.settings.redact_pii_entities)
+            )
+        done_now = Transcribed(found, masks)
+        stored += await _store(res, call_id, track, TEXT_WINDOW, done_now, state, label)
     return stored
 
 
@@ -367,21 +425,43 @@ async def _store(
     call_id: str,
     track: int,
     span: tuple[int, int],
-    found: list[Utterance],
+    done: Transcribed,
     state: CallState,
+    label: str,
 ) -> int:
-    """Store a window and its utterances once; tell the feed. 0 if another run stored it."""
+    """Store a window and its utterances once, its audio silenced where it said personal data
+    (in the same transaction: a window is never stored with its spans audible, and a run that
+    dies before the commit leaves the window to do again); tell the feed. 0 if another run
+    stored it (and silenced what it found)."""
+    found = done.utterances
     rows = [
         UtteranceRow(u.track, u.start_s, u.end_s, u.text, u.sentiment.label, u.sentiment.score)
         for u in found
     ]
-    async with res.autocommit.connect() as conn:  # one statement, atomic on its own
+    # A window alone is one statement, atomic on its own; with audio silenced or a note beside
+    # it, one transaction, so that it is never stored with its spans still audible.
+    together = bool(done.edits or done.notes)
+    opened = res.engine.begin() if together else res.autocommit.connect()
+    async with opened as conn:
         if not await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks):
             log.info("%s: a window was transcribed twice; kept the first", call_id,
                      extra=about(call_id))  # fmt: skip
             return 0
+        await overwrite(conn, call_id, done.edits, res.objects)
+        if done.notes:
+            await worker_writes.record_live_attempts(
+                conn, call_id, _noted(done.notes, label, state)
+            )
     await res.events.publish(*(utterance_event(res, call_id, u, state) for u in found))
     return 1
+
+
+def _noted(notes: list[str], label: str, state: CallState) -> list[AttemptRecord]:
+    """Audio redaction's fallbacks, kept with the call's AI attempts (its history)."""
+    now, live = datetime.now(UTC), state is CallState.IN_PROGRESS
+    return [
+        AttemptRecord(AUDIO_REDACTION, 1, "fallback", note, now, 0.0, label, live) for note in notes
+    ]
 
 
 def utterance_event(

@@ -48,6 +48,9 @@ class Segment(NamedTuple):
     start_s: float  # from the start of the audio given
     end_s: float
     text: str
+    # (start_s, end_s, text) of each word, when asked for: the segment's text is their texts
+    # joined (each word keeps its leading space), so a span of the text maps to their times.
+    words: tuple[tuple[float, float, str], ...] = ()
 
 
 def model_folder(name: str | None = None) -> Path:
@@ -89,9 +92,10 @@ def load_model(name: str | None = None) -> None:
     )
 
 
-def transcribe_pcm(samples: Samples, rate: int) -> list[Segment]:
+def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:
     """The speech in `samples` (16-bit mono at `rate`) as segments in order: times within
-    [0, the audio's length], each starting no earlier than the one before ended."""
+    [0, the audio's length], each starting no earlier than the one before ended; with `words`,
+    each with its words' times (audio redaction asks for them)."""
     if _model is None:
         load_model()
     audio = resample(samples, rate, MODEL_RATE).astype(np.float32) / 32768.0
@@ -102,40 +106,55 @@ def transcribe_pcm(samples: Samples, rate: int) -> list[Segment]:
         language="en",
         beam_size=BEAM_SIZE,
         vad_filter=VAD_FILTER,
-        word_timestamps=WORD_TIMESTAMPS,
+        word_timestamps=WORD_TIMESTAMPS or words,
         # Each segment on its own: a misheard phrase is not carried into the next (and a
         # transcript does not depend on how the call was cut).
         condition_on_previous_text=False,
     )
-    return _in_order(_phrases(found), len(audio) / MODEL_RATE)
+    length_s = len(audio) / MODEL_RATE
+    segments = _in_order(_phrases(found), length_s)
+    return segments if words else [s._replace(words=()) for s in segments]
 
 
-def _phrases(found: Iterable[Any]) -> Iterator[tuple[float, float, str]]:
+Phrase = tuple[float, float, str, list[Any]]  # start, end, text, faster-whisper's words
+
+
+def _phrases(found: Iterable[Any]) -> Iterator[Phrase]:
     """Whisper's segments cut at every pause of PAUSE_S or more between two words."""
     for segment in found:
         words = segment.words or []
         if not words:
-            yield segment.start, segment.end, segment.text
+            yield segment.start, segment.end, segment.text, []
             continue
         run = [words[0]]
         for word in words[1:]:
             if word.start - run[-1].end >= PAUSE_S:
-                yield run[0].start, run[-1].end, "".join(w.word for w in run)
+                yield run[0].start, run[-1].end, "".join(w.word for w in run), run
                 run = []
             run.append(word)
-        yield run[0].start, run[-1].end, "".join(w.word for w in run)
+        yield run[0].start, run[-1].end, "".join(w.word for w in run), run
 
 
-def _in_order(found: Iterable[tuple[float, float, str]], length_s: float) -> list[Segment]:
-    """Whisper's timestamps are tokens it predicts: clamp them to the audio and to each other."""
+def _in_order(found: Iterable[Phrase], length_s: float) -> list[Segment]:
+    """Whisper's timestamps are tokens it predicts: clamp them to the audio and to each other
+    (a segment's words to the segment)."""
     segments: list[Segment] = []
     previous_end = 0.0
-    for start, end, text in found:
+    for start, end, text, words in found:
         text = text.strip()
         if not text:
             continue
         start_s = min(max(float(start), previous_end), length_s)
         end_s = min(max(float(end), start_s), length_s)
-        segments.append(Segment(round(start_s, 2), round(end_s, 2), text))
+        timed = tuple(
+            (round(_clamp(w.start, start_s, end_s), 2), round(_clamp(w.end, start_s, end_s), 2),
+             str(w.word).strip())
+            for w in words
+        )  # fmt: skip
+        segments.append(Segment(round(start_s, 2), round(end_s, 2), text, timed))
         previous_end = end_s
     return segments
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(max(float(value), low), high)

@@ -26,7 +26,9 @@ class ScriptedAI:
     def count(self, step: str) -> int:
         return sum(1 for _, s in self.requests if s == step)
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         self._next(call_id, "transcription")
         return await mock_spoken(audio)
 

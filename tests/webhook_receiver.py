@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from core.webhooks import secret_key
 from devstack.servers import free_port
+from jobs.resources import WorkerResources
+from jobs.webhooks import BATCH, claim, deliver, make_client
 
 
 @dataclass
@@ -81,3 +84,18 @@ async def receiving(receiver: Receiver, port: int | None = None) -> AsyncIterato
         receiver.released.set()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+async def drain(res: WorkerResources, rounds: int) -> list[str]:
+    """What the delivery loop does on each poll, up to `rounds` times (until a poll finds
+    nothing due), in one piece: every due row (up to BATCH) claimed and its attempt made, all at
+    once; their new states."""
+    key = secret_key(res.settings.webhook_secret.get_secret_value())
+    states: list[str] = []
+    async with make_client() as client:
+        for _ in range(rounds):
+            claimed = await claim(res, {}, BATCH)
+            if not claimed:
+                break
+            states += await asyncio.gather(*(deliver(res, client, key, d) for d in claimed))
+    return states

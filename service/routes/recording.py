@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from core.errors import AudioErased, CallNotFound, NoAudio, RangeNotSatisfiable
 from core.recording import NotAudio, Recording, load_recording
+from db import transcripts
 from db.segments import SegmentReader
 from service.conditional import parse_if_none_match
 from service.deps import CallId, ResourcesDep, SessionDep
@@ -56,7 +57,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1) if last is not None else size - 1
 
 
-def _etag(call_id: str, version: tuple[int, int, int], channels: int) -> str:
+def _etag(call_id: str, version: object, channels: int) -> str:
     raw = f"{call_id}:{version}:{channels}".encode()
     return f'"{hashlib.blake2b(raw, digest_size=16).hexdigest()}"'
 
@@ -91,13 +92,19 @@ async def get_audio(
 ) -> Response:
     """The recording as 16-bit PCM WAV at the call's rate: mono for one track, stereo for two
     (left: inbound, the caller; right: outbound, the agent), gaps as silence. A live call's
-    recording is what has been flushed so far: it grows a segment at a time."""
+    recording is what has been flushed so far: it grows a segment at a time (with
+    REDACT_PII=transcript,audio, what has been transcribed and redacted so far)."""
     status = await call_status(session, res.live, call_id, 0)
     if status is None:
         raise CallNotFound(f"call {call_id} is unknown")
     if status.audio_erased_at is not None:
         when = status.audio_erased_at.isoformat(timespec="seconds")
         raise AudioErased(f"call {call_id}'s recording was erased at {when} (retention)")
+    # With audio redaction, only what is transcribed (and so silenced where it said personal
+    # data) is served: a live call's recording trails its transcription.
+    heard = (
+        await transcripts.transcribed_to(session, call_id) if res.settings.redact_audio else None
+    )
     await session.close()  # the recording reads in short transactions of its own
     reader = SegmentReader(res.sessions, call_id, res.objects)
     version = await reader.version()
@@ -105,7 +112,10 @@ async def get_audio(
         recording = await load_recording(reader, status.metadata, res.settings)
     except NotAudio as exc:
         raise NoAudio(f"call {call_id} has no recording: {exc}") from None
-    etag = _etag(call_id, version, recording.channels)
+    if heard is not None:
+        recording = recording.heard_to(heard)
+    served = None if heard is None else sorted(heard.items())  # changes as windows are stored
+    etag = _etag(call_id, (version, served), recording.channels)
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",

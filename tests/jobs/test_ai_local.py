@@ -165,6 +165,20 @@ async def test_a_call_longer_than_a_segment_is_timed_from_the_start_of_the_call(
     assert [s.start_s for s in segments] == sorted(s.start_s for s in segments)
 
 
+async def test_word_times_come_when_asked_each_inside_its_stretch_in_the_calls_time(local_ai):
+    audio = recorded(HAPPY) + silence(1000) + recorded(TUESDAY)
+
+    plain = await local_ai.transcribe_segments("call", PcmAudio(pcm(audio), TELEPHONY))
+    timed = await local_ai.transcribe_segments("call", PcmAudio(pcm(audio), TELEPHONY), words=True)
+
+    assert all(s.words is None for s in plain)  # not asked: not given
+    assert [s.text for s in timed] == [s.text for s in plain]
+    for stretch in timed:
+        assert stretch.words
+        assert " ".join(w.text for w in stretch.words) == " ".join(stretch.text.split())
+        assert all(stretch.start_s <= w.start_s <= w.end_s <= stretch.end_s for w in stretch.words)
+
+
 def timed_transcription(samples: Samples, rate: int) -> tuple[float, float, int]:
     """Run in a pool process: CPU and wall seconds of one transcription, and the process id."""
     cpu, wall = time.process_time(), time.monotonic()
@@ -203,7 +217,9 @@ class Borrowed:
     def __init__(self, ai: LocalAI) -> None:
         self.ai = ai
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         return await self.ai.transcribe_segments(call_id, audio)
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -26,8 +27,8 @@ from core.audio import MULAW_SILENCE, TELEPHONY, AudioFormat, decode, mulaw_enco
 from core.recording import Recording
 from db.keys import AI_SLOTS_PAUSE
 from db.packets import StoredPacket
-from jobs.ai import PermanentAIError, Spoken, TransientAIError
-from jobs.ai_openai import OpenAICompatible, retry_after_s
+from jobs.ai import PermanentAIError, Spoken, TransientAIError, Word
+from jobs.ai_openai import TIMED, WORDS, OpenAICompatible, _form, retry_after_s, spoken_from
 from jobs.audio import TrackAudio
 from jobs.resources import WorkerResources, make_resources
 from settings import Settings
@@ -599,3 +600,40 @@ async def test_segments_fail_as_the_transcript_does(
         await ai.transcribe_segments("recorded", audio)
     assert getattr(raised.value, "retry_after_s", None) == retry_after
     assert len(provider.requests("transcriptions")) == 1
+
+
+def test_word_times_are_asked_as_a_second_granularity_only_when_wanted():
+    head, _ = _form("b", [("model", "m"), *TIMED, *WORDS], "audio.wav", "audio/wav")
+    fields = re.findall(rb'name="([^"]+)"\r\n\r\n([^\r]*)', head)
+    assert fields.count((b"timestamp_granularities[]", b"word")) == 1
+    assert fields.count((b"timestamp_granularities[]", b"segment")) == 1
+    assert (b"timestamp_granularities[]", b"word") not in re.findall(
+        rb'name="([^"]+)"\r\n\r\n([^\r]*)', _form("b", TIMED, "a.wav", "audio/wav")[0]
+    )
+
+
+def test_verbose_json_words_go_to_the_segment_they_fall_in_timed_in_the_whole_audio():
+    answer = {
+        "text": "my card is 4111. thanks",
+        "segments": [{"start": 0.0, "end": 2.0, "text": "my card is 4111."},
+                     {"start": 2.5, "end": 3.0, "text": "thanks"}],
+        "words": [{"word": "my", "start": 0.0, "end": 0.3}, {"word": "card", "start": 0.3,
+                   "end": 0.7}, {"word": "is", "start": 0.7, "end": 0.9},
+                  {"word": "4111", "start": 1.0, "end": 1.9},
+                  {"word": "thanks", "start": 2.5, "end": 3.0}],
+    }  # fmt: skip
+    first, second = spoken_from(answer, 10.0, 13.0, words=True)
+    assert first.words is not None
+    assert [w.text for w in first.words] == ["my", "card", "is", "4111"]
+    assert first.words[3] == Word(11.0, 11.9, "4111")
+    assert second.words == (Word(12.5, 13.0, "thanks"),)
+    # Not asked for, or not given (a server that ignored the granularity): None.
+    assert spoken_from(answer, 10.0, 13.0)[0].words is None
+    del answer["words"]
+    assert spoken_from(answer, 10.0, 13.0, words=True)[0].words is None
+
+
+def test_a_malformed_word_is_a_permanent_error():
+    answer = {"text": "hi", "words": [{"word": "hi", "start": "soon", "end": 1.0}]}
+    with pytest.raises(PermanentAIError, match="word is malformed"):
+        spoken_from(answer, 0.0, 1.0, words=True)

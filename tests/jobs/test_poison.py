@@ -187,7 +187,9 @@ async def test_a_final_write_postgres_refuses_ends_failed_for_good(
 
 
 class RefusedTranscript(ScriptedAI):
-    async def transcribe_segments(self, call_id: str, audio: Any) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: Any, *, words: bool = False
+    ) -> list[Spoken]:
         await super().transcribe_segments(call_id, audio)
         return [Spoken(0.0, 1.0, f"{SECRET}\x00")]
 

@@ -1,7 +1,8 @@
 """REDACT_PII=transcript: a card number, a phone number and an e-mail said in a call (the mock's
 text packets, written and spoken forms) are redacted before anything stores or tells them: not in
 the utterances, the transcript, the feed, PostgreSQL's rows; sentiment is scored on the redacted
-text. REDACT_PII=transcript,audio is refused at start (not built). Real Redis, PostgreSQL, arq."""
+text. Real Redis, PostgreSQL, arq (REDACT_PII=transcript,audio:
+tests/jobs/test_audio_redaction.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import re
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -75,10 +75,3 @@ async def test_personal_data_is_redacted_before_it_is_stored_or_told(
     feed = b" ".join(f[b"e"] for _, f in await redis.xrange(EVENTS))
     assert b"[CARD_NUMBER]" in feed
     assert not CARD_DIGITS.search(feed.decode())
-
-
-def test_redacting_the_recording_too_is_refused_at_start_as_not_built(
-    server_urls: tuple[str, str],
-):
-    with pytest.raises(ValidationError, match="not built yet"):
-        make_settings(*server_urls, redact_pii="transcript,audio")

@@ -57,7 +57,9 @@ class FirstAttemptFails:
             await asyncio.sleep(0.01)
             raise TransientAIError("first attempt of this unit fails (simulated 503)")
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         unit = (getattr(audio, "channel", None), getattr(audio, "start", None))
         await self._maybe_fail((call_id, unit))
         return await self.inner.transcribe_segments(call_id, audio)

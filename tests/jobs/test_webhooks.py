@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
 from core import metrics
-from core.webhooks import secret_key
 from db import calls
 from db.intake import CallIntake
 from db.packets import NewPacket, Track
@@ -31,14 +30,14 @@ from devstack.processes import free_port
 from jobs.ai import PermanentAIError
 from jobs.process import process_call
 from jobs.resources import WorkerResources, make_resources
-from jobs.webhooks import BATCH, DeliveryLoop, claim, deliver, make_client
+from jobs.webhooks import DeliveryLoop
 from service.app import create_asgi
 from settings import Settings
 from tests.conftest import FEED, make_settings
 from tests.core.test_metrics import sample
 from tests.factories import rows, scalar
 from tests.fakes import ScriptedAI
-from tests.webhook_receiver import Receiver, receiving
+from tests.webhook_receiver import Receiver, drain, receiving
 
 SECRET = "whsec_" + base64.b64encode(b"callstream-webhooks-test-key-32b").decode()
 ALL_EVENTS = "call.completed,call.archived,call.failed"
@@ -76,18 +75,6 @@ async def archived_call(res: WorkerResources, call_id: str) -> None:
 def verified(receiver: Receiver) -> list[dict[str, Any]]:
     """Every request the receiver got, verified as a receiver would (raises if one is not)."""
     return [Webhook(SECRET).verify(r.body, r.headers) for r in receiver.received]
-
-
-async def drain(res: WorkerResources, rounds: int) -> list[str]:
-    """What the delivery loop does on each poll, `rounds` times, in one piece: every due row
-    (up to BATCH) claimed and its attempt made, all at once; their new states."""
-    key = secret_key(res.settings.webhook_secret.get_secret_value())
-    states: list[str] = []
-    async with make_client() as client:
-        for _ in range(rounds):
-            claimed = await claim(res, {}, BATCH)
-            states += await asyncio.gather(*(deliver(res, client, key, d) for d in claimed))
-    return states
 
 
 async def test_every_event_reaches_every_endpoint_signed_and_verifiable(

@@ -632,7 +632,9 @@ class HeldAI(ScriptedAI):
         self.released = asyncio.Event()
         self.heard = [0, 0]
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         if self.holding:
             await self.released.wait()
         spoken = await super().transcribe_segments(call_id, audio)

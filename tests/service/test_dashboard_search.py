@@ -74,7 +74,9 @@ async def test_enter_searches_what_was_said_and_a_result_opens_the_call_with_its
 class SaidLate(ScriptedAI):
     """Every window's words, said from 1.5 s into it: a match that is not at the call's start."""
 
-    async def transcribe_segments(self, call_id: str, audio: SpeechSource) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: SpeechSource, *, words: bool = False
+    ) -> list[Spoken]:
         self._next(call_id, "transcription")
         seconds = (await audio.facts()).seconds
         return [Spoken(1.5, seconds, "about my refund please")]

@@ -26,13 +26,17 @@ from core.configured import check_settings
 from db.keys import call_keys
 from db.object_store import BadStoreUrl, ObjectStore, StoreAddress, key_part
 from db.outages import is_outage
-from db.packets import NewPacket
+from db.packets import NewPacket, Track
 from devstack.servers import free_port
+from jobs.process import process_call
 from jobs.resources import make_resources
 from jobs.segments import flush_segment, flush_tail
 from service.app import create_app
 from settings import Settings
 from tests.conftest import make_settings
+from tests.factories import rows
+from tests.jobs.test_audio_redaction import NoWordTimes, recording, settings_for, tone
+from tests.jobs.test_audio_redaction import send as send_tracks
 from tests.service.test_recording import speech, two_track_stream, wait_state
 from tests.serving import serving, worker_running
 
@@ -258,6 +262,32 @@ async def test_a_slow_put_holds_no_lock_or_connection_and_a_racing_flush_stores_
             )
         ).all()
     assert [r.packets for r in rows] == [50]  # stored once
-    # Both planned the same segment, so both wrote the one key, with the same bytes.
+    # Both planned the same segment, each PUT under a key of its own; the loser deleted its
+    # object, so what is left is the winner's, which the row names.
     assert await objects_in(bucket) == {rows[0].object_key: 50 * 160}
     assert await redis.xlen(call_keys("CA-slow").packets) == 0
+
+
+async def test_audio_redaction_rewrites_the_objects_themselves(
+    server_urls: tuple[str, str], bucket: str, engine: AsyncEngine
+):
+    url = f"s3://{BUCKET}/calls?endpoint_url={bucket}&region=us-east-1"
+    settings = settings_for(server_urls, audio_store_url=url)
+    audio = tone(2.0)
+    res = make_resources(settings, ai=NoWordTimes())
+    try:
+        await send_tracks(res, "pii-objects", {Track.INBOUND: audio}, live=False)
+        await res.ingestion.complete("pii-objects")
+        assert await process_call(res, "pii-objects") == "ARCHIVED"
+        assert res.objects is not None
+        keys = await rows(
+            engine,
+            "SELECT object_key FROM call_segment WHERE call_id = 'pii-objects' ORDER BY segment",
+        )
+        stored = b"".join([await res.objects.get(key) for (key,) in keys])
+    finally:
+        await res.close()
+    assert stored == b"\xff" * len(audio)  # μ-law silence, every byte: no copy is left
+    got = await recording(settings, "pii-objects")
+    assert len(got) == len(audio)
+    assert not got.any()
