@@ -264,7 +264,7 @@ LONG_HOLD_S = 30.0  # frames stay held until something stores them: no race with
 def media_taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, asyncio.Event]:
     """Events set once the server's stream of a call has taken in its Nth media frame (key
     "call:N"), observed in the server's own process; and a long hold."""
-    monkeypatch.setattr(media_ws, "HOLD_S", LONG_HOLD_S)
+    monkeypatch.setattr(media_ws, "store_at", lambda held_since: held_since + LONG_HOLD_S)
     taken: dict[str, asyncio.Event] = {}
     counts: dict[str, int] = {}
     handle = media_ws.MediaStream.handle
