@@ -12,7 +12,8 @@ SLIP_TARGET_MS: a client starved of CPU offers less than real-time load, so its 
 the client, not the server). Steps go up until one does not hold.
 
 Knobs (environment, as the entry point takes no suite arguments):
-- BENCH_CAPACITY_STEPS: the calls of each step, e.g. "60,120,150,180";
+- BENCH_CAPACITY_STEPS: the calls of each step, e.g. "60,120,150,180": all of them run (the
+  default sizes stop at the first step that does not hold);
 - BENCH_CAPACITY_BEFORE: the figures (bench/results/capacity.json) of a run against another
   tree, e.g. a baseline checkout, measured just before: the section sets this run's steps
   against its steps of the same size.
@@ -82,7 +83,9 @@ def per_frame_us(step: dict[str, Any], group: str) -> float | None:
     return 1e6 * step["cpu_s"][group] / frames if frames else None
 
 
-async def run_steps(plan: Plan, steps: tuple[int, ...], options: Options) -> dict[str, Any]:
+async def run_steps(
+    plan: Plan, steps: tuple[int, ...], options: Options, asked: bool = False
+) -> dict[str, Any]:
     layout = start_layout(options.stores, processes=1 if options.quick else CORES)
     dialogue = real_dialogue()
     b = Bench(layout, plan, dialogue)
@@ -99,8 +102,8 @@ async def run_steps(plan: Plan, steps: tuple[int, ...], options: Options) -> dic
             step["api_us_per_frame"] = per_frame_us(step, "api")
             figures["steps"].append(step)
             print(capacity_report.one_line(step), flush=True)
-            if not step["holds"]:
-                break
+            if not step["holds"] and not asked:
+                break  # the default sizes go up to where it breaks; sizes asked for all run
     finally:
         figures["meta"]["loadavg_end"] = loadavg()
         await b.close()
@@ -123,8 +126,9 @@ def before_figures() -> dict[str, Any] | None:
 def run(options: Options) -> Outcome:
     plan = QUICK if options.quick else PLAN
     default = QUICK_STEPS if options.quick else STEPS
-    steps = steps_of(os.environ.get("BENCH_CAPACITY_STEPS"), default)
-    figures = uvloop.run(run_steps(plan, steps, options))
+    asked = os.environ.get("BENCH_CAPACITY_STEPS")
+    steps = steps_of(asked, default)
+    figures = uvloop.run(run_steps(plan, steps, options, asked=bool(asked)))
     before = before_figures()
     lines = capacity_report.section(figures, before, command("capacity"))
     problems = [] if figures["steps"] else ["no step ran"]

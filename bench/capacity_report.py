@@ -59,7 +59,8 @@ def section(f: Figures, before: Figures | None, command: str) -> list[str]:
         "reads the count straight from Redis), and the client kept its schedule (slip p99 at "
         "most 100 ms: past that the client, short of CPU, no longer offers real-time load). CPU: "
         "user + system seconds of each group's processes over the step, children included "
-        "(bench/cpu.py), per call-minute (a minute of one two-track call: 3,000 frames).",
+        "(bench/cpu.py), per call-minute (a minute of one two-track call: 6,000 frames, 3,000 "
+        "a track; 'API / frame' is the API's CPU over them).",
         "",
         *steps_table(f["steps"]),
         "",
@@ -113,7 +114,8 @@ def comparison(after: Figures, before: Figures) -> list[str]:
             continue
         now_cpu, was_cpu = st["cpu_ms_per_call_minute"], was["cpu_ms_per_call_minute"]
         cells = " | ".join(
-            f"{now_cpu[g] / 1000:.3f} / {was_cpu[g] / 1000:.3f} s ({_ratio(now_cpu[g], was_cpu[g])})"
+            f"{now_cpu[g] / 1000:.3f} / {was_cpu[g] / 1000:.3f} s "
+            f"({_ratio(now_cpu[g], was_cpu[g])})"
             for g in GROUPS
         )
         lines.append(
