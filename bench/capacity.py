@@ -71,10 +71,11 @@ def verdict(step: dict[str, Any]) -> dict[str, Any]:
         why.append(f"{step['errors']} client errors")
     lag = step.get("status_lag_p99_ms")
     if lag is None or lag > LAG_TARGET_MS:
-        why.append(f"status lag p99 {lag} ms")
+        why.append("no status lag sampled" if lag is None else f"status lag p99 {lag:.0f} ms")
     slip = step.get("pace_slip_p99_ms")
     if slip is None or slip > SLIP_TARGET_MS:
-        why.append(f"client slip p99 {slip} ms (the client is short of CPU)")
+        late = "no send timed" if slip is None else f"client slip p99 {slip:.0f} ms"
+        why.append(f"{late} (the client is short of CPU)")
     return {"holds": not why, "why_not": why}
 
 

@@ -15,7 +15,7 @@ STACK_TARGET_S = 0.30  # the stack's CPU per call-minute (issue 27)
 
 def stack_s(step: Figures) -> float:
     """The stack's CPU seconds per call-minute (the client aside)."""
-    cpu = step["cpu_ms_per_call_minute"]
+    cpu: dict[str, float] = step["cpu_ms_per_call_minute"]
     return sum(cpu[g] for g in GROUPS) / 1000
 
 
@@ -103,7 +103,8 @@ def comparison(after: Figures, before: Figures) -> list[str]:
         "",
         *steps_table(before["steps"]),
         "",
-        "After / before, steps of the same size:",
+        "After / before, steps of the same size (a step where either run lost frames or left "
+        "calls unfinished did not do the same work: its CPU is not comparable, and is left out):",
         "",
         "| calls | stack CPU / call-min | API | workers | Redis | PostgreSQL | API / frame |",
         "|---|---|---|---|---|---|---|",
@@ -111,6 +112,9 @@ def comparison(after: Figures, before: Figures) -> list[str]:
     for st in after["steps"]:
         was = old.get(st["calls"])
         if was is None:
+            continue
+        if not (_complete(st) and _complete(was)):
+            lines.append(f"| {st['calls']} | not comparable | | | | | |")
             continue
         now_cpu, was_cpu = st["cpu_ms_per_call_minute"], was["cpu_ms_per_call_minute"]
         cells = " | ".join(
@@ -124,6 +128,11 @@ def comparison(after: Figures, before: Figures) -> list[str]:
             f"{_us(st['api_us_per_frame'])} / {_us(was['api_us_per_frame'])} |"
         )
     return [*lines, ""]
+
+
+def _complete(step: Figures) -> bool:
+    """Every frame stored and every call ARCHIVED: the step did all of its work."""
+    return bool(step["lost_frames"] == 0 and step["states"] == {"ARCHIVED": step["calls"]})
 
 
 def _ratio(now: float, was: float) -> str:

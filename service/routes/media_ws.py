@@ -164,11 +164,11 @@ def _check_base64(payload: str) -> None:
         raise Reject("invalid_payload", "media.payload is not valid base64") from None
 
 
-_TRACK_NAMED = {None: Track.INBOUND, **{t.value: t for t in TRACKS}}
+_TRACK_NAMED: dict[str | None, Track] = {None: Track.INBOUND, **{t.value: t for t in TRACKS}}
 
 
 def _track(value: Any) -> Track:
-    track = _TRACK_NAMED.get(value) if isinstance(value, str | None) else None
+    track: Track | None = _TRACK_NAMED.get(value) if isinstance(value, str | None) else None
     if track is None:
         raise Reject("invalid_track", "media.track must be inbound or outbound")
     return track

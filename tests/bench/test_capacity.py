@@ -59,7 +59,7 @@ def test_a_step_holds_only_with_everything_stored_in_time_and_the_client_on_sche
     assert lost["why_not"] == ["3 frames lost"]
     assert not step(states={"ARCHIVED": 9, "FAILED": 1})["holds"]
     assert not step(errors=1)["holds"]
-    assert not step(status_lag_p99_ms=LAG_TARGET_MS + 1)["holds"]
+    assert step(status_lag_p99_ms=LAG_TARGET_MS + 1.4)["why_not"] == ["status lag p99 251 ms"]
     assert step(status_lag_p99_ms=LAG_TARGET_MS)["holds"]
     assert not step(status_lag_p99_ms=None)["holds"]  # no sample: nothing shown
 
@@ -89,13 +89,14 @@ def figures(steps: list[dict[str, Any]], commit: str) -> dict[str, Any]:
 def test_the_section_sets_each_step_against_the_other_trees_step_of_its_size():
     before = figures([step(10), step(20, lost_frames=5)], "base")
     cheaper = {"api": 150.0, "workers": 100.0, "redis": 25.0, "postgres": 50.0, "client": 200.0}
-    after = figures([step(10, cpu_ms_per_call_minute=cheaper), step(30)], "mine")
+    after = figures([step(10, cpu_ms_per_call_minute=cheaper), step(20), step(30)], "mine")
     lines = comparison(after, before)
     rows = [line for line in lines if line.startswith("| 10 |")]
     assert len(rows) == 2  # its row in the before table, and in the comparison
     assert "0.325 / 0.500 s (0.65x)" in rows[-1]
     assert "0.150 / 0.300 s (0.50x)" in rows[-1]
     assert not any(line.startswith("| 30 | **") for line in lines)  # no step of 30 before
+    assert any(line.startswith("| 20 | not comparable |") for line in lines)  # 5 frames lost
     text = "\n".join(section(after, before, "python -m bench capacity --write"))
     assert "Most calls held: **30**" in text
     assert "most calls held 10" in text
