@@ -30,6 +30,7 @@ SUITES = (
     "cluster",
     "ai_quality",
     "real_calls",
+    "capacity",
     "live_transcripts",
     "ai_retries",
     "pbx_feeds",

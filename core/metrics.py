@@ -149,8 +149,13 @@ _REFUSED = PACKETS.labels("refused")
 
 
 def count_packets(results: Sequence[PacketResult]) -> None:
+    # One inc per outcome seen, not per packet: each inc takes the value's lock and writes the
+    # shared file (PROMETHEUS_MULTIPROC_DIR), and a batch is mostly one outcome.
+    counts: dict[Outcome, int] = {}
     for result in results:
-        _BY_OUTCOME[result.outcome].inc()
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    for outcome, count in counts.items():
+        _BY_OUTCOME[outcome].inc(count)
 
 
 def count_error_answer(code: str) -> None:

@@ -107,6 +107,9 @@ class Appended(list[PacketResult]):
         self.segment_asked = segment_asked
 
 
+_OUTCOMES = tuple(Outcome)  # by the number the script answers (Outcome(n) is an enum lookup)
+
+
 class Completion(StrEnum):
     """What db/lua/complete.lua found."""
 
@@ -181,7 +184,7 @@ class CallIntake:
         if raw and raw[0] == -3:
             raise TailFull(call_id, int(raw[1]), int(raw[2]))
         results = [
-            PacketResult(p.sequence, Outcome(int(raw[2 * i])), int(raw[2 * i + 1]))
+            PacketResult(p.sequence, _OUTCOMES[raw[2 * i]], int(raw[2 * i + 1]))
             for i, p in enumerate(packets)
         ]
         return Appended(results, int(raw[-1]))

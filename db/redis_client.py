@@ -3,6 +3,7 @@ cluster client when the URL names a Redis Cluster (redis+cluster://host:port[,ho
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -25,7 +26,14 @@ def text_of(value: bytes | str | int) -> str:
 
 
 def is_cluster(redis: RedisClient) -> bool:
-    return isinstance(redis, RedisCluster)
+    return _cluster_type(type(redis))
+
+
+@functools.cache
+def _cluster_type(kind: type) -> bool:
+    # Asked per ingested batch (db/events.py feed_key); isinstance against RedisCluster walks
+    # typing's Protocol machinery (its bases include Protocols) each time.
+    return issubclass(kind, RedisCluster)
 
 
 async def execute(pipe: RedisPipeline, *, raise_on_error: bool = True) -> list[Any]:

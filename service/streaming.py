@@ -18,10 +18,12 @@ from db.packets import PacketFields
 FLUSH_AT = 50  # packets buffered before one append, at most
 # How long a packet may wait for others to share its Redis round trip. At real-time pace a
 # stream sends a frame (two with both tracks) every 20 ms: storing each at once costs a script
-# call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 60 ms
-# stores three ticks at a time and keeps the frame-to-stored lag under 100 ms. The WebSocket
-# acknowledges no frame, so nothing a client was told is held.
-HOLD_S = 0.06
+# call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 100 ms
+# stores five ticks at a time (a media stream's windows are aligned, store_at: a packet waits
+# 50 ms on average) and keeps the frame-to-stored lag well under the 250 ms a status may trail
+# (BENCHMARKS.md, Real-time capacity). The WebSocket acknowledges no frame, so nothing a client
+# was told is held.
+HOLD_S = 0.1
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
 
 CLOSED = object()  # the reader's sentinel: the client went away
@@ -30,6 +32,25 @@ CLOSED = object()  # the reader's sentinel: the client went away
 # means the worker is down, and the client is told to come back: 1013).
 PAUSE_S = 0.2
 PAUSE_MAX_S = 15.0
+
+
+def store_at(held_since: float) -> float:
+    """When packets held since `held_since` (the loop's clock) are stored: the end of the
+    HOLD_S window of the process' clock that they fell in, not HOLD_S after each stream's own
+    first packet. Every stream of the process then stores in the same loop tick, and those
+    stores share one pipelined Redis round trip (db/pipelining.py) instead of one each; a
+    packet still waits at most HOLD_S (on average half)."""
+    return (held_since // HOLD_S + 1) * HOLD_S
+
+
+async def next_message(messages: asyncio.Queue[object], deadline: float) -> object:
+    """The next message read ahead, or TimeoutError once the loop's clock passes `deadline`.
+    One waiting for it is a timer, not a task (asyncio.wait_for makes a task of each wait: most
+    of a frame's cost outside the protocol's parsing), and none when one is already read."""
+    if not messages.empty():
+        return messages.get_nowait()
+    async with asyncio.timeout_at(deadline):
+        return await messages.get()
 
 
 async def append_or_pause(

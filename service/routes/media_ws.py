@@ -9,8 +9,11 @@ otherwise `sequenceNumber`, as before tracks (it counts every message of the str
 tracks it would put a gap on each after every frame of the other).
 `stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
 buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or the
-oldest has waited HOLD_S (60 ms). Every rule (call id, sizes, dedup, ordering, completed calls,
-complete then enqueue) is core/ingestion.py's, the same as over HTTP.
+HOLD_S window (100 ms of a clock every stream of the process shares, service/streaming.py
+store_at) that the oldest arrived in is over: every stream of the process stores in the same
+loop tick, and the stores share one pipelined round trip (db/pipelining.py). Every rule (call
+id, sizes, dedup, ordering, completed calls, complete then enqueue) is core/ingestion.py's, the
+same as over HTTP.
 
 A stream must send a valid `start` within WS_START_TIMEOUT_S of opening (with its key in
 `start.customParameters.token` when its handshake had none: core/access.py's rule for this
@@ -34,8 +37,6 @@ import binascii
 import contextlib
 import logging
 import math
-import time
-from base64 import b64decode
 from typing import Any
 
 import orjson
@@ -67,7 +68,7 @@ from service.deps import get_ws_resources, origin_allowed
 from service.gate import KEY_IN_START, actor_of
 from service.socket_limits import SocketLimits
 from service.streaming import CLOSED as _CLOSED
-from service.streaming import FLUSH_AT, HOLD_S, READ_AHEAD, append_or_pause
+from service.streaming import FLUSH_AT, READ_AHEAD, append_or_pause, next_message, store_at
 from service.streaming import read_frames as _read
 from settings import Settings
 
@@ -155,18 +156,22 @@ def _timestamp(value: Any) -> float:
 
 
 def _check_base64(payload: str) -> None:
+    # strict_mode: what b64decode(validate=True) refuses (anything outside the alphabet, bad
+    # padding, data after it), without its regular expression pass first.
     try:
-        b64decode(payload, validate=True)
+        binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise Reject("invalid_payload", "media.payload is not valid base64") from None
 
 
+_TRACK_NAMED: dict[str | None, Track] = {None: Track.INBOUND, **{t.value: t for t in TRACKS}}
+
+
 def _track(value: Any) -> Track:
-    if value is None:
-        return Track.INBOUND
-    if value not in TRACKS:
+    track: Track | None = _TRACK_NAMED.get(value) if isinstance(value, str | None) else None
+    if track is None:
         raise Reject("invalid_track", "media.track must be inbound or outbound")
-    return Track(value)
+    return track
 
 
 def two_tracks(start: dict[str, Any]) -> bool:
@@ -309,15 +314,16 @@ class MediaStream:
     async def run(
         self, frames: asyncio.Queue[object], idle_timeout_s: float, start_timeout_s: float
     ) -> None:
-        held_since = 0.0  # when the oldest buffered packet arrived
-        last_frame = time.monotonic()
+        clock = asyncio.get_running_loop().time
+        store_by = 0.0  # when the packets held are stored (streaming.store_at)
+        last_frame = clock()
         start_by = last_frame + start_timeout_s
         while True:
             if self.failed is not None:
                 raise self.failed
             try:
-                raw = await asyncio.wait_for(
-                    frames.get(), self._wait_s(held_since, start_by, last_frame, idle_timeout_s)
+                raw = await next_message(
+                    frames, self._deadline(store_by, start_by, last_frame, idle_timeout_s)
                 )
             except TimeoutError:
                 await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
@@ -325,7 +331,7 @@ class MediaStream:
             if raw is _CLOSED:
                 await self.flush()
                 return
-            last_frame = time.monotonic()
+            last_frame = clock()
             assert raw is None or isinstance(raw, str | bytes)
             if raw is not None and len(raw) > self.limit * 2 + FRAME_ENVELOPE_BYTES:
                 raise Reject("frame_too_large", "the frame is larger than a media frame can be",
@@ -335,12 +341,10 @@ class MediaStream:
                 await self.close(CLOSE_NORMAL)
                 return
             if self.buffer and not buffered:
-                held_since = time.monotonic()
-            # Store when enough is waiting, or when the oldest has waited HOLD_S: the next
-            # frames queue up while this round trip is in flight and go together in the next.
-            if len(self.buffer) >= FLUSH_AT or (
-                self.buffer and time.monotonic() - held_since >= HOLD_S
-            ):
+                store_by = store_at(last_frame)
+            # Store when enough is waiting, or when the window the oldest fell in is over: the
+            # next frames queue up while this round trip is in flight and go in the next.
+            if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= store_by):
                 await self.flush()
 
     async def _quiet(
@@ -348,29 +352,29 @@ class MediaStream:
     ) -> None:
         """No frame came in time: store what is held, or close a stream that has not started
         in time (1008) or gone quiet (1001)."""
+        now = asyncio.get_running_loop().time()
         if self.buffer:
             await self.flush()
-        elif self.call_id is None and time.monotonic() >= start_by:
+        elif self.call_id is None and now >= start_by:
             raise Reject(
                 "start_timeout",
                 f"no valid start within {start_timeout_s:g}s of opening (WS_START_TIMEOUT_S)",
                 CLOSE_POLICY,
             )
-        elif self.call_id is not None or time.monotonic() - last_frame >= idle_timeout_s:
+        elif self.call_id is not None or now - last_frame >= idle_timeout_s:
             raise Reject("idle_timeout", f"no frame for {idle_timeout_s:g}s", CLOSE_GOING_AWAY)
 
-    def _wait_s(
-        self, held_since: float, start_by: float, last_frame: float, idle_timeout_s: float
+    def _deadline(
+        self, store_by: float, start_by: float, last_frame: float, idle_timeout_s: float
     ) -> float:
-        """How long to wait for the next frame: a packet waits at most HOLD_S for others to
-        share its round trip; with nothing held, the idle timeout, and before start the start
-        timeout."""
-        now = time.monotonic()
+        """Until when to wait for the next frame (the loop's clock): held packets wait at most
+        until they are stored (HOLD_S); with nothing held, the idle timeout, and before start
+        the start timeout."""
         if self.buffer:
-            return max(0.0, held_since + HOLD_S - now)
+            return store_by
         if self.call_id is None:
-            return max(0.0, min(last_frame + idle_timeout_s, start_by) - now)
-        return idle_timeout_s
+            return min(last_frame + idle_timeout_s, start_by)
+        return asyncio.get_running_loop().time() + idle_timeout_s
 
     async def reject(self, code: str, message: str, close_code: int) -> None:
         with contextlib.suppress(Exception):

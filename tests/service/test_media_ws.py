@@ -17,10 +17,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from core.ingestion import Ingestion
+from db import pipelining
 from db.keys import call_keys
 from devstack.servers import free_port
 from jobs.process import process_call
 from jobs.resources import WorkerResources
+from service import streaming
 from service.app import create_app
 from service.routes import media_ws
 from settings import Settings
@@ -264,7 +266,7 @@ LONG_HOLD_S = 30.0  # frames stay held until something stores them: no race with
 def media_taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, asyncio.Event]:
     """Events set once the server's stream of a call has taken in its Nth media frame (key
     "call:N"), observed in the server's own process; and a long hold."""
-    monkeypatch.setattr(media_ws, "HOLD_S", LONG_HOLD_S)
+    monkeypatch.setattr(media_ws, "store_at", lambda held_since: held_since + LONG_HOLD_S)
     taken: dict[str, asyncio.Event] = {}
     counts: dict[str, int] = {}
     handle = media_ws.MediaStream.handle
@@ -368,3 +370,62 @@ async def test_an_internal_error_closes_1011_saying_only_that_it_is_logged(
     assert [f["code"] for f in frames] == ["internal_error"]
     assert "secret" not in frames[0]["message"]
     assert "a bug with secret details" in caplog.text  # logged, with its traceback
+
+
+async def until_stored(redis: Redis, calls: list[str], count: int, poll_s: float) -> None:
+    """Until each call's stream holds `count` packets (10 s at most)."""
+    async with asyncio.timeout(10):
+        for _ in range(int(10 / poll_s) + 1):
+            if [await redis.xlen(call_keys(c).packets) for c in calls] == [count] * len(calls):
+                return
+            await asyncio.sleep(poll_s)
+
+
+async def test_the_streams_of_a_process_store_their_held_frames_in_one_round_trip(
+    base: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    """Each stream's held frames are stored when the window of the process' clock they arrived
+    in ends (streaming.store_at), the same moment for every stream: their script calls go to
+    Redis as one pipeline (db/pipelining.py), not one round trip a call."""
+    batches: list[int] = []
+    run_scripts = pipelining.run_scripts
+
+    async def recording(redis: Any, calls: Any, replication: Any = None) -> list[Any]:
+        batches.append(len(calls))
+        return await run_scripts(redis, calls, replication)
+
+    monkeypatch.setattr(pipelining, "run_scripts", recording)
+    # A packet first: the backlog's size (core/backlog.py, read at most once a second, on the
+    # way to the script) is fresh while the window lasts, so no store waits on its read.
+    async with httpx.AsyncClient(base_url=f"http://{base}") as http:
+        warm = await http.post(
+            "/v1/call/stream/CA-WARM", json={"sequence": 1, "data": "x", "timestamp": 1.0}
+        )
+    assert warm.status_code == 202
+    window_ends = asyncio.get_running_loop().time() + 0.5  # one window for every stream
+    monkeypatch.setattr(media_ws, "store_at", lambda held_since: window_ends)
+    batches.clear()
+    calls = [f"CA-TICK-{i}" for i in range(4)]
+    sockets = [await connect(f"ws://{base}/v1/call/media") for _ in calls]
+    try:
+        for ws, call_id in zip(sockets, calls, strict=True):
+            await ws.send(start(call_id))
+            await ws.send(media(1))
+            await ws.send(media(2))
+        await until_stored(redis, calls, 2, poll_s=0.05)
+    finally:
+        for ws in sockets:
+            await ws.close()
+    assert batches[0] == 4
+    assert sum(batches) == 4  # nothing stored twice, nothing alone
+
+
+async def test_held_frames_wait_no_longer_than_the_window_they_arrived_in(base: str, redis: Redis):
+    async with connect(f"ws://{base}/v1/call/media") as ws:
+        await ws.send(start("CA-WINDOW"))
+        await ws.send(media(1))
+        sent = asyncio.get_running_loop().time()
+        await until_stored(redis, ["CA-WINDOW"], 1, poll_s=0.005)
+        waited = asyncio.get_running_loop().time() - sent
+    # At most HOLD_S, and the round trips around it; no idle timeout, no next frame needed.
+    assert waited < streaming.HOLD_S + 0.5
