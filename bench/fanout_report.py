@@ -76,7 +76,7 @@ def _ingestion_rows(ing: dict[str, Any]) -> list[str]:
         counts = ", ".join(f"{r['events']:,} / {r['deliveries']:,}" for r in rounds)
         rows.append(
             f"| {name} | {m['packets_per_s']:,.0f} |"
-            f" {m['packets_per_s'] / base['packets_per_s']:.2f} |"
+            f" {_ratio(m['packets_per_s'], base['packets_per_s']):.2f} |"
             f" {m['cpu_us_per_packet_loop']:,.0f} | {m['cpu_us_per_packet_all']:,.0f} |"
             f" {counts} |"
         )
@@ -89,7 +89,7 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
     busiest = max(steps, key=lambda s: s["delivered_per_s"])
     trickle = _median([s["api_cpu_ms_per_1k"] for s in steps if s["rate"] <= 2])
     us_per_delivery = busiest["api_cpu_ms_per_1k"]  # ms per 1,000 = µs each
-    per_core = 1e6 / us_per_delivery
+    per_core = _ratio(1e6, us_per_delivery)
     batched = batched_us_per_delivery(ing)
     med = ing["medians"]
     none, filtered, every = (med[c]["packets_per_s"] for c in ("none", "filtered", "all"))
@@ -125,7 +125,7 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         f" of its own would make about {per_core:,.0f} deliveries/s, i.e."
         f" {per_core / plan['subscribers']:,.0f} events/s to {plan['subscribers']} subscribers;"
         f" {batched:.0f} µs per delivery while ingestion fed it (events by the hundred, see"
-        f" below: about {1e6 / batched / plan['subscribers']:,.0f} events/s to"
+        f" below: about {_ratio(1e6, batched) / plan['subscribers']:,.0f} events/s to"
         f" {plan['subscribers']} subscribers per core).",
         f"- {plan['subscribers']} subscribers connected, nothing published for"
         f" {plan['idle_s']:g} s: the API used {d['idle']['api_cpu_share']:.1%} of a core"
@@ -143,9 +143,9 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         "",
         *_ingestion_rows(ing),
         "",
-        f"- 500 subscribers that take nothing: {filtered / none:.2f} x the throughput with"
-        f" none; 500 taking every event: {every / none:.2f} x, and"
-        f" {med['all']['cpu_us_per_packet_all'] / med['none']['cpu_us_per_packet_all']:.0f} x"
+        f"- 500 subscribers that take nothing: {_ratio(filtered, none):.2f} x the throughput with"
+        f" none; 500 taking every event: {_ratio(every, none):.2f} x, and"
+        f" {_ratio(*(med[c]['cpu_us_per_packet_all'] for c in ('all', 'none'))):.0f} x"
         " the API CPU per packet once the feed's deliveries are counted.",
         "",
         *reading(figures, trickle, batched),
@@ -177,15 +177,15 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
     waits = [s["api_wait_share"] for s in steps] + [r["api_wait_share_loop"] for r in ing["rounds"]]
     none_rounds = [r for r in ing["rounds"] if r["config"] == "none"]
     per_packet = med["none"]["cpu_us_per_packet_loop"]
-    filtered_cpu = med["filtered"]["cpu_us_per_packet_loop"] / per_packet - 1
+    filtered_cpu = _ratio(med["filtered"]["cpu_us_per_packet_loop"], per_packet) - 1
     # What refusing every event must cost: the hub's test of each event against each subscriber.
-    events_per_packet = sum(r["events"] for r in none_rounds) / sum(
-        r["packets"] for r in none_rounds
+    events_per_packet = _ratio(
+        sum(r["events"] for r in none_rounds), sum(r["packets"] for r in none_rounds)
     )
     matching = MATCH_500_US * n / 500 * events_per_packet
-    every = med["all"]["packets_per_s"] / med["none"]["packets_per_s"]
-    events_per_s = sum(r["events"] for r in none_rounds) / (
-        figures["plan"]["ingest_s"] * len(none_rounds)
+    every = _ratio(med["all"]["packets_per_s"], med["none"]["packets_per_s"])
+    events_per_s = _ratio(
+        sum(r["events"] for r in none_rounds), figures["plan"]["ingest_s"] * len(none_rounds)
     )
     return [
         "Reading:",
@@ -224,6 +224,12 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
         " hand-out tests every subscriber's filter in Python), and a cap on deliveries per"
         " second per process.",
     ]
+
+
+def _ratio(part: float, whole: float) -> float:
+    """part / whole, or NaN (printed "nan") where a loaded machine left nothing to divide by: a
+    quick run's figure is noise, and a report never fails for it."""
+    return part / whole if whole > 0 else float("nan")
 
 
 def _median(values: list[float]) -> float:
