@@ -31,6 +31,7 @@ SUITES = (
     "ai_quality",
     "real_calls",
     "live_transcripts",
+    "local_model",
     "ai_retries",
     "pbx_feeds",
     "search",

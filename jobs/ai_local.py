@@ -74,14 +74,18 @@ class LocalAI:
         self.model = str(model_folder(model))
         self._pool: ProcessPoolExecutor | None = None
 
-    async def transcribe_segments(self, call_id: str, audio: Audio) -> list[Spoken]:
+    async def transcribe_segments(
+        self, call_id: str, audio: Audio, words: bool = False
+    ) -> list[Spoken]:
         """The audio's speech as timed stretches, in seconds from its start: a piece at a time
-        through the pool (jobs/whisper.py's transcribe_pcm for each)."""
+        through the pool (jobs/whisper.py's transcribe_pcm for each). `words`: stretches timed
+        from their words and cut at pauses between them (what needs a word's time asks for it:
+        it costs a quarter more)."""
         fmt = await audio.format()
         timed: list[Spoken] = []
         offset_s = 0.0
         async for piece in audio.segments(SEGMENT_S, SEARCH_S):
-            found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate)
+            found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate, words)
             timed += [Spoken(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
             offset_s += len(piece) / fmt.rate
         return timed

@@ -37,10 +37,23 @@ PAUSE_S = 0.5
 # by the cores): calls transcribed at once never share a core, and CTranslate2's default of 4
 # threads a process would oversubscribe a small machine and slow every call down.
 CPU_THREADS = 1
-# Times from the words' alignment (cross-attention), not from the timestamp tokens Whisper
-# predicts: those put a segment that follows a silence at the silence's start (8 s early in a
-# window that opens with 8 s of silence); about 10% more CPU, and the pauses to cut at.
-WORD_TIMESTAMPS = True
+# Word times (the alignment of every word by cross-attention, a second pass of the decoder) only
+# for a caller that asks (`words=True`: what needs a word's own time, e.g. audio redaction):
+# they cost 24% more CPU on a window of 30 s of speech (1.40 against 1.13 CPU s, bench
+# local_model's profile). Without them a segment's times are the timestamp tokens Whisper
+# predicts within the speech the VAD kept, mapped back over the silence it dropped (so a segment
+# after a silence is not put at the silence's start); the pauses within a segment are not cut.
+# Whisper's encoder hears 30 s (3,000 frames of 10 ms), and faster-whisper pads shorter audio
+# with zeros up to it, so a window of 5 s cost the encoder what 30 s cost (and the decoder's
+# attention over it). The encoder is given only what was heard instead, rounded up to
+# ENCODER_STEP_FRAMES and at least ENCODER_MIN_FRAMES: shorter contexts made tiny.en
+# hallucinate on a sentence alone (bench/ai_quality.py's corpus, each sentence alone, clean: 51%
+# words wrong with at least 5 s, 86% with at least 1 s, 34% padded to 30 s, 28% with at least
+# 10 s; windows of four sentences: 23% against 22% clean, 45% against 50% with noise), for half
+# the CPU of a window of 10-14 s and a third of a sentence alone's.
+ENCODER_FRAMES = 3000
+ENCODER_STEP_FRAMES = 500
+ENCODER_MIN_FRAMES = 1000
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
 
 
@@ -79,7 +92,11 @@ def load_model(name: str | None = None) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # a folder is all it gets: never a hub look-up
     from faster_whisper import WhisperModel  # imported here: the worker itself never needs it
 
-    _model = WhisperModel(
+    class HeardWhisper(WhisperModel):  # type: ignore[misc]
+        def encode(self, features: Any) -> Any:
+            return super().encode(features[..., : encoder_frames(features)])
+
+    _model = HeardWhisper(
         str(folder),
         device="cpu",
         compute_type="int8",
@@ -89,9 +106,21 @@ def load_model(name: str | None = None) -> None:
     )
 
 
-def transcribe_pcm(samples: Samples, rate: int) -> list[Segment]:
+def encoder_frames(features: Any) -> int:
+    """How many of the (padded) features' frames the encoder is given: up to the last one that
+    is not padding (faster-whisper pads with zeros; an all-zero frame at the end is padding, or
+    silence that is no loss), rounded up to ENCODER_STEP_FRAMES, at least ENCODER_MIN_FRAMES."""
+    heard = np.flatnonzero(np.any(features != 0, axis=tuple(range(features.ndim - 1))))
+    last = int(heard[-1]) + 1 if len(heard) else 0
+    rounded = -(-last // ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES
+    return min(features.shape[-1], max(ENCODER_MIN_FRAMES, rounded))
+
+
+def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:
     """The speech in `samples` (16-bit mono at `rate`) as segments in order: times within
-    [0, the audio's length], each starting no earlier than the one before ended."""
+    [0, the audio's length], each starting no earlier than the one before ended. `words`: time
+    every word (a quarter more CPU: see above), and cut the segments at every pause of PAUSE_S
+    between two words."""
     if _model is None:
         load_model()
     audio = resample(samples, rate, MODEL_RATE).astype(np.float32) / 32768.0
@@ -102,7 +131,7 @@ def transcribe_pcm(samples: Samples, rate: int) -> list[Segment]:
         language="en",
         beam_size=BEAM_SIZE,
         vad_filter=VAD_FILTER,
-        word_timestamps=WORD_TIMESTAMPS,
+        word_timestamps=words,
         # Each segment on its own: a misheard phrase is not carried into the next (and a
         # transcript does not depend on how the call was cut).
         condition_on_previous_text=False,
