@@ -44,16 +44,16 @@ CPU_THREADS = 1
 # predicts within the speech the VAD kept, mapped back over the silence it dropped (so a segment
 # after a silence is not put at the silence's start); the pauses within a segment are not cut.
 # Whisper's encoder hears 30 s (3,000 frames of 10 ms), and faster-whisper pads shorter audio
-# with zeros up to it, so a window of 5 s cost the encoder what 30 s cost (and the decoder's
-# attention over it). The encoder is given only what was heard instead, rounded up to
-# ENCODER_STEP_FRAMES and at least ENCODER_MIN_FRAMES: shorter contexts made tiny.en
-# hallucinate on a sentence alone (bench/ai_quality.py's corpus, each sentence alone, clean: 51%
-# words wrong with at least 5 s, 86% with at least 1 s, 34% padded to 30 s, 28% with at least
-# 10 s; windows of four sentences: 23% against 22% clean, 45% against 50% with noise), for half
-# the CPU of a window of 10-14 s and a third of a sentence alone's.
+# with zeros up to it, so a window of 12 s cost the encoder what 30 s cost (and the decoder's
+# attention over it). Audio of at least TRIM_FROM_FRAMES is given to the encoder as heard
+# instead, rounded up to ENCODER_STEP_FRAMES: half the CPU of a window of 10-14 s, for as many
+# words right (bench/ai_quality.py's corpus, four sentences at a time: 23% wrong against 22%
+# clean, 45% against 50% with noise). Shorter audio keeps the whole 30 s: a sentence alone
+# heard in a context of 10 or 20 s came out with another name in it ("Aaron", "Marilyn" for
+# "Sarah"), and more words wrong with a context under 10 s (51% against 34%).
 ENCODER_FRAMES = 3000
 ENCODER_STEP_FRAMES = 500
-ENCODER_MIN_FRAMES = 1000
+TRIM_FROM_FRAMES = 1000
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
 
 
@@ -107,13 +107,15 @@ def load_model(name: str | None = None) -> None:
 
 
 def encoder_frames(features: Any) -> int:
-    """How many of the (padded) features' frames the encoder is given: up to the last one that
-    is not padding (faster-whisper pads with zeros; an all-zero frame at the end is padding, or
-    silence that is no loss), rounded up to ENCODER_STEP_FRAMES, at least ENCODER_MIN_FRAMES."""
+    """How many of the (padded) features' frames the encoder is given: all of them for audio
+    shorter than TRIM_FROM_FRAMES, else up to the last one that is not padding (faster-whisper
+    pads with zeros; an all-zero frame at the end is padding, or silence that is no loss),
+    rounded up to ENCODER_STEP_FRAMES."""
     heard = np.flatnonzero(np.any(features != 0, axis=tuple(range(features.ndim - 1))))
     last = int(heard[-1]) + 1 if len(heard) else 0
-    rounded = -(-last // ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES
-    return min(features.shape[-1], max(ENCODER_MIN_FRAMES, rounded))
+    if last < TRIM_FROM_FRAMES:
+        return int(features.shape[-1])
+    return min(int(features.shape[-1]), -(-last // ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES)
 
 
 def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:

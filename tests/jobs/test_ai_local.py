@@ -92,13 +92,18 @@ def test_whisper_hears_the_shipped_recordings_and_not_their_scrambled_or_misread
         assert misread <= clear / 3, (text, misread)
 
 
-def test_segments_are_timed_in_order_within_the_audio_where_the_words_were_said():
+def in_order_within(segments: list[Segment], length_s: float) -> bool:
+    ends = [0.0] + [s.end_s for s in segments]
+    return all(e <= s.start_s <= s.end_s <= length_s for e, s in zip(ends, segments, strict=False))
+
+
+def test_segments_asked_with_words_are_cut_at_pauses_and_timed_where_the_words_were_said():
     parts = [recorded(HAPPY), silence(1500), recorded(TUESDAY)]
     tuesday_from = sum(len(p) for p in parts[:2]) / 8000
     audio = pcm(b"".join(parts))
     length_s = len(audio) / 8000
 
-    segments = transcribe_pcm(audio, 8000)
+    segments = transcribe_pcm(audio, 8000, words=True)
 
     assert segments, "nothing heard"
     previous_end = 0.0
@@ -109,6 +114,32 @@ def test_segments_are_timed_in_order_within_the_audio_where_the_words_were_said(
     assert tuesday, segments
     assert tuesday[0].start_s >= tuesday_from - 1.0, segments  # not in the first sentence
     assert segments[0].start_s < 1.0  # the first sentence starts at once
+
+
+def test_segments_without_words_are_heard_and_timed_in_order_within_the_audio():
+    parts = [recorded(HAPPY), silence(1500), recorded(TUESDAY)]
+    audio = pcm(b"".join(parts))
+
+    segments = transcribe_pcm(audio, 8000)
+
+    assert heard(HAPPY + " " + TUESDAY, text_of(segments)) >= 0.6, segments
+    assert in_order_within(segments, len(audio) / 8000), segments
+    assert segments[0].start_s < 1.0
+
+
+def test_the_encoder_hears_what_was_said_not_the_padding_to_30_s():
+    frames_of = whisper.encoder_frames
+    heard_s = np.zeros((80, whisper.ENCODER_FRAMES), dtype=np.float32)
+    heard_s[:, :1234] = 0.5  # 12.3 s heard, the rest faster-whisper's zero padding
+
+    assert frames_of(heard_s) == 1500  # rounded up to a step of 5 s
+    assert frames_of(heard_s[None]) == 1500  # a batch of one, as encode() gets it
+    short = np.zeros((80, whisper.ENCODER_FRAMES), dtype=np.float32)
+    short[:, :999] = 0.5  # under 10 s: heard in the whole 30 s, where a name is heard right
+    assert frames_of(short) == whisper.ENCODER_FRAMES
+    assert frames_of(np.zeros((80, 3000), dtype=np.float32)) == 3000
+    assert frames_of(np.ones((80, 3000), dtype=np.float32)) == 3000
+    assert frames_of(np.ones((80, 2999), dtype=np.float32)) == 2999  # never past what it got
 
 
 def test_nothing_is_heard_in_silence_or_in_too_little_audio():
