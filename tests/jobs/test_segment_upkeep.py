@@ -102,7 +102,8 @@ async def test_with_short_segments_what_follows_a_live_windows_last_pause_waits_
     await flush_segment(res, "short")
     ready = await live_pass(res, "short")
 
-    assert ready.stored == 1 and ready.pending  # speech after the last pause waits
+    assert ready.stored == 1
+    assert ready.pending  # speech after the last pause waits
     assert await segment_jobs(queue, "follow.") == []  # for the next segment, not a follow-up
 
 
