@@ -105,7 +105,15 @@ async def windows(layout: RunLayout, stopped: dict[str, float]) -> list[dict[str
 
 
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:
-    env = {"AI_PROVIDER": "local", "AI_ATTEMPT_TIMEOUT_S": "60", **dict(plan.env)}
+    # Workers at the API's priority and a long attempt timeout: on a machine shared with others'
+    # work, niced workers starved and their calls' windows ran out of time (FAILED, nothing
+    # measured); the CPU a window costs is the figure here, not how long it waited for a core.
+    env = {
+        "AI_PROVIDER": "local",
+        "AI_ATTEMPT_TIMEOUT_S": "120",
+        "WORKER_NICE": "0",
+        **dict(plan.env),
+    }
     layout = start_layout(options.stores, env, plan.processes)
     try:
         dialogue = both_speaking()

@@ -38,22 +38,10 @@ PAUSE_S = 0.5
 # threads a process would oversubscribe a small machine and slow every call down.
 CPU_THREADS = 1
 # Word times (the alignment of every word by cross-attention, a second pass of the decoder) only
-# for a caller that asks (`words=True`: what needs a word's own time, e.g. audio redaction):
-# they cost 24% more CPU on a window of 30 s of speech (1.40 against 1.13 CPU s, bench
-# local_model's profile). Without them a segment's times are the timestamp tokens Whisper
-# predicts within the speech the VAD kept, mapped back over the silence it dropped (so a segment
-# after a silence is not put at the silence's start); the pauses within a segment are not cut.
-# Whisper's encoder hears 30 s (3,000 frames of 10 ms), and faster-whisper pads shorter audio
-# with zeros up to it, so a window of 12 s cost the encoder what 30 s cost (and the decoder's
-# attention over it). Audio of at least TRIM_FROM_FRAMES is given to the encoder as heard
-# instead, rounded up to ENCODER_STEP_FRAMES: half the CPU of a window of 10-14 s, for as many
-# words right (bench/ai_quality.py's corpus, four sentences at a time: 23% wrong against 22%
-# clean, 45% against 50% with noise). Shorter audio keeps the whole 30 s: a sentence alone
-# heard in a context of 10 or 20 s came out with another name in it ("Aaron", "Marilyn" for
-# "Sarah"), and more words wrong with a context under 10 s (51% against 34%).
-ENCODER_FRAMES = 3000
-ENCODER_STEP_FRAMES = 500
-TRIM_FROM_FRAMES = 1000
+# when a caller asks (`words=True`: jobs/ai_local.py's transcripts, to cut utterances at pauses;
+# whatever needs a word's own time): they cost about a quarter more CPU (one window of 30 s of
+# speech, one thread: 1.40 against 1.13 CPU s). Without them a segment's times are the timestamp
+# tokens Whisper predicts, mapped back over the silence the VAD dropped.
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
 
 
@@ -92,11 +80,7 @@ def load_model(name: str | None = None) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # a folder is all it gets: never a hub look-up
     from faster_whisper import WhisperModel  # imported here: the worker itself never needs it
 
-    class HeardWhisper(WhisperModel):  # type: ignore[misc]
-        def encode(self, features: Any) -> Any:
-            return super().encode(features[..., : encoder_frames(features)])
-
-    _model = HeardWhisper(
+    _model = WhisperModel(
         str(folder),
         device="cpu",
         compute_type="int8",
@@ -104,18 +88,6 @@ def load_model(name: str | None = None) -> None:
         num_workers=1,  # one transcription at a time per process: the pool is the parallelism
         local_files_only=True,
     )
-
-
-def encoder_frames(features: Any) -> int:
-    """How many of the (padded) features' frames the encoder is given: all of them for audio
-    shorter than TRIM_FROM_FRAMES, else up to the last one that is not padding (faster-whisper
-    pads with zeros; an all-zero frame at the end is padding, or silence that is no loss),
-    rounded up to ENCODER_STEP_FRAMES."""
-    heard = np.flatnonzero(np.any(features != 0, axis=tuple(range(features.ndim - 1))))
-    last = int(heard[-1]) + 1 if len(heard) else 0
-    if last < TRIM_FROM_FRAMES:
-        return int(features.shape[-1])
-    return min(int(features.shape[-1]), -(-last // ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES)
 
 
 def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:

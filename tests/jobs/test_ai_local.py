@@ -127,21 +127,6 @@ def test_segments_without_words_are_heard_and_timed_in_order_within_the_audio():
     assert segments[0].start_s < 1.0
 
 
-def test_the_encoder_hears_what_was_said_not_the_padding_to_30_s():
-    frames_of = whisper.encoder_frames
-    heard_s = np.zeros((80, whisper.ENCODER_FRAMES), dtype=np.float32)
-    heard_s[:, :1234] = 0.5  # 12.3 s heard, the rest faster-whisper's zero padding
-
-    assert frames_of(heard_s) == 1500  # rounded up to a step of 5 s
-    assert frames_of(heard_s[None]) == 1500  # a batch of one, as encode() gets it
-    short = np.zeros((80, whisper.ENCODER_FRAMES), dtype=np.float32)
-    short[:, :999] = 0.5  # under 10 s: heard in the whole 30 s, where a name is heard right
-    assert frames_of(short) == whisper.ENCODER_FRAMES
-    assert frames_of(np.zeros((80, 3000), dtype=np.float32)) == 3000
-    assert frames_of(np.ones((80, 3000), dtype=np.float32)) == 3000
-    assert frames_of(np.ones((80, 2999), dtype=np.float32)) == 2999  # never past what it got
-
-
 def test_nothing_is_heard_in_silence_or_in_too_little_audio():
     assert transcribe_pcm(np.zeros(8000 * 3, dtype=np.int16), 8000) == []
     assert transcribe_pcm(np.zeros(100, dtype=np.int16), 8000) == []
