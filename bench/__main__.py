@@ -32,6 +32,7 @@ SUITES = (
     "real_calls",
     "capacity",
     "live_transcripts",
+    "local_model",
     "ai_retries",
     "pbx_feeds",
     "search",

@@ -54,7 +54,7 @@ from bench.sections import loadavg
 from bench.suite import Options, Outcome
 from core.audio import TELEPHONY, AudioFormat, Samples, decode, mulaw_encode, resample
 from jobs import whisper
-from jobs.ai_local import SEARCH_S, SEGMENT_S, LocalAI, PcmAudio, vader_sentiment
+from jobs.ai_local import SEARCH_S, SEGMENT_S, WORDS, LocalAI, PcmAudio, vader_sentiment
 from simulate.speech import frames
 
 BASE_FOLDER = Path(__file__).resolve().parent.parent / ".data" / "models" / "whisper-base"
@@ -184,7 +184,7 @@ async def segments_of(audio: Samples) -> tuple[list[whisper.Segment], float]:
     offset_s = cpu_s = 0.0
     async for piece in PcmAudio(audio, TELEPHONY).pieces(SEGMENT_S, SEARCH_S):
         started = time.process_time()
-        found = whisper.transcribe_pcm(piece, TELEPHONY.rate)
+        found = whisper.transcribe_pcm(piece, TELEPHONY.rate, WORDS)
         cpu_s += time.process_time() - started
         timed += [whisper.Segment(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
         offset_s += len(piece) / TELEPHONY.rate

@@ -37,10 +37,11 @@ PAUSE_S = 0.5
 # by the cores): calls transcribed at once never share a core, and CTranslate2's default of 4
 # threads a process would oversubscribe a small machine and slow every call down.
 CPU_THREADS = 1
-# Times from the words' alignment (cross-attention), not from the timestamp tokens Whisper
-# predicts: those put a segment that follows a silence at the silence's start (8 s early in a
-# window that opens with 8 s of silence); about 10% more CPU, and the pauses to cut at.
-WORD_TIMESTAMPS = True
+# Word times (the alignment of every word by cross-attention, a second pass of the decoder) only
+# when a caller asks (`words=True`: jobs/ai_local.py's transcripts, to cut utterances at pauses;
+# whatever needs a word's own time): they cost about a quarter more CPU (one window of 30 s of
+# speech, one thread: 1.40 against 1.13 CPU s). Without them a segment's times are the timestamp
+# tokens Whisper predicts, mapped back over the silence the VAD dropped.
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
 
 
@@ -94,8 +95,9 @@ def load_model(name: str | None = None) -> None:
 
 def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:
     """The speech in `samples` (16-bit mono at `rate`) as segments in order: times within
-    [0, the audio's length], each starting no earlier than the one before ended; with `words`,
-    each with its words' times (audio redaction asks for them)."""
+    [0, the audio's length], each starting no earlier than the one before ended. `words`: time
+    every word (a quarter more CPU: see above), cut the segments at every pause of PAUSE_S
+    between two words, and give each segment its words' times (audio redaction's spans)."""
     if _model is None:
         load_model()
     audio = resample(samples, rate, MODEL_RATE).astype(np.float32) / 32768.0
@@ -106,7 +108,7 @@ def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Seg
         language="en",
         beam_size=BEAM_SIZE,
         vad_filter=VAD_FILTER,
-        word_timestamps=WORD_TIMESTAMPS or words,
+        word_timestamps=words,
         # Each segment on its own: a misheard phrase is not carried into the next (and a
         # transcript does not depend on how the call was cut).
         condition_on_previous_text=False,

@@ -92,13 +92,18 @@ def test_whisper_hears_the_shipped_recordings_and_not_their_scrambled_or_misread
         assert misread <= clear / 3, (text, misread)
 
 
-def test_segments_are_timed_in_order_within_the_audio_where_the_words_were_said():
+def in_order_within(segments: list[Segment], length_s: float) -> bool:
+    ends = [0.0] + [s.end_s for s in segments]
+    return all(e <= s.start_s <= s.end_s <= length_s for e, s in zip(ends, segments, strict=False))
+
+
+def test_segments_asked_with_words_are_cut_at_pauses_and_timed_where_the_words_were_said():
     parts = [recorded(HAPPY), silence(1500), recorded(TUESDAY)]
     tuesday_from = sum(len(p) for p in parts[:2]) / 8000
     audio = pcm(b"".join(parts))
     length_s = len(audio) / 8000
 
-    segments = transcribe_pcm(audio, 8000)
+    segments = transcribe_pcm(audio, 8000, words=True)
 
     assert segments, "nothing heard"
     previous_end = 0.0
@@ -109,6 +114,17 @@ def test_segments_are_timed_in_order_within_the_audio_where_the_words_were_said(
     assert tuesday, segments
     assert tuesday[0].start_s >= tuesday_from - 1.0, segments  # not in the first sentence
     assert segments[0].start_s < 1.0  # the first sentence starts at once
+
+
+def test_segments_without_words_are_heard_and_timed_in_order_within_the_audio():
+    parts = [recorded(HAPPY), silence(1500), recorded(TUESDAY)]
+    audio = pcm(b"".join(parts))
+
+    segments = transcribe_pcm(audio, 8000)
+
+    assert heard(HAPPY + " " + TUESDAY, text_of(segments)) >= 0.6, segments
+    assert in_order_within(segments, len(audio) / 8000), segments
+    assert segments[0].start_s < 1.0
 
 
 def test_nothing_is_heard_in_silence_or_in_too_little_audio():

@@ -1,7 +1,8 @@
 """What keeps a live call's segments and transcripts moving, against real Redis, PostgreSQL and
 arq's queue: the reaper asks again for a segment flush that was asked for and never done, and the
 job it queues stores the segment; a live
-window that left speech after its last pause queues one follow-up flush; a live transcription
+window that left speech after its last pause queues one follow-up flush (with segments longer
+than FOLLOW_UP_FROM_SEGMENT_S); a live transcription
 pass leaves the call to a pass already running; the media WebSocket stores frames that come
 within its hold in one script call."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 from arq.constants import job_key_prefix
@@ -25,7 +27,7 @@ from jobs.queue import SEGMENT_JOB_PREFIX
 from jobs.resources import WorkerResources
 from jobs.segments import flush_segment
 from jobs.sweep import recover_orphaned_calls
-from jobs.transcription import live_pass, transcribe_live
+from jobs.transcription import FOLLOW_UP_FROM_SEGMENT_S, live_pass, transcribe_live
 from service.app import create_app
 from settings import Settings
 from tests.conftest import FEED
@@ -86,6 +88,23 @@ async def test_a_live_window_that_left_speech_after_its_last_pause_queues_one_fo
     await flush_segment(res, "carry", follow_up=True)
     await live_pass(res, "carry", follow_up=True)  # a follow-up's pass queues no other
     assert len(await segment_jobs(queue, "follow.")) == 1
+
+
+async def test_with_short_segments_what_follows_a_live_windows_last_pause_waits_for_the_next(
+    settings: Settings, worker_resources: WorkerResources, queue: Redis
+):
+    short = settings.model_copy(update={"segment_seconds": FOLLOW_UP_FROM_SEGMENT_S})
+    res = replace(worker_resources, settings=short)
+    await res.ingestion.open_call("short", MEDIA)
+    audio = paused(speech(["positive-1", "negative-1"], 4.0))[: int(3.7 * 8000)]
+    await res.ingestion.append("short", frames_of(audio[: len(audio) // FRAME * FRAME]))
+
+    await flush_segment(res, "short")
+    ready = await live_pass(res, "short")
+
+    assert ready.stored == 1
+    assert ready.pending  # speech after the last pause waits
+    assert await segment_jobs(queue, "follow.") == []  # for the next segment, not a follow-up
 
 
 async def test_a_live_pass_leaves_the_call_to_a_pass_already_running(
