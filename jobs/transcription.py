@@ -64,6 +64,15 @@ LOCK_POLL_S = 0.1
 # each round means the other pass made progress, so this only bounds a pathological race.
 FINAL_ROUNDS = 8
 TEXT_WINDOW = (0, 1)  # a text track's one window, whatever its length
+# The local Whisper hears 30 s at a time, padded with silence: a short window (the few seconds
+# left of a track after its live windows) heard alone is heard worse than with what was said
+# before it (tests/jobs/test_live_windows.py: "your service is awful" heard as "your term is
+# imma'ful" in a window of 2.8 s alone). A window shorter than LEAD_BELOW_S is given up to LEAD_S
+# of the track's audio before it too, already transcribed, and what was said there is dropped
+# again by its word times. Only for the local model: its word times say where each word was,
+# and the extra seconds cost CPU, not a provider's bill.
+LEAD_BELOW_S = 10.0
+LEAD_S = 10.0
 # The step audio redaction's notes are kept under in the call's history (GET .../history).
 AUDIO_REDACTION = "audio_redaction"
 
@@ -115,9 +124,10 @@ def window_transcriber(
 
 
 def _asked(res: WorkerResources, call_id: str, audio: SpeechSource) -> Awaitable[list[Spoken]]:
-    """The provider's transcription; word times asked for only when audio is redacted (they
-    cost the local model CPU; a provider's signature without `words` still serves the rest)."""
-    if res.settings.redact_audio:
+    """The provider's transcription; word times asked for when audio is redacted, and of the
+    local model, which times words anyway (to cut utterances at pauses) and whose short windows'
+    lead is dropped by them (LEAD_S); a provider's signature without `words` serves the rest."""
+    if res.settings.redact_audio or res.settings.ai_provider == "local":
         return res.ai.transcribe_segments(call_id, audio, words=True)
     return res.ai.transcribe_segments(call_id, audio)
 
@@ -321,15 +331,60 @@ def _seconds(recording: Recording, window: Window, end: int) -> tuple[float, flo
 async def _transcribe_window(
     res: WorkerResources, recording: Recording, window: Window, end: int, transcribe: Transcribe
 ) -> Transcribed:
-    audio = TrackAudio(recording, window.channel, window.start, end)
+    lead = _lead(res, recording, window, end)
+    audio = TrackAudio(recording, window.channel, window.start - lead, end)
     start_s, seconds = _seconds(recording, window, end)
     label = _label(res, window.track, start_s, seconds)  # the window's span
     extra_s = transcription_allowance_s(res.settings, audio.seconds)
     placed = [audio.placed(s) for s in await transcribe(audio, label, extra_s)]
+    if lead:
+        placed = after_lead(placed, lead / recording.format.rate)
     found = await _utterances(res, window.track, start_s, placed)
     if not res.settings.redact_audio or not placed:
         return Transcribed(found)
     return await asyncio.to_thread(_muted, res, recording, window, end, placed, found)
+
+
+def _lead(res: WorkerResources, recording: Recording, window: Window, end: int) -> int:
+    """Samples of the track before a short window given to the local model with it (LEAD_S)."""
+    rate = recording.format.rate
+    if res.settings.ai_provider != "local" or end - window.start >= LEAD_BELOW_S * rate:
+        return 0
+    return min(window.start, int(LEAD_S * rate))
+
+
+def after_lead(placed: list[Spoken], lead_s: float) -> list[Spoken]:
+    """What was said after the first `lead_s` seconds, timed from there: a stretch's words that
+    end in the lead were transcribed with the window before (a stretch without word times is
+    kept if most of it is after the lead)."""
+    kept = []
+    for spoken in placed:
+        words = spoken.words
+        if words is None:
+            if (spoken.start_s + spoken.end_s) / 2 < lead_s:
+                continue
+            kept.append(_shifted(spoken, lead_s))
+            continue
+        after = tuple(w for w in words if (w.start_s + w.end_s) / 2 >= lead_s)
+        if not after:
+            continue
+        if len(after) < len(words):
+            text = " ".join(w.text for w in after)
+            spoken = spoken._replace(start_s=after[0].start_s, text=text, words=after)
+        kept.append(_shifted(spoken, lead_s))
+    return kept
+
+
+def _shifted(spoken: Spoken, by_s: float) -> Spoken:
+    words = spoken.words
+    if words is not None:
+        words = tuple(
+            w._replace(start_s=max(w.start_s - by_s, 0.0), end_s=max(w.end_s - by_s, 0.0))
+            for w in words
+        )
+    return spoken._replace(
+        start_s=max(spoken.start_s - by_s, 0.0), end_s=max(spoken.end_s - by_s, 0.0), words=words
+    )
 
 
 def _muted(

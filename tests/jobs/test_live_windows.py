@@ -109,8 +109,11 @@ async def test_live_windows_hear_what_the_whole_track_hears_without_dropped_or_d
         windowed = words(" ".join(u.text for u in final if u.track == track))
         at_once = await whole(local_ai, audio, track)
         # As many of the words said as the track transcribed at once (tiny.en's own errors
-        # aside): a boundary that cut a word would lose it, or hear it twice.
-        assert heard(said, windowed) >= heard(said, at_once) - 0.15, (windowed, at_once)
+        # aside): a boundary that cut a word would lose it, or hear it twice. Its errors differ
+        # with the audio's length, and with the CPU (int8 kernels): on one machine (AVX-512)
+        # the agent's last window, 2.6 s given with its 5.6 s of lead, heard "your term is
+        # imma'ful" where the whole track heard "your service is awful": two words of 13.
+        assert heard(said, windowed) >= heard(said, at_once) - 0.2, (windowed, at_once)
         assert heard(said, windowed) >= 0.5, windowed
         # A word at a boundary heard by both windows would end one utterance and start the next.
         mine = [words(u.text) for u in final if u.track == track and words(u.text)]
