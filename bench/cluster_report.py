@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench.sections import ratio
+
 HEADING = "## Redis Cluster: ingestion on 3 masters against one Redis"
 TARGET = 0.85  # issue #12: the cluster within 15% of the single Redis
 NAMES = {"single": "one Redis", "cluster": "Redis Cluster, 3 masters"}
@@ -25,7 +27,7 @@ def round_ratios(rounds: list[dict[str, Any]]) -> list[float]:
     """Cluster packets/s over one Redis's, within each round (measured one after the other)."""
     single = [r["packets_per_s"] for r in rounds if r["topology"] == "single"]
     cluster = [r["packets_per_s"] for r in rounds if r["topology"] == "cluster"]
-    return [c / s for s, c in zip(single, cluster, strict=False)]
+    return [ratio(c, s) for s, c in zip(single, cluster, strict=False)]
 
 
 def _ingestion_rows(figures: dict[str, Any]) -> list[str]:
@@ -39,7 +41,7 @@ def _ingestion_rows(figures: dict[str, Any]) -> list[str]:
     ]
     for name, m in med.items():
         rows.append(
-            f"| {NAMES[name]} | {m['packets_per_s']:,.0f} | {m['packets_per_s'] / base:.2f} |"
+            f"| {NAMES[name]} | {m['packets_per_s']:,.0f} | {ratio(m['packets_per_s'], base):.2f} |"
             f" {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['api_cpu_us_per_packet']:.0f} |"
             f" {m['redis_cpu_us_per_packet']:.0f} | {m['commands_per_packet']:.3f} |"
             f" {m['reads_per_packet']:.3f} |"
@@ -99,9 +101,13 @@ def _drain_rows(figures: dict[str, Any]) -> list[str]:
 def section(figures: dict[str, Any], command: str) -> list[str]:
     plan = figures["plan"]
     med = figures["medians"]
-    ratio = med["cluster"]["packets_per_s"] / med["single"]["packets_per_s"]
-    cpu_ratio = med["cluster"]["api_cpu_us_per_packet"] / med["single"]["api_cpu_us_per_packet"]
-    verdict = "**met**" if ratio >= TARGET else f"**missed** by {(TARGET - ratio) / TARGET:.0%}"
+    rate_ratio = ratio(med["cluster"]["packets_per_s"], med["single"]["packets_per_s"])
+    cpu_ratio = ratio(
+        med["cluster"]["api_cpu_us_per_packet"], med["single"]["api_cpu_us_per_packet"]
+    )
+    verdict = (
+        "**met**" if rate_ratio >= TARGET else f"**missed** by {(TARGET - rate_ratio) / TARGET:.0%}"
+    )
     return [
         HEADING,
         "",
@@ -124,7 +130,7 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         *_ingestion_rows(figures),
         "",
         f"- Target (issue #12): the cluster's packets/s at least {TARGET:.2f} x one Redis's:"
-        f" {ratio:.2f}, {verdict} (the ratio of the medians). Each round's own ratio, cluster"
+        f" {rate_ratio:.2f}, {verdict} (the ratio of the medians). Each round's own ratio, cluster"
         " right after one Redis: "
         + ", ".join(f"{r:.2f}" for r in round_ratios(figures["rounds"]))
         + f". API CPU per packet, cluster / one Redis: {cpu_ratio:.2f}.",
@@ -184,21 +190,21 @@ def reading(figures: dict[str, Any]) -> list[str]:
         f"- Round trips: {s['reads_per_packet']:.3f} socket reads per packet on one Redis,"
         f" {c['reads_per_packet']:.3f} summed over the masters: the scripts of concurrent"
         " requests share one pipeline per event-loop tick (db/pipelining.py), about"
-        f" {1 / s['reads_per_packet']:.0f} packets a round trip here; on the cluster redis-py"
+        f" {ratio(1, s['reads_per_packet']):.0f} packets a round trip here; on the cluster redis-py"
         " splits that pipeline by node and sends the parts at once, so a tick costs up to one"
         " round trip per master, each node gets smaller batches, and the count roughly doubles:"
         " still well under one round trip per packet, and one per packet when requests come"
         " one at a time.",
         f"- CPU per packet, cluster / one Redis: API {c['api_cpu_us_per_packet']:.0f} /"
         f" {s['api_cpu_us_per_packet']:.0f} µs"
-        f" (x{c['api_cpu_us_per_packet'] / s['api_cpu_us_per_packet']:.2f}: the cluster"
+        f" (x{ratio(c['api_cpu_us_per_packet'], s['api_cpu_us_per_packet']):.2f}: the cluster"
         " client hashes each command's key to its slot and keeps a pipeline per node), Redis"
         f" {c['redis_cpu_us_per_packet']:.0f} / {s['redis_cpu_us_per_packet']:.0f} µs summed over"
-        f" the servers (x{c['redis_cpu_us_per_packet'] / s['redis_cpu_us_per_packet']:.2f}:"
+        f" the servers (x{ratio(c['redis_cpu_us_per_packet'], s['redis_cpu_us_per_packet']):.2f}:"
         " the same scripts, but in smaller batches, so more reads, writes and wake-ups per"
         " packet, as the round trips above show; and three servers' own background work). Both"
         " together:"
-        f" x{cpu['cluster'] / cpu['single']:.2f}. The CPU is the figure to trust here: on a"
+        f" x{ratio(cpu['cluster'], cpu['single']):.2f}. The CPU is the figure to trust here: on a"
         " machine this loaded (see the load average) packets/s moved from round to round by"
         f" more than the difference measured (one Redis {min(rates['single']):,.0f}-"
         f"{max(rates['single']):,.0f}, cluster {min(rates['cluster']):,.0f}-"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bench.sections import ratio
 from service.feed import READ_BLOCK_MS
 
 HEADING = "## Live event feed: fan-out to 500 subscribers"
@@ -76,7 +77,7 @@ def _ingestion_rows(ing: dict[str, Any]) -> list[str]:
         counts = ", ".join(f"{r['events']:,} / {r['deliveries']:,}" for r in rounds)
         rows.append(
             f"| {name} | {m['packets_per_s']:,.0f} |"
-            f" {_ratio(m['packets_per_s'], base['packets_per_s']):.2f} |"
+            f" {ratio(m['packets_per_s'], base['packets_per_s']):.2f} |"
             f" {m['cpu_us_per_packet_loop']:,.0f} | {m['cpu_us_per_packet_all']:,.0f} |"
             f" {counts} |"
         )
@@ -89,7 +90,7 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
     busiest = max(steps, key=lambda s: s["delivered_per_s"])
     trickle = _median([s["api_cpu_ms_per_1k"] for s in steps if s["rate"] <= 2])
     us_per_delivery = busiest["api_cpu_ms_per_1k"]  # ms per 1,000 = µs each
-    per_core = _ratio(1e6, us_per_delivery)
+    per_core = ratio(1e6, us_per_delivery)
     batched = batched_us_per_delivery(ing)
     med = ing["medians"]
     none, filtered, every = (med[c]["packets_per_s"] for c in ("none", "filtered", "all"))
@@ -125,7 +126,7 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         f" of its own would make about {per_core:,.0f} deliveries/s, i.e."
         f" {per_core / plan['subscribers']:,.0f} events/s to {plan['subscribers']} subscribers;"
         f" {batched:.0f} µs per delivery while ingestion fed it (events by the hundred, see"
-        f" below: about {_ratio(1e6, batched) / plan['subscribers']:,.0f} events/s to"
+        f" below: about {ratio(1e6, batched) / plan['subscribers']:,.0f} events/s to"
         f" {plan['subscribers']} subscribers per core).",
         f"- {plan['subscribers']} subscribers connected, nothing published for"
         f" {plan['idle_s']:g} s: the API used {d['idle']['api_cpu_share']:.1%} of a core"
@@ -143,9 +144,9 @@ def section(figures: dict[str, Any], command: str) -> list[str]:
         "",
         *_ingestion_rows(ing),
         "",
-        f"- 500 subscribers that take nothing: {_ratio(filtered, none):.2f} x the throughput with"
-        f" none; 500 taking every event: {_ratio(every, none):.2f} x, and"
-        f" {_ratio(*(med[c]['cpu_us_per_packet_all'] for c in ('all', 'none'))):.0f} x"
+        f"- 500 subscribers that take nothing: {ratio(filtered, none):.2f} x the throughput with"
+        f" none; 500 taking every event: {ratio(every, none):.2f} x, and"
+        f" {ratio(*(med[c]['cpu_us_per_packet_all'] for c in ('all', 'none'))):.0f} x"
         " the API CPU per packet once the feed's deliveries are counted.",
         "",
         *reading(figures, trickle, batched),
@@ -177,14 +178,14 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
     waits = [s["api_wait_share"] for s in steps] + [r["api_wait_share_loop"] for r in ing["rounds"]]
     none_rounds = [r for r in ing["rounds"] if r["config"] == "none"]
     per_packet = med["none"]["cpu_us_per_packet_loop"]
-    filtered_cpu = _ratio(med["filtered"]["cpu_us_per_packet_loop"], per_packet) - 1
+    filtered_cpu = ratio(med["filtered"]["cpu_us_per_packet_loop"], per_packet) - 1
     # What refusing every event must cost: the hub's test of each event against each subscriber.
-    events_per_packet = _ratio(
+    events_per_packet = ratio(
         sum(r["events"] for r in none_rounds), sum(r["packets"] for r in none_rounds)
     )
     matching = MATCH_500_US * n / 500 * events_per_packet
-    every = _ratio(med["all"]["packets_per_s"], med["none"]["packets_per_s"])
-    events_per_s = _ratio(
+    every = ratio(med["all"]["packets_per_s"], med["none"]["packets_per_s"])
+    events_per_s = ratio(
         sum(r["events"] for r in none_rounds), figures["plan"]["ingest_s"] * len(none_rounds)
     )
     return [
@@ -224,12 +225,6 @@ def reading(figures: dict[str, Any], trickle: float, batched: float) -> list[str
         " hand-out tests every subscriber's filter in Python), and a cap on deliveries per"
         " second per process.",
     ]
-
-
-def _ratio(part: float, whole: float) -> float:
-    """part / whole, or NaN (printed "nan") where a loaded machine left nothing to divide by: a
-    quick run's figure is noise, and a report never fails for it."""
-    return part / whole if whole > 0 else float("nan")
 
 
 def _median(values: list[float]) -> float:

@@ -16,6 +16,12 @@ PREVIOUS_OPEN = "<details><summary>The previous run's figures</summary>"
 PREVIOUS_CLOSE = "</details>"
 
 
+def ratio(part: float, whole: float) -> float:
+    """part / whole, or NaN (printed "nan") where a measured divisor is zero: a quick run on a
+    loaded machine can measure no CPU at all in a short window, and a report never fails for it."""
+    return part / whole if whole > 0 else float("nan")
+
+
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
 

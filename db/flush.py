@@ -52,6 +52,22 @@ class FlushSource:
             len(entries) >= page_size,
         )
 
+    async def quiet_for_ms(self, call_id: str) -> int | None:
+        """How long since the call's newest unflushed packet came (on Redis' clock, which gave
+        its stream id); None when its tail is empty."""
+        keys = call_keys(call_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(keys.packets, "+", "-", count=1)
+            pipe.time()
+            newest, (seconds, micros) = await execute(pipe)
+        if not newest:
+            return None
+        entry_id = newest[0][0]
+        entry_ms = int(
+            (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0]
+        )
+        return int(seconds) * 1000 + int(micros) // 1000 - entry_ms
+
     async def entries(
         self, call_id: str, count: int, after: tuple[int, int] | None = None
     ) -> list[StoredPacket]:

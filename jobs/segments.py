@@ -187,6 +187,26 @@ async def _builder(
     return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 
+# A follow-up is a pass of its own for a few seconds of audio, which the local model hears in the
+# whole 30 s of Whisper's encoder. With segments of at most FOLLOW_UP_FROM_SEGMENT_S the next
+# segment's window comes soon enough (the live lag's p95 is about a segment,
+# bench/local_model.py) while the stream flows, so a follow-up flushes only a stream that has
+# gone quiet (no packet for QUIET_MS: a paused feed, a party's PBX that sends nothing in
+# silence), whose last words would otherwise wait for the call's end.
+FOLLOW_UP_FROM_SEGMENT_S = 20.0
+QUIET_MS = 1000
+
+
+async def _follow_up_due(res: WorkerResources, call_id: str) -> bool:
+    """Whether a follow-up flush is worth its pass: always with long segments; with short ones
+    (FOLLOW_UP_FROM_SEGMENT_S) only once the stream has gone quiet, since while it flows the
+    next segment comes soon enough (jobs/transcription.py)."""
+    if res.settings.segment_seconds > FOLLOW_UP_FROM_SEGMENT_S:
+        return True
+    quiet_ms = await res.flush.quiet_for_ms(call_id)
+    return quiet_ms is not None and quiet_ms >= QUIET_MS
+
+
 def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPacket], bool]:
     """The first packets of `page` whose data stays within SEGMENT_BYTES (one at least), as
     FlushSource.page cuts a page it reads."""
@@ -204,6 +224,8 @@ async def flush_segment(res: WorkerResources, call_id: str, follow_up: bool = Fa
     live_pass), so that a flush is never held up by the AI, nor its retries by a flush. A
     follow-up (`follow_up`) stores the few seconds since a live window's last pause, for the
     pass that transcribes them (told within about a segment of being said)."""
+    if follow_up and not await _follow_up_due(res, call_id):
+        return Flushed()
     raw = await res.redis.get(call_keys(call_id).metadata)
     metadata = orjson.loads(raw) if raw else None
     flushed = await flush_tail(res, call_id, metadata)

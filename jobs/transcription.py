@@ -531,23 +531,18 @@ def utterance_event(
 # the segment was cut), a follow-up flush this much later stores what came since, for the next
 # pass: an utterance is told within about a segment of being said, not two.
 FOLLOW_UP_S = 3.0
-# A follow-up is a pass of its own for a few seconds of audio, which the local model hears in the
-# whole 30 s of Whisper's encoder (jobs/whisper.py: audio under 10 s is not trimmed). None with
-# segments of at most this: the next segment's window comes soon enough (the live lag's p95 is
-# about a segment, bench/local_model.py), so what follows a window's last pause waits for it.
-FOLLOW_UP_FROM_SEGMENT_S = 20.0
 
 
 async def live_pass(res: WorkerResources, call_id: str, follow_up: bool = False) -> Ready:
     """The transcribe_live job, queued by a segment flush that stored audio of a live call
     (jobs/segments.py): the windows that are ready; then, unless this pass follows a follow-up
     flush already, one follow-up flush FOLLOW_UP_S later if audio waits past their last pause
-    (and segments are longer than FOLLOW_UP_FROM_SEGMENT_S)."""
+    (jobs/segments.py's flush_segment skips it while a stream of short segments flows)."""
     if await res.redis.exists(call_keys(call_id).done):
         return Ready(0, pending=False)  # ended: its own job transcribes the rest
     raw = await res.redis.get(call_keys(call_id).metadata)
     ready = await transcribe_live(res, call_id, orjson.loads(raw) if raw else None)
-    if ready.pending and not follow_up and res.settings.segment_seconds > FOLLOW_UP_FROM_SEGMENT_S:
+    if ready.pending and not follow_up:
         await enqueue_follow_up(res.queue, call_id, FOLLOW_UP_S, int(time.time() * 1000))
     return ready
 

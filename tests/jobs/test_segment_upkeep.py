@@ -1,8 +1,8 @@
 """What keeps a live call's segments and transcripts moving, against real Redis, PostgreSQL and
 arq's queue: the reaper asks again for a segment flush that was asked for and never done, and the
 job it queues stores the segment; a live
-window that left speech after its last pause queues one follow-up flush (with segments longer
-than FOLLOW_UP_FROM_SEGMENT_S); a live transcription
+window that left speech after its last pause queues one follow-up flush (which, with segments of
+at most FOLLOW_UP_FROM_SEGMENT_S, stores only a stream gone quiet); a live transcription
 pass leaves the call to a pass already running; the media WebSocket stores frames that come
 within its hold in one script call."""
 
@@ -14,6 +14,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,11 +24,12 @@ from db.intake import CallIntake, Segmenting
 from db.keys import call_keys
 from db.leases import TranscriptionLock
 from db.packets import NewPacket
+from jobs import segments
 from jobs.queue import SEGMENT_JOB_PREFIX
 from jobs.resources import WorkerResources
-from jobs.segments import flush_segment
+from jobs.segments import FOLLOW_UP_FROM_SEGMENT_S, flush_segment
 from jobs.sweep import recover_orphaned_calls
-from jobs.transcription import FOLLOW_UP_FROM_SEGMENT_S, live_pass, transcribe_live
+from jobs.transcription import live_pass, transcribe_live
 from service.app import create_app
 from settings import Settings
 from tests.conftest import FEED
@@ -90,21 +92,37 @@ async def test_a_live_window_that_left_speech_after_its_last_pause_queues_one_fo
     assert len(await segment_jobs(queue, "follow.")) == 1
 
 
-async def test_with_short_segments_what_follows_a_live_windows_last_pause_waits_for_the_next(
-    settings: Settings, worker_resources: WorkerResources, queue: Redis
+async def test_with_short_segments_a_follow_up_flushes_only_a_stream_that_went_quiet(
+    settings: Settings,
+    worker_resources: WorkerResources,
+    queue: Redis,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     short = settings.model_copy(update={"segment_seconds": FOLLOW_UP_FROM_SEGMENT_S})
     res = replace(worker_resources, settings=short)
+    monkeypatch.setattr(segments, "QUIET_MS", 300)
     await res.ingestion.open_call("short", MEDIA)
     audio = paused(speech(["positive-1", "negative-1"], 4.0))[: int(3.7 * 8000)]
     await res.ingestion.append("short", frames_of(audio[: len(audio) // FRAME * FRAME]))
 
     await flush_segment(res, "short")
     ready = await live_pass(res, "short")
-
     assert ready.stored == 1
     assert ready.pending  # speech after the last pause waits
-    assert await segment_jobs(queue, "follow.") == []  # for the next segment, not a follow-up
+    assert len(await segment_jobs(queue, "follow.")) == 1
+
+    # While the stream flows, the next segment brings it: the follow-up stores nothing.
+    more = [NewPacket(1000 + n, 4.0 + n * 0.02, base64.b64encode(b"\xff" * FRAME).decode())
+            for n in range(10)]  # fmt: skip
+    await res.ingestion.append("short", more)
+    assert (await flush_segment(res, "short", follow_up=True)).segments == 0
+    assert await redis.xlen(call_keys("short").packets) == 10
+
+    # A stream gone quiet (a paused feed): the follow-up stores its tail for a pass.
+    await asyncio.sleep(0.4)
+    assert (await flush_segment(res, "short", follow_up=True)).segments == 1
+    assert await redis.xlen(call_keys("short").packets) == 0
 
 
 async def test_a_live_pass_leaves_the_call_to_a_pass_already_running(
