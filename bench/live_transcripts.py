@@ -65,6 +65,24 @@ QUICK = Plan(
 )
 
 
+async def paced_and_followed(port: int, runs: list[CallRun]) -> list[tuple[float, dict[str, Any]]]:
+    """The calls sent at real-time pace while the live feed is read as a dashboard reads it:
+    each `utterance` event the feed told, and when."""
+    seen: list[tuple[float, dict[str, Any]]] = []
+    reader = asyncio.create_task(follow(port, seen))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            await asyncio.gather(
+                *(run_call(port, http, run, paced=True, live={}, final_cap_s=600) for run in runs)
+            )
+        await asyncio.sleep(1.0)  # the last utterances' events
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return seen
+
+
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:
     calls, seconds, segment_s = plan.calls, plan.seconds, plan.segment_s
     env = {"AI_PROVIDER": "local", "SEGMENT_SECONDS": str(segment_s), "AI_ATTEMPT_TIMEOUT_S": "60"}
@@ -74,22 +92,8 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
         runs = [
             CallRun(TwoTrackCall(f"live-{n}", ticks_of(seconds), dialogue)) for n in range(calls)
         ]
-        seen: list[tuple[float, dict[str, Any]]] = []
-        reader = asyncio.create_task(follow(layout.api_port, seen))
         cpu_before = layout.cpu_s()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{layout.api_port}", timeout=30
-        ) as http:
-            await asyncio.gather(
-                *(
-                    run_call(layout.api_port, http, run, paced=True, live={}, final_cap_s=600)
-                    for run in runs
-                )
-            )
-        await asyncio.sleep(1.0)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        seen = await paced_and_followed(layout.api_port, runs)
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in layout.cpu_s().items()}
     finally:
         await layout.close()

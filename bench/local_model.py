@@ -22,12 +22,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import httpx
 import psutil
 
 from bench.common import pct
-from bench.live_transcripts import follow
-from bench.real_calls_client import CallRun, run_call
+from bench.live_transcripts import paced_and_followed
+from bench.real_calls_client import CallRun
 from bench.real_calls_frames import Dialogue, TwoTrackCall, ticks_of
 from bench.real_calls_layout import RunLayout, start_layout
 from bench.sections import loadavg
@@ -121,22 +120,8 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
             CallRun(TwoTrackCall(f"local-{n}", ticks_of(plan.seconds), dialogue))
             for n in range(plan.calls)
         ]
-        seen: list[tuple[float, dict[str, Any]]] = []
-        reader = asyncio.create_task(follow(layout.api_port, seen))
         cpu_before, pool_before = layout.cpu_s(), pool_cpu_s(layout)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{layout.api_port}", timeout=30
-        ) as http:
-            await asyncio.gather(
-                *(
-                    run_call(layout.api_port, http, run, paced=True, live={}, final_cap_s=600)
-                    for run in runs
-                )
-            )
-        await asyncio.sleep(1.0)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        seen = await paced_and_followed(layout.api_port, runs)
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in layout.cpu_s().items()}
         cpu["pool"] = pool_cpu_s(layout) - pool_before
         stopped = {r.call_id: r.sent_at[-1] for r in runs if r.sent_at}
