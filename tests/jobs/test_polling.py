@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
@@ -43,4 +45,7 @@ async def test_jobs_running_elsewhere_cost_no_transaction_and_the_waiting_one_st
     assert worker._jobs_started() == 1  # the waiting one
     # The others were left to the worker running them: their markers are as it set them.
     assert await redis.ttl(in_progress_key_prefix + call_job_id("elsewhere-7")) == -1
+    # The waiting job runs to its end before the worker closes: close() cancels what still
+    # runs, and a cancelled job's gather raises (one CI run's failure, on a loaded machine).
+    await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 30)
     await worker.close()
