@@ -204,7 +204,8 @@ async def _follow_up_due(res: WorkerResources, call_id: str) -> bool:
     if res.settings.segment_seconds > FOLLOW_UP_FROM_SEGMENT_S:
         return True
     quiet_ms = await res.flush.quiet_for_ms(call_id)
-    return quiet_ms is not None and quiet_ms >= QUIET_MS
+    # An empty tail is a quiet one too: a flowing stream's tail holds the last 20 ms at least.
+    return quiet_ms is None or quiet_ms >= QUIET_MS
 
 
 def _within_bytes(page: list[StoredPacket], more: bool) -> tuple[list[StoredPacket], bool]:

@@ -123,6 +123,8 @@ async def test_with_short_segments_a_follow_up_flushes_only_a_stream_that_went_q
     await asyncio.sleep(0.4)
     assert (await flush_segment(res, "short", follow_up=True)).segments == 1
     assert await redis.xlen(call_keys("short").packets) == 0
+    # Stopped at a segment's end, its tail empty: quiet too, so a follow-up's pass still runs.
+    assert await segments._follow_up_due(res, "short")
 
 
 async def test_a_live_pass_leaves_the_call_to_a_pass_already_running(
