@@ -213,10 +213,15 @@ _HIGHEST = text(
 )
 
 
-async def highest_sequences(conn: AsyncConnection, call_id: str) -> dict[int, int]:
+async def highest_sequences(
+    conn: AsyncConnection, call_id: str, lock: bool = True
+) -> dict[int, int]:
     """Each track's highest sequence stored, under the call's flush lock (store_segment takes
-    it again, in the same transaction: what it stores next comes after exactly these)."""
-    await conn.execute(_LOCK, {"call_id": call_id})
+    it again, in the same transaction: what it stores next comes after exactly these). Without
+    `lock`, a plain read for a plan that store_segment checks again under the lock (a segment
+    stored meanwhile makes the flusher plan again, reading these anew)."""
+    if lock:
+        await conn.execute(_LOCK, {"call_id": call_id})
     return {
         int(r.track): int(r.highest) for r in await conn.execute(_HIGHEST, {"call_id": call_id})
     }
@@ -235,6 +240,15 @@ _OVERLAY = text(
     " WHERE call_id = :call_id AND segment = :segment AND track = :track"
     " AND object_key IS NULL AND length(payload) >= CAST(:start AS int) + :length - 1"
 )
+
+
+def _store_of(objects: ObjectStore | None, call_id: str) -> ObjectStore:
+    """The store a row that names an object keeps its bytes in, or why there is none."""
+    if objects is None:
+        raise NoObjectStore(
+            f"call {call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
+        )
+    return objects
 
 
 async def overwrite(
@@ -266,15 +280,12 @@ async def overwrite(
     for row, key in keys.items():
         if key is None:
             continue
-        if objects is None:
-            raise NoObjectStore(
-                f"call {call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
-            )
-        data = bytearray(await objects.get(str(key)))
+        store = _store_of(objects, call_id)
+        data = bytearray(await store.get(str(key)))
         for e in edits:
             if (e.segment, e.track) == row:
                 data[e.start : e.start + len(e.data)] = e.data[: max(len(data) - e.start, 0)]
-        await objects.put(str(key), bytes(data))
+        await store.put(str(key), bytes(data))
     return len(rows)
 
 
@@ -424,11 +435,7 @@ class SegmentReader:
             return b""
         if row.object_key is None:
             return bytes(row.payload)
-        if self.objects is None:
-            raise NoObjectStore(
-                f"call {self.call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
-            )
-        return await self.objects.get(str(row.object_key))
+        return await _store_of(self.objects, self.call_id).get(str(row.object_key))
 
     async def payload_slice(self, segment: int, track: int, start: int, length: int) -> bytes:
         """Bytes [start, start + length) of a row's payload (fewer at its end), read alone."""
@@ -441,11 +448,8 @@ class SegmentReader:
             return b""
         if row.object_key is None:
             return bytes(row.payload)
-        if self.objects is None:
-            raise NoObjectStore(
-                f"call {self.call_id}'s audio is in an object store, and AUDIO_STORE_URL is unset"
-            )
-        return await self.objects.get_range(str(row.object_key), start, length)
+        objects = _store_of(self.objects, self.call_id)
+        return await objects.get_range(str(row.object_key), start, length)
 
     async def version(self) -> tuple[int, int, int]:
         """(rows, latest segment, packets): changes whenever a segment is stored."""

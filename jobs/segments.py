@@ -151,7 +151,7 @@ async def _store(
                 stored = await store_segment(conn, call_id, plan)
         else:
             async with res.autocommit.connect() as conn:  # a read alone: no transaction
-                build = await _builder(res, conn, call_id, fmt, said)
+                build = await _builder(res, conn, call_id, fmt, said, lock=False)
                 plan = await plan_segment(conn, call_id, page, build)
             if plan.segment is None:
                 return Stored(None, plan.after)
@@ -177,13 +177,20 @@ async def _forget_objects(res: WorkerResources, call_id: str, keys: list[str]) -
 
 
 async def _builder(
-    res: WorkerResources, conn: AsyncConnection, call_id: str, fmt: AudioFormat | None, said: bool
+    res: WorkerResources,
+    conn: AsyncConnection,
+    call_id: str,
+    fmt: AudioFormat | None,
+    said: bool,
+    lock: bool = True,
 ) -> Build:
     """How a segment's rows are built; with audio redaction, late packets' audio is silenced
-    (core/audio_redaction.py: they land where the transcription has been already)."""
+    (core/audio_redaction.py: they land where the transcription has been already). `lock`:
+    read under the call's lock (a plan on an autocommit connection, checked again when it is
+    stored, needs none)."""
     if fmt is None or not res.settings.redact_audio:
         return lambda new: build_rows(new, fmt, said)
-    highest = await highest_sequences(conn, call_id)
+    highest = await highest_sequences(conn, call_id, lock)
     return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 
