@@ -10,7 +10,7 @@ import asyncio
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -18,6 +18,7 @@ import uvloop
 from redis.asyncio import Redis
 
 from bench.ingestion_report import section
+from bench.ingestion_shapes import QUICK_SHAPES, Shapes, measure_shapes, shape_problems
 from bench.load import (
     Result,
     batch_workload,
@@ -53,6 +54,7 @@ class Plan:
     workers: int = 1
     settle_s: float = 2.0  # for the workers to connect before a drain's clock starts
     ai_speed_up: float = 1.0  # the mock AI's latencies and backoffs divided by this
+    shapes: Shapes = field(default_factory=Shapes)
 
 
 QUICK = Plan(
@@ -74,6 +76,7 @@ QUICK = Plan(
     worker_max_jobs=8,
     settle_s=0.5,
     ai_speed_up=20.0,
+    shapes=QUICK_SHAPES,
 )
 
 AI_ENV = {
@@ -328,6 +331,10 @@ async def measure(plan: Plan, options: Options) -> Outcome:
         assert bare.port is not None
         assert api_always.port is not None
         figures = await one_run(plan, stack, (stack.api_port, bare.port, api_always.port), 0)
+        assert stack.api is not None
+        figures["shapes"] = await measure_shapes(
+            plan.shapes, stack, stack.api.pid, (bare.port, bare.pid), 0
+        )
     print_run(0, figures)
     machine = machine_info() | {"loadavg_start": load_start, "loadavg_end": loadavg()}
     return Outcome(section([figures], plan, machine), figures, problems(figures))
@@ -344,7 +351,7 @@ def problems(f: dict[str, Any]) -> list[str]:
     for d in [f["drain"], *f["drain_more"]]:
         if d["finished"] < d["calls"]:
             out.append(f"drain: {d['finished']} of {d['calls']} calls reached a final state")
-    return out
+    return out + shape_problems(f["shapes"])
 
 
 def machine_info() -> dict[str, str]:

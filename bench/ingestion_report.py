@@ -6,6 +6,7 @@ import statistics
 from dataclasses import asdict
 from typing import Any
 
+from bench.ingestion_shapes import shape_lines
 from bench.suite import command
 
 
@@ -165,6 +166,7 @@ def section(results: list[dict[str, Any]], plan: Any, machine: dict[str, str]) -
         " (202 new, 200 duplicate); WebSocket streams not closed with 1000:"
         f" {last['ws']['bad_closes']}",
         "",
+        *([*shape_lines(last["shapes"]), ""] if "shapes" in last else []),
         "## Drain (completion to ARCHIVED/FAILED)",
         "",
         "Ideal = calls x E[AI time per call] / concurrency, with E[AI time per call] ="

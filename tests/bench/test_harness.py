@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from bench.cpu import CpuMeter
+from bench.ingestion_shapes import open_requests
 from bench.sections import PREVIOUS_OPEN, markers, read_section, render
 from bench.stores import ALEMBIC_TABLE, migrated_tables, truncate_all
 
@@ -171,3 +172,16 @@ def test_a_quick_run_cannot_write_benchmarks_md() -> None:
     with pytest.raises(SystemExit) as refused:
         main(["ingestion", "--quick", "--write"])
     assert refused.value.code == 2
+
+
+def test_the_open_loop_shape_completes_each_wave_of_calls_after_its_last_packet() -> None:
+    requests = open_requests("shape", rate=100, seconds=2.0, packets=10)
+    # rate x seconds packets, and the workload's few duplicates (~2%)
+    assert 200 <= sum(items for _, items in requests) <= 210
+    completes = [n for n, (_, items) in enumerate(requests) if items == 0]
+    assert len(completes) == 20  # one per call of 10 packets
+    # each wave (a second's 10 calls) is completed after its own packets, before the next wave's
+    first = completes[0]
+    assert completes[:10] == list(range(first, first + 10))
+    assert all(b"/stream/shape-w0-" in raw for raw, _ in requests[:first])
+    assert all(b"/v1/call/complete/shape-w1-" in requests[n][0] for n in completes[10:])
