@@ -69,7 +69,7 @@ from service.asgi import (
 from service.deps import origin_allowed, scope_resources
 from service.gate import KEY_IN_START, actor_of
 from service.socket_limits import SocketLimits
-from service.streaming import FLUSH_AT, append_or_pause, store_at
+from service.streaming import FLUSH_AT, Waiter, append_or_pause, store_at
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -322,38 +322,40 @@ class MediaStream:
         last_frame = clock()
         start_by = last_frame + start_timeout_s
         largest = self.limit * 2 + FRAME_ENVELOPE_BYTES
-        while True:
-            if self.failed is not None:
-                raise self.failed
-            try:
-                # Cancelled only while it waits: a message already received is returned.
-                async with asyncio.timeout_at(
-                    self._deadline(store_by, start_by, last_frame, idle_timeout_s)
-                ):
-                    message = await receive()
-            except TimeoutError:
-                await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
-                continue
-            if message["type"] != "websocket.receive":  # websocket.disconnect
-                await self.flush()
-                return
-            last_frame = clock()
-            raw = message.get("text")
-            if raw is None:
-                raise Reject("unsupported_frame", "only JSON text frames are accepted")
-            if len(raw) > largest:
-                raise Reject("frame_too_large", "the frame is larger than a media frame can be",
-                             CLOSE_TOO_BIG)  # fmt: skip
-            held = len(self.buffer)
-            if await self.handle(parse_frame(raw)):
-                await self.close(CLOSE_NORMAL)
-                return
-            if self.buffer and not held:
-                store_by = store_at(last_frame)
-            # Store when enough is waiting, or when the window the oldest fell in is over: the
-            # next frames wait in the socket while this round trip is in flight.
-            if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= store_by):
-                await self.flush()
+        waiter = Waiter(receive)
+        try:
+            while True:
+                if self.failed is not None:
+                    raise self.failed
+                try:
+                    message = await waiter.receive(
+                        self._deadline(store_by, start_by, last_frame, idle_timeout_s)
+                    )
+                except TimeoutError:
+                    await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
+                    continue
+                if message["type"] != "websocket.receive":  # websocket.disconnect
+                    await self.flush()
+                    return
+                last_frame = clock()
+                raw = message.get("text")
+                if raw is None:
+                    raise Reject("unsupported_frame", "only JSON text frames are accepted")
+                if len(raw) > largest:
+                    raise Reject("frame_too_large", "the frame is larger than a media frame can be",
+                                 CLOSE_TOO_BIG)  # fmt: skip
+                held = len(self.buffer)
+                if await self.handle(parse_frame(raw)):
+                    await self.close(CLOSE_NORMAL)
+                    return
+                if self.buffer and not held:
+                    store_by = store_at(last_frame)
+                # Store when enough is waiting, or when the window the oldest fell in is over: the
+                # next frames wait in the socket while this round trip is in flight.
+                if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= store_by):
+                    await self.flush()
+        finally:
+            waiter.close()
 
     async def _quiet(
         self, last_frame: float, start_by: float, start_timeout_s: float, idle_timeout_s: float
