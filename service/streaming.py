@@ -1,7 +1,8 @@
 """What every streaming feed shares, whatever its protocol (the Twilio media stream in
 service/routes/media_ws.py, the PBX feeds in service/feeds/): how long a packet is held for others
-to share its Redis round trip, how many are stored at once, and how far a socket is read ahead
-while a store is in flight (backpressure beyond)."""
+to share its Redis round trip, how many are stored at once, how far a feed's socket is read
+ahead while a store is in flight (backpressure beyond), and how a bare ASGI socket (the media
+stream's) waits for its next message by a deadline (Waiter)."""
 
 from __future__ import annotations
 
@@ -110,8 +111,9 @@ async def append_or_pause(
     ingestion: Ingestion, call_id: str, packets: Sequence[PacketFields]
 ) -> None:
     """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
-    behind), pause and try again, up to PAUSE_MAX_S: the reader stops at READ_AHEAD frames, so
-    the peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
+    behind), pause and try again, up to PAUSE_MAX_S: the socket is not read meanwhile (a feed's
+    reader stops at READ_AHEAD frames; the media stream reads nothing while it stores), so the
+    peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
     waited = 0.0
     while True:
         try:

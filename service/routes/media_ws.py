@@ -11,7 +11,9 @@ tracks it would put a gap on each after every frame of the other).
 buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or the
 HOLD_S window (100 ms of a clock every stream of the process shares, service/streaming.py
 store_at) that the oldest arrived in is over: every stream of the process stores in the same
-loop tick, and the stores share one pipelined round trip (db/pipelining.py). Every rule (call
+loop tick, and the stores share one pipelined round trip (db/pipelining.py). The socket is a bare
+ASGI endpoint (MediaSocket): a frame costs the protocol's parsing, this module's and its share of
+the store, with no WebSocket object, read-ahead task or timer of its own. Every rule (call
 id, sizes, dedup, ordering, completed calls, complete then enqueue) is core/ingestion.py's, the
 same as over HTTP.
 
