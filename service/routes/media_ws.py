@@ -148,11 +148,13 @@ def _sequence(value: Any, name: str = "sequenceNumber") -> int:
 
 
 def _timestamp(value: Any) -> float:
+    # JSON's own types (orjson builds no subclass), a bool not among them.
+    kind = type(value)
     try:
-        millis = float(value) if isinstance(value, str | int | float) else math.nan
+        millis = float(value) if kind is str or kind is int or kind is float else math.nan
     except ValueError:
         millis = math.nan
-    if isinstance(value, bool) or not math.isfinite(millis):
+    if not math.isfinite(millis):
         raise Reject("invalid_timestamp", "media.timestamp must be a finite number of ms")
     return millis / 1000.0
 
@@ -170,10 +172,10 @@ _TRACK_NAMED: dict[str | None, Track] = {None: Track.INBOUND, **{t.value: t for 
 
 
 def _track(value: Any) -> Track:
-    track: Track | None = _TRACK_NAMED.get(value) if isinstance(value, str | None) else None
-    if track is None:
-        raise Reject("invalid_track", "media.track must be inbound or outbound")
-    return track
+    try:
+        return _TRACK_NAMED[value]
+    except (KeyError, TypeError):  # TypeError: an object or an array, which cannot be a key
+        raise Reject("invalid_track", "media.track must be inbound or outbound") from None
 
 
 def two_tracks(start: dict[str, Any]) -> bool:
