@@ -27,7 +27,7 @@ def test_packets_held_in_one_window_by_different_streams_are_stored_at_one_momen
 
 def queue_receive() -> tuple[asyncio.Queue[dict[str, object]], Waiter]:
     messages: asyncio.Queue[dict[str, object]] = asyncio.Queue()
-    return messages, Waiter(messages.get)  # type: ignore[arg-type]
+    return messages, Waiter(messages.get)
 
 
 def frame(text: str) -> dict[str, object]:
@@ -90,7 +90,7 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_timeout():
     messages, _ = queue_receive()
 
     async def wait() -> None:
-        waiter = Waiter(messages.get)  # type: ignore[arg-type]
+        waiter = Waiter(messages.get)
         try:
             await waiter.receive(asyncio.get_running_loop().time() + 10)
         finally:
