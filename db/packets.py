@@ -57,8 +57,9 @@ class NewPacket(NamedTuple):
     track: Track = Track.INBOUND
 
 
-@dataclass(frozen=True, slots=True)
-class PacketResult:
+class PacketResult(NamedTuple):
+    """A NamedTuple too: one for every packet stored (see NewPacket)."""
+
     sequence: int
     outcome: Outcome
     gap_from: int  # first missing sequence when outcome is AFTER_GAP

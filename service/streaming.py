@@ -46,16 +46,6 @@ def store_at(held_since: float) -> float:
     return (held_since // HOLD_S + 1) * HOLD_S
 
 
-async def next_message(messages: asyncio.Queue[object], deadline: float) -> object:
-    """The next message read ahead, or TimeoutError once the loop's clock passes `deadline`.
-    One waiting for it is a timer, not a task (asyncio.wait_for makes a task of each wait: most
-    of a frame's cost outside the protocol's parsing), and none when one is already read."""
-    if not messages.empty():
-        return messages.get_nowait()
-    async with asyncio.timeout_at(deadline):
-        return await messages.get()
-
-
 class Waiter:
     """`receive` with a deadline, for a bare ASGI socket (service/routes/media_ws.py), without a
     timer or a task per message: one timer per deadline, armed again only when the deadline
