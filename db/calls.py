@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import Row, Text, and_, bindparam, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AiAttempt, Call, StateTransition
+from db.erasures import Scope
+from db.models import AiAttempt, Call, Erasure, StateTransition
 from db.states import WORKER_STATES, CallState, can_transition
 from db.worker_writes import BUDGET_KEY_SQL, Claim
 
@@ -19,6 +20,30 @@ log = logging.getLogger(__name__)
 
 async def get_call(session: AsyncSession, call_id: str) -> Call | None:
     return await session.get(Call, call_id, populate_existing=True)
+
+
+_WANTED = select(bindparam("call_id", type_=Text).label("call_id")).subquery("wanted")
+_CALLS, _ERASURES = Call.__table__, Erasure.__table__
+# The status read's one statement: the call's row (its columns, null when it is not flushed) and
+# its erasure's reason and time (null when none was asked for), as one row whatever exists.
+_STATUS = select(
+    _CALLS,
+    _ERASURES.c.reason.label("erasure_reason"),
+    _ERASURES.c.requested_at.label("erasure_requested_at"),
+).select_from(
+    _WANTED.outerjoin(
+        _ERASURES,
+        and_(_ERASURES.c.call_id == _WANTED.c.call_id, _ERASURES.c.scope == Scope.CALL.value),
+    ).outerjoin(_CALLS, _CALLS.c.call_id == _WANTED.c.call_id)
+)
+
+
+async def status_row(session: AsyncSession, call_id: str) -> Row[Any]:
+    """The call's row and its erasure in one round trip, without the ORM (GET /v1/calls/{id},
+    read ten times a second and more by a dashboard): `erasure_reason` is set when the call's
+    erasure was asked for, `call_id` is null when PostgreSQL has no row of the call."""
+    connection = await session.connection()
+    return (await connection.execute(_STATUS, {"call_id": call_id})).one()
 
 
 async def list_calls(

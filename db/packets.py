@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class Track(StrEnum):
@@ -47,16 +47,19 @@ class PacketFields(Protocol):
     def track(self) -> Track: ...
 
 
-@dataclass(frozen=True, slots=True)
-class NewPacket:
+class NewPacket(NamedTuple):
+    """A NamedTuple, not a frozen dataclass: built once for every media frame, where a frozen
+    dataclass' __init__ (one object.__setattr__ a field) cost five times as much."""
+
     sequence: int
     timestamp: float
     data: str
     track: Track = Track.INBOUND
 
 
-@dataclass(frozen=True, slots=True)
-class PacketResult:
+class PacketResult(NamedTuple):
+    """A NamedTuple too: one for every packet stored (see NewPacket)."""
+
     sequence: int
     outcome: Outcome
     gap_from: int  # first missing sequence when outcome is AFTER_GAP

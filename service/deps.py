@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Scope
 
 from core.ingestion import CALL_ID_MAX_LENGTH, CALL_ID_PATTERN, CALL_ID_RULE, Ingestion
 from service.bodies import check_body_encoding, refuse_duplicate_keys, require_json
@@ -27,11 +28,18 @@ def get_ws_resources(websocket: WebSocket) -> ApiResources:
     return res
 
 
-def origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
+def scope_resources(scope: Scope) -> ApiResources:
+    """The same, for a bare ASGI endpoint (service/routes/media_ws.py): off the scope."""
+    res = scope["state"]["resources"]
+    assert isinstance(res, ApiResources)
+    return res
+
+
+def origin_allowed(scope: Scope, allowed: frozenset[str]) -> bool:
     """PBXs and programs send no Origin; a browser does, and may connect only from an origin
     allowed (WS_ALLOWED_ORIGINS): else any web page could open a socket to a loopback API."""
-    origin = websocket.headers.get("origin")
-    return origin is None or origin in allowed
+    origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+    return origin is None or origin.decode("latin-1") in allowed
 
 
 async def get_ingestion(res: ResourcesDep) -> Ingestion:

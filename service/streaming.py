@@ -1,15 +1,18 @@
 """What every streaming feed shares, whatever its protocol (the Twilio media stream in
 service/routes/media_ws.py, the PBX feeds in service/feeds/): how long a packet is held for others
-to share its Redis round trip, how many are stored at once, and how far a socket is read ahead
-while a store is in flight (backpressure beyond)."""
+to share its Redis round trip, how many are stored at once, how far a feed's socket is read
+ahead while a store is in flight (backpressure beyond), and how a bare ASGI socket (the media
+stream's) waits for its next message by a deadline (Waiter)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Sequence
 
 from fastapi import WebSocket, WebSocketDisconnect
+from starlette.types import Message, Receive
 
 from core.errors import FlushBehind
 from core.ingestion import Ingestion
@@ -43,22 +46,64 @@ def store_at(held_since: float) -> float:
     return (held_since // HOLD_S + 1) * HOLD_S
 
 
-async def next_message(messages: asyncio.Queue[object], deadline: float) -> object:
-    """The next message read ahead, or TimeoutError once the loop's clock passes `deadline`.
-    One waiting for it is a timer, not a task (asyncio.wait_for makes a task of each wait: most
-    of a frame's cost outside the protocol's parsing), and none when one is already read."""
-    if not messages.empty():
-        return messages.get_nowait()
-    async with asyncio.timeout_at(deadline):
-        return await messages.get()
+class Waiter:
+    """`receive` with a deadline, for a bare ASGI socket (service/routes/media_ws.py), without a
+    timer or a task per message: one timer per deadline, armed again only when the deadline
+    moves (a media stream's is the end of its hold window, the same for every frame in it).
+    Its expiry cancels the task only while it waits in `receive` (TimeoutError to the caller);
+    a message already received is returned, and one that came as it expired stays with the
+    server for the next `receive` (asyncio.Queue.get gives nothing up when cancelled)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = math.nan
+        self._waiting = False
+        self._expired = False
+
+    async def receive(self, deadline: float) -> Message:
+        if deadline != self._armed:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._expire)
+            self._armed = deadline
+        self._waiting = True
+        try:
+            return await self._receive()
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
+            self._expired = False
+            if self._task.uncancel() > 0:  # cancelled by someone else too
+                raise
+            raise TimeoutError from None
+        finally:
+            self._waiting = False
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._armed = math.nan  # passed while not waiting: armed again, to fire at once
+        if self._waiting:
+            self._expired = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 async def append_or_pause(
     ingestion: Ingestion, call_id: str, packets: Sequence[PacketFields]
 ) -> None:
     """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
-    behind), pause and try again, up to PAUSE_MAX_S: the reader stops at READ_AHEAD frames, so
-    the peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
+    behind), pause and try again, up to PAUSE_MAX_S: the socket is not read meanwhile (a feed's
+    reader stops at READ_AHEAD frames; the media stream reads nothing while it stores), so the
+    peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
     waited = 0.0
     while True:
         try:

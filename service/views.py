@@ -35,8 +35,14 @@ async def refuse_erased(session: AsyncSession, call_id: str) -> None:
     the ledger (db/erasures.py) says so, whatever is still left of it."""
     erasure = await erasures.erased(session, call_id)
     if erasure is not None:
-        when = erasure.requested_at.isoformat(timespec="seconds")
-        raise CallErased(f"call {call_id} was erased ({erasure.reason.value}, asked at {when})")
+        raise _erased(call_id, erasure.reason, erasure.requested_at)
+
+
+def _erased(call_id: str, reason: str, requested_at: datetime) -> CallErased:
+    when = requested_at.isoformat(timespec="seconds")
+    return CallErased(
+        f"call {call_id} was erased ({erasures.Reason(reason).value}, asked at {when})"
+    )
 
 
 async def call_status(
@@ -46,15 +52,16 @@ async def call_status(
     erased call. While PostgreSQL is down, calls that Redis still holds stay visible; only the
     others get a 503."""
     try:
-        await refuse_erased(session, call_id)
-        row = await calls.get_call(session, call_id)
+        row = await calls.status_row(session, call_id)  # refuse_erased's rule, in one statement
     except POSTGRES_OUTAGE as exc:
         found = await live.get(call_id, missing_cap)
         if found is None:
             raise
         log.warning("PostgreSQL unavailable (%r); answering %s from Redis", exc, call_id)
         return found
-    if row is not None:
+    if row.erasure_reason is not None:
+        raise _erased(call_id, row.erasure_reason, row.erasure_requested_at)
+    if row.call_id is not None:
         return from_row(row)
     return await live.get(call_id, missing_cap)
 

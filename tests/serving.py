@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from starlette.types import ASGIApp
 
+from devstack.commands import WS_PROTOCOL
 from jobs.ai import AIClient
 from jobs.resources import WorkerResources, make_resources
 from jobs.worker import make_functions
@@ -26,11 +27,20 @@ from settings import Settings
 async def serving(app: ASGIApp) -> AsyncIterator[str]:
     """Serve `app` (its lifespan included) while the block runs; yields "127.0.0.1:port". The
     listening socket is bound here and handed to uvicorn: no other process can take its port
-    between a look for a free one and uvicorn's bind."""
+    between a look for a free one and uvicorn's bind. Its WebSockets are served as in production
+    (devstack/commands.py's WS_PROTOCOL, 32 messages queued at most)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan="on",
+        log_level="warning",
+        ws=WS_PROTOCOL,
+        ws_max_queue=32,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

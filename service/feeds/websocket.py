@@ -87,7 +87,7 @@ async def deny(websocket: WebSocket, error: CallstreamError) -> None:
 
 
 def allowed_origin(websocket: WebSocket) -> bool:
-    return origin_allowed(websocket, get_ws_resources(websocket).settings.ws_allowed_origins)
+    return origin_allowed(websocket.scope, get_ws_resources(websocket).settings.ws_allowed_origins)
 
 
 def new_session(websocket: WebSocket, transport: str) -> FeedSession:

@@ -147,7 +147,7 @@ async def supervisor_socket(
     """The feed as JSON text messages (the event objects of GET /v1/events, and
     {"type": "reset"}), with the same filters and resume position as query parameters."""
     res = get_ws_resources(websocket)
-    if not origin_allowed(websocket, res.settings.ws_allowed_origins):
+    if not origin_allowed(websocket.scope, res.settings.ws_allowed_origins):
         await websocket.close(CLOSE_POLICY, "origin not allowed")
         return
     # Subscribed before the handshake completes: a client that is connected misses nothing.

@@ -11,7 +11,9 @@ tracks it would put a gap on each after every frame of the other).
 buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or the
 HOLD_S window (100 ms of a clock every stream of the process shares, service/streaming.py
 store_at) that the oldest arrived in is over: every stream of the process stores in the same
-loop tick, and the stores share one pipelined round trip (db/pipelining.py). Every rule (call
+loop tick, and the stores share one pipelined round trip (db/pipelining.py). The socket is a bare
+ASGI endpoint (MediaSocket): a frame costs the protocol's parsing, this module's and its share of
+the store, with no WebSocket object, read-ahead task or timer of its own. Every rule (call
 id, sizes, dedup, ordering, completed calls, complete then enqueue) is core/ingestion.py's, the
 same as over HTTP.
 
@@ -40,7 +42,9 @@ import math
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter
+from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from core.access import KeyRing, Role
 from core.errors import (
@@ -64,17 +68,15 @@ from service.asgi import (
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
 )
-from service.deps import get_ws_resources, origin_allowed
+from service.deps import origin_allowed, scope_resources
 from service.gate import KEY_IN_START, actor_of
 from service.socket_limits import SocketLimits
-from service.streaming import CLOSED as _CLOSED
-from service.streaming import FLUSH_AT, READ_AHEAD, append_or_pause, next_message, store_at
-from service.streaming import read_frames as _read
+from service.streaming import FLUSH_AT, Waiter, append_or_pause, store_at
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["ingestion"])
+MEDIA_PATH = "/v1/call/media"
 
 
 # A frame is a media packet's payload plus its envelope; anything larger is refused unread.
@@ -146,11 +148,13 @@ def _sequence(value: Any, name: str = "sequenceNumber") -> int:
 
 
 def _timestamp(value: Any) -> float:
+    # JSON's own types (orjson builds no subclass), a bool not among them.
+    kind = type(value)
     try:
-        millis = float(value) if isinstance(value, str | int | float) else math.nan
+        millis = float(value) if kind is str or kind is int or kind is float else math.nan
     except ValueError:
         millis = math.nan
-    if isinstance(value, bool) or not math.isfinite(millis):
+    if not math.isfinite(millis):
         raise Reject("invalid_timestamp", "media.timestamp must be a finite number of ms")
     return millis / 1000.0
 
@@ -168,10 +172,10 @@ _TRACK_NAMED: dict[str | None, Track] = {None: Track.INBOUND, **{t.value: t for 
 
 
 def _track(value: Any) -> Track:
-    track: Track | None = _TRACK_NAMED.get(value) if isinstance(value, str | None) else None
-    if track is None:
-        raise Reject("invalid_track", "media.track must be inbound or outbound")
-    return track
+    try:
+        return _TRACK_NAMED[value]
+    except (KeyError, TypeError):  # TypeError: an object or an array, which cannot be a key
+        raise Reject("invalid_track", "media.track must be inbound or outbound") from None
 
 
 def two_tracks(start: dict[str, Any]) -> bool:
@@ -209,14 +213,15 @@ class MediaStream:
     """One socket's state: the call it carries and the packets not yet stored."""
 
     def __init__(
-        self, websocket: WebSocket, ingestion: Ingestion, keys: KeyRing, sockets: SocketLimits
+        self, scope: Scope, send: Send, ingestion: Ingestion, keys: KeyRing, sockets: SocketLimits
     ) -> None:
-        self.websocket = websocket
+        self.scope = scope
+        self.send = send
         self.ingestion = ingestion
         self.keys = keys
         self.sockets = sockets
         # Whether the key comes in start.customParameters.token (the gate saw none).
-        self.key_in_start = bool(websocket.scope.get(KEY_IN_START))
+        self.key_in_start = bool(scope.get(KEY_IN_START))
         # Released when the stream ends: its key's socket slot (once start brought the key),
         # its registration with Ingestion.held (once started).
         self.ends = contextlib.ExitStack()
@@ -306,46 +311,55 @@ class MediaStream:
         if self.call_id is None:
             raise Reject("not_started", "stop before start", CLOSE_POLICY)
         await self.flush()
-        actor = actor_of(self.websocket.scope)
+        actor = actor_of(self.scope)
         if await self.ingestion.complete(self.call_id, actor=actor) is Completion.UNKNOWN:
             error = CallNotFound(f"call {self.call_id} has never sent a packet")
             raise Reject.breaking(error)
 
-    async def run(
-        self, frames: asyncio.Queue[object], idle_timeout_s: float, start_timeout_s: float
-    ) -> None:
+    async def run(self, receive: Receive, idle_timeout_s: float, start_timeout_s: float) -> None:
+        """Take the socket's messages straight off the server's `receive` until the stream
+        ends. No read-ahead: while a store is in flight nothing reads the socket, so the
+        server stops reading it (uvicorn pauses a socket whose messages wait to be received)
+        and a fast peer is held back by TCP, with at most what one read brought in memory."""
         clock = asyncio.get_running_loop().time
         store_by = 0.0  # when the packets held are stored (streaming.store_at)
         last_frame = clock()
         start_by = last_frame + start_timeout_s
-        while True:
-            if self.failed is not None:
-                raise self.failed
-            try:
-                raw = await next_message(
-                    frames, self._deadline(store_by, start_by, last_frame, idle_timeout_s)
-                )
-            except TimeoutError:
-                await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
-                continue
-            if raw is _CLOSED:
-                await self.flush()
-                return
-            last_frame = clock()
-            assert raw is None or isinstance(raw, str | bytes)
-            if raw is not None and len(raw) > self.limit * 2 + FRAME_ENVELOPE_BYTES:
-                raise Reject("frame_too_large", "the frame is larger than a media frame can be",
-                             CLOSE_TOO_BIG)  # fmt: skip
-            buffered = len(self.buffer)
-            if await self.handle(parse_frame(raw)):
-                await self.close(CLOSE_NORMAL)
-                return
-            if self.buffer and not buffered:
-                store_by = store_at(last_frame)
-            # Store when enough is waiting, or when the window the oldest fell in is over: the
-            # next frames queue up while this round trip is in flight and go in the next.
-            if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= store_by):
-                await self.flush()
+        largest = self.limit * 2 + FRAME_ENVELOPE_BYTES
+        waiter = Waiter(receive)
+        try:
+            while True:
+                if self.failed is not None:
+                    raise self.failed
+                try:
+                    message = await waiter.receive(
+                        self._deadline(store_by, start_by, last_frame, idle_timeout_s)
+                    )
+                except TimeoutError:
+                    await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
+                    continue
+                if message["type"] != "websocket.receive":  # websocket.disconnect
+                    await self.flush()
+                    return
+                last_frame = clock()
+                raw = message.get("text")
+                if raw is None:
+                    raise Reject("unsupported_frame", "only JSON text frames are accepted")
+                if len(raw) > largest:
+                    raise Reject("frame_too_large", "the frame is larger than a media frame can be",
+                                 CLOSE_TOO_BIG)  # fmt: skip
+                held = len(self.buffer)
+                if await self.handle(parse_frame(raw)):
+                    await self.close(CLOSE_NORMAL)
+                    return
+                if self.buffer and not held:
+                    store_by = store_at(last_frame)
+                # Store when enough is waiting, or when the window the oldest fell in is over: the
+                # next frames wait in the socket while this round trip is in flight.
+                if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= store_by):
+                    await self.flush()
+        finally:
+            waiter.close()
 
     async def _quiet(
         self, last_frame: float, start_by: float, start_timeout_s: float, idle_timeout_s: float
@@ -379,12 +393,12 @@ class MediaStream:
     async def reject(self, code: str, message: str, close_code: int) -> None:
         with contextlib.suppress(Exception):
             frame = {"event": "error", "code": code, "message": message}
-            await self.websocket.send_text(orjson.dumps(frame).decode())
+            await self.send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
         await self.close(close_code)
 
     async def close(self, code: int) -> None:
-        with contextlib.suppress(Exception):
-            await self.websocket.close(code)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.send({"type": "websocket.close", "code": code, "reason": ""})
 
 
 def _start_token(metadata: dict[str, Any]) -> str | None:
@@ -399,31 +413,38 @@ def _without_token(metadata: dict[str, Any]) -> dict[str, Any]:
     return {**metadata, "customParameters": params}
 
 
-@router.websocket("/v1/call/media")
-async def media_stream(websocket: WebSocket) -> None:
-    """Twilio Media Streams: connected, start, media..., stop."""
-    res = get_ws_resources(websocket)
-    if not origin_allowed(websocket, res.settings.ws_allowed_origins):
-        await websocket.close(CLOSE_POLICY, "origin not allowed")
-        return
-    await websocket.accept()
-    stream = MediaStream(websocket, res.ingestion, res.keys, res.sockets)
-    frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
-    reader = asyncio.create_task(_read(websocket, frames))
-    try:
-        await _serve(stream, frames, res.settings)
-    finally:
-        stream.ends.close()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+class MediaSocket:
+    """Twilio Media Streams (connected, start, media..., stop) as a bare ASGI endpoint: every
+    message is taken straight off the server's `receive`, with no WebSocket object around it
+    and no reader task between (BENCHMARKS.md, Real-time capacity). Routed by FastAPI like any
+    route (a Starlette WebSocketRoute whose endpoint is this ASGI app), behind the gate."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        res = scope_resources(scope)
+        if not origin_allowed(scope, res.settings.ws_allowed_origins):
+            # Closing before the handshake refuses it: HTTP 403 to the client.
+            await send(
+                {"type": "websocket.close", "code": CLOSE_POLICY, "reason": "origin not allowed"}
+            )
+            return
+        if (await receive())["type"] != "websocket.connect":
+            return  # the client went away before its handshake was answered
+        await send({"type": "websocket.accept"})
+        stream = MediaStream(scope, send, res.ingestion, res.keys, res.sockets)
+        try:
+            await _serve(stream, receive, res.settings)
+        finally:
+            stream.ends.close()
 
 
-async def _serve(stream: MediaStream, frames: asyncio.Queue[object], settings: Settings) -> None:
+router = APIRouter(tags=["ingestion"], routes=[WebSocketRoute(MEDIA_PATH, MediaSocket())])
+
+
+async def _serve(stream: MediaStream, receive: Receive, settings: Settings) -> None:
     """Run the stream to its end, answering its failure with an error frame and a close."""
     try:
         try:
-            await stream.run(frames, settings.ws_idle_timeout_s, settings.ws_start_timeout_s)
+            await stream.run(receive, settings.ws_idle_timeout_s, settings.ws_start_timeout_s)
         except Reject as rejected:
             # Packets taken in before the bad frame are kept; a failing store reports its own
             # error.

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.ingestion import Ingestion
 from db import pipelining
@@ -429,3 +429,41 @@ async def test_held_frames_wait_no_longer_than_the_window_they_arrived_in(base: 
         waited = asyncio.get_running_loop().time() - sent
     # At most HOLD_S, and the round trips around it; no idle timeout, no next frame needed.
     assert waited < streaming.HOLD_S + 0.5
+
+
+# The socket is a bare ASGI endpoint (media_ws.MediaSocket): what Starlette's WebSocket did for
+# it (the handshake's order, the origin check's refusal, text against binary) is its own.
+
+
+async def test_a_browser_from_an_origin_not_allowed_is_refused_at_the_handshake_403(
+    base: str, redis: Redis
+):
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"ws://{base}/v1/call/media", origin="http://evil.example"):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 403
+    assert await redis.exists(call_keys("CA-ORIGIN").meta) == 0
+
+
+async def test_a_program_without_origin_is_accepted_and_its_stop_closes_1000(base: str):
+    frames, code = await stream(base, [CONNECTED, start("CA-NOORIGIN"), media(2), STOP])
+    assert (frames, code) == ([], 1000)
+
+
+async def test_frames_behind_a_slow_store_wait_in_the_socket_and_are_stored_in_order(
+    base: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    """No read-ahead: while a store is in flight nothing reads the socket; what the client
+    sent meanwhile is taken after it, in order, and nothing is lost."""
+    append = Ingestion.append
+
+    async def slow(self: Ingestion, call_id: str, packets: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await append(self, call_id, packets)
+
+    monkeypatch.setattr(Ingestion, "append", slow)
+    frames, code = await stream(
+        base, [CONNECTED, start("CA-SLOW"), *(media(s) for s in range(2, 302)), STOP]
+    )
+    assert (frames, code) == ([], 1000)
+    assert [p[0] for p in await stored(redis, "CA-SLOW")] == list(range(2, 302))
