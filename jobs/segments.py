@@ -4,11 +4,12 @@ more at its end (jobs/flushing.py), so that Redis holds about a segment of each 
 finished call's last flush is one segment's work.
 
 Each round reads a page of the stream, builds what is new in it as the call's next segment (what
-an earlier round stored is skipped) and stores it in one short transaction under the call's lock
-(db/segments.py's plan_segment and store_segment); with an object store its bytes are PUT first,
-with no transaction open (put_objects: a slow store holds no connection and does not hold up the
-call's other flushes, its final one included), and the plan is made again if another flusher
-stored a segment meanwhile; and only then trims the stream up to what PostgreSQL holds
+an earlier round stored is skipped) and stores it in one statement (db/segments.py's
+plan_segment and store_segment: a read, then the insert, two round trips and no transaction);
+with an object store its bytes are PUT between the two (put_objects: a slow store holds no
+connection and does not hold up the call's other flushes, its final one included); the plan is
+made again if another flusher stored that segment first; and only then trims the stream up to
+what PostgreSQL holds
 (db/lua/segment_done.lua). A worker that dies between the commit and the trim leaves entries that
 the next round finds stored and trims; one that dies before the commit leaves them to be stored
 by the next round (and, with a store, perhaps an object no row names: an erasure deletes the
@@ -35,6 +36,7 @@ from db.packets import StoredPacket
 from db.segments import (
     TEXT,
     Build,
+    Planned,
     SegmentRow,
     Stored,
     highest_sequences,
@@ -140,29 +142,33 @@ async def _store(
     said: bool,
 ) -> Stored:
     """What is new in `page` stored as the call's next segment, planned again if another
-    flusher stored one meanwhile. With an object store, the bytes are PUT between the plan and
-    a transaction of their own (a slow store holds no connection and not the call's lock);
-    without one, nothing slow comes between: plan and insert share one transaction."""
+    flusher stored one meanwhile: the plan read alone, then (with an object store) its bytes
+    PUT, then its rows inserted in one statement, each on the autocommit pool: no transaction
+    is open across them, so a slow store holds no connection and nothing of the call's."""
     for _ in range(STORE_ROUNDS):
-        if res.objects is None:
-            async with res.engine.begin() as conn:
-                build = await _builder(res, conn, call_id, fmt, said)
-                plan = await plan_segment(conn, call_id, page, build, lock=True)
+        stored: Stored | None = None
+        async with res.autocommit.connect() as conn:
+            build = await _builder(res, conn, call_id, fmt, said)
+            plan = await plan_segment(conn, call_id, page, build)
+            if res.objects is None or plan.segment is None:  # nothing slow comes between
                 stored = await store_segment(conn, call_id, plan)
-        else:
-            async with res.autocommit.connect() as conn:  # a read alone: no transaction
-                build = await _builder(res, conn, call_id, fmt, said, lock=False)
-                plan = await plan_segment(conn, call_id, page, build)
-            if plan.segment is None:
-                return Stored(None, plan.after)
-            plan = await put_objects(res.objects, call_id, plan)
-            async with res.engine.begin() as conn:
-                stored = await store_segment(conn, call_id, plan)
-            if stored is None:  # lost the race: the objects just PUT are no row's
-                await _forget_objects(res, call_id, list(plan.keys.values()))
+        if res.objects is not None and plan.segment is not None:
+            stored = await _put_and_store(res, call_id, plan)
         if stored is not None:
             return stored
     raise FlushRace(f"other flushers kept storing call {call_id}'s segments first")
+
+
+async def _put_and_store(res: WorkerResources, call_id: str, plan: Planned) -> Stored | None:
+    """The plan's bytes PUT (no connection held while the store answers), then its rows
+    stored."""
+    assert res.objects is not None
+    plan = await put_objects(res.objects, call_id, plan)
+    async with res.autocommit.connect() as conn:
+        stored = await store_segment(conn, call_id, plan)
+    if stored is None:  # lost the race: the objects just PUT are no row's
+        await _forget_objects(res, call_id, list(plan.keys.values()))
+    return stored
 
 
 async def _forget_objects(res: WorkerResources, call_id: str, keys: list[str]) -> None:
@@ -182,15 +188,12 @@ async def _builder(
     call_id: str,
     fmt: AudioFormat | None,
     said: bool,
-    lock: bool = True,
 ) -> Build:
     """How a segment's rows are built; with audio redaction, late packets' audio is silenced
-    (core/audio_redaction.py: they land where the transcription has been already). `lock`:
-    read under the call's lock (a plan on an autocommit connection, checked again when it is
-    stored, needs none)."""
+    (core/audio_redaction.py: they land where the transcription has been already)."""
     if fmt is None or not res.settings.redact_audio:
         return lambda new: build_rows(new, fmt, said)
-    highest = await highest_sequences(conn, call_id, lock)
+    highest = await highest_sequences(conn, call_id)
     return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 
