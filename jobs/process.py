@@ -55,7 +55,6 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
                     if settled is None:
                         raise UnknownCall(call_id)
                     return settled.value
-                await res.events.publish(state_event(call_id, CallState.PROCESSING_AI.value))
                 announce = await _run_ai(res, held)
             except asyncio.CancelledError:
                 # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -67,10 +67,13 @@ class FlushRace(RuntimeError):
 
 @dataclass
 class Flushed:
-    """What a flush of the tail stored."""
+    """What a flush of the tail stored; with `hold_last`, the last page's trim is left to the
+    caller (the final flush makes it one step with its own: FlushSource.segment_done)."""
 
     segments: int = 0
     packets: int = 0
+    through: tuple[int, int] | None = None  # the untrimmed page's end; None: nothing to trim
+    events: list[dict[str, Any]] = field(default_factory=list)  # its segment's, to publish
 
 
 def _format(metadata: dict[str, Any] | None, default: str) -> tuple[AudioFormat | None, bool]:
@@ -102,9 +105,11 @@ async def flush_tail(
     metadata: dict[str, Any] | None,
     first_page: tuple[list[StoredPacket], bool] | None = None,
     state: str = "IN_PROGRESS",
+    hold_last: bool = False,
 ) -> Flushed:
     """Store every entry the call's stream holds now, a page a segment. `first_page`: the first
-    page, if the caller read it already, and whether there is more after it."""
+    page, if the caller read it already, and whether there is more after it. `hold_last`: leave
+    the last page's trim (and its event) to the caller, in Flushed."""
     fmt, said = _format(metadata, res.settings.packet_audio_encoding)
     done = Flushed()
     page, more = first_page if first_page is not None else (None, True)
@@ -123,12 +128,15 @@ async def flush_tail(
         if not page:
             return done
         stored = await _store(res, call_id, page, fmt, said)
-        event = None
+        events = []
         if stored.segment is not None:
-            event = segment_event(call_id, stored.segment, list(stored.rows), state)
+            events.append(segment_event(call_id, stored.segment, list(stored.rows), state))
             done.segments += 1
-            done.packets += event["packets"]
-        await res.flush.segment_done(call_id, stored.through, event)
+            done.packets += events[0]["packets"]
+        if not more and hold_last:
+            done.through, done.events = stored.through, events
+            return done
+        await res.flush.segment_done(call_id, stored.through, events)
         if not more:
             return done
         after, page = page[-1].entry, None
