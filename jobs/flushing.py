@@ -38,9 +38,13 @@ T = TypeVar("T")
 
 @dataclass
 class Held:
-    """A call this worker has flushed (or found flushed) and claimed."""
+    """A call this worker has flushed (or found flushed) and claimed. `fresh`: this run stored
+    the call's first segment and created its row, so no live pass ever ran for it or will (a
+    live pass follows a segment a live flush stored, jobs/segments.py), and nothing of it is
+    transcribed yet."""
 
     claim: Claim
+    fresh: bool = False
 
 
 class Refused(Exception):
@@ -97,7 +101,7 @@ async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | 
         await fail_for_good(res, call_id, str(refused), live)  # refused
         return None
     try:
-        held = await refusing("the call's record", _flush_new(res, live))  # new
+        held = await refusing("the call's record", _flush_new(res, live, flushed.first))  # new
     except Refused as refused:
         # A re-run's or a replay's row exists: a record refused again changes nothing.
         if not await _row_exists(res, call_id):
@@ -138,11 +142,12 @@ async def _row_exists(res: WorkerResources, call_id: str) -> bool:
         return await calls.get_call(session, call_id) is not None
 
 
-async def _flush_new(res: WorkerResources, live: CallRecord) -> Held | None:
-    """The first flush of a call's row, claimed by this worker; None if the row exists."""
+async def _flush_new(res: WorkerResources, live: CallRecord, fresh: bool) -> Held | None:
+    """The first flush of a call's row, claimed by this worker; None if the row exists.
+    `fresh`: this run stored the call's first segment."""
     async with res.autocommit.connect() as conn:
         claim = await worker_writes.flush_new_call(conn, live, webhooks=res.webhooks)
-    return Held(claim) if claim else None
+    return Held(claim, fresh) if claim else None
 
 
 async def _fail_unflushed(res: WorkerResources, live: CallRecord, reason: str) -> None:

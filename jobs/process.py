@@ -127,6 +127,7 @@ class _Journal:
     attempts: list[AttemptRecord] = field(default_factory=list)
     transcript: str | None = None  # known but not yet stored
     events: list[dict[str, Any]] = field(default_factory=list)  # published after the next write
+    told: list[dict[str, Any]] = field(default_factory=list)  # stored: published with the next
     final: dict[str, Any] | None = None  # the final state's event, published with the release
     spoken: str | None = None  # the transcript, for the final event
     # Failed attempts of this run, by unit of work (worker_writes.budget_key).
@@ -148,12 +149,11 @@ class _Journal:
         """Write what waits, then tell the feed; False if another worker took the call since.
         What waits is taken before the write: the two tracks' windows record at once, and an
         attempt recorded during the write waits for the next one (written once, not twice)."""
-        attempts, transcript, events = self.attempts, self.transcript, self.events
-        self.attempts, self.transcript, self.events = [], None, []
+        attempts, transcript, events, told = self.attempts, self.transcript, self.events, self.told
+        self.attempts, self.transcript, self.events, self.told = [], None, [], []
         async with self.res.autocommit.connect() as conn:
             kept = await worker_writes.write_progress(conn, self.claim, attempts, transcript)
-        if kept:
-            await self.res.events.publish(*events)
+        await self.res.events.publish(*told, *(events if kept else []))
         return kept
 
     async def finish(self, target: CallState, reason: str, **results: object) -> None:
@@ -185,8 +185,9 @@ class _Journal:
         self.final = final
 
     def announcements(self) -> list[dict[str, Any]]:
-        """What the release publishes: attempts not yet told, then the final state."""
-        return [*self.events, *([] if self.final is None else [self.final])]
+        """What the release publishes: utterances and attempts not yet told, then the final
+        state."""
+        return [*self.told, *self.events, *([] if self.final is None else [self.final])]
 
 
 async def _run_ai(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
@@ -224,15 +225,20 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
             )
 
     metadata = claim.metadata
+    seconds = None
     try:
         transcript = claim.transcript
         if transcript is None:
             # The windows a live transcription left (all of them, for a short call), then the
-            # transcript: every window's utterances, by time.
-            await transcribe_ready(
-                res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI
-            )
-            said = await _utterances(res, call_id)
+            # transcript: every window's utterances, by time (known without a read when this
+            # run transcribed the call whole).
+            ready = await transcribe_ready(
+                res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI,
+                fresh=held.fresh,
+            )  # fmt: skip
+            journal.told += ready.told  # the utterances stored, told with the transcript
+            said = ready.said if ready.said is not None else await _utterances(res, call_id)
+            seconds = ready.seconds
             transcript = flat_text(said)
             # Kept at once: a worker that dies during sentiment must not cost a transcription.
             journal.transcript = transcript
@@ -249,7 +255,7 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
         CallState.ARCHIVED,
         "transcription and sentiment stored",
         sentiment=(scored.label, scored.score),
-        conversation=(await _conversation(res, call_id, metadata, said)).model_dump(),
+        conversation=(await _conversation(res, call_id, metadata, said, seconds)).model_dump(),
     )
     return journal.announcements()
 
@@ -274,14 +280,16 @@ async def _conversation(
     call_id: str,
     metadata: dict[str, Any] | None,
     said: list[Utterance] | None,
+    seconds: float | None,
 ) -> Conversation:
-    """The call's figures from its utterances (`said`, if this run read them already): per
-    speaker, silence, overlap."""
-    try:
-        reader = SegmentReader(res.reads, call_id, res.objects)
-        seconds = (await load_recording(reader, metadata, res.settings)).seconds
-    except NotAudio:
-        seconds = 0.0  # text packets: no time to speak of
+    """The call's figures from its utterances (`said`, if this run knows them already) and its
+    recording's length (`seconds`, likewise): per speaker, silence, overlap."""
+    if seconds is None:
+        try:
+            reader = SegmentReader(res.reads, call_id, res.objects)
+            seconds = (await load_recording(reader, metadata, res.settings)).seconds
+        except NotAudio:
+            seconds = 0.0  # text packets: no time to speak of
     names = speaker_names(res.settings.speaker_names)
     if said is None:
         said = await _utterances(res, call_id)

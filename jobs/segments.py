@@ -72,6 +72,7 @@ class Flushed:
 
     segments: int = 0
     packets: int = 0
+    first: bool = False  # it stored the call's first segment (no flush had stored any)
     through: tuple[int, int] | None = None  # the untrimmed page's end; None: nothing to trim
     events: list[dict[str, Any]] = field(default_factory=list)  # its segment's, to publish
 
@@ -131,6 +132,7 @@ async def flush_tail(
         events = []
         if stored.segment is not None:
             events.append(segment_event(call_id, stored.segment, list(stored.rows), state))
+            done.first = done.first or stored.segment == 0
             done.segments += 1
             done.packets += events[0]["packets"]
         if not more and hold_last:
