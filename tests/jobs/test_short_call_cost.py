@@ -1,0 +1,129 @@
+"""What the back half of a short call costs the worker (docs/architecture.md's cost model), and
+that its short cuts lose nothing when a run dies: a run that stored the call's first segment and
+made its row (jobs/flushing.py's Held.fresh) skips the reads and the lock only it may skip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from redis.asyncio.connection import AbstractConnection
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db import worker_writes
+from db.packets import NewPacket
+from jobs.process import process_call
+from jobs.resources import WorkerResources
+from jobs.segments import flush_segment
+from tests.factories import rows, scalar
+
+FRAME = "A" * 216  # 162 bytes of μ-law: bench/backhalf.py's packets
+
+
+class Died(Exception):
+    pass
+
+
+async def short_call(res: WorkerResources, call_id: str, packets: int = 10) -> None:
+    frames = [NewPacket(n, n * 0.02, FRAME) for n in range(packets)]
+    await res.ingestion.append(call_id, frames)
+    await res.ingestion.complete(call_id)
+
+
+@contextmanager
+def counted(
+    res: WorkerResources, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, list[str]]]:
+    """The SQL statements the worker's pool runs and the Redis round trips (each one send of
+    one command or one pipeline) any client makes, by their first command."""
+    seen: dict[str, list[str]] = {"sql": [], "redis": []}
+
+    def statement(*args: Any) -> None:
+        seen["sql"].append(" ".join(args[2].split()))
+
+    send = AbstractConnection.send_packed_command
+
+    async def sent(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        parts = [command] if isinstance(command, bytes | bytearray) else list(command)
+        lines = b"".join(bytes(p) for p in parts).split(b"\r\n")
+        seen["redis"].append(lines[2].decode())  # *<n>, $<len>, then the first command's name
+        await send(conn, command, check_health)
+
+    event.listen(res.engine.sync_engine, "before_cursor_execute", statement)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", sent)
+    try:
+        yield seen
+    finally:
+        monkeypatch.undo()
+        event.remove(res.engine.sync_engine, "before_cursor_execute", statement)
+
+
+async def test_a_short_calls_back_half_costs_seven_statements_and_eight_round_trips_of_ours(
+    worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
+):
+    res = worker_resources
+    await short_call(res, "warm")
+    await short_call(res, "short")
+    assert await process_call(res, "warm") == "ARCHIVED"  # connections opened, scripts loaded
+    await res.ai_limiter.settle()
+
+    with counted(res, monkeypatch) as seen:
+        assert await process_call(res, "short") == "ARCHIVED"
+        await res.ai_limiter.settle()
+
+    # The plan's read, the segment, the row (claimed), the recording's heads, the window with
+    # its utterances, the transcript, the final state.
+    assert len(seen["sql"]) == 7
+    # The lease with the tail, the tail's trim with the row's news, a slot and its return for
+    # each AI step, the utterances and the transcript's attempt told, the release.
+    assert seen["redis"] == [
+        "SET", "EVALSHA", "EVALSHA", "ZREM", "XADD", "EVALSHA", "ZREM", "EVALSHA",
+    ]  # fmt: skip
+
+
+async def test_a_call_flushed_live_before_its_end_takes_the_lock_and_reads_its_windows(
+    worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
+):
+    res = worker_resources
+    frames = [NewPacket(n, n * 0.02, FRAME) for n in range(10)]
+    await res.ingestion.append("live", frames)
+    await flush_segment(res, "live")  # a live segment: a live pass may have run
+    await res.ingestion.append("live", [NewPacket(10, 0.2, FRAME)])
+    await res.ingestion.complete("live")
+
+    with counted(res, monkeypatch) as seen:
+        assert await process_call(res, "live") == "ARCHIVED"
+
+    assert seen["redis"].count("SET") == 2  # the lease, and the transcription lock
+    reads = [
+        s for s in seen["sql"] if s.startswith("SELECT") and ("window" in s or "utterance" in s)
+    ]
+    assert len(reads) == 2  # where the tracks are transcribed to; the utterances
+
+
+async def test_a_run_that_died_after_the_first_segment_leaves_a_rerun_that_reads_what_it_needs(
+    worker_resources: WorkerResources, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+):
+    res = worker_resources
+    await short_call(res, "dies")
+
+    async def died(*_: Any, **__: Any) -> bool:
+        raise Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(worker_writes, "write_progress", died)  # its window stored, no transcript
+        with pytest.raises(Died):
+            await process_call(res, "dies")
+    assert await scalar(engine, "SELECT count(*) FROM transcript_window") == 1
+
+    assert await process_call(res, "dies") == "ARCHIVED"
+
+    call = await rows(engine, "SELECT state, transcript FROM call WHERE call_id = 'dies'")
+    assert call[0].state == "ARCHIVED"
+    assert call[0].transcript  # the stored window's utterances, read by the re-run
+    assert await scalar(engine, "SELECT count(*) FROM call_segment") == 1
+    assert await scalar(engine, "SELECT count(*) FROM transcript_window") == 1
+    assert await scalar(engine, "SELECT count(*) FROM utterance") == 1
