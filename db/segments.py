@@ -426,16 +426,22 @@ class SegmentReader:
         sessions: async_sessionmaker[AsyncSession],
         call_id: str,
         objects: ObjectStore | None = None,
+        heads: Sequence[SegmentHead] | None = None,
     ) -> None:
         """`objects`: where rows that name an object keep their bytes (AUDIO_STORE_URL); rows
-        written before it was set keep theirs in PostgreSQL, and are read from there."""
+        written before it was set keep theirs in PostgreSQL, and are read from there. `heads`:
+        every row's head, if the caller knows them (it stored every segment of the call:
+        jobs/segments.py's Flushed.heads), so they need no read; the bytes are read as ever."""
         self.sessions = sessions
         self.call_id = call_id
         self.objects = objects
+        self.known = heads
 
     async def heads(self) -> list[SegmentHead]:
         """Every row's head, read HEAD_ROWS rows at a time and compacted as they come, so only
         a few rows' per-packet arrays are ever held."""
+        if self.known is not None:
+            return list(self.known)
         heads: list[SegmentHead] = []
         after = (-1, -1)
         while True:

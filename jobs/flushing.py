@@ -26,6 +26,7 @@ from db import calls, worker_writes
 from db.events import state_event
 from db.outages import postgres_refusal, store_refusal
 from db.record import CallRecord
+from db.segments import SegmentHead
 from db.states import CallState
 from db.worker_writes import Claim
 from jobs.attempts import LeaseLost
@@ -38,13 +39,18 @@ T = TypeVar("T")
 
 @dataclass
 class Held:
-    """A call this worker has flushed (or found flushed) and claimed. `fresh`: this run stored
-    the call's first segment and created its row, so no live pass ever ran for it or will (a
+    """A call this worker has flushed (or found flushed) and claimed. `heads`: when this run
+    stored every segment of the call and created its row (a call whose whole audio its final
+    flush stored: a short one), those segments' heads: no live pass ever ran for it or will (a
     live pass follows a segment a live flush stored, jobs/segments.py), and nothing of it is
     transcribed yet."""
 
     claim: Claim
-    fresh: bool = False
+    heads: list[SegmentHead] | None = None
+
+    @property
+    def fresh(self) -> bool:
+        return self.heads is not None
 
 
 class Refused(Exception):
@@ -101,7 +107,7 @@ async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | 
         await fail_for_good(res, call_id, str(refused), live)  # refused
         return None
     try:
-        held = await refusing("the call's record", _flush_new(res, live, flushed.first))  # new
+        held = await refusing("the call's record", _flush_new(res, live, flushed.heads))  # new
     except Refused as refused:
         # A re-run's or a replay's row exists: a record refused again changes nothing.
         if not await _row_exists(res, call_id):
@@ -142,12 +148,14 @@ async def _row_exists(res: WorkerResources, call_id: str) -> bool:
         return await calls.get_call(session, call_id) is not None
 
 
-async def _flush_new(res: WorkerResources, live: CallRecord, fresh: bool) -> Held | None:
+async def _flush_new(
+    res: WorkerResources, live: CallRecord, heads: list[SegmentHead] | None
+) -> Held | None:
     """The first flush of a call's row, claimed by this worker; None if the row exists.
-    `fresh`: this run stored the call's first segment."""
+    `heads`: of every segment of the call, if this run stored them all."""
     async with res.autocommit.connect() as conn:
         claim = await worker_writes.flush_new_call(conn, live, webhooks=res.webhooks)
-    return Held(claim, fresh) if claim else None
+    return Held(claim, heads) if claim else None
 
 
 async def _fail_unflushed(res: WorkerResources, live: CallRecord, reason: str) -> None:

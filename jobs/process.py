@@ -234,7 +234,7 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
             # run transcribed the call whole).
             ready = await transcribe_ready(
                 res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI,
-                fresh=held.fresh,
+                heads=held.heads,
             )  # fmt: skip
             journal.told += ready.told  # the utterances stored, told with the transcript
             said = ready.said if ready.said is not None else await _utterances(res, call_id)

@@ -37,8 +37,10 @@ from db.segments import (
     TEXT,
     Build,
     Planned,
+    SegmentHead,
     SegmentRow,
     Stored,
+    head_of,
     highest_sequences,
     plan_segment,
     put_objects,
@@ -72,7 +74,9 @@ class Flushed:
 
     segments: int = 0
     packets: int = 0
-    first: bool = False  # it stored the call's first segment (no flush had stored any)
+    # With `hold_last`: the heads of every segment of the call, when this flush stored them all
+    # (its first included, none by another flusher); None otherwise.
+    heads: list[SegmentHead] | None = None
     through: tuple[int, int] | None = None  # the untrimmed page's end; None: nothing to trim
     events: list[dict[str, Any]] = field(default_factory=list)  # its segment's, to publish
 
@@ -112,7 +116,7 @@ async def flush_tail(
     page, if the caller read it already, and whether there is more after it. `hold_last`: leave
     the last page's trim (and its event) to the caller, in Flushed."""
     fmt, said = _format(metadata, res.settings.packet_audio_encoding)
-    done = Flushed()
+    done = Flushed(heads=[] if hold_last else None)
     page, more = first_page if first_page is not None else (None, True)
     after: tuple[int, int] | None = None
     while True:
@@ -127,14 +131,18 @@ async def flush_tail(
                 )
                 page = [*page, *rest]
         if not page:
+            if not done.segments:  # an empty tail: the call's segments are others' flushes
+                done.heads = None
             return done
         stored = await _store(res, call_id, page, fmt, said)
         events = []
         if stored.segment is not None:
             events.append(segment_event(call_id, stored.segment, list(stored.rows), state))
-            done.first = done.first or stored.segment == 0
+            done.heads = _known(done, stored)
             done.segments += 1
             done.packets += events[0]["packets"]
+        else:
+            done.heads = None  # another flusher stored these entries
         if not more and hold_last:
             done.through, done.events = stored.through, events
             return done
@@ -142,6 +150,15 @@ async def flush_tail(
         if not more:
             return done
         after, page = page[-1].entry, None
+
+
+def _known(done: Flushed, stored: Stored) -> list[SegmentHead] | None:
+    """The call's heads with the segment just stored, while this flush has stored every segment
+    from the first (numbered on from what it stored: none stored by another in between)."""
+    if done.heads is None or stored.segment != done.segments:
+        return None
+    rows = sorted(stored.rows, key=lambda r: r.track)
+    return [*done.heads, *(head_of(stored.segment, r.track, r.encoding, r) for r in rows)]
 
 
 async def _store(

@@ -41,7 +41,7 @@ from db.events import attempt_event
 from db.feed_events import Said, UtteranceEvent
 from db.keys import call_keys
 from db.leases import TranscriptionLock
-from db.segments import TEXT, PayloadEdit, SegmentReader, overwrite
+from db.segments import TEXT, PayloadEdit, SegmentHead, SegmentReader, overwrite
 from db.states import CallState
 from db.transcripts import UtteranceRow
 from db.worker_writes import AttemptRecord, budget_key
@@ -213,7 +213,7 @@ async def transcribe_ready(
     *,
     final: bool,
     state: CallState,
-    fresh: bool = False,
+    heads: Sequence[SegmentHead] | None = None,
 ) -> Ready:
     """Transcribe every window of the call that is ready and store its utterances (their events
     on the live feed, as of the call's `state`, in Ready.told: a final pass that fails publishes
@@ -223,12 +223,12 @@ async def transcribe_ready(
     audio to it; the final pass waits for a live one to finish (at most the lock's lifetime,
     after which the lock lapses), then goes on anyway: db/transcripts.py stores a window once
     whatever happens, and the final pass carries on from where another pass got to, so the lock
-    only saves the work a race would throw away. `fresh`: the final pass of a call whose first
-    segment its own run stored (jobs/flushing.py's Held.fresh), so no other pass ever ran or
-    will run (a live pass follows a segment a live flush stored) and nothing is transcribed yet:
-    no lock, no read of where its tracks are transcribed to."""
-    if fresh:
-        return await _transcribe_ready(res, call_id, metadata, transcribe, final, state, fresh)
+    only saves the work a race would throw away. `heads`: the final pass of a call every segment
+    of which its own run stored (jobs/flushing.py's Held.heads: theirs), so no other pass ever
+    ran or will run (a live pass follows a segment a live flush stored) and nothing is
+    transcribed yet: no lock, no read of the heads or of where its tracks are transcribed to."""
+    if heads is not None:
+        return await _transcribe_ready(res, call_id, metadata, transcribe, final, state, heads)
     lock = TranscriptionLock(res.redis)
     holder = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
     # About a pass's time (a window or two, an attempt or three); one that takes longer only
@@ -256,9 +256,10 @@ async def _transcribe_ready(
     transcribe: Transcribe,
     final: bool,
     state: CallState,
-    fresh: bool = False,
+    heads: Sequence[SegmentHead] | None = None,
 ) -> Ready:
-    reader = SegmentReader(res.reads, call_id, res.objects)
+    fresh = heads is not None
+    reader = SegmentReader(res.reads, call_id, res.objects, heads)
     try:
         recording = await load_recording(reader, metadata, res.settings)
     except NotAudio as exc:

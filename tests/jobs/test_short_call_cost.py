@@ -1,6 +1,6 @@
 """What the back half of a short call costs the worker (docs/architecture.md's cost model), and
 that its short cuts lose nothing when a run dies: a run that stored the call's first segment and
-made its row (jobs/flushing.py's Held.fresh) skips the reads and the lock only it may skip."""
+made its row (jobs/flushing.py's Held.heads) skips the reads and the lock only it may skip."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def counted(
         event.remove(res.engine.sync_engine, "before_cursor_execute", statement)
 
 
-async def test_a_short_calls_back_half_costs_seven_statements_and_eight_round_trips_of_ours(
+async def test_a_short_calls_back_half_costs_six_statements_and_eight_round_trips_of_ours(
     worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
 ):
     res = worker_resources
@@ -74,9 +74,9 @@ async def test_a_short_calls_back_half_costs_seven_statements_and_eight_round_tr
         assert await process_call(res, "short") == "ARCHIVED"
         await res.ai_limiter.settle()
 
-    # The plan's read, the segment, the row (claimed), the recording's heads, the window with
-    # its utterances, the transcript, the final state.
-    assert len(seen["sql"]) == 7
+    # The plan's read, the segment, the row (claimed), the window with its utterances, the
+    # transcript, the final state: the recording's heads are the segment's, known.
+    assert len(seen["sql"]) == 6
     # The lease with the tail, the tail's trim with the row's news, a slot and its return for
     # each AI step, the utterances and the transcript's attempt told, the release.
     assert seen["redis"] == [
@@ -84,24 +84,32 @@ async def test_a_short_calls_back_half_costs_seven_statements_and_eight_round_tr
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("after", [1, 0], ids=["more-at-its-end", "all-flushed-live"])
 async def test_a_call_flushed_live_before_its_end_takes_the_lock_and_reads_its_windows(
-    worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
+    worker_resources: WorkerResources,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    after: int,
 ):
     res = worker_resources
     frames = [NewPacket(n, n * 0.02, FRAME) for n in range(10)]
     await res.ingestion.append("live", frames)
     await flush_segment(res, "live")  # a live segment: a live pass may have run
-    await res.ingestion.append("live", [NewPacket(10, 0.2, FRAME)])
+    await res.ingestion.append("live", [NewPacket(10 + n, 0.2, FRAME) for n in range(after)])
     await res.ingestion.complete("live")
 
     with counted(res, monkeypatch) as seen:
         assert await process_call(res, "live") == "ARCHIVED"
 
     assert seen["redis"].count("SET") == 2  # the lease, and the transcription lock
-    reads = [
-        s for s in seen["sql"] if s.startswith("SELECT") and ("window" in s or "utterance" in s)
-    ]
-    assert len(reads) == 2  # where the tracks are transcribed to; the utterances
+    reads = [s.rsplit(" FROM ", 1)[1].split()[0] for s in seen["sql"] if s.startswith("SELECT")]
+    # Where the segments end (the plan, if the tail held any entry); the heads; where the
+    # tracks are transcribed to; the utterances.
+    planned = ["call_segment"] if after else []
+    assert reads == [*planned, "call_segment", "transcript_window", "utterance"]
+    call = await rows(engine, "SELECT transcript, conversation FROM call WHERE call_id = 'live'")
+    assert call[0].transcript
+    assert call[0].conversation is not None
 
 
 async def test_a_run_that_died_after_the_first_segment_leaves_a_rerun_that_reads_what_it_needs(
