@@ -2,9 +2,11 @@
 in ARCHIVED or FAILED. Idempotent: delivery is at least once, so every step checks where the call
 is, writes with upserts, and fences its writes with the epoch it claimed.
 
-A call whose AI answers first time costs three PostgreSQL statements: the flush (which also
-claims the call), the transcript, and the final write (sentiment, attempts, transition). Failed
-attempts are written as they happen, so a budget spent is spent even if the worker dies.
+A short call whose AI answers first time costs six PostgreSQL statements: its last segment (where
+its segments end, then the insert), its row (which also claims the call), its window with its
+utterances, the transcript, and the final write (sentiment, attempts, transition); a run that
+stored the call's every segment itself reads nothing back (jobs/flushing.py's Held.heads).
+Failed attempts are written as they happen, so a budget spent is spent even if the worker dies.
 
 A call whose data PostgreSQL refuses (jobs/flushing.py's `refusing`: a NUL in text, a number out
 of its column's range) would be refused again on every re-run, so it ends FAILED at once with the
