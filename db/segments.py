@@ -349,12 +349,24 @@ async def _through(conn: AsyncConnection, call_id: str) -> tuple[int | None, tup
     return int(latest.segment), (int(latest.last_entry_ms), int(latest.last_entry_n))
 
 
+# What plan_segment is told when the caller knows no segment of the call left its stream yet.
+NONE_TRIMMED = (None, (-1, -1))
+
+
 async def plan_segment(
-    conn: AsyncConnection, call_id: str, packets: Sequence[StoredPacket], build: Build
+    conn: AsyncConnection,
+    call_id: str,
+    packets: Sequence[StoredPacket],
+    build: Build,
+    known: tuple[int | None, tuple[int, int]] | None = None,
 ) -> Planned:
     """The call's next segment: those of `packets` (in stream order) that come after the latest
-    stored segment, built into rows."""
-    latest, after = await _through(conn, call_id)
+    stored segment, built into rows. `known`: NONE_TRIMMED when no stored segment's entries
+    ever left the stream (Redis' seg_trimmed), planned as the first segment without a read: if
+    one was stored after all (its flusher died before the trim), it starts at the stream's
+    first entry, as this plan does, so the plan collides with it and stores nothing, and the
+    next plan reads."""
+    latest, after = await _through(conn, call_id) if known is None else known
     new = [p for p in packets if p.entry > after]
     if not new:
         return Planned(None, after, after)

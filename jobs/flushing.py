@@ -100,6 +100,7 @@ async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | 
                 (start.first_page, start.more),
                 live.state.value,
                 hold_last=True,
+                none_trimmed=b"seg_trimmed" not in start.meta,
             ),
         )
     except Refused as refused:

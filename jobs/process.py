@@ -2,10 +2,10 @@
 in ARCHIVED or FAILED. Idempotent: delivery is at least once, so every step checks where the call
 is, writes with upserts, and fences its writes with the epoch it claimed.
 
-A short call whose AI answers first time costs six PostgreSQL statements: its last segment (where
-its segments end, then the insert), its row (which also claims the call), its window with its
-utterances, the transcript, and the final write (sentiment, attempts, transition); a run that
-stored the call's every segment itself reads nothing back (jobs/flushing.py's Held.heads).
+A short call whose AI answers first time costs five PostgreSQL statements: its segment, its row
+(which also claims the call), its window with its utterances, the transcript, and the final
+write (sentiment, attempts, transition); a run that stored the call's every segment itself reads
+nothing back (jobs/flushing.py's Held.heads, jobs/segments.py's none_trimmed).
 Failed attempts are written as they happen, so a budget spent is spent even if the worker dies.
 
 A call whose data PostgreSQL refuses (jobs/flushing.py's `refusing`: a NUL in text, a number out

@@ -34,6 +34,7 @@ from db.feed_events import SegmentEvent
 from db.keys import call_keys
 from db.packets import StoredPacket
 from db.segments import (
+    NONE_TRIMMED,
     TEXT,
     Build,
     Planned,
@@ -111,10 +112,13 @@ async def flush_tail(
     first_page: tuple[list[StoredPacket], bool] | None = None,
     state: str = "IN_PROGRESS",
     hold_last: bool = False,
+    none_trimmed: bool = False,
 ) -> Flushed:
     """Store every entry the call's stream holds now, a page a segment. `first_page`: the first
     page, if the caller read it already, and whether there is more after it. `hold_last`: leave
-    the last page's trim (and its event) to the caller, in Flushed."""
+    the last page's trim (and its event) to the caller, in Flushed. `none_trimmed`: the caller
+    read in the call's hash that no segment's entries ever left its stream (seg_trimmed), so the
+    first page is planned as its first segment without a read (db/segments.py's NONE_TRIMMED)."""
     fmt, said = _format(metadata, res.settings.packet_audio_encoding)
     done = Flushed(heads=[] if hold_last else None)
     page, more = first_page if first_page is not None else (None, True)
@@ -134,7 +138,7 @@ async def flush_tail(
             if not done.segments:  # an empty tail: the call's segments are others' flushes
                 done.heads = None
             return done
-        stored = await _store(res, call_id, page, fmt, said)
+        stored = await _store(res, call_id, page, fmt, said, none_trimmed and not done.segments)
         events = []
         if stored.segment is not None:
             events.append(segment_event(call_id, stored.segment, list(stored.rows), state))
@@ -167,16 +171,18 @@ async def _store(
     page: list[StoredPacket],
     fmt: AudioFormat | None,
     said: bool,
+    none_trimmed: bool = False,
 ) -> Stored:
     """What is new in `page` stored as the call's next segment, planned again if another
     flusher stored one meanwhile: the plan read alone, then (with an object store) its bytes
     PUT, then its rows inserted in one statement, each on the autocommit pool: no transaction
     is open across them, so a slow store holds no connection and nothing of the call's."""
-    for _ in range(STORE_ROUNDS):
+    for round_ in range(STORE_ROUNDS):
         stored: Stored | None = None
+        known = NONE_TRIMMED if none_trimmed and not round_ else None  # else: read
         async with res.autocommit.connect() as conn:
-            build = await _builder(res, conn, call_id, fmt, said)
-            plan = await plan_segment(conn, call_id, page, build)
+            build = await _builder(res, conn, call_id, fmt, said, known is not None)
+            plan = await plan_segment(conn, call_id, page, build, known)
             if res.objects is None or plan.segment is None:  # nothing slow comes between
                 stored = await store_segment(conn, call_id, plan)
         if res.objects is not None and plan.segment is not None:
@@ -215,12 +221,14 @@ async def _builder(
     call_id: str,
     fmt: AudioFormat | None,
     said: bool,
+    none_stored: bool = False,
 ) -> Build:
     """How a segment's rows are built; with audio redaction, late packets' audio is silenced
-    (core/audio_redaction.py: they land where the transcription has been already)."""
+    (core/audio_redaction.py: they land where the transcription has been already).
+    `none_stored`: planned as the call's first segment (nothing is late then)."""
     if fmt is None or not res.settings.redact_audio:
         return lambda new: build_rows(new, fmt, said)
-    highest = await highest_sequences(conn, call_id)
+    highest = {} if none_stored else await highest_sequences(conn, call_id)
     return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 

@@ -11,6 +11,9 @@ if ARGV[2] ~= '' then
   redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
+  -- Until a segment's entries leave, the stream holds every entry the call sent: a flush that
+  -- finds no mark may plan the first segment without asking PostgreSQL (jobs/segments.py).
+  if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'seg_trimmed', 1) end
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
   if first then
     -- The oldest entry left is the next segment's start: its arrival, from its id (ms).

@@ -14,6 +14,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import worker_writes
+from db.flush import FlushSource
+from db.keys import call_keys
 from db.packets import NewPacket
 from jobs.process import process_call
 from jobs.resources import WorkerResources
@@ -61,7 +63,7 @@ def counted(
         event.remove(res.engine.sync_engine, "before_cursor_execute", statement)
 
 
-async def test_a_short_calls_back_half_costs_six_statements_and_eight_round_trips_of_ours(
+async def test_a_short_calls_back_half_costs_five_statements_and_eight_round_trips_of_ours(
     worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
 ):
     res = worker_resources
@@ -74,9 +76,10 @@ async def test_a_short_calls_back_half_costs_six_statements_and_eight_round_trip
         assert await process_call(res, "short") == "ARCHIVED"
         await res.ai_limiter.settle()
 
-    # The plan's read, the segment, the row (claimed), the window with its utterances, the
-    # transcript, the final state: the recording's heads are the segment's, known.
-    assert len(seen["sql"]) == 6
+    # The segment, the row (claimed), the window with its utterances, the transcript, the final
+    # state: no segment's entries had left the stream, so the segment is planned as the first
+    # without a read, and the recording's heads are the segment's, known.
+    assert len(seen["sql"]) == 5
     # The lease with the tail, the tail's trim with the row's news, a slot and its return for
     # each AI step, the utterances and the transcript's attempt told, the release.
     assert seen["redis"] == [
@@ -135,3 +138,27 @@ async def test_a_run_that_died_after_the_first_segment_leaves_a_rerun_that_reads
     assert await scalar(engine, "SELECT count(*) FROM call_segment") == 1
     assert await scalar(engine, "SELECT count(*) FROM transcript_window") == 1
     assert await scalar(engine, "SELECT count(*) FROM utterance") == 1
+
+
+async def test_a_run_that_died_before_its_trim_leaves_a_rerun_that_stores_the_segment_once(
+    worker_resources: WorkerResources, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+):
+    # The re-run finds no trim in the call's hash and plans the first segment without a read:
+    # the stored one collides with it, and the next plan reads where the segments end.
+    res = worker_resources
+    await short_call(res, "untrimmed")
+
+    async def died(*_: Any, **__: Any) -> int:
+        raise Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FlushSource, "segment_done", died)
+        with pytest.raises(Died):
+            await process_call(res, "untrimmed")
+    assert await scalar(engine, "SELECT count(*) FROM call_segment") == 1
+
+    assert await process_call(res, "untrimmed") == "ARCHIVED"
+
+    assert await scalar(engine, "SELECT count(*) FROM call_segment") == 1
+    assert await scalar(engine, "SELECT sum(packets) FROM call_segment") == 10
+    assert await res.redis.xlen(call_keys("untrimmed").packets) == 0
