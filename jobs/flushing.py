@@ -48,10 +48,6 @@ class Held:
     claim: Claim
     heads: list[SegmentHead] | None = None
 
-    @property
-    def fresh(self) -> bool:
-        return self.heads is not None
-
 
 class Refused(Exception):
     """PostgreSQL or the object store refused a write of the call's data (not an outage):

@@ -147,10 +147,10 @@ class Transcribed:
 class Ready:
     """What a pass stored: windows; and whether stored audio is left untranscribed (what
     follows a window's last pause, or a track with no pause yet). A final pass also says how
-    long the recording is (0 for text packets), and, when it transcribed the call whole (a
-    `fresh` one), its utterances: what a read of them would give. `told`: the feed's events of
-    the utterances it stored, for the caller to publish (with its own next events: one round
-    trip)."""
+    long the recording is (0 for text packets), and, when it transcribed the call whole (one
+    whose run stored every segment of it, given their `heads`), its utterances: what a read of
+    them would give. `told`: the feed's events of the utterances it stored, for the caller to
+    publish (with its own next events: one round trip)."""
 
     stored: int
     pending: bool
@@ -258,7 +258,7 @@ async def _transcribe_ready(
     state: CallState,
     heads: Sequence[SegmentHead] | None = None,
 ) -> Ready:
-    fresh = heads is not None
+    fresh = heads is not None  # nothing of the call transcribed, no other pass (see above)
     reader = SegmentReader(res.reads, call_id, res.objects, heads)
     try:
         recording = await load_recording(reader, metadata, res.settings)
@@ -310,9 +310,9 @@ def _told(
 
 
 def _whole(fresh: bool, windows: list[list[Utterance]]) -> list[Utterance] | None:
-    """A fresh call's utterances, from every window of it this pass stored, as PostgreSQL
-    orders them (db/transcripts.py's utterances: by start, track, then as stored); None
-    unless `fresh`."""
+    """A fresh call's utterances (its pass was the only one), from every window of it this pass
+    stored, as PostgreSQL orders them (db/transcripts.py's utterances: by start, track, then as
+    stored); None unless `fresh`."""
     if not fresh:
         return None
     return sorted((u for window in windows for u in window), key=lambda u: (u.start_s, u.track))
