@@ -165,6 +165,10 @@ async def drain(b: Bench, api: int, plan: Plan, workers: int, tag: str) -> dict[
                 "WHERE finished_at IS NOT NULL"
             )
         ]
+        # The drain's tail: from the last completion to the last final state.
+        tail = await conn.fetchval(
+            "SELECT extract(epoch FROM max(finished_at) - max(completed_at)) FROM call"
+        )
     finally:
         await conn.close()
     stages = stop(procs)
@@ -178,6 +182,7 @@ async def drain(b: Bench, api: int, plan: Plan, workers: int, tag: str) -> dict[
         "cpu_ms_per_call": 1000 * cpu / max(done, 1),
         "completion_to_final_p50_s": pct(latency, 0.50),
         "completion_to_final_p99_s": pct(latency, 0.99),
+        "last_completion_to_final_s": float(tail or 0.0),
         "stage_share": {k: v / total_stage for k, v in sorted(stages.items())},
         "complete_errors": completes.errors,
     }

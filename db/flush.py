@@ -106,18 +106,32 @@ class FlushSource:
         return found, True
 
     async def segment_done(
-        self, call_id: str, through: tuple[int, int], event: Mapping[str, Any] | None
+        self,
+        call_id: str,
+        through: tuple[int, int] | None,
+        events: Sequence[Mapping[str, Any]] = (),
+        *,
+        row_stored: bool = False,
     ) -> int:
-        """PostgreSQL holds the call's entries up to the stream id `through`: trim them, let the
-        next segment be asked for, and publish `event`. Returns the entries left."""
+        """PostgreSQL holds the call's entries up to the stream id `through` (None: no new
+        ones): trim them, let the next segment be asked for, and publish `events`; with
+        `row_stored` (the final flush: PostgreSQL holds the call's row too) the call leaves the
+        unflushed index in the same step. Returns the entries left."""
         keys = call_keys(call_id)
         left = await self._segment_done(
-            keys=[keys.packets, keys.meta, keys.shard.segments, feed_key(self.redis, call_id)],
+            keys=[
+                keys.packets,
+                keys.meta,
+                keys.shard.segments,
+                feed_key(self.redis, call_id),
+                keys.shard.unflushed,
+            ],
             args=[
                 call_id,
-                f"{through[0]}-{through[1] + 1}",
+                "" if through is None else f"{through[0]}-{through[1] + 1}",
                 self.feed.max_len,
-                "" if event is None else payload(event),
+                "1" if row_stored else "0",
+                *(payload(event) for event in events),
             ],
         )
         return int(left)

@@ -175,7 +175,8 @@ DERIVED_FIELDS = frozenset({"audio_erase_at", "erase_at"})
 # o_*: the outbound track's bounds, dedup tail and counters (the inbound one's are the totals
 # minus them; _tracks);
 # seg_open_at, seg_asked_at, seg_asked: the unflushed tail's age and its segment requests
-# (db/lua/ingest.lua, segment_done.lua).
+# (db/lua/ingest.lua, segment_done.lua); seg_trimmed: a stored segment's entries left the
+# stream (segment_done.lua): until then the stream holds every entry the call sent.
 _OUTBOUND_FIELDS = ("max_seq", "min_seq", "last_run_from", "received", "duplicates", "out_of_order")
 INTERNAL_HASH_FIELDS = frozenset(
     {
@@ -186,6 +187,7 @@ INTERNAL_HASH_FIELDS = frozenset(
         "seg_open_at",
         "seg_asked_at",
         "seg_asked",
+        "seg_trimmed",
         *(f"o_{name}" for name in _OUTBOUND_FIELDS),
     }
 )

@@ -2,16 +2,22 @@
 
 A segment is the entries of the call's stream after the latest stored segment's last entry, in
 stream order. `plan_segment` reads where the latest segment ended and builds the rows of what
-comes after it; `store_segment` inserts them under a per-call advisory lock. Without an object
-store both run in one transaction, the lock taken first. With one (AUDIO_STORE_URL), the plan is
-read without the lock and its bytes go to the store (`put_objects`) with no transaction open, so
-that a slow store holds neither a connection nor the call's lock; `store_segment` then takes the
-lock and inserts the rows only if the latest segment still ends where the plan read it, else
-says to plan again. So two flushers
-racing (a segment job and the call's final flush, or a re-run after a worker died between a
-commit and its trim) never store a packet twice, and a flusher that read a stale page stores only
-what is new in it. The stream's ids grow with time (Redis gives each entry max(now in ms, the
-last id)), so "after the last one stored" is exactly "not stored yet".
+comes after it (a read alone, on an autocommit connection); with an object store
+(AUDIO_STORE_URL) `put_objects` then PUTs their bytes, with no transaction or connection held;
+`store_segment` inserts the rows in one statement, only if no other flusher stored the same
+segment number first, else says to plan again.
+
+One statement, one round trip, and no lock: two flushers racing (a segment job and the call's
+final flush, or a re-run after a worker died between a commit and its trim) that read the same
+latest segment plan the same number, and both plans start at the same entry (the first after
+that segment's last: a page is read from the stream's start, and entries leave the stream only
+once stored), so both have a row for that entry's track. That row is inserted first and the
+others only if it went in: its key (call, segment, track) lets one flusher in, and the other,
+waiting for it, stores nothing and plans again. A stale plan cannot store anywhere else: its
+number is the one after the latest segment it read, which exists once anyone stored after it.
+So a packet is never stored twice, and a flusher that read a stale page stores only what is new
+in it. The stream's ids grow with time (Redis gives each entry max(now in ms, the last id)), so
+"after the last one stored" is exactly "not stored yet".
 
 Reads: the heads (everything but the bytes, compacted as they are read into runs of consecutive
 packets: a few numbers per row of continuous audio, whatever its packet count) and slices of a
@@ -28,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from db.object_store import NoObjectStore, ObjectStore
-from db.packets import StoredPacket
+from db.packets import TRACKS, StoredPacket
 
 TEXT = "text"  # the encoding of a row whose payload is the packets' data as sent (UTF-8)
 
@@ -153,20 +159,55 @@ def head_of(segment: int, track: int, encoding: str, row: Any) -> SegmentHead:
     return SegmentHead(segment, track, encoding, runs)
 
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:call_id, 16))")
 _LATEST = text(
     "SELECT segment, last_entry_ms, last_entry_n FROM call_segment WHERE call_id = :call_id"
     " ORDER BY segment DESC LIMIT 1"
 )
-_INSERT = text(
-    """
-    INSERT INTO call_segment (call_id, segment, track, last_entry_ms, last_entry_n, encoding,
-        packets, first_sequence, last_sequence, sequences, sizes, timestamps, arrivals, payload,
-        object_key)
-    VALUES (:call_id, :segment, :track, :last_ms, :last_n, :encoding, :packets, :first, :last,
-        :sequences, :sizes, :timestamps, :arrivals, :payload, :object_key)
-    """
-)
+# The columns a segment's row is inserted with, and their types (a parameter in a SELECT's list
+# has none of its own: the cast gives it its column's).
+_COLUMNS = {
+    "call_id": "text",
+    "segment": "int",
+    "track": "smallint",
+    "last_entry_ms": "bigint",
+    "last_entry_n": "bigint",
+    "encoding": "text",
+    "packets": "int",
+    "first_sequence": "bigint",
+    "last_sequence": "bigint",
+    "sequences": "bigint[]",
+    "sizes": "int[]",
+    "timestamps": "float8[]",
+    "arrivals": "float8[]",
+    "payload": "bytea",
+    "object_key": "text",
+}
+_SHARED = {"call_id", "segment", "last_entry_ms", "last_entry_n"}  # the same in every row
+
+
+def _row_values(n: int) -> str:
+    """Row `n`'s values: parameters named after their column (suffixed with the row's number
+    unless every row shares them)."""
+    return ", ".join(
+        f"CAST(:{c if c in _SHARED else f'{c}_{n}'} AS {t})" for c, t in _COLUMNS.items()
+    )
+
+
+def _insert(rows: int) -> TextClause:
+    """A segment of `rows` rows in one statement: row 0 (the track of the segment's first entry)
+    under its key, the others only if it went in (the module's docstring says why that is
+    enough). Returns 1 if the segment was stored, 0 if another flusher stored it first."""
+    columns = ", ".join(_COLUMNS)
+    rest = " UNION ALL ".join(f"SELECT {_row_values(n)} FROM gate" for n in range(1, rows))
+    if rest:
+        rest = f", rest AS (INSERT INTO call_segment ({columns}) {rest})"
+    return text(
+        f"WITH gate AS (INSERT INTO call_segment ({columns}) VALUES ({_row_values(0)})"
+        f" ON CONFLICT DO NOTHING RETURNING 1){rest} SELECT count(*) FROM gate"
+    )
+
+
+_INSERTS = {rows: _insert(rows) for rows in range(1, len(TRACKS) + 1)}
 
 
 def _packed(column: str, send: str) -> str:
@@ -213,15 +254,9 @@ _HIGHEST = text(
 )
 
 
-async def highest_sequences(
-    conn: AsyncConnection, call_id: str, lock: bool = True
-) -> dict[int, int]:
-    """Each track's highest sequence stored, under the call's flush lock (store_segment takes
-    it again, in the same transaction: what it stores next comes after exactly these). Without
-    `lock`, a plain read for a plan that store_segment checks again under the lock (a segment
-    stored meanwhile makes the flusher plan again, reading these anew)."""
-    if lock:
-        await conn.execute(_LOCK, {"call_id": call_id})
+async def highest_sequences(conn: AsyncConnection, call_id: str) -> dict[int, int]:
+    """Each track's highest sequence stored, for a plan (a segment stored after this read makes
+    its store_segment store nothing, and the flusher plans again, reading these anew)."""
     return {
         int(r.track): int(r.highest) for r in await conn.execute(_HIGHEST, {"call_id": call_id})
     }
@@ -295,16 +330,15 @@ Build = Callable[[list[StoredPacket]], list[SegmentRow]]
 @dataclass(frozen=True, slots=True)
 class Planned:
     """The call's next segment: the rows of what came after `after` (the latest stored
-    segment's last entry when it was read; (-1, -1): none), and the object keys their bytes
-    went to (none without an object store). `segment` None: nothing was new. `locked`: read
-    under the call's lock, in the transaction that stores it (so it cannot have gone stale)."""
+    segment's last entry when it was read; (-1, -1): none), the first of them the track of its
+    first entry; and the object keys their bytes went to (none without an object store).
+    `segment` None: nothing was new."""
 
     segment: int | None
     after: tuple[int, int]
     through: tuple[int, int]
     rows: Sequence[SegmentRow] = ()
     keys: dict[int, str] = field(default_factory=dict)
-    locked: bool = False
 
 
 async def _through(conn: AsyncConnection, call_id: str) -> tuple[int | None, tuple[int, int]]:
@@ -315,26 +349,31 @@ async def _through(conn: AsyncConnection, call_id: str) -> tuple[int | None, tup
     return int(latest.segment), (int(latest.last_entry_ms), int(latest.last_entry_n))
 
 
+# What plan_segment is told when the caller knows no segment of the call left its stream yet.
+NONE_TRIMMED = (None, (-1, -1))
+
+
 async def plan_segment(
     conn: AsyncConnection,
     call_id: str,
     packets: Sequence[StoredPacket],
     build: Build,
-    *,
-    lock: bool = False,
+    known: tuple[int | None, tuple[int, int]] | None = None,
 ) -> Planned:
     """The call's next segment: those of `packets` (in stream order) that come after the latest
-    stored segment, built into rows. `lock`: take the call's lock first, in the caller's
-    transaction, which is to store the plan (nothing slow comes between); without it,
-    store_segment checks the plan still holds."""
-    if lock:
-        await conn.execute(_LOCK, {"call_id": call_id})
-    latest, after = await _through(conn, call_id)
+    stored segment, built into rows. `known`: NONE_TRIMMED when no stored segment's entries
+    ever left the stream (Redis' seg_trimmed), planned as the first segment without a read: if
+    one was stored after all (its flusher died before the trim), it starts at the stream's
+    first entry, as this plan does, so the plan collides with it and stores nothing, and the
+    next plan reads."""
+    latest, after = await _through(conn, call_id) if known is None else known
     new = [p for p in packets if p.entry > after]
     if not new:
-        return Planned(None, after, after, locked=lock)
+        return Planned(None, after, after)
     segment = latest + 1 if latest is not None else 0
-    return Planned(segment, after, new[-1].entry, build(new), locked=lock)
+    first = new[0].track
+    rows = sorted(build(new), key=lambda row: row.track != first)  # stable: the rest in order
+    return Planned(segment, after, new[-1].entry, rows)
 
 
 async def put_objects(objects: ObjectStore, call_id: str, plan: Planned) -> Planned:
@@ -351,36 +390,33 @@ async def put_objects(objects: ObjectStore, call_id: str, plan: Planned) -> Plan
 
 
 async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> Stored | None:
-    """Insert a planned segment, in the caller's transaction, which it locks for the call; None
-    if another flusher stored a segment since the plan was read (plan again: what is new has
+    """Insert a planned segment in one statement (atomic on its own: an autocommit connection
+    will do); None if another flusher stored that segment first (plan again: what is new has
     changed)."""
     if plan.segment is None:  # nothing new: the stored segments' end only ever grows
         return Stored(None, plan.after)
-    if not plan.locked:
-        await conn.execute(_LOCK, {"call_id": call_id})
-        if (await _through(conn, call_id))[1] != plan.after:
-            return None
-    params = [
-        {
-            "call_id": call_id,
-            "segment": plan.segment,
-            "track": row.track,
-            "last_ms": plan.through[0],
-            "last_n": plan.through[1],
-            "encoding": row.encoding,
-            "packets": len(row.sequences),
-            "first": row.sequences[0],
-            "last": row.sequences[-1],
-            "sequences": row.sequences,
-            "sizes": row.sizes,
-            "timestamps": row.timestamps,
-            "arrivals": row.arrivals,
-            "payload": b"" if row.track in plan.keys else row.payload,
-            "object_key": plan.keys.get(row.track),
+    params: dict[str, Any] = {
+        "call_id": call_id,
+        "segment": plan.segment,
+        "last_entry_ms": plan.through[0],
+        "last_entry_n": plan.through[1],
+    }
+    for n, row in enumerate(plan.rows):
+        params |= {
+            f"track_{n}": row.track,
+            f"encoding_{n}": row.encoding,
+            f"packets_{n}": len(row.sequences),
+            f"first_sequence_{n}": row.sequences[0],
+            f"last_sequence_{n}": row.sequences[-1],
+            f"sequences_{n}": row.sequences,
+            f"sizes_{n}": row.sizes,
+            f"timestamps_{n}": row.timestamps,
+            f"arrivals_{n}": row.arrivals,
+            f"payload_{n}": b"" if row.track in plan.keys else row.payload,
+            f"object_key_{n}": plan.keys.get(row.track),
         }
-        for row in plan.rows
-    ]
-    await conn.execute(_INSERT, params)
+    if not await conn.scalar(_INSERTS[len(plan.rows)], params):
+        return None
     return Stored(plan.segment, plan.through, plan.rows)
 
 
@@ -402,16 +438,22 @@ class SegmentReader:
         sessions: async_sessionmaker[AsyncSession],
         call_id: str,
         objects: ObjectStore | None = None,
+        heads: Sequence[SegmentHead] | None = None,
     ) -> None:
         """`objects`: where rows that name an object keep their bytes (AUDIO_STORE_URL); rows
-        written before it was set keep theirs in PostgreSQL, and are read from there."""
+        written before it was set keep theirs in PostgreSQL, and are read from there. `heads`:
+        every row's head, if the caller knows them (it stored every segment of the call:
+        jobs/segments.py's Flushed.heads), so they need no read; the bytes are read as ever."""
         self.sessions = sessions
         self.call_id = call_id
         self.objects = objects
+        self.known = heads
 
     async def heads(self) -> list[SegmentHead]:
         """Every row's head, read HEAD_ROWS rows at a time and compacted as they come, so only
         a few rows' per-packet arrays are ever held."""
+        if self.known is not None:
+            return list(self.known)
         heads: list[SegmentHead] = []
         after = (-1, -1)
         while True:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from core.logs import about
 from db import calls, worker_writes
+from db.events import state_event
 from db.outages import postgres_refusal, store_refusal
 from db.record import CallRecord
+from db.segments import SegmentHead
 from db.states import CallState
 from db.worker_writes import Claim
 from jobs.attempts import LeaseLost
@@ -37,9 +39,14 @@ T = TypeVar("T")
 
 @dataclass
 class Held:
-    """A call this worker has flushed (or found flushed) and claimed."""
+    """A call this worker has flushed (or found flushed) and claimed. `heads`: when this run
+    stored every segment of the call and created its row (a call whose whole audio its final
+    flush stored: a short one), those segments' heads: no live pass ever ran for it or will (a
+    live pass follows a segment a live flush stored, jobs/segments.py), and nothing of it is
+    transcribed yet."""
 
     claim: Claim
+    heads: list[SegmentHead] | None = None
 
 
 class Refused(Exception):
@@ -66,20 +73,30 @@ async def refusing(what: str, write: Awaitable[T]) -> T:
 
 
 async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | None:
-    """Take the call's lease, store what is left of its audio, then its row, claimed. None if
-    it is not the worker's to take (already ARCHIVED or FAILED, or unknown), or if PostgreSQL
-    refused the call's data: the call is FAILED then, for good."""
+    """Take the call's lease, store what is left of its audio, then its row, claimed, and tell
+    the feed it is PROCESSING_AI. None if it is not the worker's to take (already ARCHIVED or
+    FAILED, or unknown), or if PostgreSQL refused the call's data: the call is FAILED then, for
+    good."""
     s = res.settings
     start = await res.flush.start(call_id, holder, s.lease_ttl_s, FIRST_PAGE)
     if not start.meta:
-        return await _claim_flushed(res, call_id)  # gone from Redis
+        claimed = await _claim_flushed(res, call_id)  # gone from Redis
+        if claimed is not None:
+            await res.events.publish(_picked_up(call_id))
+        return claimed
     live = await res.live.record(call_id, start.meta, start.metadata, s.missing_list_cap)
     held: Held | None = None
     try:
-        await refusing(
+        flushed = await refusing(
             "the call's audio",
             flush_tail(
-                res, call_id, live.metadata, (start.first_page, start.more), live.state.value
+                res,
+                call_id,
+                live.metadata,
+                (start.first_page, start.more),
+                live.state.value,
+                hold_last=True,
+                none_trimmed=b"seg_trimmed" not in start.meta,
             ),
         )
     except Refused as refused:
@@ -87,16 +104,24 @@ async def flush_call(res: WorkerResources, call_id: str, holder: str) -> Held | 
         await fail_for_good(res, call_id, str(refused), live)  # refused
         return None
     try:
-        held = await refusing("the call's record", _flush_new(res, live))  # new
+        held = await refusing("the call's record", _flush_new(res, live, flushed.heads))  # new
     except Refused as refused:
         # A re-run's or a replay's row exists: a record refused again changes nothing.
         if not await _row_exists(res, call_id):
+            await res.flush.segment_done(call_id, flushed.through, flushed.events)
             await fail_for_good(res, call_id, str(refused), live)  # refused
             return None
     if held is None:
         held = await _claim_flushed(res, call_id)  # re-run
-    await res.flush.forget_unflushed(call_id)
+    # One step in Redis: the last segment's entries trimmed, the call out of the unflushed
+    # index (PostgreSQL has its row: the listing reads it from there), the feed told.
+    told = [*flushed.events, *([] if held is None else [_picked_up(call_id)])]
+    await res.flush.segment_done(call_id, flushed.through, told, row_stored=True)
     return held
+
+
+def _picked_up(call_id: str) -> dict[str, Any]:
+    return state_event(call_id, CallState.PROCESSING_AI.value)
 
 
 async def fail_for_good(
@@ -120,11 +145,14 @@ async def _row_exists(res: WorkerResources, call_id: str) -> bool:
         return await calls.get_call(session, call_id) is not None
 
 
-async def _flush_new(res: WorkerResources, live: CallRecord) -> Held | None:
-    """The first flush of a call's row, claimed by this worker; None if the row exists."""
+async def _flush_new(
+    res: WorkerResources, live: CallRecord, heads: list[SegmentHead] | None
+) -> Held | None:
+    """The first flush of a call's row, claimed by this worker; None if the row exists.
+    `heads`: of every segment of the call, if this run stored them all."""
     async with res.autocommit.connect() as conn:
         claim = await worker_writes.flush_new_call(conn, live, webhooks=res.webhooks)
-    return Held(claim) if claim else None
+    return Held(claim, heads) if claim else None
 
 
 async def _fail_unflushed(res: WorkerResources, live: CallRecord, reason: str) -> None:

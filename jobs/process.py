@@ -2,9 +2,11 @@
 in ARCHIVED or FAILED. Idempotent: delivery is at least once, so every step checks where the call
 is, writes with upserts, and fences its writes with the epoch it claimed.
 
-A call whose AI answers first time costs three PostgreSQL statements: the flush (which also
-claims the call), the transcript, and the final write (sentiment, attempts, transition). Failed
-attempts are written as they happen, so a budget spent is spent even if the worker dies.
+A short call whose AI answers first time costs five PostgreSQL statements: its segment, its row
+(which also claims the call), its window with its utterances, the transcript, and the final
+write (sentiment, attempts, transition); a run that stored the call's every segment itself reads
+nothing back (jobs/flushing.py's Held.heads, jobs/segments.py's none_trimmed).
+Failed attempts are written as they happen, so a budget spent is spent even if the worker dies.
 
 A call whose data PostgreSQL refuses (jobs/flushing.py's `refusing`: a NUL in text, a number out
 of its column's range) would be refused again on every re-run, so it ends FAILED at once with the
@@ -55,7 +57,6 @@ async def process_call(res: WorkerResources, call_id: str) -> str:
                     if settled is None:
                         raise UnknownCall(call_id)
                     return settled.value
-                await res.events.publish(state_event(call_id, CallState.PROCESSING_AI.value))
                 announce = await _run_ai(res, held)
             except asyncio.CancelledError:
                 # Shutdown or timeout: arq re-queues a cancelled job; let the next worker start.
@@ -128,6 +129,7 @@ class _Journal:
     attempts: list[AttemptRecord] = field(default_factory=list)
     transcript: str | None = None  # known but not yet stored
     events: list[dict[str, Any]] = field(default_factory=list)  # published after the next write
+    told: list[dict[str, Any]] = field(default_factory=list)  # stored: published with the next
     final: dict[str, Any] | None = None  # the final state's event, published with the release
     spoken: str | None = None  # the transcript, for the final event
     # Failed attempts of this run, by unit of work (worker_writes.budget_key).
@@ -149,12 +151,11 @@ class _Journal:
         """Write what waits, then tell the feed; False if another worker took the call since.
         What waits is taken before the write: the two tracks' windows record at once, and an
         attempt recorded during the write waits for the next one (written once, not twice)."""
-        attempts, transcript, events = self.attempts, self.transcript, self.events
-        self.attempts, self.transcript, self.events = [], None, []
+        attempts, transcript, events, told = self.attempts, self.transcript, self.events, self.told
+        self.attempts, self.transcript, self.events, self.told = [], None, [], []
         async with self.res.autocommit.connect() as conn:
             kept = await worker_writes.write_progress(conn, self.claim, attempts, transcript)
-        if kept:
-            await self.res.events.publish(*events)
+        await self.res.events.publish(*told, *(events if kept else []))
         return kept
 
     async def finish(self, target: CallState, reason: str, **results: object) -> None:
@@ -186,8 +187,9 @@ class _Journal:
         self.final = final
 
     def announcements(self) -> list[dict[str, Any]]:
-        """What the release publishes: attempts not yet told, then the final state."""
-        return [*self.events, *([] if self.final is None else [self.final])]
+        """What the release publishes: utterances and attempts not yet told, then the final
+        state."""
+        return [*self.told, *self.events, *([] if self.final is None else [self.final])]
 
 
 async def _run_ai(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
@@ -225,15 +227,20 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
             )
 
     metadata = claim.metadata
+    seconds = None
     try:
         transcript = claim.transcript
         if transcript is None:
             # The windows a live transcription left (all of them, for a short call), then the
-            # transcript: every window's utterances, by time.
-            await transcribe_ready(
-                res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI
-            )
-            said = await _utterances(res, call_id)
+            # transcript: every window's utterances, by time (known without a read when this
+            # run transcribed the call whole).
+            ready = await transcribe_ready(
+                res, call_id, metadata, transcribe, final=True, state=CallState.PROCESSING_AI,
+                heads=held.heads,
+            )  # fmt: skip
+            journal.told += ready.told  # the utterances stored, told with the transcript
+            said = ready.said if ready.said is not None else await _utterances(res, call_id)
+            seconds = ready.seconds
             transcript = flat_text(said)
             # Kept at once: a worker that dies during sentiment must not cost a transcription.
             journal.transcript = transcript
@@ -250,7 +257,7 @@ async def _ai_steps(res: WorkerResources, held: Held) -> list[dict[str, Any]]:
         CallState.ARCHIVED,
         "transcription and sentiment stored",
         sentiment=(scored.label, scored.score),
-        conversation=(await _conversation(res, call_id, metadata, said)).model_dump(),
+        conversation=(await _conversation(res, call_id, metadata, said, seconds)).model_dump(),
     )
     return journal.announcements()
 
@@ -275,14 +282,16 @@ async def _conversation(
     call_id: str,
     metadata: dict[str, Any] | None,
     said: list[Utterance] | None,
+    seconds: float | None,
 ) -> Conversation:
-    """The call's figures from its utterances (`said`, if this run read them already): per
-    speaker, silence, overlap."""
-    try:
-        reader = SegmentReader(res.reads, call_id, res.objects)
-        seconds = (await load_recording(reader, metadata, res.settings)).seconds
-    except NotAudio:
-        seconds = 0.0  # text packets: no time to speak of
+    """The call's figures from its utterances (`said`, if this run knows them already) and its
+    recording's length (`seconds`, likewise): per speaker, silence, overlap."""
+    if seconds is None:
+        try:
+            reader = SegmentReader(res.reads, call_id, res.objects)
+            seconds = (await load_recording(reader, metadata, res.settings)).seconds
+        except NotAudio:
+            seconds = 0.0  # text packets: no time to speak of
     names = speaker_names(res.settings.speaker_names)
     if said is None:
         said = await _utterances(res, call_id)

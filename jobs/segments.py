@@ -4,11 +4,12 @@ more at its end (jobs/flushing.py), so that Redis holds about a segment of each 
 finished call's last flush is one segment's work.
 
 Each round reads a page of the stream, builds what is new in it as the call's next segment (what
-an earlier round stored is skipped) and stores it in one short transaction under the call's lock
-(db/segments.py's plan_segment and store_segment); with an object store its bytes are PUT first,
-with no transaction open (put_objects: a slow store holds no connection and does not hold up the
-call's other flushes, its final one included), and the plan is made again if another flusher
-stored a segment meanwhile; and only then trims the stream up to what PostgreSQL holds
+an earlier round stored is skipped) and stores it in one statement (db/segments.py's
+plan_segment and store_segment: a read, then the insert, two round trips and no transaction);
+with an object store its bytes are PUT between the two (put_objects: a slow store holds no
+connection and does not hold up the call's other flushes, its final one included); the plan is
+made again if another flusher stored that segment first; and only then trims the stream up to
+what PostgreSQL holds
 (db/lua/segment_done.lua). A worker that dies between the commit and the trim leaves entries that
 the next round finds stored and trims; one that dies before the commit leaves them to be stored
 by the next round (and, with a store, perhaps an object no row names: an erasure deletes the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,10 +34,14 @@ from db.feed_events import SegmentEvent
 from db.keys import call_keys
 from db.packets import StoredPacket
 from db.segments import (
+    NONE_TRIMMED,
     TEXT,
     Build,
+    Planned,
+    SegmentHead,
     SegmentRow,
     Stored,
+    head_of,
     highest_sequences,
     plan_segment,
     put_objects,
@@ -65,10 +70,16 @@ class FlushRace(RuntimeError):
 
 @dataclass
 class Flushed:
-    """What a flush of the tail stored."""
+    """What a flush of the tail stored; with `hold_last`, the last page's trim is left to the
+    caller (the final flush makes it one step with its own: FlushSource.segment_done)."""
 
     segments: int = 0
     packets: int = 0
+    # With `hold_last`: the heads of every segment of the call, when this flush stored them all
+    # (its first included, none by another flusher); None otherwise.
+    heads: list[SegmentHead] | None = None
+    through: tuple[int, int] | None = None  # the untrimmed page's end; None: nothing to trim
+    events: list[dict[str, Any]] = field(default_factory=list)  # its segment's, to publish
 
 
 def _format(metadata: dict[str, Any] | None, default: str) -> tuple[AudioFormat | None, bool]:
@@ -100,11 +111,16 @@ async def flush_tail(
     metadata: dict[str, Any] | None,
     first_page: tuple[list[StoredPacket], bool] | None = None,
     state: str = "IN_PROGRESS",
+    hold_last: bool = False,
+    none_trimmed: bool = False,
 ) -> Flushed:
     """Store every entry the call's stream holds now, a page a segment. `first_page`: the first
-    page, if the caller read it already, and whether there is more after it."""
+    page, if the caller read it already, and whether there is more after it. `hold_last`: leave
+    the last page's trim (and its event) to the caller, in Flushed. `none_trimmed`: the caller
+    read in the call's hash that no segment's entries ever left its stream (seg_trimmed), so the
+    first page is planned as its first segment without a read (db/segments.py's NONE_TRIMMED)."""
     fmt, said = _format(metadata, res.settings.packet_audio_encoding)
-    done = Flushed()
+    done = Flushed(heads=[] if hold_last else None)
     page, more = first_page if first_page is not None else (None, True)
     after: tuple[int, int] | None = None
     while True:
@@ -119,17 +135,34 @@ async def flush_tail(
                 )
                 page = [*page, *rest]
         if not page:
+            if not done.segments:  # an empty tail: the call's segments are others' flushes
+                done.heads = None
             return done
-        stored = await _store(res, call_id, page, fmt, said)
-        event = None
+        stored = await _store(res, call_id, page, fmt, said, none_trimmed and not done.segments)
+        events = []
         if stored.segment is not None:
-            event = segment_event(call_id, stored.segment, list(stored.rows), state)
+            events.append(segment_event(call_id, stored.segment, list(stored.rows), state))
+            done.heads = _known(done, stored)
             done.segments += 1
-            done.packets += event["packets"]
-        await res.flush.segment_done(call_id, stored.through, event)
+            done.packets += events[0]["packets"]
+        else:
+            done.heads = None  # another flusher stored these entries
+        if not more and hold_last:
+            done.through, done.events = stored.through, events
+            return done
+        await res.flush.segment_done(call_id, stored.through, events)
         if not more:
             return done
         after, page = page[-1].entry, None
+
+
+def _known(done: Flushed, stored: Stored) -> list[SegmentHead] | None:
+    """The call's heads with the segment just stored, while this flush has stored every segment
+    from the first (numbered on from what it stored: none stored by another in between)."""
+    if done.heads is None or stored.segment != done.segments:
+        return None
+    rows = sorted(stored.rows, key=lambda r: r.track)
+    return [*done.heads, *(head_of(stored.segment, r.track, r.encoding, r) for r in rows)]
 
 
 async def _store(
@@ -138,31 +171,37 @@ async def _store(
     page: list[StoredPacket],
     fmt: AudioFormat | None,
     said: bool,
+    none_trimmed: bool = False,
 ) -> Stored:
     """What is new in `page` stored as the call's next segment, planned again if another
-    flusher stored one meanwhile. With an object store, the bytes are PUT between the plan and
-    a transaction of their own (a slow store holds no connection and not the call's lock);
-    without one, nothing slow comes between: plan and insert share one transaction."""
-    for _ in range(STORE_ROUNDS):
-        if res.objects is None:
-            async with res.engine.begin() as conn:
-                build = await _builder(res, conn, call_id, fmt, said)
-                plan = await plan_segment(conn, call_id, page, build, lock=True)
+    flusher stored one meanwhile: the plan read alone, then (with an object store) its bytes
+    PUT, then its rows inserted in one statement, each on the autocommit pool: no transaction
+    is open across them, so a slow store holds no connection and nothing of the call's."""
+    for round_ in range(STORE_ROUNDS):
+        stored: Stored | None = None
+        known = NONE_TRIMMED if none_trimmed and not round_ else None  # else: read
+        async with res.autocommit.connect() as conn:
+            build = await _builder(res, conn, call_id, fmt, said, known is not None)
+            plan = await plan_segment(conn, call_id, page, build, known)
+            if res.objects is None or plan.segment is None:  # nothing slow comes between
                 stored = await store_segment(conn, call_id, plan)
-        else:
-            async with res.autocommit.connect() as conn:  # a read alone: no transaction
-                build = await _builder(res, conn, call_id, fmt, said, lock=False)
-                plan = await plan_segment(conn, call_id, page, build)
-            if plan.segment is None:
-                return Stored(None, plan.after)
-            plan = await put_objects(res.objects, call_id, plan)
-            async with res.engine.begin() as conn:
-                stored = await store_segment(conn, call_id, plan)
-            if stored is None:  # lost the race: the objects just PUT are no row's
-                await _forget_objects(res, call_id, list(plan.keys.values()))
+        if res.objects is not None and plan.segment is not None:
+            stored = await _put_and_store(res, call_id, plan)
         if stored is not None:
             return stored
     raise FlushRace(f"other flushers kept storing call {call_id}'s segments first")
+
+
+async def _put_and_store(res: WorkerResources, call_id: str, plan: Planned) -> Stored | None:
+    """The plan's bytes PUT (no connection held while the store answers), then its rows
+    stored."""
+    assert res.objects is not None
+    plan = await put_objects(res.objects, call_id, plan)
+    async with res.autocommit.connect() as conn:
+        stored = await store_segment(conn, call_id, plan)
+    if stored is None:  # lost the race: the objects just PUT are no row's
+        await _forget_objects(res, call_id, list(plan.keys.values()))
+    return stored
 
 
 async def _forget_objects(res: WorkerResources, call_id: str, keys: list[str]) -> None:
@@ -182,15 +221,14 @@ async def _builder(
     call_id: str,
     fmt: AudioFormat | None,
     said: bool,
-    lock: bool = True,
+    none_stored: bool = False,
 ) -> Build:
     """How a segment's rows are built; with audio redaction, late packets' audio is silenced
-    (core/audio_redaction.py: they land where the transcription has been already). `lock`:
-    read under the call's lock (a plan on an autocommit connection, checked again when it is
-    stored, needs none)."""
+    (core/audio_redaction.py: they land where the transcription has been already).
+    `none_stored`: planned as the call's first segment (nothing is late then)."""
     if fmt is None or not res.settings.redact_audio:
         return lambda new: build_rows(new, fmt, said)
-    highest = await highest_sequences(conn, call_id, lock)
+    highest = {} if none_stored else await highest_sequences(conn, call_id)
     return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 

@@ -41,7 +41,7 @@ from db.events import attempt_event
 from db.feed_events import Said, UtteranceEvent
 from db.keys import call_keys
 from db.leases import TranscriptionLock
-from db.segments import TEXT, PayloadEdit, SegmentReader, overwrite
+from db.segments import TEXT, PayloadEdit, SegmentHead, SegmentReader, overwrite
 from db.states import CallState
 from db.transcripts import UtteranceRow
 from db.worker_writes import AttemptRecord, budget_key
@@ -146,10 +146,17 @@ class Transcribed:
 @dataclass(frozen=True, slots=True)
 class Ready:
     """What a pass stored: windows; and whether stored audio is left untranscribed (what
-    follows a window's last pause, or a track with no pause yet)."""
+    follows a window's last pause, or a track with no pause yet). A final pass also says how
+    long the recording is (0 for text packets), and, when it transcribed the call whole (one
+    whose run stored every segment of it, given their `heads`), its utterances: what a read of
+    them would give. `told`: the feed's events of the utterances it stored, for the caller to
+    publish (with its own next events: one round trip)."""
 
     stored: int
     pending: bool
+    seconds: float | None = None
+    said: list[Utterance] | None = None
+    told: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,16 +213,22 @@ async def transcribe_ready(
     *,
     final: bool,
     state: CallState,
+    heads: Sequence[SegmentHead] | None = None,
 ) -> Ready:
-    """Transcribe every window of the call that is ready and store its utterances (publishing
-    them on the live feed, as of the call's `state`). `final`: the call has ended, so every
-    track is transcribed to its end.
+    """Transcribe every window of the call that is ready and store its utterances (their events
+    on the live feed, as of the call's `state`, in Ready.told: a final pass that fails publishes
+    them itself). `final`: the call has ended, so every track is transcribed to its end.
 
     One pass at a time (TranscriptionLock): a live pass that finds another running leaves the
     audio to it; the final pass waits for a live one to finish (at most the lock's lifetime,
     after which the lock lapses), then goes on anyway: db/transcripts.py stores a window once
     whatever happens, and the final pass carries on from where another pass got to, so the lock
-    only saves the work a race would throw away."""
+    only saves the work a race would throw away. `heads`: the final pass of a call every segment
+    of which its own run stored (jobs/flushing.py's Held.heads: theirs), so no other pass ever
+    ran or will run (a live pass follows a segment a live flush stored) and nothing is
+    transcribed yet: no lock, no read of the heads or of where its tracks are transcribed to."""
+    if heads is not None:
+        return await _transcribe_ready(res, call_id, metadata, transcribe, final, state, heads)
     lock = TranscriptionLock(res.redis)
     holder = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
     # About a pass's time (a window or two, an attempt or three); one that takes longer only
@@ -243,35 +256,44 @@ async def _transcribe_ready(
     transcribe: Transcribe,
     final: bool,
     state: CallState,
+    heads: Sequence[SegmentHead] | None = None,
 ) -> Ready:
-    reader = SegmentReader(res.reads, call_id, res.objects)
+    fresh = heads is not None  # nothing of the call transcribed, no other pass (see above)
+    reader = SegmentReader(res.reads, call_id, res.objects, heads)
     try:
         recording = await load_recording(reader, metadata, res.settings)
     except NotAudio as exc:
         if not final:
             return Ready(0, pending=False)  # not audio: transcribed once, at the end
-        done = await _transcribed_to(res, call_id)
-        stored = await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
-        return Ready(stored, pending=False)
+        done = {} if fresh else await _transcribed_to(res, call_id)
+        texts = await _transcribe_text(res, call_id, reader, done, str(exc), transcribe, state)
+        told = _told(res, call_id, [u for text in texts for u in text], state)
+        return Ready(len(texts), False, 0.0, _whole(fresh, texts), told)
     stored = 0
-    for _ in range(FINAL_ROUNDS):
-        done = await _transcribed_to(res, call_id)
+    said: list[Utterance] = []
+    for round_ in range(FINAL_ROUNDS):
+        done = {} if fresh and not round_ else await _transcribed_to(res, call_id)
         ready = await _ready(res, recording, done, final)
         results = await asyncio.gather(
             *(_transcribe_window(res, recording, w, end, transcribe) for w, end in ready),
             return_exceptions=True,
         )
-        stored_now, failure = await _store_all(res, call_id, recording, ready, results, state)
-        stored += stored_now
+        kept, failure = await _store_all(res, call_id, recording, ready, results, state)
+        stored += len(kept)
+        said += [u for window in kept for u in window]
         if failure is not None and final:
+            await res.events.publish(*_told(res, call_id, said, state))  # what was stored
             raise failure
         if failure is not None:
             log.warning("%s: a live window is left for the end of the call: %s", call_id,
                         failure, extra=about(call_id))  # fmt: skip
-            return Ready(stored, pending=False)
-        if not final or stored_now == len(ready):
+            return Ready(stored, False, told=_told(res, call_id, said, state))
+        if not final or len(kept) == len(ready):
             pending = any(w.end > end for w, end in ready)
-            return Ready(stored, pending or len(ready) < len(windows(recording, done, final, 0.0)))
+            pending = pending or len(ready) < len(windows(recording, done, final, 0.0))
+            whole = _whole(fresh and not round_, [said])
+            told = _told(res, call_id, said, state)
+            return Ready(stored, pending, recording.seconds if final else None, whole, told)
         # Another pass (a live one the final pass stopped waiting for) stored a window first:
         # carry on from where it got to, so that every track is transcribed to its end.
         log.info("%s: carrying on from another pass's windows", call_id, extra=about(call_id))
@@ -279,6 +301,21 @@ async def _transcribe_ready(
         f"transcription: other passes kept storing this call's windows first ({FINAL_ROUNDS} "
         "rounds); replay the call"
     )
+
+
+def _told(
+    res: WorkerResources, call_id: str, said: list[Utterance], state: CallState
+) -> list[dict[str, Any]]:
+    return [utterance_event(res, call_id, u, state) for u in said]
+
+
+def _whole(fresh: bool, windows: list[list[Utterance]]) -> list[Utterance] | None:
+    """A fresh call's utterances (its pass was the only one), from every window of it this pass
+    stored, as PostgreSQL orders them (db/transcripts.py's utterances: by start, track, then as
+    stored); None unless `fresh`."""
+    if not fresh:
+        return None
+    return sorted((u for window in windows for u in window), key=lambda u: (u.start_s, u.track))
 
 
 async def _transcribed_to(res: WorkerResources, call_id: str) -> dict[int, int]:
@@ -306,20 +343,22 @@ async def _store_all(
     ready: Sequence[tuple[Window, int]],
     results: Sequence[Transcribed | BaseException],
     state: CallState,
-) -> tuple[int, BaseException | None]:
+) -> tuple[list[list[Utterance]], BaseException | None]:
     """Store every window that was transcribed (a party's words are kept though the other's
-    window failed: a replay redoes only what is missing); returns how many were stored and the
-    first failure, to raise once the rest are kept."""
+    window failed: a replay redoes only what is missing); returns the utterances of each window
+    stored (not of one another run stored first) and the first failure, to raise once the rest
+    are kept."""
     failures = [r for r in results if isinstance(r, BaseException)]
     if any(not isinstance(f, StepExhausted) for f in failures):
         raise next(f for f in failures if not isinstance(f, StepExhausted))
-    stored = 0
+    kept = []
     for (window, end), found in zip(ready, results, strict=True):
         if not isinstance(found, BaseException):
             label = _label(res, window.track, *_seconds(recording, window, end))
-            stored += await _store(res, call_id, window.track, (window.start, end), found, state,
-                                   label)  # fmt: skip
-    return stored, failures[0] if failures else None
+            span = (window.start, end)
+            if await _store(res, call_id, window.track, span, found, state, label):
+                kept.append(found.utterances)
+    return kept, failures[0] if failures else None
 
 
 def _seconds(recording: Recording, window: Window, end: int) -> tuple[float, float]:
@@ -411,10 +450,11 @@ async def _transcribe_text(
     problem: str,
     transcribe: Transcribe,
     state: CallState,
-) -> int:
-    """A call of text packets: each track's text at once (its times: none to speak of)."""
+) -> list[list[Utterance]]:
+    """A call of text packets: each track's text at once (its times: none to speak of); returns
+    the utterances of each track's text it stored."""
     heads = await reader.heads()
-    stored = 0
+    kept = []
     for track in sorted({h.track for h in heads}):
         if done.get(track, 0) >= TEXT_WINDOW[1]:
             continue
@@ -434,9 +474,9 @@ async def _transcribe_text(
             masks = await asyncio.to_thread(
                 mask_text, mine, payloads, parse_entities(res.settings.redact_pii_entities)
             )
-        done_now = Transcribed(found, masks)
-        stored += await _store(res, call_id, track, TEXT_WINDOW, done_now, state, label)
-    return stored
+        if await _store(res, call_id, track, TEXT_WINDOW, Transcribed(found, masks), state, label):
+            kept.append(found)
+    return kept
 
 
 def _label(res: WorkerResources, track: int, start_s: float, seconds: float) -> str:
@@ -483,11 +523,11 @@ async def _store(
     done: Transcribed,
     state: CallState,
     label: str,
-) -> int:
+) -> bool:
     """Store a window and its utterances once, its audio silenced where it said personal data
     (in the same transaction: a window is never stored with its spans audible, and a run that
-    dies before the commit leaves the window to do again); tell the feed. 0 if another run
-    stored it (and silenced what it found)."""
+    dies before the commit leaves the window to do again). False if another run stored it (and
+    silenced what it found)."""
     found = done.utterances
     rows = [
         UtteranceRow(u.track, u.start_s, u.end_s, u.text, u.sentiment.label, u.sentiment.score)
@@ -501,14 +541,13 @@ async def _store(
         if not await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks):
             log.info("%s: a window was transcribed twice; kept the first", call_id,
                      extra=about(call_id))  # fmt: skip
-            return 0
+            return False
         await overwrite(conn, call_id, done.edits, res.objects)
         if done.notes:
             await worker_writes.record_live_attempts(
                 conn, call_id, _noted(done.notes, label, state)
             )
-    await res.events.publish(*(utterance_event(res, call_id, u, state) for u in found))
-    return 1
+    return True
 
 
 def _noted(notes: list[str], label: str, state: CallState) -> list[AttemptRecord]:
@@ -563,6 +602,8 @@ async def transcribe_live(
         return True
 
     transcribe = window_transcriber(res, call_id, record, live=True)
-    return await transcribe_ready(
+    ready = await transcribe_ready(
         res, call_id, metadata, transcribe, final=False, state=CallState.IN_PROGRESS
     )
+    await res.events.publish(*ready.told)
+    return ready

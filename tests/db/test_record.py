@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from db.flush import FlushSource
 from db.intake import CallIntake, Segmenting
 from db.keys import call_keys
 from db.models import Call
@@ -27,8 +28,11 @@ BOOKKEEPING_COLUMNS = {"lease_epoch", "generation", "updated_at"}
 async def test_the_scripts_write_exactly_the_record_hash_fields(redis: Redis):
     intake = CallIntake(redis, feed=FEED, segmenting=Segmenting(2, 30.0))
     # Every event that writes to the hash: first packet, gap, reorder, duplicate, on both
-    # tracks, a segment asked for, completion.
+    # tracks, a segment asked for, a segment's entries trimmed, completion.
     await intake.append("c", [NewPacket(s, 1.0, "x") for s in (0, 3, 1, 1)])
+    first = (await redis.xrange(call_keys("c").packets, count=1))[0][0]
+    ms, n = (int(part) for part in first.decode().split("-"))
+    await FlushSource(redis, FEED).segment_done("c", (ms, n))
     await intake.append("c", [NewPacket(s, 1.0, "y", Track.OUTBOUND) for s in (0, 2, 1, 1)])
     await intake.complete("c", "explicit")
 
