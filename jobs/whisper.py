@@ -43,7 +43,25 @@ CPU_THREADS = 1
 # whatever needs a word's own time): they cost about a quarter more CPU (one window of 30 s of
 # speech, one thread: 1.40 against 1.13 CPU s). Without them a segment's times are the timestamp
 # tokens Whisper predicts, mapped back over the silence the VAD dropped.
-DECODING: dict[str, Any] = {"temperature": 0.0}
+# Temperature fallback bounded to one step: a 30 s pass is decoded at temperature 0, and again
+# at most once, at 0.2 (sampling, best of 5), when its text looks wrong (gzip compression ratio
+# above 2.4, or average log probability below -1). faster-whisper's default climbs 0.2, 0.4 ...
+# 1.0, five more decodes, and repetitive speech (a hold message, an IVR prompt, a caller saying
+# a number again: the same sentences in one window) compresses above 2.4 however well it was
+# heard (3.4, at log probability -0.3): such a window cost 9.0-10.8 CPU s instead of 1.6-2.5, and
+# at 1.0 it kept 27 words of 84. Measured 2026-12-06 (one thread; ai_quality's corpus heard as
+# calls, 6 calls of about 100 s; 30 s windows of the shipped recordings looped, and of
+# espeak-ng's 21 s loop):
+#   decoding            WER clean / noisy   polar right clean / noisy   CPU s a looped window
+#   default (to 1.0)    22.7% / 45.4%       44/48 / 34/48               9.0-10.8 (espeak's: 1.8-3.5)
+#   0.0, 0.2 (this)     22.7% / 45.2%       44/48 / 36/48               3.0-3.5 (espeak's: 1.6-1.9)
+#   0.0 only            22.7% / 60.4%       44/48 / 39/48               1.6-2.5
+#   0.0, 0.4            22.7% / 47.4%       44/48 / 37/48               3.0-4.3
+#   0.0, 0.2, ratio 4   22.7% / 47.2%       44/48 / 37/48               1.4-2.4
+# Without any fallback noise made Whisper loop on a phrase (compression ratio 8-10, in 2 of 12
+# windows): one step at 0.2 is what got it out. A cap on new tokens (160) cut words of the
+# looped windows (44 of 84) without saving CPU: not used.
+DECODING: dict[str, Any] = {"temperature": (0.0, 0.2)}
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
 
 
