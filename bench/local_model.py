@@ -9,7 +9,9 @@ its own (LOCAL_MODEL_WORKLOADS, comma-separated, to run fewer):
 - `repetitive`: the shipped recordings (simulate/recordings/, 6 sentences, 3 a track): each
   track a loop of about 10 s said again and again, as an IVR prompt, a hold message or a caller
   repeating a number is; what the suite hears on a machine without espeak-ng;
-- `espeak`: every sentence espeak-ng speaks (a loop of about 21 s a track; skipped without it).
+- `espeak`: every sentence espeak-ng speaks (a loop of about 21 s a track; skipped without it);
+- `dialogue`: bench/live_transcripts.py's turn-taking dialogue (the parties speak in turn, so
+  each track is silent half the time), to set the pool's share beside that suite's figures.
 
 Settings (LOCAL_MODEL_SETTINGS): `defaults`, `make run`'s (AI_ATTEMPT_TIMEOUT_S=10 plus the
 allowance per audio second, WORKER_NICE=10); `generous`, the workers un-niced with attempts of
@@ -40,7 +42,7 @@ import psutil
 from bench.common import pct
 from bench.live_transcripts import paced_and_followed
 from bench.real_calls_client import CallRun
-from bench.real_calls_frames import Dialogue, TwoTrackCall, ticks_of
+from bench.real_calls_frames import Dialogue, TwoTrackCall, real_dialogue, ticks_of
 from bench.real_calls_layout import RunLayout, start_layout
 from bench.sections import loadavg
 from bench.stack import CORES
@@ -48,7 +50,7 @@ from bench.suite import Options, Outcome, command
 from simulate import speech
 
 HEADING = "## The local model's cost per live call"
-WORKLOADS = ("repetitive", "espeak")
+WORKLOADS = ("repetitive", "espeak", "dialogue")
 SETTINGS: dict[str, dict[str, str]] = {
     "defaults": {},  # make run's
     # Workers at the API's priority and a long attempt timeout: what a window costs when no
@@ -83,7 +85,7 @@ def plans(quick: bool) -> list[Plan]:
     unknown = [w for w in asked if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"LOCAL_MODEL_WORKLOADS: {unknown} (known: {', '.join(WORKLOADS)})")
-    runnable = [w for w in asked if w != "espeak" or speech.speech_available()]
+    runnable = [w for w in asked if w == "repetitive" or speech.speech_available()]
     return [Plan(workload=w, settings=settings) for w in runnable]
 
 
@@ -108,6 +110,11 @@ def both_speaking(workload: str) -> Dialogue:
     payloads = [tuple(b64encode(f).decode() for f in speech.frames(t)) for t in padded]
     loop_s = len(payloads[0]) * speech.FRAME_MS / 1000
     return Dialogue(payloads[0], payloads[1], f"{source}, a loop of {loop_s:.0f} s a track")
+
+
+def conversation(workload: str) -> Dialogue:
+    """What the workload's calls say: the parties in turn (`dialogue`), else both all along."""
+    return real_dialogue() if workload == "dialogue" else both_speaking(workload)
 
 
 def pool_cpu_s(layout: RunLayout) -> float:
@@ -155,7 +162,7 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
     env = {"AI_PROVIDER": "local", **SETTINGS[plan.settings], **dict(plan.env)}
     layout = start_layout(options.stores, env, plan.processes)
     try:
-        dialogue = both_speaking(plan.workload)
+        dialogue = conversation(plan.workload)
         runs = [
             CallRun(TwoTrackCall(f"local-{n}", ticks_of(plan.seconds), dialogue))
             for n in range(plan.calls)
@@ -242,9 +249,9 @@ def lines_of(results: list[dict[str, Any]]) -> list[str]:
         HEADING,
         "",
         f"`{command('local_model')}`: per workload, {first['calls']} two-party calls of "
-        f"{first['seconds']:.0f} s, both parties speaking throughout, at real-time pace over "
-        "the media WebSocket, `make run`'s layout, AI_PROVIDER=local (Whisper tiny.en), each on "
-        f"a stack of its own; load average {loadavg()} at the end.",
+        f"{first['seconds']:.0f} s (both parties speaking throughout, or in turn: `dialogue`) at "
+        "real-time pace over the media WebSocket, `make run`'s layout, AI_PROVIDER=local "
+        f"(Whisper tiny.en), each on a stack of its own; load average {loadavg()} at the end.",
         "",
         "| workload | settings | CPU per call-minute: model pool / workers / stack | live lag "
         "p50 / p95 | windows live / final (median length) | pool CPU per window | "
