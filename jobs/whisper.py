@@ -43,6 +43,7 @@ CPU_THREADS = 1
 # whatever needs a word's own time): they cost about a quarter more CPU (one window of 30 s of
 # speech, one thread: 1.40 against 1.13 CPU s). Without them a segment's times are the timestamp
 # tokens Whisper predicts, mapped back over the silence the VAD dropped.
+
 # Temperature fallback bounded to one step: a 30 s pass is decoded at temperature 0, and again
 # at most once, at 0.2 (sampling, best of 5), when its text looks wrong (gzip compression ratio
 # above 2.4, or average log probability below -1). faster-whisper's default climbs 0.2, 0.4 ...
