@@ -222,8 +222,9 @@ def section(
         " 30 s window, so a sentence alone costs nearly what 30 s cost and has no context around"
         " it: the calls' figures are the ones to plan with. A real-time factor is per core; a"
         " worker runs as many calls at once as AI_MAX_CONCURRENCY allows, at most its cores."
-        " Hard audio costs more: when a decode looks wrong, Whisper decodes again at higher"
-        " temperatures, up to five times. espeak-ng's voices are not people: real callers"
+        " Hard audio costs more: when a decode looks wrong, Whisper decodes it again once, at"
+        " temperature 0.2 (jobs/whisper.py's DECODING; every row here decodes so). espeak-ng's"
+        " voices are not people: real callers"
         " will differ, in either direction.",
         "",
         *sentences(runs, sentiment),

@@ -3,11 +3,24 @@
 Two-party calls at real-time pace over the media WebSocket, `make run`'s layout, AI_PROVIDER=local
 (Whisper tiny.en), as bench/live_transcripts.py runs them, but with both parties speaking
 throughout (each track its own sentences back to back: the model's worst case, where the
-turn-taking dialogue leaves one track silent half the time). Figures: CPU per call-minute of the
-workers' model pool (their spawned processes), of the workers and of the whole stack; the live
-lag (an utterance's event on the feed minus when its last word was spoken); and where the model's
-work went, per transcription window (db: transcript_window): how many windows, their lengths,
-live (stored before the call ended) or final. --quick: one call of 6 s, one worker.
+turn-taking dialogue leaves one track silent half the time). Two workloads, each on a stack of
+its own (LOCAL_MODEL_WORKLOADS, comma-separated, to run fewer):
+
+- `repetitive`: the shipped recordings (simulate/recordings/, 6 sentences, 3 a track): each
+  track a loop of about 10 s said again and again, as an IVR prompt, a hold message or a caller
+  repeating a number is; what the suite hears on a machine without espeak-ng;
+- `espeak`: every sentence espeak-ng speaks (a loop of about 21 s a track; skipped without it);
+- `dialogue`: bench/live_transcripts.py's turn-taking dialogue (the parties speak in turn, so
+  each track is silent half the time), to set the pool's share beside that suite's figures.
+
+Settings (LOCAL_MODEL_SETTINGS): `defaults`, `make run`'s (AI_ATTEMPT_TIMEOUT_S=10 plus the
+allowance per audio second, WORKER_NICE=10); `generous`, the workers un-niced with attempts of
+120 s (what the cost is when no attempt times out). Figures: CPU per call-minute of the workers'
+model pool (their spawned processes), of the workers and of the whole stack; the live lag (an
+utterance's event on the feed minus when its last word was spoken); and where the model's work
+went: the transcription windows stored (db: transcript_window), their lengths, live (stored
+before the call ended) or final, the attempts by outcome (db: ai_attempt) and the pool's CPU per
+window stored. --quick: one call of 6 s, one worker, the repetitive workload.
 
 Run it in two trees to compare (its figures are CPU seconds, so a shared machine's load moves
 them little; the ratio of one run against the other is the figure to quote).
@@ -17,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+from base64 import b64encode
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +42,7 @@ import psutil
 from bench.common import pct
 from bench.live_transcripts import paced_and_followed
 from bench.real_calls_client import CallRun
-from bench.real_calls_frames import Dialogue, TwoTrackCall, ticks_of
+from bench.real_calls_frames import Dialogue, TwoTrackCall, real_dialogue, ticks_of
 from bench.real_calls_layout import RunLayout, start_layout
 from bench.sections import loadavg
 from bench.stack import CORES
@@ -35,6 +50,14 @@ from bench.suite import Options, Outcome, command
 from simulate import speech
 
 HEADING = "## The local model's cost per live call"
+WORKLOADS = ("repetitive", "espeak", "dialogue")
+SETTINGS: dict[str, dict[str, str]] = {
+    "defaults": {},  # make run's
+    # Workers at the API's priority and a long attempt timeout: what a window costs when no
+    # attempt times out and none waits for a core behind others' work.
+    "generous": {"AI_ATTEMPT_TIMEOUT_S": "120", "WORKER_NICE": "0"},
+}
+PAUSE_MS = 300  # between two sentences of a track
 
 
 @dataclass(frozen=True)
@@ -43,28 +66,55 @@ class Plan:
     seconds: float = 120.0
     processes: int = CORES  # API processes and workers, as `make run`
     env: tuple[tuple[str, str], ...] = ()
+    workload: str = "repetitive"
+    settings: str = "defaults"
 
 
 QUICK = Plan(calls=1, seconds=6.0, processes=1, env=(("AI_MAX_CONCURRENCY", "1"),))
 
 
-def both_speaking() -> Dialogue:
-    """The sentences shared out between the two tracks, each track's spoken back to back (a
-    pause of 300 ms between two), so that both parties speak all along; the shorter track is
-    padded with silence to the longer's length."""
-    sentences = speech.speakable()
-    source = "espeak-ng" if speech.speech_available() else "shipped recordings"
-    pause = speech.silence(300)
+def plans(quick: bool) -> list[Plan]:
+    """The runs asked for (LOCAL_MODEL_WORKLOADS, LOCAL_MODEL_SETTINGS), espeak-ng's only where
+    it is installed."""
+    if quick:
+        return [QUICK]
+    settings = os.environ.get("LOCAL_MODEL_SETTINGS", "defaults")
+    if settings not in SETTINGS:
+        raise SystemExit(f"LOCAL_MODEL_SETTINGS: one of {', '.join(SETTINGS)}, not {settings!r}")
+    asked = os.environ.get("LOCAL_MODEL_WORKLOADS", ",".join(WORKLOADS)).split(",")
+    unknown = [w for w in asked if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"LOCAL_MODEL_WORKLOADS: {unknown} (known: {', '.join(WORKLOADS)})")
+    runnable = [w for w in asked if w == "repetitive" or speech.speech_available()]
+    return [Plan(workload=w, settings=settings) for w in runnable]
+
+
+def both_speaking(workload: str) -> Dialogue:
+    """The workload's sentences shared out between the two tracks, each track's spoken back to
+    back (PAUSE_MS between two), so that both parties speak all along; the shorter track is
+    padded with silence to the longer's length. `repetitive`: the shipped recordings; `espeak`:
+    every sentence, spoken by espeak-ng now."""
+    if workload == "repetitive":
+        said = list(speech.shipped_recordings().values())
+        source = "shipped recordings looped: repetitive speech"
+    else:
+        said = [speech.synthesise(s.text) for s in speech.speakable()]
+        source = "espeak-ng"
+    pause = speech.silence(PAUSE_MS)
     tracks = [bytearray(), bytearray()]
-    for n, sentence in enumerate(sentences):
-        tracks[n % 2] += speech.synthesise(sentence.text) + pause
+    for n, audio in enumerate(said):
+        tracks[n % 2] += audio + pause
     longest = max(len(t) for t in tracks)
     padded = [bytes(t) + speech.silence(longest // speech.BYTES_PER_MS)[: longest - len(t)]
               for t in tracks]  # fmt: skip
-    from base64 import b64encode
-
     payloads = [tuple(b64encode(f).decode() for f in speech.frames(t)) for t in padded]
-    return Dialogue(payloads[0], payloads[1], f"{source}, both parties speaking")
+    loop_s = len(payloads[0]) * speech.FRAME_MS / 1000
+    return Dialogue(payloads[0], payloads[1], f"{source}, a loop of {loop_s:.0f} s a track")
+
+
+def conversation(workload: str) -> Dialogue:
+    """What the workload's calls say: the parties in turn (`dialogue`), else both all along."""
+    return real_dialogue() if workload == "dialogue" else both_speaking(workload)
 
 
 def pool_cpu_s(layout: RunLayout) -> float:
@@ -81,13 +131,18 @@ def pool_cpu_s(layout: RunLayout) -> float:
     return total
 
 
-async def windows(layout: RunLayout, stopped: dict[str, float]) -> list[dict[str, Any]]:
-    """Every transcription window stored: its call, track, seconds, and whether it was stored
-    while the call was live (before its stop was sent)."""
+async def stored(layout: RunLayout, stopped: dict[str, float]) -> dict[str, Any]:
+    """Every transcription window stored (its call, track, seconds, and whether it was stored
+    while the call was live: before its stop was sent), and the transcription attempts by
+    outcome."""
     conn = await asyncpg.connect(layout.pg_dsn)
     try:
         rows = await conn.fetch(
             "SELECT call_id, track, start_sample, end_sample, created_at FROM transcript_window"
+        )
+        attempts = await conn.fetch(
+            "SELECT outcome, count(*) AS n FROM ai_attempt WHERE step = 'transcription'"
+            " GROUP BY outcome"
         )
     finally:
         await conn.close()
@@ -100,22 +155,14 @@ async def windows(layout: RunLayout, stopped: dict[str, float]) -> list[dict[str
             "seconds": (int(r["end_sample"]) - int(r["start_sample"])) / 8000,
             "live": at.timestamp() < stopped.get(r["call_id"], float("inf")),
         })  # fmt: skip
-    return found
+    return {"windows": found, "attempts": {str(a["outcome"]): int(a["n"]) for a in attempts}}
 
 
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:
-    # Workers at the API's priority and a long attempt timeout: on a machine shared with others'
-    # work, niced workers starved and their calls' windows ran out of time (FAILED, nothing
-    # measured); the CPU a window costs is the figure here, not how long it waited for a core.
-    env = {
-        "AI_PROVIDER": "local",
-        "AI_ATTEMPT_TIMEOUT_S": "120",
-        "WORKER_NICE": "0",
-        **dict(plan.env),
-    }
+    env = {"AI_PROVIDER": "local", **SETTINGS[plan.settings], **dict(plan.env)}
     layout = start_layout(options.stores, env, plan.processes)
     try:
-        dialogue = both_speaking()
+        dialogue = conversation(plan.workload)
         runs = [
             CallRun(TwoTrackCall(f"local-{n}", ticks_of(plan.seconds), dialogue))
             for n in range(plan.calls)
@@ -125,7 +172,7 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in layout.cpu_s().items()}
         cpu["pool"] = pool_cpu_s(layout) - pool_before
         stopped = {r.call_id: r.sent_at[-1] for r in runs if r.sent_at}
-        found = await windows(layout, stopped)
+        found = await stored(layout, stopped)
     finally:
         await layout.close()
     return report(runs, seen, cpu, found, plan, dialogue.source)
@@ -135,7 +182,7 @@ def report(
     runs: list[CallRun],
     seen: list[tuple[float, dict[str, Any]]],
     cpu: dict[str, float],
-    found: list[dict[str, Any]],
+    found: dict[str, Any],
     plan: Plan,
     source: str,
 ) -> dict[str, Any]:
@@ -147,9 +194,12 @@ def report(
             lags.append(at - (run.sent_at[0] + float(body["end_s"])))
     minutes = len(runs) * plan.seconds / 60
     stack = sum(v for k, v in cpu.items() if k in ("api", "workers", "redis", "postgres"))
-    live = [w["seconds"] for w in found if w["live"]]
-    final = [w["seconds"] for w in found if not w["live"]]
+    windows = found["windows"]
+    live = [w["seconds"] for w in windows if w["live"]]
+    final = [w["seconds"] for w in windows if not w["live"]]
     return {
+        "workload": plan.workload,
+        "settings": plan.settings,
         "calls": len(runs),
         "seconds": plan.seconds,
         "source": source,
@@ -165,6 +215,10 @@ def report(
         "windows_final": len(final),
         "window_s_live": sorted(round(s, 1) for s in live),
         "window_s_final": sorted(round(s, 1) for s in final),
+        # What the pool spent, spread over the windows it stored (attempts that timed out or
+        # failed included: their work is part of what a window cost).
+        "pool_cpu_per_window": cpu.get("pool", 0.0) / max(len(windows), 1),
+        "attempts": found["attempts"],
         "cpu": cpu,
     }
 
@@ -173,29 +227,42 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def lines_of(r: dict[str, Any]) -> list[str]:
+def _median(values: list[float]) -> str:
+    return f"{pct(values, 0.5):.1f} s" if values else "-"
+
+
+def row_of(r: dict[str, Any]) -> str:
     live, final = r["window_s_live"], r["window_s_final"]
+    attempts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(r["attempts"].items()))
+    return (
+        f"| {r['workload']} ({r['source']}) | {r['settings']} | {r['pool_cpu_per_min']:.2f} s / "
+        f"{r['worker_cpu_per_min']:.2f} s / {r['stack_cpu_per_min']:.2f} s | "
+        f"{_s(r['lag_p50'])} / {_s(r['lag_p95'])} | {len(live)} ({_median(live)}) / "
+        f"{len(final)} ({_median(final)}) | {r['pool_cpu_per_window']:.2f} s | {attempts or '-'} "
+        f"| {r['utterances']} ({', '.join(r['states'])}) |"
+    )
+
+
+def lines_of(results: list[dict[str, Any]]) -> list[str]:
+    first = results[0]
     return [
         HEADING,
         "",
-        f"`{command('local_model')}`: {r['calls']} two-party calls of {r['seconds']:.0f} s "
-        f"({r['source']}) at real-time pace over the media WebSocket, `make run`'s layout, "
-        f"AI_PROVIDER=local (Whisper tiny.en); load average {loadavg()}.",
+        f"`{command('local_model')}`: per workload, {first['calls']} two-party calls of "
+        f"{first['seconds']:.0f} s (both parties speaking throughout, or in turn: `dialogue`) at "
+        "real-time pace over the media WebSocket, `make run`'s layout, AI_PROVIDER=local "
+        f"(Whisper tiny.en), each on a stack of its own; load average {loadavg()} at the end.",
         "",
-        "| figure | value |",
-        "|---|---|",
-        f"| CPU per call-minute: model pool / workers / whole stack | {r['pool_cpu_per_min']:.2f} "
-        f"s / {r['worker_cpu_per_min']:.2f} s / {r['stack_cpu_per_min']:.2f} s |",
-        f"| live lag p50 / p95 | {_s(r['lag_p50'])} / {_s(r['lag_p95'])} |",
-        f"| utterances told | {r['utterances']} ({', '.join(r['states'])}) |",
-        f"| windows live / final | {len(live)} (median {pct(live, 0.5):.1f} s) / {len(final)} "
-        f"(median {pct(final, 0.5):.1f} s) |",
+        "| workload | settings | CPU per call-minute: model pool / workers / stack | live lag "
+        "p50 / p95 | windows live / final (median length) | pool CPU per window | "
+        "transcription attempts | utterances told |",
+        "|---|---|---|---|---|---|---|---|",
+        *(row_of(r) for r in results),
         "",
     ]
 
 
 def run(options: Options) -> Outcome:
-    plan = QUICK if options.quick else Plan()
-    result = asyncio.run(measure(plan, options))
-    problems = [] if result["utterances"] else ["no utterance was told"]
-    return Outcome(lines_of(result), result, problems)
+    results = [asyncio.run(measure(plan, options)) for plan in plans(options.quick)]
+    problems = [f"{r['workload']}: no utterance was told" for r in results if not r["utterances"]]
+    return Outcome(lines_of(results), {"runs": results}, problems)

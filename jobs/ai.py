@@ -18,6 +18,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -28,6 +29,13 @@ from db.record import Sentiment as Sentiment  # what a provider's scoring answer
 
 class AIError(Exception):
     pass
+
+
+# The current attempt's end as wall-clock time (time.time(), which every process of the machine
+# shares), set by jobs/attempts.py around each request. asyncio's timeout stops the request's
+# coroutine, not work it handed to another process: a provider that does so (jobs/ai_local.py's
+# pool) passes this on, so that work stops too and the retry does not queue behind it.
+attempt_deadline: ContextVar[float | None] = ContextVar("attempt_deadline", default=None)
 
 
 class TransientAIError(AIError):

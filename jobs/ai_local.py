@@ -6,8 +6,9 @@ Both are CPU-bound, so they run in a pool of processes, never on the worker's ev
 process loads the speech model once and runs it on one thread. The pool has as many processes as
 calls may be transcribed at once: AI_MAX_CONCURRENCY capped by the cores (jobs/resources.py's
 ai_concurrency), the same limit that bounds every provider. A call is sent to the pool a piece at
-a time (at most SEGMENT_S seconds, cut at a quiet frame), so memory stays bounded and an attempt
-that timed out stops at the end of its current piece.
+a time (at most SEGMENT_S seconds, cut at a quiet frame), so memory stays bounded; an attempt
+that timed out sends no further piece, and the piece in the pool stops at the attempt's deadline
+(jobs/ai.py's attempt_deadline), so a retry does not wait behind work nobody will read.
 
 Telephone audio (8 kHz) is resampled to Whisper's 16 kHz first; it has nothing above 4 kHz, which
 costs some accuracy (BENCHMARKS.md has the word error rates).
@@ -20,14 +21,11 @@ import multiprocessing
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from core.audio import AudioFormat, Samples, quiet_pieces
-from jobs.ai import Sentiment, Spoken, TransientAIError, Word
-from jobs.whisper import Segment, load_model, model_folder, transcribe_pcm
-
-if TYPE_CHECKING:
-    pass
+from jobs.ai import Sentiment, Spoken, TransientAIError, Word, attempt_deadline
+from jobs.whisper import PastDeadline, Segment, load_model, model_folder, transcribe_pcm
 
 # Whisper hears 30 s at a time (shorter audio is padded to it, so its encoder costs the same):
 # pieces of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
@@ -82,12 +80,17 @@ class LocalAI:
     ) -> list[Spoken]:
         """The audio's speech as timed stretches, in seconds from its start: a piece at a time
         through the pool (jobs/whisper.py's transcribe_pcm for each), cut at the pauses between
-        words (WORDS); with `words`, each stretch carries its words' times (audio redaction)."""
+        words (WORDS); with `words`, each stretch carries its words' times (audio redaction).
+        The attempt's deadline goes with each piece: a piece still in the pool when the attempt
+        timed out stops there (at the end of its current 30 s pass) instead of running on."""
         fmt = await audio.format()
+        deadline = attempt_deadline.get()
         timed: list[Spoken] = []
         offset_s = 0.0
         async for piece in audio.pieces(SEGMENT_S, SEARCH_S):
-            found: list[Segment] = await self._run(transcribe_pcm, piece, fmt.rate, WORDS or words)
+            found: list[Segment] = await self._run(
+                transcribe_pcm, piece, fmt.rate, WORDS or words, deadline
+            )
             timed += [_spoken(s, offset_s, words) for s in found]
             offset_s += len(piece) / fmt.rate
         return timed
@@ -105,6 +108,8 @@ class LocalAI:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor(), function, *args)
+        except PastDeadline as exc:  # the attempt's time ran out while the piece was heard
+            raise TransientAIError(f"local model: {exc}") from exc
         except BrokenProcessPool as exc:
             # A model process died (killed, out of memory): the next attempt gets a fresh pool.
             broken, self._pool = self._pool, None

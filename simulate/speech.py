@@ -174,6 +174,11 @@ def _read_wav(data: bytes) -> tuple[Samples, int]:
     return np.frombuffer(pcm[:usable], dtype="<i2").astype(np.int16), rate  # WAV: little-endian
 
 
+def shipped_recordings() -> dict[str, bytes]:
+    """The shipped sentences' recordings (8 kHz μ-law) by their text, whatever is installed."""
+    return dict(_shipped_recordings())
+
+
 @functools.lru_cache(maxsize=1)
 def _shipped_recordings() -> dict[str, bytes]:
     folder = resources.files("simulate") / RECORDINGS

@@ -7,7 +7,13 @@ import time
 import pytest
 
 from db.worker_writes import AttemptRecord
-from jobs.ai import PermanentAIError, TransientAIError, sentiment_of, transcript_of
+from jobs.ai import (
+    PermanentAIError,
+    TransientAIError,
+    attempt_deadline,
+    sentiment_of,
+    transcript_of,
+)
 from jobs.attempts import LeaseLost, RetryPolicy, StepExhausted, run_step
 
 FAST = RetryPolicy(
@@ -85,6 +91,26 @@ async def test_a_slow_attempt_times_out_and_is_retried():
     with pytest.raises(StepExhausted, match="timed out"):
         await run_step("transcription", provider, policy, ledger)
     assert [r.outcome for r in ledger.records] == ["timeout", "timeout"]
+
+
+async def test_each_attempts_request_is_told_its_own_wall_clock_deadline():
+    seen: list[float | None] = []
+
+    async def request() -> str:
+        seen.append(attempt_deadline.get())
+        if len(seen) == 1:
+            raise TransientAIError("503")
+        return "ok"
+
+    before = time.time()
+    assert await run_step("transcription", request, FAST, Ledger()) == "ok"
+    after = time.time()
+
+    assert len(seen) == 2
+    for deadline in seen:  # the attempt's timeout from when it started, in time.time()
+        assert deadline is not None
+        assert before + FAST.attempt_timeout_s <= deadline <= after + FAST.attempt_timeout_s
+    assert attempt_deadline.get() is None  # nothing leaks past the attempt
 
 
 async def test_retry_after_of_a_429_is_honoured():
