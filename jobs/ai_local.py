@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -123,10 +126,39 @@ class LocalAI:
             self._pool = ProcessPoolExecutor(
                 self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=load_model,
-                initargs=(self.model,),
+                initializer=start_model_process,
+                initargs=(self.model, os.getpid()),
             )
         return self._pool
+
+
+def start_model_process(model: str, worker_pid: int) -> None:
+    """A pool process's start: it leaves when its worker is gone, then loads the model."""
+    exit_with_parent(worker_pid)
+    load_model(model)
+
+
+# How often a model process looks for its worker. A worker killed outright (SIGKILL, the OOM
+# killer, a supervisor's last resort) cannot shut its pool down, and its model processes would
+# wait on their job queue for ever, each holding a model in memory: seen here, two of them still
+# there 88 minutes after their worker was killed.
+PARENT_CHECK_S = 1.0
+
+
+def exit_with_parent(parent_pid: int, every_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """Leave this process at once when `parent_pid` is no longer its parent (a killed parent's
+    children are re-parented), watched from a daemon thread. Not prctl's PR_SET_PDEATHSIG: that
+    fires when the *thread* that started the process ends, not the process, and which thread
+    starts a pool's processes is the pool's business (the submitting one, or its manager's)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(0)  # nothing to hand back to: whoever asked for the work is gone
+
+    watcher = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _spoken(segment: Segment, offset_s: float, words: bool) -> Spoken:
