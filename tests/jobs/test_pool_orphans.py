@@ -45,7 +45,7 @@ WORKER = textwrap.dedent(
 def _gone(pid: int) -> bool:
     try:
         status: str = psutil.Process(pid).status()
-        return status == psutil.STATUS_ZOMBIE  # exited, not yet reaped
+        return bool(status == psutil.STATUS_ZOMBIE)  # exited, not yet reaped
     except psutil.NoSuchProcess:
         return True
 
