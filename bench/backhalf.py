@@ -39,11 +39,10 @@ from bench.load import (
     send_all,
     single_packet_workload,
 )
-from bench.stack import BenchStack, Layout
+from bench.stack import INSTANT_AI, BenchStack, Layout
 from bench.suite import Options, Outcome
 from devstack.stack import Process
 
-INSTANT_AI = {"AI_LATENCY_MIN_S": "0", "AI_LATENCY_MAX_S": "0", "AI_FAILURE_RATE": "0"}
 # The mock's defaults, written out so the figures do not move if a default does.
 DEFAULT_AI = {
     "AI_LATENCY_MIN_S": "1",

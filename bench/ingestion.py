@@ -20,12 +20,12 @@ from redis.asyncio import Redis
 from bench.ingestion_report import section
 from bench.ingestion_shapes import QUICK_SHAPES, Shapes, measure_shapes, shape_problems
 from bench.load import (
-    Result,
     batch_workload,
     closed_loop,
     open_loop,
     send_all,
     single_packet_workload,
+    summarize,
 )
 from bench.sections import loadavg
 from bench.stack import BenchStack, Layout
@@ -153,21 +153,6 @@ async def ingestion(plan: Plan, api: int, bare: int, run: int) -> dict[str, Any]
         "bad_closes": sum(c != 1000 for c in codes),
     }
     return out
-
-
-def summarize(r: Result) -> dict[str, Any]:
-    return {
-        "rate": r.rate,
-        "requests": r.requests,
-        "packets": r.items,
-        "seconds": r.elapsed_s,
-        "p50": r.pct_ms(0.50),
-        "p95": r.pct_ms(0.95),
-        "p99": r.pct_ms(0.99),
-        "max": r.max_ms,
-        "errors": r.errors,
-        "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
-    }
 
 
 async def drain(

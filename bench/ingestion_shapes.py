@@ -2,8 +2,8 @@
 brings, each against the bare ASGI ceiling, and the open loop at a fixed packet rate while the
 workers drain the calls it completes.
 
-- Closed loop `C<connections>-P<packets>`: that many calls, each on a keep-alive connection of
-  its own, send their packets back to back (the calls interleaved), then complete; the ceiling
+- Closed loop `C<connections>-P<packets>`: that many calls send their packets back to back over
+  as many keep-alive connections (the calls interleaved), then complete; the ceiling
   gets the same requests on as many connections.
 - Open loop at a fixed rate, workers draining: calls of `packets` packets in waves of as many
   calls as the rate sends in a second, each wave followed by its completions, so arq workers
@@ -27,18 +27,15 @@ import asyncpg
 
 from bench.cpu import CpuMeter
 from bench.load import (
-    Result,
     Workload,
     closed_loop,
     open_loop,
     send_all,
     single_packet_workload,
+    summarize,
 )
 from bench.sections import ratio
-from bench.stack import BenchStack
-
-# The mock AI answers at once and never fails: the workers' own cost is what the drain shows.
-INSTANT_AI = {"AI_FAILURE_RATE": "0", "AI_LATENCY_MIN_S": "0", "AI_LATENCY_MAX_S": "0"}
+from bench.stack import INSTANT_AI, BenchStack
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,7 @@ async def _closed(
     cpu = meter.spent(before, meter.read())
     if complete:
         await send_all(port, work.completes, min(connections, 64))
-    return summary(result) | {"cpu_ms_per_kpacket": _per_kpacket(cpu, result.items)}
+    return summarize(result) | {"cpu_ms_per_kpacket": _per_kpacket(cpu, result.items)}
 
 
 def open_requests(prefix: str, rate: int, seconds: float, packets: int) -> list[tuple[bytes, int]]:
@@ -153,13 +150,12 @@ async def _open_draining(
     sent = time.perf_counter()
     final, seconds = await _wait_final(stack.pg_dsn, calls, shapes.drain_cap_s)
     cpu = meter.spent(before, meter.read())
-    packets = sum(items for _, items in requests)
-    return summary(result, packets) | {
+    return summarize(result) | {
         "calls": calls,
         "final": final,
         "drain_after_last_s": seconds,
         "drain_wall_s": time.perf_counter() - sent,
-        "cpu_ms_per_kpacket": _per_kpacket(cpu, packets),
+        "cpu_ms_per_kpacket": _per_kpacket(cpu, result.items),
     }
 
 
@@ -171,8 +167,7 @@ async def _open_bare(
     before = meter.read()
     result = await open_loop(port, requests, rate * (1 + 1 / shapes.packets), connections=64)
     cpu = meter.spent(before, meter.read())
-    packets = sum(items for _, items in requests)
-    return summary(result, packets) | {"cpu_ms_per_kpacket": _per_kpacket(cpu, packets)}
+    return summarize(result) | {"cpu_ms_per_kpacket": _per_kpacket(cpu, result.items)}
 
 
 async def _wait_final(dsn: str, calls: int, cap_s: float) -> tuple[int, float]:
@@ -191,18 +186,6 @@ async def _wait_final(dsn: str, calls: int, cap_s: float) -> tuple[int, float]:
             await asyncio.sleep(0.05)
     finally:
         await conn.close()
-
-
-def summary(r: Result, packets: int | None = None) -> dict[str, Any]:
-    return {
-        "rate": (packets if packets is not None else r.items) / r.elapsed_s if r.elapsed_s else 0,
-        "requests": r.requests,
-        "packets": r.items,
-        "p50": r.pct_ms(0.50),
-        "p99": r.pct_ms(0.99),
-        "max": r.max_ms,
-        "errors": r.errors,
-    }
 
 
 def _per_kpacket(cpu: dict[str, float], packets: int) -> dict[str, float]:
@@ -236,23 +219,10 @@ def shape_lines(f: dict[str, Any]) -> list[str]:
     ]
     groups = ("api", "workers", "redis", "postgres")
     for row in f["closed"]:
-        ours, bare = row["callstream"], row["bare"]
-        lines.append(
-            f"| closed {row['shape']} | {ours['rate']:,.0f} / {bare['rate']:,.0f} |"
-            f" {ratio(ours['rate'], bare['rate']):.2f} |"
-            f" {ours['p50']:.1f} / {bare['p50']:.1f} | {ours['p99']:.1f} / {bare['p99']:.1f} |"
-            f" {ours['errors']} | {_cpu_cell(ours, groups)} |"
-            f" {bare['cpu_ms_per_kpacket'].get('api', 0.0):.0f} |"
-        )
+        lines.append(_row(f"closed {row['shape']}", row["callstream"], row["bare"], groups))
     for row in f["open"]:
-        ours, bare = row["callstream"], row["bare"]
-        lines.append(
-            f"| open @ {row['rate']:,}/s, workers draining | {ours['rate']:,.0f} /"
-            f" {bare['rate']:,.0f} | {ratio(ours['rate'], bare['rate']):.2f} |"
-            f" {ours['p50']:.1f} / {bare['p50']:.1f} | {ours['p99']:.1f} / {bare['p99']:.1f} |"
-            f" {ours['errors']} | {_cpu_cell(ours, groups)} |"
-            f" {bare['cpu_ms_per_kpacket'].get('api', 0.0):.0f} |"
-        )
+        label = f"open @ {row['rate']:,}/s, workers draining"
+        lines.append(_row(label, row["callstream"], row["bare"], groups))
     lines.append("")
     for row in f["open"]:
         ours = row["callstream"]
@@ -261,6 +231,16 @@ def shape_lines(f: dict[str, Any]) -> list[str]:
             f" the last {ours['drain_after_last_s']:.2f} s after the loop's last request."
         )
     return lines
+
+
+def _row(label: str, ours: dict[str, Any], bare: dict[str, Any], groups: Iterable[str]) -> str:
+    return (
+        f"| {label} | {ours['rate']:,.0f} / {bare['rate']:,.0f} |"
+        f" {ratio(ours['rate'], bare['rate']):.2f} |"
+        f" {ours['p50']:.1f} / {bare['p50']:.1f} | {ours['p99']:.1f} / {bare['p99']:.1f} |"
+        f" {ours['errors']} | {_cpu_cell(ours, groups)} |"
+        f" {bare['cpu_ms_per_kpacket'].get('api', 0.0):.0f} |"
+    )
 
 
 def shape_problems(f: dict[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -55,6 +56,22 @@ class Result:
     @property
     def errors(self) -> int:
         return sum(n for status, n in self.statuses.items() if status >= 400 and status != 409)
+
+
+def summarize(r: Result) -> dict[str, Any]:
+    """A run's figures as the ingestion suites report them (packets/s, latency in ms)."""
+    return {
+        "rate": r.rate,
+        "requests": r.requests,
+        "packets": r.items,
+        "seconds": r.elapsed_s,
+        "p50": r.pct_ms(0.50),
+        "p95": r.pct_ms(0.95),
+        "p99": r.pct_ms(0.99),
+        "max": r.max_ms,
+        "errors": r.errors,
+        "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
+    }
 
 
 class Connection:

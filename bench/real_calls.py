@@ -19,11 +19,11 @@ import uvloop
 
 from bench import real_calls_report
 from bench.real_calls_frames import Dialogue, real_dialogue
-from bench.real_calls_layout import INSTANT_AI, start_layout
+from bench.real_calls_layout import start_layout
 from bench.real_calls_load import ramp_phase, soak_phase
 from bench.real_calls_phases import QUICK, Bench, Plan, fast_phase, length_phase
 from bench.sections import loadavg
-from bench.stack import CORES
+from bench.stack import CORES, INSTANT_AI
 from bench.suite import Options, Outcome, command
 from devstack.stack import ROOT
 

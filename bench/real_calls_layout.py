@@ -11,14 +11,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from bench.cpu import CpuMeter, rss_bytes
-from bench.stack import CORES, BenchStack, Layout, Stores
+from bench.stack import CORES, INSTANT_AI, BenchStack, Layout, Stores
 
-INSTANT_AI = {
-    "AI_PROVIDER": "mock",
-    "AI_FAILURE_RATE": "0",
-    "AI_LATENCY_MIN_S": "0",
-    "AI_LATENCY_MAX_S": "0",
-}
 GROUPS = ("api", "workers", "redis", "postgres")
 
 

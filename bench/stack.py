@@ -23,6 +23,14 @@ from devstack.stack import Process, Stack
 
 QUIET_API = ("--log-level", "warning")
 CORES = os.cpu_count() or 1
+# The mock AI answering at once and never failing: what a suite sets where the AI is not what it
+# measures (the workers' own cost, ingestion under a drain).
+INSTANT_AI = {
+    "AI_PROVIDER": "mock",
+    "AI_FAILURE_RATE": "0",
+    "AI_LATENCY_MIN_S": "0",
+    "AI_LATENCY_MAX_S": "0",
+}
 
 
 @dataclass(frozen=True)
