@@ -7,10 +7,16 @@ call's own words) masked where it holds personal data (`mask_text`). Pure functi
 stored with its spans still audible.
 
 Times come from the provider's word times: a span of the text (core/redaction.py's find_pii) is
-silenced from its first word's start to its last word's end, PAD_S wider on each side (a word's
-time is the model's estimate). A stretch without word times (the mock, a server that ignored the
-granularity), or whose words cannot be found in its text, is silenced whole: `fell_back` says so,
-for the call's history.
+silenced from the end of the word before it to the start of the word after it, and at least
+from its first word's start to its last word's end, PAD_S wider on each side. A word's time is
+the model's estimate, and Whisper's times drift most at a stretch's end: on tiny.en a card
+number said last in its sentence was timed as ending 1.2 s before its last digits did (the
+stretch's end with it), so bounding a span by its own words' times left those digits audible.
+What lies between the personal data and the next word heard is silence or more of it; so a span
+with no word after it in its stretch runs on to where the next stretch begins (or the window
+ends), and one with no word before it from where the previous stretch ended (or the window
+began). A stretch without word times (the mock, a server that ignored the granularity), or whose
+words cannot be found in its text, is silenced whole: `fell_back` says so, for the call's history.
 
 A late packet (one whose sequence is below what an earlier segment of its track holds) lands in
 a stretch that may have been transcribed, and so redacted, already: it is never transcribed, so
@@ -57,19 +63,27 @@ def pii_times(
     end_s: float,
     words: Sequence[WordTime] | None,
     entities: Iterable[Entity],
+    room: tuple[float, float] | None = None,
 ) -> Found:
     """The seconds to silence for the personal data in `text`, said from start_s to end_s,
-    with its words' times if the provider gave them."""
+    with its words' times if the provider gave them. `room`: how far before start_s and after
+    end_s nobody else was heard (the previous stretch's end, the next one's start), where a
+    span at the stretch's edge runs on to (start_s to end_s when not given)."""
     found = find_pii(text, entities)
     if not found:
         return Found([], fell_back=False)
+    before, after = room or (start_s, end_s)
     located = _located(text, words or ())
     spans = []
     for span in found:
-        inside = [(a, b) for (lo, hi), (a, b, _) in located if lo < span.end and hi > span.start]
+        inside = [i for i, ((lo, hi), _) in enumerate(located) if lo < span.end and hi > span.start]
         if not inside:
             return Found([(start_s, end_s)], fell_back=True)
-        spans.append((max(start_s, inside[0][0] - PAD_S), min(end_s, inside[-1][1] + PAD_S)))
+        first, last = located[inside[0]][1], located[inside[-1]][1]
+        earlier = located[inside[0] - 1][1][1] if inside[0] > 0 else before
+        later = located[inside[-1] + 1][1][0] if inside[-1] + 1 < len(located) else after
+        spans.append((max(before, min(first[0] - PAD_S, earlier)),
+                      min(after, max(last[1] + PAD_S, later))))  # fmt: skip
     return Found(spans, fell_back=False)
 
 
@@ -119,8 +133,15 @@ def window_silences(
     line = recording.lines[channel]
     edits: list[PayloadEdit] = []
     whole = []
-    for begin_s, end_s, text, words in placed:
-        found = pii_times(text, begin_s, end_s, words, entities)
+    # Around each stretch, nobody was heard from the previous one's end (the window's start) to
+    # the next one's start (the window's end).
+    previous_ends = [0.0, *(said[1] for said in placed[:-1])]
+    next_starts = [*(said[0] for said in placed[1:]), (end - start) / rate]
+    for (begin_s, end_s, text, words), before, after in zip(
+        placed, previous_ends, next_starts, strict=True
+    ):
+        room = (min(before, begin_s), max(after, end_s))
+        found = pii_times(text, begin_s, end_s, words, entities, room)
         for a, b in found.spans:
             first = min(max(start + int(a * rate), start), end)
             last = min(max(start + math.ceil(b * rate), first), end)
