@@ -24,10 +24,10 @@ async def reader(settings: Settings) -> AsyncIterator[AsyncEngine]:
 async def test_a_read_after_its_pooled_connection_was_dropped_runs_again_on_a_fresh_one(
     reader: AsyncEngine, engine: AsyncEngine
 ) -> None:
-    (first, _), = (await execute_once(reader, BACKEND, {})).all()  # fmt: skip
+    first = (await execute_once(reader, BACKEND, {})).one()[0]
     async with engine.connect() as admin:  # PostgreSQL restarting looks alike to the pool
         await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
-    (again, _), = (await execute_once(reader, BACKEND, {})).all()  # fmt: skip
+    again = (await execute_once(reader, BACKEND, {})).one()[0]
     assert again != first
 
 
@@ -38,7 +38,8 @@ async def test_a_failing_statement_is_not_run_again(reader: AsyncEngine) -> None
 
 
 async def test_reads_share_one_pooled_connection(reader: AsyncEngine) -> None:
-    (pid, _), = (await execute_once(reader, BACKEND, {})).all()  # fmt: skip
-    (pid_again, isolation), = (await execute_once(reader, BACKEND, {})).all()  # fmt: skip
+    pid = (await execute_once(reader, BACKEND, {})).one()[0]
+    row = (await execute_once(reader, BACKEND, {})).one()
+    pid_again, isolation = tuple(row)
     assert pid_again == pid
     assert isolation == "read committed"
