@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, Text, and_, bindparam, func, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from db.engine import execute_once
 from db.erasures import Scope
 from db.models import AiAttempt, Call, Erasure, StateTransition
 from db.states import WORKER_STATES, CallState, can_transition
@@ -38,12 +39,17 @@ _STATUS = select(
 )
 
 
-async def status_row(session: AsyncSession, call_id: str) -> Row[Any]:
+async def status_row(source: AsyncSession | AsyncEngine, call_id: str) -> Row[Any]:
     """The call's row and its erasure in one round trip, without the ORM (GET /v1/calls/{id},
     read ten times a second and more by a dashboard): `erasure_reason` is set when the call's
-    erasure was asked for, `call_id` is null when PostgreSQL has no row of the call."""
-    connection = await session.connection()
-    return (await connection.execute(_STATUS, {"call_id": call_id})).one()
+    erasure was asked for, `call_id` is null when PostgreSQL has no row of the call. From a
+    session (in its transaction, beside the route's other reads), or from a reader
+    (db/engine.make_reader: one statement, no transaction)."""
+    params = {"call_id": call_id}
+    if isinstance(source, AsyncEngine):
+        return (await execute_once(source, _STATUS, params)).one()
+    connection = await source.connection()
+    return (await connection.execute(_STATUS, params)).one()
 
 
 async def list_calls(

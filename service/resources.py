@@ -11,7 +11,7 @@ from core.builders import feed_limits, make_ingestion
 from core.configured import check_settings
 from core.ingestion import Ingestion
 from db.breaker_state import BreakerState
-from db.engine import make_engine, make_sessionmaker
+from db.engine import make_engine, make_reader, make_sessionmaker
 from db.events import EventLog
 from db.live import LiveCalls
 from db.object_store import ObjectStore
@@ -35,6 +35,7 @@ class ApiResources:
     rate_limits: RateLimits
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    reads: AsyncEngine  # one-statement reads: the status (db/engine.make_reader)
     feed: FeedHub  # this process's one reader of the live event feed
     feed_reader: RedisClient  # its connection: blocking reads, apart from the pool
     sockets: SocketLimits  # each key's open sockets and event streams, and its rate of new ones
@@ -45,6 +46,7 @@ class ApiResources:
             await self.objects.close()
         await self.feed.close()
         await close_redis(self.feed_reader)
+        await self.reads.dispose()
         await self.engine.dispose()
         await close_redis(self.redis, self.queue.connection_pool)
 
@@ -95,6 +97,7 @@ def open_resources(settings: Settings) -> ApiResources:
         rate_limits=rate_limits,
         engine=engine,
         sessions=make_sessionmaker(engine),
+        reads=make_reader(settings.database_url, connect_timeout_s=2.0),
         feed=FeedHub(EventLog(feed_reader, limits), EventLog(redis, limits)),
         feed_reader=feed_reader,
         sockets=SocketLimits(

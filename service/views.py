@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.errors import CallErased
 from db import calls, erasures
@@ -46,13 +46,13 @@ def _erased(call_id: str, reason: str, requested_at: datetime) -> CallErased:
 
 
 async def call_status(
-    session: AsyncSession, live: LiveCalls, call_id: str, missing_cap: int
+    source: AsyncSession | AsyncEngine, live: LiveCalls, call_id: str, missing_cap: int
 ) -> CallRecord | None:
     """PostgreSQL's record if the call was flushed, else Redis' live view; CallErased for an
     erased call. While PostgreSQL is down, calls that Redis still holds stay visible; only the
-    others get a 503."""
+    others get a 503. `source`: a route's session, or the API's reader (calls.status_row)."""
     try:
-        row = await calls.status_row(session, call_id)  # refuse_erased's rule, in one statement
+        row = await calls.status_row(source, call_id)  # refuse_erased's rule, in one statement
     except POSTGRES_OUTAGE as exc:
         found = await live.get(call_id, missing_cap)
         if found is None:

@@ -10,14 +10,72 @@ capacity). This one stops reading only once `--ws-max-queue` messages wait (uvic
 them all. A socket's memory stays bounded (that many messages of at most `--ws-max-size` each,
 plus one read); a peer faster than the app is still held back by TCP; nothing else changes
 (the handshake, the closing, pings, errors are uvicorn's).
+
+And it takes the common frame itself: a whole text message in one masked frame (a media
+frame), read at a frame boundary of an open connection without extensions, is unmasked and
+queued here, without websockets' parser (a generator per read, a Frame object, its checks):
+websockets would have produced the same message, with nothing else to do for it. Anything else
+(a partial frame, a fragment, a control frame, binary, a frame websockets must refuse, a
+connection with permessage-deflate) goes to websockets from that frame on.
 """
 
 from __future__ import annotations
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+_FIN_TEXT = 0x81  # FIN set, no reserved bit (no extension's), opcode 1: a whole text message
+_MASKED = 0x80
+_LENGTH_16 = 126  # the length follows in 2 bytes; 127 (8 bytes) is left to websockets
+_MASK_BYTES = 4
 
 
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
+    def data_received(self, data: bytes) -> None:
+        rest = self._take_text_frames(data) if self._at_plain_frame_boundary() else data
+        if rest:
+            super().data_received(rest)
+
+    def _at_plain_frame_boundary(self) -> bool:
+        """websockets' parser waits for a frame's first byte, with nothing of its own to apply:
+        a frame taken here is one it would have taken alike."""
+        conn = self.conn
+        return (
+            conn.state is State.OPEN
+            and not conn.reader.buffer
+            and conn.current_size is None  # not within a fragmented message
+            and not conn.extensions
+            and conn.max_fragment_size is None  # uvicorn sets one limit, for whole messages
+            and not conn.debug
+        )
+
+    def _take_text_frames(self, data: bytes) -> bytes:
+        """Queue the whole masked text frames at the start of `data`; what is left from the
+        first frame that is not one (or not whole) is websockets'."""
+        end, limit, at = len(data), self.conn.max_message_size, 0
+        while at + 2 + _MASK_BYTES <= end and data[at] == _FIN_TEXT and data[at + 1] & _MASKED:
+            length, mask_at = data[at + 1] & 0x7F, at + 2
+            if length == _LENGTH_16:
+                length, mask_at = int.from_bytes(data[at + 2 : at + 4]), at + 4
+            elif length > _LENGTH_16:
+                break
+            start = mask_at + _MASK_BYTES
+            stop = start + length
+            if stop > end or (limit is not None and length > limit):
+                break
+            self.curr_msg_data_type = "text"
+            self.frames = [apply_mask(data[start:stop], data[mask_at:start])]
+            at = stop
+            self.send_receive_event_to_app()
+            if self.conn.state is not State.OPEN:  # invalid UTF-8: closed 1007
+                break
+        return data[at:] if at else data
+
     def send_receive_event_to_app(self) -> None:
         # uvicorn 0.54's method, but for the pause's condition (the queue is full, not merely
         # not empty).

@@ -98,10 +98,9 @@ async def get_call(
 
 
 async def _status_body(res: ApiResources, call_id: str) -> bytes:
-    """One read of the call, in a session of its own: a waiting request holds no PostgreSQL
-    connection between its reads."""
-    async with res.sessions() as session:
-        found = await call_status(session, res.live, call_id, res.settings.missing_list_cap)
+    """One read of the call, one statement on the reader's pool (no transaction, no pre-ping):
+    a waiting request holds no PostgreSQL connection between its reads."""
+    found = await call_status(res.reads, res.live, call_id, res.settings.missing_list_cap)
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
     return render(retained(found, res.settings))

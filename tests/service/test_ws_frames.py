@@ -1,0 +1,171 @@
+"""service/ws_protocol.py takes whole masked text frames itself, before websockets' parser: the
+messages an app receives, what the peer is answered and when the socket is closed must be the
+same as uvicorn's own protocol gives for the same bytes, however the reads split them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.server import ServerProtocol
+
+from service.ws_protocol import QueuedWebSocketProtocol
+
+MAX_SIZE = 1024
+HANDSHAKE = (
+    b"GET /media HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def frame(payload: bytes, opcode: int = 1, fin: bool = True, masked: bool = True,
+          long_form: bool = False, rsv1: bool = False) -> bytes:  # fmt: skip
+    head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
+    flag = 0x80 if masked else 0
+    n = len(payload)
+    if long_form:
+        head += bytes([flag | 127]) + struct.pack("!Q", n)
+    elif n < 126:
+        head += bytes([flag | n])
+    else:
+        head += bytes([flag | 126]) + struct.pack("!H", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+Served = tuple[list[dict[str, Any]], bytes, bool]
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 9) if name in ("sockname", "peername") else default
+
+
+async def served(protocol_class: type[WebSocketsSansIOProtocol], reads: list[bytes]) -> Served:
+    """What an app that accepts and then receives every message saw, what the peer was sent
+    after the handshake, and whether the socket was closed."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=10_000, lifespan="off",
+                    ws_per_message_deflate=False)  # fmt: skip
+    config.load()
+    protocol = protocol_class(config, ServerState(), {})
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(HANDSHAKE)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    accepted = len(transport.written)
+    for data in reads:
+        protocol.data_received(data)
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return seen, bytes(transport.written[accepted:]), transport.closed
+
+
+def splits(stream: bytes) -> list[list[bytes]]:
+    """The stream in one read, a byte a read, and cut at a few odd places."""
+    cuts = [[stream], [stream[i : i + 1] for i in range(len(stream))]]
+    for size in (3, 7, 131):
+        cuts.append([stream[i : i + size] for i in range(0, len(stream), size)])
+    return cuts
+
+
+MEDIA = b'{"event":"media","media":{"payload":"' + b"f" * 216 + b'"}}'
+GOOD = frame(b"a")
+STREAMS = {
+    "media frames": frame(MEDIA) * 3 + frame(b"x" * 10) + frame(b""),
+    "a fragmented message between whole ones": (
+        GOOD + frame(b"he", fin=False) + frame(b"ll", opcode=0, fin=False)
+        + frame(b"o", opcode=0) + frame(b"b")
+    ),
+    "a ping between text frames": GOOD + frame(b"hi", opcode=9) + frame(b"b"),
+    "binary frames": GOOD + frame(b"\x00\x01", opcode=2) + frame(b"b"),
+    "a length in 8 bytes": GOOD + frame(b"long", long_form=True) + frame(b"b"),
+    "invalid UTF-8": GOOD + frame(b"\xff\xfe") + frame(b"b"),
+    "the peer's close": GOOD + frame(struct.pack("!H", 1000), opcode=8) + frame(b"b"),
+}  # fmt: skip
+# Frames websockets' parser refuses (the socket is closed 1009 or 1002): uvicorn then drops the
+# messages it parsed before it in the same read. This protocol may have queued them already (those
+# it took itself), as uvicorn does when they came in a read of their own: never fewer.
+REFUSED = {
+    "a frame over the size limit": frame(b"y" * (MAX_SIZE + 1)),
+    "an unmasked frame": frame(b"b", masked=False),
+    "a reserved bit set": frame(b"b", rsv1=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+async def test_the_frames_taken_before_websockets_parser_give_what_uvicorn_gives(name: str):
+    for reads in splits(STREAMS[name]):
+        ours = await served(QueuedWebSocketProtocol, reads)
+        theirs = await served(WebSocketsSansIOProtocol, reads)
+        assert ours == theirs, (name, [len(r) for r in reads][:5])
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+async def test_a_refused_frame_closes_as_uvicorn_does_after_the_whole_messages_before_it(name):
+    stream = GOOD + REFUSED[name] + frame(b"c")
+    kept = await served(WebSocketsSansIOProtocol, [GOOD, stream[len(GOOD) :]])
+    assert kept[0][0] == {"type": "websocket.receive", "text": "a"}
+    for reads in splits(stream):
+        ours = await served(QueuedWebSocketProtocol, reads)
+        assert ours in (kept, await served(WebSocketsSansIOProtocol, reads)), name
+
+
+async def test_whole_media_frames_reach_the_app_in_order_without_websockets_parser(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    parsed: list[bytes] = []
+    parse = ServerProtocol.receive_data
+
+    def counted(conn: ServerProtocol, data: bytes) -> None:
+        parsed.append(data)
+        parse(conn, data)
+
+    monkeypatch.setattr(ServerProtocol, "receive_data", counted)
+    payloads = [b'{"n":%d}' % i for i in range(50)] + [MEDIA]
+    reads = [frame(p) for p in payloads[:10]] + [b"".join(frame(p) for p in payloads[10:])]
+    seen, _, _ = await served(QueuedWebSocketProtocol, reads)
+    texts = [m["text"] for m in seen if m["type"] == "websocket.receive"]
+    assert texts == [p.decode() for p in payloads]
+    assert parsed == [HANDSHAKE]
