@@ -12,7 +12,7 @@ from typing import Any
 from db.events import FeedLimits, feed_key, payload
 from db.keys import call_keys
 from db.packets import StoredPacket
-from db.redis_client import RedisClient, execute, text_of
+from db.redis_client import RedisClient, execute
 from db.scripts import Script, register
 
 
@@ -178,13 +178,14 @@ class FlushSource:
         )
 
 
-def _stored_packet(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StoredPacket:
-    millis, _, n = text_of(entry_id).partition("-")
+def _stored_packet(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredPacket:
+    millis, _, n = entry_id.partition(b"-")
+    ms = int(millis)
     return StoredPacket(
-        sequence=int(fields[b"s"]),
-        timestamp=float(fields[b"t"]),
-        data=fields[b"d"].decode(),
-        received_at=int(millis) / 1000.0,
-        track=int(fields.get(b"k", b"0")),
-        entry=(int(millis), int(n)),
+        int(fields[b"s"]),
+        float(fields[b"t"]),
+        fields[b"d"].decode(),
+        ms / 1000.0,
+        int(fields.get(b"k", b"0")),
+        (ms, int(n)),
     )
