@@ -30,6 +30,7 @@ import binascii
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +44,7 @@ from core.audio import (
     parse_format,
     wav_header,
 )
+from core.packet_audio import audio_of_all
 from db.packets import StoredPacket
 from db.segments import TEXT, Floats, Ints, SegmentHead, SegmentRow
 from settings import Settings
@@ -68,22 +70,6 @@ def call_format(metadata: dict[str, Any] | None, default_format: str) -> tuple[A
     return parse_format(default_format), False
 
 
-def _audio_of(data: str, fmt: AudioFormat, min_bytes: int) -> bytes | None:
-    """The packet's bytes if its data is canonical base64 (it encodes back to itself, so the
-    text can be given back exactly) of whole samples, at least `min_bytes` long."""
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if (
-        len(raw) < min_bytes
-        or len(raw) % fmt.sample_bytes
-        or base64.b64encode(raw) != data.encode()
-    ):
-        return None
-    return raw
-
-
 def build_rows(
     packets: Sequence[StoredPacket], fmt: AudioFormat | None, said: bool
 ) -> list[SegmentRow]:
@@ -91,25 +77,32 @@ def build_rows(
     format (a media stream), so any whole samples are audio."""
     rows = []
     for track in sorted({p.track for p in packets}):
-        group = sorted((p for p in packets if p.track == track), key=lambda p: p.sequence)
-        encoding, parts = TEXT, [p.data.encode() for p in group]
+        group = sorted((p for p in packets if p.track == track), key=_by_sequence)
+        datas = [p.data for p in group]
+        audio = None
         if fmt is not None:
             min_bytes = 1 if said else fmt.rate * MIN_AUDIO_MS // 1000 * fmt.sample_bytes
-            decoded = [_audio_of(p.data, fmt, min_bytes) for p in group]
-            if all(raw is not None for raw in decoded):
-                encoding, parts = str(fmt), [raw for raw in decoded if raw is not None]
+            audio = audio_of_all(datas, fmt.sample_bytes, min_bytes)
+        if audio is None:
+            parts = [data.encode() for data in datas]
+            encoding, payload, sizes = TEXT, b"".join(parts), [len(part) for part in parts]
+        else:
+            encoding, (payload, sizes) = str(fmt), audio
         rows.append(
             SegmentRow(
                 track=track,
                 encoding=encoding,
                 sequences=[p.sequence for p in group],
-                sizes=[len(part) for part in parts],
+                sizes=sizes,
                 timestamps=[p.timestamp for p in group],
                 arrivals=[p.received_at for p in group],
-                payload=b"".join(parts),
+                payload=payload,
             )
         )
     return rows
+
+
+_by_sequence = attrgetter("sequence")
 
 
 class SegmentSource(Protocol):

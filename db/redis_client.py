@@ -49,6 +49,22 @@ async def execute(pipe: RedisPipeline, *, raise_on_error: bool = True) -> list[A
         raise RedisConnectionError(f"the cluster changed during a pipeline: {exc!r}") from exc
 
 
+def unparsed(client: RedisClient, command: str) -> RedisClient:
+    """A client on `client`'s own connections whose replies to `command` come as Redis sent
+    them, not parsed by redis-py (an XRANGE entry: its id and its fields as one flat list, no
+    dict); `client` itself for a cluster, whose nodes share its parsers, so its replies are
+    parsed as ever. A caller takes both shapes."""
+    if not isinstance(client, Redis):
+        return client
+    raw = Redis(connection_pool=client.connection_pool)  # never closes the pool it shares
+    raw.set_response_callback(command, _as_sent)
+    return raw
+
+
+def _as_sent(response: Any, **_: Any) -> Any:
+    return response
+
+
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 

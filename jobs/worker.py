@@ -29,6 +29,7 @@ from db.redis_client import is_cluster
 from jobs import polling, resilience
 from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
+from jobs.heap import settle_heap
 from jobs.process import process_call
 from jobs.queue import ERASE_CALL, FLUSH_SEGMENT, PROCESS_CALL, TRANSCRIBE_LIVE
 from jobs.resources import WorkerResources, make_resources, resources
@@ -187,6 +188,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         # Also without WEBHOOK_URLS: rows written before it was emptied are still delivered.
         delivery = ctx["webhook_delivery"] = DeliveryLoop(res)
         delivery.start()
+    settle_heap()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
