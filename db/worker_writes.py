@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from db.direct import Direct
 from db.models import Call
 from db.outbox import OUTBOX, EventType, Webhooks
 from db.record import FLUSHED, CallRecord, flushed_columns
@@ -124,8 +125,9 @@ def _typed(columns: Sequence[str]) -> list[Any]:
 # that failed live is tried again at the end with a budget of its own.
 _LIVE_ATTEMPTS = """
     live AS (SELECT count(*) AS n FROM ai_attempt WHERE call_id = :call_id AND generation = 0)"""
-_FLUSH_NEW_CALL = text(
-    f"""
+_FLUSH_NEW_CALL = Direct(
+    text(
+        f"""
     WITH {_LIVE_ATTEMPTS}, held AS (
         INSERT INTO call ({", ".join(_NEW_CALL_COLUMNS)})
         SELECT {", ".join("live.n" if c == "ai_attempts" else f":{c}" for c in _NEW_CALL_COLUMNS)}
@@ -135,7 +137,8 @@ _FLUSH_NEW_CALL = text(
     ), {_MOVES}, {OUTBOX}
     SELECT count(*) AS created FROM held
     """
-).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
+    ).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
+)
 
 _REFUSED_CALL_COLUMNS = (*_NEW_CALL_COLUMNS, "last_error")
 _FAIL_NEW_CALL = text(
@@ -150,8 +153,9 @@ _FAIL_NEW_CALL = text(
     """
 ).bindparams(*_typed(_REFUSED_CALL_COLUMNS))
 
-_WRITE_PROGRESS = text(
-    f"""
+_WRITE_PROGRESS = Direct(
+    text(
+        f"""
     WITH held AS (
         UPDATE call SET ai_attempts = ai_attempts + :a_count,
                         last_error = COALESCE(:last_error, last_error),
@@ -161,10 +165,12 @@ _WRITE_PROGRESS = text(
     ), {_ATTEMPTS}
     SELECT count(*) FROM held
     """
+    )
 )
 
-_FINISH = text(
-    f"""
+_FINISH = Direct(
+    text(
+        f"""
     WITH held AS (
         UPDATE call SET state = :target, ai_attempts = ai_attempts + :a_count,
                         last_error = COALESCE(:last_error, last_error),
@@ -180,7 +186,8 @@ _FINISH = text(
     ), {OUTBOX}
     SELECT count(*) FROM held
     """
-).bindparams(bindparam("conversation", type_=Call.__table__.c["conversation"].type))
+    ).bindparams(bindparam("conversation", type_=Call.__table__.c["conversation"].type))
+)
 
 # The attempts of a live call's windows (jobs/transcription.py): before its row exists, in its
 # first generation; the row counts them when it is created (_LIVE_ATTEMPTS).
@@ -249,7 +256,7 @@ async def flush_new_call(
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
     params = {**values, **moves, **webhooks.params(EventType.COMPLETED)}
     del params["ai_attempts"]
-    if not await conn.scalar(_FLUSH_NEW_CALL, params):
+    if not await _FLUSH_NEW_CALL.scalar(conn, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {}, live.metadata)
 
@@ -298,7 +305,7 @@ async def write_progress(
 ) -> bool:
     """Keep attempts (and the transcript) unless another worker took the call since."""
     params = {"call_id": claim.call_id, "epoch": claim.epoch, "transcript": transcript}
-    return bool(await conn.scalar(_WRITE_PROGRESS, {**params, **_attempt_arrays(attempts)}))
+    return bool(await _WRITE_PROGRESS.scalar(conn, {**params, **_attempt_arrays(attempts)}))
 
 
 # The event a final state is announced as.
@@ -338,4 +345,4 @@ async def finish(
     arrays = _attempt_arrays(attempts)
     if last_error is not None:
         arrays["last_error"] = last_error
-    return bool(await conn.scalar(_FINISH, {**params, **arrays}))
+    return bool(await _FINISH.scalar(conn, {**params, **arrays}))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import asyncpg
 import pytest
 from redis.asyncio.connection import AbstractConnection
 from sqlalchemy import event
@@ -39,14 +40,20 @@ async def short_call(res: WorkerResources, call_id: str, packets: int = 10) -> N
 def counted(
     res: WorkerResources, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, list[str]]]:
-    """The SQL statements the worker's pool runs and the Redis round trips (each one send of
-    one command or one pipeline) any client makes, by their first command."""
+    """The SQL statements the worker's pool runs (through SQLAlchemy, or straight to asyncpg:
+    db/direct.py) and the Redis round trips (each one send of one command or one pipeline) any
+    client makes, by their first command."""
     seen: dict[str, list[str]] = {"sql": [], "redis": []}
 
     def statement(*args: Any) -> None:
         seen["sql"].append(" ".join(args[2].split()))
 
     send = AbstractConnection.send_packed_command
+    fetchval = asyncpg.Connection.fetchval
+
+    async def direct(conn: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+        seen["sql"].append(" ".join(query.split()))
+        return await fetchval(conn, query, *args, **kw)
 
     async def sent(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
         parts = [command] if isinstance(command, bytes | bytearray) else list(command)
@@ -56,6 +63,7 @@ def counted(
 
     event.listen(res.engine.sync_engine, "before_cursor_execute", statement)
     monkeypatch.setattr(AbstractConnection, "send_packed_command", sent)
+    monkeypatch.setattr(asyncpg.Connection, "fetchval", direct)
     try:
         yield seen
     finally:
