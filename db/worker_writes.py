@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from db.direct import Direct
+from db.direct import Direct, Executor
 from db.models import Call
 from db.outbox import OUTBOX, EventType, Webhooks
 from db.record import FLUSHED, CallRecord, flushed_columns
@@ -246,9 +246,7 @@ def _moves(
     }
 
 
-async def flush_new_call(
-    conn: AsyncConnection, live: CallRecord, *, webhooks: Webhooks
-) -> Claim | None:
+async def flush_new_call(on: Executor, live: CallRecord, *, webhooks: Webhooks) -> Claim | None:
     """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
     transitions, and its `call.completed` webhooks. None if the row exists: a previous run
     flushed it."""
@@ -256,7 +254,7 @@ async def flush_new_call(
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
     params = {**values, **moves, **webhooks.params(EventType.COMPLETED)}
     del params["ai_attempts"]
-    if not await _FLUSH_NEW_CALL.scalar(conn, params):
+    if not await _FLUSH_NEW_CALL.scalar(on, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {}, live.metadata)
 
@@ -301,11 +299,11 @@ async def record_live_attempts(
 
 
 async def write_progress(
-    conn: AsyncConnection, claim: Claim, attempts: Sequence[AttemptRecord], transcript: str | None
+    on: Executor, claim: Claim, attempts: Sequence[AttemptRecord], transcript: str | None
 ) -> bool:
     """Keep attempts (and the transcript) unless another worker took the call since."""
     params = {"call_id": claim.call_id, "epoch": claim.epoch, "transcript": transcript}
-    return bool(await _WRITE_PROGRESS.scalar(conn, {**params, **_attempt_arrays(attempts)}))
+    return bool(await _WRITE_PROGRESS.scalar(on, {**params, **_attempt_arrays(attempts)}))
 
 
 # The event a final state is announced as.
@@ -313,7 +311,7 @@ _ANNOUNCED = {CallState.ARCHIVED: EventType.ARCHIVED, CallState.FAILED: EventTyp
 
 
 async def finish(
-    conn: AsyncConnection,
+    on: Executor,
     claim: Claim,
     target: CallState,
     reason: str,
@@ -345,4 +343,4 @@ async def finish(
     arrays = _attempt_arrays(attempts)
     if last_error is not None:
         arrays["last_error"] = last_error
-    return bool(await _FINISH.scalar(conn, {**params, **arrays}))
+    return bool(await _FINISH.scalar(on, {**params, **arrays}))
