@@ -10,8 +10,9 @@ The statements that make a call's announced states (its row created: `call.compl
 FAILED) write its webhooks in the same statement (db/outbox.py's OUTBOX fragment).
 
 Plain SQL with CTEs rather than ORM sessions, on purpose: a call whose AI answers first time
-costs the worker three statements instead of about twenty (BENCHMARKS.md). Every write after the
-flush is fenced by the claim's epoch and guarded by the state machine (db/states.py).
+costs the worker three statements instead of about twenty (BENCHMARKS.md); the hot ones go to
+asyncpg itself (db/direct.py). Every write after the flush is fenced by the claim's epoch and
+guarded by the state machine (db/states.py).
 """
 
 from __future__ import annotations
