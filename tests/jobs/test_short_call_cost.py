@@ -82,7 +82,7 @@ async def test_a_short_calls_back_half_costs_five_statements_and_eight_round_tri
     # Connections opened (two of each pool: an AI slot's return may overlap the next command),
     # scripts loaded.
     warm = await asyncio.gather(process_call(res, "warm"), process_call(res, "warm-too"))
-    assert warm == ["ARCHIVED", "ARCHIVED"]
+    assert list(warm) == ["ARCHIVED", "ARCHIVED"]
     await res.ai_limiter.settle()
 
     with counted(res, monkeypatch) as seen:
