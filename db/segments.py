@@ -37,6 +37,7 @@ import numpy.typing as npt
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from db.direct import Direct
 from db.object_store import NoObjectStore, ObjectStore
 from db.packets import TRACKS, StoredPacket
 
@@ -207,7 +208,7 @@ def _insert(rows: int) -> TextClause:
     )
 
 
-_INSERTS = {rows: _insert(rows) for rows in range(1, len(TRACKS) + 1)}
+_INSERTS = {rows: Direct(_insert(rows)) for rows in range(1, len(TRACKS) + 1)}
 
 
 def _packed(column: str, send: str) -> str:
@@ -415,7 +416,7 @@ async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> S
             f"payload_{n}": b"" if row.track in plan.keys else row.payload,
             f"object_key_{n}": plan.keys.get(row.track),
         }
-    if not await conn.scalar(_INSERTS[len(plan.rows)], params):
+    if not await _INSERTS[len(plan.rows)].scalar(conn, params):
         return None
     return Stored(plan.segment, plan.through, plan.rows)
 

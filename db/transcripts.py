@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from db.direct import Direct
 from db.feed_events import Said
 from db.outbox import UTTERANCE_OUTBOX, Webhooks, utterance_params
 
@@ -26,8 +27,9 @@ _ENDS = text(
     "SELECT track, max(end_sample) AS done FROM transcript_window WHERE call_id = :call_id"
     " GROUP BY track"
 )
-_STORE_WINDOW = text(
-    f"""
+_STORE_WINDOW = Direct(
+    text(
+        f"""
     WITH held AS (
         INSERT INTO transcript_window (call_id, track, start_sample, end_sample)
         SELECT :call_id, :track, :start, :end
@@ -47,6 +49,7 @@ _STORE_WINDOW = text(
     ), {UTTERANCE_OUTBOX}
     SELECT count(*) FROM held
     """
+    )
 )
 _UTTERANCES = text(
     "SELECT track, start_s, end_s, text, sentiment_label, sentiment_score FROM utterance"
@@ -98,7 +101,7 @@ async def store_window(
         "u_score": [u.sentiment_score for u in utterances],
         **utterance_params(call_id, said, webhooks),
     }
-    return bool(await conn.scalar(_STORE_WINDOW, params))
+    return bool(await _STORE_WINDOW.scalar(conn, params))
 
 
 async def transcribed_to(session: AsyncSession, call_id: str) -> dict[int, int]:

@@ -10,8 +10,9 @@ The statements that make a call's announced states (its row created: `call.compl
 FAILED) write its webhooks in the same statement (db/outbox.py's OUTBOX fragment).
 
 Plain SQL with CTEs rather than ORM sessions, on purpose: a call whose AI answers first time
-costs the worker three statements instead of about twenty (BENCHMARKS.md). Every write after the
-flush is fenced by the claim's epoch and guarded by the state machine (db/states.py).
+costs the worker three statements instead of about twenty (BENCHMARKS.md); the hot ones go to
+asyncpg itself (db/direct.py). Every write after the flush is fenced by the claim's epoch and
+guarded by the state machine (db/states.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from db.direct import Direct, Executor
 from db.models import Call
 from db.outbox import OUTBOX, EventType, Webhooks
 from db.record import FLUSHED, CallRecord, flushed_columns
@@ -124,8 +126,9 @@ def _typed(columns: Sequence[str]) -> list[Any]:
 # that failed live is tried again at the end with a budget of its own.
 _LIVE_ATTEMPTS = """
     live AS (SELECT count(*) AS n FROM ai_attempt WHERE call_id = :call_id AND generation = 0)"""
-_FLUSH_NEW_CALL = text(
-    f"""
+_FLUSH_NEW_CALL = Direct(
+    text(
+        f"""
     WITH {_LIVE_ATTEMPTS}, held AS (
         INSERT INTO call ({", ".join(_NEW_CALL_COLUMNS)})
         SELECT {", ".join("live.n" if c == "ai_attempts" else f":{c}" for c in _NEW_CALL_COLUMNS)}
@@ -135,7 +138,8 @@ _FLUSH_NEW_CALL = text(
     ), {_MOVES}, {OUTBOX}
     SELECT count(*) AS created FROM held
     """
-).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
+    ).bindparams(*_typed([c for c in _NEW_CALL_COLUMNS if c != "ai_attempts"]))
+)
 
 _REFUSED_CALL_COLUMNS = (*_NEW_CALL_COLUMNS, "last_error")
 _FAIL_NEW_CALL = text(
@@ -150,8 +154,9 @@ _FAIL_NEW_CALL = text(
     """
 ).bindparams(*_typed(_REFUSED_CALL_COLUMNS))
 
-_WRITE_PROGRESS = text(
-    f"""
+_WRITE_PROGRESS = Direct(
+    text(
+        f"""
     WITH held AS (
         UPDATE call SET ai_attempts = ai_attempts + :a_count,
                         last_error = COALESCE(:last_error, last_error),
@@ -161,10 +166,12 @@ _WRITE_PROGRESS = text(
     ), {_ATTEMPTS}
     SELECT count(*) FROM held
     """
+    )
 )
 
-_FINISH = text(
-    f"""
+_FINISH = Direct(
+    text(
+        f"""
     WITH held AS (
         UPDATE call SET state = :target, ai_attempts = ai_attempts + :a_count,
                         last_error = COALESCE(:last_error, last_error),
@@ -180,7 +187,8 @@ _FINISH = text(
     ), {OUTBOX}
     SELECT count(*) FROM held
     """
-).bindparams(bindparam("conversation", type_=Call.__table__.c["conversation"].type))
+    ).bindparams(bindparam("conversation", type_=Call.__table__.c["conversation"].type))
+)
 
 # The attempts of a live call's windows (jobs/transcription.py): before its row exists, in its
 # first generation; the row counts them when it is created (_LIVE_ATTEMPTS).
@@ -239,9 +247,7 @@ def _moves(
     }
 
 
-async def flush_new_call(
-    conn: AsyncConnection, live: CallRecord, *, webhooks: Webhooks
-) -> Claim | None:
+async def flush_new_call(on: Executor, live: CallRecord, *, webhooks: Webhooks) -> Claim | None:
     """Create the call's row already claimed by this worker (epoch 1, PROCESSING_AI) with its
     transitions, and its `call.completed` webhooks. None if the row exists: a previous run
     flushed it."""
@@ -249,7 +255,7 @@ async def flush_new_call(
     moves = _moves(live, values["completed_at"], FLUSH_PATH)
     params = {**values, **moves, **webhooks.params(EventType.COMPLETED)}
     del params["ai_attempts"]
-    if not await conn.scalar(_FLUSH_NEW_CALL, params):
+    if not await _FLUSH_NEW_CALL.scalar(on, params):
         return None
     return Claim(live.call_id, 1, CallState.PROCESSING_AI, 0, None, {}, live.metadata)
 
@@ -294,11 +300,11 @@ async def record_live_attempts(
 
 
 async def write_progress(
-    conn: AsyncConnection, claim: Claim, attempts: Sequence[AttemptRecord], transcript: str | None
+    on: Executor, claim: Claim, attempts: Sequence[AttemptRecord], transcript: str | None
 ) -> bool:
     """Keep attempts (and the transcript) unless another worker took the call since."""
     params = {"call_id": claim.call_id, "epoch": claim.epoch, "transcript": transcript}
-    return bool(await conn.scalar(_WRITE_PROGRESS, {**params, **_attempt_arrays(attempts)}))
+    return bool(await _WRITE_PROGRESS.scalar(on, {**params, **_attempt_arrays(attempts)}))
 
 
 # The event a final state is announced as.
@@ -306,7 +312,7 @@ _ANNOUNCED = {CallState.ARCHIVED: EventType.ARCHIVED, CallState.FAILED: EventTyp
 
 
 async def finish(
-    conn: AsyncConnection,
+    on: Executor,
     claim: Claim,
     target: CallState,
     reason: str,
@@ -338,4 +344,4 @@ async def finish(
     arrays = _attempt_arrays(attempts)
     if last_error is not None:
         arrays["last_error"] = last_error
-    return bool(await conn.scalar(_FINISH, {**params, **arrays}))
+    return bool(await _FINISH.scalar(on, {**params, **arrays}))

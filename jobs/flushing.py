@@ -150,8 +150,7 @@ async def _flush_new(
 ) -> Held | None:
     """The first flush of a call's row, claimed by this worker; None if the row exists.
     `heads`: of every segment of the call, if this run stored them all."""
-    async with res.autocommit.connect() as conn:
-        claim = await worker_writes.flush_new_call(conn, live, webhooks=res.webhooks)
+    claim = await worker_writes.flush_new_call(res.autocommit, live, webhooks=res.webhooks)
     return Held(claim, heads) if claim else None
 
 
@@ -182,10 +181,10 @@ async def _write_failed_row(res: WorkerResources, live: CallRecord, reason: str)
 async def fail_held(res: WorkerResources, claim: Claim, reason: str) -> None:
     """FAILED for good with `reason`, fenced by the claim. Nothing of the run goes with it (its
     unsaved attempts, a transcript, a sentiment): any of them may be what was refused."""
-    async with res.autocommit.connect() as conn:
-        failed = await worker_writes.finish(
-            conn, claim, CallState.FAILED, reason, [], last_error=reason, webhooks=res.webhooks
-        )
+    failed = await worker_writes.finish(
+        res.autocommit, claim, CallState.FAILED, reason, [], last_error=reason,
+        webhooks=res.webhooks,
+    )  # fmt: skip
     if not failed:
         raise LeaseLost(claim.call_id)
     log.error("%s: FAILED for good: %s", claim.call_id, reason, extra=about(claim.call_id))

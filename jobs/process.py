@@ -153,8 +153,10 @@ class _Journal:
         attempt recorded during the write waits for the next one (written once, not twice)."""
         attempts, transcript, events, told = self.attempts, self.transcript, self.events, self.told
         self.attempts, self.transcript, self.events, self.told = [], None, [], []
-        async with self.res.autocommit.connect() as conn:
-            kept = await worker_writes.write_progress(conn, self.claim, attempts, transcript)
+        # One statement on a connection of the pool's for it alone (db/direct.py).
+        kept = await worker_writes.write_progress(
+            self.res.autocommit, self.claim, attempts, transcript
+        )
         await self.res.events.publish(*told, *(events if kept else []))
         return kept
 
@@ -163,17 +165,16 @@ class _Journal:
             await self._finish(target, reason, **results)
 
     async def _finish(self, target: CallState, reason: str, **results: object) -> None:
-        async with self.res.autocommit.connect() as conn:
-            finished = await worker_writes.finish(
-                conn,
-                self.claim,
-                target,
-                reason,
-                self.attempts,
-                transcript=self.transcript,
-                webhooks=self.res.webhooks,
-                **results,  # type: ignore[arg-type]
-            )
+        finished = await worker_writes.finish(
+            self.res.autocommit,
+            self.claim,
+            target,
+            reason,
+            self.attempts,
+            transcript=self.transcript,
+            webhooks=self.res.webhooks,
+            **results,  # type: ignore[arg-type]
+        )
         if not finished:
             raise LeaseLost(self.claim.call_id)
         sentiment = results.get("sentiment")
