@@ -246,7 +246,7 @@ async def _follow_up_due(res: WorkerResources, call_id: str) -> bool:
     """Whether a follow-up flush is worth its pass: always with long segments; with short ones
     (FOLLOW_UP_FROM_SEGMENT_S) only once the stream has gone quiet, since while it flows the
     next segment comes soon enough (jobs/transcription.py)."""
-    if res.settings.segment_seconds > FOLLOW_UP_FROM_SEGMENT_S:
+    if res.settings.live_flush_seconds > FOLLOW_UP_FROM_SEGMENT_S:
         return True
     quiet_ms = await res.flush.quiet_for_ms(call_id)
     # An empty tail is a quiet one too: a flowing stream's tail holds the last 20 ms at least.
