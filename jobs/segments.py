@@ -1,5 +1,5 @@
 """A call's unflushed tail into PostgreSQL as segments: while the call goes on (the ingest script
-asks for a segment every SEGMENT_SECONDS of audio, or LOCAL_WINDOW_SECONDS with the local model:
+asks for a segment every SEGMENT_SECONDS of audio, or LOCAL_WINDOW_SECONDS if set, local model:
 Settings.live_flush_seconds; jobs/queue.py's flush_segment job), and once
 more at its end (jobs/flushing.py), so that Redis holds about a segment of each live call and a
 finished call's last flush is one segment's work.
