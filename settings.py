@@ -301,7 +301,7 @@ class Settings(BaseSettings):
     # The local model's live windows: a live call is transcribed as its tail is flushed, so an
     # utterance is told about a flush after it was said. Flushing every 15 s instead of every
     # segment of 30 s halves that lag (p95 17.7-20.3 s against 33-38 s, and no follow-up windows)
-    # but tiny.en hears 15 s windows worse than 30 s ones (bench/ai_quality.py's live rows: 3
+    # but tiny.en hears 15 s windows worse than 30 s ones (bench/ai_quality.py's live rows: 2-3
     # points more words wrong on a clean line, two tracks a pass or not), so it is not the default:
     # BENCHMARKS.md, "The local model's cost per live call".
     local_window_seconds: float = Field(
@@ -311,7 +311,7 @@ class Settings(BaseSettings):
         "transcribed, every this many seconds of audio when that is sooner than "
         "`SEGMENT_SECONDS` (an utterance is told about this long after it was said, plus the "
         "model's time; the tail's bound in Redis stays `TAIL_MAX_SEGMENTS` segments); 0: with "
-        "every segment. 15 halves the lag for about 3 points more words wrong (tiny.en)",
+        "every segment. 15 halves the lag for 2-3 points more words wrong (tiny.en)",
     )
     ai_base_url: str | None = Field(
         None,
