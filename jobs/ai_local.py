@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 from core.audio import AudioFormat, Samples, quiet_pieces
 from jobs.ai import Sentiment, Spoken, TransientAIError, Word, attempt_deadline
-from jobs.whisper import PastDeadline, Segment, load_model, model_folder, transcribe_pcm
+from jobs.packing import Packer
+from jobs.whisper import PastDeadline, Segment, load_model, model_folder
 
 # Whisper hears 30 s at a time (shorter audio is padded to it, so its encoder costs the same):
 # pieces of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
@@ -37,7 +38,8 @@ SEARCH_S = 5.0
 # A call's utterances are cut at the pauses between words, so a transcript asks Whisper for word
 # times (a quarter more CPU): without them its segments run two or three sentences together, and
 # the sentiment of clearly polar utterances came out right 69% of the time on a clean line
-# against 92% (bench/ai_quality.py, one run each, 2026-12-06).
+# against 92% (bench/ai_quality.py, one run each, 2026-12-06). Two tracks' pieces heard in one
+# pass (jobs/packing.py) are told apart by them too.
 WORDS = True
 POSITIVE_FROM, NEGATIVE_FROM = 0.05, -0.05  # VADER's own thresholds on its compound score
 
@@ -77,13 +79,16 @@ class LocalAI:
         self.processes = processes
         self.model = str(model_folder(model))
         self._pool: ProcessPoolExecutor | None = None
+        self._packer = Packer(self._run)
 
     async def transcribe_segments(
         self, call_id: str, audio: Audio, *, words: bool = False
     ) -> list[Spoken]:
         """The audio's speech as timed stretches, in seconds from its start: a piece at a time
-        through the pool (jobs/whisper.py's transcribe_pcm for each), cut at the pauses between
-        words (WORDS); with `words`, each stretch carries its words' times (audio redaction).
+        through the pool (jobs/whisper.py's transcribe_pcm for each, or, when the call's other
+        track has a piece in the pool at the same time and both fit in Whisper's 30 s, one pass
+        for the two: jobs/packing.py), cut at the pauses between words (WORDS); with `words`,
+        each stretch carries its words' times (audio redaction).
         The attempt's deadline goes with each piece: a piece still in the pool when the attempt
         timed out stops there (at the end of its current 30 s pass) instead of running on."""
         fmt = await audio.format()
@@ -91,12 +96,16 @@ class LocalAI:
         timed: list[Spoken] = []
         offset_s = 0.0
         async for piece in audio.pieces(SEGMENT_S, SEARCH_S):
-            found: list[Segment] = await self._run(
-                transcribe_pcm, piece, fmt.rate, WORDS or words, deadline
-            )
+            found = await self._packer.heard(call_id, piece, fmt.rate, deadline)
             timed += [_spoken(s, offset_s, words) for s in found]
             offset_s += len(piece) / fmt.rate
         return timed
+
+    async def start(self) -> None:
+        """Start every model process now, each loading the model (0.8 CPU s and a second or
+        two: imports, weights), so that a call's first window does not wait for it, nor is it
+        counted in a call's cost (bench/local_model.py)."""
+        await asyncio.gather(*(self._run(os.getpid) for _ in range(self.processes)))
 
     async def analyse_sentiment(self, call_id: str, transcript: str) -> Sentiment:
         result: Sentiment = await self._run(vader_sentiment, transcript)

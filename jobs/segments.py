@@ -1,5 +1,6 @@
 """A call's unflushed tail into PostgreSQL as segments: while the call goes on (the ingest script
-asks for a segment every SEGMENT_SECONDS of audio, jobs/queue.py's flush_segment job), and once
+asks for a segment every SEGMENT_SECONDS of audio, or LOCAL_WINDOW_SECONDS if set, local model:
+Settings.live_flush_seconds; jobs/queue.py's flush_segment job), and once
 more at its end (jobs/flushing.py), so that Redis holds about a segment of each live call and a
 finished call's last flush is one segment's work.
 
@@ -233,7 +234,7 @@ async def _builder(
 
 
 # A follow-up is a pass of its own for a few seconds of audio, which the local model hears in the
-# whole 30 s of Whisper's encoder. With segments of at most FOLLOW_UP_FROM_SEGMENT_S the next
+# whole 30 s of Whisper's encoder. With flushes every FOLLOW_UP_FROM_SEGMENT_S or less the next
 # segment's window comes soon enough (the live lag's p95 is about a segment,
 # bench/local_model.py) while the stream flows, so a follow-up flushes only a stream that has
 # gone quiet (no packet for QUIET_MS: a paused feed, a party's PBX that sends nothing in
@@ -246,7 +247,7 @@ async def _follow_up_due(res: WorkerResources, call_id: str) -> bool:
     """Whether a follow-up flush is worth its pass: always with long segments; with short ones
     (FOLLOW_UP_FROM_SEGMENT_S) only once the stream has gone quiet, since while it flows the
     next segment comes soon enough (jobs/transcription.py)."""
-    if res.settings.segment_seconds > FOLLOW_UP_FROM_SEGMENT_S:
+    if res.settings.live_flush_seconds > FOLLOW_UP_FROM_SEGMENT_S:
         return True
     quiet_ms = await res.flush.quiet_for_ms(call_id)
     # An empty tail is a quiet one too: a flowing stream's tail holds the last 20 ms at least.

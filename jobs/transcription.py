@@ -233,7 +233,7 @@ async def transcribe_ready(
     holder = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
     # About a pass's time (a window or two, an attempt or three); one that takes longer only
     # lets a racing pass in, whose work store_window then drops.
-    ttl_s = 2 * res.settings.segment_seconds + 3 * res.settings.ai_attempt_timeout_s
+    ttl_s = 2 * res.settings.live_flush_seconds + 3 * res.settings.ai_attempt_timeout_s
     taken = await lock.take(call_id, holder, ttl_s)
     if not taken and not final:
         return Ready(0, pending=False)
@@ -327,7 +327,7 @@ async def _ready(
     res: WorkerResources, recording: Recording, done: dict[int, int], final: bool
 ) -> list[tuple[Window, int]]:
     """The windows to transcribe now, each with its end (a live one's in its last pause)."""
-    longest = 2 * res.settings.segment_seconds
+    longest = 2 * res.settings.live_flush_seconds
     ready = []
     for window in windows(recording, done, final, MIN_WINDOW_S):
         end = window.end if final else await _cut(recording, window, longest)

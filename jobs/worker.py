@@ -27,6 +27,7 @@ from db.job_failures import JobFailures
 from db.outages import is_outage, postgres_refusal, store_refusal
 from db.redis_client import is_cluster
 from jobs import polling, resilience
+from jobs.ai_local import LocalAI
 from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
 from jobs.heap import settle_heap
@@ -180,6 +181,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     # arq's CLI gives it a handler of its own; in JSON mode configure_logging took it over.
     logging.getLogger("arq").propagate = settings.log_format == "json"
     res = ctx["resources"] = make_resources(settings)
+    if isinstance(res.ai, LocalAI):
+        await res.ai.start()  # the model loaded before the first call, not during it
     if is_cluster(res.redis):
         # On a cluster the call's events wait in their shards' outboxes for the relay.
         relay = ctx["feed_relay"] = RelayLoop(FeedRelay(res.redis, feed_limits(settings)))
