@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from core.audio import AudioFormat, Samples, quiet_pieces
 from jobs.ai import Sentiment, Spoken, TransientAIError, Word, attempt_deadline
 from jobs.packing import Packer
-from jobs.whisper import PastDeadline, Segment, load_model, model_folder
+from jobs.whisper import PastDeadline, Segment, load_model, model_folder, transcribe_pcm
 
 # Whisper hears 30 s at a time (shorter audio is padded to it, so its encoder costs the same):
 # pieces of 25 to 30 s, cut at the quietest frame of their last SEARCH_S, are one window each.
@@ -73,22 +73,27 @@ async def _once(samples: Samples) -> AsyncIterator[Samples]:
 
 
 class LocalAI:
-    def __init__(self, processes: int, model: str | None = None) -> None:
+    def __init__(self, processes: int, model: str | None = None, pack: bool = False) -> None:
         """`model`: AI_LOCAL_MODEL (a CTranslate2 Whisper folder), None for the bundled tiny.en;
-        checked here, so a wrong one stops the worker at start."""
+        checked here, so a wrong one stops the worker at start. `pack`: two tracks' pieces that
+        fit in one pass are heard in one (jobs/packing.py); only with LOCAL_WINDOW_SECONDS' short
+        windows (jobs/resources.py). Not with 30 s windows: there only a call's last, short
+        pieces fit together, and so heard tiny.en made up a line ("See you in the next video!")
+        over the end of a card number and missed an e-mail address that it heard alone
+        (tests/jobs/test_audio_redaction.py), for an encoder pass a call saved."""
         self.processes = processes
         self.model = str(model_folder(model))
         self._pool: ProcessPoolExecutor | None = None
-        self._packer = Packer(self._run)
+        self._packer = Packer(self._run) if pack else None
 
     async def transcribe_segments(
         self, call_id: str, audio: Audio, *, words: bool = False
     ) -> list[Spoken]:
         """The audio's speech as timed stretches, in seconds from its start: a piece at a time
-        through the pool (jobs/whisper.py's transcribe_pcm for each, or, when the call's other
-        track has a piece in the pool at the same time and both fit in Whisper's 30 s, one pass
-        for the two: jobs/packing.py), cut at the pauses between words (WORDS); with `words`,
-        each stretch carries its words' times (audio redaction).
+        through the pool (jobs/whisper.py's transcribe_pcm for each, or, with `pack`, when the
+        call's other track has a piece in the pool at the same time and both fit in Whisper's
+        30 s, one pass for the two: jobs/packing.py), cut at the pauses between words (WORDS);
+        with `words`, each stretch carries its words' times (audio redaction).
         The attempt's deadline goes with each piece: a piece still in the pool when the attempt
         timed out stops there (at the end of its current 30 s pass) instead of running on."""
         fmt = await audio.format()
@@ -96,7 +101,10 @@ class LocalAI:
         timed: list[Spoken] = []
         offset_s = 0.0
         async for piece in audio.pieces(SEGMENT_S, SEARCH_S):
-            found = await self._packer.heard(call_id, piece, fmt.rate, deadline)
+            if self._packer is None:
+                found = await self._run(transcribe_pcm, piece, fmt.rate, WORDS or words, deadline)
+            else:
+                found = await self._packer.heard(call_id, piece, fmt.rate, deadline)
             timed += [_spoken(s, offset_s, words) for s in found]
             offset_s += len(piece) / fmt.rate
         return timed

@@ -75,7 +75,8 @@ def make_ai_client(settings: Settings) -> AIClient:
     except UnsupportedAudio as exc:
         raise ValueError(f"PACKET_AUDIO_ENCODING: {exc}") from None
     if settings.ai_provider == "local":
-        return LocalAI(processes=ai_concurrency(settings), model=settings.ai_local_model)
+        return LocalAI(processes=ai_concurrency(settings), model=settings.ai_local_model,
+                       pack=settings.local_window_seconds > 0)  # fmt: skip
     if settings.ai_provider == "openai":
         assert settings.ai_base_url
         assert settings.ai_transcription_model

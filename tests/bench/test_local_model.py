@@ -50,6 +50,7 @@ def test_a_runs_row_says_its_workload_settings_cost_per_window_and_attempts() ->
         "attempts": {"ok": 2, "timeout": 1},
     }
     cpu = {"pool": 6.0, "workers": 7.0, "api": 1.0, "redis": 0.5, "postgres": 0.5, "client": 9.0}
+    cpu["pool_start"] = 1.6  # the pools' start-up, apart from the calls
 
     call = CallRun(TwoTrackCall("local-0", ticks_of(60.0), both_speaking("repetitive")))
 
@@ -59,6 +60,6 @@ def test_a_runs_row_says_its_workload_settings_cost_per_window_and_attempts() ->
     assert r["stack_cpu_per_min"] == 9.0  # the client is not the stack
     assert r["pool_cpu_per_window"] == 3.0
     row = row_of(r)
-    assert row.startswith("| repetitive (shipped recordings looped) | defaults | 6.00 s")
+    assert row.startswith("| repetitive (shipped recordings looped) | defaults | 1.6 s | 6.00 s")
     assert "1 (28.0 s) / 1 (9.0 s)" in row
     assert "2 ok, 1 timeout" in row
