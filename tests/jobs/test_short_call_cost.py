@@ -38,6 +38,20 @@ async def short_call(res: WorkerResources, call_id: str, packets: int = 10) -> N
     await res.ingestion.complete(call_id)
 
 
+async def a_run_that_dies(
+    res: WorkerResources, call_id: str, monkeypatch: pytest.MonkeyPatch, owner: Any, step: str
+) -> None:
+    """process_call of the call, dying (Died) where `owner.step` would have run."""
+
+    async def died(*_: Any, **__: Any) -> Any:
+        raise Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, step, died)
+        with pytest.raises(Died):
+            await process_call(res, call_id)
+
+
 @contextmanager
 def counted(
     res: WorkerResources, monkeypatch: pytest.MonkeyPatch
@@ -137,14 +151,8 @@ async def test_a_run_that_died_after_the_first_segment_leaves_a_rerun_that_reads
 ):
     res = worker_resources
     await short_call(res, "dies")
-
-    async def died(*_: Any, **__: Any) -> bool:
-        raise Died
-
-    with monkeypatch.context() as patch:
-        patch.setattr(worker_writes, "write_progress", died)  # its window stored, no transcript
-        with pytest.raises(Died):
-            await process_call(res, "dies")
+    # Its window stored, no transcript.
+    await a_run_that_dies(res, "dies", monkeypatch, worker_writes, "write_progress")
     assert await scalar(engine, "SELECT count(*) FROM transcript_window") == 1
 
     assert await process_call(res, "dies") == "ARCHIVED"
@@ -164,14 +172,7 @@ async def test_a_run_that_died_before_its_trim_leaves_a_rerun_that_stores_the_se
     # the stored one collides with it, and the next plan reads where the segments end.
     res = worker_resources
     await short_call(res, "untrimmed")
-
-    async def died(*_: Any, **__: Any) -> int:
-        raise Died
-
-    with monkeypatch.context() as patch:
-        patch.setattr(FlushSource, "segment_done", died)
-        with pytest.raises(Died):
-            await process_call(res, "untrimmed")
+    await a_run_that_dies(res, "untrimmed", monkeypatch, FlushSource, "segment_done")
     assert await scalar(engine, "SELECT count(*) FROM call_segment") == 1
 
     assert await process_call(res, "untrimmed") == "ARCHIVED"
