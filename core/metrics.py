@@ -29,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -45,6 +46,29 @@ _shared_dir = os.environ.get(MULTIPROC_DIR)
 if _shared_dir:
     # prometheus-client writes its files there as soon as a metric below is created.
     os.makedirs(_shared_dir, exist_ok=True)
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def process_id() -> int:
+    """This process' id, read at start and again after a fork. prometheus-client's multiprocess
+    values ask their process identifier on every inc and observe, to notice a fork: with
+    os.getpid, a system call each (glibc no longer caches it), 4% of the API's CPU at 60 live
+    calls (BENCHMARKS.md, Real-time capacity). The library takes any identifier that differs
+    between processes running at once (MultiProcessValue's process_identifier), which this is."""
+    return _pid
+
+
+if getattr(values.ValueClass, "_multiprocess", False):  # the mode PROMETHEUS_MULTIPROC_DIR chose
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_id)  # type: ignore[no-untyped-call]
 
 # Ingestion (every transport: counted in core/ingestion.py)
 PACKETS = Counter(

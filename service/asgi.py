@@ -5,7 +5,7 @@ codes (RFC 6455) that the gate and the WebSocket routes close with."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Send
 
@@ -19,6 +19,29 @@ CLOSE_POLICY = 1008  # a policy violation; before the handshake, the client sees
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013  # a retryable refusal (core/errors.py `retryable`): reconnect later
+
+# The ASGI extension of service/ws_protocol.py: a socket's text messages handed to the app as
+# they are read (TextSink), for an app that holds them anyway. scope["extensions"][TEXT_SINK]
+# is {"sinks": TextSinks}, the socket's protocol; absent under any other server.
+TEXT_SINK = "callstream.text_sink"
+
+
+class TextSink(Protocol):
+    """Takes a text message as it is read (True), or declines it (False: it is queued for the
+    app's `receive` as usual). Called from the protocol's data_received: it must not block,
+    and it must not raise (a message that is wrong is declined, so that the app meets it in
+    its own `receive` and answers it there)."""
+
+    def __call__(self, text: str) -> bool: ...
+
+
+class TextSinks(Protocol):
+    """What `scope["extensions"][TEXT_SINK]` is: the socket's protocol."""
+
+    def attach(self, sink: TextSink | None) -> None: ...
+
+    def reopen(self) -> None: ...
+
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 _PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]

@@ -84,6 +84,16 @@ class Waiter:
         finally:
             self._waiting = False
 
+    def wake_by(self, deadline: float) -> None:
+        """End the wait in `receive` by `deadline` at the latest (the loop's clock), if it was
+        to last longer: something the caller holds is due by then (a media stream's first held
+        frame, taken in while it waited: service/ws_protocol.py's sink)."""
+        if self._waiting and deadline < self._armed:
+            assert self._timer is not None
+            self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._expire)
+            self._armed = deadline
+
     def _expire(self) -> None:
         self._timer = None
         self._armed = math.nan  # passed while not waiting: armed again, to fire at once

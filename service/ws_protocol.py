@@ -17,12 +17,28 @@ queued here, without websockets' parser (a generator per read, a Frame object, i
 websockets would have produced the same message, with nothing else to do for it. Anything else
 (a partial frame, a fragment, a control frame, binary, a frame websockets must refuse, a
 connection with permessage-deflate) goes to websockets from that frame on.
+
+A whole text message (taken so, or parsed by websockets) may also be handed to the app as it is
+read, not queued: an app that
+holds a socket's messages anyway (the media stream holds its frames for HOLD_S to store them
+together) attaches a sink (`scope["extensions"][TEXT_SINK]`, service/asgi.py), and its task is
+not woken for each message (a task's wake, a queue's future and the app's coroutine chain were
+half of a media frame's cost in the API: BENCHMARKS.md, Real-time capacity). Messages reach the
+app in the order they were read, whichever way each goes: the sink is offered a message only
+when nothing waits in the queue and the app has handled, and reopened the sink after, every
+message it received from the queue; a message the sink declines is queued as usual.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
+from websockets.http11 import Request
 from websockets.protocol import State
+
+from service.asgi import TEXT_SINK, TextSink
 
 try:
     from websockets.speedups import apply_mask
@@ -36,6 +52,30 @@ _MASK_BYTES = 4
 
 
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
+    sink: TextSink | None = None
+    sink_open = False  # the app has handled every message it received (reopen)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if not self.close_sent:  # the handshake goes on: the app is called with this scope
+            extensions: dict[str, dict[object, object]] = self.scope["extensions"]
+            extensions[TEXT_SINK] = {"sinks": self}
+
+    def attach(self, sink: TextSink | None) -> None:
+        """Offer the socket's text messages to `sink` (None: queue them all again)."""
+        self.sink = sink
+        self.sink_open = sink is not None
+
+    def reopen(self) -> None:
+        """The app has handled the messages it received: the sink may take the next ones."""
+        self.sink_open = self.sink is not None
+
+    async def receive(self) -> Any:
+        message = await super().receive()
+        # Until the app has handled this one, later messages queue behind it.
+        self.sink_open = False
+        return message
+
     def data_received(self, data: bytes) -> None:
         rest = self._take_text_frames(data) if self._at_plain_frame_boundary() else data
         if rest:
@@ -55,8 +95,9 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
         )
 
     def _take_text_frames(self, data: bytes) -> bytes:
-        """Queue the whole masked text frames at the start of `data`; what is left from the
-        first frame that is not one (or not whole) is websockets'."""
+        """Hand the app (its sink, else its queue) the whole masked text frames at the start of
+        `data`; what is left from the first frame that is not one (or not whole) is
+        websockets'."""
         end, limit, at = len(data), self.conn.max_message_size, 0
         while at + 2 + _MASK_BYTES <= end and data[at] == _FIN_TEXT and data[at + 1] & _MASKED:
             length, mask_at = data[at + 1] & 0x7F, at + 2
@@ -68,13 +109,35 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
             stop = start + length
             if stop > end or (limit is not None and length > limit):
                 break
-            self.curr_msg_data_type = "text"
-            self.frames = [apply_mask(data[start:stop], data[mask_at:start])]
+            payload = apply_mask(data[start:stop], data[mask_at:start])
             at = stop
+            if self._sunk(payload):
+                continue
+            self.curr_msg_data_type = "text"
+            self.frames = [payload]
             self.send_receive_event_to_app()
             if self.conn.state is not State.OPEN:  # invalid UTF-8: closed 1007
                 break
         return data[at:] if at else data
+
+    def handle_text(self, event: Frame) -> None:
+        # A whole text message websockets parsed (a connection with permessage-deflate, or one
+        # this protocol did not take itself): offered to the sink too.
+        if event.fin and self._sunk(event.data):
+            return
+        super().handle_text(event)
+
+    def _sunk(self, payload: bytes | bytearray | memoryview) -> bool:
+        """Whether the app's sink took the message (in order: see the module's doc). Invalid
+        UTF-8 is left to uvicorn's path, which closes the socket 1007."""
+        sink = self.sink
+        if sink is None or not self.sink_open or self.close_sent or not self.queue.empty():
+            return False
+        try:
+            text = str(payload, "utf-8")
+        except UnicodeDecodeError:
+            return False
+        return sink(text)
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn 0.54's method, but for the pause's condition (the queue is full, not merely

@@ -13,7 +13,11 @@ HOLD_S window (100 ms of a clock every stream of the process shares, service/str
 store_at) that the oldest arrived in is over: every stream of the process stores in the same
 loop tick, and the stores share one pipelined round trip (db/pipelining.py). The socket is a bare
 ASGI endpoint (MediaSocket): a frame costs the protocol's parsing, this module's and its share of
-the store, with no WebSocket object, read-ahead task or timer of its own. Every rule (call
+the store, with no WebSocket object, read-ahead task or timer of its own. Under
+service/ws_protocol.py (`make run`'s server) a media frame does not even wake the stream's task:
+the protocol hands it to MediaStream.take_text as it is read, and the task wakes once a hold
+window to store what was taken; anything else (start, stop, a frame that breaks a rule) reaches
+the task in order, through `receive`, and is answered there. Every rule (call
 id, sizes, dedup, ordering, completed calls, complete then enqueue) is core/ingestion.py's, the
 same as over HTTP.
 
@@ -44,7 +48,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from starlette.routing import WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from core.access import KeyRing, Role
 from core.errors import (
@@ -67,6 +71,8 @@ from service.asgi import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
+    TEXT_SINK,
+    TextSinks,
 )
 from service.deps import origin_allowed, scope_resources
 from service.gate import KEY_IN_START, actor_of
@@ -226,9 +232,18 @@ class MediaStream:
         # its registration with Ingestion.held (once started).
         self.ends = contextlib.ExitStack()
         self.limit = ingestion.limits.max_packet_data_bytes
+        # Past this, a text frame is refused unparsed.
+        self.largest = self.limit * 2 + FRAME_ENVELOPE_BYTES
         self.call_id: str | None = None
         self.both_tracks = False
         self.buffer: list[NewPacket] = []
+        self._clock = asyncio.get_running_loop().time
+        self.last_frame = self._clock()
+        self.store_by = 0.0  # when the packets held are stored (streaming.store_at)
+        self.waiter: Waiter | None = None  # while run() reads the socket
+        # The server's sink for text frames (service/ws_protocol.py), when it has one.
+        extension = scope.get("extensions", {}).get(TEXT_SINK)
+        self.sinks: TextSinks | None = extension["sinks"] if extension else None
         # One store at a time: a completion's (Ingestion.held) waits for the one in flight.
         self._storing = asyncio.Lock()
         self.failed: Reject | None = None  # what storing for a completion ran into
@@ -270,6 +285,35 @@ class MediaStream:
         except Exception:
             log.exception("media stream %s: storing before its completion failed", self.call_id)
             self.failed = Reject("internal_error", INTERNAL_ERROR, CLOSE_INTERNAL)
+        if self.failed is not None and self.waiter is not None:
+            self.waiter.wake_by(self._clock())  # the stream answers it now, not at its next frame
+
+    def hold(self, packet: NewPacket) -> None:
+        """Hold a packet until its window's store (or FLUSH_AT held)."""
+        if not self.buffer:
+            self.store_by = store_at(self.last_frame)
+            if self.waiter is not None:
+                self.waiter.wake_by(self.store_by)
+        self.buffer.append(packet)
+
+    def take_text(self, text: str) -> bool:
+        """service/ws_protocol.py's sink (TextSink): a media frame of the started stream, taken
+        as the protocol reads it, without waking the stream's task. Anything else is declined,
+        to reach run() in order and be answered there: another event, a frame that breaks a rule
+        (parsed again there, it is refused the same way), or a frame past FLUSH_AT held (run()
+        stores then)."""
+        if len(self.buffer) >= FLUSH_AT or len(text) > self.largest:
+            return False
+        try:
+            frame = orjson.loads(text)
+            if type(frame) is not dict or frame.get("event") != "media":
+                return False
+            packet = media_packet(frame, self.limit, self.both_tracks)
+        except Exception:  # a sink must not raise: run() meets the frame and answers it
+            return False
+        self.last_frame = self._clock()
+        self.hold(packet)
+        return True
 
     async def handle(self, frame: dict[str, Any]) -> bool:
         """Take one frame; True when the stream is over (stop)."""
@@ -277,7 +321,7 @@ class MediaStream:
         if event == "media":
             if self.call_id is None:
                 raise Reject("not_started", "media before start", CLOSE_POLICY)
-            self.buffer.append(media_packet(frame, self.limit, self.both_tracks))
+            self.hold(media_packet(frame, self.limit, self.both_tracks))
             return False
         if event == "start":
             await self.start(frame)
@@ -302,9 +346,12 @@ class MediaStream:
             await self.ingestion.open_call(call_id, metadata)
         except CallstreamError as error:
             raise Reject.breaking(error) from None
+        self.both_tracks = two_tracks(frame["start"])
         self.call_id = call_id
         self.ends.enter_context(self.ingestion.held.holding(call_id, self.store_for_completion))
-        self.both_tracks = two_tracks(frame["start"])
+        if self.sinks is not None:  # opened by run() once this frame is handled
+            self.sinks.attach(self.take_text)
+            self.ends.callback(self.sinks.attach, None)
 
     async def stop(self) -> None:
         """Flush, then the same path as POST /v1/call/complete."""
@@ -318,55 +365,58 @@ class MediaStream:
 
     async def run(self, receive: Receive, idle_timeout_s: float, start_timeout_s: float) -> None:
         """Take the socket's messages straight off the server's `receive` until the stream
-        ends. No read-ahead: while a store is in flight nothing reads the socket, so the
-        server stops reading it (uvicorn pauses a socket whose messages wait to be received)
-        and a fast peer is held back by TCP, with at most what one read brought in memory."""
-        clock = asyncio.get_running_loop().time
-        store_by = 0.0  # when the packets held are stored (streaming.store_at)
-        last_frame = clock()
-        start_by = last_frame + start_timeout_s
-        largest = self.limit * 2 + FRAME_ENVELOPE_BYTES
-        waiter = Waiter(receive)
+        ends (and, under service/ws_protocol.py, the media frames its sink took meanwhile). No
+        read-ahead: while a store is in flight nothing reads the socket past FLUSH_AT frames held
+        (the sink declines more, and the server stops reading a socket once --ws-max-queue
+        messages wait to be received), so a fast peer is held back by TCP, with at most what
+        one read brought in memory."""
+        clock = self._clock
+        self.last_frame = clock()
+        start_by = self.last_frame + start_timeout_s
+        self.waiter = waiter = Waiter(receive)
         try:
             while True:
                 if self.failed is not None:
                     raise self.failed
                 try:
-                    message = await waiter.receive(
-                        self._deadline(store_by, start_by, last_frame, idle_timeout_s)
-                    )
+                    message = await waiter.receive(self._deadline(start_by, idle_timeout_s))
                 except TimeoutError:
-                    await self._quiet(last_frame, start_by, start_timeout_s, idle_timeout_s)
+                    if self.failed is None:
+                        await self._quiet(start_by, start_timeout_s, idle_timeout_s)
                     continue
                 if message["type"] != "websocket.receive":  # websocket.disconnect
                     await self.flush()
                     return
-                last_frame = clock()
-                raw = message.get("text")
-                if raw is None:
-                    raise Reject("unsupported_frame", "only JSON text frames are accepted")
-                if len(raw) > largest:
-                    raise Reject("frame_too_large", "the frame is larger than a media frame can be",
-                                 CLOSE_TOO_BIG)  # fmt: skip
-                held = len(self.buffer)
-                if await self.handle(parse_frame(raw)):
+                self.last_frame = clock()
+                if await self.handle(parse_frame(self._text_of(message))):
                     await self.close(CLOSE_NORMAL)
                     return
-                if self.buffer and not held:
-                    store_by = store_at(last_frame)
                 # Store when enough is waiting, or when the window the oldest fell in is over: the
                 # next frames wait in the socket while this round trip is in flight.
-                if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= store_by):
+                if len(self.buffer) >= FLUSH_AT or (self.buffer and clock() >= self.store_by):
                     await self.flush()
+                if self.sinks is not None:
+                    self.sinks.reopen()  # this message is handled: the sink may take the next
         finally:
+            self.waiter = None
             waiter.close()
 
-    async def _quiet(
-        self, last_frame: float, start_by: float, start_timeout_s: float, idle_timeout_s: float
-    ) -> None:
-        """No frame came in time: store what is held, or close a stream that has not started
-        in time (1008) or gone quiet (1001)."""
-        now = asyncio.get_running_loop().time()
+    def _text_of(self, message: Message) -> str:
+        raw = message.get("text")
+        if raw is None:
+            raise Reject("unsupported_frame", "only JSON text frames are accepted")
+        if len(raw) > self.largest:
+            raise Reject(
+                "frame_too_large", "the frame is larger than a media frame can be", CLOSE_TOO_BIG
+            )
+        assert isinstance(raw, str)
+        return raw
+
+    async def _quiet(self, start_by: float, start_timeout_s: float, idle_timeout_s: float) -> None:
+        """The wait's deadline passed: store what is held, or close a stream that has not
+        started in time (1008) or gone quiet (1001). Frames the sink took count as frames; a
+        deadline that finds nothing to do (a completion stored what was held) waits on."""
+        now = self._clock()
         if self.buffer:
             await self.flush()
         elif self.call_id is None and now >= start_by:
@@ -375,20 +425,17 @@ class MediaStream:
                 f"no valid start within {start_timeout_s:g}s of opening (WS_START_TIMEOUT_S)",
                 CLOSE_POLICY,
             )
-        elif self.call_id is not None or now - last_frame >= idle_timeout_s:
+        elif now - self.last_frame >= idle_timeout_s:
             raise Reject("idle_timeout", f"no frame for {idle_timeout_s:g}s", CLOSE_GOING_AWAY)
 
-    def _deadline(
-        self, store_by: float, start_by: float, last_frame: float, idle_timeout_s: float
-    ) -> float:
+    def _deadline(self, start_by: float, idle_timeout_s: float) -> float:
         """Until when to wait for the next frame (the loop's clock): held packets wait at most
         until they are stored (HOLD_S); with nothing held, the idle timeout, and before start
         the start timeout."""
         if self.buffer:
-            return store_by
-        if self.call_id is None:
-            return min(last_frame + idle_timeout_s, start_by)
-        return asyncio.get_running_loop().time() + idle_timeout_s
+            return self.store_by
+        idle_by = self.last_frame + idle_timeout_s
+        return idle_by if self.call_id is not None else min(idle_by, start_by)
 
     async def reject(self, code: str, message: str, close_code: int) -> None:
         with contextlib.suppress(Exception):

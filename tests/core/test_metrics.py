@@ -50,6 +50,33 @@ def test_processes_sharing_a_directory_are_summed_by_any_scrape(tmp_path: Path) 
     assert "process_cpu_seconds_total" in alone or "python_info" in alone  # this process's own
 
 
+def test_a_forked_process_counts_in_a_file_of_its_own_without_asking_its_pid_per_count(
+    tmp_path: Path,
+) -> None:
+    # The process identifier is read once and again after a fork (metrics.process_id): a
+    # child's counts go to its own file, summed with the parent's, and no count calls getpid.
+    env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_DIR}
+    shared = {**env, metrics.MULTIPROC_DIR: str(tmp_path / "metrics")}
+    code = """
+import os, sys
+from unittest import mock
+metrics.count_completion('idle')
+with mock.patch('os.getpid', side_effect=AssertionError('getpid per count')):
+    metrics.count_completion('idle')
+child = os.fork()
+if child == 0:
+    metrics.count_completion('idle')
+    os._exit(0)
+os.waitpid(child, 0)
+sys.stdout.write(f"{os.getpid()} {child}")
+"""
+    parent, child = in_a_process(code, shared).split()
+    counters = sorted(p.name for p in (tmp_path / "metrics").glob("counter_*.db"))
+    assert counters == sorted([f"counter_{parent}.db", f"counter_{child}.db"])
+    text = in_a_process("import sys; sys.stdout.write(metrics.render().decode())", shared)
+    assert sample(text, "callstream_calls_completed_total", reason="idle") == 3
+
+
 def test_a_refusal_counts_its_packets_by_code() -> None:
     name = "callstream_packets_refused_total"
     before = sample(metrics.render().decode(), name, code="call_completed")

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import service.feed as feed_module
-from db.events import Event, EventLog
+from db.events import Event, EventLog, FeedLimits
 from db.feed_events import MAX_EVENT_BYTES
 from db.keys import EVENTS
 from devstack.servers import free_port
@@ -323,3 +323,67 @@ def test_the_api_keeps_the_frames_of_recent_bounded_events_only():
     for n in range(routes.FRAME_CACHE_SIZE * 2):
         routes._frames([Event(f"{n + 3}-0", {"type": "state", "call_id": "c", "state": "FAILED"})])
     assert routes._frame.cache_info().currsize == routes.FRAME_CACHE_SIZE
+
+
+class _CountedReads(EventLog):
+    def __init__(self, redis: Redis, limits: FeedLimits) -> None:
+        super().__init__(redis, limits)
+        self.reads = 0
+
+    async def read_new(self, after: str, count: int, block_ms: int) -> list[Event]:
+        self.reads += 1
+        return await super().read_new(after, count, block_ms)
+
+
+async def test_with_no_subscriber_the_reader_reads_nothing_and_a_newcomer_gets_only_new_events(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "READ_BLOCK_MS", 50)
+    log, reader = EventLog(redis, FEED), _CountedReads(redis, FEED)
+    hub = FeedHub(reader, log)
+    hub.start()
+    try:
+        await hub.ready()
+        await asyncio.sleep(0.2)  # its first read ends: nobody listens
+        reads = reader.reads
+        for n in range(20):
+            await log.publish({"type": "state", "call_id": f"old{n}", "state": "ARCHIVED"})
+        await asyncio.sleep(0.3)
+        assert reader.reads == reads  # events came, nobody listened: no read
+        async with hub.subscribe(EventFilter()) as batches:
+            await log.publish({"type": "state", "call_id": "new", "state": "ARCHIVED"})
+            batch = await asyncio.wait_for(anext(batches), TIMEOUT)
+        assert [item.call_id for item in batch if isinstance(item, Event)] == ["new"]
+    finally:
+        await hub.close()
+
+
+async def test_a_subscriber_that_joins_as_the_reader_goes_waiting_misses_nothing(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader goes waiting with the subscriber past ready() but not yet registered: it
+    # joins at the reader's last position, and the reader reads on from there.
+    monkeypatch.setattr(feed_module, "READ_BLOCK_MS", 50)
+    log = EventLog(redis, FEED)
+    hub = FeedHub(EventLog(redis, FEED), log)
+    hub.start()
+    try:
+        await hub.ready()
+        ready = hub.ready
+
+        async def ready_then_reader_waits() -> None:
+            await ready()
+            for _ in range(50):  # until the reader has gone waiting
+                if not hub._ready.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            assert not hub._ready.is_set()
+            # Published while the reader waits: after the position the subscriber joins at.
+            await log.publish({"type": "state", "call_id": "meanwhile", "state": "ARCHIVED"})
+
+        monkeypatch.setattr(hub, "ready", ready_then_reader_waits)
+        async with hub.subscribe(EventFilter()) as batches:
+            batch = await asyncio.wait_for(anext(batches), TIMEOUT)
+        assert [item.call_id for item in batch if isinstance(item, Event)] == ["meanwhile"]
+    finally:
+        await hub.close()

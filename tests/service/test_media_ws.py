@@ -269,16 +269,16 @@ def media_taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, asyncio.Event]:
     monkeypatch.setattr(media_ws, "store_at", lambda held_since: held_since + LONG_HOLD_S)
     taken: dict[str, asyncio.Event] = {}
     counts: dict[str, int] = {}
-    handle = media_ws.MediaStream.handle
+    hold = media_ws.MediaStream.hold
 
-    async def counting(self: media_ws.MediaStream, frame: dict[str, Any]) -> bool:
-        over = await handle(self, frame)
-        if frame.get("event") == "media" and self.call_id is not None:
-            counts[self.call_id] = counts.get(self.call_id, 0) + 1
-            taken.setdefault(f"{self.call_id}:{counts[self.call_id]}", asyncio.Event()).set()
-        return over
+    def counting(self: media_ws.MediaStream, packet: Any) -> None:
+        # Whichever way the frame came: the protocol's sink or the stream's own receive.
+        hold(self, packet)
+        assert self.call_id is not None
+        counts[self.call_id] = counts.get(self.call_id, 0) + 1
+        taken.setdefault(f"{self.call_id}:{counts[self.call_id]}", asyncio.Event()).set()
 
-    monkeypatch.setattr(media_ws.MediaStream, "handle", counting)
+    monkeypatch.setattr(media_ws.MediaStream, "hold", counting)
     return taken
 
 
@@ -467,3 +467,59 @@ async def test_frames_behind_a_slow_store_wait_in_the_socket_and_are_stored_in_o
     )
     assert (frames, code) == ([], 1000)
     assert [p[0] for p in await stored(redis, "CA-SLOW")] == list(range(2, 302))
+
+
+MARK = json.dumps({"event": "mark", "streamSid": "MZ1", "mark": {"name": "greeting"}})
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_media_frames_are_taken_as_they_are_read_and_keep_their_order_around_other_events(
+    base: str, redis: Redis, monkeypatch: pytest.MonkeyPatch, compression: str | None
+):
+    """Under the production protocol (service/ws_protocol.py), a media frame of a started
+    stream is taken by the stream's sink as it is read, without waking the stream's task; an
+    event between media frames goes through the task, and the frames after it wait behind it.
+    With permessage-deflate websockets parses the frames; without it, the protocol itself."""
+    took: list[bool] = []
+    take_text = media_ws.MediaStream.take_text
+
+    def spy(self: media_ws.MediaStream, text: str) -> bool:
+        took.append(take_text(self, text))
+        return took[-1]
+
+    monkeypatch.setattr(media_ws.MediaStream, "take_text", spy)
+    async with connect(f"ws://{base}/v1/call/media", compression=compression) as ws:
+        await ws.send(start("CA-SINK"))
+        await asyncio.sleep(0.2)  # started: the sink is open
+        for sequence in range(1, 21):
+            await ws.send(media(sequence))
+            if sequence == 10:
+                await ws.send(MARK)
+            await asyncio.sleep(0.005)
+        await ws.send(STOP)
+        frames, code = await closed(ws)
+
+    assert (frames, code) == ([], 1000)
+    assert [p[0] for p in await stored(redis, "CA-SINK")] == list(range(1, 21))
+    status = await call_status(base, "CA-SINK")
+    assert (status["packets_received"], status["out_of_order_packets"]) == (20, 0)
+    assert True in took  # frames were sunk
+    assert took.count(False) <= 2  # the mark and the stop, declined to the task
+
+
+async def test_a_bad_frame_after_sunk_frames_stores_those_before_it_and_nothing_after(
+    base: str, redis: Redis
+):
+    async with connect(f"ws://{base}/v1/call/media") as ws:
+        await ws.send(start("CA-SINKBAD"))
+        await asyncio.sleep(0.2)
+        for sequence in range(1, 6):
+            await ws.send(media(sequence))
+            await asyncio.sleep(0.005)
+        await ws.send(media(6, payload="not base64!"))
+        for sequence in range(7, 10):
+            await ws.send(media(sequence))
+        frames, code = await closed(ws)
+
+    assert (code, [f["code"] for f in frames]) == (1003, ["invalid_payload"])
+    assert [p[0] for p in await stored(redis, "CA-SINKBAD")] == [1, 2, 3, 4, 5]

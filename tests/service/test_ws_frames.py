@@ -15,6 +15,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.server import ServerProtocol
 
+from service.asgi import TEXT_SINK
 from service.ws_protocol import QueuedWebSocketProtocol
 
 MAX_SIZE = 1024
@@ -169,3 +170,64 @@ async def test_whole_media_frames_reach_the_app_in_order_without_websockets_pars
     texts = [m["text"] for m in seen if m["type"] == "websocket.receive"]
     assert texts == [p.decode() for p in payloads]
     assert parsed == [HANDSHAKE]
+
+
+async def sunk_and_received(reads: list[bytes], declined: set[str]) -> list[str]:
+    """What an app with a sink (service/asgi.py TEXT_SINK) handled, in the order it handled it:
+    the sink takes every text message but those in `declined`; a message the app receives
+    from the queue is handled two loop steps later (while more reads come in), and only then
+    does it reopen the sink."""
+    handled: list[str] = []
+
+    def sink(text: str) -> bool:
+        if text in declined:
+            return False
+        handled.append(text)
+        return True
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        sinks = scope["extensions"][TEXT_SINK]["sinks"]
+        sinks.attach(sink)
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            handled.append(message["text"])
+            sinks.reopen()
+
+    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=10_000, lifespan="off",
+                    ws_per_message_deflate=False)  # fmt: skip
+    config.load()
+    protocol = QueuedWebSocketProtocol(config, ServerState(), {})
+    protocol.connection_made(Transport())
+    protocol.data_received(HANDSHAKE)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for data in reads:
+        protocol.data_received(data)
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    await asyncio.wait(protocol.tasks, timeout=5)  # the app, to its websocket.disconnect
+    return handled
+
+
+@pytest.mark.parametrize("per_read", [1, 2, 5, 40])
+async def test_messages_reach_an_app_with_a_sink_in_the_order_they_were_read(per_read: int):
+    # Every 7th message is declined, so it goes through the queue while the next ones are read.
+    texts = [f'{{"n":{i}}}' for i in range(40)]
+    frames = [frame(t.encode()) for t in texts]
+    reads = [b"".join(frames[i : i + per_read]) for i in range(0, len(frames), per_read)]
+    handled = await sunk_and_received(reads, declined=set(texts[::7]))
+    assert handled == texts
+
+
+async def test_a_sink_takes_nothing_the_app_has_not_reopened_it_for():
+    # One declined message, then the rest in reads of their own: while the app is handling the
+    # declined one, the sink is closed, and what is read meanwhile waits in the queue.
+    texts = [f'{{"n":{i}}}' for i in range(6)]
+    handled = await sunk_and_received([frame(t.encode()) for t in texts], declined={texts[0]})
+    assert handled == texts
