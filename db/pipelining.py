@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hiredis import pack_command
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
 from db.redis_client import RedisClient, RedisPipeline, execute
 
@@ -128,6 +130,8 @@ async def _run_once(
     (a WAIT on another pooled connection would vouch for that connection's older writes). On a
     cluster, a WAIT per node that takes scripts, pinned to it; redis-py sends each node's share
     of the pipeline on one connection, in order, so it is still one round trip per node."""
+    if replication is None and type(redis) is Redis:
+        return await _run_on_one_connection(redis, calls)
     nodes = await _nodes_of(redis, calls) if replication and isinstance(redis, RedisCluster) else []
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
@@ -147,6 +151,37 @@ async def _run_once(
     if replication is None:
         return results
     return _confirmed(redis, calls, nodes, results, waits, replication)
+
+
+async def _run_on_one_connection(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """The scripts on one pooled connection of a single Redis, without replication (the API's
+    batches, 10 a second per process): what redis-py's pipeline sends and reads, without its
+    per-command work. Its packing encodes every argument in Python (an ingest call has ~20);
+    hiredis packs them in C. Its reading wraps each reply in the pipeline's own parsing; here
+    each is read as it comes. A reply that is an error is that call's answer (NOSCRIPT, a script
+    that raised), the others stand; a connection that fails midway is closed, not pooled again
+    with replies unread, and the failure is every call's (an outage, as from the pipeline)."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(
+            b"".join(
+                pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                for script, keys, args in calls
+            )
+        )
+        results: list[Any] = []
+        for _ in calls:
+            try:
+                results.append(await connection.read_response())
+            except ResponseError as error:
+                results.append(error)
+        return results
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
 
 
 async def _nodes_of(redis: RedisCluster, calls: Sequence[ScriptCall]) -> list[ClusterNode]:
