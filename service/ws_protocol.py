@@ -31,6 +31,7 @@ message it received from the queue; a message the sink declines is queued as usu
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -51,9 +52,28 @@ _LENGTH_16 = 126  # the length follows in 2 bytes; 127 (8 bytes) is left to webs
 _MASK_BYTES = 4
 
 
+class _SocketQueue(asyncio.Queue[Any]):
+    """The socket's queue of messages for the app, bound to the socket's loop from the start.
+    Python 3.11's Queue.get asks for the running loop each time it waits, and asyncio's
+    get_running_loop calls getpid() (a system call: glibc caches no pid): 5% of the API's CPU
+    at 120 live calls, once a hold window for every media stream (BENCHMARKS.md, Real-time
+    capacity). A socket's queue is only ever used on the loop that serves the socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._bound = loop
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._bound
+
+
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
     sink: TextSink | None = None
     sink_open = False  # the app has handled every message it received (reopen)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _SocketQueue(self.loop)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -231,3 +231,28 @@ async def test_a_sink_takes_nothing_the_app_has_not_reopened_it_for():
     texts = [f'{{"n":{i}}}' for i in range(6)]
     handled = await sunk_and_received([frame(t.encode()) for t in texts], declined={texts[0]})
     assert handled == texts
+
+
+async def test_waiting_for_a_message_does_not_ask_for_the_running_loop(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Python 3.11's get_running_loop makes a getpid() system call each time it is asked.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    config = Config(app=app, lifespan="off")
+    protocol = QueuedWebSocketProtocol(config, ServerState(), {})
+    getter = asyncio.ensure_future(protocol.queue.get())
+    asked = 0
+    running_loop = asyncio.events._get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop | None:
+        nonlocal asked
+        asked += 1
+        return running_loop()
+
+    monkeypatch.setattr(asyncio.events, "_get_running_loop", counted)
+    await asyncio.sleep(0)  # the getter waits
+    protocol.queue.put_nowait({"type": "websocket.receive", "text": "a"})
+    assert await getter == {"type": "websocket.receive", "text": "a"}
+    assert asked == 0
