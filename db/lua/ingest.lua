@@ -39,24 +39,31 @@
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return {-1}
 end
+-- A number from Redis' text or the client's, `default` for none: the arithmetic converts it once,
+-- where tonumber() runs its strtod twice (lua_isnumber, then lua_tonumber).
+local function num(text, default)
+  if text then return text + 0 end
+  return default
+end
+
 local call_id, now = ARGV[1], ARGV[2]
-local max_packets, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_packets, max_bytes = num(ARGV[3]), num(ARGV[4])
 local packets = cjson.decode(ARGV[5])
-local segment_entries = tonumber(ARGV[8])
+local segment_entries = num(ARGV[8])
 
 local meta = redis.call('HMGET', KEYS[2], 'received', 'data_bytes', 'duplicates', 'out_of_order',
   'progress_at', 'max_seq', 'min_seq', 'last_run_from', 'o_max_seq', 'o_min_seq',
   'o_last_run_from', 'o_received', 'o_duplicates', 'o_out_of_order', 'seg_open_at',
   'seg_asked_at', 'seg_asked', 'created_at')
--- Read once each: tonumber of a string costs a strtod.
-local had_packets, had_bytes = tonumber(meta[1] or '0'), tonumber(meta[2] or '0')
-local had_outbound = tonumber(meta[12] or '0')
+-- Read once each: a conversion costs a strtod.
+local had_packets, had_bytes = num(meta[1], 0), num(meta[2], 0)
+local had_outbound = num(meta[12], 0)
 
 -- Backpressure: a tail at its bound (per track: a two-track call's is twice a one-track call's)
 -- takes nothing more until a flush trims it, so Redis holds a bounded tail of each live call
 -- whatever the client's pace. A batch is checked as a whole: the tail may pass the bound by at
 -- most one batch.
-local max_tail = tonumber(ARGV[11] or '0')
+local max_tail = num(ARGV[11], 0)
 local entries -- the stream's length before this batch, when read here
 if max_tail > 0 then
   local tracks_in_call = (had_outbound > 0 and had_packets > had_outbound) and 2 or 1
@@ -68,11 +75,11 @@ end
 
 -- Each track's state; `prefix` names its hash fields.
 local tracks = {
-  [0] = {runs = KEYS[3], prefix = '', max_seq = tonumber(meta[6] or '-1'),
-         min_seq = tonumber(meta[7] or '-1'), tail = tonumber(meta[8] or '-1'),
+  [0] = {runs = KEYS[3], prefix = '', max_seq = num(meta[6], -1),
+         min_seq = num(meta[7], -1), tail = num(meta[8], -1),
          received = 0, duplicates = 0, reordered = 0},
-  [1] = {runs = KEYS[4], prefix = 'o_', max_seq = tonumber(meta[9] or '-1'),
-         min_seq = tonumber(meta[10] or '-1'), tail = tonumber(meta[11] or '-1'),
+  [1] = {runs = KEYS[4], prefix = 'o_', max_seq = num(meta[9], -1),
+         min_seq = num(meta[10], -1), tail = num(meta[11], -1),
          received = 0, duplicates = 0, reordered = 0},
 }
 
@@ -82,7 +89,7 @@ local clock
 local function redis_now()
   if clock == nil then
     local t = redis.call('TIME')
-    clock = string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+    clock = string.format('%.3f', num(t[1]) + num(t[2]) / 1e6)
   end
   return clock
 end
@@ -97,11 +104,11 @@ local function neighbours(t, seq)
   local found = redis.call('ZRANGE', t.runs, seq - 1, '+inf', 'BYSCORE', 'LIMIT', 0, 2,
     'WITHSCORES')
   local left, i = nil, 1
-  if found[2] ~= nil and tonumber(found[2]) == seq - 1 then
-    left, i = {tonumber(found[1]), seq - 1}, 3
+  if found[2] ~= nil and num(found[2]) == seq - 1 then
+    left, i = {num(found[1]), seq - 1}, 3
   end
   if found[i] ~= nil then
-    return left, {tonumber(found[i]), tonumber(found[i + 1])}
+    return left, {num(found[i]), num(found[i + 1])}
   end
   return left, nil
 end
@@ -191,9 +198,10 @@ local received, received_bytes, duplicates, reordered = 0, 0, 0, 0
 local stream = KEYS[1]
 for i = 1, #packets, 4 do
   local track, seq, data = packets[i], packets[i + 1], packets[i + 3]
-  local t = track_of(track)
+  local t = tracks[track] or track_of(track)
   local outcome, gap_from = 0, 0
-  if not place(t, seq) then
+  -- The next in order, most packets, is new and extends the last run: place() would say so.
+  if not ((seq == t.max_seq + 1 and t.max_seq >= 0) or place(t, seq)) then
     duplicates = duplicates + 1
     t.duplicates = t.duplicates + 1
     outcome = 1
@@ -247,14 +255,14 @@ if received > 0 then
   -- from the oldest entry's id: one clock for the tail's age, whatever the API host's says.
   if not meta[15] then set('seg_open_at', redis_now()) end
 end
-if duplicates > 0 then set('duplicates', tonumber(meta[3] or '0') + duplicates) end
-if reordered > 0 then set('out_of_order', tonumber(meta[4] or '0') + reordered) end
+if duplicates > 0 then set('duplicates', num(meta[3], 0) + duplicates) end
+if reordered > 0 then set('out_of_order', num(meta[4], 0) + reordered) end
 if outbound.received > 0 then set('o_received', had_outbound + outbound.received) end
 if outbound.duplicates > 0 then
-  set('o_duplicates', tonumber(meta[13] or '0') + outbound.duplicates)
+  set('o_duplicates', num(meta[13], 0) + outbound.duplicates)
 end
 if outbound.reordered > 0 then
-  set('o_out_of_order', tonumber(meta[14] or '0') + outbound.reordered)
+  set('o_out_of_order', num(meta[14], 0) + outbound.reordered)
 end
 
 -- A segment flush is asked for once the unflushed tail holds a segment's entries per track, or
@@ -268,10 +276,10 @@ if received > 0 and segment_entries > 0 and not meta[16] then
   local both = total_outbound > 0 and (had_packets + received) > total_outbound
   local length = entries and entries + received or redis.call('XLEN', KEYS[1])
   local at = redis_now()
-  local opened = tonumber(meta[15] or at)
+  local opened = num(meta[15] or at)
   if length >= segment_entries * (both and 2 or 1)
-      or tonumber(at) - opened >= tonumber(ARGV[9]) then
-    asked = tonumber(meta[17] or '0') + 1
+      or num(at) - opened >= num(ARGV[9]) then
+    asked = num(meta[17], 0) + 1
     set('seg_asked', asked); set('seg_asked_at', now)
   end
 end
@@ -282,22 +290,22 @@ end
 -- (db/feed_events.py); a progress event's counters are known here only, so it is built here,
 -- field for field as ProgressEvent (tests/db/test_feed_events.py holds it to the model).
 local event
-local interval = tonumber(ARGV[7])
+local interval = num(ARGV[7])
 if had_packets == 0 and received > 0 then
   event = ARGV[10]
 elseif interval > 0 and received + duplicates > 0
-    and tonumber(now) - tonumber(meta[5] or '0') >= interval then
+    and num(now) - num(meta[5], 0) >= interval then
   local total = had_packets + received
   local missing = 0
   for _, t in pairs(tracks) do
     if t.max_seq >= 0 then missing = missing + t.max_seq - t.min_seq + 1 end
   end
   event = cjson.encode({type = 'progress', call_id = call_id, state = 'IN_PROGRESS',
-    at = tonumber(now), received = total,
-    duplicates = tonumber(meta[3] or '0') + duplicates,
-    out_of_order = tonumber(meta[4] or '0') + reordered,
+    at = num(now), received = total,
+    duplicates = num(meta[3], 0) + duplicates,
+    out_of_order = num(meta[4], 0) + reordered,
     missing = missing - total, data_bytes = had_bytes + received_bytes,
-    last_packet_at = tonumber(now)})
+    last_packet_at = num(now)})
 end
 if event then set('progress_at', now) end
 
