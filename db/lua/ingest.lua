@@ -5,9 +5,9 @@
 -- KEYS: packets, meta, inbound runs, outbound runs, done, idle index, unflushed index, event feed,
 --   segments index
 -- ARGV: call_id, now, max packets per call, max data bytes per call,
---   packets as one JSON array of [track, sequence, "timestamp", "data"] (track 0 = inbound,
---   1 = outbound; one argument instead of four per packet: packing arguments is the client's
---   main cost),
+--   packets as one flat JSON array, four values a packet: track, sequence, "timestamp", "data"
+--   (track 0 = inbound, 1 = outbound; one argument instead of four per packet: packing arguments
+--   is the client's main cost; flat, as cjson builds one table for the batch, not one a packet),
 --   the event feed's max length, seconds between a call's progress events (0: none),
 --   stream entries per track that make a segment (0: never ask), seconds of arrival that do,
 --   the call's IN_PROGRESS event as JSON (db/feed_events.py: told if this batch starts the call),
@@ -39,26 +39,35 @@
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return {-1}
 end
+-- A number from Redis' text or the client's, `default` for none: the arithmetic converts it once,
+-- where tonumber() runs its strtod twice (lua_isnumber, then lua_tonumber).
+local function num(text, default)
+  if text then return text + 0 end
+  return default
+end
+
 local call_id, now = ARGV[1], ARGV[2]
-local max_packets, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_packets, max_bytes = num(ARGV[3]), num(ARGV[4])
 local packets = cjson.decode(ARGV[5])
-local segment_entries, segment_s = tonumber(ARGV[8]), tonumber(ARGV[9])
+local segment_entries = num(ARGV[8])
 
 local meta = redis.call('HMGET', KEYS[2], 'received', 'data_bytes', 'duplicates', 'out_of_order',
   'progress_at', 'max_seq', 'min_seq', 'last_run_from', 'o_max_seq', 'o_min_seq',
   'o_last_run_from', 'o_received', 'o_duplicates', 'o_out_of_order', 'seg_open_at',
-  'seg_asked_at', 'seg_asked')
-local had_packets, had_bytes = tonumber(meta[1] or '0'), tonumber(meta[2] or '0')
+  'seg_asked_at', 'seg_asked', 'created_at')
+-- Read once each: a conversion costs a strtod.
+local had_packets, had_bytes = num(meta[1], 0), num(meta[2], 0)
+local had_outbound = num(meta[12], 0)
 
 -- Backpressure: a tail at its bound (per track: a two-track call's is twice a one-track call's)
 -- takes nothing more until a flush trims it, so Redis holds a bounded tail of each live call
 -- whatever the client's pace. A batch is checked as a whole: the tail may pass the bound by at
 -- most one batch.
-local max_tail = tonumber(ARGV[11] or '0')
+local max_tail = num(ARGV[11], 0)
+local entries -- the stream's length before this batch, when read here
 if max_tail > 0 then
-  local tracks_in_call = (tonumber(meta[12] or '0') > 0 and had_packets > tonumber(meta[12] or '0'))
-    and 2 or 1
-  local entries = redis.call('XLEN', KEYS[1])
+  local tracks_in_call = (had_outbound > 0 and had_packets > had_outbound) and 2 or 1
+  entries = redis.call('XLEN', KEYS[1])
   if entries >= max_tail * tracks_in_call then
     return {-3, entries, max_tail * tracks_in_call}
   end
@@ -66,37 +75,40 @@ end
 
 -- Each track's state; `prefix` names its hash fields.
 local tracks = {
-  [0] = {runs = KEYS[3], prefix = '', max_seq = tonumber(meta[6] or '-1'),
-         min_seq = tonumber(meta[7] or '-1'), tail = tonumber(meta[8] or '-1'),
+  [0] = {runs = KEYS[3], prefix = '', max_seq = num(meta[6], -1),
+         min_seq = num(meta[7], -1), tail = num(meta[8], -1),
          received = 0, duplicates = 0, reordered = 0},
-  [1] = {runs = KEYS[4], prefix = 'o_', max_seq = tonumber(meta[9] or '-1'),
-         min_seq = tonumber(meta[10] or '-1'), tail = tonumber(meta[11] or '-1'),
+  [1] = {runs = KEYS[4], prefix = 'o_', max_seq = num(meta[9], -1),
+         min_seq = num(meta[10], -1), tail = num(meta[11], -1),
          received = 0, duplicates = 0, reordered = 0},
 }
 
--- Redis' own clock, in seconds with milliseconds (a stream entry's id is its milliseconds).
+-- Redis' own clock, in seconds with milliseconds (a stream entry's id is its milliseconds): read
+-- once, so the tail's opening and its age are one reading.
+local clock
 local function redis_now()
-  local t = redis.call('TIME')
-  return string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+  if clock == nil then
+    local t = redis.call('TIME')
+    clock = string.format('%.3f', num(t[1]) + num(t[2]) / 1e6)
+  end
+  return clock
 end
 
--- Numbers go to Redis as integer text: redis.call would print them with 14 significant digits.
-local function int(n)
-  return string.format('%d', n)
-end
+-- Numbers go to redis.call as they are: Redis prints a number argument with %.17g, exact for the
+-- integers below 2^53 these are (Lua's own tostring would keep 14 significant digits).
 
 -- The runs next to seq (< tail), as {first, last}: `left` ends at seq - 1; `right` is the first
 -- run that ends at seq or later (it holds seq if it starts at seq or before). One lookup: the two
 -- runs with the smallest last sequence >= seq - 1.
 local function neighbours(t, seq)
-  local found = redis.call('ZRANGE', t.runs, int(seq - 1), '+inf', 'BYSCORE', 'LIMIT', 0, 2,
+  local found = redis.call('ZRANGE', t.runs, seq - 1, '+inf', 'BYSCORE', 'LIMIT', 0, 2,
     'WITHSCORES')
   local left, i = nil, 1
-  if found[2] ~= nil and tonumber(found[2]) == seq - 1 then
-    left, i = {tonumber(found[1]), seq - 1}, 3
+  if found[2] ~= nil and num(found[2]) == seq - 1 then
+    left, i = {num(found[1]), seq - 1}, 3
   end
   if found[i] ~= nil then
-    return left, {tonumber(found[i]), tonumber(found[i + 1])}
+    return left, {num(found[i]), num(found[i + 1])}
   end
   return left, nil
 end
@@ -113,15 +125,15 @@ end
 local function add_below(t, seq, left, right)
   local joins_right = right ~= nil and right[1] == seq + 1
   if left ~= nil and joins_right then
-    redis.call('ZREM', t.runs, int(right[1]))
-    redis.call('ZADD', t.runs, int(right[2]), int(left[1]))
+    redis.call('ZREM', t.runs, right[1])
+    redis.call('ZADD', t.runs, right[2], left[1])
   elseif left ~= nil then
-    redis.call('ZADD', t.runs, int(seq), int(left[1]))
+    redis.call('ZADD', t.runs, seq, left[1])
   elseif joins_right then
-    redis.call('ZREM', t.runs, int(right[1]))
-    redis.call('ZADD', t.runs, int(right[2]), int(seq))
+    redis.call('ZREM', t.runs, right[1])
+    redis.call('ZADD', t.runs, right[2], seq)
   else
-    redis.call('ZADD', t.runs, int(seq), int(seq))
+    redis.call('ZADD', t.runs, seq, seq)
   end
   if joins_right and right[1] == t.tail then
     t.tail = left ~= nil and left[1] or seq
@@ -132,8 +144,8 @@ end
 local function place(t, seq)
   if t.max_seq < 0 or seq > t.max_seq + 1 then
     -- A new last run; the one it follows gets its real last sequence.
-    if t.max_seq >= 0 then redis.call('ZADD', t.runs, int(t.max_seq), int(t.tail)) end
-    redis.call('ZADD', t.runs, int(seq), int(seq))
+    if t.max_seq >= 0 then redis.call('ZADD', t.runs, t.max_seq, t.tail) end
+    redis.call('ZADD', t.runs, seq, seq)
     t.tail = seq
     return true
   end
@@ -145,22 +157,21 @@ local function place(t, seq)
   return true
 end
 
-local function track_of(packet)
-  local t = tracks[packet[1]]
-  if t == nil then error('unknown track ' .. tostring(packet[1])) end
+local function track_of(number)
+  local t = tracks[number]
+  if t == nil then error('unknown track ' .. tostring(number)) end
   return t
 end
 
 -- How many packets of the batch are new, and their data bytes, without storing anything.
 local function count_new()
   local count, bytes, taken = 0, 0, {[0] = {}, [1] = {}}
-  for i = 1, #packets do
-    local p = packets[i]
-    local seq = p[2]
-    if not taken[p[1]][seq] and not stored(track_of(p), seq) then
-      taken[p[1]][seq] = true
+  for i = 1, #packets, 4 do
+    local track, seq = packets[i], packets[i + 1]
+    if not taken[track][seq] and not stored(track_of(track), seq) then
+      taken[track][seq] = true
       count = count + 1
-      bytes = bytes + #p[4]
+      bytes = bytes + #packets[i + 3]
     end
   end
   return count, bytes
@@ -169,10 +180,10 @@ end
 -- The caps. Counting the batch's new packets costs a second lookup per packet out of order, so
 -- it is done only when the whole batch, duplicates included, might not fit.
 local batch_bytes = 0
-for i = 1, #packets do
-  batch_bytes = batch_bytes + #packets[i][4]
+for i = 4, #packets, 4 do
+  batch_bytes = batch_bytes + #packets[i]
 end
-if had_packets + #packets > max_packets or had_bytes + batch_bytes > max_bytes then
+if had_packets + #packets / 4 > max_packets or had_bytes + batch_bytes > max_bytes then
   local count, bytes = count_new()
   if had_packets + count > max_packets then
     return {-2, 1, had_packets, count}
@@ -182,23 +193,23 @@ if had_packets + #packets > max_packets or had_bytes + batch_bytes > max_bytes t
   end
 end
 
-local out = {}
+local out, n = {}, 0
 local received, received_bytes, duplicates, reordered = 0, 0, 0, 0
-for i = 1, #packets do
-  local packet = packets[i]
-  local t = track_of(packet)
-  local seq = packet[2]
+local stream = KEYS[1]
+for i = 1, #packets, 4 do
+  local track, seq, data = packets[i], packets[i + 1], packets[i + 3]
+  local t = tracks[track] or track_of(track)
   local outcome, gap_from = 0, 0
-  if not place(t, seq) then
+  -- The next in order, most packets, is new and extends the last run: place() would say so.
+  if not ((seq == t.max_seq + 1 and t.max_seq >= 0) or place(t, seq)) then
     duplicates = duplicates + 1
     t.duplicates = t.duplicates + 1
     outcome = 1
   else
-    redis.call('XADD', KEYS[1], '*', 'k', packet[1], 's', int(seq), 't', packet[3],
-      'd', packet[4])
+    redis.call('XADD', stream, '*', 'k', track, 's', seq, 't', packets[i + 2], 'd', data)
     received = received + 1
     t.received = t.received + 1
-    received_bytes = received_bytes + #packet[4]
+    received_bytes = received_bytes + #data
     if t.max_seq < 0 then
       t.max_seq, t.min_seq = seq, seq
     elseif seq < t.max_seq then
@@ -213,56 +224,63 @@ for i = 1, #packets do
       t.max_seq = seq
     end
   end
-  out[#out + 1] = outcome
-  out[#out + 1] = gap_from
+  out[n + 1], out[n + 2] = outcome, gap_from
+  n = n + 2
 end
+
+-- Every field the batch changes goes in one HSET at the end (one command, one AOF entry); the
+-- counters are the values read above plus the batch's, which is what HINCRBY would make of them.
+local fields, f = {}, 0
+local function set(name, value)
+  fields[f + 1], fields[f + 2] = name, value
+  f = f + 2
+end
+local outbound = tracks[1]
+local new_call = received > 0 and not meta[18]
 if received > 0 then
-  if redis.call('HSETNX', KEYS[2], 'created_at', now) == 1 then
-    redis.call('HSET', KEYS[2], 'state', 'IN_PROGRESS')
-    redis.call('ZADD', KEYS[7], now, call_id)
-  end
+  if new_call then set('created_at', now); set('state', 'IN_PROGRESS') end
   -- Only a new packet shows the call is alive: a repeated one must not keep it open forever.
-  redis.call('HSET', KEYS[2], 'received', int(had_packets + received),
-    'data_bytes', int(had_bytes + received_bytes), 'last_packet_at', now)
+  set('received', had_packets + received)
+  set('data_bytes', had_bytes + received_bytes)
+  set('last_packet_at', now)
   for _, t in pairs(tracks) do
     if t.received > 0 then
       local p = t.prefix
-      redis.call('HSET', KEYS[2], p .. 'max_seq', int(t.max_seq), p .. 'min_seq', int(t.min_seq),
-        p .. 'last_run_from', int(t.tail))
+      set(p .. 'max_seq', t.max_seq); set(p .. 'min_seq', t.min_seq)
+      set(p .. 'last_run_from', t.tail)
     end
   end
   -- The tail's age starts with its oldest entry (segment_done.lua moves it on): read above,
   -- so a tail that is open costs no command. On Redis' clock, as segment_done.lua reads it
   -- from the oldest entry's id: one clock for the tail's age, whatever the API host's says.
-  if not meta[15] then redis.call('HSET', KEYS[2], 'seg_open_at', redis_now()) end
-  redis.call('ZADD', KEYS[6], now, call_id)
+  if not meta[15] then set('seg_open_at', redis_now()) end
 end
-if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end
-if reordered > 0 then redis.call('HINCRBY', KEYS[2], 'out_of_order', reordered) end
-local outbound = tracks[1]
-if outbound.received > 0 then redis.call('HINCRBY', KEYS[2], 'o_received', outbound.received) end
+if duplicates > 0 then set('duplicates', num(meta[3], 0) + duplicates) end
+if reordered > 0 then set('out_of_order', num(meta[4], 0) + reordered) end
+if outbound.received > 0 then set('o_received', had_outbound + outbound.received) end
 if outbound.duplicates > 0 then
-  redis.call('HINCRBY', KEYS[2], 'o_duplicates', outbound.duplicates)
+  set('o_duplicates', num(meta[13], 0) + outbound.duplicates)
 end
 if outbound.reordered > 0 then
-  redis.call('HINCRBY', KEYS[2], 'o_out_of_order', outbound.reordered)
+  set('o_out_of_order', num(meta[14], 0) + outbound.reordered)
 end
 
 -- A segment flush is asked for once the unflushed tail holds a segment's entries per track, or
 -- its oldest entry is a segment's length old; once, until the flush that answers it is done
 -- (db/lua/segment_done.lua clears seg_asked_at). The segments index lets the reaper ask again
 -- if the job is lost. Redis then holds about a segment of each live call, whatever its length.
+-- The stream's length is the one read for the bound plus this batch's entries, when it was read.
 local asked = 0
 if received > 0 and segment_entries > 0 and not meta[16] then
-  local total_outbound = tonumber(meta[12] or '0') + outbound.received
+  local total_outbound = had_outbound + outbound.received
   local both = total_outbound > 0 and (had_packets + received) > total_outbound
+  local length = entries and entries + received or redis.call('XLEN', KEYS[1])
   local at = redis_now()
-  local opened = tonumber(meta[15] or at)
-  if redis.call('XLEN', KEYS[1]) >= segment_entries * (both and 2 or 1)
-      or tonumber(at) - opened >= segment_s then
-    asked = tonumber(meta[17] or '0') + 1
-    redis.call('HSET', KEYS[2], 'seg_asked', int(asked), 'seg_asked_at', now)
-    redis.call('ZADD', KEYS[9], now, call_id)
+  local opened = num(meta[15] or at)
+  if length >= segment_entries * (both and 2 or 1)
+      or num(at) - opened >= num(ARGV[9]) then
+    asked = num(meta[17], 0) + 1
+    set('seg_asked', asked); set('seg_asked_at', now)
   end
 end
 
@@ -271,27 +289,30 @@ end
 -- grows with calls and seconds, never with packets. The first comes encoded by its model
 -- (db/feed_events.py); a progress event's counters are known here only, so it is built here,
 -- field for field as ProgressEvent (tests/db/test_feed_events.py holds it to the model).
-local function publish(encoded)
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', 'e', encoded)
-end
-local interval = tonumber(ARGV[7])
+local event
+local interval = num(ARGV[7])
 if had_packets == 0 and received > 0 then
-  publish(ARGV[10])
-  redis.call('HSET', KEYS[2], 'progress_at', now)
+  event = ARGV[10]
 elseif interval > 0 and received + duplicates > 0
-    and tonumber(now) - tonumber(meta[5] or '0') >= interval then
+    and num(now) - num(meta[5], 0) >= interval then
   local total = had_packets + received
   local missing = 0
   for _, t in pairs(tracks) do
     if t.max_seq >= 0 then missing = missing + t.max_seq - t.min_seq + 1 end
   end
-  publish(cjson.encode({type = 'progress', call_id = call_id, state = 'IN_PROGRESS',
-    at = tonumber(now), received = total,
-    duplicates = tonumber(meta[3] or '0') + duplicates,
-    out_of_order = tonumber(meta[4] or '0') + reordered,
+  event = cjson.encode({type = 'progress', call_id = call_id, state = 'IN_PROGRESS',
+    at = num(now), received = total,
+    duplicates = num(meta[3], 0) + duplicates,
+    out_of_order = num(meta[4], 0) + reordered,
     missing = missing - total, data_bytes = had_bytes + received_bytes,
-    last_packet_at = tonumber(now)}))
-  redis.call('HSET', KEYS[2], 'progress_at', now)
+    last_packet_at = num(now)})
 end
-out[#out + 1] = asked
+if event then set('progress_at', now) end
+
+if f > 0 then redis.call('HSET', KEYS[2], unpack(fields, 1, f)) end
+if new_call then redis.call('ZADD', KEYS[7], now, call_id) end
+if received > 0 then redis.call('ZADD', KEYS[6], now, call_id) end
+if asked > 0 then redis.call('ZADD', KEYS[9], now, call_id) end
+if event then redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', 'e', event) end
+out[n + 1] = asked
 return out
