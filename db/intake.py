@@ -151,10 +151,11 @@ class CallIntake:
         already done, CallFull if its new packets would take it past one of its caps, and
         NotReplicated (they may be stored) if too few replicas confirmed them."""
         # Timestamps travel as text: Lua numbers would keep only 14 significant digits. One flat
-        # array (the script's cjson builds one table, not one a packet), at the same cost here.
+        # array (the script's cjson builds one table, not one a packet), at the same cost here;
+        # the data as arguments of their own, after the others (ingest.lua says why).
         flat: list[int | str] = []
         for p in packets:
-            flat += (p.track.number, p.sequence, repr(p.timestamp), p.data)
+            flat += (p.track.number, p.sequence, repr(p.timestamp))
         encoded = orjson.dumps(flat)
         limits = self.limits
         now = time.time()
@@ -171,6 +172,7 @@ class CallIntake:
             # The call's first packet's event, if this batch holds it (the script decides).
             first_packet_payload(call_id, now),
             self.segmenting.max_tail,
+            *[p.data for p in packets],
         ]
         script_keys = _ingest_keys(call_keys(call_id), feed_key(self.redis, call_id))
         if self._pipeline is not None:
