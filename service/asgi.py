@@ -4,7 +4,7 @@ codes (RFC 6455) that the gate and the WebSocket routes close with."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Send
@@ -38,9 +38,13 @@ class TextSink(Protocol):
 class TextSinks(Protocol):
     """What `scope["extensions"][TEXT_SINK]` is: the socket's protocol."""
 
-    def attach(self, sink: TextSink | None) -> None: ...
+    def attach(
+        self, sink: TextSink | None, hold_until: Callable[[], float | None] | None = None
+    ) -> None: ...
 
     def reopen(self) -> None: ...
+
+    async def caught_up(self) -> None: ...
 
 
 JSON_HEADERS = [(b"content-type", b"application/json")]

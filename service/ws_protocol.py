@@ -27,11 +27,19 @@ half of a media frame's cost in the API: BENCHMARKS.md, Real-time capacity). Mes
 app in the order they were read, whichever way each goes: the sink is offered a message only
 when nothing waits in the queue and the app has handled, and reopened the sink after, every
 message it received from the queue; a message the sink declines is queued as usual.
+
+Such an app may also hold the socket's reading (`hold_until`): after a read in which the sink
+took messages, the socket is not read again until the time the app names (the media stream: the
+end of its hold window, when it stores what it holds), so what the peer sends meanwhile waits in
+the kernel and comes in one read, not a read and a wake-up of the loop for every frame. Before it
+stores, the app reads what has come (`caught_up`): a frame in the socket's buffer is stored as
+if it had been read as it came (and taken in before a completion: service/routes/media_ws.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -50,6 +58,9 @@ _FIN_TEXT = 0x81  # FIN set, no reserved bit (no extension's), opcode 1: a whole
 _MASKED = 0x80
 _LENGTH_16 = 126  # the length follows in 2 bytes; 127 (8 bytes) is left to websockets
 _MASK_BYTES = 4
+# How long caught_up() waits for a read when reading is let go: a read that is waiting comes in
+# the loop's next polling, before any timer is due; this only ends the wait when nothing came.
+READ_TURN_S = 0.001
 
 
 class _SocketQueue(asyncio.Queue[Any]):
@@ -67,13 +78,26 @@ class _SocketQueue(asyncio.Queue[Any]):
         return self._bound
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
     sink: TextSink | None = None
     sink_open = False  # the app has handled every message it received (reopen)
+    # When the app wants the socket read again after a read its sink took messages in (None:
+    # as they come); reading is held meanwhile, until the timer or caught_up() lets it go.
+    hold_until: Callable[[], float | None] | None = None
+    reads_held = False
+    unread = False  # reading was let go and nothing has been read since
+    _taken = 0  # messages the sink took in the current read
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _SocketQueue(self.loop)
+        self._release: asyncio.TimerHandle | None = None
+        self._read_waiters: list[asyncio.Future[None]] = []
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -81,25 +105,88 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
             extensions: dict[str, dict[object, object]] = self.scope["extensions"]
             extensions[TEXT_SINK] = {"sinks": self}
 
-    def attach(self, sink: TextSink | None) -> None:
-        """Offer the socket's text messages to `sink` (None: queue them all again)."""
+    def attach(
+        self, sink: TextSink | None, hold_until: Callable[[], float | None] | None = None
+    ) -> None:
+        """Offer the socket's text messages to `sink` (None: queue them all again); with
+        `hold_until`, hold the reading after a read the sink took messages in, until the time
+        it gives (the loop's clock; None: read on)."""
         self.sink = sink
         self.sink_open = sink is not None
+        self.hold_until = hold_until if sink is not None else None
+        if self.hold_until is None:
+            self._let_go()
 
     def reopen(self) -> None:
         """The app has handled the messages it received: the sink may take the next ones."""
         self.sink_open = self.sink is not None
 
     async def receive(self) -> Any:
-        message = await super().receive()
+        # uvicorn's, but its reading is not resumed while the app holds it.
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if not self.reads_held:
+                self.transport.resume_reading()
         # Until the app has handled this one, later messages queue behind it.
         self.sink_open = False
         return message
 
+    async def caught_up(self) -> None:
+        """Return once what the peer has sent so far is read (into the sink, or the queue), if
+        the reading was held: it is let go, and the next read (or one turn of the loop's
+        polling, when nothing came) ends the wait."""
+        if not (self.reads_held or self.unread):
+            return
+        self._let_go()
+        if self.read_paused or self.transport.is_closing():
+            return  # the queue is full (the app reads it first), or the socket is gone
+        read = self.loop.create_future()
+        self._read_waiters.append(read)
+        timer = self.loop.call_later(READ_TURN_S, _settle, read)
+        try:
+            await read
+        finally:
+            timer.cancel()
+
+    def _hold_reads(self, until: float) -> None:
+        self.reads_held = True
+        self.transport.pause_reading()
+        self._release = self.loop.call_at(until, self._let_go)
+
+    def _let_go(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if not self.reads_held:
+            return
+        self.reads_held = False
+        self.unread = True
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _read_done(self) -> None:
+        self.unread = False
+        waiters, self._read_waiters = self._read_waiters, []
+        for waiter in waiters:
+            _settle(waiter)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hold_until = None
+        self._let_go()
+        self._read_done()
+        super().connection_lost(exc)
+
     def data_received(self, data: bytes) -> None:
+        self._taken = 0
         rest = self._take_text_frames(data) if self._at_plain_frame_boundary() else data
         if rest:
             super().data_received(rest)
+        self._read_done()
+        if self._taken and self.hold_until is not None and not self.reads_held:
+            until = self.hold_until()
+            if until is not None and until > self.loop.time():
+                self._hold_reads(until)
 
     def _at_plain_frame_boundary(self) -> bool:
         """websockets' parser waits for a frame's first byte, with nothing of its own to apply:
@@ -157,7 +244,10 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
             text = str(payload, "utf-8")
         except UnicodeDecodeError:
             return False
-        return sink(text)
+        if not sink(text):
+            return False
+        self._taken += 1
+        return True
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn 0.54's method, but for the pause's condition (the queue is full, not merely

@@ -77,7 +77,7 @@ from service.asgi import (
 from service.deps import origin_allowed, scope_resources
 from service.gate import KEY_IN_START, actor_of
 from service.socket_limits import SocketLimits
-from service.streaming import FLUSH_AT, Waiter, append_or_pause, store_at
+from service.streaming import FLUSH_AT, HOLD_S, Waiter, append_or_pause, store_at
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,8 @@ class MediaStream:
 
     async def flush(self) -> None:
         async with self._storing:
+            if self.sinks is not None:
+                await self.sinks.caught_up()  # what the socket holds goes with this store
             if not self.buffer or self.call_id is None:
                 return
             packets, self.buffer = self.buffer, []
@@ -295,6 +297,14 @@ class MediaStream:
             if self.waiter is not None:
                 self.waiter.wake_by(self.store_by)
         self.buffer.append(packet)
+
+    def read_again_at(self) -> float | None:
+        """When the protocol reads the socket again after a read the sink took frames in: when
+        they are stored (the end of their hold window), so that a window's frames come in one
+        read (service/ws_protocol.py); flush() reads what has come first. At most HOLD_S on."""
+        if not self.buffer:
+            return None
+        return min(self.store_by, self._clock() + HOLD_S)
 
     def take_text(self, text: str) -> bool:
         """service/ws_protocol.py's sink (TextSink): a media frame of the started stream, taken
@@ -350,7 +360,7 @@ class MediaStream:
         self.call_id = call_id
         self.ends.enter_context(self.ingestion.held.holding(call_id, self.store_for_completion))
         if self.sinks is not None:  # opened by run() once this frame is handled
-            self.sinks.attach(self.take_text)
+            self.sinks.attach(self.take_text, self.read_again_at)
             self.ends.callback(self.sinks.attach, None)
 
     async def stop(self) -> None:
