@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from db.direct import Direct
 from db.object_store import NoObjectStore, ObjectStore
 from db.packets import TRACKS, StoredPacket
+from db.pg_arrays import ints_text
 
 TEXT = "text"  # the encoding of a row whose payload is the packets' data as sent (UTF-8)
 
@@ -184,14 +185,21 @@ _COLUMNS = {
     "object_key": "text",
 }
 _SHARED = {"call_id", "segment", "last_entry_ms", "last_entry_n"}  # the same in every row
+# The integer arrays go as their text form, cast in the statement; the floats' as lists
+# (db/pg_arrays.py says why).
+_TEXT_ARRAYS = {"sequences", "sizes"}
 
 
 def _row_values(n: int) -> str:
     """Row `n`'s values: parameters named after their column (suffixed with the row's number
-    unless every row shares them)."""
-    return ", ".join(
-        f"CAST(:{c if c in _SHARED else f'{c}_{n}'} AS {t})" for c, t in _COLUMNS.items()
-    )
+    unless every row shares them); an integer array's parameter is its text form."""
+    values = []
+    for column, type_ in _COLUMNS.items():
+        param = f":{column if column in _SHARED else f'{column}_{n}'}"
+        if column in _TEXT_ARRAYS:
+            param = f"CAST({param} AS text)"
+        values.append(f"CAST({param} AS {type_})")
+    return ", ".join(values)
 
 
 def _insert(rows: int) -> TextClause:
@@ -409,8 +417,8 @@ async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> S
             f"packets_{n}": len(row.sequences),
             f"first_sequence_{n}": row.sequences[0],
             f"last_sequence_{n}": row.sequences[-1],
-            f"sequences_{n}": row.sequences,
-            f"sizes_{n}": row.sizes,
+            f"sequences_{n}": ints_text(row.sequences),
+            f"sizes_{n}": ints_text(row.sizes),
             f"timestamps_{n}": row.timestamps,
             f"arrivals_{n}": row.arrivals,
             f"payload_{n}": b"" if row.track in plan.keys else row.payload,
