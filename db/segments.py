@@ -37,9 +37,10 @@ import numpy.typing as npt
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from db.direct import Direct
+from db.direct import Direct, Executor
 from db.object_store import NoObjectStore, ObjectStore
 from db.packets import TRACKS, StoredPacket
+from db.pg_arrays import ints_text
 
 TEXT = "text"  # the encoding of a row whose payload is the packets' data as sent (UTF-8)
 
@@ -184,14 +185,21 @@ _COLUMNS = {
     "object_key": "text",
 }
 _SHARED = {"call_id", "segment", "last_entry_ms", "last_entry_n"}  # the same in every row
+# The integer arrays go as their text form, cast in the statement; the floats' as lists
+# (db/pg_arrays.py says why).
+_TEXT_ARRAYS = {"sequences", "sizes"}
 
 
 def _row_values(n: int) -> str:
     """Row `n`'s values: parameters named after their column (suffixed with the row's number
-    unless every row shares them)."""
-    return ", ".join(
-        f"CAST(:{c if c in _SHARED else f'{c}_{n}'} AS {t})" for c, t in _COLUMNS.items()
-    )
+    unless every row shares them); an integer array's parameter is its text form."""
+    values = []
+    for column, type_ in _COLUMNS.items():
+        param = f":{column if column in _SHARED else f'{column}_{n}'}"
+        if column in _TEXT_ARRAYS:
+            param = f"CAST({param} AS text)"
+        values.append(f"CAST({param} AS {type_})")
+    return ", ".join(values)
 
 
 def _insert(rows: int) -> TextClause:
@@ -355,7 +363,7 @@ NONE_TRIMMED = (None, (-1, -1))
 
 
 async def plan_segment(
-    conn: AsyncConnection,
+    conn: AsyncConnection | None,
     call_id: str,
     packets: Sequence[StoredPacket],
     build: Build,
@@ -366,8 +374,11 @@ async def plan_segment(
     ever left the stream (Redis' seg_trimmed), planned as the first segment without a read: if
     one was stored after all (its flusher died before the trim), it starts at the stream's
     first entry, as this plan does, so the plan collides with it and stores nothing, and the
-    next plan reads."""
-    latest, after = await _through(conn, call_id) if known is None else known
+    next plan reads. `conn`: for the read, None only with `known`."""
+    if known is None:
+        assert conn is not None, "a plan that reads needs a connection"
+        known = await _through(conn, call_id)
+    latest, after = known
     new = [p for p in packets if p.entry > after]
     if not new:
         return Planned(None, after, after)
@@ -390,10 +401,10 @@ async def put_objects(objects: ObjectStore, call_id: str, plan: Planned) -> Plan
     return replace(plan, keys=keys)
 
 
-async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> Stored | None:
-    """Insert a planned segment in one statement (atomic on its own: an autocommit connection
-    will do); None if another flusher stored that segment first (plan again: what is new has
-    changed)."""
+async def store_segment(on: Executor, call_id: str, plan: Planned) -> Stored | None:
+    """Insert a planned segment in one statement (atomic on its own: an autocommit connection,
+    or the pool, will do); None if another flusher stored that segment first (plan again: what
+    is new has changed)."""
     if plan.segment is None:  # nothing new: the stored segments' end only ever grows
         return Stored(None, plan.after)
     params: dict[str, Any] = {
@@ -409,14 +420,14 @@ async def store_segment(conn: AsyncConnection, call_id: str, plan: Planned) -> S
             f"packets_{n}": len(row.sequences),
             f"first_sequence_{n}": row.sequences[0],
             f"last_sequence_{n}": row.sequences[-1],
-            f"sequences_{n}": row.sequences,
-            f"sizes_{n}": row.sizes,
+            f"sequences_{n}": ints_text(row.sequences),
+            f"sizes_{n}": ints_text(row.sizes),
             f"timestamps_{n}": row.timestamps,
             f"arrivals_{n}": row.arrivals,
             f"payload_{n}": b"" if row.track in plan.keys else row.payload,
             f"object_key_{n}": plan.keys.get(row.track),
         }
-    if not await _INSERTS[len(plan.rows)].scalar(conn, params):
+    if not await _INSERTS[len(plan.rows)].scalar(on, params):
         return None
     return Stored(plan.segment, plan.through, plan.rows)
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.direct import Direct
+from db.direct import Direct, Executor
 from db.feed_events import Said
 from db.outbox import UTTERANCE_OUTBOX, Webhooks, utterance_params
 
@@ -72,7 +72,7 @@ class UtteranceRow:
 
 
 async def store_window(
-    conn: AsyncConnection,
+    on: Executor,
     call_id: str,
     track: int,
     start: int,
@@ -83,7 +83,7 @@ async def store_window(
     """Store the track's window [start, end) (samples) and its utterances, with their
     `call.utterance` webhooks if `webhooks` wants them, in one statement; False, storing
     nothing, if the track's transcribed stretch does not end at `start` (another run stored
-    this window first)."""
+    this window first). `on`: the pool (the statement alone) or the caller's connection."""
     said = [
         Said.of(u.track, u.start_s, u.end_s, u.text, u.sentiment, webhooks.speakers)
         for u in (utterances if webhooks.endpoints else ())
@@ -101,7 +101,7 @@ async def store_window(
         "u_score": [u.sentiment_score for u in utterances],
         **utterance_params(call_id, said, webhooks),
     }
-    return bool(await _STORE_WINDOW.scalar(conn, params))
+    return bool(await _STORE_WINDOW.scalar(on, params))
 
 
 async def transcribed_to(session: AsyncSession, call_id: str) -> dict[int, int]:

@@ -179,28 +179,30 @@ async def _store(
     PUT, then its rows inserted in one statement, each on the autocommit pool: no transaction
     is open across them, so a slow store holds no connection and nothing of the call's."""
     for round_ in range(STORE_ROUNDS):
-        stored: Stored | None = None
-        known = NONE_TRIMMED if none_trimmed and not round_ else None  # else: read
-        async with res.autocommit.connect() as conn:
-            build = await _builder(res, conn, call_id, fmt, said, known is not None)
-            plan = await plan_segment(conn, call_id, page, build, known)
-            if res.objects is None or plan.segment is None:  # nothing slow comes between
-                stored = await store_segment(conn, call_id, plan)
-        if res.objects is not None and plan.segment is not None:
+        if none_trimmed and not round_:  # planned without a read: no connection to hold
+            build = await _builder(res, None, call_id, fmt, said)
+            plan = await plan_segment(None, call_id, page, build, NONE_TRIMMED)
             stored = await _put_and_store(res, call_id, plan)
+        else:
+            async with res.autocommit.connect() as conn:
+                build = await _builder(res, conn, call_id, fmt, said)
+                plan = await plan_segment(conn, call_id, page, build)
+                # Without an object store nothing slow comes between: the plan's connection.
+                stored = await store_segment(conn, call_id, plan) if res.objects is None else None
+            if res.objects is not None:
+                stored = await _put_and_store(res, call_id, plan)
         if stored is not None:
             return stored
     raise FlushRace(f"other flushers kept storing call {call_id}'s segments first")
 
 
 async def _put_and_store(res: WorkerResources, call_id: str, plan: Planned) -> Stored | None:
-    """The plan's bytes PUT (no connection held while the store answers), then its rows
-    stored."""
-    assert res.objects is not None
-    plan = await put_objects(res.objects, call_id, plan)
-    async with res.autocommit.connect() as conn:
-        stored = await store_segment(conn, call_id, plan)
-    if stored is None:  # lost the race: the objects just PUT are no row's
+    """The plan's bytes PUT if there is an object store (no connection held while it answers),
+    then its rows stored, one statement sent on the pool past SQLAlchemy (db/direct.py)."""
+    if res.objects is not None:
+        plan = await put_objects(res.objects, call_id, plan)
+    stored = await store_segment(res.autocommit, call_id, plan)
+    if stored is None and plan.keys:  # lost the race: the objects just PUT are no row's
         await _forget_objects(res, call_id, list(plan.keys.values()))
     return stored
 
@@ -218,18 +220,17 @@ async def _forget_objects(res: WorkerResources, call_id: str, keys: list[str]) -
 
 async def _builder(
     res: WorkerResources,
-    conn: AsyncConnection,
+    conn: AsyncConnection | None,
     call_id: str,
     fmt: AudioFormat | None,
     said: bool,
-    none_stored: bool = False,
 ) -> Build:
     """How a segment's rows are built; with audio redaction, late packets' audio is silenced
-    (core/audio_redaction.py: they land where the transcription has been already).
-    `none_stored`: planned as the call's first segment (nothing is late then)."""
+    (core/audio_redaction.py: they land where the transcription has been already). `conn`
+    None: planned as the call's first segment (nothing is late then, and nothing to read)."""
     if fmt is None or not res.settings.redact_audio:
         return lambda new: build_rows(new, fmt, said)
-    highest = {} if none_stored else await highest_sequences(conn, call_id)
+    highest = {} if conn is None else await highest_sequences(conn, call_id)
     return lambda new: mute_late(build_rows(new, fmt, said), highest, fmt)
 
 

@@ -533,14 +533,17 @@ async def _store(
         UtteranceRow(u.track, u.start_s, u.end_s, u.text, u.sentiment.label, u.sentiment.score)
         for u in found
     ]
-    # A window alone is one statement, atomic on its own; with audio silenced or a note beside
-    # it, one transaction, so that it is never stored with its spans still audible.
-    together = bool(done.edits or done.notes)
-    opened = res.engine.begin() if together else res.autocommit.connect()
-    async with opened as conn:
-        if not await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks):
-            log.info("%s: a window was transcribed twice; kept the first", call_id,
-                     extra=about(call_id))  # fmt: skip
+    # A window alone is one statement, atomic on its own: sent on the pool past SQLAlchemy
+    # (db/direct.py); with audio silenced or a note beside it, one transaction, so that it is
+    # never stored with its spans still audible.
+    if not (done.edits or done.notes):
+        stored = await transcripts.store_window(
+            res.autocommit, call_id, track, *span, rows, res.webhooks
+        )
+        return _first(call_id, stored)
+    async with res.engine.begin() as conn:
+        stored = await transcripts.store_window(conn, call_id, track, *span, rows, res.webhooks)
+        if not _first(call_id, stored):
             return False
         await overwrite(conn, call_id, done.edits, res.objects)
         if done.notes:
@@ -548,6 +551,14 @@ async def _store(
                 conn, call_id, _noted(done.notes, label, state)
             )
     return True
+
+
+def _first(call_id: str, stored: bool) -> bool:
+    """Whether this run stored its window (False: another run stored it first)."""
+    if not stored:
+        log.info("%s: a window was transcribed twice; kept the first", call_id,
+                 extra=about(call_id))  # fmt: skip
+    return stored
 
 
 def _noted(notes: list[str], label: str, state: CallState) -> list[AttemptRecord]:

@@ -4,12 +4,22 @@ stored in one statement, once, whoever races for it, and never in part."""
 from __future__ import annotations
 
 import asyncio
+import struct
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.recording import build_rows
+from db.engine import make_sessionmaker
 from db.packets import StoredPacket
-from db.segments import Planned, SegmentRow, Stored, plan_segment, store_segment
+from db.segments import (
+    TEXT,
+    Planned,
+    SegmentReader,
+    SegmentRow,
+    Stored,
+    plan_segment,
+    store_segment,
+)
 from tests.factories import rows
 
 
@@ -134,3 +144,36 @@ async def test_a_racing_insert_goes_in_when_the_first_rolls_back(engine: AsyncEn
         await tx.rollback()
     assert await asyncio.wait_for(racing, 5) is not None
     assert await stored_rows(engine, "seg-f") == [(0, 0, [0]), (0, 1, [0])]
+
+
+# Values a text or float encoding could get wrong: past a float's integers, the int64 range's
+# ends, and floats whose shortest decimal is long, the smallest (subnormal), the largest, -0.0.
+SEQUENCES = [0, 7, 2**53 - 1, 2**53 + 1, 2**62 + 3, 2**63 - 1]  # no two consecutive: a run each
+SIZES = [1, 10, 100, 3, 2**20, 0]
+AWKWARD = [0.1 + 0.2, -0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -1 / 3]
+ARRIVALS = [1_700_000_000.123, 1_700_000_000.02 + 1e-6, 0.0, -1.5, 2.0**-1074 * 3, 1e300]
+
+
+def bits(values: list[float]) -> list[bytes]:
+    return [struct.pack(">d", v) for v in values]
+
+
+async def test_a_rows_arrays_read_back_bit_for_bit_stored_or_read_as_runs(engine: AsyncEngine):
+    awkward = SegmentRow(0, TEXT, SEQUENCES, SIZES, AWKWARD, ARRIVALS, b"x" * sum(SIZES))
+    alone = SegmentRow(1, TEXT, [2**53 + 1], [2], [-0.0], [5e-324], b"yy")  # one-element arrays
+    await store_alone(engine, "seg-exact", Planned(0, (-1, -1), (1000, 0), [awkward, alone]))
+
+    found = await rows(
+        engine,
+        "SELECT sequences, sizes, timestamps, arrivals FROM call_segment"
+        " WHERE call_id = 'seg-exact' ORDER BY track",
+    )
+    for row, stored in zip([awkward, alone], found, strict=True):
+        assert (list(stored.sequences), list(stored.sizes)) == (row.sequences, row.sizes)
+        assert bits(list(stored.timestamps)) == bits(row.timestamps)
+        assert bits(list(stored.arrivals)) == bits(row.arrivals)
+    heads = await SegmentReader(make_sessionmaker(engine), "seg-exact").heads()
+    runs = heads[0].runs  # a run a packet: its first values are every packet's
+    assert (runs.first.tolist(), runs.size.tolist()) == (SEQUENCES, SIZES)
+    assert bits(runs.first_timestamp.tolist()) == bits(AWKWARD)
+    assert bits(runs.first_arrival.tolist()) == bits(ARRIVALS)
