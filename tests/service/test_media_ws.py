@@ -523,3 +523,28 @@ async def test_a_bad_frame_after_sunk_frames_stores_those_before_it_and_nothing_
 
     assert (code, [f["code"] for f in frames]) == (1003, ["invalid_payload"])
     assert [p[0] for p in await stored(redis, "CA-SINKBAD")] == [1, 2, 3, 4, 5]
+
+
+async def test_frames_waiting_in_a_held_socket_are_read_and_stored_before_an_http_completion(
+    base: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    """After a read its sink took frames in, the socket is not read again until the stream's
+    store (service/ws_protocol.py): frames sent meanwhile wait in the kernel. A completion
+    reads them first, so that they are stored with the call, not refused as coming after it."""
+    monkeypatch.setattr(media_ws, "store_at", lambda held_since: held_since + LONG_HOLD_S)
+    monkeypatch.setattr(media_ws, "HOLD_S", LONG_HOLD_S)  # the reading held for as long
+    async with connect(f"ws://{base}/v1/call/media", compression=None) as ws:
+        await ws.send(start("CA-HELD"))
+        await asyncio.sleep(0.2)  # started: the sink is open
+        await ws.send(media(1))
+        await asyncio.sleep(0.2)  # read: the socket's reading is held now
+        for sequence in range(2, 6):
+            await ws.send(media(sequence))
+        await asyncio.sleep(0.2)  # in the server's socket, not read
+        async with httpx.AsyncClient(base_url=f"http://{base}") as http:
+            completed = await http.post("/v1/call/complete/CA-HELD")
+            assert completed.status_code == 202
+            assert [p[0] for p in await stored(redis, "CA-HELD")] == [1, 2, 3, 4, 5]
+            status = (await http.get("/v1/calls/CA-HELD")).json()
+        assert (status["state"], status["packets_received"]) == ("COMPLETED", 5)
+        ws.transport.abort()  # its reading is held for LONG_HOLD_S: no closing handshake

@@ -256,3 +256,97 @@ async def test_waiting_for_a_message_does_not_ask_for_the_running_loop(
     protocol.queue.put_nowait({"type": "websocket.receive", "text": "a"})
     assert await getter == {"type": "websocket.receive", "text": "a"}
     assert asked == 0
+
+
+class PausingTransport(Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def reads(self) -> bool:  # a call, so that a type checker does not narrow it
+        return self.reading
+
+
+async def holding_protocol(
+    hold_s: float,
+) -> tuple[QueuedWebSocketProtocol, PausingTransport, list[str]]:
+    """A protocol whose app's sink takes every text message and holds the reading for `hold_s`
+    after each read it took messages in."""
+    taken: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def sink(text: str) -> bool:
+        taken.append(text)
+        return True
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        sinks = scope["extensions"][TEXT_SINK]["sinks"]
+        sinks.attach(sink, lambda: loop.time() + hold_s)
+        await receive()  # the disconnect
+
+    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=2, lifespan="off",
+                    ws_per_message_deflate=False)  # fmt: skip
+    config.load()
+    protocol = QueuedWebSocketProtocol(config, ServerState(), {})
+    transport = PausingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(HANDSHAKE)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return protocol, transport, taken
+
+
+async def test_after_a_read_its_sink_took_messages_in_the_socket_is_read_again_when_the_app_said():
+    protocol, transport, taken = await holding_protocol(hold_s=0.05)
+    protocol.data_received(frame(b"a") + frame(b"b"))
+    assert (taken, transport.reads()) == (["a", "b"], False)
+    await asyncio.sleep(0.1)
+    assert transport.reads()
+    protocol.connection_lost(None)
+
+
+async def test_caught_up_lets_the_held_reading_go_and_returns_after_the_next_read():
+    protocol, transport, taken = await holding_protocol(hold_s=60)
+    protocol.data_received(frame(b"a"))
+    assert not transport.reads()
+    caught_up = asyncio.ensure_future(protocol.caught_up())
+    await asyncio.sleep(0)
+    assert transport.reads()
+    assert not caught_up.done()
+    protocol.data_received(frame(b"b"))  # what had come meanwhile
+    await asyncio.sleep(0)
+    assert caught_up.done()
+    assert taken == ["a", "b"]
+    protocol.connection_lost(None)
+
+
+async def test_caught_up_with_nothing_to_read_returns_after_one_turn_of_polling():
+    protocol, transport, _ = await holding_protocol(hold_s=60)
+    protocol.data_received(frame(b"a"))
+    await asyncio.wait_for(protocol.caught_up(), 1.0)
+    assert transport.reads()
+    await asyncio.wait_for(protocol.caught_up(), 1.0)  # let go, nothing read since: waits a turn
+    protocol.data_received(frame(b"b"))  # held again
+    protocol.connection_lost(None)
+    await asyncio.wait_for(protocol.caught_up(), 1.0)  # the socket is gone: at once
+
+
+async def test_a_full_queue_drained_does_not_resume_a_held_reading():
+    protocol, transport, _ = await holding_protocol(hold_s=60)
+    protocol.attach(None)  # messages go to the queue: two fill it (ws_max_queue=2)
+    protocol.data_received(frame(b"a") + frame(b"b"))
+    assert (protocol.read_paused, transport.reads()) == (True, False)
+    protocol.hold_until = lambda: asyncio.get_running_loop().time() + 60
+    protocol.reads_held = True  # as if the app held it meanwhile
+    await protocol.receive()
+    await protocol.receive()
+    assert (protocol.read_paused, transport.reads()) == (False, False)
+    protocol.connection_lost(None)
