@@ -17,7 +17,10 @@ the store, with no WebSocket object, read-ahead task or timer of its own. Under
 service/ws_protocol.py (`make run`'s server) a media frame does not even wake the stream's task:
 the protocol hands it to MediaStream.take_text as it is read, and the task wakes once a hold
 window to store what was taken; anything else (start, stop, a frame that breaks a rule) reaches
-the task in order, through `receive`, and is answered there. Every rule (call
+the task in order, through `receive`, and is answered there. The socket is then read once a
+window too: after a read the sink took frames in, not again until their store
+(MediaStream.read_again_at), which first reads what has come (flush: caught_up), as does a
+completion's. Every rule (call
 id, sizes, dedup, ordering, completed calls, complete then enqueue) is core/ingestion.py's, the
 same as over HTTP.
 
