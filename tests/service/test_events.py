@@ -32,6 +32,16 @@ from tests.serving import serving
 TIMEOUT = 10.0
 
 
+@asynccontextmanager
+async def running(hub: FeedHub) -> AsyncIterator[FeedHub]:
+    """The hub's reader started for the block, and closed after it."""
+    hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.close()
+
+
 @dataclass
 class SseEvent:
     id: str | None = None
@@ -270,8 +280,7 @@ async def test_a_subscriber_too_slow_for_its_queue_catches_up_from_redis_in_orde
     monkeypatch.setattr(feed_module, "QUEUE_SIZE", 5)
     log = EventLog(redis, FEED)
     hub = FeedHub(EventLog(redis, FEED), log)
-    hub.start()
-    try:
+    async with running(hub):
         async with hub.subscribe(EventFilter()) as batches:
             for n in range(40):  # far more than its queue holds, while it reads nothing
                 await log.publish({"type": "state", "call_id": f"c{n}", "state": "ARCHIVED"})
@@ -283,8 +292,6 @@ async def test_a_subscriber_too_slow_for_its_queue_catches_up_from_redis_in_orde
                     break
         assert got == [f"c{n}" for n in range(40)]
         assert hub.subscribers == 0
-    finally:
-        await hub.close()
 
 
 class _SlowReads(EventLog):
@@ -298,8 +305,7 @@ class _SlowReads(EventLog):
 async def test_a_resume_ahead_of_this_process_s_reader_repeats_nothing(redis: Redis) -> None:
     log = EventLog(redis, FEED)
     lagging = FeedHub(_SlowReads(redis, FEED), log)
-    lagging.start()
-    try:
+    async with running(lagging):
         await lagging.ready()
         await log.publish({"type": "state", "call_id": "x", "state": "ARCHIVED"})
         (seen,) = await log.after("0-0", 10)  # read from another API process
@@ -307,8 +313,6 @@ async def test_a_resume_ahead_of_this_process_s_reader_repeats_nothing(redis: Re
             await log.publish({"type": "state", "call_id": "y", "state": "ARCHIVED"})
             batch = await asyncio.wait_for(anext(batches), TIMEOUT)
         assert [item.call_id for item in batch if isinstance(item, Event)] == ["y"]
-    finally:
-        await lagging.close()
 
 
 def test_the_api_keeps_the_frames_of_recent_bounded_events_only():
@@ -341,8 +345,7 @@ async def test_with_no_subscriber_the_reader_reads_nothing_and_a_newcomer_gets_o
     monkeypatch.setattr(feed_module, "READ_BLOCK_MS", 50)
     log, reader = EventLog(redis, FEED), _CountedReads(redis, FEED)
     hub = FeedHub(reader, log)
-    hub.start()
-    try:
+    async with running(hub):
         await hub.ready()
         await asyncio.sleep(0.2)  # its first read ends: nobody listens
         reads = reader.reads
@@ -354,8 +357,6 @@ async def test_with_no_subscriber_the_reader_reads_nothing_and_a_newcomer_gets_o
             await log.publish({"type": "state", "call_id": "new", "state": "ARCHIVED"})
             batch = await asyncio.wait_for(anext(batches), TIMEOUT)
         assert [item.call_id for item in batch if isinstance(item, Event)] == ["new"]
-    finally:
-        await hub.close()
 
 
 async def test_a_subscriber_that_joins_as_the_reader_goes_waiting_misses_nothing(
@@ -366,8 +367,7 @@ async def test_a_subscriber_that_joins_as_the_reader_goes_waiting_misses_nothing
     monkeypatch.setattr(feed_module, "READ_BLOCK_MS", 50)
     log = EventLog(redis, FEED)
     hub = FeedHub(EventLog(redis, FEED), log)
-    hub.start()
-    try:
+    async with running(hub):
         await hub.ready()
         ready = hub.ready
 
@@ -385,5 +385,3 @@ async def test_a_subscriber_that_joins_as_the_reader_goes_waiting_misses_nothing
         async with hub.subscribe(EventFilter()) as batches:
             batch = await asyncio.wait_for(anext(batches), TIMEOUT)
         assert [item.call_id for item in batch if isinstance(item, Event)] == ["meanwhile"]
-    finally:
-        await hub.close()

@@ -70,6 +70,25 @@ class Transport(asyncio.Transport):
         return ("127.0.0.1", 9) if name in ("sockname", "peername") else default
 
 
+async def accepted(
+    app: Any,
+    protocol_class: type[WebSocketsSansIOProtocol] = QueuedWebSocketProtocol,
+    transport: Transport | None = None,
+    max_queue: int = 10_000,
+) -> tuple[Any, Transport]:
+    """A protocol serving `app` on a fake transport, past the handshake and the app's accept."""
+    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=max_queue, lifespan="off",
+                    ws_per_message_deflate=False)  # fmt: skip
+    config.load()
+    protocol = protocol_class(config, ServerState(), {})
+    transport = transport or Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(HANDSHAKE)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return protocol, transport
+
+
 async def served(protocol_class: type[WebSocketsSansIOProtocol], reads: list[bytes]) -> Served:
     """What an app that accepts and then receives every message saw, what the peer was sent
     after the handshake, and whether the socket was closed."""
@@ -84,23 +103,15 @@ async def served(protocol_class: type[WebSocketsSansIOProtocol], reads: list[byt
             if message["type"] == "websocket.disconnect":
                 return
 
-    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=10_000, lifespan="off",
-                    ws_per_message_deflate=False)  # fmt: skip
-    config.load()
-    protocol = protocol_class(config, ServerState(), {})
-    transport = Transport()
-    protocol.connection_made(transport)
-    protocol.data_received(HANDSHAKE)
-    for _ in range(5):
-        await asyncio.sleep(0)
-    accepted = len(transport.written)
+    protocol, transport = await accepted(app, protocol_class)
+    handshake = len(transport.written)
     for data in reads:
         protocol.data_received(data)
         await asyncio.sleep(0)
     protocol.connection_lost(None)
     for _ in range(5):
         await asyncio.sleep(0)
-    return seen, bytes(transport.written[accepted:]), transport.closed
+    return seen, bytes(transport.written[handshake:]), transport.closed
 
 
 def splits(stream: bytes) -> list[list[bytes]]:
@@ -199,14 +210,7 @@ async def sunk_and_received(reads: list[bytes], declined: set[str]) -> list[str]
             handled.append(message["text"])
             sinks.reopen()
 
-    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=10_000, lifespan="off",
-                    ws_per_message_deflate=False)  # fmt: skip
-    config.load()
-    protocol = QueuedWebSocketProtocol(config, ServerState(), {})
-    protocol.connection_made(Transport())
-    protocol.data_received(HANDSHAKE)
-    for _ in range(5):
-        await asyncio.sleep(0)
+    protocol, _ = await accepted(app)
     for data in reads:
         protocol.data_received(data)
         await asyncio.sleep(0)
@@ -292,15 +296,8 @@ async def holding_protocol(
         sinks.attach(sink, lambda: loop.time() + hold_s)
         await receive()  # the disconnect
 
-    config = Config(app=app, ws_max_size=MAX_SIZE, ws_max_queue=2, lifespan="off",
-                    ws_per_message_deflate=False)  # fmt: skip
-    config.load()
-    protocol = QueuedWebSocketProtocol(config, ServerState(), {})
     transport = PausingTransport()
-    protocol.connection_made(transport)
-    protocol.data_received(HANDSHAKE)
-    for _ in range(5):
-        await asyncio.sleep(0)
+    protocol, _ = await accepted(app, transport=transport, max_queue=2)
     return protocol, transport, taken
 
 
