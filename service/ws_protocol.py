@@ -19,11 +19,11 @@ websockets would have produced the same message, with nothing else to do for it.
 connection with permessage-deflate) goes to websockets from that frame on.
 
 A whole text message (taken so, or parsed by websockets) may also be handed to the app as it is
-read, not queued: an app that
-holds a socket's messages anyway (the media stream holds its frames for HOLD_S to store them
-together) attaches a sink (`scope["extensions"][TEXT_SINK]`, service/asgi.py), and its task is
-not woken for each message (a task's wake, a queue's future and the app's coroutine chain were
-half of a media frame's cost in the API: BENCHMARKS.md, Real-time capacity). Messages reach the
+read, not queued: an app that holds a socket's messages anyway (the media stream holds its frames
+for HOLD_S to store them together) attaches a sink (`scope["extensions"][TEXT_SINK]`,
+service/asgi.py), and its task is not woken for each message (a task's wake, a queue's future and
+the app's coroutine chain were about half of a media frame's instructions in the protocol and the
+app: BENCHMARKS.md, Real-time capacity). Messages reach the
 app in the order they were read, whichever way each goes: the sink is offered a message only
 when nothing waits in the queue and the app has handled, and reopened the sink after, every
 message it received from the queue; a message the sink declines is queued as usual.
