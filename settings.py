@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         description="a media stream that has not sent a valid `start` this long after it opened "
         "is closed with `1008` (its key, when it brings it in `start`, included)",
     )
+    settle_heap: bool = Field(
+        True,
+        description="an API process, once started, keeps what start-up built out of Python's "
+        "cyclic collector and walks young objects less often (`core/heap.py`: the collector was "
+        "a tenth of the API's CPU at 150 live calls); the test suite turns it off, as its one "
+        "process serves many apps",
+    )
     ws_max_sockets_per_key: int = Field(
         1000,
         ge=1,

@@ -20,6 +20,7 @@ from arq.worker import Function, func
 
 from core import metrics
 from core.builders import feed_limits
+from core.heap import settle_heap
 from core.logs import about, configure_logging
 from db.erasures import Scope
 from db.feed_relay import FeedRelay
@@ -30,7 +31,6 @@ from jobs import polling, resilience
 from jobs.ai_local import LocalAI
 from jobs.erasure import ERASE_TIMEOUT_S, CallBusy, erase, upkeep
 from jobs.feed_relay import RelayLoop
-from jobs.heap import settle_heap
 from jobs.process import process_call
 from jobs.queue import ERASE_CALL, FLUSH_SEGMENT, PROCESS_CALL, TRANSCRIBE_LIVE
 from jobs.resources import WorkerResources, make_resources, resources

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from core.access import key_ring, refuse_open_non_loopback
+from core.heap import settle_heap
 from core.logs import configure_logging
 from service.errors import install_error_handlers
 from service.fastpath import IngestFastPath
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             # Asterisk AudioSocket's TCP listeners, when configured, in this process.
             listeners = await start_listeners(configured, res.ingestion)
+            if configured.settle_heap:
+                settle_heap()
             yield {"resources": res}
         finally:
             for listener in listeners:

@@ -111,6 +111,8 @@ def make_settings(db_url: str, redis_url: str, **overrides: Any) -> Settings:
         # tail's bound (TAIL_MAX_SEGMENTS, 2 in make run) would hold them back. Its own tests
         # (tests/service/test_backpressure.py) set it.
         "tail_max_segments": 0,
+        # The suite's one process serves many apps: its collector is left as it is.
+        "settle_heap": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

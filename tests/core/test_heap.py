@@ -1,4 +1,4 @@
-"""The worker's heap after start-up (jobs/heap.py), in a process of its own: the test run's
+"""A process's heap after start-up (core/heap.py), in a process of its own: the test run's
 collector is left as it is."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from jobs.heap import YOUNG_OBJECTS
+from core.heap import YOUNG_OBJECTS
 
 PROBE = """
 import gc
-from jobs.heap import settle_heap
+from core.heap import settle_heap
 default = gc.get_threshold()
 class Cycle: pass
 settle_heap()

@@ -1,6 +1,12 @@
-"""The worker's heap and Python's cyclic collector: what start-up built is kept out of the
-collector's walks, and young objects are walked less often.
+"""A process's heap and Python's cyclic collector, for the worker and the API alike: what
+start-up built is kept out of the collector's walks, and young objects are walked less often.
 
+The API: each media frame makes a few short-lived objects (its JSON's dicts, a packet), and with
+the default first threshold the collector walked them, and every so often the ~200,000 objects
+start-up built (FastAPI's routes, pydantic's schemas, the pools): 10.6% of the API's busy samples
+at 150 live calls (py-spy, BENCHMARKS.md, Real-time capacity).
+
+The worker:
 A live segment's flush makes ~40,000 objects (hiredis' reply, a packet an entry) that live as
 long as the flush: with the default first threshold (700) each is walked a few times before it
 dies, and those promoted to the oldest generation bring on full collections that walk the
