@@ -154,7 +154,8 @@ async def drain(b: Bench, api: int, plan: Plan, workers: int, tag: str) -> dict[
         cpu0 = meter.read()
         sent = asyncio.create_task(send_all(api, work.completes, 32))
         seconds = await b.finished(conn, plan.drain_calls, 120)
-        cpu = meter.spent(cpu0, meter.read())["workers"]
+        spent = meter.spent(cpu0, meter.read())
+        cpu = spent["workers"]
         completes = await sent
         done = await final_count(conn)
         latency = [
@@ -179,6 +180,9 @@ async def drain(b: Bench, api: int, plan: Plan, workers: int, tag: str) -> dict[
         "seconds": seconds,
         "calls_per_s": done / seconds,
         "cpu_ms_per_call": 1000 * cpu / max(done, 1),
+        # Every process's share, the completions' sender (the client) included: what the drain's
+        # tail waits for on cores the servers share.
+        "cpu_ms_per_call_by_process": {k: 1000 * v / max(done, 1) for k, v in spent.items()},
         "completion_to_final_p50_s": pct(latency, 0.50),
         "completion_to_final_p99_s": pct(latency, 0.99),
         "last_completion_to_final_s": float(tail or 0.0),

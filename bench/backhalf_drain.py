@@ -45,7 +45,9 @@ def main() -> None:
             f"{d['cpu_ms_per_call']:.2f} ms of workers' CPU a call, completion -> final "
             f"p50 {d['completion_to_final_p50_s']:.2f} s, "
             f"p99 {d['completion_to_final_p99_s']:.2f} s, "
-            f"last completion -> all final {d['last_completion_to_final_s']:.2f} s"
+            f"last completion -> all final {d['last_completion_to_final_s']:.2f} s; "
+            "CPU a call by process: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in d["cpu_ms_per_call_by_process"].items())
         )
 
 
