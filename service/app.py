@@ -19,6 +19,7 @@ from service.fastpath import IngestFastPath
 from service.feeds import asterisk_ws, audiohook_ws, freeswitch_ws
 from service.feeds.audiosocket import AudioSocketListener, start_listeners
 from service.gate import AccessGate
+from service.status_path import StatusFastPath
 from service.resources import ApiResources, open_resources
 from service.routes import (
     calls,
@@ -111,12 +112,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_asgi(settings: Settings | None = None) -> AccessGate:
-    """What uvicorn serves: the access gate, then the ingestion fast path (INGEST_FAST_PATH),
-    then the FastAPI app. The fast path sits outside FastAPI's middleware stack on purpose: that
-    stack alone costs about a third of a packet's time (BENCHMARKS.md); the gate sits outside
-    everything, so that no path can skip it."""
+    """What uvicorn serves: the access gate, then the ingestion fast path (INGEST_FAST_PATH) and
+    the status read's (service/status_path.py), then the FastAPI app. The fast paths sit outside
+    FastAPI's middleware stack on purpose: that stack alone costs about a third of a packet's
+    time (BENCHMARKS.md); the gate sits outside everything, so that no path can skip it."""
     api = create_app(settings)
-    inner: ASGIApp = IngestFastPath(api) if (settings or get_settings()).ingest_fast_path else api
+    inner: ASGIApp = StatusFastPath(api)
+    if (settings or get_settings()).ingest_fast_path:
+        inner = IngestFastPath(inner)
     return AccessGate(inner)
 
 

@@ -78,7 +78,7 @@ async def get_call(
     wait: Wait = None,
 ) -> Response:
     condition = parse_if_none_match(if_none_match)
-    body = await _status_body(res, call_id)
+    body = await status_body(res, call_id)
     if wait is not None:
         # Without If-None-Match the client is taken to have the answer of this moment.
         condition = condition or IfNoneMatch(any=False, tags=frozenset({etag_of(body)}))
@@ -90,16 +90,17 @@ async def get_call(
                 body,
                 condition,
                 wait,
-                lambda: _status_body(res, call_id),
+                lambda: status_body(res, call_id),
                 request.is_disconnected,
                 changed,
             )
     return answer(body, condition)
 
 
-async def _status_body(res: ApiResources, call_id: str) -> bytes:
-    """One read of the call, one statement on the reader's pool (no transaction, no pre-ping):
-    a waiting request holds no PostgreSQL connection between its reads."""
+async def status_body(res: ApiResources, call_id: str) -> bytes:
+    """The answer's body (this route's, and service/status_path.py's): one read of the call, one
+    statement on the reader's pool (no transaction, no pre-ping): a waiting request holds no
+    PostgreSQL connection between its reads."""
     found = await call_status(res.reads, res.live, call_id, res.settings.missing_list_cap)
     if found is None:
         raise CallNotFound(f"call {call_id} is unknown")
