@@ -19,7 +19,6 @@ from service.fastpath import IngestFastPath
 from service.feeds import asterisk_ws, audiohook_ws, freeswitch_ws
 from service.feeds.audiosocket import AudioSocketListener, start_listeners
 from service.gate import AccessGate
-from service.status_path import StatusFastPath
 from service.resources import ApiResources, open_resources
 from service.routes import (
     calls,
@@ -36,6 +35,7 @@ from service.routes import (
     webhooks,
 )
 from service.schemas import GATE_RESPONSES
+from service.status_path import StatusFastPath
 from settings import Settings, get_settings
 
 DESCRIPTION = """

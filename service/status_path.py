@@ -40,7 +40,7 @@ class StatusFastPath(AppLayer):
         except CallstreamError as error:
             await send_error(send, error)
             return
-        except Exception:  # noqa: BLE001 - FastAPI's handlers answer it (see the module's doc)
+        except Exception:  # FastAPI's handlers answer it (see the module's doc)
             await self.app(scope, receive, send)
             return
         await answer(body, parse_if_none_match(if_none_match))(scope, receive, send)

@@ -1,6 +1,7 @@
 """GET /v1/calls/{id} answered by the bare layer (service/status_path.py) is the route's answer:
-its status, its headers (their order aside) and its body byte for byte; whatever that layer does not answer itself reaches FastAPI. The route's answer
-is asked for with a query parameter it ignores: a query string always goes to FastAPI."""
+its status, its headers (their order aside) and its body byte for byte; whatever that layer
+does not answer itself reaches FastAPI. The route's answer is asked for with a query parameter
+it ignores: a query string always goes to FastAPI."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient, Response
 
-from service import status_path
+from service.routes import calls
 from tests.factories import complete, send
 
 
@@ -23,13 +24,13 @@ def _same(fast: Response, route: Response) -> None:
 def bare_answers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The call ids the bare layer read."""
     read: list[str] = []
-    real = status_path.status_body
+    real = calls.status_body
 
     async def counted(res: Any, call_id: str) -> bytes:
         read.append(call_id)
         return await real(res, call_id)
 
-    monkeypatch.setattr(status_path, "status_body", counted)
+    monkeypatch.setattr("service.status_path.status_body", counted)
     return read
 
 
