@@ -4,7 +4,7 @@ The API reaches the worker only through this module, and nothing else names arq'
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -62,6 +62,25 @@ async def queue_status(queue: ArqRedis) -> QueueStatus:
         pipe.get(name + health_check_key_suffix)
         queued, heartbeat = await pipe.execute()
     return QueueStatus(int(queued), heartbeat.decode() if heartbeat else None)
+
+
+async def waiting_calls(queue: ArqRedis, call_ids: Sequence[str]) -> set[str]:
+    """The calls among `call_ids` whose job waits in the queue, not running (no in-progress
+    marker): a backlog, or a retry deferred during an outage. Such a job is not orphaned: a
+    worker runs it in its turn. One round trip whatever their number (arq's queue also holds
+    running jobs until they finish, so the marker tells the two apart)."""
+    if not call_ids:
+        return set()
+    job_ids = [call_job_id(c) for c in call_ids]
+    async with queue.pipeline(transaction=False) as pipe:
+        pipe.zmscore(queue.default_queue_name, job_ids)
+        pipe.mget([in_progress_key_prefix + j for j in job_ids])
+        queued, running = await pipe.execute()
+    return {
+        call_id
+        for call_id, score, marker in zip(call_ids, queued, running, strict=True)
+        if score is not None and marker is None
+    }
 
 
 async def requeue_orphan(queue: ArqRedis, call_id: str) -> bool:

@@ -19,6 +19,7 @@ from db.states import CallState
 from devstack.servers import free_port
 from jobs.ai import TransientAIError
 from jobs.flushing import flush_call
+from jobs import sweep
 from jobs.process import process_call
 from jobs.queue import call_job_id
 from jobs.resources import WorkerResources
@@ -86,12 +87,38 @@ async def test_reaper_releases_a_call_that_finished_but_kept_its_keys(
     await send(client, "done", 0)
     await complete(client, "done")
     await process_call(res, "done")
-    await res.redis.zadd(
-        call_keys("done").shard.pending, {"done": time.time() - 10}
-    )  # the release never happened
+    # Its worker died after the commit: the release never happened, arq's marker stays.
+    await res.redis.zadd(call_keys("done").shard.pending, {"done": time.time() - 10})
+    await res.queue.set(in_progress_key_prefix + call_job_id("done"), b"1", px=600_000)
 
     assert await recover_orphaned_calls(res) == []
     assert await res.redis.zscore(call_keys("done").shard.pending, "done") is None
+
+
+async def test_reaper_leaves_a_backlog_of_waiting_jobs_without_reading_postgresql(
+    client: AsyncClient, worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
+):
+    # Calls completed past the lease's grace whose jobs wait their turn (a backlog): not orphans.
+    res = quick_lease(worker_resources)
+    waiting = [f"queued-{n}" for n in range(20)]
+    for call_id in waiting:
+        await send(client, call_id, 0)
+        await complete(client, call_id)
+    await asyncio.sleep(0.25)
+    read: list[str] = []
+    settled = sweep.release_if_settled
+
+    async def counted(res_: WorkerResources, call_id: str) -> CallState | None:
+        read.append(call_id)
+        return await settled(res_, call_id)
+
+    monkeypatch.setattr(sweep, "release_if_settled", counted)
+
+    assert await recover_orphaned_calls(res) == []
+    assert read == []
+    queued = await res.queue.zrange(default_queue_name, 0, -1)
+    assert sorted(queued) == sorted(call_job_id(c).encode() for c in waiting)
+    assert all([await res.queue.exists(job_key_prefix + j.decode()) for j in queued])
 
 
 async def test_a_worker_with_a_stale_epoch_cannot_write(
