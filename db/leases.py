@@ -3,9 +3,11 @@ tells the reaper the worker died. Only the holder may renew or drop it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from db.keys import call_keys
 from db.pipelining import run_scripts
-from db.redis_client import RedisClient
+from db.redis_client import RedisClient, execute
 from db.scripts import Script, register
 
 
@@ -45,6 +47,17 @@ class Leases:
 
     async def alive(self, call_id: str) -> bool:
         return bool(await self.redis.exists(call_keys(call_id).lease))
+
+    async def alive_among(self, call_ids: Sequence[str]) -> set[str]:
+        """The calls among `call_ids` whose lease is held: one round trip (per node, on a
+        cluster) whatever their number."""
+        if not call_ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.exists(call_keys(call_id).lease)
+            held = await execute(pipe)
+        return {call_id for call_id, n in zip(call_ids, held, strict=True) if n}
 
 
 class TranscriptionLock:

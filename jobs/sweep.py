@@ -68,20 +68,24 @@ async def recover_orphaned_calls(res: WorkerResources) -> list[str]:
     """Re-run every completed call that no live worker holds: its worker died, its job was lost
     between the completion and the enqueue, or it ran out of arq tries during an outage.
     Candidates come from Redis (completed, not yet final) and from PostgreSQL (flushed calls in
-    a worker state), so a call is found even if Redis lost its index entry. Those whose job
-    waits in the queue are left at once, in one round trip for all: under a backlog they are
-    most of the candidates, and each cost the reaper a lease check, a PostgreSQL read and four
-    queue commands every REAPER_INTERVAL_S (a third of the worker's CPU draining 3,000 short
-    calls; BENCHMARKS.md, issue 27)."""
+    a worker state), so a call is found even if Redis lost its index entry.
+
+    Under a backlog most candidates are not orphans: their job waits in the queue, or runs on a
+    live worker (WORKER_MAX_JOBS at once, each longer than the lease's grace). Those are left in
+    two round trips for all, before anything is read one call at a time: checked one by one,
+    each cost a lease check, a PostgreSQL read and a release, and a round of 1,000 took longer
+    than REAPER_INTERVAL_S (BENCHMARKS.md, issue 27)."""
     grace = res.settings.lease_ttl_s
     pending = await res.live.pending(completed_before=time.time() - grace)
     async with res.sessions() as session:
         stalled = await calls.stalled_calls(session, idle_for_s=grace)
     candidates = list(dict.fromkeys([*pending, *stalled]))
     waiting = await waiting_calls(res.queue, candidates)
+    candidates = [c for c in candidates if c not in waiting]
+    held = await res.leases.alive_among(candidates)
     recovered = []
     for call_id in candidates:
-        if call_id in waiting or await res.leases.alive(call_id):
+        if call_id in held:
             continue
         if await release_if_settled(res, call_id) in TERMINAL_STATES:
             continue

@@ -95,15 +95,20 @@ async def test_reaper_releases_a_call_that_finished_but_kept_its_keys(
     assert await res.redis.zscore(call_keys("done").shard.pending, "done") is None
 
 
-async def test_reaper_leaves_a_backlog_of_waiting_jobs_without_reading_postgresql(
+async def test_reaper_leaves_a_backlog_of_waiting_and_running_jobs_without_reading_postgresql(
     client: AsyncClient, worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
 ):
-    # Calls completed past the lease's grace whose jobs wait their turn (a backlog): not orphans.
+    # Calls completed past the lease's grace whose jobs wait their turn or run on a live worker
+    # (a backlog, WORKER_MAX_JOBS at once): none is an orphan.
     res = quick_lease(worker_resources)
     waiting = [f"queued-{n}" for n in range(20)]
-    for call_id in waiting:
+    running = [f"running-{n}" for n in range(5)]
+    for call_id in waiting + running:
         await send(client, call_id, 0)
         await complete(client, call_id)
+    for call_id in running:
+        await res.queue.set(in_progress_key_prefix + call_job_id(call_id), b"1", px=600_000)
+        await res.leases.take(call_id, "a-live-worker", ttl_s=30)
     await asyncio.sleep(0.25)
     read: list[str] = []
     settled = sweep.release_if_settled
@@ -117,7 +122,7 @@ async def test_reaper_leaves_a_backlog_of_waiting_jobs_without_reading_postgresq
     assert await recover_orphaned_calls(res) == []
     assert read == []
     queued = await res.queue.zrange(default_queue_name, 0, -1)
-    assert sorted(queued) == sorted(call_job_id(c).encode() for c in waiting)
+    assert sorted(queued) == sorted(call_job_id(c).encode() for c in waiting + running)
     assert all([await res.queue.exists(job_key_prefix + j.decode()) for j in queued])
 
 
