@@ -17,9 +17,9 @@ from db import calls
 from db.keys import call_keys
 from db.states import CallState
 from devstack.servers import free_port
+from jobs import sweep
 from jobs.ai import TransientAIError
 from jobs.flushing import flush_call
-from jobs import sweep
 from jobs.process import process_call
 from jobs.queue import call_job_id
 from jobs.resources import WorkerResources
