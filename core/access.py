@@ -224,10 +224,7 @@ def is_loopback(host: str | None) -> bool:
     """A client on this machine (or a Unix socket, which has no address)."""
     if host is None:
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return host == "localhost" or _is_loopback_address(host)
 
 
 def host_is_loopback(host: str | None) -> bool:
@@ -242,6 +239,10 @@ def host_is_loopback(host: str | None) -> bool:
     return name.lower() == "localhost" or _is_loopback_address(name)
 
 
+# Cached: a keyless API asks it twice a request (its peer, its Host), and ipaddress parses in
+# Python: 5% of a single packet's API CPU (BENCHMARKS.md, issue 27). Bounded, as a Host header
+# is whatever the client writes.
+@functools.lru_cache(maxsize=1024)
 def _is_loopback_address(name: str) -> bool:
     try:
         return ipaddress.ip_address(name).is_loopback
