@@ -5,6 +5,8 @@ not go back to the pool with replies unread."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +15,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from db.outages import REDIS_OUTAGE
 from db.pipelining import ScriptCall, run_scripts
 from db.redis_client import close_redis, make_redis
 from settings import Settings
@@ -75,8 +79,10 @@ async def test_a_connection_that_fails_midway_is_not_pooled_again(
 ):
     batch = calls(single, 5)
     await run_scripts(single, batch)
-    connection_class = single.connection_pool.connection_class
-    read = connection_class.read_response
+    connection = await single.connection_pool.get_connection()
+    parser_class = type(connection._parser)  # what db/pipelining.py reads the replies with
+    await single.connection_pool.release(connection)
+    read = parser_class.read_response
     reads = 0
 
     async def dies_on_the_third(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -86,11 +92,40 @@ async def test_a_connection_that_fails_midway_is_not_pooled_again(
             raise RuntimeError("reading failed")
         return await read(self, *args, **kwargs)
 
-    monkeypatch.setattr(connection_class, "read_response", dies_on_the_third)
+    monkeypatch.setattr(parser_class, "read_response", dies_on_the_third)
     with pytest.raises(RuntimeError):
         await run_scripts(single, batch)
-    monkeypatch.setattr(connection_class, "read_response", read)
+    monkeypatch.setattr(parser_class, "read_response", read)
     # The next batch reads its own replies, not the two the failed one left unread (closed by
     # run_scripts; redis-py's pool would also refuse a connection with data waiting, if the
     # replies were there by then).
     assert await run_scripts(single, batch) == await as_redis_py_pipelines(single, batch)
+
+
+async def test_a_redis_that_stops_answering_is_an_outage_within_the_socket_timeout():
+    # A server that answers redis-py's handshake, then nothing: the batch's replies never come.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if b"EVALSHA" in data:
+                continue  # silent from here
+            if b"PING" in data:  # redis-py's health check, alone
+                writer.write(b"+PONG\r\n")
+                continue
+            commands = data.count(b"\r\n*") + data.startswith(b"*")
+            writer.write(b"+OK\r\n" * commands)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = make_redis(
+        f"redis://127.0.0.1:{port}", max_connections=2, connect_timeout_s=1.0, read_timeout_s=0.3
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await run_scripts(client, calls(client, 3))
+        assert time.monotonic() - started < 2.0  # one socket timeout, not one per reply
+        assert isinstance(RedisTimeoutError(), REDIS_OUTAGE)
+        assert not client.connection_pool._in_use_connections  # given back, disconnected
+    finally:
+        await close_redis(client)
+        server.close()
