@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from typing import cast
 
 import uvloop
 from redis.asyncio import Redis
@@ -40,14 +41,14 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     for d in uvloop.run(measure(args.workers, args.calls, args.runs)):
+        by_process = cast(dict[str, float], d["cpu_ms_per_call_by_process"])
         print(
             f"{commit} x{d['workers']} worker(s): {d['finished']}/{d['calls']} final, "
             f"{d['cpu_ms_per_call']:.2f} ms of workers' CPU a call, completion -> final "
             f"p50 {d['completion_to_final_p50_s']:.2f} s, "
             f"p99 {d['completion_to_final_p99_s']:.2f} s, "
             f"last completion -> all final {d['last_completion_to_final_s']:.2f} s; "
-            "CPU a call by process: "
-            + ", ".join(f"{k} {v:.2f} ms" for k, v in d["cpu_ms_per_call_by_process"].items())
+            "CPU a call by process: " + ", ".join(f"{k} {v:.2f} ms" for k, v in by_process.items())
         )
 
 

@@ -119,6 +119,7 @@ async def test_a_redis_that_stops_answering_is_an_outage_within_the_socket_timeo
     client = make_redis(
         f"redis://127.0.0.1:{port}", max_connections=2, connect_timeout_s=1.0, read_timeout_s=0.3
     )
+    assert type(client) is Redis
     try:
         started = time.monotonic()
         with pytest.raises(RedisTimeoutError):

@@ -17,10 +17,9 @@ from db import calls
 from db.keys import call_keys
 from db.states import CallState
 from devstack.servers import free_port
-from jobs import sweep
 from jobs.ai import TransientAIError
 from jobs.flushing import flush_call
-from jobs.process import process_call
+from jobs.process import process_call, release_if_settled
 from jobs.queue import call_job_id
 from jobs.resources import WorkerResources
 from jobs.sweep import recover_orphaned_calls
@@ -111,13 +110,13 @@ async def test_reaper_leaves_a_backlog_of_waiting_and_running_jobs_without_readi
         await res.leases.take(call_id, "a-live-worker", ttl_s=30)
     await asyncio.sleep(0.25)
     read: list[str] = []
-    settled = sweep.release_if_settled
+    settled = release_if_settled
 
     async def counted(res_: WorkerResources, call_id: str) -> CallState | None:
         read.append(call_id)
         return await settled(res_, call_id)
 
-    monkeypatch.setattr(sweep, "release_if_settled", counted)
+    monkeypatch.setattr("jobs.sweep.release_if_settled", counted)
 
     assert await recover_orphaned_calls(res) == []
     assert read == []
