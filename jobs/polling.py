@@ -22,6 +22,12 @@ from jobs.queue import IN_PROGRESS_KEY_PREFIX
 # How long a job seen running on another worker is not looked at again. Short: if that worker
 # dies, the reaper releases the job and this worker should see it within a poll or two.
 RUNNING_ELSEWHERE_TTL_S = 1.0
+# At most this many jobs claimed a poll (arq polls every 50 ms: up to 1,000 a second a worker;
+# the ids past the last one claimed are looked at in the next polls).
+# Without a cap the first worker to poll after a burst of completions claimed all of it, up to
+# WORKER_MAX_JOBS (1,000), and ran it on its one core while the others idled: 72% of a 500-call
+# drain's work went to one of make run's two workers (BENCHMARKS.md, issue 27).
+CLAIMS_PER_POLL = 50
 
 
 async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
@@ -43,7 +49,8 @@ async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
     if claim is None:
         claim = vars(worker)["_claim_jobs_script"] = register(worker.pool, Script.CLAIM_JOBS)
     ttl_ms = int(worker.in_progress_timeout_s * 1000)
-    args: list[str | int] = [timestamp_ms(), ttl_ms, IN_PROGRESS_KEY_PREFIX, *candidates]
+    most = min(free, CLAIMS_PER_POLL)
+    args: list[str | int] = [timestamp_ms(), ttl_ms, IN_PROGRESS_KEY_PREFIX, most, *candidates]
     raw = [
         v.decode() if isinstance(v, bytes) else v for v in await claim([worker.queue_name], args)
     ]

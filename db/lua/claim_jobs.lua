@@ -3,12 +3,15 @@
 -- (running elsewhere) or it is not due (gone, or deferred); else set the marker. Atomic like the
 -- WATCH/MULTI transaction it replaces, one round trip for a whole batch instead of three per job.
 -- The in-progress keys are built here, so the queue must live on one Redis (not a cluster).
+-- At most `most` jobs are claimed; the ids after the last one claimed are left unlooked at.
 -- KEYS: the queue (sorted set of job ids by due time in ms)
--- ARGV: now ms, marker ttl ms, in-progress key prefix, job ids...
+-- ARGV: now ms, marker ttl ms, in-progress key prefix, most to claim, job ids...
 -- Returns {claimed id, its score, ..., '', running id, ...}
-local now, ttl, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local now, ttl, prefix, most = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local claimed, running = {}, {}
-for i = 4, #ARGV do
+local taken = 0
+for i = 5, #ARGV do
+  if taken >= most then break end
   local id = ARGV[i]
   if redis.call('EXISTS', prefix .. id) == 1 then
     running[#running + 1] = id
@@ -18,6 +21,7 @@ for i = 4, #ARGV do
       redis.call('SET', prefix .. id, '1', 'PX', ttl)
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = score
+      taken = taken + 1
     end
   end
 end
