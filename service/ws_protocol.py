@@ -83,6 +83,24 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+# The turn of the loop's polling the sockets that let their reading go meanwhile wait for when
+# nothing comes (caught_up): one timer for them all, not one each. The streams' stores of one
+# window follow their waits; with a timer each, due a moment apart, they ended in different
+# ticks and went to Redis in several batches, not one (db/pipelining.py: a batch is what is
+# ready in one tick). A socket joining a turn armed earlier still gets the loop's next poll
+# first: a loop runs its due timers before its ready callbacks and polls after them.
+_turn: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+
+def _read_turn(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    global _turn
+    if _turn is None or _turn[0] is not loop or _turn[1].done():
+        turn = loop.create_future()
+        loop.call_later(READ_TURN_S, _settle, turn)
+        _turn = (loop, turn)
+    return _turn[1]
+
+
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
     sink: TextSink | None = None
     sink_open = False  # the app has handled every message it received (reopen)
@@ -143,11 +161,8 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
             return  # the queue is full (the app reads it first), or the socket is gone
         read = self.loop.create_future()
         self._read_waiters.append(read)
-        timer = self.loop.call_later(READ_TURN_S, _settle, read)
-        try:
-            await read
-        finally:
-            timer.cancel()
+        _read_turn(self.loop).add_done_callback(lambda _: _settle(read))
+        await read
 
     def _hold_reads(self, until: float) -> None:
         self.reads_held = True
