@@ -25,8 +25,8 @@ RUNNING_ELSEWHERE_TTL_S = 1.0
 # At most this many jobs claimed a poll (arq polls every 50 ms: up to 1,000 a second a worker;
 # the ids past the last one claimed are looked at in the next polls).
 # Without a cap the first worker to poll after a burst of completions claimed all of it, up to
-# WORKER_MAX_JOBS (1,000), and ran it on its one core while the others idled: 72% of a 500-call
-# drain's work went to one of make run's two workers (BENCHMARKS.md, issue 27).
+# WORKER_MAX_JOBS (1,000), and ran it on its one core while the others idled: one of make run's
+# two workers did 62-72% of a 500-call drain's work (BENCHMARKS.md, issue 27).
 CLAIMS_PER_POLL = 50
 
 

@@ -83,12 +83,12 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-# The turn of the loop's polling the sockets that let their reading go meanwhile wait for when
-# nothing comes (caught_up): one timer for them all, not one each. The streams' stores of one
-# window follow their waits; with a timer each, due a moment apart, they ended in different
-# ticks and went to Redis in several batches, not one (db/pipelining.py: a batch is what is
-# ready in one tick). A socket joining a turn armed earlier still gets the loop's next poll
-# first: a loop runs its due timers before its ready callbacks and polls after them.
+# What caught_up() waits for when nothing comes: one READ_TURN_S timer shared by every socket
+# that lets its reading go meanwhile, not a timer each. A window's stores follow these waits;
+# with a timer each, due a moment apart, they fell in different ticks and went to Redis in
+# several batches (db/pipelining.py: a batch is what is ready in one tick). A socket that joins
+# a turn armed earlier still gets the loop's next poll first: a loop runs its due timers before
+# its ready callbacks, and polls after them.
 _turn: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
 
