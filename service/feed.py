@@ -107,6 +107,7 @@ class FeedHub:
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # the reader knows where the feed ends
         self._wanted = asyncio.Event()  # a subscriber is on its way: a waiting reader reads
+        self._joining = 0  # callers inside ready(): the reader does not go waiting on them
         self._closing = False
 
     @property
@@ -184,11 +185,17 @@ class FeedHub:
         """Return once the reader knows where the feed ends; raise a Redis ConnectionError (a
         503, like any request that finds Redis gone) if it cannot learn it soon."""
         self.start()
+        # Counted, not only signalled: on Python 3.11 wait_for looks at _ready a turn later,
+        # and a reader whose read ends in this turn with nobody subscribed would clear both
+        # events and wait for a subscriber that waits for it (a 503 after 3 s, seen in CI).
+        self._joining += 1
         self._wanted.set()
         try:
             await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
         except TimeoutError:
             raise RedisConnectionError("the event feed cannot reach Redis") from None
+        finally:
+            self._joining -= 1
 
     def start(self) -> None:
         """Start the reader (the app's lifespan does: a task started inside a request would
@@ -200,7 +207,8 @@ class FeedHub:
         failures = 0
         while not self._stopped():
             try:
-                if self._ready.is_set() and not self._subscribers and not failures:
+                idle = not self._subscribers and not self._joining
+                if self._ready.is_set() and idle and not failures:
                     await self._wait_for_a_subscriber()
                     continue
                 if not self._ready.is_set():

@@ -385,3 +385,32 @@ async def test_a_subscriber_that_joins_as_the_reader_goes_waiting_misses_nothing
         async with hub.subscribe(EventFilter()) as batches:
             batch = await asyncio.wait_for(anext(batches), TIMEOUT)
         assert [item.call_id for item in batch if isinstance(item, Event)] == ["meanwhile"]
+
+
+class _GatedReads(EventLog):
+    """A reader whose blocking read ends when the test opens the gate (once per opening)."""
+
+    def __init__(self, redis: Redis, limits: FeedLimits) -> None:
+        super().__init__(redis, limits)
+        self.gate = asyncio.Event()
+
+    async def read_new(self, after: str, count: int, block_ms: int) -> list[Event]:
+        await self.gate.wait()
+        self.gate.clear()
+        return []
+
+
+async def test_a_newcomer_is_ready_when_the_reader_s_read_ends_in_the_same_turn(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The newcomer asks for the reader (ready()) and, in the same turn of the loop, the
+    # reader's blocking read ends with nobody subscribed: the reader must not go waiting and
+    # leave the newcomer waiting for a reader that waits for it (a 503 after 3 s; seen in CI).
+    monkeypatch.setattr(feed_module, "READY_TIMEOUT_S", 0.5)
+    reader = _GatedReads(redis, FEED)
+    hub = FeedHub(reader, EventLog(redis, FEED))
+    async with running(hub):
+        await hub.ready()  # the reader knows the end, and blocks in its read
+        newcomer = asyncio.create_task(hub.ready())
+        reader.gate.set()  # the read ends in the newcomer's turn, after it
+        await asyncio.wait_for(newcomer, TIMEOUT)
