@@ -80,7 +80,7 @@ class EmbeddedRedisCluster:
         node_timeout_ms: int = 2000,
     ) -> None:
         count = masters * (1 + replicas_per_master)
-        ports = _distinct_free_ports(2 * count)
+        ports = [free_port() for _ in range(2 * count)]  # distinct: free_port says so
         self.data_dir = data_dir
         self.shape = (masters, replicas_per_master)
         self.nodes = [
@@ -267,14 +267,6 @@ def _settled_map(node: ClusterNode) -> frozenset[tuple[Any, ...]]:
     ):
         raise _NotYet(f"replica {node.address} is not in sync with its master")
     return slot_map
-
-
-def _distinct_free_ports(count: int) -> list[int]:
-    # free_port releases its port at once, so two calls may return the same one.
-    ports: dict[int, None] = {}
-    while len(ports) < count:
-        ports[free_port()] = None
-    return list(ports)
 
 
 def _flags(entry: dict[str, Any]) -> set[str]:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1
@@ -21,22 +22,31 @@ _PR_SET_PDEATHSIG = 1
 # draws from a range of its own, so two test processes never pick the same port either.
 _PORT_RANGE = 2500
 _FIRST_PORT = 10000
+# free_port releases the port it found at once, so without this two calls in a row could return
+# the same one (1 in 2,500: a test's "dead" Redis then answered on its AudioSocket's port).
+_RECENTLY_GIVEN: deque[int] = deque(maxlen=256)
 
 
 def free_port() -> int:
+    """A port nothing listens on now, and not one of the last 256 this process handed out."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     low = _FIRST_PORT + _PORT_RANGE * (int(worker) % 8 if worker.isdigit() else 0)
     for _ in range(200):
         port = random.randrange(low, low + _PORT_RANGE)
+        if port in _RECENTLY_GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _RECENTLY_GIVEN.append(port)
             return port
     with socket.socket() as s:  # a crowded range: whatever the kernel gives
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _RECENTLY_GIVEN.append(port)
+    return port
 
 
 def die_with_parent() -> None:
