@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import deque
 
 import pytest
 
@@ -16,7 +17,7 @@ def test_two_calls_in_a_row_never_return_the_same_port(monkeypatch: pytest.Monke
     # the same free port drawn twice, then another.
     draws = itertools.chain([10_007, 10_007, 10_007], itertools.repeat(10_011))
     monkeypatch.setattr(random, "randrange", lambda low, high: next(draws))
-    monkeypatch.setattr(processes, "_RECENTLY_GIVEN", processes.deque(maxlen=256))
+    monkeypatch.setattr(processes, "_RECENTLY_GIVEN", deque[int](maxlen=256))
     assert [free_port(), free_port()] == [10_007, 10_011]
 
 
