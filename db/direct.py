@@ -155,6 +155,10 @@ class Direct:
                 except Exception as exc:  # giving the connection back failed: still an answer
                     _fail(lane.sending, exc)
                 lane.sending = []
+        except BaseException:  # cancelled (nobody waits for the batch, or the loop is closing)
+            for pending in lane.sending:
+                pending.answer.cancel()
+            raise
         finally:
             lane.sender, lane.sending = None, []
             if not lane.loop.is_closed() and any(not p.answer.done() for p in lane.waiting):
