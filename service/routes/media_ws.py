@@ -9,7 +9,7 @@ otherwise `sequenceNumber`, as before tracks (it counts every message of the str
 tracks it would put a gap on each after every frame of the other).
 `stop` completes the call exactly as POST /v1/call/complete does. Consecutive media frames are
 buffered and stored with one Ingestion.append (one Redis round trip) when 50 are waiting or the
-HOLD_S window (100 ms of a clock every stream of the process shares, service/streaming.py
+HOLD_S window (150 ms of a clock every stream of the process shares, service/streaming.py
 store_at) that the oldest arrived in is over: every stream of the process stores in the same
 loop tick, and the stores share one pipelined round trip (db/pipelining.py). The socket is a bare
 ASGI endpoint (MediaSocket): a frame costs the protocol's parsing, this module's and its share of
