@@ -104,4 +104,6 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_timeout():
 
 
 def test_the_hold_stays_within_the_status_lag_budget():
-    assert streaming.HOLD_S <= 0.1  # the lag's p99 budget is 250 ms (bench capacity)
+    # The status lag's p99 budget is 250 ms (bench capacity): a frame waits HOLD_S at most, and
+    # its store and the status read must fit in the rest (at 150 ms, p99 141-175 ms measured).
+    assert streaming.HOLD_S <= 0.6 * 0.250
