@@ -24,8 +24,9 @@ FLUSH_AT = 50  # packets buffered before one append, at most
 # call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 150 ms
 # stores seven or eight ticks at a time (a media stream's windows are aligned, store_at: a
 # packet waits 75 ms on average). Against 100 ms it cost the stack about 10% less CPU a
-# call-minute at 150 calls (API 12%, Redis 8%) for 40-50 ms more status lag, p99 163-175 ms of
-# the 250 ms a status may trail (BENCHMARKS.md, Real-time capacity, issue 27's seventh stop).
+# call-minute at 150 calls (API 12%, Redis 8%) for about 50 ms more status lag: p99 141-175 ms
+# in the runs measured, of the 250 ms a status may trail (BENCHMARKS.md, Real-time capacity,
+# issue 27's seventh stop).
 # The WebSocket acknowledges no frame, so nothing a client was told is held.
 HOLD_S = 0.15
 READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
