@@ -7,11 +7,9 @@ stream's) waits for its next message by a deadline (Waiter)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Sequence
 
-from fastapi import WebSocket, WebSocketDisconnect
 from starlette.types import Message, Receive
 
 from core.errors import FlushBehind
@@ -29,7 +27,7 @@ FLUSH_AT = 50  # packets buffered before one append, at most
 # issue 27's seventh stop).
 # The WebSocket acknowledges no frame, so nothing a client was told is held.
 HOLD_S = 0.15
-READ_AHEAD = 256  # frames read off the socket while a flush is in flight (backpressure beyond)
+READ_AHEAD = 256  # AudioSocket messages read while a flush is in flight (backpressure beyond)
 
 CLOSED = object()  # the reader's sentinel: the client went away
 # A call whose unflushed tail is at its bound (TAIL_MAX_SEGMENTS) pauses its stream, trying
@@ -113,8 +111,8 @@ async def append_or_pause(
     ingestion: Ingestion, call_id: str, packets: Sequence[PacketFields]
 ) -> None:
     """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
-    behind), pause and try again, up to PAUSE_MAX_S: the socket is not read meanwhile (a feed's
-    reader stops at READ_AHEAD frames; the media stream reads nothing while it stores), so the
+    behind), pause and try again, up to PAUSE_MAX_S: the socket is not read meanwhile (a feed
+    reads nothing while it stores, an AudioSocket's reader stops at READ_AHEAD messages), so the
     peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
     waited = 0.0
     while True:
@@ -126,15 +124,3 @@ async def append_or_pause(
                 raise
             await asyncio.sleep(PAUSE_S)
             waited += PAUSE_S
-
-
-async def read_frames(websocket: WebSocket, frames: asyncio.Queue[object]) -> None:
-    """Read frames (str for text, bytes for binary) ahead into a bounded queue, so they pile up
-    while a flush is in flight; CLOSED when the client went away."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            await frames.put(message.get("text", message.get("bytes")))
-    await frames.put(CLOSED)

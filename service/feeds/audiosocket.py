@@ -31,7 +31,7 @@ from core.audio import UnsupportedAudio
 from core.ingestion import Ingestion
 from db.outages import REDIS_OUTAGE
 from db.packets import Track
-from service.feeds.session import FeedRefused, FeedSession, Refusal
+from service.feeds.session import FeedRefused, FeedSession, Refusal, queued
 from service.feeds.timeline import Codec, FeedFormat
 from service.streaming import CLOSED, READ_AHEAD
 from settings import Settings, host_port
@@ -231,7 +231,7 @@ class AudioSocketListener:
         try:
             try:
                 await session.pump(
-                    messages,
+                    queued(messages),
                     protocol.handle,
                     self.settings.ws_idle_timeout_s,
                     self.settings.ws_start_timeout_s,

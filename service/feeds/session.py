@@ -26,7 +26,7 @@ from core.ingestion import CALL_ID_RULE, Ingestion, is_call_id
 from db.outages import REDIS_OUTAGE
 from db.packets import NewPacket, Track
 from service.feeds.timeline import FeedFormat, Timeline
-from service.streaming import CLOSED, FLUSH_AT, HOLD_S, append_or_pause
+from service.streaming import CLOSED, FLUSH_AT, append_or_pause, store_at
 
 log = logging.getLogger(__name__)
 # The most audio one frame may carry: PBXs send 20 ms (mod_audio_stream up to its buffer size);
@@ -70,6 +70,9 @@ class FeedRefused(Exception):
 
 # The PBX handle of a feed's message: True when the feed is over (a graceful end).
 Handler = Callable[[object], Awaitable[bool]]
+# A feed's next message (CLOSED once the peer went away), waiting at most the seconds given for
+# it (TimeoutError past them).
+NextMessage = Callable[[float], Awaitable[object]]
 
 
 class FeedSession:
@@ -81,7 +84,10 @@ class FeedSession:
         self.call_id: str | None = None
         self.timeline: Timeline | None = None
         self.buffer: list[NewPacket] = []
-        self.held_since = 0.0  # when the oldest buffered packet arrived
+        self.store_by = 0.0  # when the packets held are stored (streaming.store_at)
+        # The loop's clock, as the media stream's: the windows of every feed and stream of the
+        # process end together, and the hold's timer is armed on the clock it is measured by.
+        self._clock = asyncio.get_running_loop().time
         self.outcome = "dropped"  # what the metrics count when it ends
 
     @property
@@ -161,14 +167,17 @@ class FeedSession:
 
     def _hold(self, packets: list[NewPacket]) -> None:
         if packets and not self.buffer:
-            self.held_since = time.monotonic()
+            # The end of the process' hold window the oldest fell in (service/streaming.py's
+            # store_at): every feed of the process stores in the same tick, and their stores
+            # share one Redis round trip, as the media streams' do.
+            self.store_by = store_at(self._clock())
         self.buffer += packets
 
     @property
     def due(self) -> bool:
-        """Enough is waiting, or the oldest has waited HOLD_S."""
+        """Enough is waiting, or the oldest's hold window is over."""
         return len(self.buffer) >= FLUSH_AT or (
-            bool(self.buffer) and time.monotonic() - self.held_since >= HOLD_S
+            bool(self.buffer) and self._clock() >= self.store_by
         )
 
     async def flush(self) -> None:
@@ -207,22 +216,23 @@ class FeedSession:
                         "idle sweep will", self.transport, self.call_id, exc)  # fmt: skip
 
     async def pump(
-        self, messages: asyncio.Queue[object], handle: Handler, idle_s: float, start_s: float
+        self, next_message: NextMessage, handle: Handler, idle_s: float, start_s: float
     ) -> None:
-        """Feed `handle` each message read ahead into `messages` (CLOSED: the peer went away),
-        storing held packets when due: a packet waits at most HOLD_S for others to share its
-        round trip; with nothing held, the wait is the idle timeout's. A feed that has not
+        """Feed `handle` each message `next_message` gives (CLOSED: the peer went away),
+        storing held packets when due: a packet waits at most HOLD_S (to the end of the
+        process' hold window it came in) for others to share its round trip; with nothing
+        held, the wait is the idle timeout's. A feed that has not
         named its call (and brought its key, where it brings it in a message) within
         `start_s` (WS_START_TIMEOUT_S) of connecting is refused."""
-        start_by = time.monotonic() + start_s
+        start_by = self._clock() + start_s
         while True:
             wait_s = idle_s
             if self.buffer:
-                wait_s = max(0.0, self.held_since + HOLD_S - time.monotonic())
+                wait_s = max(0.0, self.store_by - self._clock())
             elif self.call_id is None:
-                wait_s = max(0.0, min(wait_s, start_by - time.monotonic()))
+                wait_s = max(0.0, min(wait_s, start_by - self._clock()))
             try:
-                message = await asyncio.wait_for(messages.get(), wait_s)
+                message = await next_message(wait_s)
             except TimeoutError:
                 if self.buffer:
                     await self.flush()
@@ -248,3 +258,17 @@ class FeedSession:
         if refused is not None:
             self.outcome = refused.code
         return refused
+
+
+def queued(messages: asyncio.Queue[object]) -> NextMessage:
+    """The next message of those a reader task reads ahead into `messages`."""
+
+    async def next_message(wait_s: float) -> object:
+        if not messages.empty():  # read while a store was in flight: no wait, no timer
+            return messages.get_nowait()
+        # A timeout block, not wait_for: on Python 3.11 wait_for runs its awaitable in a task
+        # of its own, which was one task a message.
+        async with asyncio.timeout(wait_s):
+            return await messages.get()
+
+    return next_message

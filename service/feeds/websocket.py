@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from fastapi import WebSocket
+from fastapi import WebSocket, WebSocketDisconnect
 
 from core.access import Role
 from core.errors import CallstreamError
@@ -30,10 +30,10 @@ from service.asgi import (
 )
 from service.deps import get_ws_resources, origin_allowed
 from service.errors import domain_response
-from service.feeds.session import FeedRefused, FeedSession, Handler, Refusal
+from service.feeds.session import FeedRefused, FeedSession, Handler, NextMessage, Refusal
 from service.gate import KEY_IN_START, actor_of
 from service.resources import ApiResources
-from service.streaming import READ_AHEAD, read_frames
+from service.streaming import CLOSED
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,11 @@ async def run_feed(
     feed ends, its packets stored as they come; then what is left is stored, the socket closed
     with the code its end calls for, and the feed ended (the call completes with its last)."""
     settings = get_ws_resources(websocket).settings
-    frames: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
-    reader = asyncio.create_task(read_frames(websocket, frames))
     refused: FeedRefused | None = None
     try:
         try:
             await session.pump(
-                frames, handle, settings.ws_idle_timeout_s, settings.ws_start_timeout_s
+                _frames(websocket), handle, settings.ws_idle_timeout_s, settings.ws_start_timeout_s
             )
         except FeedRefused as error:
             refused = error
@@ -125,10 +123,28 @@ async def run_feed(
                 await say(refused)
         await _close(websocket, CLOSE_CODES[refused.refusal], close_reason(refused))
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
         await session.end()
+
+
+def _frames(websocket: WebSocket) -> NextMessage:
+    """The socket's next frame (str: text, bytes: binary; CLOSED once the client went away),
+    read when the pump asks for it: by the pump's own task, not a reader task of its own (a
+    task's wake-up and a queue's hand-over a frame were a good part of a feed's cost:
+    BENCHMARKS.md, PBX feeds). While a store is in flight nothing is read: up to
+    `--ws-max-queue` frames (32) wait in the server, then TCP holds the PBX back."""
+
+    async def next_frame(wait_s: float) -> object:
+        try:
+            # Cancelled by its timeout, receive() gives nothing up (the server's queue keeps it).
+            async with asyncio.timeout(wait_s):
+                message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the end
+            return CLOSED
+        if message["type"] == "websocket.disconnect":
+            return CLOSED
+        return message.get("text", message.get("bytes"))
+
+    return next_frame
 
 
 async def _close(websocket: WebSocket, code: int, reason: str | None = None) -> None:

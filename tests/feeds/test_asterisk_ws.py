@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from websockets.exceptions import InvalidStatus
 
+from core import backlog
+from db import pipelining
 from db.keys import call_keys
 from service.app import create_asgi
+from service.feeds import session as session_module
 from settings import Settings
 from simulate.pbx import AsteriskWebSocketPeer, closing
 from tests.conftest import make_settings
@@ -59,6 +63,14 @@ async def opened(redis: Redis, call_id: str) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+async def stored(redis: Redis, call_id: str, packets: int) -> None:
+    """Wait (10 s at most) until the call's stream holds `packets` packets."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while await redis.xlen(call_keys(call_id).packets) < packets:
+        assert asyncio.get_running_loop().time() < deadline, "not stored within 10 s"
+        await asyncio.sleep(0.02)
 
 
 async def nothing_stored(redis: Redis, call_id: str) -> bool:
@@ -178,3 +190,40 @@ async def test_a_socket_dropped_mid_call_keeps_its_audio_and_the_call_completes(
     assert await settled(redis, "AST-DROP", 25, "IN_PROGRESS") == (25, "IN_PROGRESS")
     assert await outbound.close() == (1000, "")
     assert await settled(redis, "AST-DROP", 25, "COMPLETED") == (25, "COMPLETED")
+
+
+async def test_the_channels_of_a_process_store_their_held_audio_in_one_round_trip(
+    api: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # A feed holds its packets to the end of the process' hold window (streaming.store_at), as
+    # a media stream does: the two channels of a call (two sockets) store together, one
+    # pipelined round trip for both, not one each.
+    monkeypatch.setattr(backlog, "REFRESH_S", 600.0)  # no store waits on the backlog's read
+    batches: list[int] = []
+    run_scripts = pipelining.run_scripts
+
+    async def recording(redis: Any, calls: Any, replication: Any = None) -> list[Any]:
+        batches.append(len(calls))
+        return await run_scripts(redis, calls, replication)
+
+    monkeypatch.setattr(pipelining, "run_scripts", recording)
+    peers = [
+        await AsteriskWebSocketPeer.connect(api, {"call_id": "batched", "track": track})
+        for track in ("inbound", "outbound")
+    ]
+    try:
+        for peer in peers:
+            await peer.media_start("batched")
+        assert await feeds_open(redis, "batched", 2) == 2
+        await peers[0].send_audio(bytes(160), 160)  # a first store: the backlog is read
+        await stored(redis, "batched", 1)
+        window_ends = asyncio.get_running_loop().time() + 1.0
+        monkeypatch.setattr(session_module, "store_at", lambda held_since: window_ends)
+        batches.clear()
+        for peer in peers:
+            await peer.send_audio(bytes(160), 160)  # a 20 ms frame of silence each
+        await stored(redis, "batched", 3)
+    finally:
+        for peer in peers:
+            await peer.close()
+    assert batches[0] == 2  # both channels' stores in the first round trip after the window
