@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from websockets.exceptions import InvalidStatus
 
-from core import backlog
-from db import pipelining
 from db.keys import call_keys
 from service.app import create_asgi
 from service.feeds import session as session_module
 from settings import Settings
 from simulate.pbx import AsteriskWebSocketPeer, closing
+from tests.batches import script_batches
 from tests.conftest import make_settings
 from tests.feeds.calls import (
     AGENT_SAYS,
@@ -198,15 +196,7 @@ async def test_the_channels_of_a_process_store_their_held_audio_in_one_round_tri
     # A feed holds its packets to the end of the process' hold window (streaming.store_at), as
     # a media stream does: the two channels of a call (two sockets) store together, one
     # pipelined round trip for both, not one each.
-    monkeypatch.setattr(backlog, "REFRESH_S", 600.0)  # no store waits on the backlog's read
-    batches: list[int] = []
-    run_scripts = pipelining.run_scripts
-
-    async def recording(redis: Any, calls: Any, replication: Any = None) -> list[Any]:
-        batches.append(len(calls))
-        return await run_scripts(redis, calls, replication)
-
-    monkeypatch.setattr(pipelining, "run_scripts", recording)
+    batches = script_batches(monkeypatch)
     peers = [
         await AsteriskWebSocketPeer.connect(api, {"call_id": "batched", "track": track})
         for track in ("inbound", "outbound")

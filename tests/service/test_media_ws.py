@@ -16,9 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from core import backlog
 from core.ingestion import Ingestion
-from db import pipelining
 from db.keys import call_keys
 from devstack.servers import free_port
 from jobs.process import process_call
@@ -27,6 +25,7 @@ from service import streaming
 from service.app import create_app
 from service.routes import media_ws
 from settings import Settings
+from tests.batches import script_batches
 from tests.conftest import make_settings
 from tests.factories import send
 from tests.serving import serving
@@ -390,18 +389,9 @@ async def test_the_streams_of_a_process_store_their_held_frames_in_one_round_tri
     Redis together (db/pipelining.py), not one round trip a call. A store first reads what its
     socket holds (caught_up), and a socket whose frames came in a read of their own may be
     read a tick apart from the others (one or two batches here, never one a stream)."""
-    # The backlog is read once a second, by the store that finds it stale, which then goes a
-    # round trip after the others (core/backlog.py): kept fresh here, as the warm packet below
-    # alone would not (the streams' starts and the window take more than its second).
-    monkeypatch.setattr(backlog, "REFRESH_S", 600.0)
-    batches: list[int] = []
-    run_scripts = pipelining.run_scripts
-
-    async def recording(redis: Any, calls: Any, replication: Any = None) -> list[Any]:
-        batches.append(len(calls))
-        return await run_scripts(redis, calls, replication)
-
-    monkeypatch.setattr(pipelining, "run_scripts", recording)
+    # The backlog kept fresh (the warm packet below alone would not keep it so: the streams'
+    # starts and the window take more than its second).
+    batches = script_batches(monkeypatch)
     # A packet first: the backlog's size is read (core/backlog.py), so no store waits on it.
     async with httpx.AsyncClient(base_url=f"http://{base}") as http:
         warm = await http.post(
