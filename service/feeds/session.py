@@ -70,8 +70,9 @@ class FeedRefused(Exception):
 
 # The PBX handle of a feed's message: True when the feed is over (a graceful end).
 Handler = Callable[[object], Awaitable[bool]]
-# A feed's next message (CLOSED once the peer went away), waiting at most the seconds given for
-# it (TimeoutError past them).
+# A feed's next message (CLOSED once the peer went away), waiting for it until the deadline
+# given, on the loop's clock (TimeoutError past it). A deadline, not a delay: the feeds of a
+# window wait for the same moment, and their timers fire in the same turn of the loop.
 NextMessage = Callable[[float], Awaitable[object]]
 
 
@@ -226,13 +227,13 @@ class FeedSession:
         `start_s` (WS_START_TIMEOUT_S) of connecting is refused."""
         start_by = self._clock() + start_s
         while True:
-            wait_s = idle_s
+            deadline = self._clock() + idle_s
             if self.buffer:
-                wait_s = max(0.0, self.store_by - self._clock())
+                deadline = self.store_by
             elif self.call_id is None:
-                wait_s = max(0.0, min(wait_s, start_by - self._clock()))
+                deadline = min(deadline, start_by)
             try:
-                message = await next_message(wait_s)
+                message = await next_message(deadline)
             except TimeoutError:
                 if self.buffer:
                     await self.flush()
@@ -263,12 +264,12 @@ class FeedSession:
 def queued(messages: asyncio.Queue[object]) -> NextMessage:
     """The next message of those a reader task reads ahead into `messages`."""
 
-    async def next_message(wait_s: float) -> object:
+    async def next_message(deadline: float) -> object:
         if not messages.empty():  # read while a store was in flight: no wait, no timer
             return messages.get_nowait()
         # A timeout block, not wait_for: on Python 3.11 wait_for runs its awaitable in a task
         # of its own, which was one task a message.
-        async with asyncio.timeout(wait_s):
+        async with asyncio.timeout_at(deadline):
             return await messages.get()
 
     return next_message

@@ -133,10 +133,10 @@ def _frames(websocket: WebSocket) -> NextMessage:
     BENCHMARKS.md, PBX feeds). While a store is in flight nothing is read: up to
     `--ws-max-queue` frames (32) wait in the server, then TCP holds the PBX back."""
 
-    async def next_frame(wait_s: float) -> object:
+    async def next_frame(deadline: float) -> object:
         try:
             # Cancelled by its timeout, receive() gives nothing up (the server's queue keeps it).
-            async with asyncio.timeout(wait_s):
+            async with asyncio.timeout_at(deadline):
                 message = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the end
             return CLOSED
