@@ -1,6 +1,6 @@
 """What every streaming feed shares, whatever its protocol (the Twilio media stream in
 service/routes/media_ws.py, the PBX feeds in service/feeds/): how long a packet is held for others
-to share its Redis round trip, how many are stored at once, how far a feed's socket is read
+to share its Redis round trip, how many are stored at once, how far an AudioSocket is read
 ahead while a store is in flight (backpressure beyond), and how a bare ASGI socket (the media
 stream's) waits for its next message by a deadline (Waiter)."""
 
@@ -20,11 +20,11 @@ FLUSH_AT = 50  # packets buffered before one append, at most
 # How long a packet may wait for others to share its Redis round trip. At real-time pace a
 # stream sends a frame (two with both tracks) every 20 ms: storing each at once costs a script
 # call per tick, most of the API's and Redis' CPU per call (BENCHMARKS.md, Real calls); 150 ms
-# stores seven or eight ticks at a time (a media stream's windows are aligned, store_at: a
-# packet waits 75 ms on average). Against 100 ms it cost the stack about 10% less CPU a
-# call-minute at 150 calls (API 12%, Redis 8%) for about 50 ms more status lag: p99 141-175 ms
-# in the runs measured, of the 250 ms a status may trail (BENCHMARKS.md, Real-time capacity,
-# issue 27's seventh stop).
+# stores seven or eight ticks at a time (the windows of a process' streams and feeds are
+# aligned, store_at: a packet waits 75 ms on average). Against 100 ms it cost the stack about
+# 10% less CPU a call-minute at 150 calls (API 12%, Redis 8%) for about 50 ms more status lag:
+# p99 141-175 ms in the runs measured, of the 250 ms a status may trail (BENCHMARKS.md,
+# Real-time capacity, issue 27's seventh stop).
 # The WebSocket acknowledges no frame, so nothing a client was told is held.
 HOLD_S = 0.15
 READ_AHEAD = 256  # AudioSocket messages read while a flush is in flight (backpressure beyond)
@@ -40,8 +40,8 @@ PAUSE_MAX_S = 15.0
 def store_at(held_since: float) -> float:
     """When packets held since `held_since` (the loop's clock) are stored: the end of the
     HOLD_S window of the process' clock that they fell in, not HOLD_S after each stream's own
-    first packet. Every stream of the process then stores in the same loop tick, and those
-    stores share one pipelined Redis round trip (db/pipelining.py) instead of one each; a
+    first packet. Every stream and feed of the process then stores in the same loop tick, and
+    those stores share one pipelined Redis round trip (db/pipelining.py) instead of one each; a
     packet still waits at most HOLD_S (on average half)."""
     return (held_since // HOLD_S + 1) * HOLD_S
 
