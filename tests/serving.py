@@ -94,5 +94,13 @@ async def worker_running(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # arq's close() cancels the jobs still running, then gathers them: a cancelled job
+        # raises out of that gather (one CI run's failure at a test's end). Cancelled and
+        # awaited here first, as close() would, they are gone before it gathers.
+        jobs = list(worker.tasks.values())
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        worker.tasks.clear()
         await worker.close()
         await res.close()
