@@ -20,10 +20,11 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013  # a retryable refusal (core/errors.py `retryable`): reconnect later
 
-# The ASGI extension of service/ws_protocol.py: a socket's text messages handed to the app as
-# they are read (TextSink), for an app that holds them anyway. scope["extensions"][TEXT_SINK]
-# is {"sinks": TextSinks}, the socket's protocol; absent under any other server.
-TEXT_SINK = "callstream.text_sink"
+# The ASGI extension of service/ws_protocol.py: a socket's whole messages handed to the app as
+# they are read (TextSink, BinarySink), for an app that holds them anyway: the media stream's
+# text frames, a PBX feed's binary audio. scope["extensions"][FRAME_SINK] is
+# {"sinks": FrameSinks}, the socket's protocol; absent under any other server.
+FRAME_SINK = "callstream.frame_sink"
 
 
 class TextSink(Protocol):
@@ -35,16 +36,31 @@ class TextSink(Protocol):
     def __call__(self, text: str) -> bool: ...
 
 
-class TextSinks(Protocol):
-    """What `scope["extensions"][TEXT_SINK]` is: the socket's protocol."""
+class BinarySink(Protocol):
+    """A TextSink's twin for binary messages (the same rules)."""
+
+    def __call__(self, data: bytes) -> bool: ...
+
+
+class FrameSinks(Protocol):
+    """What `scope["extensions"][FRAME_SINK]` is: the socket's protocol."""
 
     def attach(
-        self, sink: TextSink | None, hold_until: Callable[[], float | None] | None = None
+        self,
+        sink: TextSink | None,
+        hold_until: Callable[[], float | None] | None = None,
+        binary: BinarySink | None = None,
     ) -> None: ...
 
     def reopen(self) -> None: ...
 
     async def caught_up(self) -> None: ...
+
+
+def frame_sinks(scope: Mapping[str, Any]) -> FrameSinks | None:
+    """The socket's FrameSinks, under a server that has them (service/ws_protocol.py)."""
+    extension = scope.get("extensions", {}).get(FRAME_SINK)
+    return extension["sinks"] if extension else None
 
 
 JSON_HEADERS = [(b"content-type", b"application/json")]

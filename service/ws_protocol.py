@@ -11,24 +11,25 @@ them all. A socket's memory stays bounded (that many messages of at most `--ws-m
 plus one read); a peer faster than the app is still held back by TCP; nothing else changes
 (the handshake, the closing, pings, errors are uvicorn's).
 
-And it takes the common frame itself: a whole text message in one masked frame (a media
-frame), read at a frame boundary of an open connection without extensions, is unmasked and
-queued here, without websockets' parser (a generator per read, a Frame object, its checks):
-websockets would have produced the same message, with nothing else to do for it. Anything else
-(a partial frame, a fragment, a control frame, binary, a frame websockets must refuse, a
-connection with permessage-deflate) goes to websockets from that frame on.
+And it takes the common frame itself: a whole text or binary message in one masked frame (a
+media frame, a PBX feed's audio), read at a frame boundary of an open connection without
+extensions, is unmasked and queued here, without websockets' parser (a generator per read, a
+Frame object, its checks): websockets would have produced the same message, with nothing else to
+do for it. Anything else (a partial frame, a fragment, a control frame, a frame websockets must
+refuse, a connection with permessage-deflate) goes to websockets from that frame on.
 
-A whole text message (taken so, or parsed by websockets) may also be handed to the app as it is
+A whole message (taken so, or parsed by websockets) may also be handed to the app as it is
 read, not queued: an app that holds a socket's messages anyway (the media stream holds its frames
-for HOLD_S to store them together) attaches a sink (`scope["extensions"][TEXT_SINK]`,
-service/asgi.py), and its task is not woken for each message (a task's wake, a queue's future and
-the app's coroutine chain were about half of a media frame's instructions in the protocol and the
-app: BENCHMARKS.md, Real-time capacity). Messages reach the
-app in the order they were read, whichever way each goes: the sink is offered a message only
-when nothing waits in the queue and the app has handled, and reopened the sink after, every
-message it received from the queue; a message the sink declines is queued as usual.
+for HOLD_S to store them together, a PBX feed its audio) attaches a sink for text messages, for
+binary ones or both (`scope["extensions"][FRAME_SINK]`, service/asgi.py), and its task is not
+woken for each message (a task's wake, a queue's future and the app's coroutine chain were about
+half of a media frame's instructions in the protocol and the app: BENCHMARKS.md, Real-time
+capacity). Messages reach the
+app in the order they were read, whichever way each goes: a sink is offered a message only
+when nothing waits in the queue and the app has handled, and reopened the sinks after, every
+message it received from the queue; a message a sink declines is queued as usual.
 
-Such an app may also hold the socket's reading (`hold_until`): after a read in which the sink
+Such an app may also hold the socket's reading (`hold_until`): after a read in which a sink
 took messages, the socket is not read again until the time the app names (the media stream: the
 end of its hold window, when it stores what it holds), so what the peer sends meanwhile waits in
 the kernel and comes in one read, not a read and a wake-up of the loop for every frame. Before it
@@ -47,7 +48,7 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from service.asgi import TEXT_SINK, TextSink
+from service.asgi import FRAME_SINK, BinarySink, TextSink
 
 try:
     from websockets.speedups import apply_mask
@@ -55,6 +56,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 _FIN_TEXT = 0x81  # FIN set, no reserved bit (no extension's), opcode 1: a whole text message
+_FIN_BINARY = 0x82  # the same, opcode 2: a whole binary message
 _MASKED = 0x80
 _LENGTH_16 = 126  # the length follows in 2 bytes; 127 (8 bytes) is left to websockets
 _MASK_BYTES = 4
@@ -103,6 +105,7 @@ def _read_turn(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
 
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
     sink: TextSink | None = None
+    binary_sink: BinarySink | None = None
     sink_open = False  # the app has handled every message it received (reopen)
     # When the app wants the socket read again after a read its sink took messages in (None:
     # as they come); reading is held meanwhile, until the timer or caught_up() lets it go.
@@ -121,23 +124,30 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if not self.close_sent:  # the handshake goes on: the app is called with this scope
             extensions: dict[str, dict[object, object]] = self.scope["extensions"]
-            extensions[TEXT_SINK] = {"sinks": self}
+            extensions[FRAME_SINK] = {"sinks": self}
 
     def attach(
-        self, sink: TextSink | None, hold_until: Callable[[], float | None] | None = None
+        self,
+        sink: TextSink | None,
+        hold_until: Callable[[], float | None] | None = None,
+        binary: BinarySink | None = None,
     ) -> None:
-        """Offer the socket's text messages to `sink` (None: queue them all again); with
-        `hold_until`, hold the reading after a read the sink took messages in, until the time
-        it gives (the loop's clock; None: read on)."""
+        """Offer the socket's text messages to `sink` and its binary ones to `binary` (None:
+        queue them all again); with `hold_until`, hold the reading after a read the sinks took
+        messages in, until the time it gives (the loop's clock; None: read on)."""
         self.sink = sink
-        self.sink_open = sink is not None
-        self.hold_until = hold_until if sink is not None else None
+        self.binary_sink = binary
+        self.sink_open = self._has_sink()
+        self.hold_until = hold_until if self.sink_open else None
         if self.hold_until is None:
             self._let_go()
 
+    def _has_sink(self) -> bool:
+        return self.sink is not None or self.binary_sink is not None
+
     def reopen(self) -> None:
-        """The app has handled the messages it received: the sink may take the next ones."""
-        self.sink_open = self.sink is not None
+        """The app has handled the messages it received: the sinks may take the next ones."""
+        self.sink_open = self._has_sink()
 
     async def receive(self) -> Any:
         # uvicorn's, but its reading is not resumed while the app holds it.
@@ -194,7 +204,7 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._taken = 0
-        rest = self._take_text_frames(data) if self._at_plain_frame_boundary() else data
+        rest = self._take_frames(data) if self._at_plain_frame_boundary() else data
         if rest:
             super().data_received(rest)
         self._read_done()
@@ -216,12 +226,17 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
             and not conn.debug
         )
 
-    def _take_text_frames(self, data: bytes) -> bytes:
-        """Hand the app (its sink, else its queue) the whole masked text frames at the start of
-        `data`; what is left from the first frame that is not one (or not whole) is
+    def _take_frames(self, data: bytes) -> bytes:
+        """Hand the app (its sink, else its queue) the whole masked text and binary frames at
+        the start of `data`; what is left from the first frame that is not one (or not whole) is
         websockets'."""
         end, limit, at = len(data), self.conn.max_message_size, 0
-        while at + 2 + _MASK_BYTES <= end and data[at] == _FIN_TEXT and data[at + 1] & _MASKED:
+        while (
+            at + 2 + _MASK_BYTES <= end
+            and data[at] in (_FIN_TEXT, _FIN_BINARY)
+            and data[at + 1] & _MASKED
+        ):
+            binary = data[at] == _FIN_BINARY
             length, mask_at = data[at + 1] & 0x7F, at + 2
             if length == _LENGTH_16:
                 length, mask_at = int.from_bytes(data[at + 2 : at + 4]), at + 4
@@ -233,9 +248,9 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
                 break
             payload = apply_mask(data[start:stop], data[mask_at:start])
             at = stop
-            if self._sunk(payload):
+            if self._sunk_bytes(payload) if binary else self._sunk(payload):
                 continue
-            self.curr_msg_data_type = "text"
+            self.curr_msg_data_type = "bytes" if binary else "text"
             self.frames = [payload]
             self.send_receive_event_to_app()
             if self.conn.state is not State.OPEN:  # invalid UTF-8: closed 1007
@@ -249,6 +264,12 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         super().handle_text(event)
 
+    def handle_bytes(self, event: Frame) -> None:
+        # A whole binary message websockets parsed: offered to the binary sink too.
+        if event.fin and self._sunk_bytes(bytes(event.data)):
+            return
+        super().handle_bytes(event)
+
     def _sunk(self, payload: bytes | bytearray | memoryview) -> bool:
         """Whether the app's sink took the message (in order: see the module's doc). Invalid
         UTF-8 is left to uvicorn's path, which closes the socket 1007."""
@@ -260,6 +281,16 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
         except UnicodeDecodeError:
             return False
         if not sink(text):
+            return False
+        self._taken += 1
+        return True
+
+    def _sunk_bytes(self, payload: bytes) -> bool:
+        """Whether the app's binary sink took the message (in order, as `_sunk`)."""
+        sink = self.binary_sink
+        if sink is None or not self.sink_open or self.close_sent or not self.queue.empty():
+            return False
+        if not sink(payload):
             return False
         self._taken += 1
         return True

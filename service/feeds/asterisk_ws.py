@@ -97,13 +97,18 @@ class AsteriskFeed:
         self.query = query
         self.track = Track.INBOUND
 
+    def audio(self, frame: bytes) -> bool:
+        """A frame of the started channel's audio, taken as it is read (run_feed's `audio`)."""
+        if not (self.session.opened and frame):
+            return False
+        self.session.take(self.track, frame)
+        return True
+
     async def handle(self, frame: object) -> bool:
         if isinstance(frame, bytes):
             if not self.session.opened:
                 raise FeedRefused("not_started", "media before MEDIA_START", Refusal.POLICY)
-            if not frame:
-                return False
-            self.session.take(self.track, frame)
+            self.audio(frame)
             return False
         if not isinstance(frame, str):
             return False
@@ -147,4 +152,4 @@ async def asterisk_media(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     session = new_session(websocket, TRANSPORT)
     feed = AsteriskFeed(session, dict(websocket.query_params))
-    await run_feed(websocket, session, feed.handle)
+    await run_feed(websocket, session, feed.handle, audio=feed.audio)

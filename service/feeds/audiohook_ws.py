@@ -104,7 +104,9 @@ class AudioHookFeed:
 
     async def handle(self, frame: object) -> bool:
         if isinstance(frame, bytes):
-            self.audio(frame)
+            if not self.audio(frame):
+                raise FeedRefused("audio_outside_open", "audio outside an open session with "
+                                  "media", Refusal.POLICY)  # fmt: skip
             return False
         assert isinstance(frame, str)
         if len(frame) > MAX_TEXT_BYTES:
@@ -178,14 +180,16 @@ class AudioHookFeed:
         )
         await self.send("opened", {"media": [chosen]})
 
-    def audio(self, frame: bytes) -> None:
+    def audio(self, frame: bytes) -> bool:
+        """A frame of the open session's audio (False outside one with media); taken as it is
+        read too (run_feed's `audio`)."""
         if not self.tracks:
-            raise FeedRefused("audio_outside_open", "audio outside an open session with media",
-                              Refusal.POLICY)  # fmt: skip
+            return False
         if len(self.tracks) == 2:
             self.session.take_interleaved(frame, (self.tracks[0], self.tracks[1]))
         else:
             self.session.take(self.tracks[0], frame)
+        return True
 
 
 def check_upgrade(
@@ -223,4 +227,4 @@ async def audiohook(websocket: WebSocket) -> None:
     await websocket.accept()
     session = new_session(websocket, TRANSPORT)
     feed = AudioHookFeed(websocket, session, headers)
-    await run_feed(websocket, session, feed.handle, feed.disconnect)
+    await run_feed(websocket, session, feed.handle, feed.disconnect, feed.audio)

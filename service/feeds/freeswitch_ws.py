@@ -105,11 +105,18 @@ class FreeSwitchFeed:
         assert isinstance(frame, bytes)
         if not frame:
             return True  # mod_audio_fork's graceful end
+        self.audio(frame)
+        return False
+
+    def audio(self, frame: bytes) -> bool:
+        """A frame of the started stream's audio, taken as it is read (run_feed's `audio`)."""
+        if not (self.session.opened and frame):
+            return False
         if len(self.tracks) == 2:
             self.session.take_interleaved(frame, BOTH_PARTIES)
         else:
             self.session.take(self.tracks[0], frame)
-        return False
+        return True
 
     async def start(self, metadata: dict[str, Any]) -> None:
         params = {**self.query, **{k: metadata[k] for k in PARAMETERS if k in metadata}}
@@ -155,4 +162,4 @@ async def freeswitch_audio(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=chosen)
     session = new_session(websocket, TRANSPORT)
     feed = FreeSwitchFeed(session, res, query, needs_key)
-    await run_feed(websocket, session, feed.handle)
+    await run_feed(websocket, session, feed.handle, audio=feed.audio)

@@ -86,6 +86,11 @@ class FeedSession:
         self.timeline: Timeline | None = None
         self.buffer: list[NewPacket] = []
         self.store_by = 0.0  # when the packets held are stored (streaming.store_at)
+        # Set by a socket whose audio is taken as it is read (service/feeds/websocket.py): told
+        # when the first packet is held (the pump's wait ends by its store), and awaited before
+        # a store (what the socket holds goes with it).
+        self.on_hold: Callable[[float], None] | None = None
+        self.before_store: Callable[[], Awaitable[None]] | None = None
         # The loop's clock, as the media stream's: the windows of every feed and stream of the
         # process end together, and the hold's timer is armed on the clock it is measured by.
         self._clock = asyncio.get_running_loop().time
@@ -172,7 +177,15 @@ class FeedSession:
             # store_at): every feed of the process stores in the same tick, and their stores
             # share one Redis round trip, as the media streams' do.
             self.store_by = store_at(self._clock())
+            if self.on_hold is not None:
+                self.on_hold(self.store_by)
         self.buffer += packets
+
+    def read_again_at(self) -> float | None:
+        """When a socket whose audio was taken as it was read is read again: at the store of
+        what it brought (service/ws_protocol.py's hold_until), so that a window's frames come in
+        one read."""
+        return self.store_by if self.buffer else None
 
     @property
     def due(self) -> bool:
@@ -182,6 +195,8 @@ class FeedSession:
         )
 
     async def flush(self) -> None:
+        if self.before_store is not None:
+            await self.before_store()
         if not self.buffer or self.call_id is None:
             return
         packets, self.buffer = self.buffer, []

@@ -1,6 +1,13 @@
 """What the WebSocket feeds (Asterisk chan_websocket, FreeSWITCH, Genesys AudioHook) share: the
-handshake's access check, reading the socket ahead (service/streaming.py, as the Twilio stream
-does), running a FeedSession over it, and closing with the code a refusal calls for.
+handshake's access check, reading the socket, running a FeedSession over it, and closing with the
+code a refusal calls for.
+
+Under service/ws_protocol.py (`make run`'s server) a feed's audio is taken as it is read, as the
+Twilio stream's media frames are: the protocol hands each binary frame to the feed's `audio`
+(its binary sink) without waking the feed's task, which wakes once a hold window to store what
+was taken (the socket is not read again until then: a window's frames come in one read).
+Anything else (the protocol's text messages, a frame before the start, one that breaks a rule)
+reaches the task in order and is answered there.
 
 Close codes (RFC 6455): 1000 at a graceful end, 1003 for data that cannot be understood, 1008
 for a rule broken (a completed call, a cap, frames before the protocol's start, a key), 1013 for
@@ -27,13 +34,15 @@ from service.asgi import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
+    FrameSinks,
+    frame_sinks,
 )
 from service.deps import get_ws_resources, origin_allowed
 from service.errors import domain_response
-from service.feeds.session import FeedRefused, FeedSession, Handler, NextMessage, Refusal
+from service.feeds.session import FeedRefused, FeedSession, Handler, Refusal
 from service.gate import KEY_IN_START, actor_of
 from service.resources import ApiResources
-from service.streaming import CLOSED
+from service.streaming import CLOSED, FLUSH_AT
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,10 @@ MAX_REASON_BYTES = 123  # what a close frame's reason may hold (RFC 6455, 5.5)
 # Says a refusal to the PBX in its protocol's words before the socket closes (AudioHook sends
 # a `disconnect` message); None: the close frame's reason says it.
 SayRefusal = Callable[[FeedRefused], Awaitable[None]]
+# A feed's audio path, run as a binary frame is read: True when it took the frame (plain audio
+# of a started feed), False to let it reach the feed's handler, which answers it. It must not
+# block; what it raises declines the frame too (the handler meets it again and refuses it).
+TakeAudio = Callable[[bytes], bool]
 
 
 def close_reason(refused: FeedRefused) -> str:
@@ -96,22 +109,34 @@ def new_session(websocket: WebSocket, transport: str) -> FeedSession:
 
 
 async def run_feed(
-    websocket: WebSocket, session: FeedSession, handle: Handler, say: SayRefusal | None = None
+    websocket: WebSocket,
+    session: FeedSession,
+    handle: Handler,
+    say: SayRefusal | None = None,
+    audio: TakeAudio | None = None,
 ) -> None:
     """Serve an accepted socket: every frame to `handle` (str: text, bytes: binary) until the
-    feed ends, its packets stored as they come; then what is left is stored, the socket closed
+    feed ends, its packets stored as they come (binary frames through `audio` as they are read,
+    where the server can: see the module's doc); then what is left is stored, the socket closed
     with the code its end calls for, and the feed ended (the call completes with its last)."""
     settings = get_ws_resources(websocket).settings
+    frames = _Frames(websocket)
+    sinks = frame_sinks(websocket.scope) if audio is not None else None
+    if sinks is not None and audio is not None:
+        handle = _taking_audio(session, sinks, frames, handle, audio)
     refused: FeedRefused | None = None
     try:
         try:
             await session.pump(
-                _frames(websocket), handle, settings.ws_idle_timeout_s, settings.ws_start_timeout_s
+                frames, handle, settings.ws_idle_timeout_s, settings.ws_start_timeout_s
             )
         except FeedRefused as error:
             refused = error
         except REDIS_OUTAGE:
             refused = FeedRefused.outage()
+        if sinks is not None:  # what comes after the end is not the feed's
+            sinks.attach(None)
+            session.on_hold = session.before_store = None
         refused = await session.finish(refused)
         if refused is None:
             await _close(websocket, CLOSE_NORMAL)
@@ -126,25 +151,65 @@ async def run_feed(
         await session.end()
 
 
-def _frames(websocket: WebSocket) -> NextMessage:
+class _Frames:
     """The socket's next frame (str: text, bytes: binary; CLOSED once the client went away),
-    read when the pump asks for it: by the pump's own task, not a reader task of its own (a
-    task's wake-up and a queue's hand-over a frame were a good part of a feed's cost:
+    read when the pump asks for it (a NextMessage): by the pump's own task, not a reader task of
+    its own (a task's wake-up and a queue's hand-over a frame were a good part of a feed's cost:
     BENCHMARKS.md, PBX feeds). While a store is in flight nothing is read: up to
     `--ws-max-queue` frames (32) wait in the server, then TCP holds the PBX back."""
 
-    async def next_frame(deadline: float) -> object:
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self._waiting: asyncio.Timeout | None = None
+
+    async def __call__(self, deadline: float) -> object:
         try:
             # Cancelled by its timeout, receive() gives nothing up (the server's queue keeps it).
-            async with asyncio.timeout_at(deadline):
-                message = await websocket.receive()
+            async with asyncio.timeout_at(deadline) as self._waiting:
+                message = await self.websocket.receive()
         except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the end
             return CLOSED
+        finally:
+            self._waiting = None
         if message["type"] == "websocket.disconnect":
             return CLOSED
         return message.get("text", message.get("bytes"))
 
-    return next_frame
+    def wake_by(self, deadline: float) -> None:
+        """End the wait for the next frame by `deadline` at the latest: audio the sink took
+        meanwhile is to be stored then."""
+        waiting = self._waiting
+        if waiting is not None:
+            when = waiting.when()
+            if when is None or deadline < when:
+                waiting.reschedule(deadline)
+
+
+def _taking_audio(
+    session: FeedSession, sinks: FrameSinks, frames: _Frames, handle: Handler, audio: TakeAudio
+) -> Handler:
+    """Attach `audio` as the socket's binary sink (see the module's doc); the handler that
+    reopens the sink once each frame the feed's task received is handled, so that frames reach
+    the feed in the order they were read."""
+
+    def take(data: bytes) -> bool:
+        if len(session.buffer) >= FLUSH_AT:
+            return False  # the task stores first: it meets this one after
+        try:
+            return audio(data)
+        except Exception:  # a sink must not raise: the handler meets the frame and answers it
+            return False
+
+    session.on_hold = frames.wake_by
+    session.before_store = sinks.caught_up
+    sinks.attach(None, session.read_again_at, binary=take)
+
+    async def handled(frame: object) -> bool:
+        ended = await handle(frame)
+        sinks.reopen()
+        return ended
+
+    return handled
 
 
 async def _close(websocket: WebSocket, code: int, reason: str | None = None) -> None:

@@ -74,8 +74,7 @@ from service.asgi import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
-    TEXT_SINK,
-    TextSinks,
+    frame_sinks,
 )
 from service.deps import origin_allowed, scope_resources
 from service.gate import KEY_IN_START, actor_of
@@ -245,8 +244,7 @@ class MediaStream:
         self.store_by = 0.0  # when the packets held are stored (streaming.store_at)
         self.waiter: Waiter | None = None  # while run() reads the socket
         # The server's sink for text frames (service/ws_protocol.py), when it has one.
-        extension = scope.get("extensions", {}).get(TEXT_SINK)
-        self.sinks: TextSinks | None = extension["sinks"] if extension else None
+        self.sinks = frame_sinks(scope)
         # One store at a time: a completion's (Ingestion.held) waits for the one in flight.
         self._storing = asyncio.Lock()
         self.failed: Reject | None = None  # what storing for a completion ran into

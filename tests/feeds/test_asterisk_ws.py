@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from db.keys import call_keys
 from service.app import create_asgi
+from service.feeds import asterisk_ws
 from service.feeds import session as session_module
 from settings import Settings
 from simulate.pbx import AsteriskWebSocketPeer, closing
@@ -217,3 +218,64 @@ async def test_the_channels_of_a_process_store_their_held_audio_in_one_round_tri
         for peer in peers:
             await peer.close()
     assert batches[0] == 2  # both channels' stores in the first round trip after the window
+
+
+@pytest.fixture
+async def quick_idle(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """The API with an idle timeout of 0.5 s."""
+    db_url, redis_url = server_urls
+    settings = make_settings(db_url, redis_url, ws_idle_timeout_s=0.5)
+    async with serving(create_asgi(settings)) as address:
+        yield f"ws://{address}/v1/call/asterisk"
+
+
+async def test_audio_is_taken_as_it_is_read_without_waking_the_feed_s_task(
+    api: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # Under `make run`'s WebSocket protocol (tests/serving.py serves with it) a channel's binary
+    # frames go to the feed's audio path as they are read; its handler meets the text messages.
+    handled: list[object] = []
+    handle = asterisk_ws.AsteriskFeed.handle
+
+    async def counted(feed: asterisk_ws.AsteriskFeed, frame: object) -> bool:
+        handled.append(frame)
+        return await handle(feed, frame)
+
+    monkeypatch.setattr(asterisk_ws.AsteriskFeed, "handle", counted)
+    peer = await AsteriskWebSocketPeer.connect(api, {"call_id": "AST-SINK"})
+    await peer.media_start("2.1")
+    assert await opened(redis, "AST-SINK")
+    await asyncio.sleep(0.2)  # the MEDIA_START handled: the sink is open again
+    for n in range(40):
+        await peer.send_audio(bytes([n]) * 160, 160)
+    await peer.ws.send("DTMF_END digit:1")
+    await stored(redis, "AST-SINK", 40)
+    assert await peer.close() == (1000, "")
+    assert [type(f) for f in handled] == [str, str]  # MEDIA_START and DTMF_END only
+    entries = await redis.xrange(call_keys("AST-SINK").packets)
+    assert len(entries) == 40
+
+
+async def test_a_channel_whose_audio_flows_past_the_idle_timeout_stays_open(
+    quick_idle: str, redis: Redis
+):
+    # Audio taken as it is read never reaches the feed's task one frame at a time: what it
+    # stores a window at a time must still count as the channel being alive.
+    peer = await AsteriskWebSocketPeer.connect(quick_idle, {"call_id": "AST-ALIVE"})
+    await peer.media_start("2.2")
+    for _ in range(60):  # 1.2 s at real-time pace, past the 0.5 s idle timeout
+        await peer.send_audio(bytes(160), 160)
+        await asyncio.sleep(0.02)
+    await stored(redis, "AST-ALIVE", 60)
+    assert await peer.close() == (1000, "")
+
+
+async def test_a_channel_gone_quiet_is_closed_going_away_with_its_audio_stored(
+    quick_idle: str, redis: Redis
+):
+    peer = await AsteriskWebSocketPeer.connect(quick_idle, {"call_id": "AST-QUIET"})
+    await peer.media_start("2.3")
+    await peer.send_audio(bytes(160 * 5), 160)
+    code, reason = await closing(peer.ws)
+    assert (code, reason.split(":")[0]) == (1001, "idle_timeout")
+    assert await settled(redis, "AST-QUIET", 5, "COMPLETED") == (5, "COMPLETED")

@@ -1,4 +1,5 @@
-"""service/ws_protocol.py takes whole masked text frames itself, before websockets' parser: the
+"""service/ws_protocol.py takes whole masked text and binary frames itself, before websockets'
+parser: the
 messages an app receives, what the peer is answered and when the socket is closed must be the
 same as uvicorn's own protocol gives for the same bytes, however the reads split them."""
 
@@ -15,7 +16,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.server import ServerProtocol
 
-from service.asgi import TEXT_SINK
+from service.asgi import FRAME_SINK
 from service.ws_protocol import QueuedWebSocketProtocol
 
 MAX_SIZE = 1024
@@ -123,6 +124,7 @@ def splits(stream: bytes) -> list[list[bytes]]:
 
 
 MEDIA = b'{"event":"media","media":{"payload":"' + b"f" * 216 + b'"}}'
+AUDIO = bytes(range(160))  # 20 ms of 8 kHz mu-law, as Asterisk sends it
 GOOD = frame(b"a")
 STREAMS = {
     "media frames": frame(MEDIA) * 3 + frame(b"x" * 10) + frame(b""),
@@ -132,6 +134,13 @@ STREAMS = {
     ),
     "a ping between text frames": GOOD + frame(b"hi", opcode=9) + frame(b"b"),
     "binary frames": GOOD + frame(b"\x00\x01", opcode=2) + frame(b"b"),
+    "a PBX feed's audio": (
+        frame(b"MEDIA_START format:ulaw") + frame(AUDIO, opcode=2) * 3
+        + frame(b"\x7f" * 960, opcode=2) + frame(b"", opcode=2) + frame(b"DTMF_END")
+    ),
+    "a fragmented binary message": (
+        frame(b"\x01", opcode=2, fin=False) + frame(b"\x02", opcode=0) + frame(AUDIO, opcode=2)
+    ),
     "a length in 8 bytes": GOOD + frame(b"long", long_form=True) + frame(b"b"),
     "invalid UTF-8": GOOD + frame(b"\xff\xfe") + frame(b"b"),
     "the peer's close": GOOD + frame(struct.pack("!H", 1000), opcode=8) + frame(b"b"),
@@ -141,6 +150,7 @@ STREAMS = {
 # it took itself), as uvicorn does when they came in a read of their own: never fewer.
 REFUSED = {
     "a frame over the size limit": frame(b"y" * (MAX_SIZE + 1)),
+    "a binary frame over the size limit": frame(b"y" * (MAX_SIZE + 1), opcode=2),
     "an unmasked frame": frame(b"b", masked=False),
     "a reserved bit set": frame(b"b", rsv1=True),
 }
@@ -184,7 +194,7 @@ async def test_whole_media_frames_reach_the_app_in_order_without_websockets_pars
 
 
 async def sunk_and_received(reads: list[bytes], declined: set[str]) -> list[str]:
-    """What an app with a sink (service/asgi.py TEXT_SINK) handled, in the order it handled it:
+    """What an app with a sink (service/asgi.py FRAME_SINK) handled, in the order it handled it:
     the sink takes every text message but those in `declined`; a message the app receives
     from the queue is handled two loop steps later (while more reads come in), and only then
     does it reopen the sink."""
@@ -199,7 +209,7 @@ async def sunk_and_received(reads: list[bytes], declined: set[str]) -> list[str]
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
-        sinks = scope["extensions"][TEXT_SINK]["sinks"]
+        sinks = scope["extensions"][FRAME_SINK]["sinks"]
         sinks.attach(sink)
         while True:
             message = await receive()
@@ -235,6 +245,48 @@ async def test_a_sink_takes_nothing_the_app_has_not_reopened_it_for():
     texts = [f'{{"n":{i}}}' for i in range(6)]
     handled = await sunk_and_received([frame(t.encode()) for t in texts], declined={texts[0]})
     assert handled == texts
+
+
+@pytest.mark.parametrize("per_read", [1, 3, 40])
+async def test_binary_messages_reach_an_app_with_a_binary_sink_in_order_with_its_text_ones(
+    per_read: int,
+):
+    # A PBX feed's shape: text control messages (received) among binary audio (sunk), and every
+    # 5th binary one declined (received too, while the next ones are read).
+    sent: list[str | bytes] = []
+    for i in range(40):
+        sent.append(f"STATUS {i}" if i % 4 == 0 else bytes([i]) * 160)
+    declined = {m for m in sent[1::5] if isinstance(m, bytes)}
+    handled: list[str | bytes] = []
+
+    def binary(data: bytes) -> bool:
+        if data in declined:
+            return False
+        handled.append(data)
+        return True
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        sinks = scope["extensions"][FRAME_SINK]["sinks"]
+        sinks.attach(None, binary=binary)
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await asyncio.sleep(0)
+            handled.append(message.get("text", message.get("bytes")))
+            sinks.reopen()
+
+    frames = [frame(m.encode() if isinstance(m, str) else m, 1 if isinstance(m, str) else 2)
+              for m in sent]  # fmt: skip
+    protocol, _ = await accepted(app)
+    for i in range(0, len(frames), per_read):
+        protocol.data_received(b"".join(frames[i : i + per_read]))
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    await asyncio.wait(protocol.tasks, timeout=5)
+    assert handled == sent
 
 
 async def test_waiting_for_a_message_does_not_ask_for_the_running_loop(
@@ -292,7 +344,7 @@ async def holding_protocol(
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
-        sinks = scope["extensions"][TEXT_SINK]["sinks"]
+        sinks = scope["extensions"][FRAME_SINK]["sinks"]
         sinks.attach(sink, lambda: loop.time() + hold_s)
         await receive()  # the disconnect
 
