@@ -29,12 +29,13 @@ app in the order they were read, whichever way each goes: a sink is offered a me
 when nothing waits in the queue and the app has handled, and reopened the sinks after, every
 message it received from the queue; a message a sink declines is queued as usual.
 
-Such an app may also hold the socket's reading (`hold_until`): after a read in which a sink
-took messages, the socket is not read again until the time the app names (the media stream: the
-end of its hold window, when it stores what it holds), so what the peer sends meanwhile waits in
-the kernel and comes in one read, not a read and a wake-up of the loop for every frame. Before it
-stores, the app reads what has come (`caught_up`): a frame in the socket's buffer is stored as
-if it had been read as it came (and taken in before a completion: service/routes/media_ws.py).
+Such an app may also hold the socket's reading (`hold_until`, service/held_reading.py, which
+the AudioSocket connections share): after a read in which a sink took messages, the socket is
+not read again until the time the app names (the media stream: the end of its hold window, when
+it stores what it holds), so what the peer sends meanwhile waits in the kernel and comes in one
+read, not a read and a wake-up of the loop for every frame. Before it stores, the app reads what
+has come (`caught_up`): a frame in the socket's buffer is stored as if it had been read as it
+came (and taken in before a completion: service/routes/media_ws.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 
 from service.asgi import FRAME_SINK, BinarySink, TextSink
+from service.held_reading import HeldReading
 
 try:
     from websockets.speedups import apply_mask
@@ -60,9 +62,6 @@ _FIN_BINARY = 0x82  # the same, opcode 2: a whole binary message
 _MASKED = 0x80
 _LENGTH_16 = 126  # the length follows in 2 bytes; 127 (8 bytes) is left to websockets
 _MASK_BYTES = 4
-# How long caught_up() waits for a read when reading is let go: a read that is waiting comes in
-# the loop's next polling, before any timer is due; this only ends the wait when nothing came.
-READ_TURN_S = 0.001
 
 
 class _SocketQueue(asyncio.Queue[Any]):
@@ -80,45 +79,15 @@ class _SocketQueue(asyncio.Queue[Any]):
         return self._bound
 
 
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-# What caught_up() waits for when nothing comes: one READ_TURN_S timer shared by every socket
-# that lets its reading go meanwhile, not a timer each. A window's stores follow these waits;
-# with a timer each, due a moment apart, they fell in different ticks and went to Redis in
-# several batches (db/pipelining.py: a batch is what is ready in one tick). A socket that joins
-# a turn armed earlier still gets the loop's next poll first: a loop runs its due timers before
-# its ready callbacks, and polls after them.
-_turn: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-
-
-def _read_turn(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-    global _turn
-    if _turn is None or _turn[0] is not loop or _turn[1].done():
-        turn = loop.create_future()
-        loop.call_later(READ_TURN_S, _settle, turn)
-        _turn = (loop, turn)
-    return _turn[1]
-
-
-class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
+class QueuedWebSocketProtocol(WebSocketsSansIOProtocol, HeldReading):
     sink: TextSink | None = None
     binary_sink: BinarySink | None = None
     sink_open = False  # the app has handled every message it received (reopen)
-    # When the app wants the socket read again after a read its sink took messages in (None:
-    # as they come); reading is held meanwhile, until the timer or caught_up() lets it go.
-    hold_until: Callable[[], float | None] | None = None
-    reads_held = False
-    unread = False  # reading was let go and nothing has been read since
-    _taken = 0  # messages the sink took in the current read
+    _taken = 0  # messages the sinks took in the current read
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _SocketQueue(self.loop)
-        self._release: asyncio.TimerHandle | None = None
-        self._read_waiters: list[asyncio.Future[None]] = []
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -160,46 +129,11 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.sink_open = False
         return message
 
-    async def caught_up(self) -> None:
-        """Return once what the peer has sent so far is read (into the sink, or the queue), if
-        the reading was held: it is let go, and the next read (or one turn of the loop's
-        polling, when nothing came) ends the wait."""
-        if not (self.reads_held or self.unread):
-            return
-        self._let_go()
-        if self.read_paused or self.transport.is_closing():
-            return  # the queue is full (the app reads it first), or the socket is gone
-        read = self.loop.create_future()
-        self._read_waiters.append(read)
-        _read_turn(self.loop).add_done_callback(lambda _: _settle(read))
-        await read
-
-    def _hold_reads(self, until: float) -> None:
-        self.reads_held = True
-        self.transport.pause_reading()
-        self._release = self.loop.call_at(until, self._let_go)
-
-    def _let_go(self) -> None:
-        if self._release is not None:
-            self._release.cancel()
-            self._release = None
-        if not self.reads_held:
-            return
-        self.reads_held = False
-        self.unread = True
-        if not self.read_paused and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def _read_done(self) -> None:
-        self.unread = False
-        waiters, self._read_waiters = self._read_waiters, []
-        for waiter in waiters:
-            _settle(waiter)
+    def queue_full(self) -> bool:
+        return self.read_paused  # uvicorn's flag: --ws-max-queue messages wait for the app
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.hold_until = None
-        self._let_go()
-        self._read_done()
+        self._reading_over()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -207,11 +141,7 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol):
         rest = self._take_frames(data) if self._at_plain_frame_boundary() else data
         if rest:
             super().data_received(rest)
-        self._read_done()
-        if self._taken and self.hold_until is not None and not self.reads_held:
-            until = self.hold_until()
-            if until is not None and until > self.loop.time():
-                self._hold_reads(until)
+        self._after_read(self._taken)
 
     def _at_plain_frame_boundary(self) -> bool:
         """websockets' parser waits for a frame's first byte, with nothing of its own to apply:

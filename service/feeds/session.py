@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from core import metrics
 from core.audio import UnsupportedAudio
@@ -25,8 +25,11 @@ from core.errors import CallstreamError, RedisUnavailable
 from core.ingestion import CALL_ID_RULE, Ingestion, is_call_id
 from db.outages import REDIS_OUTAGE
 from db.packets import NewPacket, Track
+from service.asgi import FrameSinks
 from service.feeds.timeline import FeedFormat, Timeline
 from service.streaming import CLOSED, FLUSH_AT, append_or_pause, store_at
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 # The most audio one frame may carry: PBXs send 20 ms (mod_audio_stream up to its buffer size);
@@ -74,6 +77,33 @@ Handler = Callable[[object], Awaitable[bool]]
 # given, on the loop's clock (TimeoutError past it). A deadline, not a delay: the feeds of a
 # window wait for the same moment, and their timers fire in the same turn of the loop.
 NextMessage = Callable[[float], Awaitable[object]]
+# A feed's audio path, run as its socket reads a message (FeedSession.read_audio_from): True when
+# it took it (plain audio of a started feed), False to let it reach the feed's handler, which
+# answers it. It must not block; what it raises declines the message too (the handler meets it
+# again and refuses it).
+TakeAudio = Callable[[bytes], bool]
+
+
+class Wait:
+    """A NextMessage's wait, until the pump's deadline or, when audio taken as it was read is
+    to be stored sooner (FeedSession.read_audio_from), until then."""
+
+    def __init__(self) -> None:
+        self._timeout: asyncio.Timeout | None = None
+
+    async def until(self, deadline: float, message: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout_at(deadline) as self._timeout:
+                return await message
+        finally:
+            self._timeout = None
+
+    def wake_by(self, deadline: float) -> None:
+        timeout = self._timeout
+        if timeout is not None:
+            when = timeout.when()
+            if when is None or deadline < when:
+                timeout.reschedule(deadline)
 
 
 class FeedSession:
@@ -86,11 +116,9 @@ class FeedSession:
         self.timeline: Timeline | None = None
         self.buffer: list[NewPacket] = []
         self.store_by = 0.0  # when the packets held are stored (streaming.store_at)
-        # Set by a socket whose audio is taken as it is read (service/feeds/websocket.py): told
-        # when the first packet is held (the pump's wait ends by its store), and awaited before
-        # a store (what the socket holds goes with it).
-        self.on_hold: Callable[[float], None] | None = None
-        self.before_store: Callable[[], Awaitable[None]] | None = None
+        # A socket whose audio is taken as it reads it (read_audio_from), and the pump's wait.
+        self._sinks: FrameSinks | None = None
+        self._wait: Wait | None = None
         # The loop's clock, as the media stream's: the windows of every feed and stream of the
         # process end together, and the hold's timer is armed on the clock it is measured by.
         self._clock = asyncio.get_running_loop().time
@@ -177,14 +205,32 @@ class FeedSession:
             # store_at): every feed of the process stores in the same tick, and their stores
             # share one Redis round trip, as the media streams' do.
             self.store_by = store_at(self._clock())
-            if self.on_hold is not None:
-                self.on_hold(self.store_by)
+            if self._wait is not None:  # taken as it was read: the pump stores it by then
+                self._wait.wake_by(self.store_by)
         self.buffer += packets
 
-    def read_again_at(self) -> float | None:
-        """When a socket whose audio was taken as it was read is read again: at the store of
-        what it brought (service/ws_protocol.py's hold_until), so that a window's frames come in
-        one read."""
+    def read_audio_from(self, sinks: FrameSinks, wait: Wait, audio: TakeAudio) -> None:
+        """Take the feed's audio as its socket reads it (`sinks`: service/ws_protocol.py, an
+        AudioSocket connection), not through the pump one message at a time: `audio` is the
+        socket's binary sink, the pump (waiting in `wait`) is woken once a hold window to store
+        what it took, and the socket is read again only then (held_reading.py), what it holds
+        read first. Messages reach the feed in the order they were read: the sink takes one only
+        once the pump has handled every message it received."""
+
+        def take(data: bytes) -> bool:
+            if len(self.buffer) >= FLUSH_AT:
+                return False  # the pump stores first: it meets this one after
+            try:
+                return audio(data)
+            except Exception:  # a sink must not raise: the handler meets it and answers it
+                return False
+
+        self._sinks, self._wait = sinks, wait
+        sinks.attach(None, self._read_again_at, binary=take)
+
+    def _read_again_at(self) -> float | None:
+        """When the socket is read again after a read the sink took audio in: at the store of
+        what it brought, so that a window's frames come in one read."""
         return self.store_by if self.buffer else None
 
     @property
@@ -195,8 +241,8 @@ class FeedSession:
         )
 
     async def flush(self) -> None:
-        if self.before_store is not None:
-            await self.before_store()
+        if self._sinks is not None:
+            await self._sinks.caught_up()  # what the socket holds goes with this store
         if not self.buffer or self.call_id is None:
             return
         packets, self.buffer = self.buffer, []
@@ -260,15 +306,27 @@ class FeedSession:
                                   Refusal.IDLE) from None  # fmt: skip
             if message is CLOSED:
                 return
-            if await handle(message):
-                self.outcome = "ended"
+            if await self._handled(handle, message):
                 return
-            if self.due:
-                await self.flush()
+
+    async def _handled(self, handle: Handler, message: object) -> bool:
+        """`handle` the message; True when the feed is over. Then the sink may take the next
+        message, and what is due is stored."""
+        if await handle(message):
+            self.outcome = "ended"
+            return True
+        if self._sinks is not None:
+            self._sinks.reopen()
+        if self.due:
+            await self.flush()
+        return False
 
     async def finish(self, refused: FeedRefused | None) -> FeedRefused | None:
         """After the pump: store what is left, and say what the feed ended with (the pump's
         refusal, else a refused last store). The caller answers it, then calls end()."""
+        if self._sinks is not None:  # what the socket brings after the end is not the feed's
+            self._sinks.attach(None)
+            self._sinks = self._wait = None
         failed = await self.settle()
         refused = refused or failed
         if refused is not None:

@@ -17,7 +17,6 @@ has been idle for WS_IDLE_TIMEOUT_S. The reason says what was wrong, in at most 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,15 +33,14 @@ from service.asgi import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
-    FrameSinks,
     frame_sinks,
 )
 from service.deps import get_ws_resources, origin_allowed
 from service.errors import domain_response
-from service.feeds.session import FeedRefused, FeedSession, Handler, Refusal
+from service.feeds.session import FeedRefused, FeedSession, Handler, Refusal, TakeAudio, Wait
 from service.gate import KEY_IN_START, actor_of
 from service.resources import ApiResources
-from service.streaming import CLOSED, FLUSH_AT
+from service.streaming import CLOSED
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +56,6 @@ MAX_REASON_BYTES = 123  # what a close frame's reason may hold (RFC 6455, 5.5)
 # Says a refusal to the PBX in its protocol's words before the socket closes (AudioHook sends
 # a `disconnect` message); None: the close frame's reason says it.
 SayRefusal = Callable[[FeedRefused], Awaitable[None]]
-# A feed's audio path, run as a binary frame is read: True when it took the frame (plain audio
-# of a started feed), False to let it reach the feed's handler, which answers it. It must not
-# block; what it raises declines the frame too (the handler meets it again and refuses it).
-TakeAudio = Callable[[bytes], bool]
 
 
 def close_reason(refused: FeedRefused) -> str:
@@ -121,9 +115,9 @@ async def run_feed(
     with the code its end calls for, and the feed ended (the call completes with its last)."""
     settings = get_ws_resources(websocket).settings
     frames = _Frames(websocket)
-    sinks = frame_sinks(websocket.scope) if audio is not None else None
+    sinks = frame_sinks(websocket.scope)
     if sinks is not None and audio is not None:
-        handle = _taking_audio(session, sinks, frames, handle, audio)
+        session.read_audio_from(sinks, frames.wait, audio)
     refused: FeedRefused | None = None
     try:
         try:
@@ -134,9 +128,6 @@ async def run_feed(
             refused = error
         except REDIS_OUTAGE:
             refused = FeedRefused.outage()
-        if sinks is not None:  # what comes after the end is not the feed's
-            sinks.attach(None)
-            session.on_hold = session.before_store = None
         refused = await session.finish(refused)
         if refused is None:
             await _close(websocket, CLOSE_NORMAL)
@@ -160,56 +151,17 @@ class _Frames:
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
-        self._waiting: asyncio.Timeout | None = None
+        self.wait = Wait()
 
     async def __call__(self, deadline: float) -> object:
         try:
             # Cancelled by its timeout, receive() gives nothing up (the server's queue keeps it).
-            async with asyncio.timeout_at(deadline) as self._waiting:
-                message = await self.websocket.receive()
+            message = await self.wait.until(deadline, self.websocket.receive())
         except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the end
             return CLOSED
-        finally:
-            self._waiting = None
         if message["type"] == "websocket.disconnect":
             return CLOSED
         return message.get("text", message.get("bytes"))
-
-    def wake_by(self, deadline: float) -> None:
-        """End the wait for the next frame by `deadline` at the latest: audio the sink took
-        meanwhile is to be stored then."""
-        waiting = self._waiting
-        if waiting is not None:
-            when = waiting.when()
-            if when is None or deadline < when:
-                waiting.reschedule(deadline)
-
-
-def _taking_audio(
-    session: FeedSession, sinks: FrameSinks, frames: _Frames, handle: Handler, audio: TakeAudio
-) -> Handler:
-    """Attach `audio` as the socket's binary sink (see the module's doc); the handler that
-    reopens the sink once each frame the feed's task received is handled, so that frames reach
-    the feed in the order they were read."""
-
-    def take(data: bytes) -> bool:
-        if len(session.buffer) >= FLUSH_AT:
-            return False  # the task stores first: it meets this one after
-        try:
-            return audio(data)
-        except Exception:  # a sink must not raise: the handler meets the frame and answers it
-            return False
-
-    session.on_hold = frames.wake_by
-    session.before_store = sinks.caught_up
-    sinks.attach(None, session.read_again_at, binary=take)
-
-    async def handled(frame: object) -> bool:
-        ended = await handle(frame)
-        sinks.reopen()
-        return ended
-
-    return handled
 
 
 async def _close(websocket: WebSocket, code: int, reason: str | None = None) -> None:

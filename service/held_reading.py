@@ -1,0 +1,105 @@
+"""A socket whose reading its app may hold (what service/ws_protocol.py's WebSockets and the
+AudioSocket connections share): after a read in which the app's sink took messages, the socket is
+not read again until the time the app names (`hold_until`: the end of its hold window, when it
+stores what it holds), so that what the peer sends meanwhile waits in the kernel and comes in
+one read, not a read and a wake-up of the loop for every 20 ms frame. Before it stores, the app
+reads what has come (`caught_up`): a frame in the socket's buffer is stored as if it had been
+read as it came.
+
+A mixin for an asyncio protocol: it reads `transport` and `loop`, and the class says when its
+own queue is full (`queue_full`: reading stays paused then, whatever the hold)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+# How long caught_up() waits for a read when reading is let go: a read that is waiting comes in
+# the loop's next polling, before any timer is due; this only ends the wait when nothing came.
+READ_TURN_S = 0.001
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# What caught_up() waits for when nothing comes: one READ_TURN_S timer shared by every socket
+# that lets its reading go meanwhile, not a timer each. A window's stores follow these waits;
+# with a timer each, due a moment apart, they fell in different ticks and went to Redis in
+# several batches (db/pipelining.py: a batch is what is ready in one tick). A socket that joins
+# a turn armed earlier still gets the loop's next poll first: a loop runs its due timers before
+# its ready callbacks, and polls after them.
+_turn: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+
+def _read_turn(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    global _turn
+    if _turn is None or _turn[0] is not loop or _turn[1].done():
+        turn = loop.create_future()
+        loop.call_later(READ_TURN_S, _settle, turn)
+        _turn = (loop, turn)
+    return _turn[1]
+
+
+class HeldReading:
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    # When the app wants the socket read again after a read its sink took messages in (None:
+    # as they come); reading is held meanwhile, until the timer or caught_up() lets it go.
+    hold_until: Callable[[], float | None] | None = None
+    reads_held = False
+    unread = False  # reading was let go and nothing has been read since
+    _release: asyncio.TimerHandle | None = None
+    _read_waiters: list[asyncio.Future[None]] | None = None
+
+    def queue_full(self) -> bool:
+        """Whether the protocol's queue for the app keeps the reading paused (its own rule)."""
+        return False
+
+    async def caught_up(self) -> None:
+        """Return once what the peer has sent so far is read (into the sink, or the queue), if
+        the reading was held: it is let go, and the next read (or one turn of the loop's
+        polling, when nothing came) ends the wait."""
+        if not (self.reads_held or self.unread):
+            return
+        self._let_go()
+        if self.queue_full() or self.transport.is_closing():
+            return  # the queue is full (the app reads it first), or the socket is gone
+        read = self.loop.create_future()
+        if self._read_waiters is None:
+            self._read_waiters = []
+        self._read_waiters.append(read)
+        _read_turn(self.loop).add_done_callback(lambda _: _settle(read))
+        await read
+
+    def _after_read(self, taken: int) -> None:
+        """A read is done, the sink having taken `taken` of its messages: caught_up()'s waits
+        end, and the reading is held until the app's time if the sink took any."""
+        self.unread = False
+        waiters, self._read_waiters = self._read_waiters, None
+        for waiter in waiters or ():
+            _settle(waiter)
+        if taken and self.hold_until is not None and not self.reads_held:
+            until = self.hold_until()
+            if until is not None and until > self.loop.time():
+                self.reads_held = True
+                self.transport.pause_reading()
+                self._release = self.loop.call_at(until, self._let_go)
+
+    def _let_go(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if not self.reads_held:
+            return
+        self.reads_held = False
+        self.unread = True
+        if not self.queue_full() and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _reading_over(self) -> None:
+        """The connection is lost: no hold, and nobody waits for a read."""
+        self.hold_until = None
+        self._let_go()
+        self._after_read(0)
