@@ -112,7 +112,7 @@ async def append_or_pause(
 ) -> None:
     """Append; while the call's unflushed tail is at its bound (FlushBehind: the worker is
     behind), pause and try again, up to PAUSE_MAX_S: the socket is not read meanwhile (a feed
-    reads nothing while it stores, an AudioSocket's reader stops at READ_AHEAD messages), so the
+    reads nothing while it stores, an AudioSocket connection stops at READ_AHEAD messages), so the
     peer is held back by TCP rather than refused. Then the refusal stands (retryable)."""
     waited = 0.0
     while True:

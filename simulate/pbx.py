@@ -81,9 +81,9 @@ class AudioSocketPeer:
 
     async def answer(self) -> bytes:
         """Everything the server sends until it closes the connection (or resets it: a server
-        closing with our bytes unread)."""
+        closing with our bytes unread; a write of ours that met the reset breaks the pipe)."""
         received = b""
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionError):
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 while chunk := await self.reader.read(4096):
                     received += chunk

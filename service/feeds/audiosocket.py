@@ -23,16 +23,20 @@ import contextlib
 import ipaddress
 import logging
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from core.access import is_loopback
 from core.audio import UnsupportedAudio
 from core.ingestion import Ingestion
 from db.outages import REDIS_OUTAGE
 from db.packets import Track
-from service.feeds.session import FeedRefused, FeedSession, Refusal, queued
+from service.asgi import BinarySink, TextSink
+from service.feeds.session import FeedRefused, FeedSession, Refusal, Wait
 from service.feeds.timeline import Codec, FeedFormat
+from service.held_reading import HeldReading
 from service.streaming import CLOSED, READ_AHEAD
 from settings import Settings, host_port
 
@@ -92,21 +96,113 @@ def peer_allowed(host: str | None, allow: Sequence[str]) -> bool:
     return any(address in ipaddress.ip_network(network, strict=False) for network in allow)
 
 
-async def _read(reader: asyncio.StreamReader, messages: asyncio.Queue[object]) -> None:
-    """Messages read ahead into a bounded queue (backpressure beyond); a malformed header is
-    put as its refusal and ends the reading; CLOSED when the peer went away."""
-    try:
-        while True:
-            header = await reader.readexactly(3)
-            kind, length = header[0], int.from_bytes(header[1:], "big")
+HEADER_BYTES = 3  # kind, then the payload's length in 2 bytes
+
+
+class AudioSocketConnection(asyncio.Protocol, HeldReading):
+    """One connection's bytes cut into messages as they are read. With a sink attached
+    (FeedSession.read_audio_from: the FrameSinks a WebSocket's protocol is), a message it takes
+    (the started call's audio: the whole message, header included) is held by the feed without
+    waking its task, and the reading is held until their store (service/held_reading.py);
+    every other message is queued for the feed's pump (this is its NextMessage), in the order
+    read. At READ_AHEAD queued the reading pauses (backpressure: TCP holds Asterisk back); a
+    malformed header is queued as its refusal and ends the reading."""
+
+    def __init__(self, serve: Callable[[AudioSocketConnection], object]) -> None:
+        self._serve = serve  # what runs the feed once the connection is made
+        self.loop = asyncio.get_running_loop()
+        self.wait = Wait()
+        self.sink: BinarySink | None = None
+        self.sink_open = False  # the pump has handled every message it received (reopen)
+        self._buffer = bytearray()
+        self._messages: deque[object] = deque()
+        self._arrived: asyncio.Future[None] | None = None
+        self._queue_paused = False
+        self._ended = False  # a malformed header, or the connection lost: nothing more is read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports (make run's loop) are not asyncio.Transport's subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        self._serve(self)
+
+    # FrameSinks (service/asgi.py): the binary sink takes whole AudioSocket messages.
+    def attach(
+        self,
+        sink: TextSink | None,
+        hold_until: Callable[[], float | None] | None = None,
+        binary: BinarySink | None = None,
+    ) -> None:
+        self.sink = binary
+        self.sink_open = binary is not None
+        self.hold_until = hold_until if binary is not None else None
+        if self.hold_until is None:
+            self._let_go()
+
+    def reopen(self) -> None:
+        self.sink_open = self.sink is not None
+
+    def queue_full(self) -> bool:
+        return self._queue_paused
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        buffer = self._buffer
+        buffer += data
+        at, end, taken = 0, len(buffer), 0
+        while at + HEADER_BYTES <= end:
+            kind, length = buffer[at], int.from_bytes(buffer[at + 1 : at + HEADER_BYTES], "big")
             refused = _refused_header(kind, length)
             if refused is not None:
-                await messages.put(refused)
-                return
-            await messages.put(Message(kind, await reader.readexactly(length)))
-    except (asyncio.IncompleteReadError, ConnectionError, OSError):
-        pass
-    await messages.put(CLOSED)
+                self._put(refused)
+                self._ended = True
+                break
+            stop = at + HEADER_BYTES + length
+            if stop > end:
+                break
+            message = bytes(buffer[at:stop])
+            at = stop
+            sink = self.sink
+            if sink is not None and self.sink_open and not self._messages and sink(message):
+                taken += 1
+                continue
+            self._put(Message(kind, message[HEADER_BYTES:]))
+        if self._ended:
+            buffer.clear()
+            self.transport.pause_reading()
+        else:
+            del buffer[:at]
+        self._after_read(taken)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reading_over()
+        self._ended = True
+        self._put(CLOSED)
+
+    def _put(self, message: object) -> None:
+        self._messages.append(message)
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+        if len(self._messages) >= READ_AHEAD and not self._queue_paused:
+            self._queue_paused = True
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+
+    async def __call__(self, deadline: float) -> object:
+        """The next message (a Message, a header's FeedRefused, CLOSED once the peer went
+        away), waiting for it until `deadline` (the loop's clock)."""
+        if not self._messages:
+            self._arrived = self.loop.create_future()
+            try:
+                await self.wait.until(deadline, self._arrived)
+            finally:
+                self._arrived = None
+        message = self._messages.popleft()
+        if self._queue_paused and not self._messages:
+            self._queue_paused = False
+            if not (self.reads_held or self._ended or self.transport.is_closing()):
+                self.transport.resume_reading()
+        return message
 
 
 def _refused_header(kind: int, length: int) -> FeedRefused | None:
@@ -127,6 +223,15 @@ class AudioSocketSession:
         self.codec = codec  # what kind 0x10 is (AUDIOSOCKET_FORMAT)
         self.call_id: str | None = None
         self.format: FeedFormat | None = None
+        self._audio_kind: int | None = None  # the kind of the call's audio, once opened
+
+    def audio(self, message: bytes) -> bool:
+        """A whole message (header included) of the opened call's audio, in its format, taken
+        as it is read (FeedSession.read_audio_from); anything else goes to `handle`."""
+        if message[0] != self._audio_kind:
+            return False
+        self.session.take(self.track, message[HEADER_BYTES:])
+        return True
 
     async def handle(self, message: object) -> bool:
         if isinstance(message, FeedRefused):
@@ -165,7 +270,7 @@ class AudioSocketSession:
             raise FeedRefused.audio(error) from None
         if self.format is None:
             await self.session.open(self.call_id, fmt, {"track": self.track.value})
-            self.format = fmt
+            self.format, self._audio_kind = fmt, kind
         elif fmt != self.format:
             raise FeedRefused("format_changed", f"audio of kind 0x{kind:02x} after {self.format}")
         self.session.take(self.track, payload)
@@ -190,7 +295,10 @@ class AudioSocketListener:
                 "no credentials, so set AUDIOSOCKET_ALLOW to the networks of your Asterisk servers"
             )
         # reuse_port: each API process listens, and the kernel spreads the connections.
-        self.server = await asyncio.start_server(self._connected, host, port, reuse_port=True)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: AudioSocketConnection(self._connected), host, port, reuse_port=True
+        )
 
     async def close(self) -> None:
         if self.server is not None:
@@ -203,35 +311,28 @@ class AudioSocketListener:
         if self.server is not None:
             await self.server.wait_closed()
 
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    def _connected(self, connection: AudioSocketConnection) -> None:
+        peer = connection.transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else None
         if not peer_allowed(host, self.settings.audiosocket_allow):
             log.warning("AudioSocket %s: peer %s is not allowed (AUDIOSOCKET_ALLOW)",
                         self.address, host)  # fmt: skip
+            connection.transport.close()  # nothing read
             return
+        task = asyncio.get_running_loop().create_task(self._serve(connection, host))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, connection: AudioSocketConnection, host: str | None) -> None:
         session = FeedSession(self.ingestion, TRANSPORT, actor=f"audiosocket:{host}")
         codec = _CODECS[self.settings.audiosocket_format]
         protocol = AudioSocketSession(session, self.track, codec)
-        messages: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
-        reading = asyncio.create_task(_read(reader, messages))
+        session.read_audio_from(connection, connection.wait, protocol.audio)
         refused: FeedRefused | None = None
         try:
             try:
                 await session.pump(
-                    queued(messages),
+                    connection,
                     protocol.handle,
                     self.settings.ws_idle_timeout_s,
                     self.settings.ws_start_timeout_s,
@@ -245,14 +346,11 @@ class AudioSocketListener:
                 log.warning("AudioSocket call %s (%s): %s: %s", protocol.call_id,
                             self.track.value, refused.code, refused.message)  # fmt: skip
                 ending = pack(KIND_HANGUP) if refused.refusal is Refusal.IDLE else ERROR_MESSAGE
-                with contextlib.suppress(ConnectionError, OSError):
-                    writer.write(ending)
-                    await writer.drain()
+                if not connection.transport.is_closing():
+                    connection.transport.write(ending)
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
-            await session.end()
+            await session.end()  # the call completes (if this was its last feed) before the
+            connection.transport.close()  # PBX sees the end, after what was written is sent
 
 
 async def start_listeners(settings: Settings, ingestion: Ingestion) -> list[AudioSocketListener]:

@@ -332,17 +332,3 @@ class FeedSession:
         if refused is not None:
             self.outcome = refused.code
         return refused
-
-
-def queued(messages: asyncio.Queue[object]) -> NextMessage:
-    """The next message of those a reader task reads ahead into `messages`."""
-
-    async def next_message(deadline: float) -> object:
-        if not messages.empty():  # read while a store was in flight: no wait, no timer
-            return messages.get_nowait()
-        # A timeout block, not wait_for: on Python 3.11 wait_for runs its awaitable in a task
-        # of its own, which was one task a message.
-        async with asyncio.timeout_at(deadline):
-            return await messages.get()
-
-    return next_message
