@@ -105,8 +105,9 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
     (the started call's audio: the whole message, header included) is held by the feed without
     waking its task, and the reading is held until their store (service/held_reading.py);
     every other message is queued for the feed's pump (this is its NextMessage), in the order
-    read. At READ_AHEAD queued the reading pauses (backpressure: TCP holds Asterisk back); a
-    malformed header is queued as its refusal and ends the reading."""
+    read. At READ_AHEAD queued the cutting stops (the rest of the read waits in the buffer) and
+    so does the reading (backpressure: TCP holds Asterisk back); a malformed header is queued as
+    its refusal and ends the reading."""
 
     def __init__(self, serve: Callable[[AudioSocketConnection], object]) -> None:
         self._serve = serve  # what runs the feed once the connection is made
@@ -118,7 +119,9 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
         self._messages: deque[object] = deque()
         self._arrived: asyncio.Future[None] | None = None
         self._queue_paused = False
-        self._ended = False  # a malformed header, or the connection lost: nothing more is read
+        self._refused = False  # a malformed header: nothing more is read
+        self._lost = False  # the connection is lost
+        self._closed = False  # CLOSED is queued
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports (make run's loop) are not asyncio.Transport's subclasses.
@@ -145,17 +148,29 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
         return self._queue_paused
 
     def data_received(self, data: bytes) -> None:
-        if self._ended:
+        if self._refused or self._lost:
             return
+        self._buffer += data
+        self._after_read(self._parse())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reading_over()
+        self._lost = True
+        self._parse()
+
+    def _parse(self) -> int:
+        """Cut the whole messages read so far, until the queue is full (the rest waits in the
+        buffer, read no further: at most one read's bytes); how many the sink took. Once the
+        connection is lost and all is cut, CLOSED (a partial last message is dropped)."""
         buffer = self._buffer
-        buffer += data
         at, end, taken = 0, len(buffer), 0
-        while at + HEADER_BYTES <= end:
+        while at + HEADER_BYTES <= end and not (self._queue_paused or self._refused):
             kind, length = buffer[at], int.from_bytes(buffer[at + 1 : at + HEADER_BYTES], "big")
             refused = _refused_header(kind, length)
             if refused is not None:
                 self._put(refused)
-                self._ended = True
+                self._refused = True
+                self.transport.pause_reading()
                 break
             stop = at + HEADER_BYTES + length
             if stop > end:
@@ -167,17 +182,14 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
                 taken += 1
                 continue
             self._put(Message(kind, message[HEADER_BYTES:]))
-        if self._ended:
+        if self._refused:
             buffer.clear()
-            self.transport.pause_reading()
         else:
             del buffer[:at]
-        self._after_read(taken)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._reading_over()
-        self._ended = True
-        self._put(CLOSED)
+        if self._lost and not (self._queue_paused or self._refused or self._closed):
+            self._closed = True
+            self._put(CLOSED)
+        return taken
 
     def _put(self, message: object) -> None:
         self._messages.append(message)
@@ -198,9 +210,11 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
             finally:
                 self._arrived = None
         message = self._messages.popleft()
+        self.sink_open = False  # until the pump has handled this one, later messages queue
         if self._queue_paused and not self._messages:
             self._queue_paused = False
-            if not (self.reads_held or self._ended or self.transport.is_closing()):
+            self._parse()  # what waits in the buffer first
+            if not (self._queue_paused or self.reads_held or self._refused or self._lost):
                 self.transport.resume_reading()
         return message
 

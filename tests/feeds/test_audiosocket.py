@@ -21,7 +21,9 @@ from db.keys import call_keys
 from devstack.servers import free_port
 from service.app import create_app
 from service.feeds import audiosocket
+from service.feeds import session as session_module
 from service.feeds.audiosocket import start_listeners
+from service.streaming import READ_AHEAD, append_or_pause
 from settings import Settings, host_port
 from simulate.pbx import (
     AS_AUDIO,
@@ -383,3 +385,41 @@ def test_a_call_under_make_run_s_event_loop_is_stored_whole(pbx: Settings):
             await redis.aclose()
 
     assert uvloop.run(a_call()) == (b"", (30, "COMPLETED"))
+
+
+async def test_a_fast_peer_is_held_back_while_a_store_is_in_flight_and_nothing_is_lost(
+    listening: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # While a store waits (Redis slow), the sink takes what one store holds, the connection
+    # queues READ_AHEAD messages and then stops reading: what is held stays bounded, and once
+    # the store goes through every message is stored, in order.
+    release = asyncio.Event()
+    append = append_or_pause
+    queued = 0
+
+    async def slow(*args: object) -> None:
+        await release.wait()
+        await append(*args)  # type: ignore[arg-type]
+
+    put = audiosocket.AudioSocketConnection._put
+
+    def counted(connection: audiosocket.AudioSocketConnection, message: object) -> None:
+        nonlocal queued
+        put(connection, message)
+        queued = max(queued, len(connection._messages))
+
+    monkeypatch.setattr(session_module, "append_or_pause", slow)
+    monkeypatch.setattr(audiosocket.AudioSocketConnection, "_put", counted)
+    call = uuid.uuid4()
+    party = await peer(listening.audiosocket_addr)
+    await party.send_uuid(call)
+    frames = 1500  # 30 s of audio at once, past what the server holds in memory
+    await party.send_audio(b"".join(bytes([n % 256]) * FRAME for n in range(frames)), FRAME)
+    await asyncio.sleep(0.5)  # the first store waits; the rest is read as far as allowed
+    assert queued <= READ_AHEAD
+    release.set()
+    await party.hangup()
+    assert await party.answer() == b""
+    assert await settled(redis, str(call), frames, "COMPLETED") == (frames, "COMPLETED")
+    entries = await redis.xrange(call_keys(str(call)).packets)
+    assert [int(fields[b"s"]) for _, fields in entries] == list(range(frames))
