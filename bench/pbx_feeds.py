@@ -7,7 +7,8 @@ socket a party, ulaw), FreeSWITCH mod_audio_stream (one stereo L16 stream) and G
 (one PCMU session, both channels), each sent by the peer clients the tests use
 (simulate/pbx.py). For each: the API's and the whole stack's CPU per call-minute, from the
 calls' first frame to all of them ARCHIVED, and each against the Twilio stream's, measured in the
-same run. Target: no feed above 1.5x the Twilio path.
+same run; and the bytes PostgreSQL holds per call-minute once they are (the stores are emptied
+between feeds). Target: no feed above 1.5x the Twilio path.
 """
 
 from __future__ import annotations
@@ -76,14 +77,15 @@ async def send_feed(
 async def phase(
     feed: str, layout: RunLayout, targets: PbxTargets, plan: Plan, run: str
 ) -> dict[str, Any]:
-    before = layout.cpu_s()
+    before, pg_before = layout.cpu_s(), await layout.pg_bytes()
     started = time.monotonic()
     call_ids, minutes = await send_feed(feed, layout, targets, plan, run)
     base_url = f"http://127.0.0.1:{layout.api_port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         records = [await final_state(http, call_id, 120) for call_id in call_ids]
-    after = layout.cpu_s()
+    after, pg_after = layout.cpu_s(), await layout.pg_bytes()
     cpu = {g: (after[g] - before.get(g, 0.0)) / minutes for g in after if g != "client"}
+    stored = sum(pg_after.values()) - sum(pg_before.get(t, 0) for t in pg_after)
     return {
         "feed": feed,
         "minutes": round(minutes, 3),
@@ -92,6 +94,7 @@ async def phase(
         "calls": len(records),
         "cpu_s_per_call_minute": {g: round(s, 3) for g, s in cpu.items()},
         "stack_cpu_s_per_call_minute": round(sum(cpu.values()), 3),
+        "pg_bytes_per_call_minute": round(stored / minutes),
     }
 
 
@@ -137,7 +140,8 @@ def render(figures: dict[str, Any], name: str) -> list[str]:
         f"| {p['feed']} | {p['archived']}/{p['calls']} "
         f"| {p['cpu_s_per_call_minute'].get('api', 0):.3f} "
         f"| {p['stack_cpu_s_per_call_minute']:.3f} "
-        f"| {p['api_ratio']:.2f}x | {p['stack_ratio']:.2f}x |"
+        f"| {p['api_ratio']:.2f}x | {p['stack_ratio']:.2f}x "
+        f"| {p.get('pg_bytes_per_call_minute', 0) / 1024:,.0f} KiB |"
         for p in figures["phases"]
     ]
     return [
@@ -147,11 +151,13 @@ def render(figures: dict[str, Any], name: str) -> list[str]:
         "real-time pace over each feed in turn, against one stack of `make run`'s layout "
         f"({plan['processes']} API processes and workers, the mock AI instant), from the first "
         "frame to every call "
-        f"ARCHIVED. Target: no feed above {TARGET_RATIO}x the Twilio stream's CPU.",
+        f"ARCHIVED. Target: no feed above {TARGET_RATIO}x the Twilio stream's CPU. PostgreSQL "
+        "per call-minute: what `pg_total_relation_size` (heap, TOAST, indexes) of every table "
+        "grew by over the feed's calls (the stores are emptied between feeds).",
         "",
         "| feed | ARCHIVED | API CPU s per call-minute | stack CPU s per call-minute "
-        "| API vs Twilio | stack vs Twilio |",
-        "|---|---|---|---|---|---|",
+        "| API vs Twilio | stack vs Twilio | PostgreSQL per call-minute |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ]
 
