@@ -1,5 +1,8 @@
-"""A socket whose reading its app may hold (what service/ws_protocol.py's WebSockets and the
-AudioSocket connections share): after a read in which the app's sink took messages, the socket is
+"""A socket whose messages its app may take as they are read, and whose reading it may then hold
+(what service/ws_protocol.py's WebSockets and the AudioSocket connections share). The app
+attaches sinks (FrameSinks, service/asgi.py), offered each message only once it has handled, and
+reopened them after, every message it received otherwise (`reopen`): messages reach it in the
+order they were read. After a read in which a sink took messages, the socket is
 not read again until the time the app names (`hold_until`: the end of its hold window, when it
 stores what it holds), so that what the peer sends meanwhile waits in the kernel and comes in
 one read, not a read and a wake-up of the loop for every 20 ms frame. Before it stores, the app
@@ -7,12 +10,15 @@ reads what has come (`caught_up`): a frame in the socket's buffer is stored as i
 read as it came.
 
 A mixin for an asyncio protocol: it reads `transport` and `loop`, and the class says when its
-own queue is full (`queue_full`: reading stays paused then, whatever the hold)."""
+own queue is full (`queue_full`: reading stays paused then, whatever the hold) and offers each
+message to `sink` or `binary_sink` while `sink_open`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+from service.asgi import BinarySink, TextSink
 
 # How long caught_up() waits for a read when reading is let go: a read that is waiting comes in
 # the loop's next polling, before any timer is due; this only ends the wait when nothing came.
@@ -45,6 +51,9 @@ def _read_turn(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
 class HeldReading:
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
+    sink: TextSink | None = None
+    binary_sink: BinarySink | None = None
+    sink_open = False  # the app has handled every message it received (reopen)
     # When the app wants the socket read again after a read its sink took messages in (None:
     # as they come); reading is held meanwhile, until the timer or caught_up() lets it go.
     hold_until: Callable[[], float | None] | None = None
@@ -52,6 +61,29 @@ class HeldReading:
     unread = False  # reading was let go and nothing has been read since
     _release: asyncio.TimerHandle | None = None
     _read_waiters: list[asyncio.Future[None]] | None = None
+
+    def attach(
+        self,
+        sink: TextSink | None,
+        hold_until: Callable[[], float | None] | None = None,
+        binary: BinarySink | None = None,
+    ) -> None:
+        """Offer the socket's text messages to `sink` and its binary ones to `binary` (None:
+        queue them all again); with `hold_until`, hold the reading after a read the sinks took
+        messages in, until the time it gives (the loop's clock; None: read on)."""
+        self.sink = sink
+        self.binary_sink = binary
+        self.sink_open = self._has_sink()
+        self.hold_until = hold_until if self.sink_open else None
+        if self.hold_until is None:
+            self._let_go()
+
+    def reopen(self) -> None:
+        """The app has handled the messages it received: the sinks may take the next ones."""
+        self.sink_open = self._has_sink()
+
+    def _has_sink(self) -> bool:
+        return self.sink is not None or self.binary_sink is not None
 
     def queue_full(self) -> bool:
         """Whether the protocol's queue for the app keeps the reading paused (its own rule)."""

@@ -41,7 +41,6 @@ came (and taken in before a completion: service/routes/media_ws.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -49,7 +48,7 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from service.asgi import FRAME_SINK, BinarySink, TextSink
+from service.asgi import FRAME_SINK
 from service.held_reading import HeldReading
 
 try:
@@ -80,9 +79,6 @@ class _SocketQueue(asyncio.Queue[Any]):
 
 
 class QueuedWebSocketProtocol(WebSocketsSansIOProtocol, HeldReading):
-    sink: TextSink | None = None
-    binary_sink: BinarySink | None = None
-    sink_open = False  # the app has handled every message it received (reopen)
     _taken = 0  # messages the sinks took in the current read
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -94,29 +90,6 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol, HeldReading):
         if not self.close_sent:  # the handshake goes on: the app is called with this scope
             extensions: dict[str, dict[object, object]] = self.scope["extensions"]
             extensions[FRAME_SINK] = {"sinks": self}
-
-    def attach(
-        self,
-        sink: TextSink | None,
-        hold_until: Callable[[], float | None] | None = None,
-        binary: BinarySink | None = None,
-    ) -> None:
-        """Offer the socket's text messages to `sink` and its binary ones to `binary` (None:
-        queue them all again); with `hold_until`, hold the reading after a read the sinks took
-        messages in, until the time it gives (the loop's clock; None: read on)."""
-        self.sink = sink
-        self.binary_sink = binary
-        self.sink_open = self._has_sink()
-        self.hold_until = hold_until if self.sink_open else None
-        if self.hold_until is None:
-            self._let_go()
-
-    def _has_sink(self) -> bool:
-        return self.sink is not None or self.binary_sink is not None
-
-    def reopen(self) -> None:
-        """The app has handled the messages it received: the sinks may take the next ones."""
-        self.sink_open = self._has_sink()
 
     async def receive(self) -> Any:
         # uvicorn's, but its reading is not resumed while the app holds it.

@@ -33,7 +33,6 @@ from core.audio import UnsupportedAudio
 from core.ingestion import Ingestion
 from db.outages import REDIS_OUTAGE
 from db.packets import Track
-from service.asgi import BinarySink, TextSink
 from service.feeds.session import FeedRefused, FeedSession, Refusal, Wait
 from service.feeds.timeline import Codec, FeedFormat
 from service.held_reading import HeldReading
@@ -113,8 +112,6 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
         self._serve = serve  # what runs the feed once the connection is made
         self.loop = asyncio.get_running_loop()
         self.wait = Wait()
-        self.sink: BinarySink | None = None
-        self.sink_open = False  # the pump has handled every message it received (reopen)
         self._buffer = bytearray()
         self._messages: deque[object] = deque()
         self._arrived: asyncio.Future[None] | None = None
@@ -127,22 +124,6 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
         # uvloop's transports (make run's loop) are not asyncio.Transport's subclasses.
         self.transport = cast(asyncio.Transport, transport)
         self._serve(self)
-
-    # FrameSinks (service/asgi.py): the binary sink takes whole AudioSocket messages.
-    def attach(
-        self,
-        sink: TextSink | None,
-        hold_until: Callable[[], float | None] | None = None,
-        binary: BinarySink | None = None,
-    ) -> None:
-        self.sink = binary
-        self.sink_open = binary is not None
-        self.hold_until = hold_until if binary is not None else None
-        if self.hold_until is None:
-            self._let_go()
-
-    def reopen(self) -> None:
-        self.sink_open = self.sink is not None
 
     def queue_full(self) -> bool:
         return self._queue_paused
@@ -177,7 +158,7 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
                 break
             message = bytes(buffer[at:stop])
             at = stop
-            sink = self.sink
+            sink = self.binary_sink  # whole AudioSocket messages (FrameSinks, service/asgi.py)
             if sink is not None and self.sink_open and not self._messages and sink(message):
                 taken += 1
                 continue
