@@ -151,7 +151,8 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
             if refused is not None:
                 self._put(refused)
                 self._refused = True
-                self.transport.pause_reading()
+                if not self.transport.is_closing():  # (cut after the connection was lost)
+                    self.transport.pause_reading()
                 break
             stop = at + HEADER_BYTES + length
             if stop > end:
