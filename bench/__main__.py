@@ -38,6 +38,7 @@ SUITES = (
     "search",
     "redaction",
     "redis_residue",
+    "idle",
 )
 ON_DEMAND = ("wait_cost",)  # its figures are quoted by hand (the reliability runs' section)
 RESULTS = Path(__file__).resolve().parent / "results"
