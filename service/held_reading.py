@@ -89,6 +89,16 @@ class HeldReading:
         """Whether the protocol's queue for the app keeps the reading paused (its own rule)."""
         return False
 
+    def queue_empty(self) -> bool:
+        """Whether no message waits in the protocol's queue for the app."""
+        raise NotImplementedError
+
+    def _may_offer(self) -> bool:
+        """Whether a sink may be offered the message just read: messages reach the app in the
+        order they were read only if it has handled (and reopened the sinks after) every message
+        it received, and none waits in the queue."""
+        return self.sink_open and self.queue_empty()
+
     async def caught_up(self) -> None:
         """Return once what the peer has sent so far is read (into the sink, or the queue), if
         the reading was held: it is let go, and the next read (or one turn of the loop's

@@ -105,6 +105,9 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol, HeldReading):
     def queue_full(self) -> bool:
         return self.read_paused  # uvicorn's flag: --ws-max-queue messages wait for the app
 
+    def queue_empty(self) -> bool:
+        return self.queue.empty()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._reading_over()
         super().connection_lost(exc)
@@ -177,7 +180,7 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol, HeldReading):
         """Whether the app's sink took the message (in order: see the module's doc). Invalid
         UTF-8 is left to uvicorn's path, which closes the socket 1007."""
         sink = self.sink
-        if sink is None or not self.sink_open or self.close_sent or not self.queue.empty():
+        if sink is None or self.close_sent or not self._may_offer():
             return False
         try:
             text = str(payload, "utf-8")
@@ -191,7 +194,7 @@ class QueuedWebSocketProtocol(WebSocketsSansIOProtocol, HeldReading):
     def _sunk_bytes(self, payload: bytes) -> bool:
         """Whether the app's binary sink took the message (in order, as `_sunk`)."""
         sink = self.binary_sink
-        if sink is None or not self.sink_open or self.close_sent or not self.queue.empty():
+        if sink is None or self.close_sent or not self._may_offer():
             return False
         if not sink(payload):
             return False

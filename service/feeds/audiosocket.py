@@ -128,6 +128,9 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
     def queue_full(self) -> bool:
         return self._queue_paused
 
+    def queue_empty(self) -> bool:
+        return not self._messages
+
     def data_received(self, data: bytes) -> None:
         if self._refused or self._lost:
             return
@@ -160,7 +163,7 @@ class AudioSocketConnection(asyncio.Protocol, HeldReading):
             message = bytes(buffer[at:stop])
             at = stop
             sink = self.binary_sink  # whole AudioSocket messages (FrameSinks, service/asgi.py)
-            if sink is not None and self.sink_open and not self._messages and sink(message):
+            if sink is not None and self._may_offer() and sink(message):
                 taken += 1
                 continue
             self._put(Message(kind, message[HEADER_BYTES:]))
