@@ -27,6 +27,7 @@ class Script(StrEnum):
     AI_SLOTS_ACQUIRE = "ai_slots_acquire"  # the shared AI concurrency limit
     AI_SLOTS_PAUSE = "ai_slots_pause"
     CLAIM_JOBS = "claim_jobs"  # a job queue's waiting jobs, claimed in one step (jobs/polling.py)
+    ENQUEUE_JOB = "enqueue_job"  # a job queued in one step, idle workers woken (jobs/queue.py)
 
 
 @cache

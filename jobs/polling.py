@@ -7,17 +7,32 @@ round trips every poll. We replace `start_jobs` (arq accepts only security fixes
 own is the way): ids this worker runs are dropped without I/O, ids seen running elsewhere are left
 alone for a moment, and the rest are claimed with one script call (db/lua/claim_jobs.lua), as
 atomic as arq's transaction. What happens to a claimed job is arq's own code (`run_job`).
+
+An idle worker does not poll 20 times a second either: when a poll finds nothing due, it waits
+for a wake (every enqueue publishes one: jobs/queue.py's wake_workers), for the next deferred
+job's time, or for IDLE_POLL_S, whichever comes first, and then reads the queue again at once.
+A job queued to an idle worker starts within a round trip instead of within arq's poll delay,
+and an idle stack stops paying for 40 empty polls a second (BENCHMARKS.md, "What an idle stack
+costs"). With jobs due or running anywhere, polls go on every 50 ms, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from typing import Any
 
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from db.scripts import Script, register
-from jobs.queue import IN_PROGRESS_KEY_PREFIX
+from jobs.queue import IN_PROGRESS_KEY_PREFIX, wake_channel
+from jobs.resilience import POLL_OUTAGE
+
+log = logging.getLogger(__name__)
 
 # How long a job seen running on another worker is not looked at again. Short: if that worker
 # dies, the reaper releases the job and this worker should see it within a poll or two.
@@ -28,9 +43,80 @@ RUNNING_ELSEWHERE_TTL_S = 1.0
 # WORKER_MAX_JOBS (1,000), and ran it on its one core while the others idled: one of make run's
 # two workers did 62-72% of a 500-call drain's work (BENCHMARKS.md, issue 27).
 CLAIMS_PER_POLL = 50
+# An idle worker reads the queue at least this often, woken or not: a wake it missed (its
+# subscription down, an enqueue from outside jobs/queue.py) costs at most this much delay; and
+# arq queues a cron run only from a poll, at most a second ahead of its time.
+IDLE_POLL_S = 1.0
+# Where a worker's QueueWake lives: its ctx, set by jobs/worker.py's startup. A worker without
+# one (a test's, a burst run) polls every poll_delay, as arq does.
+WAKE_CTX_KEY = "queue_wake"
+# A lost subscription is tried again after this long; meanwhile the worker polls every 50 ms.
+RESUBSCRIBE_S = 0.5
+
+
+class QueueWake:
+    """A worker's ear on its queue's wake channel. `wait` returns when a job may be waiting:
+    a wake was published, one of the worker's own jobs ended (its retry may be due soon), or the
+    subscription was lost or made (what was published meanwhile was missed). A wake is kept
+    until a wait takes it, so one that comes between a read of the queue and the wait after it
+    ends that wait at once: none is lost, at worst one read more."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self._redis = redis
+        self._channel = wake_channel(queue_name)
+        self._woken = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False  # subscribed: only then may a worker wait longer than a poll
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen(), name="queue-wake")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def ring(self) -> None:
+        self._woken.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """True if woken within `seconds` (the wake is taken), False at the timeout."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._woken.wait()
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self.listening = True
+                    self.ring()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self.ring()
+            except POLL_OUTAGE as exc:
+                log.warning("queue wake channel lost (%r); polling every 50 ms meanwhile", exc)
+            finally:
+                if self.listening:
+                    self.listening = False
+                    self.ring()
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+
+def queue_wake(worker: Worker) -> QueueWake | None:
+    wake = worker.ctx.get(WAKE_CTX_KEY)
+    return wake if isinstance(wake, QueueWake) else None
 
 
 async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
+    if not job_ids:
+        job_ids = await _when_idle(worker)
     now = time.monotonic()
     # job id -> when it was last seen running elsewhere; kept on the worker it serves.
     seen_running: dict[str, float] = vars(worker).setdefault("_seen_running_elsewhere", {})
@@ -63,13 +149,42 @@ async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
         await _start(worker, job_id, int(float(score)))
 
 
+async def _when_idle(worker: Worker) -> list[Any]:
+    """Nothing is due in the queue (arq's read found no id, so no job waits or runs anywhere):
+    wait for a wake, for the next deferred job's time or for IDLE_POLL_S, then read the queue
+    again (the ids due by then, maybe none). At once, without waiting, for a worker with no
+    QueueWake or none subscribed, and in a burst run (which ends when the queue is empty)."""
+    wake = queue_wake(worker)
+    if wake is None or not wake.listening or worker.burst:
+        return []
+    wait_s = IDLE_POLL_S
+    earliest = await worker.pool.zrange(worker.queue_name, 0, 0, withscores=True)
+    if earliest:
+        wait_s = min(wait_s, (earliest[0][1] - timestamp_ms()) / 1000)
+    if wait_s <= worker.poll_delay_s:
+        return []  # arq's next poll, within poll_delay, is soon enough
+    await wake.wait(wait_s)
+    ids: list[Any] = await worker.pool.zrangebyscore(
+        worker.queue_name, min=float("-inf"), max=timestamp_ms(), start=0,
+        num=worker.queue_read_limit,
+    )  # fmt: skip
+    return ids
+
+
 async def _start(worker: Worker, job_id: str, score: int) -> None:
     """What arq's start_jobs does once a job is claimed: count it and run it."""
     await worker.sem.acquire()  # free at once: at most max_jobs - running were claimed
     worker.job_counter += 1
     task = worker.loop.create_task(worker.run_job(job_id, score))
-    task.add_done_callback(lambda _: worker._release_sem_dec_counter_on_complete())
+    task.add_done_callback(lambda _: _ended(worker))
     worker.tasks[job_id] = task
+
+
+def _ended(worker: Worker) -> None:
+    worker._release_sem_dec_counter_on_complete()
+    wake = queue_wake(worker)
+    if wake is not None:
+        wake.ring()  # a retry the job deferred may be due before IDLE_POLL_S
 
 
 def _forget_stale(seen_running: dict[str, float], now: float) -> None:

@@ -4,13 +4,27 @@ The API reaches the worker only through this module, and nothing else names arq'
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from arq.connections import ArqRedis
-from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_key_prefix
+from arq.constants import (
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+)
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
+from redis.commands.core import AsyncScript
+
+from db.outages import REDIS_OUTAGE
+from db.scripts import Script, register
+
+log = logging.getLogger(__name__)
 
 PROCESS_CALL = "process_call"
 # A call's job has an id of its own kind: arq's job ids are one namespace, and its cron runs take
@@ -21,6 +35,52 @@ CALL_JOB_PREFIX = "call:"
 
 # arq's marker of a running job: the claim script (jobs/polling.py) sets it as arq does.
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
+
+
+def wake_channel(queue_name: str) -> str:
+    """The channel every enqueue here publishes on once its job is queued: an idle worker waits
+    on it (jobs/polling.py's QueueWake) instead of polling the queue 20 times a second."""
+    return queue_name + ":wake"
+
+
+async def _enqueue(
+    queue: ArqRedis, function: str, *args: object, _job_id: str, _defer_by: float | None = None,
+    **kwargs: object,
+) -> bool:  # fmt: skip
+    """arq's enqueue_job, and a wake for idle workers, in one round trip (db/lua/enqueue_job.lua:
+    arq's own takes three, and the wake would be a fourth). The job is arq's, byte for byte: its
+    key, its expiry (a day past its due time), its score, its serialized form. False if a job or
+    result of that id exists: nothing is queued then."""
+    now_ms = timestamp_ms()
+    due_ms = now_ms + round(1000 * (_defer_by or 0))
+    job = serialize_job(function, args, kwargs, None, now_ms, serializer=queue.job_serializer)
+    queued = await _enqueue_script(queue)(
+        keys=[job_key_prefix + _job_id, result_key_prefix + _job_id, queue.default_queue_name],
+        args=[
+            _job_id, due_ms, due_ms - now_ms + queue.expires_extra_ms, job,
+            wake_channel(queue.default_queue_name),
+        ],
+    )  # fmt: skip
+    return bool(queued)
+
+
+def _enqueue_script(queue: ArqRedis) -> AsyncScript:
+    """The script registered once per client (kept on it, as redis-py keeps its own state)."""
+    script = vars(queue).get("_enqueue_job_script")
+    if script is None:
+        script = vars(queue)["_enqueue_job_script"] = register(queue, Script.ENQUEUE_JOB)
+    return script
+
+
+async def wake_workers(queue: ArqRedis) -> None:
+    """Tell idle workers to read the queue now, after a job already queued was made runnable (an
+    orphan's marker released). A nudge, not the job: a worker that misses it (not subscribed yet,
+    its connection lost) reads the queue within jobs/polling.py's IDLE_POLL_S anyway. So an
+    outage here is logged, not raised: raising would report the release as failed."""
+    try:
+        await queue.publish(wake_channel(queue.default_queue_name), b"")
+    except REDIS_OUTAGE as exc:
+        log.warning("could not wake idle workers (%r): they read the queue within a second", exc)
 
 
 def call_job_id(call_id: str) -> str:
@@ -45,8 +105,7 @@ def call_enqueuer(queue: QueueClient) -> Callable[[str], Awaitable[bool]]:
 async def enqueue_process_call(queue: ArqRedis, call_id: str) -> bool:
     """Queue the call's job; its id is the call's (call_job_id), so a second enqueue is a no-op.
     Returns False when the job was already queued or running."""
-    job = await queue.enqueue_job(PROCESS_CALL, call_id, _job_id=call_job_id(call_id))
-    return job is not None
+    return await _enqueue(queue, PROCESS_CALL, call_id, _job_id=call_job_id(call_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +152,8 @@ async def requeue_orphan(queue: ArqRedis, call_id: str) -> bool:
         # removing it lets any worker pick the still-queued job up on its next poll.
         released = await queue.delete(in_progress_key_prefix + job_id)
         if await queue.zscore(queue.default_queue_name, job_id) is not None:
+            if released:
+                await wake_workers(queue)
             return bool(released)
         await queue.delete(job_key_prefix + job_id)  # arq gave up on it: start afresh
     return await enqueue_process_call(queue, call_id)
@@ -114,8 +175,7 @@ async def enqueue_flush_segment(queue: ArqRedis, call_id: str, asked: int, again
     """Queue a flush of the live call's unflushed tail (the ingest script asked for segment
     `asked`); False when that request was queued already."""
     job_id = segment_job_id(call_id, asked, again)
-    job = await queue.enqueue_job(FLUSH_SEGMENT, call_id, _job_id=job_id)
-    return job is not None
+    return await _enqueue(queue, FLUSH_SEGMENT, call_id, _job_id=job_id)
 
 
 TRANSCRIBE_LIVE = "transcribe_live"
@@ -128,8 +188,7 @@ async def enqueue_live_transcription(
     """Queue a live call's transcription of the windows its stored segments made ready, after a
     segment flush stored one (`tag`: that flush's moment, telling one pass from the next)."""
     job_id = f"{LIVE_JOB_PREFIX}{tag}:{call_id}"
-    job = await queue.enqueue_job(TRANSCRIBE_LIVE, call_id, follow_up, _job_id=job_id)
-    return job is not None
+    return await _enqueue(queue, TRANSCRIBE_LIVE, call_id, follow_up, _job_id=job_id)
 
 
 async def enqueue_follow_up(queue: ArqRedis, call_id: str, after_s: float, tag: int) -> bool:
@@ -137,10 +196,9 @@ async def enqueue_follow_up(queue: ArqRedis, call_id: str, after_s: float, tag: 
     left after its last pause is stored and transcribed within seconds, not a segment later;
     `tag` tells one follow-up from another (the pass it follows)."""
     job_id = f"{SEGMENT_JOB_PREFIX}follow.{tag}:{call_id}"
-    job = await queue.enqueue_job(
-        FLUSH_SEGMENT, call_id, follow_up=True, _job_id=job_id, _defer_by=after_s
+    return await _enqueue(
+        queue, FLUSH_SEGMENT, call_id, follow_up=True, _job_id=job_id, _defer_by=after_s
     )
-    return job is not None
 
 
 def segment_enqueuer(queue: QueueClient) -> Callable[[str, int], Awaitable[bool]]:
@@ -164,10 +222,9 @@ async def enqueue_erasure(
 ) -> bool:
     """Queue the erasure of the call (scope "call") or of its recording (scope "audio"); one job
     per call and scope at a time (a second enqueue is a no-op). False if it was queued already."""
-    job = await queue.enqueue_job(
-        ERASE_CALL, call_id, scope, _job_id=erase_job_id(call_id, scope), _defer_by=defer_s
+    return await _enqueue(
+        queue, ERASE_CALL, call_id, scope, _job_id=erase_job_id(call_id, scope), _defer_by=defer_s
     )
-    return job is not None
 
 
 async def call_job_pending(queue: ArqRedis, call_id: str) -> bool:
@@ -196,4 +253,7 @@ async def release_dead_erasure(
     running_s = marker_ttl_s - left_ms / 1000
     if running_s <= job_timeout_s + 5:
         return False
-    return bool(await queue.delete(key))
+    released = bool(await queue.delete(key))
+    if released:
+        await wake_workers(queue)
+    return released

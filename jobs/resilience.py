@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 POLL_RETRY_S = 0.5
 # A raw socket error escaping arq's poll is an outage here too.
-_POLL_OUTAGE: tuple[type[Exception], ...] = (*REDIS_OUTAGE, OSError)
+POLL_OUTAGE: tuple[type[Exception], ...] = (*REDIS_OUTAGE, OSError)
 
 _Poll = Callable[[Worker], Awaitable[None]]
 
@@ -31,7 +31,7 @@ def survive_redis_outages(poll: _Poll) -> _Poll:
     async def poll_through_outages(worker: Worker) -> None:
         try:
             await poll(worker)
-        except _POLL_OUTAGE as exc:
+        except POLL_OUTAGE as exc:
             log.warning("Redis unavailable while polling (%r); polling again shortly", exc)
             await asyncio.sleep(POLL_RETRY_S)
 

@@ -1,19 +1,31 @@
 """arq's poll with hundreds of jobs in flight elsewhere: no per-job transaction for them; with a
-backlog, a share of it a poll."""
+backlog, a share of it a poll. An idle worker waits for a wake instead of polling."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import Job
 from arq.worker import Worker
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobs import polling
-from jobs.polling import CLAIMS_PER_POLL
-from jobs.queue import call_job_id, enqueue_process_call
+from jobs.polling import CLAIMS_PER_POLL, IDLE_POLL_S, QueueWake
+from jobs.queue import (
+    call_job_id,
+    enqueue_erasure,
+    enqueue_follow_up,
+    enqueue_process_call,
+    requeue_orphan,
+    wake_channel,
+)
 from jobs.resources import WorkerResources
 from jobs.worker import make_functions
 
@@ -88,3 +100,182 @@ async def test_a_poll_claims_a_share_of_a_backlog_and_leaves_the_rest_to_other_w
     marked = {c for c, marker in zip(waiting, markers, strict=True) if marker is not None}
     assert marked == {j.removeprefix("call:") for j in started}  # the rest wait, unmarked
     assert await redis.zcard(queue.default_queue_name) == len(waiting)
+
+
+async def until(condition: Callable[[], bool], within_s: float = 5.0, step_s: float = 0.01) -> None:
+    async with asyncio.timeout(within_s):
+        for _ in range(int(within_s / step_s) + 1):
+            if condition():
+                return
+            await asyncio.sleep(step_s)
+
+
+class IdleWorker:
+    """A worker with make run's poll delay and a QueueWake, running in this loop; the jobs it
+    claims are noted (job id, when) and taken off the queue as if they had run."""
+
+    def __init__(self, queue: ArqRedis, resources: WorkerResources) -> None:
+        self.wake = QueueWake(queue, queue.default_queue_name)
+        self.worker = Worker(
+            functions=make_functions(60),
+            redis_pool=queue,
+            poll_delay=0.05,
+            handle_signals=False,
+            ctx={"resources": resources, polling.WAKE_CTX_KEY: self.wake},
+        )
+        self.started: dict[str, float] = {}
+
+    async def start(self) -> None:
+        self.wake.start()
+        self.task = asyncio.create_task(self.worker.main())
+        await until(lambda: self.wake.listening)
+
+    async def claimed(self, job_id: str, within_s: float) -> float:
+        """When `job_id` was claimed (time.monotonic()), waiting at most `within_s` for it."""
+        await until(lambda: job_id in self.started, within_s, step_s=0.002)
+        return self.started[job_id]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.wake.stop()
+        await self.worker.close()
+
+
+@pytest.fixture
+async def idle_worker(
+    queue: Redis, worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[IdleWorker]:
+    idle = IdleWorker(ArqRedis(connection_pool=queue.connection_pool), worker_resources)
+
+    async def note(worker: Worker, job_id: str, score: int) -> None:
+        idle.started.setdefault(job_id, time.monotonic())
+        await worker.pool.zrem(worker.queue_name, job_id)
+
+    monkeypatch.setattr(polling, "_start", note)
+    yield idle
+    await idle.close()
+
+
+async def test_an_idle_worker_reads_the_queue_about_once_a_second_not_twenty_times(
+    queue: Redis, idle_worker: IdleWorker
+):
+    await idle_worker.start()
+    await asyncio.sleep(0.3)  # its first reads done
+    reads = await calls_of(queue, "zrangebyscore")
+
+    await asyncio.sleep(2.0)
+
+    # arq's poll every 50 ms would be 40 reads; waiting for a wake, one or two a second.
+    assert await calls_of(queue, "zrangebyscore") - reads <= 2 * (2.0 / IDLE_POLL_S) + 1
+
+
+async def test_a_job_queued_to_an_idle_worker_starts_within_milliseconds(
+    queue: Redis, idle_worker: IdleWorker
+):
+    await idle_worker.start()
+    arq = ArqRedis(connection_pool=queue.connection_pool)
+    delays = []
+    for n in range(5):
+        await asyncio.sleep(0.2)  # the worker back in its wait
+        queued = time.monotonic()
+        assert await enqueue_process_call(arq, f"woken-{n}")
+        delays.append(await idle_worker.claimed(call_job_id(f"woken-{n}"), 5.0) - queued)
+
+    # Polling every 50 ms, half of them would wait 25 ms or more; woken, a round trip or two.
+    # (The bound is loose for a loaded machine: what it rules out is waiting IDLE_POLL_S.)
+    assert sorted(delays)[2] < 0.04, delays
+    assert max(delays) < IDLE_POLL_S / 2, delays
+
+
+async def test_a_deferred_job_starts_at_its_time_while_the_worker_waits(
+    queue: Redis, idle_worker: IdleWorker
+):
+    await idle_worker.start()
+    arq = ArqRedis(connection_pool=queue.connection_pool)
+    await asyncio.sleep(0.2)
+    queued = time.monotonic()
+    assert await enqueue_follow_up(arq, "deferred", 0.3, tag=1)
+
+    started = await idle_worker.claimed("segment:follow.1:deferred", 5.0)
+
+    # Not before its time, and not a whole IDLE_POLL_S late: the wait ends at its due time.
+    assert 0.28 <= started - queued < 0.3 + 0.25
+
+
+async def test_a_worker_that_lost_its_wake_channel_polls_meanwhile_and_subscribes_again(
+    queue: Redis, idle_worker: IdleWorker, caplog: pytest.LogCaptureFixture
+):
+    await idle_worker.start()
+    await asyncio.sleep(0.2)
+    caplog.set_level(logging.WARNING, logger="jobs.polling")
+
+    await queue.client_kill_filter(_type="pubsub")
+
+    # The loss is said, the channel taken up again, and a job queued after it starts at once.
+    await until(lambda: "wake channel lost" in caplog.text)
+    await until(lambda: idle_worker.wake.listening)
+    assert await queue.pubsub_numsub(wake_channel("arq:queue")) == [(b"arq:queue:wake", 1)]
+    await asyncio.sleep(0.2)
+    queued = time.monotonic()
+    await enqueue_erasure(ArqRedis(connection_pool=queue.connection_pool), "after", "call")
+    assert await idle_worker.claimed("erase:call:after", 5.0) - queued < IDLE_POLL_S / 2
+
+
+async def test_a_worker_not_subscribed_polls_as_arq_does(queue: Redis, idle_worker: IdleWorker):
+    # The wake never started (or its Redis refuses pub/sub): every 50 ms, and jobs start.
+    idle_worker.task = asyncio.create_task(idle_worker.worker.main())
+    await asyncio.sleep(0.3)
+    reads = await calls_of(queue, "zrangebyscore")
+    await asyncio.sleep(1.0)
+    assert await calls_of(queue, "zrangebyscore") - reads >= 10
+    await enqueue_process_call(ArqRedis(connection_pool=queue.connection_pool), "polled")
+    await idle_worker.claimed(call_job_id("polled"), 2.0)
+
+
+async def test_a_wake_that_comes_before_the_wait_is_kept_for_it(queue: Redis):
+    wake = QueueWake(ArqRedis(connection_pool=queue.connection_pool), "arq:queue")
+    wake.ring()  # between the worker's read of the queue and its wait
+
+    assert await wake.wait(5.0) is True  # at once
+    assert await wake.wait(0.05) is False  # taken: the next wait waits
+
+
+async def test_an_enqueue_is_one_round_trip_that_wakes_idle_workers_once(queue: Redis):
+    arq = ArqRedis(connection_pool=queue.connection_pool)
+    async with queue.pubsub() as ear:
+        await ear.subscribe(wake_channel(arq.default_queue_name))
+        await ear.get_message(timeout=1.0)  # the subscription's own message
+        transactions = await calls_of(queue, "watch") + await calls_of(queue, "multi")
+
+        assert await enqueue_process_call(arq, "once") is True
+        assert await enqueue_process_call(arq, "once") is False  # queued already: no wake
+
+        assert (await ear.get_message(timeout=1.0))["type"] == "message"
+        assert await ear.get_message(timeout=0.2) is None
+    assert await calls_of(queue, "watch") + await calls_of(queue, "multi") == transactions
+    # arq reads the job as its own (the job test above runs one to its end).
+    assert await arq.zscore(arq.default_queue_name, call_job_id("once")) is not None
+    job = await Job(call_job_id("once"), arq).info()
+    assert job is not None
+    assert (job.function, job.args) == ("process_call", ("once",))
+    # Its key lives as long as arq's would: a day past its due time.
+    assert 86_390_000 < await queue.pttl(job_key_prefix + call_job_id("once")) <= 86_400_000
+
+
+async def test_a_released_orphan_whose_wake_cannot_be_sent_is_still_released_and_says_so(
+    queue: Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    arq = ArqRedis(connection_pool=queue.connection_pool)
+    await enqueue_process_call(arq, "orphan")
+    await queue.set(in_progress_key_prefix + call_job_id("orphan"), b"1")  # its worker died
+
+    async def refused(*_: object) -> int:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(arq, "publish", refused)
+    caplog.set_level(logging.WARNING, logger="jobs.queue")
+
+    assert await requeue_orphan(arq, "orphan") is True
+    assert await queue.exists(in_progress_key_prefix + call_job_id("orphan")) == 0
+    assert "could not wake idle workers" in caplog.text
