@@ -8,9 +8,10 @@ own is the way): ids this worker runs are dropped without I/O, ids seen running 
 alone for a moment, and the rest are claimed with one script call (db/lua/claim_jobs.lua), as
 atomic as arq's transaction. What happens to a claimed job is arq's own code (`run_job`).
 
-An idle worker does not poll 20 times a second either: when a poll finds nothing due, it waits
-for a wake (every enqueue publishes one: jobs/queue.py's wake_workers), for the next deferred
-job's time, or for IDLE_POLL_S, whichever comes first, and then reads the queue again at once.
+An idle worker does not poll 20 times a second either: when a poll finds nothing due, it says
+so (jobs/queue.py's idle_key) and waits for a wake (an enqueue that finds the marker publishes
+one: jobs/queue.py's _enqueue), for the next deferred job's time, or for IDLE_POLL_S, whichever
+comes first, and then reads the queue again at once.
 A job queued to an idle worker starts within a round trip instead of within arq's poll delay,
 and an idle stack stops paying for 40 empty polls a second (BENCHMARKS.md, "What an idle stack
 costs"). With jobs due or running anywhere, polls go on every 50 ms, as before.
@@ -29,7 +30,7 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from db.scripts import Script, register
-from jobs.queue import IN_PROGRESS_KEY_PREFIX, wake_channel
+from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, wake_channel
 from jobs.resilience import POLL_OUTAGE
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,12 @@ async def _when_idle(worker: Worker) -> list[Any]:
     if wake is None or not wake.listening or worker.burst:
         return []
     wait_s = IDLE_POLL_S
-    earliest = await worker.pool.zrange(worker.queue_name, 0, 0, withscores=True)
+    async with worker.pool.pipeline(transaction=False) as pipe:
+        # The marker first: a job queued after it wakes this worker, and one queued before it
+        # is seen by the read after it.
+        pipe.set(idle_key(worker.queue_name), b"1", px=round(1000 * (IDLE_POLL_S + 1)))
+        pipe.zrange(worker.queue_name, 0, 0, withscores=True)
+        _, earliest = await pipe.execute()
     if earliest:
         wait_s = min(wait_s, (earliest[0][1] - timestamp_ms()) / 1000)
     if wait_s <= worker.poll_delay_s:

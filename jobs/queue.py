@@ -38,27 +38,34 @@ IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 
 
 def wake_channel(queue_name: str) -> str:
-    """The channel every enqueue here publishes on once its job is queued: an idle worker waits
-    on it (jobs/polling.py's QueueWake) instead of polling the queue 20 times a second."""
+    """The channel an enqueue here publishes on once its job is queued, if a worker is idle: an
+    idle worker waits on it (jobs/polling.py's QueueWake) instead of polling the queue 20 times
+    a second."""
     return queue_name + ":wake"
+
+
+def idle_key(queue_name: str) -> str:
+    """Set by a worker about to wait for a wake (jobs/polling.py), taken by the enqueue that
+    wakes it: while every worker is busy, enqueues publish nothing."""
+    return queue_name + ":idle"
 
 
 async def _enqueue(
     queue: ArqRedis, function: str, *args: object, _job_id: str, _defer_by: float | None = None,
     **kwargs: object,
 ) -> bool:  # fmt: skip
-    """arq's enqueue_job, and a wake for idle workers, in one round trip (db/lua/enqueue_job.lua:
-    arq's own takes three, and the wake would be a fourth). The job is arq's, byte for byte: its
-    key, its expiry (a day past its due time), its score, its serialized form. False if a job or
-    result of that id exists: nothing is queued then."""
+    """arq's enqueue_job, and a wake if a worker is idle, in one round trip
+    (db/lua/enqueue_job.lua: arq's own takes three, and the wake would be a fourth). The job is
+    arq's, byte for byte: its key, its expiry (a day past its due time), its score, its
+    serialized form. False if a job or result of that id exists: nothing is queued then."""
     now_ms = timestamp_ms()
     due_ms = now_ms + round(1000 * (_defer_by or 0))
     job = serialize_job(function, args, kwargs, None, now_ms, serializer=queue.job_serializer)
+    name = queue.default_queue_name
     queued = await _enqueue_script(queue)(
-        keys=[job_key_prefix + _job_id, result_key_prefix + _job_id, queue.default_queue_name],
+        keys=[job_key_prefix + _job_id, result_key_prefix + _job_id, name, idle_key(name)],
         args=[
-            _job_id, due_ms, due_ms - now_ms + queue.expires_extra_ms, job,
-            wake_channel(queue.default_queue_name),
+            _job_id, due_ms, due_ms - now_ms + queue.expires_extra_ms, job, wake_channel(name),
         ],
     )  # fmt: skip
     return bool(queued)

@@ -23,6 +23,7 @@ from jobs.queue import (
     enqueue_erasure,
     enqueue_follow_up,
     enqueue_process_call,
+    idle_key,
     requeue_orphan,
     wake_channel,
 )
@@ -241,19 +242,25 @@ async def test_a_wake_that_comes_before_the_wait_is_kept_for_it(queue: Redis):
     assert await wake.wait(0.05) is False  # taken: the next wait waits
 
 
-async def test_an_enqueue_is_one_round_trip_that_wakes_idle_workers_once(queue: Redis):
+async def test_an_enqueue_is_one_round_trip_that_wakes_workers_only_if_one_is_idle(queue: Redis):
     arq = ArqRedis(connection_pool=queue.connection_pool)
     async with queue.pubsub() as ear:
         await ear.subscribe(wake_channel(arq.default_queue_name))
         await ear.get_message(timeout=1.0)  # the subscription's own message
         transactions = await calls_of(queue, "watch") + await calls_of(queue, "multi")
+        scripts = await calls_of(queue, "evalsha")
 
+        assert await enqueue_process_call(arq, "busy") is True  # every worker busy: no wake
+        await queue.set(idle_key(arq.default_queue_name), b"1")  # a worker waits
         assert await enqueue_process_call(arq, "once") is True
         assert await enqueue_process_call(arq, "once") is False  # queued already: no wake
+        await queue.set(idle_key(arq.default_queue_name), b"1")
+        assert await enqueue_process_call(arq, "once") is False  # nor with a worker waiting
 
         assert (await ear.get_message(timeout=1.0))["type"] == "message"
         assert await ear.get_message(timeout=0.2) is None
     assert await calls_of(queue, "watch") + await calls_of(queue, "multi") == transactions
+    assert await calls_of(queue, "evalsha") - scripts == 4  # one round trip an enqueue
     # arq reads the job as its own (the job test above runs one to its end).
     assert await arq.zscore(arq.default_queue_name, call_job_id("once")) is not None
     job = await Job(call_job_id("once"), arq).info()
