@@ -48,6 +48,11 @@ CLAIMS_PER_POLL = 50
 # subscription down, an enqueue from outside jobs/queue.py) costs at most this much delay; and
 # arq queues a cron run only from a poll, at most a second ahead of its time.
 IDLE_POLL_S = 1.0
+# A worker waits for wakes only once nothing has been due for this long. Until then it polls
+# every 50 ms, as arq does: while calls come and go, one poll claims every job queued within
+# 50 ms, where waking on each job costs a read (and a wake) a job. A 500-call drain with no such
+# grace cost the workers 4% more CPU a call (BENCHMARKS.md, "What an idle stack costs").
+IDLE_AFTER_S = 1.0
 # Where a worker's QueueWake lives: its ctx, set by jobs/worker.py's startup. A worker without
 # one (a test's, a burst run) polls every poll_delay, as arq does.
 WAKE_CTX_KEY = "queue_wake"
@@ -116,7 +121,9 @@ def queue_wake(worker: Worker) -> QueueWake | None:
 
 
 async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
-    if not job_ids:
+    if job_ids:
+        _busy(worker)
+    else:
         job_ids = await _when_idle(worker)
     now = time.monotonic()
     # job id -> when it was last seen running elsewhere; kept on the worker it serves.
@@ -154,10 +161,13 @@ async def _when_idle(worker: Worker) -> list[Any]:
     """Nothing is due in the queue (arq's read found no id, so no job waits or runs anywhere):
     wait for a wake, for the next deferred job's time or for IDLE_POLL_S, then read the queue
     again (the ids due by then, maybe none). At once, without waiting, for a worker with no
-    QueueWake or none subscribed, and in a burst run (which ends when the queue is empty)."""
+    QueueWake or none subscribed, in a burst run (which ends when the queue is empty), and
+    within IDLE_AFTER_S of the worker's last job."""
     wake = queue_wake(worker)
     if wake is None or not wake.listening or worker.burst:
         return []
+    if time.monotonic() - vars(worker).get("_busy_at", 0.0) < IDLE_AFTER_S:
+        return []  # idle only just now: poll on a while (IDLE_AFTER_S)
     wait_s = IDLE_POLL_S
     async with worker.pool.pipeline(transaction=False) as pipe:
         # The marker first: a job queued after it wakes this worker, and one queued before it
@@ -186,8 +196,13 @@ async def _start(worker: Worker, job_id: str, score: int) -> None:
     worker.tasks[job_id] = task
 
 
+def _busy(worker: Worker) -> None:
+    vars(worker)["_busy_at"] = time.monotonic()
+
+
 def _ended(worker: Worker) -> None:
     worker._release_sem_dec_counter_on_complete()
+    _busy(worker)
     wake = queue_wake(worker)
     if wake is not None:
         wake.ring()  # a retry the job deferred may be due before IDLE_POLL_S
