@@ -30,7 +30,7 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from db.scripts import Script, register
-from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, wake_channel
+from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, is_upkeep, wake_channel
 from jobs.resilience import POLL_OUTAGE
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,11 @@ CLAIMS_PER_POLL = 50
 # subscription down, an enqueue from outside jobs/queue.py) costs at most this much delay; and
 # arq queues a cron run only from a poll, at most a second ahead of its time.
 IDLE_POLL_S = 1.0
-# A worker waits for wakes only once nothing has been due for this long. Until then it polls
-# every 50 ms, as arq does: while calls come and go, one poll claims every job queued within
-# 50 ms, where waking on each job costs a read (and a wake) a job. A 500-call drain with no such
-# grace cost the workers 4% more CPU a call (BENCHMARKS.md, "What an idle stack costs").
+# A worker waits for wakes only once no call's job has been due for this long (cron runs, every
+# 2 s whatever the traffic, do not count). Until then it polls every 50 ms, as arq does: while
+# calls come and go, one poll claims every job queued within 50 ms, where waking on each job
+# costs a read (and a wake) a job. A 500-call drain with no such grace cost the workers 4% more
+# CPU a call (BENCHMARKS.md, "What an idle stack costs").
 IDLE_AFTER_S = 1.0
 # Where a worker's QueueWake lives: its ctx, set by jobs/worker.py's startup. A worker without
 # one (a test's, a burst run) polls every poll_delay, as arq does.
@@ -121,9 +122,7 @@ def queue_wake(worker: Worker) -> QueueWake | None:
 
 
 async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
-    if job_ids:
-        _busy(worker)
-    else:
+    if not job_ids:
         job_ids = await _when_idle(worker)
     now = time.monotonic()
     # job id -> when it was last seen running elsewhere; kept on the worker it serves.
@@ -154,6 +153,8 @@ async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
     claimed = raw[:split]
     for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
         seen_running.pop(job_id, None)
+        if not is_upkeep(job_id):
+            _busy(worker)
         await _start(worker, job_id, int(float(score)))
 
 
@@ -192,7 +193,7 @@ async def _start(worker: Worker, job_id: str, score: int) -> None:
     await worker.sem.acquire()  # free at once: at most max_jobs - running were claimed
     worker.job_counter += 1
     task = worker.loop.create_task(worker.run_job(job_id, score))
-    task.add_done_callback(lambda _: _ended(worker))
+    task.add_done_callback(lambda _: _ended(worker, job_id))
     worker.tasks[job_id] = task
 
 
@@ -200,9 +201,10 @@ def _busy(worker: Worker) -> None:
     vars(worker)["_busy_at"] = time.monotonic()
 
 
-def _ended(worker: Worker) -> None:
+def _ended(worker: Worker, job_id: str) -> None:
     worker._release_sem_dec_counter_on_complete()
-    _busy(worker)
+    if not is_upkeep(job_id):
+        _busy(worker)
     wake = queue_wake(worker)
     if wake is not None:
         wake.ring()  # a retry the job deferred may be due before IDLE_POLL_S

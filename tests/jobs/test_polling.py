@@ -204,6 +204,22 @@ async def test_a_worker_polls_on_every_50_ms_for_a_while_after_its_last_job(
     assert await calls_of(queue, "zrangebyscore") - reads >= 5
 
 
+async def test_a_cron_run_does_not_keep_a_worker_polling(queue: Redis, idle_worker: IdleWorker):
+    # The reaper runs every 2 s whatever the traffic: with a grace after each run, an idle
+    # worker would never wait for wakes.
+    await idle_worker.start()
+    await ArqRedis(connection_pool=queue.connection_pool).enqueue_job(
+        "cron:reap_orphaned_calls", _job_id="cron:reap_orphaned_calls:1"
+    )  # as arq's cron queues it
+    await idle_worker.claimed("cron:reap_orphaned_calls:1", 5.0)
+    await asyncio.sleep(0.1)
+    reads = await calls_of(queue, "zrangebyscore")
+
+    await asyncio.sleep(IDLE_AFTER_S / 2)
+
+    assert await calls_of(queue, "zrangebyscore") - reads <= 2
+
+
 async def test_a_deferred_job_starts_at_its_time_while_the_worker_waits(
     queue: Redis, idle_worker: IdleWorker
 ):
