@@ -28,6 +28,7 @@ from typing import Any
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from db.scripts import Script, register
 from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, is_upkeep, wake_channel
@@ -109,6 +110,9 @@ class QueueWake:
                             self.ring()
             except POLL_OUTAGE as exc:
                 log.warning("queue wake channel lost (%r); polling every 50 ms meanwhile", exc)
+            except ResponseError as exc:  # an ACL with no pub/sub channels for this user
+                log.warning("cannot subscribe to %s (%r): polling every 50 ms", self._channel, exc)
+                return
             finally:
                 if self.listening:
                     self.listening = False

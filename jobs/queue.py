@@ -20,6 +20,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from db.outages import REDIS_OUTAGE
 from db.scripts import Script, register
@@ -87,6 +88,10 @@ def _enqueue_script(queue: ArqRedis) -> AsyncScript:
     return script
 
 
+# An outage, or a Redis user whose ACL allows it no pub/sub channel.
+_NUDGE_REFUSED: tuple[type[Exception], ...] = (*REDIS_OUTAGE, ResponseError)
+
+
 async def wake_workers(queue: ArqRedis) -> None:
     """Tell idle workers to read the queue now, after a job already queued was made runnable (an
     orphan's marker released). A nudge, not the job: a worker that misses it (not subscribed yet,
@@ -94,7 +99,7 @@ async def wake_workers(queue: ArqRedis) -> None:
     outage here is logged, not raised: raising would report the release as failed."""
     try:
         await queue.publish(wake_channel(queue.default_queue_name), b"")
-    except REDIS_OUTAGE as exc:
+    except _NUDGE_REFUSED as exc:
         log.warning("could not wake idle workers (%r): they read the queue within a second", exc)
 
 

@@ -13,6 +13,7 @@ end
 redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 if redis.call('DEL', KEYS[4]) == 1 then
-  redis.call('PUBLISH', ARGV[5], '')
+  -- pcall: a user whose ACL allows no channels still queues (workers read the queue every second)
+  redis.pcall('PUBLISH', ARGV[5], '')
 end
 return 1

@@ -317,3 +317,40 @@ async def test_a_released_orphan_whose_wake_cannot_be_sent_is_still_released_and
     assert await requeue_orphan(arq, "orphan") is True
     assert await queue.exists(in_progress_key_prefix + call_job_id("orphan")) == 0
     assert "could not wake idle workers" in caplog.text
+
+
+async def test_a_redis_user_allowed_no_channels_still_queues_and_its_workers_poll(
+    queue: Redis, worker_resources: WorkerResources, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    # Redis 7 gives a new ACL user no pub/sub channels (acl-pubsub-default resetchannels).
+    await queue.acl_setuser(
+        "nochannels", enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all"],
+        reset_channels=True,
+    )  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="jobs.polling")
+    kwargs = queue.connection_pool.connection_kwargs
+    limited = Redis(host=kwargs["host"], port=kwargs["port"], username="nochannels",
+                    password="secret")  # fmt: skip
+    try:
+        arq = ArqRedis(connection_pool=limited.connection_pool)
+        idle = IdleWorker(arq, worker_resources)
+
+        async def note(worker: Worker, job_id: str, score: int) -> None:
+            idle.started.setdefault(job_id, time.monotonic())
+            await worker.pool.zrem(worker.queue_name, job_id)
+
+        monkeypatch.setattr(polling, "_start", note)
+        idle.wake.start()
+        idle.task = asyncio.create_task(idle.worker.main())
+        await until(lambda: "cannot subscribe" in caplog.text)
+        await queue.set(idle_key(arq.default_queue_name), b"1")  # as if another worker waited
+
+        assert await enqueue_process_call(arq, "no-channels") is True
+
+        await idle.claimed(call_job_id("no-channels"), 2.0)  # polled every 50 ms
+        assert idle.wake.listening is False
+        await idle.close()
+    finally:
+        await limited.aclose()
+        await queue.acl_deluser("nochannels")
