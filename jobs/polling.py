@@ -8,13 +8,14 @@ own is the way): ids this worker runs are dropped without I/O, ids seen running 
 alone for a moment, and the rest are claimed with one script call (db/lua/claim_jobs.lua), as
 atomic as arq's transaction. What happens to a claimed job is arq's own code (`run_job`).
 
-An idle worker does not poll 20 times a second either: when a poll finds nothing due, it says
-so (jobs/queue.py's idle_key) and waits for a wake (an enqueue that finds the marker publishes
-one: jobs/queue.py's _enqueue), for the next deferred job's time, or for IDLE_POLL_S, whichever
-comes first, and then reads the queue again at once.
-A job queued to an idle worker starts within a round trip instead of within arq's poll delay,
-and an idle stack stops paying for 40 empty polls a second (BENCHMARKS.md, "What an idle stack
-costs"). With jobs due or running anywhere, polls go on every 50 ms, as before.
+A worker does not poll 20 times a second for nothing either: when a poll claims nothing, it says
+it is idle (jobs/queue.py's idle_key) and waits for a wake (an enqueue that finds the marker
+publishes one: jobs/queue.py's _enqueue), for the next deferred job's time, or for IDLE_POLL_S,
+whichever comes first, and then reads the queue again at once. A poll that claimed is followed
+by another in 50 ms, as arq does: while jobs come faster than that, one poll claims all that
+came meanwhile, cheaper than a wake and a read a job. So a job queued to an idle worker starts
+within a round trip instead of within arq's poll delay, and an idle stack no longer pays for 40
+empty polls a second (BENCHMARKS.md, "What an idle stack costs").
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from db.scripts import Script, register
-from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, is_upkeep, wake_channel
+from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, wake_channel
 from jobs.resilience import POLL_OUTAGE
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,6 @@ CLAIMS_PER_POLL = 50
 # subscription down, an enqueue from outside jobs/queue.py) costs at most this much delay; and
 # arq queues a cron run only from a poll, at most a second ahead of its time.
 IDLE_POLL_S = 1.0
-# A worker waits for wakes only once no call's job has been due for this long (cron runs, every
-# 2 s whatever the traffic, do not count). Until then it polls every 50 ms, as arq does: while
-# calls come and go, one poll claims every job queued within 50 ms, where waking on each job
-# costs a read (and a wake) a job. A 500-call drain with no such grace cost the workers 4% more
-# CPU a call (BENCHMARKS.md, "What an idle stack costs").
-IDLE_AFTER_S = 1.0
 # Where a worker's QueueWake lives: its ctx, set by jobs/worker.py's startup. A worker without
 # one (a test's, a burst run) polls every poll_delay, as arq does.
 WAKE_CTX_KEY = "queue_wake"
@@ -64,8 +59,8 @@ RESUBSCRIBE_S = 0.5
 
 class QueueWake:
     """A worker's ear on its queue's wake channel. `wait` returns when a job may be waiting:
-    a wake was published, one of the worker's own jobs ended (its retry may be due soon), or the
-    subscription was lost or made (what was published meanwhile was missed). A wake is kept
+    a wake was published, or the subscription was lost or made (what was published meanwhile
+    was missed). A wake is kept
     until a wait takes it, so one that comes between a read of the queue and the wait after it
     ends that wait at once: none is lost, at worst one read more."""
 
@@ -126,8 +121,15 @@ def queue_wake(worker: Worker) -> QueueWake | None:
 
 
 async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
-    if not job_ids:
-        job_ids = await _when_idle(worker)
+    if await _claim(worker, job_ids) or len(job_ids) >= worker.queue_read_limit:
+        return  # claimed some (more may be coming: poll again in 50 ms), or ids beyond the read
+    again = await _after_a_wait(worker, job_ids)
+    if again:
+        await _claim(worker, again)
+
+
+async def _claim(worker: Worker, job_ids: list[bytes]) -> int:
+    """Claim and start what of `job_ids` no worker runs; how many were started."""
     now = time.monotonic()
     # job id -> when it was last seen running elsewhere; kept on the worker it serves.
     seen_running: dict[str, float] = vars(worker).setdefault("_seen_running_elsewhere", {})
@@ -141,7 +143,7 @@ async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
         and now - seen_running.get(job_id, -RUNNING_ELSEWHERE_TTL_S) >= RUNNING_ELSEWHERE_TTL_S
     ][: max(free, 0)]
     if not candidates:
-        return
+        return 0
     claim = vars(worker).get("_claim_jobs_script")
     if claim is None:
         claim = vars(worker)["_claim_jobs_script"] = register(worker.pool, Script.CLAIM_JOBS)
@@ -157,34 +159,41 @@ async def start_waiting_jobs(worker: Worker, job_ids: list[bytes]) -> None:
     claimed = raw[:split]
     for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
         seen_running.pop(job_id, None)
-        if not is_upkeep(job_id):
-            _busy(worker)
         await _start(worker, job_id, int(float(score)))
+    return len(claimed) // 2
 
 
-async def _when_idle(worker: Worker) -> list[Any]:
-    """Nothing is due in the queue (arq's read found no id, so no job waits or runs anywhere):
-    wait for a wake, for the next deferred job's time or for IDLE_POLL_S, then read the queue
-    again (the ids due by then, maybe none). At once, without waiting, for a worker with no
-    QueueWake or none subscribed, in a burst run (which ends when the queue is empty), and
-    within IDLE_AFTER_S of the worker's last job."""
+async def _after_a_wait(worker: Worker, seen: list[bytes]) -> list[Any]:
+    """This poll claimed nothing (nothing was due, or what was due runs somewhere): wait for a
+    wake, for the next deferred job's time or for IDLE_POLL_S. Woken, the ids due (maybe none);
+    else none, and arq's next poll reads them at once. A job queued since `seen` was read ends
+    the wait before it starts. Without waiting (arq's poll
+    then comes in poll_delay) for a worker with no QueueWake or none subscribed, and in a
+    burst run (which ends when the queue is empty)."""
     wake = queue_wake(worker)
     if wake is None or not wake.listening or worker.burst:
         return []
-    if time.monotonic() - vars(worker).get("_busy_at", 0.0) < IDLE_AFTER_S:
-        return []  # idle only just now: poll on a while (IDLE_AFTER_S)
-    wait_s = IDLE_POLL_S
+    now = timestamp_ms()
     async with worker.pool.pipeline(transaction=False) as pipe:
         # The marker first: a job queued after it wakes this worker, and one queued before it
-        # is seen by the read after it.
+        # is in the reads after it.
         pipe.set(idle_key(worker.queue_name), b"1", px=round(1000 * (IDLE_POLL_S + 1)))
-        pipe.zrange(worker.queue_name, 0, 0, withscores=True)
-        _, earliest = await pipe.execute()
-    if earliest:
-        wait_s = min(wait_s, (earliest[0][1] - timestamp_ms()) / 1000)
+        pipe.zrangebyscore(
+            worker.queue_name, min=float("-inf"), max=now, start=0, num=worker.queue_read_limit
+        )
+        pipe.zrangebyscore(
+            worker.queue_name, min=f"({now}", max="+inf", start=0, num=1, withscores=True
+        )
+        _, due, upcoming = await pipe.execute()
+    if set(due) - set(seen):
+        return list(due)  # queued since the poll's read: no wait
+    wait_s = IDLE_POLL_S
+    if upcoming:
+        wait_s = min(wait_s, (upcoming[0][1] - now) / 1000)
     if wait_s <= worker.poll_delay_s:
         return []  # arq's next poll, within poll_delay, is soon enough
-    await wake.wait(wait_s)
+    if not await wake.wait(wait_s):
+        return []  # arq's next poll comes at once: this one took longer than poll_delay
     ids: list[Any] = await worker.pool.zrangebyscore(
         worker.queue_name, min=float("-inf"), max=timestamp_ms(), start=0,
         num=worker.queue_read_limit,
@@ -197,21 +206,8 @@ async def _start(worker: Worker, job_id: str, score: int) -> None:
     await worker.sem.acquire()  # free at once: at most max_jobs - running were claimed
     worker.job_counter += 1
     task = worker.loop.create_task(worker.run_job(job_id, score))
-    task.add_done_callback(lambda _: _ended(worker, job_id))
+    task.add_done_callback(lambda _: worker._release_sem_dec_counter_on_complete())
     worker.tasks[job_id] = task
-
-
-def _busy(worker: Worker) -> None:
-    vars(worker)["_busy_at"] = time.monotonic()
-
-
-def _ended(worker: Worker, job_id: str) -> None:
-    worker._release_sem_dec_counter_on_complete()
-    if not is_upkeep(job_id):
-        _busy(worker)
-    wake = queue_wake(worker)
-    if wake is not None:
-        wake.ring()  # a retry the job deferred may be due before IDLE_POLL_S
 
 
 def _forget_stale(seen_running: dict[str, float], now: float) -> None:

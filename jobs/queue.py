@@ -32,14 +32,6 @@ PROCESS_CALL = "process_call"
 # ids of the form `cron:<name>:<ms>`, which a call id may spell too. With the prefix, no call id
 # can name another job (a cron run's, or another call's), and none of theirs can name a call's.
 CALL_JOB_PREFIX = "call:"
-# arq's cron runs' ids: `cron:<name>:<ms>` (arq.cron names each cron job `cron:<function>`).
-CRON_JOB_PREFIX = "cron:"
-
-
-def is_upkeep(job_id: str) -> bool:
-    """A cron run's job (the sweep, the reaper, erasure upkeep): the worker's own upkeep, every
-    few seconds whatever the traffic, not work that calls brought."""
-    return job_id.startswith(CRON_JOB_PREFIX)
 
 
 # arq's marker of a running job: the claim script (jobs/polling.py) sets it as arq does.
