@@ -60,9 +60,8 @@ RESUBSCRIBE_S = 0.5
 class QueueWake:
     """A worker's ear on its queue's wake channel. `wait` returns when a job may be waiting:
     a wake was published, or the subscription was lost or made (what was published meanwhile
-    was missed). A wake is kept
-    until a wait takes it, so one that comes between a read of the queue and the wait after it
-    ends that wait at once: none is lost, at worst one read more."""
+    was missed). A wake is kept until a wait takes it, so one that comes between a read of the
+    queue and the wait after it ends that wait at once: none is lost, at worst one read more."""
 
     def __init__(self, redis: Redis, queue_name: str) -> None:
         self._redis = redis
@@ -167,9 +166,9 @@ async def _after_a_wait(worker: Worker, seen: list[bytes]) -> list[Any]:
     """This poll claimed nothing (nothing was due, or what was due runs somewhere): wait for a
     wake, for the next deferred job's time or for IDLE_POLL_S. Woken, the ids due (maybe none);
     else none, and arq's next poll reads them at once. A job queued since `seen` was read ends
-    the wait before it starts. Without waiting (arq's poll
-    then comes in poll_delay) for a worker with no QueueWake or none subscribed, and in a
-    burst run (which ends when the queue is empty)."""
+    the wait before it starts. No wait at all (arq's next poll comes in poll_delay) for a
+    worker with no QueueWake or none subscribed, and in a burst run (which ends when the
+    queue is empty)."""
     wake = queue_wake(worker)
     if wake is None or not wake.listening or worker.burst:
         return []
