@@ -193,6 +193,8 @@ async def _after_a_wait(worker: Worker, seen: list[bytes]) -> list[Any]:
         return []  # arq's next poll, within poll_delay, is soon enough
     if not await wake.wait(wait_s):
         return []  # arq's next poll comes at once: this one took longer than poll_delay
+    if not worker.allow_pick_jobs:
+        return []  # shutting down (SIGTERM came during the wait): take nothing more
     ids: list[Any] = await worker.pool.zrangebyscore(
         worker.queue_name, min=float("-inf"), max=timestamp_ms(), start=0,
         num=worker.queue_read_limit,

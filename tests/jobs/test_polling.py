@@ -236,6 +236,20 @@ async def test_a_cron_run_does_not_keep_a_worker_polling(queue: Redis, idle_work
     assert await calls_of(queue, "zrangebyscore") - reads <= 2
 
 
+async def test_a_worker_told_to_stop_during_its_wait_takes_no_job_after_it(
+    queue: Redis, idle_worker: IdleWorker
+):
+    await idle_worker.start()
+    await asyncio.sleep(0.2)  # in its wait
+    idle_worker.worker.allow_pick_jobs = False  # what arq's SIGTERM handler does first
+
+    await enqueue_process_call(ArqRedis(connection_pool=queue.connection_pool), "too-late")
+    await asyncio.sleep(0.3)
+
+    assert idle_worker.started == {}
+    assert await queue.zscore("arq:queue", call_job_id("too-late")) is not None  # for another
+
+
 async def test_a_deferred_job_starts_at_its_time_while_the_worker_waits(
     queue: Redis, idle_worker: IdleWorker
 ):
