@@ -136,6 +136,11 @@ class IdleWorker:
         await until(lambda: job_id in self.started, within_s, step_s=0.002)
         return self.started[job_id]
 
+    async def note(self, worker: Worker, job_id: str, score: int) -> None:
+        """In place of polling._start: the claimed job noted, and off the queue as if run."""
+        self.started.setdefault(job_id, time.monotonic())
+        await worker.pool.zrem(worker.queue_name, job_id)
+
     async def close(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
@@ -148,12 +153,7 @@ async def idle_worker(
     queue: Redis, worker_resources: WorkerResources, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[IdleWorker]:
     idle = IdleWorker(ArqRedis(connection_pool=queue.connection_pool), worker_resources)
-
-    async def note(worker: Worker, job_id: str, score: int) -> None:
-        idle.started.setdefault(job_id, time.monotonic())
-        await worker.pool.zrem(worker.queue_name, job_id)
-
-    monkeypatch.setattr(polling, "_start", note)
+    monkeypatch.setattr(polling, "_start", idle.note)
     yield idle
     await idle.close()
 
@@ -365,12 +365,7 @@ async def test_a_redis_user_allowed_no_channels_still_queues_and_its_workers_pol
     try:
         arq = ArqRedis(connection_pool=limited.connection_pool)
         idle = IdleWorker(arq, worker_resources)
-
-        async def note(worker: Worker, job_id: str, score: int) -> None:
-            idle.started.setdefault(job_id, time.monotonic())
-            await worker.pool.zrem(worker.queue_name, job_id)
-
-        monkeypatch.setattr(polling, "_start", note)
+        monkeypatch.setattr(polling, "_start", idle.note)
         idle.wake.start()
         idle.task = asyncio.create_task(idle.worker.main())
         await until(lambda: "cannot subscribe" in caplog.text)
