@@ -1,9 +1,10 @@
 """What `make run`'s stack costs with no call (`python -m bench idle`): its layout (API processes,
 arq workers, PostgreSQL, Redis) started, left to settle, then its CPU over a quiet stretch, by
 part. What a deployment pays before its first call, and what every benchmark run at a few calls
-(bench/local_model.py's 2 calls) counts in its per-call-minute figures: the workers' polls of
-arq's queue (every 50 ms, jobs/worker.py), the sweeps and the reaper (every few seconds), the
-API's once-a-second reads, Redis' and PostgreSQL's own timers.
+(bench/local_model.py's 2 calls) counts in its per-call-minute figures: the workers' reads of
+arq's queue (an idle worker's once a second, as it waits for a wake: jobs/polling.py), the sweeps
+and the reaper (every few seconds), the API's once-a-second reads, Redis' and PostgreSQL's own
+timers.
 """
 
 from __future__ import annotations
