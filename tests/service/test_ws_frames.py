@@ -193,31 +193,33 @@ async def test_whole_media_frames_reach_the_app_in_order_without_websockets_pars
     assert parsed == [HANDSHAKE]
 
 
-async def sunk_and_received(reads: list[bytes], declined: set[str]) -> list[str]:
-    """What an app with a sink (service/asgi.py FRAME_SINK) handled, in the order it handled it:
-    the sink takes every text message but those in `declined`; a message the app receives
-    from the queue is handled two loop steps later (while more reads come in), and only then
-    does it reopen the sink."""
-    handled: list[str] = []
+async def sunk_and_received(
+    reads: list[bytes], declined: set[str] | set[bytes], *, sink_text: bool = True
+) -> list[str | bytes]:
+    """What an app with sinks (service/asgi.py FRAME_SINK) for binary and (`sink_text`) text
+    messages handled, in the order it handled it: the sinks take every message but those in
+    `declined`; a message the app receives from the queue is handled two loop steps later
+    (while more reads come in), and only then does it reopen the sinks."""
+    handled: list[str | bytes] = []
 
-    def sink(text: str) -> bool:
-        if text in declined:
+    def sink(message: str | bytes) -> bool:
+        if message in declined:
             return False
-        handled.append(text)
+        handled.append(message)
         return True
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
         sinks = scope["extensions"][FRAME_SINK]["sinks"]
-        sinks.attach(sink)
+        sinks.attach(sink if sink_text else None, binary=sink)
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-            handled.append(message["text"])
+            handled.append(message.get("text", message.get("bytes")))
             sinks.reopen()
 
     protocol, _ = await accepted(app)
@@ -257,35 +259,10 @@ async def test_binary_messages_reach_an_app_with_a_binary_sink_in_order_with_its
     for i in range(40):
         sent.append(f"STATUS {i}" if i % 4 == 0 else bytes([i]) * 160)
     declined = {m for m in sent[1::5] if isinstance(m, bytes)}
-    handled: list[str | bytes] = []
-
-    def binary(data: bytes) -> bool:
-        if data in declined:
-            return False
-        handled.append(data)
-        return True
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        assert (await receive())["type"] == "websocket.connect"
-        await send({"type": "websocket.accept"})
-        sinks = scope["extensions"][FRAME_SINK]["sinks"]
-        sinks.attach(None, binary=binary)
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            await asyncio.sleep(0)
-            handled.append(message.get("text", message.get("bytes")))
-            sinks.reopen()
-
     frames = [frame(m.encode() if isinstance(m, str) else m, 1 if isinstance(m, str) else 2)
               for m in sent]  # fmt: skip
-    protocol, _ = await accepted(app)
-    for i in range(0, len(frames), per_read):
-        protocol.data_received(b"".join(frames[i : i + per_read]))
-        await asyncio.sleep(0)
-    protocol.connection_lost(None)
-    await asyncio.wait(protocol.tasks, timeout=5)
+    reads = [b"".join(frames[i : i + per_read]) for i in range(0, len(frames), per_read)]
+    handled = await sunk_and_received(reads, declined, sink_text=False)
     assert handled == sent
 
 
