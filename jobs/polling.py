@@ -60,8 +60,9 @@ RESUBSCRIBE_S = 0.5
 class QueueWake:
     """A worker's ear on its queue's wake channel. `wait` returns when a job may be waiting:
     a wake was published, or the subscription was lost or made (what was published meanwhile
-    was missed). A wake is kept until a wait takes it, so one that comes between a read of the
-    queue and the wait after it ends that wait at once: none is lost, at worst one read more."""
+    was missed). A wake is kept until a wait takes it or a read of the queue makes it stale, so
+    one that comes between that read and the wait after it ends the wait at once: none is lost,
+    at worst one read more."""
 
     def __init__(self, redis: Redis, queue_name: str) -> None:
         self._redis = redis
@@ -81,6 +82,11 @@ class QueueWake:
 
     def ring(self) -> None:
         self._woken.set()
+
+    def forget(self) -> None:
+        """Drop a kept wake: called before a read of the queue that sees what it was for (a
+        wake is published with its job, so a job whose wake came before the read is in it)."""
+        self._woken.clear()
 
     async def wait(self, seconds: float) -> bool:
         """True if woken within `seconds` (the wake is taken), False at the timeout."""
@@ -173,6 +179,9 @@ async def _after_a_wait(worker: Worker, seen: list[bytes]) -> list[Any]:
     if wake is None or not wake.listening or worker.burst:
         return []
     now = timestamp_ms()
+    # A wake kept from before is for a job these reads see (one this poll claimed, most
+    # often): kept, it would end the wait at once for nothing, a poll more after each claim.
+    wake.forget()
     async with worker.pool.pipeline(transaction=False) as pipe:
         # The marker first: a job queued after it wakes this worker, and one queued before it
         # is in the reads after it.
