@@ -139,6 +139,7 @@ class IdleWorker:
             handle_signals=False,
             ctx={"resources": resources, polling.WAKE_CTX_KEY: self.wake},
         )
+        self.task: asyncio.Task[None] | None = None  # the worker's main(), once started
         self.started: dict[str, float] = {}
         self.reads_at_claim: dict[str, int] = {}
         self.waits: list[Wait] = []
@@ -189,8 +190,9 @@ class IdleWorker:
         await worker.pool.zrem(worker.queue_name, job_id)
 
     async def close(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         await self.wake.stop()
         await self.worker.close()
 
@@ -361,6 +363,21 @@ async def test_a_wake_that_comes_before_the_wait_is_kept_for_it(queue: Redis):
 
     assert await wake.wait(5.0) is True  # at once
     assert await wake.wait(0.05) is False  # taken: the next wait waits
+
+
+async def test_a_wake_from_before_the_read_that_precedes_a_wait_does_not_end_that_wait(
+    queue: Redis, idle_worker: IdleWorker, monkeypatch: pytest.MonkeyPatch
+):
+    # A wake for a job the worker has claimed already (its poll read the job before the wake
+    # came): the read before the wait sees what the wake was for, so the wait waits.
+    monkeypatch.setattr(polling, "IDLE_POLL_S", 0.2)
+    idle_worker.wake.start()
+    await until(lambda: idle_worker.wake.listening)  # subscribed, and rung for it
+    idle_worker.wake.ring()  # and a job's wake
+
+    assert await polling._after_a_wait(idle_worker.worker, []) == []
+
+    assert [(w.seconds, w.woken) for w in idle_worker.waits] == [(0.2, False)]
 
 
 async def test_an_enqueue_is_one_round_trip_that_wakes_workers_only_if_one_is_idle(queue: Redis):
