@@ -19,6 +19,18 @@ def stack_s(step: Figures) -> float:
     return sum(cpu[g] for g in GROUPS) / 1000
 
 
+def over_client(step: Figures) -> float | None:
+    """The stack's CPU over the bench client's: the client does the same work in every run of a
+    step's size, so on a machine whose speed drifts between runs (10-25% here) this is the
+    figure to compare runs by, where the seconds move with the machine."""
+    client: float = step["cpu_ms_per_call_minute"]["client"]
+    return stack_s(step) * 1000 / client if client else None
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
@@ -32,7 +44,8 @@ def one_line(step: Figures) -> str:
     parts = ", ".join(f"{g} {cpu[g] / 1000:.3f}" for g in GROUPS)
     return (
         f"  {step['calls']} calls: stack {stack_s(step):.3f} s/call-min ({parts}; client "
-        f"{cpu['client'] / 1000:.3f}), API {_us(step['api_us_per_frame'])}/frame; status lag "
+        f"{cpu['client'] / 1000:.3f}; stack / client {_x(over_client(step))}), API "
+        f"{_us(step['api_us_per_frame'])}/frame; status lag "
         f"p99 {ms(step['status_lag_p99_ms'])}, Redis lag p99 {ms(step['lag_p99_ms'])}; lost "
         f"{step['lost_frames']}; slip p99 {ms(step['pace_slip_p99_ms'])}: "
         + ("holds" if step["holds"] else "does not hold: " + "; ".join(step["why_not"]))
@@ -60,7 +73,9 @@ def section(f: Figures, before: Figures | None, command: str) -> list[str]:
         "most 100 ms: past that the client, short of CPU, no longer offers real-time load). CPU: "
         "user + system seconds of each group's processes over the step, children included "
         "(bench/cpu.py), per call-minute (a minute of one two-track call: 6,000 frames, 3,000 "
-        "a track; 'API / frame' is the API's CPU over them).",
+        "a track; 'API / frame' is the API's CPU over them). 'stack / client': the stack's CPU "
+        "over the bench client's, which does the same work in every run of a step's size: "
+        "where this machine's speed drifts between runs, the figure to compare them by.",
         "",
         *steps_table(f["steps"]),
         "",
@@ -75,15 +90,17 @@ def section(f: Figures, before: Figures | None, command: str) -> list[str]:
 def steps_table(steps: list[Figures]) -> list[str]:
     lines = [
         "| calls | load avg | stack CPU / call-min | API | workers | Redis | PostgreSQL | client "
-        "| API / frame | status lag p50 / p99 | Redis lag p99 | lost | slip p99 | holds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stack / client | API / frame | status lag p50 / p99 | Redis lag p99 | lost "
+        "| slip p99 | holds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in steps:
         cpu = st["cpu_ms_per_call_minute"]
         cells = " | ".join(_s(cpu[g] / 1000) for g in (*GROUPS, "client"))
         lines.append(
             f"| {st['calls']} | {st.get('loadavg', '')} | **{_s(stack_s(st))}** | {cells} | "
-            f"{_us(st['api_us_per_frame'])} | {ms(st['status_lag_p50_ms'])} / "
+            f"{_x(over_client(st))} | {_us(st['api_us_per_frame'])} | "
+            f"{ms(st['status_lag_p50_ms'])} / "
             f"{ms(st['status_lag_p99_ms'])} | {ms(st['lag_p99_ms'])} | "
             f"{st['lost_frames']:,} of {st['frames_sent']:,} | {ms(st['pace_slip_p99_ms'])} | "
             + ("yes" if st["holds"] else "no: " + "; ".join(st["why_not"]))
@@ -106,15 +123,16 @@ def comparison(after: Figures, before: Figures) -> list[str]:
         "After / before, steps of the same size (a step where either run lost frames or left "
         "calls unfinished did not do the same work: its CPU is not comparable, and is left out):",
         "",
-        "| calls | stack CPU / call-min | API | workers | Redis | PostgreSQL | API / frame |",
-        "|---|---|---|---|---|---|---|",
+        "| calls | stack CPU / call-min | API | workers | Redis | PostgreSQL | stack / client "
+        "| API / frame |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for st in after["steps"]:
         was = old.get(st["calls"])
         if was is None:
             continue
         if not (_complete(st) and _complete(was)):
-            lines.append(f"| {st['calls']} | not comparable | | | | | |")
+            lines.append(f"| {st['calls']} | not comparable | | | | | | |")
             continue
         now_cpu, was_cpu = st["cpu_ms_per_call_minute"], was["cpu_ms_per_call_minute"]
         cells = " | ".join(
@@ -125,6 +143,7 @@ def comparison(after: Figures, before: Figures) -> list[str]:
         lines.append(
             f"| {st['calls']} | **{stack_s(st):.3f} / {stack_s(was):.3f} s "
             f"({_ratio(stack_s(st), stack_s(was))})** | {cells} | "
+            f"{_x(over_client(st))} / {_x(over_client(was))} | "
             f"{_us(st['api_us_per_frame'])} / {_us(was['api_us_per_frame'])} |"
         )
     return [*lines, ""]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.capacity import LAG_TARGET_MS, QUICK, SLIP_TARGET_MS, per_frame_us, steps_of, verdict
-from bench.capacity_report import comparison, section, stack_s
+from bench.capacity_report import GROUPS, comparison, one_line, over_client, section, stack_s
 
 PER_CALL_MINUTE_MS = {
     "api": 300.0,
@@ -95,12 +95,19 @@ def test_the_section_sets_each_step_against_the_other_trees_step_of_its_size():
     assert len(rows) == 2  # its row in the before table, and in the comparison
     assert "0.325 / 0.500 s (0.65x)" in rows[-1]
     assert "0.150 / 0.300 s (0.50x)" in rows[-1]
+    assert "| 1.62 / 2.50 |" in rows[-1]  # the stack over the client, which did the same work
     assert not any(line.startswith("| 30 | **") for line in lines)  # no step of 30 before
     assert any(line.startswith("| 20 | not comparable |") for line in lines)  # 5 frames lost
     text = "\n".join(section(after, before, "python -m bench capacity --write"))
     assert "Most calls held: **30**" in text
     assert "most calls held 10" in text
     assert "no: 5 frames lost" in text
+
+
+def test_the_stack_is_also_given_over_the_client_which_does_the_same_work_in_every_run():
+    assert over_client(step()) == pytest.approx(2.5)
+    assert "stack / client 2.50" in one_line(step())
+    assert over_client(step(cpu_ms_per_call_minute=dict.fromkeys((*GROUPS, "client"), 0.0))) is None
 
 
 def test_the_section_without_a_before_run_has_no_comparison():
