@@ -39,3 +39,13 @@ def register(redis: RedisClient, script: Script) -> AsyncScript:
     # AsyncScript needs only EVALSHA and SCRIPT LOAD, which a cluster client routes by the
     # script's keys (and loads on the node that asks): its type names Redis alone.
     return AsyncScript(cast(Redis, redis), source(script))
+
+
+def registered(redis: RedisClient, script: Script) -> AsyncScript:
+    """`register`'s script, made once per client and kept on it (as redis-py keeps its own
+    state there), for callers that run it on a client they do not own: arq's pool, a worker's."""
+    name = f"_callstream_script_{script.value}"
+    held: AsyncScript | None = vars(redis).get(name)
+    if held is None:
+        held = vars(redis)[name] = register(redis, script)
+    return held

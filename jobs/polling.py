@@ -31,7 +31,7 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from db.scripts import Script, register
+from db.scripts import Script, registered
 from jobs.queue import IN_PROGRESS_KEY_PREFIX, idle_key, wake_channel
 from jobs.resilience import POLL_OUTAGE
 
@@ -149,9 +149,7 @@ async def _claim(worker: Worker, job_ids: list[bytes]) -> int:
     ][: max(free, 0)]
     if not candidates:
         return 0
-    claim = vars(worker).get("_claim_jobs_script")
-    if claim is None:
-        claim = vars(worker)["_claim_jobs_script"] = register(worker.pool, Script.CLAIM_JOBS)
+    claim = registered(worker.pool, Script.CLAIM_JOBS)
     ttl_ms = int(worker.in_progress_timeout_s * 1000)
     most = min(free, CLAIMS_PER_POLL)
     args: list[str | int] = [timestamp_ms(), ttl_ms, IN_PROGRESS_KEY_PREFIX, most, *candidates]

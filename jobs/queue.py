@@ -19,11 +19,10 @@ from arq.constants import (
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
-from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from db.outages import REDIS_OUTAGE
-from db.scripts import Script, register
+from db.scripts import Script, registered
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +62,13 @@ async def _enqueue(
     due_ms = now_ms + round(1000 * (_defer_by or 0))
     job = serialize_job(function, args, kwargs, None, now_ms, serializer=queue.job_serializer)
     name = queue.default_queue_name
-    queued = await _enqueue_script(queue)(
+    queued = await registered(queue, Script.ENQUEUE_JOB)(
         keys=[job_key_prefix + _job_id, result_key_prefix + _job_id, name, idle_key(name)],
         args=[
             _job_id, due_ms, due_ms - now_ms + queue.expires_extra_ms, job, wake_channel(name),
         ],
     )  # fmt: skip
     return bool(queued)
-
-
-def _enqueue_script(queue: ArqRedis) -> AsyncScript:
-    """The script registered once per client (kept on it, as redis-py keeps its own state)."""
-    script = vars(queue).get("_enqueue_job_script")
-    if script is None:
-        script = vars(queue)["_enqueue_job_script"] = register(queue, Script.ENQUEUE_JOB)
-    return script
 
 
 # An outage, or a Redis user whose ACL allows it no pub/sub channel.
