@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 # free_port is imported from here by the tests: re-exported on purpose.
 from devstack.processes import die_with_parent, stop_process, wait_for_port
 from devstack.processes import free_port as free_port
@@ -71,8 +73,24 @@ class EmbeddedRedis:
         self.proc = subprocess.Popen(
             self.command(), preexec_fn=die_with_parent, start_new_session=True
         )
+        deadline = time.monotonic() + timeout_s
         wait_for_port(self.port, timeout_s, self.proc)
+        self._wait_loaded(deadline)
         return self
+
+    def _wait_loaded(self, deadline: float) -> None:
+        """Redis listens before it has read its AOF back, and until it has, answers most
+        commands with LOADING: a client that came now would fail its first commands. INFO is
+        answered while loading, and says when it is done."""
+        with redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1
+        ) as client:
+            while int(client.info("persistence")["loading"]):
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode} loading")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Redis on {self.port} still loads {self.data_dir}")
+                time.sleep(0.05)
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGTERM)
