@@ -113,7 +113,7 @@ async def test_wait_returns_as_soon_as_a_packet_arrives(client: AsyncClient, wit
 
     assert waited.status_code == 200
     assert waited.json()["packets_received"] == 2
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 5.0  # answered by the packet, not by the 10 s wait running out
     assert waited.headers["etag"] != etag
     assert waited.headers["cache-control"] == CACHE_CONTROL
 
@@ -127,7 +127,7 @@ async def test_wait_answers_at_once_when_the_client_is_already_behind(client: As
     response = await get(client, "/v1/calls/c1", stale, wait=10)
 
     assert response.status_code == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # at once: not after the 10 s wait
 
 
 @pytest.mark.parametrize("with_etag", [True, False], ids=["if-none-match", "arrival"])
@@ -144,7 +144,7 @@ async def test_wait_gives_304_after_the_wait_when_nothing_changes(
     assert response.status_code == 304
     assert response.content == b""
     assert response.headers["etag"] == etag
-    assert 1.2 <= elapsed < 2.5
+    assert 1.2 <= elapsed < 6.0  # the whole wait, and not much more
 
 
 async def test_wait_zero_does_not_wait(client: AsyncClient):
@@ -155,7 +155,7 @@ async def test_wait_zero_does_not_wait(client: AsyncClient):
     response = await get(client, "/v1/calls/c1", etag, wait=0)
 
     assert response.status_code == 304
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2.0  # answered at once, not held for a change
 
 
 async def test_wait_out_of_range_is_refused_like_other_query_parameters(client: AsyncClient):
