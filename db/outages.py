@@ -23,7 +23,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 # redis-py wraps its socket errors in these two; a cluster node answers CLUSTERDOWN while the
-# slots of a dead master wait for its replica's promotion (a failover: seconds).
+# slots of a dead master wait for its replica's promotion (a failover: seconds). A restarted Redis
+# answers LOADING while it reads its AOF back: redis-py's BusyLoadingError is a ConnectionError.
 REDIS_OUTAGE: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,

@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import redis
 
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis, postgres_install_dir
+from tests.loading_redis import SlowLoadingRedis, fill_and_restart
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,28 +98,12 @@ def test_redis_keeps_its_data_in_a_private_folder_and_changes_no_permission(priv
     assert modes(private_dir) == before
 
 
-class SlowLoadingRedis(EmbeddedRedis):
-    """Reads its AOF back at a key every 200 µs (a debug setting of Redis's own test suite), so
-    that 5,000 keys take a second to load, and answers clients every KB of it meanwhile: long
-    enough to be caught loading, as a large AOF would be."""
-
-    def command(self) -> list[str]:
-        return [*super().command(), "--key-load-delay", "200",
-                "--loading-process-events-interval-bytes", "1024"]  # fmt: skip
-
-
 @pytest.mark.timeout(60)
 def test_a_restarted_redis_is_started_only_once_it_has_read_its_data_back(tmp_path: Path):
     server = SlowLoadingRedis(tmp_path / "redis")
     try:
         server.start()
-        with redis.Redis.from_url(server.url) as client:
-            client.mset({f"key-{i}": i for i in range(5_000)})
-            client.bgrewriteaof()  # into the AOF's RDB base, which is what the delay slows
-            while client.info("persistence")["aof_rewrite_in_progress"]:
-                time.sleep(0.01)
-        server.stop()
-        server.start()
+        fill_and_restart(server, 5_000)  # a second's loading
         with redis.Redis.from_url(server.url) as client:
             assert client.info("persistence")["loading"] == 0
             assert client.get("key-4999") == b"4999"  # no LOADING error for the first command
