@@ -73,23 +73,35 @@ class EmbeddedRedis:
         self.proc = subprocess.Popen(
             self.command(), preexec_fn=die_with_parent, start_new_session=True
         )
-        deadline = time.monotonic() + timeout_s
         wait_for_port(self.port, timeout_s, self.proc)
-        self._wait_loaded(deadline)
+        self._wait_loaded(timeout_s)
         return self
 
-    def _wait_loaded(self, deadline: float) -> None:
+    def _wait_loaded(self, stall_s: float) -> None:
         """Redis listens before it has read its AOF back, and until it has, answers most
         commands with LOADING: a client that came now would fail its first commands. INFO is
-        answered while loading, and says when it is done."""
+        answered while loading and says how far it is. A large AOF takes as long as it takes,
+        so the wait gives up only when the loading has not moved for `stall_s`."""
         with redis.Redis(
             host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1
         ) as client:
-            while int(client.info("persistence")["loading"]):
+            progress, moved = -1, time.monotonic()
+            while True:
+                try:
+                    info = client.info("persistence")
+                except redis.TimeoutError:  # busy loading, between its answers: no news
+                    info = {"loading": 1, "loading_loaded_bytes": progress}
+                if not int(info["loading"]):
+                    return
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"redis-server exited with {self.proc.returncode} loading")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Redis on {self.port} still loads {self.data_dir}")
+                if int(info.get("loading_loaded_bytes", 0)) != progress:
+                    progress, moved = int(info.get("loading_loaded_bytes", 0)), time.monotonic()
+                elif time.monotonic() - moved > stall_s:
+                    raise TimeoutError(
+                        f"Redis on {self.port} has not moved on loading {self.data_dir} "
+                        f"for {stall_s:.0f} s (at {progress} bytes)"
+                    )
                 time.sleep(0.05)
 
     def stop(self) -> None:

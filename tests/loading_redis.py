@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -13,31 +14,32 @@ import redis
 from devstack.servers import EmbeddedRedis
 
 
+@dataclass
 class SlowLoadingRedis(EmbeddedRedis):
-    """Reads its AOF back at a key every 200 µs (a debug setting of Redis's own test suite), and
-    answers clients every KB of it meanwhile, as a large AOF would make it."""
+    """Reads its AOF back at a key every `key_load_delay_us` (a debug setting of Redis's own test
+    suite), and answers clients every KB of it meanwhile, as a large AOF would make it."""
+
+    key_load_delay_us: int = 200
 
     def command(self) -> list[str]:
-        return [*super().command(), "--key-load-delay", "200",
+        return [*super().command(), "--key-load-delay", str(self.key_load_delay_us),
                 "--loading-process-events-interval-bytes", "1024"]  # fmt: skip
 
 
-def fill_and_restart(server: SlowLoadingRedis, keys: int) -> None:
-    """`keys` keys written and rewritten into the AOF's RDB base (what the delay slows), then a
-    restart: start() returns when they are all back."""
+def fill(server: EmbeddedRedis, keys: int) -> None:
+    """`keys` keys written, and rewritten into the AOF's RDB base, which is what the delay slows."""
     with redis.Redis.from_url(server.url) as client:
         client.mset({f"key-{i}": i for i in range(keys)})
         client.bgrewriteaof()
         while client.info("persistence")["aof_rewrite_in_progress"]:
             time.sleep(0.01)
-    server.stop()
-    server.start()
 
 
+@dataclass
 class _StartedListening(SlowLoadingRedis):
     """start() returns as soon as the port listens, as a Redis another supervisor runs would."""
 
-    def _wait_loaded(self, deadline: float) -> None:
+    def _wait_loaded(self, stall_s: float) -> None:
         pass
 
 
@@ -46,8 +48,9 @@ def redis_still_loading(data: Path, keys: int = 20_000) -> Iterator[EmbeddedRedi
     """A Redis just restarted and still loading (about 4 s for 20,000 keys); stopped after."""
     server = _StartedListening(data)
     try:
+        fill(server.start(), keys)
+        server.stop()
         server.start()
-        fill_and_restart(server, keys)
         yield server
     finally:
         server.stop()

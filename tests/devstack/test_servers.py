@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis, postgres_install_dir
-from tests.loading_redis import SlowLoadingRedis, fill_and_restart
+from tests.loading_redis import SlowLoadingRedis, fill
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,14 +103,30 @@ def test_redis_keeps_its_data_in_a_private_folder_and_changes_no_permission(priv
 def test_a_restarted_redis_is_started_only_once_it_has_read_its_data_back(tmp_path: Path):
     server = SlowLoadingRedis(tmp_path / "redis")
     try:
+        fill(server.start(), 5_000)  # a second's loading
+        server.stop()
         server.start()
-        fill_and_restart(server, 5_000)  # a second's loading
         with redis.Redis.from_url(server.url) as client:
             assert client.info("persistence")["loading"] == 0
             assert client.get("key-4999") == b"4999"  # no LOADING error for the first command
             assert client.dbsize() == 5_000
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_redis_whose_loading_stalls_fails_its_start_naming_it(tmp_path: Path):
+    server = SlowLoadingRedis(tmp_path / "redis")
+    try:
+        fill(server.start(), 5_000)
+        server.stop()
+        server.key_load_delay_us = 10_000_000  # 10 s a key: its loading stands still
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"has not moved on loading .* for 1 s"):
+            server.start(timeout_s=1)
+        assert time.monotonic() - started < 15  # not the hours its loading would take
+    finally:
+        server.kill()  # a Redis deep in its loading answers no signal but this one in time
 
 
 @pytest.mark.timeout(120)
