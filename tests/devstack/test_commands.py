@@ -30,3 +30,20 @@ def test_docker_compose_runs_the_same_api_and_worker_with_secrets_from_the_envir
     assert compose["services"]["web"]["ports"] == ["127.0.0.1:8000:8000"]
     text = (ROOT / "docker-compose.yml").read_text()
     assert "POSTGRES_PASSWORD: callstream" not in text  # no secret written in the file
+
+
+def test_docker_compose_holds_the_app_back_until_redis_has_loaded_its_data():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    redises = {"redis": compose["services"]["redis"], "node": compose["x-redis-node"]}
+
+    for name, redis in redises.items():
+        check = " ".join(redis["healthcheck"]["test"])
+        # A Redis reading its AOF back answers PING with LOADING, which is not health.
+        assert check.endswith("ping | grep -q PONG"), name
+        assert redis["healthcheck"]["start_period"] == "5m", name
+    services = compose["services"]
+    assert services["migrate"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    for app in ("web", "worker"):
+        assert services[app]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }, app
