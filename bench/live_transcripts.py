@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 
 from bench.common import pct
-from bench.real_calls_client import CallRun, run_call
+from bench.real_calls_client import FINAL, CallRun, run_call
 from bench.real_calls_frames import TwoTrackCall, real_dialogue, ticks_of
 from bench.real_calls_layout import start_layout
 from bench.sections import loadavg
@@ -32,9 +32,33 @@ from bench.suite import Options, Outcome, command
 HEADING = "## Live transcripts"
 
 
-async def follow(port: int, seen: list[tuple[float, dict[str, Any]]]) -> None:
-    """Read GET /v1/events as a dashboard does (Server-Sent Events), noting when each
-    `utterance` event arrives; runs until cancelled."""
+# How long the feed may lag the status after a call's final state, at most: time enough for a
+# machine under load, and a bound for a final event that never comes.
+FEED_CATCH_UP_S = 30.0
+
+
+@dataclass
+class Feed:
+    """What the live feed told: each `utterance` event and when it arrived, and the calls whose
+    final state (ARCHIVED or FAILED) it told."""
+
+    seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    finished: set[str] = field(default_factory=set)
+    told: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def told_final(self, call_ids: set[str], timeout_s: float) -> None:
+        """Until the feed has told every one of `call_ids` final (or `timeout_s`). The feed is
+        one ordered stream, so by then every utterance told before it has been read."""
+        with contextlib.suppress(TimeoutError):
+            async with self.told:
+                await asyncio.wait_for(
+                    self.told.wait_for(lambda: call_ids <= self.finished), timeout_s
+                )
+
+
+async def follow(port: int, feed: Feed) -> None:
+    """Read GET /v1/events as a dashboard does (Server-Sent Events), noting each `utterance`
+    event and when it arrived, and each call's final state; runs until cancelled."""
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None) as http,
         http.stream("GET", "/v1/events", headers={"Accept": "text/event-stream"}) as answer,
@@ -45,7 +69,13 @@ async def follow(port: int, seen: list[tuple[float, dict[str, Any]]]) -> None:
             if line.startswith("event:"):
                 event = line.removeprefix("event:").strip()
             elif line.startswith("data:") and event == "utterance":
-                seen.append((time.time(), orjson.loads(line.removeprefix("data:"))))
+                feed.seen.append((time.time(), orjson.loads(line.removeprefix("data:"))))
+            elif line.startswith("data:") and event == "state":
+                body = orjson.loads(line.removeprefix("data:"))
+                if body.get("state") in FINAL:
+                    async with feed.told:
+                        feed.finished.add(str(body["call_id"]))
+                        feed.told.notify_all()
             elif not line:
                 event = ""
 
@@ -67,20 +97,23 @@ QUICK = Plan(
 
 async def paced_and_followed(port: int, runs: list[CallRun]) -> list[tuple[float, dict[str, Any]]]:
     """The calls sent at real-time pace while the live feed is read as a dashboard reads it:
-    each `utterance` event the feed told, and when."""
-    seen: list[tuple[float, dict[str, Any]]] = []
-    reader = asyncio.create_task(follow(port, seen))
+    each `utterance` event the feed told, and when. The feed is read on until it has told the
+    final state of every call that reached one: a fixed wait after the status said so would miss
+    the last utterances of a machine under load."""
+    feed = Feed()
+    reader = asyncio.create_task(follow(port, feed))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             await asyncio.gather(
                 *(run_call(port, http, run, paced=True, live={}, final_cap_s=600) for run in runs)
             )
-        await asyncio.sleep(1.0)  # the last utterances' events
+        ended = {run.call_id for run in runs if run.state in FINAL}
+        await feed.told_final(ended, FEED_CATCH_UP_S)
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-    return seen
+    return feed.seen
 
 
 async def measure(plan: Plan, options: Options) -> dict[str, Any]:

@@ -301,5 +301,15 @@ def lines_of(results: list[dict[str, Any]]) -> list[str]:
 
 def run(options: Options) -> Outcome:
     results = [asyncio.run(measure(plan, options)) for plan in plans(options.quick)]
-    problems = [f"{r['workload']}: no utterance was told" for r in results if not r["utterances"]]
-    return Outcome(lines_of(results), {"runs": results}, problems)
+    return Outcome(lines_of(results), {"runs": results}, problems_of(results))
+
+
+def problems_of(results: list[dict[str, Any]]) -> list[str]:
+    """A run that told no utterance, with what its calls ended as and its attempts' outcomes:
+    what tells a model starved of CPU (attempts timed out) from a feed read too soon."""
+    return [
+        f"{r['workload']}: no utterance was told (calls {', '.join(r['states'])}; transcription "
+        f"attempts: {', '.join(f'{n} {o}' for o, n in sorted(r['attempts'].items())) or 'none'})"
+        for r in results
+        if not r["utterances"]
+    ]

@@ -63,3 +63,17 @@ def test_a_runs_row_says_its_workload_settings_cost_per_window_and_attempts() ->
     assert row.startswith("| repetitive (shipped recordings looped) | defaults | 1.6 s | 6.00 s")
     assert "1 (28.0 s) / 1 (9.0 s)" in row
     assert "2 ok, 1 timeout" in row
+
+
+def test_a_run_that_told_no_utterance_is_a_problem_that_says_how_its_calls_ended() -> None:
+    told = {"workload": "espeak", "utterances": 4, "states": ["ARCHIVED"], "attempts": {"ok": 2}}
+    starved = {
+        "workload": "repetitive",
+        "utterances": 0,
+        "states": ["FAILED"],
+        "attempts": {"timeout": 3, "ok": 1},
+    }
+
+    assert local_model.problems_of([told, starved]) == [
+        "repetitive: no utterance was told (calls FAILED; transcription attempts: 1 ok, 3 timeout)"
+    ]
