@@ -77,3 +77,10 @@ def test_a_run_that_told_no_utterance_is_a_problem_that_says_how_its_calls_ended
     assert local_model.problems_of([told, starved]) == [
         "repetitive: no utterance was told (calls FAILED; transcription attempts: 1 ok, 3 timeout)"
     ]
+
+
+def test_the_smoke_run_is_not_starved_by_the_suite_it_shares_the_cores_with() -> None:
+    (quick,) = plans(quick=True)
+
+    assert quick.settings == "generous"  # the workers un-niced, attempts of 120 s
+    assert (quick.calls, quick.seconds, quick.workload) == (1, 6.0, "repetitive")
