@@ -197,12 +197,14 @@ async def test_idle_calls_complete_by_themselves_through_the_sweep(
     from jobs.resources import make_resources
     from jobs.sweep import complete_idle_calls
 
-    quick = make_resources(settings.model_copy(update={"call_idle_timeout_s": 0.3}), ai=ai)
+    # 2 s: the two sweeps below each come right after a packet, and a loaded machine can stall
+    # a test for a few 100 ms between two steps (0.3 s here once failed that way).
+    quick = make_resources(settings.model_copy(update={"call_idle_timeout_s": 2.0}), ai=ai)
     try:
         await send_all(client, "quiet", [0, 1])
         await send_all(client, "chatty", [0])
         assert await complete_idle_calls(quick) == []
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(2.1)
         await send(client, "chatty", 1)
 
         assert await complete_idle_calls(quick) == ["quiet"]
